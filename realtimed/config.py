@@ -1,0 +1,641 @@
+"""Typed, frozen configuration: defaults and units in one place.
+
+The configuration is a tree of frozen attrs classes. ``load_config`` reads a TOML
+file, applies ``REALTIMED__SECTION__KEY`` environment overrides, reads secrets
+from ``<key>_file`` files, and validates everything at once: every unknown key,
+wrong type and out-of-range value becomes one ``(key path, message)`` problem of
+a single ``ConfigError``.
+
+Units live in the key names: ``_s`` is seconds (float), ``_ms`` milliseconds,
+``_bytes`` bytes. Relative paths resolve against the folder of the config file.
+
+Field metadata understood by the loader:
+
+- ``min`` / ``max``: inclusive numeric bounds (or length bounds for lists);
+- ``secret``: redacted by ``check-config``, and may come from ``<key>_file``;
+- ``help``: one line for the configuration reference.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar, Union, get_args, get_origin
+
+import attrs
+
+from realtimed.errors import ConfigError
+
+ENV_PREFIX: Final = "REALTIMED__"
+DEFAULT_CONFIG_FILE: Final = "realtimed.toml"
+REDACTED: Final = "***"
+
+_T = TypeVar("_T")
+
+
+def _f(
+    default: Any,
+    help: str = "",
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    secret: bool = False,
+) -> Any:
+    """An attrs field with loader metadata; mutable defaults are copied per instance."""
+    meta = {"help": help, "min": min, "max": max, "secret": secret}
+    if isinstance(default, (list, dict)):
+        return attrs.field(factory=lambda d=default: type(d)(d), metadata=meta)  # type: ignore[misc]
+    if attrs.has(type(default)):
+        return attrs.field(factory=type(default), metadata=meta)
+    return attrs.field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ServerConfig:
+    node: str = _f("", "node id shown to clients and in cluster logs; empty means the host name")
+    state_dir: Path = _f(Path("state"), "folder for the SQLite database and other local state")
+
+    @property
+    def node_id(self) -> str:
+        return self.node or socket.gethostname()
+
+
+@attrs.frozen
+class HttpConfig:
+    listen: str = _f("127.0.0.1:8700", "HOST:PORT of the client listener (/ws, /api/v1, SSE, health)")
+    internal_listen: str = _f(
+        "", "HOST:PORT of the internal listener for /server/v1 and /metrics; empty: none"
+    )
+    expose_server_api: bool = _f(
+        False,
+        "serve /server/v1 and /metrics on a client listener that is not loopback "
+        "(they are always served on a loopback client listener when no internal listener is set)",
+    )
+    tls_cert_file: str = _f("", "PEM certificate chain; with tls_key_file, the client listener speaks TLS")
+    tls_key_file: str = _f("", "PEM private key for tls_cert_file", secret=True)
+    max_body_bytes: int = _f(1_048_576, "largest HTTP request body", min=1024, max=64 * 1_048_576)
+    keep_alive_s: float = _f(75.0, "idle HTTP keep-alive", min=1, max=3600)
+    read_timeout_s: float = _f(60.0, "longest wait for the rest of a request", min=1, max=3600)
+    cors_max_age_s: int = _f(600, "how long browsers cache a CORS preflight", min=0, max=86400)
+    backlog: int = _f(4096, "listen backlog", min=16, max=65535)
+
+
+@attrs.frozen
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = _f("info", "log level (reloads on SIGHUP)")
+    format: Literal["text", "json"] = _f("text", "text for journald, json for log shippers")
+
+
+@attrs.frozen
+class ShutdownConfig:
+    grace_s: float = _f(10.0, "how long a drain waits for sockets and jobs before cancelling", min=0, max=3600)
+    reconnect_min_ms: int = _f(500, "least reconnect delay sent in server.shutdown", min=0, max=600_000)
+    reconnect_max_ms: int = _f(5000, "greatest reconnect delay sent in server.shutdown", min=0, max=600_000)
+
+
+@attrs.frozen
+class StoreConfig:
+    backend: Literal["sqlite", "postgres"] = _f("sqlite", "sqlite (embedded) or postgres")
+    sqlite_path: str = _f("realtimed.db", "SQLite file, relative to server.state_dir")
+    sqlite_batch_max: int = _f(512, "most writes grouped in one SQLite transaction", min=1, max=100_000)
+    sqlite_readers: int = _f(4, "worker threads for SQLite reads", min=1, max=64)
+    postgres_dsn: str = _f(
+        "postgresql://postgres@127.0.0.1:5432/realtimed", "PostgreSQL connection URL", secret=True
+    )
+    pool_min: int = _f(2, "PostgreSQL pool: connections kept open", min=0, max=1000)
+    pool_max: int = _f(20, "PostgreSQL pool: most connections", min=1, max=1000)
+    statement_timeout_s: float = _f(10.0, "longest a statement may run", min=0.1, max=3600)
+    connect_timeout_s: float = _f(5.0, "longest a connection attempt may take", min=0.1, max=600)
+    apply_migrations: bool = _f(True, "apply pending migrations at start (else: refuse to start)")
+
+
+@attrs.frozen
+class BrokerConfig:
+    backend: Literal["memory", "redis"] = _f("memory", "memory (one node) or redis (cluster)")
+    redis_url: str = _f("redis://127.0.0.1:6379/0", "Redis URL (redis://, rediss://, redis+sentinel://)", secret=True)
+    timeout_s: float = _f(5.0, "longest wait for any Redis call", min=0.1, max=600)
+    node_ttl_s: float = _f(15.0, "a node that stops heartbeating is dead after this long", min=1, max=3600)
+
+
+@attrs.frozen
+class AuthConfig:
+    algorithms: list[str] = _f(["HS256"], "accepted JWT algorithms (HS256, RS256, ES256, EdDSA)")
+    hs256_secret: str = _f("", "shared secret for HS256 (or hs256_secret_file)", secret=True)
+    public_key_files: list[str] = _f([], "PEM public keys for RS256 / ES256 / EdDSA")
+    jwks_url: str = _f("", "JWKS URL for RS256 / ES256 / EdDSA keys")
+    jwks_timeout_s: float = _f(5.0, "longest a JWKS fetch may take", min=0.1, max=120)
+    jwks_refresh_min_s: float = _f(60.0, "least time between JWKS refreshes on an unknown kid", min=1, max=86400)
+    leeway_s: float = _f(30.0, "clock leeway for exp, nbf and iat", min=0, max=3600)
+    audience: str = _f("", "required aud claim; empty: not checked")
+    issuer: str = _f("", "required iss claim; empty: not checked")
+    require_exp: bool = _f(True, "refuse tokens without exp")
+    dev_token_ttl_s: float = _f(3600.0, "default lifetime of tokens minted by `realtimed token`", min=1, max=31_536_000)
+
+
+@attrs.frozen
+class ApiConfig:
+    keys: list[str] = _f([], "API keys for /server/v1 (or keys_file, one per line)", secret=True)
+
+
+@attrs.frozen
+class GatewayConfig:
+    path: str = _f("/ws", "WebSocket path")
+    allowed_origins: list[str] = _f(
+        [], "browser origins allowed to connect and to call /api/v1 (\"*\": any); no Origin header is always allowed"
+    )
+    handshake_timeout_s: float = _f(10.0, "longest time to send a complete upgrade request", min=0.1, max=600)
+    auth_timeout_s: float = _f(5.0, "longest wait for a first-frame auth", min=0.1, max=600)
+    heartbeat_s: float = _f(25.0, "server ping period; two silent periods close the socket", min=1, max=3600)
+    expiring_notice_s: float = _f(60.0, "session.expiring comes this long before the token expires", min=0, max=86400)
+    max_frame_bytes: int = _f(524_288, "largest client frame (over it: close 1009)", min=1024, max=64 * 1_048_576)
+    outbox_max_bytes: int = _f(
+        1_048_576, "largest backlog of unsent bytes per socket (over it: close 4008)", min=4096, max=1 << 30
+    )
+    ops_per_s: float = _f(50.0, "sustained ops per second per socket", min=0.1, max=100_000)
+    ops_burst: int = _f(100, "op burst per socket", min=1, max=1_000_000)
+    abuse_limit: int = _f(
+        100, "RATE_LIMITED replies in a row before the socket is closed with 4009", min=1, max=1_000_000
+    )
+    max_subscriptions: int = _f(256, "app rooms per socket", min=1, max=1_000_000)
+    max_sockets_per_user: int = _f(32, "sockets per user (over it: close 4511)", min=1, max=1_000_000)
+    max_sockets: int = _f(200_000, "sockets per node (over it: close 4013)", min=1, max=10_000_000)
+    max_handshakes_per_ip: int = _f(64, "unfinished handshakes per client address", min=1, max=1_000_000)
+    max_head_bytes: int = _f(16_384, "largest HTTP request head on the client listener", min=1024, max=1_048_576)
+
+
+@attrs.frozen
+class NamespaceConfig:
+    prefix: str = _f("", "room prefix this namespace governs, e.g. \"job:\"")
+    public: bool = _f(False, "any user may subscribe (else the token's rooms claim decides)")
+    client_publish: bool = _f(False, "clients may publish")
+    history_size: int = _f(0, "publications kept for recovery (0: no history)", min=0, max=1_000_000)
+    history_ttl_s: float = _f(300.0, "how long publications stay in history", min=0, max=31_536_000)
+    recovery_cap: int = _f(300, "most publications replayed by one recovery", min=0, max=1_000_000)
+    presence: bool = _f(False, "keep room presence and send room.joined / room.left")
+
+
+@attrs.frozen
+class ChatConfig:
+    open_policy: Literal["anyone", "contacts"] = _f("anyone", "who may open a 1:1 conversation with whom")
+    max_message_bytes: int = _f(65_536, "largest message body in UTF-8 bytes", min=1, max=16 * 1_048_576)
+    max_group_members: int = _f(500, "most members of a group", min=2, max=1_000_000)
+    typing_timeout_s: float = _f(6.0, "typing ends by itself after this long without a refresh", min=1, max=600)
+    typing_per_s: float = _f(2.0, "typing events per user and conversation per second", min=0.1, max=1000)
+
+
+@attrs.frozen
+class PresenceConfig:
+    offline_grace_s: float = _f(10.0, "a user turns offline this long after the last socket closed", min=0, max=3600)
+    away_after_s: float = _f(300.0, "a user turns away after this long with no op other than ping", min=1, max=86400)
+    throttle_s: float = _f(1.0, "presence.updated per user at most this often", min=0, max=3600)
+
+
+@attrs.frozen
+class JobQueueConfig:
+    name: str = _f("default", "queue name")
+    concurrency: int = _f(4, "jobs of this queue run at once on each node", min=1, max=10_000)
+
+
+@attrs.frozen
+class JobsConfig:
+    enabled: bool = _f(True, "run jobs on this node")
+    lease_s: float = _f(30.0, "job lease; renewed every third of it while the handler runs", min=1, max=86400)
+    poll_s: float = _f(5.0, "safety-net poll for new work", min=0.05, max=3600)
+    max_attempts: int = _f(5, "default attempts before a job is dead", min=1, max=1000)
+    backoff_base_s: float = _f(2.0, "first retry delay (doubles each attempt, with jitter)", min=0, max=86400)
+    backoff_max_s: float = _f(3600.0, "longest retry delay", min=0, max=31_536_000)
+    queues: list[JobQueueConfig] = _f([], "queues and their concurrency (others use the default queue's)")
+
+
+@attrs.frozen
+class CronConfig:
+    name: str = _f("", "entry name, unique")
+    schedule: str = _f("", "five-field cron schedule, or six with seconds first")
+    kind: str = _f("", "job kind to enqueue")
+    payload: dict[str, Any] = _f({}, "job payload")
+    queue: str = _f("default", "job queue")
+    timezone: str = _f("UTC", "IANA time zone of the schedule")
+
+
+@attrs.frozen
+class RetentionConfig:
+    read_notifications_days: float = _f(30.0, "read notifications are deleted after this long", min=0, max=36500)
+    finished_jobs_days: float = _f(7.0, "succeeded, dead and cancelled jobs are deleted after this long", min=0, max=36500)
+    deleted_messages_days: float = _f(30.0, "bodies of deleted messages are purged after this long", min=0, max=36500)
+    stale_device_days: float = _f(270.0, "device tokens unseen this long are deactivated", min=1, max=36500)
+
+
+@attrs.frozen
+class MetricsConfig:
+    enabled: bool = _f(True, "serve /metrics")
+
+
+@attrs.frozen
+class Config:
+    """The whole configuration. Frozen: a reload builds a new one."""
+
+    server: ServerConfig = _f(ServerConfig())
+    http: HttpConfig = _f(HttpConfig())
+    log: LogConfig = _f(LogConfig())
+    shutdown: ShutdownConfig = _f(ShutdownConfig())
+    store: StoreConfig = _f(StoreConfig())
+    broker: BrokerConfig = _f(BrokerConfig())
+    auth: AuthConfig = _f(AuthConfig())
+    api: ApiConfig = _f(ApiConfig())
+    gateway: GatewayConfig = _f(GatewayConfig())
+    namespaces: list[NamespaceConfig] = _f([], "app-room namespaces")
+    chat: ChatConfig = _f(ChatConfig())
+    presence: PresenceConfig = _f(PresenceConfig())
+    jobs: JobsConfig = _f(JobsConfig())
+    cron: list[CronConfig] = _f([], "cron entries")
+    retention: RetentionConfig = _f(RetentionConfig())
+    metrics: MetricsConfig = _f(MetricsConfig())
+    source: str = attrs.field(default="", metadata={"internal": True})
+
+    @property
+    def state_dir(self) -> Path:
+        return self.server.state_dir
+
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, key: str, msg: str) -> None:
+        self.items.append((key, msg))
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if tp is bool:
+        return "a boolean"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp in (str, Path):
+        return "a string"
+    if origin is list:
+        return "a list"
+    if origin is dict or attrs.has(tp):
+        return "a table"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    return str(tp)
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _convert(tp: Any, value: Any, key: str, problems: _Problems, base_dir: Path) -> Any:
+    """Convert one TOML value to ``tp``; on a problem record it and return a sentinel."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, key, problems, base_dir)
+    if origin is Literal:
+        if value not in get_args(tp):
+            problems.add(key, f"expected {_type_name(tp)}, got {_describe(value)}")
+            return _INVALID
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.add(key, f"expected a boolean, got {_describe(value)}")
+            return _INVALID
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.add(key, f"expected an integer, got {_describe(value)}")
+            return _INVALID
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.add(key, f"expected a number, got {_describe(value)}")
+            return _INVALID
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            problems.add(key, f"expected a string, got {_describe(value)}")
+            return _INVALID
+        return value
+    if tp is Path:
+        if not isinstance(value, str):
+            problems.add(key, f"expected a string, got {_describe(value)}")
+            return _INVALID
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base_dir / path
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if not isinstance(value, list):
+            problems.add(key, f"expected a list, got {_describe(value)}")
+            return _INVALID
+        out = []
+        for i, item in enumerate(value):
+            converted = _convert(item_tp, item, f"{key}[{i}]", problems, base_dir)
+            out.append(converted)
+        return out
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.add(key, f"expected a table, got {_describe(value)}")
+            return _INVALID
+        return dict(value)
+    if attrs.has(tp):
+        if not isinstance(value, dict):
+            problems.add(key, f"expected a table, got {_describe(value)}")
+            return _INVALID
+        return _build(tp, value, key, problems, base_dir)
+    raise TypeError(f"config type not supported: {tp!r}")  # a programming error
+
+
+class _Invalid:
+    pass
+
+
+_INVALID: Final = _Invalid()
+
+
+def _build(cls: type[_T], table: Mapping[str, Any], prefix: str, problems: _Problems, base_dir: Path) -> _T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in attrs.fields(cls) if not f.metadata.get("internal")}
+    secret_files = {f"{name}_file": name for name, f in fields.items() if f.metadata.get("secret")}
+    kwargs: dict[str, Any] = {}
+    ok = True
+    for raw_key, value in table.items():
+        key = f"{prefix}.{raw_key}" if prefix else raw_key
+        name = raw_key
+        if raw_key in secret_files:
+            name = secret_files[raw_key]
+            if name in table:
+                problems.add(key, f"give either {name} or {raw_key}, not both")
+                ok = False
+                continue
+            value = _read_secret_file(value, key, problems, base_dir, hints[name])
+            if value is _INVALID:
+                ok = False
+                continue
+        elif raw_key not in fields:
+            problems.add(key, "unknown key")
+            ok = False
+            continue
+        field = fields[name]
+        converted = _convert(hints[name], value, key, problems, base_dir)
+        if converted is _INVALID or _contains_invalid(converted):
+            ok = False
+            continue
+        if not _check_bounds(field, converted, key, problems):
+            ok = False
+            continue
+        kwargs[name] = converted
+    if not ok:
+        return _INVALID  # type: ignore[return-value]
+    return cls(**kwargs)
+
+
+def _contains_invalid(value: Any) -> bool:
+    if value is _INVALID:
+        return True
+    if isinstance(value, list):
+        return any(_contains_invalid(v) for v in value)
+    return False
+
+
+def _check_bounds(field: attrs.Attribute[Any], value: Any, key: str, problems: _Problems) -> bool:
+    lo, hi = field.metadata.get("min"), field.metadata.get("max")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if lo is not None and value < lo:
+            problems.add(key, f"must be at least {lo:g}, got {value!r}")
+            return False
+        if hi is not None and value > hi:
+            problems.add(key, f"must be at most {hi:g}, got {value!r}")
+            return False
+    return True
+
+
+def _read_secret_file(value: Any, key: str, problems: _Problems, base_dir: Path, tp: Any) -> Any:
+    if not isinstance(value, str):
+        problems.add(key, f"expected a file path, got {_describe(value)}")
+        return _INVALID
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.add(key, f"cannot read {path}: {exc.strerror or exc}")
+        return _INVALID
+    if get_origin(tp) is list:
+        return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return text.strip()
+
+
+def _parse_env_value(raw: str) -> Any:
+    """An environment value is read as a TOML value when it is one, else as a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str], problems: _Problems) -> dict[str, str]:
+    """Merge ``REALTIMED__A__B=v`` overrides into ``data``; returns key path -> variable name."""
+    origins: dict[str, str] = {}
+    for var, raw in sorted(env.items()):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in var[len(ENV_PREFIX) :].split("__") if p]
+        if not parts:
+            problems.add(var, "environment override names no key")
+            continue
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                problems.add(var, f"{'.'.join(parts)}: cannot override inside a non-table")
+                break
+            node = child
+        else:
+            node[parts[-1]] = _parse_env_value(raw)
+            origins[".".join(parts)] = var
+    return origins
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    text: str | None = None,
+) -> Config:
+    """Load and validate the configuration.
+
+    Args:
+        path: the TOML file; None means no file (embedded defaults).
+        env: the environment to read overrides from (default ``os.environ``).
+        text: TOML text to use instead of reading ``path`` (``path`` still sets the base folder).
+
+    Raises:
+        ConfigError: with one problem per mistake, each naming its key.
+    """
+    problems = _Problems()
+    base_dir = Path(path).resolve().parent if path is not None else Path.cwd()
+    data: dict[str, Any] = {}
+    if text is None and path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([("", f"cannot read {path}: {exc.strerror or exc}")]) from exc
+    if text is not None:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([("", f"{path or 'config'}: not valid TOML: {exc}")]) from exc
+    origins = _apply_env(data, os.environ if env is None else env, problems)
+    cfg = _build(Config, data, "", problems, base_dir)
+    _check_semantics(cfg, problems)
+    if problems.items:
+        labelled = [
+            (f"{key} (from {origins[key]})" if key in origins else key, msg) for key, msg in problems.items
+        ]
+        raise ConfigError(labelled)
+    return attrs.evolve(cfg, source=str(Path(path).resolve()) if path is not None else "")
+
+
+def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
+    """Checks that span several keys."""
+    if not isinstance(cfg, Config):
+        return
+    for key, value in (("http.listen", cfg.http.listen), ("http.internal_listen", cfg.http.internal_listen)):
+        if value or key == "http.listen":
+            try:
+                parse_host_port(value)
+            except ValueError as exc:
+                problems.add(key, str(exc))
+    if bool(cfg.http.tls_cert_file) != bool(cfg.http.tls_key_file):
+        problems.add("http.tls_cert_file", "tls_cert_file and tls_key_file go together")
+    if cfg.shutdown.reconnect_min_ms > cfg.shutdown.reconnect_max_ms:
+        problems.add("shutdown.reconnect_min_ms", "must not exceed shutdown.reconnect_max_ms")
+    if cfg.store.pool_min > cfg.store.pool_max:
+        problems.add("store.pool_min", "must not exceed store.pool_max")
+    known_algs = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA", "PS256"}
+    for i, alg in enumerate(cfg.auth.algorithms):
+        if alg not in known_algs:
+            problems.add(f"auth.algorithms[{i}]", f"unsupported algorithm {alg!r} (one of {sorted(known_algs)})")
+    if not cfg.gateway.path.startswith("/"):
+        problems.add("gateway.path", "must start with /")
+    seen: set[str] = set()
+    for i, ns in enumerate(cfg.namespaces):
+        if not ns.prefix:
+            problems.add(f"namespaces[{i}].prefix", "must not be empty")
+        elif ns.prefix in seen:
+            problems.add(f"namespaces[{i}].prefix", f"duplicate prefix {ns.prefix!r}")
+        seen.add(ns.prefix)
+    names: set[str] = set()
+    for i, entry in enumerate(cfg.cron):
+        if not entry.name:
+            problems.add(f"cron[{i}].name", "must not be empty")
+        elif entry.name in names:
+            problems.add(f"cron[{i}].name", f"duplicate name {entry.name!r}")
+        names.add(entry.name)
+        if not entry.kind:
+            problems.add(f"cron[{i}].kind", "must not be empty")
+        _check_cron(entry, f"cron[{i}]", problems)
+
+
+def _check_cron(entry: CronConfig, key: str, problems: _Problems) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        from croniter import croniter
+
+        fields = entry.schedule.split()
+        if len(fields) not in (5, 6) or not croniter.is_valid(entry.schedule, second_at_beginning=True):
+            problems.add(f"{key}.schedule", f"not a valid cron schedule: {entry.schedule!r}")
+    except ImportError:  # pragma: no cover - croniter is a dependency
+        pass
+    try:
+        ZoneInfo(entry.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.add(f"{key}.timezone", f"unknown time zone {entry.timezone!r}")
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:8700"`` or ``"[::1]:8700"`` into (host, port)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"port must be a number, got {port_text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range: {port}")
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+# ---------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------
+
+
+def config_to_dict(cfg: Any, *, redact: bool = True) -> Any:
+    """The effective configuration as plain data, secrets redacted."""
+    if attrs.has(type(cfg)):
+        out: dict[str, Any] = {}
+        for field in attrs.fields(type(cfg)):
+            if field.metadata.get("internal"):
+                continue
+            value = getattr(cfg, field.name)
+            if redact and field.metadata.get("secret") and value:
+                value = [REDACTED] * len(value) if isinstance(value, list) else REDACTED
+            out[field.name] = config_to_dict(value, redact=redact)
+        return out
+    if isinstance(cfg, list):
+        return [config_to_dict(v, redact=redact) for v in cfg]
+    if isinstance(cfg, Path):
+        return str(cfg)
+    return cfg
+
+
+def reference_rows(cls: type[Any] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every key, for the README's configuration reference."""
+    rows: list[tuple[str, str, str]] = []
+    hints = typing.get_type_hints(cls)
+    defaults = cls()
+    for field in attrs.fields(cls):
+        if field.metadata.get("internal"):
+            continue
+        key = f"{prefix}{field.name}"
+        tp = hints[field.name]
+        if attrs.has(tp):
+            rows.extend(reference_rows(tp, key + "."))
+            continue
+        if get_origin(tp) is list and attrs.has(get_args(tp)[0]):
+            rows.extend(reference_rows(get_args(tp)[0], f"{key}[]."))
+            continue
+        default = config_to_dict(getattr(defaults, field.name), redact=False)
+        rows.append((key, repr(default), field.metadata.get("help", "")))
+    return rows
