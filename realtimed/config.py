@@ -35,6 +35,11 @@ ENV_PREFIX: Final = "REALTIMED__"
 DEFAULT_CONFIG_FILE: Final = "realtimed.toml"
 REDACTED: Final = "***"
 
+# The development credentials shipped in the repository's realtimed.toml. The daemon
+# warns while they are in use and refuses them on a listener that is not loopback.
+DEV_HS256_SECRET: Final = "realtimed-development-secret-do-not-deploy"
+DEV_API_KEY: Final = "rtd_dev_key_do_not_deploy"
+
 _T = TypeVar("_T")
 
 
@@ -528,6 +533,19 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
                 parse_host_port(value)
             except ValueError as exc:
                 problems.add(key, str(exc))
+    dev_secret = cfg.auth.hs256_secret == DEV_HS256_SECRET or DEV_API_KEY in cfg.api.keys
+    if dev_secret:
+        for key, value in (("http.listen", cfg.http.listen), ("http.internal_listen", cfg.http.internal_listen)):
+            try:
+                exposed = bool(value) and not is_loopback(parse_host_port(value)[0])
+            except ValueError:
+                continue
+            if exposed:
+                problems.add(
+                    key,
+                    "the development secret or API key may only be used on a loopback listener: "
+                    "set auth.hs256_secret and api.keys",
+                )
     if bool(cfg.http.tls_cert_file) != bool(cfg.http.tls_key_file):
         problems.add("http.tls_cert_file", "tls_cert_file and tls_key_file go together")
     if cfg.shutdown.reconnect_min_ms > cfg.shutdown.reconnect_max_ms:

@@ -1,0 +1,172 @@
+"""The ``realtimed`` command.
+
+- ``realtimed run [-c FILE]``: run the daemon (default ``realtimed.toml``).
+- ``realtimed check-config FILE``: print the effective configuration, secrets
+  redacted, or every problem with its key; exit 2 on any problem.
+- ``realtimed token --sub USER [--ttl 1h] [--rooms PATTERN ...]``: mint a
+  development token with the configured HS256 secret; prints only the token.
+- ``realtimed migrate [-c FILE]``: apply pending store migrations.
+- ``realtimed jobs list|retry|cancel``: inspect and steer jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from realtimed import __version__
+from realtimed.config import DEFAULT_CONFIG_FILE, Config, ConfigError, config_to_dict, load_config
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``1h``, ``2d`` → seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 15m, 1h, 2d)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _default_config_path() -> str | None:
+    return DEFAULT_CONFIG_FILE if Path(DEFAULT_CONFIG_FILE).exists() else None
+
+
+def _load(path: str | None) -> Config:
+    """Load the configuration or print every problem and exit 2."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"realtimed: invalid configuration ({len(exc.problems)} problem(s)):", file=sys.stderr)
+        for key, problem in exc.problems:
+            print(f"  {key or '(file)'}: {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from realtimed import logs
+    from realtimed.daemon import run_daemon
+
+    path = args.config if args.config is not None else _default_config_path()
+    cfg = _load(path)
+    logs.setup_logging(cfg.log.level, cfg.log.format)
+    try:
+        trio.run(lambda: run_daemon(cfg, config_path=path))
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"realtimed: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.file)
+    sys.stdout.write(orjson.dumps(config_to_dict(cfg), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return EXIT_OK
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from realtimed.auth import mint_dev_token
+
+    path = args.config if args.config is not None else _default_config_path()
+    cfg = _load(path)
+    if not cfg.auth.hs256_secret:
+        print("realtimed: auth.hs256_secret is not set; tokens cannot be minted", file=sys.stderr)
+        return EXIT_CONFIG
+    ttl = args.ttl if args.ttl is not None else cfg.auth.dev_token_ttl_s
+    token = mint_dev_token(
+        cfg.auth.hs256_secret,
+        sub=args.sub,
+        ttl_s=ttl,
+        rooms=args.rooms or (),
+        name=args.name,
+        now=datetime.now(UTC),
+        audience=cfg.auth.audience or None,
+        issuer=cfg.auth.issuer or None,
+    )
+    print(token)
+    return EXIT_OK
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    import trio
+
+    from realtimed.store import run_migrations
+
+    path = args.config if args.config is not None else _default_config_path()
+    cfg = _load(path)
+
+    async def main() -> list[str]:
+        if cfg.store.backend == "postgres":
+            import trio_asyncio
+
+            async with trio_asyncio.open_loop():
+                return await run_migrations(cfg)
+        return await run_migrations(cfg)
+
+    try:
+        applied = trio.run(main)
+    except Exception as exc:
+        print(f"realtimed: migration failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for name in applied:
+        print(f"applied {name}")
+    if not applied:
+        print("schema is up to date")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="realtimed", description="a standalone realtime daemon")
+    parser.add_argument("--version", action="version", version=f"realtimed {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("-c", "--config", help=f"TOML file (default: ./{DEFAULT_CONFIG_FILE} if present)")
+    run.set_defaults(func=_cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a configuration file and print the effective one")
+    check.add_argument("file")
+    check.set_defaults(func=_cmd_check_config)
+
+    token = sub.add_parser("token", help="mint a development token (HS256) and print it")
+    token.add_argument("-c", "--config")
+    token.add_argument("--sub", required=True, help="user id")
+    token.add_argument("--ttl", type=parse_duration, help="lifetime, e.g. 1h (default auth.dev_token_ttl_s)")
+    token.add_argument("--rooms", nargs="*", help="room patterns the user may subscribe to")
+    token.add_argument("--name", help="display name")
+    token.set_defaults(func=_cmd_token)
+
+    migrate = sub.add_parser("migrate", help="apply pending store migrations")
+    migrate.add_argument("-c", "--config")
+    migrate.set_defaults(func=_cmd_migrate)
+
+    try:
+        from realtimed.jobs.cli import add_jobs_commands
+    except ImportError:  # pragma: no cover - the jobs package is part of realtimed
+        pass
+    else:
+        add_jobs_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result: Any = args.func(args)
+    return int(result or 0)

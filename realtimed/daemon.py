@@ -1,0 +1,266 @@
+"""The daemon: the root nursery, services in order, signals, reload and drain.
+
+Layers, started in order with ``nursery.start`` and stopped the other way::
+
+    root nursery         signals (TERM/INT drain, second INT forces, HUP reloads), watchdog
+     └─ backends         store
+         └─ services     router, gateway, job runner, cron
+             └─ doors    HTTP listeners (client; internal when configured)
+
+A drain stops accepting, lets the gateway say ``server.shutdown`` and close its
+sockets with 1001, lets running jobs finish, all within ``shutdown.grace_s``, and
+then cancels what is left, layer by layer, so that backends close last.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import ssl
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from realtimed import logs, metrics
+from realtimed.clock import SystemClock, WallClock
+from realtimed.config import DEV_API_KEY, DEV_HS256_SECRET, Config, ConfigError, load_config, parse_host_port
+from realtimed.http.app import create_app
+from realtimed.http.listener import Listener
+from realtimed.sdnotify import SystemdNotifier
+from realtimed.services import Services
+
+log = logging.getLogger(__name__)
+
+# Sections whose change takes effect without a restart; everything else needs one.
+_LIVE_KEYS = {"log", "auth", "api", "gateway", "namespaces", "chat", "presence", "shutdown", "retention", "metrics"}
+
+
+class Daemon:
+    """One realtimed node.
+
+    Args:
+        cfg: the configuration.
+        config_path: the file to re-read on SIGHUP (None: reload keeps the config).
+        clock: the wall clock (tests inject one).
+        handle_signals: install TERM/INT/HUP handling (off for in-process test daemons).
+
+    Resource handling:
+        Every task lives in one of the layer nurseries above; ``run`` returns only
+        when all of them have finished.
+
+    Error handling:
+        A service that fails at start makes ``run`` raise (the CLI exits 1 with
+        the reason); a failure of one connection or job never reaches here.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        config_path: str | Path | None = None,
+        clock: WallClock | None = None,
+        handle_signals: bool = True,
+        notifier: SystemdNotifier | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.services = Services(config=cfg, clock=clock or SystemClock())
+        self.listeners: list[Listener] = []
+        self._handle_signals = handle_signals
+        self._notifier = notifier or SystemdNotifier()
+        self._drain_requested = trio.Event()
+        self._drained = trio.Event()
+        self._force_scope: trio.CancelScope | None = None
+        self._reload_hooks: list[Callable[[Config], None]] = []
+
+    # -- addresses -------------------------------------------------------------------------------
+
+    def address(self, role: str = "client") -> tuple[str, int]:
+        for listener in self.listeners:
+            if listener.role == role and listener.bound:
+                host, port = listener.bound[0]
+                return host, port
+        raise LookupError(f"no {role} listener")
+
+    def url(self, role: str = "client") -> str:
+        host, port = self.address(role)
+        scheme = next(lst.scheme for lst in self.listeners if lst.role == role)
+        shown = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{shown}:{port}"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def request_drain(self) -> None:
+        self._drain_requested.set()
+
+    def on_reload(self, hook: Callable[[Config], None]) -> None:
+        """Call ``hook(new_config)`` after a successful reload."""
+        self._reload_hooks.append(hook)
+
+    async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.cfg
+        _warn_dev_secrets(cfg)
+        metrics.UP.set(1)
+        async with AsyncExitStack() as stack:
+            if cfg.store.backend == "postgres":
+                import trio_asyncio
+
+                await stack.enter_async_context(trio_asyncio.open_loop())
+            with trio.CancelScope() as force:
+                self._force_scope = force
+                async with trio.open_nursery() as root:
+                    if self._handle_signals:
+                        await root.start(self._signals)
+                    interval = self._notifier.watchdog_interval_s()
+                    if interval:
+                        root.start_soon(self._watchdog, interval)
+                    await self._run_layers(task_status)
+                    root.cancel_scope.cancel()
+        metrics.UP.set(0)
+        self._drained.set()
+        log.info("stopped")
+
+    async def _run_layers(self, task_status: trio.TaskStatus[Daemon]) -> None:
+        cfg = self.cfg
+        svc = self.services
+        async with trio.open_nursery() as backends:
+            await self._start_backends(backends)
+            async with trio.open_nursery() as service_layer:
+                await self._start_services(service_layer)
+                async with trio.open_nursery() as doors:
+                    await self._start_doors(doors)
+                    self._notifier.ready(f"serving {self.url()}")
+                    task_status.started(self)
+                    await self._drain_requested.wait()
+                    log.info("draining (grace %.1f s)", cfg.shutdown.grace_s)
+                    svc.draining = True
+                    self._notifier.stopping()
+                    for listener in self.listeners:
+                        listener.stop_accepting()
+                    with trio.move_on_after(cfg.shutdown.grace_s):
+                        await self._drain_services()
+                    doors.cancel_scope.cancel()
+                service_layer.cancel_scope.cancel()
+            backends.cancel_scope.cancel()
+
+    async def _start_backends(self, nursery: trio.Nursery) -> None:
+        """Start the store and broker (added by the capabilities that own them)."""
+
+    async def _start_services(self, nursery: trio.Nursery) -> None:
+        """Start the router, gateway and job runner (added by the capabilities that own them)."""
+
+    async def _drain_services(self) -> None:
+        """Let sockets close and jobs finish; returns early when all are done."""
+
+    async def _start_doors(self, nursery: trio.Nursery) -> None:
+        cfg = self.cfg
+        app = create_app(self.services)
+        ssl_context = _ssl_context(cfg)
+        host, port = parse_host_port(cfg.http.listen)
+        client = Listener(cfg, host=host, port=port, role="client", asgi_app=app, ssl_context=ssl_context)
+        client.ws_handler = self.services.extras.get("ws_handler")
+        self.listeners = [client]
+        if cfg.http.internal_listen:
+            ihost, iport = parse_host_port(cfg.http.internal_listen)
+            self.listeners.append(Listener(cfg, host=ihost, port=iport, role="internal", asgi_app=app))
+        for listener in self.listeners:
+            await nursery.start(listener.run)
+            what = (
+                "WebSocket, client REST, SSE, health"
+                + (", server API, metrics" if listener.role == "client" and not cfg.http.internal_listen else "")
+                if listener.role == "client"
+                else "server API, metrics, health"
+            )
+            for bhost, bport in listener.bound:
+                shown = f"[{bhost}]" if ":" in bhost else bhost
+                log.info("listening on %s://%s:%d (%s)", listener.scheme, shown, bport, what)
+
+    # -- signals, reload, watchdog ---------------------------------------------------------------
+
+    async def _signals(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                elif signum == signal.SIGINT and self._drain_requested.is_set():
+                    log.warning("second SIGINT: stopping now")
+                    if self._force_scope is not None:
+                        self._force_scope.cancel()
+                else:
+                    log.info("%s received", signal.Signals(signum).name)
+                    self.request_drain()
+
+    async def reload(self) -> bool:
+        """Re-read the configuration and apply what can change live. Returns success."""
+        self._notifier.reloading()
+        try:
+            if self.config_path is None:
+                new = self.cfg
+            else:
+                new = await trio.to_thread.run_sync(load_config, self.config_path)
+        except ConfigError as exc:
+            for key, problem in exc.problems:
+                log.error("reload refused: %s: %s", key or "config", problem)
+            metrics.RELOADS.labels("error").inc()
+            self._notifier.ready("reload refused; previous configuration kept")
+            return False
+        old = self.cfg
+        restart_needed = [
+            field.name
+            for field in attrs.fields(Config)
+            if field.name not in _LIVE_KEYS
+            and field.name != "source"
+            and getattr(old, field.name) != getattr(new, field.name)
+        ]
+        if restart_needed:
+            log.warning("reload: changes to [%s] take effect after a restart", "], [".join(restart_needed))
+            # Keep the running values of what cannot change live.
+            new = attrs.evolve(new, **{name: getattr(old, name) for name in restart_needed})
+        if (old.log.level, old.log.format) != (new.log.level, new.log.format):
+            logs.setup_logging(new.log.level, new.log.format)
+            log.info("reload: log level %s, format %s", new.log.level, new.log.format)
+        self.cfg = new
+        self.services.config = new
+        for listener in self.listeners:
+            listener.set_config(new)
+        for hook in self._reload_hooks:
+            hook(new)
+        metrics.RELOADS.labels("ok").inc()
+        log.info("configuration reloaded from %s", self.config_path or "memory")
+        self._notifier.ready("reloaded")
+        return True
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            self._notifier.watchdog()
+            await trio.sleep(interval)
+
+    async def wait_stopped(self) -> None:
+        await self._drained.wait()
+
+
+def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
+    if not cfg.http.tls_cert_file:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cfg.http.tls_cert_file, cfg.http.tls_key_file)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    return ctx
+
+
+def _warn_dev_secrets(cfg: Config) -> None:
+    if cfg.auth.hs256_secret == DEV_HS256_SECRET:
+        log.warning("the development HS256 secret is in use: set auth.hs256_secret before exposing realtimed")
+    if DEV_API_KEY in cfg.api.keys:
+        log.warning("the development API key is in use: set api.keys before exposing realtimed")
+
+
+async def run_daemon(cfg: Config, *, config_path: str | Path | None, **kwargs: Any) -> None:
+    """Run a daemon until it has drained (the CLI's ``run``)."""
+    daemon = Daemon(cfg, config_path=config_path, **kwargs)
+    await daemon.run()

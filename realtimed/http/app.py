@@ -1,0 +1,247 @@
+"""The HTTP doors on quart-trio: health, metrics, the server API and the client REST.
+
+Routes are grouped in blueprints owned by the capabilities (``/server/v1`` and
+``/api/v1``); this module builds the app, checks credentials for each door, turns
+every ``ApiError`` into the error body of PROTOCOL.md section 8, and adds CORS
+headers for allowed browser origins.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+import orjson
+import trio
+from quart import Blueprint, Response, current_app, g, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from realtimed import metrics
+from realtimed.config import is_loopback, parse_host_port
+from realtimed.errors import (
+    ApiError,
+    BadRequest,
+    Internal,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    ValidationFailed,
+)
+from realtimed.services import Services
+
+log = logging.getLogger(__name__)
+
+SERVER_PREFIX: Final = "/server/v1"
+CLIENT_PREFIX: Final = "/api/v1"
+READY_TIMEOUT_S: Final = 2.0
+
+# Blueprints registered by capabilities: (blueprint, door) where door is "server" or "client".
+_EXTRA_BLUEPRINTS: list[tuple[Blueprint, str]] = []
+
+
+def register_blueprint(blueprint: Blueprint, door: str) -> None:
+    """Add a capability's routes to a door (``server`` → /server/v1, ``client`` → /api/v1)."""
+    if door not in ("server", "client"):
+        raise ValueError(door)
+    if all(bp is not blueprint for bp, _ in _EXTRA_BLUEPRINTS):
+        _EXTRA_BLUEPRINTS.append((blueprint, door))
+
+
+def services() -> Services:
+    """The daemon's services, from inside a request."""
+    svc: Services = current_app.extensions["realtimed"]
+    return svc
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status=status, headers=headers, content_type="application/json")
+
+
+def error_response(exc: ApiError) -> Response:
+    headers: dict[str, str] = {}
+    retry_after = getattr(exc, "retry_after_ms", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, -(-retry_after // 1000)))
+    return json_response({"error": exc.to_dict()}, exc.http_status, headers)
+
+
+async def json_body() -> dict[str, Any]:
+    """The request body as a JSON object; an empty body is ``{}``."""
+    raw = await request.get_data(cache=False)
+    if not raw:
+        return {}
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest("body is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise ValidationFailed("body", "must be a JSON object")
+    return data
+
+
+def bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def _origin_allowed(origin: str, allowed: list[str]) -> bool:
+    return "*" in allowed or origin in allowed
+
+
+def _server_api_allowed_here(svc: Services) -> bool:
+    """The server API and /metrics are served on the client listener only when safe."""
+    if request.scope.get("realtimed.listener") == "internal":
+        return True
+    cfg = svc.config
+    host, _ = parse_host_port(cfg.http.listen)
+    return is_loopback(host) or cfg.http.expose_server_api
+
+
+def create_app(svc: Services) -> QuartTrio:
+    app = QuartTrio("realtimed")
+    app.extensions["realtimed"] = svc
+    app.config["MAX_CONTENT_LENGTH"] = svc.config.http.max_body_bytes
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+
+    @app.before_request
+    async def _door_checks() -> Response | None:
+        s = services()
+        path = request.path
+        internal = request.scope.get("realtimed.listener") == "internal"
+        if internal and not (
+            path.startswith(SERVER_PREFIX) or path in ("/metrics", "/healthz", "/readyz")
+        ):
+            return error_response(NotFound("not served on the internal listener"))
+        if (path.startswith(SERVER_PREFIX) or path == "/metrics") and not _server_api_allowed_here(s):
+            return error_response(NotFound("served on the internal listener only"))
+        if path.startswith(SERVER_PREFIX) and path != f"{SERVER_PREFIX}/openapi.json":
+            token = bearer_token()
+            if token is None or s.api_keys is None or not s.api_keys.check(token):
+                return error_response(Unauthorized("a valid API key is required"))
+        if path.startswith(CLIENT_PREFIX):
+            origin = request.headers.get("Origin")
+            if request.method == "OPTIONS" and origin:
+                return _preflight(s, origin)
+            if path == f"{CLIENT_PREFIX}/events":
+                return None  # the SSE door authenticates itself (header or ?token=)
+            token = bearer_token()
+            if token is None or s.verifier is None:
+                return error_response(Unauthorized("a user token is required"))
+            g.claims = await s.verifier.verify(token)
+        return None
+
+    @app.after_request
+    async def _cors_and_count(response: Response) -> Response:
+        s = services()
+        origin = request.headers.get("Origin")
+        if origin and request.path.startswith(CLIENT_PREFIX) and _origin_allowed(origin, s.config.gateway.allowed_origins):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Expose-Headers"] = "Retry-After"
+        door = "server" if request.path.startswith(SERVER_PREFIX) else "client" if request.path.startswith(CLIENT_PREFIX) else "ops"
+        metrics.HTTP_REQUESTS.labels(door, f"{response.status_code // 100}xx").inc()
+        return response
+
+    @app.errorhandler(ApiError)
+    async def _api_error(exc: ApiError) -> Response:
+        if isinstance(exc, Internal):
+            log.error("internal error %s on %s %s", exc.correlation_id, request.method, request.path)
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        code = exc.code or 500
+        if code == 404:
+            return error_response(NotFound(f"no route {request.path}"))
+        if code == 405:
+            return json_response({"error": {"code": "BAD_REQUEST", "message": f"method {request.method} not allowed"}}, 405)
+        if code == 413:
+            return error_response(PayloadTooLarge(f"body over {services().config.http.max_body_bytes} bytes"))
+        if code < 500:
+            return json_response({"error": {"code": "BAD_REQUEST", "message": exc.description or "bad request"}}, code)
+        err = Internal()
+        log.error("internal error %s on %s %s: %s", err.correlation_id, request.method, request.path, exc)
+        return error_response(err)
+
+    @app.errorhandler(Exception)
+    async def _unexpected(exc: Exception) -> Response:
+        err = Internal()
+        log.exception("internal error %s on %s %s", err.correlation_id, request.method, request.path)
+        return error_response(err)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return json_response({"status": "ok", "node": services().node})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        s = services()
+        results = await check_backends(s)
+        failing = {name: problem for name, problem in results.items() if problem}
+        body: dict[str, Any] = {
+            "status": "ready" if not failing and not s.draining else "unavailable",
+            "node": s.node,
+            "backends": {name: problem or "ok" for name, problem in results.items()},
+        }
+        if s.draining:
+            body["draining"] = True
+        if failing or s.draining:
+            names = ", ".join(sorted(failing)) or "draining"
+            body["error"] = {"code": "UNAVAILABLE", "message": f"not ready: {names}"}
+            return json_response(body, 503)
+        return json_response(body)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        if not services().config.metrics.enabled:
+            return error_response(NotFound("metrics are disabled"))
+        return Response(metrics.exposition(), content_type=metrics.CONTENT_TYPE)
+
+    for blueprint, door in _EXTRA_BLUEPRINTS:
+        app.register_blueprint(blueprint, url_prefix=SERVER_PREFIX if door == "server" else CLIENT_PREFIX)
+    return app
+
+
+def _preflight(s: Services, origin: str) -> Response:
+    if not _origin_allowed(origin, s.config.gateway.allowed_origins):
+        return Response(b"", status=403)
+    headers = {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+        "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", "Authorization, Content-Type"),
+        "Access-Control-Max-Age": str(s.config.http.cors_max_age_s),
+        "Vary": "Origin",
+    }
+    return Response(b"", status=204, headers=headers)
+
+
+async def check_backends(s: Services) -> dict[str, str]:
+    """Ask each backend to answer; returns name → "" (ok) or the problem."""
+    checks: dict[str, Callable[[], Any]] = {}
+    if s.store is not None:
+        checks["store"] = s.store.ping
+    if s.broker is not None and hasattr(s.broker, "ping"):
+        checks["broker"] = s.broker.ping
+    results: dict[str, str] = {}
+
+    async def one(name: str, fn: Callable[[], Any]) -> None:
+        problem = ""
+        try:
+            with trio.fail_after(READY_TIMEOUT_S):
+                await fn()
+        except trio.TooSlowError:
+            problem = f"no answer within {READY_TIMEOUT_S:g} s"
+        except Exception as exc:
+            problem = str(exc) or type(exc).__name__
+        results[name] = problem
+        metrics.READY.labels(name).set(0 if problem else 1)
+
+    async with trio.open_nursery() as nursery:
+        for name, fn in checks.items():
+            nursery.start_soon(one, name, fn)
+    return results
