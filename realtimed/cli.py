@@ -111,7 +111,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     path = args.config if args.config is not None else _default_config_path()
     cfg = _load(path)
 
-    async def main() -> list[str]:
+    async def main() -> Any:
         if cfg.store.backend == "postgres":
             import trio_asyncio
 

@@ -18,6 +18,7 @@ Field metadata understood by the loader:
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import tomllib
@@ -30,6 +31,8 @@ from typing import Any, Final, Literal, TypeVar, Union, get_args, get_origin
 import attrs
 
 from realtimed.errors import ConfigError
+
+__all__ = ["Config", "ConfigError", "load_config"]
 
 ENV_PREFIX: Final = "REALTIMED__"
 DEFAULT_CONFIG_FILE: Final = "realtimed.toml"
@@ -378,7 +381,7 @@ class _Invalid:
 _INVALID: Final = _Invalid()
 
 
-def _build(cls: type[_T], table: Mapping[str, Any], prefix: str, problems: _Problems, base_dir: Path) -> _T:
+def _build(cls: Any, table: Mapping[str, Any], prefix: str, problems: _Problems, base_dir: Path) -> _T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in attrs.fields(cls) if not f.metadata.get("internal")}
     secret_files = {f"{name}_file": name for name, f in fields.items() if f.metadata.get("secret")}
@@ -410,9 +413,12 @@ def _build(cls: type[_T], table: Mapping[str, Any], prefix: str, problems: _Prob
             ok = False
             continue
         kwargs[name] = converted
-    if not ok:
-        return _INVALID  # type: ignore[return-value]
-    return cls(**kwargs)
+    # Invalid keys keep their defaults, so that the checks spanning several keys
+    # still run and the operator sees every mistake at once; ``ok`` is recorded
+    # in ``problems`` already.
+    del ok
+    built: _T = cls(**kwargs)
+    return built
 
 
 def _contains_invalid(value: Any) -> bool:
@@ -488,6 +494,7 @@ def load_config(
     *,
     env: Mapping[str, str] | None = None,
     text: str | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> Config:
     """Load and validate the configuration.
 
@@ -495,25 +502,26 @@ def load_config(
         path: the TOML file; None means no file (embedded defaults).
         env: the environment to read overrides from (default ``os.environ``).
         text: TOML text to use instead of reading ``path`` (``path`` still sets the base folder).
+        data: an already parsed table to use instead of TOML text.
 
     Raises:
         ConfigError: with one problem per mistake, each naming its key.
     """
     problems = _Problems()
     base_dir = Path(path).resolve().parent if path is not None else Path.cwd()
-    data: dict[str, Any] = {}
-    if text is None and path is not None:
+    table: dict[str, Any] = copy.deepcopy(dict(data)) if data is not None else {}
+    if data is None and text is None and path is not None:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError([("", f"cannot read {path}: {exc.strerror or exc}")]) from exc
     if text is not None:
         try:
-            data = tomllib.loads(text)
+            table = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([("", f"{path or 'config'}: not valid TOML: {exc}")]) from exc
-    origins = _apply_env(data, os.environ if env is None else env, problems)
-    cfg = _build(Config, data, "", problems, base_dir)
+    origins = _apply_env(table, os.environ if env is None else env, problems)
+    cfg: Config = _build(Config, table, "", problems, base_dir)
     _check_semantics(cfg, problems)
     if problems.items:
         labelled = [

@@ -244,4 +244,5 @@ async def check_backends(s: Services) -> dict[str, str]:
     async with trio.open_nursery() as nursery:
         for name, fn in checks.items():
             nursery.start_soon(one, name, fn)
+    log.debug("readiness: %s", {name: problem or "ok" for name, problem in results.items()} or "no backends")
     return results

@@ -113,12 +113,12 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._prefix:
             if max_bytes is None or max_bytes >= len(self._prefix):
-                data, self._prefix = self._prefix, b""
+                data, self._prefix = bytes(self._prefix), b""
             else:
                 data, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
             await trio.lowlevel.checkpoint()
             return data
-        return await self._stream.receive_some(max_bytes)
+        return bytes(await self._stream.receive_some(max_bytes))
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stream.send_all(data)
@@ -188,7 +188,7 @@ class Listener:
         self.host = host
         self.port = port
         self.role = role
-        self._app = ASGIWrapper(_ListenerAsgi(asgi_app, role))
+        self._app = ASGIWrapper(_ListenerAsgi(asgi_app, role))  # type: ignore[arg-type]
         self.ws_handler = ws_handler
         self._ssl_context = ssl_context
         self._hc = hypercorn_config(cfg)
@@ -290,10 +290,14 @@ class Listener:
                 return
             head = parse_head(raw, rest) if raw else None
             release()
-            if head is not None and head.path == self._cfg.gateway.path and self.ws_handler is not None:
-                if head.is_websocket_upgrade():
-                    await self.ws_handler(conn, head, address)
-                    return
+            if (
+                head is not None
+                and self.ws_handler is not None
+                and head.path == self._cfg.gateway.path
+                and head.is_websocket_upgrade()
+            ):
+                await self.ws_handler(conn, head, address)
+                return
             prefixed = PrefixedStream(conn, raw + rest)
             await TCPServer(self._app, self._hc, self._context, {}, prefixed)  # type: ignore[arg-type]
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError) as exc:

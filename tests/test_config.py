@@ -1,0 +1,206 @@
+"""Configuration: typed loading, one message per mistake, env overrides, secrets from files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from realtimed.config import (
+    DEV_API_KEY,
+    DEV_HS256_SECRET,
+    REDACTED,
+    ConfigError,
+    config_to_dict,
+    load_config,
+    reference_rows,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_embedded_defaults_load() -> None:
+    cfg = load_config(None, env={})
+    assert cfg.http.listen == "127.0.0.1:8700"
+    assert cfg.store.backend == "sqlite"
+    assert cfg.gateway.max_frame_bytes == 512 * 1024
+    assert cfg.gateway.auth_timeout_s == 5.0
+
+
+def test_repository_config_is_a_complete_single_node() -> None:
+    cfg = load_config(ROOT / "realtimed.toml", env={})
+    assert cfg.store.backend == "sqlite"
+    assert cfg.broker.backend == "memory"
+    assert cfg.http.listen == "127.0.0.1:8700"
+    # Relative paths resolve against the file's own folder.
+    assert cfg.server.state_dir == ROOT / "state"
+
+
+def test_every_mistake_is_reported_with_its_key(tmp_path: Path) -> None:
+    text = """
+[server]
+nodee = "typo"
+[http]
+listen = "nohostport"
+[log]
+level = "loud"
+[gateway]
+heartbeat_s = -1
+max_frame_bytes = "big"
+[[namespaces]]
+prefix = "job:"
+history_size = -5
+[[namespaces]]
+prefix = "job:"
+[[cron]]
+name = "x"
+schedule = "not a schedule"
+kind = "noop"
+timezone = "Mars/Olympus"
+[bogus]
+a = 1
+"""
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "c.toml", env={}, text=text)
+    keys = [key for key, _ in info.value.problems]
+    assert set(keys) == {
+        "server.nodee",
+        "http.listen",
+        "log.level",
+        "gateway.heartbeat_s",
+        "gateway.max_frame_bytes",
+        "namespaces[0].history_size",
+        "cron[0].schedule",
+        "cron[0].timezone",
+        "bogus",
+    } | ({"namespaces[1].prefix"} & set(keys))
+    messages = dict(info.value.problems)
+    assert messages["server.nodee"] == "unknown key"
+    assert "at least 1" in messages["gateway.heartbeat_s"]
+    assert "expected an integer" in messages["gateway.max_frame_bytes"]
+    assert "'loud'" in messages["log.level"]
+
+
+def test_duplicate_namespace_prefix_is_an_error(tmp_path: Path) -> None:
+    text = '[[namespaces]]\nprefix = "job:"\n[[namespaces]]\nprefix = "job:"\n'
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "c.toml", env={}, text=text)
+    assert info.value.problems == [("namespaces[1].prefix", "duplicate prefix 'job:'")]
+
+
+def test_environment_overrides_and_their_errors(tmp_path: Path) -> None:
+    cfg = load_config(
+        None,
+        env={"REALTIMED__HTTP__LISTEN": "127.0.0.1:9000", "REALTIMED__SHUTDOWN__GRACE_S": "3", "OTHER": "x"},
+    )
+    assert cfg.http.listen == "127.0.0.1:9000"
+    assert cfg.shutdown.grace_s == 3.0
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"REALTIMED__SHUTDOWN__GRACE_S": "soon", "REALTIMED__HTTP__NOPE": "1"})
+    problems = dict(info.value.problems)
+    assert problems["shutdown.grace_s (from REALTIMED__SHUTDOWN__GRACE_S)"] == "expected a number, got 'soon'"
+    assert problems["http.nope (from REALTIMED__HTTP__NOPE)"] == "unknown key"
+
+
+def test_secrets_from_files_and_redaction(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("s3cr3t\n")
+    (tmp_path / "keys").write_text("# api keys\nkey-one\nkey-two\n")
+    text = '[auth]\nhs256_secret_file = "secret"\n[api]\nkeys_file = "keys"\n'
+    cfg = load_config(tmp_path / "c.toml", env={}, text=text)
+    assert cfg.auth.hs256_secret == "s3cr3t"
+    assert cfg.api.keys == ["key-one", "key-two"]
+    shown = config_to_dict(cfg)
+    assert shown["auth"]["hs256_secret"] == REDACTED
+    assert shown["api"]["keys"] == [REDACTED, REDACTED]
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "c.toml", env={}, text='[auth]\nhs256_secret_file = "missing"\n')
+    assert info.value.problems[0][0] == "auth.hs256_secret_file"
+
+
+def test_development_secrets_refused_on_a_public_listener(tmp_path: Path) -> None:
+    data = {"http": {"listen": "0.0.0.0:8700"}, "auth": {"hs256_secret": DEV_HS256_SECRET}}
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "c.toml", env={}, data=data)
+    assert info.value.problems[0][0] == "http.listen"
+    data = {"http": {"listen": "0.0.0.0:8700"}, "api": {"keys": [DEV_API_KEY]}}
+    with pytest.raises(ConfigError):
+        load_config(tmp_path / "c.toml", env={}, data=data)
+    assert load_config(tmp_path / "c.toml", env={}, data={"http": {"listen": "0.0.0.0:8700"}})
+
+
+def test_reference_covers_every_key() -> None:
+    keys = {key for key, _, _ in reference_rows()}
+    assert "gateway.max_frame_bytes" in keys
+    assert "namespaces[].recovery_cap" in keys
+    assert all(help_text for _, _, help_text in reference_rows())
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIMED__")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "realtimed", *args], capture_output=True, text=True, env=full_env, timeout=60
+    )
+
+
+def test_check_config_prints_effective_config_redacted() -> None:
+    result = _cli("check-config", str(ROOT / "realtimed.toml"))
+    assert result.returncode == 0, result.stderr
+    shown = orjson.loads(result.stdout)
+    assert shown["auth"]["hs256_secret"] == REDACTED
+    assert shown["http"]["listen"] == "127.0.0.1:8700"
+
+
+def test_check_config_exits_2_with_every_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[log]\nlevel = "loud"\n[gateway]\nheartbeat_s = 0\nmystery = 1\n')
+    result = _cli("check-config", str(bad))
+    assert result.returncode == 2
+    assert "log.level" in result.stderr
+    assert "gateway.heartbeat_s" in result.stderr
+    assert "gateway.mystery: unknown key" in result.stderr
+
+
+def test_bad_environment_value_fails_as_clearly_as_the_file() -> None:
+    result = _cli(
+        "check-config", str(ROOT / "realtimed.toml"), env={"REALTIMED__GATEWAY__HEARTBEAT_S": "often"}
+    )
+    assert result.returncode == 2
+    assert "gateway.heartbeat_s (from REALTIMED__GATEWAY__HEARTBEAT_S): expected a number, got 'often'" in result.stderr
+
+
+def test_token_command_prints_only_a_token() -> None:
+    import jwt
+
+    result = _cli("token", "-c", str(ROOT / "realtimed.toml"), "--sub", "alice", "--ttl", "15m", "--rooms", "job:*")
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert "\n" not in token
+    claims = jwt.decode(token, DEV_HS256_SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "alice"
+    assert claims["rooms"] == ["job:*"]
+    assert 890 <= claims["exp"] - claims["iat"] <= 910
+
+
+def test_readme_configuration_reference_is_current() -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import config_reference
+    finally:
+        sys.path.pop(0)
+    text = (ROOT / "README.md").read_text()
+    assert config_reference.rewrite(text) == text, "run: python scripts/config_reference.py --write"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "config").glob("*.toml")))
+def test_example_configs_are_valid(name: str, tmp_path: Path) -> None:
+    text = (ROOT / "config" / name).read_text().replace("/etc/realtimed/", f"{tmp_path}/")
+    for secret in ("postgres_dsn", "redis_url", "api_keys"):
+        (tmp_path / secret).write_text("redis://127.0.0.1:6379/0\n" if secret == "redis_url" else "x\n")
+    cfg = load_config(tmp_path / name, env={}, text=text)
+    assert cfg.store.backend == "postgres"
