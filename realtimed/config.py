@@ -381,7 +381,7 @@ class _Invalid:
 _INVALID: Final = _Invalid()
 
 
-def _build(cls: Any, table: Mapping[str, Any], prefix: str, problems: _Problems, base_dir: Path) -> _T:
+def _build(cls: Any, table: Mapping[str, Any], prefix: str, problems: _Problems, base_dir: Path) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in attrs.fields(cls) if not f.metadata.get("internal")}
     secret_files = {f"{name}_file": name for name, f in fields.items() if f.metadata.get("secret")}
@@ -417,8 +417,7 @@ def _build(cls: Any, table: Mapping[str, Any], prefix: str, problems: _Problems,
     # still run and the operator sees every mistake at once; ``ok`` is recorded
     # in ``problems`` already.
     del ok
-    built: _T = cls(**kwargs)
-    return built
+    return cls(**kwargs)
 
 
 def _contains_invalid(value: Any) -> bool:
