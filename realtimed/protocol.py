@@ -1,0 +1,943 @@
+"""The client wire protocol (PROTOCOL.md sections 4 to 6), sans-IO.
+
+This module turns the text of a client frame into typed values and server
+frames into bytes. It does no I/O and knows nothing of Trio or sockets, so it is
+tested synchronously and shared by the socket, the client REST door and the
+server API.
+
+Parsing happens in two steps, because the gateway must decide what to do
+between them (an op sent before ``auth`` gets ``UNAUTHORIZED`` whatever its
+data):
+
+1. ``parse_frame`` applies section 4: it returns a ``Request`` or a
+   ``FrameError`` that says whether it deserves a reply.
+2. ``validate(op, data)`` applies section 5: it returns the op's typed value
+   (an attrs class named after the op, whose attributes are the wire fields) or
+   raises ``ValidationFailed`` naming the field (``PayloadTooLarge`` for a
+   message body over the limit).
+
+Encoders produce the bytes of one text frame with a single ``orjson.dumps``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Final, Literal, TypeAlias, TypeVar
+
+import attrs
+import orjson
+
+from realtimed.errors import ApiError, BadRequest, PayloadTooLarge, ValidationFailed
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "OPS",
+    "OP_SPECS",
+    "RESERVED_EVENT_PREFIXES",
+    "FrameError",
+    "Limits",
+    "OpSpec",
+    "Request",
+    "RequestId",
+    "encode_event",
+    "encode_reply_error",
+    "encode_reply_ok",
+    "is_reserved_event",
+    "is_valid_room",
+    "op_spec",
+    "parse_frame",
+    "room_matches",
+    "validate",
+    "validate_event_name",
+    "validate_room",
+    "validate_room_pattern",
+    "validate_user_id",
+]
+
+RequestId: TypeAlias = int | str | None
+
+# -- limits (PROTOCOL.md sections 2, 4 and 5) ---------------------------------------------------
+
+MAX_REQUEST_ID_CHARS: Final = 64
+MAX_USER_ID_CHARS: Final = 128
+MAX_ID_CHARS: Final = 128
+MAX_CLIENT_ID_CHARS: Final = 64
+MAX_ROOM_CHARS: Final = 200
+MAX_EVENT_CHARS: Final = 100
+MAX_CURSOR_CHARS: Final = 512
+MAX_EPOCH_CHARS: Final = 128
+MAX_TOKEN_CHARS: Final = 65_536
+MAX_TITLE_CHARS: Final = 200
+MAX_STATUS_MESSAGE_CHARS: Final = 200
+MAX_MEDIA_URL_CHARS: Final = 2048
+MAX_PRESENCE_QUERY: Final = 200
+MAX_MEMBER_IDS: Final = 10_000
+MAX_NOTIFICATION_IDS: Final = 1000
+# Sequence numbers and versions are stored as signed 64-bit integers.
+MAX_SEQ: Final = 2**63 - 1
+DEFAULT_MAX_MESSAGE_BYTES: Final = 65_536
+
+CONVERSATION_LIST_LIMIT: Final = (20, 100)  # (default, max)
+MESSAGE_HISTORY_LIMIT: Final = (50, 100)
+NOTIFICATION_LIST_LIMIT: Final = (20, 100)
+
+RESERVED_EVENT_PREFIXES: Final[tuple[str, ...]] = (
+    "session.",
+    "server.",
+    "message.",
+    "receipt.",
+    "typing.",
+    "conversation.",
+    "presence.",
+    "notification.",
+    "room.",
+)
+
+MessageType: TypeAlias = Literal["text", "image", "file"]
+PresenceStatus: TypeAlias = Literal["online", "away", "busy", "invisible"]
+_MESSAGE_TYPES: Final[Mapping[str, MessageType]] = {"text": "text", "image": "image", "file": "file"}
+_PRESENCE_STATUSES: Final[Mapping[str, PresenceStatus]] = {
+    "online": "online",
+    "away": "away",
+    "busy": "busy",
+    "invisible": "invisible",
+}
+
+# C0 and C1 control characters: never part of an id, a name or an event, because
+# they would forge lines in logs and in the SSE stream.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# A room name additionally has no whitespace; no "*" (that is the pattern
+# wildcard, so that a name never looks like a pattern) and no "," (the SSE door
+# lists rooms separated by commas).
+_ROOM_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f*,]")
+_MEDIA_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f-\x9f]+", re.IGNORECASE)
+
+
+# -- frames (section 4) -------------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class Request:
+    """A well-formed request frame.
+
+    Attributes:
+        id: the client's request id; None when the frame had no ``id``, which
+            makes it fire-and-forget: it gets no reply at all, not even an error.
+        op: a known op (one of ``OPS``).
+        data: the ``data`` object, ``{}`` when it was absent; not validated yet.
+    """
+
+    id: int | str | None
+    op: str
+    data: dict[str, Any]
+
+    @property
+    def fire_and_forget(self) -> bool:
+        return self.id is None
+
+
+@attrs.frozen(slots=True)
+class FrameError:
+    """A frame refused by section 4.
+
+    Attributes:
+        id: the id to answer with (None for a frame whose id could not be read).
+        error: ``BadRequest`` or ``ValidationFailed``.
+        reply: whether to send ``encode_reply_error(id, error)``; False for a
+            fire-and-forget request, which gets nothing.
+    """
+
+    id: int | str | None
+    error: ApiError
+    reply: bool
+
+
+_NO_DATA: Final[Mapping[str, Any]] = MappingProxyType({})
+
+
+def parse_frame(text: str | bytes) -> Request | FrameError:
+    """Parse one client text frame, following PROTOCOL.md section 4 to the letter.
+
+    - not JSON, not an object, or an ``id`` that is not an integer (booleans are
+      not) or a string of at most 64 characters: ``BAD_REQUEST`` with id null,
+      always answered (the id cannot be trusted to tell fire-and-forget apart;
+      an explicit ``"id": null`` is such an invalid id);
+    - no ``op``, or an unknown one: ``BAD_REQUEST`` with the request's id;
+    - ``data`` absent is ``{}``; ``data`` not an object: ``VALIDATION_ERROR``;
+    - unknown fields are ignored;
+    - without ``id`` nothing is answered, not even an error (``reply`` False).
+
+    Frame size and binary frames are the socket's business, not this one's.
+    """
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return FrameError(None, BadRequest("the frame is not valid JSON"), True)
+    if type(obj) is not dict:
+        return FrameError(None, BadRequest("the frame must be a JSON object"), True)
+    if "id" in obj:
+        request_id = obj["id"]
+        kind = type(request_id)
+        # type() rather than isinstance(): True and False are ints to isinstance.
+        if kind is str:
+            if len(request_id) > MAX_REQUEST_ID_CHARS:
+                return FrameError(
+                    None, BadRequest(f"id: a string id has at most {MAX_REQUEST_ID_CHARS} characters"), True
+                )
+        elif kind is not int:
+            return FrameError(None, BadRequest("id: must be an integer or a string"), True)
+        reply = True
+    else:
+        request_id = None
+        reply = False
+    op = obj.get("op")
+    if op is None:
+        return FrameError(request_id, BadRequest("op: is required"), reply)
+    if type(op) is not str:
+        return FrameError(request_id, BadRequest("op: must be a string"), reply)
+    if op not in OPS:
+        return FrameError(request_id, BadRequest(f"unknown op {op[:64]!r}"), reply)
+    data = obj.get("data", _NO_DATA)
+    if data is _NO_DATA:
+        data = {}
+    elif type(data) is not dict:
+        return FrameError(request_id, ValidationFailed("data", "must be an object"), reply)
+    return Request(request_id, op, data)
+
+
+# -- encoders -----------------------------------------------------------------------------------
+
+
+def encode_reply_ok(request_id: RequestId, data: Mapping[str, Any]) -> bytes:
+    """``{"id", "ok": true, "data"}`` as the bytes of one text frame."""
+    return orjson.dumps({"id": request_id, "ok": True, "data": data})
+
+
+def encode_reply_error(request_id: RequestId, error: ApiError) -> bytes:
+    """``{"id", "ok": false, "error": {"code", "message", ...}}``.
+
+    ``INTERNAL`` carries ``correlation_id`` and ``RATE_LIMITED`` carries
+    ``retry_after_ms``: ``ApiError.to_dict`` adds them.
+    """
+    return orjson.dumps({"id": request_id, "ok": False, "error": error.to_dict()})
+
+
+def encode_event(
+    event: str,
+    data: Any,
+    *,
+    room: str | None = None,
+    seq: int | None = None,
+    epoch: str | None = None,
+) -> bytes:
+    """``{"event", "room"?, "seq"?, "epoch"?, "data"}`` as the bytes of one text frame.
+
+    On the delivery hot path: one dict, one ``orjson.dumps``. Keys that are None
+    are left out (a top-level ``seq`` appears only on events that append to a
+    stream).
+    """
+    if room is None and seq is None and epoch is None:
+        return orjson.dumps({"event": event, "data": data})
+    frame: dict[str, Any] = {"event": event}
+    if room is not None:
+        frame["room"] = room
+    if seq is not None:
+        frame["seq"] = seq
+    if epoch is not None:
+        frame["epoch"] = epoch
+    frame["data"] = data
+    return orjson.dumps(frame)
+
+
+# -- names: users, rooms, events ----------------------------------------------------------------
+
+
+def validate_user_id(value: object, field: str = "user_id") -> str:
+    """A user id (a JWT ``sub``): a string of 1 to 128 characters, no control characters."""
+    if type(value) is not str:
+        raise ValidationFailed(field, "must be a string")
+    if not 1 <= len(value) <= MAX_USER_ID_CHARS:
+        raise ValidationFailed(field, f"must be 1 to {MAX_USER_ID_CHARS} characters")
+    if _CONTROL.search(value):
+        raise ValidationFailed(field, "must not contain control characters")
+    return value
+
+
+def _room_problem(room: object) -> str | None:
+    if type(room) is not str:
+        return "must be a string"
+    if not room:
+        return "must not be empty"
+    if len(room) > MAX_ROOM_CHARS:
+        return f"must be at most {MAX_ROOM_CHARS} characters"
+    if _ROOM_FORBIDDEN.search(room):
+        return "must not contain whitespace, control characters, '*' or ','"
+    if room[0] == ":" or room[-1] == ":" or "::" in room:
+        return "segments separated by ':' must not be empty"
+    return None
+
+
+def is_valid_room(room: object) -> bool:
+    return _room_problem(room) is None
+
+
+def validate_room(room: object, field: str = "room") -> str:
+    """A room name: 1 to 200 characters, ``:``-separated non-empty segments, no
+    whitespace, control characters, ``*`` or ``,``. Raises ValidationFailed."""
+    problem = _room_problem(room)
+    if problem is not None:
+        raise ValidationFailed(field, problem)
+    assert isinstance(room, str)
+    return room
+
+
+def validate_room_pattern(pattern: object, field: str = "rooms") -> str:
+    """A room pattern of a token's ``rooms`` claim: a room name, or one whose last
+    segment is ``*`` (``team:7:*``), or ``*`` alone (every room)."""
+    if pattern == "*":
+        return "*"
+    if type(pattern) is str and pattern.endswith(":*"):
+        if len(pattern) > MAX_ROOM_CHARS:
+            raise ValidationFailed(field, f"must be at most {MAX_ROOM_CHARS} characters")
+        problem = _room_problem(pattern[:-2])
+        if problem is not None:
+            raise ValidationFailed(field, f"{problem} ('*' may only be the last segment)")
+        return pattern
+    problem = _room_problem(pattern)
+    if problem is not None:
+        raise ValidationFailed(field, problem)
+    assert isinstance(pattern, str)
+    return pattern
+
+
+def room_matches(pattern: str, room: str) -> bool:
+    """Whether ``room`` matches ``pattern``.
+
+    A trailing ``*`` segment matches one or more whole segments: ``team:7:*``
+    matches ``team:7:x`` and ``team:7:x:y``, not ``team:70`` nor ``team:7``.
+    Both arguments are taken as already valid (``validate_room_pattern``,
+    ``validate_room``); a ``*`` anywhere else is not a wildcard.
+    """
+    if pattern == "*":
+        return True
+    if pattern.endswith(":*"):
+        prefix = pattern[:-1]  # keeps the ":" so that "team:7:*" never matches "team:70"
+        return len(room) > len(prefix) and room.startswith(prefix)
+    return pattern == room
+
+
+def is_reserved_event(name: str) -> bool:
+    """Whether an event name uses a prefix reserved for realtimed's own events."""
+    return name.startswith(RESERVED_EVENT_PREFIXES)
+
+
+def validate_event_name(name: object, field: str = "event") -> str:
+    """An app event name: 1 to 100 characters, no control characters, no reserved prefix."""
+    if type(name) is not str:
+        raise ValidationFailed(field, "must be a string")
+    if not 1 <= len(name) <= MAX_EVENT_CHARS:
+        raise ValidationFailed(field, f"must be 1 to {MAX_EVENT_CHARS} characters")
+    if _CONTROL.search(name):
+        raise ValidationFailed(field, "must not contain control characters")
+    if is_reserved_event(name):
+        raise ValidationFailed(field, f"{name!r} uses a reserved prefix")
+    return name
+
+
+# -- field helpers ------------------------------------------------------------------------------
+# A field that is absent or null is missing: optional fields take their default.
+
+
+def _string(
+    data: Mapping[str, Any],
+    field: str,
+    *,
+    max_len: int,
+    min_len: int = 1,
+    path: str = "",
+    control_ok: bool = False,
+) -> str:
+    value = data.get(field)
+    name = path + field
+    if value is None:
+        raise ValidationFailed(name, "is required")
+    return _check_string(value, name, min_len=min_len, max_len=max_len, control_ok=control_ok)
+
+
+def _opt_string(
+    data: Mapping[str, Any], field: str, *, max_len: int, min_len: int = 1, control_ok: bool = False
+) -> str | None:
+    value = data.get(field)
+    if value is None:
+        return None
+    return _check_string(value, field, min_len=min_len, max_len=max_len, control_ok=control_ok)
+
+
+def _check_string(value: object, name: str, *, min_len: int, max_len: int, control_ok: bool) -> str:
+    if type(value) is not str:
+        raise ValidationFailed(name, "must be a string")
+    if not min_len <= len(value) <= max_len:
+        if min_len == 0:
+            raise ValidationFailed(name, f"must be at most {max_len} characters")
+        raise ValidationFailed(name, f"must be {min_len} to {max_len} characters")
+    if not control_ok and _CONTROL.search(value):
+        raise ValidationFailed(name, "must not contain control characters")
+    return value
+
+
+def _id(data: Mapping[str, Any], field: str) -> str:
+    """An opaque record id (conversation, message, notification)."""
+    return _string(data, field, max_len=MAX_ID_CHARS)
+
+
+def _opt_id(data: Mapping[str, Any], field: str) -> str | None:
+    return _opt_string(data, field, max_len=MAX_ID_CHARS)
+
+
+def _user(data: Mapping[str, Any], field: str) -> str:
+    value = data.get(field)
+    if value is None:
+        raise ValidationFailed(field, "is required")
+    return validate_user_id(value, field)
+
+
+def _room(data: Mapping[str, Any], field: str = "room") -> str:
+    value = data.get(field)
+    if value is None:
+        raise ValidationFailed(field, "is required")
+    return validate_room(value, field)
+
+
+def _opt_int(data: Mapping[str, Any], field: str, *, lo: int, hi: int, path: str = "") -> int | None:
+    value = data.get(field)
+    if value is None:
+        return None
+    return _check_int(value, path + field, lo=lo, hi=hi)
+
+
+def _int(data: Mapping[str, Any], field: str, *, lo: int, hi: int, path: str = "") -> int:
+    value = data.get(field)
+    if value is None:
+        raise ValidationFailed(path + field, "is required")
+    return _check_int(value, path + field, lo=lo, hi=hi)
+
+
+def _check_int(value: object, name: str, *, lo: int, hi: int) -> int:
+    if type(value) is not int:
+        raise ValidationFailed(name, "must be an integer")
+    if not lo <= value <= hi:
+        raise ValidationFailed(name, f"must be between {lo} and {hi}")
+    return value
+
+
+def _seq(data: Mapping[str, Any], field: str) -> int | None:
+    return _opt_int(data, field, lo=0, hi=MAX_SEQ)
+
+
+def _bool(data: Mapping[str, Any], field: str, *, default: bool | None = None) -> bool:
+    value = data.get(field)
+    if value is None:
+        if default is None:
+            raise ValidationFailed(field, "is required")
+        return default
+    if type(value) is not bool:
+        raise ValidationFailed(field, "must be true or false")
+    return value
+
+
+def _limit(data: Mapping[str, Any], bounds: tuple[int, int]) -> int:
+    default, most = bounds
+    value = _opt_int(data, "limit", lo=1, hi=most)
+    return default if value is None else value
+
+
+def _list(data: Mapping[str, Any], field: str, *, min_items: int, max_items: int) -> list[Any]:
+    value = data.get(field)
+    if value is None:
+        raise ValidationFailed(field, "is required")
+    if type(value) is not list:
+        raise ValidationFailed(field, "must be a list")
+    if not min_items <= len(value) <= max_items:
+        raise ValidationFailed(field, f"must have {min_items} to {max_items} items")
+    return value
+
+
+def _user_ids(data: Mapping[str, Any], field: str, *, min_items: int, max_items: int) -> tuple[str, ...]:
+    items = _list(data, field, min_items=min_items, max_items=max_items)
+    for i, item in enumerate(items):
+        validate_user_id(item, f"{field}[{i}]")
+    return tuple(dict.fromkeys(items))  # without repeats, in the client's order
+
+
+def _ids(data: Mapping[str, Any], field: str, *, max_items: int) -> tuple[str, ...]:
+    items = _list(data, field, min_items=1, max_items=max_items)
+    for i, item in enumerate(items):
+        _check_string(item, f"{field}[{i}]", min_len=1, max_len=MAX_ID_CHARS, control_ok=False)
+    return tuple(dict.fromkeys(items))
+
+
+def _exclusive(data: Mapping[str, Any], *fields: str) -> None:
+    """At most one of ``fields`` may be given."""
+    given = [f for f in fields if data.get(f) is not None]
+    if len(given) > 1:
+        raise ValidationFailed(given[1], f"cannot be combined with {given[0]}")
+
+
+def _body(value: object, *, max_bytes: int, may_be_empty: bool) -> str:
+    if type(value) is not str:
+        raise ValidationFailed("body", "must be a string")
+    if not value and not may_be_empty:
+        raise ValidationFailed("body", "must not be empty (unless media_url is set)")
+    chars = len(value)
+    # A character is 1 to 4 bytes of UTF-8: only the uncertain middle is encoded.
+    if chars > max_bytes:
+        size = chars
+    elif chars * 4 <= max_bytes:
+        size = 0
+    else:
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ValidationFailed("body", "must be valid Unicode text") from None
+    if size > max_bytes:
+        raise PayloadTooLarge(f"body: must be at most {max_bytes} bytes of UTF-8", field="body")
+    return value
+
+
+# -- op values (section 5) ----------------------------------------------------------------------
+# Each class is named after its op; its attributes are the op's wire fields.
+
+
+@attrs.frozen(slots=True)
+class Limits:
+    """Limits from the configuration that validation needs."""
+
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+
+@attrs.frozen(slots=True)
+class Auth:
+    token: str
+
+
+@attrs.frozen(slots=True)
+class Ping:
+    pass
+
+
+@attrs.frozen(slots=True)
+class Since:
+    seq: int
+    epoch: str
+
+
+@attrs.frozen(slots=True)
+class Subscribe:
+    room: str
+    since: Since | None = None
+
+
+@attrs.frozen(slots=True)
+class Unsubscribe:
+    room: str
+
+
+@attrs.frozen(slots=True)
+class RoomPresence:
+    room: str
+
+
+@attrs.frozen(slots=True)
+class Publish:
+    room: str
+    event: str
+    data: Any
+
+
+@attrs.frozen(slots=True)
+class ConversationOpen:
+    user_id: str
+
+
+@attrs.frozen(slots=True)
+class ConversationCreate:
+    member_ids: tuple[str, ...]
+    title: str | None = None
+
+
+@attrs.frozen(slots=True)
+class ConversationList:
+    cursor: str | None = None
+    limit: int = CONVERSATION_LIST_LIMIT[0]
+
+
+@attrs.frozen(slots=True)
+class ConversationMute:
+    conversation_id: str
+    muted: bool
+
+
+@attrs.frozen(slots=True)
+class ConversationLeave:
+    conversation_id: str
+
+
+@attrs.frozen(slots=True)
+class MessageSend:
+    conversation_id: str
+    client_id: str
+    body: str
+    type: MessageType = "text"
+    media_url: str | None = None
+    reply_to: str | None = None
+
+
+@attrs.frozen(slots=True)
+class MessageEdit:
+    """``body`` may be empty here: only the stored message knows whether it has a
+    ``media_url``, so the chat capability refuses an empty body when it has none."""
+
+    message_id: str
+    body: str
+
+
+@attrs.frozen(slots=True)
+class MessageDelete:
+    message_id: str
+
+
+@attrs.frozen(slots=True)
+class MessageHistory:
+    """At most one of ``before_seq``, ``after_seq`` and ``changed_since`` is set."""
+
+    conversation_id: str
+    before_seq: int | None = None
+    after_seq: int | None = None
+    changed_since: int | None = None
+    limit: int = MESSAGE_HISTORY_LIMIT[0]
+
+
+@attrs.frozen(slots=True)
+class MessageRead:
+    conversation_id: str
+    seq: int
+
+
+@attrs.frozen(slots=True)
+class TypingStart:
+    conversation_id: str
+
+
+@attrs.frozen(slots=True)
+class TypingStop:
+    conversation_id: str
+
+
+@attrs.frozen(slots=True)
+class PresenceSet:
+    status: PresenceStatus
+    message: str | None = None
+
+
+@attrs.frozen(slots=True)
+class PresenceQuery:
+    user_ids: tuple[str, ...]
+
+
+@attrs.frozen(slots=True)
+class NotificationList:
+    """At most one of ``cursor`` and ``after_seq`` is set."""
+
+    cursor: str | None = None
+    after_seq: int | None = None
+    unread_only: bool = False
+    limit: int = NOTIFICATION_LIST_LIMIT[0]
+
+
+@attrs.frozen(slots=True)
+class NotificationRead:
+    ids: tuple[str, ...]
+
+
+@attrs.frozen(slots=True)
+class NotificationDelete:
+    ids: tuple[str, ...]
+
+
+@attrs.frozen(slots=True)
+class NotificationReadAll:
+    pass
+
+
+@attrs.frozen(slots=True)
+class UserBlock:
+    user_id: str
+
+
+@attrs.frozen(slots=True)
+class UserUnblock:
+    user_id: str
+
+
+# -- the op registry ----------------------------------------------------------------------------
+
+Validator: TypeAlias = Callable[[Mapping[str, Any], Limits], Any]
+
+
+@attrs.frozen(slots=True)
+class OpSpec:
+    """One op of section 5: its name, the type of its validated data, its validator."""
+
+    name: str
+    value_type: type[Any]
+    validator: Validator
+
+
+_REGISTRY: dict[str, OpSpec] = {}
+_V = TypeVar("_V")
+
+
+def _op(name: str, value_type: type[_V]) -> Callable[[Callable[[Mapping[str, Any], Limits], _V]], Validator]:
+    def register(func: Callable[[Mapping[str, Any], Limits], _V]) -> Validator:
+        _REGISTRY[name] = OpSpec(name, value_type, func)
+        return func
+
+    return register
+
+
+@_op("auth", Auth)
+def _auth(data: Mapping[str, Any], limits: Limits) -> Auth:
+    return Auth(_string(data, "token", max_len=MAX_TOKEN_CHARS))
+
+
+_PING: Final = Ping()
+
+
+@_op("ping", Ping)
+def _ping(data: Mapping[str, Any], limits: Limits) -> Ping:
+    return _PING
+
+
+@_op("subscribe", Subscribe)
+def _subscribe(data: Mapping[str, Any], limits: Limits) -> Subscribe:
+    room = _room(data)
+    raw = data.get("since")
+    if raw is None:
+        return Subscribe(room)
+    if type(raw) is not dict:
+        raise ValidationFailed("since", "must be an object {seq, epoch}")
+    seq = _int(raw, "seq", lo=0, hi=MAX_SEQ, path="since.")
+    epoch = _string(raw, "epoch", min_len=0, max_len=MAX_EPOCH_CHARS, path="since.")
+    return Subscribe(room, Since(seq, epoch))
+
+
+@_op("unsubscribe", Unsubscribe)
+def _unsubscribe(data: Mapping[str, Any], limits: Limits) -> Unsubscribe:
+    return Unsubscribe(_room(data))
+
+
+@_op("room.presence", RoomPresence)
+def _room_presence(data: Mapping[str, Any], limits: Limits) -> RoomPresence:
+    return RoomPresence(_room(data))
+
+
+@_op("publish", Publish)
+def _publish(data: Mapping[str, Any], limits: Limits) -> Publish:
+    room = _room(data)
+    raw_event = data.get("event")
+    if raw_event is None:
+        raise ValidationFailed("event", "is required")
+    event = validate_event_name(raw_event)
+    payload = data.get("data")
+    return Publish(room, event, {} if payload is None else payload)
+
+
+@_op("conversation.open", ConversationOpen)
+def _conversation_open(data: Mapping[str, Any], limits: Limits) -> ConversationOpen:
+    return ConversationOpen(_user(data, "user_id"))
+
+
+@_op("conversation.create", ConversationCreate)
+def _conversation_create(data: Mapping[str, Any], limits: Limits) -> ConversationCreate:
+    members = _user_ids(data, "member_ids", min_items=1, max_items=MAX_MEMBER_IDS)
+    title = _opt_string(data, "title", min_len=0, max_len=MAX_TITLE_CHARS)
+    return ConversationCreate(members, title)
+
+
+@_op("conversation.list", ConversationList)
+def _conversation_list(data: Mapping[str, Any], limits: Limits) -> ConversationList:
+    return ConversationList(
+        _opt_string(data, "cursor", max_len=MAX_CURSOR_CHARS), _limit(data, CONVERSATION_LIST_LIMIT)
+    )
+
+
+@_op("conversation.mute", ConversationMute)
+def _conversation_mute(data: Mapping[str, Any], limits: Limits) -> ConversationMute:
+    return ConversationMute(_id(data, "conversation_id"), _bool(data, "muted"))
+
+
+@_op("conversation.leave", ConversationLeave)
+def _conversation_leave(data: Mapping[str, Any], limits: Limits) -> ConversationLeave:
+    return ConversationLeave(_id(data, "conversation_id"))
+
+
+@_op("message.send", MessageSend)
+def _message_send(data: Mapping[str, Any], limits: Limits) -> MessageSend:
+    conversation_id = _id(data, "conversation_id")
+    client_id = _string(data, "client_id", max_len=MAX_CLIENT_ID_CHARS)
+    media_url = _opt_string(data, "media_url", max_len=MAX_MEDIA_URL_CHARS)
+    # Other clients render it: only web URLs, never javascript: or data:.
+    if media_url is not None and not _MEDIA_URL.fullmatch(media_url):
+        raise ValidationFailed("media_url", "must be an http or https URL")
+    raw_body = data.get("body")
+    if raw_body is None:
+        if media_url is None:
+            raise ValidationFailed("body", "is required")
+        raw_body = ""
+    body = _body(raw_body, max_bytes=limits.max_message_bytes, may_be_empty=media_url is not None)
+    raw_kind = data.get("type")
+    kind: MessageType = "text"
+    if raw_kind is not None:
+        found = _MESSAGE_TYPES.get(raw_kind) if type(raw_kind) is str else None
+        if found is None:
+            raise ValidationFailed("type", "must be one of text, image, file")
+        kind = found
+    return MessageSend(conversation_id, client_id, body, kind, media_url, _opt_id(data, "reply_to"))
+
+
+@_op("message.edit", MessageEdit)
+def _message_edit(data: Mapping[str, Any], limits: Limits) -> MessageEdit:
+    message_id = _id(data, "message_id")
+    raw_body = data.get("body")
+    if raw_body is None:
+        raise ValidationFailed("body", "is required")
+    return MessageEdit(message_id, _body(raw_body, max_bytes=limits.max_message_bytes, may_be_empty=True))
+
+
+@_op("message.delete", MessageDelete)
+def _message_delete(data: Mapping[str, Any], limits: Limits) -> MessageDelete:
+    return MessageDelete(_id(data, "message_id"))
+
+
+@_op("message.history", MessageHistory)
+def _message_history(data: Mapping[str, Any], limits: Limits) -> MessageHistory:
+    conversation_id = _id(data, "conversation_id")
+    _exclusive(data, "before_seq", "after_seq", "changed_since")
+    return MessageHistory(
+        conversation_id,
+        before_seq=_seq(data, "before_seq"),
+        after_seq=_seq(data, "after_seq"),
+        changed_since=_seq(data, "changed_since"),
+        limit=_limit(data, MESSAGE_HISTORY_LIMIT),
+    )
+
+
+@_op("message.read", MessageRead)
+def _message_read(data: Mapping[str, Any], limits: Limits) -> MessageRead:
+    return MessageRead(_id(data, "conversation_id"), _int(data, "seq", lo=0, hi=MAX_SEQ))
+
+
+@_op("typing.start", TypingStart)
+def _typing_start(data: Mapping[str, Any], limits: Limits) -> TypingStart:
+    return TypingStart(_id(data, "conversation_id"))
+
+
+@_op("typing.stop", TypingStop)
+def _typing_stop(data: Mapping[str, Any], limits: Limits) -> TypingStop:
+    return TypingStop(_id(data, "conversation_id"))
+
+
+@_op("presence.set", PresenceSet)
+def _presence_set(data: Mapping[str, Any], limits: Limits) -> PresenceSet:
+    raw_status = data.get("status")
+    if raw_status is None:
+        raise ValidationFailed("status", "is required")
+    status = _PRESENCE_STATUSES.get(raw_status) if type(raw_status) is str else None
+    if status is None:
+        raise ValidationFailed("status", "must be one of online, away, busy, invisible")
+    message = _opt_string(data, "message", min_len=0, max_len=MAX_STATUS_MESSAGE_CHARS)
+    return PresenceSet(status, message)
+
+
+@_op("presence.query", PresenceQuery)
+def _presence_query(data: Mapping[str, Any], limits: Limits) -> PresenceQuery:
+    return PresenceQuery(_user_ids(data, "user_ids", min_items=0, max_items=MAX_PRESENCE_QUERY))
+
+
+@_op("notification.list", NotificationList)
+def _notification_list(data: Mapping[str, Any], limits: Limits) -> NotificationList:
+    _exclusive(data, "cursor", "after_seq")
+    return NotificationList(
+        cursor=_opt_string(data, "cursor", max_len=MAX_CURSOR_CHARS),
+        after_seq=_seq(data, "after_seq"),
+        unread_only=_bool(data, "unread_only", default=False),
+        limit=_limit(data, NOTIFICATION_LIST_LIMIT),
+    )
+
+
+@_op("notification.read", NotificationRead)
+def _notification_read(data: Mapping[str, Any], limits: Limits) -> NotificationRead:
+    return NotificationRead(_ids(data, "ids", max_items=MAX_NOTIFICATION_IDS))
+
+
+@_op("notification.delete", NotificationDelete)
+def _notification_delete(data: Mapping[str, Any], limits: Limits) -> NotificationDelete:
+    return NotificationDelete(_ids(data, "ids", max_items=MAX_NOTIFICATION_IDS))
+
+
+_READ_ALL: Final = NotificationReadAll()
+
+
+@_op("notification.read_all", NotificationReadAll)
+def _notification_read_all(data: Mapping[str, Any], limits: Limits) -> NotificationReadAll:
+    return _READ_ALL
+
+
+@_op("user.block", UserBlock)
+def _user_block(data: Mapping[str, Any], limits: Limits) -> UserBlock:
+    return UserBlock(_user(data, "user_id"))
+
+
+@_op("user.unblock", UserUnblock)
+def _user_unblock(data: Mapping[str, Any], limits: Limits) -> UserUnblock:
+    return UserUnblock(_user(data, "user_id"))
+
+
+OP_SPECS: Final[Mapping[str, OpSpec]] = MappingProxyType(_REGISTRY)
+"""Every op of section 5: name → ``OpSpec``."""
+
+OPS: Final[frozenset[str]] = frozenset(_REGISTRY)
+"""The names of every op of section 5."""
+
+_DEFAULT_LIMITS: Final = Limits()
+
+
+def op_spec(op: str) -> OpSpec:
+    """The spec of a known op; ``BadRequest`` for an unknown one."""
+    spec = _REGISTRY.get(op)
+    if spec is None:
+        raise BadRequest(f"unknown op {op[:64]!r}")
+    return spec
+
+
+def validate(op: str, data: Mapping[str, Any], *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:
+    """Validate an op's ``data`` into its typed value (an instance of ``OP_SPECS[op].value_type``).
+
+    Unknown fields are ignored; a field that is null counts as absent.
+
+    Raises:
+        BadRequest: the op is unknown.
+        ValidationFailed: a field is missing, of the wrong type or out of range;
+            the message starts with the field's name.
+        PayloadTooLarge: a message body over ``max_message_bytes`` of UTF-8.
+    """
+    limits = (
+        _DEFAULT_LIMITS
+        if max_message_bytes == DEFAULT_MAX_MESSAGE_BYTES
+        else Limits(max_message_bytes=max_message_bytes)
+    )
+    if type(data) is not dict and not isinstance(data, Mapping):
+        raise ValidationFailed("data", "must be an object")
+    return op_spec(op).validator(data, limits)
