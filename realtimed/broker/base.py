@@ -1,0 +1,72 @@
+"""The Broker Protocol: how a delivery made on one node reaches the others.
+
+A node always hands a delivery to its own sessions itself; the broker carries it
+to the *other* nodes, each of which hands it to its own sessions only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import attrs
+import trio
+
+from realtimed.gateway.frames import Frame
+
+
+@attrs.frozen
+class Delivery:
+    """One frame for a set of users (every device) or for an app room's subscribers.
+
+    Exactly one of ``users`` and ``room`` is set. ``exclude_users`` are skipped
+    (typing goes to the others), ``exclude_session`` is one socket to skip.
+    """
+
+    frame: Frame
+    users: tuple[str, ...] = ()
+    room: str | None = None
+    exclude_users: frozenset[str] = frozenset()
+    exclude_session: str | None = None
+    origin: str = ""
+
+
+class Broker(Protocol):
+    """Carries deliveries between nodes.
+
+    Promises:
+        - Ordering: deliveries published by one node arrive at every other node
+          in the order they were published.
+        - At most once: a delivery may be lost while a node is cut off from the
+          broker; durable streams (messages, notifications, room history) are how
+          clients recover, never the broker.
+        - No echo: a node does not receive its own deliveries.
+        - Interest: a node receives room deliveries only for rooms it watches and
+          user deliveries only for users it watches (brokers may deliver more).
+        - ``publish`` never blocks on a slow node; it fails fast with
+          ``errors.Unavailable`` when the broker cannot be reached.
+    """
+
+    node: str
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect; ``task_status.started()`` once deliveries flow."""
+        ...
+
+    def attach(self, handler: Callable[[Delivery], object]) -> None:
+        """Set the function that hands a delivery from another node to local sessions."""
+        ...
+
+    async def publish(self, delivery: Delivery) -> None: ...
+
+    async def watch_room(self, room: str) -> None: ...
+
+    async def unwatch_room(self, room: str) -> None: ...
+
+    async def watch_user(self, user_id: str) -> None: ...
+
+    async def unwatch_user(self, user_id: str) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise ``errors.Unavailable`` when the broker cannot be reached."""
+        ...

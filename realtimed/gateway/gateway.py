@@ -1,0 +1,538 @@
+"""The gateway: WebSocket handshake, authentication, limits, op dispatch, timers, drain.
+
+Connecting (PROTOCOL.md section 3): a disallowed ``Origin`` is refused with HTTP
+403 at the handshake; every other refusal happens after the upgrade, as a close
+code (4013 node full, 4501 bad token, 4004 expired token, 4503 banned, 4511 too
+many sockets for the user, 4012 no ``auth`` frame in time).
+
+Timers are node-wide, not per socket: one task pings every socket each
+``heartbeat_s`` (closing those silent for two periods), and one task keeps a heap
+of token deadlines for ``session.expiring`` and the 4004 close.
+
+Resource handling:
+    ``run`` owns the two timer tasks. Each socket runs in the listener's
+    connection nursery inside ``Session.run``; the gateway only indexes them.
+
+Error handling:
+    An op handler that raises an ``ApiError`` answers that error; anything else
+    answers ``INTERNAL`` with a correlation id that is logged with the traceback.
+    Neither closes the socket.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+import itertools
+import logging
+import math
+import random
+from datetime import datetime, timedelta
+from typing import Any, Final
+from urllib.parse import parse_qs
+
+import trio
+from prometheus_client import Counter, Gauge
+
+from realtimed import metrics, protocol
+from realtimed.auth import Claims
+from realtimed.clock import iso
+from realtimed.config import Config
+from realtimed.errors import (
+    CLOSE_AUTH_TIMEOUT,
+    CLOSE_BANNED,
+    CLOSE_DISCONNECTED,
+    CLOSE_NODE_FULL,
+    CLOSE_RATE_ABUSE,
+    CLOSE_TOKEN_EXPIRED,
+    CLOSE_TOO_MANY_SOCKETS,
+    CLOSE_UNAUTHORIZED,
+    CLOSE_UNSUPPORTED_DATA,
+    ApiError,
+    BadRequest,
+    Forbidden,
+    Internal,
+    RateLimited,
+    TokenExpired,
+    Unauthorized,
+)
+from realtimed.gateway.frames import PING_FRAME
+from realtimed.gateway.ops import Caller, OpRegistry
+from realtimed.gateway.session import Session
+from realtimed.http.listener import RequestHead
+from realtimed.router import Router
+from realtimed.services import Services
+
+log = logging.getLogger(__name__)
+
+_WS_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+CLOSE_HEARTBEAT: Final = 4000
+
+SOCKETS: Final = Gauge("realtimed_sockets", "open client sockets (WebSocket and SSE)", ["transport"], registry=metrics.REGISTRY)
+HANDSHAKES: Final = Counter("realtimed_handshakes", "WebSocket handshakes by outcome", ["outcome"], registry=metrics.REGISTRY)
+AUTH_FAILURES: Final = Counter("realtimed_auth_failures", "refused tokens by reason", ["reason"], registry=metrics.REGISTRY)
+FRAMES_IN: Final = Counter("realtimed_frames_in", "client frames by op", ["op"], registry=metrics.REGISTRY)
+FRAMES_OUT: Final = Counter("realtimed_frames_out", "replies by op and outcome", ["op", "outcome"], registry=metrics.REGISTRY)
+OUTBOX_OVERFLOWS: Final = Counter("realtimed_outbox_overflows", "sockets closed with 4008", registry=metrics.REGISTRY)
+CLOSES: Final = Counter("realtimed_closes", "socket closes by code and side", ["code", "by"], registry=metrics.REGISTRY)
+
+
+def accept_token(key: str) -> str:
+    return base64.b64encode(hashlib.sha1(key.encode() + _WS_GUID).digest()).decode()
+
+
+def _http_response(status: int, reason: str, body: str, headers: list[tuple[str, str]] | None = None) -> bytes:
+    payload = body.encode()
+    lines = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json", f"Content-Length: {len(payload)}", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in headers or []]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
+    """No Origin (not a browser) is allowed; else the allow-list, or the same host."""
+    if origin is None:
+        return True
+    if "*" in allowed or origin in allowed:
+        return True
+    if host:
+        bare = origin.split("://", 1)[-1]
+        return bare == host
+    return False
+
+
+async def websocket_upgrade(
+    stream: trio.abc.Stream, head: RequestHead, address: str, *, allowed_origins: list[str], timeout_s: float
+) -> bool:
+    """Answer an RFC 6455 upgrade request; True when the socket is now a WebSocket.
+
+    A disallowed ``Origin`` gets HTTP 403 (the one refusal made at the handshake);
+    a malformed request gets 400, a version other than 13 gets 426.
+    """
+    origin = head.header("origin")
+    with trio.move_on_after(timeout_s) as timeout:
+        if not origin_allowed(origin, head.header("host"), allowed_origins):
+            HANDSHAKES.labels("origin_refused").inc()
+            log.warning("refused WebSocket from %s: origin %r is not allowed (gateway.allowed_origins)", address, origin)
+            await stream.send_all(_http_response(403, "Forbidden", '{"error":{"code":"FORBIDDEN","message":"origin not allowed"}}'))
+            return False
+        key = head.header("sec-websocket-key") or ""
+        if head.header("sec-websocket-version") != "13":
+            HANDSHAKES.labels("bad_request").inc()
+            body = '{"error":{"code":"BAD_REQUEST","message":"WebSocket version 13 required"}}'
+            await stream.send_all(_http_response(426, "Upgrade Required", body, [("Sec-WebSocket-Version", "13")]))
+            return False
+        try:
+            valid_key = len(base64.b64decode(key, validate=True)) == 16
+        except ValueError:
+            valid_key = False
+        if not valid_key:
+            HANDSHAKES.labels("bad_request").inc()
+            await stream.send_all(_http_response(400, "Bad Request", '{"error":{"code":"BAD_REQUEST","message":"bad Sec-WebSocket-Key"}}'))
+            return False
+        await stream.send_all(
+            (
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Accept: {accept_token(key)}\r\n\r\n"
+            ).encode()
+        )
+        return True
+    if timeout.cancelled_caught:
+        HANDSHAKES.labels("timeout").inc()
+    return False
+
+
+class Gateway:
+    """Client sockets on this node (see the module docstring)."""
+
+    def __init__(self, services: Services, router: Router, ops: OpRegistry) -> None:
+        self.services = services
+        self.router = router
+        self.ops = ops
+        self.node = services.node
+        self.sessions: dict[str, Session] = {}
+        self.pending = 0
+        self.bans: dict[str, datetime] = {}
+        self._deadlines: list[tuple[float, int, str, int, str]] = []
+        self._deadline_counter = itertools.count()
+        self._deadline_changed = trio.Event()
+        self.overflows = 0
+        self._draining = False
+        self._all_closed = trio.Event()
+        self._all_closed.set()
+
+    @property
+    def config(self) -> Config:
+        return self.services.config
+
+    # -- service ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._heartbeats)
+            nursery.start_soon(self._expiry_timer)
+            task_status.started(self)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            period = self.config.gateway.heartbeat_s
+            await trio.sleep(period)
+            silent_after = trio.current_time() - 2 * period
+            for session in list(self.sessions.values()):
+                if session.last_heard < silent_after:
+                    session.close(CLOSE_HEARTBEAT, "no answer to heartbeats")
+                else:
+                    session.send_raw(PING_FRAME)
+
+    # -- handshake ---------------------------------------------------------------------------
+
+    async def handle_ws(self, stream: trio.abc.Stream, head: RequestHead, address: str) -> None:
+        """The listener's WebSocket handler: answers the upgrade, then runs the session."""
+        cfg = self.config.gateway
+        if not await websocket_upgrade(stream, head, address, allowed_origins=cfg.allowed_origins, timeout_s=cfg.handshake_timeout_s):
+            return
+        session = Session(self, stream, address, connected_at=self.services.clock.now())
+        session.pending_token = _token_from_head(head)
+        if session.pending_token is not None:
+            session.admission = trio.Event()
+        await session.run(leftover=head.rest)
+
+    async def serve_session(self, session: Session) -> None:
+        """Runs in the session's nursery once the upgrade is answered: admission and auth."""
+        cfg = self.config.gateway
+        self.pending += 1
+        try:
+            if self._draining:
+                session.close(CLOSE_NODE_FULL, "node draining")
+                HANDSHAKES.labels("node_full").inc()
+                return
+            if len(self.sessions) + self.pending > cfg.max_sockets:
+                session.close(CLOSE_NODE_FULL, "node full")
+                HANDSHAKES.labels("node_full").inc()
+                return
+            token = session.pending_token
+            session.pending_token = None
+            if token is not None:
+                await self._authenticate(session, token, request_id=None)
+                return
+            with trio.move_on_after(cfg.auth_timeout_s):
+                while not session.user_id and not session.closing:
+                    await self._auth_wait(session)
+            if not session.user_id and not session.closing:
+                AUTH_FAILURES.labels("timeout").inc()
+                HANDSHAKES.labels("auth_timeout").inc()
+                session.close(CLOSE_AUTH_TIMEOUT, "no auth frame in time")
+        finally:
+            self.pending -= 1
+            if session.admission is not None:
+                session.admission.set()
+
+    async def _auth_wait(self, session: Session) -> None:
+        event = session.auth_event = trio.Event()
+        await event.wait()
+
+    async def _authenticate(self, session: Session, token: str, *, request_id: Any) -> None:
+        verifier = self.services.verifier
+        try:
+            if verifier is None:
+                raise Unauthorized("no token verifier is configured")
+            claims = await verifier.verify(token)
+        except TokenExpired as exc:
+            AUTH_FAILURES.labels("expired").inc()
+            HANDSHAKES.labels("token_expired").inc()
+            if request_id is not None:
+                self._reply_error(session, request_id, "auth", exc)
+            session.close(CLOSE_TOKEN_EXPIRED, "token expired")
+            return
+        except Unauthorized as exc:
+            AUTH_FAILURES.labels("invalid").inc()
+            HANDSHAKES.labels("unauthorized").inc()
+            log.info("session %s from %s: token refused: %s", session.id, session.address, exc.message)
+            if request_id is not None:
+                self._reply_error(session, request_id, "auth", exc)
+            session.close(CLOSE_UNAUTHORIZED, "unauthorized")
+            return
+        await self._admit(session, claims, request_id=request_id)
+
+    async def _admit(self, session: Session, claims: Claims, *, request_id: Any) -> None:
+        cfg = self.config.gateway
+        now = self.services.clock.now()
+        banned_until = self.bans.get(claims.sub)
+        if banned_until is not None:
+            if banned_until > now:
+                HANDSHAKES.labels("banned").inc()
+                session.close(CLOSE_BANNED, "banned")
+                return
+            del self.bans[claims.sub]
+        if len(self.router.user_sessions(claims.sub)) >= cfg.max_sockets_per_user:
+            HANDSHAKES.labels("too_many_sockets").inc()
+            session.close(CLOSE_TOO_MANY_SOCKETS, "too many sockets for this user")
+            return
+        if session.closing:
+            return
+        session.user_id = claims.sub
+        session.claims = claims
+        session.expires_at = claims.exp
+        self.sessions[session.id] = session
+        self._all_closed = trio.Event()
+        SOCKETS.labels("websocket").inc()
+        HANDSHAKES.labels("accepted").inc()
+        await self.router.add(session)
+        self._schedule_expiry(session)
+        if request_id is not None:
+            self._reply_ok(session, request_id, "auth", {"user_id": claims.sub, "expires_at": iso(claims.exp)})
+        ready = await self.ready_data(session)
+        session.send_json(protocol.encode_event("session.ready", ready))
+        for hook in self.services.extras.get("on_connect", []):
+            await hook(session)
+        log.debug("session %s: user %s connected from %s", session.id, claims.sub, session.address)
+
+    async def ready_data(self, session: Session) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "session_id": session.id,
+            "user_id": session.user_id,
+            "node": self.node,
+            "server_time": iso(self.services.clock.now()),
+            "heartbeat_s": self.config.gateway.heartbeat_s,
+            "expires_at": iso(session.expires_at),
+            "unread_total": 0,
+            "notifications_unread": 0,
+        }
+        for hook in self.services.extras.get("ready_fields", []):
+            try:
+                data.update(await hook(session.user_id))
+            except ApiError as exc:
+                log.warning("session %s: session.ready field unavailable: %s", session.id, exc.message)
+        return data
+
+    # -- messages ----------------------------------------------------------------------------
+
+    async def on_binary(self, session: Session, data: bytes) -> None:
+        session.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
+
+    async def on_message(self, session: Session, text: str) -> None:
+        if session.admission is not None and not session.admission.is_set():
+            # Frames sent right behind the upgrade wait for the token check.
+            await session.admission.wait()
+        if session.closing:
+            return
+        parsed = protocol.parse_frame(text)
+        if isinstance(parsed, protocol.FrameError):
+            FRAMES_IN.labels("invalid").inc()
+            if parsed.reply:
+                session.send_json(protocol.encode_reply_error(parsed.id, parsed.error))
+            return
+        request = parsed
+        op = request.op
+        FRAMES_IN.labels(op).inc()
+        if not session.user_id:
+            if op == "auth":
+                await self._first_frame_auth(session, request)
+            elif request.id is not None:
+                self._reply_error(session, request.id, op, Unauthorized("authenticate first: send the auth op"))
+            return
+        if not self._take_token(session, request):
+            return
+        if op != "ping":
+            session.last_active = trio.current_time()
+        if op == "auth":
+            await self._reauth(session, request)
+            return
+        await self.dispatch(session, request)
+
+    async def _first_frame_auth(self, session: Session, request: protocol.Request) -> None:
+        try:
+            value = protocol.validate(request.op, request.data)
+        except ApiError as exc:
+            if request.id is not None:
+                self._reply_error(session, request.id, "auth", exc)
+            return
+        await self._authenticate(session, value.token, request_id=request.id)
+        if session.auth_event is not None:
+            session.auth_event.set()
+
+    async def _reauth(self, session: Session, request: protocol.Request) -> None:
+        try:
+            value = protocol.validate(request.op, request.data)
+            verifier = self.services.verifier
+            if verifier is None:
+                raise Unauthorized("no token verifier is configured")
+            try:
+                claims = await verifier.verify(value.token)
+            except TokenExpired as exc:
+                raise Unauthorized(exc.message) from exc
+            if claims.sub != session.user_id:
+                raise Forbidden("the token is for another user")
+        except ApiError as exc:
+            if request.id is not None:
+                self._reply_error(session, request.id, "auth", exc)
+            return
+        session.claims = claims
+        session.expires_at = claims.exp
+        session.auth_generation += 1
+        self._schedule_expiry(session)
+        if request.id is not None:
+            self._reply_ok(session, request.id, "auth", {"user_id": claims.sub, "expires_at": iso(claims.exp)})
+
+    def _take_token(self, session: Session, request: protocol.Request) -> bool:
+        """The per-socket token bucket; False when the op was refused."""
+        cfg = self.config.gateway
+        now = trio.current_time()
+        session.bucket = min(float(cfg.ops_burst), session.bucket + (now - session.bucket_at) * cfg.ops_per_s)
+        session.bucket_at = now
+        if session.bucket >= 1.0:
+            session.bucket -= 1.0
+            session.limited_streak = 0
+            return True
+        session.limited_streak += 1
+        if session.limited_streak >= cfg.abuse_limit:
+            session.close(CLOSE_RATE_ABUSE, "rate limit abuse")
+            return False
+        if request.id is not None:
+            retry_ms = math.ceil((1.0 - session.bucket) / cfg.ops_per_s * 1000)
+            self._reply_error(session, request.id, request.op, RateLimited("too many ops", retry_after_ms=retry_ms))
+        return False
+
+    async def dispatch(self, session: Session, request: protocol.Request) -> None:
+        op = request.op
+        handler = self.ops.get(op)
+        assert session.claims is not None
+        caller = Caller(user_id=session.user_id, claims=session.claims, services=self.services, session=session)
+        try:
+            if handler is None:
+                raise BadRequest(f"op {op!r} is not served by this node")
+            value = protocol.validate(op, request.data, max_message_bytes=self.config.chat.max_message_bytes)
+            result = await handler(caller, value)
+        except ApiError as exc:
+            if isinstance(exc, Internal):
+                log.error("session %s: %s failed: %s (%s)", session.id, op, exc.message, exc.correlation_id)
+            if request.id is not None:
+                self._reply_error(session, request.id, op, exc)
+            return
+        except Exception:
+            err = Internal()
+            log.exception("session %s: op %s failed (%s)", session.id, op, err.correlation_id)
+            if request.id is not None:
+                self._reply_error(session, request.id, op, err)
+            return
+        if request.id is not None:
+            self._reply_ok(session, request.id, op, result)
+        for after in caller.after_reply:
+            try:
+                await after()
+            except ApiError as exc:
+                log.warning("session %s: after %s: %s", session.id, op, exc.message)
+
+    def _reply_ok(self, session: Session, request_id: Any, op: str, data: dict[str, Any]) -> None:
+        FRAMES_OUT.labels(op, "ok").inc()
+        session.send_json(protocol.encode_reply_ok(request_id, data))
+
+    def _reply_error(self, session: Session, request_id: Any, op: str, exc: ApiError) -> None:
+        FRAMES_OUT.labels(op, exc.code).inc()
+        session.send_json(protocol.encode_reply_error(request_id, exc))
+
+    # -- expiry ------------------------------------------------------------------------------
+
+    def _schedule_expiry(self, session: Session) -> None:
+        if session.expires_at is None:
+            return
+        left = (session.expires_at - self.services.clock.now()).total_seconds()
+        now = trio.current_time()
+        notice = self.config.gateway.expiring_notice_s
+        gen = session.auth_generation
+        if left > notice:
+            heapq.heappush(self._deadlines, (now + left - notice, next(self._deadline_counter), session.id, gen, "expiring"))
+        heapq.heappush(self._deadlines, (now + max(0.0, left), next(self._deadline_counter), session.id, gen, "expired"))
+        self._deadline_changed.set()
+
+    async def _expiry_timer(self) -> None:
+        while True:
+            self._deadline_changed = trio.Event()
+            if not self._deadlines:
+                await self._deadline_changed.wait()
+                continue
+            when = self._deadlines[0][0]
+            if when > trio.current_time():
+                with trio.move_on_at(when):
+                    await self._deadline_changed.wait()
+                continue
+            _, _, session_id, gen, kind = heapq.heappop(self._deadlines)
+            session = self.sessions.get(session_id)
+            if session is None or session.auth_generation != gen or session.closing:
+                continue
+            if kind == "expiring":
+                session.send_json(protocol.encode_event("session.expiring", {"expires_at": iso(session.expires_at)}))
+            else:
+                session.close(CLOSE_TOKEN_EXPIRED, "token expired")
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def note_overflow(self, session: Session) -> None:
+        self.overflows += 1
+        OUTBOX_OVERFLOWS.inc()
+        log.info("session %s: outbox over %d bytes: closing with 4008", session.id, self.config.gateway.outbox_max_bytes)
+
+    def note_close(self, session: Session, code: int, *, by_peer: bool = False) -> None:
+        CLOSES.labels(str(code), "client" if by_peer else "server").inc()
+
+    async def session_ended(self, session: Session) -> None:
+        if self.sessions.pop(session.id, None) is not None:
+            SOCKETS.labels("websocket").dec()
+            await self.router.remove(session)
+            for hook in self.services.extras.get("on_disconnect", []):
+                try:
+                    await hook(session)
+                except Exception:
+                    log.exception("session %s: disconnect hook failed", session.id)
+            log.debug("session %s: closed (%s)", session.id, session.close_code)
+        if not self.sessions:
+            self._all_closed.set()
+
+    # -- operations --------------------------------------------------------------------------
+
+    def disconnect(self, user_id: str, *, session_id: str | None = None, ban_until: datetime | None = None) -> int:
+        """Close a user's sockets (or one) with 4510; a ban refuses new ones with 4503."""
+        if ban_until is not None:
+            self.bans[user_id] = ban_until
+        count = 0
+        for session in self.router.user_sessions(user_id):
+            if session_id is not None and session.id != session_id:
+                continue
+            session.close(CLOSE_DISCONNECTED, "disconnected by the server")
+            count += 1
+        return count
+
+    async def drain(self) -> None:
+        """Tell every socket to reconnect elsewhere or later, close them, wait until closed."""
+        self._draining = True
+        cfg = self.config.shutdown
+        streams = self.services.extras.get("sse_sessions", {})
+        for session in [*self.sessions.values(), *streams.values()]:
+            delay = random.randint(cfg.reconnect_min_ms, cfg.reconnect_max_ms)
+            session.shutdown(protocol.encode_event("server.shutdown", {"reconnect_after_ms": delay}))
+        await self._all_closed.wait()
+        while streams:
+            await trio.sleep(0.05)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "sockets": len(self.sessions),
+            "pending": self.pending,
+            "overflows": self.overflows,
+        }
+
+
+def _token_from_head(head: RequestHead) -> str | None:
+    auth = head.header("authorization") or ""
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    query = parse_qs(head.query)
+    tokens = query.get("token")
+    if tokens and tokens[0]:
+        return tokens[0]
+    return None
+
+
+def ban_until(clock_now: datetime, ban_s: float | None) -> datetime | None:
+    return None if not ban_s else clock_now + timedelta(seconds=ban_s)

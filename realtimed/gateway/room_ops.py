@@ -1,0 +1,80 @@
+"""The gateway's own ops: ``ping``, ``subscribe``, ``unsubscribe``, ``room.presence``, ``publish``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from realtimed import protocol
+from realtimed.auth import Claims
+from realtimed.clock import iso
+from realtimed.config import NamespaceConfig
+from realtimed.errors import Forbidden, ValidationFailed
+from realtimed.gateway.ops import Caller, OpRegistry
+from realtimed.router import Router
+
+
+def may_subscribe(claims: Claims, ns: NamespaceConfig, room: str) -> bool:
+    """A public namespace, or a pattern of the token's ``rooms`` claim that matches."""
+    return ns.public or any(protocol.room_matches(pattern, room) for pattern in claims.rooms)
+
+
+def check_subscribe(claims: Claims, router: Router, room: str) -> NamespaceConfig:
+    ns = router.namespace(room)
+    if not may_subscribe(claims, ns, room):
+        raise Forbidden(f"not allowed to subscribe to {room}")
+    return ns
+
+
+def register_room_ops(ops: OpRegistry, router: Router) -> None:
+    async def ping(caller: Caller, value: Any) -> dict[str, Any]:
+        return {"server_time": iso(caller.services.clock.now())}
+
+    async def subscribe(caller: Caller, value: Any) -> dict[str, Any]:
+        room: str = value.room
+        since = (value.since.seq, value.since.epoch) if value.since is not None else None
+        check_subscribe(caller.claims, router, room)
+        session = caller.session
+        if session is None:
+            return router.recovery_reply(room, since=since)
+        limit = caller.services.config.gateway.max_subscriptions
+        if room not in session.rooms and len(session.rooms) >= limit:
+            raise Forbidden(f"subscription limit reached ({limit} rooms per socket)")
+        reply = await router.subscribe(session, room, since=since)
+        if reply.pop("_joined", False):
+            user_id = caller.user_id
+            joiner = session.id
+
+            async def joined() -> None:
+                await router.announce_join(room, user_id, joiner=joiner)
+
+            caller.after_reply.append(joined)
+        return reply
+
+    async def unsubscribe(caller: Caller, value: Any) -> dict[str, Any]:
+        if caller.session is not None:
+            await router.unsubscribe(caller.session, value.room)
+        return {}
+
+    async def room_presence(caller: Caller, value: Any) -> dict[str, Any]:
+        room: str = value.room
+        ns = check_subscribe(caller.claims, router, room)
+        if caller.session is not None and room not in caller.session.rooms:
+            raise Forbidden(f"not subscribed to {room}")
+        if not ns.presence:
+            raise ValidationFailed("room", f"the namespace of {room} keeps no presence")
+        return {"users": router.room_presence(room)}
+
+    async def publish(caller: Caller, value: Any) -> dict[str, Any]:
+        room: str = value.room
+        ns = check_subscribe(caller.claims, router, room)
+        if not ns.client_publish:
+            raise Forbidden(f"clients may not publish to {room}")
+        exclude = None
+        seq, epoch, _ = await router.publish(room, value.event, value.data, exclude_session=exclude)
+        return {"seq": seq, "epoch": epoch} if seq is not None else {}
+
+    ops.register("ping", ping)
+    ops.register("subscribe", subscribe)
+    ops.register("unsubscribe", unsubscribe)
+    ops.register("room.presence", room_presence)
+    ops.register("publish", publish)

@@ -1,0 +1,189 @@
+"""App-room namespaces, and room history with ``{seq, epoch}`` for recovery.
+
+A namespace is the configured policy for the rooms whose names start with its
+prefix (the longest matching prefix wins). Rooms that match no namespace are
+private (the token's ``rooms`` claim decides), keep no history and no presence,
+and take no client publications.
+
+History is a ring buffer per room: at most ``history_size`` publications, none
+older than ``history_ttl_s``. Each room's history has an epoch, a random string
+chosen when the history starts; ``seq`` counts up from 1 within an epoch. When a
+room's history is lost (it expired entirely, or the backend lost it), a new
+epoch starts, so a client can never mistake a fresh ``seq`` for a continuation.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Final, Protocol
+
+import attrs
+import trio
+
+from realtimed.config import NamespaceConfig
+
+DEFAULT_NAMESPACE: Final = NamespaceConfig(prefix="", public=False, client_publish=False, history_size=0)
+
+
+class Namespaces:
+    """Finds the namespace of a room (longest prefix first)."""
+
+    def __init__(self, namespaces: Sequence[NamespaceConfig]) -> None:
+        self._by_length = sorted(namespaces, key=lambda ns: len(ns.prefix), reverse=True)
+
+    def of(self, room: str) -> NamespaceConfig:
+        for ns in self._by_length:
+            if room.startswith(ns.prefix):
+                return ns
+        return DEFAULT_NAMESPACE
+
+
+@attrs.frozen
+class Publication:
+    seq: int
+    event: str
+    data: Any
+    published_at: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"seq": self.seq, "event": self.event, "data": self.data, "published_at": self.published_at}
+
+
+@attrs.frozen
+class Recovery:
+    """The answer to "what did I miss since ``{seq, epoch}``".
+
+    ``recovered`` is True only with the complete list of missed publications
+    (possibly empty); otherwise ``publications`` is empty: never a partial replay.
+    """
+
+    seq: int
+    epoch: str
+    recovered: bool
+    publications: tuple[Publication, ...] = ()
+
+
+class HistoryBackend(Protocol):
+    """Room history.
+
+    Promises:
+        - ``append`` assigns the next ``seq`` of the room's current epoch atomically.
+        - ``recover`` answers a complete, in-order replay, or ``recovered=False``
+          when the position was trimmed, expired, is from another epoch, is ahead
+          of the room, or more than ``cap`` publications were missed.
+        - Publications expire after the namespace's ``history_ttl_s``; a room
+          whose history expired entirely starts a new epoch on its next append.
+    """
+
+    async def append(self, room: str, ns: NamespaceConfig, event: str, data: Any, published_at: str) -> tuple[int, str]: ...
+
+    async def recover(self, room: str, ns: NamespaceConfig, *, since_seq: int, since_epoch: str) -> Recovery: ...
+
+    async def position(self, room: str, ns: NamespaceConfig) -> tuple[int, str]: ...
+
+    async def read(self, room: str, ns: NamespaceConfig, *, since_seq: int, limit: int) -> tuple[int, str, list[Publication]]: ...
+
+
+class _RoomHistory:
+    __slots__ = ("entries", "epoch", "seq", "times")
+
+    def __init__(self) -> None:
+        self.epoch = secrets.token_hex(4)
+        self.seq = 0
+        self.entries: deque[Publication] = deque()
+        self.times: deque[float] = deque()
+
+
+class MemoryHistory:
+    """History in process memory (see ``HistoryBackend`` for the promises).
+
+    Time for expiry is ``trio.current_time()``, so tests drive it with MockClock.
+    """
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, _RoomHistory] = {}
+
+    def _trim(self, room: str, ns: NamespaceConfig) -> _RoomHistory | None:
+        history = self._rooms.get(room)
+        if history is None:
+            return None
+        horizon = trio.current_time() - ns.history_ttl_s if ns.history_ttl_s > 0 else None
+        while history.entries and (
+            len(history.entries) > ns.history_size or (horizon is not None and history.times[0] < horizon)
+        ):
+            history.entries.popleft()
+            history.times.popleft()
+        # A room whose publications all expired keeps its position (so that a
+        # subscriber's seq stays comparable) until gc() drops it; recover() treats
+        # a trimmed position as unrecoverable.
+        return history
+
+    async def append(self, room: str, ns: NamespaceConfig, event: str, data: Any, published_at: str) -> tuple[int, str]:
+        history = self._trim(room, ns)
+        if history is None:
+            history = self._rooms[room] = _RoomHistory()
+        history.seq += 1
+        history.entries.append(Publication(history.seq, event, data, published_at))
+        history.times.append(trio.current_time())
+        self._trim(room, ns)
+        await trio.lowlevel.checkpoint()
+        return history.seq, history.epoch
+
+    async def position(self, room: str, ns: NamespaceConfig) -> tuple[int, str]:
+        history = self._trim(room, ns)
+        if history is None:
+            history = self._rooms[room] = _RoomHistory()
+        await trio.lowlevel.checkpoint()
+        return history.seq, history.epoch
+
+    def position_nowait(self, room: str, ns: NamespaceConfig) -> tuple[int, str]:
+        history = self._trim(room, ns)
+        if history is None:
+            history = self._rooms[room] = _RoomHistory()
+        return history.seq, history.epoch
+
+    def recover_nowait(self, room: str, ns: NamespaceConfig, *, since_seq: int, since_epoch: str) -> Recovery:
+        history = self._trim(room, ns)
+        if history is None:
+            history = self._rooms[room] = _RoomHistory()
+        seq, epoch = history.seq, history.epoch
+        if since_epoch != epoch or since_seq > seq:
+            return Recovery(seq, epoch, False)
+        missed = seq - since_seq
+        if missed == 0:
+            return Recovery(seq, epoch, True)
+        if missed > ns.recovery_cap:
+            return Recovery(seq, epoch, False)
+        if not history.entries or history.entries[0].seq > since_seq + 1:
+            return Recovery(seq, epoch, False)
+        start = since_seq + 1 - history.entries[0].seq
+        pubs = tuple(history.entries[i] for i in range(start, len(history.entries)))
+        return Recovery(seq, epoch, True, pubs)
+
+    async def recover(self, room: str, ns: NamespaceConfig, *, since_seq: int, since_epoch: str) -> Recovery:
+        await trio.lowlevel.checkpoint()
+        return self.recover_nowait(room, ns, since_seq=since_seq, since_epoch=since_epoch)
+
+    async def read(self, room: str, ns: NamespaceConfig, *, since_seq: int, limit: int) -> tuple[int, str, list[Publication]]:
+        await trio.lowlevel.checkpoint()
+        history = self._trim(room, ns)
+        if history is None:
+            return 0, "", []
+        pubs = [p for p in history.entries if p.seq > since_seq][:limit]
+        return history.seq, history.epoch, pubs
+
+    def forget(self, room: str) -> None:
+        """Drop a room's history (its next append starts a new epoch)."""
+        self._rooms.pop(room, None)
+
+    def gc(self, namespaces: Namespaces) -> int:
+        """Drop rooms whose publications have all expired; returns how many."""
+        dropped = 0
+        for room in list(self._rooms):
+            history = self._trim(room, namespaces.of(room))
+            if history is not None and not history.entries:
+                del self._rooms[room]
+                dropped += 1
+        return dropped

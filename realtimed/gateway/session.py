@@ -1,0 +1,424 @@
+"""One WebSocket session: a socket owned outright, spoken through wsproto.
+
+Writing:
+    ``send_frame`` and ``send_raw`` are synchronous and never block. When the
+    socket has nothing queued, the bytes go straight into the kernel with a
+    non-blocking ``send``; only what the kernel does not take is queued in the
+    outbox, and a flush task (started then, ended when the outbox is empty)
+    owns the socket until it is drained. So bytes never interleave, no task is
+    woken per delivery, and a socket whose outbox passes
+    ``gateway.outbox_max_bytes`` is closed with 4008. TLS sockets always take the
+    flush path.
+
+Reading:
+    The reader task feeds bytes to wsproto's frame parser, reassembles text
+    messages up to ``gateway.max_frame_bytes`` (over it: close 1009), closes on a
+    binary frame (1003), and hands each text message to the gateway's dispatcher
+    inline, in order.
+
+Resource handling:
+    Each session runs in its own nursery (the reader, plus a flush or close task
+    while needed); ``run`` returns when the socket is closed, and the socket is
+    always closed when it returns.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import secrets
+import socket
+from collections import deque
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import trio
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+
+from realtimed.errors import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG
+from realtimed.gateway.frames import Frame, close_frame, ws_frame
+
+if TYPE_CHECKING:
+    from realtimed.auth import Claims
+    from realtimed.config import Config
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_S: Final = 3.0
+RECEIVE_BYTES: Final = 65536
+_SEND_ERRNOS: Final = {errno.EAGAIN, errno.EWOULDBLOCK}
+
+
+class SessionHandler(Protocol):
+    """What a Session asks of its owner (the gateway, or a test's echo handler)."""
+
+    node: str
+
+    @property
+    def config(self) -> Config: ...
+
+    async def serve_session(self, session: Session) -> None:
+        """Runs beside the reader for the session's life (authentication, admission)."""
+
+    async def on_message(self, session: Session, text: str) -> None: ...
+
+    async def on_binary(self, session: Session, data: bytes) -> None: ...
+
+    def note_overflow(self, session: Session) -> None: ...
+
+    def note_close(self, session: Session, code: int, *, by_peer: bool = False) -> None: ...
+
+    async def session_ended(self, session: Session) -> None: ...
+
+
+def new_session_id() -> str:
+    return "s_" + secrets.token_urlsafe(12)
+
+
+class Session:
+    """A client socket (see the module docstring).
+
+    Attributes:
+        id: ``s_…``, unique.
+        user_id: the authenticated user ('' until then).
+        rooms: the app rooms this socket is subscribed to.
+        claims: the token's claims.
+        expires_at: when the token expires (None: never).
+        last_heard: ``trio.current_time()`` when anything last arrived.
+        last_active: ``trio.current_time()`` of the last op other than ``ping``.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_closing",
+        "_flushing",
+        "_fragments",
+        "_fragments_size",
+        "_gateway",
+        "_nursery",
+        "_outbox",
+        "_outbox_bytes",
+        "_peer_closed",
+        "_sock",
+        "_stream",
+        "_ws",
+        "address",
+        "admission",
+        "auth_event",
+        "auth_generation",
+        "bucket",
+        "bucket_at",
+        "claims",
+        "close_code",
+        "connected_at",
+        "expires_at",
+        "id",
+        "last_active",
+        "last_heard",
+        "limited_streak",
+        "pending_token",
+        "rooms",
+        "user_id",
+    )
+
+    def __init__(self, gateway: SessionHandler, stream: trio.abc.Stream, address: str, *, connected_at: datetime) -> None:
+        self._gateway = gateway
+        self._stream = stream
+        sock = getattr(stream, "socket", None)
+        # The raw socket for direct non-blocking writes; None under TLS.
+        self._sock: socket.socket | None = getattr(sock, "_sock", None) if isinstance(stream, trio.SocketStream) else None
+        self._ws = Connection(ConnectionType.SERVER)
+        self._outbox: deque[bytes] = deque()
+        self._outbox_bytes = 0
+        self._flushing = False
+        self._closing = False
+        self._closed = False
+        self._peer_closed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._fragments: list[Any] = []
+        self._fragments_size = 0
+        self.id = new_session_id()
+        self.user_id = ""
+        self.address = address
+        self.rooms: set[str] = set()
+        self.claims: Claims | None = None
+        self.expires_at: datetime | None = None
+        self.connected_at = connected_at
+        now = trio.current_time()
+        self.last_heard = now
+        self.last_active = now
+        self.auth_generation = 0
+        self.bucket = float(gateway.config.gateway.ops_burst)
+        self.bucket_at = now
+        self.limited_streak = 0
+        self.close_code: int | None = None
+        self.pending_token: str | None = None
+        self.auth_event: trio.Event | None = None
+        # Set once a header or query token has been checked; frames wait for it.
+        self.admission: trio.Event | None = None
+
+    # -- writing ------------------------------------------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    @property
+    def outbox_bytes(self) -> int:
+        return self._outbox_bytes
+
+    def send_frame(self, frame: Frame) -> None:
+        """Queue an event frame for this socket; never blocks (router fast path)."""
+        if not self._closing:
+            self._write(frame.ws)
+
+    def send_json(self, payload: bytes) -> None:
+        """Send one JSON text frame (replies, per-socket events)."""
+        if not self._closing:
+            self._write(ws_frame(0x1, payload))
+
+    def send_binary(self, payload: bytes) -> None:
+        if not self._closing:
+            self._write(ws_frame(0x2, payload))
+
+    def send_raw(self, data: bytes) -> None:
+        """Send already framed bytes (pings)."""
+        if not self._closing:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if not self._outbox and self._sock is not None:
+            try:
+                sent = self._sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                if exc.errno not in _SEND_ERRNOS:
+                    self._abort()
+                    return
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self._outbox.append(data)
+        self._outbox_bytes += len(data)
+        if self._outbox_bytes > self._gateway.config.gateway.outbox_max_bytes:
+            self._gateway.note_overflow(self)
+            self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+            return
+        self._start_flush()
+
+    def _start_flush(self) -> None:
+        if not self._flushing and self._nursery is not None and not self._closed:
+            self._flushing = True
+            self._nursery.start_soon(self._flush)
+
+    async def _flush(self) -> None:
+        try:
+            await self._flush_outbox()
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._abort()
+        finally:
+            self._flushing = False
+
+    async def _flush_outbox(self) -> None:
+        sock = self._sock
+        while self._outbox:
+            if sock is None:
+                chunk = b"".join(self._outbox)
+                self._outbox.clear()
+                self._outbox_bytes = 0
+                await self._stream.send_all(chunk)
+                continue
+            await trio.lowlevel.wait_writable(sock)
+            data = self._outbox[0]
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                continue
+            self._outbox_bytes -= sent
+            if sent == len(data):
+                self._outbox.popleft()
+            else:
+                self._outbox[0] = data[sent:]
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Send a close frame and end the session (idempotent, never blocks)."""
+        if self._closing or self._closed:
+            return
+        self._closing = True
+        self.close_code = code
+        if code == CLOSE_SLOW_CONSUMER and self._outbox:
+            # Keep only the frame already partly on the wire, so the close frame
+            # still starts on a frame boundary.
+            head = self._outbox[0]
+            self._outbox.clear()
+            self._outbox.append(head)
+            self._outbox_bytes = len(head)
+        frame = close_frame(code, reason)
+        if not self._outbox and self._sock is not None:
+            try:
+                sent = self._sock.send(frame)
+            except OSError:
+                sent = 0
+            frame = frame[sent:]
+        if frame:
+            self._outbox.append(frame)
+            self._outbox_bytes += len(frame)
+        self._gateway.note_close(self, code)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._finish_close)
+
+    async def _finish_close(self) -> None:
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            try:
+                # A running flush task sends the close frame too; otherwise send it here.
+                while self._flushing and self._outbox:
+                    await trio.sleep(0.01)
+                if self._outbox:
+                    self._flushing = True
+                    try:
+                        await self._flush_outbox()
+                    finally:
+                        self._flushing = False
+                await self._peer_closed.wait()
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        self._abort()
+
+    def _abort(self) -> None:
+        """Drop the connection now (peer gone, or the close handshake is over)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._outbox.clear()
+        self._outbox_bytes = 0
+        if self.close_code is None:
+            self.close_code = 1006
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def run(self, *, leftover: bytes) -> None:
+        """Serve the socket until it closes; the upgrade response has been sent."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._gateway.serve_session, self)
+                await self._read_loop(leftover)
+                # The peer closed or went away: nothing more can be written.
+                self._abort()
+        finally:
+            self._closed = True
+            self._outbox.clear()
+            self._outbox_bytes = 0
+            with trio.move_on_after(1) as cleanup:
+                cleanup.shield = True
+                await self._gateway.session_ended(self)
+                try:
+                    await self._stream.aclose()
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+    async def _read_loop(self, leftover: bytes) -> None:
+        ws = self._ws
+        data = leftover
+        max_bytes = self._gateway.config.gateway.max_frame_bytes
+        while True:
+            if data:
+                self.last_heard = trio.current_time()
+                ws.receive_data(data)
+                for event in ws.events():
+                    if isinstance(event, (TextMessage, BytesMessage)):
+                        if self._closing:
+                            continue
+                        message = self._assemble(event, max_bytes)
+                        if message is None:
+                            continue
+                        if isinstance(message, str):
+                            await self._gateway.on_message(self, message)
+                        else:
+                            await self._gateway.on_binary(self, message)
+                    elif isinstance(event, Ping):
+                        if not self._closing:
+                            self._write(ws.send(event.response()))
+                    elif isinstance(event, CloseConnection):
+                        self._on_close_event(event)
+            try:
+                data = bytes(await self._stream.receive_some(RECEIVE_BYTES))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
+            if not data:
+                self._peer_closed.set()
+                return
+
+    def _assemble(self, event: TextMessage | BytesMessage, max_bytes: int) -> str | bytes | None:
+        """Reassemble a fragmented message; None until it is complete (or too big: 1009)."""
+        data = event.data
+        if isinstance(data, str):
+            # A character is 1 to 4 bytes: measure exactly only near the limit.
+            size = len(data) if (self._fragments_size + len(data)) * 4 <= max_bytes else len(data.encode())
+        else:
+            size = len(data)
+        self._fragments_size += size
+        if self._fragments_size > max_bytes:
+            self._fragments = []
+            self._fragments_size = 0
+            self.close(CLOSE_TOO_BIG, "frame too big")
+            return None
+        if not event.message_finished:
+            self._fragments.append(data)
+            return None
+        if self._fragments:
+            self._fragments.append(data)
+            parts = self._fragments
+            data = "".join(parts) if isinstance(data, str) else b"".join(parts)  # type: ignore[arg-type]
+            self._fragments = []
+        self._fragments_size = 0
+        return data if isinstance(data, str) else bytes(data)
+
+    def _on_close_event(self, event: CloseConnection) -> None:
+        if self._ws.state not in (ConnectionState.REMOTE_CLOSING, ConnectionState.CLOSED):
+            # The parser found a protocol error (1002) or invalid UTF-8 (1007):
+            # close with that code and do not wait for the peer.
+            self._peer_closed.set()
+            self.close(event.code, "protocol error")
+            return
+        self._peer_closed.set()
+        if self._closing:
+            return  # the answer to our own close frame
+        self._closing = True
+        self.close_code = event.code
+        try:
+            reply = self._ws.send(event.response())
+        except Exception:
+            reply = close_frame(1000)
+        self._outbox.append(reply)
+        self._outbox_bytes += len(reply)
+        self._gateway.note_close(self, event.code, by_peer=True)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._finish_close)
+
+    def shutdown(self, event_payload: bytes) -> None:
+        """Drain: send ``server.shutdown`` then close with 1001."""
+        self.send_json(event_payload)
+        self.close(CLOSE_GOING_AWAY, "server draining")
+
+    def info(self) -> dict[str, Any]:
+        from realtimed.clock import iso
+
+        return {
+            "session_id": self.id,
+            "user_id": self.user_id,
+            "node": self._gateway.node,
+            "connected_at": iso(self.connected_at),
+            "rooms": sorted(self.rooms),
+            "transport": "websocket",
+        }
+

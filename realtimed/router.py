@@ -1,0 +1,331 @@
+"""The router: which local sessions get a frame, and the bridge to other nodes.
+
+The one primitive is delivery: a frame to a set of users (every device) or to an
+app room's subscribers. The frame is encoded once whatever the number of
+recipients, each recipient's ``send_frame`` is a synchronous, non-blocking call
+(a session whose outbox overflows closes itself with 4008), so nothing here
+waits on a slow socket and no task is woken per recipient.
+
+A node hands each delivery to its own sessions, then publishes it through the
+broker for the other nodes (which hand it to theirs).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any, Final, Protocol
+
+import trio
+from prometheus_client import Counter, Gauge, Histogram
+
+from realtimed import metrics, protocol
+from realtimed.broker.base import Broker, Delivery
+from realtimed.clock import WallClock, iso
+from realtimed.config import Config, NamespaceConfig
+from realtimed.errors import Unavailable
+from realtimed.gateway.frames import Frame
+from realtimed.gateway.rooms import MemoryHistory, Namespaces, Publication, Recovery
+
+log = logging.getLogger(__name__)
+
+DELIVERIES: Final = Counter(
+    "realtimed_deliveries", "frames handed to local sockets (one per recipient socket)", registry=metrics.REGISTRY
+)
+PUBLICATIONS: Final = Counter(
+    "realtimed_publications", "deliveries published (one per fan-out)", ["target"], registry=metrics.REGISTRY
+)
+DELIVERY_LATENCY: Final = Histogram(
+    "realtimed_delivery_latency_seconds",
+    "from publish to the last local socket write of a fan-out",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=metrics.REGISTRY,
+)
+ROOMS: Final = Gauge("realtimed_rooms", "app rooms with local subscribers", registry=metrics.REGISTRY)
+USERS: Final = Gauge("realtimed_users", "users with a local session", registry=metrics.REGISTRY)
+
+
+class Recipient(Protocol):
+    """What the router needs of a session (a socket or an SSE stream)."""
+
+    id: str
+    user_id: str
+    rooms: set[str]
+
+    def send_frame(self, frame: Frame) -> None: ...
+
+    def close(self, code: int, reason: str = "") -> None: ...
+
+
+class Router:
+    """Local sessions by user and by room, and delivery to them and to other nodes.
+
+    Resource handling:
+        ``run`` attaches the router to the broker and holds nothing else; the
+        sessions register and unregister themselves.
+
+    Error handling:
+        A broker that cannot be reached makes publishing raise ``Unavailable``
+        after the local delivery is done: local sockets never miss a frame because
+        the broker is down.
+    """
+
+    def __init__(self, cfg: Config, *, node: str, broker: Broker, clock: WallClock, history: MemoryHistory | None = None) -> None:
+        self.node = node
+        self.broker = broker
+        self.clock = clock
+        self.history = history or MemoryHistory()
+        self.namespaces = Namespaces(cfg.namespaces)
+        self.sessions: dict[str, Recipient] = {}
+        self._users: dict[str, dict[str, Recipient]] = {}
+        self._rooms: dict[str, dict[str, Recipient]] = {}
+        self._room_users: dict[str, dict[str, int]] = {}
+        self.deliveries = 0
+        self._rate_mark = (0, 0.0)
+
+    def set_config(self, cfg: Config) -> None:
+        self.namespaces = Namespaces(cfg.namespaces)
+
+    async def run(self, *, task_status: trio.TaskStatus[Router] = trio.TASK_STATUS_IGNORED) -> None:
+        self.broker.attach(self.deliver_local)
+        self._rate_mark = (self.deliveries, trio.current_time())
+        task_status.started(self)
+        while True:
+            await trio.sleep(60)
+            self.history.gc(self.namespaces)
+
+    def delivery_rate(self) -> float:
+        """Deliveries per second since the previous call (the first: since start)."""
+        count, since = self._rate_mark
+        now = trio.current_time()
+        self._rate_mark = (self.deliveries, now)
+        return (self.deliveries - count) / max(now - since, 1e-9)
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def user_sessions(self, user_id: str) -> list[Recipient]:
+        return list(self._users.get(user_id, {}).values())
+
+    def room_sessions(self, room: str) -> list[Recipient]:
+        return list(self._rooms.get(room, {}).values())
+
+    @property
+    def user_count(self) -> int:
+        return len(self._users)
+
+    @property
+    def room_count(self) -> int:
+        return len(self._rooms)
+
+    async def add(self, session: Recipient) -> None:
+        self.sessions[session.id] = session
+        devices = self._users.setdefault(session.user_id, {})
+        devices[session.id] = session
+        USERS.set(len(self._users))
+        if len(devices) == 1:
+            try:
+                await self.broker.watch_user(session.user_id)
+            except Unavailable:
+                log.warning("session %s: broker unavailable; user %s is reachable from this node only", session.id, session.user_id)
+
+    async def remove(self, session: Recipient) -> None:
+        if self.sessions.pop(session.id, None) is None:
+            return
+        for room in list(session.rooms):
+            await self.unsubscribe(session, room)
+        devices = self._users.get(session.user_id)
+        if devices is not None:
+            devices.pop(session.id, None)
+            if not devices:
+                del self._users[session.user_id]
+                USERS.set(len(self._users))
+                try:
+                    await self.broker.unwatch_user(session.user_id)
+                except Unavailable:
+                    pass
+
+    # -- rooms -------------------------------------------------------------------------------
+
+    def namespace(self, room: str) -> NamespaceConfig:
+        return self.namespaces.of(room)
+
+    async def subscribe(self, session: Recipient, room: str, *, since: tuple[int, str] | None) -> dict[str, Any]:
+        """Subscribe and answer the ``subscribe`` reply data.
+
+        The subscription is registered and the reply built with no checkpoint in
+        between, so that no live event of the room can reach the socket before
+        the reply does.
+        """
+        ns = self.namespaces.of(room)
+        if room not in self._rooms:
+            await self.broker.watch_room(room)
+        recovery: Recovery | None = None
+        if ns.history_size > 0:
+            if since is not None:
+                recovery = self.history.recover_nowait(room, ns, since_seq=since[0], since_epoch=since[1])
+            else:
+                seq, epoch = self.history.position_nowait(room, ns)
+                recovery = Recovery(seq, epoch, False)
+        subscribers = self._rooms.setdefault(room, {})
+        already = session.id in subscribers
+        subscribers[session.id] = session
+        session.rooms.add(room)
+        ROOMS.set(len(self._rooms))
+        first_of_user = False
+        if ns.presence and not already:
+            counts = self._room_users.setdefault(room, {})
+            first_of_user = counts.get(session.user_id, 0) == 0
+            counts[session.user_id] = counts.get(session.user_id, 0) + 1
+        reply: dict[str, Any] = {"room": room, "seq": 0, "epoch": "", "recovered": False, "publications": []}
+        if recovery is not None:
+            reply["seq"] = recovery.seq
+            reply["epoch"] = recovery.epoch
+            reply["recovered"] = recovery.recovered if since is not None else False
+            reply["publications"] = [p.to_wire() for p in recovery.publications]
+        if first_of_user:
+            reply["_joined"] = True
+        return reply
+
+    def recovery_reply(self, room: str, *, since: tuple[int, str] | None) -> dict[str, Any]:
+        """The ``subscribe`` reply without subscribing (the client REST door)."""
+        ns = self.namespaces.of(room)
+        reply: dict[str, Any] = {"room": room, "seq": 0, "epoch": "", "recovered": False, "publications": []}
+        if ns.history_size > 0:
+            if since is not None:
+                recovery = self.history.recover_nowait(room, ns, since_seq=since[0], since_epoch=since[1])
+            else:
+                seq, epoch = self.history.position_nowait(room, ns)
+                recovery = Recovery(seq, epoch, False)
+            reply.update(
+                seq=recovery.seq,
+                epoch=recovery.epoch,
+                recovered=recovery.recovered if since is not None else False,
+                publications=[p.to_wire() for p in recovery.publications],
+            )
+        return reply
+
+    async def announce_join(self, room: str, user_id: str, *, joiner: str | None = None) -> None:
+        """``room.joined`` to the room's other subscribers (the joining socket knows)."""
+        frame = Frame(protocol.encode_event("room.joined", {"room": room, "user_id": user_id}, room=room), "room.joined", trio.current_time())
+        await self._fan_out(Delivery(frame, room=room, exclude_session=joiner, origin=self.node))
+
+    async def unsubscribe(self, session: Recipient, room: str) -> None:
+        subscribers = self._rooms.get(room)
+        if subscribers is None or subscribers.pop(session.id, None) is None:
+            session.rooms.discard(room)
+            return
+        session.rooms.discard(room)
+        if not subscribers:
+            del self._rooms[room]
+            ROOMS.set(len(self._rooms))
+        ns = self.namespaces.of(room)
+        left = False
+        counts = self._room_users.get(room)
+        if ns.presence and counts is not None:
+            remaining = counts.get(session.user_id, 0) - 1
+            if remaining <= 0:
+                counts.pop(session.user_id, None)
+                left = True
+            else:
+                counts[session.user_id] = remaining
+            if not counts:
+                del self._room_users[room]
+        if left:
+            try:
+                await self.publish_event_to_room(room, "room.left", {"room": room, "user_id": session.user_id})
+            except Unavailable:
+                pass
+        if room not in self._rooms:
+            try:
+                await self.broker.unwatch_room(room)
+            except Unavailable:
+                pass
+
+    def room_presence(self, room: str) -> list[dict[str, Any]]:
+        counts = self._room_users.get(room, {})
+        return [{"user_id": user, "sessions": n} for user, n in sorted(counts.items())]
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    async def publish(self, room: str, event: str, data: Any, *, exclude_session: str | None = None) -> tuple[int | None, str | None, int]:
+        """Publish an app event to a room; returns (seq, epoch, local sockets reached).
+
+        Rooms whose namespace keeps history append first, and the event carries
+        the assigned ``seq`` and ``epoch``.
+        """
+        started = trio.current_time()
+        ns = self.namespaces.of(room)
+        seq: int | None = None
+        epoch: str | None = None
+        if ns.history_size > 0:
+            seq, epoch = await self.history.append(room, ns, event, data, iso(self.clock.now()) or "")
+        frame = Frame(
+            protocol.encode_event(event, data, room=room, seq=seq, epoch=epoch), event, started, room=room, seq=seq, epoch=epoch
+        )
+        delivered = await self._fan_out(Delivery(frame, room=room, exclude_session=exclude_session, origin=self.node))
+        return seq, epoch, delivered
+
+    async def publish_event_to_room(self, room: str, event: str, data: Any) -> int:
+        """A room event that does not append to history (room.joined, room.left)."""
+        frame = Frame(protocol.encode_event(event, data, room=room), event, trio.current_time())
+        return await self._fan_out(Delivery(frame, room=room, origin=self.node))
+
+    async def to_users(
+        self,
+        user_ids: Iterable[str],
+        event: str,
+        data: Any,
+        *,
+        room: str | None = None,
+        seq: int | None = None,
+        exclude_users: frozenset[str] = frozenset(),
+        exclude_session: str | None = None,
+    ) -> int:
+        """Send an event to every device of each user; returns local sockets reached."""
+        frame = Frame(protocol.encode_event(event, data, room=room, seq=seq), event, trio.current_time(), room=room, seq=seq)
+        users = tuple(dict.fromkeys(user_ids))
+        return await self._fan_out(
+            Delivery(frame, users=users, exclude_users=exclude_users, exclude_session=exclude_session, origin=self.node)
+        )
+
+    async def _fan_out(self, delivery: Delivery) -> int:
+        delivered = self.deliver_local(delivery)
+        PUBLICATIONS.labels("room" if delivery.room is not None else "users").inc()
+        await self.broker.publish(delivery)
+        return delivered
+
+    def deliver_local(self, delivery: Delivery) -> int:
+        """Hand a delivery to this node's sessions; returns how many were reached."""
+        frame = delivery.frame
+        skip = delivery.exclude_session
+        count = 0
+        if delivery.room is not None:
+            targets: Iterable[Recipient] = self._rooms.get(delivery.room, {}).values()
+            for session in list(targets):
+                if session.id != skip:
+                    session.send_frame(frame)
+                    count += 1
+        else:
+            excluded = delivery.exclude_users
+            for user in delivery.users:
+                if user in excluded:
+                    continue
+                devices = self._users.get(user)
+                if not devices:
+                    continue
+                for session in list(devices.values()):
+                    if session.id != skip:
+                        session.send_frame(frame)
+                        count += 1
+        if count:
+            DELIVERIES.inc(count)
+            self.deliveries += count
+            if frame.published_at:
+                DELIVERY_LATENCY.observe(max(0.0, trio.current_time() - frame.published_at))
+        return count
+
+    async def history_read(self, room: str, *, since_seq: int, limit: int) -> tuple[int, str, list[Publication]]:
+        ns = self.namespaces.of(room)
+        if ns.history_size <= 0:
+            return 0, "", []
+        return await self.history.read(room, ns, since_seq=since_seq, limit=limit)
