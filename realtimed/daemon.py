@@ -26,12 +26,22 @@ import attrs
 import trio
 
 from realtimed import logs, metrics
+from realtimed.auth import ApiKeys, TokenVerifier
+from realtimed.broker.memory import MemoryBroker
 from realtimed.clock import SystemClock, WallClock
 from realtimed.config import DEV_API_KEY, DEV_HS256_SECRET, Config, ConfigError, load_config, parse_host_port
+from realtimed.gateway.gateway import Gateway
+from realtimed.gateway.ops import OpRegistry
+from realtimed.gateway.room_ops import register_room_ops
+from realtimed.http import client_api, server_api
 from realtimed.http.app import create_app
 from realtimed.http.listener import Listener
+from realtimed.router import Router
 from realtimed.sdnotify import SystemdNotifier
 from realtimed.services import Services
+
+# Importing the doors registers their routes.
+_DOORS = (client_api, server_api)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +86,7 @@ class Daemon:
         self._drained = trio.Event()
         self._force_scope: trio.CancelScope | None = None
         self._reload_hooks: list[Callable[[Config], None]] = []
+        self._pending_verifier: TokenVerifier | None = None
 
     # -- addresses -------------------------------------------------------------------------------
 
@@ -151,10 +162,41 @@ class Daemon:
         """Start the store and broker (added by the capabilities that own them)."""
 
     async def _start_services(self, nursery: trio.Nursery) -> None:
-        """Start the router, gateway and job runner (added by the capabilities that own them)."""
+        """Start the broker, router and gateway, and register the ops they answer."""
+        cfg = self.cfg
+        svc = self.services
+        svc.verifier = self._verifier(cfg)
+        svc.api_keys = ApiKeys.from_config(cfg.api)
+        broker = MemoryBroker(svc.node)
+        await nursery.start(broker.run)
+        svc.broker = broker
+        router = Router(cfg, node=svc.node, broker=broker, clock=svc.clock)
+        await nursery.start(router.run)
+        svc.router = router
+        ops = OpRegistry()
+        register_room_ops(ops, router)
+        gateway = Gateway(svc, router, ops)
+        await nursery.start(gateway.run)
+        svc.gateway = gateway
+        svc.extras["ws_handler"] = gateway.handle_ws
+        self.on_reload(self._reload_services)
+
+    def _verifier(self, cfg: Config) -> TokenVerifier:
+        base_dir = Path(cfg.source).parent if cfg.source else None
+        return TokenVerifier.from_config(cfg.auth, base_dir=base_dir, clock=self.services.clock)
+
+    def _reload_services(self, new: Config) -> None:
+        svc = self.services
+        svc.verifier = self._pending_verifier or self._verifier(new)
+        self._pending_verifier = None
+        svc.api_keys = ApiKeys.from_config(new.api)
+        if svc.router is not None:
+            svc.router.set_config(new)
 
     async def _drain_services(self) -> None:
         """Let sockets close and jobs finish; returns early when all are done."""
+        if self.services.gateway is not None:
+            await self.services.gateway.drain()
 
     async def _start_doors(self, nursery: trio.Nursery) -> None:
         cfg = self.cfg
@@ -203,6 +245,8 @@ class Daemon:
                 new = self.cfg
             else:
                 new = await trio.to_thread.run_sync(load_config, self.config_path)
+            # Keys are read now, so that an unreadable key file refuses the reload.
+            self._pending_verifier = self._verifier(new)
         except ConfigError as exc:
             for key, problem in exc.problems:
                 log.error("reload refused: %s: %s", key or "config", problem)

@@ -26,6 +26,7 @@ class Services:
     store: Any = None
     broker: Any = None
     router: Any = None
+    gateway: Any = None
     presence: Any = None
     jobs: Any = None
     chat: Any = None

@@ -1,0 +1,302 @@
+"""The client HTTP door (``/api/v1``): ops over REST, and the SSE fallback.
+
+``POST /api/v1/ops/{op}`` runs any op of PROTOCOL.md section 5 but ``auth`` and
+``ping`` with the same handlers as the socket. ``subscribe`` over REST answers
+the recovery (what the client missed since ``since``) without subscribing
+anything, since a REST call has no connection to deliver to.
+
+``GET /api/v1/events?rooms=a,b`` streams every event for the user and the listed
+rooms as SSE. Each record's ``id:`` is an opaque cursor holding the position of
+every room stream on the connection; a reconnect with ``Last-Event-ID`` resumes
+each room through the same recovery as ``subscribe``, or sends ``room.reset``.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+from collections import deque
+from collections.abc import AsyncGenerator
+from datetime import datetime
+from typing import Any, Final
+
+import orjson
+import trio
+from quart import Blueprint, Response, g, request
+
+from realtimed import protocol
+from realtimed.auth import Claims
+from realtimed.clock import iso
+from realtimed.errors import (
+    CLOSE_BANNED,
+    CLOSE_GOING_AWAY,
+    CLOSE_NODE_FULL,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_TOKEN_EXPIRED,
+    CLOSE_TOO_MANY_SOCKETS,
+    BadRequest,
+    NotFound,
+    TokenExpired,
+    Unauthorized,
+    ValidationFailed,
+)
+from realtimed.gateway.frames import Frame
+from realtimed.gateway.gateway import SOCKETS, Gateway
+from realtimed.gateway.ops import Caller
+from realtimed.gateway.room_ops import check_subscribe
+from realtimed.http.app import bearer_token, json_body, json_response, register_blueprint, services
+from realtimed.router import Router
+from realtimed.services import Services
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("client_api", __name__)
+
+_NOT_OVER_REST: Final = frozenset({"auth", "ping"})
+MAX_SSE_ROOMS: Final = 64
+
+
+@blueprint.post("/ops/<op>")
+async def run_op(op: str) -> Response:
+    svc = services()
+    gateway: Gateway = svc.gateway
+    if op in _NOT_OVER_REST or op not in protocol.OPS:
+        raise NotFound(f"no op {op!r} over REST")
+    handler = gateway.ops.get(op)
+    if handler is None:
+        raise BadRequest(f"op {op!r} is not served by this node")
+    data = await json_body()
+    value = protocol.validate(op, data, max_message_bytes=svc.config.chat.max_message_bytes)
+    claims: Claims = g.claims
+    caller = Caller(user_id=claims.sub, claims=claims, services=svc, session=None)
+    result = await handler(caller, value)
+    for after in caller.after_reply:
+        await after()
+    return json_response(result)
+
+
+def encode_cursor(positions: dict[str, list[Any]]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps({"r": positions})).decode().rstrip("=")
+
+
+def decode_cursor(text: str | None) -> dict[str, tuple[int, str]]:
+    """Room positions from a ``Last-Event-ID``; an unreadable cursor resumes nothing."""
+    if not text:
+        return {}
+    try:
+        raw = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        rooms = raw.get("r", {}) if isinstance(raw, dict) else {}
+        out: dict[str, tuple[int, str]] = {}
+        for room, pos in rooms.items():
+            if isinstance(room, str) and isinstance(pos, list) and len(pos) == 2 and isinstance(pos[0], int) and isinstance(pos[1], str):
+                out[room] = (pos[0], pos[1])
+        return out
+    except (ValueError, orjson.JSONDecodeError):
+        return {}
+
+
+class SseSession:
+    """One SSE connection, seen by the router like a socket.
+
+    Frames are queued as SSE records (bounded by ``gateway.outbox_max_bytes``;
+    over it the stream ends with ``session.closed`` 4008) and written by the
+    response generator.
+    """
+
+    def __init__(self, svc: Services, claims: Claims, address: str) -> None:
+        self.id = "s_" + secrets.token_urlsafe(12)
+        self.user_id = claims.sub
+        self.claims = claims
+        self.expires_at: datetime | None = claims.exp
+        self.address = address
+        self.rooms: set[str] = set()
+        self.connected_at = svc.clock.now()
+        self.positions: dict[str, list[Any]] = {}
+        self._svc = svc
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._wake = trio.Event()
+        self.closing = False
+        self.close_code: int | None = None
+
+    def cursor(self) -> str:
+        return encode_cursor(self.positions)
+
+    def send_frame(self, frame: Frame) -> None:
+        if self.closing:
+            return
+        if frame.room is not None and frame.seq is not None and frame.epoch is not None:
+            self.positions[frame.room] = [frame.seq, frame.epoch]
+        self._push(frame.sse(self.cursor()))
+
+    def send_event(self, name: str, data: Any, **kwargs: Any) -> None:
+        self.send_frame(Frame(protocol.encode_event(name, data, **kwargs), name, room=kwargs.get("room"), seq=kwargs.get("seq"), epoch=kwargs.get("epoch")))
+
+    def _push(self, record: bytes) -> None:
+        self._queue.append(record)
+        self._queued += len(record)
+        if self._queued > self._svc.config.gateway.outbox_max_bytes:
+            self._queue.clear()
+            self._queued = 0
+            gateway: Gateway = self._svc.gateway
+            gateway.note_overflow(self)  # type: ignore[arg-type]
+            self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+            return
+        self._wake.set()
+
+    def close(self, code: int, reason: str = "") -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self.close_code = code
+        record = Frame(protocol.encode_event("session.closed", {"code": code, "reason": reason}), "session.closed").sse(self.cursor())
+        self._queue.append(record)
+        self._wake.set()
+
+    def shutdown(self, payload: bytes) -> None:
+        if not self.closing:
+            self._push(Frame(payload, "server.shutdown").sse(self.cursor()))
+        self.close(CLOSE_GOING_AWAY, "server draining")
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "session_id": self.id,
+            "user_id": self.user_id,
+            "node": self._svc.node,
+            "connected_at": iso(self.connected_at),
+            "rooms": sorted(self.rooms),
+            "transport": "sse",
+        }
+
+    async def records(self, heartbeat_s: float) -> AsyncGenerator[bytes, None]:
+        expiry_at = None
+        if self.expires_at is not None:
+            left = (self.expires_at - self._svc.clock.now()).total_seconds()
+            expiry_at = trio.current_time() + max(0.0, left)
+        while True:
+            while self._queue:
+                record = self._queue.popleft()
+                self._queued -= len(record)
+                yield record
+            if self.closing:
+                return
+            self._wake = trio.Event()
+            deadline = trio.current_time() + heartbeat_s
+            if expiry_at is not None and expiry_at < deadline:
+                deadline = expiry_at
+            with trio.move_on_at(deadline) as timer:
+                await self._wake.wait()
+            if timer.cancelled_caught:
+                if expiry_at is not None and trio.current_time() >= expiry_at:
+                    self.close(CLOSE_TOKEN_EXPIRED, "token expired")
+                else:
+                    yield b": heartbeat\n\n"
+
+
+@blueprint.get("/events")
+async def events() -> Response:
+    svc = services()
+    gateway: Gateway = svc.gateway
+    router: Router = svc.router
+    token = bearer_token() or request.args.get("token")
+    if not token or svc.verifier is None:
+        raise Unauthorized("a user token is required (Authorization header or ?token=)")
+    expired = False
+    try:
+        claims = await svc.verifier.verify(token)
+    except TokenExpired:
+        expired = True
+        claims = Claims(sub="", exp=None, rooms=(), name=None, raw={})
+    rooms_arg = request.args.get("rooms", "")
+    rooms = [r for r in dict.fromkeys(rooms_arg.split(",")) if r]
+    if len(rooms) > MAX_SSE_ROOMS:
+        raise ValidationFailed("rooms", f"at most {MAX_SSE_ROOMS} rooms")
+    for room in rooms:
+        try:
+            protocol.validate_room(room)
+        except ValidationFailed as exc:
+            raise ValidationFailed("rooms", exc.message.split(": ", 1)[-1]) from None
+        if not expired:
+            check_subscribe(claims, router, room)
+    address = (request.remote_addr or "")
+    sse = SseSession(svc, claims, address)
+    refusal = _refusal(svc, gateway, router, claims, expired)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if refusal is not None:
+        sse.close(*refusal)
+
+        async def refused() -> AsyncGenerator[bytes, None]:
+            async for record in sse.records(svc.config.gateway.heartbeat_s):
+                yield record
+
+        response = Response(refused(), content_type="text/event-stream", headers=headers)
+        response.timeout = None
+        return response
+    resume = decode_cursor(request.headers.get("Last-Event-ID"))
+    sessions: dict[str, SseSession] = svc.extras.setdefault("sse_sessions", {})
+    sessions[sse.id] = sse
+    SOCKETS.labels("sse").inc()
+    await router.add(sse)
+    joined: list[str] = []
+    try:
+        sse.send_event("session.ready", await gateway.ready_data(sse))  # type: ignore[arg-type]
+        for room in rooms:
+            since = resume.get(room)
+            reply = await router.subscribe(sse, room, since=since)
+            if reply.pop("_joined", False):
+                joined.append(room)
+            if reply["epoch"]:
+                sse.positions[room] = [reply["seq"], reply["epoch"]]
+            if since is None:
+                continue
+            if reply["recovered"]:
+                for pub in reply["publications"]:
+                    sse.send_event(pub["event"], pub["data"], room=room, seq=pub["seq"], epoch=reply["epoch"])
+            else:
+                sse.send_event("room.reset", {"room": room, "seq": reply["seq"], "epoch": reply["epoch"]})
+        for room in joined:
+            await router.announce_join(room, sse.user_id, joiner=sse.id)
+    except BaseException:
+        await _end(svc, router, sse)
+        raise
+
+    async def stream() -> AsyncGenerator[bytes, None]:
+        try:
+            yield b"retry: 2000\n\n"
+            async for record in sse.records(svc.config.gateway.heartbeat_s):
+                yield record
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await _end(svc, router, sse)
+
+    response = Response(stream(), content_type="text/event-stream", headers=headers)
+    response.timeout = None
+    return response
+
+
+def _refusal(svc: Services, gateway: Gateway, router: Router, claims: Claims, expired: bool) -> tuple[int, str] | None:
+    if expired:
+        return CLOSE_TOKEN_EXPIRED, "token expired"
+    if svc.draining:
+        return CLOSE_GOING_AWAY, "server draining"
+    cfg = svc.config.gateway
+    banned = gateway.bans.get(claims.sub)
+    if banned is not None and banned > svc.clock.now():
+        return CLOSE_BANNED, "banned"
+    if len(gateway.sessions) + len(svc.extras.get("sse_sessions", {})) >= cfg.max_sockets:
+        return CLOSE_NODE_FULL, "node full"
+    if len(router.user_sessions(claims.sub)) >= cfg.max_sockets_per_user:
+        return CLOSE_TOO_MANY_SOCKETS, "too many sockets for this user"
+    return None
+
+
+async def _end(svc: Services, router: Router, sse: SseSession) -> None:
+    sessions: dict[str, SseSession] = svc.extras.get("sse_sessions", {})
+    if sessions.pop(sse.id, None) is not None:
+        SOCKETS.labels("sse").dec()
+    sse.closing = True
+    await router.remove(sse)
+
+
+register_blueprint(blueprint, "client")
