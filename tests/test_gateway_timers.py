@@ -1,0 +1,65 @@
+"""Gateway timers on Trio's MockClock, with the in-process trio-websocket client.
+
+The autojump threshold is far above loopback latency, so the clock only jumps
+when every task is really waiting on a timer.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+import trio
+import trio.testing
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from tests.fixtures.daemon import DaemonFactory
+from tests.fixtures.tokens import token
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0.05)
+
+
+async def test_expiring_notice_and_4004_after_an_hour(start_daemon: DaemonFactory, autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(7200):
+        daemon = await start_daemon({"gateway": {"heartbeat_s": 900.0}})
+        url = daemon.url().replace("http", "ws", 1) + "/ws?token=" + token("alice", ttl=3600)
+        async with open_websocket_url(url) as ws:
+            ready = orjson.loads(await ws.get_message())
+            assert ready["event"] == "session.ready"
+            started = trio.current_time()
+            expiring = orjson.loads(await ws.get_message())
+            assert expiring["event"] == "session.expiring"
+            assert 3535 <= trio.current_time() - started <= 3545  # 60 s before expiry
+            with pytest.raises(ConnectionClosed) as info:
+                await ws.get_message()
+            assert info.value.reason.code == 4004
+            assert 3595 <= trio.current_time() - started <= 3605
+
+
+async def test_heartbeat_keeps_answering_clients_and_drops_silent_ones(start_daemon: DaemonFactory, autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(7200):
+        daemon = await start_daemon({"gateway": {"heartbeat_s": 25.0}})
+        host, port = daemon.address()
+        url = daemon.url().replace("http", "ws", 1) + "/ws?token=" + token("alice", ttl=7200)
+        silent = await trio.open_tcp_stream(host, port)
+        await silent.send_all(
+            (
+                "GET /ws?token=" + token("mute", ttl=7200) + " HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        async with open_websocket_url(url) as ws:  # answers pings by itself
+            assert orjson.loads(await ws.get_message())["event"] == "session.ready"
+            started = trio.current_time()
+            received = b""
+            while chunk := await silent.receive_some(65536):
+                received += chunk
+            closed_after = trio.current_time() - started
+            assert b"\x89\x00" in received and b"\x0f\xa0" in received  # pings, then close 4000
+            assert 50 <= closed_after <= 80  # two silent periods, checked once a period
+            await trio.sleep(300)
+            await ws.send_message(orjson.dumps({"id": 1, "op": "ping"}).decode())
+            reply = orjson.loads(await ws.get_message())
+            assert reply["ok"] is True
