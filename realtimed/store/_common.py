@@ -1,0 +1,156 @@
+"""Helpers shared by the store backends: ids, cursors, migrations, argument checks."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import attrs
+import orjson
+
+from realtimed.errors import ValidationFailed
+from realtimed.store.base import PLATFORMS, SchemaVersionError
+
+MAX_PAGE: Final = 1000
+_MIGRATION_NAME: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_HHMM: Final = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+def new_id(prefix: str) -> str:
+    """An opaque, unguessable id such as ``m_5f0c...``."""
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def utc(dt: datetime) -> datetime:
+    """``dt`` in UTC; a naive value is taken as UTC already."""
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def clamp_limit(limit: int, *, field: str = "limit") -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValidationFailed(field, "must be a positive integer")
+    return min(limit, MAX_PAGE)
+
+
+def encode_cursor(*parts: Any) -> str:
+    """An opaque page cursor holding ``parts`` (JSON scalars)."""
+    return base64.urlsafe_b64encode(orjson.dumps(list(parts))).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str, types: tuple[type, ...]) -> list[Any]:
+    """The parts of a cursor made by ``encode_cursor``, checked against ``types``.
+
+    Raises:
+        ValidationFailed: the cursor is malformed.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        parts = orjson.loads(raw)
+    except (ValueError, binascii.Error, orjson.JSONDecodeError):
+        raise ValidationFailed("cursor", "not a valid cursor") from None
+    if (
+        not isinstance(parts, list)
+        or len(parts) != len(types)
+        or not all(isinstance(p, t) and not isinstance(p, bool) for p, t in zip(parts, types, strict=True))
+    ):
+        raise ValidationFailed("cursor", "not a valid cursor")
+    return parts
+
+
+def check_platform(platform: str) -> None:
+    if platform not in PLATFORMS:
+        raise ValidationFailed("platform", f"must be one of {', '.join(PLATFORMS)}")
+
+
+def check_settings(start: str | None, end: str | None, time_zone: str) -> None:
+    if (start is None) != (end is None):
+        raise ValidationFailed("quiet_hours", "give both start and end, or neither")
+    for name, value in (("quiet_hours_start", start), ("quiet_hours_end", end)):
+        if value is not None and not _HHMM.match(value):
+            raise ValidationFailed(name, "must be HH:MM (00:00 to 23:59)")
+    try:
+        ZoneInfo(time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationFailed("time_zone", f"unknown time zone {time_zone!r}") from None
+
+
+def check_history_bounds(before_seq: int | None, after_seq: int | None, changed_since: int | None) -> None:
+    if sum(x is not None for x in (before_seq, after_seq, changed_since)) > 1:
+        raise ValidationFailed("before_seq", "give at most one of before_seq, after_seq and changed_since")
+
+
+def check_final_status(final_status: str) -> None:
+    if final_status not in ("dead", "failed"):
+        raise ValueError(f"final_status must be 'dead' or 'failed', got {final_status!r}")
+
+
+def direct_key(a: str, b: str) -> str:
+    """The key of a 1:1 conversation: the two user ids in order, NUL-separated."""
+    lo, hi = sorted((a, b))
+    return f"{lo}\x00{hi}"
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode("utf-8")
+
+
+def loads(text: str | bytes) -> Any:
+    return orjson.loads(text)
+
+
+# ---------------------------------------------------------------------------
+# Migrations
+# ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Migration:
+    version: int
+    name: str  # e.g. "0001_initial"
+    sql: str
+
+
+def load_migrations(backend: str) -> list[Migration]:
+    """The versioned SQL files of ``backend`` in order (``migrations/<backend>/NNNN_name.sql``)."""
+    folder = resources.files("realtimed.store").joinpath("migrations", backend)
+    out: list[Migration] = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match is None:
+            continue
+        out.append(Migration(int(match.group(1)), entry.name[: -len(".sql")], entry.read_text(encoding="utf-8")))
+    out.sort(key=lambda m: m.version)
+    versions = [m.version for m in out]
+    if versions != list(range(1, len(out) + 1)):
+        raise RuntimeError(f"{backend} migrations are not numbered 1, 2, 3, ...: {versions}")
+    return out
+
+
+def pending_migrations(migrations: list[Migration], current: int, *, apply: bool) -> list[Migration]:
+    """The migrations after ``current``, after checking that the schema is not newer.
+
+    Raises:
+        SchemaVersionError: ``current`` is newer than the newest known migration,
+            or migrations are pending and ``apply`` is False.
+    """
+    newest = migrations[-1].version if migrations else 0
+    if current > newest:
+        raise SchemaVersionError(
+            f"database schema version {current} is newer than this realtimed ({newest}): "
+            "upgrade realtimed or point it at another database"
+        )
+    pending = [m for m in migrations if m.version > current]
+    if pending and not apply:
+        raise SchemaVersionError(
+            f"database schema version {current} is older than this realtimed ({newest}) and "
+            "store.apply_migrations is off: run `realtimed migrate`"
+        )
+    return pending
