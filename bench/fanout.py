@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,13 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return cert_path, key_path
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
 
 
 class Daemon:
@@ -136,9 +144,7 @@ prefix = "bench:"
         return int(match.group(1)) * 1024 if match else 0
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        return cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -189,26 +195,43 @@ def payload() -> dict[str, Any]:
     return data
 
 
-def run_rate(daemon: Daemon, gen: LoadGenerator, http: httpx.Client, *, rate: int, seconds: float, sockets: int) -> dict[str, Any]:
+def run_rate(daemon: Daemon, gen: LoadGenerator, clients: list[httpx.Client], *, rate: int, seconds: float, sockets: int) -> dict[str, Any]:
+    """Publish at ``rate`` per second for ``seconds`` from several connections at once.
+
+    Each connection paces its share of the rate; a publish waits for its own
+    fan-out, so one connection alone would measure the publisher, not realtimed.
+    """
     gen.call(cmd="mark")
-    cpu0, t0 = daemon.cpu_seconds(), time.perf_counter()
-    interval = 1.0 / rate
-    sent = 0
-    next_at = t0
+    cpu0, gen_cpu0, t0 = daemon.cpu_seconds(), cpu_seconds(gen.proc.pid), time.perf_counter()
     end = t0 + seconds
-    while True:
-        now = time.perf_counter()
-        if now >= end:
-            break
-        if now < next_at:
-            time.sleep(min(next_at - now, 0.002))
-            continue
-        http.post("/server/v1/publish", json={"room": ROOM, "event": "bench", "data": payload()})
-        sent += 1
-        next_at += interval
+    share = rate / len(clients)
+    counts = [0] * len(clients)
+
+    def publisher(index: int) -> None:
+        http = clients[index]
+        interval = 1.0 / share
+        next_at = t0 + index * interval / len(clients)
+        while True:
+            now = time.perf_counter()
+            if now >= end:
+                return
+            if now < next_at:
+                time.sleep(min(next_at - now, 0.002))
+                continue
+            http.post("/server/v1/publish", json={"room": ROOM, "event": "bench", "data": payload()})
+            counts[index] += 1
+            next_at += interval
+
+    threads = [threading.Thread(target=publisher, args=(i,)) for i in range(len(clients))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    sent = sum(counts)
     elapsed = time.perf_counter() - t0
     time.sleep(1.0)
     cpu = (daemon.cpu_seconds() - cpu0) / (elapsed + 1.0)
+    gen_cpu = (cpu_seconds(gen.proc.pid) - gen_cpu0) / (elapsed + 1.0)
     report = gen.call(cmd="report")
     expected = sent * sockets
     return {
@@ -219,6 +242,8 @@ def run_rate(daemon: Daemon, gen: LoadGenerator, http: httpx.Client, *, rate: in
         "p50_ms": round(report["p50"], 2) if report["p50"] is not None else None,
         "p99_ms": round(report["p99"], 2) if report["p99"] is not None else None,
         "server_cpu": f"{cpu * 100:.0f}%",
+        "generator_cpu": f"{gen_cpu * 100:.0f}%",
+        "us_per_delivery": round(cpu * (elapsed + 1.0) / max(1, report["received"]) * 1e6, 1),
     }
 
 
@@ -229,6 +254,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per rate step")
     parser.add_argument("--idle", default="1000,10000", help="socket counts for the memory figure")
     parser.add_argument("--tls", action="store_true", help="realtimed terminates TLS itself")
+    parser.add_argument("--publishers", type=int, default=4, help="concurrent publishing connections")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="realtimed-bench-") as tmp:
@@ -237,8 +263,19 @@ def main() -> None:
         gen = LoadGenerator(tls=args.tls)
         print(f"realtimed fan-out bench ({'TLS in realtimed' if args.tls else 'plaintext'}), daemon pid {daemon.proc.pid}")
         try:
-            http = httpx.Client(base_url=daemon.url, headers={"Authorization": f"Bearer {API_KEY}"}, verify=False, timeout=10)
-            http.get("/healthz")
+            # TCP_NODELAY: httpx writes the head and the body separately, and Nagle plus
+            # delayed ACKs would add 40 ms to every publish.
+            clients = [
+                httpx.Client(
+                    base_url=daemon.url,
+                    headers={"Authorization": f"Bearer {API_KEY}"},
+                    transport=httpx.HTTPTransport(verify=False, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]),
+                    timeout=10,
+                )
+                for _ in range(args.publishers)
+            ]
+            for http in clients:
+                http.get("/healthz")
             time.sleep(0.5)
             rss_before = daemon.rss_bytes()
             conn = gen.call(cmd="connect", url=daemon.ws_url, count=args.sockets, secret=SECRET, room=ROOM, concurrency=64, prefix="u")
@@ -246,14 +283,17 @@ def main() -> None:
             time.sleep(1.0)
             rss_after = daemon.rss_bytes()
             print(f"memory: {(rss_after - rss_before) / max(1, conn['connected']) / 1024:.1f} KiB per subscribed idle socket at {conn['connected']} sockets")
-            print(f"\n{'publish/s':>10} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'server CPU':>10}  received/expected")
+            print(f"\n{'publish/s':>10} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'server CPU':>10} {'µs/delivery':>11} {'loadgen CPU':>11}  received/expected")
             held = None
             for rate in [int(r) for r in args.rates.split(",") if r]:
-                row = run_rate(daemon, gen, http, rate=rate, seconds=args.seconds, sockets=conn["connected"])
+                row = run_rate(daemon, gen, clients, rate=rate, seconds=args.seconds, sockets=conn["connected"])
                 ok = row["p99_ms"] is not None and row["p99_ms"] < 50 and row["received"] >= 0.99 * row["expected"]
                 if ok:
                     held = row
-                print(f"{row['publish_per_s']:>10} {row['deliveries_per_s']:>13} {row['p50_ms']!s:>8} {row['p99_ms']!s:>8} {row['server_cpu']:>10}  {row['received']}/{row['expected']}")
+                print(
+                    f"{row['publish_per_s']:>10} {row['deliveries_per_s']:>13} {row['p50_ms']!s:>8} {row['p99_ms']!s:>8} "
+                    f"{row['server_cpu']:>10} {row['us_per_delivery']:>11} {row['generator_cpu']:>11}  {row['received']}/{row['expected']}"
+                )
             if held:
                 print(f"\nhighest rate held with p99 < 50 ms: {held['deliveries_per_s']} deliveries/s ({held['publish_per_s']} publishes/s to {conn['connected']} sockets, p99 {held['p99_ms']} ms)")
             else:
