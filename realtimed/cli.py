@@ -89,16 +89,20 @@ def _cmd_token(args: argparse.Namespace) -> int:
         print("realtimed: auth.hs256_secret is not set; tokens cannot be minted", file=sys.stderr)
         return EXIT_CONFIG
     ttl = args.ttl if args.ttl is not None else cfg.auth.dev_token_ttl_s
-    token = mint_dev_token(
-        cfg.auth.hs256_secret,
-        sub=args.sub,
-        ttl_s=ttl,
-        rooms=args.rooms or (),
-        name=args.name,
-        now=datetime.now(UTC),
-        audience=cfg.auth.audience or None,
-        issuer=cfg.auth.issuer or None,
-    )
+    try:
+        token = mint_dev_token(
+            cfg.auth.hs256_secret,
+            sub=args.sub,
+            ttl_s=ttl,
+            rooms=args.rooms or (),
+            name=args.name,
+            now=datetime.now(UTC),
+            audience=cfg.auth.audience or None,
+            issuer=cfg.auth.issuer or None,
+        )
+    except ValueError as exc:
+        print(f"realtimed: cannot mint that token: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     print(token)
     return EXIT_OK
 

@@ -204,3 +204,9 @@ def test_example_configs_are_valid(name: str, tmp_path: Path) -> None:
         (tmp_path / secret).write_text("redis://127.0.0.1:6379/0\n" if secret == "redis_url" else "x\n")
     cfg = load_config(tmp_path / name, env={}, text=text)
     assert cfg.store.backend == "postgres"
+
+
+def test_token_command_refuses_bad_input_clearly() -> None:
+    result = _cli("token", "-c", str(ROOT / "realtimed.toml"), "--sub", "alice", "--rooms", "bad*pattern")
+    assert result.returncode == 2
+    assert "cannot mint" in result.stderr and "Traceback" not in result.stderr
