@@ -68,10 +68,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
         trio.run(lambda: run_daemon(cfg, config_path=path))
     except KeyboardInterrupt:
         return 130
-    except OSError as exc:
-        print(f"realtimed: cannot start: {exc}", file=sys.stderr)
+    except BaseException as exc:  # noqa: BLE001 - the reason is printed, then the exit code says it
+        reason = _fatal_reason(exc)
+        if reason is None:
+            raise
+        print(f"realtimed: cannot run: {reason}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _fatal_reason(exc: BaseException) -> str | None:
+    """The operator-facing reason for a failure to start or run, if it is one we know."""
+    from realtimed.errors import RealtimedError
+
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            reason = _fatal_reason(inner)
+            if reason is not None:
+                return reason
+        return None
+    if isinstance(exc, (RealtimedError, OSError)):
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ from realtimed.http.app import create_app
 from realtimed.http.listener import Listener
 from realtimed.router import Router
 from realtimed.sdnotify import SystemdNotifier
+from realtimed.store import open_store
 from realtimed.services import Services
 
 # Importing the doors registers their routes.
@@ -159,7 +160,10 @@ class Daemon:
             backends.cancel_scope.cancel()
 
     async def _start_backends(self, nursery: trio.Nursery) -> None:
-        """Start the store and broker (added by the capabilities that own them)."""
+        """Start the store (migrations are applied or checked before it is ready)."""
+        store = open_store(self.cfg, clock=self.services.clock)
+        await nursery.start(store.run)
+        self.services.store = store
 
     async def _start_services(self, nursery: trio.Nursery) -> None:
         """Start the broker, router and gateway, and register the ops they answer."""

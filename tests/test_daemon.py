@@ -172,3 +172,48 @@ def test_toml_writer_round_trips() -> None:
 
     data = {"a": {"b": 1, "c": ["x"], "d": {"e": True}}, "ns": [{"prefix": "job:", "history_size": 3}]}
     assert tomllib.loads(toml_dumps(data)) == data
+
+
+async def test_readyz_names_the_store_when_it_cannot_answer(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(20):
+        daemon = await start_daemon()
+        store = daemon.services.store
+
+        async def broken() -> None:
+            from realtimed.errors import Unavailable
+
+            raise Unavailable("database is down")
+
+        async with httpx.AsyncClient(base_url=daemon.url()) as client:
+            assert (await client.get("/readyz")).json()["backends"]["store"] == "ok"
+            original = store.ping
+            store.ping = broken
+            try:
+                answer = await client.get("/readyz")
+            finally:
+                store.ping = original
+            assert answer.status_code == 503
+            assert answer.json()["backends"]["store"] == "database is down"
+            assert "store" in answer.json()["error"]["message"]
+            assert (await client.get("/readyz")).status_code == 200
+
+
+def test_run_refuses_a_store_it_cannot_open(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        toml_dumps(
+            {
+                "http": {"listen": "127.0.0.1:0"},
+                "store": {"backend": "postgres", "postgres_dsn": "postgresql://postgres@127.0.0.1:1/none", "connect_timeout_s": 1.0},
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIMED__")}
+    result = subprocess.run(
+        [sys.executable, "-m", "realtimed", "run", "-c", str(config)], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 1
+    assert "cannot run" in result.stderr and "Traceback" not in result.stderr
