@@ -68,7 +68,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         trio.run(lambda: run_daemon(cfg, config_path=path))
     except KeyboardInterrupt:
         return 130
-    except BaseException as exc:  # noqa: BLE001 - the reason is printed, then the exit code says it
+    except BaseException as exc:
         reason = _fatal_reason(exc)
         if reason is None:
             raise

@@ -38,8 +38,8 @@ from realtimed.http.app import create_app
 from realtimed.http.listener import Listener
 from realtimed.router import Router
 from realtimed.sdnotify import SystemdNotifier
-from realtimed.store import open_store
 from realtimed.services import Services
+from realtimed.store import open_store
 
 # Importing the doors registers their routes.
 _DOORS = (client_api, server_api)
