@@ -6,7 +6,7 @@ import base64
 import binascii
 import re
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -18,6 +18,8 @@ from realtimed.errors import ValidationFailed
 from realtimed.store.base import PLATFORMS, SchemaVersionError
 
 MAX_PAGE: Final = 1000
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
 _MIGRATION_NAME: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _HHMM: Final = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
@@ -32,6 +34,15 @@ def utc(dt: datetime) -> datetime:
     if dt.tzinfo is None:
         return dt.replace(tzinfo=UTC)
     return dt.astimezone(UTC)
+
+
+def to_micros(dt: datetime) -> int:
+    """Microseconds since the epoch (how SQLite stores times, and how cursors carry them)."""
+    return (utc(dt) - _EPOCH) // _MICROSECOND
+
+
+def from_micros(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
 
 
 def clamp_limit(limit: int, *, field: str = "limit") -> int:
@@ -93,9 +104,10 @@ def check_final_status(final_status: str) -> None:
 
 
 def direct_key(a: str, b: str) -> str:
-    """The key of a 1:1 conversation: the two user ids in order, NUL-separated."""
+    """The key of a 1:1 conversation: the two user ids in order, the first length-prefixed
+    so that no two pairs share a key whatever characters the ids hold."""
     lo, hi = sorted((a, b))
-    return f"{lo}\x00{hi}"
+    return f"{len(lo)}:{lo}:{hi}"
 
 
 def dumps(value: Any) -> str:

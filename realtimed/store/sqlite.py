@@ -30,7 +30,7 @@ import functools
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -52,10 +52,12 @@ from realtimed.store._common import (
     direct_key,
     dumps,
     encode_cursor,
+    from_micros,
     load_migrations,
     loads,
     new_id,
     pending_migrations,
+    to_micros,
     utc,
 )
 from realtimed.store.base import (
@@ -81,8 +83,6 @@ __all__ = ["SQLiteStore"]
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_US: Final = timedelta(microseconds=1)
 _BUSY_TIMEOUT_S: Final = 5.0
 _CLOSE_TIMEOUT_S: Final = 10.0
 
@@ -104,16 +104,12 @@ _DEVICE_COLS: Final = "token, user_id, platform, app_version, active, last_seen_
 # ---------------------------------------------------------------------------
 
 
-def _us(dt: datetime) -> int:
-    return (utc(dt) - _EPOCH) // _US
-
-
-def _dt(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
+_us = to_micros
+_dt = from_micros
 
 
 def _odt(us: int | None) -> datetime | None:
-    return None if us is None else _EPOCH + timedelta(microseconds=us)
+    return None if us is None else from_micros(us)
 
 
 def _message(r: Sequence[Any]) -> MessageRecord:
