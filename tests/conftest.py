@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures.daemon"]
+pytest_plugins = ["tests.fixtures.daemon", "tests.fixtures.services"]

@@ -6,6 +6,7 @@ Each case builds two nodes on one broker "network" and checks a promise of
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -13,21 +14,35 @@ import trio
 
 from realtimed.broker.base import Broker, Delivery
 from realtimed.broker.memory import MemoryBroker, MemoryHub
+from realtimed.broker.redis import RedisBroker
+from realtimed.config import BrokerConfig
 from realtimed.gateway.frames import Frame
 
 NodePair = Callable[[], Awaitable[tuple[Broker, Broker]]]
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", "redis"])
 async def node_pair(request: pytest.FixtureRequest, nursery: trio.Nursery) -> AsyncIterator[NodePair]:
     async def make() -> tuple[Broker, Broker]:
-        hub = MemoryHub()
-        a, b = MemoryBroker("a", hub), MemoryBroker("b", hub)
+        a: Broker
+        b: Broker
+        if request.param == "memory":
+            hub = MemoryHub()
+            a, b = MemoryBroker("a", hub), MemoryBroker("b", hub)
+        else:
+            url = request.getfixturevalue("redis_url")
+            suffix = uuid.uuid4().hex[:8]
+            a = RedisBroker(f"a-{suffix}", BrokerConfig(backend="redis", redis_url=url, timeout_s=2.0))
+            b = RedisBroker(f"b-{suffix}", BrokerConfig(backend="redis", redis_url=url, timeout_s=2.0))
         await nursery.start(a.run)
         await nursery.start(b.run)
         return a, b
 
     yield make
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def frame(n: int) -> Frame:
@@ -37,13 +52,15 @@ def frame(n: int) -> Frame:
 async def test_room_delivery_reaches_watching_nodes_in_order(node_pair: NodePair) -> None:
     with trio.fail_after(10):
         a, b = await node_pair()
+        room1, room2 = unique("job:1"), unique("job:2")
         got: list[bytes] = []
         b.attach(lambda d: got.append(d.frame.json))
         a.attach(lambda d: pytest.fail("no echo to the publishing node"))
-        await b.watch_room("job:1")
+        await b.watch_room(room1)
+        await trio.sleep(0.2)  # a subscription takes a round trip to Redis
         for i in range(100):
-            await a.publish(Delivery(frame(i), room="job:1", origin="a"))
-        await a.publish(Delivery(frame(-1), room="job:2", origin="a"))
+            await a.publish(Delivery(frame(i), room=room1, origin=a.node))
+        await a.publish(Delivery(frame(-1), room=room2, origin=a.node))
         with trio.move_on_after(1):
             while len(got) < 100:
                 await trio.sleep(0.01)
@@ -53,22 +70,40 @@ async def test_room_delivery_reaches_watching_nodes_in_order(node_pair: NodePair
 async def test_user_delivery_and_unwatch(node_pair: NodePair) -> None:
     with trio.fail_after(10):
         a, b = await node_pair()
+        alice = unique("alice")
         got: list[Delivery] = []
         b.attach(got.append)
-        await b.watch_user("alice")
-        await a.publish(Delivery(frame(1), users=("alice", "bob"), origin="a"))
-        await a.publish(Delivery(frame(2), users=("carol",), origin="a"))
+        await b.watch_user(alice)
+        await trio.sleep(0.2)
+        await a.publish(Delivery(frame(1), users=(alice, "bob"), origin=a.node))
+        await a.publish(Delivery(frame(2), users=("carol",), origin=a.node))
         with trio.move_on_after(1):
             while not got:
                 await trio.sleep(0.01)
-        await b.unwatch_user("alice")
-        await a.publish(Delivery(frame(3), users=("alice",), origin="a"))
+        await b.unwatch_user(alice)
+        await trio.sleep(0.2)
+        await a.publish(Delivery(frame(3), users=(alice,), origin=a.node))
         await trio.sleep(0.2)
         assert [d.frame.json for d in got] == [frame(1).json]
-        assert got[0].users == ("alice", "bob")
+        assert got[0].users == (alice, "bob")
 
 
 async def test_ping_answers(node_pair: NodePair) -> None:
     with trio.fail_after(10):
         a, _ = await node_pair()
         await a.ping()
+
+
+async def test_large_user_fanout_reaches_only_nodes_holding_them(node_pair: NodePair) -> None:
+    with trio.fail_after(10):
+        a, b = await node_pair()
+        users = tuple(unique(f"u{i}") for i in range(200))
+        got: list[Delivery] = []
+        b.attach(got.append)
+        await b.watch_user(users[150])
+        await trio.sleep(0.2)
+        await a.publish(Delivery(frame(7), users=users, origin=a.node))
+        with trio.move_on_after(1):
+            while not got:
+                await trio.sleep(0.01)
+        assert len(got) == 1 and got[0].users == users

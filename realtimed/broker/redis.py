@@ -1,0 +1,324 @@
+"""The Redis broker: deliveries between nodes over Redis pub/sub (coredis, native on Trio).
+
+Channels:
+    ``rt:r:<room>`` carries the deliveries of one app room, ``rt:u:<user>`` those
+    of one user; a node subscribes to the rooms and users it holds, so it hears
+    only what its own sessions need. A delivery to more than ``FANOUT_USERS``
+    users goes once on ``rt:all`` (every node listens) instead of once per user.
+
+Messages:
+    One pub/sub message per delivery: a small JSON header (origin node, target,
+    exclusions, event name), a newline, and the frame exactly as encoded by the
+    publishing node. Receiving nodes hand the frame to their sessions as is.
+
+Batching:
+    ``publish`` queues the message and returns; one writer task sends everything
+    queued in one pipeline round trip, so under load many publishes share one
+    round trip while an idle node still sends at once.
+
+Resource handling:
+    ``run`` owns the client, the subscriber task and the writer task; cancelling
+    it closes all of them.
+
+Error handling:
+    While Redis cannot be reached, ``publish`` and the watch calls raise
+    ``Unavailable`` at once (local sessions still get their frames from the
+    router), ``ping`` raises it for ``/readyz``, and the subscriber reconnects
+    and subscribes again to every channel it held when Redis returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+import anyio
+import coredis
+import orjson
+import trio
+from prometheus_client import Counter, Gauge
+
+from realtimed import metrics
+from realtimed.broker.base import Delivery
+from realtimed.config import BrokerConfig
+from realtimed.errors import Unavailable
+from realtimed.gateway.frames import Frame
+
+log = logging.getLogger(__name__)
+
+# What a broken or unreachable Redis raises, through coredis and anyio.
+_LINK_ERRORS: Final = (
+    coredis.exceptions.RedisError,
+    OSError,
+    trio.TooSlowError,
+    anyio.ClosedResourceError,
+    anyio.BrokenResourceError,
+    anyio.EndOfStream,
+)
+
+FANOUT_USERS: Final = 64
+ALL_CHANNEL: Final = "rt:all"
+QUEUE_MAX: Final = 10_000
+
+BROKER_UP: Final = Gauge("realtimed_broker_connected", "1 while the broker's subscriber is connected", registry=metrics.REGISTRY)
+BROKER_MESSAGES: Final = Counter(
+    "realtimed_broker_messages", "broker messages by direction", ["direction"], registry=metrics.REGISTRY
+)
+BROKER_ERRORS: Final = Counter("realtimed_broker_errors", "broker failures by kind", ["kind"], registry=metrics.REGISTRY)
+
+
+def room_channel(room: str) -> str:
+    return "rt:r:" + room
+
+
+def user_channel(user: str) -> str:
+    return "rt:u:" + user
+
+
+def encode_message(delivery: Delivery) -> bytes:
+    header: dict[str, Any] = {"o": delivery.origin, "n": delivery.frame.name}
+    if delivery.room is not None:
+        header["r"] = delivery.room
+    else:
+        header["u"] = delivery.users
+    if delivery.exclude_users:
+        header["xu"] = sorted(delivery.exclude_users)
+    if delivery.exclude_session:
+        header["xs"] = delivery.exclude_session
+    frame = delivery.frame
+    if frame.seq is not None:
+        header["s"] = frame.seq
+    if frame.epoch is not None:
+        header["e"] = frame.epoch
+    return orjson.dumps(header) + b"\n" + frame.json
+
+
+def decode_message(data: bytes) -> Delivery:
+    head, _, body = data.partition(b"\n")
+    header = orjson.loads(head)
+    room = header.get("r")
+    frame = Frame(body, header.get("n"), room=room, seq=header.get("s"), epoch=header.get("e"))
+    return Delivery(
+        frame,
+        users=tuple(header.get("u", ())),
+        room=room,
+        exclude_users=frozenset(header.get("xu", ())),
+        exclude_session=header.get("xs"),
+        origin=header.get("o", ""),
+    )
+
+
+class RedisBroker:
+    """Broker over Redis pub/sub (see ``base.Broker`` for the promises)."""
+
+    def __init__(self, node: str, cfg: BrokerConfig, *, client: coredis.Redis[bytes] | None = None) -> None:
+        self.node = node
+        self._cfg = cfg
+        self._client: coredis.Redis[bytes] = client or coredis.Redis.from_url(
+            cfg.redis_url,
+            decode_responses=False,
+            connect_timeout=cfg.timeout_s,
+            stream_timeout=cfg.timeout_s,
+        )
+        self._handler: Callable[[Delivery], object] | None = None
+        self._channels: dict[str, int] = {}
+        self._subscribe_queue: trio.MemorySendChannel[tuple[str, bool]]
+        self._outbox: list[tuple[str, bytes]] = []
+        self._outbox_ready = trio.Event()
+        self.connected = False
+        self._last_error = "not connected yet"
+
+    @property
+    def client(self) -> coredis.Redis[bytes]:
+        return self._client
+
+    def attach(self, handler: Callable[[Delivery], object]) -> None:
+        self._handler = handler
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        send, receive = trio.open_memory_channel[tuple[str, bool]](QUEUE_MAX)
+        self._subscribe_queue = send
+        try:
+            async with self._client, trio.open_nursery() as nursery:
+                await nursery.start(self._subscriber, receive)
+                nursery.start_soon(self._writer)
+                task_status.started()
+        except BaseExceptionGroup as group:
+            # On cancellation coredis's cleanup may fail on connections that are
+            # already closed; only the cancellation matters then.
+            cancelled, rest = group.split(trio.Cancelled)
+            if cancelled is None:
+                raise
+            if rest is not None:
+                log.debug("node %s: broker cleanup: %r", self.node, rest)
+            raise cancelled from None
+        finally:
+            self._set_connected(False)
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def _subscriber(
+        self, changes: trio.MemoryReceiveChannel[tuple[str, bool]], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Hold the subscriptions; reconnect and subscribe again whenever the link breaks."""
+        started = False
+        delay = 0.1
+        while True:
+            try:
+                async with self._client.pubsub(ignore_subscribe_messages=True, retry_policy=None) as pubsub:
+                    channels = [ALL_CHANNEL, *self._channels]
+                    with trio.fail_after(self._cfg.timeout_s):
+                        await pubsub.subscribe(*channels)
+                    self._set_connected(True)
+                    delay = 0.1
+                    if not started:
+                        started = True
+                        task_status.started()
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._apply_changes, pubsub, changes)
+                        async for message in pubsub:
+                            self._receive(message)
+                        nursery.cancel_scope.cancel()
+            except _LINK_ERRORS as exc:
+                self._note_down(exc)
+            except BaseExceptionGroup as group:
+                if group.subgroup(trio.Cancelled) is not None:
+                    raise
+                self._note_down(group)
+            if not started:
+                # Start anyway: the node serves its own sessions while Redis is away.
+                started = True
+                task_status.started()
+            await trio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _apply_changes(self, pubsub: Any, changes: trio.MemoryReceiveChannel[tuple[str, bool]]) -> None:
+        async for channel, add in changes:
+            if add:
+                await pubsub.subscribe(channel)
+            else:
+                await pubsub.unsubscribe(channel)
+
+    def _receive(self, message: Any) -> None:
+        if message.get("type") != "message":
+            return
+        try:
+            delivery = decode_message(message["data"])
+        except (ValueError, orjson.JSONDecodeError):
+            BROKER_ERRORS.labels("bad_message").inc()
+            return
+        if delivery.origin == self.node:
+            return
+        BROKER_MESSAGES.labels("in").inc()
+        if self._handler is not None:
+            try:
+                self._handler(delivery)
+            except Exception:
+                log.exception("node %s: a broker delivery failed locally", self.node)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def publish(self, delivery: Delivery) -> None:
+        if not self.connected:
+            raise Unavailable(f"broker unavailable: {self._last_error}")
+        data = encode_message(delivery)
+        if delivery.room is not None:
+            self._queue(room_channel(delivery.room), data)
+        elif len(delivery.users) > FANOUT_USERS:
+            self._queue(ALL_CHANNEL, data)
+        else:
+            for user in delivery.users:
+                if user not in delivery.exclude_users:
+                    self._queue(user_channel(user), data)
+        await trio.lowlevel.checkpoint()
+
+    def _queue(self, channel: str, data: bytes) -> None:
+        if len(self._outbox) >= QUEUE_MAX:
+            BROKER_ERRORS.labels("queue_full").inc()
+            raise Unavailable("broker publish queue is full")
+        self._outbox.append((channel, data))
+        self._outbox_ready.set()
+
+    async def _writer(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready = trio.Event()
+            batch, self._outbox = self._outbox, []
+            if not batch:
+                continue
+            try:
+                with trio.fail_after(self._cfg.timeout_s):
+                    if len(batch) == 1:
+                        await self._client.publish(*batch[0])
+                    else:
+                        async with self._client.pipeline(transaction=False) as pipe:
+                            for channel, data in batch:
+                                pipe.publish(channel, data)
+                BROKER_MESSAGES.labels("out").inc(len(batch))
+            except _LINK_ERRORS as exc:
+                BROKER_ERRORS.labels("publish").inc(len(batch))
+                self._note_down(exc)
+
+    # -- interest ----------------------------------------------------------------------------
+
+    async def _watch(self, channel: str) -> None:
+        count = self._channels.get(channel, 0)
+        self._channels[channel] = count + 1
+        if count == 0:
+            self._change(channel, True)
+        await trio.lowlevel.checkpoint()
+
+    async def _unwatch(self, channel: str) -> None:
+        count = self._channels.get(channel, 0) - 1
+        if count <= 0:
+            self._channels.pop(channel, None)
+            if count == 0:
+                self._change(channel, False)
+        else:
+            self._channels[channel] = count
+        await trio.lowlevel.checkpoint()
+
+    def _change(self, channel: str, add: bool) -> None:
+        try:
+            self._subscribe_queue.send_nowait((channel, add))
+        except trio.WouldBlock:
+            # Only while Redis is away for long: a reconnect subscribes to every
+            # channel in ``_channels`` anyway.
+            BROKER_ERRORS.labels("subscription_queue_full").inc()
+
+    async def watch_room(self, room: str) -> None:
+        await self._watch(room_channel(room))
+
+    async def unwatch_room(self, room: str) -> None:
+        await self._unwatch(room_channel(room))
+
+    async def watch_user(self, user_id: str) -> None:
+        await self._watch(user_channel(user_id))
+
+    async def unwatch_user(self, user_id: str) -> None:
+        await self._unwatch(user_channel(user_id))
+
+    # -- health ------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        try:
+            with trio.fail_after(self._cfg.timeout_s):
+                await self._client.ping()
+        except _LINK_ERRORS as exc:
+            self._note_down(exc)
+            raise Unavailable(f"redis: {self._last_error}") from exc
+        if not self.connected:
+            raise Unavailable(f"redis: subscriber not connected ({self._last_error})")
+
+    def _set_connected(self, up: bool) -> None:
+        if up and not self.connected:
+            log.info("node %s: broker connected to Redis (%d channels)", self.node, len(self._channels) + 1)
+        self.connected = up
+        BROKER_UP.set(1 if up else 0)
+
+    def _note_down(self, exc: BaseException) -> None:
+        self._last_error = str(exc) or type(exc).__name__
+        if self.connected:
+            log.warning("node %s: broker lost Redis: %s", self.node, self._last_error)
+        self._set_connected(False)

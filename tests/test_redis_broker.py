@@ -1,0 +1,121 @@
+"""The Redis broker when Redis misbehaves: killed subscriptions, a link that dies."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import coredis
+import pytest
+import trio
+
+from realtimed.broker.base import Delivery
+from realtimed.broker.redis import RedisBroker
+from realtimed.config import BrokerConfig
+from realtimed.errors import Unavailable
+from realtimed.gateway.frames import Frame
+
+
+def frame(n: int) -> Frame:
+    return Frame(b'{"event":"x","data":%d}' % n, "x")
+
+
+class TcpProxy:
+    """A TCP proxy to Redis that a test can cut (close every link and stop listening)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._scope: trio.CancelScope | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
+            self.port = listeners[0].socket.getsockname()[1]
+            task_status.started()
+            await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        async with client, await trio.open_tcp_stream("127.0.0.1", self.target_port) as server:
+
+            async def pump(src: trio.SocketStream, dst: trio.SocketStream) -> None:
+                async for chunk in src:
+                    await dst.send_all(chunk)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump, client, server)
+                nursery.start_soon(pump, server, client)
+
+    def cut(self) -> None:
+        assert self._scope is not None
+        self._scope.cancel()
+
+
+@pytest.fixture
+async def redis_port(redis_url: str) -> AsyncIterator[int]:
+    yield int(redis_url.rsplit(":", 1)[1].split("/")[0])
+
+
+async def wait_received(a: RedisBroker, room: str, got: list[Delivery], *, within: float) -> float:
+    """Publish until the other node receives; returns how long it took."""
+    start = trio.current_time()
+    n = 0
+    with trio.fail_after(within):
+        while not got:
+            n += 1
+            try:
+                await a.publish(Delivery(frame(n), room=room, origin=a.node))
+            except Unavailable:
+                pass
+            await trio.sleep(0.2)
+    return trio.current_time() - start
+
+
+async def test_killed_pubsub_connections_resubscribe(nursery: trio.Nursery, redis_url: str) -> None:
+    room = f"job:{uuid.uuid4().hex[:8]}"
+    cfg = BrokerConfig(backend="redis", redis_url=redis_url, timeout_s=2.0)
+    a, b = RedisBroker(f"a-{room}", cfg), RedisBroker(f"b-{room}", cfg)
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    got: list[Delivery] = []
+    b.attach(got.append)
+    await b.watch_room(room)
+    await wait_received(a, room, got, within=5)
+    admin = coredis.Redis.from_url(redis_url)
+    async with admin:
+        killed = await admin.client_kill(type_=coredis.PureToken.PUBSUB)
+    assert killed >= 2
+    got.clear()
+    took = await wait_received(a, room, got, within=10)
+    assert took < 10
+
+
+async def test_cut_link_fails_fast_then_recovers(nursery: trio.Nursery, redis_port: int) -> None:
+    proxy = TcpProxy(redis_port)
+    await nursery.start(proxy.run)
+    port = proxy.port
+    room = f"job:{uuid.uuid4().hex[:8]}"
+    cfg = BrokerConfig(backend="redis", redis_url=f"redis://127.0.0.1:{port}/0", timeout_s=2.0)
+    direct = BrokerConfig(backend="redis", redis_url=f"redis://127.0.0.1:{redis_port}/0", timeout_s=2.0)
+    a, b = RedisBroker(f"a-{room}", direct), RedisBroker(f"b-{room}", cfg)
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    got: list[Delivery] = []
+    b.attach(got.append)
+    await b.watch_room(room)
+    await wait_received(a, room, got, within=5)
+    proxy.cut()
+    with trio.fail_after(5):
+        with pytest.raises(Unavailable):
+            await b.ping()
+    # Publishing through the cut node fails at once, it never hangs.
+    with trio.fail_after(1), pytest.raises(Unavailable):
+        await b.publish(Delivery(frame(0), room=room, origin=b.node))
+    # The link comes back on the same port: the node subscribes again by itself.
+    proxy.port = port
+    await nursery.start(proxy.run)
+    got.clear()
+    await wait_received(a, room, got, within=15)
+    with trio.fail_after(5):
+        await b.ping()
