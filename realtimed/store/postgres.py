@@ -1230,7 +1230,8 @@ class PostgresStore:
             with trio.CancelScope(shield=True):
                 await self._close_pool(pool)
             self._loop = None
-            log.info("store: PostgreSQL closed")
+            if pool is not None:
+                log.info("store: PostgreSQL closed")
 
     async def _close_pool(self, pool: _Pool | None) -> None:
         if pool is None:
