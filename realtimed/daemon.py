@@ -4,7 +4,7 @@ Layers, started in order with ``nursery.start`` and stopped the other way::
 
     root nursery         signals (TERM/INT drain, second INT forces, HUP reloads), watchdog
      └─ backends         store
-         └─ services     router, gateway, job runner, cron
+         └─ services     broker (in-process or Redis), router, gateway, job runner, cron
              └─ doors    HTTP listeners (client; internal when configured)
 
 A drain stops accepting, lets the gateway say ``server.shutdown`` and close its
@@ -27,12 +27,16 @@ import trio
 
 from realtimed import logs, metrics
 from realtimed.auth import ApiKeys, TokenVerifier
+from realtimed.broker.base import Broker
 from realtimed.broker.memory import MemoryBroker
+from realtimed.broker.redis import RedisBroker
+from realtimed.broker.redis_history import RedisHistory
 from realtimed.clock import SystemClock, WallClock
 from realtimed.config import DEV_API_KEY, DEV_HS256_SECRET, Config, ConfigError, load_config, parse_host_port
 from realtimed.gateway.gateway import Gateway
 from realtimed.gateway.ops import OpRegistry
 from realtimed.gateway.room_ops import register_room_ops
+from realtimed.gateway.rooms import HistoryBackend
 from realtimed.http import client_api, server_api
 from realtimed.http.app import create_app
 from realtimed.http.listener import Listener
@@ -171,10 +175,17 @@ class Daemon:
         svc = self.services
         svc.verifier = self._verifier(cfg)
         svc.api_keys = ApiKeys.from_config(cfg.api)
-        broker = MemoryBroker(svc.node)
+        broker: Broker
+        history: HistoryBackend | None = None
+        if cfg.broker.backend == "redis":
+            redis = RedisBroker(svc.node, cfg.broker)
+            history = RedisHistory(redis.client, timeout_s=cfg.broker.timeout_s)
+            broker = redis
+        else:
+            broker = MemoryBroker(svc.node)
         await nursery.start(broker.run)
         svc.broker = broker
-        router = Router(cfg, node=svc.node, broker=broker, clock=svc.clock)
+        router = Router(cfg, node=svc.node, broker=broker, clock=svc.clock, history=history)
         await nursery.start(router.run)
         svc.router = router
         ops = OpRegistry()

@@ -25,7 +25,7 @@ from realtimed.clock import WallClock, iso
 from realtimed.config import Config, NamespaceConfig
 from realtimed.errors import Unavailable
 from realtimed.gateway.frames import Frame
-from realtimed.gateway.rooms import MemoryHistory, Namespaces, Publication, Recovery
+from realtimed.gateway.rooms import HistoryBackend, MemoryHistory, Namespaces, Publication, Recovery
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +70,20 @@ class Router:
         the broker is down.
     """
 
-    def __init__(self, cfg: Config, *, node: str, broker: Broker, clock: WallClock, history: MemoryHistory | None = None) -> None:
+    def __init__(
+        self, cfg: Config, *, node: str, broker: Broker, clock: WallClock, history: HistoryBackend | None = None
+    ) -> None:
         self.node = node
         self.broker = broker
         self.clock = clock
-        self.history = history or MemoryHistory()
+        self.history: HistoryBackend = history or MemoryHistory()
         self.namespaces = Namespaces(cfg.namespaces)
         self.sessions: dict[str, Recipient] = {}
         self._users: dict[str, dict[str, Recipient]] = {}
         self._rooms: dict[str, dict[str, Recipient]] = {}
         self._room_users: dict[str, dict[str, int]] = {}
+        # room → session id → live frames held while that socket's subscribe is answered
+        self._held: dict[str, dict[str, list[Frame]]] = {}
         self.deliveries = 0
         self._rate_mark = (0, 0.0)
 
@@ -92,7 +96,9 @@ class Router:
         task_status.started(self)
         while True:
             await trio.sleep(60)
-            self.history.gc(self.namespaces)
+            gc = getattr(self.history, "gc", None)
+            if gc is not None:
+                gc(self.namespaces)
 
     def delivery_rate(self) -> float:
         """Deliveries per second since the previous call (the first: since start)."""
@@ -152,50 +158,67 @@ class Router:
     async def subscribe(self, session: Recipient, room: str, *, since: tuple[int, str] | None) -> dict[str, Any]:
         """Subscribe and answer the ``subscribe`` reply data.
 
-        The subscription is registered and the reply built with no checkpoint in
-        between, so that no live event of the room can reach the socket before
-        the reply does.
+        The socket is registered before the history is read, and the room's live
+        frames for it are held back until ``flush_held`` runs after the reply has
+        been written: those the reply already covers (``seq`` not above the
+        reply's) are dropped, the rest follow in order. So the reply comes before
+        any live event of the room, and nothing falls between the two.
         """
         ns = self.namespaces.of(room)
         if room not in self._rooms:
             await self.broker.watch_room(room)
-        recovery: Recovery | None = None
-        if ns.history_size > 0:
-            if since is not None:
-                recovery = self.history.recover_nowait(room, ns, since_seq=since[0], since_epoch=since[1])
-            else:
-                seq, epoch = self.history.position_nowait(room, ns)
-                recovery = Recovery(seq, epoch, False)
         subscribers = self._rooms.setdefault(room, {})
         already = session.id in subscribers
         subscribers[session.id] = session
         session.rooms.add(room)
         ROOMS.set(len(self._rooms))
-        first_of_user = False
+        reply: dict[str, Any] = {"room": room, "seq": 0, "epoch": "", "recovered": False, "publications": []}
+        if ns.history_size > 0:
+            self._held.setdefault(room, {})[session.id] = []
+            try:
+                recovery = await self._recovery(room, ns, since)
+            except BaseException:
+                self._held.get(room, {}).pop(session.id, None)
+                if not already:
+                    await self.unsubscribe(session, room)
+                raise
+            reply.update(
+                seq=recovery.seq,
+                epoch=recovery.epoch,
+                recovered=recovery.recovered if since is not None else False,
+                publications=[p.to_wire() for p in recovery.publications],
+            )
         if ns.presence and not already:
             counts = self._room_users.setdefault(room, {})
-            first_of_user = counts.get(session.user_id, 0) == 0
+            if counts.get(session.user_id, 0) == 0:
+                reply["_joined"] = True
             counts[session.user_id] = counts.get(session.user_id, 0) + 1
-        reply: dict[str, Any] = {"room": room, "seq": 0, "epoch": "", "recovered": False, "publications": []}
-        if recovery is not None:
-            reply["seq"] = recovery.seq
-            reply["epoch"] = recovery.epoch
-            reply["recovered"] = recovery.recovered if since is not None else False
-            reply["publications"] = [p.to_wire() for p in recovery.publications]
-        if first_of_user:
-            reply["_joined"] = True
         return reply
 
-    def recovery_reply(self, room: str, *, since: tuple[int, str] | None) -> dict[str, Any]:
+    def flush_held(self, session: Recipient, room: str, after_seq: int) -> None:
+        """Send the live frames held during a subscribe, newer than the reply's ``seq``."""
+        held = self._held.get(room)
+        if held is None:
+            return
+        frames = held.pop(session.id, None)
+        if not held:
+            del self._held[room]
+        for frame in frames or ():
+            if frame.seq is None or frame.seq > after_seq:
+                session.send_frame(frame)
+
+    async def _recovery(self, room: str, ns: NamespaceConfig, since: tuple[int, str] | None) -> Recovery:
+        if since is not None:
+            return await self.history.recover(room, ns, since_seq=since[0], since_epoch=since[1])
+        seq, epoch = await self.history.position(room, ns)
+        return Recovery(seq, epoch, False)
+
+    async def recovery_reply(self, room: str, *, since: tuple[int, str] | None) -> dict[str, Any]:
         """The ``subscribe`` reply without subscribing (the client REST door)."""
         ns = self.namespaces.of(room)
         reply: dict[str, Any] = {"room": room, "seq": 0, "epoch": "", "recovered": False, "publications": []}
         if ns.history_size > 0:
-            if since is not None:
-                recovery = self.history.recover_nowait(room, ns, since_seq=since[0], since_epoch=since[1])
-            else:
-                seq, epoch = self.history.position_nowait(room, ns)
-                recovery = Recovery(seq, epoch, False)
+            recovery = await self._recovery(room, ns, since)
             reply.update(
                 seq=recovery.seq,
                 epoch=recovery.epoch,
@@ -210,6 +233,11 @@ class Router:
         await self._fan_out(Delivery(frame, room=room, exclude_session=joiner, origin=self.node))
 
     async def unsubscribe(self, session: Recipient, room: str) -> None:
+        held = self._held.get(room)
+        if held is not None:
+            held.pop(session.id, None)
+            if not held:
+                del self._held[room]
         subscribers = self._rooms.get(room)
         if subscribers is None or subscribers.pop(session.id, None) is None:
             session.rooms.discard(room)
@@ -301,10 +329,15 @@ class Router:
         count = 0
         if delivery.room is not None:
             targets: Iterable[Recipient] = self._rooms.get(delivery.room, {}).values()
+            held = self._held.get(delivery.room)
             for session in list(targets):
-                if session.id != skip:
+                if session.id == skip:
+                    continue
+                if held is not None and session.id in held:
+                    held[session.id].append(frame)
+                else:
                     session.send_frame(frame)
-                    count += 1
+                count += 1
         else:
             excluded = delivery.exclude_users
             for user in delivery.users:

@@ -35,19 +35,21 @@ def register_room_ops(ops: OpRegistry, router: Router) -> None:
         check_subscribe(caller.claims, router, room)
         session = caller.session
         if session is None:
-            return router.recovery_reply(room, since=since)
+            return await router.recovery_reply(room, since=since)
         limit = caller.services.config.gateway.max_subscriptions
         if room not in session.rooms and len(session.rooms) >= limit:
             raise Forbidden(f"subscription limit reached ({limit} rooms per socket)")
         reply = await router.subscribe(session, room, since=since)
-        if reply.pop("_joined", False):
-            user_id = caller.user_id
-            joiner = session.id
+        joined = reply.pop("_joined", False)
+        user_id = caller.user_id
+        subscribed_at = reply["seq"]
 
-            async def joined() -> None:
-                await router.announce_join(room, user_id, joiner=joiner)
+        async def after() -> None:
+            router.flush_held(session, room, subscribed_at)
+            if joined:
+                await router.announce_join(room, user_id, joiner=session.id)
 
-            caller.after_reply.append(joined)
+        caller.after_reply.append(after)
         return reply
 
     async def unsubscribe(caller: Caller, value: Any) -> dict[str, Any]:

@@ -138,13 +138,7 @@ class MemoryHistory:
         await trio.lowlevel.checkpoint()
         return history.seq, history.epoch
 
-    def position_nowait(self, room: str, ns: NamespaceConfig) -> tuple[int, str]:
-        history = self._trim(room, ns)
-        if history is None:
-            history = self._rooms[room] = _RoomHistory()
-        return history.seq, history.epoch
-
-    def recover_nowait(self, room: str, ns: NamespaceConfig, *, since_seq: int, since_epoch: str) -> Recovery:
+    def _recover(self, room: str, ns: NamespaceConfig, *, since_seq: int, since_epoch: str) -> Recovery:
         history = self._trim(room, ns)
         if history is None:
             history = self._rooms[room] = _RoomHistory()
@@ -164,7 +158,7 @@ class MemoryHistory:
 
     async def recover(self, room: str, ns: NamespaceConfig, *, since_seq: int, since_epoch: str) -> Recovery:
         await trio.lowlevel.checkpoint()
-        return self.recover_nowait(room, ns, since_seq=since_seq, since_epoch=since_epoch)
+        return self._recover(room, ns, since_seq=since_seq, since_epoch=since_epoch)
 
     async def read(self, room: str, ns: NamespaceConfig, *, since_seq: int, limit: int) -> tuple[int, str, list[Publication]]:
         await trio.lowlevel.checkpoint()

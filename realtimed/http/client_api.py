@@ -248,13 +248,12 @@ async def events() -> Response:
                 joined.append(room)
             if reply["epoch"]:
                 sse.positions[room] = [reply["seq"], reply["epoch"]]
-            if since is None:
-                continue
-            if reply["recovered"]:
+            if since is not None and reply["recovered"]:
                 for pub in reply["publications"]:
                     sse.send_event(pub["event"], pub["data"], room=room, seq=pub["seq"], epoch=reply["epoch"])
-            else:
+            elif since is not None:
                 sse.send_event("room.reset", {"room": room, "seq": reply["seq"], "epoch": reply["epoch"]})
+            router.flush_held(sse, room, reply["seq"])
         for room in joined:
             await router.announce_join(room, sse.user_id, joiner=sse.id)
     except BaseException:

@@ -129,7 +129,7 @@ async def room_history(room: str) -> Response:
     if ns.history_size <= 0:
         raise NotFound(f"{room} keeps no history")
     if epoch:
-        recovery = router.recovery_reply(room, since=(since, epoch))
+        recovery = await router.recovery_reply(room, since=(since, epoch))
         if not recovery["recovered"]:
             return json_response({"seq": recovery["seq"], "epoch": recovery["epoch"], "recovered": False, "publications": []})
     seq, current_epoch, pubs = await router.history_read(room, since_seq=since, limit=limit)

@@ -1,0 +1,145 @@
+"""Several nodes on one Redis act as one: deliveries, room history and recovery."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import coredis
+import httpx
+import trio
+
+from realtimed.daemon import Daemon
+from tests.fixtures.clients import WsClient
+from tests.fixtures.daemon import API_KEY, DaemonFactory
+from tests.fixtures.tokens import token
+
+SERVER = {"Authorization": f"Bearer {API_KEY}"}
+NAMESPACES: list[dict[str, Any]] = [
+    {"prefix": "job:", "history_size": 100, "history_ttl_s": 600, "recovery_cap": 5},
+    {"prefix": "feed:", "history_size": 3, "recovery_cap": 100},
+]
+
+
+async def node(start_daemon: DaemonFactory, name: str, redis_url: str) -> Daemon:
+    return await start_daemon(
+        {"server": {"node": name}, "broker": {"backend": "redis", "redis_url": redis_url, "timeout_s": 2.0}, "namespaces": NAMESPACES}
+    )
+
+
+async def connect(daemon: Daemon, user: str) -> WsClient:
+    url = daemon.url().replace("http", "ws", 1) + "/ws"
+    client = await WsClient.connect(url, token=token(user, rooms=["job:*", "feed:*"]))
+    await client.event("session.ready")
+    return client
+
+
+async def publish(daemon: Daemon, room: str, data: Any) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=daemon.url(), headers=SERVER) as http:
+        answer = await http.post("/server/v1/publish", json={"room": room, "event": "job.progress", "data": data})
+        assert answer.status_code == 200, answer.text
+        result: dict[str, Any] = answer.json()
+        return result
+
+
+async def test_publication_on_b_reaches_subscriber_on_a_and_users_everywhere(start_daemon: DaemonFactory, redis_url: str) -> None:
+    with trio.fail_after(30):
+        a = await node(start_daemon, "na", redis_url)
+        b = await node(start_daemon, "nb", redis_url)
+        room = f"job:{uuid.uuid4().hex[:8]}"
+        alice = await connect(a, "alice-" + room)
+        sub = await alice.ok("subscribe", {"room": room})
+        await trio.sleep(0.3)
+        result = await publish(b, room, {"i": 1})
+        assert result["seq"] == 1 and result["epoch"] == sub["epoch"]
+        assert result["delivered"] == 0  # no local socket on B
+        event = await alice.event("job.progress")
+        assert event["seq"] == 1 and event["epoch"] == sub["epoch"] and event["data"] == {"i": 1}
+        bob_a = await connect(a, "bob-" + room)
+        bob_b = await connect(b, "bob-" + room)
+        await trio.sleep(0.3)
+        async with httpx.AsyncClient(base_url=b.url(), headers=SERVER) as http:
+            answer = await http.post("/server/v1/users/events", json={"user_ids": ["bob-" + room], "event": "app.hi", "data": {}})
+            assert answer.json()["delivered"] == 1
+        for client in (bob_a, bob_b):
+            assert (await client.event("app.hi"))["data"] == {}
+
+
+async def test_client_moving_from_a_to_b_recovers_every_publication_once(start_daemon: DaemonFactory, redis_url: str) -> None:
+    with trio.fail_after(30):
+        a = await node(start_daemon, "na", redis_url)
+        b = await node(start_daemon, "nb", redis_url)
+        room = f"job:{uuid.uuid4().hex[:8]}"
+        on_a = await connect(a, "carol")
+        sub = await on_a.ok("subscribe", {"room": room})
+        await trio.sleep(0.3)
+        await publish(a, room, {"i": 1})
+        assert (await on_a.event("job.progress"))["seq"] == 1
+        await on_a.close()
+        for i in (2, 3, 4):
+            await publish(a, room, {"i": i})
+        on_b = await connect(b, "carol")
+        got = await on_b.ok("subscribe", {"room": room, "since": {"seq": 1, "epoch": sub["epoch"]}})
+        assert got["recovered"] is True
+        assert [p["data"]["i"] for p in got["publications"]] == [2, 3, 4]
+        await trio.sleep(0.3)
+        await publish(a, room, {"i": 5})
+        live = await on_b.event("job.progress")
+        assert live["seq"] == 5
+        await on_b.no_event("job.progress")
+
+
+async def test_recovery_decision_table_on_redis(start_daemon: DaemonFactory, redis_url: str) -> None:
+    with trio.fail_after(30):
+        a = await node(start_daemon, "na", redis_url)
+        b = await node(start_daemon, "nb", redis_url)
+        room = f"job:{uuid.uuid4().hex[:8]}"
+        client = await connect(b, "dave")
+        epoch = (await client.ok("subscribe", {"room": room}))["epoch"]
+        await client.ok("unsubscribe", {"room": room})
+        for i in range(1, 7):
+            await publish(a, room, {"i": i})
+        # Since a position still in history: a complete, in-order replay.
+        got = await client.ok("subscribe", {"room": room, "since": {"seq": 3, "epoch": epoch}})
+        assert got["recovered"] is True and [p["seq"] for p in got["publications"]] == [4, 5, 6]
+        # More missed than the recovery cap (5): nothing.
+        got = await client.ok("subscribe", {"room": room, "since": {"seq": 0, "epoch": epoch}})
+        assert got["recovered"] is False and got["publications"] == []
+        # A position from the future.
+        got = await client.ok("subscribe", {"room": room, "since": {"seq": 60, "epoch": epoch}})
+        assert got["recovered"] is False and got["publications"] == []
+        # A position already trimmed (history of 3).
+        feed = f"feed:{uuid.uuid4().hex[:8]}"
+        feed_epoch = (await client.ok("subscribe", {"room": feed}))["epoch"]
+        for i in range(1, 6):
+            await publish(a, feed, {"i": i})
+        got = await client.ok("subscribe", {"room": feed, "since": {"seq": 1, "epoch": feed_epoch}})
+        assert got["recovered"] is False and got["publications"] == []
+        got = await client.ok("subscribe", {"room": feed, "since": {"seq": 2, "epoch": feed_epoch}})
+        assert got["recovered"] is True and [p["seq"] for p in got["publications"]] == [3, 4, 5]
+        # Redis lost the room's data: a new epoch, never a silent gap.
+        admin = coredis.Redis.from_url(redis_url)
+        async with admin:
+            await admin.delete([f"rt:hm:{room}", f"rt:hs:{room}"])
+        result = await publish(a, room, {"i": 7})
+        assert result["epoch"] != epoch and result["seq"] == 1
+        got = await client.ok("subscribe", {"room": room, "since": {"seq": 6, "epoch": epoch}})
+        assert got["recovered"] is False and got["epoch"] == result["epoch"]
+
+
+async def test_readyz_turns_503_naming_the_broker_when_redis_is_unreachable(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(30):
+        with trio.socket.socket() as probe:
+            await probe.bind(("127.0.0.1", 0))
+            dead_port = probe.getsockname()[1]
+        daemon = await start_daemon({"broker": {"backend": "redis", "redis_url": f"redis://127.0.0.1:{dead_port}/0", "timeout_s": 1.0}})
+        async with httpx.AsyncClient(base_url=daemon.url(), headers=SERVER) as http:
+            answer = await http.get("/readyz")
+            assert answer.status_code == 503
+            assert answer.json()["backends"]["broker"] != "ok"
+            assert "broker" in answer.json()["error"]["message"]
+            # Local sockets still work, and publishing says the broker is down.
+            client = await connect(daemon, "erin")
+            assert (await client.ok("ping"))["server_time"]
+            answer = await http.post("/server/v1/publish", json={"room": "job:1", "event": "x", "data": {}})
+            assert answer.status_code == 503 and answer.json()["error"]["code"] == "UNAVAILABLE"
