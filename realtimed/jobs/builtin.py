@@ -1,0 +1,126 @@
+"""Built-in job kinds and their cron entries.
+
+Kinds (``register_builtin_kinds``):
+
+==========================  ==================================================================
+``retention.notifications``  delete notifications read more than ``retention.read_notifications_days`` ago
+``retention.jobs``           delete succeeded, failed, dead and cancelled jobs finished more than
+                             ``retention.finished_jobs_days`` ago
+``retention.messages``       purge the body and media of messages deleted more than
+                             ``retention.deleted_messages_days`` ago (the row and its ``seq`` stay)
+``devices.stale``            deactivate device tokens unseen for ``retention.stale_device_days``
+``noop``                     does nothing (benchmarks, health checks)
+==========================  ==================================================================
+
+A retention job's payload may carry ``{"days": N}`` to override the configured
+age for that run. The ages are read from the configuration when the job runs,
+so a reload (SIGHUP) applies to the next run.
+
+Cron entries (``builtin_cron_entries``), daily, UTC, on the ``default`` queue;
+an operator's ``[[cron]]`` entry with the same name replaces one (with another
+schedule, or with a schedule that never fires in practice, to move or silence it):
+
+==========================  ============
+name (and kind)              schedule
+==========================  ============
+``retention.notifications``  ``10 3 * * *``
+``retention.jobs``           ``20 3 * * *``
+``retention.messages``       ``30 3 * * *``
+``devices.stale``            ``40 3 * * *``
+==========================  ============
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Final
+
+from realtimed.clock import iso
+from realtimed.config import CronConfig, RetentionConfig
+from realtimed.errors import ValidationFailed
+from realtimed.jobs.runner import DoNotRetry, JobContext, JobRunner
+
+__all__ = [
+    "BUILTIN_CRON_SCHEDULES",
+    "KIND_DEVICES_STALE",
+    "KIND_NOOP",
+    "KIND_RETENTION_JOBS",
+    "KIND_RETENTION_MESSAGES",
+    "KIND_RETENTION_NOTIFICATIONS",
+    "builtin_cron_entries",
+    "register_builtin_kinds",
+]
+
+log = logging.getLogger(__name__)
+
+KIND_RETENTION_NOTIFICATIONS: Final = "retention.notifications"
+KIND_RETENTION_JOBS: Final = "retention.jobs"
+KIND_RETENTION_MESSAGES: Final = "retention.messages"
+KIND_DEVICES_STALE: Final = "devices.stale"
+KIND_NOOP: Final = "noop"
+
+BUILTIN_CRON_SCHEDULES: Final[dict[str, str]] = {
+    KIND_RETENTION_NOTIFICATIONS: "10 3 * * *",
+    KIND_RETENTION_JOBS: "20 3 * * *",
+    KIND_RETENTION_MESSAGES: "30 3 * * *",
+    KIND_DEVICES_STALE: "40 3 * * *",
+}
+
+RetentionSource = Callable[[], RetentionConfig]
+
+
+def builtin_cron_entries() -> list[CronConfig]:
+    """The built-in cron entries, named like their kinds."""
+    return [
+        CronConfig(name=kind, schedule=schedule, kind=kind, queue="default", timezone="UTC")
+        for kind, schedule in BUILTIN_CRON_SCHEDULES.items()
+    ]
+
+
+def _cutoff(ctx: JobContext, configured_days: float) -> datetime:
+    days = ctx.payload.get("days", configured_days)
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or not math.isfinite(days) or days < 0:
+        raise DoNotRetry(str(ValidationFailed("days", "must be a non-negative number")))
+    return ctx.clock.now() - timedelta(days=float(days))
+
+
+def register_builtin_kinds(runner: JobRunner, *, retention: RetentionConfig | RetentionSource) -> None:
+    """Register the built-in kinds on ``runner``.
+
+    ``retention`` is the ``[retention]`` section, or a function returning the
+    current one (the daemon passes ``lambda: services.config.retention`` so that
+    reloads apply).
+    """
+    current: RetentionSource = retention if callable(retention) else (lambda: retention)
+
+    async def retention_notifications(ctx: JobContext) -> None:
+        before = _cutoff(ctx, current().read_notifications_days)
+        count = await ctx.store.delete_read_notifications(before=before)
+        log.info("job %s: deleted %d notification(s) read before %s", ctx.job_id, count, iso(before))
+
+    async def retention_jobs(ctx: JobContext) -> None:
+        before = _cutoff(ctx, current().finished_jobs_days)
+        count = await ctx.store.delete_finished_jobs(before=before)
+        log.info("job %s: deleted %d job(s) finished before %s", ctx.job_id, count, iso(before))
+
+    async def retention_messages(ctx: JobContext) -> None:
+        before = _cutoff(ctx, current().deleted_messages_days)
+        count = await ctx.store.purge_deleted_messages(before=before)
+        log.info("job %s: purged %d message(s) deleted before %s", ctx.job_id, count, iso(before))
+
+    async def devices_stale(ctx: JobContext) -> None:
+        before = _cutoff(ctx, current().stale_device_days)
+        count = await ctx.store.deactivate_stale_devices(before=before)
+        log.info("job %s: deactivated %d device token(s) unseen since %s", ctx.job_id, count, iso(before))
+
+    async def noop(ctx: JobContext) -> None:
+        log.debug("job %s: noop", ctx.job_id)
+
+    runner.register(KIND_RETENTION_NOTIFICATIONS, retention_notifications)
+    runner.register(KIND_RETENTION_JOBS, retention_jobs)
+    runner.register(KIND_RETENTION_MESSAGES, retention_messages)
+    runner.register(KIND_DEVICES_STALE, devices_stale)
+    runner.register(KIND_NOOP, noop)

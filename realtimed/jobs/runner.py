@@ -1,0 +1,715 @@
+"""The persistent job runner: claims jobs from the store, runs their handlers, retries.
+
+A job is a row in the store (queue, kind, payload, priority, run_at, attempts,
+status, lease). ``JobRunner`` serves a set of queues, each with its own
+concurrency on this node. A queue worker claims up to its free slots with a
+lease (``JobsConfig.lease_s``); while a handler runs, one task renews the leases
+of every job this runner holds every third of the lease. A node that dies stops
+renewing, its leases expire, and any runner claims those jobs again: delivery
+is at least once, and a job runs twice only when the node running it died (or
+lost its lease) before recording the outcome.
+
+Waking: a queue worker sleeps until one of: new work (``store.wait_for_jobs``,
+which PostgreSQL answers through LISTEN/NOTIFY and SQLite through an in-process
+event), a free slot while more work is known to wait, the ``run_at`` of the next
+scheduled job (``store.next_job_time``), or the safety-net poll
+(``JobsConfig.poll_s``). Nothing polls faster than that.
+
+Retries: a handler that raises is retried at ``now + delay`` with exponential
+backoff and *equal jitter*: ``d = min(backoff_max_s, backoff_base_s * 2 ** (attempt - 1))``
+and the delay is drawn uniformly from ``[d / 2, d]``, so a retry never comes
+sooner than half the nominal delay (FCM and other backends are not hammered)
+while retries of many jobs still spread out. ``RetryAfter(seconds)`` replaces
+the computed delay (an FCM ``Retry-After``); ``DoNotRetry(reason)`` ends the job
+as ``failed`` at once. Every claim counts as an attempt, so a job that keeps
+failing (or keeps asking to be retried later) ends ``dead`` after
+``max_attempts``, keeping its last error. A job of a kind that no handler is
+registered for ends ``failed`` with ``unknown job kind``.
+
+Drain: ``drain(grace_s)`` stops claiming, lets running handlers finish within the
+grace period, cancels the rest and gives their claims back (``store.release_jobs``)
+so that another node picks them up at once instead of after the lease. A runner
+whose ``run`` is cancelled without a drain gives its claims back the same way
+(under a shield, bounded by ``release_timeout_s``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import secrets
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import trio
+from prometheus_client import Counter, Gauge, Histogram
+
+from realtimed.clock import WallClock
+from realtimed.config import JobQueueConfig, JobsConfig
+from realtimed.metrics import REGISTRY
+
+if TYPE_CHECKING:
+    from realtimed.store.base import JobRecord, Store
+
+__all__ = [
+    "DEFAULT_QUEUE",
+    "DoNotRetry",
+    "Handler",
+    "JobContext",
+    "JobKind",
+    "JobRunner",
+    "RetryAfter",
+    "backoff_delay",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUE: Final = "default"
+MAX_ERROR_CHARS: Final = 2000
+MAX_KIND_CHARS: Final = 100
+
+# ---------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------
+
+JOBS_BY_STATUS: Final = Gauge(
+    "realtimed_jobs", "jobs in the store by kind and status (refreshed periodically)", ["kind", "status"],
+    registry=REGISTRY,
+)
+QUEUE_DEPTH_CAP: Final = 1000
+QUEUE_DEPTH: Final = Gauge(
+    "realtimed_job_queue_depth",
+    f"queued jobs (due or scheduled) per queue served here, counted up to {QUEUE_DEPTH_CAP} (refreshed periodically)",
+    ["queue"],
+    registry=REGISTRY,
+)
+OLDEST_QUEUED_AGE: Final = Gauge(
+    "realtimed_job_oldest_queued_age_seconds", "how long the oldest due queued job has waited", registry=REGISTRY
+)
+JOBS_RUNNING: Final = Gauge(
+    "realtimed_jobs_running", "handlers running on this node per queue", ["queue"], registry=REGISTRY
+)
+JOB_OUTCOMES: Final = Counter(
+    "realtimed_job_runs",
+    "handler runs on this node by kind and outcome (succeeded, retried, failed, dead, lost, released)",
+    ["kind", "outcome"],
+    registry=REGISTRY,
+)
+JOBS_ENQUEUED: Final = Counter(
+    "realtimed_jobs_enqueued", "jobs created through the runner by kind", ["kind"], registry=REGISTRY
+)
+JOB_DURATION: Final = Histogram(
+    "realtimed_job_duration_seconds",
+    "handler run time by kind",
+    ["kind"],
+    buckets=(0.001, 0.005, 0.025, 0.1, 0.5, 1, 2.5, 10, 30, 120, 600),
+    registry=REGISTRY,
+)
+
+# ---------------------------------------------------------------------------
+# Public types
+# ---------------------------------------------------------------------------
+
+
+class RetryAfter(Exception):
+    """Raised by a handler: run this job again after ``seconds`` (e.g. FCM ``Retry-After``).
+
+    The attempt still counts: after ``max_attempts`` the job is ``dead``.
+    """
+
+    def __init__(self, seconds: float, reason: str = "") -> None:
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"RetryAfter needs a finite, non-negative delay, got {seconds!r}")
+        self.seconds = float(seconds)
+        self.reason = reason
+        super().__init__(reason or f"retry after {seconds:g} s")
+
+
+class DoNotRetry(Exception):
+    """Raised by a handler: this job cannot succeed; mark it ``failed`` now with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@attrs.define(eq=False)
+class JobContext:
+    """What a handler gets.
+
+    Attributes:
+        job: the claimed record (``attempts`` already counts this run).
+        payload: the job's payload.
+        attempt: this run's number, 1 for the first.
+        clock: the runner's wall clock (use it rather than ``datetime.now()``).
+        cancel_scope: the scope the handler runs in; it is cancelled when the
+            lease is lost or a drain's grace period ends. A handler may shield a
+            short critical section in its own scope.
+        store: the store, for handlers that read or write it.
+        runner: the runner, for handlers that enqueue follow-up jobs.
+    """
+
+    job: JobRecord
+    payload: dict[str, Any]
+    attempt: int
+    clock: WallClock
+    cancel_scope: trio.CancelScope
+    store: Store
+    runner: JobRunner
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+
+Handler = Callable[[JobContext], Awaitable[None]]
+
+
+@attrs.frozen
+class JobKind:
+    """A registered job kind: its handler and an optional time limit per run."""
+
+    name: str
+    handler: Handler
+    timeout_s: float | None = None
+
+
+def backoff_delay(attempt: int, *, base_s: float, max_s: float, rng: random.Random) -> float:
+    """The retry delay after failed attempt ``attempt`` (1-based), with equal jitter.
+
+    ``d = min(max_s, base_s * 2 ** (attempt - 1))``; the result is uniform in ``[d / 2, d]``.
+    """
+    exponent = min(max(attempt - 1, 0), 62)
+    nominal = min(max_s, base_s * float(2**exponent))
+    return nominal / 2 + rng.uniform(0, nominal / 2)
+
+
+# ---------------------------------------------------------------------------
+# The runner
+# ---------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _Queue:
+    name: str
+    concurrency: int
+    running: int = 0
+    # Set when more due work may be waiting than there were free slots: a slot
+    # that frees up then wakes the worker to claim again.
+    more: bool = False
+    kick: trio.Event = attrs.field(factory=trio.Event)
+    started: bool = False
+
+    def wake(self) -> None:
+        self.kick.set()
+
+
+@attrs.define(eq=False)
+class _Claim:
+    job: JobRecord
+    queue: _Queue
+    scope: trio.CancelScope
+    handler_done: bool = False
+    lease_lost: bool = False
+
+
+class JobRunner:
+    """Runs persistent jobs from the store on this node.
+
+    Args:
+        store: the started store (``realtimed.store``).
+        config: the ``[jobs]`` section.
+        clock: wall time for ``run_at``, leases and retries.
+        node: this node's id; the lease owner is ``<node>:<pid>:<random>``.
+        queues: more queues to serve besides those in the config and ``default``
+            (queues not in the config get the default queue's concurrency).
+        rng: the source of backoff jitter (tests pass a seeded one).
+        stats_interval_s: how often the store-wide gauges are refreshed.
+        release_timeout_s: the longest wait for giving claims back at exit.
+
+    Usage::
+
+        runner = JobRunner(store, config=cfg.jobs, clock=clock, node=cfg.server.node_id)
+        runner.register("email.send", send_email)
+        await nursery.start(runner.run)
+        await runner.enqueue("email.send", {"to": "a@example.com"})
+        ...
+        await runner.drain(cfg.shutdown.grace_s)
+
+    Resource handling:
+        ``run`` owns every task: one worker per served queue, one lease renewer,
+        one wake-up listener, one metrics refresher and one task per running job.
+        It returns after ``drain`` finished, or when cancelled; either way the
+        claims it still holds are released before it returns.
+
+    Error handling:
+        A handler's exception is recorded on the job (retry or ``dead``), never
+        raised here. A store error while claiming is logged and retried after the
+        poll interval; an outcome that cannot be recorded is logged and the job
+        comes back when its lease expires. A lost lease (another owner took the
+        job) cancels the handler and records nothing.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        config: JobsConfig,
+        clock: WallClock,
+        node: str = "",
+        queues: Iterable[str] = (),
+        rng: random.Random | None = None,
+        stats_interval_s: float = 15.0,
+        release_timeout_s: float = 5.0,
+    ) -> None:
+        self._store = store
+        self.config = config
+        self.clock = clock
+        self.node = node or socket.gethostname()
+        self.owner = f"{self.node}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._rng = rng or random.Random()
+        self._stats_interval_s = stats_interval_s
+        self._release_timeout_s = release_timeout_s
+        self._kinds: dict[str, JobKind] = {}
+        self._queues: dict[str, _Queue] = {}
+        self._claims: dict[str, _Claim] = {}
+        self._nursery: trio.Nursery | None = None
+        self._stopping = False
+        self._drained = trio.Event()
+        self._job_exit = trio.Event()
+        self._job_tasks = 0
+        self._status_labels: set[tuple[str, str]] = set()
+        for name in [DEFAULT_QUEUE, *(q.name for q in config.queues), *queues]:
+            self.serve_queue(name)
+
+    # -- kinds -----------------------------------------------------------------------------------
+
+    def register(self, kind: str, handler: Handler, *, timeout_s: float | None = None) -> Handler:
+        """Register the handler of ``kind`` (replacing any earlier one); returns the handler."""
+        if not kind or len(kind) > MAX_KIND_CHARS:
+            raise ValueError(f"job kind must be 1 to {MAX_KIND_CHARS} characters, got {kind!r}")
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
+        self._kinds[kind] = JobKind(kind, handler, timeout_s)
+        return handler
+
+    def kind(self, kind: str, *, timeout_s: float | None = None) -> Callable[[Handler], Handler]:
+        """Decorator form of ``register``."""
+
+        def decorate(handler: Handler) -> Handler:
+            return self.register(kind, handler, timeout_s=timeout_s)
+
+        return decorate
+
+    @property
+    def kinds(self) -> Mapping[str, JobKind]:
+        return dict(self._kinds)
+
+    # -- queues ----------------------------------------------------------------------------------
+
+    def concurrency(self, queue: str) -> int:
+        """Jobs of ``queue`` run at once on this node (the default queue's for unlisted queues)."""
+        by_name = {q.name: q.concurrency for q in self.config.queues}
+        if queue in by_name:
+            return by_name[queue]
+        return by_name.get(DEFAULT_QUEUE, JobQueueConfig().concurrency)
+
+    def serve_queue(self, name: str) -> None:
+        """Claim jobs of ``name`` on this node too (idempotent; starts its worker if running)."""
+        if name in self._queues:
+            return
+        queue = _Queue(name, self.concurrency(name))
+        self._queues[name] = queue
+        if self._nursery is not None and not self._stopping and self.config.enabled:
+            self._start_worker(queue)
+
+    @property
+    def queues(self) -> list[str]:
+        return list(self._queues)
+
+    @property
+    def running(self) -> int:
+        """Handlers running on this node now."""
+        return sum(1 for claim in self._claims.values() if not claim.handler_done)
+
+    # -- enqueue ---------------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        kind: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        queue: str = DEFAULT_QUEUE,
+        run_at: datetime | None = None,
+        delay_s: float | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        dedupe_key: str | None = None,
+    ) -> JobRecord:
+        """Create a job (or find the one holding ``dedupe_key``) and return its record.
+
+        ``run_at`` or ``delay_s`` schedules it later; ``max_attempts`` defaults to
+        ``jobs.max_attempts``. The queue is served by this runner from now on.
+        """
+        if not kind or len(kind) > MAX_KIND_CHARS:
+            raise ValueError(f"job kind must be 1 to {MAX_KIND_CHARS} characters, got {kind!r}")
+        now = self.clock.now()
+        if delay_s is not None:
+            run_at = now + timedelta(seconds=delay_s)
+        job, created = await self._store.enqueue_job(
+            queue=queue,
+            kind=kind,
+            payload=dict(payload or {}),
+            now=now,
+            run_at=run_at,
+            priority=priority,
+            max_attempts=max_attempts if max_attempts is not None else self.config.max_attempts,
+            dedupe_key=dedupe_key,
+        )
+        if created:
+            JOBS_ENQUEUED.labels(kind).inc()
+            log.debug("job %s (%s) enqueued on %s", job.id, kind, queue)
+        else:
+            log.debug("job %s (%s) already holds dedupe key %s", job.id, kind, dedupe_key)
+        self.serve_queue(queue)
+        self._queues[queue].wake()
+        return job
+
+    # -- running ---------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[JobRunner] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the queues until drained or cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self.config.enabled:
+                    for queue in self._queues.values():
+                        self._start_worker(queue)
+                    nursery.start_soon(self._renew_leases)
+                    nursery.start_soon(self._listen_for_work)
+                nursery.start_soon(self._refresh_gauges)
+                log.info(
+                    "job runner %s serving %s (lease %.1f s)",
+                    self.owner,
+                    ", ".join(f"{q.name} ({q.concurrency} at once)" for q in self._queues.values())
+                    if self.config.enabled
+                    else "nothing (jobs.enabled is false)",
+                    self.config.lease_s,
+                )
+                task_status.started(self)
+                await self._drained.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            self._stopping = True
+            if self._claims:
+                with trio.CancelScope(shield=True), trio.move_on_after(self._release_timeout_s):
+                    await self._release_all()
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop claiming, give running jobs ``grace_s`` to finish, cancel and release the rest."""
+        if self._drained.is_set():
+            return
+        self._stopping = True
+        for queue in self._queues.values():
+            queue.wake()
+        running = self.running
+        if running:
+            log.info("job runner %s draining: %d job(s) running, grace %.1f s", self.owner, running, grace_s)
+        with trio.move_on_after(grace_s):
+            while self.running:
+                await self._job_exit.wait()
+        for claim in self._claims.values():
+            if not claim.handler_done:
+                log.info("job %s (%s) cancelled by the drain; releasing it", claim.job.id, claim.job.kind)
+                claim.scope.cancel()
+        # Cancelled handlers unwind promptly; recording outcomes already in flight is bounded too.
+        with trio.move_on_after(self._release_timeout_s):
+            while self._job_tasks:
+                await self._job_exit.wait()
+        await self._release_all()
+        self._drained.set()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _start_worker(self, queue: _Queue) -> None:
+        assert self._nursery is not None
+        if not queue.started:
+            queue.started = True
+            self._nursery.start_soon(self._queue_worker, queue)
+
+    async def _queue_worker(self, queue: _Queue) -> None:
+        poll_s = self.config.poll_s
+        failures = 0
+        while not self._stopping:
+            queue.kick = trio.Event()  # before claiming, so that a wake-up during the claim is kept
+            free = queue.concurrency - queue.running
+            timeout = poll_s
+            if free > 0:
+                try:
+                    jobs = await self._store.claim_jobs(
+                        queue=queue.name, limit=free, owner=self.owner, lease_s=self.config.lease_s, now=self.clock.now()
+                    )
+                    failures = 0
+                except Exception as exc:
+                    failures += 1
+                    log.error("queue %s: claiming failed (%s); retrying", queue.name, exc, exc_info=failures == 1)
+                    await trio.sleep(min(poll_s, 0.5 * 2 ** min(failures, 6)))
+                    continue
+                if self._stopping:
+                    # A drain began during the claim: hand these back untouched.
+                    await self._release_unstarted(jobs)
+                    break
+                for job in jobs:
+                    self._start_job(queue, job)
+                queue.more = len(jobs) == free
+                if not queue.more:
+                    timeout = await self._idle_timeout(queue, poll_s)
+            else:
+                queue.more = True
+            with trio.move_on_after(timeout):
+                await queue.kick.wait()
+
+    async def _idle_timeout(self, queue: _Queue, poll_s: float) -> float:
+        """Sleep until the next scheduled job of this queue, but no longer than the poll."""
+        try:
+            next_time = await self._store.next_job_time(queues=[queue.name])
+        except Exception as exc:
+            log.warning("queue %s: next_job_time failed (%s)", queue.name, exc)
+            return poll_s
+        if next_time is None:
+            return poll_s
+        wait = (next_time - self.clock.now()).total_seconds()
+        # A due job another runner holds must not turn this into a busy loop.
+        return min(poll_s, max(wait, 0.01))
+
+    async def _listen_for_work(self) -> None:
+        """Wake every queue worker when the store reports new work."""
+        while True:
+            try:
+                await self._store.wait_for_jobs(self.config.poll_s)
+            except Exception as exc:
+                log.warning("waiting for new jobs failed (%s); relying on the poll", exc)
+                await trio.sleep(self.config.poll_s)
+                continue
+            # No checkpoint between this and the next wait, so no wake-up falls in between.
+            for queue in self._queues.values():
+                queue.wake()
+
+    def _start_job(self, queue: _Queue, job: JobRecord) -> None:
+        assert self._nursery is not None
+        claim = _Claim(job, queue, trio.CancelScope())
+        self._claims[job.id] = claim
+        queue.running += 1
+        self._job_tasks += 1
+        JOBS_RUNNING.labels(queue.name).inc()
+        self._nursery.start_soon(self._run_job, claim)
+
+    async def _run_job(self, claim: _Claim) -> None:
+        job = claim.job
+        queue = claim.queue
+        outcome: str | None = None
+        error: BaseException | None = None
+        started = trio.current_time()
+        try:
+            kind = self._kinds.get(job.kind)
+            with claim.scope:
+                try:
+                    if kind is None:
+                        raise DoNotRetry(f"unknown job kind {job.kind!r} (no handler on node {self.node})")
+                    ctx = JobContext(
+                        job=job,
+                        payload=dict(job.payload or {}),
+                        attempt=job.attempts,
+                        clock=self.clock,
+                        cancel_scope=claim.scope,
+                        store=self._store,
+                        runner=self,
+                    )
+                    log.debug("job %s (%s) attempt %d/%d starts", job.id, job.kind, job.attempts, job.max_attempts)
+                    if kind.timeout_s is not None:
+                        with trio.fail_after(kind.timeout_s):
+                            await kind.handler(ctx)
+                    else:
+                        await kind.handler(ctx)
+                    outcome = "succeeded"
+                except Exception as exc:
+                    outcome = "error"
+                    error = exc
+            claim.handler_done = True
+            self._slot_free(queue)
+            JOB_DURATION.labels(job.kind).observe(trio.current_time() - started)
+            if outcome is None:
+                # Cancelled by a lost lease or the drain: record nothing.
+                return
+            await self._record(claim, error)
+        finally:
+            if not claim.handler_done:
+                claim.handler_done = True
+                self._slot_free(queue)
+            self._job_tasks -= 1
+            self._job_exit.set()
+            self._job_exit = trio.Event()
+
+    def _slot_free(self, queue: _Queue) -> None:
+        queue.running -= 1
+        JOBS_RUNNING.labels(queue.name).dec()
+        if queue.more:
+            queue.wake()
+
+    async def _record(self, claim: _Claim, error: BaseException | None) -> None:
+        job = claim.job
+        now = self.clock.now()
+        try:
+            if error is None:
+                if await self._store.complete_job(job_id=job.id, owner=self.owner, now=now):
+                    JOB_OUTCOMES.labels(job.kind, "succeeded").inc()
+                    log.debug("job %s (%s) succeeded", job.id, job.kind)
+                else:
+                    JOB_OUTCOMES.labels(job.kind, "lost").inc()
+                    log.warning("job %s (%s) succeeded but its lease was lost; another run may follow", job.id, job.kind)
+                self._claims.pop(job.id, None)
+                return
+            retry_at, final_status, text = self._failure(job, error, now)
+            record = await self._store.fail_job(
+                job_id=job.id, owner=self.owner, error=text, now=now, retry_at=retry_at, final_status=final_status
+            )
+            self._claims.pop(job.id, None)
+        except Exception as exc:
+            # The claim stays: it is released at exit or its lease expires, and the job runs again.
+            log.error("job %s (%s): recording the outcome failed: %s", job.id, job.kind, exc)
+            return
+        if record is None:
+            JOB_OUTCOMES.labels(job.kind, "lost").inc()
+            log.warning("job %s (%s) failed but its lease was lost: %s", job.id, job.kind, text)
+        elif record.status == "queued":
+            JOB_OUTCOMES.labels(job.kind, "retried").inc()
+            claim.queue.wake()  # its worker may be asleep until later than retry_at
+            log.info(
+                "job %s (%s) attempt %d/%d failed, retry at %s: %s",
+                job.id, job.kind, job.attempts, job.max_attempts, retry_at, text,
+            )
+        else:
+            JOB_OUTCOMES.labels(job.kind, record.status).inc()
+            log.warning("job %s (%s) is %s after attempt %d: %s", job.id, job.kind, record.status, job.attempts, text)
+
+    def _failure(self, job: JobRecord, error: BaseException, now: datetime) -> tuple[datetime | None, str, str]:
+        """(retry_at, final_status, error text) for a handler's exception."""
+        retry_after = _find(error, RetryAfter)
+        do_not_retry = _find(error, DoNotRetry)
+        if do_not_retry is not None:
+            return None, "failed", _clip(f"DoNotRetry: {do_not_retry.reason}")
+        if isinstance(error, trio.TooSlowError):
+            text = "timed out"
+        elif retry_after is not None:
+            text = f"RetryAfter({retry_after.seconds:g})" + (f": {retry_after.reason}" if retry_after.reason else "")
+        else:
+            text = f"{type(error).__name__}: {error}"
+            log.debug("job %s (%s) raised", job.id, job.kind, exc_info=error)
+        text = _clip(text)
+        if job.attempts >= job.max_attempts:
+            return None, "dead", text
+        if retry_after is not None:
+            delay = retry_after.seconds
+        else:
+            delay = backoff_delay(
+                job.attempts, base_s=self.config.backoff_base_s, max_s=self.config.backoff_max_s, rng=self._rng
+            )
+        return now + timedelta(seconds=delay), "dead", text
+
+    async def _renew_leases(self) -> None:
+        """Renew every running job's lease each third of the lease; cancel jobs whose lease is lost."""
+        lease_s = self.config.lease_s
+        while True:
+            await trio.sleep(lease_s / 3)
+            ids = [job_id for job_id, claim in self._claims.items() if not claim.handler_done]
+            if not ids:
+                continue
+            try:
+                renewed = await self._store.renew_leases(
+                    job_ids=ids, owner=self.owner, lease_s=lease_s, now=self.clock.now()
+                )
+            except Exception as exc:
+                log.error("renewing %d lease(s) failed (%s); jobs %s may run elsewhere", len(ids), exc, ", ".join(ids[:5]))
+                continue
+            for job_id in ids:
+                claim = self._claims.get(job_id)
+                if job_id in renewed or claim is None or claim.handler_done:
+                    continue
+                claim.lease_lost = True
+                self._claims.pop(job_id, None)
+                JOB_OUTCOMES.labels(claim.job.kind, "lost").inc()
+                log.warning("job %s (%s): lease lost, cancelling its handler", job_id, claim.job.kind)
+                claim.scope.cancel()
+
+    async def _release_unstarted(self, jobs: list[JobRecord]) -> None:
+        if not jobs:
+            return
+        try:
+            await self._store.release_jobs(owner=self.owner, job_ids=[j.id for j in jobs], now=self.clock.now())
+            for job in jobs:
+                log.info("job %s (%s) released unstarted (draining)", job.id, job.kind)
+        except Exception as exc:
+            log.error("releasing jobs %s failed (%s); their leases will expire", ", ".join(j.id for j in jobs), exc)
+
+    async def _release_all(self) -> None:
+        claims = [claim for claim in self._claims.values() if not claim.lease_lost]
+        if not claims:
+            return
+        ids = [claim.job.id for claim in claims]
+        try:
+            await self._store.release_jobs(owner=self.owner, job_ids=ids, now=self.clock.now())
+        except Exception as exc:
+            log.error("releasing jobs %s failed (%s); their leases will expire", ", ".join(ids), exc)
+            return
+        for claim in claims:
+            self._claims.pop(claim.job.id, None)
+            JOB_OUTCOMES.labels(claim.job.kind, "released").inc()
+            log.info("job %s (%s) released for another node", claim.job.id, claim.job.kind)
+
+    async def _refresh_gauges(self) -> None:
+        while True:
+            try:
+                await self.refresh_gauges()
+            except Exception as exc:
+                log.warning("refreshing job gauges failed: %s", exc)
+            await trio.sleep(self._stats_interval_s)
+
+    async def refresh_gauges(self) -> None:
+        """Set the store-wide gauges (jobs by kind and status, queue depth, oldest due job) now."""
+        stats = await self._store.job_stats()
+        seen: set[tuple[str, str]] = set()
+        for kind, status, count in stats:
+            JOBS_BY_STATUS.labels(kind, status).set(count)
+            seen.add((kind, status))
+        for kind, status in self._status_labels - seen:
+            JOBS_BY_STATUS.labels(kind, status).set(0)  # none left of this kind and status
+        self._status_labels |= seen
+        for queue in list(self._queues):
+            # The store counts by kind and status only; a page of one queue's queued jobs
+            # bounds the cost of counting it.
+            jobs, _ = await self._store.list_jobs(status="queued", queue=queue, limit=QUEUE_DEPTH_CAP)
+            QUEUE_DEPTH.labels(queue).set(len(jobs))
+        age = await self._store.oldest_queued_job_age_s(self.clock.now())
+        OLDEST_QUEUED_AGE.set(age or 0.0)
+
+
+def _find(error: BaseException, kind: type[Any]) -> Any:
+    """``error`` itself or the first leaf of that type in an exception group."""
+    if isinstance(error, kind):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"

@@ -1,0 +1,592 @@
+"""The job runner on both stores, on Trio's MockClock.
+
+Wall time is a ``TrioWallClock``, so ``run_at``, leases and backoff follow the
+mock clock. The autojump threshold is well above a local PostgreSQL round
+trip, so the clock only jumps while every task really waits on a timer; the
+runners' safety-net poll is set far out (``poll_s``) wherever a test asserts
+that something happens on time, so that only a real wake-up can explain it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+import trio_asyncio
+
+from realtimed.clock import SystemClock, TrioWallClock
+from realtimed.config import Config, JobQueueConfig, JobsConfig, ServerConfig, StoreConfig
+from realtimed.jobs import DoNotRetry, JobContext, JobRunner, RetryAfter
+from realtimed.jobs import runner as runner_module
+from realtimed.metrics import REGISTRY
+from realtimed.store import Store, open_store
+
+AUTOJUMP_S = 0.05
+LIMIT_S = 3600  # virtual seconds; a hang jumps straight to it
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+EPS = 0.05
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=AUTOJUMP_S)
+
+
+@pytest.fixture
+def wall() -> TrioWallClock:
+    return TrioWallClock(T0)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+    if request.param == "postgres":
+        store = StoreConfig(backend="postgres", postgres_dsn=request.getfixturevalue("pg_dsn"))
+    else:
+        store = StoreConfig(backend="sqlite", sqlite_path="jobs.db")
+    return Config(server=ServerConfig(state_dir=tmp_path), store=store)
+
+
+@pytest.fixture
+async def store(store_config: Config) -> AsyncIterator[Watched]:
+    async with AsyncExitStack() as stack:
+        if store_config.store.backend == "postgres":
+            await stack.enter_async_context(trio_asyncio.open_loop())
+        async with trio.open_nursery() as nursery:
+            # Every job method takes its time from the caller; the store's own clock only
+            # stamps migrations, which SQLite applies on a worker thread.
+            s = open_store(store_config, clock=SystemClock())
+            await nursery.start(s.run)
+            yield Watched(s)
+            nursery.cancel_scope.cancel()
+
+
+def jobs_config(**overrides: Any) -> JobsConfig:
+    settings: dict[str, Any] = {"lease_s": 30.0, "poll_s": 600.0, "backoff_base_s": 2.0, "backoff_max_s": 5.0}
+    settings.update(overrides)
+    return JobsConfig(**settings)
+
+
+def make_runner(store: Any, wall: TrioWallClock, **overrides: Any) -> JobRunner:
+    return JobRunner(
+        store, config=jobs_config(**overrides), clock=wall, node="test", rng=random.Random(7), stats_interval_s=3600
+    )
+
+
+class Recorder:
+    """Records when each job's handler ran."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, list[float]] = {}
+        self.order: list[str] = []
+        self.changed = trio.Event()
+
+    def note(self, ctx: JobContext) -> None:
+        self.runs.setdefault(ctx.job_id, []).append(trio.current_time())
+        self.order.append(ctx.job_id)
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            await self.changed.wait()
+
+
+class Watched:
+    """The store, with an event on every recorded outcome, so tests wait without polling."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._changed = trio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def _fire(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def complete_job(self, **kwargs: Any) -> bool:
+        try:
+            return bool(await self._store.complete_job(**kwargs))
+        finally:
+            self._fire()
+
+    async def fail_job(self, **kwargs: Any) -> Any:
+        try:
+            return await self._store.fail_job(**kwargs)
+        finally:
+            self._fire()
+
+    async def release_jobs(self, **kwargs: Any) -> None:
+        try:
+            await self._store.release_jobs(**kwargs)
+        finally:
+            self._fire()
+
+    async def wait_status(self, job_id: str, status: str) -> Any:
+        while True:
+            changed = self._changed
+            job = await self._store.get_job(job_id)
+            assert job is not None
+            if job.status == status:
+                return job
+            await changed.wait()
+
+
+class NoRelease:
+    """A store seen by a process that dies: it never gets to give its claims back."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def release_jobs(self, **kwargs: Any) -> None:
+        return None
+
+
+class CountingStore:
+    """Counts the calls the runner makes, to show that it does not poll."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return await attr(*args, **kwargs)
+
+        return counted
+
+
+# ---------------------------------------------------------------------------
+# Retries
+# ---------------------------------------------------------------------------
+
+
+async def test_backoff_schedule_with_equal_jitter_then_dead(
+    store: Watched, wall: TrioWallClock, clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(LIMIT_S):
+        rec = Recorder()
+        runner = make_runner(store, wall, backoff_base_s=2.0, backoff_max_s=5.0)
+
+        async def flaky(ctx: JobContext) -> None:
+            rec.note(ctx)
+            raise RuntimeError(f"boom {ctx.attempt}")
+
+        runner.register("flaky", flaky)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            job = await runner.enqueue("flaky", {"n": 1}, max_attempts=4)
+            await rec.wait_for(lambda: len(rec.runs.get(job.id, [])) == 4)
+            final = await store.wait_status(job.id, "dead")
+            await trio.sleep(60)  # nothing runs after dead
+            nursery.cancel_scope.cancel()
+        times = rec.runs[job.id]
+        assert len(times) == 4
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        # Nominal delays 2, 4, then 8 capped at 5; equal jitter draws from [d/2, d].
+        for gap, nominal in zip(gaps, [2.0, 4.0, 5.0], strict=True):
+            assert nominal / 2 - EPS <= gap <= nominal + EPS, gaps
+        assert final.attempts == 4
+        assert final.last_error == "RuntimeError: boom 4"
+        assert final.finished_at is not None
+
+
+async def test_retry_after_replaces_the_backoff(store: Watched, wall: TrioWallClock, clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(LIMIT_S):
+        rec = Recorder()
+        runner = make_runner(store, wall)
+
+        async def rate_limited(ctx: JobContext) -> None:
+            rec.note(ctx)
+            if ctx.attempt == 1:
+                raise RetryAfter(42, "QUOTA_EXCEEDED")
+
+        runner.register("push", rate_limited)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            job = await runner.enqueue("push", {})
+            done = await store.wait_status(job.id, "succeeded")
+            nursery.cancel_scope.cancel()
+        first, second = rec.runs[job.id]
+        assert 42 - EPS <= second - first <= 42 + EPS
+        assert done.attempts == 2
+        assert done.last_error == "RetryAfter(42): QUOTA_EXCEEDED"
+
+
+async def test_do_not_retry_fails_at_once(store: Watched, wall: TrioWallClock, clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(LIMIT_S):
+        rec = Recorder()
+        runner = make_runner(store, wall)
+
+        async def hopeless(ctx: JobContext) -> None:
+            rec.note(ctx)
+            raise DoNotRetry("INVALID_ARGUMENT: bad token")
+
+        runner.register("hopeless", hopeless)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            job = await runner.enqueue("hopeless", {})
+            failed = await store.wait_status(job.id, "failed")
+            await trio.sleep(120)
+            nursery.cancel_scope.cancel()
+        assert len(rec.runs[job.id]) == 1
+        assert failed.attempts == 1
+        assert failed.last_error == "DoNotRetry: INVALID_ARGUMENT: bad token"
+
+
+async def test_unknown_kind_fails_clearly(store: Watched, wall: TrioWallClock, clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(LIMIT_S):
+        runner = make_runner(store, wall)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            job = await runner.enqueue("nobody.handles.this", {})
+            failed = await store.wait_status(job.id, "failed")
+            nursery.cancel_scope.cancel()
+        assert failed.attempts == 1
+        assert failed.last_error is not None
+        assert "unknown job kind 'nobody.handles.this'" in failed.last_error
+
+
+async def test_handler_time_limit_counts_as_a_failure(
+    store: Watched, wall: TrioWallClock, clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(LIMIT_S):
+        runner = make_runner(store, wall)
+
+        async def stuck(ctx: JobContext) -> None:
+            await trio.sleep_forever()
+
+        runner.register("stuck", stuck, timeout_s=10)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            job = await runner.enqueue("stuck", {}, max_attempts=2)
+            dead = await store.wait_status(job.id, "dead")
+            nursery.cancel_scope.cancel()
+        assert dead.attempts == 2
+        assert dead.last_error == "timed out"
+
+
+# ---------------------------------------------------------------------------
+# Scheduling and waking
+# ---------------------------------------------------------------------------
+
+
+async def test_run_at_is_honoured_without_polling(store: Watched, wall: TrioWallClock, clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(LIMIT_S):
+        rec = Recorder()
+        counting = CountingStore(store)
+        runner = make_runner(counting, wall, poll_s=600.0)
+
+        async def later(ctx: JobContext) -> None:
+            rec.note(ctx)
+
+        runner.register("later", later)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            start = trio.current_time()
+            job = await runner.enqueue("later", {}, delay_s=90)
+            await store.wait_status(job.id, "succeeded")
+            nursery.cancel_scope.cancel()
+        assert 90 - EPS <= rec.runs[job.id][0] - start <= 90 + EPS
+        # Woken by the enqueue, then by run_at: a handful of claims, not one per tick.
+        assert counting.calls["claim_jobs"] <= 5, counting.calls
+
+
+async def test_new_work_wakes_an_idle_runner(store: Watched, wall: TrioWallClock, clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(LIMIT_S):
+        rec = Recorder()
+        runner = make_runner(store, wall, poll_s=600.0)
+
+        async def quick(ctx: JobContext) -> None:
+            rec.note(ctx)
+
+        runner.register("quick", quick)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            await trio.sleep(30)
+            # Straight into the store, as another node (or the chat service) would.
+            job, _ = await store.enqueue_job(queue="default", kind="quick", payload={}, now=wall.now())
+            enqueued = trio.current_time()
+            await rec.wait_for(lambda: job.id in rec.runs)
+            nursery.cancel_scope.cancel()
+        assert rec.runs[job.id][0] - enqueued <= EPS
+
+
+async def test_priority_then_run_at_order(store: Watched, wall: TrioWallClock, clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(LIMIT_S):
+        rec = Recorder()
+        runner = make_runner(store, wall, queues=[JobQueueConfig(name="serial", concurrency=1)])
+
+        async def step(ctx: JobContext) -> None:
+            rec.note(ctx)
+            await trio.sleep(1)
+
+        runner.register("step", step)
+        names: dict[str, str] = {}
+        for name, priority in [("low", 0), ("high-a", 5), ("mid", 1), ("top", 9), ("high-b", 5)]:
+            job = await runner.enqueue("step", {"name": name}, queue="serial", priority=priority)
+            names[job.id] = name
+            await trio.sleep(0.01)  # distinct run_at, in this order
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            await rec.wait_for(lambda: len(rec.order) == 5)
+            nursery.cancel_scope.cancel()
+        assert [names[j] for j in rec.order] == ["top", "high-a", "high-b", "mid", "low"]
+
+
+async def test_per_queue_concurrency(store: Watched, wall: TrioWallClock, clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(LIMIT_S):
+        queues = [
+            JobQueueConfig(name="default", concurrency=1),
+            JobQueueConfig(name="a", concurrency=2),
+            JobQueueConfig(name="b", concurrency=3),
+        ]
+        runner = make_runner(store, wall, queues=queues)
+        running: dict[str, int] = {}
+        peak: dict[str, int] = {}
+        rec = Recorder()
+
+        async def work(ctx: JobContext) -> None:
+            queue = ctx.job.queue
+            running[queue] = running.get(queue, 0) + 1
+            peak[queue] = max(peak.get(queue, 0), running[queue])
+            await trio.sleep(5)
+            running[queue] -= 1
+            rec.note(ctx)
+
+        runner.register("work", work)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            for queue in ("a", "b", "c"):  # "c" is not configured: the default queue's concurrency
+                for _ in range(4):
+                    await runner.enqueue("work", {}, queue=queue)
+            await rec.wait_for(lambda: len(rec.order) == 12)
+            nursery.cancel_scope.cancel()
+        assert peak == {"a": 2, "b": 3, "c": 1}
+        assert runner.concurrency("c") == 1
+
+
+async def test_fifty_concurrent_enqueues_with_one_dedupe_key(
+    store: Watched, wall: TrioWallClock, clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(LIMIT_S):
+        runner = make_runner(store, wall)
+        ids: list[str] = []
+
+        async def enqueue() -> None:
+            job = await runner.enqueue("push", {"token": "t"}, queue="push", dedupe_key="push:n1:t")
+            ids.append(job.id)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(50):
+                nursery.start_soon(enqueue)
+        assert len(ids) == 50 and len(set(ids)) == 1
+        jobs, _ = await store.list_jobs(queue="push", limit=100)
+        assert [j.id for j in jobs] == [ids[0]]
+
+
+# ---------------------------------------------------------------------------
+# Leases, crashes and drains
+# ---------------------------------------------------------------------------
+
+
+async def test_lease_expiry_after_a_crash_hands_the_job_to_another_runner(
+    store: Watched, wall: TrioWallClock, clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(LIMIT_S):
+        rec = Recorder()
+        claimed = trio.Event()
+
+        async def blocks(ctx: JobContext) -> None:
+            rec.note(ctx)
+            claimed.set()
+            await trio.sleep_forever()
+
+        async def finishes(ctx: JobContext) -> None:
+            rec.note(ctx)
+
+        doomed = make_runner(NoRelease(store), wall, lease_s=6.0)
+        doomed.register("job", blocks)
+        survivor = make_runner(store, wall, lease_s=6.0)
+        survivor.register("job", finishes)
+        job = await doomed.enqueue("job", {})
+        async with trio.open_nursery() as crashing:
+            await crashing.start(doomed.run)
+            await claimed.wait()
+            claimed_at = trio.current_time()
+            await trio.sleep(1)
+            crashing.cancel_scope.cancel()  # the process dies: no release, no more renewals
+        async with trio.open_nursery() as nursery:
+            await nursery.start(survivor.run)
+            done = await store.wait_status(job.id, "succeeded")
+            nursery.cancel_scope.cancel()
+        _first, second = rec.runs[job.id]
+        # Picked up when the lease (claimed_at + 6) ran out: not before, and not a poll later.
+        assert 6 - EPS <= second - claimed_at <= 6 + 0.5
+        assert done.attempts == 2
+
+
+async def test_leases_are_renewed_while_a_long_handler_runs(
+    store: Watched, wall: TrioWallClock, clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(LIMIT_S):
+        rec = Recorder()
+
+        async def long(ctx: JobContext) -> None:
+            rec.note(ctx)
+            await trio.sleep(15)  # five leases
+
+        first = make_runner(store, wall, lease_s=3.0)
+        second = make_runner(store, wall, lease_s=3.0)
+        first.register("long", long)
+        second.register("long", long)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(first.run)
+            await nursery.start(second.run)
+            job = await first.enqueue("long", {})
+            done = await store.wait_status(job.id, "succeeded")
+            nursery.cancel_scope.cancel()
+        assert len(rec.runs[job.id]) == 1
+        assert done.attempts == 1
+
+
+async def test_drain_lets_short_jobs_finish_and_releases_the_rest(
+    store: Watched, wall: TrioWallClock, clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(LIMIT_S):
+        started = Recorder()
+
+        async def short(ctx: JobContext) -> None:
+            started.note(ctx)
+            await trio.sleep(2)
+
+        async def endless(ctx: JobContext) -> None:
+            started.note(ctx)
+            await trio.sleep(1000)
+
+        draining = make_runner(store, wall, lease_s=30.0)
+        draining.register("short", short)
+        draining.register("endless", endless)
+        quick = await draining.enqueue("short", {})
+        slow = await draining.enqueue("endless", {})
+        async with trio.open_nursery() as nursery:
+            await nursery.start(draining.run)
+            await started.wait_for(lambda: len(started.order) == 2)
+            drain_started = trio.current_time()
+            await draining.drain(grace_s=5)
+            drain_took = trio.current_time() - drain_started
+            late = await draining.enqueue("short", {})
+            await trio.sleep(10)
+            late_job = await store.get_job(late.id)
+            assert late_job is not None and late_job.status == "queued"  # a drained runner claims nothing
+        assert 5 - EPS <= drain_took <= 5 + 1
+        assert (await store.wait_status(quick.id, "succeeded")).attempts == 1
+        released = await store.get_job(slow.id)
+        assert released is not None
+        assert released.status == "queued" and released.lease_owner is None
+        assert released.attempts == 0  # a release does not use up an attempt
+        # Another node picks it up at once, not after the 30 s lease.
+        taker = make_runner(store, wall)
+        taker.register("endless", short)
+        taker.register("short", short)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(taker.run)
+            handed_over = trio.current_time()
+            await store.wait_status(slow.id, "succeeded")
+            assert trio.current_time() - handed_over <= 2 + 0.5
+            nursery.cancel_scope.cancel()
+
+
+async def test_cancelled_runner_releases_its_claims(
+    store: Watched, wall: TrioWallClock, clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(LIMIT_S):
+        started = trio.Event()
+
+        async def endless(ctx: JobContext) -> None:
+            started.set()
+            await trio.sleep_forever()
+
+        runner = make_runner(store, wall, lease_s=30.0)
+        runner.register("endless", endless)
+        job = await runner.enqueue("endless", {})
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            await started.wait()
+            nursery.cancel_scope.cancel()
+        released = await store.get_job(job.id)
+        assert released is not None and released.status == "queued" and released.lease_owner is None
+
+
+# ---------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_metrics_count_outcomes_and_refresh_store_gauges(
+    store: Watched, wall: TrioWallClock, clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(LIMIT_S):
+        runner = make_runner(store, wall)
+
+        async def ok(ctx: JobContext) -> None:
+            await trio.sleep(0.5)
+
+        async def bad(ctx: JobContext) -> None:
+            raise RuntimeError("no")
+
+        runner.register("metrics.ok", ok)
+        runner.register("metrics.bad", bad)
+        before_ok = sample("realtimed_job_runs_total", kind="metrics.ok", outcome="succeeded")
+        before_dead = sample("realtimed_job_runs_total", kind="metrics.bad", outcome="dead")
+        before_retried = sample("realtimed_job_runs_total", kind="metrics.bad", outcome="retried")
+        before_hist = sample("realtimed_job_duration_seconds_count", kind="metrics.ok")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            good = await runner.enqueue("metrics.ok", {})
+            failing = await runner.enqueue("metrics.bad", {}, max_attempts=2)
+            await runner.enqueue("metrics.ok", {}, queue="later", delay_s=3600)
+            await store.wait_status(good.id, "succeeded")
+            await store.wait_status(failing.id, "dead")
+            await runner.refresh_gauges()
+            nursery.cancel_scope.cancel()
+        assert sample("realtimed_job_runs_total", kind="metrics.ok", outcome="succeeded") == before_ok + 1
+        assert sample("realtimed_job_runs_total", kind="metrics.bad", outcome="retried") == before_retried + 1
+        assert sample("realtimed_job_runs_total", kind="metrics.bad", outcome="dead") == before_dead + 1
+        assert sample("realtimed_job_duration_seconds_count", kind="metrics.ok") == before_hist + 1
+        assert sample("realtimed_jobs", kind="metrics.ok", status="succeeded") == 1
+        assert sample("realtimed_jobs", kind="metrics.ok", status="queued") == 1
+        assert sample("realtimed_jobs", kind="metrics.bad", status="dead") == 1
+        assert sample("realtimed_job_queue_depth", queue="later") == 1
+        assert sample("realtimed_job_queue_depth", queue="default") == 0
+
+
+def test_backoff_delay_bounds() -> None:
+    rng = random.Random(1)
+    for attempt, nominal in [(1, 2.0), (2, 4.0), (3, 8.0), (4, 16.0), (10, 60.0), (200, 60.0)]:
+        delays = [runner_module.backoff_delay(attempt, base_s=2.0, max_s=60.0, rng=rng) for _ in range(200)]
+        assert min(delays) >= nominal / 2 and max(delays) <= nominal
+        assert max(delays) - min(delays) > nominal / 4  # jittered, not constant
+    with pytest.raises(ValueError):
+        RetryAfter(-1)
