@@ -1,6 +1,7 @@
 """The ``realtimed`` command.
 
-- ``realtimed run [-c FILE]``: run the daemon (default ``realtimed.toml``).
+- ``realtimed run [-c FILE] [--workers N]``: run the daemon (default ``realtimed.toml``),
+  or N worker processes sharing the port under a supervisor.
 - ``realtimed check-config FILE``: print the effective configuration, secrets
   redacted, or every problem with its key; exit 2 on any problem.
 - ``realtimed token --sub USER [--ttl 1h] [--rooms PATTERN ...]``: mint a
@@ -64,6 +65,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     path = args.config if args.config is not None else _default_config_path()
     cfg = _load(path)
     logs.setup_logging(cfg.log.level, cfg.log.format)
+    if args.workers > 1:
+        from realtimed.workers import Supervisor, refusal
+
+        reason = refusal(cfg, args.workers)
+        if reason is not None:
+            print(f"realtimed: {reason}", file=sys.stderr)
+            return EXIT_CONFIG
+        return trio.run(Supervisor(cfg, config_path=path, workers=args.workers).run)
     try:
         trio.run(lambda: run_daemon(cfg, config_path=path))
     except KeyboardInterrupt:
@@ -160,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("-c", "--config", help=f"TOML file (default: ./{DEFAULT_CONFIG_FILE} if present)")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the port (SO_REUSEPORT) under one supervisor; more than 1 needs PostgreSQL and Redis",
+    )
     run.set_defaults(func=_cmd_run)
 
     check = sub.add_parser("check-config", help="validate a configuration file and print the effective one")

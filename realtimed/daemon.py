@@ -15,6 +15,7 @@ then cancels what is left, layer by layer, so that backends close last.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import ssl
 from collections.abc import Callable
@@ -49,6 +50,8 @@ from realtimed.store import open_store
 _DOORS = (client_api, server_api)
 
 log = logging.getLogger(__name__)
+
+WORKER_ENV = "REALTIMED_WORKER"
 
 # Sections whose change takes effect without a restart; everything else needs one.
 _LIVE_KEYS = {"log", "auth", "api", "gateway", "namespaces", "chat", "presence", "shutdown", "retention", "metrics"}
@@ -218,12 +221,14 @@ class Daemon:
         app = create_app(self.services)
         ssl_context = _ssl_context(cfg)
         host, port = parse_host_port(cfg.http.listen)
-        client = Listener(cfg, host=host, port=port, role="client", asgi_app=app, ssl_context=ssl_context)
+        # Set by `realtimed run --workers N` for its workers, which share the ports.
+        shared = os.environ.get(WORKER_ENV) is not None
+        client = Listener(cfg, host=host, port=port, role="client", asgi_app=app, ssl_context=ssl_context, reuse_port=shared)
         client.ws_handler = self.services.extras.get("ws_handler")
         self.listeners = [client]
         if cfg.http.internal_listen:
             ihost, iport = parse_host_port(cfg.http.internal_listen)
-            self.listeners.append(Listener(cfg, host=ihost, port=iport, role="internal", asgi_app=app))
+            self.listeners.append(Listener(cfg, host=ihost, port=iport, role="internal", asgi_app=app, reuse_port=shared))
         for listener in self.listeners:
             await nursery.start(listener.run)
             what = (

@@ -217,3 +217,16 @@ def test_run_refuses_a_store_it_cannot_open(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "cannot run" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_workers_refused_on_the_embedded_defaults() -> None:
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIMED__")}
+    result = subprocess.run(
+        [sys.executable, "-m", "realtimed", "run", "-c", str(ROOT / "realtimed.toml"), "--workers", "2"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert result.returncode == 2
+    assert "postgres" in result.stderr and "redis" in result.stderr

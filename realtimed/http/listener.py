@@ -183,6 +183,7 @@ class Listener:
         asgi_app: Any,
         ws_handler: WsHandler | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self._cfg = cfg
         self.host = host
@@ -191,6 +192,7 @@ class Listener:
         self._app = ASGIWrapper(_ListenerAsgi(asgi_app, role))  # type: ignore[arg-type]
         self.ws_handler = ws_handler
         self._ssl_context = ssl_context
+        self._reuse_port = reuse_port
         self._hc = hypercorn_config(cfg)
         self._context = WorkerContext(None)
         self._listeners: list[trio.SocketListener] = []
@@ -207,7 +209,10 @@ class Listener:
         self._cfg = cfg
 
     async def run(self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED) -> None:
-        self._listeners = await trio.open_tcp_listeners(self.port, host=self.host, backlog=self._cfg.http.backlog)
+        if self._reuse_port:
+            self._listeners = await self._open_shared()
+        else:
+            self._listeners = await trio.open_tcp_listeners(self.port, host=self.host, backlog=self._cfg.http.backlog)
         self.bound = []
         for listener in self._listeners:
             sockname = listener.socket.getsockname()
@@ -229,6 +234,19 @@ class Listener:
                 with trio.move_on_after(1) as cleanup:
                     cleanup.shield = True
                     await listener.aclose()
+
+    async def _open_shared(self) -> list[trio.SocketListener]:
+        """Listening sockets with SO_REUSEPORT, so that several worker processes share the port."""
+        infos = await trio.socket.getaddrinfo(self.host, self.port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE)
+        listeners = []
+        for family, kind, proto, _, address in infos[:1]:
+            sock = trio.socket.socket(family, kind, proto)
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+            await sock.bind(address)
+            sock.listen(self._cfg.http.backlog)
+            listeners.append(trio.SocketListener(sock))
+        return listeners
 
     def stop_accepting(self) -> None:
         self._accepting.cancel()
