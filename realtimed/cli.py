@@ -24,6 +24,7 @@ import orjson
 
 from realtimed import __version__
 from realtimed.config import DEFAULT_CONFIG_FILE, Config, ConfigError, config_to_dict, load_config
+from realtimed.jobs.cli import add_jobs_commands
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -193,12 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("-c", "--config")
     migrate.set_defaults(func=_cmd_migrate)
 
-    try:
-        from realtimed.jobs.cli import add_jobs_commands
-    except ImportError:  # pragma: no cover - the jobs package is part of realtimed
-        pass
-    else:
-        add_jobs_commands(sub)
+    add_jobs_commands(sub)
     return parser
 
 

@@ -38,16 +38,17 @@ from realtimed.gateway.gateway import Gateway
 from realtimed.gateway.ops import OpRegistry
 from realtimed.gateway.room_ops import register_room_ops
 from realtimed.gateway.rooms import HistoryBackend
-from realtimed.http import client_api, server_api
+from realtimed.http import client_api, jobs_api, server_api
 from realtimed.http.app import create_app
 from realtimed.http.listener import Listener
+from realtimed.jobs import CronScheduler, JobRunner, register_builtin_kinds
 from realtimed.router import Router
 from realtimed.sdnotify import SystemdNotifier
 from realtimed.services import Services
 from realtimed.store import open_store
 
 # Importing the doors registers their routes.
-_DOORS = (client_api, server_api)
+_DOORS = (client_api, jobs_api, server_api)
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,14 @@ class Daemon:
         svc = self.services
         svc.verifier = self._verifier(cfg)
         svc.api_keys = ApiKeys.from_config(cfg.api)
+        # The job runner comes first so that every capability can register its kinds.
+        runner = JobRunner(svc.store, config=cfg.jobs, clock=svc.clock, node=svc.node)
+        register_builtin_kinds(runner, retention=lambda: self.services.config.retention)
+        svc.jobs = runner
+        if cfg.jobs.enabled:
+            await nursery.start(runner.run)
+            cron = CronScheduler.from_config(svc.store, cfg, clock=svc.clock, runner=runner)
+            await nursery.start(cron.run)
         broker: Broker
         history: HistoryBackend | None = None
         if cfg.broker.backend == "redis":
@@ -212,9 +221,12 @@ class Daemon:
             svc.router.set_config(new)
 
     async def _drain_services(self) -> None:
-        """Let sockets close and jobs finish; returns early when all are done."""
-        if self.services.gateway is not None:
-            await self.services.gateway.drain()
+        """Let sockets close and running jobs finish; returns early when all are done."""
+        async with trio.open_nursery() as nursery:
+            if self.services.gateway is not None:
+                nursery.start_soon(self.services.gateway.drain)
+            if self.services.jobs is not None and self.cfg.jobs.enabled:
+                nursery.start_soon(self.services.jobs.drain, self.cfg.shutdown.grace_s)
 
     async def _start_doors(self, nursery: trio.Nursery) -> None:
         cfg = self.cfg

@@ -230,3 +230,19 @@ def test_workers_refused_on_the_embedded_defaults() -> None:
     )
     assert result.returncode == 2
     assert "postgres" in result.stderr and "redis" in result.stderr
+
+
+async def test_daemon_runs_jobs_and_serves_them_to_operators(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(30):
+        daemon = await start_daemon({"jobs": {"poll_s": 0.5}})
+        job = await daemon.services.jobs.enqueue("noop", {"n": 1})
+        async with httpx.AsyncClient(base_url=daemon.url(), headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+            while True:
+                answer = await http.get(f"/server/v1/jobs/{job.id}")
+                assert answer.status_code == 200, answer.text
+                if answer.json()["job"]["status"] == "succeeded":
+                    break
+                await trio.sleep(0.1)
+            listed = (await http.get("/server/v1/jobs", params={"status": "succeeded"})).json()
+            assert job.id in [j["id"] for j in listed["jobs"]]
+            assert (await http.get("/server/v1/jobs", params={"status": "bogus"})).status_code == 400
