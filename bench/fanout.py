@@ -90,9 +90,39 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def redis_pid() -> int | None:
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if Path(proc, "comm").read_text().strip().startswith("redis-serv"):
+                    return int(proc.name)
+            except OSError:
+                continue
+    return None
+
+
+CLUSTER = """
+[store]
+backend = "postgres"
+postgres_dsn = "{dsn}"
+[broker]
+backend = "redis"
+redis_url = "{redis}"
+"""
+
+
 class Daemon:
-    def __init__(self, workdir: Path, *, tls: bool) -> None:
+    def __init__(self, workdir: Path, *, tls: bool, node: str = "bench", cluster: dict[str, str] | None = None, workers: int = 1, cpu: int = 0) -> None:
         self.port = free_port()
+        workdir = workdir / node
+        workdir.mkdir(parents=True, exist_ok=True)
         http = f'listen = "127.0.0.1:{self.port}"\n'
         if tls:
             cert, key = self_signed(workdir)
@@ -101,7 +131,7 @@ class Daemon:
         config.write_text(
             f"""
 [server]
-node = "bench"
+node = "{node}"
 state_dir = "{workdir / 'state'}"
 [http]
 {http}
@@ -117,10 +147,13 @@ max_sockets_per_user = 4
 ops_burst = 1000
 [[namespaces]]
 prefix = "bench:"
-"""
+""" + (CLUSTER.format(**cluster) if cluster else "")
         )
+        argv = [sys.executable, "-m", "realtimed", "run", "-c", str(config)]
+        if workers > 1:
+            argv += ["--workers", str(workers)]
         self.proc = subprocess.Popen(
-            pinned(0, [sys.executable, "-m", "realtimed", "run", "-c", str(config)]),
+            pinned(cpu, argv),
             stderr=subprocess.PIPE,
             text=True,
             preexec_fn=raise_nofile,
@@ -139,12 +172,15 @@ prefix = "bench:"
         raise SystemExit("the daemon did not start:\n" + (self.proc.stderr.read() if self.proc.stderr else ""))
 
     def rss_bytes(self) -> int:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        match = re.search(r"VmRSS:\s+(\d+) kB", status)
-        return int(match.group(1)) * 1024 if match else 0
+        total = 0
+        for pid in [self.proc.pid, *children(self.proc.pid)]:
+            match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+            total += int(match.group(1)) * 1024 if match else 0
+        return total
 
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.proc.pid)
+        """CPU of the daemon, or of the supervisor and every worker."""
+        return sum(cpu_seconds(pid) for pid in [self.proc.pid, *children(self.proc.pid)])
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -195,7 +231,7 @@ def payload() -> dict[str, Any]:
     return data
 
 
-def run_rate(daemon: Daemon, gen: LoadGenerator, clients: list[httpx.Client], *, rate: int, seconds: float, sockets: int) -> dict[str, Any]:
+def run_rate(daemon: Any, gen: LoadGenerator, clients: list[httpx.Client], *, rate: int, seconds: float, sockets: int) -> dict[str, Any]:
     """Publish at ``rate`` per second for ``seconds`` from several connections at once.
 
     Each connection paces its share of the rate; a publish waits for its own
@@ -247,63 +283,112 @@ def run_rate(daemon: Daemon, gen: LoadGenerator, clients: list[httpx.Client], *,
     }
 
 
+def ensure_database(dsn: str) -> None:
+    """Create the bench database when it is missing (PostgreSQL on its usual port, trust auth)."""
+    name = dsn.rsplit("/", 1)[1]
+    base = dsn.rsplit("/", 1)[0]
+    subprocess.run(["psql", f"{base}/postgres", "-qc", f"CREATE DATABASE {name}"], capture_output=True, check=False)
+
+
+def measure(label: str, daemons: list[Daemon], args: argparse.Namespace, *, tls: bool) -> None:
+    """Connect the sockets spread over ``daemons``, publish on the first, print the table."""
+    gen = LoadGenerator(tls=tls)
+    redis = redis_pid()
+    try:
+        clients = [
+            httpx.Client(
+                base_url=daemons[0].url,
+                headers={"Authorization": f"Bearer {API_KEY}"},
+                transport=httpx.HTTPTransport(verify=False, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]),
+                timeout=10,
+            )
+            for _ in range(args.publishers)
+        ]
+        for http in clients:
+            http.get("/healthz")
+        time.sleep(0.5)
+        rss_before = sum(d.rss_bytes() for d in daemons)
+        connected, seconds = 0, 0.0
+        share = args.sockets // len(daemons)
+        for i, daemon in enumerate(daemons):
+            count = share if i < len(daemons) - 1 else args.sockets - share * (len(daemons) - 1)
+            conn = gen.call(cmd="connect", url=daemon.ws_url, count=count, secret=SECRET, room=ROOM, concurrency=64, prefix=f"n{i}u")
+            connected = conn["connected"]  # the generator's running total
+            seconds += conn["seconds"]
+        print(f"\n== {label}: {connected} sockets over {len(daemons)} listener(s), publishing on the first")
+        print(f"connects: {connected / seconds:.0f} authenticated connects/s (JWT verified, subscribed)")
+        time.sleep(1.0)
+        print(f"memory: {(sum(d.rss_bytes() for d in daemons) - rss_before) / max(1, connected) / 1024:.1f} KiB per subscribed idle socket")
+        print(f"{'publish/s':>10} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'realtimed CPU':>13} {'µs/delivery':>11} {'redis CPU':>9} {'loadgen CPU':>11}  received/expected")
+        held = None
+        for rate in [int(r) for r in args.rates.split(",") if r]:
+            redis0 = cpu_seconds(redis) if redis else 0.0
+            row = run_rate(_Combined(daemons), gen, clients, rate=rate, seconds=args.seconds, sockets=connected)
+            redis_cpu = (cpu_seconds(redis) - redis0) / (args.seconds + 1.0) if redis else 0.0
+            ok = row["p99_ms"] is not None and row["p99_ms"] < 50 and row["received"] >= 0.99 * row["expected"]
+            if ok:
+                held = row
+            print(
+                f"{row['publish_per_s']:>10} {row['deliveries_per_s']:>13} {row['p50_ms']!s:>8} {row['p99_ms']!s:>8} "
+                f"{row['server_cpu']:>13} {row['us_per_delivery']:>11} {redis_cpu * 100:>8.0f}% {row['generator_cpu']:>11}  "
+                f"{row['received']}/{row['expected']}"
+            )
+        if held:
+            print(f"highest rate held with p99 < 50 ms: {held['deliveries_per_s']} deliveries/s (p99 {held['p99_ms']} ms)")
+        else:
+            print("no rate held with p99 < 50 ms")
+    finally:
+        gen.close()
+
+
+class _Combined:
+    """Several daemons seen as one for CPU accounting."""
+
+    def __init__(self, daemons: list[Daemon]) -> None:
+        self._daemons = daemons
+
+    def cpu_seconds(self) -> float:
+        return sum(d.cpu_seconds() for d in self._daemons)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sockets", type=int, default=1000)
-    parser.add_argument("--rates", default="10,25,50,75,90,100,110,120", help="publishes per second, comma-separated")
+    parser.add_argument("--rates", default="10,25,40,50,60,80,100", help="publishes per second, comma-separated")
     parser.add_argument("--seconds", type=float, default=5.0, help="per rate step")
-    parser.add_argument("--idle", default="1000,10000", help="socket counts for the memory figure")
+    parser.add_argument("--idle", default="1000,10000", help="socket counts for the idle-memory figure ('' to skip)")
     parser.add_argument("--tls", action="store_true", help="realtimed terminates TLS itself")
     parser.add_argument("--publishers", type=int, default=4, help="concurrent publishing connections")
+    parser.add_argument("--nodes", type=int, default=1, help="2: two daemons on PostgreSQL and Redis, against one")
+    parser.add_argument("--workers", type=int, default=1, help="2: `run --workers 2` against `--workers 1`")
+    parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/realtimed_bench")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="realtimed-bench-") as tmp:
         workdir = Path(tmp)
-        daemon = Daemon(workdir, tls=args.tls)
-        gen = LoadGenerator(tls=args.tls)
-        print(f"realtimed fan-out bench ({'TLS in realtimed' if args.tls else 'plaintext'}), daemon pid {daemon.proc.pid}")
-        try:
-            # TCP_NODELAY: httpx writes the head and the body separately, and Nagle plus
-            # delayed ACKs would add 40 ms to every publish.
-            clients = [
-                httpx.Client(
-                    base_url=daemon.url,
-                    headers={"Authorization": f"Bearer {API_KEY}"},
-                    transport=httpx.HTTPTransport(verify=False, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]),
-                    timeout=10,
-                )
-                for _ in range(args.publishers)
-            ]
-            for http in clients:
-                http.get("/healthz")
-            time.sleep(0.5)
-            rss_before = daemon.rss_bytes()
-            conn = gen.call(cmd="connect", url=daemon.ws_url, count=args.sockets, secret=SECRET, room=ROOM, concurrency=64, prefix="u")
-            print(f"connects: {conn['connected']} sockets in {conn['seconds']:.2f} s = {conn['per_s']:.0f} authenticated connects/s (failed {conn['failed']})")
-            time.sleep(1.0)
-            rss_after = daemon.rss_bytes()
-            print(f"memory: {(rss_after - rss_before) / max(1, conn['connected']) / 1024:.1f} KiB per subscribed idle socket at {conn['connected']} sockets")
-            print(f"\n{'publish/s':>10} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'server CPU':>10} {'µs/delivery':>11} {'loadgen CPU':>11}  received/expected")
-            held = None
-            for rate in [int(r) for r in args.rates.split(",") if r]:
-                row = run_rate(daemon, gen, clients, rate=rate, seconds=args.seconds, sockets=conn["connected"])
-                ok = row["p99_ms"] is not None and row["p99_ms"] < 50 and row["received"] >= 0.99 * row["expected"]
-                if ok:
-                    held = row
-                print(
-                    f"{row['publish_per_s']:>10} {row['deliveries_per_s']:>13} {row['p50_ms']!s:>8} {row['p99_ms']!s:>8} "
-                    f"{row['server_cpu']:>10} {row['us_per_delivery']:>11} {row['generator_cpu']:>11}  {row['received']}/{row['expected']}"
-                )
-            if held:
-                print(f"\nhighest rate held with p99 < 50 ms: {held['deliveries_per_s']} deliveries/s ({held['publish_per_s']} publishes/s to {conn['connected']} sockets, p99 {held['p99_ms']} ms)")
-            else:
-                print("\nno rate held with p99 < 50 ms")
-        finally:
-            gen.close()
-            daemon.stop()
+        cluster = None
+        if args.nodes > 1 or args.workers > 1:
+            ensure_database(args.dsn)
+            cluster = {"dsn": args.dsn, "redis": args.redis}
+        print(f"realtimed fan-out bench ({'TLS in realtimed' if args.tls else 'plaintext'}); load generator: Node ws (bench/fanout_client.mjs)")
+        setups: list[tuple[str, list[tuple[str, int]]]] = []
+        if args.nodes > 1:
+            setups = [("1 node (PostgreSQL + Redis)", [("na", 1)]), (f"{args.nodes} nodes", [(f"n{i}", 1) for i in range(args.nodes)])]
+        elif args.workers > 1:
+            setups = [("--workers 1 (PostgreSQL + Redis)", [("wk", 1)]), (f"--workers {args.workers}", [("wk", args.workers)])]
+        else:
+            setups = [("1 node (embedded defaults)", [("bench", 1)])]
+        for label, nodes in setups:
+            daemons = [Daemon(workdir, tls=args.tls, node=name, cluster=cluster, workers=w, cpu=i % 2) for i, (name, w) in enumerate(nodes)]
+            try:
+                measure(label, daemons, args, tls=args.tls)
+            finally:
+                for daemon in daemons:
+                    daemon.stop()
 
         for count in [int(c) for c in args.idle.split(",") if c]:
-            daemon = Daemon(workdir, tls=args.tls)
+            daemon = Daemon(workdir, tls=args.tls, node=f"idle{count}")
             gen = LoadGenerator(tls=args.tls)
             try:
                 time.sleep(0.5)
