@@ -169,3 +169,34 @@ async def test_valid_control_tokens_accepted(start_daemon: DaemonFactory, tmp_pa
         client = await WsClient.connect(url, token=CONTROLS[alg](), how=how)
         ready = await client.event("session.ready")
         assert ready["data"]["user_id"] == "alice"
+
+
+async def test_keys_reload_without_dropping_sockets(nursery: trio.Nursery, tmp_path: Path) -> None:
+    from realtimed.config import load_config
+    from tests.fixtures.daemon import BASE_CONFIG, merge, toml_dumps
+
+    path = tmp_path / "realtimed.toml"
+    data = merge(BASE_CONFIG, {"server": {"state_dir": str(tmp_path / "state")}, "auth": {"hs256_secret": "old-secret-" + "x" * 30}})
+    path.write_text(toml_dumps(data))
+    daemon = Daemon(load_config(path, env={}), config_path=path, handle_signals=False)
+    with trio.fail_after(30):
+        await nursery.start(daemon.run)
+        url = daemon.url().replace("http", "ws", 1) + "/ws"
+        old = jwt.encode(claims("alice"), "old-secret-" + "x" * 30, algorithm="HS256")
+        new = jwt.encode(claims("alice"), "new-secret-" + "y" * 30, algorithm="HS256")
+        kept = await WsClient.connect(url, token=old)
+        await kept.event("session.ready")
+        path.write_text(toml_dumps(merge(data, {"auth": {"hs256_secret": "new-secret-" + "y" * 30}})))
+        assert await daemon.reload() is True
+        refused = await WsClient.connect(url, token=old)
+        assert await refused.closed() == 4501
+        accepted = await WsClient.connect(url, token=new)
+        await accepted.event("session.ready")
+        # The socket opened before the reload is still there and answers.
+        assert (await kept.ok("ping"))["server_time"]
+        # A key file that cannot be read refuses the reload as a whole.
+        path.write_text(toml_dumps(merge(data, {"auth": {"algorithms": ["RS256"], "public_key_files": [str(tmp_path / "missing.pem")]}})))
+        assert await daemon.reload() is False
+        again = await WsClient.connect(url, token=new)
+        await again.event("session.ready")
+        daemon.request_drain()
