@@ -202,6 +202,18 @@ class Daemon:
         svc.router = router
         ops = OpRegistry()
         register_room_ops(ops, router)
+        # Chat and presence; importing them registers their HTTP routes before create_app.
+        from realtimed.chat import ChatService
+        from realtimed.presence import PresenceService
+
+        presence = PresenceService(svc)
+        await nursery.start(presence.run)
+        svc.presence = presence
+        presence.register(ops)
+        chat = ChatService(svc)
+        await nursery.start(chat.run)
+        svc.chat = chat
+        chat.register(ops)
         gateway = Gateway(svc, router, ops)
         await nursery.start(gateway.run)
         svc.gateway = gateway

@@ -240,6 +240,8 @@ async def events() -> Response:
     await router.add(sse)
     joined: list[str] = []
     try:
+        for hook in svc.extras.get("on_connect", []):
+            await hook(sse)
         sse.send_event("session.ready", await gateway.ready_data(sse))  # type: ignore[arg-type]
         for room in rooms:
             since = resume.get(room)
@@ -292,10 +294,17 @@ def _refusal(svc: Services, gateway: Gateway, router: Router, claims: Claims, ex
 
 async def _end(svc: Services, router: Router, sse: SseSession) -> None:
     sessions: dict[str, SseSession] = svc.extras.get("sse_sessions", {})
-    if sessions.pop(sse.id, None) is not None:
+    registered = sessions.pop(sse.id, None) is not None
+    if registered:
         SOCKETS.labels("sse").dec()
     sse.closing = True
     await router.remove(sse)
+    if registered:
+        for hook in svc.extras.get("on_disconnect", []):
+            try:
+                await hook(sse)
+            except Exception:
+                log.exception("sse %s: disconnect hook failed", sse.id)
 
 
 register_blueprint(blueprint, "client")

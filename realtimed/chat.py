@@ -1,0 +1,1083 @@
+"""Chat: conversations, messages, receipts, typing, unread counts and blocks.
+
+The ops of PROTOCOL.md section 5 (``conversation.*``, ``message.*``,
+``typing.*``, ``user.block``, ``user.unblock``), the server API routes of section
+8 for conversations, messages, contacts and blocks, and the client REST routes
+that mirror the ops for apps that fetch over HTTP.
+
+Events (section 6) go to the participants' user ids, with the top-level room
+``conversation:<id>``:
+
+- ``message.new`` (top-level ``seq``), ``message.updated``, ``message.deleted``
+  and ``receipt.updated`` to every device of every participant, the sender's
+  included;
+- ``typing.updated`` to every device of the other participants;
+- ``conversation.updated`` (shared fields) when a conversation is created, its
+  title or members change, or a member leaves a group;
+- ``conversation.state`` (one member's ``read_seq``, ``unread_count``, ``muted``
+  and ``unread_total``) to that member's devices when their own state changes
+  other than by a new message: a read (on any device), a mute, leaving, a
+  deleted message they had not read. A ``message.new`` from someone else after
+  the member's ``read_seq`` adds one to the unread count by itself, so it is not
+  followed by a ``conversation.state``.
+
+``message.send`` answers once the message is committed; in the same transaction,
+when some recipients have no connected device and have not muted the
+conversation, a ``chat.offline`` job is queued for them (payload:
+``conversation_id``, ``sender_id``, ``recipients``, and ``message_id`` and ``seq``
+added by the store). The events follow the reply.
+
+A user who left a direct conversation only hid it: they stay a participant
+(they may read its history and send to it, which shows it again to both).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import trio
+from prometheus_client import Counter
+from quart import Blueprint, Response, g, request
+
+from realtimed import metrics, protocol
+from realtimed.clock import iso
+from realtimed.config import ChatConfig
+from realtimed.errors import (
+    Blocked,
+    Conflict,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    Unavailable,
+    ValidationFailed,
+)
+from realtimed.gateway.ops import Caller, OpHandler, OpRegistry
+from realtimed.http import validate
+from realtimed.http.app import json_body, json_response, register_blueprint, services
+from realtimed.http.openapi import add_paths
+from realtimed.protocol import (
+    ConversationCreate,
+    ConversationLeave,
+    ConversationList,
+    ConversationMute,
+    ConversationOpen,
+    MessageDelete,
+    MessageEdit,
+    MessageHistory,
+    MessageRead,
+    MessageSend,
+    TypingStart,
+    TypingStop,
+    UserBlock,
+    UserUnblock,
+)
+from realtimed.services import Services
+from realtimed.store.base import ConversationRecord, JobSpec, MemberRecord, MessageRecord
+
+if TYPE_CHECKING:
+    from realtimed.router import Router
+    from realtimed.store.base import Store
+
+__all__ = ["OFFLINE_JOB_KIND", "OFFLINE_JOB_QUEUE", "ROOM_PREFIX", "ChatService"]
+
+log = logging.getLogger(__name__)
+
+ROOM_PREFIX: Final = "conversation:"
+OFFLINE_JOB_KIND: Final = "chat.offline"
+OFFLINE_JOB_QUEUE: Final = "default"
+SERVER_MESSAGE_TYPES: Final = ("text", "image", "file", "system")
+MAX_CONTACTS: Final = 10_000
+_TYPING_PRUNE_S: Final = 60.0
+# The senders of this many of the newest messages are searched for the other
+# member of a direct conversation who hid it (the store names current members only).
+_DIRECT_SEARCH: Final = 100
+_PAIRS_KEPT: Final = 100_000
+
+MESSAGES: Final = Counter(
+    "realtimed_chat_messages", "messages stored, by door", ["door"], registry=metrics.REGISTRY
+)
+TYPING_EVENTS: Final = Counter("realtimed_chat_typing_events", "typing.updated fan-outs", registry=metrics.REGISTRY)
+
+
+def room_of(conversation_id: str) -> str:
+    return ROOM_PREFIX + conversation_id
+
+
+@attrs.define(eq=False)
+class _Typing:
+    deadline: float
+    recipients: tuple[str, ...]
+
+
+class ChatService:
+    """Conversations and messages for every door (see the module docstring).
+
+    Resource handling:
+        ``run`` owns one task: the node-wide typing timer, a heap of deadlines
+        that ends each typing state ``chat.typing_timeout_s`` after its last
+        refresh and prunes the typing rate buckets. Everything else runs in the
+        caller's task (a socket's reader, an HTTP request).
+
+    Error handling:
+        Refusals are ``ApiError``s raised before anything is stored (membership,
+        blocks, the open policy, validation). Once a write is committed, a
+        broker that cannot be reached only loses the other nodes' copy of the
+        events (logged); the reply still says what was stored.
+    """
+
+    def __init__(self, services: Services) -> None:
+        self._svc = services
+        self._typing: dict[tuple[str, str], _Typing] = {}
+        self._typing_of_user: dict[str, set[str]] = {}
+        self._typing_heap: list[tuple[float, int, str, str]] = []
+        self._typing_buckets: dict[tuple[str, str], tuple[float, float]] = {}
+        # Direct conversation id -> its two members, for when one of them hid it.
+        self._pairs: dict[str, tuple[str, str]] = {}
+        self._counter = itertools.count()
+        self._wake = trio.Event()
+
+    # -- service -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[ChatService] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._typing_timer)
+            task_status.started(self)
+
+    def register(self, ops: OpRegistry) -> None:
+        """Register the chat ops and the gateway hooks (typing ends with the last device;
+        ``session.ready`` gets ``unread_total``)."""
+        handlers: dict[str, Callable[[Caller, Any], Awaitable[dict[str, Any]]]] = {
+            "conversation.open": self.op_open,
+            "conversation.create": self.op_create,
+            "conversation.list": self.op_list,
+            "conversation.mute": self.op_mute,
+            "conversation.leave": self.op_leave,
+            "message.send": self.op_send,
+            "message.edit": self.op_edit,
+            "message.delete": self.op_delete,
+            "message.history": self.op_history,
+            "message.read": self.op_read,
+            "typing.start": self.op_typing_start,
+            "typing.stop": self.op_typing_stop,
+            "user.block": self.op_block,
+            "user.unblock": self.op_unblock,
+        }
+        for op, handler in handlers.items():
+            ops.register(op, self._touching(handler))
+        extras = self._svc.extras
+        extras.setdefault("on_disconnect", []).append(self.on_disconnect)
+        extras.setdefault("ready_fields", []).append(self.ready_fields)
+
+    def _touching(self, handler: Callable[[Caller, Any], Awaitable[dict[str, Any]]]) -> OpHandler:
+        async def run(caller: Caller, value: Any) -> dict[str, Any]:
+            presence = self._svc.presence
+            if presence is not None:
+                presence.touch(caller.user_id)
+            return await handler(caller, value)
+
+        return run
+
+    @property
+    def _store(self) -> Store:
+        store: Store = self._svc.store
+        return store
+
+    @property
+    def _router(self) -> Router:
+        router: Router = self._svc.router
+        return router
+
+    @property
+    def _cfg(self) -> ChatConfig:
+        cfg: ChatConfig = self._svc.config.chat
+        return cfg
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    async def ready_fields(self, user_id: str) -> dict[str, Any]:
+        return {"unread_total": await self._store.unread_total(user_id)}
+
+    async def on_disconnect(self, session: Any) -> None:
+        """The user's last device on this node closed: their typing ends."""
+        uid: str = session.user_id
+        if self._router.user_sessions(uid):
+            return
+        for cid in list(self._typing_of_user.get(uid, ())):
+            await self._stop_typing(uid, cid)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    async def _emit(
+        self,
+        user_ids: Iterable[str],
+        event: str,
+        data: Any,
+        *,
+        conversation_id: str,
+        seq: int | None = None,
+        exclude_users: frozenset[str] = frozenset(),
+    ) -> None:
+        try:
+            await self._router.to_users(
+                user_ids, event, data, room=room_of(conversation_id), seq=seq, exclude_users=exclude_users
+            )
+        except Unavailable as exc:
+            log.warning("conversation %s: %s reached this node only: %s", conversation_id, event, exc.message)
+
+    async def _conversation(self, conversation_id: str) -> ConversationRecord:
+        conv = await self._store.get_conversation(conversation_id)
+        if conv is None:
+            raise NotFound("no such conversation")
+        return conv
+
+    async def participant(self, conversation_id: str, user_id: str) -> tuple[ConversationRecord, MemberRecord]:
+        """The conversation and the user's membership; FORBIDDEN for a non-participant.
+
+        A member who hid a direct conversation (left it) is still a participant;
+        their ``MemberRecord`` then has ``left_at`` set.
+        """
+        conv = await self._conversation(conversation_id)
+        self._remember_pair(conv)
+        me = conv.member(user_id)
+        if me is None and conv.type == "direct":
+            me = await self._store.get_member(conversation_id, user_id)
+        if me is None:
+            raise Forbidden("not a participant of this conversation")
+        return conv, me
+
+    def _remember_pair(self, conv: ConversationRecord) -> None:
+        if conv.type != "direct" or len(conv.members) != 2 or conv.id in self._pairs:
+            return
+        if len(self._pairs) >= _PAIRS_KEPT:
+            del self._pairs[next(iter(self._pairs))]
+        first, second = conv.members
+        self._pairs[conv.id] = (first.user_id, second.user_id)
+
+    async def _direct_other(self, conv: ConversationRecord, user_id: str) -> MemberRecord | None:
+        """The other member of a direct conversation, also when they hid it.
+
+        The store names current members only, so a member who hid the
+        conversation is found in the pairs this node has seen, or among the
+        senders of its newest messages; None when neither knows them.
+        """
+        for member in conv.members:
+            if member.user_id != user_id:
+                return member
+        candidates = [uid for uid in self._pairs.get(conv.id, ()) if uid != user_id]
+        if not candidates:
+            page = await self._store.message_history(conversation_id=conv.id, limit=_DIRECT_SEARCH)
+            candidates = [uid for uid in dict.fromkeys(m.sender_id for m in reversed(page.messages)) if uid != user_id]
+        for uid in candidates:
+            found = await self._store.get_member(conv.id, uid)
+            if found is not None:
+                return found
+        return None
+
+    async def _send_state(self, user_id: str, conversation_id: str, *, read_seq: int, unread_count: int, muted: bool) -> None:
+        total = await self._store.unread_total(user_id)
+        data = {
+            "conversation_id": conversation_id,
+            "read_seq": read_seq,
+            "unread_count": unread_count,
+            "muted": muted,
+            "unread_total": total,
+        }
+        await self._emit([user_id], "conversation.state", data, conversation_id=conversation_id)
+
+    async def _updated(self, conv: ConversationRecord, user_ids: Iterable[str] | None = None) -> None:
+        """``conversation.updated`` with the shared fields (to its members unless told)."""
+        targets = conv.member_ids if user_ids is None else user_ids
+        await self._emit(targets, "conversation.updated", {"conversation": conv.to_wire()}, conversation_id=conv.id)
+
+    def _check_group_size(self, count: int, field: str) -> None:
+        most = self._cfg.max_group_members
+        if count > most:
+            raise ValidationFailed(field, f"a group has at most {most} members")
+
+    # -- conversations -------------------------------------------------------------------------
+
+    async def open_direct(self, user_id: str, other_id: str) -> ConversationRecord:
+        """Find or create the 1:1 conversation, following blocks and ``chat.open_policy``."""
+        if other_id == user_id:
+            raise ValidationFailed("user_id", "cannot open a conversation with yourself")
+        store = self._store
+        if await store.is_blocked(user_id=user_id, by=other_id):
+            raise Blocked("this user does not accept messages from you")
+        if self._cfg.open_policy == "contacts" and not await store.is_contact(user_id, other_id):
+            raise Forbidden("you may open conversations with your contacts only")
+        conv, created = await store.open_direct(user_id=user_id, other_id=other_id, now=self._svc.clock.now())
+        self._remember_pair(conv)
+        if created:
+            await self._updated(conv)
+        return conv
+
+    async def op_open(self, caller: Caller, value: ConversationOpen) -> dict[str, Any]:
+        conv = await self.open_direct(caller.user_id, value.user_id)
+        return {"conversation": conv.to_wire(for_user=caller.user_id)}
+
+    async def op_create(self, caller: Caller, value: ConversationCreate) -> dict[str, Any]:
+        uid = caller.user_id
+        others = [m for m in value.member_ids if m != uid]
+        if not others:
+            raise ValidationFailed("member_ids", "must name at least one user other than you")
+        self._check_group_size(len(others) + 1, "member_ids")
+        store = self._store
+        contacts_only = self._cfg.open_policy == "contacts"
+        for other in others:
+            if await store.is_blocked(user_id=uid, by=other):
+                raise Blocked(f"{other} does not accept messages from you")
+            if contacts_only and not await store.is_contact(uid, other):
+                raise Forbidden(f"{other} is not one of your contacts")
+        conv = await store.create_group(
+            member_ids=others, now=self._svc.clock.now(), title=value.title or None, owner_id=uid
+        )
+        await self._updated(conv)
+        return {"conversation": conv.to_wire(for_user=uid)}
+
+    async def op_list(self, caller: Caller, value: ConversationList) -> dict[str, Any]:
+        uid = caller.user_id
+        convs, next_cursor = await self._store.list_conversations(user_id=uid, cursor=value.cursor, limit=value.limit)
+        total = await self._store.unread_total(uid)
+        for conv in convs:
+            self._remember_pair(conv)
+        return {
+            "conversations": [c.to_wire(for_user=uid) for c in convs],
+            "next_cursor": next_cursor,
+            "unread_total": total,
+        }
+
+    async def conversation_for(self, user_id: str, conversation_id: str) -> dict[str, Any]:
+        """One conversation as its participant sees it (``GET /api/v1/conversations/{id}``)."""
+        conv, me = await self.participant(conversation_id, user_id)
+        wire = conv.to_wire(for_user=user_id)
+        if me.left_at is not None:  # hidden: the member's own state is not in the record
+            wire.update(unread_count=0, muted=me.muted, read_seq=me.read_seq)
+        return {"conversation": wire}
+
+    async def op_mute(self, caller: Caller, value: ConversationMute) -> dict[str, Any]:
+        uid = caller.user_id
+        _, me = await self.participant(value.conversation_id, uid)
+        if me.left_at is not None:
+            raise Forbidden("you left this conversation: open it again first")
+        member = await self._store.set_muted(conversation_id=value.conversation_id, user_id=uid, muted=value.muted)
+        cid = value.conversation_id
+
+        async def state() -> None:
+            await self._send_state(uid, cid, read_seq=member.read_seq, unread_count=member.unread_count, muted=member.muted)
+
+        caller.after_reply.append(state)
+        return {}
+
+    async def op_leave(self, caller: Caller, value: ConversationLeave) -> dict[str, Any]:
+        uid = caller.user_id
+        cid = value.conversation_id
+        before, me = await self.participant(cid, uid)
+        if me.left_at is not None:
+            return {}
+        after = await self._store.leave_conversation(conversation_id=cid, user_id=uid, now=self._svc.clock.now())
+        caller.after_reply.append(lambda: self._after_leave(before, after, uid))
+        return {}
+
+    async def _after_leave(self, before: ConversationRecord, after: ConversationRecord, user_id: str) -> None:
+        # Hiding a direct conversation is the leaver's own business: only their devices hear of it.
+        await self._updated(after, before.member_ids if before.type == "group" else [user_id])
+        member = await self._store.get_member(before.id, user_id)
+        if member is not None:
+            await self._send_state(user_id, before.id, read_seq=member.read_seq, unread_count=0, muted=member.muted)
+        if (user_id, before.id) in self._typing:
+            await self._stop_typing(user_id, before.id)
+
+    # -- messages ------------------------------------------------------------------------------
+
+    async def append(
+        self,
+        conv: ConversationRecord,
+        *,
+        sender_id: str,
+        client_id: str,
+        body: str,
+        type: str = "text",
+        media_url: str | None = None,
+        reply_to: str | None = None,
+        check_blocks: bool = True,
+        require_member: bool = True,
+    ) -> tuple[MessageRecord, bool, list[str]]:
+        """Store a message (with its ``chat.offline`` job); returns it, whether it
+        is new, and the participants to tell.
+
+        Raises:
+            Blocked: ``check_blocks`` and the other member of a direct
+                conversation has blocked the sender.
+            ValidationFailed: ``reply_to`` is not a message of this conversation.
+            Forbidden, Conflict, NotFound: from the store.
+        """
+        store = self._store
+        cid = conv.id
+        if reply_to is not None:
+            target = await store.get_message(reply_to)
+            if target is None or target.conversation_id != cid:
+                raise ValidationFailed("reply_to", "is not a message of this conversation")
+        members = {m.user_id: m for m in conv.members}
+        unknown_other = False
+        if conv.type == "direct":
+            other = await self._direct_other(conv, sender_id)
+            if other is None:
+                unknown_other = True
+            else:
+                members.setdefault(other.user_id, other)
+                if check_blocks and await store.is_blocked(user_id=sender_id, by=other.user_id):
+                    raise Blocked("this user does not accept messages from you")
+        participants = [*members]
+        if sender_id not in members and (require_member or conv.type == "direct"):
+            participants.append(sender_id)
+        router = self._router
+        offline = [
+            uid
+            for uid, member in members.items()
+            if uid != sender_id and not member.muted and not router.user_sessions(uid)
+        ]
+        jobs = (
+            [
+                JobSpec(
+                    queue=OFFLINE_JOB_QUEUE,
+                    kind=OFFLINE_JOB_KIND,
+                    payload={"conversation_id": cid, "sender_id": sender_id, "recipients": offline},
+                    dedupe_key=f"{OFFLINE_JOB_KIND}:{cid}:{sender_id}:{client_id}",
+                )
+            ]
+            if offline
+            else []
+        )
+        message, created = await store.append_message(
+            conversation_id=cid,
+            sender_id=sender_id,
+            client_id=client_id,
+            body=body,
+            now=self._svc.clock.now(),
+            type=type,
+            media_url=media_url,
+            reply_to=reply_to,
+            require_member=require_member,
+            jobs=jobs,
+        )
+        if created and unknown_other:
+            participants = await self._after_unknown_other(message, conv)
+        return message, created, participants
+
+    async def _after_unknown_other(self, message: MessageRecord, conv: ConversationRecord) -> list[str]:
+        """The append showed a direct conversation again to a member that neither
+        the store's current members nor this node knew: now they are current.
+        Their ``chat.offline`` job is queued after the message (the one case where
+        it is not in the same transaction; its dedupe key keeps it single)."""
+        after = await self._store.get_conversation(conv.id)
+        if after is None:
+            return [m.user_id for m in conv.members]
+        self._remember_pair(after)
+        sender = message.sender_id
+        offline = [
+            m.user_id
+            for m in after.members
+            if m.user_id != sender and not m.muted and not self._router.user_sessions(m.user_id)
+        ]
+        if offline:
+            await self._store.enqueue_job(
+                queue=OFFLINE_JOB_QUEUE,
+                kind=OFFLINE_JOB_KIND,
+                payload={
+                    "conversation_id": conv.id,
+                    "sender_id": sender,
+                    "recipients": offline,
+                    "message_id": message.id,
+                    "seq": message.seq,
+                },
+                now=self._svc.clock.now(),
+                dedupe_key=f"{OFFLINE_JOB_KIND}:{conv.id}:{sender}:{message.client_id}",
+            )
+        log.info("conversation %s: message %s showed it again to a member this node did not know", conv.id, message.id)
+        return after.member_ids
+
+    async def announce(self, message: MessageRecord, participants: list[str]) -> None:
+        """``message.new`` to every device of every participant; the sender's typing ends."""
+        cid = message.conversation_id
+        await self._emit(participants, "message.new", {"message": message.to_wire()}, conversation_id=cid, seq=message.seq)
+        if (message.sender_id, cid) in self._typing:
+            await self._stop_typing(message.sender_id, cid)
+
+    async def op_send(self, caller: Caller, value: MessageSend) -> dict[str, Any]:
+        uid = caller.user_id
+        conv, _ = await self.participant(value.conversation_id, uid)
+        message, created, participants = await self.append(
+            conv,
+            sender_id=uid,
+            client_id=value.client_id,
+            body=value.body,
+            type=value.type,
+            media_url=value.media_url,
+            reply_to=value.reply_to,
+        )
+        if created:
+            MESSAGES.labels("client").inc()
+            caller.after_reply.append(lambda: self.announce(message, participants))
+        return {"message": message.to_wire()}
+
+    async def _own_message(self, message_id: str, user_id: str) -> tuple[MessageRecord, ConversationRecord]:
+        message = await self._store.get_message(message_id)
+        if message is None:
+            raise NotFound("no such message")
+        conv, _ = await self.participant(message.conversation_id, user_id)
+        if message.sender_id != user_id:
+            raise Forbidden("only the sender may change a message")
+        return message, conv
+
+    def _participants(self, conv: ConversationRecord, user_id: str) -> list[str]:
+        ids = conv.member_ids
+        return ids if user_id in ids else [*ids, user_id]
+
+    async def op_edit(self, caller: Caller, value: MessageEdit) -> dict[str, Any]:
+        uid = caller.user_id
+        message, conv = await self._own_message(value.message_id, uid)
+        if message.deleted:
+            raise Conflict("the message is deleted")
+        if not value.body and not message.media_url:
+            raise ValidationFailed("body", "must not be empty (the message has no media_url)")
+        edited = await self._store.edit_message(
+            message_id=message.id, body=value.body, now=self._svc.clock.now(), sender_id=uid
+        )
+        wire = edited.to_wire()
+        targets = self._participants(conv, uid)
+
+        async def updated() -> None:
+            await self._emit(targets, "message.updated", {"message": wire}, conversation_id=conv.id)
+
+        caller.after_reply.append(updated)
+        return {"message": wire}
+
+    async def op_delete(self, caller: Caller, value: MessageDelete) -> dict[str, Any]:
+        uid = caller.user_id
+        message, conv = await self._own_message(value.message_id, uid)
+        deleted, changed = await self._store.delete_message(
+            message_id=message.id, now=self._svc.clock.now(), sender_id=uid
+        )
+        if changed:
+            caller.after_reply.append(lambda: self._after_delete(conv, deleted, uid))
+        return {}
+
+    async def _after_delete(self, before: ConversationRecord, message: MessageRecord, user_id: str) -> None:
+        cid = before.id
+        await self._emit(
+            self._participants(before, user_id), "message.deleted", {"message": message.to_wire()}, conversation_id=cid
+        )
+        # Members who had not read it have one unread less.
+        affected = [
+            m.user_id
+            for m in before.members
+            if m.user_id != message.sender_id and m.read_seq < message.seq and m.unread_count > 0
+        ]
+        if not affected:
+            return
+        after = await self._store.get_conversation(cid)
+        if after is None:
+            return
+        for uid in affected:
+            member = after.member(uid)
+            if member is not None:
+                await self._send_state(
+                    uid, cid, read_seq=member.read_seq, unread_count=member.unread_count, muted=member.muted
+                )
+
+    async def op_history(self, caller: Caller, value: MessageHistory) -> dict[str, Any]:
+        await self.participant(value.conversation_id, caller.user_id)
+        page = await self._store.message_history(
+            conversation_id=value.conversation_id,
+            before_seq=value.before_seq,
+            after_seq=value.after_seq,
+            changed_since=value.changed_since,
+            limit=value.limit,
+        )
+        return {"messages": [m.to_wire() for m in page.messages], "has_more": page.has_more, "version": page.version}
+
+    async def op_read(self, caller: Caller, value: MessageRead) -> dict[str, Any]:
+        uid = caller.user_id
+        cid = value.conversation_id
+        conv, me = await self.participant(cid, uid)
+        if me.left_at is not None:  # hidden: leaving read everything up to then
+            return {"read_seq": me.read_seq}
+        state = await self._store.mark_read(conversation_id=cid, user_id=uid, seq=value.seq, now=self._svc.clock.now())
+        if state.moved:
+            receipt = {
+                "conversation_id": cid,
+                "user_id": uid,
+                "read_seq": state.read_seq,
+                "read_at": iso(state.read_at),
+            }
+            targets = self._participants(conv, uid)
+
+            async def receipts() -> None:
+                await self._emit(targets, "receipt.updated", receipt, conversation_id=cid)
+                await self._send_state(
+                    uid, cid, read_seq=state.read_seq, unread_count=state.unread_count, muted=me.muted
+                )
+
+            caller.after_reply.append(receipts)
+        return {"read_seq": state.read_seq}
+
+    # -- typing --------------------------------------------------------------------------------
+
+    def _take_typing_token(self, key: tuple[str, str]) -> float:
+        """0 when the op may go ahead, else the seconds until it may."""
+        rate = self._cfg.typing_per_s
+        burst = max(1.0, rate)
+        now = trio.current_time()
+        tokens, at = self._typing_buckets.get(key, (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate)
+        if tokens >= 1.0:
+            self._typing_buckets[key] = (tokens - 1.0, now)
+            return 0.0
+        self._typing_buckets[key] = (tokens, now)
+        return (1.0 - tokens) / rate
+
+    def _typing_limited(self, key: tuple[str, str]) -> None:
+        wait = self._take_typing_token(key)
+        if wait > 0:
+            raise RateLimited("typing too often in this conversation", retry_after_ms=int(wait * 1000) + 1)
+
+    async def op_typing_start(self, caller: Caller, value: TypingStart) -> dict[str, Any]:
+        uid = caller.user_id
+        cid = value.conversation_id
+        key = (uid, cid)
+        deadline = trio.current_time() + self._cfg.typing_timeout_s
+        current = self._typing.get(key)
+        if current is not None:
+            # A refresh: the others already see it; only the timeout moves.
+            current.deadline = deadline
+            self._typing_limited(key)
+            return {}
+        self._typing_limited(key)
+        conv, _ = await self.participant(cid, uid)
+        if conv.type == "direct":
+            other = await self._direct_other(conv, uid)
+            if other is not None and await self._store.is_blocked(user_id=uid, by=other.user_id):
+                raise Blocked("this user does not accept messages from you")
+        if key in self._typing:  # started meanwhile by another device
+            self._typing[key].deadline = deadline
+            return {}
+        recipients = tuple(m for m in conv.member_ids if m != uid)
+        self._typing[key] = _Typing(deadline, recipients)
+        self._typing_of_user.setdefault(uid, set()).add(cid)
+        heapq.heappush(self._typing_heap, (deadline, next(self._counter), uid, cid))
+        self._wake.set()
+        await self._typing_event(uid, cid, recipients, True)
+        return {}
+
+    async def op_typing_stop(self, caller: Caller, value: TypingStop) -> dict[str, Any]:
+        uid = caller.user_id
+        cid = value.conversation_id
+        key = (uid, cid)
+        self._typing_limited(key)
+        if key in self._typing:
+            await self._stop_typing(uid, cid)
+        else:
+            await self.participant(cid, uid)
+        return {}
+
+    async def _stop_typing(self, user_id: str, conversation_id: str) -> None:
+        state = self._typing.pop((user_id, conversation_id), None)
+        if state is None:
+            return
+        mine = self._typing_of_user.get(user_id)
+        if mine is not None:
+            mine.discard(conversation_id)
+            if not mine:
+                del self._typing_of_user[user_id]
+        await self._typing_event(user_id, conversation_id, state.recipients, False)
+
+    async def _typing_event(self, user_id: str, conversation_id: str, recipients: tuple[str, ...], typing: bool) -> None:
+        if not recipients:
+            return
+        TYPING_EVENTS.inc()
+        data = {"conversation_id": conversation_id, "user_id": user_id, "typing": typing}
+        await self._emit(
+            recipients, "typing.updated", data, conversation_id=conversation_id, exclude_users=frozenset((user_id,))
+        )
+
+    async def _typing_timer(self) -> None:
+        next_prune = trio.current_time() + _TYPING_PRUNE_S
+        while True:
+            self._wake = trio.Event()
+            now = trio.current_time()
+            if now >= next_prune:
+                self._prune_buckets(now)
+                next_prune = now + _TYPING_PRUNE_S
+            wake_at = next_prune
+            if self._typing_heap:
+                wake_at = min(wake_at, self._typing_heap[0][0])
+            if wake_at > now:
+                with trio.move_on_at(wake_at):
+                    await self._wake.wait()
+                continue
+            while self._typing_heap and self._typing_heap[0][0] <= now:
+                _, _, uid, cid = heapq.heappop(self._typing_heap)
+                state = self._typing.get((uid, cid))
+                if state is None:
+                    continue
+                if state.deadline > now:  # refreshed since: wait for the new deadline
+                    heapq.heappush(self._typing_heap, (state.deadline, next(self._counter), uid, cid))
+                    continue
+                await self._stop_typing(uid, cid)
+
+    def _prune_buckets(self, now: float) -> None:
+        rate = self._cfg.typing_per_s
+        burst = max(1.0, rate)
+        full = [k for k, (tokens, at) in self._typing_buckets.items() if tokens + (now - at) * rate >= burst]
+        for key in full:
+            del self._typing_buckets[key]
+
+    # -- blocks --------------------------------------------------------------------------------
+
+    async def op_block(self, caller: Caller, value: UserBlock) -> dict[str, Any]:
+        if value.user_id == caller.user_id:
+            raise ValidationFailed("user_id", "cannot block yourself")
+        await self._store.block_user(user_id=caller.user_id, blocked_id=value.user_id, now=self._svc.clock.now())
+        return {}
+
+    async def op_unblock(self, caller: Caller, value: UserUnblock) -> dict[str, Any]:
+        if value.user_id == caller.user_id:
+            raise ValidationFailed("user_id", "cannot unblock yourself")
+        await self._store.unblock_user(user_id=caller.user_id, blocked_id=value.user_id)
+        return {}
+
+
+# ---------------------------------------------------------------------------
+# HTTP: client REST (/api/v1) and server API (/server/v1)
+# ---------------------------------------------------------------------------
+
+client_routes = Blueprint("chat_client", __name__)
+server_routes = Blueprint("chat_server", __name__)
+
+
+def _chat() -> ChatService:
+    chat: ChatService | None = services().chat
+    if chat is None:
+        raise Unavailable("chat is not running on this node")
+    return chat
+
+
+def _user_caller() -> Caller:
+    claims = g.claims
+    return Caller(user_id=claims.sub, claims=claims, services=services(), session=None)
+
+
+async def _run_op(op: str, data: Mapping[str, Any]) -> Response:
+    """Run an op's handler for the REST caller, as ``POST /api/v1/ops/{op}`` does."""
+    svc = services()
+    value = protocol.validate(op, data, max_message_bytes=svc.config.chat.max_message_bytes)
+    handler = svc.gateway.ops.get(op) if svc.gateway is not None else None
+    if handler is None:
+        raise Unavailable(f"{op} is not served by this node")
+    caller = _user_caller()
+    result = await handler(caller, value)
+    for after in caller.after_reply:
+        await after()
+    return json_response(result)
+
+
+def _query_ints(*fields: str) -> dict[str, Any]:
+    """Integer query parameters (absent ones left out); VALIDATION_ERROR names a bad one."""
+    out: dict[str, Any] = {}
+    for field in fields:
+        raw = request.args.get(field)
+        if raw is None or raw == "":
+            continue
+        try:
+            out[field] = int(raw)
+        except ValueError:
+            raise ValidationFailed(field, "must be an integer") from None
+    return out
+
+
+@client_routes.get("/conversations")
+async def list_conversations() -> Response:
+    data: dict[str, Any] = _query_ints("limit")
+    if request.args.get("cursor"):
+        data["cursor"] = request.args["cursor"]
+    return await _run_op("conversation.list", data)
+
+
+@client_routes.post("/conversations")
+async def open_or_create_conversation() -> Response:
+    """``{"user_id"}`` opens the 1:1 conversation; ``{"member_ids", "title"}`` creates a group."""
+    body = await json_body()
+    if body.get("user_id") is not None:
+        return await _run_op("conversation.open", body)
+    return await _run_op("conversation.create", body)
+
+
+@client_routes.get("/conversations/<conversation_id>")
+async def get_conversation(conversation_id: str) -> Response:
+    return json_response(await _chat().conversation_for(g.claims.sub, conversation_id))
+
+
+@client_routes.get("/conversations/<conversation_id>/messages")
+async def conversation_messages(conversation_id: str) -> Response:
+    data = _query_ints("before_seq", "after_seq", "changed_since", "limit")
+    data["conversation_id"] = conversation_id
+    return await _run_op("message.history", data)
+
+
+@client_routes.post("/conversations/<conversation_id>/mute")
+async def mute_conversation(conversation_id: str) -> Response:
+    body = await json_body()
+    return await _run_op("conversation.mute", {**body, "conversation_id": conversation_id})
+
+
+@client_routes.delete("/messages/<message_id>")
+async def delete_message(message_id: str) -> Response:
+    return await _run_op("message.delete", {"message_id": message_id})
+
+
+def _user_list(body: Mapping[str, Any], field: str, *, min_items: int, max_items: int) -> list[str]:
+    value = body.get(field)
+    if value is None:
+        raise ValidationFailed(field, "is required")
+    if not isinstance(value, list):
+        raise ValidationFailed(field, "must be a list")
+    if not min_items <= len(value) <= max_items:
+        raise ValidationFailed(field, f"must have {min_items} to {max_items} items")
+    for i, item in enumerate(value):
+        protocol.validate_user_id(item, f"{field}[{i}]")
+    return list(dict.fromkeys(value))
+
+
+def _path_user(user_id: str) -> str:
+    return protocol.validate_user_id(user_id, "user_id")
+
+
+def _title(body: Mapping[str, Any]) -> str | None:
+    title = validate.string(body, "title", min_len=0, max_len=protocol.MAX_TITLE_CHARS, required=False)
+    return title or None
+
+
+@server_routes.post("/conversations")
+async def server_create_conversation() -> Response:
+    chat = _chat()
+    body = await json_body()
+    kind = body.get("type")
+    if kind not in ("direct", "group"):
+        raise ValidationFailed("type", "must be direct or group")
+    members = _user_list(body, "member_ids", min_items=1, max_items=protocol.MAX_MEMBER_IDS)
+    title = _title(body)
+    store = chat._store
+    now = chat._svc.clock.now()
+    if kind == "direct":
+        if len(members) != 2:
+            raise ValidationFailed("member_ids", "a direct conversation has exactly two members")
+        if title is not None:
+            raise ValidationFailed("title", "a direct conversation has no title")
+        conv, created = await store.open_direct(user_id=members[0], other_id=members[1], now=now)
+        if created:
+            await chat._updated(conv)
+        return json_response({"conversation": conv.to_wire()})
+    chat._check_group_size(len(members), "member_ids")
+    conv = await store.create_group(member_ids=members, now=now, title=title)
+    await chat._updated(conv)
+    return json_response({"conversation": conv.to_wire()})
+
+
+@server_routes.patch("/conversations/<conversation_id>")
+async def server_set_title(conversation_id: str) -> Response:
+    chat = _chat()
+    body = await json_body()
+    if "title" not in body:
+        raise ValidationFailed("title", "is required (null removes it)")
+    conv = await chat._store.set_title(conversation_id=conversation_id, title=_title(body), now=chat._svc.clock.now())
+    await chat._updated(conv)
+    return json_response({"conversation": conv.to_wire()})
+
+
+@server_routes.post("/conversations/<conversation_id>/members")
+async def server_add_members(conversation_id: str) -> Response:
+    chat = _chat()
+    body = await json_body()
+    users = _user_list(body, "user_ids", min_items=1, max_items=protocol.MAX_MEMBER_IDS)
+    before = await chat._conversation(conversation_id)
+    if before.type != "group":
+        raise Conflict("the members of a direct conversation are fixed")
+    chat._check_group_size(len(set(before.member_ids) | set(users)), "user_ids")
+    conv = await chat._store.add_members(conversation_id=conversation_id, user_ids=users, now=chat._svc.clock.now())
+    await chat._updated(conv)
+    return json_response({"conversation": conv.to_wire()})
+
+
+@server_routes.delete("/conversations/<conversation_id>/members/<user_id>")
+async def server_remove_member(conversation_id: str, user_id: str) -> Response:
+    chat = _chat()
+    uid = _path_user(user_id)
+    before = await chat._conversation(conversation_id)
+    if before.member(uid) is None:
+        raise NotFound("not a member of this conversation")
+    after = await chat._store.leave_conversation(conversation_id=conversation_id, user_id=uid, now=chat._svc.clock.now())
+    await chat._after_leave(before, after, uid)
+    return json_response({"conversation": after.to_wire()})
+
+
+@server_routes.post("/conversations/<conversation_id>/messages")
+async def server_send_message(conversation_id: str) -> Response:
+    chat = _chat()
+    svc = chat._svc
+    body = await json_body()
+    sender = body.get("sender_id")
+    if sender is None:
+        raise ValidationFailed("sender_id", "is required")
+    sender_id = protocol.validate_user_id(sender, "sender_id")
+    kind = body.get("type", "text")
+    if kind is None:
+        kind = "text"
+    if kind not in SERVER_MESSAGE_TYPES:
+        raise ValidationFailed("type", "must be one of text, image, file, system")
+    fields = {k: v for k, v in body.items() if k != "type"}
+    fields["conversation_id"] = conversation_id
+    value: MessageSend = protocol.validate("message.send", fields, max_message_bytes=svc.config.chat.max_message_bytes)
+    conv = await chat._conversation(conversation_id)
+    message, created, participants = await chat.append(
+        conv,
+        sender_id=sender_id,
+        client_id=value.client_id,
+        body=value.body,
+        type=kind,
+        media_url=value.media_url,
+        reply_to=value.reply_to,
+        check_blocks=False,
+        require_member=kind != "system",
+    )
+    if created:
+        MESSAGES.labels("server").inc()
+        await chat.announce(message, participants)
+    return json_response({"message": message.to_wire()})
+
+
+@server_routes.put("/users/<user_id>/contacts")
+async def server_set_contacts(user_id: str) -> Response:
+    chat = _chat()
+    uid = _path_user(user_id)
+    body = await json_body()
+    contacts = _user_list(body, "user_ids", min_items=0, max_items=MAX_CONTACTS)
+    await chat._store.set_contacts(user_id=uid, contact_ids=[c for c in contacts if c != uid])
+    return json_response({})
+
+
+@server_routes.post("/users/<user_id>/blocks")
+async def server_block(user_id: str) -> Response:
+    chat = _chat()
+    uid = _path_user(user_id)
+    body = await json_body()
+    other = body.get("user_id")
+    if other is None:
+        raise ValidationFailed("user_id", "is required")
+    blocked = protocol.validate_user_id(other, "user_id")
+    if blocked == uid:
+        raise ValidationFailed("user_id", "a user cannot block themselves")
+    await chat._store.block_user(user_id=uid, blocked_id=blocked, now=chat._svc.clock.now())
+    return json_response({})
+
+
+@server_routes.delete("/users/<user_id>/blocks/<other>")
+async def server_unblock(user_id: str, other: str) -> Response:
+    chat = _chat()
+    uid = _path_user(user_id)
+    blocked = protocol.validate_user_id(other, "other")
+    await chat._store.unblock_user(user_id=uid, blocked_id=blocked)
+    return json_response({})
+
+
+register_blueprint(client_routes, "client")
+register_blueprint(server_routes, "server")
+
+
+# -- OpenAPI ----------------------------------------------------------------------------------
+
+_S: Final[dict[str, Any]] = {"type": "string"}
+_INT: Final[dict[str, Any]] = {"type": "integer"}
+_STRS: Final[dict[str, Any]] = {"type": "array", "items": _S}
+_OBJ: Final[dict[str, Any]] = {"type": "object"}
+
+
+def _doc(summary: str, tag: str, *, body: dict[str, Any] | None = None, params: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "summary": summary,
+        "tags": [tag],
+        "responses": {
+            "200": {"description": "done", "content": {"application/json": {"schema": _OBJ}}},
+            "default": {
+                "description": "an error",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            },
+        },
+    }
+    if body is not None:
+        out["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object", "properties": body}}},
+        }
+    parameters = [
+        {"name": name, "in": where, "required": where == "path", "schema": _INT if name.endswith(("seq", "limit", "since")) else _S}
+        for name, where in params
+    ]
+    if parameters:
+        out["parameters"] = parameters
+    return out
+
+
+def _document() -> None:
+    server = "server API"
+    client = "client REST"
+    cid = ("id", "path")
+    add_paths(
+        {
+            "/server/v1/conversations": {"post": _doc(
+                "Create a conversation (direct: the pair's one conversation)", server,
+                body={"type": _S, "member_ids": _STRS, "title": _S},
+            )},
+            "/server/v1/conversations/{id}": {"patch": _doc("Set a group's title", server, body={"title": _S}, params=[cid])},
+            "/server/v1/conversations/{id}/members": {"post": _doc(
+                "Add members to a group", server, body={"user_ids": _STRS}, params=[cid]
+            )},
+            "/server/v1/conversations/{id}/members/{user_id}": {"delete": _doc(
+                "Remove a member", server, params=[cid, ("user_id", "path")]
+            )},
+            "/server/v1/conversations/{id}/messages": {"post": _doc(
+                "Send a message (type system allowed)", server,
+                body={"sender_id": _S, "client_id": _S, "body": _S, "type": _S, "media_url": _S, "reply_to": _S},
+                params=[cid],
+            )},
+            "/server/v1/users/{user_id}/contacts": {"put": _doc(
+                "Replace a user's contacts", server, body={"user_ids": _STRS}, params=[("user_id", "path")]
+            )},
+            "/server/v1/users/{user_id}/blocks": {"post": _doc(
+                "The path's user blocks body.user_id", server, body={"user_id": _S}, params=[("user_id", "path")]
+            )},
+            "/server/v1/users/{user_id}/blocks/{other}": {"delete": _doc(
+                "Lift a block", server, params=[("user_id", "path"), ("other", "path")]
+            )},
+            "/api/v1/conversations": {
+                "get": _doc("The caller's conversations, newest activity first", client,
+                            params=[("cursor", "query"), ("limit", "query")]),
+                "post": _doc("Open the 1:1 conversation (user_id) or create a group (member_ids, title)", client,
+                             body={"user_id": _S, "member_ids": _STRS, "title": _S}),
+            },
+            "/api/v1/conversations/{id}": {"get": _doc("One conversation", client, params=[cid])},
+            "/api/v1/conversations/{id}/messages": {"get": _doc(
+                "Message history", client,
+                params=[cid, ("before_seq", "query"), ("after_seq", "query"), ("changed_since", "query"), ("limit", "query")],
+            )},
+            "/api/v1/conversations/{id}/mute": {"post": _doc("Mute or unmute", client, body={"muted": {"type": "boolean"}}, params=[cid])},
+            "/api/v1/messages/{id}": {"delete": _doc("Delete one's own message", client, params=[cid])},
+        }
+    )
+
+
+_document()

@@ -1,0 +1,517 @@
+"""User presence: online, away, busy, invisible and offline (PROTOCOL.md sections 5 and 6).
+
+A user is *connected* while any of their devices (a WebSocket or an SSE stream)
+is, and stays so for ``presence.offline_grace_s`` after the last one closed, so
+that a quick reconnect does not flap. What others see is one of ``online``,
+``away``, ``busy`` and ``offline``:
+
+- not connected, or ``invisible`` chosen with ``presence.set``: ``offline``;
+- ``busy`` or ``away`` chosen: that;
+- ``online`` chosen (the default): ``away`` after ``presence.away_after_s``
+  with no op other than ``ping`` on any device, ``online`` otherwise.
+
+``last_seen`` is the time the user last turned ``offline`` as others see it
+(the close of the last device, or the moment they chose ``invisible``); it is
+stored, so it survives restarts. The chosen status and message live in the
+presence backend, also across reconnects; they are ephemeral and a restart of
+the in-process backend forgets them.
+
+``presence.updated`` goes to every device of the user's contacts (users who share
+a conversation with them, or were added as contacts by the server API), at most
+once per ``presence.throttle_s`` per user: a change sends at once when the
+previous event is older than that, and otherwise one event with the state of
+that moment goes out when the interval is over (the trailing edge), so the last
+state is always sent and an unchanged state is never sent twice.
+
+Timers are node-wide: one task keeps one heap of deadlines (offline grace, idle
+checks, throttled sends) for every user of this node.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Final, Literal, Protocol
+
+import attrs
+import trio
+from quart import Blueprint, Response, g, request
+
+from realtimed import protocol
+from realtimed.clock import iso
+from realtimed.config import PresenceConfig
+from realtimed.errors import ApiError, Unavailable
+from realtimed.gateway.ops import Caller, OpRegistry
+from realtimed.http.app import json_response, register_blueprint, services
+from realtimed.http.openapi import add_paths
+from realtimed.protocol import PresenceQuery, PresenceSet
+from realtimed.services import Services
+
+__all__ = [
+    "ACTIVITY_POLL_S",
+    "MemoryPresence",
+    "PresenceBackend",
+    "PresenceRecord",
+    "PresenceService",
+    "visible_status",
+]
+
+log = logging.getLogger(__name__)
+
+Chosen = Literal["online", "away", "busy", "invisible"]
+Visible = Literal["online", "away", "busy", "offline"]
+
+ACTIVITY_POLL_S: Final = 1.0
+"""How often an idle (``away``) user's devices are checked for renewed activity.
+Ops that reach chat or presence turn a user back at once; other ops (subscribe,
+publish) are noticed within this interval."""
+
+_CONCURRENCY: Final = 16
+
+
+@attrs.frozen
+class PresenceRecord:
+    """A user's presence as every node sees it.
+
+    Attributes:
+        status: what others see (``online``, ``away``, ``busy``, ``offline``).
+        chosen: what the user chose with ``presence.set`` (``online`` by default).
+        message: the user's status message (shown only while not offline).
+    """
+
+    status: Visible = "offline"
+    chosen: Chosen = "online"
+    message: str | None = None
+
+    @property
+    def is_default(self) -> bool:
+        """Nothing worth keeping: offline and nothing chosen."""
+        return self.status == "offline" and self.chosen == "online" and self.message is None
+
+
+def visible_status(chosen: Chosen, *, connected: bool, idle: bool) -> Visible:
+    """What others see, from what the user chose, whether a device is connected
+    (or the grace period runs), and whether every device has been idle."""
+    if not connected or chosen == "invisible":
+        return "offline"
+    if chosen == "online":
+        return "away" if idle else "online"
+    return chosen
+
+
+class PresenceBackend(Protocol):
+    """Where presence is kept: device counts and each user's ``PresenceRecord``.
+
+    The in-process ``MemoryPresence`` serves one node; a shared backend (Redis)
+    makes the counts and records cluster-wide.
+
+    Ordering: the calls one node makes about one user take effect in the order
+    it makes them. Different nodes' calls about one user are not ordered.
+
+    Atomicity: each call is atomic for the user it names; ``add_session`` and
+    ``remove_session`` answer the count right after their own change.
+
+    Expiry: the in-process backend keeps everything until told otherwise (its
+    node's death takes it along). A shared backend must expire the sessions of
+    a node that stopped heartbeating, so that its users do not stay online.
+    """
+
+    async def add_session(self, user_id: str, session_id: str) -> int:
+        """Count a device of the user; returns the user's devices, on every node."""
+        ...
+
+    async def remove_session(self, user_id: str, session_id: str) -> int:
+        """Forget a device (unknown ids are ignored); returns the devices left."""
+        ...
+
+    async def get(self, user_ids: Sequence[str]) -> dict[str, PresenceRecord]:
+        """The records of those users that have one (others are offline, nothing chosen)."""
+        ...
+
+    async def put(self, user_id: str, record: PresenceRecord) -> None:
+        """Store a user's record; a default record (``is_default``) is forgotten."""
+        ...
+
+
+class MemoryPresence:
+    """The in-process presence backend (the default, and the test double)."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, set[str]] = {}
+        self._records: dict[str, PresenceRecord] = {}
+
+    async def add_session(self, user_id: str, session_id: str) -> int:
+        devices = self._sessions.setdefault(user_id, set())
+        devices.add(session_id)
+        return len(devices)
+
+    async def remove_session(self, user_id: str, session_id: str) -> int:
+        devices = self._sessions.get(user_id)
+        if devices is None:
+            return 0
+        devices.discard(session_id)
+        if not devices:
+            del self._sessions[user_id]
+            return 0
+        return len(devices)
+
+    async def get(self, user_ids: Sequence[str]) -> dict[str, PresenceRecord]:
+        records = self._records
+        return {uid: records[uid] for uid in user_ids if uid in records}
+
+    async def put(self, user_id: str, record: PresenceRecord) -> None:
+        if record.is_default:
+            self._records.pop(user_id, None)
+        else:
+            self._records[user_id] = record
+
+
+class _Device(Protocol):
+    """What presence needs of a session (a WebSocket ``Session`` or an SSE stream)."""
+
+    id: str
+    user_id: str
+
+
+@attrs.define(eq=False)
+class _Local:
+    """This node's timing state for one user."""
+
+    devices: dict[str, _Device] = attrs.field(factory=dict)
+    connected: bool = False  # a device is connected, or the grace period runs
+    grace_gen: int = 0
+    disconnected_at: datetime | None = None
+    touched: float = float("-inf")  # trio time of the last op seen by chat or presence
+    idle: bool = False
+    idle_mark: float = 0.0  # the last activity when the user turned idle
+    idle_gen: int = 0
+    sent: tuple[str, str | None] | None = None  # (status, message) last published
+    sent_at: float = float("-inf")
+    flush_gen: int = 0
+    flush_pending: bool = False
+
+    def last_activity(self) -> float:
+        latest = self.touched
+        for device in self.devices.values():
+            # An SSE stream sends no ops: it counts as active when it connected.
+            active = getattr(device, "last_active", None)
+            if active is not None and active > latest:
+                latest = active
+        return latest
+
+
+_Kind = Literal["grace", "idle", "recompute", "flush", "forget"]
+
+
+class PresenceService:
+    """The presence supervisor of one node (see the module docstring).
+
+    Resource handling:
+        ``run`` owns one timer task (grace periods, idle checks, throttled
+        sends); due work runs in a nursery of that task, at most 16 at once.
+        Hooks (``on_connect``, ``on_disconnect``) touch only memory and the
+        presence backend; store reads and writes (contacts, last seen) and
+        deliveries happen in the timer task.
+
+    Error handling:
+        A store or broker failure while publishing a change is logged and that
+        event is dropped (presence is ephemeral; the next change is sent as
+        usual). Hooks never raise into the gateway.
+    """
+
+    def __init__(self, services: Services, *, backend: PresenceBackend | None = None) -> None:
+        self._svc = services
+        self.backend: PresenceBackend = backend or MemoryPresence()
+        self._local: dict[str, _Local] = {}
+        self._heap: list[tuple[float, int, str, _Kind, int]] = []
+        self._counter = itertools.count()
+        self._wake = trio.Event()
+        self._limiter = trio.CapacityLimiter(_CONCURRENCY)
+
+    # -- service -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[PresenceService] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._timers)
+            task_status.started(self)
+
+    def register(self, ops: OpRegistry) -> None:
+        """Register ``presence.set``, ``presence.query`` and the gateway's connect hooks."""
+        ops.register("presence.set", self._op_set)
+        ops.register("presence.query", self._op_query)
+        extras = self._svc.extras
+        extras.setdefault("on_connect", []).append(self.on_connect)
+        extras.setdefault("on_disconnect", []).append(self.on_disconnect)
+
+    @property
+    def _cfg(self) -> PresenceConfig:
+        cfg: PresenceConfig = self._svc.config.presence
+        return cfg
+
+    def connected(self, user_id: str) -> bool:
+        """Whether the user has a device on this node or is in the grace period."""
+        local = self._local.get(user_id)
+        return local is not None and local.connected
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    async def on_connect(self, session: _Device) -> None:
+        """A device of the user was admitted (a socket, or an SSE stream)."""
+        uid = session.user_id
+        local = self._local.setdefault(uid, _Local())
+        local.devices[session.id] = session
+        local.grace_gen += 1  # ends a running grace period
+        now = trio.current_time()
+        local.touched = now
+        try:
+            await self.backend.add_session(uid, session.id)
+            if not local.connected or local.idle:
+                local.connected = True
+                local.idle = False
+                self._schedule_idle(uid, local, now + self._cfg.away_after_s)
+                await self._changed(uid, local)
+        except ApiError as exc:
+            log.warning("session %s: presence backend: %s", session.id, exc.message)
+
+    async def on_disconnect(self, session: _Device) -> None:
+        """A device of the user closed; the last one starts the grace period."""
+        uid = session.user_id
+        local = self._local.get(uid)
+        if local is None or local.devices.pop(session.id, None) is None:
+            return
+        try:
+            left = await self.backend.remove_session(uid, session.id)
+        except ApiError as exc:
+            log.warning("session %s: presence backend: %s", session.id, exc.message)
+            left = len(local.devices)
+        if left > 0 or local.devices:
+            return
+        local.disconnected_at = self._svc.clock.now()
+        local.grace_gen += 1
+        self._push(trio.current_time() + self._cfg.offline_grace_s, uid, "grace", local.grace_gen)
+
+    def touch(self, user_id: str) -> None:
+        """The user did something (an op reached chat or presence): not idle any more."""
+        local = self._local.get(user_id)
+        if local is None:
+            return
+        now = trio.current_time()
+        local.touched = now
+        if local.idle and local.connected:
+            local.idle = False
+            self._schedule_idle(user_id, local, now + self._cfg.away_after_s)
+            self._push(now, user_id, "recompute", 0)
+
+    # -- ops -----------------------------------------------------------------------------------
+
+    async def _op_set(self, caller: Caller, value: PresenceSet) -> dict[str, Any]:
+        uid = caller.user_id
+        self.touch(uid)
+        record = (await self.backend.get([uid])).get(uid, PresenceRecord())
+        await self.backend.put(uid, attrs.evolve(record, chosen=value.status, message=value.message or None))
+        local = self._local.get(uid)
+        if local is not None:
+            await self._changed(uid, local)
+        return {}
+
+    async def _op_query(self, caller: Caller, value: PresenceQuery) -> dict[str, Any]:
+        self.touch(caller.user_id)
+        if not value.user_ids:
+            return {"presences": {}}
+        contacts: set[str] = await self._svc.store.contact_ids(caller.user_id)
+        allowed = [uid for uid in value.user_ids if uid in contacts]
+        return {"presences": await self.describe(allowed)}
+
+    async def describe(self, user_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``{status, message, last_seen}`` of each user, as others see them."""
+        if not user_ids:
+            return {}
+        records = await self.backend.get(user_ids)
+        seen: dict[str, datetime] = await self._svc.store.get_last_seen(user_ids)
+        out: dict[str, dict[str, Any]] = {}
+        for uid in user_ids:
+            record = records.get(uid, PresenceRecord())
+            out[uid] = _wire(uid, record.status, record.message, seen.get(uid))
+        return out
+
+    # -- state changes -------------------------------------------------------------------------
+
+    async def _record(self, uid: str) -> PresenceRecord:
+        return (await self.backend.get([uid])).get(uid, PresenceRecord())
+
+    async def _changed(self, uid: str, local: _Local) -> None:
+        """Recompute what others see, store it, and schedule ``presence.updated``."""
+        record = await self._record(uid)
+        status = visible_status(record.chosen, connected=local.connected, idle=local.idle)
+        if status == "offline" and record.status != "offline":
+            at = self._svc.clock.now()
+            if not local.connected and local.disconnected_at is not None:
+                at = local.disconnected_at
+            try:
+                await self._svc.store.set_last_seen(user_id=uid, at=at)
+            except ApiError as exc:
+                log.warning("user %s: last seen not stored: %s", uid, exc.message)
+            # Read again: presence.set may have changed the record meanwhile.
+            record = await self._record(uid)
+            status = visible_status(record.chosen, connected=local.connected, idle=local.idle)
+        if status != record.status:
+            await self.backend.put(uid, attrs.evolve(record, status=status))
+        self._schedule_send(uid, local)
+
+    def _schedule_send(self, uid: str, local: _Local) -> None:
+        if local.flush_pending:
+            return
+        local.flush_pending = True
+        local.flush_gen += 1
+        when = max(trio.current_time(), local.sent_at + self._cfg.throttle_s)
+        self._push(when, uid, "flush", local.flush_gen)
+
+    def _schedule_idle(self, uid: str, local: _Local, when: float) -> None:
+        local.idle_gen += 1
+        self._push(when, uid, "idle", local.idle_gen)
+
+    def _push(self, when: float, uid: str, kind: _Kind, gen: int) -> None:
+        heapq.heappush(self._heap, (when, next(self._counter), uid, kind, gen))
+        self._wake.set()
+
+    # -- the timer task ------------------------------------------------------------------------
+
+    async def _timers(self) -> None:
+        while True:
+            self._wake = trio.Event()
+            if not self._heap:
+                await self._wake.wait()
+                continue
+            when = self._heap[0][0]
+            now = trio.current_time()
+            if when > now:
+                with trio.move_on_at(when):
+                    await self._wake.wait()
+                continue
+            due: list[tuple[str, _Kind, int]] = []
+            while self._heap and self._heap[0][0] <= now:
+                _, _, uid, kind, gen = heapq.heappop(self._heap)
+                due.append((uid, kind, gen))
+            async with trio.open_nursery() as nursery:
+                for uid, kind, gen in due:
+                    nursery.start_soon(self._fire, uid, kind, gen, now)
+
+    async def _fire(self, uid: str, kind: _Kind, gen: int, now: float) -> None:
+        local = self._local.get(uid)
+        if local is None:
+            return
+        async with self._limiter:
+            try:
+                if kind == "grace":
+                    if gen == local.grace_gen and not local.devices:
+                        local.connected = False
+                        local.idle = False
+                        local.idle_gen += 1
+                        await self._changed(uid, local)
+                elif kind == "idle":
+                    if gen == local.idle_gen and local.connected and local.devices:
+                        await self._idle_check(uid, local, now)
+                elif kind == "recompute":
+                    await self._changed(uid, local)
+                elif kind == "flush":
+                    if gen == local.flush_gen and local.flush_pending:
+                        local.flush_pending = False
+                        await self._send(uid, local)
+                elif not local.connected and not local.devices and not local.flush_pending:
+                    # "forget": offline, published, and the throttle interval is over.
+                    self._local.pop(uid, None)
+            except ApiError as exc:
+                log.warning("user %s: presence %s: %s", uid, kind, exc.message)
+
+    async def _idle_check(self, uid: str, local: _Local, now: float) -> None:
+        away_after = self._cfg.away_after_s
+        last = local.last_activity()
+        if local.idle:
+            if last > local.idle_mark:
+                local.idle = False
+                self._schedule_idle(uid, local, last + away_after)
+                await self._changed(uid, local)
+            else:
+                self._schedule_idle(uid, local, now + ACTIVITY_POLL_S)
+        elif now - last >= away_after:
+            local.idle = True
+            local.idle_mark = last
+            self._schedule_idle(uid, local, now + ACTIVITY_POLL_S)
+            await self._changed(uid, local)
+        else:
+            self._schedule_idle(uid, local, last + away_after)
+
+    async def _send(self, uid: str, local: _Local) -> None:
+        """Publish the user's current state to their contacts, unless it was the last sent."""
+        record = await self._record(uid)
+        message = record.message if record.status != "offline" else None
+        state = (record.status, message)
+        # Nothing was sent yet and the user looks offline: others saw them offline already.
+        first_and_offline = local.sent is None and record.status == "offline"
+        if state != local.sent and not first_and_offline:
+            store = self._svc.store
+            contacts: set[str] = await store.contact_ids(uid)
+            seen: datetime | None = (await store.get_last_seen([uid])).get(uid)
+            local.sent = state
+            local.sent_at = trio.current_time()
+            if contacts:
+                await self._svc.router.to_users(
+                    contacts, "presence.updated", _wire(uid, record.status, message, seen)
+                )
+        elif first_and_offline:
+            local.sent = state
+        if not local.connected and not local.devices:
+            self._push(max(trio.current_time(), local.sent_at + self._cfg.throttle_s), uid, "forget", 0)
+
+
+def _wire(uid: str, status: str, message: str | None, last_seen: datetime | None) -> dict[str, Any]:
+    return {
+        "user_id": uid,
+        "status": status,
+        "message": message if status != "offline" else None,
+        "last_seen": iso(last_seen),
+    }
+
+
+# -- client REST ------------------------------------------------------------------------------
+
+routes = Blueprint("presence_client", __name__)
+
+
+@routes.get("/presence")
+async def query_presence() -> Response:
+    """``GET /api/v1/presence?user_ids=a,b``: ``presence.query`` over REST."""
+    svc = services()
+    presence: PresenceService | None = svc.presence
+    if presence is None:
+        raise Unavailable("presence is not running on this node")
+    raw = request.args.get("user_ids", "")
+    ids = [uid for uid in raw.split(",") if uid]
+    value = protocol.validate("presence.query", {"user_ids": ids})
+    claims = g.claims
+    caller = Caller(user_id=claims.sub, claims=claims, services=svc, session=None)
+    return json_response(await presence._op_query(caller, value))
+
+
+register_blueprint(routes, "client")
+add_paths(
+    {
+        "/api/v1/presence": {
+            "get": {
+                "summary": "Presence of up to 200 users (contacts only; others are omitted)",
+                "tags": ["client REST"],
+                "parameters": [{"name": "user_ids", "in": "query", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {"description": "done", "content": {"application/json": {"schema": {"type": "object"}}}},
+                    "default": {
+                        "description": "an error",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    },
+                },
+            }
+        }
+    }
+)
