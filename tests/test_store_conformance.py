@@ -254,6 +254,8 @@ async def test_seq_is_gap_free_under_50_concurrent_appenders(store: Store) -> No
         page = await store.message_history(conversation_id=cid, limit=100)
         assert [m.seq for m in page.messages] == list(range(1, 51)) and not page.has_more
         assert conv.last_message is not None and conv.last_message.seq == 50
+        # Each member has the other's 25 messages unread, however the appends were grouped.
+        assert [(m.user_id, m.unread_count) for m in conv.members] == [("a", 25), ("b", 25)]
 
 
 async def test_one_message_for_20_concurrent_retries_and_conflict_for_another_body(store: Store) -> None:

@@ -424,8 +424,8 @@ class Store(Protocol):
     async def open_direct(self, *, user_id: str, other_id: str, now: datetime) -> tuple[ConversationRecord, bool]:
         """Find or create the 1:1 conversation of two users, keyed on the pair.
 
-        Returns ``(conversation, created)``. A member who had left it is back
-        (left direct conversations are only hidden).
+        Returns ``(conversation, created)``. A member who had left it is back,
+        joining now (left direct conversations are only hidden).
         """
         ...
 
@@ -477,9 +477,11 @@ class Store(Protocol):
     async def list_conversations(
         self, *, user_id: str, cursor: str | None = None, limit: int = 20
     ) -> tuple[list[ConversationRecord], str | None]:
-        """The user's current conversations, newest activity first (a message,
-        or joining), with last message and members (whose read state includes
-        the user's). Returns the page and the cursor of the next one (None at the end).
+        """The user's current conversations, newest activity first (the last
+        message, or the user's joining if later), with last message and members
+        (whose read state includes the user's). Returns the page and the cursor
+        of the next one (None at the end). Each page orders the user's
+        conversations: O(conversations of the user), not of messages.
 
         Raises:
             ValidationFailed: ``cursor`` is not one this store handed out.
@@ -544,8 +546,8 @@ class Store(Protocol):
 
         In the same transaction: the conversation's ``version`` rises and the
         message carries it; every other current member's unread count rises by
-        one; every member's activity time moves to ``now``; members who had left
-        a direct conversation are back; and ``jobs`` are enqueued (their payloads
+        one; the conversation's activity time moves to ``now``; members who had
+        left a direct conversation are back; and ``jobs`` are enqueued (their payloads
         get ``message_id`` and ``seq``; dedupe keys as in ``enqueue_job``).
 
         Raises:

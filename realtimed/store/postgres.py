@@ -6,10 +6,14 @@ open one when ``store.backend`` is ``postgres``. Without it every call raises
 ``RuntimeError`` saying so.
 
 Each store call crosses the Trio/asyncio bridge once: the whole call (pool
-acquire, transaction, statements) runs as one asyncio coroutine. The hot paths
-are one statement each (``append_message`` is a single statement of chained
-CTEs, so one round trip and one commit), and asyncpg prepares and caches every
-statement per connection.
+acquire, transaction, statements) runs as one asyncio coroutine, and asyncpg
+prepares and caches every statement per connection. ``append_message``, the hot
+path, is grouped: appends queue in a few lanes (a conversation always in the
+same lane, ``store.pool_max / 4`` lanes) and each lane sends what is waiting
+as one call of the ``realtimed_append_messages`` SQL function (migration 0001)
+while the previous group of that lane is in flight. A group is one round trip
+and one commit; each append in it keeps its own outcome (created, repeated,
+not found, forbidden), and none is answered before the group is committed.
 
 Concurrency: rows are locked in one order (a conversation before its members;
 a user's notification counter before their notifications), so concurrent calls
@@ -40,6 +44,8 @@ from datetime import datetime, timedelta
 from typing import Any, Final, TypeAlias, TypeVar
 
 import asyncpg
+import attrs
+import outcome
 import trio
 import trio_asyncio
 
@@ -94,6 +100,7 @@ JOBS_CHANNEL: Final = "realtimed_jobs"
 _MIGRATION_LOCK: Final = 0x7274_6D69_6772  # pg_advisory_xact_lock key for migrations
 _RETRIES: Final = 3
 _LISTEN_KEEPALIVE_S: Final = 30.0
+_APPEND_GROUP_MAX: Final = 256
 _CLOSE_TIMEOUT_S: Final = 5.0
 
 # Errors that mean "the database cannot be reached now", not "this call is wrong".
@@ -273,21 +280,21 @@ async def _open_direct(conn: _Conn, user_id: str, other_id: str, now: datetime) 
     key = direct_key(user_id, other_id)
     cid = new_id("c")
     inserted = await conn.fetchval(
-        "INSERT INTO conversations (id, type, title, direct_key, created_at, updated_at) "
-        "VALUES ($1, 'direct', NULL, $2, $3, $3) ON CONFLICT (direct_key) DO NOTHING RETURNING id",
+        "INSERT INTO conversations (id, type, title, direct_key, created_at, updated_at, activity_at) "
+        "VALUES ($1, 'direct', NULL, $2, $3, $3, $3) ON CONFLICT (direct_key) DO NOTHING RETURNING id",
         cid,
         key,
         now,
     )
     if inserted is not None:
         await conn.executemany(
-            "INSERT INTO members (conversation_id, user_id, role, joined_at, activity_at) VALUES ($1, $2, $3, $4, $4)",
+            "INSERT INTO members (conversation_id, user_id, role, joined_at) VALUES ($1, $2, $3, $4)",
             [(cid, uid, ROLE_MEMBER, now) for uid in dict.fromkeys((user_id, other_id))],
         )
         return await _must_conversation(conn, cid), True
     cid = await conn.fetchval("SELECT id FROM conversations WHERE direct_key = $1 FOR UPDATE", key)
     await conn.execute(
-        "UPDATE members SET left_at = NULL, activity_at = $2 WHERE conversation_id = $1 AND left_at IS NOT NULL",
+        "UPDATE members SET left_at = NULL, joined_at = $2 WHERE conversation_id = $1 AND left_at IS NOT NULL",
         cid,
         now,
     )
@@ -302,14 +309,15 @@ async def _create_group(
         raise ValidationFailed("member_ids", "a group needs at least one member")
     cid = new_id("c")
     await conn.execute(
-        "INSERT INTO conversations (id, type, title, created_at, updated_at) VALUES ($1, 'group', $2, $3, $3)",
+        "INSERT INTO conversations (id, type, title, created_at, updated_at, activity_at) "
+        "VALUES ($1, 'group', $2, $3, $3, $3)",
         cid,
         title,
         now,
     )
     await conn.execute(
-        "INSERT INTO members (conversation_id, user_id, role, joined_at, activity_at) "
-        "SELECT $1, u.user_id, CASE WHEN u.user_id = $3 THEN $5 ELSE $6 END, $4, $4 "
+        "INSERT INTO members (conversation_id, user_id, role, joined_at) "
+        "SELECT $1, u.user_id, CASE WHEN u.user_id = $3 THEN $5 ELSE $6 END, $4 "
         "FROM unnest($2::text[]) AS u(user_id)",
         cid,
         ids,
@@ -328,11 +336,11 @@ async def _add_members(
     if head["type"] != "group":
         raise Conflict("the members of a direct conversation are fixed")
     await conn.execute(
-        "INSERT INTO members (conversation_id, user_id, role, joined_at, read_seq, activity_at) "
-        "SELECT $1, u, $3, $4, $5, $4 FROM unnest($2::text[]) AS u "
+        "INSERT INTO members (conversation_id, user_id, role, joined_at, read_seq) "
+        "SELECT $1, u, $3, $4, $5 FROM unnest($2::text[]) AS u "
         "ON CONFLICT (conversation_id, user_id) DO UPDATE SET role = excluded.role, joined_at = excluded.joined_at, "
-        "left_at = NULL, muted = false, read_seq = excluded.read_seq, read_at = NULL, unread_count = 0, "
-        "activity_at = excluded.activity_at WHERE members.left_at IS NOT NULL",
+        "left_at = NULL, muted = false, read_seq = excluded.read_seq, read_at = NULL, unread_count = 0 "
+        "WHERE members.left_at IS NOT NULL",
         cid,
         list(dict.fromkeys(user_ids)),
         role,
@@ -389,141 +397,128 @@ async def _get_member(conn: _Conn, cid: str, user_id: str) -> MemberRecord | Non
 async def _list_conversations(
     conn: _Conn, user_id: str, cursor: str | None, limit: int
 ) -> tuple[list[ConversationRecord], str | None]:
+    # A conversation's place: its last message, or when the user joined it if later.
+    mine = (
+        "SELECT m.conversation_id AS cid, GREATEST(c.activity_at, m.joined_at) AS act FROM members m "
+        "JOIN conversations c ON c.id = m.conversation_id WHERE m.user_id = $1 AND m.left_at IS NULL"
+    )
     if cursor is None:
         rows = await conn.fetch(
-            "SELECT conversation_id, activity_at FROM members WHERE user_id = $1 AND left_at IS NULL "
-            "ORDER BY activity_at DESC, conversation_id DESC LIMIT $2",
-            user_id,
-            limit + 1,
+            f"SELECT cid, act FROM ({mine}) AS mine ORDER BY act DESC, cid DESC LIMIT $2", user_id, limit + 1
         )
     else:
         act_us, cid = decode_cursor(cursor, (int, str))
-        act = from_micros(act_us)
         rows = await conn.fetch(
-            "SELECT conversation_id, activity_at FROM members WHERE user_id = $1 AND left_at IS NULL "
-            "AND (activity_at, conversation_id) < ($2, $3) "
-            "ORDER BY activity_at DESC, conversation_id DESC LIMIT $4",
+            f"SELECT cid, act FROM ({mine}) AS mine WHERE (act, cid) < ($2, $3) ORDER BY act DESC, cid DESC LIMIT $4",
             user_id,
-            act,
+            from_micros(act_us),
             cid,
             limit + 1,
         )
     page = rows[:limit]
-    loaded = await _load_conversations(conn, [r["conversation_id"] for r in page])
-    out = [loaded[r["conversation_id"]] for r in page if r["conversation_id"] in loaded]
+    loaded = await _load_conversations(conn, [r["cid"] for r in page])
+    out = [loaded[r["cid"]] for r in page if r["cid"] in loaded]
     nxt = None
     if len(rows) > limit:
-        nxt = encode_cursor(to_micros(page[-1]["activity_at"]), page[-1]["conversation_id"])
+        nxt = encode_cursor(to_micros(page[-1]["act"]), page[-1]["cid"])
     return out, nxt
 
 
-_APPEND_HEAD: Final = """
-WITH conv AS (
-    UPDATE conversations c
-       SET last_seq = c.last_seq + 1, version = c.version + 1, last_message_id = $4, updated_at = $9
-     WHERE c.id = $1
-       AND (NOT $10::boolean OR EXISTS (
-            SELECT 1 FROM members m WHERE m.conversation_id = $1 AND m.user_id = $2
-               AND (m.left_at IS NULL OR c.type = 'direct')))
- RETURNING c.last_seq, c.version, c.type
-), msg AS (
-    INSERT INTO messages (id, conversation_id, seq, version, sender_id, client_id, type, body, media_url,
-                          reply_to, created_at)
-    SELECT $4, $1, conv.last_seq, conv.version, $2, $3, $5, $6, $7, $8, $9 FROM conv
- RETURNING seq, version
-), mem AS (
-    UPDATE members m
-       SET unread_count = m.unread_count + (m.user_id <> $2)::int, left_at = NULL, activity_at = $9
-      FROM conv
-     WHERE m.conversation_id = $1 AND (m.left_at IS NULL OR conv.type = 'direct')
-)
-"""
-_APPEND: Final = _APPEND_HEAD + "SELECT seq, version FROM msg"
-_APPEND_WITH_JOBS: Final = (
-    _APPEND_HEAD
-    + """, jobs_in AS (
-    INSERT INTO jobs (id, queue, kind, payload, priority, status, attempts, max_attempts, run_at, dedupe_key,
-                      created_at)
-    SELECT j.id, j.queue, j.kind, j.payload::jsonb || jsonb_build_object('message_id', $4::text, 'seq', msg.seq),
-           j.priority, 'queued', 0, j.max_attempts, j.run_at, j.dedupe_key, $9
-      FROM msg, unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::int[], $16::int[],
-                       $17::timestamptz[], $18::text[])
-           AS j(id, queue, kind, payload, priority, max_attempts, run_at, dedupe_key)
-    ON CONFLICT (dedupe_key) DO NOTHING
- RETURNING queue
-)
-SELECT seq, version,
-       (SELECT count(*) FROM (SELECT pg_notify('"""
-    + JOBS_CHANNEL
-    + """', q.queue) FROM (SELECT DISTINCT queue FROM jobs_in) q) n) AS notified
-  FROM msg"""
-)
+@attrs.define(eq=False)
+class _Append:
+    """One ``append_message`` call waiting for its group."""
 
+    conversation_id: str
+    sender_id: str
+    client_id: str
+    body: str
+    now: datetime
+    type: str
+    media_url: str | None
+    reply_to: str | None
+    require_member: bool
+    jobs: list[JobSpec]
+    message_id: str = attrs.Factory(lambda: new_id("m"))
+    done: trio.Event = attrs.Factory(trio.Event)
+    result: outcome.Outcome[tuple[MessageRecord, bool]] | None = None
 
-async def _append(
-    conn: _Conn,
-    cid: str,
-    sender_id: str,
-    client_id: str,
-    body: str,
-    now: datetime,
-    mtype: str,
-    media_url: str | None,
-    reply_to: str | None,
-    require_member: bool,
-    jobs: Sequence[JobSpec],
-) -> tuple[MessageRecord, bool]:
-    mid = new_id("m")
-    args: list[Any] = [cid, sender_id, client_id, mid, mtype, body, media_url, reply_to, now, require_member]
-    sql = _APPEND
-    if jobs:
-        sql = _APPEND_WITH_JOBS
-        args += [
-            [new_id("j") for _ in jobs],
-            [j.queue for j in jobs],
-            [j.kind for j in jobs],
-            [dumps(j.payload) for j in jobs],
-            [j.priority for j in jobs],
-            [j.max_attempts for j in jobs],
-            [utc(j.run_at) if j.run_at is not None else now for j in jobs],
-            [j.dedupe_key for j in jobs],
-        ]
-    try:
-        row = await conn.fetchrow(sql, *args)
-    except asyncpg.exceptions.UniqueViolationError as exc:
-        if exc.constraint_name != "messages_by_client_id":
-            raise
-        row = None
-    if row is not None:
-        msg = MessageRecord(
-            id=mid,
-            conversation_id=cid,
-            seq=row["seq"],
-            version=row["version"],
-            sender_id=sender_id,
-            client_id=client_id,
-            type=mtype,
-            body=body,
-            media_url=media_url,
-            reply_to=reply_to,
-            created_at=now,
+    def record(self, seq: int, version: int) -> MessageRecord:
+        return MessageRecord(
+            id=self.message_id,
+            conversation_id=self.conversation_id,
+            seq=seq,
+            version=version,
+            sender_id=self.sender_id,
+            client_id=self.client_id,
+            type=self.type,
+            body=self.body,
+            media_url=self.media_url,
+            reply_to=self.reply_to,
+            created_at=self.now,
         )
-        return msg, True
-    # Nothing appended: a repeat of the client id, an unknown conversation, or not a member.
-    existing = await conn.fetchrow(
-        f"SELECT {_MSG_COLS} FROM messages WHERE conversation_id = $1 AND sender_id = $2 AND client_id = $3",
-        cid,
-        sender_id,
-        client_id,
+
+
+_APPEND_MESSAGES: Final = "SELECT * FROM realtimed_append_messages(" + ", ".join(f"${n}" for n in range(1, 20)) + ")"
+
+
+async def _append_group(conn: _Conn, group: list[_Append]) -> list[outcome.Outcome[tuple[MessageRecord, bool]]]:
+    """asyncio side: append a group of messages in one statement; one outcome per request."""
+    job_items: list[int] = []
+    jobs: list[JobSpec] = []
+    for n, req in enumerate(group, start=1):
+        for spec in req.jobs:
+            job_items.append(n)
+            jobs.append(spec)
+    rows = await conn.fetch(
+        _APPEND_MESSAGES,
+        [r.now for r in group],
+        [r.conversation_id for r in group],
+        [r.sender_id for r in group],
+        [r.client_id for r in group],
+        [r.message_id for r in group],
+        [r.type for r in group],
+        [r.body for r in group],
+        [r.media_url for r in group],
+        [r.reply_to for r in group],
+        [r.require_member for r in group],
+        job_items,
+        [new_id("j") for _ in jobs],
+        [j.queue for j in jobs],
+        [j.kind for j in jobs],
+        [dumps(j.payload) for j in jobs],
+        [j.priority for j in jobs],
+        [j.max_attempts for j in jobs],
+        [utc(j.run_at) if j.run_at is not None else group[item - 1].now for item, j in zip(job_items, jobs, strict=True)],
+        [j.dedupe_key for j in jobs],
     )
-    if existing is not None:
-        found = _message(existing)
-        if (found.body, found.type, found.media_url, found.reply_to) != (body, mtype, media_url, reply_to):
-            raise Conflict("client_id was already used for a different message")
-        return found, False
-    if await conn.fetchval("SELECT 1 FROM conversations WHERE id = $1", cid) is None:
-        raise NotFound("no such conversation")
-    raise Forbidden("not a member of this conversation")
+    by_item = {r["out_item"]: r for r in rows}
+    existing_ids = [r["out_existing_id"] for r in rows if r["out_status"] == "existing"]
+    existing: dict[str, MessageRecord] = {}
+    if existing_ids:
+        found = await conn.fetch(f"SELECT {_MSG_COLS} FROM messages WHERE id = ANY($1::text[])", existing_ids)
+        existing = {r["id"]: _message(r) for r in found}
+    out: list[outcome.Outcome[tuple[MessageRecord, bool]]] = []
+    for n, req in enumerate(group, start=1):
+        row = by_item[n]
+        status = row["out_status"]
+        if status == "created":
+            out.append(outcome.Value((req.record(row["out_seq"], row["out_version"]), True)))
+        elif status == "existing":
+            first = existing[row["out_existing_id"]]
+            if (first.body, first.type, first.media_url, first.reply_to) != (
+                req.body,
+                req.type,
+                req.media_url,
+                req.reply_to,
+            ):
+                out.append(outcome.Error(Conflict("client_id was already used for a different message")))
+            else:
+                out.append(outcome.Value((first, False)))
+        elif status == "not_found":
+            out.append(outcome.Error(NotFound("no such conversation")))
+        else:
+            out.append(outcome.Error(Forbidden("not a member of this conversation")))
+    return out
 
 
 async def _editable(conn: _Conn, message_id: str, sender_id: str | None) -> MessageRecord:
@@ -1081,6 +1076,16 @@ async def _init_connection(conn: _Conn) -> None:
     await conn.set_type_codec("jsonb", encoder=dumps, decoder=loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: _Conn) -> None:
+    """Reset nothing when a connection goes back to the pool.
+
+    The store never changes session state on pooled connections (no SET, no
+    LISTEN, only transaction-scoped locks), and asyncpg still rolls back an
+    unfinished transaction; skipping the default reset query saves a round
+    trip on every call.
+    """
+
+
 class PostgresStore:
     """The PostgreSQL store (see the module docstring).
 
@@ -1097,6 +1102,7 @@ class PostgresStore:
         self._pool: _Pool | None = None
         self._loop: Any = None  # the trio-asyncio loop, found by run()
         self._listened = False
+        self._append_lanes: list[trio.MemorySendChannel[_Append]] = []
         self._jobs_event = trio.Event()
         cfg = config
         # A whole call: a connection (maybe a new one) and a few statements.
@@ -1204,6 +1210,7 @@ class PostgresStore:
             server_settings=self._server_settings(),
             statement_cache_size=256,
             init=_init_connection,
+            reset=_keep_session,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -1224,8 +1231,15 @@ class PostgresStore:
             log.info("store: PostgreSQL ready (pool %d to %d)", self.config.pool_min, self.config.pool_max)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._listen_forever)
+                lanes = []
+                for _ in range(max(1, self.config.pool_max // 4)):
+                    send, recv = trio.open_memory_channel[_Append](_APPEND_GROUP_MAX)
+                    nursery.start_soon(self._append_lane, recv)
+                    lanes.append(send)
+                self._append_lanes = lanes
                 task_status.started()
         finally:
+            self._append_lanes = []
             pool, self._pool = self._pool, None
             with trio.CancelScope(shield=True):
                 await self._close_pool(pool)
@@ -1250,6 +1264,60 @@ class PostgresStore:
 
     async def ping(self) -> None:
         await self._call(lambda conn: conn.fetchval("SELECT 1"), tx=False, read=True)
+
+    # -- grouped appends -------------------------------------------------------------------------
+
+    async def _append_lane(self, recv: trio.MemoryReceiveChannel[_Append]) -> None:
+        """Send one lane's waiting appends to PostgreSQL as groups, one group at a time.
+
+        A conversation always uses the same lane (``append_message``), so the
+        appends to one conversation queue up here while a group is in flight and
+        go together in the next, and lanes never wait for each other's
+        conversation locks. Under load one round trip and one commit carry many
+        appends; alone, an append goes at once.
+        """
+        try:
+            while True:
+                group = [await recv.receive()]
+                while len(group) < _APPEND_GROUP_MAX:
+                    try:
+                        group.append(recv.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await self._send_group(group)
+        finally:
+            recv.close()
+            closing = Unavailable("the store is shutting down")
+            while True:
+                try:
+                    req = recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+                req.result = outcome.Error(closing)
+                req.done.set()
+
+    async def _send_group(self, group: list[_Append]) -> None:
+        try:
+            results = await self._call(_append_group, group, tx=False)
+        except Unavailable as exc:
+            for req in group:
+                err = Unavailable(exc.message)
+                err.__cause__ = exc.__cause__
+                req.result = outcome.Error(err)
+        except Exception as exc:
+            log.exception("store: a group of %d appends failed", len(group))
+            for req in group:
+                req.result = outcome.Error(exc)
+        else:
+            for req, result in zip(group, results, strict=True):
+                req.result = result
+            if any(req.jobs for req in group):
+                self._wake_jobs()
+        finally:
+            for req in group:
+                if req.result is None:
+                    req.result = outcome.Error(Unavailable("the store is shutting down"))
+                req.done.set()
 
     # -- job wake-ups ----------------------------------------------------------------------------
 
@@ -1409,24 +1477,28 @@ class PostgresStore:
         require_member: bool = True,
         jobs: Sequence[JobSpec] = (),
     ) -> tuple[MessageRecord, bool]:
-        # One statement: no explicit transaction needed, one round trip.
-        result = await self._call(
-            _append,
-            conversation_id,
-            sender_id,
-            client_id,
-            body,
-            utc(now),
-            type,
-            media_url,
-            reply_to,
-            require_member,
-            list(jobs),
-            tx=False,
+        req = _Append(
+            conversation_id=conversation_id,
+            sender_id=sender_id,
+            client_id=client_id,
+            body=body,
+            now=utc(now),
+            type=type,
+            media_url=media_url,
+            reply_to=reply_to,
+            require_member=require_member,
+            jobs=list(jobs),
         )
-        if jobs and result[1]:
-            self._wake_jobs()
-        return result
+        lanes = self._append_lanes
+        if not lanes:
+            raise Unavailable("the store is not running")
+        try:
+            await lanes[hash(conversation_id) % len(lanes)].send(req)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise Unavailable("the store is shutting down") from None
+        await req.done.wait()
+        assert req.result is not None
+        return req.result.unwrap()
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
         sql = f"SELECT {_MSG_COLS} FROM messages WHERE id = $1"

@@ -3,8 +3,10 @@
 Writes: one writer task owns the write connection. Callers put write requests
 (a function of the connection) on a bounded channel; the writer takes every
 request waiting, up to ``store.sqlite_batch_max``, and runs them in ONE
-transaction on a worker thread, each inside its own SAVEPOINT, so a request
-that fails is rolled back alone and the others commit. The connection runs
+transaction on a worker thread. A request that fails is rolled back alone and
+the others commit: the group is then run again with each request inside its
+own SAVEPOINT (request functions are pure functions of the connection, so a
+second run is the same as the first). The connection runs
 with ``synchronous=FULL``: every COMMIT fsyncs the WAL, so a write is durable
 when its call returns, and a group of writes costs one fsync. Because there is
 one writer, read-modify-write operations (``seq`` assignment, job claims) are
@@ -85,6 +87,7 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _BUSY_TIMEOUT_S: Final = 5.0
 _CLOSE_TIMEOUT_S: Final = 10.0
+_GATHER_WAIT_S: Final = 0.003
 
 _MSG_COLS: Final = (
     "id, conversation_id, seq, version, sender_id, client_id, type, body, media_url, reply_to, "
@@ -260,20 +263,20 @@ def _open_direct(conn: _Conn, user_id: str, other_id: str, now: int) -> tuple[Co
     if row is not None:
         cid = row[0]
         conn.execute(
-            "UPDATE members SET left_at = NULL, activity_at = ? WHERE conversation_id = ? AND left_at IS NOT NULL",
+            "UPDATE members SET left_at = NULL, joined_at = ? WHERE conversation_id = ? AND left_at IS NOT NULL",
             (now, cid),
         )
         return _must_conversation(conn, cid), False
     cid = new_id("c")
     conn.execute(
-        "INSERT INTO conversations (id, type, title, direct_key, created_at, updated_at) "
-        "VALUES (?, 'direct', NULL, ?, ?, ?)",
-        (cid, key, now, now),
+        "INSERT INTO conversations (id, type, title, direct_key, created_at, updated_at, activity_at) "
+        "VALUES (?, 'direct', NULL, ?, ?, ?, ?)",
+        (cid, key, now, now, now),
     )
     for uid in dict.fromkeys((user_id, other_id)):
         conn.execute(
-            "INSERT INTO members (conversation_id, user_id, role, joined_at, activity_at) VALUES (?, ?, ?, ?, ?)",
-            (cid, uid, ROLE_MEMBER, now, now),
+            "INSERT INTO members (conversation_id, user_id, role, joined_at) VALUES (?, ?, ?, ?)",
+            (cid, uid, ROLE_MEMBER, now),
         )
     return _must_conversation(conn, cid), True
 
@@ -286,12 +289,13 @@ def _create_group(
         raise ValidationFailed("member_ids", "a group needs at least one member")
     cid = new_id("c")
     conn.execute(
-        "INSERT INTO conversations (id, type, title, created_at, updated_at) VALUES (?, 'group', ?, ?, ?)",
-        (cid, title, now, now),
+        "INSERT INTO conversations (id, type, title, created_at, updated_at, activity_at) "
+        "VALUES (?, 'group', ?, ?, ?, ?)",
+        (cid, title, now, now, now),
     )
     conn.executemany(
-        "INSERT INTO members (conversation_id, user_id, role, joined_at, activity_at) VALUES (?, ?, ?, ?, ?)",
-        [(cid, uid, ROLE_OWNER if uid == owner_id else ROLE_MEMBER, now, now) for uid in ids],
+        "INSERT INTO members (conversation_id, user_id, role, joined_at) VALUES (?, ?, ?, ?)",
+        [(cid, uid, ROLE_OWNER if uid == owner_id else ROLE_MEMBER, now) for uid in ids],
     )
     return _must_conversation(conn, cid)
 
@@ -302,13 +306,13 @@ def _add_members(conn: _Conn, cid: str, user_ids: Sequence[str], now: int, role:
         raise Conflict("the members of a direct conversation are fixed")
     for uid in dict.fromkeys(user_ids):
         conn.execute(
-            "INSERT INTO members (conversation_id, user_id, role, joined_at, read_seq, activity_at) "
-            "VALUES (?, ?, ?, ?, ?, ?) "
+            "INSERT INTO members (conversation_id, user_id, role, joined_at, read_seq) "
+            "VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (conversation_id, user_id) DO UPDATE SET role = excluded.role, "
             "joined_at = excluded.joined_at, left_at = NULL, muted = 0, read_seq = excluded.read_seq, "
-            "read_at = NULL, unread_count = 0, activity_at = excluded.activity_at "
+            "read_at = NULL, unread_count = 0 "
             "WHERE members.left_at IS NOT NULL",
-            (cid, uid, role, now, last_seq, now),
+            (cid, uid, role, now, last_seq),
         )
     conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, cid))
     return _must_conversation(conn, cid)
@@ -357,18 +361,19 @@ def _get_member(conn: _Conn, cid: str, user_id: str) -> MemberRecord | None:
 def _list_conversations(
     conn: _Conn, user_id: str, cursor: str | None, limit: int
 ) -> tuple[list[ConversationRecord], str | None]:
+    # A conversation's place: its last message, or when the user joined it if later.
+    mine = (
+        "SELECT m.conversation_id AS cid, MAX(c.activity_at, m.joined_at) AS act FROM members m "
+        "JOIN conversations c ON c.id = m.conversation_id WHERE m.user_id = ? AND m.left_at IS NULL"
+    )
     if cursor is None:
         rows = conn.execute(
-            "SELECT conversation_id, activity_at FROM members WHERE user_id = ? AND left_at IS NULL "
-            "ORDER BY activity_at DESC, conversation_id DESC LIMIT ?",
-            (user_id, limit + 1),
+            f"SELECT cid, act FROM ({mine}) ORDER BY act DESC, cid DESC LIMIT ?", (user_id, limit + 1)
         ).fetchall()
     else:
         act, cid = decode_cursor(cursor, (int, str))
         rows = conn.execute(
-            "SELECT conversation_id, activity_at FROM members WHERE user_id = ? AND left_at IS NULL "
-            "AND (activity_at, conversation_id) < (?, ?) "
-            "ORDER BY activity_at DESC, conversation_id DESC LIMIT ?",
+            f"SELECT cid, act FROM ({mine}) WHERE (act, cid) < (?, ?) ORDER BY act DESC, cid DESC LIMIT ?",
             (user_id, act, cid, limit + 1),
         ).fetchall()
     page = rows[:limit]
@@ -429,25 +434,30 @@ def _append(
     require_member: bool,
     jobs: Sequence[JobSpec],
 ) -> tuple[MessageRecord, bool]:
-    row = conn.execute(
-        f"SELECT {_MSG_COLS} FROM messages WHERE conversation_id = ? AND sender_id = ? AND client_id = ?",
-        (cid, sender_id, client_id),
+    # One lookup for the conversation, the sender's membership and an earlier message with this client id.
+    head = conn.execute(
+        "SELECT c.type, c.last_seq, c.version, "
+        "(SELECT m.left_at IS NULL FROM members m WHERE m.conversation_id = c.id AND m.user_id = ?1), "
+        "(SELECT g.id FROM messages g WHERE g.conversation_id = c.id AND g.sender_id = ?1 AND g.client_id = ?2) "
+        "FROM conversations c WHERE c.id = ?3",
+        (sender_id, client_id, cid),
     ).fetchone()
-    if row is not None:
-        return _same_or_conflict(_message(row), body, mtype, media_url, reply_to), False
-    ctype, last_seq, version = _conv_head(conn, cid)
+    if head is None:
+        raise NotFound("no such conversation")
+    ctype, last_seq, version, active, existing_id = head
+    if existing_id is not None:
+        existing = _load_message(conn, existing_id)
+        assert existing is not None
+        return _same_or_conflict(existing, body, mtype, media_url, reply_to), False
     direct = ctype == "direct"
-    if require_member:
-        m = conn.execute(
-            "SELECT left_at FROM members WHERE conversation_id = ? AND user_id = ?", (cid, sender_id)
-        ).fetchone()
-        if m is None or (m[0] is not None and not direct):
-            raise Forbidden("not a member of this conversation")
+    if require_member and (active is None or (not active and not direct)):
+        raise Forbidden("not a member of this conversation")
     seq, version = last_seq + 1, version + 1
     mid = new_id("m")
     conn.execute(
-        "UPDATE conversations SET last_seq = ?, version = ?, last_message_id = ?, updated_at = ? WHERE id = ?",
-        (seq, version, mid, now, cid),
+        "UPDATE conversations SET last_seq = ?, version = ?, last_message_id = ?, updated_at = ?, activity_at = ? "
+        "WHERE id = ?",
+        (seq, version, mid, now, now, cid),
     )
     conn.execute(
         "INSERT INTO messages (id, conversation_id, seq, version, sender_id, client_id, type, body, media_url, "
@@ -455,10 +465,12 @@ def _append(
         (mid, cid, seq, version, sender_id, client_id, mtype, body, media_url, reply_to, now),
     )
     conn.execute(
-        "UPDATE members SET unread_count = unread_count + (user_id <> ?), left_at = NULL, activity_at = ? "
-        "WHERE conversation_id = ? AND (left_at IS NULL OR ?)",
-        (sender_id, now, cid, direct),
+        "UPDATE members SET unread_count = unread_count + 1 WHERE conversation_id = ? AND user_id <> ? "
+        "AND (left_at IS NULL OR ?)",
+        (cid, sender_id, direct),
     )
+    if direct:
+        conn.execute("UPDATE members SET left_at = NULL WHERE conversation_id = ? AND left_at IS NOT NULL", (cid,))
     for spec in jobs:
         _insert_job(
             conn,
@@ -1243,14 +1255,28 @@ class SQLiteStore:
         batch: list[_Write] = []
         limit = self.config.sqlite_batch_max
         try:
+            answered = 1
             while True:
                 batch = [await recv.receive()]
+                # A commit costs one fsync whatever its size, so fewer, larger groups carry more
+                # writes. The callers the last group answered usually write again at once: wait
+                # (briefly) for as many writes as that group had before committing.
+                target = min(limit, answered)
+                deadline = trio.current_time() + _GATHER_WAIT_S
                 while len(batch) < limit:
                     try:
                         batch.append(recv.receive_nowait())
+                        continue
                     except trio.WouldBlock:
+                        pass
+                    if len(batch) >= target:
                         break
+                    with trio.move_on_at(deadline):
+                        batch.append(await recv.receive())
+                        continue
+                    break
                 await trio.to_thread.run_sync(self._commit_batch, conn, batch)
+                answered = len(batch)
                 wake = False
                 for req in batch:
                     wake = wake or (req.wakes_jobs and isinstance(req.result, outcome.Value))
@@ -1274,19 +1300,33 @@ class SQLiteStore:
 
     @staticmethod
     def _commit_batch(conn: _Conn, batch: list[_Write]) -> None:
-        """Run a group of writes in one transaction, each in its own savepoint (worker thread)."""
+        """Run a group of writes in one transaction (worker thread).
+
+        The group first runs as is; if any write raises, the transaction is
+        rolled back and the group runs again with each write in its own
+        SAVEPOINT, so that the failing one is undone alone. (Savepoints cost
+        about as much as the rest of an append; writes rarely fail.)
+        """
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for req in batch:
-                conn.execute("SAVEPOINT w")
-                try:
-                    value = req.fn(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO w")
-                    conn.execute("RELEASE w")
-                    req.result = outcome.Error(_translate(exc))
-                else:
-                    conn.execute("RELEASE w")
+            try:
+                values = [req.fn(conn) for req in batch]
+            except Exception:
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                for req in batch:
+                    conn.execute("SAVEPOINT w")
+                    try:
+                        value = req.fn(conn)
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO w")
+                        conn.execute("RELEASE w")
+                        req.result = outcome.Error(_translate(exc))
+                    else:
+                        conn.execute("RELEASE w")
+                        req.result = outcome.Value(value)
+            else:
+                for req, value in zip(batch, values, strict=True):
                     req.result = outcome.Value(value)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:

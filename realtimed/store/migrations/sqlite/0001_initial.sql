@@ -10,8 +10,9 @@ CREATE TABLE conversations (
     version         INTEGER NOT NULL DEFAULT 0,
     last_message_id TEXT,
     created_at      INTEGER NOT NULL,
-    updated_at      INTEGER NOT NULL
-);
+    updated_at      INTEGER NOT NULL,           -- last change of any kind
+    activity_at     INTEGER NOT NULL            -- creation or last message: orders the lists
+) WITHOUT ROWID;
 
 CREATE TABLE members (
     conversation_id TEXT NOT NULL,
@@ -23,10 +24,9 @@ CREATE TABLE members (
     read_seq        INTEGER NOT NULL DEFAULT 0,
     read_at         INTEGER,
     unread_count    INTEGER NOT NULL DEFAULT 0,  -- messages after read_seq, not deleted, not own
-    activity_at     INTEGER NOT NULL,            -- last message or joining: orders a user's list
     PRIMARY KEY (conversation_id, user_id)
-);
-CREATE INDEX members_by_user ON members (user_id, activity_at DESC, conversation_id DESC) WHERE left_at IS NULL;
+) WITHOUT ROWID;
+CREATE INDEX members_by_user ON members (user_id) WHERE left_at IS NULL;
 
 CREATE TABLE messages (
     id              TEXT PRIMARY KEY,
