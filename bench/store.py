@@ -1,0 +1,159 @@
+"""Durable message appends per second through the Store.
+
+    .venv/bin/python bench/store.py [--backend sqlite|postgres|both] [--seconds N]
+
+For each backend, 1, 10 and 100 concurrent writers append messages for N
+seconds: first each writer on its own conversation, then all of them on one
+conversation. Every append is durable when it returns (SQLite: a
+``synchronous=FULL`` WAL commit, grouped by the single writer; PostgreSQL: a
+commit). PostgreSQL runs in a throwaway database created on ``--dsn``'s server
+and dropped afterwards; SQLite in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio_asyncio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from realtimed.clock import SystemClock
+from realtimed.config import Config, ServerConfig, StoreConfig
+from realtimed.store import Store, open_store
+
+WRITERS = (1, 10, 100)
+
+
+async def measure(store: Store, *, writers: int, shared: bool, seconds: float) -> float:
+    """Appends per second with ``writers`` concurrent writers."""
+    now = datetime.now(UTC)
+    if shared:
+        conv = await store.create_group(member_ids=[f"w{i}" for i in range(writers)], now=now)
+        conversations = [conv.id] * writers
+    else:
+        conversations = [
+            (await store.create_group(member_ids=[f"w{i}", "reader"], now=now)).id for i in range(writers)
+        ]
+    counts = [0] * writers
+    run_id = secrets.token_hex(4)
+
+    async def writer(i: int, until: float) -> None:
+        n = 0
+        while trio.current_time() < until:
+            await store.append_message(
+                conversation_id=conversations[i],
+                sender_id=f"w{i}",
+                client_id=f"{run_id}-{i}-{n}",
+                body="hello, this is a benchmark message",
+                now=now,
+            )
+            n += 1
+        counts[i] = n
+
+    # A short warm-up (connections, statement caches), not counted.
+    async with trio.open_nursery() as nursery:
+        for i in range(writers):
+            nursery.start_soon(writer, i, trio.current_time() + 0.3)
+    run_id = secrets.token_hex(4)
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for i in range(writers):
+            nursery.start_soon(writer, i, start + seconds)
+    elapsed = trio.current_time() - start
+    return sum(counts) / elapsed
+
+
+@asynccontextmanager
+async def running(cfg: Config) -> AsyncIterator[Store]:
+    async with trio.open_nursery() as nursery:
+        store = open_store(cfg, clock=SystemClock())
+        await nursery.start(store.run)
+        yield store
+        nursery.cancel_scope.cancel()
+
+
+async def bench_backend(cfg: Config, seconds: float) -> list[tuple[int, str, float]]:
+    results = []
+    async with running(cfg) as store:
+        for shared in (False, True):
+            for writers in WRITERS:
+                rate = await measure(store, writers=writers, shared=shared, seconds=seconds)
+                mode = "one conversation" if shared else "own conversations"
+                print(f"  {cfg.store.backend:8} {writers:4} writers, {mode:17}: {rate:9,.0f} appends/s", flush=True)
+                results.append((writers, mode, rate))
+    return results
+
+
+def _admin(dsn: str, sql: str) -> None:
+    import asyncpg
+
+    async def main() -> None:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
+def _with_database(dsn: str, name: str) -> str:
+    base, _, _ = dsn.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def run_postgres(args: argparse.Namespace) -> None:
+    name = f"realtimed_bench_{secrets.token_hex(4)}"
+    await trio.to_thread.run_sync(_admin, args.dsn, f'CREATE DATABASE "{name}"')
+    try:
+        cfg = Config(
+            store=StoreConfig(
+                backend="postgres", postgres_dsn=_with_database(args.dsn, name), pool_max=args.pool_max
+            )
+        )
+        async with trio_asyncio.open_loop():
+            await bench_backend(cfg, args.seconds)
+    finally:
+        await trio.to_thread.run_sync(_admin, args.dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def run_sqlite(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="realtimed-bench-") as folder:
+        cfg = Config(server=ServerConfig(state_dir=Path(folder)), store=StoreConfig(backend="sqlite"))
+        await bench_backend(cfg, args.seconds)
+
+
+async def main(args: argparse.Namespace) -> None:
+    print(f"durable appends per second, {args.seconds:g} s per measurement")
+    if args.backend in ("sqlite", "both"):
+        await run_sqlite(args)
+    if args.backend in ("postgres", "both"):
+        await run_postgres(args)
+
+
+def parse_args(argv: list[str] | None = None) -> Any:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each measurement")
+    parser.add_argument(
+        "--dsn",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="PostgreSQL server (its database is used only to create and drop the bench database)",
+    )
+    parser.add_argument("--pool-max", type=int, default=StoreConfig().pool_max, help="PostgreSQL pool size")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    trio.run(main, parse_args())
