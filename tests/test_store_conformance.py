@@ -304,13 +304,29 @@ async def test_failed_appends_take_no_seq_and_do_not_fail_their_neighbours(store
             except (NotFound, Forbidden) as exc:
                 errors.append(exc)
 
+        async def broken(i: int) -> None:
+            # A job payload that cannot be stored fails this append alone.
+            try:
+                await store.append_message(
+                    conversation_id=cid, sender_id="a", client_id=f"j{i}", body="x", now=T0,
+                    jobs=[JobSpec(queue="q", kind="k", payload={"not json": object()})],
+                )
+            except TypeError as exc:
+                errors.append(exc)
+
         async with trio.open_nursery() as nursery:
             for i in range(20):
                 nursery.start_soon(good, i)
                 nursery.start_soon(bad, i)
+                if i % 5 == 0:
+                    nursery.start_soon(broken, i)
         assert sorted(seqs) == list(range(1, 21))
-        assert len(errors) == 20
-        assert {type(e) for e in errors} == {NotFound, Forbidden}
+        assert len(errors) == 24
+        assert {type(e) for e in errors} == {NotFound, Forbidden, TypeError}
+        jobs, _ = await store.list_jobs()
+        assert jobs == []
+        with pytest.raises(ValidationFailed):
+            await store.append_message(conversation_id=cid, sender_id="a", client_id="n", body="a\x00b", now=T0)
 
 
 async def test_edit_delete_history_and_changed_since(store: Store) -> None:

@@ -76,6 +76,12 @@ def decode_cursor(cursor: str, types: tuple[type, ...]) -> list[Any]:
     return parts
 
 
+def check_text(field: str, value: str) -> None:
+    """Text every backend can store: PostgreSQL refuses NUL characters, so both stores do."""
+    if "\x00" in value:
+        raise ValidationFailed(field, "must not contain NUL characters")
+
+
 def check_platform(platform: str) -> None:
     if platform not in PLATFORMS:
         raise ValidationFailed("platform", f"must be one of {', '.join(PLATFORMS)}")

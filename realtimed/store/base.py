@@ -419,6 +419,14 @@ class Store(Protocol):
         """Answer if the database answers; raises ``Unavailable`` otherwise."""
         ...
 
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations without starting the store; returns their names.
+
+        Raises:
+            SchemaVersionError: the schema is newer than this realtimed.
+        """
+        ...
+
     # -- conversations ---------------------------------------------------------------------------
 
     async def open_direct(self, *, user_id: str, other_id: str, now: datetime) -> tuple[ConversationRecord, bool]:

@@ -57,6 +57,7 @@ from realtimed.store._common import (
     check_history_bounds,
     check_platform,
     check_settings,
+    check_text,
     clamp_limit,
     decode_cursor,
     direct_key,
@@ -1305,9 +1306,15 @@ class PostgresStore:
                 err.__cause__ = exc.__cause__
                 req.result = outcome.Error(err)
         except Exception as exc:
-            log.exception("store: a group of %d appends failed", len(group))
-            for req in group:
-                req.result = outcome.Error(exc)
+            if len(group) > 1:
+                # The statement failed as a whole and changed nothing: send each append alone,
+                # so that only the one at fault fails.
+                log.warning("store: a group of %d appends failed (%s); sending them one by one", len(group), exc)
+                for req in group:
+                    await self._send_group([req])
+                return
+            log.exception("store: an append failed")
+            group[0].result = outcome.Error(exc)
         else:
             for req, result in zip(group, results, strict=True):
                 req.result = result
@@ -1477,6 +1484,8 @@ class PostgresStore:
         require_member: bool = True,
         jobs: Sequence[JobSpec] = (),
     ) -> tuple[MessageRecord, bool]:
+        check_text("body", body)
+        check_text("client_id", client_id)
         req = _Append(
             conversation_id=conversation_id,
             sender_id=sender_id,
@@ -1508,6 +1517,7 @@ class PostgresStore:
     async def edit_message(
         self, *, message_id: str, body: str, now: datetime, sender_id: str | None = None
     ) -> MessageRecord:
+        check_text("body", body)
         return await self._call(_edit, message_id, body, utc(now), sender_id)
 
     async def delete_message(

@@ -49,6 +49,7 @@ from realtimed.store._common import (
     check_history_bounds,
     check_platform,
     check_settings,
+    check_text,
     clamp_limit,
     decode_cursor,
     direct_key,
@@ -1484,6 +1485,8 @@ class SQLiteStore:
         require_member: bool = True,
         jobs: Sequence[JobSpec] = (),
     ) -> tuple[MessageRecord, bool]:
+        check_text("body", body)
+        check_text("client_id", client_id)
         fn = functools.partial(
             _append,
             cid=conversation_id,
@@ -1505,6 +1508,7 @@ class SQLiteStore:
     async def edit_message(
         self, *, message_id: str, body: str, now: datetime, sender_id: str | None = None
     ) -> MessageRecord:
+        check_text("body", body)
         return await self._write(
             functools.partial(_edit, message_id=message_id, body=body, now=_us(now), sender_id=sender_id)
         )
