@@ -2,8 +2,9 @@
 
 A trio-asyncio loop must be running around the store (``async with
 trio_asyncio.open_loop():``); the daemon and the ``realtimed migrate`` command
-open one when ``store.backend`` is ``postgres``. Without it every call raises
-``RuntimeError`` saying so.
+open one when ``store.backend`` is ``postgres``. Without it ``run`` and
+``migrate`` raise ``RuntimeError`` saying so. ``run`` keeps the loop it found,
+so any Trio task may then call the store.
 
 Each store call crosses the Trio/asyncio bridge once: the whole call (pool
 acquire, transaction, statements) runs as one asyncio coroutine, and asyncpg

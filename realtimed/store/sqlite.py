@@ -6,7 +6,9 @@ request waiting, up to ``store.sqlite_batch_max``, and runs them in ONE
 transaction on a worker thread. A request that fails is rolled back alone and
 the others commit: the group is then run again with each request inside its
 own SAVEPOINT (request functions are pure functions of the connection, so a
-second run is the same as the first). The connection runs
+second run is the same as the first). Before committing, the writer waits up
+to 3 ms for as many requests as its last group answered (those callers usually
+write again at once), so that under load groups stay large. The connection runs
 with ``synchronous=FULL``: every COMMIT fsyncs the WAL, so a write is durable
 when its call returns, and a group of writes costs one fsync. Because there is
 one writer, read-modify-write operations (``seq`` assignment, job claims) are
