@@ -13,7 +13,7 @@ import itertools
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,28 @@ import trio.testing
 import trio_asyncio
 
 from realtimed.clock import SystemClock, TrioWallClock
-from realtimed.config import Config, JobQueueConfig, JobsConfig, ServerConfig, StoreConfig
-from realtimed.jobs import DoNotRetry, JobContext, JobRunner, RetryAfter
+from realtimed.config import (
+    Config,
+    CronConfig,
+    JobQueueConfig,
+    JobsConfig,
+    RetentionConfig,
+    ServerConfig,
+    StoreConfig,
+)
+from realtimed.jobs import (
+    DoNotRetry,
+    JobContext,
+    JobRunner,
+    RetryAfter,
+    builtin_cron_entries,
+    merge_entries,
+    register_builtin_kinds,
+)
 from realtimed.jobs import runner as runner_module
 from realtimed.metrics import REGISTRY
 from realtimed.store import Store, open_store
+from realtimed.store.base import NewNotification
 
 AUTOJUMP_S = 0.05
 LIMIT_S = 3600  # virtual seconds; a hang jumps straight to it
@@ -590,3 +607,73 @@ def test_backoff_delay_bounds() -> None:
         assert max(delays) - min(delays) > nominal / 4  # jittered, not constant
     with pytest.raises(ValueError):
         RetryAfter(-1)
+
+
+# ---------------------------------------------------------------------------
+# Built-in kinds
+# ---------------------------------------------------------------------------
+
+
+async def test_builtin_retention_kinds_delete_only_what_is_old(
+    store: Watched, wall: TrioWallClock, clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(LIMIT_S):
+        old = wall.now()
+        await store.register_device(user_id="u1", token="tok-old", platform="android", now=old)
+        [(old_note, _)] = await store.insert_notifications(
+            items=[NewNotification(user_id="u1", type="t", title="a", body="b")], now=old
+        )
+        await store.mark_notifications_read(user_id="u1", ids=[old_note.id], now=old)
+        group = await store.create_group(member_ids=["u1", "u2"], now=old)
+        old_msg, _ = await store.append_message(
+            conversation_id=group.id, sender_id="u1", client_id="c1", body="secret", now=old
+        )
+        await store.delete_message(message_id=old_msg.id, now=old)
+        finished, _ = await store.enqueue_job(queue="other", kind="x", payload={}, now=old)
+        [claimed] = await store.claim_jobs(queue="other", limit=1, owner="o", lease_s=10, now=old)
+        await store.complete_job(job_id=claimed.id, owner="o", now=old)
+
+        wall.step(timedelta(days=10))
+        now = wall.now()
+        await store.register_device(user_id="u1", token="tok-new", platform="ios", now=now)
+        [(new_note, _)] = await store.insert_notifications(
+            items=[NewNotification(user_id="u1", type="t", title="c", body="d")], now=now
+        )
+        await store.mark_notifications_read(user_id="u1", ids=[new_note.id], now=now)
+        new_msg, _ = await store.append_message(
+            conversation_id=group.id, sender_id="u1", client_id="c2", body="fresh", now=now
+        )
+        await store.delete_message(message_id=new_msg.id, now=now)
+
+        runner = make_runner(store, wall)
+        retention = RetentionConfig(
+            read_notifications_days=5, finished_jobs_days=5, deleted_messages_days=5, stale_device_days=5
+        )
+        register_builtin_kinds(runner, retention=retention)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            ids = [
+                (await runner.enqueue(kind, {})).id
+                for kind in ("retention.notifications", "retention.jobs", "retention.messages", "devices.stale", "noop")
+            ]
+            for job_id in ids:
+                await store.wait_status(job_id, "succeeded")
+            nursery.cancel_scope.cancel()
+
+        notes, _ = await store.list_notifications(user_id="u1")
+        assert [n.id for n in notes] == [new_note.id]
+        assert await store.get_job(finished.id) is None
+        purged, kept = await store.get_message(old_msg.id), await store.get_message(new_msg.id)
+        assert purged is not None and purged.body == "" and purged.seq == old_msg.seq
+        assert kept is not None and kept.body == "fresh"
+        old_device, new_device = await store.get_device("tok-old"), await store.get_device("tok-new")
+        assert old_device is not None and not old_device.active
+        assert new_device is not None and new_device.active
+
+
+def test_builtin_cron_entries_yield_to_the_operator() -> None:
+    mine = CronConfig(name="retention.jobs", schedule="0 5 * * 0", kind="retention.jobs")
+    merged = {e.name: e for e in merge_entries([mine], builtin_cron_entries())}
+    assert set(merged) == {"retention.notifications", "retention.jobs", "retention.messages", "devices.stale"}
+    assert merged["retention.jobs"].schedule == "0 5 * * 0"
+    assert merged["devices.stale"].schedule == "40 3 * * *"

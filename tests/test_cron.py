@@ -1,0 +1,217 @@
+"""Cron on both stores, on Trio's MockClock with wall clocks that follow it (and step)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+import trio_asyncio
+
+from realtimed.clock import SystemClock, TrioWallClock, iso
+from realtimed.config import Config, CronConfig, JobsConfig, ServerConfig, StoreConfig
+from realtimed.jobs import CronEntry, CronScheduler, JobContext, JobRunner, cron_dedupe_key
+from realtimed.store import Store, open_store
+
+AUTOJUMP_S = 0.05
+LIMIT_S = 3 * 3600  # virtual seconds
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=AUTOJUMP_S)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+    if request.param == "postgres":
+        store = StoreConfig(backend="postgres", postgres_dsn=request.getfixturevalue("pg_dsn"))
+    else:
+        store = StoreConfig(backend="sqlite", sqlite_path="cron.db")
+    return Config(server=ServerConfig(state_dir=tmp_path), store=store)
+
+
+@pytest.fixture
+async def store(store_config: Config) -> AsyncIterator[Store]:
+    async with AsyncExitStack() as stack:
+        if store_config.store.backend == "postgres":
+            await stack.enter_async_context(trio_asyncio.open_loop())
+        async with trio.open_nursery() as nursery:
+            s = open_store(store_config, clock=SystemClock())
+            await nursery.start(s.run)
+            yield s
+            nursery.cancel_scope.cancel()
+
+
+class CountingStore:
+    """Counts enqueues, to show that ticks are decided by the tick claim, not only by dedupe."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.enqueued: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def enqueue_job(self, **kwargs: Any) -> Any:
+        self.enqueued.append(kwargs["dedupe_key"])
+        return await self._store.enqueue_job(**kwargs)
+
+
+def every(seconds: int, name: str = "tick", **extra: Any) -> CronConfig:
+    return CronConfig(name=name, schedule=f"*/{seconds} * * * * *", kind="noop", **extra)
+
+
+async def cron_keys(store: Store, kind: str = "noop") -> list[str]:
+    jobs, _ = await store.list_jobs(kind=kind, limit=1000)
+    return sorted(job.dedupe_key or "" for job in jobs)
+
+
+def keys(name: str, *ticks: datetime) -> list[str]:
+    return sorted(cron_dedupe_key(name, tick) for tick in ticks)
+
+
+async def test_two_schedulers_run_each_tick_once(store: Store, clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(LIMIT_S):
+        counting = CountingStore(store)
+        ran: list[str] = []
+        start = T0 + timedelta(seconds=5)
+        walls = [TrioWallClock(start), TrioWallClock(start)]
+        runner = JobRunner(counting, config=JobsConfig(poll_s=600), clock=walls[0], node="n1")
+
+        async def noop(ctx: JobContext) -> None:
+            ran.append(ctx.job.dedupe_key or "")
+
+        runner.register("noop", noop)
+        schedulers = [
+            CronScheduler(counting, [every(10)], clock=walls[0], runner=runner),
+            CronScheduler(counting, [every(10)], clock=walls[1]),
+        ]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            for scheduler in schedulers:
+                await nursery.start(scheduler.run)
+            await trio.sleep(60)  # wall 12:00:05 to 12:01:05
+            await trio.sleep(1)  # the last job runs
+            nursery.cancel_scope.cancel()
+        expected = keys("tick", *(T0 + timedelta(seconds=10 * i) for i in range(7)))
+        assert await cron_keys(store) == expected
+        assert sorted(counting.enqueued) == expected  # one enqueue per tick, across both nodes
+        assert sorted(ran) == expected
+
+
+async def test_three_nodes_with_jittery_stepping_clocks_enqueue_ten_jobs_for_ten_ticks(
+    store: Store, clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(LIMIT_S):
+        counting = CountingStore(store)
+        offsets = [-0.4, 0.0, 0.3]
+        walls = [TrioWallClock(T0 + timedelta(seconds=5 + off)) for off in offsets]
+        rng = random.Random(11)
+        schedulers = [CronScheduler(counting, [every(10)], clock=wall) for wall in walls]
+
+        async def jitter() -> None:
+            behind = [False] * len(walls)
+            while True:
+                await trio.sleep(rng.uniform(1, 4))
+                i = rng.randrange(len(walls))
+                if behind[i]:
+                    walls[i].step(timedelta(seconds=15))  # NTP puts it right again
+                    behind[i] = False
+                elif rng.random() < 0.3:
+                    walls[i].step(timedelta(seconds=-15))  # steps back past a tick or more
+                    behind[i] = True
+                else:
+                    # Small jitter, keeping every clock within half a second ahead of the truth.
+                    new = min(0.5, max(-0.5, offsets[i] + rng.uniform(-0.3, 0.3)))
+                    walls[i].step(timedelta(seconds=new - offsets[i]))
+                    offsets[i] = new
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(jitter)
+            for scheduler in schedulers:
+                await nursery.start(scheduler.run)
+            await trio.sleep(90)  # true wall 12:00:05 to 12:01:35: ticks 12:00:00 ... 12:01:30
+            nursery.cancel_scope.cancel()
+        expected = keys("tick", *(T0 + timedelta(seconds=10 * i) for i in range(10)))
+        assert await cron_keys(store) == expected
+        assert sorted(counting.enqueued) == expected
+
+
+async def test_a_node_that_was_down_runs_only_the_latest_missed_tick(
+    store: Store, clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(LIMIT_S):
+        wall = TrioWallClock(T0 + timedelta(seconds=5))
+        entry = CronConfig(name="minutely", schedule="* * * * *", kind="noop")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(CronScheduler(store, [entry], clock=wall).run)
+            await trio.sleep(85)  # 12:00 (caught up at start) and 12:01
+            nursery.cancel_scope.cancel()
+        assert await cron_keys(store) == keys("minutely", T0, T0 + timedelta(minutes=1))
+        wall.step(timedelta(hours=1))  # the cluster was down for an hour: now 13:01:30
+        async with trio.open_nursery() as nursery:
+            await nursery.start(CronScheduler(store, [entry], clock=wall).run)
+            await trio.sleep(1)
+            assert await cron_keys(store) == keys(
+                "minutely", T0, T0 + timedelta(minutes=1), T0 + timedelta(minutes=61)
+            )
+            await trio.sleep(30)  # 13:02
+            nursery.cancel_scope.cancel()
+        assert await cron_keys(store) == keys(
+            "minutely", T0, T0 + timedelta(minutes=1), T0 + timedelta(minutes=61), T0 + timedelta(minutes=62)
+        )
+
+
+async def test_time_zone_is_honoured(store: Store, clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(LIMIT_S):
+        # 2026-03-01 13:59 UTC is 08:59 in New York (EST, UTC-5).
+        wall = TrioWallClock(datetime(2026, 3, 1, 13, 59, tzinfo=UTC))
+        entry = CronConfig(name="ny", schedule="0 9 * * *", kind="report", timezone="America/New_York")
+        scheduler = CronScheduler(store, [entry], clock=wall, max_sleep_s=3600)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(scheduler.run)
+            await trio.sleep(61)
+            nursery.cancel_scope.cancel()
+        jobs, _ = await store.list_jobs(kind="report")
+        by_key = {job.dedupe_key: job for job in jobs}
+        today = datetime(2026, 3, 1, 14, 0, tzinfo=UTC)  # 09:00 EST
+        yesterday = today - timedelta(days=1)  # caught up at start
+        assert sorted(by_key) == keys("ny", yesterday, today)
+        assert by_key[cron_dedupe_key("ny", today)].created_at == today  # enqueued on the tick, not later
+
+
+def test_ticks_follow_daylight_saving_time() -> None:
+    entry = CronEntry.parse(CronConfig(name="ny", schedule="0 9 * * *", kind="k", timezone="America/New_York"))
+    # US daylight saving time starts on 2026-03-08: 09:00 is 14:00 UTC before, 13:00 UTC after.
+    assert entry.next_tick(datetime(2026, 3, 7, 0, 0, tzinfo=UTC)) == datetime(2026, 3, 7, 14, 0, tzinfo=UTC)
+    assert entry.next_tick(datetime(2026, 3, 7, 14, 0, tzinfo=UTC)) == datetime(2026, 3, 8, 13, 0, tzinfo=UTC)
+    paris = CronEntry.parse(CronConfig(name="p", schedule="0 8 * * 1", kind="k", timezone="Europe/Paris"))
+    assert paris.next_tick(T0) == datetime(2026, 3, 2, 7, 0, tzinfo=UTC)  # Monday 08:00 CET
+
+
+def test_tick_arithmetic_with_seconds() -> None:
+    entry = CronEntry.parse(every(15))
+    on_tick = datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC)
+    assert entry.latest_tick(on_tick) == on_tick
+    assert entry.latest_tick(on_tick + timedelta(milliseconds=999)) == on_tick
+    assert entry.latest_tick(on_tick - timedelta(microseconds=1)) == on_tick - timedelta(seconds=15)
+    assert entry.next_tick(on_tick) == on_tick + timedelta(seconds=15)
+    assert entry.next_tick(on_tick - timedelta(milliseconds=1)) == on_tick
+    assert cron_dedupe_key("tick", on_tick) == f"cron:tick:{iso(on_tick)}" == "cron:tick:2026-01-01T00:00:30.000Z"
+
+
+def test_invalid_entries_are_refused() -> None:
+    with pytest.raises(ValueError, match="schedule"):
+        CronEntry.parse(CronConfig(name="x", schedule="61 * * * *", kind="k"))
+    with pytest.raises(ValueError, match="time zone"):
+        CronEntry.parse(CronConfig(name="x", schedule="* * * * *", kind="k", timezone="Mars/Olympus"))
+    with pytest.raises(ValueError, match="duplicate"):
+        CronScheduler(None, [every(5, "a"), every(10, "a")], clock=SystemClock())
