@@ -398,9 +398,13 @@ async def test_read_cursor_never_moves_back(store: Store) -> None:
 
         # Concurrent reads to different seqs: the cursor ends at the highest.
         await send(store, cid, "a", 20, start=100)
+
+        async def read_to(seq: int) -> None:
+            await store.mark_read(conversation_id=cid, user_id="b", seq=seq, now=at(200))
+
         async with trio.open_nursery() as nursery:
             for seq in range(6, 26):
-                nursery.start_soon(lambda s=seq: store.mark_read(conversation_id=cid, user_id="b", seq=s, now=at(200)))
+                nursery.start_soon(read_to, seq)
         member = await store.get_member(cid, "b")
         assert member is not None and member.read_seq == 25 and member.unread_count == 0
 

@@ -3,6 +3,7 @@ the server is down and succeed again once it is back, with no restart."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
@@ -48,7 +49,7 @@ async def test_calls_fail_fast_while_down_and_succeed_again_after(pg_outage_serv
             )
 
             await server.stop_async()
-            calls = {
+            calls: dict[str, Callable[[], Awaitable[object]]] = {
                 "ping": store.ping,
                 "append": lambda: store.append_message(
                     conversation_id=conv.id, sender_id="a", client_id="k2", body="during", now=T0
