@@ -17,6 +17,7 @@ import asyncio
 import secrets
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -35,8 +36,9 @@ from realtimed.store import Store, open_store
 WRITERS = (1, 10, 100)
 
 
-async def measure(store: Store, *, writers: int, shared: bool, seconds: float) -> float:
-    """Appends per second with ``writers`` concurrent writers."""
+async def measure(store: Store, *, writers: int, shared: bool, seconds: float) -> tuple[float, float]:
+    """Appends per second with ``writers`` concurrent writers, and this process's CPU
+    microseconds per append (the database server's own CPU is not counted)."""
     now = datetime.now(UTC)
     if shared:
         conv = await store.create_group(member_ids=[f"w{i}" for i in range(writers)], now=now)
@@ -67,11 +69,14 @@ async def measure(store: Store, *, writers: int, shared: bool, seconds: float) -
             nursery.start_soon(writer, i, trio.current_time() + 0.3)
     run_id = secrets.token_hex(4)
     start = trio.current_time()
+    cpu_start = time.process_time()
     async with trio.open_nursery() as nursery:
         for i in range(writers):
             nursery.start_soon(writer, i, start + seconds)
     elapsed = trio.current_time() - start
-    return sum(counts) / elapsed
+    cpu = time.process_time() - cpu_start
+    total = max(1, sum(counts))
+    return total / elapsed, cpu / total * 1e6
 
 
 @asynccontextmanager
@@ -88,9 +93,13 @@ async def bench_backend(cfg: Config, seconds: float) -> list[tuple[int, str, flo
     async with running(cfg) as store:
         for shared in (False, True):
             for writers in WRITERS:
-                rate = await measure(store, writers=writers, shared=shared, seconds=seconds)
+                rate, cpu_us = await measure(store, writers=writers, shared=shared, seconds=seconds)
                 mode = "one conversation" if shared else "own conversations"
-                print(f"  {cfg.store.backend:8} {writers:4} writers, {mode:17}: {rate:9,.0f} appends/s", flush=True)
+                print(
+                    f"  {cfg.store.backend:8} {writers:4} writers, {mode:17}: {rate:9,.0f} appends/s"
+                    f"  ({cpu_us:5.0f} us CPU per append in this process)",
+                    flush=True,
+                )
                 results.append((writers, mode, rate))
     return results
 
