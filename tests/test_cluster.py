@@ -143,3 +143,34 @@ async def test_readyz_turns_503_naming_the_broker_when_redis_is_unreachable(star
             assert (await client.ok("ping"))["server_time"]
             answer = await http.post("/server/v1/publish", json={"room": "job:1", "event": "x", "data": {}})
             assert answer.status_code == 503 and answer.json()["error"]["code"] == "UNAVAILABLE"
+
+
+async def test_message_sent_on_a_reaches_participant_on_b(start_daemon: DaemonFactory, redis_url: str, pg_dsn: str) -> None:
+    with trio.fail_after(60):
+        shared = {
+            "store": {"backend": "postgres", "postgres_dsn": pg_dsn},
+            "broker": {"backend": "redis", "redis_url": redis_url, "timeout_s": 2.0},
+            "namespaces": NAMESPACES,
+        }
+        a = await start_daemon({"server": {"node": "na"}, **shared})
+        b = await start_daemon({"server": {"node": "nb"}, **shared})
+        suffix = uuid.uuid4().hex[:6]
+        alice = await connect(a, "alice-" + suffix)
+        bob = await connect(b, "bob-" + suffix)
+        conversation = (await alice.ok("conversation.open", {"user_id": "bob-" + suffix}))["conversation"]
+        await trio.sleep(0.3)
+        sent = await alice.ok(
+            "message.send", {"conversation_id": conversation["id"], "client_id": "k1", "body": "hello across nodes"}
+        )
+        new = await bob.event("message.new")
+        assert new["seq"] == sent["message"]["seq"] == 1
+        assert new["data"]["message"]["body"] == "hello across nodes"
+        # Bob leaves B; two more messages are sent on A; he comes back on A and
+        # fetches exactly what he missed.
+        await bob.close()
+        for i in (2, 3):
+            await alice.ok("message.send", {"conversation_id": conversation["id"], "client_id": f"k{i}", "body": f"m{i}"})
+        back = await connect(a, "bob-" + suffix)
+        history = await back.ok("message.history", {"conversation_id": conversation["id"], "after_seq": 1})
+        assert [m["seq"] for m in history["messages"]] == [2, 3]
+        assert [m["body"] for m in history["messages"]] == ["m2", "m3"]
