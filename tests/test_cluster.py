@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from typing import Any
 
@@ -174,3 +175,89 @@ async def test_message_sent_on_a_reaches_participant_on_b(start_daemon: DaemonFa
         history = await back.ok("message.history", {"conversation_id": conversation["id"], "after_seq": 1})
         assert [m["seq"] for m in history["messages"]] == [2, 3]
         assert [m["body"] for m in history["messages"]] == ["m2", "m3"]
+
+
+class PrivateRedis:
+    """A Redis server of this test's own, on a free port, that it may stop and start."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.process: trio.Process | None = None
+
+    async def start(self) -> None:
+        self.process = await trio.lowlevel.open_process(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        with trio.fail_after(10):
+            while True:
+                try:
+                    stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+                    await stream.aclose()
+                    return
+                except OSError:
+                    await trio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+async def test_redis_restart_mid_traffic(start_daemon: DaemonFactory, pg_dsn: str) -> None:
+    with trio.socket.socket() as probe:
+        await probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    redis = PrivateRedis(port)
+    await redis.start()
+    try:
+        with trio.fail_after(90):
+            shared = {
+                "store": {"backend": "postgres", "postgres_dsn": pg_dsn},
+                "broker": {"backend": "redis", "redis_url": f"redis://127.0.0.1:{port}/0", "timeout_s": 1.0},
+            }
+            a = await start_daemon({"server": {"node": "na"}, **shared})
+            b = await start_daemon({"server": {"node": "nb"}, **shared})
+            alice = await connect(a, "alice-r")
+            bob = await connect(b, "bob-r")
+            conversation = (await alice.ok("conversation.open", {"user_id": "bob-r"}))["conversation"]
+            await trio.sleep(0.3)
+            sent = 0
+
+            async def send_some(n: int) -> None:
+                nonlocal sent
+                for _ in range(n):
+                    sent += 1
+                    await alice.ok("message.send", {"conversation_id": conversation["id"], "client_id": f"k{sent}", "body": f"m{sent}"})
+
+            await send_some(5)
+            async with httpx.AsyncClient() as http:
+                assert (await http.get(f"{a.url()}/readyz")).status_code == 200
+                await redis.stop()
+                # Both nodes say so within the broker timeout, and keep serving.
+                for daemon in (a, b):
+                    with trio.fail_after(10):
+                        while (await http.get(f"{daemon.url()}/readyz")).status_code != 503:
+                            await trio.sleep(0.2)
+                    body = (await http.get(f"{daemon.url()}/readyz")).json()
+                    assert body["backends"]["broker"] != "ok"
+                await send_some(5)  # durable in PostgreSQL even while Redis is away
+                await redis.start()
+                for daemon in (a, b):
+                    with trio.fail_after(20):
+                        while (await http.get(f"{daemon.url()}/readyz")).status_code != 200:
+                            await trio.sleep(0.2)
+            await send_some(5)
+            # Bob reconnects and fetches every message, each once, in order.
+            await bob.close()
+            back = await connect(b, "bob-r")
+            history = await back.ok("message.history", {"conversation_id": conversation["id"], "after_seq": 0, "limit": 100})
+            assert [m["seq"] for m in history["messages"]] == list(range(1, sent + 1))
+            assert [m["body"] for m in history["messages"]] == [f"m{i}" for i in range(1, sent + 1)]
+            # And live delivery across nodes works again.
+            await trio.sleep(0.5)
+            await send_some(1)
+            assert (await back.event("message.new"))["seq"] == sent
+    finally:
+        await redis.stop()
