@@ -36,6 +36,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -644,7 +645,7 @@ class ChatService:
     def _typing_limited(self, key: tuple[str, str]) -> None:
         wait = self._take_typing_token(key)
         if wait > 0:
-            raise RateLimited("typing too often in this conversation", retry_after_ms=int(wait * 1000) + 1)
+            raise RateLimited("typing too often in this conversation", retry_after_ms=math.ceil(wait * 1000))
 
     async def op_typing_start(self, caller: Caller, value: TypingStart) -> dict[str, Any]:
         uid = caller.user_id

@@ -206,6 +206,14 @@ class PresenceConfig:
     offline_grace_s: float = _f(10.0, "a user turns offline this long after the last socket closed", min=0, max=3600)
     away_after_s: float = _f(300.0, "a user turns away after this long with no op other than ping", min=1, max=86400)
     throttle_s: float = _f(1.0, "presence.updated per user at most this often", min=0, max=3600)
+    idle_check_s: float = _f(
+        15.0,
+        "an idle (away) user's devices are checked for ops other than chat and presence ones this long "
+        "after they turned away, then at doubling intervals up to 4 times this (chat and presence ops "
+        "bring them back at once)",
+        min=0.1,
+        max=3600,
+    )
 
 
 @attrs.frozen

@@ -8,7 +8,11 @@ that a quick reconnect does not flap. What others see is one of ``online``,
 - not connected, or ``invisible`` chosen with ``presence.set``: ``offline``;
 - ``busy`` or ``away`` chosen: that;
 - ``online`` chosen (the default): ``away`` after ``presence.away_after_s``
-  with no op other than ``ping`` on any device, ``online`` otherwise.
+  with no op other than ``ping`` on any device, ``online`` otherwise. A chat or
+  presence op brings an away user back at once; other ops (``subscribe``,
+  ``publish``) are noticed by a check of the away user's devices, first
+  ``presence.idle_check_s`` after they turned away, then at doubling intervals
+  up to four times that (a long idle user is checked less often).
 
 ``last_seen`` is the time the user last turned ``offline`` as others see it
 (the close of the last device, or the moment they chose ``invisible``); it is
@@ -51,7 +55,6 @@ from realtimed.protocol import PresenceQuery, PresenceSet
 from realtimed.services import Services
 
 __all__ = [
-    "ACTIVITY_POLL_S",
     "MemoryPresence",
     "PresenceBackend",
     "PresenceRecord",
@@ -64,12 +67,8 @@ log = logging.getLogger(__name__)
 Chosen = Literal["online", "away", "busy", "invisible"]
 Visible = Literal["online", "away", "busy", "offline"]
 
-ACTIVITY_POLL_S: Final = 1.0
-"""How often an idle (``away``) user's devices are checked for renewed activity.
-Ops that reach chat or presence turn a user back at once; other ops (subscribe,
-publish) are noticed within this interval."""
-
 _CONCURRENCY: Final = 16
+_IDLE_BACKOFF: Final = 4.0  # the checks of an idle user's devices slow down to this many idle_check_s
 
 
 @attrs.frozen
@@ -187,6 +186,7 @@ class _Local:
     touched: float = float("-inf")  # trio time of the last op seen by chat or presence
     idle: bool = False
     idle_mark: float = 0.0  # the last activity when the user turned idle
+    idle_poll: float = 0.0  # the current interval of the checks while idle
     idle_gen: int = 0
     sent: tuple[str, str | None] | None = None  # (status, message) last published
     sent_at: float = float("-inf")
@@ -435,11 +435,13 @@ class PresenceService:
                 self._schedule_idle(uid, local, last + away_after)
                 await self._changed(uid, local)
             else:
-                self._schedule_idle(uid, local, now + ACTIVITY_POLL_S)
-        elif now - last >= away_after:
+                local.idle_poll = min(2 * local.idle_poll, _IDLE_BACKOFF * self._cfg.idle_check_s)
+                self._schedule_idle(uid, local, now + local.idle_poll)
+        elif now >= last + away_after:  # the very sum it was scheduled at: never a hair short
             local.idle = True
             local.idle_mark = last
-            self._schedule_idle(uid, local, now + ACTIVITY_POLL_S)
+            local.idle_poll = self._cfg.idle_check_s
+            self._schedule_idle(uid, local, now + local.idle_poll)
             await self._changed(uid, local)
         else:
             self._schedule_idle(uid, local, last + away_after)

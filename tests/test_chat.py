@@ -371,7 +371,7 @@ async def test_refusals_name_the_problem_and_change_nothing(start_daemon: Daemon
             )
 
         before = await snapshot()
-        forbidden = [
+        forbidden: list[tuple[str, dict[str, Any]]] = [
             ("message.send", {"conversation_id": cid, "client_id": "e-1", "body": "hi"}),
             ("message.edit", {"message_id": first["id"], "body": "mine"}),
             ("message.delete", {"message_id": first["id"]}),
@@ -386,7 +386,7 @@ async def test_refusals_name_the_problem_and_change_nothing(start_daemon: Daemon
             assert (await error(eve, op, data))["code"] == "FORBIDDEN", op
         await a1.no_event("typing.updated", wait=0.1)
 
-        invalid = [
+        invalid: list[tuple[str, dict[str, Any], str]] = [
             ("message.send", {"conversation_id": cid, "body": "hi"}, "client_id"),
             ("message.send", {"conversation_id": cid, "client_id": "x" * 65, "body": "hi"}, "client_id"),
             ("message.send", {"conversation_id": cid, "client_id": "v", "body": ""}, "body"),
