@@ -32,6 +32,7 @@ from realtimed.broker.base import Broker
 from realtimed.broker.memory import MemoryBroker
 from realtimed.broker.redis import RedisBroker
 from realtimed.broker.redis_history import RedisHistory
+from realtimed.broker.redis_presence import RedisPresence
 from realtimed.clock import SystemClock, WallClock
 from realtimed.config import DEV_API_KEY, DEV_HS256_SECRET, Config, ConfigError, load_config, parse_host_port
 from realtimed.gateway.gateway import Gateway
@@ -204,10 +205,24 @@ class Daemon:
         register_room_ops(ops, router)
         # Chat and presence; importing them registers their HTTP routes before create_app.
         from realtimed.chat import ChatService
-        from realtimed.presence import PresenceService
+        from realtimed.presence import PresenceRecord, PresenceService
 
-        presence = PresenceService(svc)
+        shared_presence: RedisPresence | None = None
+        if isinstance(broker, RedisBroker):
+            # Device counts and records shared by every node, with heartbeats so
+            # that the users of a node that dies turn offline.
+            shared_presence = RedisPresence(
+                broker.client,
+                node=svc.node,
+                node_ttl_s=cfg.broker.node_ttl_s,
+                timeout_s=cfg.broker.timeout_s,
+                record_type=PresenceRecord,
+            )
+        presence = PresenceService(svc, backend=shared_presence)
         await nursery.start(presence.run)
+        if shared_presence is not None:
+            shared_presence.on_users_gone = presence.users_gone
+            await nursery.start(shared_presence.run)
         svc.presence = presence
         presence.register(ops)
         chat = ChatService(svc)

@@ -293,6 +293,29 @@ class PresenceService:
         local.grace_gen += 1
         self._push(trio.current_time() + self._cfg.offline_grace_s, uid, "grace", local.grace_gen)
 
+    async def users_gone(self, user_ids: list[str]) -> None:
+        """Users whose every device was on a node that died (the shared backend's reaper).
+
+        Only the node that reaped the dead node calls this, so each of those users'
+        contacts get one ``presence.updated`` (offline, with last seen).
+        """
+        for uid in user_ids:
+            local = self._local.get(uid)
+            if local is not None and local.devices:
+                continue  # came back on this node meanwhile
+            try:
+                before = await self._record(uid)
+                if before.status == "offline":
+                    continue  # others saw them offline already (invisible)
+                local = self._local.setdefault(uid, _Local())
+                local.connected = False
+                local.disconnected_at = self._svc.clock.now()
+                # What the contacts saw, so that the change to offline is sent.
+                local.sent = (before.status, before.message)
+                await self._changed(uid, local)
+            except ApiError as exc:
+                log.warning("user %s: presence after a node died: %s", uid, exc.message)
+
     def touch(self, user_id: str) -> None:
         """The user did something (an op reached chat or presence): not idle any more."""
         local = self._local.get(user_id)
