@@ -222,6 +222,7 @@ class Daemon:
         await nursery.start(presence.run)
         if shared_presence is not None:
             shared_presence.on_users_gone = presence.users_gone
+            svc.extras["user_socket_count"] = shared_presence.device_count
             await nursery.start(shared_presence.run)
         svc.presence = presence
         presence.register(ops)

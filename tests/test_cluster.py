@@ -9,6 +9,7 @@ from typing import Any
 import coredis
 import httpx
 import trio
+from websockets.exceptions import ConnectionClosed
 
 from realtimed.daemon import Daemon
 from tests.fixtures.clients import WsClient
@@ -261,3 +262,30 @@ async def test_redis_restart_mid_traffic(start_daemon: DaemonFactory, pg_dsn: st
             assert (await back.event("message.new"))["seq"] == sent
     finally:
         await redis.stop()
+
+
+async def test_sockets_per_user_counted_across_nodes(start_daemon: DaemonFactory, redis_url: str, pg_dsn: str) -> None:
+    with trio.fail_after(30):
+        shared = {
+            "store": {"backend": "postgres", "postgres_dsn": pg_dsn},
+            "broker": {"backend": "redis", "redis_url": redis_url, "timeout_s": 2.0},
+            "gateway": {"max_sockets_per_user": 2, "allowed_origins": []},
+        }
+        a = await start_daemon({"server": {"node": "na"}, **shared})
+        b = await start_daemon({"server": {"node": "nb"}, **shared})
+        user = f"frank-{uuid.uuid4().hex[:6]}"
+        first = await connect(a, user)
+        await connect(b, user)
+        url = a.url().replace("http", "ws", 1) + "/ws"
+        third = await WsClient.connect(url, token=token(user))
+        assert await third.closed() == 4511
+        await first.close()
+        with trio.fail_after(10):
+            while True:  # the closed socket leaves the shared count a moment later
+                again = await WsClient.connect(url, token=token(user))
+                try:
+                    if (await again.recv()).get("event") == "session.ready":
+                        break
+                except ConnectionClosed:
+                    pass
+                await trio.sleep(0.2)

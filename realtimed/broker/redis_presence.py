@@ -102,6 +102,14 @@ class RedisPresence:
         count = await self._eval(_REMOVE, [f"rt:ps:{user_id}", f"rt:pu:{self.node}"], [session_id, self.node, user_id])
         return int(count)
 
+    async def device_count(self, user_id: str) -> int:
+        """The user's devices on every node."""
+        try:
+            with trio.fail_after(self._timeout_s):
+                return int(await self._client.hlen(f"rt:ps:{user_id}"))
+        except (coredis.exceptions.RedisError, OSError, trio.TooSlowError) as exc:
+            raise Unavailable(f"presence unavailable: {exc or type(exc).__name__}") from exc
+
     async def get(self, user_ids: Sequence[str]) -> dict[str, Any]:
         if not user_ids:
             return {}

@@ -264,7 +264,7 @@ class Gateway:
                 session.close(CLOSE_BANNED, "banned")
                 return
             del self.bans[claims.sub]
-        if len(self.router.user_sessions(claims.sub)) >= cfg.max_sockets_per_user:
+        if await self._user_socket_count(claims.sub) >= cfg.max_sockets_per_user:
             HANDSHAKES.labels("too_many_sockets").inc()
             session.close(CLOSE_TOO_MANY_SOCKETS, "too many sockets for this user")
             return
@@ -286,6 +286,17 @@ class Gateway:
         for hook in self.services.extras.get("on_connect", []):
             await hook(session)
         log.debug("session %s: user %s connected from %s", session.id, claims.sub, session.address)
+
+    async def _user_socket_count(self, user_id: str) -> int:
+        """The user's sockets: on this node, or on every node when presence is shared."""
+        count = len(self.router.user_sessions(user_id))
+        shared = self.services.extras.get("user_socket_count")
+        if shared is not None:
+            try:
+                count = max(count, await shared(user_id))
+            except ApiError as exc:
+                log.warning("user %s: cluster-wide socket count unavailable (%s); counting this node", user_id, exc.message)
+        return count
 
     async def ready_data(self, session: Session) -> dict[str, Any]:
         data: dict[str, Any] = {
