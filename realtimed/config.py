@@ -251,6 +251,78 @@ class RetentionConfig:
     stale_device_days: float = _f(270.0, "device tokens unseen this long are deactivated", min=1, max=36500)
 
 
+NOTIFY_CHANNELS: Final = ("in_app", "push")
+NOTIFY_PRIORITIES: Final = ("low", "normal", "high", "critical")
+
+
+@attrs.frozen
+class NotificationTypeConfig:
+    name: str = _f("", "type name (letters, digits, _ . -), e.g. new_message; replaces a built-in type of that name")
+    title: str = _f("", "title template; {placeholders} must be listed in vars")
+    body: str = _f("", "body template")
+    vars: list[str] = _f([], "the template variables of this type; the server API must give each")
+    channels: list[str] = _f(["in_app", "push"], "channels the type uses (in_app, push); users may turn each off")
+    priority: Literal["low", "normal", "high", "critical"] = _f(
+        "normal", "low, normal, high or critical (critical bypasses caps, quiet hours and digests)"
+    )
+    group_by: str = _f("", "a var whose value groups notifications (group_key type:value); empty: the type")
+    digest_window_s: float = _f(
+        0.0, "pushes of one group within this window become one digest push; 0: no digest", min=0, max=86400
+    )
+    digest_title: str = _f("", "digest push title template (empty: the title template)")
+    digest_body: str = _f("", "digest push body template; may also use {count}")
+    push_content: bool = _f(True, "pushes show the title and body; false: private_title and private_body (privacy)")
+    private_title: str = _f("New notification", "push title template when push_content is false")
+    private_body: str = _f("", "push body template when push_content is false")
+    hourly_cap: int = _f(0, "pushes of this type per user per hour; 0: notify.hourly_cap_per_type", min=0, max=1_000_000)
+    android_channel_id: str = _f("", "Android notification channel id (empty: the app's default)")
+    sound: str = _f("default", "push sound (empty: silent)")
+    ttl_s: float = _f(86400.0, "how long FCM keeps an undelivered push", min=0, max=2_419_200)
+
+
+@attrs.frozen
+class NotifyConfig:
+    builtin_types: bool = _f(
+        True,
+        "ship the built-in types (new_message, new_follower, post_like, post_comment, mention, "
+        "job_completed, job_failed, announcement)",
+    )
+    types: list[NotificationTypeConfig] = _f([], "notification types, added to (or replacing) the built-in ones")
+    push_skip_when_active: bool = _f(True, "no push while the user is active on a connected device")
+    active_window_s: float = _f(
+        120.0, "a connected device counts as active this long after its last op other than ping", min=0, max=86400
+    )
+    daily_cap: int = _f(50, "pushes per user per day in their time zone (critical bypasses); 0: none", min=0, max=1_000_000)
+    hourly_cap_per_type: int = _f(
+        10, "pushes per user per type per hour (critical bypasses); 0: none", min=0, max=1_000_000
+    )
+    max_recipients: int = _f(10_000, "most user ids in one POST /server/v1/notifications", min=1, max=1_000_000)
+    plan_batch: int = _f(500, "recipients per push-planning job", min=1, max=100_000)
+
+
+@attrs.frozen
+class PushConfig:
+    service_account_file: str = _f("", "Firebase service-account key file (JSON); empty: push is off")
+    project_id: str = _f("", "Firebase project id; empty: the key file's project_id")
+    token_url: str = _f("", "OAuth2 token endpoint; empty: the key file's token_uri")
+    fcm_url: str = _f("https://fcm.googleapis.com", "FCM base URL (POST /v1/projects/<id>/messages:send)")
+    iid_url: str = _f("https://iid.googleapis.com", "Instance ID base URL (topic subscriptions)")
+    ca_file: str = _f("", "PEM CA certificates trusted for those endpoints besides the system ones")
+    http2: bool = _f(True, "speak HTTP/2 to FCM (many concurrent sends on one connection)")
+    concurrency: int = _f(64, "FCM requests in flight per node (push.send jobs wait for a slot)", min=1, max=10_000)
+    queue: str = _f("push", "job queue of push.send; give it a concurrency in [[jobs.queues]]")
+    connect_timeout_s: float = _f(5.0, "longest a connection to FCM or the token endpoint may take", min=0.1, max=600)
+    request_timeout_s: float = _f(10.0, "longest one FCM request may take", min=0.1, max=600)
+    token_timeout_s: float = _f(10.0, "longest one access-token request may take", min=0.1, max=600)
+    token_refresh_margin_s: float = _f(
+        300.0, "fetch a new access token this long before the current one expires", min=0, max=3000
+    )
+    max_attempts: int = _f(6, "attempts per push before it is dead", min=1, max=100)
+    backoff_base_s: float = _f(2.0, "first retry delay of a failed push (doubles each attempt, with jitter)", min=0, max=3600)
+    backoff_max_s: float = _f(600.0, "longest retry delay of a failed push", min=0, max=86400)
+    quota_retry_s: float = _f(60.0, "wait after a 429 that gives no Retry-After (every sender waits)", min=0, max=86400)
+
+
 @attrs.frozen
 class MetricsConfig:
     enabled: bool = _f(True, "serve /metrics")
@@ -276,6 +348,8 @@ class Config:
     cron: list[CronConfig] = _f([], "cron entries")
     retention: RetentionConfig = _f(RetentionConfig())
     metrics: MetricsConfig = _f(MetricsConfig())
+    notify: NotifyConfig = _f(NotifyConfig())
+    push: PushConfig = _f(PushConfig())
     source: str = attrs.field(default="", metadata={"internal": True})
 
     @property
@@ -590,6 +664,61 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
         if not entry.kind:
             problems.add(f"cron[{i}].kind", "must not be empty")
         _check_cron(entry, f"cron[{i}]", problems)
+    _check_notify(cfg, problems)
+
+
+def _check_notify(cfg: Config, problems: _Problems) -> None:
+    """Notification types: unique names, known channels, templates that parse and
+    use only the type's declared vars; push endpoints that are URLs."""
+    from realtimed.notify.templates import TemplateError, placeholders
+
+    names: set[str] = set()
+    for i, nt in enumerate(cfg.notify.types):
+        key = f"notify.types[{i}]"
+        if not nt.name or not all(c.isalnum() or c in "_.-" for c in nt.name) or len(nt.name) > 64:
+            problems.add(f"{key}.name", f"must be 1 to 64 letters, digits, _ . or -, got {nt.name!r}")
+        elif nt.name in names:
+            problems.add(f"{key}.name", f"duplicate type {nt.name!r}")
+        names.add(nt.name)
+        for j, channel in enumerate(nt.channels):
+            if channel not in NOTIFY_CHANNELS:
+                problems.add(f"{key}.channels[{j}]", f"unknown channel {channel!r} (in_app or push)")
+        for j, var in enumerate(nt.vars):
+            if not var.isidentifier():
+                problems.add(f"{key}.vars[{j}]", f"{var!r} is not a plain name")
+        if nt.group_by and nt.group_by not in nt.vars:
+            problems.add(f"{key}.group_by", f"{nt.group_by!r} is not one of the type's vars")
+        declared = set(nt.vars)
+        templates = {
+            "title": (nt.title, declared),
+            "body": (nt.body, declared),
+            "digest_title": (nt.digest_title, declared | {"count"}),
+            "digest_body": (nt.digest_body, declared | {"count"}),
+            "private_title": (nt.private_title, declared),
+            "private_body": (nt.private_body, declared),
+        }
+        for field, (template, allowed) in templates.items():
+            try:
+                used = placeholders(template)
+            except TemplateError as exc:
+                problems.add(f"{key}.{field}", str(exc))
+                continue
+            for name in used:
+                if name not in allowed:
+                    problems.add(f"{key}.{field}", f"placeholder {{{name}}} is not declared in vars")
+        if not nt.title:
+            problems.add(f"{key}.title", "must not be empty")
+        if nt.digest_window_s > 0 and not nt.digest_body:
+            problems.add(f"{key}.digest_body", "a type with a digest window needs a digest body")
+    push = cfg.push
+    for field in ("fcm_url", "iid_url", "token_url"):
+        value = getattr(push, field)
+        if value and not value.startswith(("https://", "http://")):
+            problems.add(f"push.{field}", f"must be an http(s) URL, got {value!r}")
+    if push.backoff_base_s > push.backoff_max_s:
+        problems.add("push.backoff_base_s", "must not exceed push.backoff_max_s")
+    if not push.queue:
+        problems.add("push.queue", "must not be empty")
 
 
 def _check_cron(entry: CronConfig, key: str, problems: _Problems) -> None:

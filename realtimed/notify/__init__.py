@@ -1,0 +1,8 @@
+"""Notifications: the in-app inbox and the policy pipeline that decides on push.
+
+``service.NotifyService`` runs the pipeline of DESIGN.md ("Notifications and
+push"); ``policy`` holds its pure rules (quiet hours, caps, digest windows),
+``templates`` the title and body templates, ``types`` the built-in types, and
+``http`` the REST routes. This package's ``__init__`` imports nothing, so that
+the config loader can use ``templates`` without a cycle.
+"""
