@@ -1,0 +1,309 @@
+"""The push service: device tokens, topics, and the ``push.send`` job kind.
+
+Every push is one ``push.send`` job for one device token (or one topic), queued
+on ``push.queue`` with a dedupe key (``realtimed.notify.policy``), so that a
+push survives a restart, is sent at least once, and can be cancelled while it
+waits. When the job runs it first checks that the push is still wanted (the
+token is still active and still the user's; the notification or message it is
+about is still unread), then sends through ``FcmClient`` and acts on FCM's
+answer:
+
+- ``UNREGISTERED`` or an invalid token: the token is deactivated; not retried;
+- a bad or oversized payload: the job fails, the token stays;
+- ``SENDER_ID_MISMATCH``, ``THIRD_PARTY_AUTH_ERROR`` and other refusals of our
+  credentials: the job fails, the token stays, ``realtimed_push_alarms`` rises;
+- ``QUOTA_EXCEEDED``, ``UNAVAILABLE``, ``INTERNAL``, no answer, no access
+  token: retried after FCM's ``Retry-After``, else after exponential backoff
+  with jitter (``push.backoff_base_s``), up to ``push.max_attempts``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+import trio
+from prometheus_client import Counter
+
+from realtimed.clock import WallClock
+from realtimed.config import Config, PushConfig
+from realtimed.errors import NotFound, Unavailable, ValidationFailed
+from realtimed.jobs.runner import DoNotRetry, JobContext, JobRunner, RetryAfter, backoff_delay
+from realtimed.metrics import REGISTRY
+from realtimed.notify.policy import push_key
+from realtimed.push.fcm import FcmClient, FcmResult, ServiceAccount
+from realtimed.store.base import PLATFORMS, DeviceRecord
+
+__all__ = ["PUSH_SEND", "TOPIC_PATTERN", "PushCheck", "PushService"]
+
+log = logging.getLogger(__name__)
+
+PUSH_SEND: Final = "push.send"
+TOPIC_PATTERN: Final = re.compile(r"^[a-zA-Z0-9\-_.~%]{1,900}$")
+MAX_TOKEN_CHARS: Final = 4096
+MAX_APP_VERSION_CHARS: Final = 64
+
+PushCheck = Callable[[Mapping[str, Any]], Awaitable[str | None]]
+
+TOKENS_DEACTIVATED: Final = Counter(
+    "realtimed_push_tokens_deactivated", "device tokens deactivated because FCM refused them", ["reason"],
+    registry=REGISTRY,
+)
+PUSHES_SKIPPED: Final = Counter(
+    "realtimed_push_skipped",
+    "push.send jobs that sent nothing because the push was no longer wanted",
+    ["reason"],
+    registry=REGISTRY,
+)
+
+
+class PushService:
+    """Devices, topics and push jobs of one node.
+
+    Args:
+        config: the whole configuration (``[push]`` is read from it).
+        store: the started store.
+        clock: wall time.
+        jobs: a callable returning the job runner (None while there is none).
+        rng: the source of backoff jitter (tests pass a seeded one).
+        transport: an httpx transport for the FCM client (tests).
+
+    Resource handling:
+        ``run`` owns the FCM client (its HTTP/2 connections) while push is
+        configured, and closes it when cancelled. Without
+        ``push.service_account_file`` push is off: devices and topics are still
+        stored, no push job is queued.
+
+    Error handling:
+        A key file that cannot be read makes ``run`` raise ``ConfigError`` at
+        start. FCM's answers are handled per job (see the module docstring);
+        nothing raised by a send reaches ``run``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Any,
+        clock: WallClock,
+        jobs: Any = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self._jobs = jobs
+        self._rng = rng or random.Random()
+        self.client: FcmClient | None = None
+        self._checks: dict[str, PushCheck] = {}
+
+    @property
+    def cfg(self) -> PushConfig:
+        return self.config.push
+
+    @property
+    def enabled(self) -> bool:
+        """True while an FCM client is running on this node."""
+        return self.client is not None
+
+    def runner(self) -> JobRunner:
+        runner: JobRunner | None = self._jobs() if callable(self._jobs) else self._jobs
+        if runner is None:
+            raise Unavailable("the job runner is not running on this node")
+        return runner
+
+    async def run(self, *, task_status: trio.TaskStatus[PushService] = trio.TASK_STATUS_IGNORED) -> None:
+        if not self.cfg.service_account_file:
+            log.info("push is off (push.service_account_file is not set)")
+            task_status.started(self)
+            await trio.sleep_forever()
+        account = ServiceAccount.from_file(self.cfg.service_account_file)
+        client = FcmClient(self.cfg, account, clock=self.clock)
+        try:
+            self.client = client
+            log.info("push through FCM project %s as %s", client.project_id, account.client_email)
+            task_status.started(self)
+            await trio.sleep_forever()
+        finally:
+            self.client = None
+            await client.aclose()
+
+    def add_check(self, kind: str, verify: PushCheck) -> None:
+        """Register how a ``check`` of ``kind`` is verified when a push job runs:
+        ``verify(check)`` returns None if the push should go, else why not."""
+        self._checks[kind] = verify
+
+    def register_jobs(self, runner: JobRunner) -> None:
+        runner.register(PUSH_SEND, self.handle_send)
+        runner.serve_queue(self.cfg.queue)
+
+    # -- queueing ----------------------------------------------------------------------------
+
+    async def queue_push(
+        self,
+        message: Mapping[str, Any],
+        *,
+        token: str | None = None,
+        topic: str | None = None,
+        user_id: str | None = None,
+        ref: str,
+        run_at: datetime | None = None,
+        check: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Queue one ``push.send`` job for a device token (or a topic).
+
+        ``ref`` names what is pushed (``n<notification id>``, ``m<message id>``,
+        ...): the dedupe key is ``push:<user>:<ref>:<device>``, so the same push
+        to the same device is queued once, and cancelling by prefix finds it.
+        ``check`` is verified when the job runs, by the check registered for
+        its ``kind`` (``add_check``).
+        """
+        payload: dict[str, Any] = {"message": dict(message), "ref": ref}
+        if token is not None:
+            payload["token"] = token
+        if topic is not None:
+            payload["topic"] = topic
+        if user_id is not None:
+            payload["user_id"] = user_id
+        if check is not None:
+            payload["check"] = dict(check)
+        target = token if token is not None else f"/topics/{topic}"
+        await self.runner().enqueue(
+            PUSH_SEND,
+            payload,
+            queue=self.cfg.queue,
+            run_at=run_at,
+            max_attempts=self.cfg.max_attempts,
+            dedupe_key=push_key(user_id or "", ref, target),
+        )
+
+    # -- the job -----------------------------------------------------------------------------
+
+    async def handle_send(self, ctx: JobContext) -> None:
+        payload = ctx.payload
+        token: str | None = payload.get("token")
+        topic: str | None = payload.get("topic")
+        user_id: str | None = payload.get("user_id")
+        client = self.client
+        if client is None:
+            raise DoNotRetry("push is not configured on this node (push.service_account_file)")
+        skip = await self._still_wanted(token, user_id, payload.get("check"))
+        if skip is not None:
+            PUSHES_SKIPPED.labels(skip).inc()
+            log.info("job %s: push to %s not sent: %s", ctx.job_id, _short(token or f"/topics/{topic}"), skip)
+            return
+        result = await client.send(payload.get("message") or {}, token=token, topic=topic)
+        await self._act(ctx, result, token)
+
+    async def _still_wanted(self, token: str | None, user_id: str | None, check: Any) -> str | None:
+        """None if the push should go; else why not."""
+        if token is not None:
+            device: DeviceRecord | None = await self.store.get_device(token)
+            if device is None:
+                # A token the server API named directly may be one this node never saw.
+                if user_id:
+                    return "token_unknown"
+            elif not device.active:
+                return "token_inactive"
+            elif user_id and device.user_id != user_id:
+                return "token_moved"
+        if not isinstance(check, Mapping):
+            return None
+        verify = self._checks.get(str(check.get("kind")))
+        if verify is None:
+            log.warning("push check of unknown kind %r ignored", check.get("kind"))
+            return None
+        return await verify(check)
+
+    async def _act(self, ctx: JobContext, result: FcmResult, token: str | None) -> None:
+        where = _short(token) if token is not None else "topic"
+        if result.ok:
+            log.debug("job %s: pushed to %s (%s)", ctx.job_id, where, result.name)
+            return
+        text = result.describe()
+        if result.deactivate:
+            assert token is not None
+            if await self.store.deactivate_device(token=token):
+                TOKENS_DEACTIVATED.labels(result.kind).inc()
+            log.info("job %s: token %s deactivated: %s", ctx.job_id, where, text)
+            raise DoNotRetry(f"token deactivated: {text}")
+        if result.alarm:
+            log.error("job %s: FCM refused our credentials for %s, token kept: %s", ctx.job_id, where, text)
+            raise DoNotRetry(text)
+        if result.retry:
+            if result.retry_after is not None:
+                delay = result.retry_after
+            else:
+                delay = backoff_delay(
+                    ctx.attempt, base_s=self.cfg.backoff_base_s, max_s=self.cfg.backoff_max_s, rng=self._rng
+                )
+                if result.kind == "quota":
+                    delay = max(delay, self.cfg.quota_retry_s)
+            log.warning(
+                "job %s: push to %s attempt %d/%d: %s; retry in %.1f s",
+                ctx.job_id, where, ctx.attempt, ctx.job.max_attempts, text, delay,
+            )
+            raise RetryAfter(delay, text)
+        log.warning("job %s: push to %s failed, token kept: %s", ctx.job_id, where, text)
+        raise DoNotRetry(text)
+
+    # -- devices -----------------------------------------------------------------------------
+
+    async def register_device(self, *, user_id: str, token: str, platform: str, app_version: str) -> DeviceRecord:
+        if platform not in PLATFORMS:
+            raise ValidationFailed("platform", f"must be one of {', '.join(PLATFORMS)}")
+        device: DeviceRecord = await self.store.register_device(
+            user_id=user_id, token=token, platform=platform, app_version=app_version, now=self.clock.now()
+        )
+        log.info("user %s registered a %s device %s", user_id, platform, _short(token))
+        return device
+
+    async def unregister_device(self, *, user_id: str, token: str) -> None:
+        if not await self.store.unregister_device(token=token, user_id=user_id):
+            raise NotFound("no such device token for this user")
+
+    async def list_devices(self, user_id: str) -> list[DeviceRecord]:
+        devices: list[DeviceRecord] = await self.store.list_devices(user_id, active_only=False)
+        return devices
+
+    # -- topics ------------------------------------------------------------------------------
+
+    async def manage_topic(self, topic: str, tokens: Sequence[str], *, subscribe: bool) -> list[dict[str, Any]]:
+        """Subscribe or unsubscribe tokens at FCM, then record it on the devices we know.
+
+        Returns one ``{"token", "ok", "error"?}`` per token.
+        """
+        if not TOPIC_PATTERN.match(topic):
+            raise ValidationFailed("topic", "must be 1 to 900 of letters, digits and - _ . ~ %")
+        client = self.client
+        if client is None:
+            raise Unavailable("push is not configured on this node (push.service_account_file)")
+        errors = await client.manage_topic(topic, tokens, subscribe=subscribe)
+        results: list[dict[str, Any]] = []
+        for token, error in zip(tokens, errors, strict=True):
+            if error is None:
+                try:
+                    if subscribe:
+                        await self.store.add_device_topics(token=token, topics=[topic])
+                    else:
+                        await self.store.remove_device_topics(token=token, topics=[topic])
+                except NotFound:
+                    pass  # a token FCM knows and this node does not: FCM's answer is what counts
+                results.append({"token": token, "ok": True})
+            else:
+                results.append({"token": token, "ok": False, "error": error})
+        log.info(
+            "topic %s: %s %d token(s), %d refused",
+            topic, "subscribed" if subscribe else "unsubscribed", len(tokens), sum(1 for e in errors if e),
+        )
+        return results
+
+
+def _short(token: str | None) -> str:
+    if token is None:
+        return "-"
+    return token if len(token) <= 12 else f"{token[:6]}…{token[-4:]}"
