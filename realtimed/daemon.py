@@ -230,6 +230,25 @@ class Daemon:
         await nursery.start(chat.run)
         svc.chat = chat
         chat.register(ops)
+        # -- notifications and push (realtimed/notify, realtimed/push) ------------------------
+        # Importing their HTTP modules registers their routes before create_app.
+        from realtimed.notify import http as _notify_http  # noqa: F401
+        from realtimed.notify.service import NotifyService
+        from realtimed.push import http as _push_http  # noqa: F401
+        from realtimed.push.service import PushService
+
+        push = PushService(cfg, store=svc.store, clock=svc.clock, jobs=lambda: self.services.jobs)
+        await nursery.start(push.run)
+        svc.push = push
+        notify = NotifyService(svc, push=push)
+        await nursery.start(notify.run)
+        svc.notify = notify
+        notify.register(ops)
+        notify.register_checks()
+        svc.extras.setdefault("ready_fields", []).append(notify.ready_fields)
+        push.register_jobs(runner)
+        notify.register_jobs(runner)
+        # ---------------------------------------------------------------------------------------
         gateway = Gateway(svc, router, ops)
         await nursery.start(gateway.run)
         svc.gateway = gateway
