@@ -311,9 +311,12 @@ class Session:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._gateway.serve_session, self)
-                await self._read_loop(leftover)
-                # The peer closed or went away: nothing more can be written.
-                self._abort()
+                try:
+                    await self._read_loop(leftover)
+                finally:
+                    # The peer closed or went away (or the reader failed): nothing
+                    # more can be written, and no task may start in this nursery.
+                    self._abort()
         finally:
             self._closed = True
             self._outbox.clear()

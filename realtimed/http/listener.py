@@ -320,6 +320,9 @@ class Listener:
             await TCPServer(self._app, self._hc, self._context, {}, prefixed)  # type: ignore[arg-type]
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError) as exc:
             log.debug("connection from %s ended: %r", address, exc)
+        except Exception:
+            # A failure of one connection never reaches the listener or the others.
+            log.exception("connection from %s failed", address)
         finally:
             release()
             with trio.move_on_after(1) as cleanup:
