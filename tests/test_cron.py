@@ -84,7 +84,7 @@ async def test_two_schedulers_run_each_tick_once(store: Store, clock: trio.testi
         ran: list[str] = []
         start = T0 + timedelta(seconds=5)
         walls = [TrioWallClock(start), TrioWallClock(start)]
-        runner = JobRunner(counting, config=JobsConfig(poll_s=600), clock=walls[0], node="n1")
+        runner = JobRunner(counting, config=JobsConfig(poll_s=600), clock=walls[0], node="n1", stats_interval_s=3600)
 
         async def noop(ctx: JobContext) -> None:
             ran.append(ctx.job.dedupe_key or "")
@@ -120,7 +120,7 @@ async def test_three_nodes_with_jittery_stepping_clocks_enqueue_ten_jobs_for_ten
         async def jitter() -> None:
             behind = [False] * len(walls)
             while True:
-                await trio.sleep(rng.uniform(1, 4))
+                await trio.sleep(rng.uniform(2, 5))
                 i = rng.randrange(len(walls))
                 if behind[i]:
                     walls[i].step(timedelta(seconds=15))  # NTP puts it right again

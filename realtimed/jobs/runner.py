@@ -12,8 +12,13 @@ lost its lease) before recording the outcome.
 Waking: a queue worker sleeps until one of: new work (``store.wait_for_jobs``,
 which PostgreSQL answers through LISTEN/NOTIFY and SQLite through an in-process
 event), a free slot while more work is known to wait, the ``run_at`` of the next
-scheduled job (``store.next_job_time``), or the safety-net poll
-(``JobsConfig.poll_s``). Nothing polls faster than that.
+scheduled job (``store.next_job_time``, which also covers the lease expiry of a
+job whose node died), or the safety-net poll (``JobsConfig.poll_s``). Nothing
+polls faster than that. Wake-ups for new work within ``WAKE_COALESCE_S`` of each
+other share one extra claim, and while a backlog is known a worker claims once
+a quarter of its slots are free (or after ``CLAIM_GATHER_S``), so that claims
+stay few when jobs are short. A slot is taken from the claim until the outcome
+is recorded: a slow store slows claiming down instead of piling up claims.
 
 Retries: a handler that raises is retried at ``now + delay`` with exponential
 backoff and *equal jitter*: ``d = min(backoff_max_s, backoff_base_s * 2 ** (attempt - 1))``
@@ -72,6 +77,10 @@ log = logging.getLogger(__name__)
 DEFAULT_QUEUE: Final = "default"
 MAX_ERROR_CHARS: Final = 2000
 MAX_KIND_CHARS: Final = 100
+# With a backlog and only a few free slots, the longest wait for more slots before claiming.
+CLAIM_GATHER_S: Final = 0.01
+# Wake-ups for new work closer together than this are served by one extra claim.
+WAKE_COALESCE_S: Final = 0.02
 
 # ---------------------------------------------------------------------------
 # Metrics
@@ -204,6 +213,11 @@ class _Queue:
     more: bool = False
     kick: trio.Event = attrs.field(factory=trio.Event)
     started: bool = False
+
+    @property
+    def claim_batch(self) -> int:
+        """With a backlog, claim once at least this many slots are free (or after CLAIM_GATHER_S)."""
+        return max(1, self.concurrency // 4)
 
     def wake(self) -> None:
         self.kick.set()
@@ -422,13 +436,13 @@ class JobRunner:
         if running:
             log.info("job runner %s draining: %d job(s) running, grace %.1f s", self.owner, running, grace_s)
         with trio.move_on_after(grace_s):
-            while self.running:
+            while self._job_tasks:
                 await self._job_exit.wait()
         for claim in self._claims.values():
             if not claim.handler_done:
                 log.info("job %s (%s) cancelled by the drain; releasing it", claim.job.id, claim.job.kind)
                 claim.scope.cancel()
-        # Cancelled handlers unwind promptly; recording outcomes already in flight is bounded too.
+        # Cancelled handlers unwind promptly; outcomes still being recorded get a bounded wait.
         with trio.move_on_after(self._release_timeout_s):
             while self._job_tasks:
                 await self._job_exit.wait()
@@ -449,6 +463,11 @@ class JobRunner:
         while not self._stopping:
             queue.kick = trio.Event()  # before claiming, so that a wake-up during the claim is kept
             free = queue.concurrency - queue.running
+            if queue.more and 0 < free < queue.claim_batch:
+                # A backlog is known but only a few slots are free: let a few more handlers
+                # finish so that one claim fills them all (one store write instead of many).
+                await trio.sleep(CLAIM_GATHER_S)
+                free = queue.concurrency - queue.running
             timeout = poll_s
             if free > 0:
                 try:
@@ -497,6 +516,11 @@ class JobRunner:
                 log.warning("waiting for new jobs failed (%s); relying on the poll", exc)
                 await trio.sleep(self.config.poll_s)
                 continue
+            for queue in self._queues.values():
+                queue.wake()
+            # Every enqueue on every node notifies: let a burst of them share one more claim per
+            # queue (at the end of the window) instead of costing each worker a claim per job.
+            await trio.sleep(WAKE_COALESCE_S)
             # No checkpoint between this and the next wait, so no wake-up falls in between.
             for queue in self._queues.values():
                 queue.wake()
@@ -542,16 +566,16 @@ class JobRunner:
                     outcome = "error"
                     error = exc
             claim.handler_done = True
-            self._slot_free(queue)
             JOB_DURATION.labels(job.kind).observe(trio.current_time() - started)
             if outcome is None:
                 # Cancelled by a lost lease or the drain: record nothing.
                 return
             await self._record(claim, error)
         finally:
-            if not claim.handler_done:
-                claim.handler_done = True
-                self._slot_free(queue)
+            # The slot stays taken until the outcome is recorded: a slow store then slows
+            # claiming down instead of piling up claimed jobs.
+            claim.handler_done = True
+            self._slot_free(queue)
             self._job_tasks -= 1
             self._job_exit.set()
             self._job_exit = trio.Event()
