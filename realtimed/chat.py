@@ -98,6 +98,10 @@ _TYPING_PRUNE_S: Final = 60.0
 # member of a direct conversation who hid it (the store names current members only).
 _DIRECT_SEARCH: Final = 100
 _PAIRS_KEPT: Final = 100_000
+_CACHE_KEPT: Final = 100_000
+# How long a block check is remembered. Blocks made through this node apply at
+# once; through another node of a cluster, within this long.
+_BLOCK_CACHE_S: Final = 10.0
 
 MESSAGES: Final = Counter(
     "realtimed_chat_messages", "messages stored, by door", ["door"], registry=metrics.REGISTRY
@@ -139,6 +143,8 @@ class ChatService:
         self._typing_buckets: dict[tuple[str, str], tuple[float, float]] = {}
         # Direct conversation id -> its two members, for when one of them hid it.
         self._pairs: dict[str, tuple[str, str]] = {}
+        # (user, blocker) -> (trio time it expires, blocked?)
+        self._blocks: dict[tuple[str, str], tuple[float, bool]] = {}
         self._counter = itertools.count()
         self._wake = trio.Event()
 
@@ -252,12 +258,15 @@ class ChatService:
         return conv, me
 
     def _remember_pair(self, conv: ConversationRecord) -> None:
-        if conv.type != "direct" or len(conv.members) != 2 or conv.id in self._pairs:
-            return
+        if conv.type == "direct" and len(conv.members) == 2 and conv.id not in self._pairs:
+            first, second = conv.members
+            self._keep_pair(conv.id, first.user_id, second.user_id)
+
+    def _keep_pair(self, conversation_id: str, first: str, second: str) -> None:
+        """Remember a direct conversation's members (they never change), the oldest forgotten first."""
         if len(self._pairs) >= _PAIRS_KEPT:
             del self._pairs[next(iter(self._pairs))]
-        first, second = conv.members
-        self._pairs[conv.id] = (first.user_id, second.user_id)
+        self._pairs[conversation_id] = (first, second)
 
     async def _direct_other(self, conv: ConversationRecord, user_id: str) -> MemberRecord | None:
         """The other member of a direct conversation, also when they hid it.
@@ -307,7 +316,7 @@ class ChatService:
         if other_id == user_id:
             raise ValidationFailed("user_id", "cannot open a conversation with yourself")
         store = self._store
-        if await store.is_blocked(user_id=user_id, by=other_id):
+        if await self._blocked(user_id, by=other_id):
             raise Blocked("this user does not accept messages from you")
         if self._cfg.open_policy == "contacts" and not await store.is_contact(user_id, other_id):
             raise Forbidden("you may open conversations with your contacts only")
@@ -330,7 +339,7 @@ class ChatService:
         store = self._store
         contacts_only = self._cfg.open_policy == "contacts"
         for other in others:
-            if await store.is_blocked(user_id=uid, by=other):
+            if await self._blocked(uid, by=other):
                 raise Blocked(f"{other} does not accept messages from you")
             if contacts_only and not await store.is_contact(uid, other):
                 raise Forbidden(f"{other} is not one of your contacts")
@@ -397,7 +406,7 @@ class ChatService:
 
     async def append(
         self,
-        conv: ConversationRecord,
+        conversation_id: str,
         *,
         sender_id: str,
         client_id: str,
@@ -407,51 +416,83 @@ class ChatService:
         reply_to: str | None = None,
         check_blocks: bool = True,
         require_member: bool = True,
+        conv: ConversationRecord | None = None,
     ) -> tuple[MessageRecord, bool, list[str]]:
         """Store a message (with its ``chat.offline`` job); returns it, whether it
         is new, and the participants to tell.
 
+        A direct conversation whose two members this node knows needs no read
+        before the append (its members never change); others are read, unless
+        the caller already did (``conv``).
+
         Raises:
+            Forbidden: the sender is not a participant (and ``require_member``).
             Blocked: ``check_blocks`` and the other member of a direct
                 conversation has blocked the sender.
             ValidationFailed: ``reply_to`` is not a message of this conversation.
-            Forbidden, Conflict, NotFound: from the store.
+            NotFound, Conflict: from the store.
         """
         store = self._store
-        cid = conv.id
+        cid = conversation_id
+        pair = self._pairs.get(cid)
+        if pair is None and conv is None:
+            conv = await self._conversation(cid)
+            self._remember_pair(conv)
+            pair = self._pairs.get(cid)
         if reply_to is not None:
             target = await store.get_message(reply_to)
             if target is None or target.conversation_id != cid:
                 raise ValidationFailed("reply_to", "is not a message of this conversation")
-        members = {m.user_id: m for m in conv.members}
-        unknown_other = False
-        if conv.type == "direct":
-            other = await self._direct_other(conv, sender_id)
-            if other is None:
-                unknown_other = True
-            else:
-                members.setdefault(other.user_id, other)
-                if check_blocks and await store.is_blocked(user_id=sender_id, by=other.user_id):
-                    raise Blocked("this user does not accept messages from you")
-        participants = [*members]
-        if sender_id not in members and (require_member or conv.type == "direct"):
-            participants.append(sender_id)
         router = self._router
-        offline = [
-            uid
-            for uid, member in members.items()
-            if uid != sender_id and not member.muted and not router.user_sessions(uid)
-        ]
+        unknown_other = False
+        candidates: list[str] = []  # recipients with no device here, if they have not muted
+        if pair is not None:
+            if sender_id not in pair and require_member:
+                raise Forbidden("not a participant of this conversation")
+            participants = list(pair)
+            others = [uid for uid in pair if uid != sender_id]
+            if check_blocks:
+                for other_id in others:
+                    if await self._blocked(sender_id, by=other_id):
+                        raise Blocked("this user does not accept messages from you")
+            for uid in others:
+                if not router.user_sessions(uid):
+                    member = conv.member(uid) if conv is not None else None
+                    if member is None:
+                        member = await store.get_member(cid, uid)
+                    if member is not None and not member.muted:
+                        candidates.append(uid)
+        else:
+            assert conv is not None
+            members = {m.user_id: m for m in conv.members}
+            if conv.type == "direct":  # one member hid it, and this node does not know them
+                other = await self._direct_other(conv, sender_id)
+                if other is None:
+                    unknown_other = True
+                else:
+                    members.setdefault(other.user_id, other)
+                    if check_blocks and await self._blocked(sender_id, by=other.user_id):
+                        raise Blocked("this user does not accept messages from you")
+            if sender_id not in members and require_member and conv.type != "direct":
+                raise Forbidden("not a participant of this conversation")
+            participants = [*members]
+            if sender_id not in members and conv.type == "direct":
+                participants.append(sender_id)
+            candidates = [
+                uid
+                for uid, member in members.items()
+                if uid != sender_id and not member.muted and not router.user_sessions(uid)
+            ]
         jobs = (
             [
                 JobSpec(
                     queue=OFFLINE_JOB_QUEUE,
                     kind=OFFLINE_JOB_KIND,
-                    payload={"conversation_id": cid, "sender_id": sender_id, "recipients": offline},
+                    payload={"conversation_id": cid, "sender_id": sender_id, "recipients": candidates},
                     dedupe_key=f"{OFFLINE_JOB_KIND}:{cid}:{sender_id}:{client_id}",
                 )
             ]
-            if offline
+            if candidates
             else []
         )
         message, created = await store.append_message(
@@ -467,8 +508,31 @@ class ChatService:
             jobs=jobs,
         )
         if created and unknown_other:
+            assert conv is not None
             participants = await self._after_unknown_other(message, conv)
+        elif pair is None and conv is not None and conv.type == "direct" and require_member and len(participants) == 2:
+            # The append proved the sender a member: remember the pair, hidden member included.
+            self._keep_pair(cid, participants[0], participants[1])
         return message, created, participants
+
+    async def _blocked(self, user_id: str, *, by: str) -> bool:
+        """``store.is_blocked``, remembered for ``_BLOCK_CACHE_S``; blocks and
+        unblocks through this node take effect here at once."""
+        key = (user_id, by)
+        now = trio.current_time()
+        cached = self._blocks.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        blocked: bool = await self._store.is_blocked(user_id=user_id, by=by)
+        if len(self._blocks) >= _CACHE_KEPT:
+            self._blocks = {k: v for k, v in self._blocks.items() if v[0] > now}
+            if len(self._blocks) >= _CACHE_KEPT:
+                self._blocks.clear()
+        self._blocks[key] = (now + _BLOCK_CACHE_S, blocked)
+        return blocked
+
+    def forget_block(self, user_id: str, *, by: str) -> None:
+        self._blocks.pop((user_id, by), None)
 
     async def _after_unknown_other(self, message: MessageRecord, conv: ConversationRecord) -> list[str]:
         """The append showed a direct conversation again to a member that neither
@@ -511,9 +575,15 @@ class ChatService:
 
     async def op_send(self, caller: Caller, value: MessageSend) -> dict[str, Any]:
         uid = caller.user_id
-        conv, _ = await self.participant(value.conversation_id, uid)
+        conv: ConversationRecord | None = None
+        pair = self._pairs.get(value.conversation_id)
+        if pair is None:
+            conv, _ = await self.participant(value.conversation_id, uid)
+        elif uid not in pair:
+            raise Forbidden("not a participant of this conversation")
         message, created, participants = await self.append(
-            conv,
+            value.conversation_id,
+            conv=conv,
             sender_id=uid,
             client_id=value.client_id,
             body=value.body,
@@ -662,7 +732,7 @@ class ChatService:
         conv, _ = await self.participant(cid, uid)
         if conv.type == "direct":
             other = await self._direct_other(conv, uid)
-            if other is not None and await self._store.is_blocked(user_id=uid, by=other.user_id):
+            if other is not None and await self._blocked(uid, by=other.user_id):
                 raise Blocked("this user does not accept messages from you")
         if key in self._typing:  # started meanwhile by another device
             self._typing[key].deadline = deadline
@@ -744,12 +814,14 @@ class ChatService:
         if value.user_id == caller.user_id:
             raise ValidationFailed("user_id", "cannot block yourself")
         await self._store.block_user(user_id=caller.user_id, blocked_id=value.user_id, now=self._svc.clock.now())
+        self.forget_block(value.user_id, by=caller.user_id)
         return {}
 
     async def op_unblock(self, caller: Caller, value: UserUnblock) -> dict[str, Any]:
         if value.user_id == caller.user_id:
             raise ValidationFailed("user_id", "cannot unblock yourself")
         await self._store.unblock_user(user_id=caller.user_id, blocked_id=value.user_id)
+        self.forget_block(value.user_id, by=caller.user_id)
         return {}
 
 
@@ -943,9 +1015,8 @@ async def server_send_message(conversation_id: str) -> Response:
     fields = {k: v for k, v in body.items() if k != "type"}
     fields["conversation_id"] = conversation_id
     value: MessageSend = protocol.validate("message.send", fields, max_message_bytes=svc.config.chat.max_message_bytes)
-    conv = await chat._conversation(conversation_id)
     message, created, participants = await chat.append(
-        conv,
+        conversation_id,
         sender_id=sender_id,
         client_id=value.client_id,
         body=value.body,
@@ -983,6 +1054,7 @@ async def server_block(user_id: str) -> Response:
     if blocked == uid:
         raise ValidationFailed("user_id", "a user cannot block themselves")
     await chat._store.block_user(user_id=uid, blocked_id=blocked, now=chat._svc.clock.now())
+    chat.forget_block(blocked, by=uid)
     return json_response({})
 
 
@@ -992,6 +1064,7 @@ async def server_unblock(user_id: str, other: str) -> Response:
     uid = _path_user(user_id)
     blocked = protocol.validate_user_id(other, "other")
     await chat._store.unblock_user(user_id=uid, blocked_id=blocked)
+    chat.forget_block(blocked, by=uid)
     return json_response({})
 
 

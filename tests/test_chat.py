@@ -15,10 +15,18 @@ import trio
 
 from realtimed.daemon import Daemon
 from tests.fixtures.clients import WsClient
-from tests.fixtures.daemon import API_KEY, DaemonFactory
+from tests.fixtures.daemon import API_KEY, DaemonFactory, merge
 from tests.fixtures.tokens import token
 
 SERVER = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The store section of the daemon's configuration: each test runs on both stores."""
+    if request.param == "postgres":
+        return {"store": {"backend": "postgres", "postgres_dsn": request.getfixturevalue("pg_dsn")}}
+    return {}
 
 
 def ws_url(daemon: Daemon) -> str:
@@ -80,9 +88,9 @@ async def stored_jobs(daemon: Daemon) -> list[Any]:
 # -- messages ------------------------------------------------------------------------------------
 
 
-async def test_send_resend_edit_delete_reach_every_device(start_daemon: DaemonFactory) -> None:
+async def test_send_resend_edit_delete_reach_every_device(start_daemon: DaemonFactory, backend: dict[str, Any]) -> None:
     with trio.fail_after(30):
-        daemon = await start_daemon()
+        daemon = await start_daemon(backend)
         a1, a2, b1, cid = await three_devices(daemon)
 
         reply = await a1.request("message.send", {"conversation_id": cid, "client_id": "k-1", "body": "hello"})
@@ -134,9 +142,9 @@ async def test_send_resend_edit_delete_reach_every_device(start_daemon: DaemonFa
             await client.close()
 
 
-async def test_history_paging_changes_since_and_missed_messages(start_daemon: DaemonFactory) -> None:
+async def test_history_paging_changes_since_and_missed_messages(start_daemon: DaemonFactory, backend: dict[str, Any]) -> None:
     with trio.fail_after(40):
-        daemon = await start_daemon()
+        daemon = await start_daemon(backend)
         a1, a2, b1, cid = await three_devices(daemon)
         sent = [await send(a1, cid, f"k-{i}", f"m{i}") for i in range(1, 8)]
         assert [m["seq"] for m in sent] == list(range(1, 8))
@@ -172,9 +180,9 @@ async def test_history_paging_changes_since_and_missed_messages(start_daemon: Da
             await client.close()
 
 
-async def test_receipts_unread_counts_and_conversation_state(start_daemon: DaemonFactory) -> None:
+async def test_receipts_unread_counts_and_conversation_state(start_daemon: DaemonFactory, backend: dict[str, Any]) -> None:
     with trio.fail_after(40):
-        daemon = await start_daemon()
+        daemon = await start_daemon(backend)
         a1, a2, b1, cid = await three_devices(daemon)
         b2 = await connect(daemon, "bob")
         for i in range(1, 4):
@@ -226,9 +234,9 @@ async def test_receipts_unread_counts_and_conversation_state(start_daemon: Daemo
             await client.close()
 
 
-async def test_leave_group_and_rejoin_by_server_api(start_daemon: DaemonFactory) -> None:
+async def test_leave_group_and_rejoin_by_server_api(start_daemon: DaemonFactory, backend: dict[str, Any]) -> None:
     with trio.fail_after(30):
-        daemon = await start_daemon()
+        daemon = await start_daemon(backend)
         alice = await connect(daemon, "alice")
         bob = await connect(daemon, "bob")
         carol = await connect(daemon, "carol")
@@ -271,9 +279,9 @@ async def test_leave_group_and_rejoin_by_server_api(start_daemon: DaemonFactory)
             await client.close()
 
 
-async def test_hidden_direct_conversation_comes_back_with_a_message(start_daemon: DaemonFactory) -> None:
+async def test_hidden_direct_conversation_comes_back_with_a_message(start_daemon: DaemonFactory, backend: dict[str, Any]) -> None:
     with trio.fail_after(30):
-        daemon = await start_daemon()
+        daemon = await start_daemon(backend)
         a1, a2, b1, cid = await three_devices(daemon)
         await send(a1, cid, "k-1")
         assert await b1.ok("conversation.leave", {"conversation_id": cid}) == {}
@@ -293,9 +301,9 @@ async def test_hidden_direct_conversation_comes_back_with_a_message(start_daemon
 # -- blocks and the open policy ------------------------------------------------------------------
 
 
-async def test_blocked_user_cannot_open_or_send(start_daemon: DaemonFactory) -> None:
+async def test_blocked_user_cannot_open_or_send(start_daemon: DaemonFactory, backend: dict[str, Any]) -> None:
     with trio.fail_after(30):
-        daemon = await start_daemon()
+        daemon = await start_daemon(backend)
         a1, a2, b1, cid = await three_devices(daemon)
         await send(a1, cid, "k-1")
         assert await b1.ok("user.block", {"user_id": "alice"}) == {}
@@ -327,9 +335,9 @@ async def test_blocked_user_cannot_open_or_send(start_daemon: DaemonFactory) -> 
             await client.close()
 
 
-async def test_contacts_open_policy(start_daemon: DaemonFactory) -> None:
+async def test_contacts_open_policy(start_daemon: DaemonFactory, backend: dict[str, Any]) -> None:
     with trio.fail_after(30):
-        daemon = await start_daemon({"chat": {"open_policy": "contacts"}})
+        daemon = await start_daemon(merge(backend, {"chat": {"open_policy": "contacts"}}))
         alice = await connect(daemon, "alice")
         assert (await error(alice, "conversation.open", {"user_id": "bob"}))["code"] == "FORBIDDEN"
         assert (await error(alice, "conversation.create", {"member_ids": ["bob"]}))["code"] == "FORBIDDEN"
@@ -348,9 +356,9 @@ async def test_contacts_open_policy(start_daemon: DaemonFactory) -> None:
 # -- refusals change nothing ---------------------------------------------------------------------
 
 
-async def test_refusals_name_the_problem_and_change_nothing(start_daemon: DaemonFactory) -> None:
+async def test_refusals_name_the_problem_and_change_nothing(start_daemon: DaemonFactory, backend: dict[str, Any]) -> None:
     with trio.fail_after(40):
-        daemon = await start_daemon({"chat": {"max_message_bytes": 1024, "max_group_members": 3}})
+        daemon = await start_daemon(merge(backend, {"chat": {"max_message_bytes": 1024, "max_group_members": 3}}))
         store = daemon.services.store
         a1, a2, b1, cid = await three_devices(daemon)
         first = await send(a1, cid, "k-1")
@@ -427,9 +435,9 @@ async def test_refusals_name_the_problem_and_change_nothing(start_daemon: Daemon
 # -- offline participants ------------------------------------------------------------------------
 
 
-async def test_chat_offline_job_for_recipients_without_a_device(start_daemon: DaemonFactory) -> None:
+async def test_chat_offline_job_for_recipients_without_a_device(start_daemon: DaemonFactory, backend: dict[str, Any]) -> None:
     with trio.fail_after(30):
-        daemon = await start_daemon()
+        daemon = await start_daemon(backend)
         alice = await connect(daemon, "alice")
         bob = await connect(daemon, "bob")
         group = (await alice.ok("conversation.create", {"member_ids": ["bob", "carol", "dave"]}))["conversation"]
@@ -473,9 +481,9 @@ async def test_chat_offline_job_for_recipients_without_a_device(start_daemon: Da
 # -- server API and client REST ------------------------------------------------------------------
 
 
-async def test_server_api_conversations_and_messages(start_daemon: DaemonFactory) -> None:
+async def test_server_api_conversations_and_messages(start_daemon: DaemonFactory, backend: dict[str, Any]) -> None:
     with trio.fail_after(30):
-        daemon = await start_daemon({"chat": {"max_group_members": 4}})
+        daemon = await start_daemon(merge(backend, {"chat": {"max_group_members": 4}}))
         alice = await connect(daemon, "alice")
         bob = await connect(daemon, "bob")
         async with server_http(daemon) as http:
@@ -534,9 +542,9 @@ async def test_server_api_conversations_and_messages(start_daemon: DaemonFactory
         await bob.close()
 
 
-async def test_client_rest_mirrors_the_ops(start_daemon: DaemonFactory) -> None:
+async def test_client_rest_mirrors_the_ops(start_daemon: DaemonFactory, backend: dict[str, Any]) -> None:
     with trio.fail_after(30):
-        daemon = await start_daemon()
+        daemon = await start_daemon(backend)
         bob_socket = await connect(daemon, "bob")
         async with user_http(daemon, "alice") as alice, user_http(daemon, "bob") as bob:
             answer = await alice.post("/api/v1/conversations", json={"user_id": "bob"})
@@ -574,10 +582,9 @@ async def test_client_rest_mirrors_the_ops(start_daemon: DaemonFactory) -> None:
         await bob_socket.close()
 
 
-@pytest.mark.parametrize("open_policy", ["anyone"])
-async def test_session_ready_carries_unread_total(start_daemon: DaemonFactory, open_policy: str) -> None:
+async def test_session_ready_carries_unread_total(start_daemon: DaemonFactory, backend: dict[str, Any]) -> None:
     with trio.fail_after(20):
-        daemon = await start_daemon({"chat": {"open_policy": open_policy}})
+        daemon = await start_daemon(backend)
         alice = await connect(daemon, "alice")
         cid = (await alice.ok("conversation.open", {"user_id": "bob"}))["conversation"]["id"]
         for i in range(2):
