@@ -799,7 +799,10 @@ class ChatService:
                 if state.deadline > now:  # refreshed since: wait for the new deadline
                     heapq.heappush(self._typing_heap, (state.deadline, next(self._counter), uid, cid))
                     continue
-                await self._stop_typing(uid, cid)
+                try:
+                    await self._stop_typing(uid, cid)
+                except Exception:
+                    log.exception("conversation %s: ending %s's typing failed", cid, uid)
 
     def _prune_buckets(self, now: float) -> None:
         rate = self._cfg.typing_per_s
@@ -991,6 +994,8 @@ async def server_remove_member(conversation_id: str, user_id: str) -> Response:
     chat = _chat()
     uid = _path_user(user_id)
     before = await chat._conversation(conversation_id)
+    if before.type != "group":
+        raise Conflict("the members of a direct conversation are fixed")
     if before.member(uid) is None:
         raise NotFound("not a member of this conversation")
     after = await chat._store.leave_conversation(conversation_id=conversation_id, user_id=uid, now=chat._svc.clock.now())

@@ -68,6 +68,7 @@ Chosen = Literal["online", "away", "busy", "invisible"]
 Visible = Literal["online", "away", "busy", "offline"]
 
 _CONCURRENCY: Final = 16
+_SHUTDOWN_S: Final = 3.0  # at most this long to store last seen times when the node stops
 _IDLE_BACKOFF: Final = 4.0  # the checks of an idle user's devices slow down to this many idle_check_s
 
 
@@ -234,9 +235,30 @@ class PresenceService:
     # -- service -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[PresenceService] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._timers)
-            task_status.started(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._timers)
+                task_status.started(self)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(_SHUTDOWN_S):
+                await self._all_gone()
+
+    async def _all_gone(self) -> None:
+        """The node stops: its users' devices are gone, so store their last seen now
+        rather than never (the grace periods will not run out here)."""
+        now = self._svc.clock.now()
+        for uid, local in list(self._local.items()):
+            if not local.connected:
+                continue
+            record = await self._record(uid)
+            if record.status == "offline":
+                continue
+            try:
+                await self._svc.store.set_last_seen(user_id=uid, at=local.disconnected_at or now)
+                await self.backend.put(uid, attrs.evolve(record, status="offline"))
+            except ApiError as exc:
+                log.warning("user %s: last seen not stored at shutdown: %s", uid, exc.message)
+                return
 
     def register(self, ops: OpRegistry) -> None:
         """Register ``presence.set``, ``presence.query`` and the gateway's connect hooks."""
@@ -448,6 +470,9 @@ class PresenceService:
                     self._local.pop(uid, None)
             except ApiError as exc:
                 log.warning("user %s: presence %s: %s", uid, kind, exc.message)
+            except Exception:
+                # A bug must not take the node down: this user's presence may be off until its next change.
+                log.exception("user %s: presence %s failed", uid, kind)
 
     async def _idle_check(self, uid: str, local: _Local, now: float) -> None:
         away_after = self._cfg.away_after_s

@@ -533,8 +533,11 @@ async def test_server_api_conversations_and_messages(start_daemon: DaemonFactory
             ):
                 answer = await http.post("/server/v1/conversations", json=bad)
                 assert answer.status_code == 400 and answer.json()["error"]["code"] == "VALIDATION_ERROR", bad
-            renamed = await http.patch(f"/server/v1/conversations/{direct.json()['conversation']['id']}", json={"title": "x"})
+            direct_id = direct.json()["conversation"]["id"]
+            renamed = await http.patch(f"/server/v1/conversations/{direct_id}", json={"title": "x"})
             assert renamed.status_code == 409
+            assert (await http.delete(f"/server/v1/conversations/{direct_id}/members/bob")).status_code == 409
+            assert (await http.post(f"/server/v1/conversations/{direct_id}/members", json={"user_ids": ["c"]})).status_code == 409
             assert (await http.patch("/server/v1/conversations/c_nope", json={"title": "x"})).status_code == 404
             doc = (await http.get("/server/v1/openapi.json")).json()
             assert "/server/v1/conversations/{id}/messages" in doc["paths"] and "/api/v1/presence" in doc["paths"]

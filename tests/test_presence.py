@@ -286,3 +286,18 @@ async def test_sse_stream_counts_as_a_device(start_daemon: DaemonFactory) -> Non
         seen = await daemon.services.store.get_last_seen(["alice"])
         assert daemon.services.clock.now() - seen["alice"] < timedelta(seconds=5)
         await bob.close()
+
+
+async def test_last_seen_is_stored_when_the_node_stops(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(30):
+        daemon = await start_daemon({"presence": {"offline_grace_s": 60.0}})
+        alice = await WsClient.connect(daemon.url().replace("http", "ws", 1) + "/ws", token=token("alice"))
+        await alice.event("session.ready")
+        assert daemon.services.presence.connected("alice")
+        daemon.request_drain()
+        assert await alice.closed() == 1001
+        await daemon.wait_stopped()
+        stopped = daemon.services.clock.now()
+        again = await start_daemon()  # the same state directory
+        seen = await again.services.store.get_last_seen(["alice"])
+        assert timedelta(0) <= stopped - seen["alice"] < timedelta(seconds=10)
