@@ -10,13 +10,18 @@ that something happens on time, so that only a real wake-up can explain it.
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import random
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -31,6 +36,7 @@ from realtimed.config import (
     RetentionConfig,
     ServerConfig,
     StoreConfig,
+    load_config,
 )
 from realtimed.jobs import (
     DoNotRetry,
@@ -45,6 +51,7 @@ from realtimed.jobs import runner as runner_module
 from realtimed.metrics import REGISTRY
 from realtimed.store import Store, open_store
 from realtimed.store.base import NewNotification
+from tests.fixtures.daemon import API_KEY, DaemonFactory
 
 AUTOJUMP_S = 0.05
 LIMIT_S = 3600  # virtual seconds; a hang jumps straight to it
@@ -677,3 +684,96 @@ def test_builtin_cron_entries_yield_to_the_operator() -> None:
     assert set(merged) == {"retention.notifications", "retention.jobs", "retention.messages", "devices.stale"}
     assert merged["retention.jobs"].schedule == "0 5 * * 0"
     assert merged["devices.stale"].schedule == "40 3 * * *"
+
+
+# ---------------------------------------------------------------------------
+# The server API and the CLI
+# ---------------------------------------------------------------------------
+
+
+async def dead_job(store: Any, kind: str, *, queue: str = "ops") -> str:
+    """A job that ran out of attempts."""
+    now = SystemClock().now()
+    job, _ = await store.enqueue_job(queue=queue, kind=kind, payload={"x": 1}, now=now, max_attempts=1)
+    [claimed] = await store.claim_jobs(queue=queue, limit=1, owner="gone", lease_s=10, now=now)
+    await store.fail_job(job_id=claimed.id, owner="gone", error="Boom: out of luck", now=now, retry_at=None)
+    return str(job.id)
+
+
+async def test_server_api_lists_pages_retries_and_cancels_jobs(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(30):
+        # Nothing serves the "ops" queue, so the jobs stay where the test puts them.
+        daemon = await start_daemon({"jobs": {"poll_s": 600.0}})
+        store = daemon.services.store
+        dead = await dead_job(store, "ops.fragile")
+        queued = [(await store.enqueue_job(queue="ops", kind="ops.wait", payload={}, now=SystemClock().now()))[0].id for _ in range(3)]
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        async with httpx.AsyncClient(base_url=daemon.url() + "/server/v1", headers=headers, timeout=10) as http:
+            first = (await http.get("/jobs", params={"queue": "ops", "limit": 3})).json()
+            assert len(first["jobs"]) == 3 and first["next_cursor"]
+            rest = (await http.get("/jobs", params={"queue": "ops", "limit": 3, "cursor": first["next_cursor"]})).json()
+            assert rest["next_cursor"] is None
+            assert {j["id"] for j in first["jobs"] + rest["jobs"]} == {dead, *queued}
+
+            only_dead = (await http.get("/jobs", params={"status": "dead"})).json()["jobs"]
+            assert [j["id"] for j in only_dead] == [dead]
+            record = only_dead[0]
+            assert set(record) == {
+                "id", "queue", "kind", "payload", "priority", "status", "attempts", "max_attempts",
+                "run_at", "last_error", "created_at", "finished_at",
+            }
+            assert record["last_error"] == "Boom: out of luck" and record["run_at"].endswith("Z")
+            assert [j["id"] for j in (await http.get("/jobs", params={"kind": "ops.wait"})).json()["jobs"]] == queued[::-1]
+
+            for params, field in [({"status": "bogus"}, "status"), ({"limit": "0"}, "limit"), ({"limit": "x"}, "limit"), ({"cursor": "!!"}, "cursor")]:
+                answer = await http.get("/jobs", params=params)
+                assert answer.status_code == 400, params
+                assert answer.json()["error"]["code"] == "VALIDATION_ERROR"
+                assert answer.json()["error"]["field"] == field
+
+            assert (await http.get(f"/jobs/{dead}")).json()["job"]["status"] == "dead"
+            assert (await http.get("/jobs/j_nope")).status_code == 404
+
+            retried = await http.post(f"/jobs/{dead}/retry")
+            assert retried.status_code == 200
+            assert retried.json()["job"]["status"] == "queued" and retried.json()["job"]["attempts"] == 0
+            assert (await http.post(f"/jobs/{dead}/retry")).json()["error"]["code"] == "CONFLICT"
+
+            cancelled = await http.post(f"/jobs/{queued[0]}/cancel")
+            assert cancelled.json()["job"]["status"] == "cancelled"
+            again = await http.post(f"/jobs/{queued[0]}/cancel")
+            assert again.status_code == 409
+            assert (await http.post("/jobs/j_nope/cancel")).status_code == 404
+            assert (await http.get("/jobs")).status_code == 200
+            assert (await http.get("/jobs", headers={"Authorization": "Bearer wrong"})).status_code == 401
+
+
+async def test_cli_lists_retries_and_cancels(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        config = tmp_path / "realtimed.toml"
+        config.write_text(f'[server]\nstate_dir = "{tmp_path / "state"}"\n')
+        cfg = load_config(config, env={})
+        async with trio.open_nursery() as nursery:
+            store = open_store(cfg, clock=SystemClock())
+            await nursery.start(store.run)
+            dead = await dead_job(store, "cli.fragile")
+            nursery.cancel_scope.cancel()
+
+        async def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIMED__")}
+            command = [sys.executable, "-m", "realtimed", "jobs", *args, "-c", str(config)]
+            return await trio.to_thread.run_sync(
+                lambda: subprocess.run(command, capture_output=True, text=True, timeout=30, env=env)
+            )
+
+        listed = await cli("list", "--status", "dead", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert [j["id"] for j in json.loads(listed.stdout)["jobs"]] == [dead]
+        lines = (await cli("list")).stdout.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"{dead}  dead") and "Boom: out of luck" in lines[0]
+        retried = await cli("retry", dead)
+        assert retried.returncode == 0 and f"{dead}  queued" in retried.stdout
+        cancelled = await cli("cancel", dead, "--json")
+        assert json.loads(cancelled.stdout)["job"]["status"] == "cancelled"
+        refused = await cli("cancel", dead)
+        assert refused.returncode == 1 and "only a queued job can be cancelled" in refused.stderr

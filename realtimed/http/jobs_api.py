@@ -97,8 +97,6 @@ async def retry_job(job_id: str) -> Response:
     svc = services()
     job = await svc.store.retry_job(job_id=_job_id(job_id), now=svc.clock.now())
     log.info("job %s (%s) retried through the server API", job.id, job.kind)
-    if svc.jobs is not None:
-        svc.jobs.serve_queue(job.queue)
     return json_response({"job": job.to_wire()})
 
 

@@ -426,7 +426,13 @@ class JobRunner:
                     await self._release_all()
 
     async def drain(self, grace_s: float) -> None:
-        """Stop claiming, give running jobs ``grace_s`` to finish, cancel and release the rest."""
+        """Stop claiming, give running jobs ``grace_s`` to finish, cancel and release the rest.
+
+        Jobs claimed but not finished go back to ``queued`` at once (``store.release_jobs``),
+        without using up an attempt, for another node to run. ``run`` returns afterwards.
+        If the drain itself is cancelled (the daemon's own grace period ended first),
+        ``run`` releases the claims as it is cancelled.
+        """
         if self._drained.is_set():
             return
         self._stopping = True
@@ -605,8 +611,9 @@ class JobRunner:
             )
             self._claims.pop(job.id, None)
         except Exception as exc:
-            # The claim stays: it is released at exit or its lease expires, and the job runs again.
-            log.error("job %s (%s): recording the outcome failed: %s", job.id, job.kind, exc)
+            # No longer renewed, the lease runs out and the job runs again (here or elsewhere).
+            self._claims.pop(job.id, None)
+            log.error("job %s (%s): recording the outcome failed, it will run again: %s", job.id, job.kind, exc)
             return
         if record is None:
             JOB_OUTCOMES.labels(job.kind, "lost").inc()
