@@ -697,6 +697,94 @@ class ChatService:
             caller.after_reply.append(receipts)
         return {"read_seq": state.read_seq}
 
+    # -- the server API ------------------------------------------------------------------------
+
+    async def create_conversation(self, *, kind: str, member_ids: list[str], title: str | None) -> ConversationRecord:
+        """Create a group, or find or create a direct conversation (the server API:
+        no open policy, no blocks); ``conversation.updated`` to its members."""
+        store = self._store
+        now = self._svc.clock.now()
+        if kind == "direct":
+            if len(member_ids) != 2:
+                raise ValidationFailed("member_ids", "a direct conversation has exactly two members")
+            if title is not None:
+                raise ValidationFailed("title", "a direct conversation has no title")
+            conv, created = await store.open_direct(user_id=member_ids[0], other_id=member_ids[1], now=now)
+            self._remember_pair(conv)
+            if created:
+                await self._updated(conv)
+            return conv
+        self._check_group_size(len(member_ids), "member_ids")
+        conv = await store.create_group(member_ids=member_ids, now=now, title=title)
+        await self._updated(conv)
+        return conv
+
+    async def rename(self, conversation_id: str, title: str | None) -> ConversationRecord:
+        conv = await self._store.set_title(conversation_id=conversation_id, title=title, now=self._svc.clock.now())
+        await self._updated(conv)
+        return conv
+
+    async def add_members(self, conversation_id: str, user_ids: list[str]) -> ConversationRecord:
+        """Add users to a group (they start with everything read); ``conversation.updated``
+        to every member, the new ones included."""
+        before = await self._conversation(conversation_id)
+        if before.type != "group":
+            raise Conflict("the members of a direct conversation are fixed")
+        self._check_group_size(len(set(before.member_ids) | set(user_ids)), "user_ids")
+        conv = await self._store.add_members(
+            conversation_id=conversation_id, user_ids=user_ids, now=self._svc.clock.now()
+        )
+        await self._updated(conv)
+        return conv
+
+    async def remove_member(self, conversation_id: str, user_id: str) -> ConversationRecord:
+        before = await self._conversation(conversation_id)
+        if before.type != "group":
+            raise Conflict("the members of a direct conversation are fixed")
+        if before.member(user_id) is None:
+            raise NotFound("not a member of this conversation")
+        after = await self._store.leave_conversation(
+            conversation_id=conversation_id, user_id=user_id, now=self._svc.clock.now()
+        )
+        await self._after_leave(before, after, user_id)
+        return after
+
+    async def send_as(self, sender_id: str, value: MessageSend, *, type: str) -> MessageRecord:
+        """A message from the app's backend: ``system`` messages need no member as
+        sender; others are refused (FORBIDDEN) for a non-member, as on the socket.
+        Blocks are the app's business here."""
+        message, created, participants = await self.append(
+            value.conversation_id,
+            sender_id=sender_id,
+            client_id=value.client_id,
+            body=value.body,
+            type=type,
+            media_url=value.media_url,
+            reply_to=value.reply_to,
+            check_blocks=False,
+            require_member=type != "system",
+        )
+        if created:
+            MESSAGES.labels("server").inc()
+            await self.announce(message, participants)
+        return message
+
+    async def set_contacts(self, user_id: str, contact_ids: list[str]) -> None:
+        await self._store.set_contacts(user_id=user_id, contact_ids=[c for c in contact_ids if c != user_id])
+
+    async def block(self, user_id: str, blocked_id: str) -> None:
+        """``user_id`` blocks ``blocked_id`` (effective on this node at once)."""
+        if blocked_id == user_id:
+            raise ValidationFailed("user_id", "a user cannot block themselves")
+        await self._store.block_user(user_id=user_id, blocked_id=blocked_id, now=self._svc.clock.now())
+        self.forget_block(blocked_id, by=user_id)
+
+    async def unblock(self, user_id: str, blocked_id: str) -> None:
+        if blocked_id == user_id:
+            raise ValidationFailed("user_id", "a user cannot unblock themselves")
+        await self._store.unblock_user(user_id=user_id, blocked_id=blocked_id)
+        self.forget_block(blocked_id, by=user_id)
+
     # -- typing --------------------------------------------------------------------------------
 
     def _take_typing_token(self, key: tuple[str, str]) -> float:
@@ -814,17 +902,11 @@ class ChatService:
     # -- blocks --------------------------------------------------------------------------------
 
     async def op_block(self, caller: Caller, value: UserBlock) -> dict[str, Any]:
-        if value.user_id == caller.user_id:
-            raise ValidationFailed("user_id", "cannot block yourself")
-        await self._store.block_user(user_id=caller.user_id, blocked_id=value.user_id, now=self._svc.clock.now())
-        self.forget_block(value.user_id, by=caller.user_id)
+        await self.block(caller.user_id, value.user_id)
         return {}
 
     async def op_unblock(self, caller: Caller, value: UserUnblock) -> dict[str, Any]:
-        if value.user_id == caller.user_id:
-            raise ValidationFailed("user_id", "cannot unblock yourself")
-        await self._store.unblock_user(user_id=caller.user_id, blocked_id=value.user_id)
-        self.forget_block(value.user_id, by=caller.user_id)
+        await self.unblock(caller.user_id, value.user_id)
         return {}
 
 
@@ -946,130 +1028,79 @@ async def server_create_conversation() -> Response:
     if kind not in ("direct", "group"):
         raise ValidationFailed("type", "must be direct or group")
     members = _user_list(body, "member_ids", min_items=1, max_items=protocol.MAX_MEMBER_IDS)
-    title = _title(body)
-    store = chat._store
-    now = chat._svc.clock.now()
-    if kind == "direct":
-        if len(members) != 2:
-            raise ValidationFailed("member_ids", "a direct conversation has exactly two members")
-        if title is not None:
-            raise ValidationFailed("title", "a direct conversation has no title")
-        conv, created = await store.open_direct(user_id=members[0], other_id=members[1], now=now)
-        if created:
-            await chat._updated(conv)
-        return json_response({"conversation": conv.to_wire()})
-    chat._check_group_size(len(members), "member_ids")
-    conv = await store.create_group(member_ids=members, now=now, title=title)
-    await chat._updated(conv)
+    conv = await chat.create_conversation(kind=kind, member_ids=members, title=_title(body))
     return json_response({"conversation": conv.to_wire()})
 
 
 @server_routes.patch("/conversations/<conversation_id>")
 async def server_set_title(conversation_id: str) -> Response:
-    chat = _chat()
     body = await json_body()
     if "title" not in body:
         raise ValidationFailed("title", "is required (null removes it)")
-    conv = await chat._store.set_title(conversation_id=conversation_id, title=_title(body), now=chat._svc.clock.now())
-    await chat._updated(conv)
+    conv = await _chat().rename(conversation_id, _title(body))
     return json_response({"conversation": conv.to_wire()})
 
 
 @server_routes.post("/conversations/<conversation_id>/members")
 async def server_add_members(conversation_id: str) -> Response:
-    chat = _chat()
     body = await json_body()
     users = _user_list(body, "user_ids", min_items=1, max_items=protocol.MAX_MEMBER_IDS)
-    before = await chat._conversation(conversation_id)
-    if before.type != "group":
-        raise Conflict("the members of a direct conversation are fixed")
-    chat._check_group_size(len(set(before.member_ids) | set(users)), "user_ids")
-    conv = await chat._store.add_members(conversation_id=conversation_id, user_ids=users, now=chat._svc.clock.now())
-    await chat._updated(conv)
+    conv = await _chat().add_members(conversation_id, users)
     return json_response({"conversation": conv.to_wire()})
 
 
 @server_routes.delete("/conversations/<conversation_id>/members/<user_id>")
 async def server_remove_member(conversation_id: str, user_id: str) -> Response:
-    chat = _chat()
-    uid = _path_user(user_id)
-    before = await chat._conversation(conversation_id)
-    if before.type != "group":
-        raise Conflict("the members of a direct conversation are fixed")
-    if before.member(uid) is None:
-        raise NotFound("not a member of this conversation")
-    after = await chat._store.leave_conversation(conversation_id=conversation_id, user_id=uid, now=chat._svc.clock.now())
-    await chat._after_leave(before, after, uid)
-    return json_response({"conversation": after.to_wire()})
+    conv = await _chat().remove_member(conversation_id, _path_user(user_id))
+    return json_response({"conversation": conv.to_wire()})
 
 
 @server_routes.post("/conversations/<conversation_id>/messages")
 async def server_send_message(conversation_id: str) -> Response:
     chat = _chat()
-    svc = chat._svc
     body = await json_body()
     sender = body.get("sender_id")
     if sender is None:
         raise ValidationFailed("sender_id", "is required")
     sender_id = protocol.validate_user_id(sender, "sender_id")
-    kind = body.get("type", "text")
+    kind = body.get("type")
     if kind is None:
         kind = "text"
     if kind not in SERVER_MESSAGE_TYPES:
         raise ValidationFailed("type", "must be one of text, image, file, system")
+    # The socket's rules for everything but the type (which may be system here).
     fields = {k: v for k, v in body.items() if k != "type"}
     fields["conversation_id"] = conversation_id
-    value: MessageSend = protocol.validate("message.send", fields, max_message_bytes=svc.config.chat.max_message_bytes)
-    message, created, participants = await chat.append(
-        conversation_id,
-        sender_id=sender_id,
-        client_id=value.client_id,
-        body=value.body,
-        type=kind,
-        media_url=value.media_url,
-        reply_to=value.reply_to,
-        check_blocks=False,
-        require_member=kind != "system",
+    value: MessageSend = protocol.validate(
+        "message.send", fields, max_message_bytes=services().config.chat.max_message_bytes
     )
-    if created:
-        MESSAGES.labels("server").inc()
-        await chat.announce(message, participants)
+    message = await chat.send_as(sender_id, value, type=kind)
     return json_response({"message": message.to_wire()})
 
 
 @server_routes.put("/users/<user_id>/contacts")
 async def server_set_contacts(user_id: str) -> Response:
-    chat = _chat()
     uid = _path_user(user_id)
     body = await json_body()
     contacts = _user_list(body, "user_ids", min_items=0, max_items=MAX_CONTACTS)
-    await chat._store.set_contacts(user_id=uid, contact_ids=[c for c in contacts if c != uid])
+    await _chat().set_contacts(uid, contacts)
     return json_response({})
 
 
 @server_routes.post("/users/<user_id>/blocks")
 async def server_block(user_id: str) -> Response:
-    chat = _chat()
     uid = _path_user(user_id)
     body = await json_body()
     other = body.get("user_id")
     if other is None:
         raise ValidationFailed("user_id", "is required")
-    blocked = protocol.validate_user_id(other, "user_id")
-    if blocked == uid:
-        raise ValidationFailed("user_id", "a user cannot block themselves")
-    await chat._store.block_user(user_id=uid, blocked_id=blocked, now=chat._svc.clock.now())
-    chat.forget_block(blocked, by=uid)
+    await _chat().block(uid, protocol.validate_user_id(other, "user_id"))
     return json_response({})
 
 
 @server_routes.delete("/users/<user_id>/blocks/<other>")
 async def server_unblock(user_id: str, other: str) -> Response:
-    chat = _chat()
-    uid = _path_user(user_id)
-    blocked = protocol.validate_user_id(other, "other")
-    await chat._store.unblock_user(user_id=uid, blocked_id=blocked)
-    chat.forget_block(blocked, by=uid)
+    await _chat().unblock(_path_user(user_id), protocol.validate_user_id(other, "other"))
     return json_response({})
 
 
