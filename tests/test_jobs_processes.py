@@ -52,6 +52,19 @@ class Worker:
         await self.process.wait()
 
 
+async def spawn_many(count: int, dsn: str, **options: Any) -> list[Worker]:
+    """Start ``count`` workers at once (each takes a second or so to import and connect)."""
+    workers: list[Worker] = []
+
+    async def one() -> None:
+        workers.append(await spawn(dsn, **options))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            nursery.start_soon(one)
+    return workers
+
+
 async def spawn(dsn: str, *, concurrency: int, work_ms: float, lease_s: float = 2.0) -> Worker:
     process = await trio.lowlevel.open_process(
         [
@@ -62,12 +75,16 @@ async def spawn(dsn: str, *, concurrency: int, work_ms: float, lease_s: float = 
     )
     assert process.stdout is not None
     buffered = b""
-    with trio.fail_after(20):
-        while b"ready" not in buffered:
-            chunk = await process.stdout.receive_some(4096)
-            if not chunk:
-                raise AssertionError(f"worker exited with {await process.wait()} before it was ready")
-            buffered += chunk
+    try:
+        with trio.fail_after(20):
+            while b"ready" not in buffered:
+                chunk = await process.stdout.receive_some(4096)
+                if not chunk:
+                    raise AssertionError(f"worker exited with {await process.wait()} before it was ready")
+                buffered += chunk
+    except BaseException:
+        process.kill()
+        raise
     return Worker(process)
 
 
@@ -147,7 +164,7 @@ async def test_two_runner_processes_one_killed_lose_nothing(pg: Cluster) -> None
     store, conn = pg.store, pg.conn
     total, concurrency = 1000, 16
     with trio.fail_after(60):
-        workers = [await spawn(pg.dsn, concurrency=concurrency, work_ms=5) for _ in range(2)]
+        workers = await spawn_many(2, pg.dsn, concurrency=concurrency, work_ms=5)
         try:
             await enqueue_many(store, total)
             while len(await executions(conn)) < total // 3:
@@ -174,8 +191,8 @@ async def test_ten_thousand_jobs_while_a_runner_is_killed_every_few_seconds(pg: 
     killed: set[int] = set()
     with trio.fail_after(60):
         await enqueue_in_batches(store, total)
-        steady = await spawn(pg.dsn, concurrency=concurrency, work_ms=0)
-        victims = [await spawn(pg.dsn, concurrency=concurrency, work_ms=0)]
+        steady, first_victim = await spawn_many(2, pg.dsn, concurrency=concurrency, work_ms=0)
+        victims = [first_victim]
         try:
             while (done := await succeeded(store)) < total:
                 await trio.sleep(3)
