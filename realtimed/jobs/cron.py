@@ -10,7 +10,8 @@ So any number of nodes, and a node whose clock steps back, run each tick once.
 
 Missed ticks do not flood: a scheduler only ever considers the latest tick at or
 before now, so a node that was down (or a cluster that was) runs the latest
-missed tick once when it comes back, and none of the earlier ones.
+missed tick once when it comes back, and none of the earlier ones. An entry
+that has never run counts as having missed its latest tick: it runs once at start.
 
 Wall time comes from the injected ``WallClock``; the scheduler sleeps with
 ``trio.sleep`` until the next tick (at most ``max_sleep_s`` at a time, so a wall

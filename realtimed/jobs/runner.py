@@ -101,7 +101,10 @@ OLDEST_QUEUED_AGE: Final = Gauge(
     "realtimed_job_oldest_queued_age_seconds", "how long the oldest due queued job has waited", registry=REGISTRY
 )
 JOBS_RUNNING: Final = Gauge(
-    "realtimed_jobs_running", "handlers running on this node per queue", ["queue"], registry=REGISTRY
+    "realtimed_jobs_running",
+    "jobs holding a slot on this node per queue (handler running or outcome being recorded)",
+    ["queue"],
+    registry=REGISTRY,
 )
 JOB_OUTCOMES: Final = Counter(
     "realtimed_job_runs",
@@ -241,9 +244,13 @@ class JobRunner:
         clock: wall time for ``run_at``, leases and retries.
         node: this node's id; the lease owner is ``<node>:<pid>:<random>``.
         queues: more queues to serve besides those in the config and ``default``
-            (queues not in the config get the default queue's concurrency).
+            (queues not in the config get the default queue's concurrency). A runner
+            also serves every queue it enqueues into and those named to ``serve_queue``
+            (cron and push do); jobs put straight into the store in a queue that no
+            runner serves wait until one does.
         rng: the source of backoff jitter (tests pass a seeded one).
-        stats_interval_s: how often the store-wide gauges are refreshed.
+        stats_interval_s: how often the store-wide gauges are refreshed (each refresh
+            counts the jobs table by kind and status).
         release_timeout_s: the longest wait for giving claims back at exit.
 
     Usage::
@@ -263,8 +270,8 @@ class JobRunner:
 
     Error handling:
         A handler's exception is recorded on the job (retry or ``dead``), never
-        raised here. A store error while claiming is logged and retried after the
-        poll interval; an outcome that cannot be recorded is logged and the job
+        raised here. A store error while claiming is logged and retried with
+        backoff (at most the poll interval apart); an outcome that cannot be recorded is logged and the job
         comes back when its lease expires. A lost lease (another owner took the
         job) cancels the handler and records nothing.
     """
@@ -278,7 +285,7 @@ class JobRunner:
         node: str = "",
         queues: Iterable[str] = (),
         rng: random.Random | None = None,
-        stats_interval_s: float = 15.0,
+        stats_interval_s: float = 30.0,
         release_timeout_s: float = 5.0,
     ) -> None:
         self._store = store
@@ -348,7 +355,7 @@ class JobRunner:
 
     @property
     def running(self) -> int:
-        """Handlers running on this node now."""
+        """Handlers running on this node now (outcomes being recorded not included)."""
         return sum(1 for claim in self._claims.values() if not claim.handler_done)
 
     # -- enqueue ---------------------------------------------------------------------------------
