@@ -183,6 +183,7 @@ class _Local:
     devices: dict[str, _Device] = attrs.field(factory=dict)
     connected: bool = False  # a device is connected, or the grace period runs
     grace_gen: int = 0
+    grace_pending: bool = False  # the last device anywhere closed; offline when the grace period ends
     disconnected_at: datetime | None = None
     touched: float = float("-inf")  # trio time of the last op seen by chat or presence
     idle: bool = False
@@ -244,20 +245,20 @@ class PresenceService:
                 await self._all_gone()
 
     async def _all_gone(self) -> None:
-        """The node stops: its users' devices are gone, so store their last seen now
-        rather than never (the grace periods will not run out here)."""
+        """The node stops while grace periods run: those users had no device left
+        anywhere, so their last seen is stored now rather than never."""
         now = self._svc.clock.now()
         for uid, local in list(self._local.items()):
-            if not local.connected:
-                continue
-            record = await self._record(uid)
-            if record.status == "offline":
+            if not local.grace_pending or local.devices:
                 continue
             try:
+                record = await self._record(uid)
+                if record.status == "offline":
+                    continue
                 await self._svc.store.set_last_seen(user_id=uid, at=local.disconnected_at or now)
                 await self.backend.put(uid, attrs.evolve(record, status="offline"))
-            except ApiError as exc:
-                log.warning("user %s: last seen not stored at shutdown: %s", uid, exc.message)
+            except Exception as exc:  # the store or a shared backend may be closing too
+                log.info("last seen not stored at shutdown (user %s and later ones): %r", uid, exc)
                 return
 
     def register(self, ops: OpRegistry) -> None:
@@ -286,6 +287,7 @@ class PresenceService:
         local = self._local.setdefault(uid, _Local())
         local.devices[session.id] = session
         local.grace_gen += 1  # ends a running grace period
+        local.grace_pending = False
         now = trio.current_time()
         local.touched = now
         try:
@@ -313,6 +315,7 @@ class PresenceService:
             return
         local.disconnected_at = self._svc.clock.now()
         local.grace_gen += 1
+        local.grace_pending = True
         self._push(trio.current_time() + self._cfg.offline_grace_s, uid, "grace", local.grace_gen)
 
     async def users_gone(self, user_ids: list[str]) -> None:
@@ -452,6 +455,7 @@ class PresenceService:
             try:
                 if kind == "grace":
                     if gen == local.grace_gen and not local.devices:
+                        local.grace_pending = False
                         local.connected = False
                         local.idle = False
                         local.idle_gen += 1
