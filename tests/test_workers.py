@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import uuid
 from typing import Any
 
 import httpx
@@ -31,18 +32,19 @@ async def test_two_workers_share_the_port_restart_and_drain(spawn_daemon: SpawnD
         )
         await proc.wait_for_line(r"all 2 workers ready", timeout=60)
         url = next(line for line in proc.lines if "listening on http" in line).split("listening on ")[1].split(" ")[0]
+        room = f"job:{uuid.uuid4().hex[:8]}"  # room history in the shared Redis outlives a test run
         nodes: set[str] = set()
         clients: list[WsClient] = []
         for i in range(12):
             client = await WsClient.connect(url.replace("http", "ws", 1) + "/ws", token=token(f"u{i}", rooms=["job:*"]))
             ready = await client.event("session.ready")
             nodes.add(ready["data"]["node"])
-            await client.ok("subscribe", {"room": "job:1"})
+            await client.ok("subscribe", {"room": room})
             clients.append(client)
         assert nodes == {"wk-w0", "wk-w1"}, nodes
         await trio.sleep(0.5)
         async with httpx.AsyncClient(base_url=url, headers=SERVER) as http:
-            answer: Any = (await http.post("/server/v1/publish", json={"room": "job:1", "event": "job.done", "data": {}})).json()
+            answer: Any = (await http.post("/server/v1/publish", json={"room": room, "event": "job.done", "data": {}})).json()
             assert answer["seq"] == 1
         for client in clients:
             assert (await client.event("job.done"))["seq"] == 1

@@ -47,14 +47,16 @@ from realtimed.gateway.frames import Frame
 
 log = logging.getLogger(__name__)
 
-# What a broken or unreachable Redis raises, through coredis and anyio.
-_LINK_ERRORS: Final = (
+# What a broken, unreachable or closing Redis client raises, through coredis and
+# anyio (a pool that has exited raises RuntimeError).
+LINK_ERRORS: Final = (
     coredis.exceptions.RedisError,
     OSError,
     trio.TooSlowError,
     anyio.ClosedResourceError,
     anyio.BrokenResourceError,
     anyio.EndOfStream,
+    RuntimeError,
 )
 
 FANOUT_USERS: Final = 64
@@ -180,7 +182,7 @@ class RedisBroker:
                         async for message in pubsub:
                             self._receive(message)
                         nursery.cancel_scope.cancel()
-            except _LINK_ERRORS as exc:
+            except LINK_ERRORS as exc:
                 self._note_down(exc)
             except BaseExceptionGroup as group:
                 if group.subgroup(trio.Cancelled) is not None:
@@ -256,7 +258,7 @@ class RedisBroker:
                             for channel, data in batch:
                                 pipe.publish(channel, data)
                 BROKER_MESSAGES.labels("out").inc(len(batch))
-            except _LINK_ERRORS as exc:
+            except LINK_ERRORS as exc:
                 BROKER_ERRORS.labels("publish").inc(len(batch))
                 self._note_down(exc)
 
@@ -305,7 +307,7 @@ class RedisBroker:
         try:
             with trio.fail_after(self._cfg.timeout_s):
                 await self._client.ping()
-        except _LINK_ERRORS as exc:
+        except LINK_ERRORS as exc:
             self._note_down(exc)
             raise Unavailable(f"redis: {self._last_error}") from exc
         if not self.connected:

@@ -21,6 +21,7 @@ import coredis
 import orjson
 import trio
 
+from realtimed.broker.redis import LINK_ERRORS
 from realtimed.config import NamespaceConfig
 from realtimed.errors import Unavailable
 from realtimed.gateway.rooms import Publication, Recovery
@@ -78,7 +79,7 @@ class RedisHistory:
         try:
             with trio.fail_after(self._timeout_s):
                 return await self._client.eval(script, keys=keys, args=args)
-        except (coredis.exceptions.RedisError, OSError, trio.TooSlowError) as exc:
+        except LINK_ERRORS as exc:
             raise Unavailable(f"room history unavailable: {exc or type(exc).__name__}") from exc
 
     async def append(self, room: str, ns: NamespaceConfig, event: str, data: Any, published_at: str) -> tuple[int, str]:
@@ -97,7 +98,7 @@ class RedisHistory:
         try:
             with trio.fail_after(self._timeout_s):
                 raw = await self._client.xrange(_keys(room)[1], start=f"{since_seq + 1}-1", end="+", count=count)
-        except (coredis.exceptions.RedisError, OSError, trio.TooSlowError) as exc:
+        except LINK_ERRORS as exc:
             raise Unavailable(f"room history unavailable: {exc or type(exc).__name__}") from exc
         out = []
         for entry in raw:

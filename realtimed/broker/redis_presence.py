@@ -25,6 +25,7 @@ import coredis
 import orjson
 import trio
 
+from realtimed.broker.redis import LINK_ERRORS
 from realtimed.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class RedisPresence:
         try:
             with trio.fail_after(self._timeout_s):
                 return await self._client.eval(script, keys=keys, args=args)
-        except (coredis.exceptions.RedisError, OSError, trio.TooSlowError) as exc:
+        except LINK_ERRORS as exc:
             raise Unavailable(f"presence unavailable: {exc or type(exc).__name__}") from exc
 
     async def add_session(self, user_id: str, session_id: str) -> int:
@@ -107,7 +108,7 @@ class RedisPresence:
         try:
             with trio.fail_after(self._timeout_s):
                 return int(await self._client.hlen(f"rt:ps:{user_id}"))
-        except (coredis.exceptions.RedisError, OSError, trio.TooSlowError) as exc:
+        except LINK_ERRORS as exc:
             raise Unavailable(f"presence unavailable: {exc or type(exc).__name__}") from exc
 
     async def get(self, user_ids: Sequence[str]) -> dict[str, Any]:
@@ -116,7 +117,7 @@ class RedisPresence:
         try:
             with trio.fail_after(self._timeout_s):
                 values = await self._client.mget([f"rt:pr:{uid}" for uid in user_ids])
-        except (coredis.exceptions.RedisError, OSError, trio.TooSlowError) as exc:
+        except LINK_ERRORS as exc:
             raise Unavailable(f"presence unavailable: {exc or type(exc).__name__}") from exc
         out = {}
         for uid, raw in zip(user_ids, values, strict=True):
@@ -131,7 +132,7 @@ class RedisPresence:
                     await self._client.delete([f"rt:pr:{user_id}"])
                 else:
                     await self._client.set(f"rt:pr:{user_id}", orjson.dumps(attrs.asdict(record)))
-        except (coredis.exceptions.RedisError, OSError, trio.TooSlowError) as exc:
+        except LINK_ERRORS as exc:
             raise Unavailable(f"presence unavailable: {exc or type(exc).__name__}") from exc
 
     # -- heartbeats and reaping ------------------------------------------------------------
@@ -144,7 +145,7 @@ class RedisPresence:
             try:
                 await self.heartbeat()
                 await self.reap()
-            except (Unavailable, coredis.exceptions.RedisError, OSError, trio.TooSlowError) as exc:
+            except (Unavailable, *LINK_ERRORS) as exc:
                 log.warning("node %s: presence heartbeat failed: %s", self.node, exc)
             await trio.sleep(period)
 

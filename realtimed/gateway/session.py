@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S: Final = 3.0
+LINGER_S: Final = 0.5
 RECEIVE_BYTES: Final = 65536
 _SEND_ERRNOS: Final = {errno.EAGAIN, errno.EWOULDBLOCK}
 
@@ -324,10 +325,7 @@ class Session:
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 await self._gateway.session_ended(self)
-                try:
-                    await self._stream.aclose()
-                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
+                await self._lingering_close()
 
     async def _read_loop(self, leftover: bytes) -> None:
         ws = self._ws
@@ -385,6 +383,27 @@ class Session:
             self._fragments = []
         self._fragments_size = 0
         return data if isinstance(data, str) else bytes(data)
+
+    async def _lingering_close(self) -> None:
+        """Close the TCP connection with a FIN, not a reset.
+
+        Closing a socket that still has unread bytes (a client's second close
+        frame, say) makes the kernel send RST. So shut the sending side, read
+        and drop what the peer still sends until it closes (briefly), then close.
+        """
+        try:
+            if self._peer_closed.is_set() and isinstance(self._stream, trio.SocketStream):
+                await self._stream.send_eof()
+                with trio.move_on_after(LINGER_S):
+                    while await self._stream.receive_some(RECEIVE_BYTES):
+                        pass
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            pass
+        finally:
+            try:
+                await self._stream.aclose()
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
     def _on_close_event(self, event: CloseConnection) -> None:
         if self._ws.state not in (ConnectionState.REMOTE_CLOSING, ConnectionState.CLOSED):
