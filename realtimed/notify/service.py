@@ -292,9 +292,10 @@ class NotifyService:
             for rec in records.values():
                 await router.to_users((rec.user_id,), "notification.new", {"notification": rec.to_wire()}, seq=rec.seq)
         in_inbox = set(inbox)
-        push_only = [u for u in users if u in push_on and u not in in_inbox]
+        push_enabled = bool(self.config.push.service_account_file)
+        push_only = [u for u in users if push_enabled and u in push_on and u not in in_inbox]
         candidates: list[list[Any]] = []
-        if self.config.push.service_account_file:
+        if push_enabled:
             for u in users:
                 if u not in push_on or (u in in_inbox and u not in records):
                     continue  # push off, or a repeated dedupe key
@@ -304,22 +305,41 @@ class NotifyService:
                 record = records.get(u)
                 candidates.append([u, record.id, record.seq] if record is not None else [u, None, None])
         if candidates:
-            request_id = request_id or secrets.token_hex(8)
-            batch = self.cfg.plan_batch
-            for start in range(0, len(candidates), batch):
-                payload = {
-                    "type": ntype.name,
-                    "vars": dict(values),
-                    "data": dict(data),
-                    "dedupe_key": dedupe_key,
-                    "request_id": request_id,
-                    "items": candidates[start : start + batch],
-                }
-                await self.runner().enqueue(NOTIFY_PUSH, payload)
+            await self._queue_plans(ntype, candidates, values, data, dedupe_key, request_id or secrets.token_hex(8))
         log.info(
             "%s to %d user(s): %d stored, %d push candidate(s)", ntype.name, len(users), len(records), len(candidates)
         )
         return len(records) + len(push_only)
+
+    async def _queue_plans(
+        self,
+        ntype: NotificationTypeConfig,
+        candidates: list[list[Any]],
+        values: Mapping[str, Any],
+        data: Mapping[str, Any],
+        dedupe_key: str | None,
+        request_id: str,
+    ) -> None:
+        """One ``notify.push`` job per ``notify.plan_batch`` recipients, queued at
+        once: the first plans start while the rest are still being queued, and
+        the caller should not wait on them one by one."""
+        runner = self.runner()
+        batch = self.cfg.plan_batch
+
+        async def one(items: list[list[Any]]) -> None:
+            payload = {
+                "type": ntype.name,
+                "vars": dict(values),
+                "data": dict(data),
+                "dedupe_key": dedupe_key,
+                "request_id": request_id,
+                "items": items,
+            }
+            await runner.enqueue(NOTIFY_PUSH, payload)
+
+        async with trio.open_nursery() as nursery:
+            for start in range(0, len(candidates), batch):
+                nursery.start_soon(one, candidates[start : start + batch])
 
     # -- job kinds ---------------------------------------------------------------------------
 
@@ -515,7 +535,8 @@ class NotifyService:
             user_id=user_id,
             type=ntype,
             vars=values,
-            data={**(p.get("data") or {}), "count": count, "notification_id": None},
+            # The first notification's (or message's) id and seq do not name the digest.
+            data={**(p.get("data") or {}), "count": count, "notification_id": None, "message_id": None, "seq": None},
             title=title,
             body=body,
             group_key=p["group_key"],
