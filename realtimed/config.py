@@ -252,7 +252,6 @@ class RetentionConfig:
 
 
 NOTIFY_CHANNELS: Final = ("in_app", "push")
-NOTIFY_PRIORITIES: Final = ("low", "normal", "high", "critical")
 
 
 @attrs.frozen
