@@ -83,7 +83,7 @@ async def test_unregistered_and_invalid_tokens_are_deactivated_and_never_retried
         answer = await h.server("POST", "/push", {"user_ids": ["bob"], "title": "Hi", "body": "there"})
         assert answer == {"queued": 3}
         await h.fake.wait_for(lambda: len(h.fake.requests) == 3)
-        await trio.sleep(900)  # far past any retry
+        await trio.sleep(120)  # far past the first retry (1 to 2 s)
         assert [r.status for r in h.fake.attempts_to("tok-gone")] == [404]
         assert [r.status for r in h.fake.attempts_to("bad:not-a-token")] == [400]
         assert len(h.fake.delivered_to("tok-ok")) == 1
@@ -115,7 +115,7 @@ async def test_bad_payload_fails_the_job_and_keeps_the_token(
         h.fake.fail_next("INVALID_ARGUMENT")
         await h.server("POST", "/push", {"tokens": ["tok-1"], "title": "x"})
         job = await wait_job_finished(h, (await one_push_job(h)).id)
-        await trio.sleep(600)
+        await trio.sleep(120)
         assert job.status == "failed" and job.attempts == 1
         assert len(h.fake.attempts_to("tok-1")) == 1
         assert (await h.store.get_device("tok-1")).active is True
@@ -180,7 +180,7 @@ async def test_5xx_without_retry_after_backs_off_with_jitter_up_to_max_attempts(
         await h.server("POST", "/push", {"tokens": ["tok-1"], "title": "x"})
         await h.fake.wait_for(lambda: len(h.fake.attempts_to("tok-1")) == 4)
         job = await wait_job_finished(h, (await one_push_job(h)).id)
-        await trio.sleep(900)
+        await trio.sleep(120)
         attempts = h.fake.attempts_to("tok-1")
         assert len(attempts) == 4  # the configured attempts, then no more
         assert job.status == "dead" and job.attempts == 4 and fault in (job.last_error or "")
@@ -209,7 +209,7 @@ async def test_payload_over_4096_bytes_is_refused_before_sending(
         # A notification whose push would be too big: stored, its push job fails, FCM sees nothing.
         await h.notify(["bob"], "mention", {"mentioner_name": "Al", "excerpt": "hi"}, data={"blob": "y" * 5000})
         await h.idle()
-        await trio.sleep(600)
+        await trio.sleep(120)
         assert h.fake.requests == []
         job = await one_push_job(h)
         assert job.status == "failed" and job.attempts == 1
@@ -231,7 +231,7 @@ async def test_credential_refusals_keep_the_token_and_raise_the_alarm(
         h.fake.fail_next(fault, token="tok-1")
         await h.server("POST", "/push", {"tokens": ["tok-1"], "title": "x"})
         job = await wait_job_finished(h, (await one_push_job(h)).id)
-        await trio.sleep(600)
+        await trio.sleep(120)
         assert [r.status for r in h.fake.attempts_to("tok-1")] == [status]
         assert job.status == "failed" and fault in (job.last_error or "")
         assert (await h.store.get_device("tok-1")).active is True
@@ -269,19 +269,19 @@ async def test_access_token_is_refreshed_before_it_expires_mid_run(
     harness_factory: HarnessFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
     with trio.fail_after(7200):
-        # Tokens live 600 s; realtimed fetches the next one 300 s early.
-        h = await mocked(harness_factory, {"push": {"token_refresh_margin_s": 300.0}}, token_ttl_s=600.0)
+        # Tokens live 120 s; realtimed fetches the next one 60 s early.
+        h = await mocked(harness_factory, {"push": {"token_refresh_margin_s": 60.0}}, token_ttl_s=120.0)
         await h.device("bob", "tok-1")
-        for i in range(8):  # a push every 150 s for 20 minutes: two expiries
+        for i in range(8):  # a push every 30 s for 4 minutes: two expiries
             await h.server("POST", "/push", {"tokens": ["tok-1"], "title": f"n{i}"})
             await h.fake.wait_for(lambda i=i: len(h.fake.delivered_to("tok-1")) == i + 1)
-            await trio.sleep(150)
+            await trio.sleep(30)
         assert all(r.status == 200 for r in h.fake.requests)  # never sent with an expired token
         assert len({r.access_token for r in h.fake.requests}) >= 3
         assert 3 <= len(h.fake.token_requests) <= 5
-        # The first refresh came once 300 s of its 600 had passed (at the next push after that), not at expiry.
+        # The first refresh came once 60 s of its 120 had passed (at the next push after that), not at expiry.
         first_refresh = h.fake.token_requests[1] - h.fake.token_requests[0]
-        assert 300 <= first_refresh <= 450
+        assert 60 <= first_refresh <= 95
 
 
 async def test_a_revoked_access_token_is_replaced_within_the_same_attempt(
