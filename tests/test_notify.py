@@ -171,9 +171,11 @@ def test_digest_windows_are_fixed_and_aligned() -> None:
 # -- 3. preferences per type and channel -----------------------------------------------------------
 
 
-async def test_preferences_per_type_and_channel(harness_factory: HarnessFactory) -> None:
-    with trio.fail_after(60):
-        h: Harness = await harness_factory()
+async def test_preferences_per_type_and_channel(
+    harness_factory: HarnessFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(7200):
+        h, _ = await mocked(harness_factory)
         await h.device("bob", "tok-bob")
         prefs = await h.client("bob", "GET", "/notifications/preferences")
         assert prefs["quiet_hours"] is None and prefs["time_zone"] == "UTC"
@@ -444,9 +446,11 @@ async def test_scheduled_notification_takes_its_seq_at_its_time(
         await ws.aclose()
 
 
-async def test_dedupe_key_makes_a_repeat_a_no_op(harness_factory: HarnessFactory) -> None:
-    with trio.fail_after(60):
-        h: Harness = await harness_factory()
+async def test_dedupe_key_makes_a_repeat_a_no_op(
+    harness_factory: HarnessFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(7200):
+        h, _ = await mocked(harness_factory)
         await h.device("bob", "tok-bob")
         assert await h.notify(["bob", "cy"], "mention", MENTION, dedupe_key="mention:42") == 2
         assert await h.notify(["bob", "cy"], "mention", MENTION, dedupe_key="mention:42") == 0

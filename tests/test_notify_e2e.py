@@ -37,11 +37,19 @@ async def connect(h: Harness, user: str) -> WsClient:
     return client
 
 
-async def test_server_api_notifies_three_users_end_to_end(harness_factory: HarnessFactory) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The store section: the test runs on both stores (PostgreSQL: a fresh database)."""
+    if request.param == "postgres":
+        return {"store": {"backend": "postgres", "postgres_dsn": request.getfixturevalue("pg_dsn")}}
+    return {}
+
+
+async def test_server_api_notifies_three_users_end_to_end(harness_factory: HarnessFactory, backend: dict[str, Any]) -> None:
     """One online on two devices, one offline with two tokens (one gone at FCM),
     one with push off for the type."""
     with trio.fail_after(60):
-        h: Harness = await harness_factory()
+        h: Harness = await harness_factory(backend)
         await h.device("ann", "tok-ann-phone")  # online: her push is skipped
         await h.device("bob", "tok-bob-phone", "ios")
         await h.device("bob", "tok-bob-old", "android")
