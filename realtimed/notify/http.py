@@ -98,7 +98,6 @@ async def post_notifications() -> Response:
             scheduled_for = parse_iso(scheduled_text)
         except ValueError:
             raise ValidationFailed("scheduled_for", "must be an RFC 3339 time") from None
-    notify.type_for_field(type_name, "type")
     queued = await notify.notify(
         user_ids=user_ids,
         type=type_name,

@@ -164,10 +164,11 @@ class NotifyService:
     def types(self) -> dict[str, NotificationTypeConfig]:
         return type_table(self.cfg)
 
-    def type(self, name: str) -> NotificationTypeConfig:
+    def type(self, name: str, field: str = "type") -> NotificationTypeConfig:
+        """The type ``name``; an unknown one is a ``ValidationFailed`` naming ``field``."""
         ntype = self.types.get(name)
         if ntype is None:
-            raise ValidationFailed("type", f"unknown notification type {name!r}")
+            raise ValidationFailed(field, f"unknown notification type {name!r}")
         return ntype
 
     async def run(self, *, task_status: trio.TaskStatus[NotifyService] = trio.TASK_STATUS_IGNORED) -> None:
@@ -746,7 +747,7 @@ class NotifyService:
         for i, item in enumerate(types):
             if not isinstance(item, Mapping) or not isinstance(item.get("type"), str):
                 raise ValidationFailed(f"types[{i}]", "must be an object with a type")
-            self.type_for_field(item["type"], f"types[{i}].type")
+            self.type(item["type"], f"types[{i}].type")
             flags: list[bool | None] = []
             for channel in ("in_app", "push"):
                 value = item.get(channel)
@@ -786,12 +787,6 @@ class NotifyService:
                     push=push if push is not None else (pref.push if pref is not None else True),
                 )
         return await self.preferences(user_id)
-
-    def type_for_field(self, name: str, field: str) -> NotificationTypeConfig:
-        ntype = self.types.get(name)
-        if ntype is None:
-            raise ValidationFailed(field, f"unknown notification type {name!r}")
-        return ntype
 
 
 def _recipients(payload: Mapping[str, Any]) -> list[str]:
