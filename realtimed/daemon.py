@@ -56,7 +56,9 @@ log = logging.getLogger(__name__)
 WORKER_ENV = "REALTIMED_WORKER"
 
 # Sections whose change takes effect without a restart; everything else needs one.
-_LIVE_KEYS = {"log", "auth", "api", "gateway", "namespaces", "chat", "presence", "shutdown", "retention", "metrics"}
+_LIVE_KEYS = {
+    "log", "auth", "api", "gateway", "namespaces", "chat", "presence", "notify", "shutdown", "retention", "metrics"
+}
 
 
 class Daemon:
@@ -184,10 +186,6 @@ class Daemon:
         runner = JobRunner(svc.store, config=cfg.jobs, clock=svc.clock, node=svc.node)
         register_builtin_kinds(runner, retention=lambda: self.services.config.retention)
         svc.jobs = runner
-        if cfg.jobs.enabled:
-            await nursery.start(runner.run)
-            cron = CronScheduler.from_config(svc.store, cfg, clock=svc.clock, runner=runner)
-            await nursery.start(cron.run)
         broker: Broker
         history: HistoryBackend | None = None
         if cfg.broker.backend == "redis":
@@ -251,6 +249,12 @@ class Daemon:
         # ---------------------------------------------------------------------------------------
         gateway = Gateway(svc, router, ops)
         await nursery.start(gateway.run)
+        if cfg.jobs.enabled:
+            # Claiming starts once every capability has registered its kinds, so a
+            # job left from before a restart never meets an unknown kind.
+            await nursery.start(runner.run)
+            cron = CronScheduler.from_config(svc.store, cfg, clock=svc.clock, runner=runner)
+            await nursery.start(cron.run)
         svc.gateway = gateway
         svc.extras["ws_handler"] = gateway.handle_ws
         self.on_reload(self._reload_services)
