@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 
 _WS_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CLOSE_HEARTBEAT: Final = 4000
+HEARTBEAT_SLICES: Final = 10
 
 SOCKETS: Final = Gauge("realtimed_sockets", "open client sockets (WebSocket and SSE)", ["transport"], registry=metrics.REGISTRY)
 HANDSHAKES: Final = Counter("realtimed_handshakes", "WebSocket handshakes by outcome", ["outcome"], registry=metrics.REGISTRY)
@@ -174,15 +175,25 @@ class Gateway:
             task_status.started(self)
 
     async def _heartbeats(self) -> None:
+        """Ping every socket once a period, a tenth of them at a time.
+
+        Spreading the pings keeps a node with many sockets from writing them all
+        in one burst (which would show in delivery latency). A socket silent for
+        two periods is closed when its slice comes round.
+        """
         while True:
             period = self.config.gateway.heartbeat_s
-            await trio.sleep(period)
-            silent_after = trio.current_time() - 2 * period
-            for session in list(self.sessions.values()):
-                if session.last_heard < silent_after:
-                    session.close(CLOSE_HEARTBEAT, "no answer to heartbeats")
-                else:
-                    session.send_raw(PING_FRAME)
+            sessions = list(self.sessions.values())
+            for index in range(HEARTBEAT_SLICES):
+                await trio.sleep(period / HEARTBEAT_SLICES)
+                silent_after = trio.current_time() - 2 * period
+                for session in sessions[index::HEARTBEAT_SLICES]:
+                    if session.closing:
+                        continue
+                    if session.last_heard < silent_after:
+                        session.close(CLOSE_HEARTBEAT, "no answer to heartbeats")
+                    else:
+                        session.send_raw(PING_FRAME)
 
     # -- handshake ---------------------------------------------------------------------------
 
