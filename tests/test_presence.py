@@ -22,7 +22,7 @@ from trio_websocket import WebSocketConnection, connect_websocket_url
 
 from realtimed.daemon import Daemon
 from tests.fixtures.clients import WsClient
-from tests.fixtures.daemon import DaemonFactory
+from tests.fixtures.daemon import API_KEY, DaemonFactory
 from tests.fixtures.tokens import token
 
 PRESENCE = {"presence": {"offline_grace_s": 10.0, "away_after_s": 20.0, "throttle_s": 1.0, "idle_check_s": 1.0}}
@@ -301,3 +301,27 @@ async def test_last_seen_is_stored_when_the_node_stops(start_daemon: DaemonFacto
         again = await start_daemon()  # the same state directory
         seen = await again.services.store.get_last_seen(["alice"])
         assert timedelta(0) <= stopped - seen["alice"] < timedelta(seconds=10)
+
+
+async def test_presence_over_rest(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(30):
+        daemon = await start_daemon()
+        await contacts(daemon, ("alice", "bob"))
+        async with httpx.AsyncClient(base_url=daemon.url(), timeout=10) as http:
+            answer = await http.put(
+                "/server/v1/users/carol/contacts", json={"user_ids": ["bob"]}, headers={"Authorization": f"Bearer {API_KEY}"}
+            )
+            assert answer.status_code == 200, answer.text
+            alice = await WsClient.connect(daemon.url().replace("http", "ws", 1) + "/ws", token=token("alice"))
+            await alice.event("session.ready")
+            bob = {"Authorization": f"Bearer {token('bob')}"}
+            answer = await http.get("/api/v1/presence", params={"user_ids": "alice,carol,dave"}, headers=bob)
+            assert answer.status_code == 200, answer.text
+            presences = answer.json()["presences"]
+            assert set(presences) == {"alice", "carol"}  # dave is no contact of bob's
+            assert presences["alice"]["status"] == "online"
+            assert presences["carol"] == {"user_id": "carol", "status": "offline", "message": None, "last_seen": None}
+            too_many = await http.get("/api/v1/presence", params={"user_ids": ",".join(f"u{i}" for i in range(201))}, headers=bob)
+            assert too_many.status_code == 400 and too_many.json()["error"]["code"] == "VALIDATION_ERROR"
+            assert (await http.get("/api/v1/presence", params={"user_ids": "alice"})).status_code == 401
+            await alice.close()
