@@ -172,7 +172,7 @@ class Router:
         subscribers[session.id] = session
         session.rooms.add(room)
         ROOMS.set(len(self._rooms))
-        reply: dict[str, Any] = {"room": room, "seq": 0, "epoch": "", "recovered": False, "publications": []}
+        recovery = None
         if ns.history_size > 0:
             self._held.setdefault(room, {})[session.id] = []
             try:
@@ -182,12 +182,7 @@ class Router:
                 if not already:
                     await self.unsubscribe(session, room)
                 raise
-            reply.update(
-                seq=recovery.seq,
-                epoch=recovery.epoch,
-                recovered=recovery.recovered if since is not None else False,
-                publications=[p.to_wire() for p in recovery.publications],
-            )
+        reply = _subscribe_reply(room, recovery)
         if ns.presence and not already:
             counts = self._room_users.setdefault(room, {})
             if counts.get(session.user_id, 0) == 0:
@@ -216,21 +211,12 @@ class Router:
     async def recovery_reply(self, room: str, *, since: tuple[int, str] | None) -> dict[str, Any]:
         """The ``subscribe`` reply without subscribing (the client REST door)."""
         ns = self.namespaces.of(room)
-        reply: dict[str, Any] = {"room": room, "seq": 0, "epoch": "", "recovered": False, "publications": []}
-        if ns.history_size > 0:
-            recovery = await self._recovery(room, ns, since)
-            reply.update(
-                seq=recovery.seq,
-                epoch=recovery.epoch,
-                recovered=recovery.recovered if since is not None else False,
-                publications=[p.to_wire() for p in recovery.publications],
-            )
-        return reply
+        recovery = await self._recovery(room, ns, since) if ns.history_size > 0 else None
+        return _subscribe_reply(room, recovery)
 
     async def announce_join(self, room: str, user_id: str, *, joiner: str | None = None) -> None:
         """``room.joined`` to the room's other subscribers (the joining socket knows)."""
-        frame = Frame(protocol.encode_event("room.joined", {"room": room, "user_id": user_id}, room=room), "room.joined", trio.current_time())
-        await self._fan_out(Delivery(frame, room=room, exclude_session=joiner, origin=self.node))
+        await self.publish_event_to_room(room, "room.joined", {"room": room, "user_id": user_id}, exclude_session=joiner)
 
     async def unsubscribe(self, session: Recipient, room: str) -> None:
         held = self._held.get(room)
@@ -293,10 +279,10 @@ class Router:
         delivered = await self._fan_out(Delivery(frame, room=room, exclude_session=exclude_session, origin=self.node))
         return seq, epoch, delivered
 
-    async def publish_event_to_room(self, room: str, event: str, data: Any) -> int:
+    async def publish_event_to_room(self, room: str, event: str, data: Any, *, exclude_session: str | None = None) -> int:
         """A room event that does not append to history (room.joined, room.left)."""
         frame = Frame(protocol.encode_event(event, data, room=room), event, trio.current_time())
-        return await self._fan_out(Delivery(frame, room=room, origin=self.node))
+        return await self._fan_out(Delivery(frame, room=room, exclude_session=exclude_session, origin=self.node))
 
     async def to_users(
         self,
@@ -362,3 +348,20 @@ class Router:
         if ns.history_size <= 0:
             return 0, "", []
         return await self.history.read(room, ns, since_seq=since_seq, limit=limit)
+
+
+def _subscribe_reply(room: str, recovery: Recovery | None) -> dict[str, Any]:
+    """The ``subscribe`` reply data; a room without history answers ``seq`` 0 and no epoch.
+
+    ``recovered`` is true only for a ``since`` that was recovered: ``_recovery``
+    answers False when there was none.
+    """
+    if recovery is None:
+        return {"room": room, "seq": 0, "epoch": "", "recovered": False, "publications": []}
+    return {
+        "room": room,
+        "seq": recovery.seq,
+        "epoch": recovery.epoch,
+        "recovered": recovery.recovered,
+        "publications": [p.to_wire() for p in recovery.publications],
+    }

@@ -213,10 +213,7 @@ async def events() -> Response:
     if len(rooms) > MAX_SSE_ROOMS:
         raise ValidationFailed("rooms", f"at most {MAX_SSE_ROOMS} rooms")
     for room in rooms:
-        try:
-            protocol.validate_room(room)
-        except ValidationFailed as exc:
-            raise ValidationFailed("rooms", exc.message.split(": ", 1)[-1]) from None
+        protocol.validate_room(room, "rooms")
         if not expired:
             check_subscribe(claims, router, room)
     address = (request.remote_addr or "")

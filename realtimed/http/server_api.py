@@ -36,12 +36,7 @@ def _gateway() -> Gateway:
 
 
 def _room(value: str | None, field: str = "room") -> str:
-    assert value is not None
-    try:
-        protocol.validate_room(value)
-    except ValidationFailed as exc:
-        raise ValidationFailed(field, exc.message.split(": ", 1)[-1]) from None
-    return value
+    return protocol.validate_room(value, field)
 
 
 def _event_name(body: dict[str, Any]) -> str:
