@@ -96,6 +96,7 @@ class Router:
         task_status.started(self)
         while True:
             await trio.sleep(60)
+            # Redis expires its history keys by itself; in-process history is swept here.
             gc = getattr(self.history, "gc", None)
             if gc is not None:
                 gc(self.namespaces)

@@ -133,7 +133,3 @@ class RedisHistory:
         seq, epoch = await self.position(room, ns)
         entries = await self._entries(room, since_seq, limit)
         return seq, epoch, [self._publication(s, f) for s, f in entries]
-
-    def gc(self, namespaces: Any) -> int:
-        """Redis expires history keys by itself."""
-        return 0

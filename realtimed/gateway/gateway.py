@@ -536,13 +536,6 @@ class Gateway:
         while streams:
             await trio.sleep(0.05)
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "sockets": len(self.sessions),
-            "pending": self.pending,
-            "overflows": self.overflows,
-        }
-
 
 def _token_from_head(head: RequestHead) -> str | None:
     auth = head.header("authorization") or ""

@@ -168,10 +168,6 @@ class MemoryHistory:
         pubs = [p for p in history.entries if p.seq > since_seq][:limit]
         return history.seq, history.epoch, pubs
 
-    def forget(self, room: str) -> None:
-        """Drop a room's history (its next append starts a new epoch)."""
-        self._rooms.pop(room, None)
-
     def gc(self, namespaces: Namespaces) -> int:
         """Drop rooms whose publications have all expired; returns how many."""
         dropped = 0
