@@ -332,7 +332,11 @@ class Session:
         data = leftover
         max_bytes = self._gateway.config.gateway.max_frame_bytes
         while True:
-            if data:
+            if data and self._peer_closed.is_set():
+                # After the peer's close frame nothing more is read as WebSocket
+                # (RFC 6455 5.5.1); wsproto would refuse it once our reply is out.
+                pass
+            elif data:
                 self.last_heard = trio.current_time()
                 ws.receive_data(data)
                 for event in ws.events():
