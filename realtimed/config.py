@@ -130,7 +130,14 @@ class StoreConfig:
 @attrs.frozen
 class BrokerConfig:
     backend: Literal["memory", "redis"] = _f("memory", "memory (one node) or redis (cluster)")
-    redis_url: str = _f("redis://127.0.0.1:6379/0", "Redis URL (redis://, rediss://, redis+sentinel://)", secret=True)
+    redis_url: str = _f(
+        "redis://127.0.0.1:6379/0",
+        "Redis URL: redis://, rediss:// or unix:// (one server); "
+        "redis+sentinel://[:password@]host:26379[,host:port...]/SERVICE[/DB][?sentinel_password=...] "
+        "(the primary that Sentinel names); redis+cluster://[:password@]host:port[,host:port...] "
+        "(Redis Cluster); see \"Running a cluster\"",
+        secret=True,
+    )
     timeout_s: float = _f(5.0, "longest wait for any Redis call", min=0.1, max=600)
     node_ttl_s: float = _f(15.0, "a node that stops heartbeating is dead after this long", min=1, max=3600)
 
@@ -638,6 +645,7 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
         problems.add("http.tls_cert_file", "tls_cert_file and tls_key_file go together")
     if cfg.shutdown.reconnect_min_ms > cfg.shutdown.reconnect_max_ms:
         problems.add("shutdown.reconnect_min_ms", "must not exceed shutdown.reconnect_max_ms")
+    _check_redis_url(cfg, problems)
     if cfg.store.pool_min > cfg.store.pool_max:
         problems.add("store.pool_min", "must not exceed store.pool_max")
     known_algs = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA", "PS256"}
@@ -664,6 +672,15 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
             problems.add(f"cron[{i}].kind", "must not be empty")
         _check_cron(entry, f"cron[{i}]", problems)
     _check_notify(cfg, problems)
+
+
+def _check_redis_url(cfg: Config, problems: _Problems) -> None:
+    from realtimed.broker.redis_url import parse_redis_url
+
+    try:
+        parse_redis_url(cfg.broker.redis_url)
+    except ValueError as exc:
+        problems.add("broker.redis_url", str(exc))
 
 
 def _check_notify(cfg: Config, problems: _Problems) -> None:

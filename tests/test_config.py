@@ -210,3 +210,65 @@ def test_token_command_refuses_bad_input_clearly() -> None:
     result = _cli("token", "-c", str(ROOT / "realtimed.toml"), "--sub", "alice", "--rooms", "bad*pattern")
     assert result.returncode == 2
     assert "cannot mint" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://127.0.0.1:6379", "unknown scheme 'http://'"),
+        ("127.0.0.1:6379", "expected a URL such as redis://"),
+        ("redis+sentinel://:pw@s1:26379,s2:26379", "needs the service name"),
+        ("redis+sentinel://s1:26379/", "needs the service name"),
+        ("redis+sentinel://s1:26379/main/zero", "database after the service name must be a number"),
+        ("redis+sentinel://s1/main?sentinel_pasword=x", "unknown option 'sentinel_pasword'"),
+        ("redis+cluster://n1:7000,,n2:7001", "empty host"),
+        ("redis+cluster://n1:7000,n2:port", "malformed host 'n2:port'"),
+        ("redis+cluster://n1:70000", "from 1 to 65535"),
+        ("redis+cluster://n1:7000,::1:7001", "write IPv6 addresses as [address]:port"),
+        ("redis+cluster://[::1:7000", "malformed IPv6 host"),
+        ("redis+cluster://", "no host"),
+        ("redis+cluster://n1:7000/3", "only database 0"),
+        ("redis://a:6379,b:6379/0", "several hosts need redis+sentinel:// or redis+cluster://"),
+        ("redis://:pw@a:6379/main", "must be a database number"),
+    ],
+)
+def test_redis_url_mistakes_name_the_key(url: str, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "c.toml", env={}, data={"broker": {"backend": "redis", "redis_url": url}})
+    [(key, text)] = info.value.problems
+    assert key == "broker.redis_url"
+    assert message in text
+    assert "pw" not in text  # the URL is a secret: never echoed whole
+
+
+def test_redis_urls_of_every_topology_load(tmp_path: Path) -> None:
+    from realtimed.broker.redis_url import parse_redis_url
+
+    for url in (
+        "redis://127.0.0.1:6379/0",
+        "rediss://:pw@cache.example:6380/2",
+        "unix:///run/redis.sock?db=1",
+        "redis+sentinel://:pw@s1:26379,s2,[::1]:26380/main/3?sentinel_password=sp",
+        "redis+cluster://user:pw@n1:7000,n2:7001,[::1]:7002",
+    ):
+        assert load_config(tmp_path / "c.toml", env={}, data={"broker": {"redis_url": url}}).broker.redis_url == url
+    sentinel = parse_redis_url("redis+sentinel://:p%40ss@s1:26379,s2,[::1]:26380/main/3?sentinel_password=sp")
+    assert sentinel.kind == "sentinel" and sentinel.service == "main" and sentinel.db == 3
+    assert sentinel.hosts == (("s1", 26379), ("s2", 26379), ("::1", 26380))
+    assert (sentinel.username, sentinel.password, sentinel.sentinel_password) == (None, "p@ss", "sp")
+    assert "p@ss" not in repr(sentinel) and "sp" not in repr(sentinel)
+    cluster = parse_redis_url("redis+cluster://user:pw@n1:7000,n2")
+    assert cluster.kind == "cluster" and cluster.hosts == (("n1", 7000), ("n2", 6379))
+    assert (cluster.username, cluster.password) == ("user", "pw")
+
+
+def test_redis_url_from_a_file_is_validated_and_redacted(tmp_path: Path) -> None:
+    (tmp_path / "redis_url").write_text("redis+cluster://:pw@n1:7000,n2:7001\n")
+    text = '[broker]\nbackend = "redis"\nredis_url_file = "redis_url"\n'
+    cfg = load_config(tmp_path / "c.toml", env={}, text=text)
+    assert cfg.broker.redis_url == "redis+cluster://:pw@n1:7000,n2:7001"
+    assert config_to_dict(cfg)["broker"]["redis_url"] == REDACTED
+    (tmp_path / "redis_url").write_text("redis+sentinel://:pw@s1:26379\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "c.toml", env={}, text=text)
+    assert info.value.problems[0][0] == "broker.redis_url"
