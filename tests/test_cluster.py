@@ -122,7 +122,7 @@ async def test_recovery_decision_table_on_redis(start_daemon: DaemonFactory, red
         # Redis lost the room's data: a new epoch, never a silent gap.
         admin = coredis.Redis.from_url(redis_url)
         async with admin:
-            await admin.delete([f"rt:hm:{room}", f"rt:hs:{room}"])
+            await admin.delete([f"rt:{{r:{room}}}:hm", f"rt:{{r:{room}}}:hs"])
         result = await publish(a, room, {"i": 7})
         assert result["epoch"] != epoch and result["seq"] == 1
         got = await client.ok("subscribe", {"room": room, "since": {"seq": 6, "epoch": epoch}})

@@ -1,5 +1,14 @@
 """The Redis broker: deliveries between nodes over Redis pub/sub (coredis, native on Trio).
 
+Topologies (``broker.redis_url``, see ``redis_url``):
+    One server (``redis://``, ``rediss://``, ``unix://``); the primary that Redis
+    Sentinel names (``redis+sentinel://``), asked again of the sentinels for every
+    new connection, so that after a failover the reconnecting subscriber and the
+    next commands reach the new primary; or a Redis Cluster (``redis+cluster://``),
+    where deliveries go over sharded pub/sub (``SPUBLISH``/``SSUBSCRIBE``): each
+    channel lives on the shard that owns its slot, so a Redis node carries only
+    its own channels' traffic instead of every message of the cluster.
+
 Channels:
     ``rt:r:<room>`` carries the deliveries of one app room, ``rt:u:<user>`` those
     of one user; a node subscribes to the rooms and users it holds, so it hears
@@ -24,23 +33,33 @@ Error handling:
     While Redis cannot be reached, ``publish`` and the watch calls raise
     ``Unavailable`` at once (local sessions still get their frames from the
     router), ``ping`` raises it for ``/readyz``, and the subscriber reconnects
-    and subscribes again to every channel it held when Redis returns.
+    and subscribes again to every channel it held when Redis returns. A cluster
+    that cannot be reached at start (its client needs the slot map before any
+    command) is opened again in the background with the same backoff. In a
+    cluster, a shard that drops one of the subscriptions (its slot moved to
+    another shard) makes the subscriber reconnect to the new owner.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections import Counter as Tally
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import anyio
 import coredis
 import orjson
 import trio
+from coredis.connection import TCPLocation
+from coredis.patterns.pubsub import BasePubSub
+from coredis.retry import ConstantRetryPolicy
 from prometheus_client import Counter, Gauge
 
 from realtimed import metrics
 from realtimed.broker.base import Delivery
+from realtimed.broker.redis_url import RedisTarget, parse_redis_url
 from realtimed.config import BrokerConfig
 from realtimed.errors import Unavailable
 from realtimed.gateway.frames import Frame
@@ -59,6 +78,10 @@ LINK_ERRORS: Final = (
     RuntimeError,
 )
 
+#: The client every Redis backend shares: one server or a Sentinel-managed
+#: primary (``coredis.Redis``), or a Redis Cluster.
+RedisClient: TypeAlias = "coredis.Redis[bytes] | coredis.RedisCluster[bytes]"
+
 FANOUT_USERS: Final = 64
 ALL_CHANNEL: Final = "rt:all"
 QUEUE_MAX: Final = 10_000
@@ -68,6 +91,56 @@ BROKER_MESSAGES: Final = Counter(
     "realtimed_broker_messages", "broker messages by direction", ["direction"], registry=metrics.REGISTRY
 )
 BROKER_ERRORS: Final = Counter("realtimed_broker_errors", "broker failures by kind", ["kind"], registry=metrics.REGISTRY)
+
+
+def open_client(url: str, *, timeout_s: float) -> tuple[RedisClient, list[contextlib.AbstractAsyncContextManager[Any]]]:
+    """The client for ``url``, and what must be entered (in order) before it is used.
+
+    Raises:
+        ValueError: the URL is not one ``redis_url.parse_redis_url`` accepts.
+    """
+    target = parse_redis_url(url)
+    if target.kind == "cluster":
+        cluster: coredis.RedisCluster[bytes] = coredis.RedisCluster(
+            startup_nodes=[TCPLocation(host, port) for host, port in target.hosts],
+            username=target.username,
+            password=target.password,
+            connect_timeout=timeout_s,
+            stream_timeout=timeout_s,
+            decode_responses=False,
+        )
+        return cluster, [cluster]
+    if target.kind == "sentinel":
+        return _sentinel_client(target, timeout_s=timeout_s)
+    single: coredis.Redis[bytes] = coredis.Redis.from_url(
+        url, decode_responses=False, connect_timeout=timeout_s, stream_timeout=timeout_s
+    )
+    return single, [single]
+
+
+def _sentinel_client(
+    target: RedisTarget, *, timeout_s: float
+) -> tuple[RedisClient, list[contextlib.AbstractAsyncContextManager[Any]]]:
+    sentinel: coredis.Sentinel[bytes] = coredis.Sentinel(
+        [TCPLocation(host, port) for host, port in target.hosts],
+        sentinel_kwargs={
+            "connect_timeout": timeout_s,
+            "stream_timeout": timeout_s,
+            "username": target.sentinel_username,
+            "password": target.sentinel_password,
+        },
+        decode_responses=False,
+        # As for one server: a command that met a broken connection is sent again
+        # once on a new one, which asks the sentinels where the primary is now.
+        retry_policy=ConstantRetryPolicy((coredis.exceptions.ConnectionError, TimeoutError), retries=2, delay=0.01),
+        connect_timeout=timeout_s,
+        stream_timeout=timeout_s,
+        username=target.username,
+        password=target.password,
+        db=target.db,
+    )
+    primary = sentinel.primary_for(target.service)
+    return primary, [sentinel, primary]
 
 
 def room_channel(room: str) -> str:
@@ -114,15 +187,18 @@ def decode_message(data: bytes) -> Delivery:
 class RedisBroker:
     """Broker over Redis pub/sub (see ``base.Broker`` for the promises)."""
 
-    def __init__(self, node: str, cfg: BrokerConfig, *, client: coredis.Redis[bytes] | None = None) -> None:
+    def __init__(self, node: str, cfg: BrokerConfig, *, client: RedisClient | None = None) -> None:
         self.node = node
         self._cfg = cfg
-        self._client: coredis.Redis[bytes] = client or coredis.Redis.from_url(
-            cfg.redis_url,
-            decode_responses=False,
-            connect_timeout=cfg.timeout_s,
-            stream_timeout=cfg.timeout_s,
-        )
+        self._client: RedisClient
+        self._resources: list[contextlib.AbstractAsyncContextManager[Any]]
+        if client is not None:
+            self._client, self._resources = client, [client]
+        else:
+            self._client, self._resources = open_client(cfg.redis_url, timeout_s=cfg.timeout_s)
+        self._sharded = isinstance(self._client, coredis.RedisCluster)
+        # Channels this node unsubscribed from whose confirmation has not come yet.
+        self._leaving: Tally[str] = Tally()
         self._handler: Callable[[Delivery], object] | None = None
         self._channels: dict[str, int] = {}
         self._subscribe_queue: trio.MemorySendChannel[tuple[str, bool]]
@@ -132,7 +208,7 @@ class RedisBroker:
         self._last_error = "not connected yet"
 
     @property
-    def client(self) -> coredis.Redis[bytes]:
+    def client(self) -> RedisClient:
         return self._client
 
     def attach(self, handler: Callable[[Delivery], object]) -> None:
@@ -142,10 +218,19 @@ class RedisBroker:
         send, receive = trio.open_memory_channel[tuple[str, bool]](QUEUE_MAX)
         self._subscribe_queue = send
         try:
-            async with self._client, trio.open_nursery() as nursery:
-                await nursery.start(self._subscriber, receive)
-                nursery.start_soon(self._writer)
-                task_status.started()
+            async with contextlib.AsyncExitStack() as stack:
+                if not await self._open(stack):
+                    # Start anyway: the node serves its own sessions while Redis is away.
+                    task_status.started()
+                    task_status = trio.TASK_STATUS_IGNORED
+                    delay = 0.1
+                    while not await self._open(stack):
+                        await trio.sleep(delay)
+                        delay = min(delay * 2, 5.0)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self._subscriber, receive)
+                    nursery.start_soon(self._writer)
+                    task_status.started()
         except BaseExceptionGroup as group:
             # On cancellation coredis's cleanup may fail on connections that are
             # already closed; only the cancellation matters then.
@@ -158,7 +243,38 @@ class RedisBroker:
         finally:
             self._set_connected(False)
 
+    async def _open(self, stack: contextlib.AsyncExitStack) -> bool:
+        """Enter the client (a cluster client reads the slot map here); False if Redis is away.
+
+        No deadline of our own here: the client opens a task group that outlives
+        this call, so no cancel scope may wrap it; ``connect_timeout`` bounds it.
+        """
+        try:
+            async with contextlib.AsyncExitStack() as opening:
+                for resource in self._resources:
+                    await opening.enter_async_context(resource)
+                await stack.enter_async_context(opening.pop_all())
+        except LINK_ERRORS as exc:
+            self._note_down(exc)
+            return False
+        except BaseExceptionGroup as group:
+            if group.subgroup(trio.Cancelled) is not None:
+                raise
+            self._note_down(group)
+            return False
+        return True
+
     # -- receiving ---------------------------------------------------------------------------
+
+    def _pubsub(self) -> BasePubSub[bytes, Any]:
+        pubsub: BasePubSub[bytes, Any]
+        if isinstance(self._client, coredis.RedisCluster):
+            # Subscription messages are kept: a shard that gives up a slot
+            # unsubscribes its clients from the slot's channels.
+            pubsub = self._client.sharded_pubsub(ignore_subscribe_messages=False, retry_policy=None)
+        else:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True, retry_policy=None)
+        return pubsub
 
     async def _subscriber(
         self, changes: trio.MemoryReceiveChannel[tuple[str, bool]], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -168,7 +284,8 @@ class RedisBroker:
         delay = 0.1
         while True:
             try:
-                async with self._client.pubsub(ignore_subscribe_messages=True, retry_policy=None) as pubsub:
+                self._leaving.clear()
+                async with self._pubsub() as pubsub:
                     channels = [ALL_CHANNEL, *self._channels]
                     with trio.fail_after(self._cfg.timeout_s):
                         await pubsub.subscribe(*channels)
@@ -180,6 +297,10 @@ class RedisBroker:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._apply_changes, pubsub, changes)
                         async for message in pubsub:
+                            if message.get("type") == "sunsubscribe" and self._dropped(message["channel"]):
+                                raise coredis.exceptions.ConnectionError(
+                                    f"the shard dropped the subscription to {message['channel']!r} (slot moved)"
+                                )
                             self._receive(message)
                         nursery.cancel_scope.cancel()
             except LINK_ERRORS as exc:
@@ -200,7 +321,16 @@ class RedisBroker:
             if add:
                 await pubsub.subscribe(channel)
             else:
+                self._leaving[channel] += 1
                 await pubsub.unsubscribe(channel)
+
+    def _dropped(self, channel: str | bytes) -> bool:
+        """Whether an ``sunsubscribe`` is a shard dropping a channel still wanted."""
+        name = channel.decode(errors="replace") if isinstance(channel, bytes) else channel
+        if self._leaving[name] > 0:
+            self._leaving[name] -= 1
+            return False
+        return name == ALL_CHANNEL or name in self._channels
 
     def _receive(self, message: Any) -> None:
         if message.get("type") != "message":
@@ -252,11 +382,20 @@ class RedisBroker:
             try:
                 with trio.fail_after(self._cfg.timeout_s):
                     if len(batch) == 1:
-                        await self._client.publish(*batch[0])
+                        channel, data = batch[0]
+                        if self._sharded:
+                            await self._client.spublish(channel, data)
+                        else:
+                            await self._client.publish(channel, data)
                     else:
+                        # In a cluster the pipeline sends each shard its own
+                        # SPUBLISHes, one round trip per shard.
                         async with self._client.pipeline(transaction=False) as pipe:
                             for channel, data in batch:
-                                pipe.publish(channel, data)
+                                if self._sharded:
+                                    pipe.spublish(channel, data)
+                                else:
+                                    pipe.publish(channel, data)
                 BROKER_MESSAGES.labels("out").inc(len(batch))
             except LINK_ERRORS as exc:
                 BROKER_ERRORS.labels("publish").inc(len(batch))

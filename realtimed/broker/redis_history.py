@@ -1,10 +1,14 @@
 """Room history in Redis: every node sees the same ``{seq, epoch}`` and publications.
 
-Per room, ``rt:hm:<room>`` is a hash holding ``epoch`` and ``seq``, and
-``rt:hs:<room>`` a stream capped at the namespace's ``history_size`` whose entry
-ids are ``<seq>-1``. A Lua script appends atomically (next ``seq``, stream entry,
-expiry refreshed). Both keys expire ``history_ttl_s`` after the last append, and
-each entry carries its publish time so that older ones are not replayed.
+Per room, ``rt:{r:<room>}:hm`` is a hash holding ``epoch`` and ``seq``, and
+``rt:{r:<room>}:hs`` a stream capped at the namespace's ``history_size`` whose
+entry ids are ``<seq>-1``. Both keys carry the hash tag ``{r:<room>}`` (Redis
+hashes what lies between the first ``{`` and the next ``}``, which is the same
+non-empty text for both whatever the room holds), so in a Redis Cluster they
+share a slot and every script below runs on one shard. A Lua script appends
+atomically (next ``seq``, stream entry, expiry refreshed). Both keys expire
+``history_ttl_s`` after the last append, and each entry carries its publish time
+so that older ones are not replayed.
 
 A Redis that lost the keys (flushed, restarted without persistence, expired)
 starts a new epoch on the next append or subscribe: a client holding the old
@@ -17,11 +21,10 @@ import secrets
 import time
 from typing import Any, Final
 
-import coredis
 import orjson
 import trio
 
-from realtimed.broker.redis import LINK_ERRORS
+from realtimed.broker.redis import LINK_ERRORS, RedisClient
 from realtimed.config import NamespaceConfig
 from realtimed.errors import Unavailable
 from realtimed.gateway.rooms import Publication, Recovery
@@ -57,7 +60,8 @@ return {tonumber(redis.call('HGET', KEYS[1], 'seq')), epoch}
 
 
 def _keys(room: str) -> list[str]:
-    return ["rt:hm:" + room, "rt:hs:" + room]
+    tagged = "rt:{r:" + room + "}:"
+    return [tagged + "hm", tagged + "hs"]
 
 
 def _ttl_ms(ns: NamespaceConfig) -> int:
@@ -71,7 +75,7 @@ def _text(value: Any) -> str:
 class RedisHistory:
     """``HistoryBackend`` in Redis (see ``gateway.rooms.HistoryBackend`` for the promises)."""
 
-    def __init__(self, client: coredis.Redis[bytes], *, timeout_s: float) -> None:
+    def __init__(self, client: RedisClient, *, timeout_s: float) -> None:
         self._client = client
         self._timeout_s = timeout_s
 

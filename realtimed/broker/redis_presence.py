@@ -78,7 +78,7 @@ class RedisPresence:
         record_type: the presence record class (attrs), to rebuild records read back.
     """
 
-    def __init__(self, client: coredis.Redis[bytes], *, node: str, node_ttl_s: float, timeout_s: float, record_type: type[Any]) -> None:
+    def __init__(self, client: coredis.Redis[bytes] | coredis.RedisCluster[bytes], *, node: str, node_ttl_s: float, timeout_s: float, record_type: type[Any]) -> None:
         self._client = client
         self.node = node
         self._ttl_s = node_ttl_s
