@@ -33,6 +33,7 @@ from realtimed.broker.memory import MemoryBroker
 from realtimed.broker.redis import RedisBroker
 from realtimed.broker.redis_history import RedisHistory
 from realtimed.broker.redis_presence import RedisPresence
+from realtimed.broker.redis_typing import RedisTyping
 from realtimed.clock import SystemClock, WallClock
 from realtimed.config import DEV_API_KEY, DEV_HS256_SECRET, Config, ConfigError, load_config, parse_host_port
 from realtimed.gateway.gateway import Gateway
@@ -186,45 +187,59 @@ class Daemon:
         runner = JobRunner(svc.store, config=cfg.jobs, clock=svc.clock, node=svc.node)
         register_builtin_kinds(runner, retention=lambda: self.services.config.retention)
         svc.jobs = runner
-        broker: Broker
-        history: HistoryBackend | None = None
-        if cfg.broker.backend == "redis":
-            redis = RedisBroker(svc.node, cfg.broker)
-            history = RedisHistory(redis.client, timeout_s=cfg.broker.timeout_s)
-            broker = redis
-        else:
-            broker = MemoryBroker(svc.node)
-        await nursery.start(broker.run)
-        svc.broker = broker
-        router = Router(cfg, node=svc.node, broker=broker, clock=svc.clock, history=history)
-        await nursery.start(router.run)
-        svc.router = router
-        ops = OpRegistry()
-        register_room_ops(ops, router)
         # Chat and presence; importing them registers their HTTP routes before create_app.
         from realtimed.chat import ChatService
         from realtimed.presence import PresenceRecord, PresenceService
 
+        broker: Broker
+        history: HistoryBackend | None = None
         shared_presence: RedisPresence | None = None
-        if isinstance(broker, RedisBroker):
-            # Device counts and records shared by every node, with heartbeats so
-            # that the users of a node that dies turn offline.
+        if cfg.broker.backend == "redis":
+            redis = RedisBroker(svc.node, cfg.broker)
+            history = RedisHistory(redis.client, timeout_s=cfg.broker.timeout_s)
+            # Device counts, records and room presence shared by every node, with
+            # heartbeats so that the users of a node that dies turn offline.
             shared_presence = RedisPresence(
-                broker.client,
+                redis.client,
                 node=svc.node,
                 node_ttl_s=cfg.broker.node_ttl_s,
                 timeout_s=cfg.broker.timeout_s,
                 record_type=PresenceRecord,
             )
+            broker = redis
+        else:
+            broker = MemoryBroker(svc.node)
+        await nursery.start(broker.run)
+        svc.broker = broker
+        router = Router(cfg, node=svc.node, broker=broker, clock=svc.clock, history=history, room_presence=shared_presence)
+        await nursery.start(router.run)
+        svc.router = router
+        ops = OpRegistry()
+        register_room_ops(ops, router)
         presence = PresenceService(svc, backend=shared_presence)
         await nursery.start(presence.run)
         if shared_presence is not None:
-            shared_presence.on_users_gone = presence.users_gone
-            svc.extras["user_socket_count"] = shared_presence.device_count
-            await nursery.start(shared_presence.run)
+            shared = shared_presence
+
+            async def resync() -> None:
+                # Written back after this node's heartbeat expired or a change was lost.
+                stale = await shared.sync(presence.local_devices(), router.local_room_counts())
+                await router.rooms_left(stale)
+                await presence.resynced()
+
+            shared.on_users_gone = presence.users_gone
+            shared.on_rooms_left = router.rooms_left
+            shared.on_resync = resync
+            svc.extras["user_socket_count"] = shared.device_count
+            await nursery.start(shared.run)
         svc.presence = presence
         presence.register(ops)
-        chat = ChatService(svc)
+        chat = ChatService(
+            svc,
+            typing=RedisTyping(broker.client, node=svc.node, timeout_s=cfg.broker.timeout_s)
+            if isinstance(broker, RedisBroker)
+            else None,
+        )
         await nursery.start(chat.run)
         svc.chat = chat
         chat.register(ops)

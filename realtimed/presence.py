@@ -341,6 +341,26 @@ class PresenceService:
             except ApiError as exc:
                 log.warning("user %s: presence after a node died: %s", uid, exc.message)
 
+    def local_devices(self) -> list[tuple[str, str]]:
+        """(user, session) of every device connected to this node."""
+        return [(uid, sid) for uid, local in self._local.items() for sid in local.devices]
+
+    async def resynced(self) -> None:
+        """This node's devices were written back to the shared backend after it was
+        taken for dead: users that another node announced offline meanwhile are
+        announced again as they are."""
+        for uid, local in list(self._local.items()):
+            if not local.devices:
+                continue
+            try:
+                record = await self._record(uid)
+                if record.status != "offline":
+                    continue
+                local.sent = ("offline", None)  # what the contacts saw
+                await self._changed(uid, local)
+            except ApiError as exc:
+                log.warning("user %s: presence after a resync: %s", uid, exc.message)
+
     def touch(self, user_id: str) -> None:
         """The user did something (an op reached chat or presence): not idle any more."""
         local = self._local.get(user_id)

@@ -25,7 +25,15 @@ from realtimed.clock import WallClock, iso
 from realtimed.config import Config, NamespaceConfig
 from realtimed.errors import Unavailable
 from realtimed.gateway.frames import Frame
-from realtimed.gateway.rooms import HistoryBackend, MemoryHistory, Namespaces, Publication, Recovery
+from realtimed.gateway.rooms import (
+    HistoryBackend,
+    MemoryHistory,
+    MemoryRoomPresence,
+    Namespaces,
+    Publication,
+    Recovery,
+    RoomPresenceBackend,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +79,25 @@ class Router:
     """
 
     def __init__(
-        self, cfg: Config, *, node: str, broker: Broker, clock: WallClock, history: HistoryBackend | None = None
+        self,
+        cfg: Config,
+        *,
+        node: str,
+        broker: Broker,
+        clock: WallClock,
+        history: HistoryBackend | None = None,
+        room_presence: RoomPresenceBackend | None = None,
     ) -> None:
         self.node = node
         self.broker = broker
         self.clock = clock
         self.history: HistoryBackend = history or MemoryHistory()
+        self.room_presence_backend: RoomPresenceBackend = room_presence or MemoryRoomPresence()
         self.namespaces = Namespaces(cfg.namespaces)
         self.sessions: dict[str, Recipient] = {}
         self._users: dict[str, dict[str, Recipient]] = {}
         self._rooms: dict[str, dict[str, Recipient]] = {}
+        # room → user → this node's subscriptions of the user (the backend counts every node's)
         self._room_users: dict[str, dict[str, int]] = {}
         # room → session id → live frames held while that socket's subscribe is answered
         self._held: dict[str, dict[str, list[Frame]]] = {}
@@ -186,9 +203,14 @@ class Router:
         reply = _subscribe_reply(room, recovery)
         if ns.presence and not already:
             counts = self._room_users.setdefault(room, {})
-            if counts.get(session.user_id, 0) == 0:
-                reply["_joined"] = True
             counts[session.user_id] = counts.get(session.user_id, 0) + 1
+            try:
+                first = await self.room_presence_backend.join(room, session.user_id)
+            except Unavailable:
+                # Counted again when the backend is back (a shared backend resyncs).
+                first = counts[session.user_id] == 1
+            if first:
+                reply["_joined"] = True
         return reply
 
     def flush_held(self, session: Recipient, room: str, after_seq: int) -> None:
@@ -233,18 +255,20 @@ class Router:
         if not subscribers:
             del self._rooms[room]
             ROOMS.set(len(self._rooms))
-        ns = self.namespaces.of(room)
         left = False
         counts = self._room_users.get(room)
-        if ns.presence and counts is not None:
-            remaining = counts.get(session.user_id, 0) - 1
+        if counts is not None and session.user_id in counts:
+            remaining = counts[session.user_id] - 1
             if remaining <= 0:
-                counts.pop(session.user_id, None)
-                left = True
+                del counts[session.user_id]
             else:
                 counts[session.user_id] = remaining
             if not counts:
                 del self._room_users[room]
+            try:
+                left = await self.room_presence_backend.leave(room, session.user_id)
+            except Unavailable:
+                left = remaining <= 0
         if left:
             try:
                 await self.publish_event_to_room(room, "room.left", {"room": room, "user_id": session.user_id})
@@ -256,9 +280,22 @@ class Router:
             except Unavailable:
                 pass
 
-    def room_presence(self, room: str) -> list[dict[str, Any]]:
-        counts = self._room_users.get(room, {})
+    async def room_presence(self, room: str) -> list[dict[str, Any]]:
+        """Who is subscribed to the room, on every node (raises ``Unavailable`` while a shared backend is away)."""
+        counts = await self.room_presence_backend.members(room)
         return [{"user_id": user, "sessions": n} for user, n in sorted(counts.items())]
+
+    def local_room_counts(self) -> list[tuple[str, str, int]]:
+        """(room, user, subscriptions) of this node's sessions in rooms that keep presence."""
+        return [(room, user, n) for room, counts in self._room_users.items() for user, n in counts.items()]
+
+    async def rooms_left(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """``room.left`` for users whose last subscription ended elsewhere (a dead node's, reaped here)."""
+        for room, user in pairs:
+            try:
+                await self.publish_event_to_room(room, "room.left", {"room": room, "user_id": user})
+            except Unavailable:
+                log.warning("room.left for user %s in %s not published: broker unavailable", user, room)
 
     # -- delivery ----------------------------------------------------------------------------
 

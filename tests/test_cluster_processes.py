@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import signal
+import uuid
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
 from tests.fixtures.clients import WsClient
-from tests.fixtures.daemon import DaemonProcess, SpawnDaemon
+from tests.fixtures.daemon import API_KEY, DaemonProcess, SpawnDaemon
 from tests.fixtures.tokens import token
+
+SERVER = {"Authorization": f"Bearer {API_KEY}"}
 
 
 async def two_nodes(spawn_daemon: SpawnDaemon, pg_dsn: str, redis_url: str) -> tuple[DaemonProcess, DaemonProcess]:
@@ -79,3 +83,52 @@ async def test_node_death_turns_its_users_offline_once_and_loses_no_message(
         history = await back.ok("message.history", {"conversation_id": conv_b["id"], "after_seq": 0})
         assert [m["body"] for m in history["messages"]] == [f"to bob {i}" for i in range(3)]
         del bob, carol
+
+
+async def _room_events(client: WsClient, name: str, *, until: float) -> list[str]:
+    """Users named by the ``name`` events the client receives until trio time ``until``."""
+    users = []
+    while (left := until - trio.current_time()) > 0:
+        try:
+            frame = await client.recv(timeout=left)
+        except TimeoutError:
+            break
+        if frame.get("event") == name:
+            users.append(frame["data"]["user_id"])
+    return users
+
+
+@pytest.mark.slow
+async def test_room_presence_agrees_on_both_nodes_and_a_dead_nodes_viewers_leave_once(
+    spawn_daemon: SpawnDaemon, pg_dsn: str, redis_url: str
+) -> None:
+    with trio.fail_after(90):
+        a, b = await two_nodes(spawn_daemon, pg_dsn, redis_url)
+        room = f"episode:{uuid.uuid4().hex[:8]}"
+        alice = await connect(a, "alice-rp")
+        await alice.ok("subscribe", {"room": room})
+        bob_b = await connect(b, "bob-rp")
+        await bob_b.ok("subscribe", {"room": room})
+        assert (await alice.event("room.joined"))["data"] == {"room": room, "user_id": "bob-rp"}
+        # Bob's second device, on the other node: he is in the room already, nobody is told.
+        bob_a = await connect(a, "bob-rp")
+        await bob_a.ok("subscribe", {"room": room})
+        carol = await connect(b, "carol-rp")
+        await carol.ok("subscribe", {"room": room})
+        joined = await _room_events(alice, "room.joined", until=trio.current_time() + 1.0)
+        assert joined == ["carol-rp"]
+        expected = [{"user_id": "alice-rp", "sessions": 1}, {"user_id": "bob-rp", "sessions": 2}, {"user_id": "carol-rp", "sessions": 1}]
+        assert (await alice.ok("room.presence", {"room": room}))["users"] == expected
+        assert (await carol.ok("room.presence", {"room": room}))["users"] == expected
+        for proc in (a, b):
+            async with httpx.AsyncClient(base_url=proc.url, headers=SERVER) as http:
+                answer = await http.get(f"/server/v1/rooms/{room}/presence")
+                assert answer.status_code == 200 and answer.json()["users"] == expected
+        # Bob leaves on A but is still viewing through B: no room.left.
+        await bob_a.ok("unsubscribe", {"room": room})
+        assert await _room_events(alice, "room.left", until=trio.current_time() + 1.0) == []
+        # B dies: bob and carol leave, each announced once, by A.
+        b.signal(signal.SIGKILL)
+        left = await _room_events(alice, "room.left", until=trio.current_time() + 2.0 + 2.0 + 3.0)
+        assert sorted(left) == ["bob-rp", "carol-rp"]
+        assert (await alice.ok("room.presence", {"room": room}))["users"] == [{"user_id": "alice-rp", "sessions": 1}]

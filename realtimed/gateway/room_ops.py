@@ -64,7 +64,7 @@ def register_room_ops(ops: OpRegistry, router: Router) -> None:
             raise Forbidden(f"not subscribed to {room}")
         if not ns.presence:
             raise ValidationFailed("room", f"the namespace of {room} keeps no presence")
-        return {"users": router.room_presence(room)}
+        return {"users": await router.room_presence(room)}
 
     async def publish(caller: Caller, value: Any) -> dict[str, Any]:
         room: str = value.room

@@ -177,3 +177,52 @@ class MemoryHistory:
                 del self._rooms[room]
                 dropped += 1
         return dropped
+
+
+class RoomPresenceBackend(Protocol):
+    """Who is subscribed to a room ("who is viewing"), counted per user.
+
+    Promises:
+        - ``join`` and ``leave`` are atomic: of any number of concurrent calls for
+          one user and room, on any node, exactly one ``join`` answers True for a
+          first subscription and exactly one ``leave`` True for a last one.
+        - ``members`` answers every user with at least one subscription, with
+          their subscription counts.
+        - A shared backend forgets the subscriptions of a node that died.
+    """
+
+    async def join(self, room: str, user_id: str) -> bool: ...
+
+    async def leave(self, room: str, user_id: str) -> bool: ...
+
+    async def members(self, room: str) -> dict[str, int]: ...
+
+
+class MemoryRoomPresence:
+    """Room presence of one node in process memory (see ``RoomPresenceBackend``)."""
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, dict[str, int]] = {}
+
+    async def join(self, room: str, user_id: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        counts = self._rooms.setdefault(room, {})
+        counts[user_id] = counts.get(user_id, 0) + 1
+        return counts[user_id] == 1
+
+    async def leave(self, room: str, user_id: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        counts = self._rooms.get(room)
+        if counts is None or user_id not in counts:
+            return True
+        counts[user_id] -= 1
+        if counts[user_id] > 0:
+            return False
+        del counts[user_id]
+        if not counts:
+            del self._rooms[room]
+        return True
+
+    async def members(self, room: str) -> dict[str, int]:
+        await trio.lowlevel.checkpoint()
+        return dict(self._rooms.get(room, {}))

@@ -110,7 +110,7 @@ async def connections() -> Response:
 @blueprint.get("/rooms/<path:room>/presence")
 async def room_presence(room: str) -> Response:
     _room(room)
-    return json_response({"room": room, "users": _router().room_presence(room)})
+    return json_response({"room": room, "users": await _router().room_presence(room)})
 
 
 @blueprint.get("/rooms/<path:room>/history")
