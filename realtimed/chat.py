@@ -49,6 +49,7 @@ from realtimed import metrics, protocol
 from realtimed.clock import iso
 from realtimed.config import ChatConfig
 from realtimed.errors import (
+    ApiError,
     Blocked,
     Conflict,
     Forbidden,
@@ -79,6 +80,7 @@ from realtimed.protocol import (
 )
 from realtimed.services import Services
 from realtimed.store.base import ConversationRecord, JobSpec, MemberRecord, MessageRecord
+from realtimed.typing_state import MemoryTyping, TypingBackend
 
 if TYPE_CHECKING:
     from realtimed.router import Router
@@ -93,7 +95,6 @@ OFFLINE_JOB_KIND: Final = "chat.offline"
 OFFLINE_JOB_QUEUE: Final = "default"
 SERVER_MESSAGE_TYPES: Final = ("text", "image", "file", "system")
 MAX_CONTACTS: Final = 10_000
-_TYPING_PRUNE_S: Final = 60.0
 # The senders of this many of the newest messages are searched for the other
 # member of a direct conversation who hid it (the store names current members only).
 _DIRECT_SEARCH: Final = 100
@@ -125,8 +126,9 @@ class ChatService:
     Resource handling:
         ``run`` owns one task: the node-wide typing timer, a heap of deadlines
         that ends each typing state ``chat.typing_timeout_s`` after its last
-        refresh and prunes the typing rate buckets. Everything else runs in the
-        caller's task (a socket's reader, an HTTP request).
+        refresh (on any node: the typing backend is shared in a cluster).
+        Everything else runs in the caller's task (a socket's reader, an HTTP
+        request).
 
     Error handling:
         Refusals are ``ApiError``s raised before anything is stored (membership,
@@ -135,12 +137,13 @@ class ChatService:
         events (logged); the reply still says what was stored.
     """
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, *, typing: TypingBackend | None = None) -> None:
         self._svc = services
+        self._typing_state: TypingBackend = typing or MemoryTyping()
+        # The typing states this node started or refreshed, each with its timer.
         self._typing: dict[tuple[str, str], _Typing] = {}
         self._typing_of_user: dict[str, set[str]] = {}
         self._typing_heap: list[tuple[float, int, str, str]] = []
-        self._typing_buckets: dict[tuple[str, str], tuple[float, float]] = {}
         # Direct conversation id -> its two members, for when one of them hid it.
         self._pairs: dict[str, tuple[str, str]] = {}
         # (user, blocker) -> (trio time it expires, blocked?)
@@ -215,7 +218,8 @@ class ChatService:
         if self._router.user_sessions(uid):
             return
         for cid in list(self._typing_of_user.get(uid, ())):
-            await self._stop_typing(uid, cid)
+            # Only a state this node refreshed last: the user may go on typing elsewhere.
+            await self._stop_typing(uid, cid, node_only=True)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -399,7 +403,7 @@ class ChatService:
         member = await self._store.get_member(before.id, user_id)
         if member is not None:
             await self._send_state(user_id, before.id, read_seq=member.read_seq, unread_count=0, muted=member.muted)
-        if (user_id, before.id) in self._typing:
+        if (user_id, before.id) in self._typing or self._typing_state.shared:
             await self._stop_typing(user_id, before.id)
 
     # -- messages ------------------------------------------------------------------------------
@@ -570,7 +574,7 @@ class ChatService:
         """``message.new`` to every device of every participant; the sender's typing ends."""
         cid = message.conversation_id
         await self._emit(participants, "message.new", {"message": message.to_wire()}, conversation_id=cid, seq=message.seq)
-        if (message.sender_id, cid) in self._typing:
+        if (message.sender_id, cid) in self._typing or self._typing_state.shared:
             await self._stop_typing(message.sender_id, cid)
 
     async def op_send(self, caller: Caller, value: MessageSend) -> dict[str, Any]:
@@ -787,21 +791,9 @@ class ChatService:
 
     # -- typing --------------------------------------------------------------------------------
 
-    def _take_typing_token(self, key: tuple[str, str]) -> float:
-        """0 when the op may go ahead, else the seconds until it may."""
+    async def _typing_limited(self, key: tuple[str, str]) -> None:
         rate = self._cfg.typing_per_s
-        burst = max(1.0, rate)
-        now = trio.current_time()
-        tokens, at = self._typing_buckets.get(key, (burst, now))
-        tokens = min(burst, tokens + (now - at) * rate)
-        if tokens >= 1.0:
-            self._typing_buckets[key] = (tokens - 1.0, now)
-            return 0.0
-        self._typing_buckets[key] = (tokens, now)
-        return (1.0 - tokens) / rate
-
-    def _typing_limited(self, key: tuple[str, str]) -> None:
-        wait = self._take_typing_token(key)
+        wait = await self._typing_state.take_token(*key, rate=rate, burst=max(1.0, rate))
         if wait > 0:
             raise RateLimited("typing too often in this conversation", retry_after_ms=math.ceil(wait * 1000))
 
@@ -809,51 +801,71 @@ class ChatService:
         uid = caller.user_id
         cid = value.conversation_id
         key = (uid, cid)
-        deadline = trio.current_time() + self._cfg.typing_timeout_s
+        await self._typing_limited(key)
+        timeout_s = self._cfg.typing_timeout_s
         current = self._typing.get(key)
+        if current is None:
+            conv, _ = await self.participant(cid, uid)
+            if conv.type == "direct":
+                other = await self._direct_other(conv, uid)
+                if other is not None and await self._blocked(uid, by=other.user_id):
+                    raise Blocked("this user does not accept messages from you")
+            recipients = tuple(m for m in conv.member_ids if m != uid)
+        else:
+            recipients = current.recipients
+        first = await self._typing_state.begin(uid, cid, timeout_s=timeout_s)
+        deadline = trio.current_time() + timeout_s
+        current = self._typing.get(key)  # another device may have started it meanwhile
         if current is not None:
-            # A refresh: the others already see it; only the timeout moves.
             current.deadline = deadline
-            self._typing_limited(key)
-            return {}
-        self._typing_limited(key)
-        conv, _ = await self.participant(cid, uid)
-        if conv.type == "direct":
-            other = await self._direct_other(conv, uid)
-            if other is not None and await self._blocked(uid, by=other.user_id):
-                raise Blocked("this user does not accept messages from you")
-        if key in self._typing:  # started meanwhile by another device
-            self._typing[key].deadline = deadline
-            return {}
-        recipients = tuple(m for m in conv.member_ids if m != uid)
-        self._typing[key] = _Typing(deadline, recipients)
-        self._typing_of_user.setdefault(uid, set()).add(cid)
-        heapq.heappush(self._typing_heap, (deadline, next(self._counter), uid, cid))
-        self._wake.set()
-        await self._typing_event(uid, cid, recipients, True)
+        else:
+            self._typing[key] = _Typing(deadline, recipients)
+            self._typing_of_user.setdefault(uid, set()).add(cid)
+            heapq.heappush(self._typing_heap, (deadline, next(self._counter), uid, cid))
+            self._wake.set()
+        if first:
+            # Refreshes, here or on another node, only move the timeout.
+            await self._typing_event(uid, cid, recipients, True)
         return {}
 
     async def op_typing_stop(self, caller: Caller, value: TypingStop) -> dict[str, Any]:
         uid = caller.user_id
         cid = value.conversation_id
         key = (uid, cid)
-        self._typing_limited(key)
-        if key in self._typing:
-            await self._stop_typing(uid, cid)
-        else:
+        await self._typing_limited(key)
+        if key not in self._typing:
             await self.participant(cid, uid)
+        await self._stop_typing(uid, cid)
         return {}
 
-    async def _stop_typing(self, user_id: str, conversation_id: str) -> None:
+    def _forget_typing(self, user_id: str, conversation_id: str) -> _Typing | None:
         state = self._typing.pop((user_id, conversation_id), None)
-        if state is None:
-            return
         mine = self._typing_of_user.get(user_id)
         if mine is not None:
             mine.discard(conversation_id)
             if not mine:
                 del self._typing_of_user[user_id]
-        await self._typing_event(user_id, conversation_id, state.recipients, False)
+        return state
+
+    async def _stop_typing(self, user_id: str, conversation_id: str, *, node_only: bool = False) -> None:
+        """End the user's typing in the conversation, announcing it if this call ended it."""
+        state = self._forget_typing(user_id, conversation_id)
+        try:
+            ended = await self._typing_state.end(user_id, conversation_id, node_only=node_only)
+        except ApiError as exc:
+            # Typing is ephemeral: its shared state expires by itself.
+            log.warning("conversation %s: typing of %s not ended: %s", conversation_id, user_id, exc.message)
+            return
+        if not ended:
+            return  # not typing, ended elsewhere, or (node_only) refreshed through another node since
+        if state is not None:
+            recipients = state.recipients
+        else:
+            conv = await self._store.get_conversation(conversation_id)
+            if conv is None:
+                return
+            recipients = tuple(m for m in conv.member_ids if m != user_id)
+        await self._typing_event(user_id, conversation_id, recipients, False)
 
     async def _typing_event(self, user_id: str, conversation_id: str, recipients: tuple[str, ...], typing: bool) -> None:
         if not recipients:
@@ -865,16 +877,13 @@ class ChatService:
         )
 
     async def _typing_timer(self) -> None:
-        next_prune = trio.current_time() + _TYPING_PRUNE_S
         while True:
             self._wake = trio.Event()
             now = trio.current_time()
-            if now >= next_prune:
-                self._prune_buckets(now)
-                next_prune = now + _TYPING_PRUNE_S
-            wake_at = next_prune
-            if self._typing_heap:
-                wake_at = min(wake_at, self._typing_heap[0][0])
+            if not self._typing_heap:
+                await self._wake.wait()
+                continue
+            wake_at = self._typing_heap[0][0]
             if wake_at > now:
                 with trio.move_on_at(wake_at):
                     await self._wake.wait()
@@ -884,20 +893,29 @@ class ChatService:
                 state = self._typing.get((uid, cid))
                 if state is None:
                     continue
-                if state.deadline > now:  # refreshed since: wait for the new deadline
+                if state.deadline > now:  # refreshed here since: wait for the new deadline
                     heapq.heappush(self._typing_heap, (state.deadline, next(self._counter), uid, cid))
                     continue
                 try:
-                    await self._stop_typing(uid, cid)
+                    await self._typing_due(uid, cid, state, now)
                 except Exception:
                     log.exception("conversation %s: ending %s's typing failed", cid, uid)
 
-    def _prune_buckets(self, now: float) -> None:
-        rate = self._cfg.typing_per_s
-        burst = max(1.0, rate)
-        full = [k for k, (tokens, at) in self._typing_buckets.items() if tokens + (now - at) * rate >= burst]
-        for key in full:
-            del self._typing_buckets[key]
+    async def _typing_due(self, uid: str, cid: str, state: _Typing, now: float) -> None:
+        try:
+            left = await self._typing_state.expire(uid, cid)
+        except ApiError as exc:
+            # The shared state is out of reach: end it as this node sees it.
+            log.warning("conversation %s: typing of %s ended locally: %s", cid, uid, exc.message)
+            left = 0.0
+        if left is not None and left > 0:
+            # Refreshed through another node: wait for that deadline.
+            state.deadline = now + left
+            heapq.heappush(self._typing_heap, (state.deadline, next(self._counter), uid, cid))
+            return
+        self._forget_typing(uid, cid)
+        if left == 0:
+            await self._typing_event(uid, cid, state.recipients, False)
 
     # -- blocks --------------------------------------------------------------------------------
 

@@ -289,3 +289,65 @@ async def test_sockets_per_user_counted_across_nodes(start_daemon: DaemonFactory
                 except ConnectionClosed:
                     pass
                 await trio.sleep(0.2)
+
+
+async def _typing_events(client: WsClient, *, until: float) -> list[tuple[str, bool]]:
+    """typing.updated (user, typing) received until trio time ``until`` (and what is queued already)."""
+    until = max(until, trio.current_time() + 0.3)
+    got = []
+    while (left := until - trio.current_time()) > 0:
+        try:
+            frame = await client.recv(timeout=left)
+        except TimeoutError:
+            break
+        if frame.get("event") == "typing.updated":
+            got.append((frame["data"]["user_id"], frame["data"]["typing"]))
+    return got
+
+
+async def test_typing_is_one_state_and_one_budget_across_nodes(start_daemon: DaemonFactory, redis_url: str, pg_dsn: str) -> None:
+    with trio.fail_after(60):
+        shared = {
+            "store": {"backend": "postgres", "postgres_dsn": pg_dsn},
+            "broker": {"backend": "redis", "redis_url": redis_url, "timeout_s": 2.0},
+            "chat": {"typing_timeout_s": 1.0, "typing_per_s": 2.0},
+        }
+        a = await start_daemon({"server": {"node": "na"}, **shared})
+        b = await start_daemon({"server": {"node": "nb"}, **shared})
+        suffix = uuid.uuid4().hex[:6]
+        alice, bob, carol = (f"{name}-{suffix}" for name in ("alice", "bob", "carol"))
+        alice_a = await connect(a, alice)
+        alice_b = await connect(b, alice)
+        bob_a = await connect(a, bob)
+        carol_b = await connect(b, carol)
+        cid = (await alice_a.ok("conversation.create", {"member_ids": [bob, carol]}))["conversation"]["id"]
+        for client in (bob_a, carol_b):
+            await client.event("conversation.updated")
+        # Alice types on A, then refreshes on B: one typing true each, then one false
+        # a timeout after the refresh on B, sent once.
+        assert await alice_a.ok("typing.start", {"conversation_id": cid}) == {}
+        await trio.sleep(0.6)
+        assert await alice_b.ok("typing.start", {"conversation_id": cid}) == {}
+        refreshed = trio.current_time()
+        for client in (bob_a, carol_b):
+            got = await _typing_events(client, until=refreshed + 2.0)
+            assert got == [(alice, True), (alice, False)], got
+        # The budget (2 per second, burst 2) is counted across nodes.
+        await trio.sleep(1.0)
+        assert await alice_a.ok("typing.start", {"conversation_id": cid}) == {}
+        assert await alice_b.ok("typing.start", {"conversation_id": cid}) == {}
+        limited = await alice_a.request("typing.start", {"conversation_id": cid})
+        assert limited["error"]["code"] == "RATE_LIMITED" and limited["error"]["retry_after_ms"] > 0
+        # A stop on B ends the state started on A, at once and once.
+        await trio.sleep(0.6)
+        assert await alice_b.ok("typing.stop", {"conversation_id": cid}) == {}
+        stopped = trio.current_time()
+        for client in (bob_a, carol_b):
+            got = await _typing_events(client, until=stopped + 1.5)
+            assert got == [(alice, True), (alice, False)], got
+        # A message sent on B ends typing started on A.
+        await trio.sleep(1.0)
+        assert await alice_a.ok("typing.start", {"conversation_id": cid}) == {}
+        await alice_b.ok("message.send", {"conversation_id": cid, "client_id": "m1", "body": "done"})
+        got = await _typing_events(bob_a, until=trio.current_time() + 0.8)
+        assert got == [(alice, True), (alice, False)], got
