@@ -422,3 +422,39 @@ async def test_unreachable_cluster_starts_unready_then_connects(nursery: trio.Nu
             await _wait_for(ready, within=20, what="the broker opens the cluster once it answers")
         finally:
             await node.kill()
+
+
+async def test_cluster_subscription_follows_a_moved_slot(redis_cluster: Cluster, nursery: trio.Nursery) -> None:
+    with trio.fail_after(30):
+        cfg = BrokerConfig(backend="redis", redis_url=redis_cluster.url, timeout_s=2.0)
+        a, b = RedisBroker("ma", cfg), RedisBroker("mb", cfg)
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        got: list[Delivery] = []
+        b.attach(got.append)
+        room = f"job:{uuid.uuid4().hex[:8]}"
+        await b.watch_room(room)
+        await trio.sleep(0.3)
+        await a.publish(Delivery(_frame(1), room=room, origin=a.node))
+        while not got:
+            await trio.sleep(0.05)
+        source = await redis_cluster.node_for(room_channel(room))
+        target = next(n for n in redis_cluster.nodes if n is not source)
+        slot = str(await source.command("CLUSTER", "KEYSLOT", room_channel(room)))
+        target_id = await target.command("CLUSTER", "MYID")
+        for node in (target, source):  # the slot holds no keys: it may move at once
+            await node.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        assert room_channel(room) not in await source.command("PUBSUB", "SHARDCHANNELS")
+
+        async def subscribed_on_target() -> bool:
+            return room_channel(room) in await target.command("PUBSUB", "SHARDCHANNELS")
+
+        await _wait_for(subscribed_on_target, within=15, what="the subscriber follows the slot to its new shard")
+        got.clear()
+        while not got:
+            try:
+                await a.publish(Delivery(_frame(2), room=room, origin=a.node))
+            except Unavailable:
+                pass
+            await trio.sleep(0.2)
+        assert got[0].frame.json == _frame(2).json

@@ -282,8 +282,15 @@ class RedisBroker:
         """Hold the subscriptions; reconnect and subscribe again whenever the link breaks."""
         started = False
         delay = 0.1
+        retry = False
         while True:
             try:
+                if retry and isinstance(self._client, coredis.RedisCluster):
+                    # The shards may have changed (a slot moved, a replica took
+                    # over): read the slot map again before subscribing anew.
+                    with trio.fail_after(self._cfg.timeout_s):
+                        await self._client.connection_pool.cluster_layout.initialize()
+                retry = True
                 self._leaving.clear()
                 async with self._pubsub() as pubsub:
                     channels = [ALL_CHANNEL, *self._channels]
