@@ -31,6 +31,7 @@ from realtimed.auth import ApiKeys, TokenVerifier
 from realtimed.broker.base import Broker
 from realtimed.broker.memory import MemoryBroker
 from realtimed.broker.redis import RedisBroker
+from realtimed.broker.redis_activity import RedisActivity, RedisPushCaps
 from realtimed.broker.redis_history import RedisHistory
 from realtimed.broker.redis_presence import RedisPresence
 from realtimed.broker.redis_typing import RedisTyping
@@ -253,7 +254,17 @@ class Daemon:
         push = PushService(cfg, store=svc.store, clock=svc.clock, jobs=lambda: self.services.jobs)
         await nursery.start(push.run)
         svc.push = push
-        notify = NotifyService(svc, push=push)
+        shared_caps: RedisPushCaps | None = None
+        activity: RedisActivity | None = None
+        if isinstance(broker, RedisBroker):
+            # Push caps and the active-skip rule count what every node sees.
+            shared_caps = RedisPushCaps(broker.client, timeout_s=cfg.broker.timeout_s)
+            activity = RedisActivity(
+                broker.client, window_s=lambda: self.services.config.notify.active_window_s, timeout_s=cfg.broker.timeout_s
+            )
+            await nursery.start(activity.run)
+            svc.extras["mark_active"] = activity.mark
+        notify = NotifyService(svc, push=push, shared_caps=shared_caps, activity=activity)
         await nursery.start(notify.run)
         svc.notify = notify
         notify.register(ops)

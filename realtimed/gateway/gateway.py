@@ -28,6 +28,7 @@ import itertools
 import logging
 import math
 import random
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Final
 from urllib.parse import parse_qs
@@ -149,6 +150,8 @@ class Gateway:
     def __init__(self, services: Services, router: Router, ops: OpRegistry) -> None:
         self.services = services
         self.router = router
+        # Activity seen by other nodes of a cluster (the push-skip rule); None on one node.
+        self._mark_active: Callable[[str], None] | None = services.extras.get("mark_active")
         self.ops = ops
         self.node = services.node
         self.sessions: dict[str, Session] = {}
@@ -357,6 +360,8 @@ class Gateway:
             return
         if op != "ping":
             session.last_active = trio.current_time()
+            if self._mark_active is not None:
+                self._mark_active(session.user_id)
         if op == "auth":
             await self._reauth(session, request)
             return

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -186,8 +186,32 @@ class PushCaps:
         self._hourly[hourly_key] = self._hourly.get(hourly_key, 0) + 1
         return None
 
+    async def count(
+        self, *, user_id: str, type: str, now: datetime, time_zone: str, daily_cap: int, hourly_cap: int
+    ) -> str | None:
+        """``take`` behind the ``SharedCaps`` interface."""
+        return self.take(user_id=user_id, type=type, now=now, time_zone=time_zone, daily_cap=daily_cap, hourly_cap=hourly_cap)
+
     def _prune_days(self, now: datetime) -> None:
         # Local days run from UTC-12 to UTC+14: anything older than two UTC days is over everywhere.
         oldest = (now - timedelta(days=2)).date().isoformat()
         for key in [k for k in self._daily if k[1] < oldest]:
             del self._daily[key]
+
+
+class SharedCaps(Protocol):
+    """Push caps counted by every node of a cluster alike.
+
+    Promises: ``count`` checks both caps and counts the push atomically, answering
+    None, ``daily_cap`` or ``hourly_cap`` as ``PushCaps.take`` does.
+    """
+
+    async def count(
+        self, *, user_id: str, type: str, now: datetime, time_zone: str, daily_cap: int, hourly_cap: int
+    ) -> str | None: ...
+
+
+class Activity(Protocol):
+    """Which users are active on a device connected to any node of a cluster."""
+
+    async def active(self, user_ids: Sequence[str]) -> set[str]: ...

@@ -44,12 +44,14 @@ from prometheus_client import Counter
 
 from realtimed.clock import WallClock, iso, parse_iso
 from realtimed.config import Config, NotificationTypeConfig, NotifyConfig
-from realtimed.errors import Unavailable, ValidationFailed
+from realtimed.errors import ApiError, Unavailable, ValidationFailed
 from realtimed.gateway.ops import Caller, OpRegistry
 from realtimed.jobs.runner import JobContext, JobRunner
 from realtimed.metrics import REGISTRY
 from realtimed.notify.policy import (
+    Activity,
     PushCaps,
+    SharedCaps,
     digest_key,
     digest_window,
     inbox_push_prefix,
@@ -120,7 +122,9 @@ class NotifyService:
 
     Resource handling:
         Holds no connection and no task of its own: ``run`` only reports ready.
-        The per-user push counts of the caps live in memory (see ``PushCaps``).
+        The per-user push counts of the caps live in memory (see ``PushCaps``),
+        or in Redis in a cluster (``shared_caps``). In a cluster, activity on
+        other nodes is read from their marks (``activity``).
 
     Error handling:
         A request with an unknown type or a missing var is refused with
@@ -129,10 +133,14 @@ class NotifyService:
         retried by the job runner; a live delivery never fails the request.
     """
 
-    def __init__(self, services: Any, *, push: PushService) -> None:
+    def __init__(
+        self, services: Any, *, push: PushService, shared_caps: SharedCaps | None = None, activity: Activity | None = None
+    ) -> None:
         self.services = services
         self.push = push
         self.caps = PushCaps()
+        self.shared_caps = shared_caps
+        self.activity = activity
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -196,12 +204,25 @@ class NotifyService:
         self.push.add_check("group", self._check_group)
         self.push.add_check("conversation", self._check_conversation)
 
-    def _active(self, user_id: str) -> bool:
-        """The push-skip rule: is the user active on a device connected to this node?"""
+    async def _active(self, user_id: str) -> bool:
+        """The push-skip rule: is the user active on a connected device (of any node)?"""
+        return user_id in await self._active_among([user_id])
+
+    async def _active_among(self, user_ids: Sequence[str]) -> set[str]:
+        """Those of the users active on a connected device: this node's, then (in a cluster) the others'."""
         router = self.services.router
         if not self.cfg.push_skip_when_active or router is None:
-            return False
-        return is_active(router.user_sessions(user_id), now=trio.current_time(), window_s=self.cfg.active_window_s)
+            return set()
+        now, window = trio.current_time(), self.cfg.active_window_s
+        found = {u for u in user_ids if is_active(router.user_sessions(u), now=now, window_s=window)}
+        rest = [u for u in user_ids if u not in found]
+        if rest and self.activity is not None:
+            try:
+                found |= await self.activity.active(rest)
+            except ApiError as exc:
+                # Pushing to an active user is the lesser harm than losing a push.
+                log.warning("activity on other nodes unknown (%s); pushing as if inactive", exc.message)
+        return found
 
     async def ready_fields(self, user_id: str) -> dict[str, Any]:
         """``notifications_unread`` for ``session.ready``."""
@@ -297,10 +318,12 @@ class NotifyService:
         push_only = [u for u in users if push_enabled and u in push_on and u not in in_inbox]
         candidates: list[list[Any]] = []
         if push_enabled:
+            wanted = [u for u in users if u in push_on and not (u in in_inbox and u not in records)]
+            active = await self._active_among(wanted)
             for u in users:
                 if u not in push_on or (u in in_inbox and u not in records):
                     continue  # push off, or a repeated dedupe key
-                if self._active(u):
+                if u in active:
                     PUSH_DECISIONS.labels(ntype.name, "active").inc()
                     continue
                 record = records.get(u)
@@ -414,7 +437,7 @@ class NotifyService:
             PUSH_DECISIONS.labels(ntype.name, "digest_held").inc()
             log.debug("job %s: push to %s held for the digest of %s", job_id, plan.user_id, plan.group_key)
             return
-        if not critical and not self._take_cap(ntype, plan.user_id, settings, now, job_id):
+        if not critical and not await self._take_cap(ntype, plan.user_id, settings, now, job_id):
             return
         run_at = None if critical else quiet_until(
             now, start=settings.quiet_hours_start, end=settings.quiet_hours_end, time_zone=settings.time_zone
@@ -424,8 +447,11 @@ class NotifyService:
             title, body = render(ntype.private_title, plan.vars), render(ntype.private_body, plan.vars)
         await self._push_to_devices(plan, title, body, run_at, job_id)
 
-    def _take_cap(self, ntype: NotificationTypeConfig, user_id: str, settings: UserSettings, now: datetime, job_id: str) -> bool:
-        held = self.caps.take(
+    async def _take_cap(
+        self, ntype: NotificationTypeConfig, user_id: str, settings: UserSettings, now: datetime, job_id: str
+    ) -> bool:
+        counts = self.shared_caps.count if self.shared_caps is not None else self.caps.count
+        held = await counts(
             user_id=user_id,
             type=ntype.name,
             now=now,
@@ -516,12 +542,12 @@ class NotifyService:
             # The first was pushed at once; nothing more came, or it was read.
             log.debug("job %s: digest of %s for %s: %d unread, no push", ctx.job_id, p["group_key"], user_id, count)
             return
-        if self._active(user_id):
+        if await self._active(user_id):
             PUSH_DECISIONS.labels(ntype.name, "active").inc()
             return
         settings = await self.store.get_user_settings(user_id)
         now = self.clock.now()
-        if not self._take_cap(ntype, user_id, settings, now, ctx.job_id):
+        if not await self._take_cap(ntype, user_id, settings, now, ctx.job_id):
             return
         values = {**(p.get("vars") or {}), "count": count}
         if ntype.push_content:
@@ -585,7 +611,7 @@ class NotifyService:
             if member.read_seq >= message.seq:
                 PUSH_DECISIONS.labels(CHAT_TYPE, "read").inc()
                 continue
-            if self._active(user_id):
+            if await self._active(user_id):
                 PUSH_DECISIONS.labels(CHAT_TYPE, "active").inc()
                 continue
             plans.append(
