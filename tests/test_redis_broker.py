@@ -119,3 +119,24 @@ async def test_cut_link_fails_fast_then_recovers(nursery: trio.Nursery, redis_po
     await wait_received(a, room, got, within=15)
     with trio.fail_after(5):
         await b.ping()
+
+
+async def test_a_watch_returns_once_redis_confirmed_the_subscription(nursery: trio.Nursery, redis_url: str) -> None:
+    """What another node publishes right after a subscribe reply reaches this node."""
+    cfg = BrokerConfig(backend="redis", redis_url=redis_url, timeout_s=2.0)
+    tag = uuid.uuid4().hex[:8]
+    a, b = RedisBroker(f"a-{tag}", cfg), RedisBroker(f"b-{tag}", cfg)
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    got: list[Delivery] = []
+    b.attach(got.append)
+    for i in range(20):
+        room, user = f"job:{tag}-{i}", f"u-{tag}-{i}"
+        await b.watch_room(room)
+        await b.watch_user(user)
+        await a.publish(Delivery(frame(i), room=room, origin=a.node))
+        await a.publish(Delivery(frame(i), users=(user,), origin=a.node))
+    with trio.fail_after(5):
+        while len(got) < 40:
+            await trio.sleep(0.01)
+    assert sorted(d.room or d.users[0] for d in got) == sorted([f"job:{tag}-{i}" for i in range(20)] + [f"u-{tag}-{i}" for i in range(20)])

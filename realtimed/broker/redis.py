@@ -45,7 +45,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter as Tally
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeAlias
 
 import anyio
@@ -199,6 +199,8 @@ class RedisBroker:
         self._sharded = isinstance(self._client, coredis.RedisCluster)
         # Channels this node unsubscribed from whose confirmation has not come yet.
         self._leaving: Tally[str] = Tally()
+        # channel → set once Redis confirmed the subscription (watchers wait on it)
+        self._confirmed: dict[str, trio.Event] = {}
         self._handler: Callable[[Delivery], object] | None = None
         self._channels: dict[str, int] = {}
         self._subscribe_queue: trio.MemorySendChannel[tuple[str, bool]]
@@ -296,6 +298,7 @@ class RedisBroker:
                     channels = [ALL_CHANNEL, *self._channels]
                     with trio.fail_after(self._cfg.timeout_s):
                         await pubsub.subscribe(*channels)
+                    self._confirm(channels)
                     self._set_connected(True)
                     delay = 0.1
                     if not started:
@@ -327,6 +330,7 @@ class RedisBroker:
         async for channel, add in changes:
             if add:
                 await pubsub.subscribe(channel)
+                self._confirm([channel])
             else:
                 self._leaving[channel] += 1
                 await pubsub.unsubscribe(channel)
@@ -411,10 +415,19 @@ class RedisBroker:
     # -- interest ----------------------------------------------------------------------------
 
     async def _watch(self, channel: str) -> None:
+        """Count interest in a channel; the first subscribes, and every caller waits
+        (at most ``timeout_s``) until Redis confirmed it, so that what another node
+        publishes after a subscribe reply reaches this node."""
         count = self._channels.get(channel, 0)
         self._channels[channel] = count + 1
+        if count == 0 and self.connected:
+            self._confirmed.setdefault(channel, trio.Event())
         if count == 0:
             self._change(channel, True)
+        confirmed = self._confirmed.get(channel)
+        if confirmed is not None and self.connected:
+            with trio.move_on_after(self._cfg.timeout_s):
+                await confirmed.wait()
         await trio.lowlevel.checkpoint()
 
     async def _unwatch(self, channel: str) -> None:
@@ -427,10 +440,18 @@ class RedisBroker:
             self._channels[channel] = count
         await trio.lowlevel.checkpoint()
 
+    def _confirm(self, channels: Iterable[str] | None = None) -> None:
+        """Release the watchers waiting for these channels (None: all of them)."""
+        for channel in list(self._confirmed) if channels is None else channels:
+            event = self._confirmed.pop(channel, None)
+            if event is not None:
+                event.set()
+
     def _change(self, channel: str, add: bool) -> None:
         try:
             self._subscribe_queue.send_nowait((channel, add))
         except trio.WouldBlock:
+            self._confirm([channel])
             # Only while Redis is away for long: a reconnect subscribes to every
             # channel in ``_channels`` anyway.
             BROKER_ERRORS.labels("subscription_queue_full").inc()
@@ -466,6 +487,7 @@ class RedisBroker:
         BROKER_UP.set(1 if up else 0)
 
     def _note_down(self, exc: BaseException) -> None:
+        self._confirm()  # nobody waits on a link that is down; the reconnect subscribes to all
         self._last_error = str(exc) or type(exc).__name__
         if self.connected:
             log.warning("node %s: broker lost Redis: %s", self.node, self._last_error)
