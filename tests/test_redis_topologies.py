@@ -290,6 +290,12 @@ async def test_sentinel_delivers_between_nodes_and_follows_a_failover(
             assert answer.status_code == 200, answer.text
         event = await alice.event("job.progress")
         assert event["data"] == {"i": 2}
+        # The promoted replica may lack what the old primary had not passed on, so
+        # the room starts a new epoch: never a seq given twice in one epoch.
+        assert event["epoch"] != sub["epoch"] and event["seq"] == 1
+        back = await connect(a, "alice")
+        got = await back.ok("subscribe", {"room": room, "since": {"seq": 1, "epoch": sub["epoch"]}})
+        assert got["recovered"] is False and got["epoch"] == event["epoch"]
         # Written on the promoted replica, now the primary.
         assert await sentinel_group.replica.command("EXISTS", f"rt:{{r:{room}}}:hm") == 1
 

@@ -12,7 +12,10 @@ so that older ones are not replayed.
 
 A Redis that lost the keys (flushed, restarted without persistence, expired)
 starts a new epoch on the next append or subscribe: a client holding the old
-epoch gets ``recovered: false``, never a silent gap.
+epoch gets ``recovered: false``, never a silent gap. So does a Redis whose
+replication history changed (``master_replid``: a replica promoted by a
+failover, or a restart), since the writes the old primary had not passed on
+may be missing and their ``seq`` would otherwise be given again.
 """
 
 from __future__ import annotations
@@ -29,11 +32,19 @@ from realtimed.config import NamespaceConfig
 from realtimed.errors import Unavailable
 from realtimed.gateway.rooms import Publication, Recovery
 
-_APPEND: Final = """
+# The epoch belongs to one replication history of the server: a replica promoted by a
+# failover (or a restarted server) has a new master_replid, and whatever the old
+# primary had not passed on may be missing, so the room starts a new epoch.
+_CURRENT_EPOCH: Final = """
+local rid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch and redis.call('HGET', KEYS[1], 'rid') ~= rid then epoch = false end
+"""
+
+_APPEND: Final = _CURRENT_EPOCH + """
 if not epoch then
   epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'rid', rid)
   redis.call('DEL', KEYS[2])
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
@@ -45,11 +56,10 @@ end
 return {seq, epoch}
 """
 
-_POSITION: Final = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+_POSITION: Final = _CURRENT_EPOCH + """
 if not epoch then
   epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'rid', rid)
   redis.call('DEL', KEYS[2])
   if tonumber(ARGV[2]) > 0 then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
