@@ -270,10 +270,7 @@ class Router:
             except Unavailable:
                 left = remaining <= 0
         if left:
-            try:
-                await self.publish_event_to_room(room, "room.left", {"room": room, "user_id": session.user_id})
-            except Unavailable:
-                pass
+            await self.rooms_left([(room, session.user_id)])
         if room not in self._rooms:
             try:
                 await self.broker.unwatch_room(room)
@@ -290,7 +287,7 @@ class Router:
         return [(room, user, n) for room, counts in self._room_users.items() for user, n in counts.items()]
 
     async def rooms_left(self, pairs: Iterable[tuple[str, str]]) -> None:
-        """``room.left`` for users whose last subscription ended elsewhere (a dead node's, reaped here)."""
+        """``room.left`` for users whose last subscription ended (here, or on a dead node reaped here)."""
         for room, user in pairs:
             try:
                 await self.publish_event_to_room(room, "room.left", {"room": room, "user_id": user})

@@ -53,29 +53,21 @@ class MemoryTyping:
     def __init__(self) -> None:
         self._deadlines: dict[tuple[str, str], float] = {}
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
-        self._rates: dict[tuple[str, str], tuple[float, float]] = {}
 
     async def take_token(self, user_id: str, conversation_id: str, *, rate: float, burst: float) -> float:
         await trio.lowlevel.checkpoint()
         key = (user_id, conversation_id)
         now = trio.current_time()
         if len(self._buckets) >= _PRUNE_AT:
-            self._prune(now)
+            # Full buckets hold nothing a fresh one would not.
+            self._buckets = {k: (t, a) for k, (t, a) in self._buckets.items() if t + (now - a) * rate < burst}
         tokens, at = self._buckets.get(key, (burst, now))
         tokens = min(burst, tokens + (now - at) * rate)
-        self._rates[key] = (rate, burst)
         if tokens >= 1.0:
             self._buckets[key] = (tokens - 1.0, now)
             return 0.0
         self._buckets[key] = (tokens, now)
         return (1.0 - tokens) / rate
-
-    def _prune(self, now: float) -> None:
-        for key, (tokens, at) in list(self._buckets.items()):
-            rate, burst = self._rates.get(key, (1.0, 1.0))
-            if tokens + (now - at) * rate >= burst:
-                del self._buckets[key]
-                self._rates.pop(key, None)
 
     async def begin(self, user_id: str, conversation_id: str, *, timeout_s: float) -> bool:
         await trio.lowlevel.checkpoint()

@@ -45,8 +45,8 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable
-from typing import Any, Final, TypeAlias
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final, TypeAlias, TypeVar
 
 import anyio
 import coredis
@@ -81,6 +81,23 @@ LINK_ERRORS: Final = (
 #: The client every Redis backend shares: one server or a Sentinel-managed
 #: primary (``coredis.Redis``), or a Redis Cluster.
 RedisClient: TypeAlias = "coredis.Redis[bytes] | coredis.RedisCluster[bytes]"
+
+_T = TypeVar("_T")
+
+
+async def redis_call(what: str, call: Awaitable[_T], *, timeout_s: float) -> _T:
+    """Await one Redis command within ``timeout_s``; a link failure raises ``Unavailable``
+    ("<what> unavailable: ..."), so every backend names its failures alike."""
+    try:
+        with trio.fail_after(timeout_s):
+            return await call
+    except LINK_ERRORS as exc:
+        raise Unavailable(f"{what} unavailable: {exc or type(exc).__name__}") from exc
+
+
+def text(value: Any) -> str:
+    """A Redis reply (bytes with ``decode_responses=False``) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 FANOUT_USERS: Final = 64
 ALL_CHANNEL: Final = "rt:all"

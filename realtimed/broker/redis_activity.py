@@ -21,8 +21,7 @@ from typing import Any, Final
 
 import trio
 
-from realtimed.broker.redis import LINK_ERRORS
-from realtimed.errors import Unavailable
+from realtimed.broker.redis import LINK_ERRORS, redis_call, text
 from realtimed.notify.policy import HOUR_S, zone
 
 log = logging.getLogger(__name__)
@@ -68,13 +67,9 @@ class RedisPushCaps:
         hour = int(now.timestamp()) // HOUR_S
         tag = f"rt:{{cap:{user_id}}}:"
         keys = [f"{tag}d:{day}", f"{tag}h:{type}:{hour}"]
-        try:
-            with trio.fail_after(self._timeout_s):
-                held = await self._client.eval(_TAKE, keys=keys, args=[daily_cap, hourly_cap, 3 * 86_400, 2 * HOUR_S])
-        except LINK_ERRORS as exc:
-            raise Unavailable(f"push caps unavailable: {exc or exc.__class__.__name__}") from exc
-        text = held.decode() if isinstance(held, bytes) else str(held or "")
-        return text or None
+        call = self._client.eval(_TAKE, keys=keys, args=[daily_cap, hourly_cap, 3 * 86_400, 2 * HOUR_S])
+        held = await redis_call("push caps", call, timeout_s=self._timeout_s)
+        return text(held or "") or None
 
 
 class RedisActivity:
@@ -137,12 +132,9 @@ class RedisActivity:
     async def active(self, user_ids: Sequence[str]) -> set[str]:
         """Those of the users active on any node within the window."""
         found: set[str] = set()
-        try:
-            for start in range(0, len(user_ids), _MGET_CHUNK):
-                chunk = list(user_ids[start : start + _MGET_CHUNK])
-                with trio.fail_after(self._timeout_s):
-                    values = await self._client.mget([_activity_key(u) for u in chunk])
-                found.update(u for u, v in zip(chunk, values, strict=True) if v)
-        except LINK_ERRORS as exc:
-            raise Unavailable(f"activity marks unavailable: {exc or type(exc).__name__}") from exc
+        for start in range(0, len(user_ids), _MGET_CHUNK):
+            chunk = list(user_ids[start : start + _MGET_CHUNK])
+            call = self._client.mget([_activity_key(u) for u in chunk])
+            values = await redis_call("activity marks", call, timeout_s=self._timeout_s)
+            found.update(u for u, v in zip(chunk, values, strict=True) if v)
         return found

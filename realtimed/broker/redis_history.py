@@ -25,11 +25,9 @@ import time
 from typing import Any, Final
 
 import orjson
-import trio
 
-from realtimed.broker.redis import LINK_ERRORS, RedisClient
+from realtimed.broker.redis import RedisClient, redis_call, text
 from realtimed.config import NamespaceConfig
-from realtimed.errors import Unavailable
 from realtimed.gateway.rooms import Publication, Recovery
 
 # The epoch belongs to one replication history of the server: a replica promoted by a
@@ -78,10 +76,6 @@ def _ttl_ms(ns: NamespaceConfig) -> int:
     return int(ns.history_ttl_s * 1000)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class RedisHistory:
     """``HistoryBackend`` in Redis (see ``gateway.rooms.HistoryBackend`` for the promises)."""
 
@@ -90,11 +84,7 @@ class RedisHistory:
         self._timeout_s = timeout_s
 
     async def _call(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        try:
-            with trio.fail_after(self._timeout_s):
-                return await self._client.eval(script, keys=keys, args=args)
-        except LINK_ERRORS as exc:
-            raise Unavailable(f"room history unavailable: {exc or type(exc).__name__}") from exc
+        return await redis_call("room history", self._client.eval(script, keys=keys, args=args), timeout_s=self._timeout_s)
 
     async def append(self, room: str, ns: NamespaceConfig, event: str, data: Any, published_at: str) -> tuple[int, str]:
         seq, epoch = await self._call(
@@ -102,28 +92,28 @@ class RedisHistory:
             _keys(room),
             [secrets.token_hex(4), ns.history_size, _ttl_ms(ns), event, orjson.dumps(data), published_at, int(time.time() * 1000)],
         )
-        return int(seq), _text(epoch)
+        return int(seq), text(epoch)
 
     async def position(self, room: str, ns: NamespaceConfig) -> tuple[int, str]:
         seq, epoch = await self._call(_POSITION, _keys(room), [secrets.token_hex(4), _ttl_ms(ns)])
-        return int(seq), _text(epoch)
+        return int(seq), text(epoch)
 
     async def _entries(self, room: str, since_seq: int, count: int) -> list[tuple[int, dict[Any, Any]]]:
-        try:
-            with trio.fail_after(self._timeout_s):
-                raw = await self._client.xrange(_keys(room)[1], start=f"{since_seq + 1}-1", end="+", count=count)
-        except LINK_ERRORS as exc:
-            raise Unavailable(f"room history unavailable: {exc or type(exc).__name__}") from exc
+        raw = await redis_call(
+            "room history",
+            self._client.xrange(_keys(room)[1], start=f"{since_seq + 1}-1", end="+", count=count),
+            timeout_s=self._timeout_s,
+        )
         out = []
         for entry in raw:
-            identifier = _text(entry.identifier)
+            identifier = text(entry.identifier)
             out.append((int(identifier.split("-", 1)[0]), dict(entry.field_values)))
         return out
 
     @staticmethod
     def _publication(seq: int, fields: dict[Any, Any]) -> Publication:
-        get = {(_text(k)): v for k, v in fields.items()}
-        return Publication(seq, _text(get["e"]), orjson.loads(get["d"]), _text(get["t"]))
+        get = {(text(k)): v for k, v in fields.items()}
+        return Publication(seq, text(get["e"]), orjson.loads(get["d"]), text(get["t"]))
 
     async def recover(self, room: str, ns: NamespaceConfig, *, since_seq: int, since_epoch: str) -> Recovery:
         seq, epoch = await self.position(room, ns)
@@ -139,7 +129,7 @@ class RedisHistory:
         expected = list(range(since_seq + 1, since_seq + 1 + missed))
         if [s for s, _ in entries] != expected:
             return Recovery(seq, epoch, False)  # trimmed, or appended to meanwhile: all or nothing
-        if horizon_ms is not None and int(_text(entries[0][1].get(b"ms", b"0"))) < horizon_ms:
+        if horizon_ms is not None and int(text(entries[0][1].get(b"ms", b"0"))) < horizon_ms:
             return Recovery(seq, epoch, False)
         return Recovery(seq, epoch, True, tuple(self._publication(s, f) for s, f in entries))
 

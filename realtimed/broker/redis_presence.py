@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import attrs
 import coredis
 import orjson
 import trio
 
-from realtimed.broker.redis import LINK_ERRORS
+from realtimed.broker.redis import LINK_ERRORS, redis_call, text
 from realtimed.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,23 @@ return total
 # "1" to reap even a live heartbeat (a node clearing what its previous run left).
 # Returns {users left with no device, {room, user, room, user, ...} left everywhere},
 # or false when the node heartbeated again before the lock was taken.
-_REAP: Final = """
+# Takes ``count`` subscriptions of a node's ``<room>\n<user>`` entry off the room's
+# totals, and adds room and user to ``left`` when the user has none left there.
+_UNCOUNT: Final = """
+local function uncount(entry, count, left)
+  local cut = string.find(entry, '\\n', 1, true)
+  local room = string.sub(entry, 1, cut - 1)
+  local user = string.sub(entry, cut + 1)
+  local key = 'rt:{p}:rp:' .. room
+  if redis.call('HINCRBY', key, user, -tonumber(count)) <= 0 then
+    redis.call('HDEL', key, user)
+    table.insert(left, room)
+    table.insert(left, user)
+  end
+end
+"""
+
+_REAP: Final = _UNCOUNT + """
 if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[4]) == 1 then return false end
 local prefix = 'rt:{p}:'
 local gone = {}
@@ -126,18 +142,7 @@ for _, user in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 local left = {}
 local rooms = redis.call('HGETALL', KEYS[3])
-for i = 1, #rooms, 2 do
-  local cut = string.find(rooms[i], '\\n', 1, true)
-  local room = string.sub(rooms[i], 1, cut - 1)
-  local user = string.sub(rooms[i], cut + 1)
-  local key = prefix .. 'rp:' .. room
-  local total = redis.call('HINCRBY', key, user, -tonumber(rooms[i + 1]))
-  if total <= 0 then
-    redis.call('HDEL', key, user)
-    table.insert(left, room)
-    table.insert(left, user)
-  end
-end
+for i = 1, #rooms, 2 do uncount(rooms[i], rooms[i + 1], left) end
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SREM', KEYS[2], ARGV[1])
 return {gone, left}
@@ -175,7 +180,7 @@ return 1
 # this node holds, then the ``<room>\n<user>`` fields it holds. Removes the node's
 # other devices and room entries (those that ended while Redis was away); returns
 # {room, user, ...} for users who so left a room everywhere.
-_PRUNE: Final = """
+_PRUNE: Final = _UNCOUNT + """
 local prefix = 'rt:{p}:'
 local node = ARGV[1]
 local n = tonumber(ARGV[2])
@@ -198,33 +203,22 @@ local stale = {}
 local fields = redis.call('HGETALL', KEYS[2])
 for i = 1, #fields, 2 do
   if not keep[fields[i]] then
-    local cut = string.find(fields[i], '\\n', 1, true)
-    local room = string.sub(fields[i], 1, cut - 1)
-    local user = string.sub(fields[i], cut + 1)
-    local key = prefix .. 'rp:' .. room
-    local total = redis.call('HINCRBY', key, user, -tonumber(fields[i + 1]))
-    if total <= 0 then
-      redis.call('HDEL', key, user)
-      table.insert(stale, room)
-      table.insert(stale, user)
-    end
+    uncount(fields[i], fields[i + 1], stale)
     redis.call('HDEL', KEYS[2], fields[i])
   end
 end
 return stale
 """
 
+_T = TypeVar("_T")
+
 UsersGone = Callable[[list[str]], Awaitable[None]]
 RoomsLeft = Callable[[list[tuple[str, str]]], Awaitable[None]]
 Resync = Callable[[], Awaitable[None]]
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _pairs(flat: Sequence[Any] | None) -> list[tuple[str, str]]:
-    items = [_text(v) for v in flat or ()]
+    items = [text(v) for v in flat or ()]
     return list(zip(items[0::2], items[1::2], strict=True))
 
 
@@ -265,45 +259,33 @@ class RedisPresence:
 
     # -- the PresenceBackend calls ----------------------------------------------------------
 
-    async def _eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
+    async def _call(self, call: Awaitable[_T]) -> _T:
+        return await redis_call("presence", call, timeout_s=self._timeout_s)
+
+    async def _change(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a script that changes this node's entries; one that fails marks the node for a resync."""
         try:
-            with trio.fail_after(self._timeout_s):
-                return await self._client.eval(script, keys=keys, args=args)
-        except LINK_ERRORS as exc:
-            raise Unavailable(f"presence unavailable: {exc or type(exc).__name__}") from exc
+            return await self._call(self._client.eval(script, keys=keys, args=args))
+        except Unavailable:
+            self.resync_needed = True
+            raise
 
     async def add_session(self, user_id: str, session_id: str) -> int:
-        try:
-            count = await self._eval(_ADD, [_devices_key(user_id), _node_users_key(self.node), NODES_KEY], [session_id, self.node, user_id])
-        except Unavailable:
-            self.resync_needed = True
-            raise
-        return int(count)
+        keys = [_devices_key(user_id), _node_users_key(self.node), NODES_KEY]
+        return int(await self._change(_ADD, keys, [session_id, self.node, user_id]))
 
     async def remove_session(self, user_id: str, session_id: str) -> int:
-        try:
-            count = await self._eval(_REMOVE, [_devices_key(user_id), _node_users_key(self.node)], [session_id, self.node, user_id])
-        except Unavailable:
-            self.resync_needed = True
-            raise
-        return int(count)
+        keys = [_devices_key(user_id), _node_users_key(self.node)]
+        return int(await self._change(_REMOVE, keys, [session_id, self.node, user_id]))
 
     async def device_count(self, user_id: str) -> int:
         """The user's devices on every node."""
-        try:
-            with trio.fail_after(self._timeout_s):
-                return int(await self._client.hlen(_devices_key(user_id)))
-        except LINK_ERRORS as exc:
-            raise Unavailable(f"presence unavailable: {exc or type(exc).__name__}") from exc
+        return int(await self._call(self._client.hlen(_devices_key(user_id))))
 
     async def get(self, user_ids: Sequence[str]) -> dict[str, Any]:
         if not user_ids:
             return {}
-        try:
-            with trio.fail_after(self._timeout_s):
-                values = await self._client.mget([_record_key(uid) for uid in user_ids])
-        except LINK_ERRORS as exc:
-            raise Unavailable(f"presence unavailable: {exc or type(exc).__name__}") from exc
+        values = await self._call(self._client.mget([_record_key(uid) for uid in user_ids]))
         out = {}
         for uid, raw in zip(user_ids, values, strict=True):
             if raw:
@@ -311,14 +293,10 @@ class RedisPresence:
         return out
 
     async def put(self, user_id: str, record: Any) -> None:
-        try:
-            with trio.fail_after(self._timeout_s):
-                if record.is_default:
-                    await self._client.delete([_record_key(user_id)])
-                else:
-                    await self._client.set(_record_key(user_id), orjson.dumps(attrs.asdict(record)))
-        except LINK_ERRORS as exc:
-            raise Unavailable(f"presence unavailable: {exc or type(exc).__name__}") from exc
+        if record.is_default:
+            await self._call(self._client.delete([_record_key(user_id)]))
+        else:
+            await self._call(self._client.set(_record_key(user_id), orjson.dumps(attrs.asdict(record))))
 
     # -- the RoomPresenceBackend calls ------------------------------------------------------
 
@@ -328,32 +306,16 @@ class RedisPresence:
 
     async def join(self, room: str, user_id: str) -> bool:
         """Count one more subscription of the user to the room; True if it is their first anywhere."""
-        keys, args = self._room_call(room, user_id)
-        try:
-            total = await self._eval(_ROOM_JOIN, keys, args)
-        except Unavailable:
-            self.resync_needed = True
-            raise
-        return int(total) == 1
+        return int(await self._change(_ROOM_JOIN, *self._room_call(room, user_id))) == 1
 
     async def leave(self, room: str, user_id: str) -> bool:
         """Count one subscription less; True if the user has none left anywhere."""
-        keys, args = self._room_call(room, user_id)
-        try:
-            total = await self._eval(_ROOM_LEAVE, keys, args)
-        except Unavailable:
-            self.resync_needed = True
-            raise
-        return int(total) <= 0
+        return int(await self._change(_ROOM_LEAVE, *self._room_call(room, user_id))) <= 0
 
     async def members(self, room: str) -> dict[str, int]:
         """Every user subscribed to the room on any node, with their subscriptions."""
-        try:
-            with trio.fail_after(self._timeout_s):
-                raw = await self._client.hgetall(_room_key(room))
-        except LINK_ERRORS as exc:
-            raise Unavailable(f"presence unavailable: {exc or type(exc).__name__}") from exc
-        return {_text(user): int(count) for user, count in raw.items() if int(count) > 0}
+        raw = await self._call(self._client.hgetall(_room_key(room)))
+        return {text(user): int(count) for user, count in raw.items() if int(count) > 0}
 
     # -- heartbeats, reaping and resync ----------------------------------------------------
 
@@ -398,24 +360,19 @@ class RedisPresence:
         self.resync_needed = False
         device_list = list(devices)
         room_list = list(rooms)
-        try:
-            keys = [_node_users_key(self.node), _node_rooms_key(self.node), NODES_KEY]
-            for start in range(0, max(len(device_list), len(room_list), 1), SYNC_BATCH):
-                part_devices = device_list[start : start + SYNC_BATCH]
-                part_rooms = room_list[start : start + SYNC_BATCH]
-                args: list[Any] = [self.node, len(part_devices)]
-                for user, session in part_devices:
-                    args += [user, session]
-                for room, user, count in part_rooms:
-                    args += [room, user, count]
-                await self._eval(_SYNC, keys, args)
-            prune_args: list[Any] = [self.node, len(device_list), *(session for _, session in device_list)]
-            prune_args += [f"{room}\n{user}" for room, user, _ in room_list]
-            stale = await self._eval(_PRUNE, keys[:2], prune_args)
-        except Unavailable:
-            self.resync_needed = True
-            raise
-        return _pairs(stale)
+        keys = [_node_users_key(self.node), _node_rooms_key(self.node), NODES_KEY]
+        for start in range(0, max(len(device_list), len(room_list), 1), SYNC_BATCH):
+            part_devices = device_list[start : start + SYNC_BATCH]
+            part_rooms = room_list[start : start + SYNC_BATCH]
+            args: list[Any] = [self.node, len(part_devices)]
+            for user, session in part_devices:
+                args += [user, session]
+            for room, user, count in part_rooms:
+                args += [room, user, count]
+            await self._change(_SYNC, keys, args)
+        prune_args: list[Any] = [self.node, len(device_list), *(session for _, session in device_list)]
+        prune_args += [f"{room}\n{user}" for room, user, _ in room_list]
+        return _pairs(await self._change(_PRUNE, keys[:2], prune_args))
 
     async def reap_previous_run(self) -> None:
         """Reap what an earlier run of this node id left in Redis."""
@@ -430,20 +387,16 @@ class RedisPresence:
 
     async def _reap_node(self, node: str, *, force: bool = False) -> tuple[list[str], list[tuple[str, str]]] | None:
         keys = [_node_users_key(node), NODES_KEY, _node_rooms_key(node), heartbeat_key(node)]
-        try:
-            with trio.fail_after(self._timeout_s):
-                result: Any = await self._client.eval(_REAP, keys=keys, args=[node, "1" if force else "0"])
-        except LINK_ERRORS as exc:
-            raise Unavailable(f"presence unavailable: {exc or type(exc).__name__}") from exc
+        result: Any = await self._call(self._client.eval(_REAP, keys=keys, args=[node, "1" if force else "0"]))
         if not result:
             return None
         users, rooms = result
-        return [_text(u) for u in users or ()], _pairs(rooms)
+        return [text(u) for u in users or ()], _pairs(rooms)
 
     async def reap(self) -> list[str]:
         """Remove the devices and room subscriptions of dead nodes; returns the users who have no device left."""
         with trio.fail_after(self._timeout_s):
-            nodes = [_text(n) for n in await self._client.smembers(NODES_KEY)]
+            nodes = [text(n) for n in await self._client.smembers(NODES_KEY)]
         gone: list[str] = []
         left: list[tuple[str, str]] = []
         for other in nodes:

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-import trio
-
-from realtimed.broker.redis import LINK_ERRORS
-from realtimed.errors import Unavailable
+from realtimed.broker.redis import redis_call
 
 # How long a state outlives its deadline in Redis, for the timers of every node
 # that refreshed it to find it and end it once.
@@ -99,11 +96,7 @@ class RedisTyping:
         self._timeout_s = timeout_s
 
     async def _eval(self, script: str, key: str, args: list[Any]) -> int:
-        try:
-            with trio.fail_after(self._timeout_s):
-                return int(await self._client.eval(script, keys=[key], args=args))
-        except LINK_ERRORS as exc:
-            raise Unavailable(f"typing state unavailable: {exc or type(exc).__name__}") from exc
+        return int(await redis_call("typing state", self._client.eval(script, keys=[key], args=args), timeout_s=self._timeout_s))
 
     async def take_token(self, user_id: str, conversation_id: str, *, rate: float, burst: float) -> float:
         _, bucket = _keys(user_id, conversation_id)
