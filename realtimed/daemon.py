@@ -264,7 +264,7 @@ class Daemon:
             )
             await nursery.start(activity.run)
             svc.extras["mark_active"] = activity.mark
-        notify = NotifyService(svc, push=push, shared_caps=shared_caps, activity=activity)
+        notify = NotifyService(svc, push=push, caps=shared_caps, activity=activity)
         await nursery.start(notify.run)
         svc.notify = notify
         notify.register(ops)

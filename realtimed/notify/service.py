@@ -123,7 +123,7 @@ class NotifyService:
     Resource handling:
         Holds no connection and no task of its own: ``run`` only reports ready.
         The per-user push counts of the caps live in memory (see ``PushCaps``),
-        or in Redis in a cluster (``shared_caps``). In a cluster, activity on
+        or in Redis in a cluster (``caps``). In a cluster, activity on
         other nodes is read from their marks (``activity``).
 
     Error handling:
@@ -134,12 +134,11 @@ class NotifyService:
     """
 
     def __init__(
-        self, services: Any, *, push: PushService, shared_caps: SharedCaps | None = None, activity: Activity | None = None
+        self, services: Any, *, push: PushService, caps: SharedCaps | None = None, activity: Activity | None = None
     ) -> None:
         self.services = services
         self.push = push
-        self.caps = PushCaps()
-        self.shared_caps = shared_caps
+        self.caps: SharedCaps = caps or PushCaps()
         self.activity = activity
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -450,8 +449,7 @@ class NotifyService:
     async def _take_cap(
         self, ntype: NotificationTypeConfig, user_id: str, settings: UserSettings, now: datetime, job_id: str
     ) -> bool:
-        counts = self.shared_caps.count if self.shared_caps is not None else self.caps.count
-        held = await counts(
+        held = await self.caps.count(
             user_id=user_id,
             type=ntype.name,
             now=now,
