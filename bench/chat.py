@@ -31,45 +31,19 @@ and dropped afterwards. Needs Node.js; ``npm install`` in bench/ is run for you.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import secrets
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-SECRET = "bench-secret-" + "x" * 24
-API_KEY = "bench-api-key"
-
-sys.path.insert(0, str(BENCH))
-from fanout import cpu_seconds, free_port, pinned, raise_nofile  # noqa: E402
+from _common import API_KEY, SECRET, DaemonProcess, NodeLoad, admin, free_port
 
 
-def _admin(dsn: str, sql: str) -> None:
-    import asyncpg
-
-    async def main() -> None:
-        conn = await asyncpg.connect(dsn, timeout=10)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(main())
-
-
-class Daemon:
+class Daemon(DaemonProcess):
     def __init__(self, workdir: Path, *, store: str, dsn: str | None, heartbeat_s: float) -> None:
-        self.port = free_port()
+        port = free_port()
         store_section = ""
         if store == "postgres":
             assert dsn is not None
@@ -81,7 +55,7 @@ class Daemon:
 node = "bench"
 state_dir = "{workdir / 'state'}"
 [http]
-listen = "127.0.0.1:{self.port}"
+listen = "127.0.0.1:{port}"
 [log]
 level = "warning"
 [auth]
@@ -97,65 +71,12 @@ heartbeat_s = {heartbeat_s}
 enabled = false
 {store_section}"""
         )
-        self.proc = subprocess.Popen(
-            pinned(0, [sys.executable, "-m", "realtimed", "run", "-c", str(config)]),
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=raise_nofile,
-            cwd=workdir,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-            if self.proc.poll() is not None:
-                break
-        raise SystemExit("the daemon did not start:\n" + (self.proc.stderr.read() if self.proc.stderr else ""))
-
-    def cpu_seconds(self) -> float:
-        return cpu_seconds(self.proc.pid)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        super().__init__(config, port=port)
 
 
-class LoadGenerator:
+class LoadGenerator(NodeLoad):
     def __init__(self) -> None:
-        if not (BENCH / "node_modules" / "ws").exists():
-            subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund"], cwd=BENCH, check=True)
-        self.proc = subprocess.Popen(
-            pinned(1, ["node", str(BENCH / "chat_client.mjs")]),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            preexec_fn=raise_nofile,
-        )
-
-    def call(self, **msg: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(msg) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise SystemExit("the load generator died")
-        out: dict[str, Any] = json.loads(line)
-        return out
-
-    def close(self) -> None:
-        try:
-            self.call(cmd="close")
-        except (SystemExit, BrokenPipeError):
-            pass
-        self.proc.wait(timeout=10)
+        super().__init__("chat_client.mjs")
 
 
 def ms(value: float | None) -> str:
@@ -229,11 +150,11 @@ def main() -> None:
         bench(args, None)
         return
     name = f"realtimed_chat_bench_{secrets.token_hex(4)}"
-    _admin(args.dsn, f'CREATE DATABASE "{name}"')
+    admin(args.dsn, f'CREATE DATABASE "{name}"')
     try:
         bench(args, args.dsn.rpartition("/")[0] + "/" + name)
     finally:
-        _admin(args.dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin(args.dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

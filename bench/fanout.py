@@ -21,13 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import resource
-import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,30 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _common import API_KEY, SECRET, DaemonProcess, NodeLoad, children, cpu_seconds, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-SECRET = "bench-secret-" + "x" * 24
-API_KEY = "bench-api-key"
 ROOM = "bench:1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def raise_nofile() -> None:
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = min(hard, 200_000) if hard != resource.RLIM_INFINITY else 200_000
-    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-def pinned(cpu: int, argv: list[str]) -> list[str]:
-    if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > cpu:  # type: ignore[operator]
-        return ["taskset", "-c", str(cpu), *argv]
-    return argv
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:
@@ -83,20 +58,6 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process (its threads included)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 def redis_pid() -> int | None:
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -118,12 +79,12 @@ redis_url = "{redis}"
 """
 
 
-class Daemon:
+class Daemon(DaemonProcess):
     def __init__(self, workdir: Path, *, tls: bool, node: str = "bench", cluster: dict[str, str] | None = None, workers: int = 1, cpu: int = 0) -> None:
-        self.port = free_port()
+        port = free_port()
         workdir = workdir / node
         workdir.mkdir(parents=True, exist_ok=True)
-        http = f'listen = "127.0.0.1:{self.port}"\n'
+        http = f'listen = "127.0.0.1:{port}"\n'
         if tls:
             cert, key = self_signed(workdir)
             http += f'tls_cert_file = "{cert}"\ntls_key_file = "{key}"\n'
@@ -149,27 +110,7 @@ ops_burst = 1000
 prefix = "bench:"
 """ + (CLUSTER.format(**cluster) if cluster else "")
         )
-        argv = [sys.executable, "-m", "realtimed", "run", "-c", str(config)]
-        if workers > 1:
-            argv += ["--workers", str(workers)]
-        self.proc = subprocess.Popen(
-            pinned(cpu, argv),
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=raise_nofile,
-            cwd=workdir,
-        )
-        scheme = "https" if tls else "http"
-        self.url = f"{scheme}://127.0.0.1:{self.port}"
-        self.ws_url = f"{'wss' if tls else 'ws'}://127.0.0.1:{self.port}/ws"
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", verify=False, timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise SystemExit("the daemon did not start:\n" + (self.proc.stderr.read() if self.proc.stderr else ""))
+        super().__init__(config, port=port, cpu=cpu, workers=workers, tls=tls, start_timeout_s=30)
 
     def rss_bytes(self) -> int:
         total = 0
@@ -178,50 +119,10 @@ prefix = "bench:"
             total += int(match.group(1)) * 1024 if match else 0
         return total
 
-    def cpu_seconds(self) -> float:
-        """CPU of the daemon, or of the supervisor and every worker."""
-        return sum(cpu_seconds(pid) for pid in [self.proc.pid, *children(self.proc.pid)])
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-class LoadGenerator:
+class LoadGenerator(NodeLoad):
     def __init__(self, *, tls: bool) -> None:
-        if not (BENCH / "node_modules" / "ws").exists():
-            subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund"], cwd=BENCH, check=True)
-        env = dict(os.environ)
-        if tls:
-            env["NODE_TLS_REJECT_UNAUTHORIZED"] = "0"
-        self.proc = subprocess.Popen(
-            pinned(1, ["node", str(BENCH / "fanout_client.mjs")]),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            preexec_fn=raise_nofile,
-            env=env,
-        )
-
-    def call(self, **msg: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(msg) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise SystemExit("the load generator died")
-        out: dict[str, Any] = json.loads(line)
-        return out
-
-    def close(self) -> None:
-        try:
-            self.call(cmd="close")
-        except (SystemExit, BrokenPipeError):
-            pass
-        self.proc.wait(timeout=10)
+        super().__init__("fanout_client.mjs", env={"NODE_TLS_REJECT_UNAUTHORIZED": "0"} if tls else None)
 
 
 def payload() -> dict[str, Any]:

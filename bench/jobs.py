@@ -15,7 +15,6 @@ SQLite in a temporary folder (two processes then share one file).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import secrets
 import signal
@@ -30,6 +29,8 @@ import trio
 import trio_asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import admin, with_database
 
 from realtimed.clock import SystemClock
 from realtimed.config import Config, JobQueueConfig, JobsConfig, ServerConfig, StoreConfig
@@ -149,34 +150,16 @@ async def bench_backend(args: argparse.Namespace, cfg: Config, backend_args: lis
         nursery.cancel_scope.cancel()
 
 
-def _admin(dsn: str, sql: str) -> None:
-    import asyncpg
-
-    async def main() -> None:
-        conn = await asyncpg.connect(dsn, timeout=10)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(main())
-
-
-def _with_database(dsn: str, name: str) -> str:
-    base, _, _ = dsn.rpartition("/")
-    return f"{base}/{name}"
-
-
 async def run_postgres(args: argparse.Namespace) -> None:
     name = f"realtimed_bench_{secrets.token_hex(4)}"
-    await trio.to_thread.run_sync(_admin, args.dsn, f'CREATE DATABASE "{name}"')
+    await trio.to_thread.run_sync(admin, args.dsn, f'CREATE DATABASE "{name}"')
     try:
-        dsn = _with_database(args.dsn, name)
+        dsn = with_database(args.dsn, name)
         cfg = Config(store=StoreConfig(backend="postgres", postgres_dsn=dsn, pool_max=args.pool_max))
         async with trio_asyncio.open_loop():
             await bench_backend(args, cfg, ["--backend", "postgres", "--dsn", dsn, "--pool-max", str(args.pool_max)])
     finally:
-        await trio.to_thread.run_sync(_admin, args.dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await trio.to_thread.run_sync(admin, args.dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def run_sqlite(args: argparse.Namespace) -> None:

@@ -41,16 +41,9 @@ from typing import Any
 
 import httpx
 import jwt
+from _common import API_KEY, ROOT, SECRET, DaemonProcess, NodeLoad, admin, cpu_seconds, free_port, pinned
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-SECRET = "bench-secret-" + "x" * 24
-API_KEY = "bench-api-key"
-
-sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(ROOT))
-from chat import LoadGenerator, _admin  # noqa: E402
-from fanout import cpu_seconds, free_port, pinned, raise_nofile  # noqa: E402
+sys.path.insert(0, str(ROOT))  # tests.fixtures.services and tests.fake_fcm
 
 
 class FakeFcmProcess:
@@ -79,9 +72,9 @@ class FakeFcmProcess:
         self.proc.wait(timeout=10)
 
 
-class Daemon:
+class Daemon(DaemonProcess):
     def __init__(self, workdir: Path, *, dsn: str, fake: FakeFcmProcess, concurrency: int) -> None:
-        self.port = free_port()
+        port = free_port()
         config = workdir / "realtimed.toml"
         config.write_text(
             f"""
@@ -89,7 +82,7 @@ class Daemon:
 node = "bench"
 state_dir = "{workdir / 'state'}"
 [http]
-listen = "127.0.0.1:{self.port}"
+listen = "127.0.0.1:{port}"
 [log]
 level = "warning"
 [auth]
@@ -120,50 +113,12 @@ name = "push"
 concurrency = {concurrency}
 """
         )
-        self.proc = subprocess.Popen(
-            pinned(0, [sys.executable, "-m", "realtimed", "run", "-c", str(config)]),
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=raise_nofile,
-            cwd=workdir,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-            if self.proc.poll() is not None:
-                break
-        raise SystemExit("the daemon did not start:\n" + (self.proc.stderr.read() if self.proc.stderr else ""))
-
-    def cpu_seconds(self) -> float:
-        return cpu_seconds(self.proc.pid)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        super().__init__(config, port=port)
 
 
-class NotifyLoad(LoadGenerator):
-    script = "notify_client.mjs"
-
+class NotifyLoad(NodeLoad):
     def __init__(self) -> None:
-        if not (BENCH / "node_modules" / "ws").exists():
-            subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund"], cwd=BENCH, check=True)
-        self.proc = subprocess.Popen(
-            pinned(1, ["node", str(BENCH / self.script)]),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            preexec_fn=raise_nofile,
-        )
+        super().__init__("notify_client.mjs")
 
 
 def user_token(sub: str) -> str:
@@ -313,11 +268,11 @@ def main() -> None:
         print(f"throwaway PostgreSQL on port {server.port}")
     name = f"realtimed_notify_bench_{secrets.token_hex(4)}"
     try:
-        _admin(dsn, f'CREATE DATABASE "{name}"')
+        admin(dsn, f'CREATE DATABASE "{name}"')
         try:
             bench(args, dsn.rpartition("/")[0] + "/" + name)
         finally:
-            _admin(dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin(dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         if server is not None:
             server.destroy()
