@@ -293,16 +293,8 @@ async def test_sockets_per_user_counted_across_nodes(start_daemon: DaemonFactory
 
 async def _typing_events(client: WsClient, *, until: float) -> list[tuple[str, bool]]:
     """typing.updated (user, typing) received until trio time ``until`` (and what is queued already)."""
-    until = max(until, trio.current_time() + 0.3)
-    got = []
-    while (left := until - trio.current_time()) > 0:
-        try:
-            frame = await client.recv(timeout=left)
-        except TimeoutError:
-            break
-        if frame.get("event") == "typing.updated":
-            got.append((frame["data"]["user_id"], frame["data"]["typing"]))
-    return got
+    found = await client.collect("typing.updated", until=max(until, trio.current_time() + 0.3))
+    return [(data["user_id"], data["typing"]) for data in found]
 
 
 async def test_typing_is_one_state_and_one_budget_across_nodes(start_daemon: DaemonFactory, redis_url: str, pg_dsn: str) -> None:

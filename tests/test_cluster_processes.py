@@ -87,15 +87,7 @@ async def test_node_death_turns_its_users_offline_once_and_loses_no_message(
 
 async def _room_events(client: WsClient, name: str, *, until: float) -> list[str]:
     """Users named by the ``name`` events the client receives until trio time ``until``."""
-    users = []
-    while (left := until - trio.current_time()) > 0:
-        try:
-            frame = await client.recv(timeout=left)
-        except TimeoutError:
-            break
-        if frame.get("event") == name:
-            users.append(frame["data"]["user_id"])
-    return users
+    return [data["user_id"] for data in await client.collect(name, until=until)]
 
 
 @pytest.mark.slow
