@@ -31,6 +31,7 @@ from typing import Any, Final, Literal, TypeVar, Union, get_args, get_origin
 import attrs
 
 from realtimed.errors import ConfigError
+from realtimed.protocol import DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH, MAX_STORED_JSON_DEPTH, json_depth_path
 
 __all__ = ["Config", "ConfigError", "load_config"]
 
@@ -173,6 +174,13 @@ class GatewayConfig:
     heartbeat_s: float = _f(25.0, "server ping period; two silent periods close the socket", min=1, max=3600)
     expiring_notice_s: float = _f(60.0, "session.expiring comes this long before the token expires", min=0, max=86400)
     max_frame_bytes: int = _f(524_288, "largest client frame (over it: close 1009)", min=1024, max=64 * 1_048_576)
+    max_json_depth: int = _f(
+        DEFAULT_MAX_JSON_DEPTH,
+        "deepest nesting of arrays and objects in a field of a client frame or an HTTP body, in levels "
+        "(over it: VALIDATION_ERROR naming the field)",
+        min=1,
+        max=MAX_JSON_DEPTH,
+    )
     outbox_max_bytes: int = _f(
         1_048_576, "largest backlog of unsent bytes per socket (over it: close 4008)", min=4096, max=1 << 30
     )
@@ -752,6 +760,9 @@ def _check_cron(entry: CronConfig, key: str, problems: _Problems) -> None:
         ZoneInfo(entry.timezone)
     except (ZoneInfoNotFoundError, ValueError):
         problems.add(f"{key}.timezone", f"unknown time zone {entry.timezone!r}")
+    # The payload is stored with every job of the entry, and listed with it.
+    if json_depth_path(entry.payload, MAX_STORED_JSON_DEPTH) is not None:
+        problems.add(f"{key}.payload", f"nests more than {MAX_STORED_JSON_DEPTH} levels of arrays and tables")
 
 
 def parse_host_port(value: str) -> tuple[str, int]:

@@ -22,7 +22,7 @@ Encoders produce the bytes of one text frame with a single ``orjson.dumps``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Final, Literal, TypeAlias, TypeVar
 
@@ -32,7 +32,10 @@ import orjson
 from realtimed.errors import ApiError, BadRequest, PayloadTooLarge, ValidationFailed
 
 __all__ = [
+    "DEFAULT_MAX_JSON_DEPTH",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_STORED_JSON_DEPTH",
     "OPS",
     "OP_SPECS",
     "RESERVED_EVENT_PREFIXES",
@@ -41,11 +44,15 @@ __all__ = [
     "OpSpec",
     "Request",
     "RequestId",
+    "check_json_depth",
     "encode_event",
+    "encode_json",
     "encode_reply_error",
     "encode_reply_ok",
     "is_reserved_event",
     "is_valid_room",
+    "json_depth_path",
+    "json_fragment",
     "op_spec",
     "parse_frame",
     "room_matches",
@@ -78,6 +85,14 @@ MAX_NOTIFICATION_IDS: Final = 1000
 # Sequence numbers and versions are stored as signed 64-bit integers.
 MAX_SEQ: Final = 2**63 - 1
 DEFAULT_MAX_MESSAGE_BYTES: Final = 65_536
+# Nesting of arrays and objects (section 4). orjson writes at most 254 levels, and
+# an answer wraps a stored value in a few more (a publication inside a subscribe
+# reply, a job payload inside a job list): so a field may nest at most
+# MAX_JSON_DEPTH levels whatever the configuration, and a value realtimed stores
+# on its own account (a job payload) at most MAX_STORED_JSON_DEPTH.
+DEFAULT_MAX_JSON_DEPTH: Final = 32
+MAX_JSON_DEPTH: Final = 128
+MAX_STORED_JSON_DEPTH: Final = 200
 
 CONVERSATION_LIST_LIMIT: Final = (20, 100)  # (default, max)
 MESSAGE_HISTORY_LIMIT: Final = (50, 100)
@@ -113,6 +128,94 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # lists rooms separated by commas).
 _ROOM_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f*,]")
 _MEDIA_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f-\x9f]+", re.IGNORECASE)
+
+
+# -- JSON depth and encoding (section 4) --------------------------------------------------------
+
+
+def json_depth_path(value: object, max_depth: int) -> list[str | int] | None:
+    """Where ``value`` nests more than ``max_depth`` levels of arrays and objects.
+
+    A scalar is 0 levels deep, ``[]`` and ``{}`` are 1, ``{"a": [1]}`` is 2.
+    Returns None when ``value`` is within the limit, else the keys and indexes
+    leading from ``value`` to the first array or object beyond it (``[]`` when
+    ``value`` itself is, for a ``max_depth`` of 0). Iterative, so no depth can
+    exhaust the stack; it stops at the first array or object too deep.
+    """
+    if type(value) is not dict and type(value) is not list:
+        return None
+    if max_depth < 1:
+        return []
+    path: list[str | int] = []
+    stack: list[Iterator[tuple[str | int, Any]]] = [_members(value)]
+    while stack:
+        for key, child in stack[-1]:
+            kind = type(child)
+            if kind is dict or kind is list:
+                path.append(key)
+                if len(stack) >= max_depth:
+                    return path
+                stack.append(_members(child))
+                break
+        else:
+            stack.pop()
+            if path:
+                path.pop()
+    return None
+
+
+def _members(container: Any) -> Iterator[tuple[str | int, Any]]:
+    if type(container) is dict:
+        return iter(container.items())
+    return enumerate(container)
+
+
+def _brackets(raw: str | bytes) -> int:
+    """An upper bound of the nesting of a JSON text (brackets inside strings count too)."""
+    if isinstance(raw, str):
+        return raw.count("{") + raw.count("[")
+    return raw.count(b"{") + raw.count(b"[")
+
+
+def check_json_depth(
+    fields: Mapping[str, Any], max_depth: int, *, raw: str | bytes | None = None, prefix: str = ""
+) -> None:
+    """Refuse a field of ``fields`` whose value nests more than ``max_depth`` levels.
+
+    ``fields`` is a parsed request body, or an op's ``data``; ``raw``, when given,
+    is the JSON text it came from, whose brackets bound its depth: a text with no
+    more than ``max_depth + 1`` of them is not walked at all.
+
+    Raises:
+        ValidationFailed: naming the first such field (``prefix`` + its name).
+    """
+    if raw is not None and _brackets(raw) <= max_depth + 1:
+        return
+    for name, value in fields.items():
+        if json_depth_path(value, max_depth) is not None:
+            raise ValidationFailed(
+                f"{prefix}{name}", f"nests more than {max_depth} levels of arrays and objects"
+            )
+
+
+def encode_json(value: Any, field: str = "data") -> bytes:
+    """``value`` as JSON; ``ValidationFailed`` naming ``field`` when it cannot be.
+
+    What realtimed keeps (room history) is encoded once with this before it is
+    kept, so nothing kept can fail to encode later.
+    """
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise ValidationFailed(field, f"cannot be encoded as JSON ({exc})") from None
+
+
+def json_fragment(value: Any, field: str = "data") -> orjson.Fragment:
+    """``value`` encoded once (``encode_json``), as a fragment that later encodes
+    cannot fail on, whatever it is nested in; a fragment is returned as it is."""
+    if type(value) is orjson.Fragment:
+        return value
+    return orjson.Fragment(encode_json(value, field))
 
 
 # -- frames (section 4) -------------------------------------------------------------------------
@@ -157,7 +260,7 @@ class FrameError:
 _NO_DATA: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
-def parse_frame(text: str | bytes) -> Request | FrameError:
+def parse_frame(text: str | bytes, *, max_json_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Request | FrameError:
     """Parse one client text frame, following PROTOCOL.md section 4 to the letter.
 
     - not JSON, not an object, or an ``id`` that is not an integer (booleans are
@@ -167,6 +270,9 @@ def parse_frame(text: str | bytes) -> Request | FrameError:
     - no ``op``, or an unknown one: ``BAD_REQUEST`` with the request's id;
     - ``data`` absent is ``{}``; ``data`` not an object: ``VALIDATION_ERROR``;
     - unknown fields are ignored;
+    - a field of ``data`` (or a member of the frame beside it) that nests more
+      than ``max_json_depth`` levels of arrays and objects: ``VALIDATION_ERROR``
+      naming it, so nothing deeper reaches a handler or the store;
     - without ``id`` nothing is answered, not even an error (``reply`` False).
 
     Frame size and binary frames are the socket's business, not this one's.
@@ -204,6 +310,13 @@ def parse_frame(text: str | bytes) -> Request | FrameError:
         data = {}
     elif type(data) is not dict:
         return FrameError(request_id, ValidationFailed("data", "must be an object"), reply)
+    # A member of the frame nesting too deep takes more than max_json_depth + 1 brackets.
+    if _brackets(text) > max_json_depth + 1:
+        try:
+            check_json_depth({k: v for k, v in obj.items() if k != "data"}, max_json_depth)
+            check_json_depth(data, max_json_depth)
+        except ValidationFailed as exc:
+            return FrameError(request_id, exc, reply)
     return Request(request_id, op, data)
 
 

@@ -146,6 +146,132 @@ def test_fire_and_forget_request() -> None:
     assert isinstance(with_id, Request) and not with_id.fire_and_forget
 
 
+# -- JSON depth (section 4) -----------------------------------------------------------------------
+
+
+def nested(levels: int, leaf: Any = 0) -> Any:
+    """``leaf`` inside ``levels`` arrays and objects, alternating (0 levels: the leaf)."""
+    value = leaf
+    for i in range(levels):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+def nested_json(levels: int) -> str:
+    """``nested(levels)`` as JSON text, written out: orjson writes at most 254 levels."""
+    text = "0"
+    for i in range(levels):
+        text = f"[{text}]" if i % 2 else '{"k":' + text + "}"
+    return text
+
+
+def _frame(fields: dict[str, str], **members: str) -> str:
+    """A publish frame whose fields and extra members are given as JSON text."""
+    data = ",".join(f'"{name}":{text}' for name, text in fields.items())
+    extra = "".join(f',"{name}":{text}' for name, text in members.items())
+    return '{"id":5,"op":"publish","data":{' + data + "}" + extra + "}"
+
+
+@pytest.mark.parametrize(
+    ("value", "depth"),
+    [(0, 0), ("x", 0), (None, 0), ([], 1), ({}, 1), ([1, [2]], 2), ({"a": [1]}, 2), ({"a": 1, "b": [[], [[{}]]]}, 5)],
+)
+def test_json_depth_counts_levels_of_arrays_and_objects(value: Any, depth: int) -> None:
+    assert protocol.json_depth_path(value, depth) is None
+    if depth:
+        assert protocol.json_depth_path(value, depth - 1) is not None
+
+
+def test_json_depth_path_leads_to_the_first_level_too_deep() -> None:
+    value = {"a": 1, "b": [1, {"c": {"d": []}}], "e": [[[[[]]]]]}
+    assert protocol.json_depth_path(value, 3) == ["b", 1, "c"]
+    assert protocol.json_depth_path(value, 4) == ["b", 1, "c", "d"]
+    assert protocol.json_depth_path(value, 5) == ["e", 0, 0, 0, 0]
+    assert protocol.json_depth_path(value, 6) is None
+    assert protocol.json_depth_path([], 0) == []
+
+
+def test_json_depth_is_iterative() -> None:
+    # Far deeper than the interpreter's recursion limit: no RecursionError.
+    deep = nested(200_000)
+    path = protocol.json_depth_path(deep, 32)
+    assert path is not None and len(path) == 32
+
+
+def test_check_json_depth_names_the_field() -> None:
+    protocol.check_json_depth({"a": nested(32), "b": 1}, 32)
+    with pytest.raises(ValidationFailed) as info:
+        protocol.check_json_depth({"a": nested(32), "vars": nested(33)}, 32)
+    assert info.value.field == "vars" and info.value.code == VALIDATION_ERROR
+    assert info.value.message == "vars: nests more than 32 levels of arrays and objects"
+    with pytest.raises(ValidationFailed) as info:
+        protocol.check_json_depth({"x": nested(3)}, 2, prefix="data.")
+    assert info.value.field == "data.x"
+
+
+def test_check_json_depth_skips_texts_with_few_brackets() -> None:
+    body = {"data": nested(40)}
+    raw = ('{"data":' + nested_json(40) + "}").encode()
+    with pytest.raises(ValidationFailed):
+        protocol.check_json_depth(body, 32, raw=raw)
+    with pytest.raises(ValidationFailed):
+        protocol.check_json_depth(body, 32, raw=raw.decode())
+    # The raw text bounds the depth: only a text with more brackets than the limit allows is walked.
+    protocol.check_json_depth(body, 32, raw=b"{}")
+
+
+@pytest.mark.parametrize("limit", [1, 2, 32, 128])
+def test_frame_at_the_depth_limit_is_a_request(limit: int) -> None:
+    result = parse_frame(_frame({"room": '"r"', "data": nested_json(limit)}), max_json_depth=limit)
+    assert isinstance(result, Request) and result.data["data"] == nested(limit)
+
+
+@pytest.mark.parametrize("levels", [33, 300, 1000])
+def test_frame_over_the_depth_limit_is_a_validation_error_naming_the_field(levels: int) -> None:
+    result = parse_frame(_frame({"room": '"r"', "data": nested_json(levels)}))
+    assert isinstance(result, FrameError)
+    assert result.id == 5 and result.reply is True
+    assert result.error.code == VALIDATION_ERROR and result.error.field == "data"
+    assert "32 levels" in result.error.message
+
+
+def test_frame_depth_applies_to_every_field_and_member() -> None:
+    result = parse_frame(_frame({"room": '"r"', "since": nested_json(9)}), max_json_depth=8)
+    assert isinstance(result, FrameError) and result.error.field == "since"
+    # An unknown member of the frame is ignored, yet not let through at any depth.
+    result = parse_frame(_frame({"room": '"r"'}, extra=nested_json(9)), max_json_depth=8)
+    assert isinstance(result, FrameError) and result.error.field == "extra"
+    result = parse_frame(_frame({"room": '"r"'}, extra=nested_json(8)), max_json_depth=8)
+    assert isinstance(result, Request)
+    # Fire-and-forget: refused without a reply.
+    result = parse_frame('{"op":"publish","data":{"data":' + nested_json(9) + "}}", max_json_depth=8)
+    assert isinstance(result, FrameError) and result.reply is False
+    # Deeper than orjson parses (1024): still a BAD_REQUEST, not a crash.
+    result = parse_frame("[" * 2000 + "]" * 2000)
+    assert isinstance(result, FrameError) and result.error.code == BAD_REQUEST
+
+
+def test_encode_json_names_the_field_it_cannot_encode() -> None:
+    assert protocol.encode_json({"a": [1]}) == b'{"a":[1]}'
+    for value in (nested(300), {1, 2}, object()):
+        with pytest.raises(ValidationFailed) as info:
+            protocol.encode_json(value, "payload")
+        assert info.value.field == "payload" and "cannot be encoded as JSON" in info.value.message
+    with pytest.raises(ValidationFailed):
+        protocol.json_fragment(nested(300))
+
+
+def test_a_fragment_encodes_inside_any_envelope() -> None:
+    # 254 levels is as deep as orjson writes; kept as a fragment, it can still be
+    # sent inside a reply that wraps it in five more.
+    fragment = protocol.json_fragment(nested(254))
+    assert protocol.json_fragment(fragment) is fragment
+    reply = encode_reply_ok(1, {"publications": [{"seq": 1, "data": fragment}]})
+    assert orjson.loads(reply)["data"]["publications"][0]["data"] == nested(254)
+    event = encode_event("e", fragment, room="r", seq=1, epoch="x")
+    assert orjson.loads(event)["data"] == nested(254)
+
+
 # -- op data (section 5) --------------------------------------------------------------------------
 
 

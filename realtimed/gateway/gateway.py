@@ -341,7 +341,7 @@ class Gateway:
             await session.admission.wait()
         if session.closing:
             return
-        parsed = protocol.parse_frame(text)
+        parsed = protocol.parse_frame(text, max_json_depth=self.config.gateway.max_json_depth)
         if isinstance(parsed, protocol.FrameError):
             FRAMES_IN.labels("invalid").inc()
             if parsed.reply:

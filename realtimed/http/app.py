@@ -18,7 +18,7 @@ from quart import Blueprint, Response, current_app, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from realtimed import metrics
+from realtimed import metrics, protocol
 from realtimed.config import is_loopback, parse_host_port
 from realtimed.errors import (
     ApiError,
@@ -68,7 +68,12 @@ def error_response(exc: ApiError) -> Response:
 
 
 async def json_body() -> dict[str, Any]:
-    """The request body as a JSON object; an empty body is ``{}``."""
+    """The request body as a JSON object; an empty body is ``{}``.
+
+    Every HTTP door parses its body here, so a field nesting deeper than
+    ``gateway.max_json_depth`` is refused (``VALIDATION_ERROR`` naming it) before
+    any route sees it.
+    """
     raw = await request.get_data(cache=False)
     if not raw:
         return {}
@@ -78,6 +83,7 @@ async def json_body() -> dict[str, Any]:
         raise BadRequest("body is not valid JSON") from exc
     if not isinstance(data, dict):
         raise ValidationFailed("body", "must be a JSON object")
+    protocol.check_json_depth(data, services().config.gateway.max_json_depth, raw=raw)
     return data
 
 

@@ -56,7 +56,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from realtimed.clock import WallClock
 from realtimed.config import JobQueueConfig, JobsConfig
+from realtimed.errors import ValidationFailed
 from realtimed.metrics import REGISTRY
+from realtimed.protocol import MAX_STORED_JSON_DEPTH, encode_json, json_depth_path
 
 if TYPE_CHECKING:
     from realtimed.store.base import JobRecord, Store
@@ -376,16 +378,25 @@ class JobRunner:
 
         ``run_at`` or ``delay_s`` schedules it later; ``max_attempts`` defaults to
         ``jobs.max_attempts``. The queue is served by this runner from now on.
+
+        Raises:
+            ValidationFailed: (field ``payload``) the payload nests more than
+                ``protocol.MAX_STORED_JSON_DEPTH`` levels, or cannot be encoded as
+                JSON: nothing is stored, since a job list could not be answered.
         """
         if not kind or len(kind) > MAX_KIND_CHARS:
             raise ValueError(f"job kind must be 1 to {MAX_KIND_CHARS} characters, got {kind!r}")
+        payload = dict(payload or {})
+        if json_depth_path(payload, MAX_STORED_JSON_DEPTH) is not None:
+            raise ValidationFailed("payload", f"nests more than {MAX_STORED_JSON_DEPTH} levels of arrays and objects")
+        encode_json(payload, "payload")
         now = self.clock.now()
         if delay_s is not None:
             run_at = now + timedelta(seconds=delay_s)
         job, created = await self._store.enqueue_job(
             queue=queue,
             kind=kind,
-            payload=dict(payload or {}),
+            payload=payload,
             now=now,
             run_at=run_at,
             priority=priority,
