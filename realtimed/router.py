@@ -300,10 +300,14 @@ class Router:
         """Publish an app event to a room; returns (seq, epoch, local sockets reached).
 
         Rooms whose namespace keeps history append first, and the event carries
-        the assigned ``seq`` and ``epoch``.
+        the assigned ``seq`` and ``epoch``. ``data`` is encoded once, before the
+        append: data that cannot be encoded raises ``ValidationFailed`` naming
+        ``data`` and takes no ``seq``, and what the history keeps (the encoded
+        data) can be sent again inside any reply.
         """
         started = trio.current_time()
         ns = self.namespaces.of(room)
+        data = protocol.json_fragment(data)
         seq: int | None = None
         epoch: str | None = None
         if ns.history_size > 0:

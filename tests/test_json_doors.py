@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
@@ -18,9 +20,12 @@ import orjson
 import pytest
 import trio
 
-from realtimed.config import ConfigError, load_config
+from realtimed.broker.redis import open_client
+from realtimed.broker.redis_history import RedisHistory
+from realtimed.config import ConfigError, NamespaceConfig, load_config
 from realtimed.daemon import Daemon
 from realtimed.errors import ValidationFailed
+from realtimed.gateway.rooms import HistoryBackend, MemoryHistory
 from realtimed.protocol import DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH, MAX_STORED_JSON_DEPTH
 from tests import notify_support
 from tests.fixtures.daemon import API_KEY, DaemonFactory
@@ -213,6 +218,95 @@ async def test_job_payloads_too_deep_are_refused_and_stored_ones_list(
             listed = await http.get("/server/v1/jobs", params={"kind": kind})
             assert listed.status_code == 200, listed.text
             assert [(j["id"], j["payload"]) for j in listed.json()["jobs"]] == [(job.id, deepest)]
+
+
+# -- history: encoded before a seq is taken ------------------------------------------------------
+
+NS = NamespaceConfig(prefix="h:", history_size=10, history_ttl_s=600, recovery_cap=10)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def history_backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "redis":
+        redis_url: str = request.getfixturevalue("redis_url")
+        return redis_url
+    return "memory"
+
+
+@pytest.fixture
+async def history(history_backend: str) -> AsyncIterator[HistoryBackend]:
+    if history_backend == "memory":
+        yield MemoryHistory()
+        return
+    client, resources = open_client(history_backend, timeout_s=2.0)
+    async with AsyncExitStack() as stack:
+        for resource in resources:
+            await stack.enter_async_context(resource)
+        yield RedisHistory(client, timeout_s=2.0)
+
+
+async def test_an_encode_failure_in_history_takes_no_seq(history: HistoryBackend) -> None:
+    with trio.fail_after(10):
+        name = room("h:")
+        seq, epoch = await history.append(name, NS, "e", {"n": 1}, "t1")
+        assert seq == 1
+        for data in ({1, 2}, nested(ORJSON_MAX_DEPTH + 1), object()):
+            with pytest.raises(ValidationFailed) as info:
+                await history.append(name, NS, "e", data, "t2")
+            assert info.value.field == "data"
+        assert await history.position(name, NS) == (1, epoch)
+        assert await history.append(name, NS, "e", {"n": 2}, "t3") == (2, epoch)
+        recovery = await history.recover(name, NS, since_seq=0, since_epoch=epoch)
+        assert recovery.recovered
+        wire = orjson.loads(orjson.dumps([p.to_wire() for p in recovery.publications]))
+        assert [(p["seq"], p["data"]) for p in wire] == [(1, {"n": 1}), (2, {"n": 2})]
+
+
+async def test_what_history_keeps_encodes_inside_any_reply(history: HistoryBackend) -> None:
+    with trio.fail_after(10):
+        name = room("h:")
+        deepest = nested(ORJSON_MAX_DEPTH)
+        assert (await history.append(name, NS, "e", deepest, "t1"))[0] == 1
+        epoch = (await history.position(name, NS))[1]
+        recovery = await history.recover(name, NS, since_seq=0, since_epoch=epoch)
+        _, _, read = await history.read(name, NS, since_seq=0, limit=10)
+        for pubs in (recovery.publications, tuple(read)):
+            reply = orjson.dumps({"id": 1, "ok": True, "data": {"publications": [p.to_wire() for p in pubs]}})
+            assert orjson.loads(reply)["data"]["publications"][0]["data"] == deepest
+
+
+@pytest.fixture(params=["memory", "redis"])
+def broker_section(request: pytest.FixtureRequest) -> dict[str, Any]:
+    if request.param == "redis":
+        return {"backend": "redis", "redis_url": request.getfixturevalue("redis_url"), "timeout_s": 2.0}
+    return {"backend": "memory"}
+
+
+async def test_a_publication_as_deep_as_orjson_writes_is_delivered_and_recovered(
+    start_daemon: DaemonFactory, broker_section: dict[str, Any]
+) -> None:
+    """Published in-process (no door's limit): encoded once, it reaches the socket,
+    the recovery, the history and the SSE resume, each wrapping it again."""
+    with trio.fail_after(30):
+        daemon = await start(start_daemon, broker=broker_section)
+        job = room("job:")
+        deepest = nested(ORJSON_MAX_DEPTH)
+        alice = await connect(daemon, "alice")
+        epoch = (await alice.ok("subscribe", {"room": job}))["epoch"]
+        router = daemon.services.router
+        assert (await router.publish(job, "job.deep", deepest))[0] == 1
+        assert (await alice.event("job.deep"))["data"] == deepest
+        with pytest.raises(ValidationFailed):
+            await router.publish(job, "job.deep", nested(ORJSON_MAX_DEPTH + 1))
+        assert (await router.publish(job, "job.n", {"n": 2}))[0] == 2
+        got = await alice.ok("subscribe", {"room": job, "since": {"seq": 0, "epoch": epoch}})
+        assert [(p["seq"], p["data"]) for p in got["publications"]] == [(1, deepest), (2, {"n": 2})]
+        async with httpx.AsyncClient(base_url=daemon.url(), headers=SERVER) as http:
+            history = await http.get(f"/server/v1/rooms/{job}/history")
+            assert history.status_code == 200, history.text
+            assert history.json()["publications"][0]["data"] == deepest
+        async with sse(daemon, rooms=job, last_id=cursor({job: [0, epoch]})) as stream:
+            assert (await stream.until("job.deep"))["frame"]["data"] == deepest
 
 
 # -- configuration -------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import orjson
 from realtimed.broker.redis import RedisClient, redis_call, text
 from realtimed.config import NamespaceConfig
 from realtimed.gateway.rooms import Publication, Recovery
+from realtimed.protocol import encode_json
 
 # The epoch belongs to one replication history of the server: a replica promoted by a
 # failover (or a restarted server) has a new master_replid, and whatever the old
@@ -87,10 +88,11 @@ class RedisHistory:
         return await redis_call("room history", self._client.eval(script, keys=keys, args=args), timeout_s=self._timeout_s)
 
     async def append(self, room: str, ns: NamespaceConfig, event: str, data: Any, published_at: str) -> tuple[int, str]:
+        encoded = encode_json(data)  # before the script takes a seq: an encode failure takes none
         seq, epoch = await self._call(
             _APPEND,
             _keys(room),
-            [secrets.token_hex(4), ns.history_size, _ttl_ms(ns), event, orjson.dumps(data), published_at, int(time.time() * 1000)],
+            [secrets.token_hex(4), ns.history_size, _ttl_ms(ns), event, encoded, published_at, int(time.time() * 1000)],
         )
         return int(seq), text(epoch)
 
@@ -113,7 +115,8 @@ class RedisHistory:
     @staticmethod
     def _publication(seq: int, fields: dict[Any, Any]) -> Publication:
         get = {(text(k)): v for k, v in fields.items()}
-        return Publication(seq, text(get["e"]), orjson.loads(get["d"]), text(get["t"]))
+        # Kept as it was encoded at append: replayed as it is, never decoded and encoded again.
+        return Publication(seq, text(get["e"]), orjson.Fragment(get["d"]), text(get["t"]))
 
     async def recover(self, room: str, ns: NamespaceConfig, *, since_seq: int, since_epoch: str) -> Recovery:
         seq, epoch = await self.position(room, ns)

@@ -23,6 +23,7 @@ import attrs
 import trio
 
 from realtimed.config import NamespaceConfig
+from realtimed.protocol import json_fragment
 
 DEFAULT_NAMESPACE: Final = NamespaceConfig(prefix="", public=False, client_publish=False, history_size=0)
 
@@ -42,6 +43,8 @@ class Namespaces:
 
 @attrs.frozen
 class Publication:
+    """One kept publication; ``data`` is the encoded data as an ``orjson.Fragment``."""
+
     seq: int
     event: str
     data: Any
@@ -70,6 +73,10 @@ class HistoryBackend(Protocol):
 
     Promises:
         - ``append`` assigns the next ``seq`` of the room's current epoch atomically.
+        - ``append`` encodes ``data`` before it takes a ``seq``: data that cannot be
+          encoded raises ``ValidationFailed`` (field ``data``) and consumes no
+          ``seq``. What is kept is the encoded data, and publications carry it as
+          an ``orjson.Fragment``, so replaying them never fails to encode.
         - ``recover`` answers a complete, in-order replay, or ``recovered=False``
           when the position was trimmed, expired, is from another epoch, is ahead
           of the room, or more than ``cap`` publications were missed.
@@ -121,11 +128,12 @@ class MemoryHistory:
         return history
 
     async def append(self, room: str, ns: NamespaceConfig, event: str, data: Any, published_at: str) -> tuple[int, str]:
+        encoded = json_fragment(data)  # before the seq: an encode failure takes none
         history = self._trim(room, ns)
         if history is None:
             history = self._rooms[room] = _RoomHistory()
         history.seq += 1
-        history.entries.append(Publication(history.seq, event, data, published_at))
+        history.entries.append(Publication(history.seq, event, encoded, published_at))
         history.times.append(trio.current_time())
         self._trim(room, ns)
         await trio.lowlevel.checkpoint()

@@ -67,7 +67,7 @@ async def broadcast() -> Response:
     for i, room in enumerate(rooms):
         _room(room, f"rooms[{i}]")
     event = _event_name(body)
-    data = body.get("data", {})
+    data = protocol.json_fragment(body.get("data", {}))  # encoded once for every room
     router = _router()
     results: dict[str, Any] = {}
     for room in rooms:
