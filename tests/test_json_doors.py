@@ -26,6 +26,7 @@ from realtimed.config import ConfigError, NamespaceConfig, load_config
 from realtimed.daemon import Daemon
 from realtimed.errors import ValidationFailed
 from realtimed.gateway.rooms import HistoryBackend, MemoryHistory
+from realtimed.http.client_api import decode_cursor
 from realtimed.protocol import DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH, MAX_STORED_JSON_DEPTH
 from tests import notify_support
 from tests.fixtures.daemon import API_KEY, DaemonFactory
@@ -307,6 +308,64 @@ async def test_a_publication_as_deep_as_orjson_writes_is_delivered_and_recovered
             assert history.json()["publications"][0]["data"] == deepest
         async with sse(daemon, rooms=job, last_id=cursor({job: [0, epoch]})) as stream:
             assert (await stream.until("job.deep"))["frame"]["data"] == deepest
+
+
+# -- SSE Last-Event-ID ---------------------------------------------------------------------------
+
+
+def raw_cursor(value: Any) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(value)).decode().rstrip("=")
+
+
+def hostile_cursors(room_name: str, epoch: str) -> list[str]:
+    return [
+        cursor([]),
+        cursor([room_name, 0, epoch]),
+        cursor(room_name),
+        cursor(7),
+        cursor(None),
+        cursor(True),
+        cursor({room_name: "0"}),
+        cursor({room_name: [0]}),
+        cursor({room_name: [0, epoch, 1]}),
+        cursor({room_name: [True, epoch]}),
+        cursor({room_name: [-1, epoch]}),
+        cursor({room_name: [0.0, epoch]}),
+        cursor({room_name: [2**63, epoch]}),
+        cursor({room_name: [0, 5]}),
+        cursor({room_name: [0, "e" * 129]}),
+        raw_cursor([{"r": {room_name: [0, epoch]}}]),
+        raw_cursor("r"),
+        base64.urlsafe_b64encode(b'{"r":' + obj(900).encode() + b"}").decode(),
+        "!!not base64!!",
+    ]
+
+
+def test_decode_cursor_resumes_nothing_from_what_it_cannot_read() -> None:
+    for text in [*hostile_cursors("job:1", "ep"), "\u00e9t\u00e9", cursor({"job:1": [0, "ep"]})[:-3]]:
+        assert decode_cursor(text) == {}, text
+    good = cursor({"job:1": [3, "ep"], "job:2": "bad", "job:3": [2**63 - 1, "ep"]})
+    assert decode_cursor(good) == {"job:1": (3, "ep"), "job:3": (2**63 - 1, "ep")}
+
+
+async def test_sse_with_a_room_map_that_is_not_an_object_resumes_nothing(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(30):
+        daemon = await start(start_daemon)
+        job = room("job:")
+        async with httpx.AsyncClient(base_url=daemon.url(), headers=SERVER) as http:
+            answer = await http.post("/server/v1/publish", json={"room": job, "event": "job.n", "data": {"n": 1}})
+        epoch = answer.json()["epoch"]
+        router = daemon.services.router
+        seq = 1
+        for text in hostile_cursors(job, epoch):
+            # 200 and a stream that resumes nothing: neither a replay nor a room.reset
+            # comes before the next live publication.
+            async with sse(daemon, rooms=job, last_id=text) as stream:
+                await stream.until("session.ready")
+                seq += 1
+                await router.publish(job, "job.n", {"n": seq})
+                record = await stream.next()
+                assert (record["event"], record["frame"]["seq"]) == ("job.n", seq), (text, record)
 
 
 # -- configuration -------------------------------------------------------------------------------

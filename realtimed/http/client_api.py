@@ -81,19 +81,30 @@ def encode_cursor(positions: dict[str, list[Any]]) -> str:
 
 
 def decode_cursor(text: str | None) -> dict[str, tuple[int, str]]:
-    """Room positions from a ``Last-Event-ID``; an unreadable cursor resumes nothing."""
+    """Room positions from a ``Last-Event-ID``.
+
+    The header comes from the client: a cursor that is not ours (not base64, not
+    JSON, a room map that is not an object) resumes nothing, and a position that
+    is not ``[seq, epoch]`` (an integer in range, a string) resumes nothing for its
+    room.
+    """
     if not text:
         return {}
     try:
         raw = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        rooms = raw.get("r", {}) if isinstance(raw, dict) else {}
-        out: dict[str, tuple[int, str]] = {}
-        for room, pos in rooms.items():
-            if isinstance(room, str) and isinstance(pos, list) and len(pos) == 2 and isinstance(pos[0], int) and isinstance(pos[1], str):
-                out[room] = (pos[0], pos[1])
-        return out
     except (ValueError, orjson.JSONDecodeError):
         return {}
+    rooms = raw.get("r") if type(raw) is dict else None
+    if type(rooms) is not dict:
+        return {}
+    out: dict[str, tuple[int, str]] = {}
+    for room, pos in rooms.items():
+        if type(pos) is not list or len(pos) != 2:
+            continue
+        seq, epoch = pos
+        if type(seq) is int and 0 <= seq <= protocol.MAX_SEQ and type(epoch) is str and len(epoch) <= protocol.MAX_EPOCH_CHARS:
+            out[room] = (seq, epoch)
+    return out
 
 
 class SseSession:
