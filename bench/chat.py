@@ -67,6 +67,9 @@ max_handshakes_per_ip = 100000
 ops_burst = 1000
 ops_per_s = 1000
 heartbeat_s = {heartbeat_s}
+[gateway.op_limits]
+# A throughput benchmark: no user meets a budget, whatever --pairs and --rates.
+"message.send" = {{per = 1000000, window_s = 1}}
 [jobs]
 enabled = false
 {store_section}"""

@@ -13,7 +13,9 @@ Field metadata understood by the loader:
 
 - ``min`` / ``max``: inclusive numeric bounds (or length bounds for lists);
 - ``secret``: redacted by ``check-config``, and may come from ``<key>_file``;
-- ``help``: one line for the configuration reference.
+- ``help``: one line for the configuration reference;
+- ``merge``: a table whose entries are merged over the default's entries
+  (an operator names only the entries they change).
 """
 
 from __future__ import annotations
@@ -54,9 +56,10 @@ def _f(
     min: float | None = None,
     max: float | None = None,
     secret: bool = False,
+    merge: bool = False,
 ) -> Any:
     """An attrs field with loader metadata; mutable defaults are copied per instance."""
-    meta = {"help": help, "min": min, "max": max, "secret": secret}
+    meta = {"help": help, "min": min, "max": max, "secret": secret, "merge": merge}
     if isinstance(default, (list, dict)):
         return attrs.field(factory=lambda d=default: type(d)(d), metadata=meta)  # type: ignore[misc]
     if attrs.has(type(default)):
@@ -164,6 +167,32 @@ class ApiConfig:
 
 
 @attrs.frozen
+class OpLimitConfig:
+    """One per-user op budget: a bucket of ``per`` ops that refills over ``window_s``."""
+
+    per: int = _f(100, "ops a user may send at once (the bucket's size); it refills at per / window_s a second", min=1, max=1_000_000)
+    window_s: float = _f(10.0, "seconds over which a spent budget refills completely", min=0.001, max=86400)
+
+
+#: The op budget that applies to every op with no entry of its own.
+ANY_OP: Final = "*"
+
+#: Ops that no per-user budget counts: ``auth`` is not an op a user runs, and
+#: ``ping`` costs nothing (the per-socket bucket still counts both).
+UNLIMITED_OPS: Final = frozenset({"auth", "ping"})
+
+# Chosen so that people chatting, reading and reconnecting never meet them
+# (a burst of 300 of any one op, 30 a second after it; 60 messages at once, then
+# 6 a second), while a script spraying one op is cut off within a second.
+DEFAULT_OP_LIMITS: Final[dict[str, OpLimitConfig]] = {
+    ANY_OP: OpLimitConfig(per=300, window_s=10.0),
+    "message.send": OpLimitConfig(per=60, window_s=10.0),
+    "conversation.open": OpLimitConfig(per=30, window_s=60.0),
+    "conversation.create": OpLimitConfig(per=30, window_s=60.0),
+}
+
+
+@attrs.frozen
 class GatewayConfig:
     path: str = _f("/ws", "WebSocket path")
     allowed_origins: list[str] = _f(
@@ -188,6 +217,14 @@ class GatewayConfig:
     ops_burst: int = _f(100, "op burst per socket", min=1, max=1_000_000)
     abuse_limit: int = _f(
         100, "RATE_LIMITED replies in a row before the socket is closed with 4009", min=1, max=1_000_000
+    )
+    op_limits: dict[str, OpLimitConfig] = _f(
+        DEFAULT_OP_LIMITS,
+        "per-user op budgets shared by the WebSocket and REST doors, counted on each node: "
+        "op name (or \"*\" for every op without an entry, each op counted apart) = {per, window_s}; "
+        "entries given here replace the default entry of that op and keep the others; "
+        "over a budget: RATE_LIMITED with retry_after_ms (auth and ping are not counted)",
+        merge=True,
     )
     max_subscriptions: int = _f(256, "app rooms per socket", min=1, max=1_000_000)
     max_sockets_per_user: int = _f(32, "sockets per user (over it: close 4511)", min=1, max=1_000_000)
@@ -461,6 +498,15 @@ def _convert(tp: Any, value: Any, key: str, problems: _Problems, base_dir: Path)
         if not isinstance(value, dict):
             problems.add(key, f"expected a table, got {_describe(value)}")
             return _INVALID
+        value_tp = get_args(tp)[1] if get_args(tp) else Any
+        if attrs.has(value_tp):
+            # An entry that is not a table is dropped (its problem is recorded), so that
+            # the checks on the names of the others still run.
+            entries = {
+                name: _convert(value_tp, item, f"{key}.{_toml_key(name)}", problems, base_dir)
+                for name, item in value.items()
+            }
+            return {name: entry for name, entry in entries.items() if entry is not _INVALID}
         return dict(value)
     if attrs.has(tp):
         if not isinstance(value, dict):
@@ -508,6 +554,9 @@ def _build(cls: Any, table: Mapping[str, Any], prefix: str, problems: _Problems,
         if not _check_bounds(field, converted, key, problems):
             ok = False
             continue
+        if field.metadata.get("merge") and isinstance(converted, dict):
+            default = getattr(cls(), name)
+            converted = {**default, **converted}
         kwargs[name] = converted
     # Invalid keys keep their defaults, so that the checks spanning several keys
     # still run and the operator sees every mistake at once; ``ok`` is recorded
@@ -522,6 +571,13 @@ def _contains_invalid(value: Any) -> bool:
     if isinstance(value, list):
         return any(_contains_invalid(v) for v in value)
     return False
+
+
+def _toml_key(name: str) -> str:
+    """A table key as TOML writes it: bare when it can be, else quoted (``"message.send"``)."""
+    if name and all(c.isalnum() or c in "_-" for c in name):
+        return name
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _check_bounds(field: attrs.Attribute[Any], value: Any, key: str, problems: _Problems) -> bool:
@@ -662,6 +718,7 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
             problems.add(f"auth.algorithms[{i}]", f"unsupported algorithm {alg!r} (one of {sorted(known_algs)})")
     if not cfg.gateway.path.startswith("/"):
         problems.add("gateway.path", "must start with /")
+    _check_op_limits(cfg, problems)
     seen: set[str] = set()
     for i, ns in enumerate(cfg.namespaces):
         if not ns.prefix:
@@ -680,6 +737,17 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
             problems.add(f"cron[{i}].kind", "must not be empty")
         _check_cron(entry, f"cron[{i}]", problems)
     _check_notify(cfg, problems)
+
+
+def _check_op_limits(cfg: Config, problems: _Problems) -> None:
+    from realtimed.protocol import OPS
+
+    for name in cfg.gateway.op_limits:
+        key = f"gateway.op_limits.{_toml_key(name)}"
+        if name in UNLIMITED_OPS:
+            problems.add(key, f"{name} is not counted per user (the per-socket bucket covers it)")
+        elif name != ANY_OP and name not in OPS:
+            problems.add(key, f"unknown op {name[:64]!r} (an op of the protocol, or \"*\")")
 
 
 def _check_redis_url(cfg: Config, problems: _Problems) -> None:
@@ -804,6 +872,8 @@ def config_to_dict(cfg: Any, *, redact: bool = True) -> Any:
         return out
     if isinstance(cfg, list):
         return [config_to_dict(v, redact=redact) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: config_to_dict(v, redact=redact) for k, v in cfg.items()}
     if isinstance(cfg, Path):
         return str(cfg)
     return cfg
@@ -827,4 +897,6 @@ def reference_rows(cls: type[Any] = Config, prefix: str = "") -> list[tuple[str,
             continue
         default = config_to_dict(getattr(defaults, field.name), redact=False)
         rows.append((key, repr(default), field.metadata.get("help", "")))
+        if get_origin(tp) is dict and attrs.has(get_args(tp)[1]):
+            rows.extend(reference_rows(get_args(tp)[1], f"{key}.<name>."))
     return rows

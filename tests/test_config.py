@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from realtimed.config import (
+    DEFAULT_OP_LIMITS,
     DEV_API_KEY,
     DEV_HS256_SECRET,
     REDACTED,
@@ -272,3 +273,45 @@ def test_redis_url_from_a_file_is_validated_and_redacted(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "c.toml", env={}, text=text)
     assert info.value.problems[0][0] == "broker.redis_url"
+
+
+def test_op_limits_merge_over_the_defaults() -> None:
+    cfg = load_config(None, env={}, text='[gateway.op_limits]\n"message.send" = {per = 10, window_s = 5}\n')
+    limits = cfg.gateway.op_limits
+    assert (limits["message.send"].per, limits["message.send"].window_s) == (10, 5.0)
+    # The entries not named keep their defaults.
+    assert limits["*"] == DEFAULT_OP_LIMITS["*"]
+    assert limits["conversation.open"] == DEFAULT_OP_LIMITS["conversation.open"]
+    # check-config shows them as plain tables.
+    assert config_to_dict(cfg)["gateway"]["op_limits"]["message.send"] == {"per": 10, "window_s": 5.0}
+
+
+def test_op_limits_mistakes_name_their_key() -> None:
+    text = """
+[gateway.op_limits]
+"message.sned" = {per = 10, window_s = 10}
+ping = {per = 5, window_s = 1}
+"*" = {per = 0, window_s = -1, burst = 3}
+"message.send" = 5
+"message.edit" = {per = 1.5, window_s = "10"}
+"""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={}, text=text)
+    problems = dict(info.value.problems)
+    assert "unknown op 'message.sned'" in problems['gateway.op_limits."message.sned"']
+    assert "ping is not counted per user" in problems["gateway.op_limits.ping"]
+    assert problems['gateway.op_limits."*".per'] == "must be at least 1, got 0"
+    assert problems['gateway.op_limits."*".window_s'] == "must be at least 0.001, got -1.0"
+    assert problems['gateway.op_limits."*".burst'] == "unknown key"
+    assert problems['gateway.op_limits."message.send"'] == "expected a table, got 5"
+    assert problems['gateway.op_limits."message.edit".per'] == "expected an integer, got 1.5"
+    assert problems['gateway.op_limits."message.edit".window_s'] == "expected a number, got '10'"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={}, text="[gateway]\nop_limits = 3\n")
+    problems = dict(info.value.problems)
+    assert problems["gateway.op_limits"] == "expected a table, got 3"
+
+
+def test_reference_lists_op_limit_entries() -> None:
+    keys = {key for key, _, _ in reference_rows()}
+    assert {"gateway.op_limits", "gateway.op_limits.<name>.per", "gateway.op_limits.<name>.window_s"} <= keys

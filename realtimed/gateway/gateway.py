@@ -51,7 +51,6 @@ from realtimed.errors import (
     CLOSE_UNAUTHORIZED,
     CLOSE_UNSUPPORTED_DATA,
     ApiError,
-    BadRequest,
     Forbidden,
     Internal,
     RateLimited,
@@ -422,14 +421,10 @@ class Gateway:
 
     async def dispatch(self, session: Session, request: protocol.Request) -> None:
         op = request.op
-        handler = self.ops.get(op)
         assert session.claims is not None
         caller = Caller(user_id=session.user_id, claims=session.claims, services=self.services, session=session)
         try:
-            if handler is None:
-                raise BadRequest(f"op {op!r} is not served by this node")
-            value = protocol.validate(op, request.data, max_message_bytes=self.config.chat.max_message_bytes)
-            result = await handler(caller, value)
+            result = await self.ops.run(caller, op, request.data)
         except ApiError as exc:
             if isinstance(exc, Internal):
                 log.error("session %s: %s failed: %s (%s)", session.id, op, exc.message, exc.correlation_id)

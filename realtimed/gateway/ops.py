@@ -4,14 +4,23 @@ Handlers take a ``Caller`` (the user, the token's claims, and the socket when
 the op came over one) and the op's validated data, and return the reply data.
 The same handlers answer the socket and ``POST /api/v1/ops/{op}``. Capabilities
 register their ops when the daemon starts them.
+
+Both doors run an op through ``OpRegistry.run``, the one place where the
+per-user op budget (``limits.UserOpLimiter``) is charged, so a user's budget is
+the same whatever door they use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import trio
+
+from realtimed import protocol
+from realtimed.errors import BadRequest
+from realtimed.gateway.limits import UserOpLimiter
 
 if TYPE_CHECKING:
     from realtimed.auth import Claims
@@ -43,8 +52,15 @@ OpHandler = Callable[[Caller, Any], Awaitable[dict[str, Any]]]
 
 
 class OpRegistry:
-    def __init__(self) -> None:
+    """Who answers each op, and the one way to run an op for a caller of any door.
+
+    Attributes:
+        limiter: the per-user op budget, charged by ``run``.
+    """
+
+    def __init__(self, *, limiter: UserOpLimiter | None = None) -> None:
         self._handlers: dict[str, OpHandler] = {}
+        self.limiter = limiter or UserOpLimiter()
 
     def register(self, op: str, handler: OpHandler) -> None:
         if op in self._handlers:
@@ -56,3 +72,22 @@ class OpRegistry:
 
     def __contains__(self, op: str) -> bool:
         return op in self._handlers
+
+    async def run(self, caller: Caller, op: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Run ``op`` for ``caller``: charge the user's budget, validate ``data``, call the handler.
+
+        The budget is charged before validation, so that invalid requests cost
+        as much as valid ones.
+
+        Raises:
+            BadRequest: no handler serves ``op`` on this node.
+            RateLimited: the user's budget for ``op`` is spent (``retry_after_ms`` says for how long).
+            ApiError: whatever validation or the handler raises.
+        """
+        handler = self._handlers.get(op)
+        if handler is None:
+            raise BadRequest(f"op {op!r} is not served by this node")
+        config = caller.services.config
+        self.limiter.check(caller.user_id, op, config.gateway, now=trio.current_time())
+        value = protocol.validate(op, data, max_message_bytes=config.chat.max_message_bytes)
+        return await handler(caller, value)

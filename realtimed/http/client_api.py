@@ -35,7 +35,6 @@ from realtimed.errors import (
     CLOSE_SLOW_CONSUMER,
     CLOSE_TOKEN_EXPIRED,
     CLOSE_TOO_MANY_SOCKETS,
-    BadRequest,
     NotFound,
     TokenExpired,
     Unauthorized,
@@ -63,14 +62,10 @@ async def run_op(op: str) -> Response:
     gateway: Gateway = svc.gateway
     if op in _NOT_OVER_REST or op not in protocol.OPS:
         raise NotFound(f"no op {op!r} over REST")
-    handler = gateway.ops.get(op)
-    if handler is None:
-        raise BadRequest(f"op {op!r} is not served by this node")
     data = await json_body()
-    value = protocol.validate(op, data, max_message_bytes=svc.config.chat.max_message_bytes)
     claims: Claims = g.claims
     caller = Caller(user_id=claims.sub, claims=claims, services=svc, session=None)
-    result = await handler(caller, value)
+    result = await gateway.ops.run(caller, op, data)
     for after in caller.after_reply:
         await after()
     return json_response(result)
