@@ -23,6 +23,8 @@ from realtimed.store.base import JobSpec, NewNotification
 from tests.fixtures.services import _run_sql
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+# Every backend has the same numbered migrations, in order.
+MIGRATIONS = ["0001_initial", "0002_bans"]
 LIMIT_S = 20
 
 
@@ -65,6 +67,21 @@ class Harness:
     async def migrate(self) -> list[str]:
         async with self._loop():
             return await run_migrations(self.config())
+
+    async def column(self, query: str) -> list[Any]:
+        """The first column of a query's rows, read outside the store."""
+        if self.backend == "postgres":
+            results = await trio.to_thread.run_sync(_run_sql, self.dsn, query)
+            return [row[0] for row in results[0]]
+
+        def run() -> list[Any]:
+            conn = sqlite3.connect(self.state_dir / "store.db")
+            try:
+                return [row[0] for row in conn.execute(query)]
+            finally:
+                conn.close()
+
+        return await trio.to_thread.run_sync(run)
 
     async def sql(self, statement: str) -> None:
         """Run one statement on the database, outside the store."""
@@ -225,6 +242,49 @@ async def test_contacts_and_blocks(store: Store) -> None:
         assert await store.unblock_user(user_id="a", blocked_id="b")
         assert not await store.unblock_user(user_id="a", blocked_id="b")
         assert not await store.is_blocked(user_id="b", by="a")
+
+
+async def test_bans_expire_replace_and_lift(store: Store, harness: Harness) -> None:
+    with trio.fail_after(LIMIT_S):
+        assert await store.active_ban(user_id="a", now=T0) is None
+        ban = await store.ban_user(user_id="a", until=at(60), now=T0)
+        assert (ban.user_id, ban.until, ban.created_at) == ("a", at(60), T0)
+        found = await store.active_ban(user_id="a", now=at(59))
+        assert found is not None and found.until == at(60) and found.created_at == T0
+        assert await store.active_ban(user_id="a", now=at(60)) is None  # ends at `until`
+        assert await store.active_ban(user_id="b", now=at(1)) is None
+        # A later ban replaces the earlier one, even a shorter one.
+        await store.ban_user(user_id="a", until=at(10), now=at(1))
+        found = await store.active_ban(user_id="a", now=at(5))
+        assert found is not None and found.until == at(10) and found.created_at == at(1)
+        assert await store.active_ban(user_id="a", now=at(30)) is None
+        # No end: in force until lifted.
+        await store.ban_user(user_id="b", until=None, now=T0)
+        found = await store.active_ban(user_id="b", now=at(10**8))
+        assert found is not None and found.until is None
+        assert await store.unban_user(user_id="b", now=at(2))
+        assert not await store.unban_user(user_id="b", now=at(2))
+        assert await store.active_ban(user_id="b", now=at(2)) is None
+        # Lifting a ban that has ended answers False.
+        await store.ban_user(user_id="c", until=at(5), now=T0)
+        assert not await store.unban_user(user_id="c", now=at(6))
+        # A ban sweeps those that have ended: only bans in force stay.
+        await store.ban_user(user_id="d", until=at(5), now=T0)
+        await store.ban_user(user_id="e", until=at(100), now=at(50))
+        assert await harness.column("SELECT user_id FROM bans ORDER BY user_id") == ["e"]
+        assert await store.active_ban(user_id="e", now=at(50)) is not None
+
+
+async def test_bans_survive_a_restart(harness: Harness) -> None:
+    with trio.fail_after(LIMIT_S):
+        async with harness.running() as s:
+            await s.ban_user(user_id="a", until=at(3600), now=T0)
+            await s.ban_user(user_id="b", until=None, now=T0)
+        async with harness.running() as s:
+            a = await s.active_ban(user_id="a", now=at(1))
+            b = await s.active_ban(user_id="b", now=at(1))
+            assert a is not None and a.until == at(3600)
+            assert b is not None and b.until is None
 
 
 # ---------------------------------------------------------------------------
@@ -897,14 +957,14 @@ async def test_migrations_are_recorded_and_a_newer_schema_is_refused(empty_harne
         with refused("database schema version 0 is older than this realtimed .* run `realtimed migrate`"):
             async with h.running(apply_migrations=False):
                 pass
-        assert await h.migrate() == ["0001_initial"]
+        assert await h.migrate() == MIGRATIONS
         assert await h.migrate() == []
         async with h.running(apply_migrations=False) as s:
             await s.ping()
         await h.sql("INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, '0999_future', 0)"
                     if h.backend == "sqlite"
                     else "INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, '0999_future', now())")
-        with refused(r"database schema version 999 is newer than this realtimed \(1\)"):
+        with refused(rf"database schema version 999 is newer than this realtimed \({len(MIGRATIONS)}\)"):
             async with h.running():
                 pass
         with refused("is newer than this realtimed"):

@@ -24,6 +24,7 @@ from realtimed.errors import RealtimedError
 __all__ = [
     "FINISHED_JOB_STATUSES",
     "JOB_STATUSES",
+    "BanRecord",
     "ConversationRecord",
     "DeviceRecord",
     "JobRecord",
@@ -308,6 +309,21 @@ class DeviceRecord:
         }
 
 
+@attrs.frozen
+class BanRecord:
+    """A user refused on every door until ``until`` (None: until lifted)."""
+
+    user_id: str
+    until: datetime | None
+    created_at: datetime
+
+    def in_force(self, now: datetime) -> bool:
+        return self.until is None or self.until > now
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"banned": True, "banned_until": iso(self.until), "banned_at": iso(self.created_at)}
+
+
 # ---------------------------------------------------------------------------
 # Jobs
 # ---------------------------------------------------------------------------
@@ -374,7 +390,7 @@ class JobSpec:
 
 class Store(Protocol):
     """Durable state: conversations, messages, read cursors, notifications,
-    preferences, devices, contacts and blocks, jobs.
+    preferences, devices, contacts and blocks, bans, jobs.
 
     Atomicity: every method is one transaction. It either happens completely
     or not at all, and when it returns its effect is durable (committed to
@@ -390,7 +406,8 @@ class Store(Protocol):
     only move forward.
 
     Expiry: nothing expires by itself except job leases: a ``running`` job
-    whose ``lease_expires_at`` has passed is claimable again. Retention deletes
+    whose ``lease_expires_at`` has passed is claimable again, and bans: one
+    whose ``until`` has passed is no longer in force (``active_ban``). Retention deletes
     (``delete_read_notifications`` and the others) are explicit calls.
 
     Errors: a backend that cannot be reached raises ``Unavailable``, quickly
@@ -528,6 +545,24 @@ class Store(Protocol):
 
     async def blocked_ids(self, user_id: str) -> set[str]:
         """The users ``user_id`` has blocked."""
+        ...
+
+    # -- bans ------------------------------------------------------------------------------------
+
+    async def ban_user(self, *, user_id: str, until: datetime | None, now: datetime) -> BanRecord:
+        """Ban ``user_id`` until ``until`` (None: until ``unban_user``), replacing
+        any earlier ban of theirs, longer or shorter. Bans that ended before
+        ``now`` are deleted in the same transaction, so the table holds only
+        bans in force and those that ended since the last ban."""
+        ...
+
+    async def active_ban(self, *, user_id: str, now: datetime) -> BanRecord | None:
+        """The user's ban if it is in force at ``now`` (no ``until``, or ``until > now``)."""
+        ...
+
+    async def unban_user(self, *, user_id: str, now: datetime) -> bool:
+        """Lift the user's ban; True if one was in force at ``now`` (an ended one
+        is deleted too, and answers False)."""
         ...
 
     # -- messages --------------------------------------------------------------------------------

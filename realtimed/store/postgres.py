@@ -76,6 +76,7 @@ from realtimed.store.base import (
     FINISHED_JOB_STATUSES,
     ROLE_MEMBER,
     ROLE_OWNER,
+    BanRecord,
     ConversationRecord,
     DeviceRecord,
     JobRecord,
@@ -1468,6 +1469,38 @@ class PostgresStore:
         sql = "SELECT blocked_id FROM blocks WHERE user_id = $1"
         rows = await self._call(lambda conn: conn.fetch(sql, user_id), tx=False, read=True)
         return {r[0] for r in rows}
+
+    # -- bans ------------------------------------------------------------------------------------
+
+    async def ban_user(self, *, user_id: str, until: datetime | None, now: datetime) -> BanRecord:
+        at, end = utc(now), None if until is None else utc(until)
+
+        async def run(conn: _Conn) -> None:
+            await conn.execute("DELETE FROM bans WHERE banned_until <= $1", at)
+            await conn.execute(
+                "INSERT INTO bans (user_id, banned_until, created_at) VALUES ($1, $2, $3) ON CONFLICT (user_id) "
+                "DO UPDATE SET banned_until = excluded.banned_until, created_at = excluded.created_at",
+                user_id,
+                end,
+                at,
+            )
+
+        await self._call(run)
+        return BanRecord(user_id=user_id, until=until, created_at=now)
+
+    async def active_ban(self, *, user_id: str, now: datetime) -> BanRecord | None:
+        sql = (
+            "SELECT banned_until, created_at FROM bans WHERE user_id = $1 "
+            "AND (banned_until IS NULL OR banned_until > $2)"
+        )
+        row = await self._call(lambda conn: conn.fetchrow(sql, user_id, utc(now)), tx=False, read=True)
+        return None if row is None else BanRecord(user_id=user_id, until=row[0], created_at=row[1])
+
+    async def unban_user(self, *, user_id: str, now: datetime) -> bool:
+        sql = "DELETE FROM bans WHERE user_id = $1 RETURNING banned_until"
+        rows = await self._call(lambda conn: conn.fetch(sql, user_id), tx=False)
+        at = utc(now)
+        return any(r[0] is None or r[0] > at for r in rows)
 
     # -- messages --------------------------------------------------------------------------------
 

@@ -69,6 +69,7 @@ from realtimed.store.base import (
     FINISHED_JOB_STATUSES,
     ROLE_MEMBER,
     ROLE_OWNER,
+    BanRecord,
     ConversationRecord,
     DeviceRecord,
     JobRecord,
@@ -1470,6 +1471,38 @@ class SQLiteStore:
             return {r[0] for r in conn.execute("SELECT blocked_id FROM blocks WHERE user_id = ?", (user_id,))}
 
         return await self._read(run)
+
+    # -- bans ------------------------------------------------------------------------------------
+
+    async def ban_user(self, *, user_id: str, until: datetime | None, now: datetime) -> BanRecord:
+        def run(conn: _Conn) -> BanRecord:
+            conn.execute("DELETE FROM bans WHERE banned_until <= ?", (_us(now),))
+            conn.execute(
+                "INSERT INTO bans (user_id, banned_until, created_at) VALUES (?, ?, ?) ON CONFLICT (user_id) "
+                "DO UPDATE SET banned_until = excluded.banned_until, created_at = excluded.created_at",
+                (user_id, None if until is None else _us(until), _us(now)),
+            )
+            return BanRecord(user_id=user_id, until=until, created_at=now)
+
+        return await self._write(run)
+
+    async def active_ban(self, *, user_id: str, now: datetime) -> BanRecord | None:
+        def run(conn: _Conn) -> BanRecord | None:
+            row = conn.execute(
+                "SELECT banned_until, created_at FROM bans WHERE user_id = ? "
+                "AND (banned_until IS NULL OR banned_until > ?)",
+                (user_id, _us(now)),
+            ).fetchone()
+            return None if row is None else BanRecord(user_id=user_id, until=_odt(row[0]), created_at=_dt(row[1]))
+
+        return await self._read(run)
+
+    async def unban_user(self, *, user_id: str, now: datetime) -> bool:
+        def run(conn: _Conn) -> bool:
+            rows = conn.execute("DELETE FROM bans WHERE user_id = ? RETURNING banned_until", (user_id,)).fetchall()
+            return any(r[0] is None or r[0] > _us(now) for r in rows)
+
+        return await self._write(run)
 
     # -- messages --------------------------------------------------------------------------------
 
