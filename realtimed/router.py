@@ -13,14 +13,14 @@ broker for the other nodes (which hand it to theirs).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
 import trio
 from prometheus_client import Counter, Gauge, Histogram
 
 from realtimed import metrics, protocol
-from realtimed.broker.base import Broker, Delivery
+from realtimed.broker.base import Broker, Close, Delivery
 from realtimed.clock import WallClock, iso
 from realtimed.config import Config, NamespaceConfig
 from realtimed.errors import Unavailable
@@ -51,6 +51,10 @@ DELIVERY_LATENCY: Final = Histogram(
 )
 ROOMS: Final = Gauge("realtimed_rooms", "app rooms with local subscribers", registry=metrics.REGISTRY)
 USERS: Final = Gauge("realtimed_users", "users with a local session", registry=metrics.REGISTRY)
+
+
+# The frame of a close delivery: never sent to a client.
+CLOSE_FRAME: Final = Frame(b"{}")
 
 
 class Recipient(Protocol):
@@ -103,6 +107,8 @@ class Router:
         self._held: dict[str, dict[str, list[Frame]]] = {}
         self.deliveries = 0
         self._rate_mark = (0, 0.0)
+        # Called with the user id of every ``close_user`` delivery, from any node.
+        self.user_closed_hooks: list[Callable[[str], None]] = []
 
     def set_config(self, cfg: Config) -> None:
         self.namespaces = Namespaces(cfg.namespaces)
@@ -341,6 +347,35 @@ class Router:
             Delivery(frame, users=users, exclude_users=exclude_users, exclude_session=exclude_session, origin=self.node)
         )
 
+    async def close_user(self, user_id: str, code: int, reason: str, *, session_id: str | None = None) -> int:
+        """Close a user's sessions, or the one ``session_id``, on every node.
+
+        Returns how many this node closed (not those already closing); the other
+        nodes close theirs when the broker brings them the delivery, and run
+        ``user_closed_hooks`` whether they held a session of the user or not.
+        """
+        delivery = Delivery(CLOSE_FRAME, users=(user_id,), origin=self.node, close=Close(code, reason, session_id))
+        closed = self.deliver_local(delivery)
+        if session_id is not None and session_id in self.sessions:
+            return closed  # the one session was here: no other node holds it
+        PUBLICATIONS.labels("users").inc()
+        await self.broker.publish(delivery)
+        return closed
+
+    def _close_local(self, users: Iterable[str], close: Close) -> int:
+        count = 0
+        for user in users:
+            for hook in self.user_closed_hooks:
+                hook(user)
+            for session in list(self._users.get(user, {}).values()):
+                if close.session_id is not None and session.id != close.session_id:
+                    continue
+                if getattr(session, "closing", False):
+                    continue  # closed by an earlier call, not yet unregistered
+                session.close(close.code, close.reason)
+                count += 1
+        return count
+
     async def _fan_out(self, delivery: Delivery) -> int:
         delivered = self.deliver_local(delivery)
         PUBLICATIONS.labels("room" if delivery.room is not None else "users").inc()
@@ -349,6 +384,8 @@ class Router:
 
     def deliver_local(self, delivery: Delivery) -> int:
         """Hand a delivery to this node's sessions; returns how many were reached."""
+        if delivery.close is not None:
+            return self._close_local(delivery.users, delivery.close)
         frame = delivery.frame
         skip = delivery.exclude_session
         count = 0

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import trio
 
-from realtimed.broker.base import Broker, Delivery
+from realtimed.broker.base import Broker, Close, Delivery
 from realtimed.broker.memory import MemoryBroker, MemoryHub
-from realtimed.broker.redis import RedisBroker
+from realtimed.broker.redis import RedisBroker, decode_message, encode_message
 from realtimed.config import BrokerConfig
 from realtimed.gateway.frames import Frame
 
@@ -86,6 +86,37 @@ async def test_user_delivery_and_unwatch(node_pair: NodePair) -> None:
         await trio.sleep(0.2)
         assert [d.frame.json for d in got] == [frame(1).json]
         assert got[0].users == (alice, "bob")
+
+
+async def test_close_delivery_reaches_the_nodes_holding_the_user(node_pair: NodePair) -> None:
+    with trio.fail_after(10):
+        a, b = await node_pair()
+        alice = unique("alice")
+        got: list[Delivery] = []
+        b.attach(got.append)
+        await b.watch_user(alice)
+        await trio.sleep(0.2)
+        await a.publish(Delivery(Frame(b"{}"), users=(alice,), origin=a.node, close=Close(4510, "bye")))
+        await a.publish(Delivery(Frame(b"{}"), users=(alice,), origin=a.node, close=Close(4510, "", "s_1")))
+        with trio.move_on_after(1):
+            while len(got) < 2:
+                await trio.sleep(0.01)
+        assert [d.close for d in got] == [Close(4510, "bye"), Close(4510, "", "s_1")]
+        assert got[0].users == (alice,)
+
+
+@pytest.mark.parametrize(
+    "close",
+    [b"4510", b'[4510, "x"]', b'["4510", "x", null]', b'[4510, 7, null]', b'[4510, "x", 3]', b"{}"],
+)
+def test_a_malformed_close_in_a_broker_message_is_refused(close: bytes) -> None:
+    good = encode_message(Delivery(Frame(b"{}"), users=("u",), origin="a", close=Close(4510, "x")))
+    assert decode_message(good).close == Close(4510, "x")
+    head, _, body = good.partition(b"\n")
+    bad = head.replace(b'"c":[4510,"x",null]', b'"c":' + close) + b"\n" + body
+    assert bad != good
+    with pytest.raises(ValueError):
+        decode_message(bad)
 
 
 async def test_ping_answers(node_pair: NodePair) -> None:

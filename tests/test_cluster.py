@@ -147,6 +147,27 @@ async def test_readyz_turns_503_naming_the_broker_when_redis_is_unreachable(star
             assert answer.status_code == 503 and answer.json()["error"]["code"] == "UNAVAILABLE"
 
 
+async def test_disconnect_on_one_node_closes_the_users_sockets_on_every_node(start_daemon: DaemonFactory, redis_url: str) -> None:
+    with trio.fail_after(30):
+        a = await node(start_daemon, "na", redis_url)
+        b = await node(start_daemon, "nb", redis_url)
+        user = f"dave-{uuid.uuid4().hex[:8]}"
+        on_a, on_b, other = await connect(a, user), await connect(b, user), await connect(b, user + "-x")
+        await trio.sleep(0.3)  # B's subscription to the user's channel takes a round trip
+        async with httpx.AsyncClient(headers=SERVER) as http:
+            answer = await http.post(f"{a.url()}/server/v1/users/{user}/disconnect", json={})
+            assert answer.json()["disconnected"] == 1  # A's own; B closes its own
+            assert await on_a.closed() == 4510
+            assert await on_b.closed() == 4510
+            # One session of the user, held by the other node.
+            again = await connect(b, user)
+            sid = (await http.get(f"{b.url()}/server/v1/connections", params={"user_id": user})).json()["connections"][0]["session_id"]
+            answer = await http.post(f"{a.url()}/server/v1/users/{user}/disconnect", json={"session_id": sid})
+            assert answer.json()["disconnected"] == 0
+            assert await again.closed() == 4510
+        assert (await other.ok("ping"))["server_time"]
+
+
 async def test_message_sent_on_a_reaches_participant_on_b(start_daemon: DaemonFactory, redis_url: str, pg_dsn: str) -> None:
     with trio.fail_after(60):
         shared = {

@@ -16,11 +16,24 @@ from realtimed.gateway.frames import Frame
 
 
 @attrs.frozen
+class Close:
+    """Close sessions instead of sending them a frame: every session of the
+    delivery's users, or only ``session_id`` among them."""
+
+    code: int
+    reason: str = ""
+    session_id: str | None = None
+
+
+@attrs.frozen
 class Delivery:
     """One frame for a set of users (every device) or for an app room's subscribers.
 
     Exactly one of ``users`` and ``room`` is set. ``exclude_users`` are skipped
     (typing goes to the others), ``exclude_session`` is one socket to skip.
+    With ``close`` set (user deliveries only) the frame is not sent: each node
+    closes the users' sessions it holds with that code (the server API's
+    disconnect and ban reach every node this way).
     """
 
     frame: Frame
@@ -29,6 +42,7 @@ class Delivery:
     exclude_users: frozenset[str] = frozenset()
     exclude_session: str | None = None
     origin: str = ""
+    close: Close | None = None
 
 
 class Broker(Protocol):

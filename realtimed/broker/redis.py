@@ -17,8 +17,9 @@ Channels:
 
 Messages:
     One pub/sub message per delivery: a small JSON header (origin node, target,
-    exclusions, event name), a newline, and the frame exactly as encoded by the
-    publishing node. Receiving nodes hand the frame to their sessions as is.
+    exclusions, event name, and for a disconnect the close code), a newline, and
+    the frame exactly as encoded by the publishing node. Receiving nodes hand the
+    frame to their sessions as is.
 
 Batching:
     ``publish`` queues the message and returns; one writer task sends everything
@@ -58,7 +59,7 @@ from coredis.retry import ConstantRetryPolicy
 from prometheus_client import Counter, Gauge
 
 from realtimed import metrics
-from realtimed.broker.base import Delivery
+from realtimed.broker.base import Close, Delivery
 from realtimed.broker.redis_url import RedisTarget, parse_redis_url
 from realtimed.config import BrokerConfig
 from realtimed.errors import Unavailable
@@ -178,6 +179,8 @@ def encode_message(delivery: Delivery) -> bytes:
         header["xu"] = sorted(delivery.exclude_users)
     if delivery.exclude_session:
         header["xs"] = delivery.exclude_session
+    if delivery.close is not None:
+        header["c"] = [delivery.close.code, delivery.close.reason, delivery.close.session_id]
     frame = delivery.frame
     if frame.seq is not None:
         header["s"] = frame.seq
@@ -191,6 +194,18 @@ def decode_message(data: bytes) -> Delivery:
     header = orjson.loads(head)
     room = header.get("r")
     frame = Frame(body, header.get("n"), room=room, seq=header.get("s"), epoch=header.get("e"))
+    close = None
+    if "c" in header:
+        raw = header["c"]
+        if not (
+            isinstance(raw, list)
+            and len(raw) == 3
+            and isinstance(raw[0], int)
+            and isinstance(raw[1], str)
+            and (raw[2] is None or isinstance(raw[2], str))
+        ):
+            raise ValueError("bad close in a broker message")
+        close = Close(raw[0], raw[1], raw[2])
     return Delivery(
         frame,
         users=tuple(header.get("u", ())),
@@ -198,6 +213,7 @@ def decode_message(data: bytes) -> Delivery:
         exclude_users=frozenset(header.get("xu", ())),
         exclude_session=header.get("xs"),
         origin=header.get("o", ""),
+        close=close,
     )
 
 

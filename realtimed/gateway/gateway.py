@@ -512,22 +512,20 @@ class Gateway:
 
     # -- operations --------------------------------------------------------------------------
 
-    def disconnect(self, user_id: str, *, session_id: str | None = None, ban_until: datetime | None = None) -> int:
-        """Close a user's sockets (or one) with 4510; a ban refuses new ones with 4503.
+    async def disconnect(self, user_id: str, *, session_id: str | None = None, ban_until: datetime | None = None) -> int:
+        """Close a user's sockets (or one) with 4510 on every node; a ban refuses new ones with 4503.
 
-        Returns how many this call closed (not those already closing).
+        Returns how many this node closed (not those already closing); other
+        nodes close theirs through the broker.
+
+        Raises:
+            Unavailable: the broker (other nodes) cannot be reached.
         """
         if ban_until is not None:
             self.bans[user_id] = ban_until
-        count = 0
-        for session in self.router.user_sessions(user_id):
-            if session_id is not None and session.id != session_id:
-                continue
-            if getattr(session, "closing", False):
-                continue  # closed by an earlier call, not yet unregistered
-            session.close(CLOSE_DISCONNECTED, "disconnected by the server")
-            count += 1
-        return count
+        return await self.router.close_user(
+            user_id, CLOSE_DISCONNECTED, "disconnected by the server", session_id=session_id
+        )
 
     async def drain(self) -> None:
         """Tell every socket to reconnect elsewhere or later, close them, wait until closed."""

@@ -67,7 +67,7 @@ def openapi_document() -> dict[str, Any]:
             "Send an event to every device of users (up to 10,000)", tag=server,
             body=_obj(["user_ids", "event"], user_ids=STRS, event=S, data=ANY), answer=_obj(delivered=INT))},
         "/server/v1/users/{user_id}/disconnect": {"post": _op(
-            "Close a user's sockets (4510), optionally banning new ones (4503)", tag=server,
+            "Close a user's sockets on every node (4510), optionally banning new ones (4503)", tag=server,
             params=[_q("user_id", S, where="path")],
             body=_obj(session_id=S, ban_s={"type": "number"}), answer=_obj(disconnected=INT, banned_until=S))},
         "/server/v1/connections": {"get": _op(

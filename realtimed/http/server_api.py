@@ -92,7 +92,7 @@ async def disconnect(user_id: str) -> Response:
     session_id = validate.string(body, "session_id", required=False, max_len=64)
     ban_s = validate.number(body, "ban_s", lo=0, hi=MAX_BAN_S)
     until = ban_until(services().clock.now(), ban_s)
-    count = _gateway().disconnect(user_id, session_id=session_id, ban_until=until)
+    count = await _gateway().disconnect(user_id, session_id=session_id, ban_until=until)
     return json_response({"disconnected": count, "banned_until": iso(until)})
 
 
