@@ -226,6 +226,13 @@ class GatewayConfig:
         "over a budget: RATE_LIMITED with retry_after_ms (auth and ping are not counted)",
         merge=True,
     )
+    ban_cache_s: float = _f(
+        5.0,
+        "how long a node trusts what the store said about a user's ban for client REST calls "
+        "(sockets and SSE always ask the store); 0: ask every time",
+        min=0,
+        max=3600,
+    )
     max_subscriptions: int = _f(256, "app rooms per socket", min=1, max=1_000_000)
     max_sockets_per_user: int = _f(32, "sockets per user (over it: close 4511)", min=1, max=1_000_000)
     max_sockets: int = _f(200_000, "sockets per node (over it: close 4013)", min=1, max=10_000_000)

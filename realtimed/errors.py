@@ -10,6 +10,7 @@ Hierarchy::
          ├─ Unauthorized            UNAUTHORIZED
          │   └─ TokenExpired        UNAUTHORIZED, but the token was only expired (close 4004)
          ├─ Forbidden               FORBIDDEN
+         │   └─ Banned              FORBIDDEN, with banned_until (close 4503 on a socket)
          ├─ NotFound                NOT_FOUND
          ├─ Conflict                CONFLICT
          ├─ Blocked                 BLOCKED
@@ -25,7 +26,10 @@ from exc``); nothing else crosses a module boundary.
 from __future__ import annotations
 
 import secrets
+from datetime import datetime
 from typing import Any, Final
+
+from realtimed.clock import iso
 
 # Error codes (PROTOCOL.md section 4).
 BAD_REQUEST: Final = "BAD_REQUEST"
@@ -131,6 +135,19 @@ class TokenExpired(Unauthorized):
 
 class Forbidden(ApiError):
     code = FORBIDDEN
+
+
+class Banned(Forbidden):
+    """The user is banned by the server API, until ``banned_until`` (None: until lifted)."""
+
+    def __init__(self, banned_until: datetime | None) -> None:
+        self.banned_until = banned_until
+        super().__init__(f"banned until {iso(banned_until)}" if banned_until is not None else "banned")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["banned_until"] = iso(self.banned_until)
+        return out
 
 
 class NotFound(ApiError):

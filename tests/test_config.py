@@ -307,9 +307,10 @@ ping = {per = 5, window_s = 1}
     assert problems['gateway.op_limits."message.edit".per'] == "expected an integer, got 1.5"
     assert problems['gateway.op_limits."message.edit".window_s'] == "expected a number, got '10'"
     with pytest.raises(ConfigError) as info:
-        load_config(None, env={}, text="[gateway]\nop_limits = 3\n")
+        load_config(None, env={}, text="[gateway]\nop_limits = 3\nban_cache_s = -1\n")
     problems = dict(info.value.problems)
     assert problems["gateway.op_limits"] == "expected a table, got 3"
+    assert problems["gateway.ban_cache_s"] == "must be at least 0, got -1.0"
 
 
 def test_reference_lists_op_limit_entries() -> None:

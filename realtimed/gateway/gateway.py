@@ -3,7 +3,9 @@
 Connecting (PROTOCOL.md section 3): a disallowed ``Origin`` is refused with HTTP
 403 at the handshake; every other refusal happens after the upgrade, as a close
 code (4013 node full, 4501 bad token, 4004 expired token, 4503 banned, 4511 too
-many sockets for the user, 4012 no ``auth`` frame in time).
+many sockets for the user, 4012 no ``auth`` frame in time). A banned user's
+first-frame ``auth`` gets its ``FORBIDDEN`` reply (with ``banned_until``) before
+the 4503 close.
 
 Timers are node-wide, not per socket: one task pings every socket each
 ``heartbeat_s`` (closing those silent for two periods), and one task keeps a heap
@@ -51,12 +53,14 @@ from realtimed.errors import (
     CLOSE_UNAUTHORIZED,
     CLOSE_UNSUPPORTED_DATA,
     ApiError,
+    Banned,
     Forbidden,
     Internal,
     RateLimited,
     TokenExpired,
     Unauthorized,
 )
+from realtimed.gateway.bans import Bans
 from realtimed.gateway.frames import PING_FRAME
 from realtimed.gateway.ops import Caller, OpRegistry
 from realtimed.gateway.session import Session
@@ -155,7 +159,8 @@ class Gateway:
         self.node = services.node
         self.sessions: dict[str, Session] = {}
         self.pending = 0
-        self.bans: dict[str, datetime] = {}
+        self.bans = Bans(services)
+        router.user_closed_hooks.append(self.bans.forget)
         self._deadlines: list[tuple[float, int, str, int, str]] = []
         self._deadline_counter = itertools.count()
         self._deadline_changed = trio.Event()
@@ -269,14 +274,13 @@ class Gateway:
 
     async def _admit(self, session: Session, claims: Claims, *, request_id: Any) -> None:
         cfg = self.config.gateway
-        now = self.services.clock.now()
-        banned_until = self.bans.get(claims.sub)
-        if banned_until is not None:
-            if banned_until > now:
-                HANDSHAKES.labels("banned").inc()
-                session.close(CLOSE_BANNED, "banned")
-                return
-            del self.bans[claims.sub]
+        ban = await self.bans.admits(claims.sub)
+        if ban is not None:
+            HANDSHAKES.labels("banned").inc()
+            if request_id is not None:
+                self._reply_error(session, request_id, "auth", Banned(ban.until))
+            session.close(CLOSE_BANNED, "banned")
+            return
         if await self._user_socket_count(claims.sub) >= cfg.max_sockets_per_user:
             HANDSHAKES.labels("too_many_sockets").inc()
             session.close(CLOSE_TOO_MANY_SOCKETS, "too many sockets for this user")
@@ -515,14 +519,15 @@ class Gateway:
     async def disconnect(self, user_id: str, *, session_id: str | None = None, ban_until: datetime | None = None) -> int:
         """Close a user's sockets (or one) with 4510 on every node; a ban refuses new ones with 4503.
 
+        The ban is stored before any socket is closed, so a reconnect meets it.
         Returns how many this node closed (not those already closing); other
         nodes close theirs through the broker.
 
         Raises:
-            Unavailable: the broker (other nodes) cannot be reached.
+            Unavailable: the store (the ban) or the broker (other nodes) cannot be reached.
         """
         if ban_until is not None:
-            self.bans[user_id] = ban_until
+            await self.bans.ban(user_id, ban_until)
         return await self.router.close_user(
             user_id, CLOSE_DISCONNECTED, "disconnected by the server", session_id=session_id
         )

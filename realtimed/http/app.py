@@ -139,6 +139,8 @@ def create_app(svc: Services) -> QuartTrio:
             if token is None or s.verifier is None:
                 return error_response(Unauthorized("a user token is required"))
             g.claims = await s.verifier.verify(token)
+            if s.gateway is not None:
+                await s.gateway.bans.check(g.claims.sub, cached=True)
         return None
 
     @app.after_request

@@ -224,7 +224,8 @@ async def events() -> Response:
             check_subscribe(claims, router, room)
     address = (request.remote_addr or "")
     sse = SseSession(svc, claims, address)
-    refusal = _refusal(svc, gateway, router, claims, expired)
+    banned = not expired and await gateway.bans.admits(claims.sub) is not None
+    refusal = _refusal(svc, gateway, router, claims, expired, banned)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     if refusal is not None:
         sse.close(*refusal)
@@ -279,14 +280,15 @@ async def events() -> Response:
     return response
 
 
-def _refusal(svc: Services, gateway: Gateway, router: Router, claims: Claims, expired: bool) -> tuple[int, str] | None:
+def _refusal(
+    svc: Services, gateway: Gateway, router: Router, claims: Claims, expired: bool, banned: bool
+) -> tuple[int, str] | None:
     if expired:
         return CLOSE_TOKEN_EXPIRED, "token expired"
     if svc.draining:
         return CLOSE_GOING_AWAY, "server draining"
     cfg = svc.config.gateway
-    banned = gateway.bans.get(claims.sub)
-    if banned is not None and banned > svc.clock.now():
+    if banned:
         return CLOSE_BANNED, "banned"
     if len(gateway.sessions) + len(svc.extras.get("sse_sessions", {})) >= cfg.max_sockets:
         return CLOSE_NODE_FULL, "node full"

@@ -67,9 +67,16 @@ def openapi_document() -> dict[str, Any]:
             "Send an event to every device of users (up to 10,000)", tag=server,
             body=_obj(["user_ids", "event"], user_ids=STRS, event=S, data=ANY), answer=_obj(delivered=INT))},
         "/server/v1/users/{user_id}/disconnect": {"post": _op(
-            "Close a user's sockets on every node (4510), optionally banning new ones (4503)", tag=server,
+            "Close a user's sockets on every node (4510), optionally banning the user on every door (4503)",
+            tag=server,
             params=[_q("user_id", S, where="path")],
             body=_obj(session_id=S, ban_s={"type": "number"}), answer=_obj(disconnected=INT, banned_until=S))},
+        "/server/v1/users/{user_id}/ban": {
+            "get": _op("Whether a user is banned, and until when", tag=server,
+                       params=[_q("user_id", S, where="path")],
+                       answer=_obj(banned={"type": "boolean"}, banned_until=S)),
+            "delete": _op("Lift a user's ban", tag=server, params=[_q("user_id", S, where="path")],
+                          answer=_obj(unbanned={"type": "boolean"}))},
         "/server/v1/connections": {"get": _op(
             "Connections of a user or a room on this node", tag=server,
             params=[_q("user_id", S), _q("room", S)],
@@ -106,7 +113,7 @@ def openapi_document() -> dict[str, Any]:
                                            "description": "an API key on /server/v1, a user JWT on /api/v1"}},
             "schemas": {
                 "Error": _obj(["error"], error=_obj(["code", "message"], code=S, message=S, field=S,
-                                                    retry_after_ms=INT, correlation_id=S)),
+                                                    retry_after_ms=INT, correlation_id=S, banned_until=S)),
                 "Publication": _obj(["seq", "event", "data", "published_at"], seq=INT, event=S, data=ANY, published_at=S),
                 "Connection": _obj(session_id=S, user_id=S, node=S, connected_at=S, rooms=STRS, transport=S),
             },

@@ -96,6 +96,19 @@ async def disconnect(user_id: str) -> Response:
     return json_response({"disconnected": count, "banned_until": iso(until)})
 
 
+@blueprint.get("/users/<user_id>/ban")
+async def get_ban(user_id: str) -> Response:
+    ban = await _gateway().bans.current(user_id, cached=False)
+    if ban is None:
+        return json_response({"banned": False, "banned_until": None})
+    return json_response({"banned": True, "banned_until": iso(ban.until)})
+
+
+@blueprint.delete("/users/<user_id>/ban")
+async def unban(user_id: str) -> Response:
+    return json_response({"unbanned": await _gateway().bans.unban(user_id)})
+
+
 @blueprint.get("/connections")
 async def connections() -> Response:
     user_id = request.args.get("user_id")
