@@ -16,7 +16,12 @@ What it promises:
   headers are ignored, so no request is ever made on a token's say; ``kid`` is
   only a lookup key among the JWKS keys;
 - ``TokenExpired`` means the token would have been accepted but for its
-  expiry; every other refusal is ``Unauthorized`` with the reason.
+  expiry; every other refusal is ``Unauthorized`` with the reason;
+- one rule decides expiry everywhere: a token is valid until ``token_deadline``
+  (``exp`` plus ``auth.leeway_s``). The verifier refuses it from then on, on
+  every door (socket header, ``?token=``, ``auth`` frame, HTTP bearer, SSE), and
+  the gateway and the SSE stream close an open session at that same moment, so
+  a token accepted within the leeway is never answered ok and closed at once.
 
 Resource handling: the JWKS is fetched with httpx when a token needs it (the
 first time, after ``JWKS_MAX_AGE_S``, and on an unknown ``kid`` at most once per
@@ -67,6 +72,7 @@ __all__ = [
     "TokenVerifier",
     "load_public_keys",
     "mint_dev_token",
+    "token_deadline",
 ]
 
 log = logging.getLogger(__name__)
@@ -97,6 +103,19 @@ _ALGORITHMS: Final[Mapping[str, Algorithm]] = {
 _JWS: Final = PyJWS()
 _PARSE_ONLY: Final[SigOptions] = {"verify_signature": False}
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.DOTALL)
+
+
+def token_deadline(exp: datetime, leeway_s: float) -> datetime:
+    """When a token whose ``exp`` is this stops being valid: ``exp`` plus the leeway.
+
+    The one rule for expiry: ``TokenVerifier`` refuses a token (``TokenExpired``)
+    from this moment on, and the gateway and the SSE stream close a session whose
+    token reaches it with 4004. A deadline past the calendar's end is the end.
+    """
+    try:
+        return exp + timedelta(seconds=leeway_s)
+    except OverflowError:
+        return datetime.max.replace(tzinfo=exp.tzinfo)
 
 
 def _fits(alg: str, key: PublicKey) -> bool:
@@ -149,7 +168,7 @@ class TokenVerifier:
         jwks_url: where to fetch more keys ("" for none).
         jwks_timeout_s: longest a JWKS fetch may take.
         jwks_refresh_min_s: least time between JWKS fetches.
-        leeway_s: clock leeway for ``exp``, ``nbf`` and ``iat``.
+        leeway_s: clock leeway for ``exp``, ``nbf`` and ``iat`` (see ``token_deadline``).
         audience: the required ``aud`` (None: not checked).
         issuer: the required ``iss`` (None: not checked).
         require_exp: refuse tokens without ``exp``.
@@ -258,6 +277,10 @@ class TokenVerifier:
             monotonic=monotonic,
         )
 
+    def deadline(self, exp: datetime | None) -> datetime | None:
+        """When a token with this ``exp`` stops being valid (None: never); see ``token_deadline``."""
+        return None if exp is None else token_deadline(exp, self._leeway_s)
+
     async def verify(self, token: str) -> Claims:
         """Verify a token and return its claims.
 
@@ -303,7 +326,8 @@ class TokenVerifier:
     # -- claims ----------------------------------------------------------------------------------
 
     def _check_claims(self, payload: dict[str, Any]) -> Claims:
-        now = self._clock.now().timestamp()
+        wall_now = self._clock.now()
+        now = wall_now.timestamp()
         leeway = self._leeway_s
         sub = payload.get("sub")
         if sub is None:
@@ -339,7 +363,7 @@ class TokenVerifier:
             except (OverflowError, OSError, ValueError):
                 raise Unauthorized("token claim exp: out of range") from None
             # Last, so that TokenExpired means "valid, but expired".
-            if exp <= now - leeway:
+            if wall_now >= token_deadline(expires_at, leeway):
                 raise TokenExpired("the token has expired")
         return Claims(sub=sub, exp=expires_at, rooms=rooms, name=name, raw=payload)
 

@@ -154,7 +154,13 @@ class AuthConfig:
     jwks_url: str = _f("", "JWKS URL for RS256 / ES256 / EdDSA keys")
     jwks_timeout_s: float = _f(5.0, "longest a JWKS fetch may take", min=0.1, max=120)
     jwks_refresh_min_s: float = _f(60.0, "least time between JWKS refreshes on an unknown kid", min=1, max=86400)
-    leeway_s: float = _f(30.0, "clock leeway for exp, nbf and iat", min=0, max=3600)
+    leeway_s: float = _f(
+        30.0,
+        "clock leeway for exp, nbf and iat; a token is accepted, and an open socket or SSE stream kept, "
+        "until exp plus this (the same on every door)",
+        min=0,
+        max=3600,
+    )
     audience: str = _f("", "required aud claim; empty: not checked")
     issuer: str = _f("", "required iss claim; empty: not checked")
     require_exp: bool = _f(True, "refuse tokens without exp")
@@ -201,7 +207,13 @@ class GatewayConfig:
     handshake_timeout_s: float = _f(10.0, "longest time to send a complete upgrade request", min=0.1, max=600)
     auth_timeout_s: float = _f(5.0, "longest wait for a first-frame auth", min=0.1, max=600)
     heartbeat_s: float = _f(25.0, "server ping period; two silent periods close the socket", min=1, max=3600)
-    expiring_notice_s: float = _f(60.0, "session.expiring comes this long before the token expires", min=0, max=86400)
+    expiring_notice_s: float = _f(
+        60.0,
+        "session.expiring comes this long before the token expires "
+        "(right after session.ready, or the auth reply, when less is left)",
+        min=0,
+        max=86400,
+    )
     max_frame_bytes: int = _f(524_288, "largest client frame (over it: close 1009)", min=1024, max=64 * 1_048_576)
     max_json_depth: int = _f(
         DEFAULT_MAX_JSON_DEPTH,

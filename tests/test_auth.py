@@ -29,7 +29,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from realtimed.auth import JWKS_MAX_AGE_S, ApiKeys, Claims, TokenVerifier, load_public_keys, mint_dev_token
+from realtimed.auth import (
+    JWKS_MAX_AGE_S,
+    ApiKeys,
+    Claims,
+    TokenVerifier,
+    load_public_keys,
+    mint_dev_token,
+    token_deadline,
+)
 from realtimed.config import ApiConfig, AuthConfig
 from realtimed.errors import ConfigError, TokenExpired, Unauthorized
 
@@ -335,6 +343,23 @@ async def test_expired_token_is_token_expired(verifier: TokenVerifier) -> None:
     assert (await verifier.verify(hs256(exp=T - 29))).sub == "alice"
     with pytest.raises(TokenExpired):
         await verifier.verify(hs256(exp=T - 31))
+
+
+def test_one_deadline_rule_for_expiry(make_verifier: VerifierFactory) -> None:
+    verifier = make_verifier(leeway_s=30.0)
+    exp = datetime.fromtimestamp(T - 29, UTC)
+    assert verifier.deadline(exp) == token_deadline(exp, 30.0) == exp + timedelta(seconds=30)
+    assert verifier.deadline(None) is None
+    # A deadline past the calendar's end is the end, not an OverflowError.
+    last = datetime.max.replace(tzinfo=UTC) - timedelta(seconds=1)
+    assert token_deadline(last, 30.0) == datetime.max.replace(tzinfo=UTC)
+
+
+async def test_exp_at_the_end_of_the_calendar_is_accepted(verifier: TokenVerifier) -> None:
+    far = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
+    with trio.fail_after(10):
+        claims_ = await verifier.verify(hs256(exp=far))
+    assert claims_.exp is not None and verifier.deadline(claims_.exp) == datetime.max.replace(tzinfo=UTC)
 
 
 async def test_expired_and_otherwise_bad_is_unauthorized_not_expired(verifier: TokenVerifier) -> None:

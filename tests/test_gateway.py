@@ -132,7 +132,8 @@ async def test_reauth_on_open_socket(start_daemon: DaemonFactory) -> None:
 
 async def test_expiring_notice_then_4004(start_daemon: DaemonFactory) -> None:
     with trio.fail_after(20):
-        daemon = await start(start_daemon, gateway={"expiring_notice_s": 1.0, "allowed_origins": []})
+        # No leeway: the close comes at exp itself (else exp plus auth.leeway_s).
+        daemon = await start(start_daemon, gateway={"expiring_notice_s": 1.0, "allowed_origins": []}, auth={"leeway_s": 0})
         client = await WsClient.connect(ws_url(daemon), token=token("alice", ttl=2))
         await client.event("session.ready")
         expiring = await client.event("session.expiring", timeout=5)
@@ -142,7 +143,7 @@ async def test_expiring_notice_then_4004(start_daemon: DaemonFactory) -> None:
 
 async def test_reauth_postpones_expiry(start_daemon: DaemonFactory) -> None:
     with trio.fail_after(20):
-        daemon = await start(start_daemon, gateway={"expiring_notice_s": 1.0, "allowed_origins": []})
+        daemon = await start(start_daemon, gateway={"expiring_notice_s": 1.0, "allowed_origins": []}, auth={"leeway_s": 0})
         client = await WsClient.connect(ws_url(daemon), token=token("alice", ttl=2))
         await client.event("session.ready")
         await client.event("session.expiring", timeout=5)

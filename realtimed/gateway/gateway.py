@@ -9,7 +9,11 @@ the 4503 close.
 
 Timers are node-wide, not per socket: one task pings every socket each
 ``heartbeat_s`` (closing those silent for two periods), and one task keeps a heap
-of token deadlines for ``session.expiring`` and the 4004 close.
+of token deadlines for ``session.expiring`` and the 4004 close. The close comes at
+``auth.token_deadline`` (``exp`` plus ``auth.leeway_s``), the moment from which the
+verifier refuses the token, so a token accepted within the leeway is not closed
+at once. A token with less than ``expiring_notice_s`` left gets its
+``session.expiring`` right after ``session.ready`` (or the ``auth`` reply).
 
 Resource handling:
     ``run`` owns the two timer tasks. Each socket runs in the listener's
@@ -39,7 +43,7 @@ import trio
 from prometheus_client import Counter, Gauge
 
 from realtimed import metrics, protocol
-from realtimed.auth import Claims
+from realtimed.auth import Claims, token_deadline
 from realtimed.clock import iso
 from realtimed.config import Config
 from realtimed.errors import (
@@ -295,11 +299,11 @@ class Gateway:
         SOCKETS.labels("websocket").inc()
         HANDSHAKES.labels("accepted").inc()
         await self.router.add(session)
-        self._schedule_expiry(session)
         if request_id is not None:
             self._reply_ok(session, request_id, "auth", {"user_id": claims.sub, "expires_at": iso(claims.exp)})
         ready = await self.ready_data(session)
         session.send_json(protocol.encode_event("session.ready", ready))
+        self._arm_expiry(session)
         for hook in self.services.extras.get("on_connect", []):
             await hook(session)
         log.debug("session %s: user %s connected from %s", session.id, claims.sub, session.address)
@@ -400,9 +404,9 @@ class Gateway:
         session.claims = claims
         session.expires_at = claims.exp
         session.auth_generation += 1
-        self._schedule_expiry(session)
         if request.id is not None:
             self._reply_ok(session, request.id, "auth", {"user_id": claims.sub, "expires_at": iso(claims.exp)})
+        self._arm_expiry(session)
 
     def _take_token(self, session: Session, request: protocol.Request) -> bool:
         """The per-socket token bucket; False when the op was refused."""
@@ -459,16 +463,28 @@ class Gateway:
 
     # -- expiry ------------------------------------------------------------------------------
 
-    def _schedule_expiry(self, session: Session) -> None:
-        if session.expires_at is None:
+    def _arm_expiry(self, session: Session) -> None:
+        """Schedule ``session.expiring`` and the 4004 close for the session's current token.
+
+        Called once ``session.ready`` (or the re-auth reply) is written, so that a
+        token with less than ``expiring_notice_s`` left gets its ``session.expiring``
+        right behind it. The close comes at ``token_deadline`` (``exp`` plus the
+        leeway), when the verifier starts refusing the token on every door.
+        """
+        exp = session.expires_at
+        if exp is None or session.closing:
             return
-        left = (session.expires_at - self.services.clock.now()).total_seconds()
+        wall_now = self.services.clock.now()
+        to_exp = (exp - wall_now).total_seconds()
+        to_deadline = (token_deadline(exp, self.config.auth.leeway_s) - wall_now).total_seconds()
         now = trio.current_time()
         notice = self.config.gateway.expiring_notice_s
         gen = session.auth_generation
-        if left > notice:
-            heapq.heappush(self._deadlines, (now + left - notice, next(self._deadline_counter), session.id, gen, "expiring"))
-        heapq.heappush(self._deadlines, (now + max(0.0, left), next(self._deadline_counter), session.id, gen, "expired"))
+        if to_exp > notice:
+            heapq.heappush(self._deadlines, (now + to_exp - notice, next(self._deadline_counter), session.id, gen, "expiring"))
+        else:
+            session.send_json(protocol.encode_event("session.expiring", {"expires_at": iso(exp)}))
+        heapq.heappush(self._deadlines, (now + max(0.0, to_deadline), next(self._deadline_counter), session.id, gen, "expired"))
         self._deadline_changed.set()
 
     async def _expiry_timer(self) -> None:

@@ -26,7 +26,7 @@ import trio
 from quart import Blueprint, Response, g, request
 
 from realtimed import protocol
-from realtimed.auth import Claims
+from realtimed.auth import Claims, token_deadline
 from realtimed.clock import iso
 from realtimed.errors import (
     CLOSE_BANNED,
@@ -178,7 +178,9 @@ class SseSession:
     async def records(self, heartbeat_s: float) -> AsyncGenerator[bytes, None]:
         expiry_at = None
         if self.expires_at is not None:
-            left = (self.expires_at - self._svc.clock.now()).total_seconds()
+            # The same deadline as the verifier's and the socket's: exp plus the leeway.
+            valid_until = token_deadline(self.expires_at, self._svc.config.auth.leeway_s)
+            left = (valid_until - self._svc.clock.now()).total_seconds()
             expiry_at = trio.current_time() + max(0.0, left)
         while True:
             while self._queue:
