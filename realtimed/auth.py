@@ -21,7 +21,9 @@ What it promises:
   (``exp`` plus ``auth.leeway_s``). The verifier refuses it from then on, on
   every door (socket header, ``?token=``, ``auth`` frame, HTTP bearer, SSE), and
   the gateway and the SSE stream close an open session at that same moment, so
-  a token accepted within the leeway is never answered ok and closed at once.
+  a token accepted within the leeway is never answered ok and closed at once;
+- a token over ``auth.max_token_bytes`` is refused before it is parsed, the
+  same on every door.
 
 Resource handling: the JWKS is fetched with httpx when a token needs it (the
 first time, after ``JWKS_MAX_AGE_S``, and on an unknown ``kid`` at most once per
@@ -60,7 +62,7 @@ from jwt.types import SigOptions
 from realtimed.clock import SystemClock, WallClock
 from realtimed.config import ApiConfig, AuthConfig
 from realtimed.errors import ConfigError, TokenExpired, Unauthorized, ValidationFailed
-from realtimed.protocol import MAX_TOKEN_CHARS, validate_room_pattern, validate_user_id
+from realtimed.protocol import validate_room_pattern, validate_user_id
 
 __all__ = [
     "HMAC_ALGORITHMS",
@@ -169,6 +171,7 @@ class TokenVerifier:
         jwks_timeout_s: longest a JWKS fetch may take.
         jwks_refresh_min_s: least time between JWKS fetches.
         leeway_s: clock leeway for ``exp``, ``nbf`` and ``iat`` (see ``token_deadline``).
+        max_token_bytes: longest token looked at; longer ones are refused unparsed.
         audience: the required ``aud`` (None: not checked).
         issuer: the required ``iss`` (None: not checked).
         require_exp: refuse tokens without ``exp``.
@@ -194,6 +197,7 @@ class TokenVerifier:
         jwks_timeout_s: float = 5.0,
         jwks_refresh_min_s: float = 60.0,
         leeway_s: float = 30.0,
+        max_token_bytes: int = 8192,
         audience: str | None = None,
         issuer: str | None = None,
         require_exp: bool = True,
@@ -232,6 +236,7 @@ class TokenVerifier:
         self._jwks_tried_at: float | None = None  # last attempt, successful or not
         self._jwks_lock = trio.Lock()
         self._leeway_s = leeway_s
+        self._max_token_bytes = max_token_bytes
         self._audience = audience
         self._issuer = issuer
         self._require_exp = require_exp
@@ -268,6 +273,7 @@ class TokenVerifier:
             jwks_timeout_s=cfg.jwks_timeout_s,
             jwks_refresh_min_s=cfg.jwks_refresh_min_s,
             leeway_s=cfg.leeway_s,
+            max_token_bytes=cfg.max_token_bytes,
             audience=cfg.audience or None,
             issuer=cfg.issuer or None,
             require_exp=cfg.require_exp,
@@ -290,8 +296,10 @@ class TokenVerifier:
         """
         if type(token) is not str or not token:
             raise Unauthorized("no token")
-        if len(token) > MAX_TOKEN_CHARS:
-            raise Unauthorized("the token is too long")
+        limit = self._max_token_bytes
+        # A str is at least as many UTF-8 bytes as characters: encode only when it might matter.
+        if len(token) > limit or (not token.isascii() and len(token.encode("utf-8", "surrogatepass")) > limit):
+            raise Unauthorized(f"the token is over {limit} bytes (auth.max_token_bytes)")
         try:
             parts = _JWS.decode_complete(token, options=_PARSE_ONLY)
         except jwt.PyJWTError as exc:

@@ -161,6 +161,12 @@ class AuthConfig:
         min=0,
         max=3600,
     )
+    max_token_bytes: int = _f(
+        8192,
+        "largest token accepted (header, ?token=, auth frame, HTTP bearer); over it: refused as UNAUTHORIZED",
+        min=1024,
+        max=65_536,
+    )
     audience: str = _f("", "required aud claim; empty: not checked")
     issuer: str = _f("", "required iss claim; empty: not checked")
     require_exp: bool = _f(True, "refuse tokens without exp")

@@ -362,6 +362,21 @@ async def test_exp_at_the_end_of_the_calendar_is_accepted(verifier: TokenVerifie
     assert claims_.exp is not None and verifier.deadline(claims_.exp) == datetime.max.replace(tzinfo=UTC)
 
 
+async def test_token_over_max_token_bytes_is_refused_unparsed(make_verifier: VerifierFactory) -> None:
+    verifier = make_verifier(max_token_bytes=2048)
+    fits = hs256(name="x" * 1000)
+    assert len(fits) <= 2048
+    assert (await verifier.verify(fits)).sub == "alice"
+    error = await refused_not_expired(verifier, hs256(name="x" * 2000))
+    assert "auth.max_token_bytes" in error.message
+    # Counted in UTF-8 bytes, not characters: 700 two-byte characters are 1400 bytes.
+    error = await refused_not_expired(verifier, "é" * 700 + "." + "a" * 700 + ".sig")
+    assert "auth.max_token_bytes" in error.message
+    # Refused before it is parsed: no "malformed token" for a too-long one.
+    error = await refused_not_expired(verifier, "a" * 5000)
+    assert "malformed" not in error.message
+
+
 async def test_expired_and_otherwise_bad_is_unauthorized_not_expired(verifier: TokenVerifier) -> None:
     expired = {"iat": T - 7200, "exp": T - 3600}
     await refused_not_expired(

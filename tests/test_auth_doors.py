@@ -3,6 +3,7 @@ frame, client REST and SSE.
 
 - ``exp`` with ``auth.leeway_s``: a token expired within the leeway is accepted
   everywhere (and the socket is not closed at once); past it, refused everywhere.
+- ``auth.max_token_bytes``: a longer token is refused everywhere.
 - ``session.expiring`` comes right after ``session.ready`` when the token has
   less than ``gateway.expiring_notice_s`` left.
 
@@ -104,6 +105,32 @@ async def test_leeway_is_the_same_on_the_http_doors(start_daemon: DaemonFactory)
         # SSE: within the leeway the stream lives on to its first heartbeat (it was closed 4004 at once).
         assert await sse_until_heartbeat(daemon, token("alice", ttl=WITHIN_LEEWAY_S)) == ["session.ready"]
         assert await sse_until_heartbeat(daemon, token("alice", ttl=PAST_LEEWAY_S)) == ["session.closed", "code 4004"]
+
+
+# -- token size -----------------------------------------------------------------------------------
+
+
+async def test_token_over_max_token_bytes_is_refused_on_every_door(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(30):
+        daemon = await start_daemon({"auth": {"max_token_bytes": 4096}})
+        small = token("alice", name="x" * 2000)
+        big = token("alice", name="x" * 4000)
+        assert len(small) < 4096 < len(big)
+        for how in SOCKET_WAYS:
+            accepted = await WsClient.connect(ws_url(daemon), token=small, how=how)
+            assert (await accepted.event("session.ready"))["data"]["user_id"] == "alice"
+            await accepted.close()
+            refused = await WsClient.connect(ws_url(daemon), token=big, how=how)
+            assert await refused.closed() == 4501, how
+            if how == "frame":
+                error = refused.replies["auth"]["error"]
+                assert error["code"] == "UNAUTHORIZED" and "auth.max_token_bytes" in error["message"]
+        assert (await rest_status(daemon, small))[0] == 200
+        status, body = await rest_status(daemon, big)
+        assert status == 401 and "auth.max_token_bytes" in body["error"]["message"]
+        async with httpx.AsyncClient(base_url=daemon.url(), timeout=10) as http:
+            answer = await http.get("/api/v1/events", params={"token": big})
+            assert answer.status_code == 401
 
 
 # -- session.expiring -----------------------------------------------------------------------------
