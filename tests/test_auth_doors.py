@@ -4,6 +4,8 @@ frame, client REST and SSE.
 - ``exp`` with ``auth.leeway_s``: a token expired within the leeway is accepted
   everywhere (and the socket is not closed at once); past it, refused everywhere.
 - ``auth.max_token_bytes``: a longer token is refused everywhere.
+- A first-frame ``auth`` that fails (empty, oversized, expired, banned, over the
+  per-user limit) gets its error reply, then the close.
 - ``session.expiring`` comes right after ``session.ready`` when the token has
   less than ``gateway.expiring_notice_s`` left.
 
@@ -24,7 +26,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from realtimed.daemon import Daemon
 from tests.fixtures.clients import WsClient
-from tests.fixtures.daemon import DaemonFactory
+from tests.fixtures.daemon import API_KEY, DaemonFactory
 from tests.fixtures.tokens import token
 
 SOCKET_WAYS = ("header", "query", "frame")
@@ -131,6 +133,60 @@ async def test_token_over_max_token_bytes_is_refused_on_every_door(start_daemon:
         async with httpx.AsyncClient(base_url=daemon.url(), timeout=10) as http:
             answer = await http.get("/api/v1/events", params={"token": big})
             assert answer.status_code == 401
+
+
+# -- first-frame auth failures --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        ({"token": ""}, "VALIDATION_ERROR"),
+        ({}, "VALIDATION_ERROR"),
+        ({"token": 5}, "VALIDATION_ERROR"),
+        ({"token": "a" * 70_000}, "VALIDATION_ERROR"),  # over the protocol's ceiling
+        # A valid signed token, but over auth.max_token_bytes (8192).
+        ({"token": token("alice", ttl=86400, name="x" * 7000)}, "UNAUTHORIZED"),
+    ],
+    ids=["empty", "missing", "not-a-string", "huge", "oversized"],
+)
+async def test_bad_first_frame_token_gets_a_reply_then_4501(start_daemon: DaemonFactory, data: dict[str, Any], code: str) -> None:
+    with trio.fail_after(20):
+        daemon = await start_daemon()
+        client = await WsClient.connect(ws_url(daemon))
+        await client.send({"id": 1, "op": "auth", "data": data})
+        reply = await client.reply(1)
+        assert reply["ok"] is False and reply["error"]["code"] == code
+        assert "token" in reply["error"]["message"]
+        if code == "UNAUTHORIZED":
+            assert "auth.max_token_bytes" in reply["error"]["message"]
+        assert await client.closed() == 4501
+
+
+async def test_banned_user_first_frame_gets_a_reply_then_4503(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(20):
+        daemon = await start_daemon()
+        async with httpx.AsyncClient(base_url=daemon.url(), headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+            answer = await http.post("/server/v1/users/alice/disconnect", json={"ban_s": 60})
+            assert answer.status_code == 200
+        client = await WsClient.connect(ws_url(daemon), token=token("alice"), how="frame")
+        assert await client.closed() == 4503
+        reply = client.replies["auth"]
+        assert reply["ok"] is False and reply["error"]["code"] == "FORBIDDEN"
+        assert "banned" in reply["error"]["message"]
+        assert not client.events  # no session.ready
+
+
+async def test_user_over_socket_limit_first_frame_gets_a_reply_then_4511(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(20):
+        daemon = await start_daemon({"gateway": {"max_sockets_per_user": 1}})
+        first = await WsClient.connect(ws_url(daemon), token=token("alice"))
+        await first.event("session.ready")
+        second = await WsClient.connect(ws_url(daemon), token=token("alice"), how="frame")
+        assert await second.closed() == 4511
+        reply = second.replies["auth"]
+        assert reply["ok"] is False and reply["error"]["code"] == "FORBIDDEN"
+        assert (await first.ok("ping"))["server_time"]
 
 
 # -- session.expiring -----------------------------------------------------------------------------

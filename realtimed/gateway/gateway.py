@@ -281,13 +281,12 @@ class Gateway:
         ban = await self.bans.admits(claims.sub)
         if ban is not None:
             HANDSHAKES.labels("banned").inc()
-            if request_id is not None:
-                self._reply_error(session, request_id, "auth", Banned(ban.until))
-            session.close(CLOSE_BANNED, "banned")
+            self._refuse_admission(session, request_id, Banned(ban.until), CLOSE_BANNED, "banned")
             return
         if await self._user_socket_count(claims.sub) >= cfg.max_sockets_per_user:
             HANDSHAKES.labels("too_many_sockets").inc()
-            session.close(CLOSE_TOO_MANY_SOCKETS, "too many sockets for this user")
+            reason = "too many sockets for this user"
+            self._refuse_admission(session, request_id, Forbidden(reason), CLOSE_TOO_MANY_SOCKETS, reason)
             return
         if session.closing:
             return
@@ -307,6 +306,12 @@ class Gateway:
         for hook in self.services.extras.get("on_connect", []):
             await hook(session)
         log.debug("session %s: user %s connected from %s", session.id, claims.sub, session.address)
+
+    def _refuse_admission(self, session: Session, request_id: Any, error: ApiError, code: int, reason: str) -> None:
+        """A first-frame ``auth`` gets its error reply just before the close (PROTOCOL.md section 3)."""
+        if request_id is not None:
+            self._reply_error(session, request_id, "auth", error)
+        session.close(code, reason)
 
     async def _user_socket_count(self, user_id: str) -> int:
         """The user's sockets: on this node, or on every node when presence is shared."""
@@ -375,15 +380,23 @@ class Gateway:
         await self.dispatch(session, request)
 
     async def _first_frame_auth(self, session: Session, request: protocol.Request) -> None:
+        """The ``auth`` op on a socket not yet authenticated: any failure answers, then closes."""
         try:
-            value = protocol.validate(request.op, request.data)
-        except ApiError as exc:
-            if request.id is not None:
-                self._reply_error(session, request.id, "auth", exc)
-            return
-        await self._authenticate(session, value.token, request_id=request.id)
-        if session.auth_event is not None:
-            session.auth_event.set()
+            try:
+                value = protocol.validate(request.op, request.data)
+            except ApiError as exc:
+                # An empty, missing or non-string token: as bad as a bad token.
+                AUTH_FAILURES.labels("invalid").inc()
+                HANDSHAKES.labels("unauthorized").inc()
+                log.info("session %s from %s: auth frame refused: %s", session.id, session.address, exc.message)
+                if request.id is not None:
+                    self._reply_error(session, request.id, "auth", exc)
+                session.close(CLOSE_UNAUTHORIZED, "unauthorized")
+                return
+            await self._authenticate(session, value.token, request_id=request.id)
+        finally:
+            if session.auth_event is not None:
+                session.auth_event.set()
 
     async def _reauth(self, session: Session, request: protocol.Request) -> None:
         try:
