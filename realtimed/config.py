@@ -234,7 +234,11 @@ class GatewayConfig:
     ops_per_s: float = _f(50.0, "sustained ops per second per socket", min=0.1, max=100_000)
     ops_burst: int = _f(100, "op burst per socket", min=1, max=1_000_000)
     abuse_limit: int = _f(
-        100, "RATE_LIMITED replies in a row before the socket is closed with 4009", min=1, max=1_000_000
+        100,
+        "frames refused in a row, over the rate limit or malformed (not JSON, not an object, bad id or op, "
+        "data not an object, nested too deep), before the socket is closed with 4009",
+        min=1,
+        max=1_000_000,
     )
     op_limits: dict[str, OpLimitConfig] = _f(
         DEFAULT_OP_LIMITS,

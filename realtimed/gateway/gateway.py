@@ -15,6 +15,12 @@ verifier refuses the token, so a token accepted within the leeway is not closed
 at once. A token with less than ``expiring_notice_s`` left gets its
 ``session.expiring`` right after ``session.ready`` (or the ``auth`` reply).
 
+Frame accounting: every text frame is charged to the socket's token bucket
+before it is parsed, authenticated or not, malformed or not. Frames refused in a
+row (over the bucket, or malformed) count toward ``gateway.abuse_limit``; at the
+limit the socket is closed with 4009. A well-formed frame within the bucket
+resets the count.
+
 Resource handling:
     ``run`` owns the two timer tasks. Each socket runs in the listener's
     connection nursery inside ``Session.run``; the gateway only indexes them.
@@ -353,22 +359,32 @@ class Gateway:
             await session.admission.wait()
         if session.closing:
             return
+        # Charged before parsing: a malformed frame costs the same as an op.
+        within_rate = self._take_token(session)
+        if not within_rate and self._refused(session):
+            return  # closed 4009 without parsing any more
         parsed = protocol.parse_frame(text, max_json_depth=self.config.gateway.max_json_depth)
         if isinstance(parsed, protocol.FrameError):
             FRAMES_IN.labels("invalid").inc()
+            if not within_rate:
+                self._reply_rate_limited(session, parsed.id if parsed.reply else None, "invalid", reply=parsed.reply)
+                return
             if parsed.reply:
                 session.send_json(protocol.encode_reply_error(parsed.id, parsed.error))
+            self._refused(session)
             return
         request = parsed
         op = request.op
         FRAMES_IN.labels(op).inc()
+        if not within_rate:
+            self._reply_rate_limited(session, request.id, op, reply=request.id is not None)
+            return
+        session.limited_streak = 0
         if not session.user_id:
             if op == "auth":
                 await self._first_frame_auth(session, request)
             elif request.id is not None:
                 self._reply_error(session, request.id, op, Unauthorized("authenticate first: send the auth op"))
-            return
-        if not self._take_token(session, request):
             return
         if op != "ping":
             session.last_active = trio.current_time()
@@ -421,24 +437,32 @@ class Gateway:
             self._reply_ok(session, request.id, "auth", {"user_id": claims.sub, "expires_at": iso(claims.exp)})
         self._arm_expiry(session)
 
-    def _take_token(self, session: Session, request: protocol.Request) -> bool:
-        """The per-socket token bucket; False when the op was refused."""
+    def _take_token(self, session: Session) -> bool:
+        """Charge one frame to the per-socket token bucket; False when it is empty."""
         cfg = self.config.gateway
         now = trio.current_time()
         session.bucket = min(float(cfg.ops_burst), session.bucket + (now - session.bucket_at) * cfg.ops_per_s)
         session.bucket_at = now
         if session.bucket >= 1.0:
             session.bucket -= 1.0
-            session.limited_streak = 0
             return True
-        session.limited_streak += 1
-        if session.limited_streak >= cfg.abuse_limit:
-            session.close(CLOSE_RATE_ABUSE, "rate limit abuse")
-            return False
-        if request.id is not None:
-            retry_ms = math.ceil((1.0 - session.bucket) / cfg.ops_per_s * 1000)
-            self._reply_error(session, request.id, request.op, RateLimited("too many ops", retry_after_ms=retry_ms))
         return False
+
+    def _refused(self, session: Session) -> bool:
+        """Count a refused frame toward ``gateway.abuse_limit``; True when the socket was closed for it."""
+        session.limited_streak += 1
+        if session.limited_streak >= self.config.gateway.abuse_limit:
+            log.info("session %s from %s: %d refused frames in a row: closing with 4009", session.id, session.address, session.limited_streak)
+            session.close(CLOSE_RATE_ABUSE, "rate limit abuse")
+            return True
+        return False
+
+    def _reply_rate_limited(self, session: Session, request_id: Any, op: str, *, reply: bool) -> None:
+        if not reply:
+            return
+        cfg = self.config.gateway
+        retry_ms = max(1, math.ceil((1.0 - session.bucket) / cfg.ops_per_s * 1000))
+        self._reply_error(session, request_id, op, RateLimited("too many ops", retry_after_ms=retry_ms))
 
     async def dispatch(self, session: Session, request: protocol.Request) -> None:
         op = request.op
