@@ -46,6 +46,11 @@ REDACTED: Final = "***"
 DEV_HS256_SECRET: Final = "realtimed-development-secret-do-not-deploy"
 DEV_API_KEY: Final = "rtd_dev_key_do_not_deploy"
 
+# Least HMAC secret per algorithm (the hash output size, RFC 7518 section 3.2) and
+# least API key length, enforced when a listener is not loopback.
+HMAC_MIN_SECRET_BYTES: Final[Mapping[str, int]] = {"HS256": 32, "HS384": 48, "HS512": 64}
+MIN_API_KEY_CHARS: Final = 32
+
 _T = TypeVar("_T")
 
 
@@ -721,19 +726,17 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
                 parse_host_port(value)
             except ValueError as exc:
                 problems.add(key, str(exc))
+    exposed_on = _exposed_listeners(cfg)
     dev_secret = cfg.auth.hs256_secret == DEV_HS256_SECRET or DEV_API_KEY in cfg.api.keys
     if dev_secret:
-        for key, value in (("http.listen", cfg.http.listen), ("http.internal_listen", cfg.http.internal_listen)):
-            try:
-                exposed = bool(value) and not is_loopback(parse_host_port(value)[0])
-            except ValueError:
-                continue
-            if exposed:
-                problems.add(
-                    key,
-                    "the development secret or API key may only be used on a loopback listener: "
-                    "set auth.hs256_secret and api.keys",
-                )
+        for key in exposed_on:
+            problems.add(
+                key,
+                "the development secret or API key may only be used on a loopback listener: "
+                "set auth.hs256_secret and api.keys",
+            )
+    if exposed_on:
+        _check_credential_strength(cfg, exposed_on[0], problems)
     if bool(cfg.http.tls_cert_file) != bool(cfg.http.tls_key_file):
         problems.add("http.tls_cert_file", "tls_cert_file and tls_key_file go together")
     if cfg.shutdown.reconnect_min_ms > cfg.shutdown.reconnect_max_ms:
@@ -777,6 +780,45 @@ def _check_op_limits(cfg: Config, problems: _Problems) -> None:
             problems.add(key, f"{name} is not counted per user (the per-socket bucket covers it)")
         elif name != ANY_OP and name not in OPS:
             problems.add(key, f"unknown op {name[:64]!r} (an op of the protocol, or \"*\")")
+
+
+def _exposed_listeners(cfg: Config) -> list[str]:
+    """The keys of the listeners bound to an address that is not loopback."""
+    exposed: list[str] = []
+    for key, value in (("http.listen", cfg.http.listen), ("http.internal_listen", cfg.http.internal_listen)):
+        try:
+            if value and not is_loopback(parse_host_port(value)[0]):
+                exposed.append(key)
+        except ValueError:
+            continue  # reported by the listener check
+    return exposed
+
+
+def _check_credential_strength(cfg: Config, listener_key: str, problems: _Problems) -> None:
+    """Short credentials are refused once a listener is reachable from other hosts.
+
+    An HMAC secret must be at least as long as the hash output of every HMAC
+    algorithm allowed (RFC 7518 section 3.2: 32 bytes for HS256); an API key at
+    least ``MIN_API_KEY_CHARS`` characters. The message names the key, never its value.
+    """
+    where = f"{listener_key} = {getattr(cfg.http, listener_key.partition('.')[2])!r} is not loopback"
+    secret = cfg.auth.hs256_secret
+    hmac_allowed = [alg for alg in cfg.auth.algorithms if alg in HMAC_MIN_SECRET_BYTES]
+    if secret and hmac_allowed:
+        strongest = max(hmac_allowed, key=HMAC_MIN_SECRET_BYTES.__getitem__)
+        need = HMAC_MIN_SECRET_BYTES[strongest]
+        size = len(secret.encode("utf-8", "surrogatepass"))
+        if size < need:
+            problems.add(
+                "auth.hs256_secret",
+                f"is {size} bytes; {strongest} needs at least {need} (RFC 7518 section 3.2) when {where}",
+            )
+    for i, key in enumerate(cfg.api.keys):
+        if len(key) < MIN_API_KEY_CHARS:
+            problems.add(
+                f"api.keys[{i}]",
+                f"is {len(key)} characters; at least {MIN_API_KEY_CHARS} are needed when {where}",
+            )
 
 
 def _check_redis_url(cfg: Config, problems: _Problems) -> None:

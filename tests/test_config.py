@@ -132,6 +132,40 @@ def test_development_secrets_refused_on_a_public_listener(tmp_path: Path) -> Non
     assert load_config(tmp_path / "c.toml", env={}, data={"http": {"listen": "0.0.0.0:8700"}})
 
 
+def test_short_credentials_refused_on_a_public_listener(tmp_path: Path) -> None:
+    strong_secret = "s" * 32
+    strong_key = "k" * 32
+
+    def problems(http: dict[str, str], *, secret: str = strong_secret, keys: list[str] | None = None, algs: list[str] | None = None) -> dict[str, str]:
+        data = {
+            "http": http,
+            "auth": {"hs256_secret": secret, "algorithms": algs or ["HS256"]},
+            "api": {"keys": [strong_key] if keys is None else keys},
+        }
+        try:
+            load_config(tmp_path / "c.toml", env={}, data=data)
+        except ConfigError as exc:
+            return dict(exc.problems)
+        return {}
+
+    public = {"listen": "0.0.0.0:8700"}
+    assert problems(public) == {}
+    found = problems(public, secret="s" * 31, keys=[strong_key, "short-key"])
+    assert set(found) == {"auth.hs256_secret", "api.keys[1]"}
+    assert "31 bytes" in found["auth.hs256_secret"] and "RFC 7518" in found["auth.hs256_secret"]
+    assert "http.listen" in found["auth.hs256_secret"]
+    assert "short-key" not in found["api.keys[1]"]  # the key is named, its value is not shown
+    # Bytes, not characters: 16 two-byte characters are 32 bytes.
+    assert problems(public, secret="é" * 16) == {}
+    # HS512 needs a 64-byte secret.
+    assert "HS512" in problems(public, secret="s" * 48, algs=["HS256", "HS512"])["auth.hs256_secret"]
+    # A public internal listener counts too; loopback listeners only are not checked.
+    assert set(problems({"listen": "127.0.0.1:8700", "internal_listen": "10.0.0.5:8701"}, keys=["k"])) == {"api.keys[0]"}
+    assert problems({"listen": "127.0.0.1:8700"}, secret="short", keys=["k"]) == {}
+    # An HMAC secret that no allowed algorithm uses is not checked.
+    assert problems(public, secret="short", algs=["RS256"]) == {}
+
+
 def test_reference_covers_every_key() -> None:
     keys = {key for key, _, _ in reference_rows()}
     assert "gateway.max_frame_bytes" in keys
@@ -201,8 +235,9 @@ def test_readme_configuration_reference_is_current() -> None:
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "config").glob("*.toml")))
 def test_example_configs_are_valid(name: str, tmp_path: Path) -> None:
     text = (ROOT / "config" / name).read_text().replace("/etc/realtimed/", f"{tmp_path}/")
+    contents = {"redis_url": "redis://127.0.0.1:6379/0\n", "api_keys": "rtd_" + "k" * 40 + "\n"}
     for secret in ("postgres_dsn", "redis_url", "api_keys"):
-        (tmp_path / secret).write_text("redis://127.0.0.1:6379/0\n" if secret == "redis_url" else "x\n")
+        (tmp_path / secret).write_text(contents.get(secret, "x\n"))
     cfg = load_config(tmp_path / name, env={}, text=text)
     assert cfg.store.backend == "postgres"
 

@@ -53,8 +53,8 @@ async def test_internal_listener_serves_server_api_and_metrics_only(start_daemon
         daemon = await start_daemon(
             {
                 "http": {"listen": "0.0.0.0:0", "internal_listen": "127.0.0.1:0"},
-                "auth": {"hs256_secret": "a-production-secret"},
-                "api": {"keys": ["a-production-key"]},
+                "auth": {"hs256_secret": "a-production-secret-of-32-bytes-or-more"},
+                "api": {"keys": ["a-production-key-of-at-least-32-characters"]},
             }
         )
         _, client_port = daemon.address("client")
@@ -63,7 +63,7 @@ async def test_internal_listener_serves_server_api_and_metrics_only(start_daemon
             public_metrics = await client.get(f"http://127.0.0.1:{client_port}/metrics")
             assert public_metrics.status_code == 404
             public_api = await client.get(
-                f"http://127.0.0.1:{client_port}/server/v1/stats", headers={"Authorization": "Bearer a-production-key"}
+                f"http://127.0.0.1:{client_port}/server/v1/stats", headers={"Authorization": "Bearer a-production-key-of-at-least-32-characters"}
             )
             assert public_api.status_code == 404
             assert (await client.get(f"{internal}/metrics")).status_code == 200
