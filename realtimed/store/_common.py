@@ -45,6 +45,12 @@ def from_micros(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
 
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+_MIN_MICROS: Final = to_micros(datetime.min.replace(tzinfo=UTC))
+_MAX_MICROS: Final = to_micros(datetime.max.replace(tzinfo=UTC))
+
+
 def clamp_limit(limit: int, *, field: str = "limit") -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValidationFailed(field, "must be a positive integer")
@@ -59,6 +65,10 @@ def encode_cursor(*parts: Any) -> str:
 def decode_cursor(cursor: str, types: tuple[type, ...]) -> list[Any]:
     """The parts of a cursor made by ``encode_cursor``, checked against ``types``.
 
+    A client can send any text as a cursor, so the parts are also checked to be
+    what every backend can store: integers in the signed 64-bit range, text
+    without NUL characters.
+
     Raises:
         ValidationFailed: the cursor is malformed.
     """
@@ -71,9 +81,31 @@ def decode_cursor(cursor: str, types: tuple[type, ...]) -> list[Any]:
         not isinstance(parts, list)
         or len(parts) != len(types)
         or not all(isinstance(p, t) and not isinstance(p, bool) for p, t in zip(parts, types, strict=True))
+        or not all(_storable(p) for p in parts)
     ):
         raise ValidationFailed("cursor", "not a valid cursor")
     return parts
+
+
+def _storable(part: Any) -> bool:
+    if isinstance(part, int):
+        return _INT64_MIN <= part <= _INT64_MAX
+    if isinstance(part, str):
+        return "\x00" not in part
+    return True
+
+
+def decode_time_cursor(cursor: str) -> tuple[int, str]:
+    """A conversation page cursor: (activity time in microseconds since the epoch, id).
+
+    Raises:
+        ValidationFailed: the cursor is malformed, or its time is not one a
+            datetime can hold (years 1 to 9999).
+    """
+    micros, record_id = decode_cursor(cursor, (int, str))
+    if not _MIN_MICROS <= micros <= _MAX_MICROS:
+        raise ValidationFailed("cursor", "not a valid cursor")
+    return micros, record_id
 
 
 def check_text(field: str, value: str) -> None:

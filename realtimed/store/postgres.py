@@ -61,6 +61,7 @@ from realtimed.store._common import (
     check_text,
     clamp_limit,
     decode_cursor,
+    decode_time_cursor,
     direct_key,
     dumps,
     encode_cursor,
@@ -410,7 +411,7 @@ async def _list_conversations(
             f"SELECT cid, act FROM ({mine}) AS mine ORDER BY act DESC, cid DESC LIMIT $2", user_id, limit + 1
         )
     else:
-        act_us, cid = decode_cursor(cursor, (int, str))
+        act_us, cid = decode_time_cursor(cursor)
         rows = await conn.fetch(
             f"SELECT cid, act FROM ({mine}) AS mine WHERE (act, cid) < ($2, $3) ORDER BY act DESC, cid DESC LIMIT $4",
             user_id,

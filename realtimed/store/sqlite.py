@@ -54,6 +54,7 @@ from realtimed.store._common import (
     check_text,
     clamp_limit,
     decode_cursor,
+    decode_time_cursor,
     direct_key,
     dumps,
     encode_cursor,
@@ -375,7 +376,7 @@ def _list_conversations(
             f"SELECT cid, act FROM ({mine}) ORDER BY act DESC, cid DESC LIMIT ?", (user_id, limit + 1)
         ).fetchall()
     else:
-        act, cid = decode_cursor(cursor, (int, str))
+        act, cid = decode_time_cursor(cursor)
         rows = conn.execute(
             f"SELECT cid, act FROM ({mine}) WHERE (act, cid) < (?, ?) ORDER BY act DESC, cid DESC LIMIT ?",
             (user_id, act, cid, limit + 1),
