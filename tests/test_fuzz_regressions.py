@@ -1,7 +1,9 @@
 """HTTP bugs that fuzzing found, each pinned down over a real socket:
 
 - a page cursor no store wrote (an integer past 64 bits, a time no datetime
-  holds, a NUL) answered 500; it is a VALIDATION_ERROR on ``cursor``, on both stores.
+  holds, a NUL) answered 500; it is a VALIDATION_ERROR on ``cursor``, on both stores;
+- an SSE ``Last-Event-ID`` whose rooms were not an object answered 500, and one
+  with positions ``subscribe`` would refuse attempted a recovery; it resumes nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import trio
 
 from tests.fixtures.daemon import API_KEY, DaemonFactory
 from tests.fixtures.tokens import token
+from tests.test_sse import sse
 
 
 def _cursor(*parts: Any) -> str:
@@ -66,3 +69,27 @@ async def test_a_forged_page_cursor_is_a_validation_error(start_daemon: DaemonFa
             ]:
                 response = await client.get(path, params={"cursor": cursor})
                 assert response.status_code == 200, (path, cursor, response.text)
+
+
+def _last_event_id(positions: Any) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps({"r": positions})).decode()
+
+
+async def test_a_forged_last_event_id_resumes_nothing(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(30):
+        daemon = await start_daemon({"namespaces": [{"prefix": "job:", "history_size": 10}]})
+        for forged in [None, [], "job:1", {"job:1": [-1, "e"]}, {"job:1": [True, "e"]}, {"job:1": [1, "e" * 129]}]:
+            # Each used to answer 500 (the first three) or to attempt a recovery.
+            async with sse(daemon, rooms="job:1", last_id=_last_event_id(forged)) as stream:
+                ready = await stream.until("session.ready")
+                assert ready["frame"]["data"]["user_id"] == "alice"
+                async with httpx.AsyncClient(base_url=daemon.url()) as client:
+                    published = await client.post(
+                        "/server/v1/publish",
+                        json={"room": "job:1", "event": "progress", "data": {"forged": repr(forged)}},
+                        headers={"Authorization": f"Bearer {API_KEY}"},
+                    )
+                    assert published.status_code == 200
+                # No recovery was attempted (no room.reset): the stream goes on from now.
+                record = await stream.next()
+                assert record["event"] == "progress" and record["frame"]["data"] == {"forged": repr(forged)}

@@ -76,12 +76,11 @@ def encode_cursor(positions: dict[str, list[Any]]) -> str:
 
 
 def decode_cursor(text: str | None) -> dict[str, tuple[int, str]]:
-    """Room positions from a ``Last-Event-ID``.
+    """Room positions from a ``Last-Event-ID``; an unreadable cursor resumes nothing.
 
-    The header comes from the client: a cursor that is not ours (not base64, not
-    JSON, a room map that is not an object) resumes nothing, and a position that
-    is not ``[seq, epoch]`` (an integer in range, a string) resumes nothing for its
-    room.
+    The client may send anything here: only positions that ``subscribe``'s
+    ``since`` would accept (a room name, a seq from 0 to 2^63-1, an epoch of at
+    most 128 characters) are kept; whatever else the cursor holds is ignored.
     """
     if not text:
         return {}
@@ -97,7 +96,13 @@ def decode_cursor(text: str | None) -> dict[str, tuple[int, str]]:
         if type(pos) is not list or len(pos) != 2:
             continue
         seq, epoch = pos
-        if type(seq) is int and 0 <= seq <= protocol.MAX_SEQ and type(epoch) is str and len(epoch) <= protocol.MAX_EPOCH_CHARS:
+        if (
+            protocol.is_valid_room(room)
+            and type(seq) is int
+            and 0 <= seq <= protocol.MAX_SEQ
+            and type(epoch) is str
+            and len(epoch) <= protocol.MAX_EPOCH_CHARS
+        ):
             out[room] = (seq, epoch)
     return out
 
