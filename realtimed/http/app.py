@@ -16,7 +16,7 @@ import orjson
 import trio
 from quart import Blueprint, Response, current_app, g, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from realtimed import metrics, protocol
 from realtimed.config import is_loopback, parse_host_port
@@ -153,6 +153,25 @@ def create_app(svc: Services) -> QuartTrio:
             response.headers["Access-Control-Expose-Headers"] = "Retry-After"
         door = "server" if request.path.startswith(SERVER_PREFIX) else "client" if request.path.startswith(CLIENT_PREFIX) else "ops"
         metrics.HTTP_REQUESTS.labels(door, f"{response.status_code // 100}xx").inc()
+        return response
+
+    @app.after_request
+    async def _finish_reading_the_body(response: Response) -> Response:
+        # hypercorn reuses a keep-alive connection only once the whole request has
+        # arrived. An answer sent before the body did (the door's 401, a 404, a 405)
+        # would leave the connection stuck, and the client's next request on it
+        # unanswered; so the rest of the body is read first (it is bounded by
+        # http.max_body_bytes, and waited for at most http.read_timeout_s). A body
+        # that cannot be read whole ends the connection instead.
+        complete = False
+        with trio.move_on_after(services().config.http.read_timeout_s):
+            try:
+                await request.body
+                complete = True
+            except RequestEntityTooLarge:
+                pass
+        if not complete:
+            response.headers["Connection"] = "close"
         return response
 
     @app.errorhandler(ApiError)

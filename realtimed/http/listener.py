@@ -36,6 +36,8 @@ from realtimed.config import Config
 log = logging.getLogger(__name__)
 
 _ACCEPT_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+# Closing a socket does not wait on the peer; the bound is only a safety net.
+_CLOSE_TIMEOUT_S: Final = 1.0
 
 # A WebSocket handler takes the stream, the request head and the client address.
 WsHandler = Callable[[trio.abc.Stream, "RequestHead", str], Awaitable[None]]
@@ -134,6 +136,21 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+
+class _TcpServer(TCPServer):
+    """hypercorn's HTTP connection handler, except that closing cannot be interrupted.
+
+    hypercorn closes a connection it will not reuse (``Connection: close``, or a
+    request whose body was never read whole) from the task that sent the last of
+    the response, and quart-trio cancels that task as soon as the response is out:
+    the close stopped half way, and the connection stayed open, answering nothing,
+    until ``http.read_timeout_s``.
+    """
+
+    async def _close(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT_S):
+            await super()._close()
 
 
 def hypercorn_config(cfg: Config) -> HypercornConfig:
@@ -298,7 +315,7 @@ class Listener:
                     await conn.do_handshake()
                     if conn.selected_alpn_protocol() == "h2":
                         release()
-                        await TCPServer(self._app, self._hc, self._context, {}, conn)  # type: ignore[arg-type]
+                        await _TcpServer(self._app, self._hc, self._context, {}, conn)  # type: ignore[arg-type]
                         return
                 raw, rest = await self._read_head(conn)
             if timeout.cancelled_caught:
@@ -317,7 +334,7 @@ class Listener:
                 await self.ws_handler(conn, head, address)
                 return
             prefixed = PrefixedStream(conn, raw + rest)
-            await TCPServer(self._app, self._hc, self._context, {}, prefixed)  # type: ignore[arg-type]
+            await _TcpServer(self._app, self._hc, self._context, {}, prefixed)  # type: ignore[arg-type]
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError) as exc:
             log.debug("connection from %s ended: %r", address, exc)
         except Exception:
