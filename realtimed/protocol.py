@@ -39,6 +39,7 @@ __all__ = [
     "OPS",
     "OP_SPECS",
     "RESERVED_EVENT_PREFIXES",
+    "SOCKET_ONLY_OPS",
     "FrameError",
     "Limits",
     "OpSpec",
@@ -1023,6 +1024,9 @@ OP_SPECS: Final[Mapping[str, OpSpec]] = MappingProxyType(_REGISTRY)
 
 OPS: Final[frozenset[str]] = frozenset(_REGISTRY)
 """The names of every op of section 5."""
+
+SOCKET_ONLY_OPS: Final[frozenset[str]] = frozenset({"auth", "ping"})
+"""Ops that only make sense on a socket: the client REST (``POST /api/v1/ops/{op}``) runs the others."""
 
 _DEFAULT_LIMITS: Final = Limits()
 

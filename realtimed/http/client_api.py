@@ -52,7 +52,6 @@ log = logging.getLogger(__name__)
 
 blueprint = Blueprint("client_api", __name__)
 
-_NOT_OVER_REST: Final = frozenset({"auth", "ping"})
 MAX_SSE_ROOMS: Final = 64
 
 
@@ -60,7 +59,7 @@ MAX_SSE_ROOMS: Final = 64
 async def run_op(op: str) -> Response:
     svc = services()
     gateway: Gateway = svc.gateway
-    if op in _NOT_OVER_REST or op not in protocol.OPS:
+    if op in protocol.SOCKET_ONLY_OPS or op not in protocol.OPS:
         raise NotFound(f"no op {op!r} over REST")
     data = await json_body()
     claims: Claims = g.claims

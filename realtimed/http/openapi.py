@@ -1,11 +1,17 @@
-"""The OpenAPI 3.1 document of both HTTP doors (served at ``/server/v1/openapi.json``)."""
+"""The OpenAPI 3.1 document of both HTTP doors (served at ``/server/v1/openapi.json``).
+
+Each operation names the credential its door checks (``http/app.py``): the
+server API takes an API key, the client REST a user's JWT, both as
+``Authorization: Bearer``; the SSE stream also takes the JWT as ``?token=``
+(``EventSource`` cannot set headers); the document itself needs none.
+"""
 
 from __future__ import annotations
 
 from functools import cache
 from typing import Any
 
-from realtimed import __version__
+from realtimed import __version__, protocol
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -95,22 +101,30 @@ def openapi_document() -> dict[str, Any]:
                                             "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         "/api/v1/ops/{op}": {"post": _op(
             "Run an op of the wire protocol (section 5) over HTTP; the body is its data", tag=client,
-            params=[_q("op", S, where="path")], body={"type": "object"},
+            params=[_q("op", {"type": "string", "enum": sorted(protocol.OPS - protocol.SOCKET_ONLY_OPS)}, where="path")],
+            body={"type": "object"},
             errors=(400, 401, 403, 404, 409, 413, 429, 503))},
         "/api/v1/events": {"get": {
             "summary": "Server-sent events for the user and the listed rooms", "tags": [client],
-            "parameters": [_q("rooms", S), _q("token", S), {"name": "Last-Event-ID", "in": "header", "schema": S}],
+            "security": [{"userToken": []}, {"userTokenQuery": []}],
+            "parameters": [_q("rooms", S), {"name": "Last-Event-ID", "in": "header", "schema": S}],
             "responses": {"200": {"description": "text/event-stream"}, **_errors(400, 401, 403)}}},
     }
+    _add_security(paths)
     return {
         "openapi": "3.1.0",
         "info": {"title": "realtimed", "version": __version__,
                  "description": "The server API (/server/v1, API key) and the client REST (/api/v1, user JWT)."},
         "paths": paths,
-        "security": [{"bearer": []}],
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "an API key on /server/v1, a user JWT on /api/v1"}},
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer",
+                           "description": "an API key of api.keys, for the server API (/server/v1)"},
+                "userToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                              "description": "a user's JWT, for the client REST (/api/v1)"},
+                "userTokenQuery": {"type": "apiKey", "in": "query", "name": "token",
+                                   "description": "a user's JWT as ?token=, for the SSE stream only"},
+            },
             "schemas": {
                 "Error": _obj(["error"], error=_obj(["code", "message"], code=S, message=S, field=S,
                                                     retry_after_ms=INT, correlation_id=S, banned_until=S)),
@@ -121,7 +135,24 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
+_SECURITY_BY_DOOR: tuple[tuple[str, list[dict[str, list[str]]]], ...] = (
+    ("/server/v1/", [{"apiKey": []}]),
+    ("/api/v1/", [{"userToken": []}]),
+)
+
+
+def _add_security(paths: dict[str, Any]) -> None:
+    """Give each operation that names no credential the one its door checks."""
+    for path, item in paths.items():
+        security = next((s for prefix, s in _SECURITY_BY_DOOR if path.startswith(prefix)), None)
+        if security is None:
+            continue
+        for operation in item.values():
+            operation.setdefault("security", security)
+
+
 def add_paths(paths: dict[str, Any]) -> None:
     """Capabilities add their routes to the document."""
+    _add_security(paths)
     doc = openapi_document()
     doc["paths"].update(paths)
