@@ -46,6 +46,22 @@ class SseStream:
                     record["frame"] = orjson.loads(value)
         raise EOFError("stream ended")
 
+    async def next_position(self, timeout: float = 5) -> str:
+        """The id of the next record that has an id and no data (a position mark)."""
+        mark: str | None = None
+        with trio.fail_after(timeout):
+            async for line in self._lines:
+                if line == "":
+                    if mark is not None:
+                        return mark
+                    continue
+                field, _, value = line.partition(": ")
+                if field == "id":
+                    mark = self.last_id = value
+                elif field == "data":
+                    raise AssertionError(f"an event came before the position mark: {value}")
+        raise EOFError("stream ended")
+
     async def until(self, name: str, timeout: float = 5) -> dict[str, Any]:
         while True:
             record = await self.next(timeout)
@@ -118,6 +134,24 @@ async def test_sse_room_reset_when_unrecoverable(start_daemon: DaemonFactory) ->
         # A cursor that cannot be read resumes nothing, and is no error.
         async with sse(daemon, rooms="job:5", last_id="!!garbage!!") as stream:
             await stream.until("session.ready")
+
+
+async def test_sse_stream_dropped_before_any_room_event_still_resumes(start_daemon: DaemonFactory) -> None:
+    # session.ready is written before the rooms are subscribed, so its id holds no
+    # room position; without a later record, Last-Event-ID used to resume nothing
+    # and publications made while the client was away were lost without room.reset.
+    with trio.fail_after(30):
+        daemon = await start(start_daemon)
+        await publish(daemon, "job:7", data={"i": 1})
+        async with sse(daemon, rooms="job:7") as stream:
+            ready = await stream.until("session.ready")
+            cursor = await stream.next_position()
+            assert cursor != ready["id"]
+        await publish(daemon, "job:7", data={"i": 2})
+        async with sse(daemon, rooms="job:7", last_id=cursor) as stream:
+            await stream.until("session.ready")
+            missed = await stream.until("job.progress")
+            assert missed["frame"]["seq"] == 2 and missed["frame"]["data"] == {"i": 2}
 
 
 async def test_sse_token_by_query_heartbeat_and_disconnect(start_daemon: DaemonFactory) -> None:

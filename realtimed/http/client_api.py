@@ -129,9 +129,12 @@ class SseSession:
         self._wake = trio.Event()
         self.closing = False
         self.close_code: int | None = None
+        self._cursor_sent: str | None = None
 
     def cursor(self) -> str:
-        return encode_cursor(self.positions)
+        cursor = encode_cursor(self.positions)
+        self._cursor_sent = cursor
+        return cursor
 
     def send_frame(self, frame: Frame) -> None:
         if self.closing:
@@ -139,6 +142,17 @@ class SseSession:
         if frame.room is not None and frame.seq is not None and frame.epoch is not None:
             self.positions[frame.room] = [frame.seq, frame.epoch]
         self._push(frame.sse(self.cursor()))
+
+    def send_position(self) -> None:
+        """An ``id:`` record without data when the room positions moved since the last record.
+
+        EventSource keeps the id of such a record as its ``Last-Event-ID`` without
+        firing an event, so a stream that drops before any room event still
+        resumes its rooms from where they were subscribed.
+        """
+        if self.closing or encode_cursor(self.positions) == self._cursor_sent:
+            return
+        self._push(b"id: " + self.cursor().encode() + b"\n\n")
 
     def send_event(self, name: str, data: Any, **kwargs: Any) -> None:
         self.send_frame(Frame(protocol.encode_event(name, data, **kwargs), name, room=kwargs.get("room"), seq=kwargs.get("seq"), epoch=kwargs.get("epoch")))
@@ -266,6 +280,7 @@ async def events() -> Response:
             elif since is not None:
                 sse.send_event("room.reset", {"room": room, "seq": reply["seq"], "epoch": reply["epoch"]})
             router.flush_held(sse, room, reply["seq"])
+        sse.send_position()
         for room in joined:
             await router.announce_join(room, sse.user_id, joiner=sse.id)
     except BaseException:
