@@ -137,9 +137,9 @@ async def test_sse_room_reset_when_unrecoverable(start_daemon: DaemonFactory) ->
 
 
 async def test_sse_stream_dropped_before_any_room_event_still_resumes(start_daemon: DaemonFactory) -> None:
-    # session.ready is written before the rooms are subscribed, so its id holds no
-    # room position; without a later record, Last-Event-ID used to resume nothing
-    # and publications made while the client was away were lost without room.reset.
+    # session.ready is written before the rooms are subscribed and replayed; its id
+    # used to hold no room position, so a stream that dropped before any room event
+    # resumed nothing, and publications made meanwhile were lost without room.reset.
     with trio.fail_after(30):
         daemon = await start(start_daemon)
         await publish(daemon, "job:7", data={"i": 1})
@@ -149,6 +149,9 @@ async def test_sse_stream_dropped_before_any_room_event_still_resumes(start_daem
             assert cursor != ready["id"]
         await publish(daemon, "job:7", data={"i": 2})
         async with sse(daemon, rooms="job:7", last_id=cursor) as stream:
+            # Dropped again right after session.ready: its id still holds the position.
+            ready = await stream.until("session.ready")
+        async with sse(daemon, rooms="job:7", last_id=ready["id"]) as stream:
             await stream.until("session.ready")
             missed = await stream.until("job.progress")
             assert missed["frame"]["seq"] == 2 and missed["frame"]["data"] == {"i": 2}

@@ -258,6 +258,9 @@ async def events() -> Response:
         response.timeout = None
         return response
     resume = decode_cursor(request.headers.get("Last-Event-ID"))
+    # Until a room is resumed, the records carry the client's own position of it,
+    # so that a stream dropped before the replay resumes from there again.
+    sse.positions.update({room: [seq, epoch] for room, (seq, epoch) in resume.items() if room in rooms})
     sessions: dict[str, SseSession] = svc.extras.setdefault("sse_sessions", {})
     sessions[sse.id] = sse
     SOCKETS.labels("sse").inc()
