@@ -1,4 +1,4 @@
-"""The client wire protocol (PROTOCOL.md sections 4 to 6), sans-IO.
+"""The client wire protocol (docs/protocol.md sections 4 to 6), sans-IO.
 
 This module turns the text of a client frame into typed values and server
 frames into bytes. It does no I/O and knows nothing of Trio or sockets, so it is
@@ -17,6 +17,11 @@ data):
    message body over the limit).
 
 Encoders produce the bytes of one text frame with a single ``orjson.dumps``.
+
+Beside each validator, its op's ``OpSpec`` carries the JSON Schema of the op's
+data and of its reply; ``EVENT_SPECS`` describes every server event and
+``TYPE_SCHEMAS`` the records they carry. ``realtimed.protocol_docs`` builds
+docs/asyncapi.yaml from them, and tests hold them to the validators.
 """
 
 from __future__ import annotations
@@ -29,18 +34,43 @@ from typing import Any, Final, Literal, TypeAlias, TypeVar
 import attrs
 import orjson
 
-from realtimed.errors import ApiError, BadRequest, PayloadTooLarge, ValidationFailed
+from realtimed.errors import (
+    BAD_REQUEST,
+    BLOCKED,
+    CONFLICT,
+    FORBIDDEN,
+    INTERNAL,
+    NOT_FOUND,
+    PAYLOAD_TOO_LARGE,
+    RATE_LIMITED,
+    UNAUTHORIZED,
+    UNAVAILABLE,
+    VALIDATION_ERROR,
+    ApiError,
+    BadRequest,
+    PayloadTooLarge,
+    ValidationFailed,
+)
 
 __all__ = [
+    "APP_EVENT",
+    "CLOSE_CODES",
     "DEFAULT_MAX_JSON_DEPTH",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "ERROR_CODES",
+    "EVENT_SPECS",
     "MAX_JSON_DEPTH",
     "MAX_STORED_JSON_DEPTH",
     "OPS",
     "OP_SPECS",
     "RESERVED_EVENT_PREFIXES",
     "SOCKET_ONLY_OPS",
+    "TYPE_SCHEMAS",
+    "WIRE_VERSION",
+    "CloseCode",
+    "EventSpec",
     "FrameError",
+    "JsonSchema",
     "Limits",
     "OpSpec",
     "Request",
@@ -66,7 +96,7 @@ __all__ = [
 
 RequestId: TypeAlias = int | str | None
 
-# -- limits (PROTOCOL.md sections 2, 4 and 5) ---------------------------------------------------
+# -- limits (docs/protocol.md sections 2, 4, 5 and 9) ---------------------------------------------
 
 MAX_REQUEST_ID_CHARS: Final = 64
 MAX_USER_ID_CHARS: Final = 128
@@ -262,7 +292,7 @@ _NO_DATA: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
 def parse_frame(text: str | bytes, *, max_json_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Request | FrameError:
-    """Parse one client text frame, following PROTOCOL.md section 4 to the letter.
+    """Parse one client text frame, following docs/protocol.md section 4.2 to the letter.
 
     - not JSON, not an object, or an ``id`` that is not an integer (booleans are
       not) or a string of at most 64 characters: ``BAD_REQUEST`` with id null,
@@ -795,6 +825,272 @@ class UserUnblock:
     user_id: str
 
 
+# -- wire schemas (docs/protocol.md, docs/asyncapi.yaml) -----------------------------------------
+# JSON Schema (draft 7, as AsyncAPI 3 reads it) of each op's data and reply, of each server
+# event and of the records they carry, kept beside the validators they describe.
+# ``realtimed.protocol_docs`` builds docs/asyncapi.yaml from them, and tests check that each
+# op's data schema names exactly the fields of its typed value, with the validator's bounds.
+# No schema forbids extra properties: clients ignore fields they do not know.
+
+JsonSchema: TypeAlias = dict[str, Any]
+
+WIRE_VERSION: Final = "1"
+"""The version of the wire protocol (docs/protocol.md); it changes only by adding a version."""
+
+ERROR_CODES: Final[tuple[str, ...]] = (
+    BAD_REQUEST,
+    VALIDATION_ERROR,
+    UNAUTHORIZED,
+    FORBIDDEN,
+    NOT_FOUND,
+    CONFLICT,
+    BLOCKED,
+    RATE_LIMITED,
+    PAYLOAD_TOO_LARGE,
+    UNAVAILABLE,
+    INTERNAL,
+)
+
+
+@attrs.frozen(slots=True)
+class CloseCode:
+    """A WebSocket close code the server sends, and what a client does on it."""
+
+    code: int
+    name: str
+    client_action: str
+
+
+CLOSE_CODES: Final[tuple[CloseCode, ...]] = (
+    CloseCode(1000, "normal", "stop"),
+    CloseCode(1001, "going away: the server drains", "reconnect after the delay of the server.shutdown event before it"),
+    CloseCode(1002, "protocol error (a WebSocket framing error)", "fix the client"),
+    CloseCode(1003, "binary frame", "fix the client"),
+    CloseCode(1007, "invalid UTF-8 in a text frame", "fix the client"),
+    CloseCode(1009, "frame over gateway.max_frame_bytes", "fix the client"),
+    CloseCode(4000, "no answer to heartbeats", "reconnect with backoff"),
+    CloseCode(4004, "token expired", "get a fresh token, then reconnect"),
+    CloseCode(4008, "slow consumer: the outbox overflowed", "reconnect, then resync"),
+    CloseCode(4009, "rate-limit abuse", "reconnect after a longer backoff"),
+    CloseCode(4012, "no auth frame in time", "reconnect"),
+    CloseCode(4013, "node full or draining", "reconnect after a longer backoff, or to another node"),
+    CloseCode(4501, "unauthorized: a bad token", "stop (a new token may be tried)"),
+    CloseCode(4503, "banned", "stop"),
+    CloseCode(4510, "disconnected by the server API", "stop"),
+    CloseCode(4511, "too many sockets for this user (sent to the new socket)", "stop"),
+)
+"""Every close code realtimed sends: 4000 to 4499 are recoverable, 4500 to 4999 terminal."""
+
+_NO_CONTROL: Final = r"^[^\u0000-\u001f\u007f-\u009f]*$"
+_MEDIA_URL_PATTERN: Final = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s\u0000-\u001f\u007f-\u009f]+$"
+_SEGMENT: Final = r"[^\s\u0000-\u001f\u007f-\u009f*,:]+"
+
+
+def _ref(name: str) -> JsonSchema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _jstr(
+    description: str = "",
+    *,
+    min_len: int | None = None,
+    max_len: int | None = None,
+    enum: tuple[str, ...] | None = None,
+    pattern: str | None = None,
+    fmt: str | None = None,
+    nullable: bool = False,
+) -> JsonSchema:
+    out: JsonSchema = {"type": ["string", "null"] if nullable else "string"}
+    if enum is not None:
+        out["enum"] = [*enum, None] if nullable else list(enum)
+    if min_len is not None:
+        out["minLength"] = min_len
+    if max_len is not None:
+        out["maxLength"] = max_len
+    if pattern is not None:
+        out["pattern"] = pattern
+    if fmt is not None:
+        out["format"] = fmt
+    if description:
+        out["description"] = description
+    return out
+
+
+def _jint(description: str = "", *, lo: int | None = None, hi: int | None = None, default: int | None = None) -> JsonSchema:
+    out: JsonSchema = {"type": "integer"}
+    if lo is not None:
+        out["minimum"] = lo
+    if hi is not None:
+        out["maximum"] = hi
+    if default is not None:
+        out["default"] = default
+    if description:
+        out["description"] = description
+    return out
+
+
+def _jbool(description: str = "", *, default: bool | None = None) -> JsonSchema:
+    out: JsonSchema = {"type": "boolean"}
+    if default is not None:
+        out["default"] = default
+    if description:
+        out["description"] = description
+    return out
+
+
+def _jarray(items: JsonSchema, description: str = "", *, min_items: int | None = None, max_items: int | None = None) -> JsonSchema:
+    out: JsonSchema = {"type": "array", "items": items}
+    if min_items is not None:
+        out["minItems"] = min_items
+    if max_items is not None:
+        out["maxItems"] = max_items
+    if description:
+        out["description"] = description
+    return out
+
+
+def _jobject(properties: Mapping[str, JsonSchema], *, required: tuple[str, ...] = (), description: str = "") -> JsonSchema:
+    out: JsonSchema = {"type": "object"}
+    if description:
+        out["description"] = description
+    if required:
+        out["required"] = list(required)
+    out["properties"] = dict(properties)
+    return out
+
+
+def _jall(properties: Mapping[str, JsonSchema], description: str = "") -> JsonSchema:
+    """An object whose every property is always present."""
+    return _jobject(properties, required=tuple(properties), description=description)
+
+
+def _nullable(schema: JsonSchema) -> JsonSchema:
+    return {"oneOf": [schema, {"type": "null"}]}
+
+
+def _with(schema: JsonSchema, description: str) -> JsonSchema:
+    """A ``$ref`` (or any schema) with a description of its own use."""
+    return {"allOf": [schema], "description": description}
+
+
+def _limit_schema(bounds: tuple[int, int]) -> JsonSchema:
+    return _jint("page size", lo=1, hi=bounds[1], default=bounds[0])
+
+
+TYPE_SCHEMAS: Final[Mapping[str, JsonSchema]] = MappingProxyType(
+    {
+        "RequestId": {
+            "description": "chosen by the client: an integer, or a string of at most 64 characters",
+            "oneOf": [{"type": "integer"}, {"type": "string", "maxLength": MAX_REQUEST_ID_CHARS}],
+        },
+        "UserId": _jstr("a user id (the JWT sub)", min_len=1, max_len=MAX_USER_ID_CHARS, pattern=_NO_CONTROL),
+        "Id": _jstr("an opaque record id", min_len=1, max_len=MAX_ID_CHARS, pattern=_NO_CONTROL),
+        "Room": _jstr(
+            "a room name: ':'-separated non-empty segments without whitespace, control characters, '*' or ','",
+            min_len=1,
+            max_len=MAX_ROOM_CHARS,
+            pattern=f"^{_SEGMENT}(:{_SEGMENT})*$",
+        ),
+        "EventName": {
+            **_jstr("an app event name, outside the reserved prefixes", min_len=1, max_len=MAX_EVENT_CHARS, pattern=_NO_CONTROL),
+            "not": {"pattern": "^(" + "|".join(p.rstrip(".") for p in RESERVED_EVENT_PREFIXES) + r")\."},
+        },
+        "Seq": _jint("a position in a stream", lo=0, hi=MAX_SEQ),
+        "Epoch": _jstr("the epoch of a room's history ('' for a room without history)", min_len=0, max_len=MAX_EPOCH_CHARS),
+        "Time": _jstr("RFC 3339 UTC with milliseconds, e.g. 2026-11-22T10:00:00.000Z", fmt="date-time"),
+        "Cursor": _jstr("an opaque page cursor", min_len=1, max_len=MAX_CURSOR_CHARS, pattern=_NO_CONTROL),
+        "Since": _jall(
+            {"seq": _ref("Seq"), "epoch": _ref("Epoch")},
+            "the last position the client has of a room",
+        ),
+        "Error": _jobject(
+            {
+                "code": _jstr("the error code", enum=ERROR_CODES),
+                "message": _jstr("what is wrong, for people; for VALIDATION_ERROR it starts with the field"),
+                "field": _jstr("the field at fault (VALIDATION_ERROR, and PAYLOAD_TOO_LARGE for a body)"),
+                "retry_after_ms": _jint("RATE_LIMITED: when to try again", lo=1),
+                "correlation_id": _jstr("INTERNAL: the id of the server's log line"),
+            },
+            required=("code", "message"),
+        ),
+        "Message": _jall(
+            {
+                "id": _ref("Id"),
+                "conversation_id": _ref("Id"),
+                "seq": _jint("the message's place in its conversation, gap-free from 1", lo=1),
+                "version": _jint("the conversation's version at the message's last change", lo=1),
+                "sender_id": _ref("UserId"),
+                "client_id": _jstr("the sender's idempotency key", min_len=1, max_len=MAX_CLIENT_ID_CHARS),
+                "type": _jstr(enum=("text", "image", "file", "system")),
+                "body": _jstr("'' once deleted"),
+                "media_url": _jstr("null once deleted", nullable=True),
+                "reply_to": _jstr("the id of a message of the same conversation", nullable=True),
+                "created_at": _ref("Time"),
+                "edited_at": _jstr(fmt="date-time", nullable=True),
+                "deleted_at": _jstr(fmt="date-time", nullable=True),
+                "deleted": _jbool(),
+            }
+        ),
+        "Member": _jall(
+            {"user_id": _ref("UserId"), "role": _jstr(enum=("owner", "member")), "joined_at": _ref("Time")}
+        ),
+        "Conversation": _jobject(
+            {
+                "id": _ref("Id"),
+                "type": _jstr(enum=("direct", "group")),
+                "title": _jstr("groups only", nullable=True),
+                "members": _jarray(_ref("Member"), "current members"),
+                "last_message": _nullable(_ref("Message")),
+                "last_seq": _jint(lo=0),
+                "version": _jint("rises with every append, edit and delete", lo=0),
+                "updated_at": _ref("Time"),
+                "unread_count": _jint("the asking member's (not in conversation.updated)", lo=0),
+                "muted": _jbool("the asking member's (not in conversation.updated)"),
+                "read_seq": _jint("the asking member's (not in conversation.updated)", lo=0),
+            },
+            required=("id", "type", "title", "members", "last_message", "last_seq", "version", "updated_at"),
+        ),
+        "MemberConversation": {
+            "description": "a conversation as one member sees it",
+            "allOf": [_ref("Conversation"), {"required": ["unread_count", "muted", "read_seq"]}],
+        },
+        "Notification": _jall(
+            {
+                "id": _ref("Id"),
+                "seq": _jint("the notification's place in the user's inbox, gap-free from 1", lo=1),
+                "type": _jstr("a notification type of the configuration"),
+                "title": _jstr(),
+                "body": _jstr(),
+                "data": {"type": "object", "description": "the data given by the application"},
+                "priority": _jstr(enum=("low", "normal", "high", "critical")),
+                "group_key": _jstr(nullable=True),
+                "created_at": _ref("Time"),
+                "read_at": _jstr(fmt="date-time", nullable=True),
+            }
+        ),
+        "Publication": _jall(
+            {"seq": _ref("Seq"), "event": _jstr(), "data": {"description": "as published"}, "published_at": _ref("Time")}
+        ),
+        "Presence": _jall(
+            {
+                "user_id": _ref("UserId"),
+                "status": _jstr(enum=("online", "away", "busy", "offline")),
+                "message": _jstr("null while offline", nullable=True),
+                "last_seen": _jstr("when the user last turned offline", fmt="date-time", nullable=True),
+            }
+        ),
+        "RoomUser": _jall({"user_id": _ref("UserId"), "sessions": _jint("the user's subscriptions to the room", lo=1)}),
+    }
+)
+"""The shared types and records of the wire, by name (``#/components/schemas/<name>``)."""
+
+_EMPTY: Final[JsonSchema] = {"type": "object", "properties": {}}
+_CONVERSATION_ID: Final = {"conversation_id": _ref("Id")}
+_UNREAD: Final = _jall({"unread_count": _jint("the user's unread notifications", lo=0)})
+_REPLY_CONVERSATION: Final = _jall({"conversation": _ref("MemberConversation")})
+_REPLY_MESSAGE: Final = _jall({"message": _ref("Message")})
+
+
 # -- the op registry ----------------------------------------------------------------------------
 
 Validator: TypeAlias = Callable[[Mapping[str, Any], Limits], Any]
@@ -802,26 +1098,44 @@ Validator: TypeAlias = Callable[[Mapping[str, Any], Limits], Any]
 
 @attrs.frozen(slots=True)
 class OpSpec:
-    """One op of section 5: its name, the type of its validated data, its validator."""
+    """One op of section 5: its name, the type of its validated data, its validator,
+    and its documentation: a one-line summary and the JSON Schemas of its ``data``
+    and of its reply's ``data`` (``{}`` for an op whose reply is empty)."""
 
     name: str
     value_type: type[Any]
     validator: Validator
+    summary: str = ""
+    data: JsonSchema = attrs.field(factory=lambda: dict(_EMPTY))
+    reply: JsonSchema = attrs.field(factory=lambda: dict(_EMPTY))
 
 
 _REGISTRY: dict[str, OpSpec] = {}
 _V = TypeVar("_V")
 
 
-def _op(name: str, value_type: type[_V]) -> Callable[[Callable[[Mapping[str, Any], Limits], _V]], Validator]:
+def _op(
+    name: str,
+    value_type: type[_V],
+    *,
+    summary: str,
+    data: JsonSchema = _EMPTY,
+    reply: JsonSchema = _EMPTY,
+) -> Callable[[Callable[[Mapping[str, Any], Limits], _V]], Validator]:
     def register(func: Callable[[Mapping[str, Any], Limits], _V]) -> Validator:
-        _REGISTRY[name] = OpSpec(name, value_type, func)
+        _REGISTRY[name] = OpSpec(name, value_type, func, summary, dict(data), dict(reply))
         return func
 
     return register
 
 
-@_op("auth", Auth)
+@_op(
+    "auth",
+    Auth,
+    summary="Authenticate as the first frame, or send a fresh token on an open socket (re-auth)",
+    data=_jobject({"token": _jstr("a JWT", min_len=1, max_len=MAX_TOKEN_CHARS, pattern=_NO_CONTROL)}, required=("token",)),
+    reply=_jall({"user_id": _ref("UserId"), "expires_at": _jstr(fmt="date-time", nullable=True)}),
+)
 def _auth(data: Mapping[str, Any], limits: Limits) -> Auth:
     return Auth(_string(data, "token", max_len=MAX_TOKEN_CHARS))
 
@@ -829,12 +1143,26 @@ def _auth(data: Mapping[str, Any], limits: Limits) -> Auth:
 _PING: Final = Ping()
 
 
-@_op("ping", Ping)
+@_op("ping", Ping, summary="Ask for the server time (not activity)", reply=_jall({"server_time": _ref("Time")}))
 def _ping(data: Mapping[str, Any], limits: Limits) -> Ping:
     return _PING
 
 
-@_op("subscribe", Subscribe)
+@_op(
+    "subscribe",
+    Subscribe,
+    summary="Subscribe to an app room, recovering what was missed since a position",
+    data=_jobject({"room": _ref("Room"), "since": _ref("Since")}, required=("room",)),
+    reply=_jall(
+        {
+            "room": _ref("Room"),
+            "seq": _with(_ref("Seq"), "the room's latest seq (0 without history)"),
+            "epoch": _ref("Epoch"),
+            "recovered": _jbool("true only when since was given and every missed publication follows"),
+            "publications": _jarray(_ref("Publication"), "the missed publications, oldest first"),
+        }
+    ),
+)
 def _subscribe(data: Mapping[str, Any], limits: Limits) -> Subscribe:
     room = _room(data)
     raw = data.get("since")
@@ -847,17 +1175,35 @@ def _subscribe(data: Mapping[str, Any], limits: Limits) -> Subscribe:
     return Subscribe(room, Since(seq, epoch))
 
 
-@_op("unsubscribe", Unsubscribe)
+@_op("unsubscribe", Unsubscribe, summary="Leave an app room", data=_jobject({"room": _ref("Room")}, required=("room",)))
 def _unsubscribe(data: Mapping[str, Any], limits: Limits) -> Unsubscribe:
     return Unsubscribe(_room(data))
 
 
-@_op("room.presence", RoomPresence)
+@_op(
+    "room.presence",
+    RoomPresence,
+    summary="Who is subscribed to a room whose namespace keeps presence",
+    data=_jobject({"room": _ref("Room")}, required=("room",)),
+    reply=_jall({"users": _jarray(_ref("RoomUser"))}),
+)
 def _room_presence(data: Mapping[str, Any], limits: Limits) -> RoomPresence:
     return RoomPresence(_room(data))
 
 
-@_op("publish", Publish)
+@_op(
+    "publish",
+    Publish,
+    summary="Publish an app event to a room whose namespace allows client publishing",
+    data=_jobject(
+        {"room": _ref("Room"), "event": _ref("EventName"), "data": {"description": "any JSON value; absent: {}"}},
+        required=("room", "event"),
+    ),
+    reply=_jobject(
+        {"seq": _ref("Seq"), "epoch": _ref("Epoch")},
+        description="seq and epoch only when the room keeps history; otherwise {}",
+    ),
+)
 def _publish(data: Mapping[str, Any], limits: Limits) -> Publish:
     room = _room(data)
     raw_event = data.get("event")
@@ -868,36 +1214,95 @@ def _publish(data: Mapping[str, Any], limits: Limits) -> Publish:
     return Publish(room, event, {} if payload is None else payload)
 
 
-@_op("conversation.open", ConversationOpen)
+@_op(
+    "conversation.open",
+    ConversationOpen,
+    summary="Find or create the 1:1 conversation with a user",
+    data=_jobject({"user_id": _ref("UserId")}, required=("user_id",)),
+    reply=_REPLY_CONVERSATION,
+)
 def _conversation_open(data: Mapping[str, Any], limits: Limits) -> ConversationOpen:
     return ConversationOpen(_user(data, "user_id"))
 
 
-@_op("conversation.create", ConversationCreate)
+@_op(
+    "conversation.create",
+    ConversationCreate,
+    summary="Create a group, the caller its owner",
+    data=_jobject(
+        {
+            "member_ids": _jarray(_ref("UserId"), "the other members", min_items=1, max_items=MAX_MEMBER_IDS),
+            "title": _jstr("empty: none", min_len=0, max_len=MAX_TITLE_CHARS, pattern=_NO_CONTROL),
+        },
+        required=("member_ids",),
+    ),
+    reply=_REPLY_CONVERSATION,
+)
 def _conversation_create(data: Mapping[str, Any], limits: Limits) -> ConversationCreate:
     members = _user_ids(data, "member_ids", min_items=1, max_items=MAX_MEMBER_IDS)
     title = _opt_string(data, "title", min_len=0, max_len=MAX_TITLE_CHARS)
     return ConversationCreate(members, title)
 
 
-@_op("conversation.list", ConversationList)
+@_op(
+    "conversation.list",
+    ConversationList,
+    summary="The caller's conversations, newest activity first",
+    data=_jobject({"cursor": _ref("Cursor"), "limit": _limit_schema(CONVERSATION_LIST_LIMIT)}),
+    reply=_jall(
+        {
+            "conversations": _jarray(_ref("MemberConversation")),
+            "next_cursor": _jstr("null at the end", nullable=True),
+            "unread_total": _jint("unread messages over the conversations not muted", lo=0),
+        }
+    ),
+)
 def _conversation_list(data: Mapping[str, Any], limits: Limits) -> ConversationList:
     return ConversationList(
         _opt_string(data, "cursor", max_len=MAX_CURSOR_CHARS), _limit(data, CONVERSATION_LIST_LIMIT)
     )
 
 
-@_op("conversation.mute", ConversationMute)
+@_op(
+    "conversation.mute",
+    ConversationMute,
+    summary="Mute or unmute a conversation for the caller",
+    data=_jobject({**_CONVERSATION_ID, "muted": _jbool()}, required=("conversation_id", "muted")),
+)
 def _conversation_mute(data: Mapping[str, Any], limits: Limits) -> ConversationMute:
     return ConversationMute(_id(data, "conversation_id"), _bool(data, "muted"))
 
 
-@_op("conversation.leave", ConversationLeave)
+@_op(
+    "conversation.leave",
+    ConversationLeave,
+    summary="Leave a group, or hide a direct conversation",
+    data=_jobject(_CONVERSATION_ID, required=("conversation_id",)),
+)
 def _conversation_leave(data: Mapping[str, Any], limits: Limits) -> ConversationLeave:
     return ConversationLeave(_id(data, "conversation_id"))
 
 
-@_op("message.send", MessageSend)
+@_op(
+    "message.send",
+    MessageSend,
+    summary="Send a message, idempotent on client_id; answered once stored",
+    data={
+        **_jobject(
+            {
+                **_CONVERSATION_ID,
+                "client_id": _jstr("the sender's idempotency key", min_len=1, max_len=MAX_CLIENT_ID_CHARS, pattern=_NO_CONTROL),
+                "body": _jstr("at most chat.max_message_bytes of UTF-8; may be empty or absent with a media_url"),
+                "type": {**_jstr(enum=tuple(_MESSAGE_TYPES)), "default": "text"},
+                "media_url": _jstr("an http or https URL", min_len=1, max_len=MAX_MEDIA_URL_CHARS, pattern=_MEDIA_URL_PATTERN),
+                "reply_to": _with(_ref("Id"), "a message of the same conversation"),
+            },
+            required=("conversation_id", "client_id"),
+        ),
+        "anyOf": [{"required": ["body"]}, {"required": ["media_url"]}],
+    },
+    reply=_REPLY_MESSAGE,
+)
 def _message_send(data: Mapping[str, Any], limits: Limits) -> MessageSend:
     conversation_id = _id(data, "conversation_id")
     client_id = _string(data, "client_id", max_len=MAX_CLIENT_ID_CHARS)
@@ -921,7 +1326,16 @@ def _message_send(data: Mapping[str, Any], limits: Limits) -> MessageSend:
     return MessageSend(conversation_id, client_id, body, kind, media_url, _opt_id(data, "reply_to"))
 
 
-@_op("message.edit", MessageEdit)
+@_op(
+    "message.edit",
+    MessageEdit,
+    summary="Replace the body of one's own message",
+    data=_jobject(
+        {"message_id": _ref("Id"), "body": _jstr("as in message.send; empty only for a message with a media_url")},
+        required=("message_id", "body"),
+    ),
+    reply=_REPLY_MESSAGE,
+)
 def _message_edit(data: Mapping[str, Any], limits: Limits) -> MessageEdit:
     message_id = _id(data, "message_id")
     raw_body = data.get("body")
@@ -930,12 +1344,38 @@ def _message_edit(data: Mapping[str, Any], limits: Limits) -> MessageEdit:
     return MessageEdit(message_id, _body(raw_body, max_bytes=limits.max_message_bytes, may_be_empty=True))
 
 
-@_op("message.delete", MessageDelete)
+@_op(
+    "message.delete",
+    MessageDelete,
+    summary="Delete one's own message (it keeps its seq)",
+    data=_jobject({"message_id": _ref("Id")}, required=("message_id",)),
+)
 def _message_delete(data: Mapping[str, Any], limits: Limits) -> MessageDelete:
     return MessageDelete(_id(data, "message_id"))
 
 
-@_op("message.history", MessageHistory)
+@_op(
+    "message.history",
+    MessageHistory,
+    summary="A page of a conversation's messages, in ascending seq; at most one bound",
+    data=_jobject(
+        {
+            **_CONVERSATION_ID,
+            "before_seq": _with(_ref("Seq"), "the newest messages before this seq"),
+            "after_seq": _with(_ref("Seq"), "the oldest messages after this seq"),
+            "changed_since": _with(_ref("Seq"), "messages new, edited or deleted since this conversation version"),
+            "limit": _limit_schema(MESSAGE_HISTORY_LIMIT),
+        },
+        required=("conversation_id",),
+    ),
+    reply=_jall(
+        {
+            "messages": _jarray(_ref("Message"), "ascending seq (changed_since: ascending version)"),
+            "has_more": _jbool("more messages lie beyond this page, in its direction"),
+            "version": _jint("the conversation's current version", lo=0),
+        }
+    ),
+)
 def _message_history(data: Mapping[str, Any], limits: Limits) -> MessageHistory:
     conversation_id = _id(data, "conversation_id")
     _exclusive(data, "before_seq", "after_seq", "changed_since")
@@ -948,22 +1388,49 @@ def _message_history(data: Mapping[str, Any], limits: Limits) -> MessageHistory:
     )
 
 
-@_op("message.read", MessageRead)
+@_op(
+    "message.read",
+    MessageRead,
+    summary="Move the caller's read cursor forward",
+    data=_jobject({**_CONVERSATION_ID, "seq": _ref("Seq")}, required=("conversation_id", "seq")),
+    reply=_jall({"read_seq": _jint("the cursor after the call", lo=0)}),
+)
 def _message_read(data: Mapping[str, Any], limits: Limits) -> MessageRead:
     return MessageRead(_id(data, "conversation_id"), _int(data, "seq", lo=0, hi=MAX_SEQ))
 
 
-@_op("typing.start", TypingStart)
+@_op(
+    "typing.start",
+    TypingStart,
+    summary="The caller is typing (send without id, again every few seconds while typing)",
+    data=_jobject(_CONVERSATION_ID, required=("conversation_id",)),
+)
 def _typing_start(data: Mapping[str, Any], limits: Limits) -> TypingStart:
     return TypingStart(_id(data, "conversation_id"))
 
 
-@_op("typing.stop", TypingStop)
+@_op(
+    "typing.stop",
+    TypingStop,
+    summary="The caller stopped typing (send without id)",
+    data=_jobject(_CONVERSATION_ID, required=("conversation_id",)),
+)
 def _typing_stop(data: Mapping[str, Any], limits: Limits) -> TypingStop:
     return TypingStop(_id(data, "conversation_id"))
 
 
-@_op("presence.set", PresenceSet)
+@_op(
+    "presence.set",
+    PresenceSet,
+    summary="Choose a status and a status message (absent: none)",
+    data=_jobject(
+        {
+            "status": _jstr(enum=tuple(_PRESENCE_STATUSES)),
+            "message": _jstr(min_len=0, max_len=MAX_STATUS_MESSAGE_CHARS, pattern=_NO_CONTROL),
+        },
+        required=("status",),
+    ),
+)
 def _presence_set(data: Mapping[str, Any], limits: Limits) -> PresenceSet:
     raw_status = data.get("status")
     if raw_status is None:
@@ -975,12 +1442,37 @@ def _presence_set(data: Mapping[str, Any], limits: Limits) -> PresenceSet:
     return PresenceSet(status, message)
 
 
-@_op("presence.query", PresenceQuery)
+@_op(
+    "presence.query",
+    PresenceQuery,
+    summary="The presence of contacts (other users are left out)",
+    data=_jobject(
+        {"user_ids": _jarray(_ref("UserId"), min_items=0, max_items=MAX_PRESENCE_QUERY)}, required=("user_ids",)
+    ),
+    reply=_jall(
+        {"presences": {"type": "object", "description": "user id to presence", "additionalProperties": _ref("Presence")}}
+    ),
+)
 def _presence_query(data: Mapping[str, Any], limits: Limits) -> PresenceQuery:
     return PresenceQuery(_user_ids(data, "user_ids", min_items=0, max_items=MAX_PRESENCE_QUERY))
 
 
-@_op("notification.list", NotificationList)
+@_op(
+    "notification.list",
+    NotificationList,
+    summary="A page of the inbox: newest first, or ascending after after_seq",
+    data=_jobject(
+        {
+            "cursor": _ref("Cursor"),
+            "after_seq": _with(_ref("Seq"), "the oldest notifications after this seq, ascending"),
+            "unread_only": _jbool(default=False),
+            "limit": _limit_schema(NOTIFICATION_LIST_LIMIT),
+        }
+    ),
+    reply=_jall(
+        {"notifications": _jarray(_ref("Notification")), "next_cursor": _jstr("null at the end", nullable=True)}
+    ),
+)
 def _notification_list(data: Mapping[str, Any], limits: Limits) -> NotificationList:
     _exclusive(data, "cursor", "after_seq")
     return NotificationList(
@@ -991,12 +1483,24 @@ def _notification_list(data: Mapping[str, Any], limits: Limits) -> NotificationL
     )
 
 
-@_op("notification.read", NotificationRead)
+@_op(
+    "notification.read",
+    NotificationRead,
+    summary="Mark notifications read (unknown ids are ignored)",
+    data=_jobject({"ids": _jarray(_ref("Id"), min_items=1, max_items=MAX_NOTIFICATION_IDS)}, required=("ids",)),
+    reply=_UNREAD,
+)
 def _notification_read(data: Mapping[str, Any], limits: Limits) -> NotificationRead:
     return NotificationRead(_ids(data, "ids", max_items=MAX_NOTIFICATION_IDS))
 
 
-@_op("notification.delete", NotificationDelete)
+@_op(
+    "notification.delete",
+    NotificationDelete,
+    summary="Delete notifications (unknown ids are ignored)",
+    data=_jobject({"ids": _jarray(_ref("Id"), min_items=1, max_items=MAX_NOTIFICATION_IDS)}, required=("ids",)),
+    reply=_UNREAD,
+)
 def _notification_delete(data: Mapping[str, Any], limits: Limits) -> NotificationDelete:
     return NotificationDelete(_ids(data, "ids", max_items=MAX_NOTIFICATION_IDS))
 
@@ -1004,17 +1508,27 @@ def _notification_delete(data: Mapping[str, Any], limits: Limits) -> Notificatio
 _READ_ALL: Final = NotificationReadAll()
 
 
-@_op("notification.read_all", NotificationReadAll)
+@_op("notification.read_all", NotificationReadAll, summary="Mark the whole inbox read", reply=_UNREAD)
 def _notification_read_all(data: Mapping[str, Any], limits: Limits) -> NotificationReadAll:
     return _READ_ALL
 
 
-@_op("user.block", UserBlock)
+@_op(
+    "user.block",
+    UserBlock,
+    summary="Block a user from opening, sending to and typing in 1:1 conversations with the caller",
+    data=_jobject({"user_id": _ref("UserId")}, required=("user_id",)),
+)
 def _user_block(data: Mapping[str, Any], limits: Limits) -> UserBlock:
     return UserBlock(_user(data, "user_id"))
 
 
-@_op("user.unblock", UserUnblock)
+@_op(
+    "user.unblock",
+    UserUnblock,
+    summary="Lift a block",
+    data=_jobject({"user_id": _ref("UserId")}, required=("user_id",)),
+)
 def _user_unblock(data: Mapping[str, Any], limits: Limits) -> UserUnblock:
     return UserUnblock(_user(data, "user_id"))
 
@@ -1027,6 +1541,213 @@ OPS: Final[frozenset[str]] = frozenset(_REGISTRY)
 
 SOCKET_ONLY_OPS: Final[frozenset[str]] = frozenset({"auth", "ping"})
 """Ops that only make sense on a socket: the client REST (``POST /api/v1/ops/{op}``) runs the others."""
+
+# -- server events (section 6) ------------------------------------------------------------------
+
+Carried: TypeAlias = Literal["always", "optional", "never"]
+
+
+@attrs.frozen(slots=True)
+class EventSpec:
+    """One server event of section 6, for the documentation (docs/asyncapi.yaml).
+
+    Attributes:
+        name: the event name (``*`` for the application's own events).
+        summary: what it means, in one line.
+        audience: who receives it.
+        data: the JSON Schema of its ``data``.
+        room, seq, epoch: whether the frame carries a top-level ``room``, ``seq``
+            and ``epoch``: always, sometimes (``optional``) or never.
+        doors: where it is sent: ``websocket``, ``sse`` or both.
+    """
+
+    name: str
+    summary: str
+    audience: str
+    data: JsonSchema
+    room: Carried = "never"
+    seq: Carried = "never"
+    epoch: Carried = "never"
+    doors: tuple[str, ...] = ("websocket", "sse")
+
+
+_EVERY_PARTICIPANT: Final = "every device of every participant, the sender's included"
+
+
+def _events(*specs: EventSpec) -> Mapping[str, EventSpec]:
+    return MappingProxyType({spec.name: spec for spec in specs})
+
+
+EVENT_SPECS: Final[Mapping[str, EventSpec]] = _events(
+    EventSpec(
+        "session.ready",
+        "The socket is authenticated; the first event of a session",
+        "this socket or SSE stream",
+        _jall(
+            {
+                "session_id": _jstr("s_ followed by an opaque id"),
+                "user_id": _ref("UserId"),
+                "node": _jstr("the node serving this socket"),
+                "server_time": _ref("Time"),
+                "heartbeat_s": {"type": "number", "description": "the server pings every this many seconds"},
+                "expires_at": _jstr("when the token expires (null: never)", fmt="date-time", nullable=True),
+                "unread_total": _jint("unread messages over the conversations not muted", lo=0),
+                "notifications_unread": _jint("unread notifications", lo=0),
+            }
+        ),
+    ),
+    EventSpec(
+        "session.expiring",
+        "The token expires soon: send a fresh one with auth",
+        "this socket",
+        _jall({"expires_at": _ref("Time")}),
+        doors=("websocket",),
+    ),
+    EventSpec(
+        "session.closed",
+        "The last event of an SSE stream: why it ends",
+        "this SSE stream",
+        _jall({"code": _jint("a close code of section 4"), "reason": _jstr()}),
+        doors=("sse",),
+    ),
+    EventSpec(
+        "server.shutdown",
+        "The node drains: the connection closes next (1001); reconnect after the delay",
+        "every socket and SSE stream of the node",
+        _jall({"reconnect_after_ms": _jint(lo=0)}),
+    ),
+    EventSpec(
+        "message.new",
+        "A message was sent; top-level seq is its place in the conversation",
+        _EVERY_PARTICIPANT,
+        _jall({"message": _ref("Message")}),
+        room="always",
+        seq="always",
+    ),
+    EventSpec(
+        "message.updated",
+        "A message was edited (it keeps its seq; its version rose)",
+        _EVERY_PARTICIPANT,
+        _jall({"message": _ref("Message")}),
+        room="always",
+    ),
+    EventSpec(
+        "message.deleted",
+        "A message was deleted (it keeps its seq; its body is gone)",
+        _EVERY_PARTICIPANT,
+        _jall({"message": _ref("Message")}),
+        room="always",
+    ),
+    EventSpec(
+        "receipt.updated",
+        "A participant's read cursor moved",
+        "every device of every participant",
+        _jall(
+            {
+                "conversation_id": _ref("Id"),
+                "user_id": _ref("UserId"),
+                "read_seq": _jint(lo=0),
+                "read_at": _jstr(fmt="date-time", nullable=True),
+            }
+        ),
+        room="always",
+    ),
+    EventSpec(
+        "typing.updated",
+        "A participant started or stopped typing",
+        "every device of the other participants",
+        _jall({"conversation_id": _ref("Id"), "user_id": _ref("UserId"), "typing": _jbool()}),
+        room="always",
+    ),
+    EventSpec(
+        "conversation.updated",
+        "A conversation was created, retitled, or its members changed (shared fields only)",
+        "every device of every member (leaving: the leaver too)",
+        _jall({"conversation": _ref("Conversation")}),
+        room="always",
+    ),
+    EventSpec(
+        "conversation.state",
+        "One member's own state of a conversation changed, other than by a new message",
+        "every device of that member",
+        _jall(
+            {
+                "conversation_id": _ref("Id"),
+                "read_seq": _jint(lo=0),
+                "unread_count": _jint(lo=0),
+                "muted": _jbool(),
+                "unread_total": _jint(lo=0),
+            }
+        ),
+        room="always",
+    ),
+    EventSpec(
+        "presence.updated",
+        "A contact's presence as others see it changed",
+        "every device of each contact of the user (not the user's own)",
+        _ref("Presence"),
+    ),
+    EventSpec(
+        "notification.new",
+        "A notification reached the inbox; top-level seq is its place in the inbox",
+        "every device of the recipient",
+        _jall({"notification": _ref("Notification")}),
+        seq="always",
+    ),
+    EventSpec(
+        "notification.read",
+        "Notifications were read (ids), or all of them (up_to_seq)",
+        "every device of the recipient, the one that read included",
+        _jobject(
+            {
+                "ids": _jarray(_ref("Id"), "the ids as the reader gave them"),
+                "up_to_seq": _jint("after notification.read_all: everything up to here", lo=0),
+                "unread_count": _jint(lo=0),
+            },
+            required=("unread_count",),
+        ),
+    ),
+    EventSpec(
+        "notification.deleted",
+        "Notifications were deleted",
+        "every device of the recipient, the one that deleted included",
+        _jall({"ids": _jarray(_ref("Id")), "unread_count": _jint(lo=0)}),
+    ),
+    EventSpec(
+        "room.joined",
+        "A user's first subscription to a room that keeps presence",
+        "the room's other subscribers",
+        _jall({"room": _ref("Room"), "user_id": _ref("UserId")}),
+        room="always",
+    ),
+    EventSpec(
+        "room.left",
+        "A user's last subscription to a room that keeps presence ended",
+        "the room's subscribers",
+        _jall({"room": _ref("Room"), "user_id": _ref("UserId")}),
+        room="always",
+    ),
+    EventSpec(
+        "room.reset",
+        "A room of Last-Event-ID could not be recovered: refetch its state",
+        "this SSE stream",
+        _jall({"room": _ref("Room"), "seq": _ref("Seq"), "epoch": _ref("Epoch")}),
+        doors=("sse",),
+    ),
+)
+"""realtimed's own events (their names use the reserved prefixes): name → ``EventSpec``."""
+
+APP_EVENT: Final = EventSpec(
+    "*",
+    "An event of the application: a room publication (top-level room; seq and epoch in rooms that keep "
+    "history) or an event to users (no room)",
+    "the room's subscribers, or every device of the users named by the server API",
+    {"description": "as published"},
+    room="optional",
+    seq="optional",
+    epoch="optional",
+)
+"""The application's own events, under any name outside ``RESERVED_EVENT_PREFIXES``."""
 
 _DEFAULT_LIMITS: Final = Limits()
 
