@@ -1,6 +1,6 @@
 """End-user JWTs and server API keys.
 
-``TokenVerifier`` checks the JWTs of PROTOCOL.md section 2. It is built from the
+``TokenVerifier`` checks the JWTs of docs/protocol.md section 2. It is built from the
 ``[auth]`` section once (``TokenVerifier.from_config``) and replaced as a whole
 on SIGHUP, so a reload never leaves a half-updated verifier in use.
 

@@ -1,6 +1,6 @@
 """Chat: conversations, messages, receipts, typing, unread counts and blocks.
 
-The ops of PROTOCOL.md section 5 (``conversation.*``, ``message.*``,
+The ops of docs/protocol.md section 5 (``conversation.*``, ``message.*``,
 ``typing.*``, ``user.block``, ``user.unblock``), the server API routes of section
 8 for conversations, messages, contacts and blocks, and the client REST routes
 that mirror the ops for apps that fetch over HTTP.

@@ -31,7 +31,7 @@ from typing import Any, Final
 
 from realtimed.clock import iso
 
-# Error codes (PROTOCOL.md section 4).
+# Error codes (docs/protocol.md section 4.5).
 BAD_REQUEST: Final = "BAD_REQUEST"
 VALIDATION_ERROR: Final = "VALIDATION_ERROR"
 UNAUTHORIZED: Final = "UNAUTHORIZED"
@@ -44,7 +44,7 @@ PAYLOAD_TOO_LARGE: Final = "PAYLOAD_TOO_LARGE"
 UNAVAILABLE: Final = "UNAVAILABLE"
 INTERNAL: Final = "INTERNAL"
 
-# WebSocket close codes (PROTOCOL.md section 4).
+# WebSocket close codes (docs/protocol.md section 4.6).
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_UNSUPPORTED_DATA: Final = 1003

@@ -1,4 +1,4 @@
-"""User presence: online, away, busy, invisible and offline (PROTOCOL.md sections 5 and 6).
+"""User presence: online, away, busy, invisible and offline (docs/protocol.md sections 5.4 and 6).
 
 A user is *connected* while any of their devices (a WebSocket or an SSE stream)
 is, and stays so for ``presence.offline_grace_s`` after the last one closed, so

@@ -2,7 +2,7 @@
 
 Two users and three devices: alice on two sockets, bob on one, unless a test
 says otherwise. Every assertion is about what a client written against
-PROTOCOL.md sees, or about what the store kept.
+docs/protocol.md sees, or about what the store kept.
 """
 
 from __future__ import annotations

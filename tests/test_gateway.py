@@ -1,7 +1,7 @@
 """The gateway over real sockets, driven by the third-party ``websockets`` client.
 
 Each test runs a daemon in-process on a free port and talks to it exactly as a
-client written against PROTOCOL.md would.
+client written against docs/protocol.md would.
 """
 
 from __future__ import annotations

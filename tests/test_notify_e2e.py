@@ -2,7 +2,7 @@
 and chat's ``chat.offline`` job pushes messages to offline participants.
 
 Sockets are the third-party ``websockets`` client on real time, as a client
-written against PROTOCOL.md would connect.
+written against docs/protocol.md would connect.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The gateway: WebSocket handshake, authentication, limits, op dispatch, timers, drain.
 
-Connecting (PROTOCOL.md section 3): a disallowed ``Origin`` is refused with HTTP
+Connecting (docs/protocol.md section 3): a disallowed ``Origin`` is refused with HTTP
 403 at the handshake; every other refusal happens after the upgrade, as a close
 code (4013 node full, 4501 bad token, 4004 expired token, 4503 banned, 4511 too
 many sockets for the user, 4012 no ``auth`` frame in time). A banned user's

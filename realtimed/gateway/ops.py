@@ -1,4 +1,4 @@
-"""The op registry: who answers each op of PROTOCOL.md section 5.
+"""The op registry: who answers each op of docs/protocol.md section 5.
 
 Handlers take a ``Caller`` (the user, the token's claims, and the socket when
 the op came over one) and the op's validated data, and return the reply data.

@@ -2,7 +2,7 @@
 
 Routes are grouped in blueprints owned by the capabilities (``/server/v1`` and
 ``/api/v1``); this module builds the app, checks credentials for each door, turns
-every ``ApiError`` into the error body of PROTOCOL.md section 8, and adds CORS
+every ``ApiError`` into the error body of docs/protocol.md section 8.1, and adds CORS
 headers for allowed browser origins.
 """
 

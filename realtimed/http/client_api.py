@@ -1,6 +1,6 @@
 """The client HTTP door (``/api/v1``): ops over REST, and the SSE fallback.
 
-``POST /api/v1/ops/{op}`` runs any op of PROTOCOL.md section 5 but ``auth`` and
+``POST /api/v1/ops/{op}`` runs any op of docs/protocol.md section 5 but ``auth`` and
 ``ping`` with the same handlers as the socket. ``subscribe`` over REST answers
 the recovery (what the client missed since ``since``) without subscribing
 anything, since a REST call has no connection to deliver to.

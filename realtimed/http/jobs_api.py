@@ -1,4 +1,4 @@
-"""Jobs in the server API: list, inspect, retry and cancel (PROTOCOL.md section 8).
+"""Jobs in the server API: list, inspect, retry and cancel (docs/protocol.md section 8.2).
 
 Mounted under ``/server/v1``; the door checks the API key before these routes run.
 

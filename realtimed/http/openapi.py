@@ -100,7 +100,7 @@ def openapi_document() -> dict[str, Any]:
         "/server/v1/openapi.json": {"get": {"summary": "This document", "tags": [server], "security": [],
                                             "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         "/api/v1/ops/{op}": {"post": _op(
-            "Run an op of the wire protocol (section 5) over HTTP; the body is its data", tag=client,
+            "Run an op of the wire protocol (docs/protocol.md section 5) over HTTP; the body is its data", tag=client,
             params=[_q("op", {"type": "string", "enum": sorted(protocol.OPS - protocol.SOCKET_ONLY_OPS)}, where="path")],
             body={"type": "object"},
             errors=(400, 401, 403, 404, 409, 413, 429, 503))},
@@ -114,7 +114,8 @@ def openapi_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "realtimed", "version": __version__,
-                 "description": "The server API (/server/v1, API key) and the client REST (/api/v1, user JWT)."},
+                 "description": "The server API (/server/v1, API key) and the client REST (/api/v1, user JWT). "
+                 "The wire contract is docs/protocol.md of realtimed; errors, limits and the SSE door are described there."},
         "paths": paths,
         "components": {
             "securitySchemes": {

@@ -37,7 +37,7 @@ def add_jobs_commands(subparsers: Any) -> None:
     """Add ``jobs list|retry|cancel`` to the ``realtimed`` command's subparsers."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", help=f"TOML file (default: ./{DEFAULT_CONFIG_FILE} if present)")
-    common.add_argument("--json", action="store_true", help="print JSON (the job records of PROTOCOL.md)")
+    common.add_argument("--json", action="store_true", help="print JSON (the job records of docs/protocol.md section 7)")
 
     jobs = subparsers.add_parser("jobs", help="list, retry and cancel persistent jobs")
     sub = jobs.add_subparsers(dest="jobs_command", required=True)

@@ -2,7 +2,7 @@
 
 ``Store`` is the Protocol every backend implements (``sqlite.py``, the embedded
 default, and ``postgres.py``). The records here are what its methods return;
-each has a ``to_wire()`` giving the JSON object of PROTOCOL.md section 7.
+each has a ``to_wire()`` giving the JSON object of docs/protocol.md section 7.
 
 Times are timezone-aware UTC ``datetime`` values, always handed in by the caller
 (``now=`` arguments) or taken from the injected ``WallClock``: a store never asks
