@@ -1010,6 +1010,7 @@ TYPE_SCHEMAS: Final[Mapping[str, JsonSchema]] = MappingProxyType(
                 "field": _jstr("the field at fault (VALIDATION_ERROR, and PAYLOAD_TOO_LARGE for a body)"),
                 "retry_after_ms": _jint("RATE_LIMITED: when to try again", lo=1),
                 "correlation_id": _jstr("INTERNAL: the id of the server's log line"),
+                "banned_until": _jstr("FORBIDDEN for a banned user: until when (null: no end)", fmt="date-time", nullable=True),
             },
             required=("code", "message"),
         ),

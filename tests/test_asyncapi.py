@@ -283,7 +283,7 @@ def test_every_event_uses_a_reserved_prefix_and_app_names_do_not() -> None:
 # -- docs/protocol.md -------------------------------------------------------------------------
 
 # Keys the edge hardening adds to the configuration beside this document.
-_KEYS_ADDED_WITH_THE_EDGE_HARDENING = {"gateway.max_json_depth", "gateway.op_limits", "http.h2c"}
+_KEYS_ADDED_WITH_THE_EDGE_HARDENING = {"http.h2c"}
 
 
 def test_protocol_md_names_every_op_event_and_code() -> None:

@@ -314,7 +314,7 @@ class Gateway:
         log.debug("session %s: user %s connected from %s", session.id, claims.sub, session.address)
 
     def _refuse_admission(self, session: Session, request_id: Any, error: ApiError, code: int, reason: str) -> None:
-        """A first-frame ``auth`` gets its error reply just before the close (PROTOCOL.md section 3)."""
+        """A first-frame ``auth`` gets its error reply just before the close (docs/protocol.md section 3)."""
         if request_id is not None:
             self._reply_error(session, request_id, "auth", error)
         session.close(code, reason)
