@@ -1,0 +1,157 @@
+/** Records and frames of the realtimed wire protocol (version 1), as the server sends them. */
+
+/** An RFC 3339 UTC time with milliseconds, e.g. `2026-11-22T10:00:00.000Z`. */
+export type Time = string;
+
+export interface SessionInfo {
+  session_id: string;
+  user_id: string;
+  node: string;
+  server_time: Time;
+  heartbeat_s: number;
+  expires_at: Time | null;
+  unread_total: number;
+  notifications_unread: number;
+}
+
+export interface Message {
+  id: string;
+  conversation_id: string;
+  seq: number;
+  version: number;
+  sender_id: string;
+  client_id: string;
+  type: 'text' | 'image' | 'file' | 'system';
+  body: string;
+  media_url: string | null;
+  reply_to: string | null;
+  created_at: Time;
+  edited_at: Time | null;
+  deleted_at: Time | null;
+  deleted: boolean;
+}
+
+export interface Member {
+  user_id: string;
+  role: string;
+  joined_at: Time;
+}
+
+export interface Conversation {
+  id: string;
+  type: 'direct' | 'group';
+  title: string | null;
+  members: Member[];
+  last_message: Message | null;
+  last_seq: number;
+  version: number;
+  updated_at: Time;
+  /** For the asking member only (absent on `conversation.updated`). */
+  unread_count?: number;
+  muted?: boolean;
+  read_seq?: number;
+}
+
+export interface ConversationPage {
+  conversations: Conversation[];
+  next_cursor: string | null;
+  unread_total: number;
+}
+
+export interface MessagePage {
+  /** Ascending `seq`. */
+  messages: Message[];
+  has_more: boolean;
+  /** The conversation's current version (for `changedSince`). */
+  version: number;
+}
+
+export interface Receipt {
+  conversation_id: string;
+  user_id: string;
+  read_seq: number;
+  read_at: Time;
+}
+
+export interface TypingUpdate {
+  conversation_id: string;
+  user_id: string;
+  typing: boolean;
+}
+
+export interface ConversationState {
+  conversation_id: string;
+  read_seq: number;
+  unread_count: number;
+  muted: boolean;
+  unread_total: number;
+}
+
+export type PresenceStatus = 'online' | 'away' | 'busy' | 'invisible';
+
+export interface Presence {
+  user_id?: string;
+  status: 'online' | 'away' | 'busy' | 'offline';
+  message: string | null;
+  last_seen: Time | null;
+}
+
+export interface RoomMember {
+  user_id: string;
+  sessions: number;
+}
+
+export interface Notification {
+  id: string;
+  seq: number;
+  type: string;
+  title: string;
+  body: string;
+  data: Record<string, unknown>;
+  priority: string;
+  group_key: string | null;
+  created_at: Time;
+  read_at: Time | null;
+}
+
+export interface NotificationPage {
+  notifications: Notification[];
+  next_cursor: string | null;
+}
+
+export interface NotificationPreferences {
+  types: { type: string; in_app: boolean; push: boolean; channels?: string[] }[];
+  quiet_hours: { start: string; end: string } | null;
+  time_zone: string;
+}
+
+export interface PreferencesUpdate {
+  types?: { type: string; in_app?: boolean; push?: boolean }[];
+  quiet_hours?: { start: string; end: string } | null;
+  time_zone?: string;
+}
+
+export interface Device {
+  token: string;
+  platform: 'ios' | 'android' | 'web';
+  app_version: string;
+  [field: string]: unknown;
+}
+
+/** Recovery data of the `subscribe` reply. */
+export interface SubscribeReply {
+  room: string;
+  seq: number;
+  epoch: string;
+  recovered: boolean;
+  publications: { seq: number; event: string; data: unknown; published_at: Time }[];
+}
+
+/** An event frame as it arrives from the server. */
+export interface ServerEvent {
+  event: string;
+  room?: string;
+  seq?: number;
+  epoch?: string;
+  data: any;
+}
