@@ -343,8 +343,13 @@ export class Chat extends Emitter<ChatEvents> {
     return s;
   }
 
+  /** A conversation record: its `last_seq` is where its stream starts for this client, if it had none. */
   private _track(c: Conversation): Conversation {
     const s = this._st(c.id);
+    if (s.last === undefined) {
+      s.last = c.last_seq;
+      s.version = c.version;
+    }
     if (c.read_seq !== undefined) {
       s.read = c.read_seq;
       s.unread = c.unread_count;
@@ -380,7 +385,7 @@ export class Chat extends Emitter<ChatEvents> {
       case 'typing.updated':
         return this.emit('typing', d);
       case 'conversation.updated':
-        return this.emit('conversation', d.conversation);
+        return this._serial(d.conversation.id, () => this.emit('conversation', this._track(d.conversation)));
       case 'conversation.state': {
         const s = this._st(d.conversation_id);
         s.read = d.read_seq;

@@ -129,6 +129,7 @@ interface Conn {
   authError?: RealtimeError;
   shutdownMs?: number;
   rooms?: string[];
+  resumed?: boolean;
   timer?: any;
   done?: (e?: RealtimeError) => void;
 }
@@ -551,7 +552,7 @@ export class RealtimeClient extends Emitter<ClientEvents> {
     const rooms = (conn.rooms = [...this._rooms.keys()]);
     const ctrl = (conn.ctrl = new AbortController());
     const headers: Record<string, string> = { authorization: 'Bearer ' + token, accept: 'text/event-stream' };
-    if (this._cursor) headers['last-event-id'] = this._cursor;
+    if ((conn.resumed = !!this._cursor)) headers['last-event-id'] = this._cursor!;
     let res: Response;
     try {
       res = await this.o.fetch(this.o.api + '/events' + (rooms.length ? '?rooms=' + rooms.map(encodeURIComponent).join(',') : ''), {
@@ -711,8 +712,13 @@ export class RealtimeClient extends Emitter<ClientEvents> {
     this._heard = Date.now();
     this._pingAt = 0;
     this._arm();
-    if (conn.kind === 'websocket') for (const s of this._rooms.values()) this._sync(s);
-    else synced();
+    if (conn.kind === 'websocket') {
+      this._cursor = undefined; // an SSE stream after this one starts from the rooms' own positions
+      for (const s of this._rooms.values()) this._sync(s);
+    } else {
+      synced();
+      if (!conn.resumed) for (const r of conn.rooms!) this._recover(this._rooms.get(r));
+    }
     this._renewLater();
     for (const p of this._pending.values()) if (!p.on && !p.wait) this._dispatch(p);
     const reconnected = this._ever;
@@ -742,6 +748,21 @@ export class RealtimeClient extends Emitter<ClientEvents> {
         s.emit('error', e);
       },
     );
+  }
+
+  /**
+   * A stream opened without Last-Event-ID (after a WebSocket) resumes nothing by itself: ask
+   * for what the room missed since its position over REST, or reset it.
+   */
+  private _recover(s: Subscription | undefined): void {
+    if (!s?.epoch) return;
+    const { seq, epoch } = s;
+    this.request<SubscribeReply>('subscribe', { room: s.room, since: { seq, epoch } }, { replay: false }).then((r) => {
+      if (this._rooms.get(s.room) !== s) return;
+      if (r.recovered)
+        for (const p of r.publications) s._deliver({ event: p.event, data: p.data, room: s.room, seq: p.seq, epoch: r.epoch }, true);
+      else if (s.seq === seq && s.epoch === epoch) s._reset('not_recovered', r.seq, r.epoch);
+    }, noop);
   }
 
   /** `session.expiring`: a fresh token from the provider, sent on the open socket. */
@@ -846,14 +867,35 @@ export class RealtimeClient extends Emitter<ClientEvents> {
     if (action === 'refresh' && typeof this.o.token === 'string') action = 'stop';
     if (action === 'stop') return this._stop(code, reason, conn?.authError);
     if (action === 'refresh') this._stale = true;
-    if (this.transport === 'websocket' && this._wsFails >= this.o.fallbackAfter && this.o.transports.includes('sse'))
-      this.transport = 'sse';
+    if (conn?.kind === 'sse') {
+      // Each new connection tries the preferred transport again: SSE may have been a fallback.
+      this.transport = this.o.transports[0];
+      this._wsFails = 0;
+    }
+    // After WebSocket attempts that never opened, SSE only if the server answers HTTP:
+    // a daemon that is down (restarting) refuses both, and is no reason to give up WebSocket.
+    const probe =
+      this.transport === 'websocket' && this._wsFails >= this.o.fallbackAfter && this.o.transports.includes('sse')
+        ? this._reachable()
+        : null;
     const delay =
       action === 'shutdown' && typeof conn?.shutdownMs === 'number' ? conn.shutdownMs : this._backoff(this._attempt, action === 'slow');
     this._attempt++;
     this._setState('disconnected');
     this.emit('disconnected', { code, reason, reconnect: true, delayMs: delay });
-    this._retry = setTimeout(() => this._open(), delay);
+    const gen = this._gen;
+    this._retry = setTimeout(async () => {
+      if (probe && (await probe) && gen === this._gen) this.transport = 'sse';
+      if (gen === this._gen) this._open();
+    }, delay);
+  }
+
+  /** Whether the server answers over HTTP (any answer but a network failure). */
+  private _reachable(): Promise<boolean> {
+    return this.http('GET', '/notifications/unread-count', undefined, this.o.connectTimeoutMs).then(
+      () => true,
+      (e: RealtimeError) => e.code !== 'DISCONNECTED' && e.code !== 'TIMEOUT',
+    );
   }
 
   private _stop(code: number, reason: string, cause?: RealtimeError): void {

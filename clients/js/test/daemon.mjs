@@ -265,3 +265,25 @@ export async function flakyWebSocket() {
   ctl.frames = () => ctl.sent.map((t) => JSON.parse(t));
   return ctl;
 }
+
+/**
+ * A fetch that a test can interfere with: `cut()` breaks the newest SSE stream, `refuseEvents`
+ * makes new streams fail as a network error would; `requests` records every call.
+ */
+export function flakyFetch() {
+  const ctl = { requests: [], refuseEvents: false, streams: [] };
+  ctl.fetch = async (url, init = {}) => {
+    const events = String(url).includes('/api/v1/events');
+    ctl.requests.push({ url: String(url), method: init.method ?? 'GET', headers: { ...(init.headers ?? {}) }, body: init.body });
+    if (!events) return fetch(url, init);
+    if (ctl.refuseEvents) throw new TypeError('fetch failed');
+    const ac = new AbortController();
+    init.signal?.addEventListener('abort', () => ac.abort());
+    ctl.streams.push(ac);
+    return fetch(url, { ...init, signal: ac.signal });
+  };
+  ctl.cut = () => ctl.streams.at(-1).abort();
+  ctl.events = () => ctl.requests.filter((r) => r.url.includes('/api/v1/events'));
+  ctl.ops = () => ctl.requests.filter((r) => r.url.includes('/api/v1/ops/'));
+  return ctl;
+}

@@ -1,0 +1,210 @@
+// App rooms, presence, the inbox, preferences and devices against a real daemon.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { RealtimeClient, RealtimeError, Subscription } from '../dist/index.js';
+import { Daemon, flakyWebSocket, mint, next, sleep, until, user } from './daemon.mjs';
+
+let d;
+const clients = [];
+async function connected(name, options = {}) {
+  const { id = user(name), rooms, ...rest } = options;
+  const c = new RealtimeClient({ url: d.url, token: mint(id, rooms ? { rooms } : {}), minDelayMs: 50, maxDelayMs: 500, onlineTarget: null, ...rest });
+  clients.push(c);
+  await c.connect();
+  return c;
+}
+function collect(emitter, name) {
+  const out = [];
+  emitter.on(name, (x) => out.push(x));
+  return out;
+}
+const publish = (room, event, data = {}) => d.api('POST', '/publish', { room, event, data });
+const notify = (userId, title) => d.api('POST', '/notifications', { user_ids: [userId], type: 'announcement', vars: { title, body: '' } });
+
+before(async () => {
+  d = await Daemon.start();
+});
+after(async () => {
+  for (const c of clients) c.close();
+  await d?.close();
+});
+
+describe('rooms', () => {
+  test('subscribe, events with seq, one subscription per room, unsubscribe', async () => {
+    const c = await connected('a');
+    const room = `job:${user('r')}`;
+    const first = [];
+    const second = [];
+    const sub = await c.subscribe(room, (e) => first.push(e));
+    assert.ok(sub instanceof Subscription);
+    assert.equal(await c.subscribe(room, (e) => second.push(e)), sub, 'the same subscription');
+    await publish(room, 'progress', { pct: 10 });
+    await publish(room, 'progress', { pct: 20 });
+    await until(() => second.length === 2, 2000, 'events');
+    assert.deepEqual(first.map((e) => [e.event, e.data.pct, e.seq, e.replayed]), [['progress', 10, 1, false], ['progress', 20, 2, false]]);
+    assert.equal(sub.seq, 2);
+    await sub.unsubscribe();
+    assert.equal(c.rooms.size, 0);
+    await publish(room, 'progress', { pct: 30 });
+    await sleep(150);
+    assert.equal(first.length, 2);
+  });
+
+  test('a room the token does not allow: FORBIDDEN', async () => {
+    const c = await connected('a');
+    await assert.rejects(c.subscribe('secret:1'), (e) => e instanceof RealtimeError && e.code === 'FORBIDDEN');
+    assert.equal(c.rooms.size, 0);
+  });
+
+  test('room presence, joined and left, client publishing', async () => {
+    const room = `lobby:${user('r')}`;
+    const a = await connected('a');
+    const b = await connected('b');
+    const sa = await a.subscribe(room);
+    const events = collect(sa, 'event');
+    const sb = await b.subscribe(room);
+    await until(() => events.some((e) => e.event === 'room.joined'), 2000, 'room.joined');
+    assert.deepEqual(events[0].data, { room, user_id: b.userId });
+    const members = (await sa.presence()).map((m) => m.user_id).sort();
+    assert.deepEqual(members, [a.userId, b.userId].sort());
+    assert.deepEqual((await a.presence.room(room)).length, 2);
+    await b.publish(room, 'chat', { text: 'hi' });
+    await until(() => events.some((e) => e.event === 'chat'), 2000, 'publication');
+    await sb.unsubscribe();
+    await until(() => events.some((e) => e.event === 'room.left'), 2000, 'room.left');
+  });
+
+  test('after a reconnect: the missed publications replayed once, in order', async () => {
+    const room = `job:${user('r')}`;
+    const net = await flakyWebSocket();
+    const c = await connected('a', { WebSocket: net.WebSocket });
+    const sub = await c.subscribe(room);
+    const got = collect(sub, 'event');
+    const resets = collect(sub, 'reset');
+    await publish(room, 'step', { n: 1 });
+    await until(() => got.length === 1, 2000, 'live');
+    net.dropIn = () => true;
+    for (let n = 2; n <= 4; n++) await publish(room, 'step', { n });
+    net.dropIn = null;
+    net.last().cut();
+    await until(() => got.length === 4, 3000, 'recovery');
+    await publish(room, 'step', { n: 5 });
+    await until(() => got.length === 5, 2000, 'live again');
+    await sleep(100);
+    assert.deepEqual(got.map((e) => [e.data.n, e.seq, e.replayed]), [[1, 1, false], [2, 2, true], [3, 3, true], [4, 4, true], [5, 5, false]]);
+    assert.deepEqual(resets, []);
+    const resub = net.frames().filter((f) => f.op === 'subscribe');
+    assert.deepEqual(resub[1].data.since, { seq: 1, epoch: got[0].epoch });
+  });
+
+  test('a recovery refused, or a missing seq: reset, never a silent hole', async () => {
+    const room = `small:${user('r')}`; // recovery_cap = 3
+    const net = await flakyWebSocket();
+    const c = await connected('a', { WebSocket: net.WebSocket });
+    const sub = await c.subscribe(room);
+    const got = collect(sub, 'event');
+    const resets = collect(sub, 'reset');
+    await publish(room, 'step', { n: 1 });
+    await until(() => got.length === 1, 2000, 'live');
+    net.dropIn = () => true;
+    for (let n = 2; n <= 6; n++) await publish(room, 'step', { n });
+    net.dropIn = null;
+    net.last().cut();
+    await until(() => resets.length === 1, 3000, 'reset');
+    assert.deepEqual(resets[0], { room, seq: 6, epoch: got[0].epoch, reason: 'not_recovered' });
+    assert.equal(got.length, 1, 'nothing replayed: all or nothing');
+    await publish(room, 'step', { n: 7 });
+    await until(() => got.length === 2, 2000, 'live after the reset');
+    // A frame that skips a seq (as a lossy path would deliver it) raises a reset too.
+    net.last().inject({ event: 'step', room, seq: 9, epoch: sub.epoch, data: { n: 9 } });
+    assert.equal(resets.length, 2);
+    assert.equal(resets[1].reason, 'gap');
+    assert.deepEqual(got.map((e) => e.data.n), [1, 7, 9]);
+  });
+});
+
+describe('presence', () => {
+  test('own status, contacts see it, query', async () => {
+    const a = await connected('a');
+    const b = await connected('b');
+    await d.api('PUT', `/users/${a.userId}/contacts`, { user_ids: [b.userId] });
+    await d.api('PUT', `/users/${b.userId}/contacts`, { user_ids: [a.userId] });
+    const seen = next(b.presence, 'updated', 5000, (p) => p.user_id === a.userId && p.status === 'busy');
+    await a.presence.set('busy', 'in a meeting');
+    const p = await seen;
+    assert.equal(p.message, 'in a meeting');
+    const q = await b.presence.query([a.userId, 'stranger']);
+    assert.equal(q[a.userId].status, 'busy');
+    assert.equal(q.stranger, undefined);
+  });
+});
+
+describe('inbox', () => {
+  test('live notifications, unread counts, read on one device seen on the other, read all, delete', async () => {
+    const id = user('n');
+    const phone = await connected('n', { id });
+    const laptop = await connected('n', { id });
+    const arrived = collect(laptop.inbox, 'notification');
+    await notify(id, 'one');
+    await notify(id, 'two');
+    await until(() => arrived.length === 2, 2000, 'notifications');
+    assert.deepEqual(arrived.map((n) => n.title), ['one', 'two']);
+    assert.equal(laptop.inbox.unreadCount, 2);
+    const page = await phone.inbox.list();
+    assert.deepEqual(page.notifications.map((n) => n.title), ['two', 'one']);
+    const read = next(laptop.inbox, 'read');
+    assert.equal(await phone.inbox.markRead([page.notifications[1].id]), 1);
+    assert.deepEqual((await read).ids, [page.notifications[1].id]);
+    assert.equal(laptop.inbox.unreadCount, 1);
+    assert.equal(await phone.inbox.markAllRead(), 0);
+    await until(() => laptop.inbox.unreadCount === 0, 2000, 'read all');
+    const deleted = next(laptop.inbox, 'deleted');
+    await phone.inbox.delete([page.notifications[0].id]);
+    assert.deepEqual((await deleted).ids, [page.notifications[0].id]);
+    assert.equal(await phone.inbox.fetchUnreadCount(), 0);
+  });
+
+  test('a missing seq and a reconnect: fetched, once, in order', async () => {
+    const net = await flakyWebSocket();
+    const c = await connected('n', { WebSocket: net.WebSocket });
+    const got = collect(c.inbox, 'notification');
+    await notify(c.userId, 'n1');
+    await until(() => got.length === 1, 2000, 'first');
+    let dropped = 0;
+    net.dropIn = (t) => t.includes('"notification.new"') && dropped++ === 0;
+    await notify(c.userId, 'n2');
+    await notify(c.userId, 'n3');
+    await until(() => got.length === 3, 2000, 'gap filled');
+    net.dropIn = () => true;
+    await notify(c.userId, 'n4');
+    await notify(c.userId, 'n5');
+    net.dropIn = null;
+    net.last().cut();
+    await until(() => got.length === 5, 3000, 'after the reconnect');
+    await sleep(100);
+    assert.deepEqual(got.map((n) => [n.seq, n.title]), [[1, 'n1'], [2, 'n2'], [3, 'n3'], [4, 'n4'], [5, 'n5']]);
+    assert.equal(c.inbox.unreadCount, 5);
+  });
+
+  test('preferences over REST; a refusal is a RealtimeError with the HTTP status', async () => {
+    const c = await connected('p');
+    const prefs = await c.inbox.preferences();
+    assert.ok(prefs.types.some((t) => t.type === 'announcement' && t.in_app === true));
+    const changed = await c.inbox.setPreferences({ types: [{ type: 'announcement', in_app: false }], time_zone: 'Europe/Paris' });
+    assert.equal(changed.types.find((t) => t.type === 'announcement').in_app, false);
+    assert.equal(changed.time_zone, 'Europe/Paris');
+    await assert.rejects(c.inbox.setPreferences({ types: [{ type: 'no_such_type' }] }), (e) => e instanceof RealtimeError && e.code === 'VALIDATION_ERROR' && e.status === 400);
+  });
+});
+
+describe('devices', () => {
+  test('register, list, unregister', async () => {
+    const c = await connected('dev');
+    const token = 'fcm:' + user('t');
+    const dev = await c.devices.register({ token, platform: 'web', appVersion: '1.2.3' });
+    assert.equal(dev.token, token);
+    assert.deepEqual((await c.devices.list()).map((x) => x.token), [token]);
+    await c.devices.unregister(token);
+    assert.deepEqual((await c.devices.list()).filter((x) => x.active !== false).map((x) => x.token), []);
+  });
+});

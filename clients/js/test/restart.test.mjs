@@ -1,0 +1,120 @@
+// The daemon goes away and comes back: a drain and restart with 200 messages in flight from
+// the outbox, a paused daemon that only the heartbeat notices, the browser's `online` event.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { RealtimeClient } from '../dist/index.js';
+import { Daemon, mint, next, sleep, until, user } from './daemon.mjs';
+
+let d;
+const clients = [];
+async function connected(name, options = {}) {
+  const c = new RealtimeClient({ url: d.url, token: mint(user(name)), minDelayMs: 50, maxDelayMs: 400, onlineTarget: null, ...options });
+  clients.push(c);
+  await c.connect();
+  return c;
+}
+
+before(async () => {
+  d = await Daemon.start();
+});
+after(async () => {
+  for (const c of clients) c.close();
+  await d?.close();
+});
+
+describe('restarts', () => {
+  test('a restart with 200 messages in flight: each stored and received once, in send order', async () => {
+    const alice = await connected('alice');
+    const bob = await connected('bob');
+    const carol = await connected('carol');
+    const online = new EventTarget();
+    const sleepy = await connected('sleepy', { minDelayMs: 60_000, maxDelayMs: 60_000, onlineTarget: online });
+    const convs = [
+      await alice.chat.open(bob.userId),
+      await alice.chat.open(carol.userId),
+      await alice.chat.create([bob.userId, carol.userId], 'all'),
+      await alice.chat.create([bob.userId], 'pair'),
+    ];
+    const room = `job:${user('r')}`;
+    const sub = await bob.subscribe(room);
+    const resets = [];
+    sub.on('reset', (r) => resets.push(r));
+    await d.api('POST', '/publish', { room, event: 'before', data: {} });
+    await bob.chat.list();
+    await carol.chat.list();
+    const received = new Map(); // user -> conversation -> bodies
+    for (const c of [alice, bob, carol]) {
+      const mine = new Map();
+      received.set(c, mine);
+      c.chat.on('message', (m) => {
+        if (!mine.has(m.conversation_id)) mine.set(m.conversation_id, []);
+        mine.get(m.conversation_id).push(m.body);
+      });
+    }
+    const drops = [];
+    alice.on('disconnected', (e) => drops.push(e));
+
+    const PER = 50;
+    const sends = [];
+    let acked = 0;
+    for (let i = 0; i < PER; i++)
+      for (const conv of convs) sends.push(alice.chat.send(conv.id, `${conv.id}#${i}`).then((m) => (acked++, m)));
+    await until(() => acked >= 20, 10_000, '20 acknowledged');
+    const ackedBeforeStop = acked;
+    await d.restart();
+    const stored = await Promise.all(sends);
+    assert.ok(ackedBeforeStop < 200, 'messages were still in the outbox when the daemon stopped');
+    assert.equal(drops[0].code, 1001);
+    for (const c of [alice, bob, carol]) assert.equal(c.transport, 'websocket', 'a daemon that was down is no reason for SSE');
+    assert.ok(drops[0].delayMs >= 100 && drops[0].delayMs <= 300, `the server's delay (${drops[0].delayMs} ms)`);
+
+    const expected = (conv) => Array.from({ length: PER }, (_, i) => `${conv.id}#${i}`);
+    for (const conv of convs) {
+      const mine = stored.filter((m) => m.conversation_id === conv.id);
+      assert.deepEqual(mine.map((m) => m.seq), Array.from({ length: PER }, (_, i) => i + 1), 'stored once each, in order');
+      const page = await bob.chat.history(conv.id, { afterSeq: 0, limit: 100 }).catch(() => carol.chat.history(conv.id, { afterSeq: 0, limit: 100 }));
+      assert.deepEqual(page.messages.map((m) => m.body), expected(conv));
+    }
+    const members = (conv) => [alice, ...[bob, carol].filter((c) => conv.members.some((m) => m.user_id === c.userId))];
+    await until(
+      () => convs.every((conv) => members(conv).every((c) => (received.get(c).get(conv.id) ?? []).length >= PER)),
+      15_000,
+      'every message received',
+    );
+    await sleep(200);
+    for (const conv of convs)
+      for (const c of members(conv)) assert.deepEqual(received.get(c).get(conv.id), expected(conv), `${c.userId} in ${conv.title ?? conv.id}`);
+
+    // The room's history did not survive the restart: a reset, not a silent hole.
+    await until(() => resets.length === 1, 5000, 'room reset');
+    assert.equal(resets[0].reason, 'not_recovered');
+
+    // A client waiting a long backoff reconnects at once on the browser's `online` event.
+    assert.equal(sleepy.state, 'disconnected');
+    const back = next(sleepy, 'connected', 5000);
+    online.dispatchEvent(new Event('online'));
+    assert.equal((await back).reconnected, true);
+  });
+
+  test('a silent peer is found dead by the heartbeat; idempotent requests survive it', async () => {
+    const c = await connected('a', { pingIntervalMs: 300, pongTimeoutMs: 300, connectTimeoutMs: 1000, rooms: ['plain:*'] });
+    const gone = next(c, 'disconnected', 5000);
+    d.pause();
+    const paused = Date.now();
+    let read;
+    let publish;
+    try {
+      read = c.presence.query([]);
+      publish = c.publish('plain:x', 'e', {});
+      const e = await gone;
+      const after = Date.now() - paused;
+      assert.equal(e.reason, 'no answer to the heartbeat');
+      assert.ok(after <= 1200, `found dead after ${after} ms`);
+    } finally {
+      d.resume();
+    }
+    await assert.rejects(publish, (e) => e.code === 'DISCONNECTED');
+    assert.deepEqual(await read, {});
+    assert.equal(c.state, 'connected');
+  });
+});
