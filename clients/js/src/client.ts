@@ -287,7 +287,7 @@ export class RealtimeClient extends Emitter<ClientEvents> {
 
   /** Close for good: pending requests and unsent messages fail with `CLOSED`. `connect()` starts again. */
   close(): void {
-    if (!this._stopped) this._stop(1000, 'closed by the app');
+    if (this.state !== 'closed') this._stop(1000, 'closed by the app');
   }
 
   /** Skip the wait before the next reconnect attempt (also done on the browser's `online` event). */
@@ -337,7 +337,7 @@ export class RealtimeClient extends Emitter<ClientEvents> {
       if (this.transport === 'sse' && this._rooms.size >= MAX_SSE_ROOMS)
         throw new RealtimeError('FORBIDDEN', `subscription limit reached (${MAX_SSE_ROOMS} rooms over SSE)`, { field: 'room' });
       this._rooms.set(room, (s = new Subscription(room, this)));
-      if (this._conn?.ready) this._conn.kind === 'websocket' ? this._sync(s) : this._sseReopen();
+      if (this._conn?.ready) this._conn.kind === 'websocket' ? this._sync(s) : this._sseReopen().catch(noop);
     }
     if (handler) s.on('event', handler);
     return s._ready;
@@ -417,8 +417,7 @@ export class RealtimeClient extends Emitter<ClientEvents> {
     s._fail(new RealtimeError('CLOSED', `unsubscribed from ${s.room}`));
     const c = this._conn;
     if (!c?.ready) return;
-    if (c.kind === 'sse') return this._sseReopen();
-    await this.request('unsubscribe', { room: s.room }).catch(noop);
+    await (c.kind === 'sse' ? this._sseReopen() : this.request('unsubscribe', { room: s.room })).catch(noop);
   }
 
   // -- requests ---------------------------------------------------------------------------------
@@ -627,9 +626,17 @@ export class RealtimeClient extends Emitter<ClientEvents> {
       setTimeout(async () => {
         this._reopen = null;
         if (!this._conn?.ready || this._conn.kind !== 'sse') return resolve();
-        this._next?.ctrl?.abort();
+        const prev = this._next; // superseded: it settles with this one
+        this._drop(prev);
         const conn: Conn = { kind: 'sse', opened: false, ready: false };
-        conn.done = (e) => (e ? reject(e) : resolve());
+        conn.done = (e) => {
+          prev?.done?.(e);
+          if (!e) return resolve();
+          reject(e);
+          // Rooms still waiting for a stream get another try while this one lasts.
+          if (e.code === 'DISCONNECTED' && [...this._rooms.values()].some((x) => !x._synced))
+            setTimeout(() => this._sseReopen().catch(noop), this._backoff(0));
+        };
         this._next = conn;
         conn.timer = setTimeout(() => this._lost(conn, 1006, 'connect timeout'), this.o.connectTimeoutMs);
         try {

@@ -105,6 +105,25 @@ describe('chat', () => {
     assert.equal(await b.chat.markRead(conv.id, 1), 2, 'the cursor never moves back');
   });
 
+  test('mute, leave, and changes since a version', async () => {
+    const a = await connected('a');
+    const b = await connected('b');
+    const c = await connected('c');
+    const group = await a.chat.create([b.userId, c.userId], 'g');
+    const state = next(a.chat, 'state');
+    await a.chat.mute(group.id, true);
+    assert.equal((await state).muted, true);
+    const changed = next(b.chat, 'conversation', 5000, (x) => x.members.length === 2);
+    await c.chat.leave(group.id);
+    assert.deepEqual((await changed).members.map((m) => m.user_id).sort(), [a.userId, b.userId].sort());
+    await assert.rejects(c.chat.send(group.id, 'still here?'), (e) => e.code === 'FORBIDDEN');
+    const since = (await a.chat.history(group.id)).version;
+    const m = await b.chat.send(group.id, 'x');
+    await b.chat.edit(m.id, 'y');
+    const changes = await a.chat.history(group.id, { changedSince: since });
+    assert.deepEqual(changes.messages.map((x) => x.body), ['y']);
+  });
+
   test('typing: throttled to what the server expects, stopped by a message', async () => {
     const net = await flakyWebSocket();
     const a = await connected('a', { WebSocket: net.WebSocket });

@@ -83,6 +83,12 @@ export function mint(sub, { ttlS = 3600, rooms = ['job:*', 'small:*'], secret = 
   return `${head}.${body}.${sig}`;
 }
 
+// A test process that dies leaves no daemon behind.
+const running = new Set();
+process.on('exit', () => {
+  for (const p of running) p.kill('SIGKILL');
+});
+
 export class Daemon {
   constructor(dir, port, config) {
     this.dir = dir;
@@ -113,7 +119,9 @@ export class Daemon {
     }));
     proc.stderr.setEncoding('utf8');
     proc.stderr.on('data', (s) => this.log.push(...s.split('\n').filter(Boolean)));
+    running.add(proc);
     const exited = new Promise((r) => proc.once('exit', r));
+    exited.then(() => running.delete(proc));
     this.exited = exited;
     const until = Date.now() + 30_000;
     for (;;) {

@@ -150,6 +150,38 @@ describe('close codes', () => {
   });
 });
 
+describe('token refresh', () => {
+  test('session.expiring right after session.ready: a fresh token on the same socket', async () => {
+    const fake = scripted();
+    let calls = 0;
+    const c = client(fake, { token: () => `t${++calls}` });
+    await c.connect();
+    const ws = fake.sockets[0];
+    ws.push({ event: 'session.expiring', data: { expires_at: new Date().toISOString() } });
+    await sleep(30);
+    assert.equal(calls, 2);
+    assert.deepEqual(ws.sent.map((f) => [f.op, f.data.token]), [['auth', 't1'], ['auth', 't2']]);
+    assert.equal(fake.sockets.length, 1, 'no reconnect');
+    c.close();
+  });
+
+  test('a re-authentication refused is reported, the session goes on', async () => {
+    const fake = scripted();
+    const c = client(fake, { token: () => 'fresh' });
+    await c.connect();
+    const ws = fake.sockets[0];
+    ws.send = (text) => {
+      const f = JSON.parse(text);
+      ws.push({ id: f.id, ok: false, error: { code: 'FORBIDDEN', message: 'the token is for another user' } });
+    };
+    const error = next(c, 'error');
+    ws.push({ event: 'session.expiring', data: { expires_at: null } });
+    assert.equal((await error).code, 'FORBIDDEN');
+    assert.equal(c.state, 'connected');
+    c.close();
+  });
+});
+
 describe('requests', () => {
   test('a request made while disconnected waits for the connection, up to its timeout', async () => {
     const fake = scripted();
