@@ -8,7 +8,7 @@
  */
 import type { RealtimeClient } from './client';
 import { Emitter } from './emitter';
-import { RealtimeError } from './errors';
+import { RealtimeError, malformed } from './errors';
 import type {
   Conversation,
   ConversationPage,
@@ -114,7 +114,13 @@ export class Chat extends Emitter<ChatEvents> {
 
   constructor(private readonly _c: RealtimeClient) {
     super();
-    _c.on('event', (f) => this._event(f));
+    _c.on('event', (f) => {
+      try {
+        this._event(f);
+      } catch (e) {
+        _c.emit('error', malformed(e));
+      }
+    });
     _c.on('connected', (e) => {
       this._total(e.session.unread_total);
       if (e.reconnected) for (const [id, s] of this._s) if (s.last !== undefined) this._serial(id, () => this._resync(id));
@@ -371,8 +377,11 @@ export class Chat extends Emitter<ChatEvents> {
   private _event(f: ServerEvent): void {
     const d = f.data;
     switch (f.event) {
-      case 'message.new':
-        return this._serial(d.message.conversation_id, () => this._incoming(d.message, f.seq ?? d.message.seq));
+      case 'message.new': {
+        const seq = f.seq ?? d.message.seq;
+        if (!Number.isInteger(seq) || typeof d.message.conversation_id !== 'string') throw new Error('message.new without seq');
+        return this._serial(d.message.conversation_id, () => this._incoming(d.message, seq));
+      }
       case 'message.updated':
       case 'message.deleted':
         return this._serial(d.message.conversation_id, () => {

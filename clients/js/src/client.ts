@@ -8,7 +8,7 @@
 import { Chat } from './chat';
 import { Devices } from './devices';
 import { Emitter } from './emitter';
-import { RealtimeError, wireError } from './errors';
+import { RealtimeError, malformed, wireError } from './errors';
 import { Inbox } from './inbox';
 import { PresenceApi } from './presence';
 import { Subscription, type RoomEvent } from './room';
@@ -305,10 +305,15 @@ export class RealtimeClient extends Emitter<ClientEvents> {
       v.str(op, 'op', 64);
       v.object(data, 'data');
       const id = this._id++;
-      const text = JSON.stringify({ id, op, data });
+      let text: string;
+      try {
+        text = JSON.stringify({ id, op, data });
+      } catch {
+        throw v.invalid('data', 'must be serializable as JSON');
+      }
       if (text.length * 3 > this.o.maxFrameBytes && v.utf8(text) > this.o.maxFrameBytes)
         throw new RealtimeError('PAYLOAD_TOO_LARGE', `data: the frame would exceed ${this.o.maxFrameBytes} bytes`, { field: 'data' });
-      const ms = opts.timeoutMs ?? this.o.requestTimeoutMs;
+      const ms = opts.timeoutMs === undefined ? this.o.requestTimeoutMs : v.int(opts.timeoutMs, 'timeoutMs', 1, 86_400_000);
       const p: Pending = {
         id,
         op,
@@ -651,13 +656,15 @@ export class RealtimeClient extends Emitter<ClientEvents> {
   private _frame(conn: Conn, raw: unknown): void {
     if (conn !== this._conn && conn !== this._next && conn !== this._old) return;
     this._heard = Date.now();
-    let f: any;
     try {
-      f = JSON.parse(String(raw));
-    } catch {
-      return;
+      this._handle(conn, JSON.parse(String(raw)));
+    } catch (e) {
+      this.emit('error', malformed(e));
     }
-    if (!f || typeof f !== 'object') return;
+  }
+
+  private _handle(conn: Conn, f: any): void {
+    if (!f || typeof f !== 'object' || Array.isArray(f)) throw new Error('not a JSON object');
     if ('ok' in f) {
       if (f.id === conn.authId) {
         if (!f.ok) {
@@ -671,7 +678,7 @@ export class RealtimeClient extends Emitter<ClientEvents> {
       if (p && p.on === conn) this._done(p, f.data, f.ok ? undefined : wireError(f.error));
       return;
     }
-    if (typeof f.event !== 'string') return;
+    if (typeof f.event !== 'string') throw new Error('neither a reply nor an event');
     switch (f.event) {
       case 'session.ready':
         return this._ready(conn, f.data);
@@ -692,6 +699,7 @@ export class RealtimeClient extends Emitter<ClientEvents> {
   }
 
   private _ready(conn: Conn, info: SessionInfo): void {
+    if (typeof info?.session_id !== 'string' || typeof info.user_id !== 'string') throw new Error('session.ready without a session');
     clearTimeout(conn.timer);
     conn.ready = true;
     this.session = info;

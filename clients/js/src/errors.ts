@@ -5,7 +5,8 @@
  * `FORBIDDEN`, `NOT_FOUND`, `CONFLICT`, `BLOCKED`, `RATE_LIMITED`, `PAYLOAD_TOO_LARGE`,
  * `UNAVAILABLE`, `INTERNAL`), or one of the SDK's own: `DISCONNECTED` (the connection was lost
  * while a request that cannot be replayed was in flight), `TIMEOUT` (no answer in time) and
- * `CLOSED` (the client was closed, by the app or by a terminal close code).
+ * `CLOSED` (the client was closed, by the app or by a terminal close code) and
+ * `PROTOCOL_ERROR` (the server sent a frame the SDK cannot use: reported as an `error` event).
  * Arguments the SDK refuses before sending anything are `VALIDATION_ERROR` (or
  * `PAYLOAD_TOO_LARGE`) with `field` naming the argument, as the server would answer.
  */
@@ -23,7 +24,8 @@ export type ErrorCode =
   | 'INTERNAL'
   | 'DISCONNECTED'
   | 'TIMEOUT'
-  | 'CLOSED';
+  | 'CLOSED'
+  | 'PROTOCOL_ERROR';
 
 export interface ErrorDetails {
   /** The field or argument at fault. */
@@ -62,4 +64,9 @@ export function wireError(e: any, status?: number): RealtimeError {
     typeof o.message === 'string' ? o.message : 'unexpected answer from the server',
     { field: o.field, retryAfterMs: o.retry_after_ms, correlationId: o.correlation_id, status },
   );
+}
+
+/** A frame from the server that the SDK cannot use. */
+export function malformed(e: unknown): RealtimeError {
+  return new RealtimeError('PROTOCOL_ERROR', `a malformed frame from the server: ${(e as any)?.message ?? e}`);
 }

@@ -8,7 +8,7 @@
  */
 import type { RealtimeClient } from './client';
 import { Emitter } from './emitter';
-import { RealtimeError } from './errors';
+import { RealtimeError, malformed } from './errors';
 import type { Notification, NotificationPage, NotificationPreferences, PreferencesUpdate, ServerEvent } from './types';
 import * as v from './validate';
 
@@ -34,7 +34,13 @@ export class Inbox extends Emitter<InboxEvents> {
 
   constructor(private readonly _c: RealtimeClient) {
     super();
-    _c.on('event', (f) => this._event(f));
+    _c.on('event', (f) => {
+      try {
+        this._event(f);
+      } catch (e) {
+        _c.emit('error', malformed(e));
+      }
+    });
     _c.on('connected', (e) => {
       this._count(e.session.notifications_unread);
       if (e.reconnected && this._last !== undefined) this._serial(() => this._backfill(undefined, false));
@@ -114,7 +120,11 @@ export class Inbox extends Emitter<InboxEvents> {
 
   private _event(f: ServerEvent): void {
     const d = f.data;
-    if (f.event === 'notification.new') this._serial(() => this._incoming(d.notification, f.seq ?? d.notification.seq));
+    if (f.event === 'notification.new') {
+      const seq = f.seq ?? d.notification.seq;
+      if (!Number.isInteger(seq)) throw new Error('notification.new without seq');
+      this._serial(() => this._incoming(d.notification, seq));
+    }
     else if (f.event === 'notification.read' || f.event === 'notification.deleted') {
       this._count(d.unread_count);
       this.emit(f.event === 'notification.read' ? 'read' : 'deleted', d);

@@ -79,7 +79,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** @internal */
   _deliver(f: ServerEvent, replayed = false): void {
     const s = f.seq;
-    if (s != null && f.epoch) {
+    if (typeof s === 'number' && f.epoch) {
       if (this.epoch === f.epoch) {
         if (s <= this.seq) return; // already delivered
         if (s > this.seq + 1) this._reset('gap', s, f.epoch);

@@ -150,6 +150,37 @@ describe('close codes', () => {
   });
 });
 
+describe('a server that misbehaves', () => {
+  test('malformed frames are reported as PROTOCOL_ERROR, never thrown, and the connection goes on', async () => {
+    const fake = scripted();
+    const c = client(fake);
+    await c.connect();
+    const errors = [];
+    c.on('error', (e) => errors.push(e));
+    const ws = fake.sockets[0];
+    const bad = ['not json', '[]', '42', '{"neither":1}', '{"event":"session.ready","data":null}'];
+    for (const text of bad) ws.onmessage({ data: text });
+    for (const frame of [
+      { event: 'message.new', data: {} },
+      { event: 'message.new', data: { message: { conversation_id: 'c1' } } },
+      { event: 'notification.new' },
+      { event: 'conversation.state', data: null },
+      { event: 'room.reset', data: null },
+      { id: 12345, ok: true, data: {} },
+    ])
+      ws.onmessage({ data: JSON.stringify(frame) });
+    await sleep(20);
+    assert.equal(errors.length, 9);
+    assert.ok(errors.every((e) => e instanceof RealtimeError && e.code === 'PROTOCOL_ERROR'));
+    assert.equal(c.state, 'connected');
+    const p = c.request('presence.query', { user_ids: [] });
+    await sleep(10);
+    ws.push({ id: ws.sent.at(-1).id, ok: true, data: { presences: {} } });
+    assert.deepEqual(await p, { presences: {} });
+    c.close();
+  });
+});
+
 describe('token refresh', () => {
   test('session.expiring right after session.ready: a fresh token on the same socket', async () => {
     const fake = scripted();
@@ -240,6 +271,10 @@ describe('requests', () => {
     await c.connect();
     await assert.rejects(c.request('publish', { room: 'x', event: 'e', data: { big: 'é'.repeat(1500) } }), (e) => e.code === 'PAYLOAD_TOO_LARGE');
     await assert.rejects(c.request('ping', 'nope'), (e) => e.field === 'data');
+    const cyclic = {};
+    cyclic.self = cyclic;
+    await assert.rejects(c.request('publish', { room: 'x', event: 'e', data: cyclic }), (e) => e.code === 'VALIDATION_ERROR' && e.field === 'data');
+    await assert.rejects(c.request('ping', {}, { timeoutMs: -1 }), (e) => e.field === 'timeoutMs');
     assert.equal(fake.sockets[0].sent.length, 1, 'only the auth frame was sent');
     c.close();
   });
