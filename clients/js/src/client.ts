@@ -84,7 +84,7 @@ export interface ClientEvents {
   event: ServerEvent;
 }
 
-/** What to do after a close code (PROTOCOL.md section 4). */
+/** What to do after a close code (docs/protocol.md, close codes). */
 export type CloseAction = 'stop' | 'retry' | 'refresh' | 'slow' | 'shutdown';
 
 export function closeAction(code: number): CloseAction {

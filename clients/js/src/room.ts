@@ -35,7 +35,7 @@ export interface SubscriptionEvents {
   error: RealtimeError;
 }
 
-/** @internal what a Subscription needs of its client */
+/** What a Subscription needs of its client. */
 export interface RoomOwner {
   _unsubscribe(s: Subscription): Promise<void>;
   request<T = any>(op: string, data?: object): Promise<T>;

@@ -1,5 +1,5 @@
 /**
- * Argument checks made before anything is sent, with the server's rules (PROTOCOL.md
+ * Argument checks made before anything is sent, with the server's rules (docs/protocol.md,
  * sections 2, 4 and 5), so a mistake is reported at once with the argument's name.
  */
 import { RealtimeError } from './errors';
