@@ -106,7 +106,12 @@ export class Daemon {
     const config = merge(BASE, merge(override, { server: { state_dir: join(dir, 'state') }, http: { listen: `127.0.0.1:${port}` } }));
     writeFileSync(join(dir, 'realtimed.toml'), toml(config));
     const d = new Daemon(dir, port, config);
-    await d.run();
+    try {
+      await d.run();
+    } catch (e) {
+      await d.close();
+      throw e;
+    }
     return d;
   }
 
