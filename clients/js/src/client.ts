@@ -668,9 +668,9 @@ export class RealtimeClient extends Emitter<ClientEvents> {
     if ('ok' in f) {
       if (f.id === conn.authId) {
         if (!f.ok) {
+          // Every refused first-frame auth is followed by the server's close (4501, 4004, 4503,
+          // 4511: docs/protocol.md section 3), whose code decides what happens next.
           conn.authError = wireError(f.error);
-          // UNAUTHORIZED is followed by the server's close (4501 or 4004); anything else is ours to end.
-          if (conn.authError.code !== 'UNAUTHORIZED') this._lost(conn, 4501, conn.authError.message);
         }
         return;
       }
