@@ -8,6 +8,8 @@
   development token with the configured HS256 secret; prints only the token.
 - ``realtimed migrate [-c FILE]``: apply pending store migrations.
 - ``realtimed jobs list|retry|cancel``: inspect and steer jobs.
+- ``realtimed listen --room ROOM [--url URL] [--token TOKEN | -c FILE]``: print
+  events as they come, one JSON line each (needs the Python SDK, clients/python).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import orjson
 from realtimed import __version__
 from realtimed.config import DEFAULT_CONFIG_FILE, Config, ConfigError, config_to_dict, load_config
 from realtimed.jobs.cli import add_jobs_commands
+from realtimed.listen import add_listen_command
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -195,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=_cmd_migrate)
 
     add_jobs_commands(sub)
+    add_listen_command(sub, _load, _default_config_path)
     return parser
 
 
