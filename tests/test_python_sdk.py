@@ -1,0 +1,624 @@
+"""The Python SDK (``clients/python``, ``realtimed_client``) against a real daemon.
+
+Every test runs a daemon in the test's Trio loop (``start_daemon``) and talks to
+it over real sockets with the SDK; the application's backend is played with
+httpx on the server API. A daemon restart is a drain of the first daemon and a
+second one on the same port and state folder, so the SQLite store (and, with
+the Redis broker, room history) outlives it. Timers that would take minutes
+(token expiry, heartbeats, request timeouts) run on MockClock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio.testing
+from realtimed_client import (
+    CLOSED,
+    TIMEOUT,
+    Client,
+    ClientOptions,
+    Event,
+    RealtimeError,
+    State,
+    open_client,
+)
+
+from realtimed.daemon import Daemon
+from tests.fixtures.daemon import API_KEY, DaemonFactory, merge, toml_dumps
+from tests.fixtures.tokens import token
+
+SERVER = {"Authorization": f"Bearer {API_KEY}"}
+
+# Quick reconnects: the drain asks for 50 to 100 ms, the SDK backs off from 50 ms.
+DAEMON: dict[str, Any] = {
+    "shutdown": {"grace_s": 2.0, "reconnect_min_ms": 50, "reconnect_max_ms": 100},
+    "namespaces": [
+        {"prefix": "job:", "history_size": 100, "history_ttl_s": 600.0},
+        {"prefix": "lobby:", "public": True, "client_publish": True, "presence": True, "history_size": 50},
+        {"prefix": "live:"},
+    ],
+}
+FAST = ClientOptions(backoff_min_s=0.05, backoff_max_s=0.5, request_timeout_s=5.0, connect_timeout_s=5.0)
+
+
+def ws_url(daemon: Daemon) -> str:
+    return daemon.url().replace("http", "ws", 1) + "/ws"
+
+
+def server_http(daemon: Daemon) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=daemon.url(), headers=SERVER, timeout=10)
+
+
+async def publish(daemon: Daemon, room: str, event: str, data: Any) -> dict[str, Any]:
+    async with server_http(daemon) as http:
+        response = await http.post("/server/v1/publish", json={"room": room, "event": event, "data": data})
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+async def restart(daemon: Daemon, start_daemon: DaemonFactory, override: dict[str, Any]) -> Daemon:
+    """Drain the daemon (server.shutdown, close 1001) and start another on its port and state."""
+    port = daemon.address()[1]
+    daemon.request_drain()
+    await daemon.wait_stopped()
+    return await start_daemon(merge(override, {"http": {"listen": f"127.0.0.1:{port}"}}))
+
+
+async def next_event(stream: Any, *, timeout: float = 5) -> Event:
+    with trio.fail_after(timeout):
+        event: Event = await stream.get()
+        return event
+
+
+async def collect(stream: Any, count: int, *, timeout: float = 10) -> list[Event]:
+    found: list[Event] = []
+    with trio.fail_after(timeout):
+        while len(found) < count:
+            found.append(await stream.get())
+    return found
+
+
+async def nothing_more(stream: Any, *, wait: float = 0.3) -> None:
+    with trio.move_on_after(wait):
+        extra = await stream.get()
+        raise AssertionError(f"unexpected event {extra}")
+
+
+# -- connecting and rooms ------------------------------------------------------------------------
+
+
+async def test_connect_subscribe_and_receive(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(20):
+        daemon = await start_daemon(DAEMON)
+        async with open_client(ws_url(daemon), token=token("alice", rooms=["job:*"]), options=FAST) as client:
+            ready = await client.wait_connected()
+            assert ready["user_id"] == "alice" and ready["session_id"].startswith("s_")
+            assert client.state is State.CONNECTED
+            async with client.subscribe("job:42") as job:
+                assert job.position[0] == 0 and job.position[1]
+                for pct in (10, 20, 30):
+                    await publish(daemon, "job:42", "job.progress", {"pct": pct})
+                events = await collect(job, 3)
+                assert [e.data["pct"] for e in events] == [10, 20, 30]
+                assert [e.seq for e in events] == [1, 2, 3]
+                assert all(e.room == "job:42" and e.name == "job.progress" and not e.replayed for e in events)
+                assert job.position == (3, events[0].epoch)
+                # A room outside the token's rooms claim is refused by the server.
+                with pytest.raises(RealtimeError) as refused:
+                    async with client.subscribe("team:1"):
+                        pass
+                assert refused.value.code == "FORBIDDEN"
+            pong = await client.ping()
+            assert pong["server_time"].endswith("Z")
+        assert client.state is State.CLOSED
+
+
+def gated_provider(user: str, **claims: Any) -> tuple[Callable[[], Awaitable[str]], dict[str, Any]]:
+    """A token provider the test can hold shut, so it decides when the client may reconnect.
+
+    Its tokens expire within the client's refresh margin, so it is asked before every connection.
+    """
+    state: dict[str, Any] = {"open": trio.Event(), "calls": 0}
+    state["open"].set()
+
+    async def provider() -> str:
+        await state["open"].wait()
+        state["calls"] += 1
+        return token(user, ttl=600, **claims)
+
+    return provider, state
+
+
+GATED = ClientOptions(
+    backoff_min_s=0.05, backoff_max_s=0.5, request_timeout_s=5.0, connect_timeout_s=5.0, token_refresh_margin_s=3600.0
+)
+
+
+@pytest.mark.parametrize("history", ["redis", "memory"])
+async def test_reconnect_after_a_restart_resubscribes_since(
+    start_daemon: DaemonFactory, history: str, request: pytest.FixtureRequest
+) -> None:
+    """Publications made while the client was away are replayed in order after the
+    reconnect when the history outlived the restart (Redis); when it did not (the
+    in-process history starts a new epoch), the room says room.reset instead."""
+    with trio.fail_after(30):
+        override = DAEMON
+        if history == "redis":
+            node = "sdk-" + os.urandom(4).hex()
+            override = merge(DAEMON, {"server": {"node": node}, "broker": {"backend": "redis", "redis_url": request.getfixturevalue("redis_url")}})
+        room = "job:" + os.urandom(4).hex()
+        daemon = await start_daemon(override)
+        provider, gate = gated_provider("alice", rooms=["job:*"])
+        async with open_client(ws_url(daemon), token=provider, options=GATED) as client:
+            first = await client.wait_connected()
+            async with client.subscribe(room) as job:
+                await publish(daemon, room, "job.progress", {"pct": 1})
+                await publish(daemon, room, "job.progress", {"pct": 2})
+                assert [e.seq for e in await collect(job, 2)] == [1, 2]
+                gate["open"] = trio.Event()  # the client stays away until the test lets it back
+                daemon = await restart(daemon, start_daemon, override)
+                await publish(daemon, room, "job.progress", {"pct": 3})
+                await publish(daemon, room, "job.progress", {"pct": 4})
+                assert client.state is not State.CONNECTED
+                gate["open"].set()
+                again = await client.wait_connected()
+                assert again["session_id"] != first["session_id"]
+                if history == "redis":
+                    replayed = await collect(job, 2)
+                    assert [(e.seq, e.data["pct"], e.replayed) for e in replayed] == [(3, 3, True), (4, 4, True)]
+                    assert replayed[0].epoch == job.position[1]
+                else:
+                    reset = await next_event(job)
+                    assert reset.name == "room.reset" and reset.room == room
+                    assert reset.data == {"room": room, "seq": 2, "epoch": job.position[1]}
+                await publish(daemon, room, "job.progress", {"pct": 5})
+                live = await next_event(job)
+                assert (live.seq, live.data["pct"], live.replayed) == (5 if history == "redis" else 3, 5, False)
+                await nothing_more(job)
+        assert gate["calls"] == 2
+
+
+async def test_chat_outbox_across_a_restart_stores_and_delivers_each_message_once_in_order(
+    start_daemon: DaemonFactory,
+) -> None:
+    with trio.fail_after(30):
+        daemon = await start_daemon(DAEMON)
+        url = ws_url(daemon)
+        async with (
+            open_client(url, token=token("alice"), options=FAST) as alice,
+            open_client(url, token=token("bob"), options=FAST) as bob,
+            bob.listen("message.new") as inbox,
+        ):
+            conversation = await alice.open_conversation("bob")
+            cid = conversation["id"]
+            bob.track_conversation(cid, after_seq=0)
+            items = [alice.queue_message(cid, f"message {i}") for i in range(40)]
+            await items[9].wait()
+            daemon = await restart(daemon, start_daemon, DAEMON)
+            stored = [await item.wait() for item in items]
+            assert [m["seq"] for m in stored] == list(range(1, 41))
+            assert [m["body"] for m in stored] == [f"message {i}" for i in range(40)]
+            assert [m["client_id"] for m in stored] == [item.client_id for item in items]
+            received = await collect(inbox, 40)
+            assert [e.seq for e in received] == list(range(1, 41))
+            assert [e.data["message"]["body"] for e in received] == [f"message {i}" for i in range(40)]
+            assert all(e.room == f"conversation:{cid}" for e in received)
+            await nothing_more(inbox)
+            history = await bob.message_history(cid, limit=100)
+            assert [m["body"] for m in history["messages"]] == [f"message {i}" for i in range(40)]
+            assert alice.frames_sent > 40  # some were sent again after the restart, stored once
+
+
+async def until(stream: Any, name: str, check: Callable[[Event], bool] = lambda e: True, *, timeout: float = 5) -> Event:
+    """The next event of this name that passes ``check``; others are skipped."""
+    with trio.fail_after(timeout):
+        while True:
+            event: Event = await stream.get()
+            if event.name == name and check(event):
+                return event
+
+
+# -- chat extras, presence, the inbox, REST --------------------------------------------------------
+
+
+async def test_typing_receipts_presence_inbox_and_rest(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(30):
+        daemon = await start_daemon(DAEMON)
+        url = ws_url(daemon)
+        async with (
+            open_client(url, token=token("alice"), options=FAST) as alice,
+            open_client(url, token=token("bob"), options=FAST) as bob,
+            bob.listen("typing.", "presence.updated", "notification.", "message.new") as seen_by_bob,
+            alice.listen("receipt.updated") as receipts,
+        ):
+            cid = (await alice.open_conversation("bob"))["id"]
+            await bob.wait_connected()
+            sent = alice.frames_sent
+            await alice.start_typing(cid)
+            await alice.start_typing(cid)  # within 3 s of the first: not sent again
+            assert alice.frames_sent == sent + 1
+            typing = await until(seen_by_bob, "typing.updated")
+            assert typing.data == {"conversation_id": cid, "user_id": "alice", "typing": True}
+            await alice.stop_typing(cid)
+            assert (await until(seen_by_bob, "typing.updated")).data["typing"] is False
+
+            message = await alice.send_message(cid, "hello")
+            new = await until(seen_by_bob, "message.new")
+            assert new.data["message"]["id"] == message["id"] and new.seq == message["seq"] == 1
+            assert await bob.mark_read(cid, message["seq"]) == 1
+            receipt = await until(receipts, "receipt.updated", lambda e: e.data["user_id"] == "bob")
+            assert (receipt.data["conversation_id"], receipt.data["read_seq"]) == (cid, 1)
+
+            await alice.set_presence("busy", message="in a meeting")
+            busy = await until(seen_by_bob, "presence.updated", lambda e: e.data["status"] == "busy")
+            assert busy.data["user_id"] == "alice" and busy.data["message"] == "in a meeting"
+            assert (await bob.query_presence(["alice"]))["alice"]["status"] == "busy"
+
+            async with server_http(daemon) as http:
+                answer = await http.post(
+                    "/server/v1/notifications",
+                    json={"user_ids": ["bob"], "type": "announcement", "vars": {"title": "Hi", "body": "there"}},
+                )
+                assert answer.status_code == 200, answer.text
+            note = await until(seen_by_bob, "notification.new")
+            assert note.seq == 1 and note.data["notification"]["title"] == "Hi"
+            listed = await bob.list_notifications()
+            assert [n["id"] for n in listed["notifications"]] == [note.data["notification"]["id"]]
+            assert await bob.read_notifications([note.data["notification"]["id"]]) == 0
+            read = await until(seen_by_bob, "notification.read")
+            assert read.data["unread_count"] == 0
+
+            device = await bob.register_device("fcm-token-1", "android", app_version="1.0")
+            assert device["token"] == "fcm-token-1"
+            assert [d["token"] for d in await bob.list_devices()] == ["fcm-token-1"]
+            await bob.unregister_device("fcm-token-1")
+            assert await bob.list_devices() == []
+            preferences = await bob.get_preferences()
+            assert "types" in preferences
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+async def test_server_errors_reach_the_caller_as_realtime_error(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(20):
+        daemon = await start_daemon(DAEMON)
+        async with open_client(ws_url(daemon), token=token("alice", rooms=["job:*"]), options=FAST) as alice:
+            with pytest.raises(RealtimeError) as missing:
+                await alice.edit_message("m_missing", "new text")
+            assert missing.value.code == "NOT_FOUND" and missing.value.message
+            with pytest.raises(RealtimeError) as invalid:
+                await alice.request("conversation.mute", {"conversation_id": "c1", "muted": "yes"})
+            assert (invalid.value.code, invalid.value.field) == ("VALIDATION_ERROR", "muted")
+            assert invalid.value.message.startswith("muted:")
+            with pytest.raises(RealtimeError) as forbidden:
+                await alice.publish("job:1", "job.progress", {"pct": 1})
+            assert forbidden.value.code == "FORBIDDEN"
+            with pytest.raises(RealtimeError) as unknown:
+                await alice.request("no.such.op")
+            assert unknown.value.code == "BAD_REQUEST"
+            # The outbox gives up a message the server refuses, and goes on with the next.
+            refused = alice.queue_message("c_missing", "hi")
+            with pytest.raises(RealtimeError) as gone:
+                await refused.wait()
+            assert gone.value.code == "NOT_FOUND" and refused.done
+            cid = (await alice.open_conversation("bob"))["id"]
+            assert (await alice.send_message(cid, "still works"))["seq"] == 1
+
+
+async def test_bad_arguments_are_refused_before_sending(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(20):
+        daemon = await start_daemon(DAEMON)
+        url = ws_url(daemon)
+        with pytest.raises(RealtimeError) as empty:
+            Client(url, token="")
+        assert (empty.value.code, empty.value.field) == ("VALIDATION_ERROR", "token")
+        with pytest.raises(ValueError, match="scheme"):
+            Client("ftp://127.0.0.1/ws", token="t")
+        async with open_client(url, token=token("alice", rooms=["job:*"]), options=FAST) as client:
+            await client.wait_connected()
+            sent = client.frames_sent
+            big = {"blob": "x" * 600_000}
+
+            async def subscribe(room: str, since: Any = None) -> None:
+                async with client.subscribe(room, since=since):
+                    pass
+
+            cases: list[tuple[Callable[[], Awaitable[Any]], str, str | None]] = [
+                (lambda: subscribe("job 42"), "VALIDATION_ERROR", "room"),
+                (lambda: subscribe("job::42"), "VALIDATION_ERROR", "room"),
+                (lambda: subscribe("job:42", since=(-1, "e")), "VALIDATION_ERROR", "since.seq"),
+                (lambda: subscribe("job:42", since=(1, 2)), "VALIDATION_ERROR", "since.epoch"),
+                (lambda: client.publish("lobby:x", "message.fake", {}), "VALIDATION_ERROR", "event"),
+                (lambda: client.publish("lobby:x", "big", big), "PAYLOAD_TOO_LARGE", "data"),
+                (lambda: client.publish("lobby:x", "nan", {"v": float("nan")}), "VALIDATION_ERROR", "data"),
+                (lambda: client.publish("lobby:x", "bad", {"s": "\ud800"}), "VALIDATION_ERROR", "data"),
+                (lambda: client.send_message("c1", "x" * 65_537), "PAYLOAD_TOO_LARGE", "body"),
+                (lambda: client.send_message("c1", ""), "VALIDATION_ERROR", "body"),
+                (lambda: client.send_message("c1", "hi", media_url="javascript:alert(1)"), "VALIDATION_ERROR", "media_url"),
+                (lambda: client.send_message("c1", "hi", type="video"), "VALIDATION_ERROR", "type"),
+                (lambda: client.send_message("c1", "hi", client_id="k" * 65), "VALIDATION_ERROR", "client_id"),
+                (lambda: client.send_message("", "hi"), "VALIDATION_ERROR", "conversation_id"),
+                (lambda: client.message_history("c1", before_seq=5, after_seq=1), "VALIDATION_ERROR", "after_seq"),
+                (lambda: client.message_history("c1", limit=101), "VALIDATION_ERROR", "limit"),
+                (lambda: client.mark_read("c1", True), "VALIDATION_ERROR", "seq"),  # type: ignore[arg-type]
+                (lambda: client.set_presence("sleeping"), "VALIDATION_ERROR", "status"),
+                (lambda: client.query_presence(["u"] * 201), "VALIDATION_ERROR", "user_ids"),
+                (lambda: client.query_presence(["ok", "bad\n"]), "VALIDATION_ERROR", "user_ids[1]"),
+                (lambda: client.list_notifications(limit=0), "VALIDATION_ERROR", "limit"),
+                (lambda: client.list_notifications(cursor="x", after_seq=1), "VALIDATION_ERROR", "after_seq"),
+                (lambda: client.read_notifications([]), "VALIDATION_ERROR", "ids"),
+                (lambda: client.create_conversation("alice"), "VALIDATION_ERROR", "member_ids"),
+                (lambda: client.open_conversation("x" * 129), "VALIDATION_ERROR", "user_id"),
+                (lambda: client.request("ping", [1]), "VALIDATION_ERROR", "data"),  # type: ignore[arg-type]
+                (lambda: client.request("subscribe", {"room": "job:1"}), "VALIDATION_ERROR", "op"),
+                (lambda: client.register_device("t", "symbian"), "VALIDATION_ERROR", "platform"),
+            ]
+            for call, code, field in cases:
+                with pytest.raises(RealtimeError) as refused:
+                    await call()
+                assert (refused.value.code, refused.value.field) == (code, field), (refused.value, field)
+            assert client.frames_sent == sent  # nothing reached the socket
+            assert client.state is State.CONNECTED
+
+
+async def test_terminal_close_codes_stop_the_client(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(20):
+        daemon = await start_daemon(DAEMON)
+        url = ws_url(daemon)
+        # A bad token: close 4501, reported, never retried.
+        async with open_client(url, token="not-a-token", options=FAST) as client, client.state_changes() as changes:
+            with pytest.raises(RealtimeError) as refused:
+                await client.wait_connected()
+            assert (refused.value.code, refused.value.close_code) == (CLOSED, 4501)
+            states = [change.state async for change in changes]
+            assert State.DISCONNECTED not in states and states[-1] is State.CLOSED
+        # Disconnected by the server API: close 4510 ends the streams with the error.
+        async with open_client(url, token=token("carol"), options=FAST) as client:
+            await client.wait_connected()
+            async with client.subscribe("lobby:hall") as hall, client.listen() as events:
+                async with server_http(daemon) as http:
+                    answer = await http.post("/server/v1/users/carol/disconnect", json={})
+                    assert answer.json()["disconnected"] == 1
+                with pytest.raises(RealtimeError) as stopped:
+                    await next_event(hall)
+                assert (stopped.value.code, stopped.value.close_code) == (CLOSED, 4510)
+                with pytest.raises(RealtimeError):
+                    await next_event(events)
+            assert client.state is State.CLOSED and client.error is not None and client.error.close_code == 4510
+            with pytest.raises(RealtimeError) as after:
+                await client.ping()
+            assert after.value.code == CLOSED
+            with pytest.raises(RealtimeError):
+                client.queue_message("c1", "hi")
+            async with server_http(daemon) as http:
+                await trio.sleep(0.3)
+                answer = await http.get("/server/v1/connections", params={"user_id": "carol"})
+                assert answer.json()["connections"] == []  # it did not come back
+
+
+# -- timers on the mock clock ---------------------------------------------------------------------
+
+QUIET: dict[str, Any] = merge(DAEMON, {"jobs": {"enabled": False}, "presence": {"away_after_s": 86400.0}})
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0.2)
+
+
+async def start_paused(start_daemon: DaemonFactory, clock: trio.testing.MockClock, override: dict[str, Any]) -> Daemon:
+    """Start a daemon with the clock held still (a slow disk must not jump it to a deadline)."""
+    threshold = clock.autojump_threshold
+    clock.autojump_threshold = float("inf")
+    try:
+        return await start_daemon(override)
+    finally:
+        clock.autojump_threshold = threshold
+
+
+async def test_token_refresh_on_session_expiring_keeps_the_socket(
+    start_daemon: DaemonFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(3600):
+        # Few timers tick meanwhile, so the clock takes few (real-time costly) jumps.
+        daemon = await start_paused(start_daemon, autojump_clock, merge(QUIET, {"gateway": {"heartbeat_s": 900.0}}))
+        issued: list[float] = []
+
+        async def provider() -> str:
+            issued.append(trio.current_time())
+            return token("alice", ttl=120 if len(issued) == 1 else 3600)
+
+        options = ClientOptions(connect_timeout_s=60.0, request_timeout_s=60.0, heartbeat_s=900.0)
+        async with open_client(ws_url(daemon), token=provider, options=options) as client, client.listen("session.expiring") as expiring:
+            ready = await client.wait_connected()
+            started = trio.current_time()
+            await next_event(expiring, timeout=100)
+            assert 55 <= trio.current_time() - started <= 65  # expiring_notice_s before the 120 s token ends
+            await trio.sleep(100)  # past the first token's expiry
+            assert client.state is State.CONNECTED
+            assert client.session is not None and client.session["session_id"] == ready["session_id"]
+            assert len(issued) == 2
+            assert "server_time" in await client.ping()
+        # A fixed token cannot be renewed: close 4004 at expiry stops the client.
+        async with open_client(ws_url(daemon), token=token("bob", ttl=120), options=options) as client:
+            await client.wait_connected()
+            async with client.state_changes() as changes:
+                change = await until_state(changes, State.CLOSED, timeout=200)
+            assert change.error is not None and change.error.close_code == 4004
+            with pytest.raises(RealtimeError) as stopped:
+                await client.ping()
+            assert (stopped.value.code, stopped.value.close_code) == (CLOSED, 4004)
+
+
+async def until_state(changes: Any, state: State, *, timeout: float) -> Any:
+    with trio.fail_after(timeout):
+        async for change in changes:
+            if change.state is state:
+                return change
+    raise AssertionError(f"the client never became {state}")
+
+
+class FreezingProxy:
+    """A TCP proxy between the client and the daemon; ``freeze`` turns the open
+    connections into black holes (nothing forwarded, nothing closed), as a dead
+    network path does. Connections made afterwards work."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._generation = 0
+        self._frozen_below = 0
+
+    def freeze(self) -> None:
+        self._frozen_below = self._generation
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, downstream: trio.SocketStream) -> None:
+        generation = self._generation
+        self._generation += 1
+        try:
+            upstream = await trio.open_tcp_stream(*self.target)
+        except OSError:
+            await downstream.aclose()
+            return
+        async with downstream, upstream, trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, downstream, upstream, generation, nursery)
+            nursery.start_soon(self._pump, upstream, downstream, generation, nursery)
+
+    async def _pump(self, source: trio.SocketStream, sink: trio.SocketStream, generation: int, nursery: trio.Nursery) -> None:
+        try:
+            async for chunk in source:
+                if generation < self._frozen_below:
+                    await trio.sleep_forever()
+                await sink.send_all(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        nursery.cancel_scope.cancel()
+
+
+async def test_request_timeout_and_heartbeat_detect_a_dead_socket(
+    start_daemon: DaemonFactory, autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    with trio.fail_after(3600):
+        daemon = await start_paused(start_daemon, autojump_clock, QUIET)
+        proxy = FreezingProxy(daemon.address())
+        await nursery.start(proxy.run)
+        options = ClientOptions(
+            heartbeat_s=10.0, heartbeat_timeout_s=5.0, connect_timeout_s=60.0, request_timeout_s=60.0, backoff_min_s=0.5
+        )
+        async with open_client(f"ws://127.0.0.1:{proxy.port}/ws", token=token("alice"), options=options) as client:
+            first = await client.wait_connected()
+            async with client.state_changes() as changes:
+                proxy.freeze()
+                frozen_at = trio.current_time()
+                with pytest.raises(RealtimeError) as timed_out:
+                    await client.request("conversation.list", timeout=3.0)
+                assert timed_out.value.code == TIMEOUT
+                assert 3.0 <= trio.current_time() - frozen_at < 3.5
+                # No frame for heartbeat_s, then a ping unanswered for heartbeat_timeout_s.
+                lost = await until_state(changes, State.DISCONNECTED, timeout=60)
+                assert (lost.code, lost.reason) == (1006, "no answer to the client's heartbeat")
+                assert 14.5 <= trio.current_time() - frozen_at <= 16
+                await until_state(changes, State.CONNECTED, timeout=60)
+            assert client.session is not None and client.session["session_id"] != first["session_id"]
+            assert "server_time" in await client.ping()
+
+
+# -- realtimed listen ------------------------------------------------------------------------------
+
+
+async def test_realtimed_listen_prints_events_as_json_lines(start_daemon: DaemonFactory, tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        daemon = await start_daemon(DAEMON)
+        host, port = daemon.address()
+        config = tmp_path / "listen.toml"
+        config.write_text(
+            toml_dumps(
+                {
+                    "server": {"state_dir": str(tmp_path / "unused")},
+                    "http": {"listen": f"{host}:{port}"},
+                    "auth": {"hs256_secret": daemon.cfg.auth.hs256_secret},
+                }
+            )
+        )
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "realtimed", "listen", "-c", str(config), "--room", "job:42", "--count", "2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert process.stdout is not None and process.stderr is not None
+            errors = b""
+            while b"following job:42 as listener" not in errors:
+                chunk = await process.stderr.receive_some(4096)
+                assert chunk, errors.decode()
+                errors += chunk
+            answer = await publish(daemon, "job:42", "job.progress", {"pct": 40})
+            lines = await read_lines(process.stdout, 1)
+            assert json.loads(lines[0]) == {
+                "event": "job.progress",
+                "room": "job:42",
+                "seq": answer["seq"],
+                "epoch": answer["epoch"],
+                "data": {"pct": 40},
+            }
+            async with server_http(daemon) as http:
+                sent = await http.post(
+                    "/server/v1/users/events", json={"user_ids": ["listener"], "event": "hello", "data": {"n": 1}}
+                )
+                assert sent.status_code == 200, sent.text
+            lines = await read_lines(process.stdout, 1)
+            assert json.loads(lines[0]) == {"event": "hello", "data": {"n": 1}}
+            assert await process.wait() == 0  # --count 2
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+async def read_lines(stream: trio.abc.ReceiveStream, count: int) -> list[str]:
+    buffer = b""
+    while buffer.count(b"\n") < count:
+        chunk = await stream.receive_some(4096)
+        assert chunk, buffer
+        buffer += chunk
+    return buffer.decode().splitlines()[:count]
+
+
+def test_realtimed_listen_refuses_what_it_cannot_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from realtimed.cli import main
+
+    config = tmp_path / "prod.toml"
+    config.write_text(toml_dumps({"server": {"state_dir": str(tmp_path)}, "auth": {"hs256_secret": "x" * 40}}))
+    # Not the development secret: no token is minted.
+    assert main(["listen", "-c", str(config), "--room", "job:1"]) == 2
+    assert "give --token" in capsys.readouterr().err
+    assert main(["listen", "--url", "ws://127.0.0.1:1/ws", "--token", "t", "--count", "0"]) == 2
+    assert main(["listen", "--url", "gopher://x", "--token", "t"]) == 2
+    assert "unsupported URL scheme" in capsys.readouterr().err
+    # Without the SDK installed, the command says how to get it.
+    code = (
+        "import sys; sys.modules['realtimed_client'] = None\n"
+        "from realtimed.cli import main\n"
+        "raise SystemExit(main(['listen', '--url', 'ws://127.0.0.1:1/ws', '--token', 't']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ.copy())
+    assert result.returncode == 1
+    assert "pip install ./clients/python" in result.stderr
