@@ -38,6 +38,8 @@ EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 TOKEN_ENV: Final = "REALTIMED_TOKEN"
+# A developer watching a terminal wants the listener back soon after a restart.
+LISTEN_BACKOFF_MAX_S: Final = 5.0
 # Connection events are the SDK's business, not the listener's output.
 _HIDDEN_PREFIXES: Final = ("session.", "server.")
 
@@ -157,7 +159,7 @@ async def listen(
 ) -> int:
     """Follow ``rooms`` and print events until ``count`` were printed (or forever)."""
     import trio
-    from realtimed_client import Client, RealtimeError, State, StateChange, open_client
+    from realtimed_client import Client, ClientOptions, RealtimeError, State, StateChange, open_client
 
     output = out if out is not None else sys.stdout
     printed = 0
@@ -177,7 +179,7 @@ async def listen(
 
     try:
         async with (
-            open_client(url, token=token) as client,
+            open_client(url, token=token, options=ClientOptions(backoff_max_s=LISTEN_BACKOFF_MAX_S)) as client,
             client.state_changes() as changes,
             AsyncExitStack() as stack,
             trio.open_nursery() as nursery,

@@ -157,7 +157,7 @@ class ClientOptions:
     request_timeout_s: float = 10.0
     connect_timeout_s: float = 10.0
     backoff_min_s: float = 0.5
-    backoff_max_s: float = 30.0
+    backoff_max_s: float = 20.0
     slow_backoff_min_s: float = 10.0
     heartbeat_s: float = 25.0
     heartbeat_timeout_s: float = 10.0
