@@ -541,6 +541,178 @@ async def test_request_timeout_and_heartbeat_detect_a_dead_socket(
             assert "server_time" in await client.ping()
 
 
+# -- a scripted server: hostile frames, exact close codes ------------------------------------------
+
+
+class ScriptedServer:
+    """A WebSocket server the test scripts frame by frame.
+
+    It stands in for realtimed only where the daemon cannot be made to misbehave
+    on cue: frames no daemon sends, a RATE_LIMITED reply to one given request, a
+    given close code at a given moment.
+    """
+
+    def __init__(self) -> None:
+        self._send, self._accepted = trio.open_memory_channel[tuple[Any, dict[bytes, bytes], float]](16)
+        self.port = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from trio_websocket import serve_websocket
+
+        async def handler(request: Any) -> None:
+            headers = {name.lower(): value for name, value in request.headers}
+            ws = await request.accept()
+            await self._send.send((ws, headers, trio.current_time()))
+            await trio.sleep_forever()
+
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+            self.port = server.port
+            task_status.started()
+
+    async def accept(self, *, timeout: float = 60) -> tuple[Any, dict[bytes, bytes], float]:
+        with trio.fail_after(timeout):
+            return await self._accepted.receive()
+
+    async def no_connection(self, *, wait: float) -> None:
+        with trio.move_on_after(wait):
+            await self._accepted.receive()
+            raise AssertionError("the client connected again")
+
+
+async def ready(ws: Any, n: int) -> None:
+    data = {"session_id": f"s_{n}", "user_id": "alice", "heartbeat_s": 25}
+    await ws.send_message(json.dumps({"event": "session.ready", "data": data}))
+
+
+async def request_frame(ws: Any) -> dict[str, Any]:
+    with trio.fail_after(10):
+        frame: dict[str, Any] = json.loads(await ws.get_message())
+        return frame
+
+
+async def test_close_codes_decide_when_and_how_the_client_reconnects(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    with trio.fail_after(600):
+        server = ScriptedServer()
+        await nursery.start(server.run)
+        issued: list[str] = []
+
+        async def provider() -> str:
+            issued.append(f"token-{len(issued) + 1}")
+            return issued[-1]
+
+        options = ClientOptions(backoff_min_s=0.5, backoff_max_s=20.0, slow_backoff_min_s=10.0, heartbeat_s=600.0)
+        async with open_client(f"ws://127.0.0.1:{server.port}/ws", token=provider, options=options) as client:
+            ws, headers, _ = await server.accept()
+            assert headers[b"authorization"] == b"Bearer token-1"
+            await ready(ws, 1)
+            await client.wait_connected()
+            # A drain: back after exactly the delay server.shutdown named.
+            await ws.send_message(json.dumps({"event": "server.shutdown", "data": {"reconnect_after_ms": 7000}}))
+            await ws.aclose(1001, "server draining")
+            closed_at = trio.current_time()
+            ws, headers, at = await server.accept()
+            assert 7.0 <= at - closed_at < 7.2
+            assert headers[b"authorization"] == b"Bearer token-1"  # still valid: not asked again
+            await ready(ws, 2)
+            # Rate-limit abuse: a longer backoff.
+            await ws.aclose(4009, "rate limit abuse")
+            closed_at = trio.current_time()
+            ws, headers, at = await server.accept()
+            assert 10.0 <= at - closed_at <= 11.2
+            await ready(ws, 3)
+            # Token expired: a fresh one from the provider.
+            await ws.aclose(4004, "token expired")
+            ws, headers, _ = await server.accept()
+            assert headers[b"authorization"] == b"Bearer token-2"
+            await ready(ws, 4)
+            async with client.state_changes() as changes:
+                await ws.aclose(4503, "banned")
+                stopped = await until_state(changes, State.CLOSED, timeout=10)
+            assert stopped.code == 4503 and stopped.error is not None and stopped.error.close_code == 4503
+            await server.no_connection(wait=120)
+        assert issued == ["token-1", "token-2"]
+
+
+async def test_hostile_frames_rate_limits_and_requests_lost_with_the_socket(nursery: trio.Nursery) -> None:
+    with trio.fail_after(30):
+        server = ScriptedServer()
+        await nursery.start(server.run)
+        issued: list[str] = []
+
+        async def provider() -> str:
+            issued.append(f"token-{len(issued) + 1}")
+            return issued[-1]
+
+        options = ClientOptions(backoff_min_s=0.01, backoff_max_s=0.05, request_timeout_s=10.0)
+        results: dict[str, Any] = {}
+
+        async def run(name: str, call: Callable[[], Awaitable[Any]]) -> None:
+            try:
+                results[name] = await call()
+            except RealtimeError as exc:
+                results[name] = exc
+
+        async with open_client(f"ws://127.0.0.1:{server.port}/ws", token=provider, options=options) as client:
+            ws, _, _ = await server.accept()
+            await ready(ws, 1)
+            # session.expiring right after session.ready: the renewal is refused, the socket stays.
+            await ws.send_message(json.dumps({"event": "session.expiring", "data": {"expires_at": "soon"}}))
+            auth = await request_frame(ws)
+            assert (auth["op"], auth["data"]) == ("auth", {"token": "token-2"})
+            await ws.send_message(json.dumps({"id": auth["id"], "ok": False, "error": {"code": "FORBIDDEN", "message": "other user"}}))
+            for junk in (
+                "not json",
+                "[1]",
+                '{"id": 999, "ok": true, "data": {}}',
+                '{"id": null, "ok": false, "error": {"code": "BAD_REQUEST", "message": "x"}}',
+                '{"event": 5}',
+                '{"event": "room.joined", "room": "lobby:unknown", "data": {}}',
+                '{"event": "message.new", "room": "conversation:c1", "seq": "1", "data": null}',
+            ):
+                await ws.send_message(junk)
+            await ws.send_message(b"\x00binary")
+            # An idempotent request answered RATE_LIMITED is sent again after retry_after_ms.
+            async with trio.open_nursery() as calls:
+                calls.start_soon(run, "ping", client.ping)
+                ping = await request_frame(ws)
+                limited_at = trio.current_time()
+                limited = {"code": "RATE_LIMITED", "message": "slow down", "retry_after_ms": 200}
+                await ws.send_message(json.dumps({"id": ping["id"], "ok": False, "error": limited}))
+                assert await request_frame(ws) == ping
+                assert trio.current_time() - limited_at >= 0.2
+                await ws.send_message(json.dumps({"id": ping["id"], "ok": True, "data": {"server_time": "T"}}))
+            assert results["ping"] == {"server_time": "T"}
+            # Any other op gets the error.
+            async with trio.open_nursery() as calls:
+                calls.start_soon(run, "publish", lambda: client.publish("lobby:1", "line", {"t": 1}))
+                publish_frame = await request_frame(ws)
+                await ws.send_message(json.dumps({"id": publish_frame["id"], "ok": False, "error": limited}))
+            assert isinstance(results["publish"], RealtimeError)
+            assert (results["publish"].code, results["publish"].retry_after_ms) == ("RATE_LIMITED", 200)
+            # In flight when the socket is lost: publish may or may not have been applied,
+            # so it fails with DISCONNECTED; conversation.list is sent again on the next socket.
+            async with trio.open_nursery() as calls:
+                calls.start_soon(run, "publish", lambda: client.publish("lobby:1", "line", {"t": 2}))
+                calls.start_soon(run, "list", client.list_conversations)
+                ops = {(await request_frame(ws))["op"], (await request_frame(ws))["op"]}
+                assert ops == {"publish", "conversation.list"}
+                await ws.aclose(4000, "no answer to heartbeats")
+                ws, _, _ = await server.accept()
+                await ready(ws, 2)
+                again = await request_frame(ws)
+                assert again["op"] == "conversation.list"
+                await ws.send_message(json.dumps({"id": again["id"], "ok": True, "data": {"conversations": [], "next_cursor": None}}))
+            assert isinstance(results["publish"], RealtimeError) and results["publish"].code == "DISCONNECTED"
+            assert results["list"] == {"conversations": [], "next_cursor": None}
+            assert client.state is State.CONNECTED
+            with trio.move_on_after(0.3):
+                extra = await ws.get_message()
+                raise AssertionError(f"unexpected frame {extra!r}")
+
+
 # -- realtimed listen ------------------------------------------------------------------------------
 
 
