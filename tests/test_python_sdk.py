@@ -713,6 +713,47 @@ async def test_hostile_frames_rate_limits_and_requests_lost_with_the_socket(nurs
                 raise AssertionError(f"unexpected frame {extra!r}")
 
 
+async def test_a_skipped_seq_or_a_reconnect_is_filled_from_history_once_and_in_order(nursery: trio.Nursery) -> None:
+    with trio.fail_after(30):
+        server = ScriptedServer()
+        await nursery.start(server.run)
+        options = ClientOptions(backoff_min_s=0.01, backoff_max_s=0.05)
+
+        def new(seq: int) -> str:
+            message = {"id": f"m{seq}", "conversation_id": "c1", "seq": seq, "body": f"b{seq}"}
+            return json.dumps({"event": "message.new", "room": "conversation:c1", "seq": seq, "data": {"message": message}})
+
+        def history(request: dict[str, Any], seqs: list[int]) -> str:
+            messages = [{"id": f"m{s}", "conversation_id": "c1", "seq": s, "body": f"b{s}"} for s in seqs]
+            return json.dumps({"id": request["id"], "ok": True, "data": {"messages": messages, "has_more": False, "version": 1}})
+
+        async with open_client(f"ws://127.0.0.1:{server.port}/ws", token="t", options=options) as client, client.listen("message.new") as events:
+            ws, _, _ = await server.accept()
+            await ready(ws, 1)
+            await ws.send_message(new(1))
+            assert (await next_event(events)).seq == 1
+            await ws.send_message(new(3))  # 2 is missing
+            fetch = await request_frame(ws)
+            assert (fetch["op"], fetch["data"]) == ("message.history", {"conversation_id": "c1", "after_seq": 1, "limit": 100})
+            await ws.send_message(new(4))  # live meanwhile: held until the backfill is done
+            await ws.send_message(new(3))  # a repeat: dropped
+            await ws.send_message(history(fetch, [2, 3]))
+            got = await collect(events, 3)
+            assert [(e.seq, e.replayed, e.data["message"]["body"]) for e in got] == [(2, True, "b2"), (3, True, "b3"), (4, False, "b4")]
+            # After a reconnect, what was sent meanwhile is fetched for every conversation followed.
+            await ws.aclose(4000, "no answer to heartbeats")
+            ws, _, _ = await server.accept()
+            await ready(ws, 2)
+            fetch = await request_frame(ws)
+            assert fetch["data"] == {"conversation_id": "c1", "after_seq": 4, "limit": 100}
+            await ws.send_message(history(fetch, [5]))
+            assert [(e.seq, e.replayed) for e in await collect(events, 1)] == [(5, True)]
+            await ws.send_message(new(5))
+            await ws.send_message(new(6))
+            assert (await next_event(events)).seq == 6
+            await nothing_more(events)
+
+
 # -- realtimed listen ------------------------------------------------------------------------------
 
 

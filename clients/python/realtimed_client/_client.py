@@ -823,7 +823,9 @@ class Client(trio.abc.AsyncResource):
             self._emit(event)
             return
         stream.held.append(event)
-        self._backfill(stream)
+        if not stream.backfilling:
+            # A skipped seq; while a backfill runs, what it holds follows it.
+            self._backfill(stream)
 
     def _backfill(self, stream: _Stream) -> None:
         if stream.last is None or self._nursery is None:
@@ -835,7 +837,8 @@ class Client(trio.abc.AsyncResource):
         self._nursery.start_soon(self._run_backfill, stream)
 
     async def _run_backfill(self, stream: _Stream) -> None:
-        keep_held = False
+        attempt = 0
+        release = True
         try:
             while True:
                 stream.again = False
@@ -843,19 +846,26 @@ class Client(trio.abc.AsyncResource):
                     await self._fill(stream)
                 except RealtimeError as exc:
                     if exc.code == CLOSED:
-                        keep_held = True
-                    elif exc.code in _TRANSIENT:
-                        # Tried again after the next reconnect, or on the next live event.
-                        log.info("backfill of %s interrupted: %s", stream.key, exc)
-                        keep_held = len(stream.held) < self.options.event_buffer
-                    else:
+                        release = False
+                        return
+                    if exc.code not in _TRANSIENT:
                         log.warning("backfill of %s refused: %s", stream.key, exc)
-                    break
+                        return
+                    if len(stream.held) >= self.options.event_buffer:
+                        log.warning("backfill of %s given up with %d events held: %s", stream.key, len(stream.held), exc)
+                        return
+                    # The live events that came meanwhile wait for it.
+                    log.info("backfill of %s interrupted (%s): trying again", stream.key, exc)
+                    await trio.sleep(
+                        proto.backoff_delay(attempt, min_s=self.options.backoff_min_s, max_s=self.options.backoff_max_s)
+                    )
+                    attempt += 1
+                    continue
                 if not stream.again:
-                    break
+                    return
         finally:
             stream.backfilling = False
-            if not keep_held:
+            if release:
                 self._release_held(stream)
 
     def _release_held(self, stream: _Stream) -> None:
