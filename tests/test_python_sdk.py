@@ -804,6 +804,15 @@ async def test_realtimed_listen_prints_events_as_json_lines(start_daemon: Daemon
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+        # A terminal close is reported and ends the command.
+        refused = await trio.run_process(
+            [sys.executable, "-m", "realtimed", "listen", "--url", daemon.url(), "--token", "not-a-token", "--room", "job:1"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        assert refused.returncode == 1 and refused.stdout == b""
+        assert b"4501" in refused.stderr
 
 
 async def read_lines(stream: trio.abc.ReceiveStream, count: int) -> list[str]:
