@@ -754,6 +754,27 @@ async def test_a_skipped_seq_or_a_reconnect_is_filled_from_history_once_and_in_o
             await nothing_more(events)
 
 
+async def test_a_failing_token_provider_is_retried_with_backoff(nursery: trio.Nursery) -> None:
+    with trio.fail_after(20):
+        server = ScriptedServer()
+        await nursery.start(server.run)
+        answers: list[Any] = [RuntimeError("auth backend down"), "", 42, "token-ok"]
+
+        async def provider() -> str:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer  # type: ignore[no-any-return]
+
+        options = ClientOptions(backoff_min_s=0.01, backoff_max_s=0.05)
+        async with open_client(f"ws://127.0.0.1:{server.port}/ws", token=provider, options=options) as client:
+            ws, headers, _ = await server.accept()
+            assert headers[b"authorization"] == b"Bearer token-ok"  # no socket was opened before
+            await ready(ws, 1)
+            assert (await client.wait_connected())["session_id"] == "s_1"
+            assert answers == []
+
+
 # -- realtimed listen ------------------------------------------------------------------------------
 
 
