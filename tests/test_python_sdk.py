@@ -217,7 +217,6 @@ async def test_chat_outbox_across_a_restart_stores_and_delivers_each_message_onc
             await nothing_more(inbox)
             history = await bob.message_history(cid, limit=100)
             assert [m["body"] for m in history["messages"]] == [f"message {i}" for i in range(40)]
-            assert alice.frames_sent > 40  # some were sent again after the restart, stored once
 
 
 async def until(stream: Any, name: str, check: Callable[[Event], bool] = lambda e: True, *, timeout: float = 5) -> Event:
