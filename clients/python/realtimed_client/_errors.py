@@ -1,6 +1,6 @@
 """The one error the SDK raises: ``RealtimeError(code, message, field)``.
 
-Codes are the server's (PROTOCOL.md section 4: ``BAD_REQUEST``,
+Codes are the server's (docs/protocol.md section 4: ``BAD_REQUEST``,
 ``VALIDATION_ERROR``, ``UNAUTHORIZED``, ``FORBIDDEN``, ``NOT_FOUND``, ``CONFLICT``,
 ``BLOCKED``, ``RATE_LIMITED``, ``PAYLOAD_TOO_LARGE``, ``UNAVAILABLE``,
 ``INTERNAL``) and the SDK's own:

@@ -196,7 +196,7 @@ _STOP_CODES: Final = frozenset({1000, 1003, 1009})
 
 
 def close_action(code: int) -> CloseAction:
-    """PROTOCOL.md section 4's table: 1000 stop; 1001 reconnect after the
+    """docs/protocol.md section 4's table: 1000 stop; 1001 reconnect after the
     ``server.shutdown`` delay; 1003 and 1009 stop (the client is at fault);
     4004 refresh the token; 4009 and 4013 a longer backoff; 4500 to 4999 stop;
     everything else (4000 to 4499, 1006, other 1xxx) reconnect with backoff."""
