@@ -949,7 +949,10 @@ def _user_caller() -> Caller:
 
 
 async def _run_op(op: str, data: Mapping[str, Any]) -> Response:
-    """Run an op's handler for the REST caller, as ``POST /api/v1/ops/{op}`` does."""
+    """Run an op's handler for the REST caller, as ``POST /api/v1/ops/{op}`` does.
+
+    The door charged the op's budget before the route ran (realtimed/http/budgets.py).
+    """
     svc = services()
     value = protocol.validate(op, data, max_message_bytes=svc.config.chat.max_message_bytes)
     handler = svc.gateway.ops.get(op) if svc.gateway is not None else None

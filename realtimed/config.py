@@ -198,14 +198,33 @@ ANY_OP: Final = "*"
 #: ``ping`` costs nothing (the per-socket bucket still counts both).
 UNLIMITED_OPS: Final = frozenset({"auth", "ping"})
 
+#: Budgets of the client REST routes that serve no op (realtimed/http/budgets.py
+#: says which route charges which). They are named and configured like ops.
+REST_BUDGETS: Final = frozenset(
+    {
+        "conversation.get",
+        "notification.unread_count",
+        "preferences.get",
+        "preferences.put",
+        "device.register",
+        "device.list",
+        "device.unregister",
+    }
+)
+
 # Chosen so that people chatting, reading and reconnecting never meet them
 # (a burst of 300 of any one op, 30 a second after it; 60 messages at once, then
-# 6 a second), while a script spraying one op is cut off within a second.
+# 6 a second), while a script spraying one op is cut off within a second. The
+# REST-only writes that an app makes a few times a session (registering a push
+# token at start-up or when FCM rotates it, saving a settings screen) get a
+# minute-long window, so that a loop writing them is held to one a second.
 DEFAULT_OP_LIMITS: Final[dict[str, OpLimitConfig]] = {
     ANY_OP: OpLimitConfig(per=300, window_s=10.0),
     "message.send": OpLimitConfig(per=60, window_s=10.0),
     "conversation.open": OpLimitConfig(per=30, window_s=60.0),
     "conversation.create": OpLimitConfig(per=30, window_s=60.0),
+    "device.register": OpLimitConfig(per=60, window_s=60.0),
+    "preferences.put": OpLimitConfig(per=60, window_s=60.0),
 }
 
 
@@ -247,8 +266,10 @@ class GatewayConfig:
     )
     op_limits: dict[str, OpLimitConfig] = _f(
         DEFAULT_OP_LIMITS,
-        "per-user op budgets shared by the WebSocket and REST doors, counted on each node: "
-        "op name (or \"*\" for every op without an entry, each op counted apart) = {per, window_s}; "
+        "per-user op budgets shared by the WebSocket and REST doors (every /api/v1 route but the SSE stream), "
+        "counted on each node: op name, or the budget of a REST-only route "
+        f"({', '.join(sorted(REST_BUDGETS))}), "
+        "or \"*\" for every name without an entry, each counted apart, = {per, window_s}; "
         "entries given here replace the default entry of that op and keep the others; "
         "over a budget: RATE_LIMITED with retry_after_ms (auth and ping are not counted)",
         merge=True,
@@ -778,8 +799,10 @@ def _check_op_limits(cfg: Config, problems: _Problems) -> None:
         key = f"gateway.op_limits.{_toml_key(name)}"
         if name in UNLIMITED_OPS:
             problems.add(key, f"{name} is not counted per user (the per-socket bucket covers it)")
-        elif name != ANY_OP and name not in OPS:
-            problems.add(key, f"unknown op {name[:64]!r} (an op of the protocol, or \"*\")")
+        elif name != ANY_OP and name not in OPS and name not in REST_BUDGETS:
+            problems.add(
+                key, f"unknown op {name[:64]!r} (an op of the protocol, a REST route's budget such as 'device.register', or \"*\")"
+            )
 
 
 def _exposed_listeners(cfg: Config) -> list[str]:

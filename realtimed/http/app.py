@@ -1,7 +1,8 @@
 """The HTTP doors on quart-trio: health, metrics, the server API and the client REST.
 
 Routes are grouped in blueprints owned by the capabilities (``/server/v1`` and
-``/api/v1``); this module builds the app, checks credentials for each door, turns
+``/api/v1``); this module builds the app, checks credentials for each door,
+charges each client REST call to the user's op budget (``budgets``), turns
 every ``ApiError`` into the error body of docs/protocol.md section 8.1, and adds CORS
 headers for allowed browser origins.
 """
@@ -29,6 +30,7 @@ from realtimed.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from realtimed.http import budgets
 from realtimed.services import Services
 
 log = logging.getLogger(__name__)
@@ -141,6 +143,14 @@ def create_app(svc: Services) -> QuartTrio:
             g.claims = await s.verifier.verify(token)
             if s.gateway is not None:
                 await s.gateway.bans.check(g.claims.sub, cached=True)
+                if request.url_rule is not None:  # no route: a 404 or 405, and nothing runs
+                    await budgets.charge(
+                        s.gateway.ops.limiter,
+                        s.config.gateway,
+                        g.claims.sub,
+                        method=request.method,
+                        rule=request.url_rule.rule.removeprefix(CLIENT_PREFIX),
+                    )
         return None
 
     @app.after_request
