@@ -101,8 +101,37 @@ class HttpConfig:
     tls_cert_file: str = _f("", "PEM certificate chain; with tls_key_file, the client listener speaks TLS")
     tls_key_file: str = _f("", "PEM private key for tls_cert_file", secret=True)
     max_body_bytes: int = _f(1_048_576, "largest HTTP request body", min=1024, max=64 * 1_048_576)
-    keep_alive_s: float = _f(75.0, "idle HTTP keep-alive", min=1, max=3600)
-    read_timeout_s: float = _f(60.0, "longest wait for the rest of a request", min=1, max=3600)
+    keep_alive_s: float = _f(
+        75.0, "idle HTTP keep-alive: a connection with no request in progress is closed after this long", min=1, max=3600
+    )
+    read_timeout_s: float = _f(
+        60.0,
+        "longest wait for the next bytes of a request body, for a client to take the next 64 KiB of an answer, "
+        "and for a connection to end once the client has closed its side",
+        min=1,
+        max=3600,
+    )
+    drain_s: float = _f(
+        2.0,
+        "an answer ready before its request body has arrived (an error seen in the head) waits this long for "
+        "the rest of the body (up to max_body_bytes) so that the connection stays open; otherwise it says "
+        "Connection: close, and the unread body is discarded for at most this long before closing",
+        min=0,
+        max=60,
+    )
+    h2c: bool = _f(
+        False,
+        "serve HTTP/2 without TLS (prior knowledge and Upgrade: h2c); off, the preface gets GOAWAY "
+        "HTTP_1_1_REQUIRED and an h2c upgrade is answered over HTTP/1.1",
+    )
+    h2_max_resets: int = _f(
+        200,
+        "RST_STREAM frames an HTTP/2 client may send within h2_reset_window_s; one more ends the connection "
+        "with GOAWAY ENHANCE_YOUR_CALM (rapid reset)",
+        min=1,
+        max=1_000_000,
+    )
+    h2_reset_window_s: float = _f(10.0, "the window over which h2_max_resets is counted", min=0.1, max=3600)
     cors_max_age_s: int = _f(600, "how long browsers cache a CORS preflight", min=0, max=86400)
     backlog: int = _f(4096, "listen backlog", min=16, max=65535)
 
@@ -234,7 +263,10 @@ class GatewayConfig:
     allowed_origins: list[str] = _f(
         [], "browser origins allowed to connect and to call /api/v1 (\"*\": any); no Origin header is always allowed"
     )
-    handshake_timeout_s: float = _f(10.0, "longest time to send a complete upgrade request", min=0.1, max=600)
+    handshake_timeout_s: float = _f(
+        10.0, "longest time to send a complete request head (every request of a connection), or upgrade request",
+        min=0.1, max=600,
+    )
     auth_timeout_s: float = _f(5.0, "longest wait for a first-frame auth", min=0.1, max=600)
     heartbeat_s: float = _f(25.0, "server ping period; two silent periods close the socket", min=1, max=3600)
     expiring_notice_s: float = _f(
@@ -284,8 +316,16 @@ class GatewayConfig:
     max_subscriptions: int = _f(256, "app rooms per socket", min=1, max=1_000_000)
     max_sockets_per_user: int = _f(32, "sockets per user (over it: close 4511)", min=1, max=1_000_000)
     max_sockets: int = _f(200_000, "sockets per node (over it: close 4013)", min=1, max=10_000_000)
-    max_handshakes_per_ip: int = _f(64, "unfinished handshakes per client address", min=1, max=1_000_000)
-    max_head_bytes: int = _f(16_384, "largest HTTP request head on the client listener", min=1024, max=1_048_576)
+    max_handshakes_per_ip: int = _f(
+        64, "unfinished handshakes and request heads per client address (over it: the connection is closed)",
+        min=1, max=1_000_000,
+    )
+    max_head_bytes: int = _f(
+        16_384,
+        "largest HTTP/1.1 request head (over it: 431), and largest HTTP/2 header list (over it: GOAWAY)",
+        min=1024,
+        max=1_048_576,
+    )
 
 
 @attrs.frozen
