@@ -196,7 +196,12 @@ def create_app(svc: Services) -> QuartTrio:
         if code == 404:
             return error_response(NotFound(f"no route {request.path}"))
         if code == 405:
-            return json_response({"error": {"code": "BAD_REQUEST", "message": f"method {request.method} not allowed"}}, 405)
+            allowed = sorted(getattr(exc, "valid_methods", None) or [])
+            return json_response(
+                {"error": {"code": "BAD_REQUEST", "message": f"method {request.method} not allowed"}},
+                405,
+                {"Allow": ", ".join(allowed)} if allowed else None,
+            )
         if code == 413:
             return error_response(PayloadTooLarge(f"body over {services().config.http.max_body_bytes} bytes"))
         if code < 500:
