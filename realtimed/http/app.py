@@ -170,17 +170,19 @@ def create_app(svc: Services) -> QuartTrio:
         # hypercorn reuses a keep-alive connection only once the whole request has
         # arrived. An answer sent before the body did (the door's 401, a 404, a 405)
         # would leave the connection stuck, and the client's next request on it
-        # unanswered; so the rest of the body is read first (it is bounded by
-        # http.max_body_bytes, and waited for at most http.read_timeout_s). A body
-        # that cannot be read whole ends the connection instead.
+        # unanswered; over HTTP/2, hypercorn fails the whole connection on DATA for
+        # a stream it has answered. So the rest of the body is read first (it is
+        # bounded by http.max_body_bytes, and waited for at most http.drain_s). A
+        # body that cannot be read whole ends an HTTP/1.1 connection instead (the
+        # listener then discards what still comes, for at most http.drain_s).
         complete = False
-        with trio.move_on_after(services().config.http.read_timeout_s):
+        with trio.move_on_after(services().config.http.drain_s):
             try:
                 await request.body
                 complete = True
             except RequestEntityTooLarge:
                 pass
-        if not complete:
+        if not complete and request.http_version in ("1.0", "1.1"):
             response.headers["Connection"] = "close"
         return response
 

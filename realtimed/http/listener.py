@@ -1,11 +1,18 @@
 """One TCP listener serving WebSocket upgrades and HTTP on the same port.
 
-The listener owns its sockets. For each connection it reads the request head
-(bounded in size and time), then hands the connection either to the gateway's
-WebSocket handler (``GET <gateway.path>`` with ``Upgrade: websocket``) or to
-hypercorn's connection handler, replaying the bytes it has read. So ``/ws``, the
-client REST, SSE and health share one port and one origin, and the WebSocket
-path skips the ASGI machinery entirely.
+The listener owns its sockets. For each connection it reads the first request
+head (bounded in size and time), then hands the connection either to the
+gateway's WebSocket handler (``GET <gateway.path>`` with ``Upgrade: websocket``)
+or to hypercorn's connection handler. So ``/ws``, the client REST, SSE and health
+share one port and one origin, and the WebSocket path skips the ASGI machinery
+entirely.
+
+hypercorn never reads the socket itself: it reads through a ``ConnectionGuard``
+(``guard.py``), which applies the head deadline and the per-address count to every
+request head of a keep-alive connection, refuses what must not reach hypercorn
+(``framing.py``), and closes a connection whose client is idle, stalled or gone,
+whatever state hypercorn is in. The ASGI wrapper here tells the guard when a
+response is in progress.
 
 Resource handling:
     Every connection runs in the listener's connection nursery. ``stop_accepting``
@@ -31,7 +38,10 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 
+from realtimed import metrics
 from realtimed.config import Config
+from realtimed.http.framing import RequestHead as RequestHead
+from realtimed.http.guard import GUARD_STATE_KEY, ConnectionGuard, HandshakeSlots
 
 log = logging.getLogger(__name__)
 
@@ -41,101 +51,6 @@ _CLOSE_TIMEOUT_S: Final = 1.0
 
 # A WebSocket handler takes the stream, the request head and the client address.
 WsHandler = Callable[[trio.abc.Stream, "RequestHead", str], Awaitable[None]]
-
-
-class RequestHead:
-    """The parsed head of an HTTP/1.1 request, plus any bytes read past it."""
-
-    __slots__ = ("headers", "method", "raw", "rest", "target")
-
-    def __init__(self, method: str, target: str, headers: list[tuple[str, str]], raw: bytes, rest: bytes) -> None:
-        self.method = method
-        self.target = target
-        self.headers = headers
-        self.raw = raw
-        self.rest = rest
-
-    @property
-    def path(self) -> str:
-        return self.target.split("?", 1)[0]
-
-    @property
-    def query(self) -> str:
-        parts = self.target.split("?", 1)
-        return parts[1] if len(parts) == 2 else ""
-
-    def header(self, name: str) -> str | None:
-        name = name.lower()
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-    def is_websocket_upgrade(self) -> bool:
-        upgrade = (self.header("upgrade") or "").lower()
-        connection = (self.header("connection") or "").lower()
-        return self.method == "GET" and upgrade == "websocket" and "upgrade" in connection
-
-
-def parse_head(raw: bytes, rest: bytes) -> RequestHead | None:
-    """Parse a request head; None when it is not HTTP/1.x (e.g. HTTP/2 prior knowledge)."""
-    try:
-        text = raw.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes anything
-        return None
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        return None
-    headers: list[tuple[str, str]] = []
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep:
-            return None
-        headers.append((name.strip().lower(), value.strip()))
-    return RequestHead(parts[0], parts[1], headers, raw, rest)
-
-
-class PrefixedStream(trio.abc.HalfCloseableStream):
-    """A stream that first returns bytes already read from the wrapped stream.
-
-    Attributes hypercorn reads from trio streams (``socket``, ``transport_stream``,
-    ``do_handshake``, ``selected_alpn_protocol``) pass through to the wrapped one.
-    """
-
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self._stream = stream
-        self._prefix = prefix
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            if max_bytes is None or max_bytes >= len(self._prefix):
-                data, self._prefix = bytes(self._prefix), b""
-            else:
-                data, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
-            await trio.lowlevel.checkpoint()
-            return data
-        return bytes(await self._stream.receive_some(max_bytes))
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        if isinstance(self._stream, trio.abc.HalfCloseableStream):
-            await self._stream.send_eof()
-        else:
-            raise AttributeError("send_eof")
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
 
 
 class _TcpServer(TCPServer):
@@ -156,25 +71,45 @@ class _TcpServer(TCPServer):
 def hypercorn_config(cfg: Config) -> HypercornConfig:
     hc = HypercornConfig()
     hc.keep_alive_timeout = cfg.http.keep_alive_s
-    hc.read_timeout = int(cfg.http.read_timeout_s)
+    # No read timeout in hypercorn: it would also end a response in progress (an SSE
+    # stream) whose client has nothing to send. The guard applies http.read_timeout_s
+    # where it belongs, inside a request.
+    hc.read_timeout = None
     hc.include_server_header = False
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.h11_max_incomplete_size = cfg.gateway.max_head_bytes
+    # The guard enforces max_head_bytes on what the client sent; the head it passes
+    # on is written out again and may be a little longer.
+    hc.h11_max_incomplete_size = 2 * cfg.gateway.max_head_bytes
+    hc.h2_max_header_list_size = cfg.gateway.max_head_bytes
     hc.graceful_timeout = cfg.shutdown.grace_s
     return hc
 
 
 class _ListenerAsgi:
-    """Marks each ASGI scope with the listener it came from (``client`` or ``internal``)."""
+    """Marks each ASGI scope with the listener it came from (``client`` or ``internal``).
 
-    def __init__(self, app: Any, role: str) -> None:
+    It also tells the connection's guard when an app call (a response) starts and
+    ends.
+    """
+
+    def __init__(self, app: Any, role: str, listener: Listener) -> None:
         self._app = app
         self._role = role
+        self._listener = listener
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         scope["realtimed.listener"] = self._role
-        await self._app(scope, receive, send)
+        state = scope.get("state")
+        guard = state.get(GUARD_STATE_KEY) if isinstance(state, dict) else None
+        if guard is None:
+            await self._app(scope, receive, send)
+            return
+        guard.app_started()
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            guard.app_finished()
 
 
 class Listener:
@@ -206,7 +141,7 @@ class Listener:
         self.host = host
         self.port = port
         self.role = role
-        self._app = ASGIWrapper(_ListenerAsgi(asgi_app, role))  # type: ignore[arg-type]
+        self._app = ASGIWrapper(_ListenerAsgi(asgi_app, role, self))  # type: ignore[arg-type]
         self.ws_handler = ws_handler
         self._ssl_context = ssl_context
         self._reuse_port = reuse_port
@@ -214,15 +149,20 @@ class Listener:
         self._context = WorkerContext(None)
         self._listeners: list[trio.SocketListener] = []
         self._accepting = trio.CancelScope()
-        self._handshakes: dict[str, int] = {}
+        self._slots = HandshakeSlots()
+        self.connections = 0  # open sockets (WebSocket ones included)
         self.bound: list[tuple[str, int]] = []
 
     @property
     def scheme(self) -> str:
         return "https" if self._ssl_context else "http"
 
+    @property
+    def config(self) -> Config:
+        return self._cfg
+
     def set_config(self, cfg: Config) -> None:
-        """Take reloadable limits from a new configuration."""
+        """Take reloadable limits from a new configuration (connections keep those they started with)."""
         self._cfg = cfg
 
     async def run(self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -281,88 +221,72 @@ class Listener:
             connections.start_soon(self._handle, stream)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        metrics.HTTP_CONNECTIONS.labels(self.role).inc()
+        try:
+            await self._connection(stream)
+        finally:
+            self.connections -= 1
+            metrics.HTTP_CONNECTIONS.labels(self.role).dec()
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        accepted = trio.current_time()
         try:
             peer = stream.socket.getpeername()
             address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         except OSError:
             await stream.aclose()
             return
-        count = self._handshakes.get(address, 0)
-        if count >= self._cfg.gateway.max_handshakes_per_ip:
-            log.info("refusing %s: %d handshakes already in progress", address, count)
+        cfg = self._cfg
+        slot = self._slots.slot(address, cfg.gateway.max_handshakes_per_ip)
+        if not slot.take():
+            log.info("refusing %s: %d handshakes already in progress", address, self._slots.count(address))
+            metrics.HTTP_CONNECTIONS_CUT.labels("too_many_heads").inc()
             await stream.aclose()
             return
-        self._handshakes[address] = count + 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                left = self._handshakes.get(address, 1) - 1
-                if left <= 0:
-                    self._handshakes.pop(address, None)
-                else:
-                    self._handshakes[address] = left
-
         conn: trio.abc.Stream = stream
+        guard: ConnectionGuard | None = None
         try:
             head: RequestHead | None = None
-            raw = b""
-            with trio.move_on_after(self._cfg.gateway.handshake_timeout_s) as timeout:
+            http2 = False
+            with trio.move_on_after(cfg.gateway.handshake_timeout_s) as timeout:
                 if self._ssl_context is not None:
                     conn = trio.SSLStream(stream, self._ssl_context, server_side=True, https_compatible=True)
                     await conn.do_handshake()
-                    if conn.selected_alpn_protocol() == "h2":
-                        release()
-                        await _TcpServer(self._app, self._hc, self._context, {}, conn)  # type: ignore[arg-type]
-                        return
-                raw, rest = await self._read_head(conn)
+                    http2 = conn.selected_alpn_protocol() == "h2"
+                guard = ConnectionGuard(conn, cfg=cfg, address=address, slot=slot, since=accepted, http2=http2)
+                if not http2:
+                    head = await guard.first_head()
             if timeout.cancelled_caught:
                 log.debug("handshake timeout from %s", address)
+                metrics.HTTP_CONNECTIONS_CUT.labels("head_timeout").inc()
                 return
-            if not raw and not rest:
+            assert guard is not None
+            if not http2 and head is None:
+                await guard.linger()  # refused (the answer is written), or the client closed
                 return
-            head = parse_head(raw, rest) if raw else None
-            release()
             if (
                 head is not None
                 and self.ws_handler is not None
-                and head.path == self._cfg.gateway.path
+                and head.path == cfg.gateway.path
                 and head.is_websocket_upgrade()
             ):
+                slot.release()
                 await self.ws_handler(conn, head, address)
                 return
-            prefixed = PrefixedStream(conn, raw + rest)
-            await _TcpServer(self._app, self._hc, self._context, {}, prefixed)  # type: ignore[arg-type]
+            await guard.serve(self._serve_http)
+            await guard.linger()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError) as exc:
             log.debug("connection from %s ended: %r", address, exc)
         except Exception:
             # A failure of one connection never reaches the listener or the others.
             log.exception("connection from %s failed", address)
         finally:
-            release()
+            slot.release()
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 await conn.aclose()
 
-    async def _read_head(self, stream: trio.abc.Stream) -> tuple[bytes, bytes]:
-        """Read until the end of the request head; returns (head, bytes after it).
-
-        Returns what was read as ``rest`` with an empty head when the peer does
-        not speak HTTP/1 (e.g. HTTP/2 prior knowledge) so that hypercorn sees it.
-        """
-        buf = bytearray()
-        limit = self._cfg.gateway.max_head_bytes
-        while True:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                return b"", bytes(buf)
-            buf += chunk
-            end = buf.find(b"\r\n\r\n")
-            if end >= 0:
-                return bytes(buf[: end + 4]), bytes(buf[end + 4 :])
-            if buf.startswith(b"PRI * HTTP/2.0"):
-                return b"", bytes(buf)
-            if len(buf) > limit:
-                return b"", bytes(buf)
+    async def _serve_http(self, guard: ConnectionGuard) -> None:
+        # The guard reaches the ASGI wrapper through hypercorn's per-connection state.
+        await _TcpServer(self._app, self._hc, self._context, {GUARD_STATE_KEY: guard}, guard)  # type: ignore[arg-type]
