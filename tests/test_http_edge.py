@@ -314,6 +314,22 @@ async def test_two_origin_headers_are_refused(start_daemon: DaemonFactory) -> No
             await raw.close()
 
 
+async def test_websocket_upgrade_elsewhere_gets_404(start_daemon: DaemonFactory, caplog: pytest.LogCaptureFixture) -> None:
+    with trio.fail_after(20):
+        daemon = await start_daemon()
+        raw = await Raw.open(daemon)
+        await raw.send(
+            b"GET /other HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        answer = await raw.response()
+        assert answer.status == 404
+        assert answer.json()["error"]["code"] == "NOT_FOUND"
+        assert await raw.eof() == b""
+        await raw.close()
+        assert not [record for record in caplog.records if record.levelname == "ERROR"]
+
+
 async def test_second_head_over_max_head_bytes_gets_431(start_daemon: DaemonFactory) -> None:
     with trio.fail_after(20):
         daemon = await start_daemon({"gateway": {"max_head_bytes": 4096}})

@@ -32,6 +32,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+import orjson
 import trio
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config as HypercornConfig
@@ -40,6 +41,7 @@ from hypercorn.trio.worker_context import WorkerContext
 
 from realtimed import metrics
 from realtimed.config import Config
+from realtimed.errors import NotFound
 from realtimed.http.framing import RequestHead as RequestHead
 from realtimed.http.guard import GUARD_STATE_KEY, ConnectionGuard, HandshakeSlots
 
@@ -100,6 +102,17 @@ class _ListenerAsgi:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         scope["realtimed.listener"] = self._role
+        if scope.get("type") == "websocket":
+            # The gateway serves WebSocket itself, for the first request of a connection
+            # to gateway.path; the app has no WebSocket routes (and its error handlers
+            # need an HTTP request).
+            path = self._listener.config.gateway.path
+            error = NotFound(f"no WebSocket here: open a new connection to {path} on the client listener")
+            body = orjson.dumps({"error": error.to_dict()})
+            headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+            await send({"type": "websocket.http.response.start", "status": 404, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": body})
+            return
         state = scope.get("state")
         guard = state.get(GUARD_STATE_KEY) if isinstance(state, dict) else None
         if guard is None:
