@@ -114,8 +114,8 @@ class HttpConfig:
     drain_s: float = _f(
         2.0,
         "an answer ready before its request body has arrived (an error seen in the head) waits this long for "
-        "the rest of the body (up to max_body_bytes) so that the connection stays open; otherwise it says "
-        "Connection: close, and the unread body is discarded for at most this long before closing",
+        "the rest of the body (up to max_body_bytes) so that the connection stays open; otherwise an HTTP/1.1 "
+        "answer says Connection: close, and the unread body is discarded for at most this long before closing",
         min=0,
         max=60,
     )

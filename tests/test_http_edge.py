@@ -498,6 +498,30 @@ async def test_h2_header_list_over_max_head_bytes_ends_the_connection(
         await stream.aclose()
 
 
+async def test_h2_answer_before_the_body_keeps_the_connection(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(30):
+        daemon = await start_daemon({"http": {"h2c": True}})
+        stream, conn = await h2_open(daemon)
+        post = [(b":method", b"POST"), (b":path", b"/api/v1/ops/ping"), (b":scheme", b"http"), (b":authority", b"x")]
+        conn.send_headers(1, post)
+        await stream.send_all(conn.data_to_send())
+        await trio.sleep(0.2)  # the 401 is decided from the head alone
+        for last in (False, False, True):
+            conn.send_data(1, b"x" * 10_000, end_stream=last)
+        await stream.send_all(conn.data_to_send())
+        events = await h2_until(stream, conn, (h2.events.StreamEnded, h2.events.ConnectionTerminated))
+        response = next(event for event in events if isinstance(event, h2.events.ResponseReceived))
+        assert dict(response.headers)[b":status"] == b"401"
+        # The connection still serves (hypercorn failed it on DATA for an answered stream).
+        conn.send_headers(3, REQUEST, end_stream=True)
+        await stream.send_all(conn.data_to_send())
+        events = await h2_until(stream, conn, (h2.events.StreamEnded, h2.events.ConnectionTerminated))
+        assert terminated(events) is None
+        response = next(event for event in events if isinstance(event, h2.events.ResponseReceived))
+        assert dict(response.headers)[b":status"] == b"200"
+        await stream.aclose()
+
+
 async def test_h2_rapid_reset_gets_goaway(start_daemon: DaemonFactory) -> None:
     with trio.fail_after(30):
         daemon = await start_daemon({"http": {"h2c": True, "h2_max_resets": 20}})
