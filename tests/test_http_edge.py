@@ -45,7 +45,7 @@ HEALTH = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 @pytest.fixture
 def edge_clock() -> trio.testing.MockClock:
     # Far above loopback latency: the clock only jumps when every task waits on a timer.
-    return trio.testing.MockClock(autojump_threshold=0.1)
+    return trio.testing.MockClock(autojump_threshold=0.05)
 
 
 class Response:
