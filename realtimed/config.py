@@ -88,6 +88,13 @@ class ServerConfig:
 
 
 @attrs.frozen
+class StaticMountConfig:
+    path: str = _f("/app/", "URL prefix the folder is served under: starts and ends with /, e.g. /app/")
+    dir: Path | None = _f(None, "folder served under path (relative to the config file); required")
+    index: str = _f("index.html", "file served for a request that ends with /")
+
+
+@attrs.frozen
 class HttpConfig:
     listen: str = _f("127.0.0.1:8700", "HOST:PORT of the client listener (/ws, /api/v1, SSE, health)")
     internal_listen: str = _f(
@@ -134,6 +141,11 @@ class HttpConfig:
     h2_reset_window_s: float = _f(10.0, "the window over which h2_max_resets is counted", min=0.1, max=3600)
     cors_max_age_s: int = _f(600, "how long browsers cache a CORS preflight", min=0, max=86400)
     backlog: int = _f(4096, "listen backlog", min=16, max=65535)
+    static: list[StaticMountConfig] = _f(
+        [],
+        "folders of static files served on the client listener (GET and HEAD only; dotfiles, "
+        "and anything outside the folder, are never served); none by default",
+    )
 
 
 @attrs.frozen
@@ -803,6 +815,7 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
     if cfg.shutdown.reconnect_min_ms > cfg.shutdown.reconnect_max_ms:
         problems.add("shutdown.reconnect_min_ms", "must not exceed shutdown.reconnect_max_ms")
     _check_redis_url(cfg, problems)
+    _check_static(cfg, problems)
     if cfg.store.pool_min > cfg.store.pool_max:
         problems.add("store.pool_min", "must not exceed store.pool_max")
     known_algs = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA", "PS256"}
@@ -882,6 +895,38 @@ def _check_credential_strength(cfg: Config, listener_key: str, problems: _Proble
                 f"api.keys[{i}]",
                 f"is {len(key)} characters; at least {MIN_API_KEY_CHARS} are needed when {where}",
             )
+# URL prefixes that belong to the daemon's own routes; a static mount may not shadow them.
+_RESERVED_PREFIXES: Final = ("/api/", "/server/", "/dev/", "/healthz/", "/readyz/", "/metrics/")
+
+
+def _check_static(cfg: Config, problems: _Problems) -> None:
+    """Static mounts: a well-formed, unique prefix clear of the daemon's routes, and a folder."""
+    seen: set[str] = set()
+    for i, mount in enumerate(cfg.http.static):
+        key = f"http.static[{i}]"
+        path = mount.path
+        segments = path.strip("/").split("/")
+        if (
+            not path.startswith("/")
+            or not path.endswith("/")
+            or path == "/"
+            or any(not s or s in (".", "..") or not all(c.isalnum() or c in "-_.~" for c in s) for s in segments)
+        ):
+            problems.add(
+                f"{key}.path",
+                f"must be like /app/: segments of letters, digits, - _ . ~ between slashes, got {path!r}",
+            )
+        elif any(path.startswith(p) for p in (*_RESERVED_PREFIXES, cfg.gateway.path.rstrip("/") + "/")):
+            problems.add(f"{key}.path", f"{path!r} would shadow the daemon's own routes")
+        elif path in seen:
+            problems.add(f"{key}.path", f"duplicate prefix {path!r}")
+        seen.add(path)
+        if mount.dir is None:
+            problems.add(f"{key}.dir", "is required")
+        elif not mount.dir.is_dir():
+            problems.add(f"{key}.dir", f"not a folder: {mount.dir}")
+        if not mount.index or "/" in mount.index or mount.index.startswith("."):
+            problems.add(f"{key}.index", f"must be a file name, got {mount.index!r}")
 
 
 def _check_redis_url(cfg: Config, problems: _Problems) -> None:

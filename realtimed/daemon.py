@@ -329,6 +329,10 @@ class Daemon:
             for bhost, bport in listener.bound:
                 shown = f"[{bhost}]" if ":" in bhost else bhost
                 log.info("listening on %s://%s:%d (%s)", listener.scheme, shown, bport, what)
+                if listener.role == "client":
+                    for mount in cfg.http.static:
+                        root = mount.dir.resolve() if mount.dir else None
+                        log.info("serving %s at %s://%s:%d%s", root, listener.scheme, shown, bport, mount.path)
 
     # -- signals, reload, watchdog ---------------------------------------------------------------
 
