@@ -1,5 +1,5 @@
 """The HTTP doors on quart-trio: health, metrics, the server API and the client REST,
-plus the configured static folders (static.py).
+plus the configured static folders (static.py) and, in development, /dev/token (dev.py).
 
 Routes are grouped in blueprints owned by the capabilities (``/server/v1`` and
 ``/api/v1``); this module builds the app, checks credentials for each door,
@@ -249,9 +249,10 @@ def create_app(svc: Services) -> QuartTrio:
 
     for blueprint, door in _EXTRA_BLUEPRINTS:
         app.register_blueprint(blueprint, url_prefix=SERVER_PREFIX if door == "server" else CLIENT_PREFIX)
-    # The [[http.static]] folders.
-    from realtimed.http import static
+    # /dev/token (development only; dev imports this module) and the [[http.static]] folders.
+    from realtimed.http import dev, static
 
+    app.register_blueprint(dev.blueprint)
     static.add_static_routes(app, svc.config)
     return app
 
