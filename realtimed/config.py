@@ -15,7 +15,10 @@ Field metadata understood by the loader:
 - ``secret``: redacted by ``check-config``, and may come from ``<key>_file``;
 - ``help``: one line for the configuration reference;
 - ``merge``: a table whose entries are merged over the default's entries
-  (an operator names only the entries they change).
+  (an operator names only the entries they change);
+- ``channel``: the section configures a notification delivery channel of the
+  same name (``push``); types may name it in ``channels`` and users switch it
+  per type (``realtimed.notify.channel``).
 """
 
 from __future__ import annotations
@@ -62,9 +65,10 @@ def _f(
     max: float | None = None,
     secret: bool = False,
     merge: bool = False,
+    channel: bool = False,
 ) -> Any:
     """An attrs field with loader metadata; mutable defaults are copied per instance."""
-    meta = {"help": help, "min": min, "max": max, "secret": secret, "merge": merge}
+    meta = {"help": help, "min": min, "max": max, "secret": secret, "merge": merge, "channel": channel}
     if isinstance(default, (list, dict)):
         return attrs.field(factory=lambda d=default: type(d)(d), metadata=meta)  # type: ignore[misc]
     if attrs.has(type(default)):
@@ -410,7 +414,8 @@ class RetentionConfig:
     stale_device_days: float = _f(270.0, "device tokens unseen this long are deactivated", min=1, max=36500)
 
 
-NOTIFY_CHANNELS: Final = ("in_app", "push")
+#: The in-app inbox: a channel of every node, with no section of its own.
+IN_APP_CHANNEL: Final = "in_app"
 
 
 @attrs.frozen
@@ -419,7 +424,9 @@ class NotificationTypeConfig:
     title: str = _f("", "title template; {placeholders} must be listed in vars")
     body: str = _f("", "body template")
     vars: list[str] = _f([], "the template variables of this type; the server API must give each")
-    channels: list[str] = _f(["in_app", "push"], "channels the type uses (in_app, push); users may turn each off")
+    channels: list[str] = _f(
+        ["in_app", "push"], "delivery channels the type uses (in_app, push, ...); users may turn each off"
+    )
     priority: Literal["low", "normal", "high", "critical"] = _f(
         "normal", "low, normal, high or critical (critical bypasses caps, quiet hours and digests)"
     )
@@ -507,12 +514,19 @@ class Config:
     retention: RetentionConfig = _f(RetentionConfig())
     metrics: MetricsConfig = _f(MetricsConfig())
     notify: NotifyConfig = _f(NotifyConfig())
-    push: PushConfig = _f(PushConfig())
+    push: PushConfig = _f(PushConfig(), channel=True)
     source: str = attrs.field(default="", metadata={"internal": True})
 
     @property
     def state_dir(self) -> Path:
         return self.server.state_dir
+
+
+#: Every delivery channel: the inbox, then each section marked ``channel`` (named like it).
+NOTIFY_CHANNELS: Final[tuple[str, ...]] = (
+    IN_APP_CHANNEL,
+    *(f.name for f in attrs.fields(Config) if f.metadata.get("channel")),
+)
 
 
 # ---------------------------------------------------------------------------
@@ -953,7 +967,7 @@ def _check_notify(cfg: Config, problems: _Problems) -> None:
         names.add(nt.name)
         for j, channel in enumerate(nt.channels):
             if channel not in NOTIFY_CHANNELS:
-                problems.add(f"{key}.channels[{j}]", f"unknown channel {channel!r} (in_app or push)")
+                problems.add(f"{key}.channels[{j}]", f"unknown channel {channel!r} (one of {', '.join(NOTIFY_CHANNELS)})")
         for j, var in enumerate(nt.vars):
             if not var.isidentifier():
                 problems.add(f"{key}.vars[{j}]", f"{var!r} is not a plain name")

@@ -247,8 +247,10 @@ class Daemon:
         # -- notifications and push (realtimed/notify, realtimed/push) ------------------------
         # Importing their HTTP modules registers their routes before create_app.
         from realtimed.notify import http as _notify_http  # noqa: F401
+        from realtimed.notify.inbox import InAppChannel
         from realtimed.notify.service import NotifyService
         from realtimed.push import http as _push_http  # noqa: F401
+        from realtimed.push.channel import FcmChannel
         from realtimed.push.service import PushService
 
         push = PushService(cfg, store=svc.store, clock=svc.clock, jobs=lambda: self.services.jobs)
@@ -264,11 +266,11 @@ class Daemon:
             )
             await nursery.start(activity.run)
             svc.extras["mark_active"] = activity.mark
-        notify = NotifyService(svc, push=push, caps=shared_caps, activity=activity)
+        # The delivery channels notify calls (realtimed/notify/channel.py), each named like its config section.
+        notify = NotifyService(svc, channels=[InAppChannel(svc), FcmChannel(push)], caps=shared_caps, activity=activity)
         await nursery.start(notify.run)
         svc.notify = notify
         notify.register(ops)
-        notify.register_checks()
         svc.extras.setdefault("ready_fields", []).append(notify.ready_fields)
         push.register_jobs(runner)
         notify.register_jobs(runner)
