@@ -446,5 +446,6 @@ class Session:
             "connected_at": iso(self.connected_at),
             "rooms": sorted(self.rooms),
             "transport": "websocket",
+            "address": self.address,
         }
 

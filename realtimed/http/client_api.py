@@ -191,6 +191,7 @@ class SseSession:
             "connected_at": iso(self.connected_at),
             "rooms": sorted(self.rooms),
             "transport": "sse",
+            "address": self.address,
         }
 
     async def records(self, heartbeat_s: float) -> AsyncGenerator[bytes, None]:
