@@ -144,6 +144,41 @@ class HttpConfig:
     )
     h2_reset_window_s: float = _f(10.0, "the window over which h2_max_resets is counted", min=0.1, max=3600)
     cors_max_age_s: int = _f(600, "how long browsers cache a CORS preflight", min=0, max=86400)
+    trusted_proxies: list[str] = _f(
+        [],
+        "addresses and CIDR networks of the proxies in front of realtimed, e.g. [\"127.0.0.1/32\", \"10.0.0.0/8\"]: "
+        "only a connection from one of them may name the client (forwarded_header, the PROXY protocol), and its "
+        "request heads are not counted per address; empty: trust nobody",
+    )
+    forwarded_header: Literal["x-forwarded-for", "forwarded"] = _f(
+        "x-forwarded-for",
+        "the header in which a trusted proxy names the client: x-forwarded-for, or forwarded (RFC 7239); the client "
+        "is its rightmost address that is not a trusted proxy; the other header is ignored, and so is an unreadable "
+        "one (the peer's address stands)",
+    )
+    proxy_protocol: Literal["off", "v1", "v2"] = _f(
+        "off",
+        "the client listener's connections start with a PROXY protocol header of this version (before TLS), which "
+        "names the client; a connection from a peer outside trusted_proxies, or without a valid header, is closed",
+    )
+    internal_proxy_protocol: Literal["off", "v1", "v2"] = _f(
+        "off", "proxy_protocol for the internal listener (http.internal_listen)"
+    )
+    health_reserve_connections: int = _f(
+        8,
+        "connections per listener that loopback and trusted_proxies peers may still open when their address has "
+        "gateway.max_handshakes_per_ip unfinished heads, for a /healthz, /readyz or /metrics request only (any "
+        "other request closes the connection), so that health checks are never starved; 0: none",
+        min=0,
+        max=10_000,
+    )
+    health_reserve_timeout_s: float = _f(
+        0.5,
+        "a request head on one of health_reserve_connections must be complete this long after it starts "
+        "(the TLS handshake included), else the connection is closed",
+        min=0.05,
+        max=60,
+    )
     backlog: int = _f(4096, "listen backlog", min=16, max=65535)
     static: list[StaticMountConfig] = _f(
         [],
@@ -824,6 +859,7 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
             )
     if exposed_on:
         _check_credential_strength(cfg, exposed_on[0], problems)
+    _check_proxies(cfg, problems)
     if bool(cfg.http.tls_cert_file) != bool(cfg.http.tls_key_file):
         problems.add("http.tls_cert_file", "tls_cert_file and tls_key_file go together")
     if cfg.shutdown.reconnect_min_ms > cfg.shutdown.reconnect_max_ms:
@@ -857,6 +893,24 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
             problems.add(f"cron[{i}].kind", "must not be empty")
         _check_cron(entry, f"cron[{i}]", problems)
     _check_notify(cfg, problems)
+
+
+def _check_proxies(cfg: Config, problems: _Problems) -> None:
+    """Trusted proxies are addresses or networks; the PROXY protocol needs a proxy to trust."""
+    from realtimed.http.forwarded import parse_network
+
+    for i, entry in enumerate(cfg.http.trusted_proxies):
+        try:
+            parse_network(entry)
+        except ValueError as exc:
+            problems.add(f"http.trusted_proxies[{i}]", str(exc))
+    for key, mode in (("http.proxy_protocol", cfg.http.proxy_protocol), ("http.internal_proxy_protocol", cfg.http.internal_proxy_protocol)):
+        if mode == "off":
+            continue
+        if not cfg.http.trusted_proxies:
+            problems.add(key, "needs http.trusted_proxies: a PROXY header is only accepted from a trusted proxy")
+        if key == "http.internal_proxy_protocol" and not cfg.http.internal_listen:
+            problems.add(key, "there is no internal listener (http.internal_listen)")
 
 
 def _check_op_limits(cfg: Config, problems: _Problems) -> None:

@@ -9,7 +9,9 @@ keep-alive connection, not only the first, and answers for the connection's life
 
 - every request head (and every HTTP/2 header block) must be complete within
   ``gateway.handshake_timeout_s`` of its first byte, and counts toward
-  ``gateway.max_handshakes_per_ip`` while it arrives;
+  ``gateway.max_handshakes_per_ip`` while it arrives (a trusted proxy's do not:
+  ``Slot.exempt``); once its address's places are taken, a loopback or trusted
+  peer may still bring a health check on the reserve (``HandshakeSlots``);
 - between requests (no response in progress) the client may stay silent for
   ``http.keep_alive_s``; inside a request body, for ``http.read_timeout_s``;
 - once the client has closed its side, or hypercorn has closed the stream, what
@@ -47,7 +49,7 @@ import trio
 
 from realtimed import metrics
 from realtimed.config import Config
-from realtimed.http.framing import GoAway, HeadReceived, Refused, RequestHead, RequestSide
+from realtimed.http.framing import GoAway, HeadReceived, Mode, Refused, RequestHead, RequestSide
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +63,37 @@ _WIND_DOWN_S: Final = 1.0  # after hypercorn closed the stream
 _CLOSE_S: Final = 1.0  # longest a FIN may wait
 
 
+# The routes a health check asks for: a connection on the health reserve may ask for nothing else.
+HEALTH_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
 class HandshakeSlots:
-    """Unfinished request heads per client address (``gateway.max_handshakes_per_ip``)."""
+    """Unfinished request heads per client address (``gateway.max_handshakes_per_ip``).
+
+    Beside the per-address places, a small reserve (``http.health_reserve_connections``)
+    serves the addresses a health check comes from (loopback, trusted proxies) once
+    their own places are taken: a head on a reserved place must be a health route
+    (``HEALTH_PATHS``), complete within ``http.health_reserve_timeout_s``.
+    """
 
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
+        self.reserved = 0  # reserve places in use
 
     def count(self, address: str) -> int:
         return self._counts.get(address, 0)
 
-    def slot(self, address: str, limit: int) -> Slot:
-        return Slot(self, address, limit)
+    def slot(self, address: str, limit: int, *, reserve: int = 0, exempt: bool = False) -> Slot:
+        """A connection's place.
+
+        Args:
+            address: the client address the place counts for.
+            limit: the most unfinished heads of that address.
+            reserve: the size of the health reserve this connection may use (0: none).
+            exempt: the connection is not counted at all (a trusted proxy: it sends
+                each head whole, and the client behind it is known only from the head).
+        """
+        return Slot(self, address, limit, reserve=reserve, exempt=exempt)
 
     def _take(self, address: str, limit: int) -> bool:
         count = self._counts.get(address, 0)
@@ -89,22 +111,38 @@ class HandshakeSlots:
 
 
 class Slot:
-    """The one place a connection may hold among its address's unfinished heads."""
+    """The one place a connection may hold among its address's unfinished heads.
 
-    def __init__(self, slots: HandshakeSlots, address: str, limit: int) -> None:
+    ``reserved`` is true while the place held is one of the health reserve's.
+    """
+
+    def __init__(self, slots: HandshakeSlots, address: str, limit: int, *, reserve: int = 0, exempt: bool = False) -> None:
         self._slots = slots
         self.address = address
         self._limit = limit
+        self._reserve = reserve
+        self.exempt = exempt
         self.held = False
+        self.reserved = False
 
     def take(self) -> bool:
-        if not self.held:
-            self.held = self._slots._take(self.address, self._limit)
+        if self.held:
+            return True
+        if self.exempt or self._slots._take(self.address, self._limit):
+            self.held = True
+        elif self._slots.reserved < self._reserve:
+            self._slots.reserved += 1
+            self.held = self.reserved = True
         return self.held
 
     def release(self) -> None:
-        if self.held:
-            self.held = False
+        if not self.held:
+            return
+        self.held = False
+        if self.reserved:
+            self.reserved = False
+            self._slots.reserved -= 1
+        elif not self.exempt:
             self._slots._give(self.address)
 
 
@@ -114,7 +152,9 @@ class ConnectionGuard(trio.abc.HalfCloseableStream):
     Args:
         stream: the socket stream, or the TLS stream over it.
         cfg: the configuration (read once: a connection keeps the limits it started with).
-        address: the client address, for logs.
+        address: the connection's client address (the socket's peer, or the client a
+            PROXY header named), for logs and the per-address count.
+        port: the port of that address (0: unknown).
         slot: the connection's handshake slot, held since it was accepted.
         since: when the connection was accepted (its first head's deadline runs from it).
         http2: TLS negotiated ``h2``.
@@ -124,11 +164,20 @@ class ConnectionGuard(trio.abc.HalfCloseableStream):
     """
 
     def __init__(
-        self, stream: trio.abc.Stream, *, cfg: Config, address: str, slot: Slot, since: float, http2: bool = False
+        self,
+        stream: trio.abc.Stream,
+        *,
+        cfg: Config,
+        address: str,
+        slot: Slot,
+        since: float,
+        http2: bool = False,
+        port: int = 0,
     ) -> None:
         self._stream = stream
         self._cfg = cfg
         self.address = address
+        self.port = port
         self._slot = slot
         self.side = RequestSide(
             max_head_bytes=cfg.gateway.max_head_bytes,
@@ -178,6 +227,8 @@ class ConnectionGuard(trio.abc.HalfCloseableStream):
                 self._eof_at = now
                 return None
             head = self._absorb(data, now)
+            if self.cut_reason is not None:
+                return None
             if head is not None:
                 return head
             if self._pending is not None:
@@ -323,6 +374,16 @@ class ConnectionGuard(trio.abc.HalfCloseableStream):
         first: RequestHead | None = None
         for event in self.side.feed(data, now):
             if isinstance(event, HeadReceived):
+                if self._slot.reserved and event.head.path not in HEALTH_PATHS:
+                    log.info(
+                        "closing the connection from %s: %s on the health reserve (%d request heads from there "
+                        "are unfinished)",
+                        self.address,
+                        event.head.path[:64],
+                        self._cfg.gateway.max_handshakes_per_ip,
+                    )
+                    self._cut("too_many_heads")
+                    return None
                 self._delivered += 1
                 if first is None:
                     first = event.head
@@ -332,7 +393,8 @@ class ConnectionGuard(trio.abc.HalfCloseableStream):
         if self.side.in_head:
             if self._head_since is None:
                 self._head_since = now
-                if not self._slot.take():
+                # The health reserve is for HTTP/1.1 heads, whose path is checked when they end.
+                if not self._slot.take() or (self._slot.reserved and self.side.mode is Mode.HTTP2):
                     log.info(
                         "closing the connection from %s: %d request heads from there are unfinished",
                         self.address,
@@ -408,6 +470,8 @@ class ConnectionGuard(trio.abc.HalfCloseableStream):
 
         if self._head_since is not None:
             sooner(self._head_since + self._cfg.gateway.handshake_timeout_s, "head_timeout")
+            if self._slot.reserved:
+                sooner(self._head_since + http.health_reserve_timeout_s, "head_timeout")
         if self._closed_at is not None:
             sooner(self._closed_at + _WIND_DOWN_S, "wind_down")
         if self._eof_at is not None:

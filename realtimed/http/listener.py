@@ -42,17 +42,59 @@ from hypercorn.trio.worker_context import WorkerContext
 from realtimed import metrics
 from realtimed.config import Config
 from realtimed.errors import NotFound
+from realtimed.http import proxy_protocol
+from realtimed.http.forwarded import TrustedProxies, canonical, parse_ip
 from realtimed.http.framing import RequestHead as RequestHead
-from realtimed.http.guard import GUARD_STATE_KEY, ConnectionGuard, HandshakeSlots
+from realtimed.http.guard import GUARD_STATE_KEY, ConnectionGuard, HandshakeSlots, Slot
 
 log = logging.getLogger(__name__)
 
 _ACCEPT_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 # Closing a socket does not wait on the peer; the bound is only a safety net.
 _CLOSE_TIMEOUT_S: Final = 1.0
+_PROXY_RECEIVE_BYTES: Final = 4096
 
 # A WebSocket handler takes the stream, the request head and the client address.
 WsHandler = Callable[[trio.abc.Stream, "RequestHead", str], Awaitable[None]]
+
+
+class _Prefixed(trio.abc.HalfCloseableStream):
+    """A socket stream whose first bytes were read already (those after a PROXY header).
+
+    They are given back first; everything else passes through to the socket.
+    """
+
+    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
+        self.transport_stream = stream
+        self._prefix = prefix
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        return self.transport_stream.socket
+
+    @property
+    def drained(self) -> bool:
+        return not self._prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if not self._prefix:
+            return await self.transport_stream.receive_some(max_bytes)
+        await trio.lowlevel.checkpoint()
+        size = len(self._prefix) if max_bytes is None else max_bytes
+        data, self._prefix = self._prefix[:size], self._prefix[size:]
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport_stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.transport_stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self.transport_stream.aclose()
 
 
 class _TcpServer(TCPServer):
@@ -118,6 +160,9 @@ class _ListenerAsgi:
         if guard is None:
             await self._app(scope, receive, send)
             return
+        # The client's address, as the trusted proxies tell it (docs: "Behind a proxy").
+        client = self._listener.trusted.client_address(guard.address, scope.get("headers") or [])
+        scope["client"] = (client, guard.port if client == guard.address else 0)
         guard.app_started()
         try:
             await self._app(scope, receive, send)
@@ -163,6 +208,8 @@ class Listener:
         self._listeners: list[trio.SocketListener] = []
         self._accepting = trio.CancelScope()
         self._slots = HandshakeSlots()
+        self._trusted = TrustedProxies(cfg.http.trusted_proxies, header=cfg.http.forwarded_header)
+        self._proxy_protocol = cfg.http.proxy_protocol if role == "client" else cfg.http.internal_proxy_protocol
         self.connections = 0  # open sockets (WebSocket ones included)
         self.bound: list[tuple[str, int]] = []
 
@@ -174,8 +221,16 @@ class Listener:
     def config(self) -> Config:
         return self._cfg
 
+    @property
+    def trusted(self) -> TrustedProxies:
+        return self._trusted
+
     def set_config(self, cfg: Config) -> None:
-        """Take reloadable limits from a new configuration (connections keep those they started with)."""
+        """Take reloadable limits from a new configuration (connections keep those they started with).
+
+        The proxies trusted and the PROXY protocol are the listener's own (``http``
+        needs a restart).
+        """
         self._cfg = cfg
 
     async def run(self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -246,35 +301,119 @@ class Listener:
         accepted = trio.current_time()
         try:
             peer = stream.socket.getpeername()
-            address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         except OSError:
             await stream.aclose()
             return
+        # The connection's address: the socket's peer, or the client a PROXY header names.
+        address = canonical(str(peer[0])) if isinstance(peer, tuple) else str(peer)
+        port = int(peer[1]) if isinstance(peer, tuple) else 0
         cfg = self._cfg
-        slot = self._slots.slot(address, cfg.gateway.max_handshakes_per_ip)
+        deadline = accepted + cfg.gateway.handshake_timeout_s
+        conn: trio.abc.Stream = stream
+        slot: Slot | None = None
+        try:
+            if self._proxy_protocol != "off":
+                proxied = await self._proxy_header(stream, address, deadline)
+                if proxied is None:
+                    return
+                source, rest = proxied
+                if source is not None:
+                    address, port = canonical(source[0]), source[1]
+                if rest:
+                    conn = _Prefixed(stream, rest)
+            slot = self._place(address)
+            if slot is None:
+                return
+            if slot.reserved:
+                deadline = min(deadline, accepted + cfg.http.health_reserve_timeout_s)
+            await self._dispatch(conn, slot, address, port, accepted, deadline)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError) as exc:
+            log.debug("connection from %s ended: %r", address, exc)
+        except Exception:
+            # A failure of one connection never reaches the listener or the others.
+            log.exception("connection from %s failed", address)
+        finally:
+            if slot is not None:
+                slot.release()
+            with trio.move_on_after(1) as cleanup:
+                cleanup.shield = True
+                await conn.aclose()
+
+    async def _proxy_header(
+        self, stream: trio.SocketStream, peer: str, deadline: float
+    ) -> tuple[tuple[str, int] | None, bytes] | None:
+        """Read the PROXY header: (the client it names or None, the bytes after it); None: closed."""
+        if not self._trusted.trusts(peer):
+            log.info("refusing %s: not in http.trusted_proxies, and this listener takes the PROXY protocol", peer)
+            metrics.HTTP_CONNECTIONS_CUT.labels("proxy_untrusted").inc()
+            return None
+        version: proxy_protocol.Version = "v1" if self._proxy_protocol == "v1" else "v2"
+        received = bytearray()
+        header: proxy_protocol.ProxyHeader | None = None
+        with trio.move_on_at(deadline):
+            try:
+                while header is None:
+                    data = await stream.receive_some(_PROXY_RECEIVE_BYTES)
+                    if not data:
+                        raise proxy_protocol.ProxyHeaderError("the connection ended inside the PROXY header")
+                    received += data
+                    header = proxy_protocol.parse(received, version=version, max_bytes=self._cfg.gateway.max_head_bytes)
+            except proxy_protocol.ProxyHeaderError as exc:
+                log.info("closing the connection from %s: %s", peer, exc)
+                metrics.HTTP_CONNECTIONS_CUT.labels("proxy_header").inc()
+                return None
+        if header is None:
+            log.debug("PROXY header timeout from %s", peer)
+            metrics.HTTP_CONNECTIONS_CUT.labels("head_timeout").inc()
+            return None
+        return header.source, bytes(received[header.size :])
+
+    def _place(self, address: str) -> Slot | None:
+        """The connection's place among its address's unfinished heads; None: refused."""
+        cfg = self._cfg
+        trusted = self._trusted.trusts(address)
+        ip = parse_ip(address)
+        may_reserve = trusted or (ip is not None and ip.is_loopback)
+        slot = self._slots.slot(
+            address,
+            cfg.gateway.max_handshakes_per_ip,
+            reserve=cfg.http.health_reserve_connections if may_reserve else 0,
+            exempt=trusted,
+        )
         if not slot.take():
             log.info("refusing %s: %d handshakes already in progress", address, self._slots.count(address))
             metrics.HTTP_CONNECTIONS_CUT.labels("too_many_heads").inc()
-            await stream.aclose()
-            return
-        conn: trio.abc.Stream = stream
+            return None
+        return slot
+
+    async def _dispatch(
+        self, conn: trio.abc.Stream, slot: Slot, address: str, port: int, accepted: float, deadline: float
+    ) -> None:
+        """TLS, the first request head, then the gateway or hypercorn."""
+        cfg = self._cfg
+        raw = conn
         guard: ConnectionGuard | None = None
+        head: RequestHead | None = None
+        http2 = False
+        with trio.move_on_at(deadline) as timeout:
+            if self._ssl_context is not None:
+                conn = trio.SSLStream(conn, self._ssl_context, server_side=True, https_compatible=True)
+                await conn.do_handshake()
+                http2 = conn.selected_alpn_protocol() == "h2"
+            guard = ConnectionGuard(conn, cfg=cfg, address=address, port=port, slot=slot, since=accepted, http2=http2)
+            if not http2:
+                head = await guard.first_head()
         try:
-            head: RequestHead | None = None
-            http2 = False
-            with trio.move_on_after(cfg.gateway.handshake_timeout_s) as timeout:
-                if self._ssl_context is not None:
-                    conn = trio.SSLStream(stream, self._ssl_context, server_side=True, https_compatible=True)
-                    await conn.do_handshake()
-                    http2 = conn.selected_alpn_protocol() == "h2"
-                guard = ConnectionGuard(conn, cfg=cfg, address=address, slot=slot, since=accepted, http2=http2)
-                if not http2:
-                    head = await guard.first_head()
             if timeout.cancelled_caught:
                 log.debug("handshake timeout from %s", address)
                 metrics.HTTP_CONNECTIONS_CUT.labels("head_timeout").inc()
                 return
             assert guard is not None
+            if http2 and slot.reserved:
+                # The health reserve takes HTTP/1.1 heads, whose path is known when they end.
+                log.info("closing the HTTP/2 connection from %s: it came on the health reserve", address)
+                metrics.HTTP_CONNECTIONS_CUT.labels("too_many_heads").inc()
+                return
             if not http2 and head is None:
                 await guard.linger()  # refused (the answer is written), or the client closed
                 return
@@ -285,20 +424,20 @@ class Listener:
                 and head.is_websocket_upgrade()
             ):
                 slot.release()
-                await self.ws_handler(conn, head, address)
+                client = self._trusted.client_address(address, head.headers)
+                # The session writes straight into a plaintext socket: hand it the socket
+                # itself once the bytes that came with the PROXY header are read.
+                if isinstance(raw, _Prefixed) and raw.drained and conn is raw:
+                    conn = raw.transport_stream
+                await self.ws_handler(conn, head, client)
                 return
             await guard.serve(self._serve_http)
             await guard.linger()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError) as exc:
-            log.debug("connection from %s ended: %r", address, exc)
-        except Exception:
-            # A failure of one connection never reaches the listener or the others.
-            log.exception("connection from %s failed", address)
         finally:
-            slot.release()
-            with trio.move_on_after(1) as cleanup:
-                cleanup.shield = True
-                await conn.aclose()
+            if conn is not raw:
+                with trio.move_on_after(1) as cleanup:
+                    cleanup.shield = True
+                    await conn.aclose()
 
     async def _serve_http(self, guard: ConnectionGuard) -> None:
         # The guard reaches the ASGI wrapper through hypercorn's per-connection state.
