@@ -363,6 +363,12 @@ async def test_a_later_head_on_a_keep_alive_connection_uses_the_reserve_for_heal
         await trio.sleep(0.05)
         await other.send(b"Host: x\r\n\r\n")
         assert await other.eof() == b""
+        # A head on the reserve has http.health_reserve_timeout_s, not the handshake timeout.
+        await monitor.send(b"GET /healthz HTTP/1.1\r\n")
+        started = trio.current_time()
+        with trio.fail_after(3):
+            assert await monitor.eof() == b""
+        assert trio.current_time() - started >= 0.4
         for stream in idle:
             await stream.aclose()
         await monitor.close()
