@@ -7,6 +7,14 @@ or to hypercorn's connection handler. So ``/ws``, the client REST, SSE and healt
 share one port and one origin, and the WebSocket path skips the ASGI machinery
 entirely.
 
+Behind a proxy: on a listener with ``http.proxy_protocol`` (or
+``http.internal_proxy_protocol``) a connection must come from one of
+``http.trusted_proxies`` and start with a PROXY header (``proxy_protocol.py``),
+read before TLS; the client it names is the connection's address. A trusted
+peer's ``X-Forwarded-For`` / ``Forwarded`` names the client of each request
+(``forwarded.py``): the WebSocket session's address, and the ASGI scope's
+``client``.
+
 hypercorn never reads the socket itself: it reads through a ``ConnectionGuard``
 (``guard.py``), which applies the head deadline and the per-address count to every
 request head of a keep-alive connection, refuses what must not reach hypercorn
