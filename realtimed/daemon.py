@@ -415,7 +415,7 @@ def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
 def _warn_dev_secrets(cfg: Config) -> None:
     if cfg.auth.hs256_secret == DEV_HS256_SECRET:
         log.warning("the development HS256 secret is in use: set auth.hs256_secret before exposing realtimed")
-    if DEV_API_KEY in cfg.api.keys:
+    if DEV_API_KEY in cfg.api.key_values:
         log.warning("the development API key is in use: set api.keys before exposing realtimed")
 
 

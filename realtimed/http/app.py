@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 SERVER_PREFIX: Final = "/server/v1"
 CLIENT_PREFIX: Final = "/api/v1"
 READY_TIMEOUT_S: Final = 2.0
+# Server API calls with other methods change state, and are logged with the API key's name.
+_READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+_KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
 
 # Blueprints registered by capabilities: (blueprint, door) where door is "server" or "client".
 _EXTRA_BLUEPRINTS: list[tuple[Blueprint, str]] = []
@@ -130,8 +133,10 @@ def create_app(svc: Services) -> QuartTrio:
             return error_response(NotFound("served on the internal listener only"))
         if path.startswith(SERVER_PREFIX) and path != f"{SERVER_PREFIX}/openapi.json":
             token = bearer_token()
-            if token is None or s.api_keys is None or not s.api_keys.check(token):
+            key_name = s.api_keys.identify(token) if token is not None and s.api_keys is not None else None
+            if key_name is None:
                 return error_response(Unauthorized("a valid API key is required"))
+            g.api_key_name = key_name
         if path.startswith(CLIENT_PREFIX):
             origin = request.headers.get("Origin")
             if request.method == "OPTIONS" and origin:
@@ -164,6 +169,21 @@ def create_app(svc: Services) -> QuartTrio:
             response.headers["Access-Control-Expose-Headers"] = "Retry-After"
         door = "server" if request.path.startswith(SERVER_PREFIX) else "client" if request.path.startswith(CLIENT_PREFIX) else "ops"
         metrics.HTTP_REQUESTS.labels(door, f"{response.status_code // 100}xx").inc()
+        return response
+
+    @app.after_request
+    async def _account_api_key(response: Response) -> Response:
+        # The name of the API key behind each server API call: a metric label, and
+        # in the log for every call that changes state (a failed one too).
+        key_name: str | None = g.get("api_key_name")
+        if key_name is not None:
+            method = request.method if request.method in _KNOWN_METHODS else "other"
+            metrics.SERVER_API_REQUESTS.labels(key_name, method, f"{response.status_code // 100}xx").inc()
+            if request.method not in _READ_METHODS:
+                log.info(
+                    "server API %s %s -> %d with API key %s",
+                    request.method, request.path, response.status_code, key_name,
+                )
         return response
 
     @app.after_request
