@@ -41,7 +41,6 @@ from realtimed.gateway.gateway import Gateway
 from realtimed.gateway.ops import OpRegistry
 from realtimed.gateway.room_ops import register_room_ops
 from realtimed.gateway.rooms import HistoryBackend
-from realtimed.http import client_api, jobs_api, server_api
 from realtimed.http.app import create_app
 from realtimed.http.listener import Listener
 from realtimed.jobs import CronScheduler, JobRunner, register_builtin_kinds
@@ -49,9 +48,6 @@ from realtimed.router import Router
 from realtimed.sdnotify import SystemdNotifier
 from realtimed.services import Services
 from realtimed.store import open_store
-
-# Importing the doors registers their routes.
-_DOORS = (client_api, jobs_api, server_api)
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +184,7 @@ class Daemon:
         runner = JobRunner(svc.store, config=cfg.jobs, clock=svc.clock, node=svc.node)
         register_builtin_kinds(runner, retention=lambda: self.services.config.retention)
         svc.jobs = runner
-        # Chat and presence; importing them registers their HTTP routes before create_app.
+        # Chat and presence (their HTTP routes are served by create_app's capability_routes()).
         from realtimed.chat import ChatService
         from realtimed.presence import PresenceRecord, PresenceService
 
@@ -245,11 +241,8 @@ class Daemon:
         svc.chat = chat
         chat.register(ops)
         # -- notifications and push (realtimed/notify, realtimed/push) ------------------------
-        # Importing their HTTP modules registers their routes before create_app.
-        from realtimed.notify import http as _notify_http  # noqa: F401
         from realtimed.notify.inbox import InAppChannel
         from realtimed.notify.service import NotifyService
-        from realtimed.push import http as _push_http  # noqa: F401
         from realtimed.push.channel import FcmChannel
         from realtimed.push.service import PushService
 
