@@ -35,9 +35,12 @@ from tests.fake_fcm import FakeFcm
 from tests.fixtures.daemon import API_KEY, DaemonFactory
 from tests.fixtures.tokens import token
 
-# Routes of the URL map that no document describes, each with why. None today: the
-# operator's endpoints are in the server document, and the app has no static folder.
-NOT_DESCRIBED: Final[Mapping[tuple[str, str], str]] = {}
+# Routes of the URL map that no document describes, each with why. The operator's
+# endpoints are in the server document; [[http.static]] folders add routes only when
+# configured (none here).
+NOT_DESCRIBED: Final[Mapping[tuple[str, str], str]] = {
+    ("GET", "/dev/token"): "development only: exists on a loopback listener with the development secret",
+}
 # The modules whose routes() the app serves (realtimed/http/app.py, capability_routes).
 ROUTE_MODULES: Final = (
     "realtimed.http.app",
