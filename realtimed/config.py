@@ -501,6 +501,10 @@ class PresenceConfig:
     )
 
 
+#: ``jobs.cron_catch_up``: what a cron entry that has never run does at start.
+CronCatchUp = Literal["none", "last"]
+
+
 @attrs.frozen
 class JobQueueConfig:
     name: str = _f("default", "queue name")
@@ -516,6 +520,12 @@ class JobsConfig:
     backoff_base_s: float = _f(2.0, "first retry delay (doubles each attempt, with jitter)", min=0, max=86400)
     backoff_max_s: float = _f(3600.0, "longest retry delay", min=0, max=31_536_000)
     queues: list[JobQueueConfig] = _f([], "queues and their concurrency (others use the default queue's)")
+    cron_catch_up: CronCatchUp = _f(
+        "none",
+        "what a cron entry (built-in or [[cron]]) that has never run does when a node starts: none waits for "
+        "its next tick; last runs its latest past tick once at start. An entry that has run before always runs "
+        "its latest missed tick once after downtime, never the earlier ones",
+    )
 
 
 @attrs.frozen
