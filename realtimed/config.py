@@ -532,8 +532,8 @@ class JobsConfig:
 class CronConfig:
     name: str = _f("", "entry name, unique")
     schedule: str = _f("", "five-field cron schedule, or six with seconds first")
-    kind: str = _f("", "job kind to enqueue")
-    payload: dict[str, Any] = _f({}, "job payload")
+    kind: str = _f("", "job kind to enqueue: one a node handles (realtimed/jobs/kinds.py), else a config error")
+    payload: dict[str, Any] = _f({}, "job payload, checked against the kind's payload type")
     queue: str = _f("default", "job queue")
     timezone: str = _f("UTC", "IANA time zone of the schedule")
 
@@ -1104,8 +1104,6 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
         elif entry.name in names:
             problems.add(f"cron[{i}].name", f"duplicate name {entry.name!r}")
         names.add(entry.name)
-        if not entry.kind:
-            problems.add(f"cron[{i}].kind", "must not be empty")
         _check_cron(entry, f"cron[{i}]", problems)
     _check_notify(cfg, problems)
 
@@ -1319,6 +1317,13 @@ def _check_cron(entry: CronConfig, key: str, problems: _Problems) -> None:
     # The payload is stored with every job of the entry, and listed with it.
     if json_depth_path(entry.payload, MAX_STORED_JSON_DEPTH) is not None:
         problems.add(f"{key}.payload", f"nests more than {MAX_STORED_JSON_DEPTH} levels of arrays and tables")
+        return
+    # A kind no node handles would make a dead job every tick; a payload its kind
+    # refuses, a failed one. Imported here: the job kinds import this module.
+    from realtimed.jobs.kinds import cron_job_problems
+
+    for sub_key, problem in cron_job_problems(entry.kind, entry.payload):
+        problems.add(f"{key}.{sub_key}", problem)
 
 
 def parse_host_port(value: str) -> tuple[str, int]:

@@ -26,7 +26,9 @@ from realtimed.config import (
 )
 from realtimed.jobs import CronEntry, CronScheduler, JobContext, JobRunner, cron_dedupe_key
 from realtimed.jobs.builtin import BUILTIN_CRON_SCHEDULES
+from realtimed.jobs.kinds import DAEMON_JOB_TYPES
 from realtimed.store import Store, open_store
+from tests.fixtures.daemon import DaemonFactory
 
 AUTOJUMP_S = 0.05
 LIMIT_S = 3 * 3600  # virtual seconds
@@ -299,3 +301,50 @@ def test_invalid_entries_are_refused() -> None:
         CronEntry.parse(CronConfig(name="x", schedule="* * * * *", kind="k", timezone="Mars/Olympus"))
     with pytest.raises(ValueError, match="duplicate"):
         CronScheduler(None, [every(5, "a"), every(10, "a")], clock=SystemClock())
+    runner = JobRunner(None, config=JobsConfig(), clock=SystemClock(), node="n1")
+    with pytest.raises(ValueError, match="nothing handles: noop"):
+        CronScheduler(None, [every(5)], clock=SystemClock(), runner=runner)
+
+
+def cron_problems(*entries: dict[str, Any]) -> dict[str, str]:
+    base = {"schedule": "0 4 * * *"}
+    data = {"cron": [{"name": f"e{i}", **base, **entry} for i, entry in enumerate(entries)]}
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={}, data=data)
+    return dict(info.value.problems)
+
+
+def test_a_kind_no_node_handles_is_a_config_error_naming_the_key() -> None:
+    problems = cron_problems({"kind": "noop"}, {"kind": "report.nightly"}, {"kind": ""})
+    assert set(problems) == {"cron[1].kind", "cron[2].kind"}
+    assert problems["cron[1].kind"].startswith("unknown job kind 'report.nightly': no node handles it")
+    assert "retention.jobs" in problems["cron[1].kind"] and "notify.send" in problems["cron[1].kind"]
+    assert problems["cron[2].kind"] == "must not be empty"
+
+
+def test_a_payload_its_kind_refuses_is_a_config_error_naming_the_field() -> None:
+    problems = cron_problems(
+        {"kind": "retention.jobs", "payload": {"days": 3}},  # fine
+        {"kind": "retention.jobs", "payload": {"days": -1}},
+        {"kind": "devices.stale", "payload": {"days": "ten"}},
+        {"kind": "notify.send", "payload": {"user_ids": ["u1", 2], "type": "digest"}},
+        {"kind": "notify.send", "payload": {"user_ids": ["u1"]}},
+        {"kind": "push.send", "payload": {"message": {}}},
+        {"kind": "notify.send", "payload": {"user_ids": ["u1"], "type": "weekly"}},  # fine
+    )
+    assert problems == {
+        "cron[1].payload.days": "not a retention.jobs payload: must be a non-negative number",
+        "cron[2].payload.days": "not a devices.stale payload: must be a non-negative number",
+        "cron[3].payload.user_ids[1]": "not a notify.send payload: must be a string",
+        "cron[4].payload.type": "not a notify.send payload: must be a string",
+        "cron[5].payload.token": "not a push.send payload: give exactly one of token and topic",
+    }
+
+
+async def test_the_daemon_registers_exactly_the_kinds_the_config_check_knows(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(30):
+        daemon = await start_daemon({"jobs": {"poll_s": 600.0}})
+        assert set(daemon.services.jobs.kinds) == set(DAEMON_JOB_TYPES)
+        # Each is registered with the same payload type as the table's.
+        for kind, job in daemon.services.jobs.kinds.items():
+            assert job.job_type == DAEMON_JOB_TYPES[kind], kind

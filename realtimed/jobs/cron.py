@@ -136,7 +136,9 @@ class CronScheduler:
         ``run`` owns one task per entry and returns only when cancelled.
 
     Error handling:
-        An invalid entry raises ValueError from the constructor. A store error
+        An invalid entry raises ValueError from the constructor, and so does,
+        with a runner, an entry whose kind the runner has not registered (the
+        configuration loader refuses those already). A store error
         while claiming a tick is logged and retried with backoff until it works
         or a later tick is due (then that one is claimed instead); a tick that
         was claimed but whose job could not be enqueued after several tries is
@@ -169,6 +171,10 @@ class CronScheduler:
             raise ValueError(f"duplicate cron entry names: {', '.join(duplicates)}")
         self.entries: list[CronEntry] = parsed
         if runner is not None:
+            # A job of a kind the runner does not know would end dead at every tick.
+            unknown = sorted({e.config.kind for e in parsed} - set(runner.kinds))
+            if unknown:
+                raise ValueError(f"cron entries name job kinds nothing handles: {', '.join(unknown)}")
             for entry in parsed:
                 runner.serve_queue(entry.config.queue)
 
