@@ -237,7 +237,10 @@ class StoreConfig:
     sqlite_batch_max: int = _f(512, "most writes grouped in one SQLite transaction", min=1, max=100_000)
     sqlite_readers: int = _f(4, "worker threads for SQLite reads", min=1, max=64)
     postgres_dsn: str = _f(
-        "postgresql://postgres@127.0.0.1:5432/realtimed", "PostgreSQL connection URL", secret=True
+        "postgresql://postgres@127.0.0.1:5432/realtimed",
+        "PostgreSQL connection URL, postgresql://user:password@host[:port][,host[:port]...]/db[?options], "
+        "checked at load as asyncpg reads it (percent-encode @ : / ? # in the user and password)",
+        secret=True,
     )
     pool_min: int = _f(2, "PostgreSQL pool: connections kept open", min=0, max=1000)
     pool_max: int = _f(20, "PostgreSQL pool: most connections", min=1, max=1000)
@@ -1083,6 +1086,7 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
     _check_static(cfg, problems)
     if cfg.store.pool_min > cfg.store.pool_max:
         problems.add("store.pool_min", "must not exceed store.pool_max")
+    _check_postgres_dsn(cfg, problems)
     known_algs = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA", "PS256"}
     for i, alg in enumerate(cfg.auth.algorithms):
         if alg not in known_algs:
@@ -1243,6 +1247,18 @@ def _check_redis_url(cfg: Config, problems: _Problems) -> None:
         parse_redis_url(cfg.broker.redis_url)
     except ValueError as exc:
         problems.add("broker.redis_url", str(exc))
+
+
+def _check_postgres_dsn(cfg: Config, problems: _Problems) -> None:
+    """The DSN the PostgreSQL store will use, parsed as asyncpg will parse it when it connects."""
+    if cfg.store.backend != "postgres":
+        return
+    from realtimed.store.dsn import check_postgres_dsn
+
+    try:
+        check_postgres_dsn(cfg.store.postgres_dsn)
+    except ValueError as exc:
+        problems.add("store.postgres_dsn", str(exc))
 
 
 def _check_notify(cfg: Config, problems: _Problems) -> None:

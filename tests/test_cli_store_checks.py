@@ -1,0 +1,121 @@
+"""What the commands check before they touch a store: the PostgreSQL DSN as asyncpg
+reads it (check-config, run).
+
+The commands run as subprocesses in a folder of their own, as an operator runs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+import trio
+
+from realtimed.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+PASSWORD = "hunter2-pa@ss:wd"
+
+
+async def realtimed(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REALTIMED__", "PG"))}
+    env["PYTHONPATH"] = str(ROOT)
+    command = [sys.executable, "-m", "realtimed", *args]
+    return await trio.to_thread.run_sync(
+        lambda: subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=30, env=env)
+    )
+
+
+async def all_of(cwd: Path, *commands: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+    """Run the commands at once (each is a Python start-up), in order of the results."""
+    results: list[subprocess.CompletedProcess[str] | None] = [None] * len(commands)
+
+    async def one(i: int, args: tuple[str, ...]) -> None:
+        results[i] = await realtimed(cwd, *args)
+
+    async with trio.open_nursery() as nursery:
+        for i, args in enumerate(commands):
+            nursery.start_soon(one, i, args)
+    return [r for r in results if r is not None]
+
+
+# ---------------------------------------------------------------------------
+# The DSN
+# ---------------------------------------------------------------------------
+
+BAD_DSNS = [
+    "mysql://app@db.internal/realtimed",  # not PostgreSQL
+    "postgresql://app:secret-pw@db.internal:54x2/realtimed",  # port not a number
+    f"postgresql://app:{PASSWORD}@db.internal/realtimed",  # an @ and a : left in the password
+    "postgresql://db1.internal,/realtimed",  # an empty host in the list
+    "postgresql://app:secret-pw@db.internal/realtimed?sslmode=always",
+    "postgresql://app:secret-pw@db.internal/realtimed?sslmode=verify-full&sslrootcert=/nonexistent/root.crt",
+    "postgresql://app:secret-pw@db.internal/realtimed?connect_timeout&x",  # an option without a value
+    "postgresql://app:secret-pw@[::1/realtimed",  # an unclosed IPv6 address
+]
+
+
+def _problems(dsn: str, backend: str = "postgres") -> dict[str, str]:
+    try:
+        load_config(None, env={}, data={"store": {"backend": backend, "postgres_dsn": dsn}})
+    except ConfigError as exc:
+        return dict(exc.problems)
+    return {}
+
+
+@pytest.mark.parametrize("dsn", BAD_DSNS)
+def test_a_dsn_asyncpg_refuses_is_a_config_error_without_the_password(dsn: str) -> None:
+    problems = _problems(dsn)
+    assert list(problems) == ["store.postgres_dsn"]
+    message = problems["store.postgres_dsn"]
+    assert message.startswith("not a PostgreSQL URL asyncpg can use: ")
+    for secret in ("secret-pw", PASSWORD, "pa@ss", "ss:wd"):
+        assert secret not in message
+    # What the store would meet when it connects: asyncpg refuses it before any connection.
+    with pytest.raises(Exception) as refused:
+        asyncio.run(asyncio.wait_for(asyncpg.connect(dsn, timeout=2), 5))
+    assert not isinstance(refused.value, (ConnectionError, TimeoutError))
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://postgres@127.0.0.1:5432/realtimed",
+        "postgres://app:p%40ss@db1.internal:5432,db2.internal:5433/realtimed?sslmode=require&application_name=x",
+        "postgresql:///realtimed?host=/run/postgresql",
+    ],
+)
+def test_a_dsn_asyncpg_reads_is_accepted(dsn: str) -> None:
+    assert _problems(dsn) == {}
+
+
+def test_the_dsn_is_not_checked_while_sqlite_is_the_store() -> None:
+    assert _problems("mysql://unused", backend="sqlite") == {}
+
+
+async def test_check_config_and_run_refuse_what_the_store_would_refuse(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        config = tmp_path / "realtimed.toml"
+        config.write_text(
+            '[http]\nlisten = "127.0.0.1:0"\n'
+            f'[store]\nbackend = "postgres"\npostgres_dsn = "postgresql://app:{PASSWORD}@db.internal/realtimed"\n'
+            '[[cron]]\nname = "report"\nschedule = "0 6 * * *"\nkind = "reports.daily"\n'
+            '[[cron]]\nname = "retention.jobs"\nschedule = "0 4 * * *"\nkind = "retention.jobs"\npayload = {days = -3}\n'
+        )
+        checked, ran = await all_of(tmp_path, ("check-config", str(config)), ("run", "-c", str(config)))
+        for result in (checked, ran):
+            assert result.returncode == 2, result.stderr
+            assert "Traceback" not in result.stderr and PASSWORD not in result.stderr + result.stdout
+            lines = result.stderr.splitlines()
+            assert lines[0] == "realtimed: invalid configuration (3 problem(s)):"
+            assert [line.split(": ", 1)[0].strip() for line in lines[1:]] == [
+                "store.postgres_dsn",
+                "cron[0].kind",
+                "cron[1].payload.days",
+            ]
+        assert checked.stdout == ""
