@@ -9,8 +9,9 @@
   systemd unit, the system user, the configuration and its credentials.
 - ``realtimed token --sub USER [--ttl 1h] [--rooms PATTERN ...]``: mint a
   development token with the configured HS256 secret; prints only the token.
-- ``realtimed migrate [-c FILE]``: apply pending store migrations.
-- ``realtimed jobs list|retry|cancel``: inspect and steer jobs.
+- ``realtimed migrate [-c FILE]``: apply pending store migrations; without a
+  configuration file it refuses to create a SQLite database under the current folder.
+- ``realtimed jobs list|retry|cancel``: inspect and steer jobs; never creates a database.
 - ``realtimed listen --room ROOM [--url URL] [--token TOKEN | -c FILE]``: print
   events as they come, one JSON line each (needs the Python SDK, clients/python).
 """
@@ -73,6 +74,36 @@ def _print_problems(what: str, problems: Sequence[tuple[str, str]]) -> None:
     print(f"realtimed: {what} ({len(problems)} problem(s)):", file=sys.stderr)
     for key, problem in problems:
         print(f"  {key or '(file)'}: {problem}", file=sys.stderr)
+
+
+def store_refusal(cfg: Config, config_path: str | None, *, creates: bool) -> tuple[str, int] | None:
+    """Why a command that opens the store must not, as ``(one-line message, exit status)``.
+
+    Opening a SQLite store creates its file. Without a configuration file that file
+    would be a new, empty database under the current folder (``./state``), which is
+    never what ``jobs`` or ``migrate`` run from the wrong folder mean; and ``jobs``
+    (``creates`` false) only ever inspects a database the daemon made. None: go on.
+    """
+    if cfg.store.backend != "sqlite":
+        return None
+    # The file open_store opens.
+    database = cfg.state_dir / cfg.store.sqlite_path
+    if database.exists():
+        return None
+    shown = str(database) if database.is_absolute() else f"./{database}"
+    if config_path is None:
+        return (
+            f"no configuration file and no database at {shown}: pass -c FILE, the daemon's configuration "
+            f"(or run this in the folder of its {DEFAULT_CONFIG_FILE}); nothing was created",
+            EXIT_CONFIG,
+        )
+    if creates:
+        return None
+    return (
+        f"no database at {shown} (server.state_dir and store.sqlite_path of {config_path}): "
+        "the daemon has not run with this configuration; nothing was created",
+        EXIT_FAILURE,
+    )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -178,6 +209,10 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
     path = args.config if args.config is not None else _default_config_path()
     cfg = _load(path)
+    refusal = store_refusal(cfg, path, creates=True)
+    if refusal is not None:
+        print(f"realtimed migrate: {refusal[0]}", file=sys.stderr)
+        return refusal[1]
 
     async def main() -> Any:
         if cfg.store.backend == "postgres":

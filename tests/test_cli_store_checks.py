@@ -1,5 +1,5 @@
 """What the commands check before they touch a store: the PostgreSQL DSN as asyncpg
-reads it (check-config, run).
+reads it (check-config, run), and no SQLite database made by mistake (jobs, migrate).
 
 The commands run as subprocesses in a folder of their own, as an operator runs them.
 """
@@ -119,3 +119,38 @@ async def test_check_config_and_run_refuse_what_the_store_would_refuse(tmp_path:
                 "cron[1].payload.days",
             ]
         assert checked.stdout == ""
+
+
+# ---------------------------------------------------------------------------
+# No database made by mistake
+# ---------------------------------------------------------------------------
+
+
+async def test_jobs_and_migrate_without_a_configuration_create_nothing(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        results = await all_of(tmp_path, ("jobs", "list"), ("jobs", "cancel", "j_1"), ("migrate",))
+        for result in results:
+            assert result.returncode == 2, result.stderr
+            [line] = result.stderr.splitlines()
+            assert "no configuration file and no database at ./state/realtimed.db: pass -c FILE" in line
+            assert result.stdout == ""
+        assert os.listdir(tmp_path) == []
+
+
+async def test_jobs_never_create_a_database_and_migrate_with_a_configuration_does(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        (tmp_path / "realtimed.toml").write_text('[server]\nstate_dir = "data"\n')
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        config = str(tmp_path / "realtimed.toml")
+        listed, retried = await all_of(elsewhere, ("jobs", "list", "-c", config), ("jobs", "retry", "j_1", "-c", config))
+        for result in (listed, retried):
+            assert result.returncode == 1, result.stderr
+            [line] = result.stderr.splitlines()
+            assert line.startswith(f"realtimed jobs: no database at {tmp_path / 'data' / 'realtimed.db'} ")
+        assert not (tmp_path / "data").exists() and os.listdir(elsewhere) == []
+        # In the folder of realtimed.toml, without -c, migrate creates the database; then jobs find it.
+        migrated = await realtimed(tmp_path, "migrate")
+        assert migrated.returncode == 0 and "applied" in migrated.stdout, migrated.stderr
+        listed = await realtimed(tmp_path, "jobs", "list", "--json")
+        assert listed.returncode == 0 and '"jobs": []' in listed.stdout, listed.stderr
