@@ -4,7 +4,8 @@
   or N worker processes sharing the port under a supervisor.
 - ``realtimed check-config FILE [--as-user USER] [--credentials DIR]``: print the
   effective configuration, secrets redacted, or every problem with its key (and,
-  with ``--as-user``, every file that user could not read); exit 2 on any problem.
+  with ``--as-user``, every file that user could not read; then every file the
+  daemon loads at start that it would refuse); exit 2 on any problem.
 - ``realtimed install-systemd [--root DIR] [--user NAME] [--config FILE]``: write the
   systemd unit, the system user, the configuration and its credentials.
 - ``realtimed token --sub USER [--ttl 1h] [--rooms PATTERN ...]``: mint a
@@ -151,6 +152,45 @@ def _fatal_reason(exc: BaseException) -> str | None:
     return None
 
 
+def startup_problems(cfg: Config) -> list[tuple[str, str]]:
+    """What ``run`` refuses only once its services start, found without starting them.
+
+    These are the files the daemon loads at start, read the way it reads them:
+    the JWT public keys, the TLS certificate and key, the FCM service-account key
+    and push's CA file. (What needs a server, such as whether PostgreSQL answers,
+    is left to ``run`` and ``/readyz``.)
+    """
+    import ssl
+
+    from realtimed.auth import load_public_keys
+    from realtimed.push.fcm import ServiceAccount
+
+    problems: list[tuple[str, str]] = []
+    base_dir = Path(cfg.source).parent if cfg.source else None
+    try:
+        load_public_keys(cfg.auth.public_key_files, base_dir=base_dir)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if cfg.http.tls_cert_file and cfg.http.tls_key_file:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            # A key that asks for a passphrase gets none rather than a prompt: the daemon has no one to ask.
+            context.load_cert_chain(cfg.http.tls_cert_file, cfg.http.tls_key_file, password=lambda: b"")
+        except (OSError, ValueError) as exc:
+            problems.append(("http.tls_cert_file", f"the certificate and its key (http.tls_key_file) cannot be loaded: {exc}"))
+    if cfg.push.service_account_file:  # push is on: the FCM client starts with the daemon
+        try:
+            ServiceAccount.from_file(cfg.push.service_account_file)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        if cfg.push.ca_file:
+            try:
+                ssl.create_default_context().load_verify_locations(cfg.push.ca_file)
+            except (OSError, ValueError) as exc:
+                problems.append(("push.ca_file", f"cannot load CA certificates from {cfg.push.ca_file}: {exc}"))
+    return problems
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.credentials is not None:
@@ -171,6 +211,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         if problems:
             _print_problems(f"files {args.as_user} could not read", problems)
             return EXIT_CONFIG
+    loaded = startup_problems(cfg)
+    if loaded:
+        _print_problems("configuration that run would refuse at start", loaded)
+        return EXIT_CONFIG
     sys.stdout.write(orjson.dumps(config_to_dict(cfg), option=orjson.OPT_INDENT_2).decode() + "\n")
     return EXIT_OK
 

@@ -1,5 +1,6 @@
-"""What the commands check before they touch a store: the PostgreSQL DSN as asyncpg
-reads it (check-config, run), and no SQLite database made by mistake (jobs, migrate).
+"""What the commands check before they start anything: the PostgreSQL DSN as asyncpg
+reads it (check-config, run), the files run loads at start (check-config), and no
+SQLite database made by mistake (jobs, migrate).
 
 The commands run as subprocesses in a folder of their own, as an operator runs them.
 """
@@ -17,6 +18,7 @@ import pytest
 import trio
 
 from realtimed.config import ConfigError, load_config
+from tests.test_tls import make_cert
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "hunter2-pa@ss:wd"
@@ -119,6 +121,34 @@ async def test_check_config_and_run_refuse_what_the_store_would_refuse(tmp_path:
                 "cron[1].payload.days",
             ]
         assert checked.stdout == ""
+
+
+async def test_check_config_loads_the_files_run_loads_at_start(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        cert, key = make_cert(tmp_path)
+        (tmp_path / "garbage.pem").write_text("not a key\n")
+        (tmp_path / "fcm.json").write_text('{"type": "service_account", "client_email": "a@b", "private_key": "k"}')
+        good = f"""[http]\ntls_cert_file = "{cert}"\ntls_key_file = "{key}"\n
+[push]\nservice_account_file = "{tmp_path / 'fcm.json'}"\nca_file = "{cert}"\n"""
+        bad = f"""[http]\ntls_cert_file = "{tmp_path / 'garbage.pem'}"\ntls_key_file = "{key}"\n
+[auth]\nalgorithms = ["RS256"]\npublic_key_files = ["garbage.pem"]\n
+[push]\nservice_account_file = "{tmp_path / 'missing.json'}"\n"""
+        bad_ca = f"""[push]\nservice_account_file = "{tmp_path / 'fcm.json'}"\nca_file = "{tmp_path / 'garbage.pem'}"\n"""
+        for name, text in (("good.toml", good), ("bad.toml", bad), ("bad_ca.toml", bad_ca)):
+            (tmp_path / name).write_text(text)
+        accepted, refused, refused_ca = await all_of(
+            tmp_path, *(("check-config", str(tmp_path / name)) for name in ("good.toml", "bad.toml", "bad_ca.toml"))
+        )
+        assert accepted.returncode == 0, accepted.stderr
+        assert refused.returncode == 2 and refused.stdout == ""
+        lines = refused.stderr.splitlines()
+        assert lines[0] == "realtimed: configuration that run would refuse at start (3 problem(s)):"
+        assert [line.split(": ", 1)[0].strip() for line in lines[1:]] == [
+            "auth.public_key_files[0]",
+            "http.tls_cert_file",
+            "push.service_account_file",
+        ]
+        assert refused_ca.returncode == 2 and "  push.ca_file: cannot load CA certificates" in refused_ca.stderr
 
 
 # ---------------------------------------------------------------------------
