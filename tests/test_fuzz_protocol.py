@@ -39,9 +39,10 @@ from realtimed.protocol import (
     parse_frame,
     validate,
 )
-from realtimed.store._common import decode_cursor as decode_page_cursor
-from realtimed.store._common import decode_time_cursor, from_micros, to_micros
-from realtimed.store._common import encode_cursor as encode_page_cursor
+from realtimed.store.paging import decode_cursor as decode_page_cursor
+from realtimed.store.paging import decode_time_cursor
+from realtimed.store.paging import encode_cursor as encode_page_cursor
+from realtimed.store.values import from_micros, to_micros
 
 _FUZZ: Final = settings(
     derandomize=True,

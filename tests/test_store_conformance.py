@@ -19,8 +19,8 @@ from realtimed.clock import SystemClock
 from realtimed.config import Config, ServerConfig, StoreConfig
 from realtimed.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from realtimed.store import SchemaVersionError, Store, open_store, run_migrations
-from realtimed.store._common import load_migrations
 from realtimed.store.base import JobSpec, NewNotification
+from realtimed.store.schema import load_migrations
 from tests.fixtures.services import _run_sql
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -1010,7 +1010,7 @@ async def test_preferences_of_schema_2_become_one_row_per_channel(
 ) -> None:
     """Migration 0003: each (in_app, push) row of version 2 becomes two channel rows."""
     h = empty_harness
-    module = "realtimed.store.sqlite" if h.backend == "sqlite" else "realtimed.store.postgres"
+    module = f"realtimed.store.{h.backend}.engine"
     with trio.fail_after(LIMIT_S):
         every = load_migrations(h.backend)
         monkeypatch.setattr(f"{module}.load_migrations", lambda backend: every[:2])
@@ -1039,3 +1039,29 @@ async def test_store_applies_migrations_at_start(empty_harness: Harness) -> None
             conv = await s.create_group(member_ids=["a"], now=T0)
             assert (await s.get_conversation(conv.id)) is not None
         assert await h.migrate() == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_each_name_belongs_to_one_domain(backend: str) -> None:
+    """A store is one class per domain over one engine: a method name defined in two
+    domains (a primitive ``_mark_read`` of chat and of the inbox, say) would route one
+    domain's calls to the other's code, so each name belongs to one domain (the
+    engine's batching hooks are overridden on purpose)."""
+    from realtimed.store.postgres import PostgresStore
+    from realtimed.store.sqlite import SQLiteStore
+
+    store_class = SQLiteStore if backend == "sqlite" else PostgresStore
+    assert not getattr(store_class, "__abstractmethods__", None)
+    domains: dict[str, set[str]] = {}
+    for cls in store_class.__mro__[1:]:
+        if not cls.__module__.startswith("realtimed.store."):
+            continue
+        domain = cls.__module__.rsplit(".", 1)[-1]
+        for name in vars(cls):
+            if not name.startswith("__") and name != "_abc_impl":
+                domains.setdefault(name, set()).add(domain)
+    hooks = {"_start_batching", "_stop_batching"}
+    shared = {name: found for name, found in domains.items() if len(found - {"engine"}) > 1}
+    assert shared == {}
+    overridden = {name for name, found in domains.items() if "engine" in found and len(found) > 1}
+    assert overridden <= hooks

@@ -137,8 +137,17 @@ def test_the_fixture_holds_every_record_kind() -> None:
         assert {b["banned_until"] is None for b in bans} == {True, False}
         assert data["last_seen"] and len(data["cron_ticks"]) == 4
         kinds = Counter((j["kind"], j["status"]) for j in data["jobs"])
-        for kind in ("push.send", "notify.push", "notify.digest", "notify.send", "chat.offline", "retention.jobs",
-                     "retention.notifications", "retention.messages", "devices.stale"):
+        for kind in (
+            "push.send",
+            "notify.push",
+            "notify.digest",
+            "notify.send",
+            "chat.offline",
+            "retention.jobs",
+            "retention.notifications",
+            "retention.messages",
+            "devices.stale",
+        ):
             assert kinds[(kind, "queued")] >= 1, kind
         for status in ("succeeded", "failed", "dead", "cancelled", "running"):
             assert any(s == status for _, s in kinds), status
@@ -183,7 +192,9 @@ async def test_jobs_left_behind_run_after_the_upgrade(
             if all(j is not None and j.status not in ("queued", "running") for j in jobs.values()):
                 break
             await trio.sleep(0.1)
-        outcomes = {job_id: (waiting[job_id]["kind"], j.status, j.last_error) for job_id, j in jobs.items() if j}
+        outcomes = {
+            job_id: (waiting[job_id]["kind"], j.status, j.last_error) for job_id, j in jobs.items() if j
+        }
         assert {o[1] for o in outcomes.values()} == {"succeeded"}, outcomes
         crashed = next(j for j in jobs.values() if j is not None and j.dedupe_key == "crashed-node")
         assert crashed.attempts == 2 and crashed.lease_owner != DEAD_OWNER

@@ -41,4 +41,6 @@ async def run_migrations(cfg: Config) -> list[str]:
         return await PostgresStore(cfg.store, clock=SystemClock()).migrate()
     from realtimed.store.sqlite import SQLiteStore
 
-    return await SQLiteStore(cfg.state_dir / cfg.store.sqlite_path, config=cfg.store, clock=SystemClock()).migrate()
+    return await SQLiteStore(
+        cfg.state_dir / cfg.store.sqlite_path, config=cfg.store, clock=SystemClock()
+    ).migrate()

@@ -1,0 +1,65 @@
+"""Retention in the store: deleting or purging what has aged out, on explicit calls.
+
+``RetentionStore`` is the Protocol; the built-in retention job kinds call it
+(``realtimed.jobs.builtin``) with cutoffs computed from the configuration.
+``RetentionRules`` holds the rules written once: the statuses that count as
+finished, and the cutoff in UTC.
+"""
+
+from __future__ import annotations
+
+import abc
+from datetime import datetime
+from typing import Final, Literal, Protocol
+
+from realtimed.store.jobs import FINISHED_JOB_STATUSES
+from realtimed.store.values import utc
+
+__all__ = ["FINISHED_STATUSES_SQL", "RetentionRules", "RetentionStore", "Sweep"]
+
+Sweep = Literal["read_notifications", "finished_jobs", "deleted_messages", "stale_devices"]
+
+# The job statuses retention deletes, as an SQL list ('succeeded', ...).
+FINISHED_STATUSES_SQL: Final = "(" + ", ".join(f"'{s}'" for s in FINISHED_JOB_STATUSES) + ")"
+
+
+class RetentionStore(Protocol):
+    """Retention deletes. Nothing here runs by itself: each is one call, one
+    transaction, and returns how many rows it changed."""
+
+    async def delete_read_notifications(self, *, before: datetime) -> int:
+        """Delete notifications read before ``before``; returns how many."""
+        ...
+
+    async def delete_finished_jobs(self, *, before: datetime) -> int:
+        """Delete succeeded, failed, dead and cancelled jobs finished before ``before``."""
+        ...
+
+    async def purge_deleted_messages(self, *, before: datetime) -> int:
+        """Clear body and media of messages deleted before ``before`` (the row
+        and its ``seq`` stay); returns how many were purged."""
+        ...
+
+    async def deactivate_stale_devices(self, *, before: datetime) -> int:
+        """Deactivate active tokens last seen before ``before``; returns how many."""
+        ...
+
+
+class RetentionRules(abc.ABC):
+    """``RetentionStore`` over one backend primitive: a sweep and its cutoff."""
+
+    async def delete_read_notifications(self, *, before: datetime) -> int:
+        return await self._sweep("read_notifications", utc(before))
+
+    async def delete_finished_jobs(self, *, before: datetime) -> int:
+        return await self._sweep("finished_jobs", utc(before))
+
+    async def purge_deleted_messages(self, *, before: datetime) -> int:
+        return await self._sweep("deleted_messages", utc(before))
+
+    async def deactivate_stale_devices(self, *, before: datetime) -> int:
+        return await self._sweep("stale_devices", utc(before))
+
+    @abc.abstractmethod
+    async def _sweep(self, sweep: Sweep, before: datetime) -> int:
+        """Run the statement of ``sweep`` with its cutoff; how many rows it changed."""
