@@ -133,11 +133,12 @@ class MemoryHistory:
         if history is None:
             history = self._rooms[room] = _RoomHistory()
         history.seq += 1
-        history.entries.append(Publication(history.seq, event, encoded, published_at))
+        seq = history.seq  # this append's: others may append during the checkpoint below
+        history.entries.append(Publication(seq, event, encoded, published_at))
         history.times.append(trio.current_time())
         self._trim(room, ns)
         await trio.lowlevel.checkpoint()
-        return history.seq, history.epoch
+        return seq, history.epoch
 
     async def position(self, room: str, ns: NamespaceConfig) -> tuple[int, str]:
         history = self._trim(room, ns)
