@@ -24,7 +24,7 @@ export type {
 export { RealtimeError } from './errors';
 export type { ErrorCode, ErrorDetails } from './errors';
 export { Subscription } from './room';
-export type { RoomEvent, RoomReset, SubscriptionEvents } from './room';
+export type { RoomEvent, RoomReset, RoomSubscribed, SubscriptionEvents } from './room';
 export type { Chat, ChatEvents, HistoryOptions, Outgoing, SendOptions } from './chat';
 export type { Inbox, InboxEvents } from './inbox';
 export type { PresenceApi, PresenceEvents } from './presence';

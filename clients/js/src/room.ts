@@ -28,9 +28,25 @@ export interface RoomReset {
   reason: 'gap' | 'epoch' | 'not_recovered' | 'server';
 }
 
+/**
+ * The server accepted a subscribe on a WebSocket: the first time, and again after each
+ * reconnect. After a resubscribe from the room's last position (`resumed`), `recovered`
+ * tells whether the missed publications were replayed (they came just before, as `event`s
+ * with `replayed: true`) or not (a `reset` came just before).
+ */
+export interface RoomSubscribed {
+  room: string;
+  seq: number;
+  epoch: string;
+  resumed: boolean;
+  recovered: boolean;
+}
+
 export interface SubscriptionEvents {
   event: RoomEvent;
   reset: RoomReset;
+  /** Over a WebSocket; over SSE the stream's `connected` marks it, and `reset` a room that could not be recovered. */
+  subscribed: RoomSubscribed;
   /** The subscription was refused (on a resubscribe after a reconnect, say): it has ended. */
   error: RealtimeError;
 }
@@ -107,5 +123,6 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     }
     this.seq = r.seq;
     this.epoch = r.epoch;
+    this.emit('subscribed', { room: this.room, seq: r.seq, epoch: r.epoch, resumed, recovered: resumed && !!r.recovered });
   }
 }

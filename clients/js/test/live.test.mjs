@@ -81,6 +81,7 @@ describe('rooms', () => {
     const sub = await c.subscribe(room);
     const got = collect(sub, 'event');
     const resets = collect(sub, 'reset');
+    const subscribed = collect(sub, 'subscribed');
     await publish(room, 'step', { n: 1 });
     await until(() => got.length === 1, 2000, 'live');
     net.dropIn = () => true;
@@ -95,6 +96,7 @@ describe('rooms', () => {
     assert.deepEqual(resets, []);
     const resub = net.frames().filter((f) => f.op === 'subscribe');
     assert.deepEqual(resub[1].data.since, { seq: 1, epoch: got[0].epoch });
+    assert.deepEqual(subscribed, [{ room, seq: 4, epoch: got[0].epoch, resumed: true, recovered: true }], 'live again, after the replay');
   });
 
   test('a recovery refused, or a missing seq: reset, never a silent hole', async () => {
@@ -104,6 +106,7 @@ describe('rooms', () => {
     const sub = await c.subscribe(room);
     const got = collect(sub, 'event');
     const resets = collect(sub, 'reset');
+    const subscribed = collect(sub, 'subscribed');
     await publish(room, 'step', { n: 1 });
     await until(() => got.length === 1, 2000, 'live');
     net.dropIn = () => true;
@@ -112,6 +115,8 @@ describe('rooms', () => {
     net.last().cut();
     await until(() => resets.length === 1, 3000, 'reset');
     assert.deepEqual(resets[0], { room, seq: 6, epoch: got[0].epoch, reason: 'not_recovered' });
+    await until(() => subscribed.length === 1, 2000, 'subscribed');
+    assert.deepEqual(subscribed[0], { room, seq: 6, epoch: got[0].epoch, resumed: true, recovered: false });
     assert.equal(got.length, 1, 'nothing replayed: all or nothing');
     await publish(room, 'step', { n: 7 });
     await until(() => got.length === 2, 2000, 'live after the reset');
