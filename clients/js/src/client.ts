@@ -238,6 +238,7 @@ export class RealtimeClient extends Emitter<ClientEvents> {
   private _pending = new Map<number, Pending>();
   private _attempt = 0;
   private _wsFails = 0;
+  private _wsBlocked = 0; // of those, how many in a row were followed by a server that answered HTTP
   private _token?: string;
   private _tokenP: Promise<string> | null = null;
   private _stale = true;
@@ -722,7 +723,7 @@ export class RealtimeClient extends Emitter<ClientEvents> {
     }
     if (conn !== this._conn) return;
     this._attempt = 0;
-    if (conn.kind === 'websocket') this._wsFails = 0;
+    if (conn.kind === 'websocket') this._wsFails = this._wsBlocked = 0;
     this._setState('connected');
     this._heard = Date.now();
     this._pingAt = 0;
@@ -885,12 +886,15 @@ export class RealtimeClient extends Emitter<ClientEvents> {
     if (conn?.kind === 'sse') {
       // Each new connection tries the preferred transport again: SSE may have been a fallback.
       this.transport = this.o.transports[0];
-      this._wsFails = 0;
+      this._wsFails = this._wsBlocked = 0;
     }
-    // After WebSocket attempts that never opened, SSE only if the server answers HTTP:
-    // a daemon that is down (restarting) refuses both, and is no reason to give up WebSocket.
+    // After WebSocket attempts that never opened, SSE only if the server answers HTTP: a daemon
+    // that is down (restarting) refuses both, and is no reason to give up WebSocket. Asked after
+    // each failure, it must answer twice in a row (once with fallbackAfter 1): a daemon that came
+    // back between a refusal and the question (a refusal noticed late by a busy event loop, or
+    // after a long round trip) answers once, and the next WebSocket attempt opens.
     const probe =
-      this.transport === 'websocket' && this._wsFails >= this.o.fallbackAfter && this.o.transports.includes('sse')
+      this.transport === 'websocket' && conn?.kind === 'websocket' && !conn.opened && this.o.transports.includes('sse')
         ? this._reachable()
         : null;
     const delay =
@@ -900,8 +904,13 @@ export class RealtimeClient extends Emitter<ClientEvents> {
     this.emit('disconnected', { code, reason, reconnect: true, delayMs: delay });
     const gen = this._gen;
     this._retry = setTimeout(async () => {
-      if (probe && (await probe) && gen === this._gen) this.transport = 'sse';
-      if (gen === this._gen) this._open();
+      const answered = probe ? await probe : false;
+      if (gen !== this._gen) return;
+      if (probe) {
+        this._wsBlocked = answered ? this._wsBlocked + 1 : 0;
+        if (this._wsFails >= this.o.fallbackAfter && this._wsBlocked >= Math.min(2, this.o.fallbackAfter)) this.transport = 'sse';
+      }
+      this._open();
     }, delay);
   }
 

@@ -95,6 +95,61 @@ describe('restarts', () => {
     assert.equal((await back).reconnected, true);
   });
 
+  test('a daemon back by the time a refused attempt is noticed is no reason for SSE', async () => {
+    // The refusal of the second attempt after the daemon went away reaches the client only
+    // once the daemon is back, as a busy event loop (or a long round trip) delivers it late.
+    const { WebSocket: WS } = await import('ws');
+    let attempts = 0;
+    let lateAttempt = Infinity;
+    let markHeld;
+    const held = new Promise((r) => (markHeld = r));
+    let release;
+    const gate = new Promise((r) => (release = r));
+    class Late {
+      constructor(url) {
+        const n = ++attempts;
+        this.readyState = 0;
+        this.onopen = this.onmessage = this.onclose = this.onerror = null;
+        const ws = (this._ws = new WS(url));
+        ws.onopen = () => {
+          this.readyState = 1;
+          this.onopen?.({});
+        };
+        ws.onmessage = (e) => this.onmessage?.({ data: e.data });
+        ws.onerror = () => {};
+        ws.onclose = async (e) => {
+          if (this.readyState === 0 && n === lateAttempt) {
+            markHeld();
+            await gate;
+          }
+          this.readyState = 3;
+          this.onclose?.({ code: e.code, reason: e.reason });
+        };
+      }
+      send(text) {
+        this._ws.send(text);
+      }
+      close(code, reason) {
+        this.readyState = 2;
+        this._ws.close(code, reason);
+      }
+      terminate() {
+        this._ws.terminate();
+      }
+    }
+    const c = await connected('late', { WebSocket: Late });
+    const tried = [];
+    c.on('connecting', (e) => tried.push(e.transport));
+    lateAttempt = attempts + 2;
+    await d.stop();
+    await held;
+    await d.run();
+    const back = next(c, 'connected', 10_000);
+    release();
+    assert.equal((await back).transport, 'websocket');
+    assert.deepEqual(tried, ['websocket', 'websocket', 'websocket']);
+  });
+
   test('a silent peer is found dead by the heartbeat; idempotent requests survive it', async () => {
     const c = await connected('a', { pingIntervalMs: 300, pongTimeoutMs: 300, connectTimeoutMs: 1000, rooms: ['plain:*'] });
     const gone = next(c, 'disconnected', 5000);
