@@ -746,6 +746,7 @@ export class RealtimeClient extends Emitter<ClientEvents> {
   /** (Re)subscribe a room on the socket, resuming from its position. */
   private _sync(s: Subscription): void {
     const since = s.epoch ? { seq: s.seq, epoch: s.epoch } : undefined;
+    s._hold();
     this.request<SubscribeReply>('subscribe', since ? { room: s.room, since } : { room: s.room }, { replay: false }).then(
       (r) => {
         if (this._rooms.get(s.room) !== s) return;
@@ -754,6 +755,7 @@ export class RealtimeClient extends Emitter<ClientEvents> {
       },
       (e: RealtimeError) => {
         if (this._rooms.get(s.room) !== s) return;
+        s._release();
         if (e.code === 'DISCONNECTED' || e.code === 'CLOSED') return; // the next connection subscribes again
         if (e.code === 'RATE_LIMITED' || e.code === 'UNAVAILABLE' || e.code === 'TIMEOUT') {
           setTimeout(() => this._rooms.get(s.room) === s && this._conn?.ready && this._sync(s), e.retryAfterMs ?? this._backoff(0));

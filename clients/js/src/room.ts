@@ -63,6 +63,8 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   seq = 0;
   epoch = '';
   /** @internal */ _synced = false;
+  /** @internal live events that came while a (re)subscribe was answered: the server sent its reply first */
+  _held: ServerEvent[] | null = null;
   /** @internal */ _ready: Promise<this>;
   /** @internal */ _ok!: () => void;
   /** @internal */ _fail!: (e: RealtimeError) => void;
@@ -94,6 +96,10 @@ export class Subscription extends Emitter<SubscriptionEvents> {
 
   /** @internal */
   _deliver(f: ServerEvent, replayed = false): void {
+    if (this._held && !replayed) {
+      this._held.push(f);
+      return;
+    }
     const s = f.seq;
     if (typeof s === 'number' && f.epoch) {
       if (this.epoch === f.epoch) {
@@ -113,6 +119,22 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     this.emit('reset', { room: this.room, seq, epoch, reason });
   }
 
+  /**
+   * @internal A (re)subscribe is on its way. Its reply is handled a microtask after it
+   * arrives, while the live events the server sent right behind it may be handled at once
+   * (the same read from the socket): they wait for it, then follow the replay.
+   */
+  _hold(): void {
+    this._held ??= [];
+  }
+
+  /** @internal deliver the events that waited for a reply (or for a subscribe that failed) */
+  _release(): void {
+    const held = this._held;
+    this._held = null;
+    for (const f of held ?? []) this._deliver(f);
+  }
+
   /** @internal the reply to a (re)subscribe, asked with `since` when `resumed` */
   _apply(r: SubscribeReply, resumed: boolean): void {
     if (r.recovered) {
@@ -124,5 +146,6 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     this.seq = r.seq;
     this.epoch = r.epoch;
     this.emit('subscribed', { room: this.room, seq: r.seq, epoch: r.epoch, resumed, recovered: resumed && !!r.recovered });
+    this._release();
   }
 }

@@ -99,6 +99,31 @@ describe('rooms', () => {
     assert.deepEqual(subscribed, [{ room, seq: 4, epoch: got[0].epoch, resumed: true, recovered: true }], 'live again, after the replay');
   });
 
+  test('a live event right behind the resubscribe reply comes after the replay, as the server sent them', async () => {
+    const room = `job:${user('r')}`;
+    const net = await flakyWebSocket();
+    const c = await connected('a', { WebSocket: net.WebSocket });
+    const sub = await c.subscribe(room);
+    const got = collect(sub, 'event');
+    const resets = collect(sub, 'reset');
+    await publish(room, 'step', { n: 1 });
+    await until(() => got.length === 1, 2000, 'live');
+    net.dropIn = () => true;
+    await publish(room, 'step', { n: 2 });
+    // The resubscribe's reply is held, then handed over with the next live event in one go,
+    // as one read from a busy socket does.
+    let reply;
+    net.dropIn = (text) => (text.includes('"recovered"') ? ((reply = JSON.parse(text)), true) : false);
+    net.last().cut();
+    await until(() => reply, 3000, 'the resubscribe reply');
+    net.dropIn = null;
+    net.last().inject(reply);
+    net.last().inject({ event: 'step', room, seq: 3, epoch: got[0].epoch, data: { n: 3 } });
+    await sleep(50);
+    assert.deepEqual(got.map((e) => [e.data.n, e.seq, e.replayed]), [[1, 1, false], [2, 2, true], [3, 3, false]]);
+    assert.deepEqual(resets, []);
+  });
+
   test('a recovery refused, or a missing seq: reset, never a silent hole', async () => {
     const room = `small:${user('r')}`; // recovery_cap = 3
     const net = await flakyWebSocket();
