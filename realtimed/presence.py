@@ -45,14 +45,16 @@ import trio
 from quart import Blueprint, Response, g, request
 
 from realtimed import protocol
-from realtimed.clock import iso
-from realtimed.config import PresenceConfig
-from realtimed.errors import ApiError, Unavailable
+from realtimed.clock import WallClock, iso
+from realtimed.config import Config, PresenceConfig
+from realtimed.errors import ApiError
 from realtimed.gateway.ops import Caller, OpRegistry
 from realtimed.http.app import json_response, register_blueprint, services
 from realtimed.http.openapi import add_paths
+from realtimed.live import Live
 from realtimed.protocol import PresenceQuery, PresenceSet
-from realtimed.services import Services
+from realtimed.router import Router
+from realtimed.store.base import Store
 
 __all__ = [
     "MemoryPresence",
@@ -172,8 +174,11 @@ class MemoryPresence:
 class _Device(Protocol):
     """What presence needs of a session (a WebSocket ``Session`` or an SSE stream)."""
 
-    id: str
-    user_id: str
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def user_id(self) -> str: ...
 
 
 @attrs.define(eq=False)
@@ -211,6 +216,13 @@ _Kind = Literal["grace", "idle", "recompute", "flush", "forget"]
 class PresenceService:
     """The presence supervisor of one node (see the module docstring).
 
+    Args:
+        config: the configuration in force (``[presence]`` is read at each use).
+        store: last seen times and contacts.
+        router: delivers ``presence.updated``.
+        clock: wall time (last seen).
+        backend: device counts and records (in-process by default; shared in a cluster).
+
     Resource handling:
         ``run`` owns one timer task (grace periods, idle checks, throttled
         sends); due work runs in a nursery of that task, at most 16 at once.
@@ -224,8 +236,19 @@ class PresenceService:
         usual). Hooks never raise into the gateway.
     """
 
-    def __init__(self, services: Services, *, backend: PresenceBackend | None = None) -> None:
-        self._svc = services
+    def __init__(
+        self,
+        config: Live[Config],
+        *,
+        store: Store,
+        router: Router,
+        clock: WallClock,
+        backend: PresenceBackend | None = None,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._router = router
+        self._clock = clock
         self.backend: PresenceBackend = backend or MemoryPresence()
         self._local: dict[str, _Local] = {}
         self._heap: list[tuple[float, int, str, _Kind, int]] = []
@@ -247,7 +270,7 @@ class PresenceService:
     async def _all_gone(self) -> None:
         """The node stops while grace periods run: those users had no device left
         anywhere, so their last seen is stored now rather than never."""
-        now = self._svc.clock.now()
+        now = self._clock.now()
         for uid, local in list(self._local.items()):
             if not local.grace_pending or local.devices:
                 continue
@@ -255,24 +278,21 @@ class PresenceService:
                 record = await self._record(uid)
                 if record.status == "offline":
                     continue
-                await self._svc.store.set_last_seen(user_id=uid, at=local.disconnected_at or now)
+                await self._store.set_last_seen(user_id=uid, at=local.disconnected_at or now)
                 await self.backend.put(uid, attrs.evolve(record, status="offline"))
             except Exception as exc:  # the store or a shared backend may be closing too
                 log.info("last seen not stored at shutdown (user %s and later ones): %r", uid, exc)
                 return
 
     def register(self, ops: OpRegistry) -> None:
-        """Register ``presence.set``, ``presence.query`` and the gateway's connect hooks."""
+        """Register ``presence.set`` and ``presence.query`` (the session hooks are
+        ``on_connect`` and ``on_disconnect``, wired by the daemon)."""
         ops.register("presence.set", self._op_set)
         ops.register("presence.query", self._op_query)
-        extras = self._svc.extras
-        extras.setdefault("on_connect", []).append(self.on_connect)
-        extras.setdefault("on_disconnect", []).append(self.on_disconnect)
 
     @property
     def _cfg(self) -> PresenceConfig:
-        cfg: PresenceConfig = self._svc.config.presence
-        return cfg
+        return self._config.value.presence
 
     def connected(self, user_id: str) -> bool:
         """Whether the user has a device on this node or is in the grace period."""
@@ -313,7 +333,7 @@ class PresenceService:
             left = len(local.devices)
         if left > 0 or local.devices:
             return
-        local.disconnected_at = self._svc.clock.now()
+        local.disconnected_at = self._clock.now()
         local.grace_gen += 1
         local.grace_pending = True
         self._push(trio.current_time() + self._cfg.offline_grace_s, uid, "grace", local.grace_gen)
@@ -334,7 +354,7 @@ class PresenceService:
                     continue  # others saw them offline already (invisible)
                 local = self._local.setdefault(uid, _Local())
                 local.connected = False
-                local.disconnected_at = self._svc.clock.now()
+                local.disconnected_at = self._clock.now()
                 # What the contacts saw, so that the change to offline is sent.
                 local.sent = (before.status, before.message)
                 await self._changed(uid, local)
@@ -389,7 +409,7 @@ class PresenceService:
         self.touch(caller.user_id)
         if not value.user_ids:
             return {"presences": {}}
-        contacts: set[str] = await self._svc.store.contact_ids(caller.user_id)
+        contacts: set[str] = await self._store.contact_ids(caller.user_id)
         allowed = [uid for uid in value.user_ids if uid in contacts]
         return {"presences": await self.describe(allowed)}
 
@@ -398,7 +418,7 @@ class PresenceService:
         if not user_ids:
             return {}
         records = await self.backend.get(user_ids)
-        seen: dict[str, datetime] = await self._svc.store.get_last_seen(user_ids)
+        seen: dict[str, datetime] = await self._store.get_last_seen(user_ids)
         out: dict[str, dict[str, Any]] = {}
         for uid in user_ids:
             record = records.get(uid, PresenceRecord())
@@ -415,11 +435,11 @@ class PresenceService:
         record = await self._record(uid)
         status = visible_status(record.chosen, connected=local.connected, idle=local.idle)
         if status == "offline" and record.status != "offline":
-            at = self._svc.clock.now()
+            at = self._clock.now()
             if not local.connected and local.disconnected_at is not None:
                 at = local.disconnected_at
             try:
-                await self._svc.store.set_last_seen(user_id=uid, at=at)
+                await self._store.set_last_seen(user_id=uid, at=at)
             except ApiError as exc:
                 log.warning("user %s: last seen not stored: %s", uid, exc.message)
             # Read again: presence.set may have changed the record meanwhile.
@@ -526,13 +546,13 @@ class PresenceService:
         # Nothing was sent yet and the user looks offline: others saw them offline already.
         first_and_offline = local.sent is None and record.status == "offline"
         if state != local.sent and not first_and_offline:
-            store = self._svc.store
+            store = self._store
             contacts: set[str] = await store.contact_ids(uid)
             seen: datetime | None = (await store.get_last_seen([uid])).get(uid)
             local.sent = state
             local.sent_at = trio.current_time()
             if contacts:
-                await self._svc.router.to_users(
+                await self._router.to_users(
                     contacts, "presence.updated", _wire(uid, record.status, message, seen)
                 )
         elif first_and_offline:
@@ -558,15 +578,12 @@ routes = Blueprint("presence_client", __name__)
 @routes.get("/presence")
 async def query_presence() -> Response:
     """``GET /api/v1/presence?user_ids=a,b``: ``presence.query`` over REST."""
-    svc = services()
-    presence: PresenceService | None = svc.presence
-    if presence is None:
-        raise Unavailable("presence is not running on this node")
+    presence = services().presence
     raw = request.args.get("user_ids", "")
     ids = [uid for uid in raw.split(",") if uid]
     value = protocol.validate("presence.query", {"user_ids": ids})
     claims = g.claims
-    caller = Caller(user_id=claims.sub, claims=claims, services=svc, session=None)
+    caller = Caller(user_id=claims.sub, claims=claims, session=None)
     return json_response(await presence._op_query(caller, value))
 
 

@@ -40,17 +40,16 @@ import itertools
 import logging
 import math
 import random
-from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import parse_qs
 
 import trio
 from prometheus_client import Counter, Gauge
 
 from realtimed import metrics, protocol
-from realtimed.auth import Claims, token_deadline
-from realtimed.clock import iso
+from realtimed.auth import Claims, TokenVerifier, token_deadline
+from realtimed.clock import WallClock, iso
 from realtimed.config import Config
 from realtimed.errors import (
     CLOSE_AUTH_TIMEOUT,
@@ -72,11 +71,12 @@ from realtimed.errors import (
 )
 from realtimed.gateway.bans import Bans
 from realtimed.gateway.frames import PING_FRAME
+from realtimed.gateway.lifecycle import SessionHooks
 from realtimed.gateway.ops import Caller, OpRegistry
 from realtimed.gateway.session import Session
 from realtimed.http.listener import RequestHead
+from realtimed.live import Live
 from realtimed.router import Router
-from realtimed.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -157,31 +157,65 @@ async def websocket_upgrade(
     return False
 
 
-class Gateway:
-    """Client sockets on this node (see the module docstring)."""
+class SseStream(Protocol):
+    """What the gateway needs of an SSE stream (``http.client_api.SseSession``)."""
 
-    def __init__(self, services: Services, router: Router, ops: OpRegistry) -> None:
-        self.services = services
+    @property
+    def id(self) -> str: ...
+
+    def shutdown(self, event_payload: bytes) -> None: ...
+
+
+class Gateway:
+    """Client sockets on this node (see the module docstring).
+
+    Args:
+        config: the configuration in force (read at each use).
+        clock: wall time (token expiry, ``server_time``).
+        node: this node's id.
+        router: where admitted sessions register.
+        ops: who answers each op.
+        bans: the ban checks.
+        verifier: the token verifier in force (a reload replaces it).
+        hooks: what the capabilities do as sessions come and go.
+    """
+
+    def __init__(
+        self,
+        config: Live[Config],
+        *,
+        clock: WallClock,
+        node: str,
+        router: Router,
+        ops: OpRegistry,
+        bans: Bans,
+        verifier: Live[TokenVerifier],
+        hooks: SessionHooks,
+    ) -> None:
+        self._config = config
+        self.clock = clock
         self.router = router
-        # Activity seen by other nodes of a cluster (the push-skip rule); None on one node.
-        self._mark_active: Callable[[str], None] | None = services.extras.get("mark_active")
+        self.hooks = hooks
         self.ops = ops
-        self.node = services.node
+        self.node = node
+        self.verifier = verifier
         self.sessions: dict[str, Session] = {}
+        # SSE streams open on this node (the client REST door registers them).
+        self.streams: dict[str, SseStream] = {}
         self.pending = 0
-        self.bans = Bans(services)
-        router.user_closed_hooks.append(self.bans.forget)
+        self.draining = False
+        self.bans = bans
+        router.user_closed_hooks.append(bans.forget)
         self._deadlines: list[tuple[float, int, str, int, str]] = []
         self._deadline_counter = itertools.count()
         self._deadline_changed = trio.Event()
         self.overflows = 0
-        self._draining = False
         self._all_closed = trio.Event()
         self._all_closed.set()
 
     @property
     def config(self) -> Config:
-        return self.services.config
+        return self._config.value
 
     # -- service ---------------------------------------------------------------------------
 
@@ -219,7 +253,7 @@ class Gateway:
         cfg = self.config.gateway
         if not await websocket_upgrade(stream, head, address, allowed_origins=cfg.allowed_origins, timeout_s=cfg.handshake_timeout_s):
             return
-        session = Session(self, stream, address, connected_at=self.services.clock.now())
+        session = Session(self, stream, address, connected_at=self.clock.now())
         session.pending_token = _token_from_head(head)
         if session.pending_token is not None:
             session.admission = trio.Event()
@@ -230,7 +264,7 @@ class Gateway:
         cfg = self.config.gateway
         self.pending += 1
         try:
-            if self._draining:
+            if self.draining:
                 session.close(CLOSE_NODE_FULL, "node draining")
                 HANDSHAKES.labels("node_full").inc()
                 return
@@ -260,11 +294,8 @@ class Gateway:
         await event.wait()
 
     async def _authenticate(self, session: Session, token: str, *, request_id: Any) -> None:
-        verifier = self.services.verifier
         try:
-            if verifier is None:
-                raise Unauthorized("no token verifier is configured")
-            claims = await verifier.verify(token)
+            claims = await self.verifier.value.verify(token)
         except TokenExpired as exc:
             AUTH_FAILURES.labels("expired").inc()
             HANDSHAKES.labels("token_expired").inc()
@@ -309,7 +340,7 @@ class Gateway:
         ready = await self.ready_data(session)
         session.send_json(protocol.encode_event("session.ready", ready))
         self._arm_expiry(session)
-        for hook in self.services.extras.get("on_connect", []):
+        for hook in self.hooks.on_connect:
             await hook(session)
         log.debug("session %s: user %s connected from %s", session.id, claims.sub, session.address)
 
@@ -322,7 +353,7 @@ class Gateway:
     async def _user_socket_count(self, user_id: str) -> int:
         """The user's sockets: on this node, or on every node when presence is shared."""
         count = len(self.router.user_sessions(user_id))
-        shared = self.services.extras.get("user_socket_count")
+        shared = self.hooks.user_socket_count
         if shared is not None:
             try:
                 count = max(count, await shared(user_id))
@@ -335,13 +366,13 @@ class Gateway:
             "session_id": session.id,
             "user_id": session.user_id,
             "node": self.node,
-            "server_time": iso(self.services.clock.now()),
+            "server_time": iso(self.clock.now()),
             "heartbeat_s": self.config.gateway.heartbeat_s,
             "expires_at": iso(session.expires_at),
             "unread_total": 0,
             "notifications_unread": 0,
         }
-        for hook in self.services.extras.get("ready_fields", []):
+        for hook in self.hooks.ready_fields:
             try:
                 data.update(await hook(session.user_id))
             except ApiError as exc:
@@ -388,8 +419,9 @@ class Gateway:
             return
         if op != "ping":
             session.last_active = trio.current_time()
-            if self._mark_active is not None:
-                self._mark_active(session.user_id)
+            mark_active = self.hooks.mark_active
+            if mark_active is not None:
+                mark_active(session.user_id)
         if op == "auth":
             await self._reauth(session, request)
             return
@@ -417,11 +449,8 @@ class Gateway:
     async def _reauth(self, session: Session, request: protocol.Request) -> None:
         try:
             value = protocol.validate(request.op, request.data)
-            verifier = self.services.verifier
-            if verifier is None:
-                raise Unauthorized("no token verifier is configured")
             try:
-                claims = await verifier.verify(value.token)
+                claims = await self.verifier.value.verify(value.token)
             except TokenExpired as exc:
                 raise Unauthorized(exc.message) from exc
             if claims.sub != session.user_id:
@@ -467,7 +496,7 @@ class Gateway:
     async def dispatch(self, session: Session, request: protocol.Request) -> None:
         op = request.op
         assert session.claims is not None
-        caller = Caller(user_id=session.user_id, claims=session.claims, services=self.services, session=session)
+        caller = Caller(user_id=session.user_id, claims=session.claims, session=session)
         try:
             result = await self.ops.run(caller, op, request.data)
         except ApiError as exc:
@@ -511,7 +540,7 @@ class Gateway:
         exp = session.expires_at
         if exp is None or session.closing:
             return
-        wall_now = self.services.clock.now()
+        wall_now = self.clock.now()
         to_exp = (exp - wall_now).total_seconds()
         to_deadline = (token_deadline(exp, self.config.auth.leeway_s) - wall_now).total_seconds()
         now = trio.current_time()
@@ -558,7 +587,7 @@ class Gateway:
         if self.sessions.pop(session.id, None) is not None:
             SOCKETS.labels("websocket").dec()
             await self.router.remove(session)
-            for hook in self.services.extras.get("on_disconnect", []):
+            for hook in self.hooks.on_disconnect:
                 try:
                     await hook(session)
                 except Exception:
@@ -585,11 +614,15 @@ class Gateway:
             user_id, CLOSE_DISCONNECTED, "disconnected by the server", session_id=session_id
         )
 
+    def stop_admitting(self) -> None:
+        """Refuse every new socket and stream from now on (the node is draining)."""
+        self.draining = True
+
     async def drain(self) -> None:
         """Tell every socket to reconnect elsewhere or later, close them, wait until closed."""
-        self._draining = True
+        self.stop_admitting()
         cfg = self.config.shutdown
-        streams = self.services.extras.get("sse_sessions", {})
+        streams = self.streams
         for session in [*self.sessions.values(), *streams.values()]:
             delay = random.randint(cfg.reconnect_min_ms, cfg.reconnect_max_ms)
             session.shutdown(protocol.encode_event("server.shutdown", {"reconnect_after_ms": delay}))

@@ -58,13 +58,12 @@ MAX_SSE_ROOMS: Final = 64
 @blueprint.post("/ops/<op>")
 async def run_op(op: str) -> Response:
     svc = services()
-    gateway: Gateway = svc.gateway
     if op in protocol.SOCKET_ONLY_OPS or op not in protocol.OPS:
         raise NotFound(f"no op {op!r} over REST")
     data = await json_body()
     claims: Claims = g.claims
-    caller = Caller(user_id=claims.sub, claims=claims, services=svc, session=None)
-    result = await gateway.ops.run(caller, op, data)
+    caller = Caller(user_id=claims.sub, claims=claims, session=None)
+    result = await svc.ops.run(caller, op, data)
     for after in caller.after_reply:
         await after()
     return json_response(result)
@@ -163,8 +162,7 @@ class SseSession:
         if self._queued > self._svc.config.gateway.outbox_max_bytes:
             self._queue.clear()
             self._queued = 0
-            gateway: Gateway = self._svc.gateway
-            gateway.note_overflow(self)  # type: ignore[arg-type]
+            self._svc.gateway.note_overflow(self)  # type: ignore[arg-type]
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
             return
         self._wake.set()
@@ -223,10 +221,10 @@ class SseSession:
 @blueprint.get("/events")
 async def events() -> Response:
     svc = services()
-    gateway: Gateway = svc.gateway
-    router: Router = svc.router
+    gateway = svc.gateway
+    router = svc.router
     token = bearer_token() or request.args.get("token")
-    if not token or svc.verifier is None:
+    if not token:
         raise Unauthorized("a user token is required (Authorization header or ?token=)")
     expired = False
     try:
@@ -261,13 +259,12 @@ async def events() -> Response:
     # Until a room is resumed, the records carry the client's own position of it,
     # so that a stream dropped before the replay resumes from there again.
     sse.positions.update({room: [seq, epoch] for room, (seq, epoch) in resume.items() if room in rooms})
-    sessions: dict[str, SseSession] = svc.extras.setdefault("sse_sessions", {})
-    sessions[sse.id] = sse
+    gateway.streams[sse.id] = sse
     SOCKETS.labels("sse").inc()
     await router.add(sse)
     joined: list[str] = []
     try:
-        for hook in svc.extras.get("on_connect", []):
+        for hook in gateway.hooks.on_connect:
             await hook(sse)
         sse.send_event("session.ready", await gateway.ready_data(sse))  # type: ignore[arg-type]
         for room in rooms:
@@ -314,7 +311,7 @@ def _refusal(
     cfg = svc.config.gateway
     if banned:
         return CLOSE_BANNED, "banned"
-    if len(gateway.sessions) + len(svc.extras.get("sse_sessions", {})) >= cfg.max_sockets:
+    if len(gateway.sessions) + len(gateway.streams) >= cfg.max_sockets:
         return CLOSE_NODE_FULL, "node full"
     if len(router.user_sessions(claims.sub)) >= cfg.max_sockets_per_user:
         return CLOSE_TOO_MANY_SOCKETS, "too many sockets for this user"
@@ -322,14 +319,13 @@ def _refusal(
 
 
 async def _end(svc: Services, router: Router, sse: SseSession) -> None:
-    sessions: dict[str, SseSession] = svc.extras.get("sse_sessions", {})
-    registered = sessions.pop(sse.id, None) is not None
+    registered = svc.gateway.streams.pop(sse.id, None) is not None
     if registered:
         SOCKETS.labels("sse").dec()
     sse.closing = True
     await router.remove(sse)
     if registered:
-        for hook in svc.extras.get("on_disconnect", []):
+        for hook in svc.gateway.hooks.on_disconnect:
             try:
                 await hook(sse)
             except Exception:

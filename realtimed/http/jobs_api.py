@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
 from quart import Blueprint, Response, request
 
 from realtimed.errors import NotFound, ValidationFailed
 from realtimed.http.app import json_response, register_blueprint, services
-from realtimed.store.base import JOB_STATUSES
+from realtimed.store.base import JOB_STATUSES, Store
 
 __all__ = ["blueprint"]
 
@@ -33,7 +33,7 @@ _MAX_FILTER_CHARS: Final = 200
 _MAX_ID_CHARS: Final = 100
 
 
-def _store() -> Any:
+def _store() -> Store:
     return services().store
 
 

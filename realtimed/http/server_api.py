@@ -26,13 +26,11 @@ MAX_BAN_S = 10 * 365 * 86400.0
 
 
 def _router() -> Router:
-    router: Router = services().router
-    return router
+    return services().router
 
 
 def _gateway() -> Gateway:
-    gateway: Gateway = services().gateway
-    return gateway
+    return services().gateway
 
 
 def _room(value: str | None, field: str = "room") -> str:
@@ -151,7 +149,7 @@ async def stats() -> Response:
     svc = services()
     router = _router()
     gateway = _gateway()
-    sse = svc.extras.get("sse_sessions", {})
+    sse = gateway.streams
     return json_response(
         {
             "node": svc.node,

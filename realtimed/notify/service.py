@@ -44,9 +44,10 @@ from prometheus_client import Counter
 
 from realtimed.clock import WallClock, iso, parse_iso
 from realtimed.config import Config, NotificationTypeConfig, NotifyConfig
-from realtimed.errors import ApiError, Unavailable, ValidationFailed
+from realtimed.errors import ApiError, ValidationFailed
 from realtimed.gateway.ops import Caller, OpRegistry
 from realtimed.jobs.runner import JobContext, JobRunner
+from realtimed.live import Live
 from realtimed.metrics import REGISTRY
 from realtimed.notify.policy import (
     Activity,
@@ -63,7 +64,8 @@ from realtimed.notify.templates import TemplateError, render
 from realtimed.notify.types import type_table
 from realtimed.push.messages import build_message
 from realtimed.push.service import PushService
-from realtimed.store.base import NewNotification, NotificationRecord, UserSettings
+from realtimed.router import Router
+from realtimed.store.base import NewNotification, NotificationRecord, Store, UserSettings
 
 __all__ = ["CHAT_OFFLINE", "NOTIFY_DIGEST", "NOTIFY_PUSH", "NOTIFY_SEND", "NotifyService"]
 
@@ -116,9 +118,14 @@ class NotifyService:
     """Notifications of one node: the pipeline, the inbox, the push policy.
 
     Args:
-        services: the daemon's services (store, router, clock, config and, when
-            running, the job runner); read at each use, so a reload's config applies.
+        config: the configuration in force (read at each use, so a reload applies).
+        store: inboxes, preferences, settings, devices.
+        clock: wall time.
+        router: delivers ``notification.*`` events live.
+        jobs: the job runner (scheduled notifications, push planning, digests).
         push: the push service (devices and ``push.send`` jobs).
+        caps: the push caps (in memory by default; shared in a cluster).
+        activity: activity on the other nodes of a cluster (None on one node).
 
     Resource handling:
         Holds no connection and no task of its own: ``run`` only reports ready.
@@ -134,9 +141,22 @@ class NotifyService:
     """
 
     def __init__(
-        self, services: Any, *, push: PushService, caps: SharedCaps | None = None, activity: Activity | None = None
+        self,
+        config: Live[Config],
+        *,
+        store: Store,
+        clock: WallClock,
+        router: Router,
+        jobs: JobRunner,
+        push: PushService,
+        caps: SharedCaps | None = None,
+        activity: Activity | None = None,
     ) -> None:
-        self.services = services
+        self._config = config
+        self.store = store
+        self.clock = clock
+        self.router = router
+        self.jobs = jobs
         self.push = push
         self.caps: SharedCaps = caps or PushCaps()
         self.activity = activity
@@ -145,27 +165,14 @@ class NotifyService:
 
     @property
     def config(self) -> Config:
-        cfg: Config = self.services.config
-        return cfg
+        return self._config.value
 
     @property
     def cfg(self) -> NotifyConfig:
         return self.config.notify
 
-    @property
-    def store(self) -> Any:
-        return self.services.store
-
-    @property
-    def clock(self) -> WallClock:
-        clock: WallClock = self.services.clock
-        return clock
-
     def runner(self) -> JobRunner:
-        runner: JobRunner | None = self.services.jobs
-        if runner is None:
-            raise Unavailable("the job runner is not running on this node")
-        return runner
+        return self.jobs
 
     @property
     def types(self) -> dict[str, NotificationTypeConfig]:
@@ -209,8 +216,8 @@ class NotifyService:
 
     async def _active_among(self, user_ids: Sequence[str]) -> set[str]:
         """Those of the users active on a connected device: this node's, then (in a cluster) the others'."""
-        router = self.services.router
-        if not self.cfg.push_skip_when_active or router is None:
+        router = self.router
+        if not self.cfg.push_skip_when_active:
             return set()
         now, window = trio.current_time(), self.cfg.active_window_s
         found = {u for u in user_ids if is_active(router.user_sessions(u), now=now, window_s=window)}
@@ -308,10 +315,8 @@ class NotifyService:
             results = await self.store.insert_notifications(items=items, now=self.clock.now())
             records = {rec.user_id: rec for rec, created in results if created}
             NOTIFICATIONS.labels(ntype.name).inc(len(records))
-        router = self.services.router
-        if router is not None:
-            for rec in records.values():
-                await router.to_users((rec.user_id,), "notification.new", {"notification": rec.to_wire()}, seq=rec.seq)
+        for rec in records.values():
+            await self.router.to_users((rec.user_id,), "notification.new", {"notification": rec.to_wire()}, seq=rec.seq)
         in_inbox = set(inbox)
         push_enabled = bool(self.config.push.service_account_file)
         push_only = [u for u in users if push_enabled and u in push_on and u not in in_inbox]
@@ -708,9 +713,7 @@ class NotifyService:
         return count
 
     async def _to_user(self, user_id: str, event: str, data: dict[str, Any]) -> None:
-        router = self.services.router
-        if router is not None:
-            await router.to_users((user_id,), event, data)
+        await self.router.to_users((user_id,), event, data)
 
     async def _cancel_pushes(self, user_id: str, ids: Sequence[str]) -> None:
         now = self.clock.now()

@@ -44,10 +44,7 @@ MAX_TEXT_CHARS: Final = 4096
 
 
 def _push() -> PushService:
-    svc: PushService | None = services().push
-    if svc is None:
-        raise Unavailable("push is not running on this node")
-    return svc
+    return services().push
 
 
 # -- devices -------------------------------------------------------------------------------------
