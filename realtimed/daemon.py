@@ -5,7 +5,8 @@ The task tree, started in order with ``nursery.start`` and stopped the other way
     root nursery            signals (TERM/INT drain, second INT forces, HUP reloads), watchdog
      └─ backends            store
          └─ services        broker, router, presence (+ cluster heartbeats), chat, push,
-         │                  (cluster activity marks), notify, gateway, job runner, cron
+         │                  (cluster activity marks), notify, gateway (the session
+         │                  lifecycle), WebSocket door (heartbeats), job runner, cron
              └─ doors       HTTP listeners (client; internal when configured)
 
 The wiring (who gets what in its constructor) is ``_wire``; the choice between
@@ -37,10 +38,10 @@ from realtimed.chat import ChatService
 from realtimed.clock import SystemClock, WallClock
 from realtimed.config import DEV_API_KEY, DEV_HS256_SECRET, Config, ConfigError, load_config, parse_host_port
 from realtimed.gateway.bans import Bans
-from realtimed.gateway.gateway import Gateway
-from realtimed.gateway.lifecycle import SessionHooks
+from realtimed.gateway.gateway import Gateway, SessionHooks
 from realtimed.gateway.ops import OpRegistry
 from realtimed.gateway.room_ops import register_room_ops
+from realtimed.gateway.websocket import WebSocketDoor
 from realtimed.http import client_api, jobs_api, server_api
 from realtimed.http.app import create_app
 from realtimed.http.listener import Listener
@@ -108,6 +109,7 @@ class Daemon:
         self._config = Live(cfg)
         self._services: Services | None = None
         self._backends: Backends | None = None
+        self._websocket: WebSocketDoor | None = None
         self.listeners: list[Listener] = []
         self._handle_signals = handle_signals
         self._notifier = notifier or SystemdNotifier()
@@ -231,8 +233,8 @@ class Daemon:
             user_socket_count=backends.cluster.device_count if backends.cluster is not None else None,
         )
         bans = Bans(store, clock=clock, config=config)
-        gateway = Gateway(config, clock=clock, node=node, router=router, ops=ops, bans=bans,
-                          verifier=self._verifier_live, hooks=hooks)
+        gateway = Gateway(config, clock=clock, node=node, router=router, bans=bans, hooks=hooks)
+        self._websocket = WebSocketDoor(gateway, ops=ops, verifier=self._verifier_live)
         if backends.cluster is not None:
             _wire_cluster(backends, presence, router)
         self._services = Services(
@@ -244,8 +246,8 @@ class Daemon:
 
     async def _start_services(self, nursery: trio.Nursery) -> None:
         """Start the services in dependency order (each is ready when ``start`` returns)."""
-        svc, backends = self.services, self._backends
-        assert backends is not None
+        svc, backends, websocket = self.services, self._backends, self._websocket
+        assert backends is not None and websocket is not None
         await nursery.start(svc.broker.run)
         await nursery.start(svc.router.run)
         await nursery.start(svc.presence.run)
@@ -258,6 +260,7 @@ class Daemon:
             await nursery.start(backends.activity.run)
         await nursery.start(svc.notify.run)
         await nursery.start(svc.gateway.run)
+        await nursery.start(websocket.run)
         if self.cfg.jobs.enabled:
             # Claiming starts once every capability has registered its kinds, so a
             # job left from before a restart never meets an unknown kind.
@@ -289,8 +292,9 @@ class Daemon:
         host, port = parse_host_port(cfg.http.listen)
         # Set by `realtimed run --workers N` for its workers, which share the ports.
         shared = os.environ.get(WORKER_ENV) is not None
+        assert self._websocket is not None
         client = Listener(
-            cfg, host=host, port=port, role="client", asgi_app=app, ws_handler=self.services.gateway.handle_ws,
+            cfg, host=host, port=port, role="client", asgi_app=app, ws_handler=self._websocket.handle_ws,
             ssl_context=ssl_context, reuse_port=shared,
         )
         self.listeners = [client]

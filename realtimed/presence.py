@@ -172,13 +172,17 @@ class MemoryPresence:
 
 
 class _Device(Protocol):
-    """What presence needs of a session (a WebSocket ``Session`` or an SSE stream)."""
+    """What presence needs of a session (``gateway.client.ClientSession``)."""
 
     @property
     def id(self) -> str: ...
 
     @property
     def user_id(self) -> str: ...
+
+    @property
+    def last_active(self) -> float | None:
+        """Trio time of the last op other than ping; None for a transport without ops (SSE)."""
 
 
 @attrs.define(eq=False)
@@ -203,8 +207,8 @@ class _Local:
     def last_activity(self) -> float:
         latest = self.touched
         for device in self.devices.values():
-            # An SSE stream sends no ops: it counts as active when it connected.
-            active = getattr(device, "last_active", None)
+            # An SSE stream sends no ops (None): it counts as active when it connected.
+            active = device.last_active
             if active is not None and active > latest:
                 latest = active
         return latest

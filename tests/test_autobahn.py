@@ -15,8 +15,8 @@ import pytest
 import trio
 
 from realtimed.config import Config
-from realtimed.gateway.gateway import websocket_upgrade
 from realtimed.gateway.session import Session
+from realtimed.gateway.websocket import websocket_upgrade
 from realtimed.http.listener import Listener, RequestHead
 from tests.fixtures.daemon import make_config
 

@@ -115,7 +115,7 @@ async def connections() -> Response:
         raise ValidationFailed("user_id", "give exactly one of user_id and room")
     router = _router()
     sessions = router.user_sessions(user_id) if user_id else router.room_sessions(room or "")
-    return json_response({"connections": [s.info() for s in sessions]})  # type: ignore[attr-defined]
+    return json_response({"connections": [s.info() for s in sessions]})
 
 
 @blueprint.get("/rooms/<path:room>/presence")
@@ -149,13 +149,12 @@ async def stats() -> Response:
     svc = services()
     router = _router()
     gateway = _gateway()
-    sse = gateway.streams
     return json_response(
         {
             "node": svc.node,
-            "sockets": len(gateway.sessions) + len(sse),
-            "websocket_sockets": len(gateway.sessions),
-            "sse_streams": len(sse),
+            "sockets": len(gateway.sessions),
+            "websocket_sockets": gateway.count("websocket"),
+            "sse_streams": gateway.count("sse"),
             "users": router.user_count,
             "rooms": router.room_count,
             "deliveries": router.deliveries,
