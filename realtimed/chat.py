@@ -33,8 +33,6 @@ A user who left a direct conversation only hid it: they stay a participant
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -48,6 +46,7 @@ from quart import Blueprint, Response, g, request
 from realtimed import metrics, protocol
 from realtimed.clock import WallClock, iso
 from realtimed.config import ChatConfig, Config
+from realtimed.deadlines import Deadlines
 from realtimed.errors import (
     ApiError,
     Blocked,
@@ -172,13 +171,12 @@ class ChatService:
         # The typing states this node started or refreshed, each with its timer.
         self._typing: dict[tuple[str, str], _Typing] = {}
         self._typing_of_user: dict[str, set[str]] = {}
-        self._typing_heap: list[tuple[float, int, str, str]] = []
+        # (user, conversation) timers; a state refreshed since its timer was set is pushed again.
+        self._typing_timers: Deadlines[tuple[str, str]] = Deadlines()
         # Direct conversation id -> its two members, for when one of them hid it.
         self._pairs: dict[str, tuple[str, str]] = {}
         # (user, blocker) -> (trio time it expires, blocked?)
         self._blocks: dict[tuple[str, str], tuple[float, bool]] = {}
-        self._counter = itertools.count()
-        self._wake = trio.Event()
 
     # -- service -------------------------------------------------------------------------------
 
@@ -836,8 +834,7 @@ class ChatService:
         else:
             self._typing[key] = _Typing(deadline, recipients)
             self._typing_of_user.setdefault(uid, set()).add(cid)
-            heapq.heappush(self._typing_heap, (deadline, next(self._counter), uid, cid))
-            self._wake.set()
+            self._typing_timers.push(deadline, key)
         if first:
             # Refreshes, here or on another node, only move the timeout.
             await self._typing_event(uid, cid, recipients, True)
@@ -893,23 +890,13 @@ class ChatService:
 
     async def _typing_timer(self) -> None:
         while True:
-            self._wake = trio.Event()
-            now = trio.current_time()
-            if not self._typing_heap:
-                await self._wake.wait()
-                continue
-            wake_at = self._typing_heap[0][0]
-            if wake_at > now:
-                with trio.move_on_at(wake_at):
-                    await self._wake.wait()
-                continue
-            while self._typing_heap and self._typing_heap[0][0] <= now:
-                _, _, uid, cid = heapq.heappop(self._typing_heap)
+            now, due = await self._typing_timers.due()
+            for uid, cid in due:
                 state = self._typing.get((uid, cid))
                 if state is None:
                     continue
                 if state.deadline > now:  # refreshed here since: wait for the new deadline
-                    heapq.heappush(self._typing_heap, (state.deadline, next(self._counter), uid, cid))
+                    self._typing_timers.push(state.deadline, (uid, cid))
                     continue
                 try:
                     await self._typing_due(uid, cid, state, now)
@@ -926,7 +913,7 @@ class ChatService:
         if left is not None and left > 0:
             # Refreshed through another node: wait for that deadline.
             state.deadline = now + left
-            heapq.heappush(self._typing_heap, (state.deadline, next(self._counter), uid, cid))
+            self._typing_timers.push(state.deadline, (uid, cid))
             return
         self._forget_typing(uid, cid)
         if left == 0:

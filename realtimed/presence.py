@@ -33,8 +33,6 @@ checks, throttled sends) for every user of this node.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -47,6 +45,7 @@ from quart import Blueprint, Response, g, request
 from realtimed import protocol
 from realtimed.clock import WallClock, iso
 from realtimed.config import Config, PresenceConfig
+from realtimed.deadlines import Deadlines
 from realtimed.errors import ApiError
 from realtimed.gateway.ops import Caller, OpRegistry
 from realtimed.http.app import json_response, register_blueprint, services
@@ -255,9 +254,7 @@ class PresenceService:
         self._clock = clock
         self.backend: PresenceBackend = backend or MemoryPresence()
         self._local: dict[str, _Local] = {}
-        self._heap: list[tuple[float, int, str, _Kind, int]] = []
-        self._counter = itertools.count()
-        self._wake = trio.Event()
+        self._timers: Deadlines[tuple[str, _Kind, int]] = Deadlines()
         self._limiter = trio.CapacityLimiter(_CONCURRENCY)
 
     # -- service -------------------------------------------------------------------------------
@@ -265,7 +262,7 @@ class PresenceService:
     async def run(self, *, task_status: trio.TaskStatus[PresenceService] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._timers)
+                nursery.start_soon(self._run_timers)
                 task_status.started(self)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(_SHUTDOWN_S):
@@ -466,27 +463,13 @@ class PresenceService:
         self._push(when, uid, "idle", local.idle_gen)
 
     def _push(self, when: float, uid: str, kind: _Kind, gen: int) -> None:
-        heapq.heappush(self._heap, (when, next(self._counter), uid, kind, gen))
-        self._wake.set()
+        self._timers.push(when, (uid, kind, gen))
 
     # -- the timer task ------------------------------------------------------------------------
 
-    async def _timers(self) -> None:
+    async def _run_timers(self) -> None:
         while True:
-            self._wake = trio.Event()
-            if not self._heap:
-                await self._wake.wait()
-                continue
-            when = self._heap[0][0]
-            now = trio.current_time()
-            if when > now:
-                with trio.move_on_at(when):
-                    await self._wake.wait()
-                continue
-            due: list[tuple[str, _Kind, int]] = []
-            while self._heap and self._heap[0][0] <= now:
-                _, _, uid, kind, gen = heapq.heappop(self._heap)
-                due.append((uid, kind, gen))
+            now, due = await self._timers.due()
             async with trio.open_nursery() as nursery:
                 for uid, kind, gen in due:
                     nursery.start_soon(self._fire, uid, kind, gen, now)

@@ -41,8 +41,6 @@ Error handling:
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -58,6 +56,7 @@ from realtimed import metrics
 from realtimed.auth import Claims, token_deadline
 from realtimed.clock import WallClock, iso
 from realtimed.config import Config
+from realtimed.deadlines import Deadlines
 from realtimed.errors import (
     CLOSE_BANNED,
     CLOSE_DISCONNECTED,
@@ -130,6 +129,9 @@ class Refusal:
 # A transport's answer to its own auth request: None once admitted, else the refusal's error.
 AuthReply = Callable[[ApiError | None], None]
 
+# A token timer: (session id, auth generation, "expiring" or "expired").
+_Expiry = tuple[str, int, Literal["expiring", "expired"]]
+
 
 class Gateway:
     """The client sessions of this node, whatever their transport (see the module docstring).
@@ -171,9 +173,7 @@ class Gateway:
         self.overflows = 0
         self._all_closed = trio.Event()
         self._all_closed.set()
-        self._deadlines: list[tuple[float, int, str, int, str]] = []
-        self._deadline_counter = itertools.count()
-        self._deadline_changed = trio.Event()
+        self._expiry: Deadlines[_Expiry] = Deadlines()
 
     @property
     def config(self) -> Config:
@@ -324,31 +324,22 @@ class Gateway:
         if session.sends_expiring:
             notice = self.config.gateway.expiring_notice_s
             if to_exp > notice:
-                heapq.heappush(self._deadlines, (now + to_exp - notice, next(self._deadline_counter), session.id, gen, "expiring"))
+                self._expiry.push(now + to_exp - notice, (session.id, gen, "expiring"))
             else:
                 session.send_event("session.expiring", {"expires_at": iso(exp)})
-        heapq.heappush(self._deadlines, (now + max(0.0, to_deadline), next(self._deadline_counter), session.id, gen, "expired"))
-        self._deadline_changed.set()
+        self._expiry.push(now + max(0.0, to_deadline), (session.id, gen, "expired"))
 
     async def _expiry_timer(self) -> None:
         while True:
-            self._deadline_changed = trio.Event()
-            if not self._deadlines:
-                await self._deadline_changed.wait()
-                continue
-            when = self._deadlines[0][0]
-            if when > trio.current_time():
-                with trio.move_on_at(when):
-                    await self._deadline_changed.wait()
-                continue
-            _, _, session_id, gen, kind = heapq.heappop(self._deadlines)
-            session = self.sessions.get(session_id)
-            if session is None or session.auth_generation != gen or session.closing:
-                continue
-            if kind == "expiring":
-                session.send_event("session.expiring", {"expires_at": iso(session.expires_at)})
-            else:
-                session.close(CLOSE_TOKEN_EXPIRED, "token expired")
+            _, due = await self._expiry.due()
+            for session_id, gen, kind in due:
+                session = self.sessions.get(session_id)
+                if session is None or session.auth_generation != gen or session.closing:
+                    continue
+                if kind == "expiring":
+                    session.send_event("session.expiring", {"expires_at": iso(session.expires_at)})
+                else:
+                    session.close(CLOSE_TOKEN_EXPIRED, "token expired")
 
     # -- the end -----------------------------------------------------------------------------
 
