@@ -60,7 +60,7 @@ from jwt.api_jws import PyJWS
 from jwt.types import SigOptions
 
 from realtimed.clock import SystemClock, WallClock
-from realtimed.config import ApiConfig, AuthConfig
+from realtimed.config import ApiConfig, AuthConfig, positional_key_name
 from realtimed.errors import ConfigError, TokenExpired, Unauthorized, ValidationFailed
 from realtimed.protocol import validate_room_pattern, validate_user_id
 
@@ -627,30 +627,45 @@ def mint_dev_token(
 
 
 class ApiKeys:
-    """The server API keys, checked in constant time.
+    """The server API keys, each with its name, checked in constant time.
 
     Every configured key is compared, without stopping at a match, and the
     comparison is between SHA-256 digests so that its time says nothing about
-    the keys' lengths either.
+    the keys' lengths either. A key given without a name (a bare string) is
+    named by its position, ``keys[0]``, ``keys[1]``, ...
     """
 
-    def __init__(self, keys: Iterable[str]) -> None:
-        self._digests: tuple[bytes, ...] = tuple(_digest(key) for key in keys if key)
+    def __init__(self, keys: Iterable[str | tuple[str, str]]) -> None:
+        entries: list[tuple[str, bytes]] = []
+        for i, item in enumerate(keys):
+            name, key = item if isinstance(item, tuple) else (positional_key_name(i), item)
+            if key:
+                entries.append((name, _digest(key)))
+        self._entries: tuple[tuple[str, bytes], ...] = tuple(entries)
 
     @classmethod
     def from_config(cls, cfg: ApiConfig) -> ApiKeys:
-        return cls(cfg.keys)
+        return cls((entry.name, entry.key) for entry in cfg.keys)
 
     def __len__(self) -> int:
-        return len(self._digests)
+        return len(self._entries)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self._entries)
+
+    def identify(self, presented: str) -> str | None:
+        """The name of the key ``presented`` is, or None when it is none of them."""
+        candidate = _digest(presented)
+        found: str | None = None
+        for name, digest in self._entries:
+            if hmac.compare_digest(digest, candidate) and found is None:
+                found = name
+        return found if presented else None
 
     def check(self, presented: str) -> bool:
         """Whether ``presented`` is one of the keys."""
-        candidate = _digest(presented)
-        matched = False
-        for digest in self._digests:
-            matched |= hmac.compare_digest(digest, candidate)
-        return matched and bool(presented)
+        return self.identify(presented) is not None
 
 
 def _digest(key: str) -> bytes:

@@ -23,9 +23,9 @@ Events (section 6) go to the participants' user ids, with the top-level room
 
 ``message.send`` answers once the message is committed; in the same transaction,
 when some recipients have no connected device and have not muted the
-conversation, a ``chat.offline`` job is queued for them (payload:
-``conversation_id``, ``sender_id``, ``recipients``, and ``message_id`` and ``seq``
-added by the store). The events follow the reply.
+conversation, a ``chat.offline`` job is queued for them (its payload, ``ChatOffline``,
+is defined with the kind in ``realtimed.notify.jobs``; the store adds
+``message_id`` and ``seq``). The events follow the reply.
 
 A user who left a direct conversation only hid it: they stay a participant
 (they may read its history and send to it, which shows it again to both).
@@ -62,6 +62,7 @@ from realtimed.http import validate
 from realtimed.http.app import json_body, json_response, register_blueprint, services
 from realtimed.http.openapi import add_paths
 from realtimed.live import Live
+from realtimed.notify.jobs import CHAT_OFFLINE, CHAT_OFFLINE_QUEUE, ChatOffline, offline_job_spec
 from realtimed.protocol import (
     ConversationCreate,
     ConversationLeave,
@@ -78,7 +79,7 @@ from realtimed.protocol import (
     UserBlock,
     UserUnblock,
 )
-from realtimed.store.base import ConversationRecord, JobSpec, MemberRecord, MessageRecord
+from realtimed.store.base import ConversationRecord, MemberRecord, MessageRecord
 from realtimed.typing_state import MemoryTyping, TypingBackend
 
 if TYPE_CHECKING:
@@ -86,13 +87,11 @@ if TYPE_CHECKING:
     from realtimed.router import Router
     from realtimed.store.base import Store
 
-__all__ = ["OFFLINE_JOB_KIND", "OFFLINE_JOB_QUEUE", "ROOM_PREFIX", "ChatService"]
+__all__ = ["ROOM_PREFIX", "ChatService"]
 
 log = logging.getLogger(__name__)
 
 ROOM_PREFIX: Final = "conversation:"
-OFFLINE_JOB_KIND: Final = "chat.offline"
-OFFLINE_JOB_QUEUE: Final = "default"
 SERVER_MESSAGE_TYPES: Final = ("text", "image", "file", "system")
 MAX_CONTACTS: Final = 10_000
 # The senders of this many of the newest messages are searched for the other
@@ -502,11 +501,11 @@ class ChatService:
             ]
         jobs = (
             [
-                JobSpec(
-                    queue=OFFLINE_JOB_QUEUE,
-                    kind=OFFLINE_JOB_KIND,
-                    payload={"conversation_id": cid, "sender_id": sender_id, "recipients": candidates},
-                    dedupe_key=f"{OFFLINE_JOB_KIND}:{cid}:{sender_id}:{client_id}",
+                offline_job_spec(
+                    conversation_id=cid,
+                    sender_id=sender_id,
+                    recipients=candidates,
+                    dedupe_key=f"{CHAT_OFFLINE.kind}:{cid}:{sender_id}:{client_id}",
                 )
             ]
             if candidates
@@ -567,18 +566,19 @@ class ChatService:
             if m.user_id != sender and not m.muted and not self._router.user_sessions(m.user_id)
         ]
         if offline:
+            payload = ChatOffline(
+                message_id=message.id,
+                recipients=tuple(offline),
+                seq=message.seq,
+                conversation_id=conv.id,
+                sender_id=sender,
+            )
             await self._store.enqueue_job(
-                queue=OFFLINE_JOB_QUEUE,
-                kind=OFFLINE_JOB_KIND,
-                payload={
-                    "conversation_id": conv.id,
-                    "sender_id": sender,
-                    "recipients": offline,
-                    "message_id": message.id,
-                    "seq": message.seq,
-                },
+                queue=CHAT_OFFLINE_QUEUE,
+                kind=CHAT_OFFLINE.kind,
+                payload=CHAT_OFFLINE.encode(payload),
                 now=self._clock.now(),
-                dedupe_key=f"{OFFLINE_JOB_KIND}:{conv.id}:{sender}:{message.client_id}",
+                dedupe_key=f"{CHAT_OFFLINE.kind}:{conv.id}:{sender}:{message.client_id}",
             )
         log.info("conversation %s: message %s showed it again to a member this node did not know", conv.id, message.id)
         return after.member_ids
@@ -948,7 +948,10 @@ def _user_caller() -> Caller:
 
 
 async def _run_op(op: str, data: Mapping[str, Any]) -> Response:
-    """Run an op's handler for the REST caller, as ``POST /api/v1/ops/{op}`` does."""
+    """Run an op's handler for the REST caller, as ``POST /api/v1/ops/{op}`` does.
+
+    The door charged the op's budget before the route ran (realtimed/http/budgets.py).
+    """
     svc = services()
     value = protocol.validate(op, data, max_message_bytes=svc.config.chat.max_message_bytes)
     handler = svc.ops.get(op)

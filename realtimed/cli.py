@@ -2,8 +2,11 @@
 
 - ``realtimed run [-c FILE] [--workers N]``: run the daemon (default ``realtimed.toml``),
   or N worker processes sharing the port under a supervisor.
-- ``realtimed check-config FILE``: print the effective configuration, secrets
-  redacted, or every problem with its key; exit 2 on any problem.
+- ``realtimed check-config FILE [--as-user USER] [--credentials DIR]``: print the
+  effective configuration, secrets redacted, or every problem with its key (and,
+  with ``--as-user``, every file that user could not read); exit 2 on any problem.
+- ``realtimed install-systemd [--root DIR] [--user NAME] [--config FILE]``: write the
+  systemd unit, the system user, the configuration and its credentials.
 - ``realtimed token --sub USER [--ttl 1h] [--rooms PATTERN ...]``: mint a
   development token with the configured HS256 secret; prints only the token.
 - ``realtimed migrate [-c FILE]``: apply pending store migrations.
@@ -15,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -25,7 +29,14 @@ from typing import Any
 import orjson
 
 from realtimed import __version__
-from realtimed.config import DEFAULT_CONFIG_FILE, Config, ConfigError, config_to_dict, load_config
+from realtimed.config import (
+    CREDENTIALS_DIRECTORY_ENV,
+    DEFAULT_CONFIG_FILE,
+    Config,
+    ConfigError,
+    config_to_dict,
+    load_config,
+)
 from realtimed.jobs.cli import add_jobs_commands
 from realtimed.listen import add_listen_command
 
@@ -49,15 +60,19 @@ def _default_config_path() -> str | None:
     return DEFAULT_CONFIG_FILE if Path(DEFAULT_CONFIG_FILE).exists() else None
 
 
-def _load(path: str | None) -> Config:
+def _load(path: str | None, env: dict[str, str] | None = None) -> Config:
     """Load the configuration or print every problem and exit 2."""
     try:
-        return load_config(path)
+        return load_config(path, env=env)
     except ConfigError as exc:
-        print(f"realtimed: invalid configuration ({len(exc.problems)} problem(s)):", file=sys.stderr)
-        for key, problem in exc.problems:
-            print(f"  {key or '(file)'}: {problem}", file=sys.stderr)
+        _print_problems("invalid configuration", exc.problems)
         raise SystemExit(EXIT_CONFIG) from None
+
+
+def _print_problems(what: str, problems: Sequence[tuple[str, str]]) -> None:
+    print(f"realtimed: {what} ({len(problems)} problem(s)):", file=sys.stderr)
+    for key, problem in problems:
+        print(f"  {key or '(file)'}: {problem}", file=sys.stderr)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -106,7 +121,25 @@ def _fatal_reason(exc: BaseException) -> str | None:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = _load(args.file)
+    env = dict(os.environ)
+    if args.credentials is not None:
+        env[CREDENTIALS_DIRECTORY_ENV] = args.credentials
+    if args.as_user is not None:
+        from realtimed.install import user_ids
+
+        try:
+            user_ids(args.as_user)
+        except (KeyError, ValueError):
+            print(f"realtimed: there is no user {args.as_user!r} on this machine", file=sys.stderr)
+            return EXIT_CONFIG
+    cfg = _load(args.file, env)
+    if args.as_user is not None:
+        from realtimed.install import unreadable_files
+
+        problems = unreadable_files(cfg, args.as_user, env.get(CREDENTIALS_DIRECTORY_ENV))
+        if problems:
+            _print_problems(f"files {args.as_user} could not read", problems)
+            return EXIT_CONFIG
     sys.stdout.write(orjson.dumps(config_to_dict(cfg), option=orjson.OPT_INDENT_2).decode() + "\n")
     return EXIT_OK
 
@@ -166,6 +199,45 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_install_systemd(args: argparse.Namespace) -> int:
+    from realtimed.install import DEFAULT_CONFIG, InstallError, default_exec_path, install, render_unit
+
+    try:
+        config_text = None
+        if args.config is not None:
+            try:
+                config_text = Path(args.config).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InstallError(f"cannot read {args.config}: {exc}") from exc
+        if args.print_unit:
+            from realtimed.install import credential_names
+
+            names = credential_names(config_text if config_text is not None else DEFAULT_CONFIG)
+            sys.stdout.write(render_unit(exec_path=args.exec or default_exec_path(), user=args.user, credentials=names))
+            return EXIT_OK
+        install(
+            root=Path(args.root),
+            user=args.user,
+            exec_path=args.exec,
+            config_text=config_text,
+            replace_config=args.replace_config,
+        )
+    except InstallError as exc:
+        print(f"realtimed: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"realtimed: install-systemd failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    root = "" if Path(args.root).absolute() == Path("/") else f" (under {args.root})"
+    print(
+        f"next{root}: check the configuration as the service reads it, then start it:\n"
+        f"  sudo {args.exec or default_exec_path()} check-config --as-user {args.user} "
+        "--credentials /etc/realtimed/credentials /etc/realtimed/realtimed.toml\n"
+        "  sudo systemctl daemon-reload && sudo systemctl enable --now realtimed"
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="realtimed", description="a standalone realtime daemon")
     parser.add_argument("--version", action="version", version=f"realtimed {__version__}")
@@ -183,7 +255,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a configuration file and print the effective one")
     check.add_argument("file")
+    check.add_argument(
+        "--as-user",
+        metavar="USER",
+        help="also check that USER (the unit's User=) can read every file the configuration names "
+        "(by owner, group and mode; POSIX ACLs are not read)",
+    )
+    check.add_argument(
+        "--credentials",
+        metavar="DIR",
+        help="read <key>_credential names from DIR, as the unit's LoadCredential= lines would "
+        "(default: $CREDENTIALS_DIRECTORY)",
+    )
     check.set_defaults(func=_cmd_check_config)
+
+    systemd = sub.add_parser(
+        "install-systemd",
+        help="write the systemd unit, its system user (sysusers.d), the configuration and credentials (as root)",
+    )
+    systemd.add_argument("--root", default="/", help="install under this folder instead of / (default: /)")
+    systemd.add_argument("--user", default="realtimed", help="the system user the unit runs as (default: realtimed)")
+    systemd.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the configuration to install (default: a single node on SQLite, secrets as credentials); "
+        "an installed one is kept unless --replace-config",
+    )
+    systemd.add_argument("--replace-config", action="store_true", help="replace an installed configuration")
+    systemd.add_argument(
+        "--exec", metavar="PATH", help="the realtimed executable ExecStart= names (default: the one of this Python)"
+    )
+    systemd.add_argument("--print-unit", action="store_true", help="only print the unit it would write")
+    systemd.set_defaults(func=_cmd_install_systemd)
 
     token = sub.add_parser("token", help="mint a development token (HS256) and print it")
     token.add_argument("-c", "--config")

@@ -2,9 +2,10 @@
 
 The configuration is a tree of frozen attrs classes. ``load_config`` reads a TOML
 file, applies ``REALTIMED__SECTION__KEY`` environment overrides, reads secrets
-from ``<key>_file`` files, and validates everything at once: every unknown key,
-wrong type and out-of-range value becomes one ``(key path, message)`` problem of
-a single ``ConfigError``.
+from ``<key>_file`` files or from systemd credentials (``<key>_credential``: a
+file named so in ``$CREDENTIALS_DIRECTORY``, which ``LoadCredential=`` fills), and
+validates everything at once: every unknown key, wrong type and out-of-range value
+becomes one ``(key path, message)`` problem of a single ``ConfigError``.
 
 Units live in the key names: ``_s`` is seconds (float), ``_ms`` milliseconds,
 ``_bytes`` bytes. Relative paths resolve against the folder of the config file.
@@ -12,16 +13,26 @@ Units live in the key names: ``_s`` is seconds (float), ``_ms`` milliseconds,
 Field metadata understood by the loader:
 
 - ``min`` / ``max``: inclusive numeric bounds (or length bounds for lists);
-- ``secret``: redacted by ``check-config``, and may come from ``<key>_file``;
+- ``secret``: redacted by ``check-config``, and may come from ``<key>_file`` or
+  ``<key>_credential``;
+- ``path_credential``: a path field ``<x>_file`` whose file may instead be the
+  systemd credential named by ``<x>_credential`` (a TLS key the service user could
+  not read where it lies);
+- ``coerce``: ``f(value, from_file)`` turns the raw value (TOML, or the lines of a
+  ``_file`` or ``_credential``) into what the field's type expects;
 - ``help``: one line for the configuration reference;
 - ``merge``: a table whose entries are merged over the default's entries
-  (an operator names only the entries they change).
+  (an operator names only the entries they change);
+- ``channel``: the section configures a notification delivery channel of the
+  same name (``push``); types may name it in ``channels`` and users switch it
+  per type (``realtimed.notify.channel``).
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import re
 import socket
 import tomllib
 import types
@@ -51,6 +62,14 @@ DEV_API_KEY: Final = "rtd_dev_key_do_not_deploy"
 HMAC_MIN_SECRET_BYTES: Final[Mapping[str, int]] = {"HS256": 32, "HS384": 48, "HS512": 64}
 MIN_API_KEY_CHARS: Final = 32
 
+#: systemd sets this to the folder of the unit's credentials (``LoadCredential=``).
+CREDENTIALS_DIRECTORY_ENV: Final = "CREDENTIALS_DIRECTORY"
+#: A credential name: a plain file name in ``$CREDENTIALS_DIRECTORY`` (no ``/``, no
+#: leading dot) that also fits ``LoadCredential=NAME:PATH`` without escaping.
+CREDENTIAL_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+#: An API key's name: logged with the server API calls made with it, and a metric label.
+API_KEY_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
 _T = TypeVar("_T")
 
 
@@ -62,9 +81,19 @@ def _f(
     max: float | None = None,
     secret: bool = False,
     merge: bool = False,
+    channel: bool = False,
+    path_credential: bool = False,
 ) -> Any:
     """An attrs field with loader metadata; mutable defaults are copied per instance."""
-    meta = {"help": help, "min": min, "max": max, "secret": secret, "merge": merge}
+    meta = {
+        "help": help,
+        "min": min,
+        "max": max,
+        "secret": secret,
+        "merge": merge,
+        "channel": channel,
+        "path_credential": path_credential,
+    }
     if isinstance(default, (list, dict)):
         return attrs.field(factory=lambda d=default: type(d)(d), metadata=meta)  # type: ignore[misc]
     if attrs.has(type(default)):
@@ -88,6 +117,13 @@ class ServerConfig:
 
 
 @attrs.frozen
+class StaticMountConfig:
+    path: str = _f("/app/", "URL prefix the folder is served under: starts and ends with /, e.g. /app/")
+    dir: Path | None = _f(None, "folder served under path (relative to the config file); required")
+    index: str = _f("index.html", "file served for a request that ends with /")
+
+
+@attrs.frozen
 class HttpConfig:
     listen: str = _f("127.0.0.1:8700", "HOST:PORT of the client listener (/ws, /api/v1, SSE, health)")
     internal_listen: str = _f(
@@ -98,13 +134,87 @@ class HttpConfig:
         "serve /server/v1 and /metrics on a client listener that is not loopback "
         "(they are always served on a loopback client listener when no internal listener is set)",
     )
-    tls_cert_file: str = _f("", "PEM certificate chain; with tls_key_file, the client listener speaks TLS")
-    tls_key_file: str = _f("", "PEM private key for tls_cert_file", secret=True)
+    tls_cert_file: str = _f(
+        "", "PEM certificate chain; with tls_key_file, the client listener speaks TLS (or tls_cert_credential)",
+        path_credential=True,
+    )
+    tls_key_file: str = _f(
+        "", "PEM private key for tls_cert_file (or tls_key_credential)", secret=True, path_credential=True
+    )
     max_body_bytes: int = _f(1_048_576, "largest HTTP request body", min=1024, max=64 * 1_048_576)
-    keep_alive_s: float = _f(75.0, "idle HTTP keep-alive", min=1, max=3600)
-    read_timeout_s: float = _f(60.0, "longest wait for the rest of a request", min=1, max=3600)
+    keep_alive_s: float = _f(
+        75.0, "idle HTTP keep-alive: a connection with no request in progress is closed after this long", min=1, max=3600
+    )
+    read_timeout_s: float = _f(
+        60.0,
+        "longest wait for the next bytes of a request body, for a client to take the next 64 KiB of an answer, "
+        "and for a connection to end once the client has closed its side",
+        min=1,
+        max=3600,
+    )
+    drain_s: float = _f(
+        2.0,
+        "an answer ready before its request body has arrived (an error seen in the head) waits this long for "
+        "the rest of the body (up to max_body_bytes) so that the connection stays open; otherwise an HTTP/1.1 "
+        "answer says Connection: close, and the unread body is discarded for at most this long before closing",
+        min=0,
+        max=60,
+    )
+    h2c: bool = _f(
+        False,
+        "serve HTTP/2 without TLS (prior knowledge and Upgrade: h2c); off, the preface gets GOAWAY "
+        "HTTP_1_1_REQUIRED and an h2c upgrade is answered over HTTP/1.1",
+    )
+    h2_max_resets: int = _f(
+        200,
+        "RST_STREAM frames an HTTP/2 client may send within h2_reset_window_s; one more ends the connection "
+        "with GOAWAY ENHANCE_YOUR_CALM (rapid reset)",
+        min=1,
+        max=1_000_000,
+    )
+    h2_reset_window_s: float = _f(10.0, "the window over which h2_max_resets is counted", min=0.1, max=3600)
     cors_max_age_s: int = _f(600, "how long browsers cache a CORS preflight", min=0, max=86400)
+    trusted_proxies: list[str] = _f(
+        [],
+        "addresses and CIDR networks of the proxies in front of realtimed, e.g. [\"127.0.0.1/32\", \"10.0.0.0/8\"]: "
+        "only a connection from one of them may name the client (forwarded_header, the PROXY protocol), and its "
+        "request heads are not counted per address; empty: trust nobody",
+    )
+    forwarded_header: Literal["x-forwarded-for", "forwarded"] = _f(
+        "x-forwarded-for",
+        "the header in which a trusted proxy names the client: x-forwarded-for, or forwarded (RFC 7239); the client "
+        "is its rightmost address that is not a trusted proxy; the other header is ignored, and so is an unreadable "
+        "one (the peer's address stands)",
+    )
+    proxy_protocol: Literal["off", "v1", "v2"] = _f(
+        "off",
+        "the client listener's connections start with a PROXY protocol header of this version (before TLS), which "
+        "names the client; a connection from a peer outside trusted_proxies, or without a valid header, is closed",
+    )
+    internal_proxy_protocol: Literal["off", "v1", "v2"] = _f(
+        "off", "proxy_protocol for the internal listener (http.internal_listen)"
+    )
+    health_reserve_connections: int = _f(
+        8,
+        "connections per listener that loopback and trusted_proxies peers may still open when their address has "
+        "gateway.max_handshakes_per_ip unfinished heads, for a /healthz, /readyz or /metrics request only (any "
+        "other request closes the connection), so that health checks are never starved; 0: none",
+        min=0,
+        max=10_000,
+    )
+    health_reserve_timeout_s: float = _f(
+        0.5,
+        "a request head on one of health_reserve_connections must be complete this long after it starts "
+        "(the TLS handshake included), else the connection is closed",
+        min=0.05,
+        max=60,
+    )
     backlog: int = _f(4096, "listen backlog", min=16, max=65535)
+    static: list[StaticMountConfig] = _f(
+        [],
+        "folders of static files served on the client listener (GET and HEAD only; dotfiles, "
+        "and anything outside the folder, are never served); none by default",
+    )
 
 
 @attrs.frozen
@@ -179,8 +289,65 @@ class AuthConfig:
 
 
 @attrs.frozen
+class ApiKeyConfig:
+    name: str = _f(
+        "",
+        "the key's name (letters, digits, _ . -; at most 64): logged with every server API call that "
+        "changes state, and the key label of realtimed_server_api_requests_total",
+    )
+    key: str = _f("", "the key itself (or key_file, key_credential)", secret=True)
+
+
+def positional_key_name(index: int) -> str:
+    """The name of an API key given without one: its place in ``api.keys``."""
+    return f"keys[{index}]"
+
+
+def _api_keys(value: Any) -> list[ApiKeyConfig]:
+    """``ApiConfig(keys=...)`` from code: bare strings are named by position."""
+    return [
+        item if isinstance(item, ApiKeyConfig) else ApiKeyConfig(name=positional_key_name(i), key=item)
+        for i, item in enumerate(value)
+    ]
+
+
+def _coerce_api_keys(value: Any, from_file: bool) -> Any:
+    """``api.keys`` as written: a bare string is a key named by its position, a table is
+    ``{name, key}``; a line of ``keys_file`` (or of the credential) is ``name:key`` or a bare key."""
+    if not isinstance(value, list):
+        return value
+    out: list[Any] = []
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            name, sep, key = item.partition(":")
+            if from_file and sep:
+                out.append({"name": name.strip(), "key": key.strip()})
+            else:
+                out.append({"name": positional_key_name(i), "key": item})
+        elif isinstance(item, dict) and "name" not in item:
+            out.append({"name": positional_key_name(i), **item})
+        else:
+            out.append(item)
+    return out
+
+
+@attrs.frozen
 class ApiConfig:
-    keys: list[str] = _f([], "API keys for /server/v1 (or keys_file, one per line)", secret=True)
+    keys: list[ApiKeyConfig] = attrs.field(
+        factory=list,
+        converter=_api_keys,
+        metadata={
+            "help": "API keys for /server/v1: {name, key} tables, or bare keys (named keys[0], keys[1], ... "
+            "by position); or keys_file / keys_credential, one `name:key` (or bare key) per line",
+            "secret": True,
+            "coerce": _coerce_api_keys,
+        },
+    )
+
+    @property
+    def key_values(self) -> list[str]:
+        """The keys themselves, whatever their names."""
+        return [entry.key for entry in self.keys]
 
 
 @attrs.frozen
@@ -198,14 +365,33 @@ ANY_OP: Final = "*"
 #: ``ping`` costs nothing (the per-socket bucket still counts both).
 UNLIMITED_OPS: Final = frozenset({"auth", "ping"})
 
+#: Budgets of the client REST routes that serve no op (realtimed/http/budgets.py
+#: says which route charges which). They are named and configured like ops.
+REST_BUDGETS: Final = frozenset(
+    {
+        "conversation.get",
+        "notification.unread_count",
+        "preferences.get",
+        "preferences.put",
+        "device.register",
+        "device.list",
+        "device.unregister",
+    }
+)
+
 # Chosen so that people chatting, reading and reconnecting never meet them
 # (a burst of 300 of any one op, 30 a second after it; 60 messages at once, then
-# 6 a second), while a script spraying one op is cut off within a second.
+# 6 a second), while a script spraying one op is cut off within a second. The
+# REST-only writes that an app makes a few times a session (registering a push
+# token at start-up or when FCM rotates it, saving a settings screen) get a
+# minute-long window, so that a loop writing them is held to one a second.
 DEFAULT_OP_LIMITS: Final[dict[str, OpLimitConfig]] = {
     ANY_OP: OpLimitConfig(per=300, window_s=10.0),
     "message.send": OpLimitConfig(per=60, window_s=10.0),
     "conversation.open": OpLimitConfig(per=30, window_s=60.0),
     "conversation.create": OpLimitConfig(per=30, window_s=60.0),
+    "device.register": OpLimitConfig(per=60, window_s=60.0),
+    "preferences.put": OpLimitConfig(per=60, window_s=60.0),
 }
 
 
@@ -215,7 +401,10 @@ class GatewayConfig:
     allowed_origins: list[str] = _f(
         [], "browser origins allowed to connect and to call /api/v1 (\"*\": any); no Origin header is always allowed"
     )
-    handshake_timeout_s: float = _f(10.0, "longest time to send a complete upgrade request", min=0.1, max=600)
+    handshake_timeout_s: float = _f(
+        10.0, "longest time to send a complete request head (every request of a connection), or upgrade request",
+        min=0.1, max=600,
+    )
     auth_timeout_s: float = _f(5.0, "longest wait for a first-frame auth", min=0.1, max=600)
     heartbeat_s: float = _f(25.0, "server ping period; two silent periods close the socket", min=1, max=3600)
     expiring_notice_s: float = _f(
@@ -247,8 +436,10 @@ class GatewayConfig:
     )
     op_limits: dict[str, OpLimitConfig] = _f(
         DEFAULT_OP_LIMITS,
-        "per-user op budgets shared by the WebSocket and REST doors, counted on each node: "
-        "op name (or \"*\" for every op without an entry, each op counted apart) = {per, window_s}; "
+        "per-user op budgets shared by the WebSocket and REST doors (every /api/v1 route but the SSE stream), "
+        "counted on each node: op name, or the budget of a REST-only route "
+        f"({', '.join(sorted(REST_BUDGETS))}), "
+        "or \"*\" for every name without an entry, each counted apart, = {per, window_s}; "
         "entries given here replace the default entry of that op and keep the others; "
         "over a budget: RATE_LIMITED with retry_after_ms (auth and ping are not counted)",
         merge=True,
@@ -263,8 +454,16 @@ class GatewayConfig:
     max_subscriptions: int = _f(256, "app rooms per socket", min=1, max=1_000_000)
     max_sockets_per_user: int = _f(32, "sockets per user (over it: close 4511)", min=1, max=1_000_000)
     max_sockets: int = _f(200_000, "sockets per node (over it: close 4013)", min=1, max=10_000_000)
-    max_handshakes_per_ip: int = _f(64, "unfinished handshakes per client address", min=1, max=1_000_000)
-    max_head_bytes: int = _f(16_384, "largest HTTP request head on the client listener", min=1024, max=1_048_576)
+    max_handshakes_per_ip: int = _f(
+        64, "unfinished handshakes and request heads per client address (over it: the connection is closed)",
+        min=1, max=1_000_000,
+    )
+    max_head_bytes: int = _f(
+        16_384,
+        "largest HTTP/1.1 request head (over it: 431), and largest HTTP/2 header list (over it: GOAWAY)",
+        min=1024,
+        max=1_048_576,
+    )
 
 
 @attrs.frozen
@@ -337,7 +536,8 @@ class RetentionConfig:
     stale_device_days: float = _f(270.0, "device tokens unseen this long are deactivated", min=1, max=36500)
 
 
-NOTIFY_CHANNELS: Final = ("in_app", "push")
+#: The in-app inbox: a channel of every node, with no section of its own.
+IN_APP_CHANNEL: Final = "in_app"
 
 
 @attrs.frozen
@@ -346,7 +546,9 @@ class NotificationTypeConfig:
     title: str = _f("", "title template; {placeholders} must be listed in vars")
     body: str = _f("", "body template")
     vars: list[str] = _f([], "the template variables of this type; the server API must give each")
-    channels: list[str] = _f(["in_app", "push"], "channels the type uses (in_app, push); users may turn each off")
+    channels: list[str] = _f(
+        ["in_app", "push"], "delivery channels the type uses (in_app, push, ...); users may turn each off"
+    )
     priority: Literal["low", "normal", "high", "critical"] = _f(
         "normal", "low, normal, high or critical (critical bypasses caps, quiet hours and digests)"
     )
@@ -387,7 +589,10 @@ class NotifyConfig:
 
 @attrs.frozen
 class PushConfig:
-    service_account_file: str = _f("", "Firebase service-account key file (JSON); empty: push is off")
+    service_account_file: str = _f(
+        "", "Firebase service-account key file (JSON; or service_account_credential); empty: push is off",
+        path_credential=True,
+    )
     project_id: str = _f("", "Firebase project id; empty: the key file's project_id")
     token_url: str = _f("", "OAuth2 token endpoint; empty: the key file's token_uri")
     fcm_url: str = _f("https://fcm.googleapis.com", "FCM base URL (POST /v1/projects/<id>/messages:send)")
@@ -434,12 +639,22 @@ class Config:
     retention: RetentionConfig = _f(RetentionConfig())
     metrics: MetricsConfig = _f(MetricsConfig())
     notify: NotifyConfig = _f(NotifyConfig())
-    push: PushConfig = _f(PushConfig())
+    push: PushConfig = _f(PushConfig(), channel=True)
     source: str = attrs.field(default="", metadata={"internal": True})
+    #: Every file the configuration was read from, as ``(key, path)``: the TOML file
+    #: (key ``""``) and each ``<key>_file``; ``check-config --as-user`` checks them.
+    files_read: tuple[tuple[str, str], ...] = attrs.field(default=(), metadata={"internal": True})
 
     @property
     def state_dir(self) -> Path:
         return self.server.state_dir
+
+
+#: Every delivery channel: the inbox, then each section marked ``channel`` (named like it).
+NOTIFY_CHANNELS: Final[tuple[str, ...]] = (
+    IN_APP_CHANNEL,
+    *(f.name for f in attrs.fields(Config) if f.metadata.get("channel")),
+)
 
 
 # ---------------------------------------------------------------------------
@@ -448,8 +663,13 @@ class Config:
 
 
 class _Problems:
-    def __init__(self) -> None:
+    """What loading collects: the problems, and the files it read secrets from."""
+
+    def __init__(self, credentials_dir: str | None = None) -> None:
         self.items: list[tuple[str, str]] = []
+        self.files_read: list[tuple[str, str]] = []
+        #: ``$CREDENTIALS_DIRECTORY``, or None when it is not set.
+        self.credentials_dir = Path(credentials_dir) if credentials_dir else None
 
     def add(self, key: str, msg: str) -> None:
         self.items.append((key, msg))
@@ -560,26 +780,40 @@ _INVALID: Final = _Invalid()
 def _build(cls: Any, table: Mapping[str, Any], prefix: str, problems: _Problems, base_dir: Path) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in attrs.fields(cls) if not f.metadata.get("internal")}
-    secret_files = {f"{name}_file": name for name, f in fields.items() if f.metadata.get("secret")}
+    sources = _alternative_sources(fields)
     kwargs: dict[str, Any] = {}
     ok = True
     for raw_key, value in table.items():
         key = f"{prefix}.{raw_key}" if prefix else raw_key
         name = raw_key
-        if raw_key in secret_files:
-            name = secret_files[raw_key]
-            if name in table:
-                problems.add(key, f"give either {name} or {raw_key}, not both")
+        if raw_key in sources:
+            name, how = sources[raw_key]
+            others = [k for k in (name, *(s for s, (n, _) in sources.items() if n == name)) if k != raw_key]
+            given = [k for k in others if k in table]
+            if given:
+                problems.add(key, f"give only one of {', '.join(sorted([raw_key, *given]))}")
                 ok = False
                 continue
-            value = _read_secret_file(value, key, problems, base_dir, hints[name])
+            if how == "file":
+                value = _read_secret_file(value, key, problems, base_dir, hints[name])
+            elif how == "credential":
+                value = _read_credential(value, key, problems, hints[name])
+            else:
+                value = _credential_path(value, key, problems)
             if value is _INVALID:
                 ok = False
                 continue
+            coerce = fields[name].metadata.get("coerce")
+            if coerce is not None and how != "path":
+                value = coerce(value, True)
         elif raw_key not in fields:
             problems.add(key, "unknown key")
             ok = False
             continue
+        else:
+            coerce = fields[name].metadata.get("coerce")
+            if coerce is not None:
+                value = coerce(value, False)
         field = fields[name]
         converted = _convert(hints[name], value, key, problems, base_dir)
         if converted is _INVALID or _contains_invalid(converted):
@@ -626,6 +860,51 @@ def _check_bounds(field: attrs.Attribute[Any], value: Any, key: str, problems: _
     return True
 
 
+def _alternative_sources(fields: Mapping[str, attrs.Attribute[Any]]) -> dict[str, tuple[str, str]]:
+    """The keys that may stand for a field, each to ``(field name, how it is read)``.
+
+    A secret ``k`` may come from ``k_file`` (a file's contents) or ``k_credential``
+    (a systemd credential's contents); a path field ``x_file`` with ``path_credential``
+    may name the credential itself with ``x_credential`` (the path becomes the
+    credential's path in ``$CREDENTIALS_DIRECTORY``).
+    """
+    sources: dict[str, tuple[str, str]] = {}
+    for name, field in fields.items():
+        if field.metadata.get("path_credential"):
+            sources[f"{name.removesuffix('_file')}_credential"] = (name, "path")
+        elif field.metadata.get("secret"):
+            sources[f"{name}_credential"] = (name, "credential")
+        if field.metadata.get("secret"):
+            sources[f"{name}_file"] = (name, "file")
+    return sources
+
+
+def _unreadable(path: Path, exc: OSError) -> str:
+    """Why ``path`` could not be read, naming the user when it is a permission problem."""
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, PermissionError):
+        try:
+            import pwd
+
+            user = pwd.getpwuid(os.geteuid()).pw_name
+        except (ImportError, KeyError):
+            user = str(os.geteuid())
+        reason += f" (as user {user})"
+    return f"cannot read {path}: {reason}"
+
+
+def _secret_text(path: Path, key: str, problems: _Problems, tp: Any) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        message = _unreadable(path, exc) if isinstance(exc, OSError) else f"{path} is not UTF-8 text"
+        problems.add(key, message)
+        return _INVALID
+    if get_origin(tp) is list:
+        return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return text.strip()
+
+
 def _read_secret_file(value: Any, key: str, problems: _Problems, base_dir: Path, tp: Any) -> Any:
     if not isinstance(value, str):
         problems.add(key, f"expected a file path, got {_describe(value)}")
@@ -633,14 +912,55 @@ def _read_secret_file(value: Any, key: str, problems: _Problems, base_dir: Path,
     path = Path(value).expanduser()
     if not path.is_absolute():
         path = base_dir / path
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        problems.add(key, f"cannot read {path}: {exc.strerror or exc}")
+    problems.files_read.append((key, str(path)))
+    return _secret_text(path, key, problems, tp)
+
+
+def _credential_file(value: Any, key: str, problems: _Problems) -> Path | None:
+    """The path of the credential ``value`` names, or None (its problem recorded)."""
+    if not isinstance(value, str) or not CREDENTIAL_NAME.fullmatch(value):
+        problems.add(
+            key,
+            "expected a credential name (1 to 64 letters, digits, _ . or -, not starting with . or -), "
+            f"got {_describe(value)}",
+        )
+        return None
+    if problems.credentials_dir is None:
+        problems.add(
+            key,
+            f"${CREDENTIALS_DIRECTORY_ENV} is not set: systemd sets it for a unit with "
+            f"LoadCredential={value}:PATH (check-config takes --credentials DIR)",
+        )
+        return None
+    path = problems.credentials_dir / value
+    if not path.is_file():
+        problems.add(
+            key,
+            f"no credential {value!r} in ${CREDENTIALS_DIRECTORY_ENV} ({problems.credentials_dir}): "
+            f"the unit needs LoadCredential={value}:PATH",
+        )
+        return None
+    return path
+
+
+def _read_credential(value: Any, key: str, problems: _Problems, tp: Any) -> Any:
+    path = _credential_file(value, key, problems)
+    if path is None:
         return _INVALID
-    if get_origin(tp) is list:
-        return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    return text.strip()
+    return _secret_text(path, key, problems, tp)
+
+
+def _credential_path(value: Any, key: str, problems: _Problems) -> Any:
+    path = _credential_file(value, key, problems)
+    if path is None:
+        return _INVALID
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        problems.add(key, _unreadable(path, exc))
+        return _INVALID
+    return str(path)
 
 
 def _parse_env_value(raw: str) -> Any:
@@ -692,20 +1012,24 @@ def load_config(
     Raises:
         ConfigError: with one problem per mistake, each naming its key.
     """
-    problems = _Problems()
+    env = os.environ if env is None else env
+    problems = _Problems(env.get(CREDENTIALS_DIRECTORY_ENV))
     base_dir = Path(path).resolve().parent if path is not None else Path.cwd()
     table: dict[str, Any] = copy.deepcopy(dict(data)) if data is not None else {}
-    if data is None and text is None and path is not None:
+    read_file = data is None and text is None and path is not None
+    if read_file and path is not None:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError([("", f"cannot read {path}: {exc.strerror or exc}")]) from exc
+            raise ConfigError([("", _unreadable(Path(path), exc))]) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError([("", f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}")]) from exc
     if text is not None:
         try:
             table = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([("", f"{path or 'config'}: not valid TOML: {exc}")]) from exc
-    origins = _apply_env(table, os.environ if env is None else env, problems)
+    origins = _apply_env(table, env, problems)
     cfg: Config = _build(Config, table, "", problems, base_dir)
     _check_semantics(cfg, problems)
     if problems.items:
@@ -713,7 +1037,9 @@ def load_config(
             (f"{key} (from {origins[key]})" if key in origins else key, msg) for key, msg in problems.items
         ]
         raise ConfigError(labelled)
-    return attrs.evolve(cfg, source=str(Path(path).resolve()) if path is not None else "")
+    source = str(Path(path).resolve()) if path is not None else ""
+    files_read = ([("", source)] if read_file else []) + problems.files_read
+    return attrs.evolve(cfg, source=source, files_read=tuple(files_read))
 
 
 def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
@@ -727,7 +1053,7 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
             except ValueError as exc:
                 problems.add(key, str(exc))
     exposed_on = _exposed_listeners(cfg)
-    dev_secret = cfg.auth.hs256_secret == DEV_HS256_SECRET or DEV_API_KEY in cfg.api.keys
+    dev_secret = cfg.auth.hs256_secret == DEV_HS256_SECRET or DEV_API_KEY in cfg.api.key_values
     if dev_secret:
         for key in exposed_on:
             problems.add(
@@ -737,11 +1063,14 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
             )
     if exposed_on:
         _check_credential_strength(cfg, exposed_on[0], problems)
+    _check_proxies(cfg, problems)
+    _check_api_keys(cfg, problems)
     if bool(cfg.http.tls_cert_file) != bool(cfg.http.tls_key_file):
         problems.add("http.tls_cert_file", "tls_cert_file and tls_key_file go together")
     if cfg.shutdown.reconnect_min_ms > cfg.shutdown.reconnect_max_ms:
         problems.add("shutdown.reconnect_min_ms", "must not exceed shutdown.reconnect_max_ms")
     _check_redis_url(cfg, problems)
+    _check_static(cfg, problems)
     if cfg.store.pool_min > cfg.store.pool_max:
         problems.add("store.pool_min", "must not exceed store.pool_max")
     known_algs = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA", "PS256"}
@@ -771,6 +1100,24 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
     _check_notify(cfg, problems)
 
 
+def _check_proxies(cfg: Config, problems: _Problems) -> None:
+    """Trusted proxies are addresses or networks; the PROXY protocol needs a proxy to trust."""
+    from realtimed.http.forwarded import parse_network
+
+    for i, entry in enumerate(cfg.http.trusted_proxies):
+        try:
+            parse_network(entry)
+        except ValueError as exc:
+            problems.add(f"http.trusted_proxies[{i}]", str(exc))
+    for key, mode in (("http.proxy_protocol", cfg.http.proxy_protocol), ("http.internal_proxy_protocol", cfg.http.internal_proxy_protocol)):
+        if mode == "off":
+            continue
+        if not cfg.http.trusted_proxies:
+            problems.add(key, "needs http.trusted_proxies: a PROXY header is only accepted from a trusted proxy")
+        if key == "http.internal_proxy_protocol" and not cfg.http.internal_listen:
+            problems.add(key, "there is no internal listener (http.internal_listen)")
+
+
 def _check_op_limits(cfg: Config, problems: _Problems) -> None:
     from realtimed.protocol import OPS
 
@@ -778,8 +1125,10 @@ def _check_op_limits(cfg: Config, problems: _Problems) -> None:
         key = f"gateway.op_limits.{_toml_key(name)}"
         if name in UNLIMITED_OPS:
             problems.add(key, f"{name} is not counted per user (the per-socket bucket covers it)")
-        elif name != ANY_OP and name not in OPS:
-            problems.add(key, f"unknown op {name[:64]!r} (an op of the protocol, or \"*\")")
+        elif name != ANY_OP and name not in OPS and name not in REST_BUDGETS:
+            problems.add(
+                key, f"unknown op {name[:64]!r} (an op of the protocol, a REST route's budget such as 'device.register', or \"*\")"
+            )
 
 
 def _exposed_listeners(cfg: Config) -> list[str]:
@@ -813,12 +1162,70 @@ def _check_credential_strength(cfg: Config, listener_key: str, problems: _Proble
                 "auth.hs256_secret",
                 f"is {size} bytes; {strongest} needs at least {need} (RFC 7518 section 3.2) when {where}",
             )
-    for i, key in enumerate(cfg.api.keys):
-        if len(key) < MIN_API_KEY_CHARS:
+    for i, entry in enumerate(cfg.api.keys):
+        if entry.key and len(entry.key) < MIN_API_KEY_CHARS:
             problems.add(
                 f"api.keys[{i}]",
-                f"is {len(key)} characters; at least {MIN_API_KEY_CHARS} are needed when {where}",
+                f"is {len(entry.key)} characters; at least {MIN_API_KEY_CHARS} are needed when {where}",
             )
+
+
+def _check_api_keys(cfg: Config, problems: _Problems) -> None:
+    """Every API key has a name of its own and a value of its own (never shown)."""
+    names: dict[str, int] = {}
+    values: dict[str, int] = {}
+    reported = {key for key, _ in problems.items}  # a value of the wrong type: said already
+    for i, entry in enumerate(cfg.api.keys):
+        key = f"api.keys[{i}]"
+        if f"{key}.name" in reported:
+            pass
+        elif entry.name != positional_key_name(i) and not API_KEY_NAME.fullmatch(entry.name):
+            problems.add(
+                f"{key}.name",
+                f"must be 1 to 64 letters, digits, _ . or - (starting with a letter or digit), got {_describe(entry.name)}",
+            )
+        elif entry.name in names:
+            problems.add(f"{key}.name", f"duplicate name {entry.name!r} (also api.keys[{names[entry.name]}])")
+        names.setdefault(entry.name, i)
+        if f"{key}.key" in reported or any(k.startswith(f"{key}.key_") for k in reported):
+            pass
+        elif not entry.key:
+            problems.add(f"{key}.key", "must not be empty")
+        elif entry.key in values:
+            problems.add(f"{key}.key", f"the same key as api.keys[{values[entry.key]}]: each key needs its own value")
+        values.setdefault(entry.key, i)
+# URL prefixes that belong to the daemon's own routes; a static mount may not shadow them.
+_RESERVED_PREFIXES: Final = ("/api/", "/server/", "/dev/", "/healthz/", "/readyz/", "/metrics/")
+
+
+def _check_static(cfg: Config, problems: _Problems) -> None:
+    """Static mounts: a well-formed, unique prefix clear of the daemon's routes, and a folder."""
+    seen: set[str] = set()
+    for i, mount in enumerate(cfg.http.static):
+        key = f"http.static[{i}]"
+        path = mount.path
+        segments = path.strip("/").split("/")
+        if (
+            not path.startswith("/")
+            or not path.endswith("/")
+            or path == "/"
+            or any(not s or s in (".", "..") or not all(c.isalnum() or c in "-_.~" for c in s) for s in segments)
+        ):
+            problems.add(
+                f"{key}.path",
+                f"must be like /app/: segments of letters, digits, - _ . ~ between slashes, got {path!r}",
+            )
+        elif any(path.startswith(p) for p in (*_RESERVED_PREFIXES, cfg.gateway.path.rstrip("/") + "/")):
+            problems.add(f"{key}.path", f"{path!r} would shadow the daemon's own routes")
+        elif path in seen:
+            problems.add(f"{key}.path", f"duplicate prefix {path!r}")
+        seen.add(path)
+        if mount.dir is None:
+            problems.add(f"{key}.dir", "is required")
+        elif not mount.dir.is_dir():
+            problems.add(f"{key}.dir", f"not a folder: {mount.dir}")
+        if not mount.index or "/" in mount.index or mount.index.startswith("."):
+            problems.add(f"{key}.index", f"must be a file name, got {mount.index!r}")
 
 
 def _check_redis_url(cfg: Config, problems: _Problems) -> None:
@@ -845,7 +1252,7 @@ def _check_notify(cfg: Config, problems: _Problems) -> None:
         names.add(nt.name)
         for j, channel in enumerate(nt.channels):
             if channel not in NOTIFY_CHANNELS:
-                problems.add(f"{key}.channels[{j}]", f"unknown channel {channel!r} (in_app or push)")
+                problems.add(f"{key}.channels[{j}]", f"unknown channel {channel!r} (one of {', '.join(NOTIFY_CHANNELS)})")
         for j, var in enumerate(nt.vars):
             if not var.isidentifier():
                 problems.add(f"{key}.vars[{j}]", f"{var!r} is not a plain name")
@@ -938,7 +1345,11 @@ def config_to_dict(cfg: Any, *, redact: bool = True) -> Any:
                 continue
             value = getattr(cfg, field.name)
             if redact and field.metadata.get("secret") and value:
-                value = [REDACTED] * len(value) if isinstance(value, list) else REDACTED
+                # A list of tables (named API keys) keeps what is not secret in them.
+                if isinstance(value, list) and all(attrs.has(type(v)) for v in value):
+                    pass
+                else:
+                    value = [REDACTED] * len(value) if isinstance(value, list) else REDACTED
             out[field.name] = config_to_dict(value, redact=redact)
         return out
     if isinstance(cfg, list):
@@ -964,6 +1375,8 @@ def reference_rows(cls: type[Any] = Config, prefix: str = "") -> list[tuple[str,
             rows.extend(reference_rows(tp, key + "."))
             continue
         if get_origin(tp) is list and attrs.has(get_args(tp)[0]):
+            if field.metadata.get("coerce"):  # also written in another shape: say how
+                rows.append((key, "[]", field.metadata.get("help", "")))
             rows.extend(reference_rows(get_args(tp)[0], f"{key}[]."))
             continue
         default = config_to_dict(getattr(defaults, field.name), redact=False)

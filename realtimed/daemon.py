@@ -48,9 +48,11 @@ from realtimed.http.listener import Listener
 from realtimed.jobs import CronScheduler, JobRunner, register_builtin_kinds
 from realtimed.live import Live
 from realtimed.notify import http as notify_http
+from realtimed.notify.inbox import InAppChannel
 from realtimed.notify.service import NotifyService
 from realtimed.presence import PresenceService
 from realtimed.push import http as push_http
+from realtimed.push.channel import FcmChannel
 from realtimed.push.service import PushService
 from realtimed.router import Router
 from realtimed.sdnotify import SystemdNotifier
@@ -215,14 +217,15 @@ class Daemon:
         presence = PresenceService(config, store=store, router=router, clock=clock, backend=backends.presence)
         chat = ChatService(config, store=store, router=router, clock=clock, presence=presence, typing=backends.typing)
         push = PushService(cfg, store=store, clock=clock, jobs=runner)
-        notify = NotifyService(config, store=store, clock=clock, router=router, jobs=runner, push=push,
+        # The delivery channels notify calls (realtimed/notify/channel.py), each named like its config section.
+        notify = NotifyService(config, store=store, clock=clock, router=router, jobs=runner,
+                               channels=[InAppChannel(store, clock=clock, router=router), FcmChannel(push)],
                                caps=backends.caps, activity=backends.activity)
         ops = OpRegistry(config)
         register_room_ops(ops, router, clock=clock, config=config)
         presence.register(ops)
         chat.register(ops)
         notify.register(ops)
-        notify.register_checks()
         push.register_jobs(runner)
         notify.register_jobs(runner)
         hooks = SessionHooks(
@@ -238,7 +241,7 @@ class Daemon:
         if backends.cluster is not None:
             _wire_cluster(backends, presence, router)
         self._services = Services(
-            config=config, verifier=self._verifier_live, api_keys=self._api_keys, clock=clock, node=node,
+            live_config=config, verifier=self._verifier_live, api_keys=self._api_keys, clock=clock, node=node,
             store=store, broker=backends.broker, router=router, ops=ops, gateway=gateway, presence=presence,
             jobs=runner, chat=chat, notify=notify, push=push,
         )
@@ -312,6 +315,10 @@ class Daemon:
             for bhost, bport in listener.bound:
                 shown = f"[{bhost}]" if ":" in bhost else bhost
                 log.info("listening on %s://%s:%d (%s)", listener.scheme, shown, bport, what)
+                if listener.role == "client":
+                    for mount in cfg.http.static:
+                        root = mount.dir.resolve() if mount.dir else None
+                        log.info("serving %s at %s://%s:%d%s", root, listener.scheme, shown, bport, mount.path)
 
     # -- signals, reload, watchdog ---------------------------------------------------------------
 
@@ -408,7 +415,7 @@ def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
 def _warn_dev_secrets(cfg: Config) -> None:
     if cfg.auth.hs256_secret == DEV_HS256_SECRET:
         log.warning("the development HS256 secret is in use: set auth.hs256_secret before exposing realtimed")
-    if DEV_API_KEY in cfg.api.keys:
+    if DEV_API_KEY in cfg.api.key_values:
         log.warning("the development API key is in use: set api.keys before exposing realtimed")
 
 

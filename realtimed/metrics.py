@@ -37,6 +37,22 @@ RELOADS: Final = Counter("realtimed_config_reloads", "configuration reloads by o
 HTTP_REQUESTS: Final = Counter(
     "realtimed_http_requests", "HTTP requests by door and status class", ["door", "status"], registry=REGISTRY
 )
+SERVER_API_REQUESTS: Final = Counter(
+    "realtimed_server_api_requests",
+    "server API requests made with a valid API key, by the key's name (api.keys), method and status class",
+    ["key", "method", "status"],
+    registry=REGISTRY,
+)
+HTTP_CONNECTIONS: Final = Gauge(
+    "realtimed_http_connections", "open connections on each listener, WebSocket ones included", ["listener"], registry=REGISTRY
+)
+HTTP_CONNECTIONS_CUT: Final = Counter(
+    "realtimed_http_connections_cut",
+    "HTTP connections the listener ended itself, by reason (head_timeout, idle, read_timeout, send_timeout, "
+    "eof, wind_down, too_many_heads, refused, goaway)",
+    ["reason"],
+    registry=REGISTRY,
+)
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 

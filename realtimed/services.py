@@ -3,7 +3,8 @@
 The daemon builds one ``Services`` once every service is constructed, and
 before any door serves a request; each field is the one service of that kind on
 this node, typed. The services themselves never read it: each takes its own
-dependencies in its constructor.
+dependencies in its constructor. (A test may swap one service for another
+built the same way: the doors read the field at each request.)
 """
 
 from __future__ import annotations
@@ -29,15 +30,16 @@ if TYPE_CHECKING:
     from realtimed.store.base import Store
 
 
-@attrs.frozen(eq=False)
+@attrs.define(eq=False)
 class Services:
     """Every service of the node (see the module docstring).
 
     ``config``, ``verifier`` and ``api_keys`` are those in force: a reload
-    replaces them, and each read here sees the new one.
+    replaces them, and each read here sees the new one. ``live_config`` is the
+    box the services hold; setting ``config`` sets it for all of them.
     """
 
-    _config: Live[Config]
+    live_config: Live[Config]
     _verifier: Live[TokenVerifier]
     _api_keys: Live[ApiKeys]
     clock: WallClock
@@ -55,7 +57,11 @@ class Services:
 
     @property
     def config(self) -> Config:
-        return self._config.value
+        return self.live_config.value
+
+    @config.setter
+    def config(self, value: Config) -> None:
+        self.live_config.value = value
 
     @property
     def verifier(self) -> TokenVerifier:

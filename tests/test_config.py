@@ -112,10 +112,11 @@ def test_secrets_from_files_and_redaction(tmp_path: Path) -> None:
     text = '[auth]\nhs256_secret_file = "secret"\n[api]\nkeys_file = "keys"\n'
     cfg = load_config(tmp_path / "c.toml", env={}, text=text)
     assert cfg.auth.hs256_secret == "s3cr3t"
-    assert cfg.api.keys == ["key-one", "key-two"]
+    assert cfg.api.key_values == ["key-one", "key-two"]
+    assert [k.name for k in cfg.api.keys] == ["keys[0]", "keys[1]"]
     shown = config_to_dict(cfg)
     assert shown["auth"]["hs256_secret"] == REDACTED
-    assert shown["api"]["keys"] == [REDACTED, REDACTED]
+    assert shown["api"]["keys"] == [{"name": "keys[0]", "key": REDACTED}, {"name": "keys[1]", "key": REDACTED}]
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "c.toml", env={}, text='[auth]\nhs256_secret_file = "missing"\n')
     assert info.value.problems[0][0] == "auth.hs256_secret_file"
@@ -235,11 +236,16 @@ def test_readme_configuration_reference_is_current() -> None:
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "config").glob("*.toml")))
 def test_example_configs_are_valid(name: str, tmp_path: Path) -> None:
     text = (ROOT / "config" / name).read_text().replace("/etc/realtimed/", f"{tmp_path}/")
-    contents = {"redis_url": "redis://127.0.0.1:6379/0\n", "api_keys": "rtd_" + "k" * 40 + "\n"}
-    for secret in ("postgres_dsn", "redis_url", "api_keys"):
+    contents = {"redis_url": "redis://127.0.0.1:6379/0\n", "api_keys": "backend:rtd_" + "k" * 40 + "\n"}
+    # The same secrets as files (*_file) and as systemd credentials (*_credential).
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    for secret in ("postgres_dsn", "redis_url", "api_keys", "tls_cert", "tls_key"):
         (tmp_path / secret).write_text(contents.get(secret, "x\n"))
-    cfg = load_config(tmp_path / name, env={}, text=text)
+        (credentials / secret).write_text(contents.get(secret, "x\n"))
+    cfg = load_config(tmp_path / name, env={"CREDENTIALS_DIRECTORY": str(credentials)}, text=text)
     assert cfg.store.backend == "postgres"
+    assert cfg.api.key_values == ["rtd_" + "k" * 40]
 
 
 def test_token_command_refuses_bad_input_clearly() -> None:

@@ -127,6 +127,7 @@ async def test_reauth_on_open_socket(start_daemon: DaemonFactory) -> None:
         async with httpx.AsyncClient(base_url=daemon.url(), headers=SERVER) as http:
             conns = (await http.get("/server/v1/connections", params={"user_id": "alice"})).json()["connections"]
             assert len(conns) == 1
+            assert conns[0]["transport"] == "websocket" and conns[0]["address"] == "127.0.0.1"
             assert (await http.get("/server/v1/connections", params={"user_id": "mallory"})).json()["connections"] == []
 
 

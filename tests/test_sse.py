@@ -165,7 +165,7 @@ async def test_sse_token_by_query_heartbeat_and_disconnect(start_daemon: DaemonF
             await trio.sleep(2.2)
             async with httpx.AsyncClient(base_url=daemon.url(), headers=SERVER) as http:
                 conns = (await http.get("/server/v1/connections", params={"user_id": "alice"})).json()["connections"]
-                assert conns[0]["transport"] == "sse"
+                assert conns[0]["transport"] == "sse" and conns[0]["address"] == "127.0.0.1"
                 await http.post("/server/v1/users/alice/disconnect", json={})
             closed = await stream.until("session.closed")
             assert closed["frame"]["data"]["code"] == 4510

@@ -19,12 +19,13 @@ from realtimed.clock import SystemClock
 from realtimed.config import Config, ServerConfig, StoreConfig
 from realtimed.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from realtimed.store import SchemaVersionError, Store, open_store, run_migrations
+from realtimed.store._common import load_migrations
 from realtimed.store.base import JobSpec, NewNotification
 from tests.fixtures.services import _run_sql
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 # Every backend has the same numbered migrations, in order.
-MIGRATIONS = ["0001_initial", "0002_bans"]
+MIGRATIONS = ["0001_initial", "0002_bans", "0003_channel_preferences"]
 LIMIT_S = 20
 
 
@@ -836,6 +837,35 @@ async def test_notification_dedupe_list_read_and_delete(store: Store) -> None:
 # ---------------------------------------------------------------------------
 
 
+async def test_preferences_per_type_and_channel(store: Store) -> None:
+    with trio.fail_after(LIMIT_S):
+        # A channel the store has never heard of (email) is stored like in_app and push.
+        pref = await store.set_preference(user_id="u", type="like", channels={"email": False, "push": True})
+        assert pref.channels == {"email": False, "push": True}
+        assert not pref.enabled("email") and pref.enabled("push") and pref.enabled("in_app")
+        # A partial update keeps the other channels; in_app / push are short for channels entries.
+        pref = await store.set_preference(user_id="u", type="like", in_app=False)
+        assert pref.channels == {"email": False, "in_app": False, "push": True}
+        await store.set_preference(user_id="u", type="mention", channels={"sms": False})
+        await store.set_preference(user_id="w", type="like", channels={"email": True})
+        assert [(p.type, dict(p.channels)) for p in await store.get_preferences("u")] == [
+            ("like", {"email": False, "in_app": False, "push": True}),
+            ("mention", {"sms": False}),
+        ]
+        many = await store.get_preferences_for(user_ids=["u", "v", "w"], type="like")
+        assert not many["u"].enabled("email") and not many["u"].in_app
+        assert many["v"].channels == {} and many["v"].enabled("email") and many["v"].enabled("anything")
+        assert many["w"].channels == {"email": True}
+        assert (await store.get_preferences_for(user_ids=["u"], type="mention"))["u"].channels == {"sms": False}
+        # Nothing named: nothing changes, the stored preference comes back.
+        assert (await store.set_preference(user_id="u", type="mention")).channels == {"sms": False}
+        for channels in ({"": False}, {"x" * 65: False}, {"email": "no"}):
+            with pytest.raises(ValidationFailed) as info:
+                await store.set_preference(user_id="u", type="like", channels=channels)  # type: ignore[arg-type]
+            assert info.value.field == "channels"
+        assert [p.type for p in await store.get_preferences("v")] == []
+
+
 async def test_preferences_and_quiet_hours(store: Store) -> None:
     with trio.fail_after(LIMIT_S):
         assert await store.get_preferences("u") == []
@@ -969,6 +999,33 @@ async def test_migrations_are_recorded_and_a_newer_schema_is_refused(empty_harne
                 pass
         with refused("is newer than this realtimed"):
             await h.migrate()
+
+
+async def test_preferences_of_schema_2_become_one_row_per_channel(
+    empty_harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 0003: each (in_app, push) row of version 2 becomes two channel rows."""
+    h = empty_harness
+    module = "realtimed.store.sqlite" if h.backend == "sqlite" else "realtimed.store.postgres"
+    with trio.fail_after(LIMIT_S):
+        every = load_migrations(h.backend)
+        monkeypatch.setattr(f"{module}.load_migrations", lambda backend: every[:2])
+        assert await h.migrate() == MIGRATIONS[:2]
+        true, false = ("1", "0") if h.backend == "sqlite" else ("true", "false")
+        await h.sql(
+            "INSERT INTO notification_preferences (user_id, type, in_app, push) VALUES "
+            f"('u', 'like', {false}, {true}), ('u', 'mention', {true}, {false}), ('v', 'like', {false}, {false})"
+        )
+        monkeypatch.undo()
+        assert await h.migrate() == MIGRATIONS[2:]
+        async with h.running() as s:
+            assert [(p.type, dict(p.channels)) for p in await s.get_preferences("u")] == [
+                ("like", {"in_app": False, "push": True}),
+                ("mention", {"in_app": True, "push": False}),
+            ]
+            many = await s.get_preferences_for(user_ids=["u", "v", "x"], type="like")
+            assert [(many[u].in_app, many[u].push) for u in ("u", "v", "x")] == [(False, True), (False, False), (True, True)]
+        assert await h.column("SELECT count(*) FROM notification_channel_preferences") == [6]
 
 
 async def test_store_applies_migrations_at_start(empty_harness: Harness) -> None:

@@ -124,4 +124,5 @@ class ClientSession(trio.abc.AsyncResource):
             "connected_at": iso(self.connected_at),
             "rooms": sorted(self.rooms),
             "transport": self.transport,
+            "address": self.address,
         }

@@ -1,9 +1,12 @@
 """The per-user op budget: one token bucket per (user, op), shared by every door.
 
-A user's ops are counted the same whether they come over a WebSocket or over
-``POST /api/v1/ops/{op}``: the op registry (``ops.OpRegistry.run``) charges each
-op here before validating and running it. Budgets come from
-``gateway.op_limits`` (an entry per op, or ``"*"`` for every op without one);
+A user's ops are counted the same whether they come over a WebSocket, over
+``POST /api/v1/ops/{op}`` or over a resource route of the client REST door: the
+op registry (``ops.OpRegistry.run``) charges each op here before validating and
+running it, and the REST door charges every other route of ``/api/v1`` to the
+budget of the op it serves, or to a budget of its own for a route with no op
+(``realtimed.http.budgets``). Budgets come from ``gateway.op_limits`` (an entry
+per op or REST budget, or ``"*"`` for every name without one);
 each is a bucket of ``per`` ops that refills at ``per / window_s`` a second, so
 a user may send ``per`` at once and then keep to the refill rate.
 

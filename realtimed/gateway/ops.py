@@ -5,9 +5,10 @@ the op came over one) and the op's validated data, and return the reply data.
 The same handlers answer the socket and ``POST /api/v1/ops/{op}``. Capabilities
 register their ops when the daemon starts them.
 
-Both doors run an op through ``OpRegistry.run``, the one place where the
-per-user op budget (``limits.UserOpLimiter``) is charged, so a user's budget is
-the same whatever door they use.
+Both doors run an op through ``OpRegistry.run``, which charges the per-user op
+budget (``limits.UserOpLimiter``); the resource routes of the client REST door,
+which call handlers directly, are charged to the same budgets by the door
+(``realtimed.http.budgets``), so a user's budget is the same whatever door they use.
 """
 
 from __future__ import annotations

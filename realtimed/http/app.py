@@ -1,7 +1,9 @@
-"""The HTTP doors on quart-trio: health, metrics, the server API and the client REST.
+"""The HTTP doors on quart-trio: health, metrics, the server API and the client REST,
+plus the configured static folders (static.py) and, in development, /dev/token (dev.py).
 
 Routes are grouped in blueprints owned by the capabilities (``/server/v1`` and
-``/api/v1``); this module builds the app, checks credentials for each door, turns
+``/api/v1``); this module builds the app, checks credentials for each door,
+charges each client REST call to the user's op budget (``budgets``), turns
 every ``ApiError`` into the error body of docs/protocol.md section 8.1, and adds CORS
 headers for allowed browser origins.
 """
@@ -29,6 +31,7 @@ from realtimed.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from realtimed.http import budgets
 from realtimed.services import Services
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,9 @@ log = logging.getLogger(__name__)
 SERVER_PREFIX: Final = "/server/v1"
 CLIENT_PREFIX: Final = "/api/v1"
 READY_TIMEOUT_S: Final = 2.0
+# Server API calls with other methods change state, and are logged with the API key's name.
+_READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+_KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
 
 # Blueprints registered by capabilities: (blueprint, door) where door is "server" or "client".
 _EXTRA_BLUEPRINTS: list[tuple[Blueprint, str]] = []
@@ -127,8 +133,10 @@ def create_app(svc: Services) -> QuartTrio:
             return error_response(NotFound("served on the internal listener only"))
         if path.startswith(SERVER_PREFIX) and path != f"{SERVER_PREFIX}/openapi.json":
             token = bearer_token()
-            if token is None or s.api_keys is None or not s.api_keys.check(token):
+            key_name = s.api_keys.identify(token) if token is not None and s.api_keys is not None else None
+            if key_name is None:
                 return error_response(Unauthorized("a valid API key is required"))
+            g.api_key_name = key_name
         if path.startswith(CLIENT_PREFIX):
             origin = request.headers.get("Origin")
             if request.method == "OPTIONS" and origin:
@@ -141,6 +149,14 @@ def create_app(svc: Services) -> QuartTrio:
             g.claims = await s.verifier.verify(token)
             if s.gateway is not None:
                 await s.gateway.bans.check(g.claims.sub, cached=True)
+                if request.url_rule is not None:  # no route: a 404 or 405, and nothing runs
+                    await budgets.charge(
+                        s.ops.limiter,
+                        s.config.gateway,
+                        g.claims.sub,
+                        method=request.method,
+                        rule=request.url_rule.rule.removeprefix(CLIENT_PREFIX),
+                    )
         return None
 
     @app.after_request
@@ -156,21 +172,38 @@ def create_app(svc: Services) -> QuartTrio:
         return response
 
     @app.after_request
+    async def _account_api_key(response: Response) -> Response:
+        # The name of the API key behind each server API call: a metric label, and
+        # in the log for every call that changes state (a failed one too).
+        key_name: str | None = g.get("api_key_name")
+        if key_name is not None:
+            method = request.method if request.method in _KNOWN_METHODS else "other"
+            metrics.SERVER_API_REQUESTS.labels(key_name, method, f"{response.status_code // 100}xx").inc()
+            if request.method not in _READ_METHODS:
+                log.info(
+                    "server API %s %s -> %d with API key %s",
+                    request.method, request.path, response.status_code, key_name,
+                )
+        return response
+
+    @app.after_request
     async def _finish_reading_the_body(response: Response) -> Response:
         # hypercorn reuses a keep-alive connection only once the whole request has
         # arrived. An answer sent before the body did (the door's 401, a 404, a 405)
         # would leave the connection stuck, and the client's next request on it
-        # unanswered; so the rest of the body is read first (it is bounded by
-        # http.max_body_bytes, and waited for at most http.read_timeout_s). A body
-        # that cannot be read whole ends the connection instead.
+        # unanswered; over HTTP/2, hypercorn fails the whole connection on DATA for
+        # a stream it has answered. So the rest of the body is read first (it is
+        # bounded by http.max_body_bytes, and waited for at most http.drain_s). A
+        # body that cannot be read whole ends an HTTP/1.1 connection instead (the
+        # listener then discards what still comes, for at most http.drain_s).
         complete = False
-        with trio.move_on_after(services().config.http.read_timeout_s):
+        with trio.move_on_after(services().config.http.drain_s):
             try:
                 await request.body
                 complete = True
             except RequestEntityTooLarge:
                 pass
-        if not complete:
+        if not complete and request.http_version in ("1.0", "1.1"):
             response.headers["Connection"] = "close"
         return response
 
@@ -186,7 +219,12 @@ def create_app(svc: Services) -> QuartTrio:
         if code == 404:
             return error_response(NotFound(f"no route {request.path}"))
         if code == 405:
-            return json_response({"error": {"code": "BAD_REQUEST", "message": f"method {request.method} not allowed"}}, 405)
+            allowed = sorted(getattr(exc, "valid_methods", None) or [])
+            return json_response(
+                {"error": {"code": "BAD_REQUEST", "message": f"method {request.method} not allowed"}},
+                405,
+                {"Allow": ", ".join(allowed)} if allowed else None,
+            )
         if code == 413:
             return error_response(PayloadTooLarge(f"body over {services().config.http.max_body_bytes} bytes"))
         if code < 500:
@@ -231,6 +269,11 @@ def create_app(svc: Services) -> QuartTrio:
 
     for blueprint, door in _EXTRA_BLUEPRINTS:
         app.register_blueprint(blueprint, url_prefix=SERVER_PREFIX if door == "server" else CLIENT_PREFIX)
+    # /dev/token (development only; dev imports this module) and the [[http.static]] folders.
+    from realtimed.http import dev, static
+
+    app.register_blueprint(dev.blueprint)
+    static.add_static_routes(app, svc.config)
     return app
 
 

@@ -1,11 +1,26 @@
 """One TCP listener serving WebSocket upgrades and HTTP on the same port.
 
-The listener owns its sockets. For each connection it reads the request head
-(bounded in size and time), then hands the connection either to the gateway's
-WebSocket handler (``GET <gateway.path>`` with ``Upgrade: websocket``) or to
-hypercorn's connection handler, replaying the bytes it has read. So ``/ws``, the
-client REST, SSE and health share one port and one origin, and the WebSocket
-path skips the ASGI machinery entirely.
+The listener owns its sockets. For each connection it reads the first request
+head (bounded in size and time), then hands the connection either to the
+gateway's WebSocket handler (``GET <gateway.path>`` with ``Upgrade: websocket``)
+or to hypercorn's connection handler. So ``/ws``, the client REST, SSE and health
+share one port and one origin, and the WebSocket path skips the ASGI machinery
+entirely.
+
+Behind a proxy: on a listener with ``http.proxy_protocol`` (or
+``http.internal_proxy_protocol``) a connection must come from one of
+``http.trusted_proxies`` and start with a PROXY header (``proxy_protocol.py``),
+read before TLS; the client it names is the connection's address. A trusted
+peer's ``X-Forwarded-For`` / ``Forwarded`` names the client of each request
+(``forwarded.py``): the WebSocket session's address, and the ASGI scope's
+``client``.
+
+hypercorn never reads the socket itself: it reads through a ``ConnectionGuard``
+(``guard.py``), which applies the head deadline and the per-address count to every
+request head of a keep-alive connection, refuses what must not reach hypercorn
+(``framing.py``), and closes a connection whose client is idle, stalled or gone,
+whatever state hypercorn is in. The ASGI wrapper here tells the guard when a
+response is in progress.
 
 Resource handling:
     Every connection runs in the listener's connection nursery. ``stop_accepting``
@@ -25,117 +40,69 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+import orjson
 import trio
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 
+from realtimed import metrics
 from realtimed.config import Config
+from realtimed.errors import NotFound
+from realtimed.http import proxy_protocol
+from realtimed.http.forwarded import TrustedProxies, canonical, parse_ip
+from realtimed.http.framing import RequestHead as RequestHead
+from realtimed.http.guard import GUARD_STATE_KEY, ConnectionGuard, HandshakeSlots, Slot
 
 log = logging.getLogger(__name__)
 
 _ACCEPT_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 # Closing a socket does not wait on the peer; the bound is only a safety net.
 _CLOSE_TIMEOUT_S: Final = 1.0
+_PROXY_RECEIVE_BYTES: Final = 4096
 
 # A WebSocket handler takes the stream, the request head and the client address.
 WsHandler = Callable[[trio.abc.Stream, "RequestHead", str], Awaitable[None]]
 
 
-class RequestHead:
-    """The parsed head of an HTTP/1.1 request, plus any bytes read past it."""
+class _Prefixed(trio.abc.HalfCloseableStream):
+    """A socket stream whose first bytes were read already (those after a PROXY header).
 
-    __slots__ = ("headers", "method", "raw", "rest", "target")
-
-    def __init__(self, method: str, target: str, headers: list[tuple[str, str]], raw: bytes, rest: bytes) -> None:
-        self.method = method
-        self.target = target
-        self.headers = headers
-        self.raw = raw
-        self.rest = rest
-
-    @property
-    def path(self) -> str:
-        return self.target.split("?", 1)[0]
-
-    @property
-    def query(self) -> str:
-        parts = self.target.split("?", 1)
-        return parts[1] if len(parts) == 2 else ""
-
-    def header(self, name: str) -> str | None:
-        name = name.lower()
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-    def is_websocket_upgrade(self) -> bool:
-        upgrade = (self.header("upgrade") or "").lower()
-        connection = (self.header("connection") or "").lower()
-        return self.method == "GET" and upgrade == "websocket" and "upgrade" in connection
-
-
-def parse_head(raw: bytes, rest: bytes) -> RequestHead | None:
-    """Parse a request head; None when it is not HTTP/1.x (e.g. HTTP/2 prior knowledge)."""
-    try:
-        text = raw.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes anything
-        return None
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        return None
-    headers: list[tuple[str, str]] = []
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep:
-            return None
-        headers.append((name.strip().lower(), value.strip()))
-    return RequestHead(parts[0], parts[1], headers, raw, rest)
-
-
-class PrefixedStream(trio.abc.HalfCloseableStream):
-    """A stream that first returns bytes already read from the wrapped stream.
-
-    Attributes hypercorn reads from trio streams (``socket``, ``transport_stream``,
-    ``do_handshake``, ``selected_alpn_protocol``) pass through to the wrapped one.
+    They are given back first; everything else passes through to the socket.
     """
 
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self._stream = stream
+    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
+        self.transport_stream = stream
         self._prefix = prefix
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        return self.transport_stream.socket
+
+    @property
+    def drained(self) -> bool:
+        return not self._prefix
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            if max_bytes is None or max_bytes >= len(self._prefix):
-                data, self._prefix = bytes(self._prefix), b""
-            else:
-                data, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
-            await trio.lowlevel.checkpoint()
-            return data
-        return bytes(await self._stream.receive_some(max_bytes))
+        if not self._prefix:
+            return await self.transport_stream.receive_some(max_bytes)
+        await trio.lowlevel.checkpoint()
+        size = len(self._prefix) if max_bytes is None else max_bytes
+        data, self._prefix = self._prefix[:size], self._prefix[size:]
+        return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
+        await self.transport_stream.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
+        await self.transport_stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        if isinstance(self._stream, trio.abc.HalfCloseableStream):
-            await self._stream.send_eof()
-        else:
-            raise AttributeError("send_eof")
+        await self.transport_stream.send_eof()
 
     async def aclose(self) -> None:
-        await self._stream.aclose()
+        await self.transport_stream.aclose()
 
 
 class _TcpServer(TCPServer):
@@ -156,25 +123,59 @@ class _TcpServer(TCPServer):
 def hypercorn_config(cfg: Config) -> HypercornConfig:
     hc = HypercornConfig()
     hc.keep_alive_timeout = cfg.http.keep_alive_s
-    hc.read_timeout = int(cfg.http.read_timeout_s)
+    # No read timeout in hypercorn: it would also end a response in progress (an SSE
+    # stream) whose client has nothing to send. The guard applies http.read_timeout_s
+    # where it belongs, inside a request.
+    hc.read_timeout = None
     hc.include_server_header = False
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.h11_max_incomplete_size = cfg.gateway.max_head_bytes
+    # The guard enforces max_head_bytes on what the client sent; the head it passes
+    # on is written out again and may be a little longer.
+    hc.h11_max_incomplete_size = 2 * cfg.gateway.max_head_bytes
+    hc.h2_max_header_list_size = cfg.gateway.max_head_bytes
     hc.graceful_timeout = cfg.shutdown.grace_s
     return hc
 
 
 class _ListenerAsgi:
-    """Marks each ASGI scope with the listener it came from (``client`` or ``internal``)."""
+    """Marks each ASGI scope with the listener it came from (``client`` or ``internal``).
 
-    def __init__(self, app: Any, role: str) -> None:
+    It also tells the connection's guard when an app call (a response) starts and
+    ends.
+    """
+
+    def __init__(self, app: Any, role: str, listener: Listener) -> None:
         self._app = app
         self._role = role
+        self._listener = listener
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         scope["realtimed.listener"] = self._role
-        await self._app(scope, receive, send)
+        if scope.get("type") == "websocket":
+            # The gateway serves WebSocket itself, for the first request of a connection
+            # to gateway.path; the app has no WebSocket routes (and its error handlers
+            # need an HTTP request).
+            path = self._listener.config.gateway.path
+            error = NotFound(f"no WebSocket here: open a new connection to {path} on the client listener")
+            body = orjson.dumps({"error": error.to_dict()})
+            headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+            await send({"type": "websocket.http.response.start", "status": 404, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": body})
+            return
+        state = scope.get("state")
+        guard = state.get(GUARD_STATE_KEY) if isinstance(state, dict) else None
+        if guard is None:
+            await self._app(scope, receive, send)
+            return
+        # The client's address, as the trusted proxies tell it (docs: "Behind a proxy").
+        client = self._listener.trusted.client_address(guard.address, scope.get("headers") or [])
+        scope["client"] = (client, guard.port if client == guard.address else 0)
+        guard.app_started()
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            guard.app_finished()
 
 
 class Listener:
@@ -206,7 +207,7 @@ class Listener:
         self.host = host
         self.port = port
         self.role = role
-        self._app = ASGIWrapper(_ListenerAsgi(asgi_app, role))  # type: ignore[arg-type]
+        self._app = ASGIWrapper(_ListenerAsgi(asgi_app, role, self))  # type: ignore[arg-type]
         self.ws_handler = ws_handler
         self._ssl_context = ssl_context
         self._reuse_port = reuse_port
@@ -214,15 +215,30 @@ class Listener:
         self._context = WorkerContext(None)
         self._listeners: list[trio.SocketListener] = []
         self._accepting = trio.CancelScope()
-        self._handshakes: dict[str, int] = {}
+        self._slots = HandshakeSlots()
+        self._trusted = TrustedProxies(cfg.http.trusted_proxies, header=cfg.http.forwarded_header)
+        self._proxy_protocol = cfg.http.proxy_protocol if role == "client" else cfg.http.internal_proxy_protocol
+        self.connections = 0  # open sockets (WebSocket ones included)
         self.bound: list[tuple[str, int]] = []
 
     @property
     def scheme(self) -> str:
         return "https" if self._ssl_context else "http"
 
+    @property
+    def config(self) -> Config:
+        return self._cfg
+
+    @property
+    def trusted(self) -> TrustedProxies:
+        return self._trusted
+
     def set_config(self, cfg: Config) -> None:
-        """Take reloadable limits from a new configuration."""
+        """Take reloadable limits from a new configuration (connections keep those they started with).
+
+        The proxies trusted and the PROXY protocol are the listener's own (``http``
+        needs a restart).
+        """
         self._cfg = cfg
 
     async def run(self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -281,88 +297,156 @@ class Listener:
             connections.start_soon(self._handle, stream)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        metrics.HTTP_CONNECTIONS.labels(self.role).inc()
+        try:
+            await self._connection(stream)
+        finally:
+            self.connections -= 1
+            metrics.HTTP_CONNECTIONS.labels(self.role).dec()
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        accepted = trio.current_time()
         try:
             peer = stream.socket.getpeername()
-            address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         except OSError:
             await stream.aclose()
             return
-        count = self._handshakes.get(address, 0)
-        if count >= self._cfg.gateway.max_handshakes_per_ip:
-            log.info("refusing %s: %d handshakes already in progress", address, count)
-            await stream.aclose()
-            return
-        self._handshakes[address] = count + 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                left = self._handshakes.get(address, 1) - 1
-                if left <= 0:
-                    self._handshakes.pop(address, None)
-                else:
-                    self._handshakes[address] = left
-
+        # The connection's address: the socket's peer, or the client a PROXY header names.
+        address = canonical(str(peer[0])) if isinstance(peer, tuple) else str(peer)
+        port = int(peer[1]) if isinstance(peer, tuple) else 0
+        cfg = self._cfg
+        deadline = accepted + cfg.gateway.handshake_timeout_s
         conn: trio.abc.Stream = stream
+        slot: Slot | None = None
         try:
-            head: RequestHead | None = None
-            raw = b""
-            with trio.move_on_after(self._cfg.gateway.handshake_timeout_s) as timeout:
-                if self._ssl_context is not None:
-                    conn = trio.SSLStream(stream, self._ssl_context, server_side=True, https_compatible=True)
-                    await conn.do_handshake()
-                    if conn.selected_alpn_protocol() == "h2":
-                        release()
-                        await _TcpServer(self._app, self._hc, self._context, {}, conn)  # type: ignore[arg-type]
-                        return
-                raw, rest = await self._read_head(conn)
-            if timeout.cancelled_caught:
-                log.debug("handshake timeout from %s", address)
+            if self._proxy_protocol != "off":
+                proxied = await self._proxy_header(stream, address, deadline)
+                if proxied is None:
+                    return
+                source, rest = proxied
+                if source is not None:
+                    address, port = canonical(source[0]), source[1]
+                if rest:
+                    conn = _Prefixed(stream, rest)
+            slot = self._place(address)
+            if slot is None:
                 return
-            if not raw and not rest:
-                return
-            head = parse_head(raw, rest) if raw else None
-            release()
-            if (
-                head is not None
-                and self.ws_handler is not None
-                and head.path == self._cfg.gateway.path
-                and head.is_websocket_upgrade()
-            ):
-                await self.ws_handler(conn, head, address)
-                return
-            prefixed = PrefixedStream(conn, raw + rest)
-            await _TcpServer(self._app, self._hc, self._context, {}, prefixed)  # type: ignore[arg-type]
+            if slot.reserved:
+                deadline = min(deadline, accepted + cfg.http.health_reserve_timeout_s)
+            await self._dispatch(conn, slot, address, port, accepted, deadline)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError) as exc:
             log.debug("connection from %s ended: %r", address, exc)
         except Exception:
             # A failure of one connection never reaches the listener or the others.
             log.exception("connection from %s failed", address)
         finally:
-            release()
+            if slot is not None:
+                slot.release()
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 await conn.aclose()
 
-    async def _read_head(self, stream: trio.abc.Stream) -> tuple[bytes, bytes]:
-        """Read until the end of the request head; returns (head, bytes after it).
+    async def _proxy_header(
+        self, stream: trio.SocketStream, peer: str, deadline: float
+    ) -> tuple[tuple[str, int] | None, bytes] | None:
+        """Read the PROXY header: (the client it names or None, the bytes after it); None: closed."""
+        if not self._trusted.trusts(peer):
+            log.info("refusing %s: not in http.trusted_proxies, and this listener takes the PROXY protocol", peer)
+            metrics.HTTP_CONNECTIONS_CUT.labels("proxy_untrusted").inc()
+            return None
+        version: proxy_protocol.Version = "v1" if self._proxy_protocol == "v1" else "v2"
+        received = bytearray()
+        header: proxy_protocol.ProxyHeader | None = None
+        with trio.move_on_at(deadline):
+            try:
+                while header is None:
+                    data = await stream.receive_some(_PROXY_RECEIVE_BYTES)
+                    if not data:
+                        raise proxy_protocol.ProxyHeaderError("the connection ended inside the PROXY header")
+                    received += data
+                    header = proxy_protocol.parse(received, version=version, max_bytes=self._cfg.gateway.max_head_bytes)
+            except proxy_protocol.ProxyHeaderError as exc:
+                log.info("closing the connection from %s: %s", peer, exc)
+                metrics.HTTP_CONNECTIONS_CUT.labels("proxy_header").inc()
+                return None
+        if header is None:
+            log.debug("PROXY header timeout from %s", peer)
+            metrics.HTTP_CONNECTIONS_CUT.labels("head_timeout").inc()
+            return None
+        return header.source, bytes(received[header.size :])
 
-        Returns what was read as ``rest`` with an empty head when the peer does
-        not speak HTTP/1 (e.g. HTTP/2 prior knowledge) so that hypercorn sees it.
-        """
-        buf = bytearray()
-        limit = self._cfg.gateway.max_head_bytes
-        while True:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                return b"", bytes(buf)
-            buf += chunk
-            end = buf.find(b"\r\n\r\n")
-            if end >= 0:
-                return bytes(buf[: end + 4]), bytes(buf[end + 4 :])
-            if buf.startswith(b"PRI * HTTP/2.0"):
-                return b"", bytes(buf)
-            if len(buf) > limit:
-                return b"", bytes(buf)
+    def _place(self, address: str) -> Slot | None:
+        """The connection's place among its address's unfinished heads; None: refused."""
+        cfg = self._cfg
+        trusted = self._trusted.trusts(address)
+        ip = parse_ip(address)
+        may_reserve = trusted or (ip is not None and ip.is_loopback)
+        slot = self._slots.slot(
+            address,
+            cfg.gateway.max_handshakes_per_ip,
+            reserve=cfg.http.health_reserve_connections if may_reserve else 0,
+            exempt=trusted,
+        )
+        if not slot.take():
+            log.info("refusing %s: %d handshakes already in progress", address, self._slots.count(address))
+            metrics.HTTP_CONNECTIONS_CUT.labels("too_many_heads").inc()
+            return None
+        return slot
+
+    async def _dispatch(
+        self, conn: trio.abc.Stream, slot: Slot, address: str, port: int, accepted: float, deadline: float
+    ) -> None:
+        """TLS, the first request head, then the gateway or hypercorn."""
+        cfg = self._cfg
+        raw = conn
+        guard: ConnectionGuard | None = None
+        head: RequestHead | None = None
+        http2 = False
+        with trio.move_on_at(deadline) as timeout:
+            if self._ssl_context is not None:
+                conn = trio.SSLStream(conn, self._ssl_context, server_side=True, https_compatible=True)
+                await conn.do_handshake()
+                http2 = conn.selected_alpn_protocol() == "h2"
+            guard = ConnectionGuard(conn, cfg=cfg, address=address, port=port, slot=slot, since=accepted, http2=http2)
+            if not http2:
+                head = await guard.first_head()
+        try:
+            if timeout.cancelled_caught:
+                log.debug("handshake timeout from %s", address)
+                metrics.HTTP_CONNECTIONS_CUT.labels("head_timeout").inc()
+                return
+            assert guard is not None
+            if http2 and slot.reserved:
+                # The health reserve takes HTTP/1.1 heads, whose path is known when they end.
+                log.info("closing the HTTP/2 connection from %s: it came on the health reserve", address)
+                metrics.HTTP_CONNECTIONS_CUT.labels("too_many_heads").inc()
+                return
+            if not http2 and head is None:
+                await guard.linger()  # refused (the answer is written), or the client closed
+                return
+            if (
+                head is not None
+                and self.ws_handler is not None
+                and head.path == cfg.gateway.path
+                and head.is_websocket_upgrade()
+            ):
+                slot.release()
+                client = self._trusted.client_address(address, head.headers)
+                # The session writes straight into a plaintext socket: hand it the socket
+                # itself once the bytes that came with the PROXY header are read.
+                if isinstance(raw, _Prefixed) and raw.drained and conn is raw:
+                    conn = raw.transport_stream
+                await self.ws_handler(conn, head, client)
+                return
+            await guard.serve(self._serve_http)
+            await guard.linger()
+        finally:
+            if conn is not raw:
+                with trio.move_on_after(1) as cleanup:
+                    cleanup.shield = True
+                    await conn.aclose()
+
+    async def _serve_http(self, guard: ConnectionGuard) -> None:
+        # The guard reaches the ASGI wrapper through hypercorn's per-connection state.
+        await _TcpServer(self._app, self._hc, self._context, {GUARD_STATE_KEY: guard}, guard)  # type: ignore[arg-type]

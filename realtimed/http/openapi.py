@@ -130,7 +130,7 @@ def openapi_document() -> dict[str, Any]:
                 "Error": _obj(["error"], error=_obj(["code", "message"], code=S, message=S, field=S,
                                                     retry_after_ms=INT, correlation_id=S, banned_until=S)),
                 "Publication": _obj(["seq", "event", "data", "published_at"], seq=INT, event=S, data=ANY, published_at=S),
-                "Connection": _obj(session_id=S, user_id=S, node=S, connected_at=S, rooms=STRS, transport=S),
+                "Connection": _obj(session_id=S, user_id=S, node=S, connected_at=S, rooms=STRS, transport=S, address=S),
             },
         },
     }

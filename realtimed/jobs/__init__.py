@@ -10,14 +10,18 @@ The daemon builds them once the store is running::
     ...
     await runner.drain(cfg.shutdown.grace_s)   # on SIGTERM
 
-Handlers are ``async def handler(ctx: JobContext) -> None``; they raise
-``RetryAfter(seconds)`` to come back later or ``DoNotRetry(reason)`` to fail for good.
+Handlers are ``async def handler(ctx: JobContext) -> None``, or, for a kind
+registered with a ``JobType`` (``realtimed.jobs.payload``), ``async def
+handler(ctx: JobContext, payload: P) -> None`` with the decoded payload; they
+raise ``RetryAfter(seconds)`` to come back later or ``DoNotRetry(reason)`` to
+fail for good.
 """
 
 from __future__ import annotations
 
 from realtimed.jobs.builtin import builtin_cron_entries, register_builtin_kinds
 from realtimed.jobs.cron import CronEntry, CronScheduler, cron_dedupe_key, merge_entries
+from realtimed.jobs.payload import JobPayload, JobType, PayloadError
 from realtimed.jobs.runner import (
     DEFAULT_QUEUE,
     DoNotRetry,
@@ -26,6 +30,7 @@ from realtimed.jobs.runner import (
     JobKind,
     JobRunner,
     RetryAfter,
+    TypedHandler,
     backoff_delay,
 )
 
@@ -37,8 +42,12 @@ __all__ = [
     "Handler",
     "JobContext",
     "JobKind",
+    "JobPayload",
     "JobRunner",
+    "JobType",
+    "PayloadError",
     "RetryAfter",
+    "TypedHandler",
     "backoff_delay",
     "builtin_cron_entries",
     "cron_dedupe_key",

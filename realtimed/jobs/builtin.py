@@ -12,9 +12,11 @@ Kinds (``register_builtin_kinds``):
 ``noop``                     does nothing (benchmarks, health checks)
 ==========================  ==================================================================
 
-A retention job's payload may carry ``{"days": N}`` to override the configured
-age for that run. The ages are read from the configuration when the job runs,
-so a reload (SIGHUP) applies to the next run.
+A retention job's payload (``RetentionPayload``) may carry ``{"days": N}`` to
+override the configured age for that run; anything else in it is ignored. A
+``days`` that is not a non-negative number fails the job at once. The ages are
+read from the configuration when the job runs, so a reload (SIGHUP) applies to
+the next run. ``noop`` ignores its payload (``NoopPayload``).
 
 Cron entries (``builtin_cron_entries``), daily, UTC, on the ``default`` queue;
 an operator's ``[[cron]]`` entry with the same name replaces one (with another
@@ -33,23 +35,31 @@ name (and kind)              schedule
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
+
+import attrs
 
 from realtimed.clock import iso
 from realtimed.config import CronConfig, RetentionConfig
-from realtimed.errors import ValidationFailed
-from realtimed.jobs.runner import DoNotRetry, JobContext, JobRunner
+from realtimed.jobs.payload import JobType, opt_number
+from realtimed.jobs.runner import JobContext, JobRunner
 
 __all__ = [
     "BUILTIN_CRON_SCHEDULES",
+    "DEVICES_STALE",
     "KIND_DEVICES_STALE",
     "KIND_NOOP",
     "KIND_RETENTION_JOBS",
     "KIND_RETENTION_MESSAGES",
     "KIND_RETENTION_NOTIFICATIONS",
+    "NOOP",
+    "RETENTION_JOBS",
+    "RETENTION_MESSAGES",
+    "RETENTION_NOTIFICATIONS",
+    "NoopPayload",
+    "RetentionPayload",
     "builtin_cron_entries",
     "register_builtin_kinds",
 ]
@@ -61,6 +71,41 @@ KIND_RETENTION_JOBS: Final = "retention.jobs"
 KIND_RETENTION_MESSAGES: Final = "retention.messages"
 KIND_DEVICES_STALE: Final = "devices.stale"
 KIND_NOOP: Final = "noop"
+
+
+
+@attrs.frozen
+class RetentionPayload:
+    """The payload of the retention kinds and ``devices.stale``: an optional age
+    in days that replaces the configured one for this run."""
+
+    days: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {} if self.days is None else {"days": self.days}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RetentionPayload:
+        return cls(days=opt_number(data, "days", minimum=0))
+
+
+@attrs.frozen
+class NoopPayload:
+    """``noop`` takes nothing; whatever a benchmark puts in its payload is ignored."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> NoopPayload:
+        return cls()
+
+
+RETENTION_NOTIFICATIONS: Final = JobType(KIND_RETENTION_NOTIFICATIONS, RetentionPayload)
+RETENTION_JOBS: Final = JobType(KIND_RETENTION_JOBS, RetentionPayload)
+RETENTION_MESSAGES: Final = JobType(KIND_RETENTION_MESSAGES, RetentionPayload)
+DEVICES_STALE: Final = JobType(KIND_DEVICES_STALE, RetentionPayload)
+NOOP: Final = JobType(KIND_NOOP, NoopPayload)
 
 BUILTIN_CRON_SCHEDULES: Final[dict[str, str]] = {
     KIND_RETENTION_NOTIFICATIONS: "10 3 * * *",
@@ -80,11 +125,9 @@ def builtin_cron_entries() -> list[CronConfig]:
     ]
 
 
-def _cutoff(ctx: JobContext, configured_days: float) -> datetime:
-    days = ctx.payload.get("days", configured_days)
-    if isinstance(days, bool) or not isinstance(days, (int, float)) or not math.isfinite(days) or days < 0:
-        raise DoNotRetry(str(ValidationFailed("days", "must be a non-negative number")))
-    return ctx.clock.now() - timedelta(days=float(days))
+def _cutoff(ctx: JobContext, payload: RetentionPayload, configured_days: float) -> datetime:
+    days = configured_days if payload.days is None else payload.days
+    return ctx.clock.now() - timedelta(days=days)
 
 
 def register_builtin_kinds(runner: JobRunner, *, retention: RetentionConfig | RetentionSource) -> None:
@@ -96,31 +139,31 @@ def register_builtin_kinds(runner: JobRunner, *, retention: RetentionConfig | Re
     """
     current: RetentionSource = retention if callable(retention) else (lambda: retention)
 
-    async def retention_notifications(ctx: JobContext) -> None:
-        before = _cutoff(ctx, current().read_notifications_days)
+    async def retention_notifications(ctx: JobContext, payload: RetentionPayload) -> None:
+        before = _cutoff(ctx, payload, current().read_notifications_days)
         count = await ctx.store.delete_read_notifications(before=before)
         log.info("job %s: deleted %d notification(s) read before %s", ctx.job_id, count, iso(before))
 
-    async def retention_jobs(ctx: JobContext) -> None:
-        before = _cutoff(ctx, current().finished_jobs_days)
+    async def retention_jobs(ctx: JobContext, payload: RetentionPayload) -> None:
+        before = _cutoff(ctx, payload, current().finished_jobs_days)
         count = await ctx.store.delete_finished_jobs(before=before)
         log.info("job %s: deleted %d job(s) finished before %s", ctx.job_id, count, iso(before))
 
-    async def retention_messages(ctx: JobContext) -> None:
-        before = _cutoff(ctx, current().deleted_messages_days)
+    async def retention_messages(ctx: JobContext, payload: RetentionPayload) -> None:
+        before = _cutoff(ctx, payload, current().deleted_messages_days)
         count = await ctx.store.purge_deleted_messages(before=before)
         log.info("job %s: purged %d message(s) deleted before %s", ctx.job_id, count, iso(before))
 
-    async def devices_stale(ctx: JobContext) -> None:
-        before = _cutoff(ctx, current().stale_device_days)
+    async def devices_stale(ctx: JobContext, payload: RetentionPayload) -> None:
+        before = _cutoff(ctx, payload, current().stale_device_days)
         count = await ctx.store.deactivate_stale_devices(before=before)
         log.info("job %s: deactivated %d device token(s) unseen since %s", ctx.job_id, count, iso(before))
 
-    async def noop(ctx: JobContext) -> None:
+    async def noop(ctx: JobContext, payload: NoopPayload) -> None:
         log.debug("job %s: noop", ctx.job_id)
 
-    runner.register(KIND_RETENTION_NOTIFICATIONS, retention_notifications)
-    runner.register(KIND_RETENTION_JOBS, retention_jobs)
-    runner.register(KIND_RETENTION_MESSAGES, retention_messages)
-    runner.register(KIND_DEVICES_STALE, devices_stale)
-    runner.register(KIND_NOOP, noop)
+    runner.register(RETENTION_NOTIFICATIONS, retention_notifications)
+    runner.register(RETENTION_JOBS, retention_jobs)
+    runner.register(RETENTION_MESSAGES, retention_messages)
+    runner.register(DEVICES_STALE, devices_stale)
+    runner.register(NOOP, noop)

@@ -31,6 +31,12 @@ failing (or keeps asking to be retried later) ends ``dead`` after
 ``max_attempts``, keeping its last error. A job of a kind that no handler is
 registered for ends ``failed`` with ``unknown job kind``.
 
+Typed kinds: a kind registered with a ``JobType`` (``realtimed.jobs.payload``)
+has a payload class; ``enqueue`` encodes a value of it, and the runner decodes
+the stored payload before the handler runs (``handler(ctx, payload)``). A
+payload that does not decode ends the job as ``failed`` at once with
+``invalid payload: <field>: <problem>``, since no retry can fix it.
+
 Drain: ``drain(grace_s)`` stops claiming, lets running handlers finish within the
 grace period, cancels the rest and gives their claims back (``store.release_jobs``)
 so that another node picks them up at once instead of after the lease. A runner
@@ -48,7 +54,7 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
 import attrs
 import trio
@@ -57,6 +63,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from realtimed.clock import WallClock
 from realtimed.config import JobQueueConfig, JobsConfig
 from realtimed.errors import ValidationFailed
+from realtimed.jobs.payload import JobPayload, JobType, PayloadError
 from realtimed.metrics import REGISTRY
 from realtimed.protocol import MAX_STORED_JSON_DEPTH, encode_json, json_depth_path
 
@@ -71,6 +78,7 @@ __all__ = [
     "JobKind",
     "JobRunner",
     "RetryAfter",
+    "TypedHandler",
     "backoff_delay",
 ]
 
@@ -182,15 +190,32 @@ class JobContext:
 
 
 Handler = Callable[[JobContext], Awaitable[None]]
+P = TypeVar("P", bound=JobPayload)
+TypedHandler = Callable[[JobContext, P], Awaitable[None]]
 
 
 @attrs.frozen
 class JobKind:
-    """A registered job kind: its handler and an optional time limit per run."""
+    """A registered job kind: its handler, an optional time limit per run, and
+    its payload type (None: the handler reads ``ctx.payload``, a dict)."""
 
     name: str
     handler: Handler
     timeout_s: float | None = None
+    job_type: JobType[Any] | None = None
+
+
+def _decoding(job_type: JobType[P], handler: TypedHandler[P]) -> Handler:
+    """A plain handler that decodes the payload and calls ``handler(ctx, payload)``."""
+
+    async def run(ctx: JobContext) -> None:
+        try:
+            payload = job_type.decode(ctx.payload)
+        except PayloadError as exc:
+            raise DoNotRetry(f"invalid payload: {exc.message}") from None
+        await handler(ctx, payload)
+
+    return run
 
 
 def backoff_delay(attempt: int, *, base_s: float, max_s: float, rng: random.Random) -> float:
@@ -312,13 +337,29 @@ class JobRunner:
 
     # -- kinds -----------------------------------------------------------------------------------
 
-    def register(self, kind: str, handler: Handler, *, timeout_s: float | None = None) -> Handler:
-        """Register the handler of ``kind`` (replacing any earlier one); returns the handler."""
-        if not kind or len(kind) > MAX_KIND_CHARS:
-            raise ValueError(f"job kind must be 1 to {MAX_KIND_CHARS} characters, got {kind!r}")
+    @overload
+    def register(self, kind: str, handler: Handler, *, timeout_s: float | None = None) -> Handler: ...
+
+    @overload
+    def register(
+        self, kind: JobType[P], handler: TypedHandler[P], *, timeout_s: float | None = None
+    ) -> TypedHandler[P]: ...
+
+    def register(self, kind: Any, handler: Any, *, timeout_s: float | None = None) -> Any:
+        """Register the handler of ``kind`` (replacing any earlier one); returns the handler.
+
+        ``kind`` is a name, and the handler ``handler(ctx)`` reads ``ctx.payload``;
+        or a ``JobType``, and the handler is ``handler(ctx, payload)`` with the
+        decoded payload.
+        """
+        job_type: JobType[Any] | None = kind if isinstance(kind, JobType) else None
+        name: str = job_type.kind if job_type is not None else kind
+        if not name or len(name) > MAX_KIND_CHARS:
+            raise ValueError(f"job kind must be 1 to {MAX_KIND_CHARS} characters, got {name!r}")
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
-        self._kinds[kind] = JobKind(kind, handler, timeout_s)
+        plain: Handler = _decoding(job_type, handler) if job_type is not None else handler
+        self._kinds[name] = JobKind(name, plain, timeout_s, job_type)
         return handler
 
     def kind(self, kind: str, *, timeout_s: float | None = None) -> Callable[[Handler], Handler]:
@@ -362,10 +403,38 @@ class JobRunner:
 
     # -- enqueue ---------------------------------------------------------------------------------
 
+    @overload
     async def enqueue(
         self,
         kind: str,
-        payload: dict[str, Any] | None = None,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        queue: str = DEFAULT_QUEUE,
+        run_at: datetime | None = None,
+        delay_s: float | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        dedupe_key: str | None = None,
+    ) -> JobRecord: ...
+
+    @overload
+    async def enqueue(
+        self,
+        kind: JobType[P],
+        payload: P,
+        *,
+        queue: str = DEFAULT_QUEUE,
+        run_at: datetime | None = None,
+        delay_s: float | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        dedupe_key: str | None = None,
+    ) -> JobRecord: ...
+
+    async def enqueue(
+        self,
+        kind: Any,
+        payload: Any = None,
         *,
         queue: str = DEFAULT_QUEUE,
         run_at: datetime | None = None,
@@ -376,6 +445,9 @@ class JobRunner:
     ) -> JobRecord:
         """Create a job (or find the one holding ``dedupe_key``) and return its record.
 
+        ``kind`` is a name with a dict payload, or a ``JobType`` with a value of
+        its payload class (stored as its ``to_json()``).
+
         ``run_at`` or ``delay_s`` schedules it later; ``max_attempts`` defaults to
         ``jobs.max_attempts``. The queue is served by this runner from now on.
 
@@ -384,6 +456,9 @@ class JobRunner:
                 ``protocol.MAX_STORED_JSON_DEPTH`` levels, or cannot be encoded as
                 JSON: nothing is stored, since a job list could not be answered.
         """
+        if isinstance(kind, JobType):
+            payload = kind.encode(payload)
+            kind = kind.kind
         if not kind or len(kind) > MAX_KIND_CHARS:
             raise ValueError(f"job kind must be 1 to {MAX_KIND_CHARS} characters, got {kind!r}")
         payload = dict(payload or {})

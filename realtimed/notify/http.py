@@ -10,8 +10,10 @@ Client REST (``/api/v1``), the same shapes as the ``notification.*`` ops:
 - ``GET /notifications/unread-count`` → ``{"unread_count"}``
 - ``POST /notifications/<id>/read``, ``POST /notifications/read-all``,
   ``DELETE /notifications/<id>`` → ``{"unread_count"}``
-- ``GET /notifications/preferences`` → ``{"types": [{type, in_app, push, channels}], "quiet_hours", "time_zone"}``
-- ``PUT /notifications/preferences`` with any of ``types``, ``quiet_hours``, ``time_zone`` → the same
+- ``GET /notifications/preferences`` → ``{"types": [{type, in_app, push, ..., channels}], "quiet_hours", "time_zone"}``
+  (one boolean per delivery channel of this node)
+- ``PUT /notifications/preferences`` with any of ``types`` (``[{type, <channel>?: bool}]``),
+  ``quiet_hours``, ``time_zone`` → the same
 """
 
 from __future__ import annotations
@@ -184,7 +186,11 @@ async def put_preferences() -> Response:
 register_blueprint(server_blueprint, "server")
 register_blueprint(client_blueprint, "client")
 
-_TYPE_PREF = _obj(["type"], type=S, in_app={"type": "boolean"}, push={"type": "boolean"})
+# One boolean per delivery channel of the node, named after it (in_app, push, ...).
+_TYPE_PREF = {
+    **_obj(["type"], type=S, in_app={"type": "boolean"}, push={"type": "boolean"}, channels=STRS),
+    "additionalProperties": {"type": "boolean"},
+}
 _PREFS = _obj(
     types={"type": "array", "items": _TYPE_PREF},
     quiet_hours={"type": ["object", "null"], "properties": {"start": S, "end": S}},

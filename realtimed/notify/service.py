@@ -1,33 +1,37 @@
 """The notification service: the policy pipeline, the inbox ops, the job kinds.
 
 ``notify(users, type, vars, data)`` (the server API) runs the pipeline of
-DESIGN.md:
+DESIGN.md over the delivery channels it was built with
+(``realtimed.notify.channel``: the in-app inbox and push through FCM first):
 
 1. the type's templates (config) render title and body; a missing var is a
    ``VALIDATION_ERROR`` naming it;
-2. each recipient's preference for the type and channel applies (a channel
-   the type does not use is off for everyone);
-3. in one store transaction every recipient with the in-app channel on gets the
-   notification with their next ``seq`` (a repeated dedupe key changes
-   nothing), and each new one goes live to every device as ``notification.new``;
-4. push is considered for recipients with the push channel on: not while they
-   are active on a connected device (``notify.push_skip_when_active``); the
-   rest go to ``notify.push`` jobs of ``notify.plan_batch`` recipients, which
-   apply, per recipient and in this order, the digest window (the first of a
-   group in a window is pushed, the rest wait for the window's digest push),
-   the daily and per-type hourly caps, and quiet hours in the user's time zone
-   (the push waits for their end); ``critical`` skips those three;
-5. one ``push.send`` job per active device; reading or deleting the
-   notification before it runs cancels it (and it checks again when it runs).
+2. each recipient's preference for the type and each channel applies (a
+   channel the type does not use, or that this node cannot deliver on, is off
+   for everyone);
+3. the immediate channel (the in-app inbox) delivers to every recipient with it
+   on, in one store transaction, each notification with the user's next
+   ``seq`` (a repeated dedupe key changes nothing and reaches no channel),
+   and each new one goes live to every device as ``notification.new``;
+4. the planned channels (push, ...) are considered for recipients with one of
+   them on: not while they are active on a connected device
+   (``notify.push_skip_when_active``); the rest go to ``notify.push`` jobs of
+   ``notify.plan_batch`` recipients, which apply, per recipient and in this
+   order, the digest window (the first of a group in a window goes at once,
+   the rest wait for the window's digest), the daily and per-type hourly caps,
+   and quiet hours in the user's time zone (the delivery waits for their end);
+   ``critical`` skips those three. The rules count per recipient, whatever the
+   number of channels;
+5. each planned channel the recipient has on delivers (push: one ``push.send``
+   job per active device); reading or deleting the notification before it
+   goes withdraws it (and it is checked again when it runs).
 
-Chat hands each message for offline participants to the same push steps as the
-``new_message`` type through the ``chat.offline`` job kind (no inbox entry:
-chat has its own unread counts); the push is dropped once the recipient's read
-cursor has passed the message.
+Chat hands each message for offline participants to the same steps 4 and 5 as
+the ``new_message`` type through the ``chat.offline`` job kind (no inbox
+entry: chat has its own unread counts); the delivery is dropped once the
+recipient's read cursor has passed the message.
 
-Job kinds: ``notify.send`` (a notification scheduled for later, run at its
-time), ``notify.push`` (push planning), ``notify.digest`` (a window's digest
-push) and ``chat.offline``.
+Job kinds and their payloads: ``realtimed.notify.jobs``.
 """
 
 from __future__ import annotations
@@ -36,56 +40,70 @@ import logging
 import secrets
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import attrs
 import trio
 from prometheus_client import Counter
 
-from realtimed.clock import WallClock, iso, parse_iso
+from realtimed.clock import WallClock, iso
 from realtimed.config import Config, NotificationTypeConfig, NotifyConfig
 from realtimed.errors import ApiError, ValidationFailed
 from realtimed.gateway.ops import Caller, OpRegistry
+from realtimed.jobs.payload import PayloadError
 from realtimed.jobs.runner import JobContext, JobRunner
 from realtimed.live import Live
 from realtimed.metrics import REGISTRY
+from realtimed.notify.channel import Delivery, DeliveryChannel, Receipt
+from realtimed.notify.checks import (
+    ConversationCheck,
+    DeliveryCheck,
+    GroupCheck,
+    MessageCheck,
+    NotificationCheck,
+    count_unread_group,
+)
+from realtimed.notify.jobs import (
+    CHAT_OFFLINE,
+    NOTIFY_DIGEST,
+    NOTIFY_PUSH,
+    NOTIFY_SEND,
+    ChatOffline,
+    NotifyDigest,
+    NotifyPlan,
+    NotifySend,
+    PlanItem,
+)
 from realtimed.notify.policy import (
     Activity,
     PushCaps,
     SharedCaps,
     digest_key,
     digest_window,
-    inbox_push_prefix,
     is_active,
-    push_prefix,
     quiet_until,
 )
 from realtimed.notify.templates import TemplateError, render
 from realtimed.notify.types import type_table
-from realtimed.push.messages import build_message
-from realtimed.push.service import PushService
 from realtimed.router import Router
-from realtimed.store.base import NewNotification, NotificationRecord, Store, UserSettings
+from realtimed.store.base import NotificationPreference, Store, UserSettings
 
-__all__ = ["CHAT_OFFLINE", "NOTIFY_DIGEST", "NOTIFY_PUSH", "NOTIFY_SEND", "NotifyService"]
+__all__ = ["CHAT_TYPE", "NotifyService"]
 
 log = logging.getLogger(__name__)
 
-NOTIFY_SEND: Final = "notify.send"
-NOTIFY_PUSH: Final = "notify.push"
-NOTIFY_DIGEST: Final = "notify.digest"
-CHAT_OFFLINE: Final = "chat.offline"
 CHAT_TYPE: Final = "new_message"
 PLAN_CONCURRENCY: Final = 16
-DIGEST_SCAN_PAGES: Final = 10
+# Keys of a preferences entry that name no channel (``channels`` is what GET answers; PUT ignores it).
+_PREFERENCE_KEYS: Final = ("type", "channels")
 
-NOTIFICATIONS: Final = Counter(
-    "realtimed_notifications", "notifications stored in inboxes, by type", ["type"], registry=REGISTRY
-)
+# A preferences update: (type, {channel: on}) pairs.
+_Changes = list[tuple[str, dict[str, bool]]]
+
 PUSH_DECISIONS: Final = Counter(
     "realtimed_notify_push_decisions",
-    "what the pipeline decided about pushing to a user: queued, deferred_quiet, active, daily_cap, hourly_cap, "
-    "digest_held, no_devices, read, off",
+    "what the pipeline decided about delivering out of the app (push and the other planned channels) to a "
+    "user: queued, deferred_quiet, active, daily_cap, hourly_cap, digest_held, no_devices, read, off",
     ["type", "decision"],
     registry=REGISTRY,
 )
@@ -93,7 +111,7 @@ PUSH_DECISIONS: Final = Counter(
 
 @attrs.frozen
 class _Plan:
-    """One push to consider for one user."""
+    """One delivery out of the app to consider for one user."""
 
     user_id: str
     type: NotificationTypeConfig
@@ -103,8 +121,9 @@ class _Plan:
     body: str
     group_key: str
     ref: str
-    check: Mapping[str, Any] | None
-    digest: str | None  # "inbox" or "chat": how the digest counts; None: no digest for this push
+    check: DeliveryCheck | None
+    digest: Literal["inbox", "chat"] | None  # how the digest counts; None: no digest for this delivery
+    channels: tuple[str, ...]
     conversation_id: str | None = None
 
 
@@ -115,21 +134,23 @@ def group_key(ntype: NotificationTypeConfig, values: Mapping[str, Any]) -> str:
 
 
 class NotifyService:
-    """Notifications of one node: the pipeline, the inbox, the push policy.
+    """Notifications of one node: the pipeline, the inbox, the out-of-app policy.
 
     Args:
         config: the configuration in force (read at each use, so a reload applies).
-        store: inboxes, preferences, settings, devices.
+        store: preferences, settings, inboxes.
         clock: wall time.
         router: delivers ``notification.*`` events live.
-        jobs: the job runner (scheduled notifications, push planning, digests).
-        push: the push service (devices and ``push.send`` jobs).
-        caps: the push caps (in memory by default; shared in a cluster).
-        activity: activity on the other nodes of a cluster (None on one node).
+        jobs: the job runner (scheduled notifications, planning, digests).
+        channels: the delivery channels, each under its own name (the in-app
+            inbox, push through FCM, ...). The service knows them only through
+            ``DeliveryChannel``.
+        caps: the push caps counted by every node of a cluster (None: this node's memory).
+        activity: activity on the other nodes of a cluster (None: one node).
 
     Resource handling:
         Holds no connection and no task of its own: ``run`` only reports ready.
-        The per-user push counts of the caps live in memory (see ``PushCaps``),
+        The per-user counts of the caps live in memory (see ``PushCaps``),
         or in Redis in a cluster (``caps``). In a cluster, activity on
         other nodes is read from their marks (``activity``).
 
@@ -148,7 +169,7 @@ class NotifyService:
         clock: WallClock,
         router: Router,
         jobs: JobRunner,
-        push: PushService,
+        channels: Sequence[DeliveryChannel],
         caps: SharedCaps | None = None,
         activity: Activity | None = None,
     ) -> None:
@@ -157,7 +178,11 @@ class NotifyService:
         self.clock = clock
         self.router = router
         self.jobs = jobs
-        self.push = push
+        self.channels: dict[str, DeliveryChannel] = {}
+        for channel in channels:
+            if channel.name in self.channels or channel.name in _PREFERENCE_KEYS:
+                raise ValueError(f"a second delivery channel named {channel.name!r}")
+            self.channels[channel.name] = channel
         self.caps: SharedCaps = caps or PushCaps()
         self.activity = activity
 
@@ -185,8 +210,18 @@ class NotifyService:
             raise ValidationFailed(field, f"unknown notification type {name!r}")
         return ntype
 
+    def channels_of(self, ntype: NotificationTypeConfig) -> list[DeliveryChannel]:
+        """The type's channels that this node can deliver on now, immediate ones first."""
+        found = [self.channels[n] for n in dict.fromkeys(ntype.channels) if n in self.channels]
+        return sorted((c for c in found if c.available()), key=lambda c: not c.immediate)
+
     async def run(self, *, task_status: trio.TaskStatus[NotifyService] = trio.TASK_STATUS_IGNORED) -> None:
-        log.info("notifications: %d types (%s)", len(self.types), ", ".join(sorted(self.types)))
+        log.info(
+            "notifications: %d types (%s), channels %s",
+            len(self.types),
+            ", ".join(sorted(self.types)),
+            ", ".join(f"{name}{'' if c.available() else ' (off)'}" for name, c in self.channels.items()),
+        )
         task_status.started(self)
         await trio.sleep_forever()
 
@@ -203,15 +238,8 @@ class NotifyService:
         runner.register(NOTIFY_DIGEST, self._job_digest)
         runner.register(CHAT_OFFLINE, self._job_chat_offline)
 
-    def register_checks(self) -> None:
-        """Teach the push service to re-check, when a push job runs, that it is still wanted."""
-        self.push.add_check("notification", self._check_notification)
-        self.push.add_check("message", self._check_message)
-        self.push.add_check("group", self._check_group)
-        self.push.add_check("conversation", self._check_conversation)
-
     async def _active(self, user_id: str) -> bool:
-        """The push-skip rule: is the user active on a connected device (of any node)?"""
+        """The skip rule: is the user active on a connected device (of any node)?"""
         return user_id in await self._active_among([user_id])
 
     async def _active_among(self, user_ids: Sequence[str]) -> set[str]:
@@ -257,20 +285,16 @@ class NotifyService:
         scheduled_for: datetime | None = None,
     ) -> int:
         """Run the pipeline for ``user_ids``; returns how many users it reached
-        (stored in their inbox, or considered for push). A notification
-        ``scheduled_for`` a later time is queued whole and runs then; it
-        answers the number of recipients."""
+        (stored in their inbox, or considered for a planned channel). A
+        notification ``scheduled_for`` a later time is queued whole and runs
+        then; it answers the number of recipients."""
         ntype = self.type(type)
         self.render(ntype, vars)
         users = list(dict.fromkeys(user_ids))
         if scheduled_for is not None and scheduled_for > self.clock.now():
-            payload = {
-                "user_ids": users,
-                "type": ntype.name,
-                "vars": dict(vars),
-                "data": dict(data),
-                "dedupe_key": dedupe_key,
-            }
+            payload = NotifySend(
+                user_ids=tuple(users), type=ntype.name, vars=dict(vars), data=dict(data), dedupe_key=dedupe_key
+            )
             job = await self.runner().enqueue(
                 NOTIFY_SEND,
                 payload,
@@ -292,57 +316,59 @@ class NotifyService:
         request_id: str | None = None,
     ) -> int:
         title, body = self.render(ntype, values)
-        channels = set(ntype.channels)
-        prefs = await self.store.get_preferences_for(user_ids=users, type=ntype.name) if channels else {}
-        inbox = [u for u in users if "in_app" in channels and prefs[u].in_app]
-        push_on = {u for u in users if "push" in channels and prefs[u].push}
+        channels = self.channels_of(ntype)
+        prefs: dict[str, NotificationPreference] = (
+            await self.store.get_preferences_for(user_ids=users, type=ntype.name) if channels else {}
+        )
         group = group_key(ntype, values)
-        records: dict[str, NotificationRecord] = {}
-        if inbox:
-            items = [
-                NewNotification(
-                    user_id=u,
-                    type=ntype.name,
-                    title=title,
-                    body=body,
-                    data=dict(data),
-                    priority=ntype.priority,
-                    group_key=group,
-                    dedupe_key=dedupe_key,
+        receipts: dict[str, Receipt] = {}
+        repeats: set[str] = set()
+        for channel in channels:
+            if not channel.immediate:
+                continue
+            targets = [u for u in users if prefs[u].enabled(channel.name)]
+            if not targets:
+                continue
+            deliveries = [
+                Delivery(
+                    user_id=u, type=ntype, title=title, body=body, data=dict(data), group_key=group, dedupe_key=dedupe_key
                 )
-                for u in inbox
+                for u in targets
             ]
-            results = await self.store.insert_notifications(items=items, now=self.clock.now())
-            records = {rec.user_id: rec for rec, created in results if created}
-            NOTIFICATIONS.labels(ntype.name).inc(len(records))
-        for rec in records.values():
-            await self.router.to_users((rec.user_id,), "notification.new", {"notification": rec.to_wire()}, seq=rec.seq)
-        in_inbox = set(inbox)
-        push_enabled = bool(self.config.push.service_account_file)
-        push_only = [u for u in users if push_enabled and u in push_on and u not in in_inbox]
-        candidates: list[list[Any]] = []
-        if push_enabled:
-            wanted = [u for u in users if u in push_on and not (u in in_inbox and u not in records)]
+            for user_id, receipt in zip(targets, await channel.deliver(deliveries), strict=True):
+                if receipt is None:
+                    repeats.add(user_id)
+                else:
+                    receipts.setdefault(user_id, receipt)
+        planned = [c for c in channels if not c.immediate]
+        candidates: list[PlanItem] = []
+        planned_only = 0
+        if planned:
+            on = {u: tuple(c.name for c in planned if prefs[u].enabled(c.name)) for u in users if u not in repeats}
+            wanted = [u for u in users if on.get(u)]
+            planned_only = sum(1 for u in wanted if u not in receipts)
             active = await self._active_among(wanted)
-            for u in users:
-                if u not in push_on or (u in in_inbox and u not in records):
-                    continue  # push off, or a repeated dedupe key
-                if u in active:
+            for user_id in wanted:
+                if user_id in active:
                     PUSH_DECISIONS.labels(ntype.name, "active").inc()
                     continue
-                record = records.get(u)
-                candidates.append([u, record.id, record.seq] if record is not None else [u, None, None])
+                check = receipts[user_id].check if user_id in receipts else None
+                if isinstance(check, NotificationCheck):
+                    candidates.append(PlanItem(user_id, check.id, check.seq, on[user_id]))
+                else:
+                    candidates.append(PlanItem(user_id, None, None, on[user_id]))
         if candidates:
             await self._queue_plans(ntype, candidates, values, data, dedupe_key, request_id or secrets.token_hex(8))
         log.info(
-            "%s to %d user(s): %d stored, %d push candidate(s)", ntype.name, len(users), len(records), len(candidates)
+            "%s to %d user(s): %d in the inbox, %d out-of-app candidate(s)",
+            ntype.name, len(users), len(receipts), len(candidates),
         )
-        return len(records) + len(push_only)
+        return len(receipts) + planned_only
 
     async def _queue_plans(
         self,
         ntype: NotificationTypeConfig,
-        candidates: list[list[Any]],
+        candidates: list[PlanItem],
         values: Mapping[str, Any],
         data: Mapping[str, Any],
         dedupe_key: str | None,
@@ -354,15 +380,15 @@ class NotifyService:
         runner = self.runner()
         batch = self.cfg.plan_batch
 
-        async def one(items: list[list[Any]]) -> None:
-            payload = {
-                "type": ntype.name,
-                "vars": dict(values),
-                "data": dict(data),
-                "dedupe_key": dedupe_key,
-                "request_id": request_id,
-                "items": items,
-            }
+        async def one(items: list[PlanItem]) -> None:
+            payload = NotifyPlan(
+                type=ntype.name,
+                items=tuple(items),
+                vars=dict(values),
+                data=dict(data),
+                dedupe_key=dedupe_key,
+                request_id=request_id,
+            )
             await runner.enqueue(NOTIFY_PUSH, payload)
 
         async with trio.open_nursery() as nursery:
@@ -371,53 +397,58 @@ class NotifyService:
 
     # -- job kinds ---------------------------------------------------------------------------
 
-    async def _job_send(self, ctx: JobContext) -> None:
+    async def _job_send(self, ctx: JobContext, p: NotifySend) -> None:
         """A scheduled notification, at its time."""
-        p = ctx.payload
-        ntype = self.types.get(p["type"])
+        ntype = self.types.get(p.type)
         if ntype is None:
-            log.warning("job %s: notification type %r is no longer configured; dropped", ctx.job_id, p["type"])
+            log.warning("job %s: notification type %r is no longer configured; dropped", ctx.job_id, p.type)
             return
-        reached = await self._deliver(
-            ntype, p["user_ids"], p.get("vars") or {}, p.get("data") or {}, p.get("dedupe_key"), request_id=ctx.job_id
-        )
+        reached = await self._deliver(ntype, p.user_ids, p.vars, p.data, p.dedupe_key, request_id=ctx.job_id)
         log.info("job %s: scheduled %s reached %d user(s)", ctx.job_id, ntype.name, reached)
 
-    async def _job_plan(self, ctx: JobContext) -> None:
-        """Push planning for a batch of recipients of one notification."""
-        p = ctx.payload
-        ntype = self.types.get(p["type"])
+    async def _job_plan(self, ctx: JobContext, p: NotifyPlan) -> None:
+        """Out-of-app planning for a batch of recipients of one notification."""
+        ntype = self.types.get(p.type)
         if ntype is None:
-            log.warning("job %s: notification type %r is no longer configured; no push", ctx.job_id, p["type"])
+            log.warning("job %s: notification type %r is no longer configured; no push", ctx.job_id, p.type)
             return
-        values: dict[str, Any] = p.get("vars") or {}
-        data: dict[str, Any] = p.get("data") or {}
+        values, data = dict(p.vars), dict(p.data)
         title, body = self.render(ntype, values)
-        items: list[list[Any]] = p["items"]
-        settings = await self.store.get_user_settings_many([item[0] for item in items])
+        settings = await self.store.get_user_settings_many([item.user_id for item in p.items])
         group = group_key(ntype, values)
-        fallback_ref = f"nd{p['dedupe_key']}" if p.get("dedupe_key") else f"nr{p.get('request_id') or ctx.job_id}"
+        fallback_ref = f"nd{p.dedupe_key}" if p.dedupe_key else f"nr{p.request_id or ctx.job_id}"
         plans = []
-        for user_id, notification_id, seq in items:
-            check = None
-            if notification_id is not None:
-                check = {"kind": "notification", "user_id": user_id, "id": notification_id, "seq": seq}
-            plans.append(
-                _Plan(
-                    user_id=user_id,
+        for item in p.items:
+            if item.notification_id is not None and item.seq is not None:
+                plan = _Plan(
+                    user_id=item.user_id,
                     type=ntype,
                     vars=values,
-                    data={**data, "notification_id": notification_id, "seq": seq, "type": ntype.name}
-                    if notification_id is not None
-                    else {**data, "type": ntype.name},
+                    data={**data, "notification_id": item.notification_id, "seq": item.seq, "type": ntype.name},
                     title=title,
                     body=body,
                     group_key=group,
-                    ref=f"n{notification_id}" if notification_id is not None else fallback_ref,
-                    check=check,
-                    digest="inbox" if notification_id is not None else None,
+                    ref=f"n{item.notification_id}",
+                    check=NotificationCheck(item.user_id, item.notification_id, item.seq),
+                    digest="inbox",
+                    channels=item.channels,
                 )
-            )
+            else:
+                # Not in the inbox (in-app off): nothing to point at, nothing to digest.
+                plan = _Plan(
+                    user_id=item.user_id,
+                    type=ntype,
+                    vars=values,
+                    data={**data, "type": ntype.name},
+                    title=title,
+                    body=body,
+                    group_key=group,
+                    ref=fallback_ref,
+                    check=None,
+                    digest=None,
+                    channels=item.channels,
+                )
+            plans.append(plan)
         await self._consider_all(plans, settings, ctx.job_id)
 
     async def _consider_all(self, plans: Sequence[_Plan], settings: Mapping[str, UserSettings], job_id: str) -> None:
@@ -432,7 +463,7 @@ class NotifyService:
                 nursery.start_soon(one, plan)
 
     async def _consider(self, plan: _Plan, settings: UserSettings, job_id: str) -> None:
-        """Digest window, caps and quiet hours for one user, then one push job per device."""
+        """Digest window, caps and quiet hours for one user, then the planned channels deliver."""
         ntype = plan.type
         now = self.clock.now()
         critical = ntype.priority == "critical"
@@ -449,7 +480,7 @@ class NotifyService:
         title, body = plan.title, plan.body
         if not ntype.push_content:
             title, body = render(ntype.private_title, plan.vars), render(ntype.private_body, plan.vars)
-        await self._push_to_devices(plan, title, body, run_at, job_id)
+        await self._send(plan, title, body, run_at, job_id)
 
     async def _take_cap(
         self, ntype: NotificationTypeConfig, user_id: str, settings: UserSettings, now: datetime, job_id: str
@@ -470,80 +501,83 @@ class NotifyService:
 
     async def _open_digest(self, plan: _Plan, settings: UserSettings, now: datetime) -> bool:
         """Queue the digest of this window (once per user, group and window);
-        True if this push is the window's first, which goes out at once."""
+        True if this delivery is the window's first, which goes out at once."""
+        assert plan.digest is not None
         start, end = digest_window(now, plan.type.digest_window_s)
         run_at = (
             quiet_until(end, start=settings.quiet_hours_start, end=settings.quiet_hours_end, time_zone=settings.time_zone)
             or end
         )
-        payload: dict[str, Any] = {
-            "user_id": plan.user_id,
-            "type": plan.type.name,
-            "group_key": plan.group_key,
-            "since": iso(start),
-            "until": iso(end),
-            "vars": dict(plan.vars),
-            "data": dict(plan.data),
-            "source": plan.digest,
-            "first_ref": plan.ref,
-        }
-        if plan.conversation_id is not None:
-            payload["conversation_id"] = plan.conversation_id
+        payload = NotifyDigest(
+            user_id=plan.user_id,
+            type=plan.type.name,
+            group_key=plan.group_key,
+            since=start,
+            until=end,
+            first_ref=plan.ref,
+            source=plan.digest,
+            vars=dict(plan.vars),
+            data=dict(plan.data),
+            conversation_id=plan.conversation_id,
+            channels=plan.channels,
+        )
         job = await self.runner().enqueue(
             NOTIFY_DIGEST, payload, run_at=run_at, dedupe_key=digest_key(plan.user_id, plan.group_key, start)
         )
-        return bool(job.payload.get("first_ref") == plan.ref)
+        try:
+            return NOTIFY_DIGEST.decode(job.payload).first_ref == plan.ref
+        except PayloadError:
+            return False  # a digest this version cannot read holds the window; it fails when it runs
 
-    async def _push_to_devices(self, plan: _Plan, title: str, body: str, run_at: datetime | None, job_id: str) -> None:
+    async def _send(self, plan: _Plan, title: str, body: str, run_at: datetime | None, job_id: str) -> None:
+        """Every planned channel of the plan that this node can deliver on delivers."""
         ntype = plan.type
-        devices = await self.store.list_devices(plan.user_id)
-        if not devices:
-            PUSH_DECISIONS.labels(ntype.name, "no_devices").inc()
-            return
-        badge = await self.store.notification_unread_count(plan.user_id)
-        link = plan.data.get("link")
-        message = build_message(
+        delivery = Delivery(
+            user_id=plan.user_id,
+            type=ntype,
             title=title,
             body=body,
-            data={k: v for k, v in plan.data.items() if v is not None},
-            priority=ntype.priority,
-            # Only grouped types replace each other on the device; others each stay.
-            collapse_key=plan.group_key if ntype.group_by or ntype.digest_window_s > 0 else None,
-            channel_id=ntype.android_channel_id,
-            sound=ntype.sound,
-            ttl_s=ntype.ttl_s,
-            badge=badge,
-            link=link if isinstance(link, str) else None,
+            data=plan.data,
+            group_key=plan.group_key,
+            ref=plan.ref,
+            check=plan.check,
+            run_at=run_at,
         )
-        for device in devices:
-            await self.push.queue_push(
-                message, token=device.token, user_id=plan.user_id, ref=plan.ref, run_at=run_at, check=plan.check
-            )
+        reached: list[str] = []
+        for name in plan.channels:
+            channel = self.channels.get(name)
+            if channel is None or channel.immediate or not channel.available():
+                continue
+            (receipt,) = await channel.deliver([delivery])
+            if receipt is not None:
+                reached.append(f"{name} ({receipt.endpoints})")
+        if not reached:
+            PUSH_DECISIONS.labels(ntype.name, "no_devices").inc()
+            return
         PUSH_DECISIONS.labels(ntype.name, "deferred_quiet" if run_at is not None else "queued").inc()
         log.debug(
-            "job %s: %s push to %s on %d device(s)%s",
-            job_id, ntype.name, plan.user_id, len(devices), f" at {iso(run_at)} (quiet hours)" if run_at else "",
+            "job %s: %s to %s by %s%s",
+            job_id, ntype.name, plan.user_id, ", ".join(reached), f" at {iso(run_at)} (quiet hours)" if run_at else "",
         )
 
-    async def _job_digest(self, ctx: JobContext) -> None:
-        """At the end of a digest window: one push summing up the group, if more than one came."""
-        p = ctx.payload
-        ntype = self.types.get(p["type"])
+    async def _job_digest(self, ctx: JobContext, p: NotifyDigest) -> None:
+        """At the end of a digest window: one delivery summing up the group, if more than one came."""
+        ntype = self.types.get(p.type)
         if ntype is None:
             return
-        user_id: str = p["user_id"]
-        since, until = parse_iso(p["since"]), parse_iso(p["until"])
-        check: dict[str, Any]
-        if p.get("source") == "chat":
-            member = await self.store.get_member(p["conversation_id"], user_id)
+        user_id = p.user_id
+        check: DeliveryCheck
+        if p.source == "chat":
+            assert p.conversation_id is not None  # the payload's decoder requires it
+            member = await self.store.get_member(p.conversation_id, user_id)
             count = 0 if member is None or not member.active else member.unread_count
-            check = {"kind": "conversation", "user_id": user_id, "conversation_id": p["conversation_id"]}
+            check = ConversationCheck(user_id, p.conversation_id)
         else:
-            count = await self.count_unread_group(user_id=user_id, group_key=p["group_key"], since=since, until=until)
-            check = {"kind": "group", "user_id": user_id, "group_key": p["group_key"], "since": p["since"], "until": p["until"]}
+            count = await count_unread_group(self.store, user_id=user_id, group_key=p.group_key, since=p.since, until=p.until)
+            check = GroupCheck(user_id, p.group_key, p.since, p.until)
         if count < 2:
-            # The first was pushed at once; nothing more came, or it was read.
-            log.debug("job %s: digest of %s for %s: %d unread, no push", ctx.job_id, p["group_key"], user_id, count)
+            # The first went at once; nothing more came, or it was read.
+            log.debug("job %s: digest of %s for %s: %d unread, no push", ctx.job_id, p.group_key, user_id, count)
             return
         if await self._active(user_id):
             PUSH_DECISIONS.labels(ntype.name, "active").inc()
@@ -552,7 +586,7 @@ class NotifyService:
         now = self.clock.now()
         if not await self._take_cap(ntype, user_id, settings, now, ctx.job_id):
             return
-        values = {**(p.get("vars") or {}), "count": count}
+        values = {**p.vars, "count": count}
         if ntype.push_content:
             title = render(ntype.digest_title or ntype.title, values)
             body = render(ntype.digest_body, values)
@@ -566,35 +600,38 @@ class NotifyService:
             type=ntype,
             vars=values,
             # The first notification's (or message's) id and seq do not name the digest.
-            data={**(p.get("data") or {}), "count": count, "notification_id": None, "message_id": None, "seq": None},
+            data={**p.data, "count": count, "notification_id": None, "message_id": None, "seq": None},
             title=title,
             body=body,
-            group_key=p["group_key"],
-            ref=("mg" if p.get("source") == "chat" else "ng") + ctx.job_id,
+            group_key=p.group_key,
+            ref=("mg" if p.source == "chat" else "ng") + ctx.job_id,
             check=check,
             digest=None,
+            channels=p.channels,
         )
         log.info("job %s: digest push to %s: %s", ctx.job_id, user_id, body)
-        await self._push_to_devices(plan, title, body, run_at, ctx.job_id)
+        await self._send(plan, title, body, run_at, ctx.job_id)
 
-    async def _job_chat_offline(self, ctx: JobContext) -> None:
-        """A chat message for participants with no connected device: a ``new_message`` push each."""
-        p = ctx.payload
-        message = await self.store.get_message(p["message_id"])
+    async def _job_chat_offline(self, ctx: JobContext, p: ChatOffline) -> None:
+        """A chat message for participants with no connected device: a ``new_message`` delivery each."""
+        message = await self.store.get_message(p.message_id)
         if message is None or message.deleted:
-            log.info("job %s: message %s is gone; no push", ctx.job_id, p.get("message_id"))
+            log.info("job %s: message %s is gone; no push", ctx.job_id, p.message_id)
             return
         ntype = self.types.get(CHAT_TYPE)
-        if ntype is None or "push" not in ntype.channels or not self.config.push.service_account_file:
+        if ntype is None:
             return
-        conversation_id: str = p.get("conversation_id") or message.conversation_id
-        recipients = [u for u in _recipients(p) if u != message.sender_id]
+        planned = [c for c in self.channels_of(ntype) if not c.immediate]
+        if not planned:
+            return
+        conversation_id = p.conversation_id or message.conversation_id
+        recipients = [u for u in p.recipients if u != message.sender_id]
         if not recipients:
             return
         prefs = await self.store.get_preferences_for(user_ids=recipients, type=CHAT_TYPE)
         settings = await self.store.get_user_settings_many(recipients)
         values = {
-            "sender_name": p.get("sender_name") or message.sender_id,
+            "sender_name": p.sender_name or message.sender_id,
             "body": message.body or f"[{message.type}]",
             "conversation_id": conversation_id,
         }
@@ -605,7 +642,8 @@ class NotifyService:
             return
         plans = []
         for user_id in recipients:
-            if not prefs[user_id].push:
+            channels = tuple(c.name for c in planned if prefs[user_id].enabled(c.name))
+            if not channels:
                 PUSH_DECISIONS.labels(CHAT_TYPE, "off").inc()
                 continue
             member = await self.store.get_member(conversation_id, user_id)
@@ -627,56 +665,17 @@ class NotifyService:
                     body=body,
                     group_key=f"chat:{conversation_id}",
                     ref=f"m{message.id}",
-                    check={"kind": "message", "user_id": user_id, "conversation_id": conversation_id, "seq": message.seq},
+                    check=MessageCheck(user_id, conversation_id, message.seq),
                     digest="chat",
+                    channels=channels,
                     conversation_id=conversation_id,
                 )
             )
         await self._consider_all(plans, settings, ctx.job_id)
 
-    # -- push checks -------------------------------------------------------------------------
-
-    async def _check_notification(self, check: Mapping[str, Any]) -> str | None:
-        records, _ = await self.store.list_notifications(user_id=check["user_id"], after_seq=int(check["seq"]) - 1, limit=1)
-        if not records or records[0].id != check["id"]:
-            return "deleted"
-        return "read" if records[0].read_at is not None else None
-
-    async def _check_message(self, check: Mapping[str, Any]) -> str | None:
-        member = await self.store.get_member(check["conversation_id"], check["user_id"])
-        if member is None or not member.active:
-            return "left"
-        return "read" if member.read_seq >= int(check["seq"]) else None
-
-    async def _check_group(self, check: Mapping[str, Any]) -> str | None:
-        unread = await self.count_unread_group(
-            user_id=check["user_id"], group_key=check["group_key"], since=parse_iso(check["since"]), until=parse_iso(check["until"])
-        )
-        return "read" if unread == 0 else None
-
-    async def _check_conversation(self, check: Mapping[str, Any]) -> str | None:
-        member = await self.store.get_member(check["conversation_id"], check["user_id"])
-        if member is None or not member.active or member.unread_count == 0:
-            return "read"
-        return None
-
     async def count_unread_group(self, *, user_id: str, group_key: str, since: datetime, until: datetime) -> int:
-        """Unread inbox notifications of one group created in ``[since, until)``
-        (walks the unread inbox newest first, at most 1,000 entries)."""
-        count = 0
-        cursor: str | None = None
-        for _page in range(DIGEST_SCAN_PAGES):
-            records, cursor = await self.store.list_notifications(
-                user_id=user_id, cursor=cursor, unread_only=True, limit=100
-            )
-            for record in records:
-                if record.created_at < since:
-                    return count
-                if record.group_key == group_key and record.created_at < until:
-                    count += 1
-            if cursor is None:
-                break
-        return count
+        """Unread inbox notifications of one group created in ``[since, until)``."""
+        return await count_unread_group(self.store, user_id=user_id, group_key=group_key, since=since, until=until)
 
     # -- the inbox ---------------------------------------------------------------------------
 
@@ -691,21 +690,19 @@ class NotifyService:
     async def read(self, user_id: str, ids: Sequence[str]) -> dict[str, Any]:
         unread = await self.store.mark_notifications_read(user_id=user_id, ids=ids, now=self.clock.now())
         await self._to_user(user_id, "notification.read", {"ids": list(ids), "unread_count": unread})
-        await self._cancel_pushes(user_id, ids)
+        await self._withdraw(user_id, [f"n{notification_id}" for notification_id in ids])
         return {"unread_count": unread}
 
     async def read_all(self, user_id: str) -> dict[str, Any]:
         up_to, unread = await self.store.mark_all_notifications_read(user_id=user_id, now=self.clock.now())
         await self._to_user(user_id, "notification.read", {"up_to_seq": up_to, "unread_count": unread})
-        cancelled = await self.store.cancel_jobs_by_dedupe_prefix(prefix=inbox_push_prefix(user_id), now=self.clock.now())
-        if cancelled:
-            log.info("user %s read all: %d queued push(es) cancelled", user_id, cancelled)
+        await self._withdraw(user_id, None)
         return {"unread_count": unread}
 
     async def delete(self, user_id: str, ids: Sequence[str]) -> dict[str, Any]:
         unread = await self.store.delete_notifications(user_id=user_id, ids=ids)
         await self._to_user(user_id, "notification.deleted", {"ids": list(ids), "unread_count": unread})
-        await self._cancel_pushes(user_id, ids)
+        await self._withdraw(user_id, [f"n{notification_id}" for notification_id in ids])
         return {"unread_count": unread}
 
     async def unread_count(self, user_id: str) -> int:
@@ -715,13 +712,14 @@ class NotifyService:
     async def _to_user(self, user_id: str, event: str, data: dict[str, Any]) -> None:
         await self.router.to_users((user_id,), event, data)
 
-    async def _cancel_pushes(self, user_id: str, ids: Sequence[str]) -> None:
-        now = self.clock.now()
+    async def _withdraw(self, user_id: str, refs: Sequence[str] | None) -> None:
+        """Every channel cancels its queued deliveries of ``refs`` (None: of the whole inbox)."""
         cancelled = 0
-        for notification_id in ids:
-            cancelled += await self.store.cancel_jobs_by_dedupe_prefix(prefix=push_prefix(user_id, f"n{notification_id}"), now=now)
+        for channel in self.channels.values():
+            cancelled += await channel.withdraw(user_id=user_id, refs=refs)
         if cancelled:
-            log.info("user %s read or deleted %d notification(s): %d queued push(es) cancelled", user_id, len(ids), cancelled)
+            what = "read all" if refs is None else f"read or deleted {len(refs)} notification(s)"
+            log.info("user %s %s: %d queued deliveries cancelled", user_id, what, cancelled)
 
     # -- ops ---------------------------------------------------------------------------------
 
@@ -746,42 +744,54 @@ class NotifyService:
     # -- preferences -------------------------------------------------------------------------
 
     async def preferences(self, user_id: str) -> dict[str, Any]:
+        """Per type: ``type``, one boolean per channel of this node (``in_app``,
+        ``push``, ...) and ``channels``, the channels the type uses; then the
+        quiet hours and the time zone."""
         stored = {p.type: p for p in await self.store.get_preferences(user_id)}
         settings: UserSettings = await self.store.get_user_settings(user_id)
         types = []
         for name, ntype in sorted(self.types.items()):
-            pref = stored.get(name)
-            types.append(
-                {
-                    "type": name,
-                    "in_app": pref.in_app if pref is not None else True,
-                    "push": pref.push if pref is not None else True,
-                    "channels": list(ntype.channels),
-                }
-            )
+            pref = stored.get(name) or NotificationPreference(user_id, name)
+            entry: dict[str, Any] = {"type": name}
+            for channel in self.channels:
+                entry[channel] = pref.enabled(channel)
+            entry["channels"] = list(ntype.channels)
+            types.append(entry)
         quiet = None
         if settings.quiet_hours_start and settings.quiet_hours_end:
             quiet = {"start": settings.quiet_hours_start, "end": settings.quiet_hours_end}
         return {"types": types, "quiet_hours": quiet, "time_zone": settings.time_zone}
 
-    async def set_preferences(self, user_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Apply a partial update: ``types`` (each ``{type, in_app?, push?}``),
-        ``quiet_hours`` (``{start, end}`` or null), ``time_zone``."""
-        changes: list[tuple[str, bool | None, bool | None]] = []
-        types = body.get("types", [])
+    def _type_changes(self, types: Any) -> _Changes:
+        """``types`` of a preferences update: ``[{type, <channel>: bool, ...}]``."""
         if not isinstance(types, list):
-            raise ValidationFailed("types", "must be a list of {type, in_app, push}")
+            raise ValidationFailed("types", "must be a list of {type, <channel>: true or false}")
+        changes: _Changes = []
         for i, item in enumerate(types):
             if not isinstance(item, Mapping) or not isinstance(item.get("type"), str):
                 raise ValidationFailed(f"types[{i}]", "must be an object with a type")
             self.type(item["type"], f"types[{i}].type")
-            flags: list[bool | None] = []
-            for channel in ("in_app", "push"):
-                value = item.get(channel)
-                if value is not None and not isinstance(value, bool):
-                    raise ValidationFailed(f"types[{i}].{channel}", "must be a boolean")
-                flags.append(value)
-            changes.append((item["type"], flags[0], flags[1]))
+            settings: dict[str, bool] = {}
+            for key, value in item.items():
+                if key in _PREFERENCE_KEYS:
+                    continue
+                field = f"types[{i}].{str(key)[:64]}"
+                if key not in self.channels:
+                    raise ValidationFailed(field, f"not a delivery channel of this node ({', '.join(self.channels)})")
+                if value is None:
+                    continue
+                if not isinstance(value, bool):
+                    raise ValidationFailed(field, "must be a boolean")
+                settings[key] = value
+            changes.append((item["type"], settings))
+        return changes
+
+    async def set_preferences(self, user_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply a partial update: ``types`` (each ``{type, <channel>?: bool}``, the
+        channels being ``in_app``, ``push`` and any other of this node; a channel
+        not named keeps its setting), ``quiet_hours`` (``{start, end}`` or null),
+        ``time_zone``."""
+        changes = self._type_changes(body.get("types", []))
         settings: UserSettings = await self.store.get_user_settings(user_id)
         start, end, zone_name = settings.quiet_hours_start, settings.quiet_hours_end, settings.time_zone
         settings_changed = False
@@ -803,23 +813,7 @@ class NotifyService:
             await self.store.set_user_settings(
                 user_id=user_id, quiet_hours_start=start, quiet_hours_end=end, time_zone=zone_name
             )
-        if changes:
-            current = {p.type: p for p in await self.store.get_preferences(user_id)}
-            for name, in_app, push in changes:
-                pref = current.get(name)
-                await self.store.set_preference(
-                    user_id=user_id,
-                    type=name,
-                    in_app=in_app if in_app is not None else (pref.in_app if pref is not None else True),
-                    push=push if push is not None else (pref.push if pref is not None else True),
-                )
+        for name, channels in changes:
+            if channels:
+                await self.store.set_preference(user_id=user_id, type=name, channels=channels)
         return await self.preferences(user_id)
-
-
-def _recipients(payload: Mapping[str, Any]) -> list[str]:
-    """The recipients of a ``chat.offline`` job, under any of the names chat may use."""
-    for key in ("recipient_ids", "user_ids", "recipients", "to"):
-        value = payload.get(key)
-        if isinstance(value, list):
-            return [u for u in value if isinstance(u, str)]
-    return []

@@ -3,10 +3,11 @@
 Every push is one ``push.send`` job for one device token (or one topic), queued
 on ``push.queue`` with a dedupe key (``realtimed.notify.policy``), so that a
 push survives a restart, is sent at least once, and can be cancelled while it
-waits. When the job runs it first checks that the push is still wanted (the
-token is still active and still the user's; the notification or message it is
-about is still unread), then sends through ``FcmClient`` and acts on FCM's
-answer:
+waits; its payload is a ``PushSend`` (``realtimed.push.jobs``). When the job
+runs it first checks that the push is still wanted (the token is still active
+and still the user's; the notification or message it is about is still unread:
+its ``DeliveryCheck``, ``realtimed.notify.checks``), then sends through
+``FcmClient`` and acts on FCM's answer:
 
 - ``UNREGISTERED`` or an invalid token: the token is deactivated; not retried;
 - a bad or oversized payload: the job fails, the token stays;
@@ -22,7 +23,7 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
@@ -34,19 +35,18 @@ from realtimed.config import Config, PushConfig
 from realtimed.errors import NotFound, Unavailable, ValidationFailed
 from realtimed.jobs.runner import DoNotRetry, JobContext, JobRunner, RetryAfter, backoff_delay
 from realtimed.metrics import REGISTRY
+from realtimed.notify.checks import DeliveryCheck, still_wanted
 from realtimed.notify.policy import push_key
 from realtimed.push.fcm import FcmClient, FcmResult, ServiceAccount
+from realtimed.push.jobs import PUSH_SEND, PushSend
 from realtimed.store.base import DeviceRecord, Store
 
-__all__ = ["PUSH_SEND", "TOPIC_PATTERN", "PushCheck", "PushService"]
+__all__ = ["PUSH_SEND", "TOPIC_PATTERN", "PushSend", "PushService"]
 
 log = logging.getLogger(__name__)
 
-PUSH_SEND: Final = "push.send"
 TOPIC_PATTERN: Final = re.compile(r"^[a-zA-Z0-9\-_.~%]{1,900}$")
 FRESH_S: Final = 2.0  # a push job younger than this is not checked again before it is sent
-
-PushCheck = Callable[[Mapping[str, Any]], Awaitable[str | None]]
 
 TOKENS_DEACTIVATED: Final = Counter(
     "realtimed_push_tokens_deactivated", "device tokens deactivated because FCM refused them", ["reason"],
@@ -98,7 +98,6 @@ class PushService:
         self._jobs = jobs
         self._rng = rng or random.Random()
         self.client: FcmClient | None = None
-        self._checks: dict[str, PushCheck] = {}
 
     @property
     def cfg(self) -> PushConfig:
@@ -131,11 +130,6 @@ class PushService:
             self.client = None
             await client.aclose()
 
-    def add_check(self, kind: str, verify: PushCheck) -> None:
-        """Register how a ``check`` of ``kind`` is verified when a push job runs:
-        ``verify(check)`` returns None if the push should go, else why not."""
-        self._checks[kind] = verify
-
     def register_jobs(self, runner: JobRunner) -> None:
         runner.register(PUSH_SEND, self.handle_send)
         runner.serve_queue(self.cfg.queue)
@@ -151,25 +145,16 @@ class PushService:
         user_id: str | None = None,
         ref: str,
         run_at: datetime | None = None,
-        check: Mapping[str, Any] | None = None,
+        check: DeliveryCheck | None = None,
     ) -> None:
         """Queue one ``push.send`` job for a device token (or a topic).
 
         ``ref`` names what is pushed (``n<notification id>``, ``m<message id>``,
         ...): the dedupe key is ``push:<user>:<ref>:<device>``, so the same push
         to the same device is queued once, and cancelling by prefix finds it.
-        ``check`` is verified when the job runs, by the check registered for
-        its ``kind`` (``add_check``).
+        ``check`` is verified (``still_wanted``) when a push that waited runs.
         """
-        payload: dict[str, Any] = {"message": dict(message), "ref": ref}
-        if token is not None:
-            payload["token"] = token
-        if topic is not None:
-            payload["topic"] = topic
-        if user_id is not None:
-            payload["user_id"] = user_id
-        if check is not None:
-            payload["check"] = dict(check)
+        payload = PushSend(message=dict(message), ref=ref, token=token, topic=topic, user_id=user_id, check=check)
         target = token if token is not None else f"/topics/{topic}"
         await self.runner().enqueue(
             PUSH_SEND,
@@ -182,11 +167,8 @@ class PushService:
 
     # -- the job -----------------------------------------------------------------------------
 
-    async def handle_send(self, ctx: JobContext) -> None:
-        payload = ctx.payload
-        token: str | None = payload.get("token")
-        topic: str | None = payload.get("topic")
-        user_id: str | None = payload.get("user_id")
+    async def handle_send(self, ctx: JobContext, payload: PushSend) -> None:
+        token, topic, user_id = payload.token, payload.topic, payload.user_id
         client = self.client
         if client is None:
             raise DoNotRetry("push is not configured on this node (push.service_account_file)")
@@ -195,15 +177,15 @@ class PushService:
         # offline a moment ago. One that waited (quiet hours, a digest, a retry,
         # a backlog) is checked again, which costs two store reads.
         waited = ctx.attempt > 1 or (ctx.clock.now() - ctx.job.created_at).total_seconds() > FRESH_S
-        skip = await self._still_wanted(token, user_id, payload.get("check")) if waited else None
+        skip = await self._still_wanted(token, user_id, payload.check) if waited else None
         if skip is not None:
             PUSHES_SKIPPED.labels(skip).inc()
             log.info("job %s: push to %s not sent: %s", ctx.job_id, _short(token or f"/topics/{topic}"), skip)
             return
-        result = await client.send(payload.get("message") or {}, token=token, topic=topic)
+        result = await client.send(dict(payload.message), token=token, topic=topic)
         await self._act(ctx, result, token)
 
-    async def _still_wanted(self, token: str | None, user_id: str | None, check: Any) -> str | None:
+    async def _still_wanted(self, token: str | None, user_id: str | None, check: DeliveryCheck | None) -> str | None:
         """None if the push should go; else why not."""
         if token is not None:
             device: DeviceRecord | None = await self.store.get_device(token)
@@ -215,13 +197,9 @@ class PushService:
                 return "token_inactive"
             elif user_id and device.user_id != user_id:
                 return "token_moved"
-        if not isinstance(check, Mapping):
+        if check is None:
             return None
-        verify = self._checks.get(str(check.get("kind")))
-        if verify is None:
-            log.warning("push check of unknown kind %r ignored", check.get("kind"))
-            return None
-        return await verify(check)
+        return await still_wanted(self.store, check)
 
     async def _act(self, ctx: JobContext, result: FcmResult, token: str | None) -> None:
         where = _short(token) if token is not None else "topic"

@@ -6,6 +6,7 @@ import base64
 import binascii
 import re
 import secrets
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any, Final
@@ -129,6 +130,25 @@ def check_settings(start: str | None, end: str | None, time_zone: str) -> None:
         ZoneInfo(time_zone)
     except (ZoneInfoNotFoundError, ValueError):
         raise ValidationFailed("time_zone", f"unknown time zone {time_zone!r}") from None
+
+
+MAX_CHANNEL_CHARS: Final = 64
+
+
+def preference_channels(
+    channels: Mapping[str, bool] | None, in_app: bool | None, push: bool | None
+) -> dict[str, bool]:
+    """The channel settings of ``Store.set_preference``, checked."""
+    out = dict(channels or {})
+    for name, value in (("in_app", in_app), ("push", push)):
+        if value is not None:
+            out[name] = value
+    for name, value in out.items():
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_CHANNEL_CHARS:
+            raise ValidationFailed("channels", f"a channel name must be 1 to {MAX_CHANNEL_CHARS} characters")
+        if not isinstance(value, bool):
+            raise ValidationFailed("channels", f"the setting of {name!r} must be a boolean")
+    return out
 
 
 def check_history_bounds(before_seq: int | None, after_seq: int | None, changed_since: int | None) -> None:

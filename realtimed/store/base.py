@@ -11,7 +11,7 @@ the database or the machine for the time, so tests can drive it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Literal, Protocol
 
@@ -255,16 +255,28 @@ class NewNotification:
 
 @attrs.frozen
 class NotificationPreference:
-    """Whether a notification type reaches a user in the inbox and by push.
-    A type with no stored preference is on for both channels."""
+    """Which delivery channels of a notification type reach a user.
+
+    ``channels`` holds what the user set, by channel name (``in_app``,
+    ``push``, ...); a channel not named is on."""
 
     user_id: str
     type: str
-    in_app: bool = True
-    push: bool = True
+    channels: Mapping[str, bool] = attrs.field(factory=dict)
+
+    def enabled(self, channel: str) -> bool:
+        return self.channels.get(channel, True)
+
+    @property
+    def in_app(self) -> bool:
+        return self.enabled("in_app")
+
+    @property
+    def push(self) -> bool:
+        return self.enabled("push")
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.type, "in_app": self.in_app, "push": self.push}
+        return {"type": self.type, "in_app": self.in_app, "push": self.push, **self.channels}
 
 
 @attrs.frozen
@@ -719,14 +731,31 @@ class Store(Protocol):
     # -- preferences, devices, last seen ---------------------------------------------------------
 
     async def get_preferences(self, user_id: str) -> list[NotificationPreference]:
-        """The user's stored preferences, by type."""
+        """The user's stored preferences, one per type that has any, ordered by type."""
         ...
 
     async def get_preferences_for(self, *, user_ids: Sequence[str], type: str) -> dict[str, NotificationPreference]:
-        """Each user's preference for ``type`` (the default for users with none stored)."""
+        """Each user's preference for ``type`` (every channel on for users with none stored)."""
         ...
 
-    async def set_preference(self, *, user_id: str, type: str, in_app: bool, push: bool) -> NotificationPreference: ...
+    async def set_preference(
+        self,
+        *,
+        user_id: str,
+        type: str,
+        channels: Mapping[str, bool] | None = None,
+        in_app: bool | None = None,
+        push: bool | None = None,
+    ) -> NotificationPreference:
+        """Turn channels of ``type`` on or off for the user; channels not named keep
+        their setting. ``in_app`` and ``push`` are short for those entries of
+        ``channels``. Returns the preference for the type as stored now.
+
+        Raises:
+            ValidationFailed: (field ``channels``) a channel name that is empty or
+                longer than 64 characters, or a setting that is not a boolean.
+        """
+        ...
 
     async def get_user_settings(self, user_id: str) -> UserSettings:
         """The user's settings (defaults if none stored)."""

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeAlias, TypeVar
 
@@ -70,6 +70,7 @@ from realtimed.store._common import (
     loads,
     new_id,
     pending_migrations,
+    preference_channels,
     to_micros,
     utc,
 )
@@ -1619,28 +1620,52 @@ class PostgresStore:
     # -- preferences, devices, last seen ---------------------------------------------------------
 
     async def get_preferences(self, user_id: str) -> list[NotificationPreference]:
-        sql = "SELECT type, in_app, push FROM notification_preferences WHERE user_id = $1 ORDER BY type"
+        sql = (
+            "SELECT type, channel, enabled FROM notification_channel_preferences WHERE user_id = $1 "
+            "ORDER BY type, channel"
+        )
         rows = await self._call(lambda conn: conn.fetch(sql, user_id), tx=False, read=True)
-        return [NotificationPreference(user_id, r["type"], r["in_app"], r["push"]) for r in rows]
+        by_type: dict[str, dict[str, bool]] = {}
+        for r in rows:
+            by_type.setdefault(r["type"], {})[r["channel"]] = r["enabled"]
+        return [NotificationPreference(user_id, ntype, channels) for ntype, channels in by_type.items()]
 
     async def get_preferences_for(self, *, user_ids: Sequence[str], type: str) -> dict[str, NotificationPreference]:
         sql = (
-            "SELECT user_id, in_app, push FROM notification_preferences WHERE type = $1 "
+            "SELECT user_id, channel, enabled FROM notification_channel_preferences WHERE type = $1 "
             "AND user_id = ANY($2::text[])"
         )
         rows = await self._call(lambda conn: conn.fetch(sql, type, list(user_ids)), tx=False, read=True)
-        out = {uid: NotificationPreference(uid, type) for uid in user_ids}
+        found: dict[str, dict[str, bool]] = {}
         for r in rows:
-            out[r["user_id"]] = NotificationPreference(r["user_id"], type, r["in_app"], r["push"])
-        return out
+            found.setdefault(r["user_id"], {})[r["channel"]] = r["enabled"]
+        return {uid: NotificationPreference(uid, type, found.get(uid, {})) for uid in user_ids}
 
-    async def set_preference(self, *, user_id: str, type: str, in_app: bool, push: bool) -> NotificationPreference:
-        sql = (
-            "INSERT INTO notification_preferences (user_id, type, in_app, push) VALUES ($1, $2, $3, $4) "
-            "ON CONFLICT (user_id, type) DO UPDATE SET in_app = excluded.in_app, push = excluded.push"
+    async def set_preference(
+        self,
+        *,
+        user_id: str,
+        type: str,
+        channels: Mapping[str, bool] | None = None,
+        in_app: bool | None = None,
+        push: bool | None = None,
+    ) -> NotificationPreference:
+        settings = preference_channels(channels, in_app, push)
+        upsert = (
+            "INSERT INTO notification_channel_preferences (user_id, type, channel, enabled) "
+            "SELECT $1, $2, c, e FROM unnest($3::text[], $4::boolean[]) AS s (c, e) "
+            "ON CONFLICT (user_id, type, channel) DO UPDATE SET enabled = excluded.enabled"
         )
-        await self._call(lambda conn: conn.execute(sql, user_id, type, in_app, push), tx=False)
-        return NotificationPreference(user_id, type, in_app, push)
+        select = "SELECT channel, enabled FROM notification_channel_preferences WHERE user_id = $1 AND type = $2"
+
+        async def run(conn: _Conn) -> list[Any]:
+            if settings:
+                await conn.execute(upsert, user_id, type, list(settings), list(settings.values()))
+            rows: list[Any] = await conn.fetch(select, user_id, type)
+            return rows
+
+        rows = await self._call(run)
+        return NotificationPreference(user_id, type, {r["channel"]: r["enabled"] for r in rows})
 
     async def get_user_settings(self, user_id: str) -> UserSettings:
         return (await self.get_user_settings_many([user_id]))[user_id]

@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -63,6 +63,7 @@ from realtimed.store._common import (
     loads,
     new_id,
     pending_migrations,
+    preference_channels,
     to_micros,
     utc,
 )
@@ -745,30 +746,39 @@ def _notification_unread_count(conn: _Conn, user_id: str) -> int:
 
 def _get_preferences(conn: _Conn, user_id: str) -> list[NotificationPreference]:
     rows = conn.execute(
-        "SELECT type, in_app, push FROM notification_preferences WHERE user_id = ? ORDER BY type", (user_id,)
+        "SELECT type, channel, enabled FROM notification_channel_preferences WHERE user_id = ? ORDER BY type, channel",
+        (user_id,),
     )
-    return [NotificationPreference(user_id, r[0], bool(r[1]), bool(r[2])) for r in rows]
+    by_type: dict[str, dict[str, bool]] = {}
+    for r in rows:
+        by_type.setdefault(r[0], {})[r[1]] = bool(r[2])
+    return [NotificationPreference(user_id, ntype, channels) for ntype, channels in by_type.items()]
 
 
 def _get_preferences_for(conn: _Conn, user_ids: Sequence[str], ntype: str) -> dict[str, NotificationPreference]:
-    out = {uid: NotificationPreference(uid, ntype) for uid in user_ids}
+    found: dict[str, dict[str, bool]] = {}
     rows = conn.execute(
-        "SELECT user_id, in_app, push FROM notification_preferences WHERE type = ? "
+        "SELECT user_id, channel, enabled FROM notification_channel_preferences WHERE type = ? "
         "AND user_id IN (SELECT value FROM json_each(?))",
         (ntype, _json_list(user_ids)),
     )
     for r in rows:
-        out[r[0]] = NotificationPreference(r[0], ntype, bool(r[1]), bool(r[2]))
-    return out
+        found.setdefault(r[0], {})[r[1]] = bool(r[2])
+    return {uid: NotificationPreference(uid, ntype, found.get(uid, {})) for uid in user_ids}
 
 
-def _set_preference(conn: _Conn, user_id: str, ntype: str, in_app: bool, push: bool) -> NotificationPreference:
-    conn.execute(
-        "INSERT INTO notification_preferences (user_id, type, in_app, push) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (user_id, type) DO UPDATE SET in_app = excluded.in_app, push = excluded.push",
-        (user_id, ntype, int(in_app), int(push)),
+def _set_preference(conn: _Conn, user_id: str, ntype: str, channels: dict[str, bool]) -> NotificationPreference:
+    for channel, enabled in channels.items():
+        conn.execute(
+            "INSERT INTO notification_channel_preferences (user_id, type, channel, enabled) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (user_id, type, channel) DO UPDATE SET enabled = excluded.enabled",
+            (user_id, ntype, channel, int(enabled)),
+        )
+    rows = conn.execute(
+        "SELECT channel, enabled FROM notification_channel_preferences WHERE user_id = ? AND type = ?",
+        (user_id, ntype),
     )
-    return NotificationPreference(user_id, ntype, in_app, push)
+    return NotificationPreference(user_id, ntype, {r[0]: bool(r[1]) for r in rows})
 
 
 def _get_user_settings_many(conn: _Conn, user_ids: Sequence[str]) -> dict[str, UserSettings]:
@@ -1613,10 +1623,17 @@ class SQLiteStore:
     async def get_preferences_for(self, *, user_ids: Sequence[str], type: str) -> dict[str, NotificationPreference]:
         return await self._read(_get_preferences_for, list(user_ids), type)
 
-    async def set_preference(self, *, user_id: str, type: str, in_app: bool, push: bool) -> NotificationPreference:
-        return await self._write(
-            functools.partial(_set_preference, user_id=user_id, ntype=type, in_app=in_app, push=push)
-        )
+    async def set_preference(
+        self,
+        *,
+        user_id: str,
+        type: str,
+        channels: Mapping[str, bool] | None = None,
+        in_app: bool | None = None,
+        push: bool | None = None,
+    ) -> NotificationPreference:
+        settings = preference_channels(channels, in_app, push)
+        return await self._write(functools.partial(_set_preference, user_id=user_id, ntype=type, channels=settings))
 
     async def get_user_settings(self, user_id: str) -> UserSettings:
         return (await self._read(_get_user_settings_many, [user_id]))[user_id]
