@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import attrs
 import trio
 from prometheus_client import Counter
-from quart import Blueprint, Response, g, request
+from quart import g
 
 from realtimed import metrics, protocol
 from realtimed.clock import WallClock, iso
@@ -58,9 +58,27 @@ from realtimed.errors import (
     ValidationFailed,
 )
 from realtimed.gateway.ops import Caller, OpHandler, OpRegistry
-from realtimed.http import validate
-from realtimed.http.app import json_body, json_response, register_blueprint, services
-from realtimed.http.openapi import add_paths
+from realtimed.http.routes import (
+    Choice,
+    Empty,
+    Kind,
+    OpCall,
+    OpData,
+    OpInput,
+    OpReply,
+    Raw,
+    RequestParts,
+    Route,
+    Schema,
+    Text,
+    UserId,
+    out,
+    query_int,
+    query_text,
+    route,
+    services,
+    wire,
+)
 from realtimed.live import Live
 from realtimed.notify.jobs import CHAT_OFFLINE, CHAT_OFFLINE_QUEUE, ChatOffline, offline_job_spec
 from realtimed.protocol import (
@@ -69,6 +87,7 @@ from realtimed.protocol import (
     ConversationList,
     ConversationMute,
     ConversationOpen,
+    JsonSchema,
     MessageDelete,
     MessageEdit,
     MessageHistory,
@@ -934,8 +953,8 @@ class ChatService:
 # HTTP: client REST (/api/v1) and server API (/server/v1)
 # ---------------------------------------------------------------------------
 
-client_routes = Blueprint("chat_client", __name__)
-server_routes = Blueprint("chat_server", __name__)
+_TAG: Final = "chat"
+_CONVERSATION: Final = {"$ref": "#/components/schemas/Conversation"}
 
 
 def _chat() -> ChatService:
@@ -947,267 +966,304 @@ def _user_caller() -> Caller:
     return Caller(user_id=claims.sub, claims=claims, session=None)
 
 
-async def _run_op(op: str, data: Mapping[str, Any]) -> Response:
-    """Run an op's handler for the REST caller, as ``POST /api/v1/ops/{op}`` does.
+async def _run_op(call: OpCall) -> dict[str, Any]:
+    """Run a validated op's handler for the REST caller, as ``POST /api/v1/ops/{op}`` does.
 
     The door charged the op's budget before the route ran (realtimed/http/budgets.py).
     """
     svc = services()
-    value = protocol.validate(op, data, max_message_bytes=svc.config.chat.max_message_bytes)
-    handler = svc.ops.get(op)
+    handler = svc.ops.get(call.op)
     if handler is None:
-        raise Unavailable(f"{op} is not served by this node")
+        raise Unavailable(f"{call.op} is not served by this node")
     caller = _user_caller()
-    result = await handler(caller, value)
+    result: dict[str, Any] = await handler(caller, call.value)
     for after in caller.after_reply:
         await after()
-    return json_response(result)
+    return result
 
 
-def _query_ints(*fields: str) -> dict[str, Any]:
-    """Integer query parameters (absent ones left out); VALIDATION_ERROR names a bad one."""
-    out: dict[str, Any] = {}
-    for field in fields:
-        raw = request.args.get(field)
-        if raw is None or raw == "":
-            continue
-        try:
-            out[field] = int(raw)
-        except ValueError:
-            raise ValidationFailed(field, "must be an integer") from None
-    return out
+def _open_or_create(data: Mapping[str, Any]) -> str:
+    return "conversation.open" if data.get("user_id") is not None else "conversation.create"
 
 
-@client_routes.get("/conversations")
-async def list_conversations() -> Response:
-    data: dict[str, Any] = _query_ints("limit")
-    if request.args.get("cursor"):
-        data["cursor"] = request.args["cursor"]
-    return await _run_op("conversation.list", data)
+@route(
+    "GET", "/conversations", door="client", operation_id="listConversations",
+    summary="The caller's conversations, newest activity first (conversation.list)", tag=_TAG,
+    accepts=OpInput(("conversation.list",), query={"limit": query_int, "cursor": query_text}),
+    answers=OpReply("conversation.list"),
+)
+async def list_conversations(call: OpCall) -> dict[str, Any]:
+    return await _run_op(call)
 
 
-@client_routes.post("/conversations")
-async def open_or_create_conversation() -> Response:
-    """``{"user_id"}`` opens the 1:1 conversation; ``{"member_ids", "title"}`` creates a group."""
-    body = await json_body()
-    if body.get("user_id") is not None:
-        return await _run_op("conversation.open", body)
-    return await _run_op("conversation.create", body)
+@route(
+    "POST", "/conversations", door="client", operation_id="openOrCreateConversation",
+    summary="Open the 1:1 conversation with user_id (conversation.open), else create a group (conversation.create)",
+    tag=_TAG,
+    accepts=OpInput(("conversation.open", "conversation.create"), reads_body=True, choose=_open_or_create),
+    answers=OpReply("conversation.open", "conversation.create"),
+    errors=(404,),
+)
+async def open_or_create_conversation(call: OpCall) -> dict[str, Any]:
+    return await _run_op(call)
 
 
-@client_routes.get("/conversations/<conversation_id>")
-async def get_conversation(conversation_id: str) -> Response:
-    return json_response(await _chat().conversation_for(g.claims.sub, conversation_id))
+@attrs.frozen
+class _ConversationPath:
+    conversation_id: str = wire(Raw({"$ref": "#/components/schemas/Id"}), "path")
 
 
-@client_routes.get("/conversations/<conversation_id>/messages")
-async def conversation_messages(conversation_id: str) -> Response:
-    data = _query_ints("before_seq", "after_seq", "changed_since", "limit")
-    data["conversation_id"] = conversation_id
-    return await _run_op("message.history", data)
+@route(
+    "GET", "/conversations/<conversation_id>", door="client", operation_id="getConversation",
+    summary="One conversation, as the caller sees it", tag=_TAG, accepts=_ConversationPath,
+    answers=Schema(
+        {"type": "object", "required": ["conversation"], "properties": {"conversation": {"$ref": "#/components/schemas/MemberConversation"}}}
+    ),
+    errors=(404,),
+)
+async def get_conversation(inp: _ConversationPath) -> dict[str, Any]:
+    return await _chat().conversation_for(g.claims.sub, inp.conversation_id)
 
 
-@client_routes.post("/conversations/<conversation_id>/mute")
-async def mute_conversation(conversation_id: str) -> Response:
-    body = await json_body()
-    return await _run_op("conversation.mute", {**body, "conversation_id": conversation_id})
+@route(
+    "GET", "/conversations/<conversation_id>/messages", door="client", operation_id="listMessages",
+    summary="A conversation's messages (message.history)", tag=_TAG,
+    accepts=OpInput(
+        ("message.history",),
+        path=("conversation_id",),
+        query={"before_seq": query_int, "after_seq": query_int, "changed_since": query_int, "limit": query_int},
+    ),
+    answers=OpReply("message.history"),
+    errors=(404,),
+)
+async def conversation_messages(call: OpCall) -> dict[str, Any]:
+    return await _run_op(call)
 
 
-@client_routes.delete("/messages/<message_id>")
-async def delete_message(message_id: str) -> Response:
-    return await _run_op("message.delete", {"message_id": message_id})
+@route(
+    "POST", "/conversations/<conversation_id>/mute", door="client", operation_id="muteConversation",
+    summary="Mute or unmute a conversation (conversation.mute)", tag=_TAG,
+    accepts=OpInput(("conversation.mute",), path=("conversation_id",), reads_body=True),
+    answers=OpReply("conversation.mute"),
+    errors=(404,),
+)
+async def mute_conversation(call: OpCall) -> dict[str, Any]:
+    return await _run_op(call)
 
 
-def _user_list(body: Mapping[str, Any], field: str, *, min_items: int, max_items: int) -> list[str]:
-    value = body.get(field)
-    if value is None:
-        raise ValidationFailed(field, "is required")
-    if not isinstance(value, list):
-        raise ValidationFailed(field, "must be a list")
-    if not min_items <= len(value) <= max_items:
-        raise ValidationFailed(field, f"must have {min_items} to {max_items} items")
-    for i, item in enumerate(value):
-        protocol.validate_user_id(item, f"{field}[{i}]")
-    return list(dict.fromkeys(value))
+@route(
+    "DELETE", "/messages/<message_id>", door="client", operation_id="deleteMessage",
+    summary="Delete one's own message (message.delete)", tag=_TAG,
+    accepts=OpInput(("message.delete",), path=("message_id",)),
+    answers=OpReply("message.delete"),
+    errors=(404,),
+)
+async def delete_message(call: OpCall) -> dict[str, Any]:
+    return await _run_op(call)
 
 
-def _path_user(user_id: str) -> str:
-    return protocol.validate_user_id(user_id, "user_id")
+@attrs.frozen
+class UserIdList(Kind):
+    """A list of ``min_items`` to ``max_items`` user ids, without repeats (the server API's members)."""
+
+    min_items: int
+    max_items: int
+
+    def parse(self, source: Mapping[str, Any], name: str, parts: RequestParts) -> Any:
+        value = source.get(name)
+        if value is None:
+            raise ValidationFailed(name, "is required")
+        if not isinstance(value, list):
+            raise ValidationFailed(name, "must be a list")
+        if not self.min_items <= len(value) <= self.max_items:
+            raise ValidationFailed(name, f"must have {self.min_items} to {self.max_items} items")
+        for i, item in enumerate(value):
+            protocol.validate_user_id(item, f"{name}[{i}]")
+        return list(dict.fromkeys(value))
+
+    def schema(self, cfg: Config) -> JsonSchema:
+        return {
+            "type": "array",
+            "items": {"$ref": "#/components/schemas/UserId"},
+            "minItems": self.min_items,
+            "maxItems": self.max_items,
+        }
 
 
-def _title(body: Mapping[str, Any]) -> str | None:
-    title = validate.string(body, "title", min_len=0, max_len=protocol.MAX_TITLE_CHARS, required=False)
-    return title or None
+@attrs.frozen
+class TitleOrNull(Kind):
+    """A group's title, which must be given: null (or empty) removes it."""
+
+    def parse(self, source: Mapping[str, Any], name: str, parts: RequestParts) -> Any:
+        if name not in source:
+            raise ValidationFailed(name, "is required (null removes it)")
+        return _TITLE.parse(source, name, parts)
+
+    def schema(self, cfg: Config) -> JsonSchema:
+        return {"type": ["string", "null"], "maxLength": protocol.MAX_TITLE_CHARS, "description": "null removes it"}
 
 
-@server_routes.post("/conversations")
-async def server_create_conversation() -> Response:
-    chat = _chat()
-    body = await json_body()
-    kind = body.get("type")
-    if kind not in ("direct", "group"):
-        raise ValidationFailed("type", "must be direct or group")
-    members = _user_list(body, "member_ids", min_items=1, max_items=protocol.MAX_MEMBER_IDS)
-    conv = await chat.create_conversation(kind=kind, member_ids=members, title=_title(body))
-    return json_response({"conversation": conv.to_wire()})
+_TITLE: Final = Text(min_len=0, max_len=protocol.MAX_TITLE_CHARS, required=False, description="groups only; empty: none")
 
 
-@server_routes.patch("/conversations/<conversation_id>")
-async def server_set_title(conversation_id: str) -> Response:
-    body = await json_body()
-    if "title" not in body:
-        raise ValidationFailed("title", "is required (null removes it)")
-    conv = await _chat().rename(conversation_id, _title(body))
-    return json_response({"conversation": conv.to_wire()})
+@attrs.frozen
+class ConversationReply:
+    """The conversation (shared fields)."""
+
+    conversation: dict[str, Any] = out(_CONVERSATION)
 
 
-@server_routes.post("/conversations/<conversation_id>/members")
-async def server_add_members(conversation_id: str) -> Response:
-    body = await json_body()
-    users = _user_list(body, "user_ids", min_items=1, max_items=protocol.MAX_MEMBER_IDS)
-    conv = await _chat().add_members(conversation_id, users)
-    return json_response({"conversation": conv.to_wire()})
+@attrs.frozen
+class MessageReply:
+    """The message, as stored."""
+
+    message: dict[str, Any] = out({"$ref": "#/components/schemas/Message"})
 
 
-@server_routes.delete("/conversations/<conversation_id>/members/<user_id>")
-async def server_remove_member(conversation_id: str, user_id: str) -> Response:
-    conv = await _chat().remove_member(conversation_id, _path_user(user_id))
-    return json_response({"conversation": conv.to_wire()})
+@attrs.frozen
+class _CreateInput:
+    type: str = wire(Choice(("direct", "group"), "must be direct or group"))
+    member_ids: list[str] = wire(UserIdList(1, protocol.MAX_MEMBER_IDS))
+    title: str | None = wire(_TITLE)
 
 
-@server_routes.post("/conversations/<conversation_id>/messages")
-async def server_send_message(conversation_id: str) -> Response:
-    chat = _chat()
-    body = await json_body()
-    sender = body.get("sender_id")
-    if sender is None:
-        raise ValidationFailed("sender_id", "is required")
-    sender_id = protocol.validate_user_id(sender, "sender_id")
-    kind = body.get("type")
-    if kind is None:
-        kind = "text"
-    if kind not in SERVER_MESSAGE_TYPES:
-        raise ValidationFailed("type", "must be one of text, image, file, system")
+@route(
+    "POST", "/conversations", door="server", operation_id="createConversation",
+    summary="Create a conversation (direct: the pair's one conversation, exactly two members, no title)",
+    tag=_TAG, accepts=_CreateInput, answers=ConversationReply, guards=(_chat,),
+)
+async def server_create_conversation(inp: _CreateInput) -> ConversationReply:
+    conv = await _chat().create_conversation(kind=inp.type, member_ids=inp.member_ids, title=inp.title or None)
+    return ConversationReply(conversation=conv.to_wire())
+
+
+@attrs.frozen
+class _TitleInput:
+    conversation_id: str = wire(Raw({"$ref": "#/components/schemas/Id"}), "path")
+    title: str | None = wire(TitleOrNull())
+
+
+@route(
+    "PATCH", "/conversations/<conversation_id>", door="server", operation_id="setConversationTitle",
+    summary="Set or remove a group's title", tag=_TAG, accepts=_TitleInput, answers=ConversationReply, errors=(404, 409),
+)
+async def server_set_title(inp: _TitleInput) -> ConversationReply:
+    conv = await _chat().rename(inp.conversation_id, inp.title or None)
+    return ConversationReply(conversation=conv.to_wire())
+
+
+@attrs.frozen
+class _MembersInput:
+    conversation_id: str = wire(Raw({"$ref": "#/components/schemas/Id"}), "path")
+    user_ids: list[str] = wire(UserIdList(1, protocol.MAX_MEMBER_IDS))
+
+
+@route(
+    "POST", "/conversations/<conversation_id>/members", door="server", operation_id="addMembers",
+    summary="Add members to a group (409 for a direct conversation)", tag=_TAG, accepts=_MembersInput,
+    answers=ConversationReply, errors=(404, 409),
+)
+async def server_add_members(inp: _MembersInput) -> ConversationReply:
+    conv = await _chat().add_members(inp.conversation_id, inp.user_ids)
+    return ConversationReply(conversation=conv.to_wire())
+
+
+@attrs.frozen
+class _MemberPath:
+    conversation_id: str = wire(Raw({"$ref": "#/components/schemas/Id"}), "path")
+    user_id: str = wire(UserId(), "path")
+
+
+@route(
+    "DELETE", "/conversations/<conversation_id>/members/<user_id>", door="server", operation_id="removeMember",
+    summary="Remove a member from a group (409 for a direct conversation)", tag=_TAG, accepts=_MemberPath,
+    answers=ConversationReply, errors=(404, 409), guards=(_chat,),
+)
+async def server_remove_member(inp: _MemberPath) -> ConversationReply:
+    conv = await _chat().remove_member(inp.conversation_id, inp.user_id)
+    return ConversationReply(conversation=conv.to_wire())
+
+
+@attrs.frozen
+class _MessageInput:
+    conversation_id: str = wire(Raw({"$ref": "#/components/schemas/Id"}), "path")
+    sender_id: str = wire(UserId("the sender (a system message's need not be a member)"))
+    type: str = wire(Choice(SERVER_MESSAGE_TYPES, "must be one of text, image, file, system", default="text"))
     # The socket's rules for everything but the type (which may be system here).
-    fields = {k: v for k, v in body.items() if k != "type"}
-    fields["conversation_id"] = conversation_id
-    value: MessageSend = protocol.validate(
-        "message.send", fields, max_message_bytes=services().config.chat.max_message_bytes
+    message: MessageSend = wire(OpData("message.send", path=("conversation_id",), exclude=("type",)))
+
+
+@route(
+    "POST", "/conversations/<conversation_id>/messages", door="server", operation_id="sendMessage",
+    summary="Send a message as a user (type system allowed; no block or open-policy checks)", tag=_TAG,
+    accepts=_MessageInput, answers=MessageReply, errors=(403, 404, 409), guards=(_chat,),
+)
+async def server_send_message(inp: _MessageInput) -> MessageReply:
+    message = await _chat().send_as(inp.sender_id, inp.message, type=inp.type)
+    return MessageReply(message=message.to_wire())
+
+
+@attrs.frozen
+class _ContactsInput:
+    user_id: str = wire(UserId(), "path")
+    user_ids: list[str] = wire(UserIdList(0, MAX_CONTACTS))
+
+
+@route(
+    "PUT", "/users/<user_id>/contacts", door="server", operation_id="setContacts",
+    summary=f"Replace a user's contacts (up to {MAX_CONTACTS:,}): who sees the user's presence", tag=_TAG,
+    accepts=_ContactsInput, answers=Empty,
+)
+async def server_set_contacts(inp: _ContactsInput) -> Empty:
+    await _chat().set_contacts(inp.user_id, inp.user_ids)
+    return Empty()
+
+
+@attrs.frozen
+class _BlockInput:
+    blocker: str = wire(UserId(), "path", name="user_id")
+    blocked: str = wire(UserId("the user that the path's user blocks"), name="user_id")
+
+
+@route(
+    "POST", "/users/<user_id>/blocks", door="server", operation_id="blockUser",
+    summary="The path's user blocks body.user_id", tag=_TAG, accepts=_BlockInput, answers=Empty,
+)
+async def server_block(inp: _BlockInput) -> Empty:
+    await _chat().block(inp.blocker, inp.blocked)
+    return Empty()
+
+
+@attrs.frozen
+class _UnblockPath:
+    user_id: str = wire(UserId(), "path")
+    other: str = wire(UserId(), "path")
+
+
+@route(
+    "DELETE", "/users/<user_id>/blocks/<other>", door="server", operation_id="unblockUser",
+    summary="Lift a block", tag=_TAG, accepts=_UnblockPath, answers=Empty, guards=(_chat,),
+)
+async def server_unblock(inp: _UnblockPath) -> Empty:
+    await _chat().unblock(inp.user_id, inp.other)
+    return Empty()
+
+
+def routes() -> tuple[Route, ...]:
+    """Chat's routes: the client REST mirror of the ops, and the server API."""
+    return (
+        list_conversations,
+        open_or_create_conversation,
+        get_conversation,
+        conversation_messages,
+        mute_conversation,
+        delete_message,
+        server_create_conversation,
+        server_set_title,
+        server_add_members,
+        server_remove_member,
+        server_send_message,
+        server_set_contacts,
+        server_block,
+        server_unblock,
     )
-    message = await chat.send_as(sender_id, value, type=kind)
-    return json_response({"message": message.to_wire()})
-
-
-@server_routes.put("/users/<user_id>/contacts")
-async def server_set_contacts(user_id: str) -> Response:
-    uid = _path_user(user_id)
-    body = await json_body()
-    contacts = _user_list(body, "user_ids", min_items=0, max_items=MAX_CONTACTS)
-    await _chat().set_contacts(uid, contacts)
-    return json_response({})
-
-
-@server_routes.post("/users/<user_id>/blocks")
-async def server_block(user_id: str) -> Response:
-    uid = _path_user(user_id)
-    body = await json_body()
-    other = body.get("user_id")
-    if other is None:
-        raise ValidationFailed("user_id", "is required")
-    await _chat().block(uid, protocol.validate_user_id(other, "user_id"))
-    return json_response({})
-
-
-@server_routes.delete("/users/<user_id>/blocks/<other>")
-async def server_unblock(user_id: str, other: str) -> Response:
-    await _chat().unblock(_path_user(user_id), protocol.validate_user_id(other, "other"))
-    return json_response({})
-
-
-register_blueprint(client_routes, "client")
-register_blueprint(server_routes, "server")
-
-
-# -- OpenAPI ----------------------------------------------------------------------------------
-
-_S: Final[dict[str, Any]] = {"type": "string"}
-_INT: Final[dict[str, Any]] = {"type": "integer"}
-_STRS: Final[dict[str, Any]] = {"type": "array", "items": _S}
-_OBJ: Final[dict[str, Any]] = {"type": "object"}
-
-
-def _doc(summary: str, tag: str, *, body: dict[str, Any] | None = None, params: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "summary": summary,
-        "tags": [tag],
-        "responses": {
-            "200": {"description": "done", "content": {"application/json": {"schema": _OBJ}}},
-            "default": {
-                "description": "an error",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-            },
-        },
-    }
-    if body is not None:
-        out["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": {"type": "object", "properties": body}}},
-        }
-    parameters = [
-        {"name": name, "in": where, "required": where == "path", "schema": _INT if name.endswith(("seq", "limit", "since")) else _S}
-        for name, where in params
-    ]
-    if parameters:
-        out["parameters"] = parameters
-    return out
-
-
-def _document() -> None:
-    server = "server API"
-    client = "client REST"
-    cid = ("id", "path")
-    add_paths(
-        {
-            "/server/v1/conversations": {"post": _doc(
-                "Create a conversation (direct: the pair's one conversation)", server,
-                body={"type": _S, "member_ids": _STRS, "title": _S},
-            )},
-            "/server/v1/conversations/{id}": {"patch": _doc("Set a group's title", server, body={"title": _S}, params=[cid])},
-            "/server/v1/conversations/{id}/members": {"post": _doc(
-                "Add members to a group", server, body={"user_ids": _STRS}, params=[cid]
-            )},
-            "/server/v1/conversations/{id}/members/{user_id}": {"delete": _doc(
-                "Remove a member", server, params=[cid, ("user_id", "path")]
-            )},
-            "/server/v1/conversations/{id}/messages": {"post": _doc(
-                "Send a message (type system allowed)", server,
-                body={"sender_id": _S, "client_id": _S, "body": _S, "type": _S, "media_url": _S, "reply_to": _S},
-                params=[cid],
-            )},
-            "/server/v1/users/{user_id}/contacts": {"put": _doc(
-                "Replace a user's contacts", server, body={"user_ids": _STRS}, params=[("user_id", "path")]
-            )},
-            "/server/v1/users/{user_id}/blocks": {"post": _doc(
-                "The path's user blocks body.user_id", server, body={"user_id": _S}, params=[("user_id", "path")]
-            )},
-            "/server/v1/users/{user_id}/blocks/{other}": {"delete": _doc(
-                "Lift a block", server, params=[("user_id", "path"), ("other", "path")]
-            )},
-            "/api/v1/conversations": {
-                "get": _doc("The caller's conversations, newest activity first", client,
-                            params=[("cursor", "query"), ("limit", "query")]),
-                "post": _doc("Open the 1:1 conversation (user_id) or create a group (member_ids, title)", client,
-                             body={"user_id": _S, "member_ids": _STRS, "title": _S}),
-            },
-            "/api/v1/conversations/{id}": {"get": _doc("One conversation", client, params=[cid])},
-            "/api/v1/conversations/{id}/messages": {"get": _doc(
-                "Message history", client,
-                params=[cid, ("before_seq", "query"), ("after_seq", "query"), ("changed_since", "query"), ("limit", "query")],
-            )},
-            "/api/v1/conversations/{id}/mute": {"post": _doc("Mute or unmute", client, body={"muted": {"type": "boolean"}}, params=[cid])},
-            "/api/v1/messages/{id}": {"delete": _doc("Delete one's own message", client, params=[cid])},
-        }
-    )
-
-
-_document()

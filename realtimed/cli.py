@@ -4,13 +4,15 @@
   or N worker processes sharing the port under a supervisor.
 - ``realtimed check-config FILE [--as-user USER] [--credentials DIR]``: print the
   effective configuration, secrets redacted, or every problem with its key (and,
-  with ``--as-user``, every file that user could not read); exit 2 on any problem.
+  with ``--as-user``, every file that user could not read; then every file the
+  daemon loads at start that it would refuse); exit 2 on any problem.
 - ``realtimed install-systemd [--root DIR] [--user NAME] [--config FILE]``: write the
   systemd unit, the system user, the configuration and its credentials.
 - ``realtimed token --sub USER [--ttl 1h] [--rooms PATTERN ...]``: mint a
   development token with the configured HS256 secret; prints only the token.
-- ``realtimed migrate [-c FILE]``: apply pending store migrations.
-- ``realtimed jobs list|retry|cancel``: inspect and steer jobs.
+- ``realtimed migrate [-c FILE]``: apply pending store migrations; without a
+  configuration file it refuses to create a SQLite database under the current folder.
+- ``realtimed jobs list|retry|cancel``: inspect and steer jobs; never creates a database.
 - ``realtimed listen --room ROOM [--url URL] [--token TOKEN | -c FILE]``: print
   events as they come, one JSON line each (needs the Python SDK, clients/python).
 """
@@ -75,6 +77,36 @@ def _print_problems(what: str, problems: Sequence[tuple[str, str]]) -> None:
         print(f"  {key or '(file)'}: {problem}", file=sys.stderr)
 
 
+def store_refusal(cfg: Config, config_path: str | None, *, creates: bool) -> tuple[str, int] | None:
+    """Why a command that opens the store must not, as ``(one-line message, exit status)``.
+
+    Opening a SQLite store creates its file. Without a configuration file that file
+    would be a new, empty database under the current folder (``./state``), which is
+    never what ``jobs`` or ``migrate`` run from the wrong folder mean; and ``jobs``
+    (``creates`` false) only ever inspects a database the daemon made. None: go on.
+    """
+    if cfg.store.backend != "sqlite":
+        return None
+    # The file open_store opens.
+    database = cfg.state_dir / cfg.store.sqlite_path
+    if database.exists():
+        return None
+    shown = str(database) if database.is_absolute() else f"./{database}"
+    if config_path is None:
+        return (
+            f"no configuration file and no database at {shown}: pass -c FILE, the daemon's configuration "
+            f"(or run this in the folder of its {DEFAULT_CONFIG_FILE}); nothing was created",
+            EXIT_CONFIG,
+        )
+    if creates:
+        return None
+    return (
+        f"no database at {shown} (server.state_dir and store.sqlite_path of {config_path}): "
+        "the daemon has not run with this configuration; nothing was created",
+        EXIT_FAILURE,
+    )
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import trio
 
@@ -120,6 +152,45 @@ def _fatal_reason(exc: BaseException) -> str | None:
     return None
 
 
+def startup_problems(cfg: Config) -> list[tuple[str, str]]:
+    """What ``run`` refuses only once its services start, found without starting them.
+
+    These are the files the daemon loads at start, read the way it reads them:
+    the JWT public keys, the TLS certificate and key, the FCM service-account key
+    and push's CA file. (What needs a server, such as whether PostgreSQL answers,
+    is left to ``run`` and ``/readyz``.)
+    """
+    import ssl
+
+    from realtimed.auth import load_public_keys
+    from realtimed.push.fcm import ServiceAccount
+
+    problems: list[tuple[str, str]] = []
+    base_dir = Path(cfg.source).parent if cfg.source else None
+    try:
+        load_public_keys(cfg.auth.public_key_files, base_dir=base_dir)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if cfg.http.tls_cert_file and cfg.http.tls_key_file:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            # A key that asks for a passphrase gets none rather than a prompt: the daemon has no one to ask.
+            context.load_cert_chain(cfg.http.tls_cert_file, cfg.http.tls_key_file, password=lambda: b"")
+        except (OSError, ValueError) as exc:
+            problems.append(("http.tls_cert_file", f"the certificate and its key (http.tls_key_file) cannot be loaded: {exc}"))
+    if cfg.push.service_account_file:  # push is on: the FCM client starts with the daemon
+        try:
+            ServiceAccount.from_file(cfg.push.service_account_file)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        if cfg.push.ca_file:
+            try:
+                ssl.create_default_context().load_verify_locations(cfg.push.ca_file)
+            except (OSError, ValueError) as exc:
+                problems.append(("push.ca_file", f"cannot load CA certificates from {cfg.push.ca_file}: {exc}"))
+    return problems
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.credentials is not None:
@@ -140,6 +211,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         if problems:
             _print_problems(f"files {args.as_user} could not read", problems)
             return EXIT_CONFIG
+    loaded = startup_problems(cfg)
+    if loaded:
+        _print_problems("configuration that run would refuse at start", loaded)
+        return EXIT_CONFIG
     sys.stdout.write(orjson.dumps(config_to_dict(cfg), option=orjson.OPT_INDENT_2).decode() + "\n")
     return EXIT_OK
 
@@ -178,6 +253,10 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
     path = args.config if args.config is not None else _default_config_path()
     cfg = _load(path)
+    refusal = store_refusal(cfg, path, creates=True)
+    if refusal is not None:
+        print(f"realtimed migrate: {refusal[0]}", file=sys.stderr)
+        return refusal[1]
 
     async def main() -> Any:
         if cfg.store.backend == "postgres":

@@ -237,7 +237,10 @@ class StoreConfig:
     sqlite_batch_max: int = _f(512, "most writes grouped in one SQLite transaction", min=1, max=100_000)
     sqlite_readers: int = _f(4, "worker threads for SQLite reads", min=1, max=64)
     postgres_dsn: str = _f(
-        "postgresql://postgres@127.0.0.1:5432/realtimed", "PostgreSQL connection URL", secret=True
+        "postgresql://postgres@127.0.0.1:5432/realtimed",
+        "PostgreSQL connection URL, postgresql://user:password@host[:port][,host[:port]...]/db[?options], "
+        "checked at load as asyncpg reads it (percent-encode @ : / ? # in the user and password)",
+        secret=True,
     )
     pool_min: int = _f(2, "PostgreSQL pool: connections kept open", min=0, max=1000)
     pool_max: int = _f(20, "PostgreSQL pool: most connections", min=1, max=1000)
@@ -501,6 +504,10 @@ class PresenceConfig:
     )
 
 
+#: ``jobs.cron_catch_up``: what a cron entry that has never run does at start.
+CronCatchUp = Literal["none", "last"]
+
+
 @attrs.frozen
 class JobQueueConfig:
     name: str = _f("default", "queue name")
@@ -516,14 +523,20 @@ class JobsConfig:
     backoff_base_s: float = _f(2.0, "first retry delay (doubles each attempt, with jitter)", min=0, max=86400)
     backoff_max_s: float = _f(3600.0, "longest retry delay", min=0, max=31_536_000)
     queues: list[JobQueueConfig] = _f([], "queues and their concurrency (others use the default queue's)")
+    cron_catch_up: CronCatchUp = _f(
+        "none",
+        "what a cron entry (built-in or [[cron]]) that has never run does when a node starts: none waits for "
+        "its next tick; last runs its latest past tick once at start. An entry that has run before always runs "
+        "its latest missed tick once after downtime, never the earlier ones",
+    )
 
 
 @attrs.frozen
 class CronConfig:
     name: str = _f("", "entry name, unique")
     schedule: str = _f("", "five-field cron schedule, or six with seconds first")
-    kind: str = _f("", "job kind to enqueue")
-    payload: dict[str, Any] = _f({}, "job payload")
+    kind: str = _f("", "job kind to enqueue: one a node handles (realtimed/jobs/kinds.py), else a config error")
+    payload: dict[str, Any] = _f({}, "job payload, checked against the kind's payload type")
     queue: str = _f("default", "job queue")
     timezone: str = _f("UTC", "IANA time zone of the schedule")
 
@@ -1073,6 +1086,7 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
     _check_static(cfg, problems)
     if cfg.store.pool_min > cfg.store.pool_max:
         problems.add("store.pool_min", "must not exceed store.pool_max")
+    _check_postgres_dsn(cfg, problems)
     known_algs = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA", "PS256"}
     for i, alg in enumerate(cfg.auth.algorithms):
         if alg not in known_algs:
@@ -1094,8 +1108,6 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
         elif entry.name in names:
             problems.add(f"cron[{i}].name", f"duplicate name {entry.name!r}")
         names.add(entry.name)
-        if not entry.kind:
-            problems.add(f"cron[{i}].kind", "must not be empty")
         _check_cron(entry, f"cron[{i}]", problems)
     _check_notify(cfg, problems)
 
@@ -1237,6 +1249,18 @@ def _check_redis_url(cfg: Config, problems: _Problems) -> None:
         problems.add("broker.redis_url", str(exc))
 
 
+def _check_postgres_dsn(cfg: Config, problems: _Problems) -> None:
+    """The DSN the PostgreSQL store will use, parsed as asyncpg will parse it when it connects."""
+    if cfg.store.backend != "postgres":
+        return
+    from realtimed.store.dsn import check_postgres_dsn
+
+    try:
+        check_postgres_dsn(cfg.store.postgres_dsn)
+    except ValueError as exc:
+        problems.add("store.postgres_dsn", str(exc))
+
+
 def _check_notify(cfg: Config, problems: _Problems) -> None:
     """Notification types: unique names, known channels, templates that parse and
     use only the type's declared vars; push endpoints that are URLs."""
@@ -1309,6 +1333,13 @@ def _check_cron(entry: CronConfig, key: str, problems: _Problems) -> None:
     # The payload is stored with every job of the entry, and listed with it.
     if json_depth_path(entry.payload, MAX_STORED_JSON_DEPTH) is not None:
         problems.add(f"{key}.payload", f"nests more than {MAX_STORED_JSON_DEPTH} levels of arrays and tables")
+        return
+    # A kind no node handles would make a dead job every tick; a payload its kind
+    # refuses, a failed one. Imported here: the job kinds import this module.
+    from realtimed.jobs.kinds import cron_job_problems
+
+    for sub_key, problem in cron_job_problems(entry.kind, entry.payload):
+        problems.add(f"{key}.{sub_key}", problem)
 
 
 def parse_host_port(value: str) -> tuple[str, int]:

@@ -42,25 +42,19 @@ from realtimed.gateway.gateway import Gateway, SessionHooks
 from realtimed.gateway.ops import OpRegistry
 from realtimed.gateway.room_ops import register_room_ops
 from realtimed.gateway.websocket import WebSocketDoor
-from realtimed.http import client_api, jobs_api, server_api
 from realtimed.http.app import create_app
 from realtimed.http.listener import Listener
 from realtimed.jobs import CronScheduler, JobRunner, register_builtin_kinds
 from realtimed.live import Live
-from realtimed.notify import http as notify_http
 from realtimed.notify.inbox import InAppChannel
 from realtimed.notify.service import NotifyService
 from realtimed.presence import PresenceService
-from realtimed.push import http as push_http
 from realtimed.push.channel import FcmChannel
 from realtimed.push.service import PushService
 from realtimed.router import Router
 from realtimed.sdnotify import SystemdNotifier
 from realtimed.services import Services
 from realtimed.store import Store, open_store
-
-# Importing the doors registers their routes (chat and presence register theirs too).
-_DOORS = (client_api, jobs_api, server_api, notify_http, push_http)
 
 log = logging.getLogger(__name__)
 

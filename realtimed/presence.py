@@ -40,7 +40,7 @@ from typing import Any, Final, Literal, Protocol
 
 import attrs
 import trio
-from quart import Blueprint, Response, g, request
+from quart import g
 
 from realtimed import protocol
 from realtimed.clock import WallClock, iso
@@ -48,8 +48,7 @@ from realtimed.config import Config, PresenceConfig
 from realtimed.deadlines import Deadlines
 from realtimed.errors import ApiError
 from realtimed.gateway.ops import Caller, OpRegistry
-from realtimed.http.app import json_response, register_blueprint, services
-from realtimed.http.openapi import add_paths
+from realtimed.http.routes import OpCall, OpInput, OpReply, Route, query_csv, route, services
 from realtimed.live import Live
 from realtimed.protocol import PresenceQuery, PresenceSet
 from realtimed.router import Router
@@ -559,37 +558,26 @@ def _wire(uid: str, status: str, message: str | None, last_seen: datetime | None
 
 # -- client REST ------------------------------------------------------------------------------
 
-routes = Blueprint("presence_client", __name__)
+
+def _presence() -> PresenceService:
+    return services().presence
 
 
-@routes.get("/presence")
-async def query_presence() -> Response:
+@route(
+    "GET", "/presence", door="client", operation_id="getPresence",
+    summary=f"Presence of up to {protocol.MAX_PRESENCE_QUERY} users, comma-separated (presence.query: contacts only, others are omitted)",
+    tag="presence",
+    accepts=OpInput(("presence.query",), query={"user_ids": query_csv}),
+    answers=OpReply("presence.query"),
+    guards=(_presence,),
+)
+async def query_presence(call: OpCall) -> dict[str, Any]:
     """``GET /api/v1/presence?user_ids=a,b``: ``presence.query`` over REST."""
-    presence = services().presence
-    raw = request.args.get("user_ids", "")
-    ids = [uid for uid in raw.split(",") if uid]
-    value = protocol.validate("presence.query", {"user_ids": ids})
     claims = g.claims
     caller = Caller(user_id=claims.sub, claims=claims, session=None)
-    return json_response(await presence._op_query(caller, value))
+    return await _presence()._op_query(caller, call.value)
 
 
-register_blueprint(routes, "client")
-add_paths(
-    {
-        "/api/v1/presence": {
-            "get": {
-                "summary": "Presence of up to 200 users (contacts only; others are omitted)",
-                "tags": ["client REST"],
-                "parameters": [{"name": "user_ids", "in": "query", "required": True, "schema": {"type": "string"}}],
-                "responses": {
-                    "200": {"description": "done", "content": {"application/json": {"schema": {"type": "object"}}}},
-                    "default": {
-                        "description": "an error",
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                    },
-                },
-            }
-        }
-    }
-)
+def routes() -> tuple[Route, ...]:
+    """Presence's route of the client REST."""
+    return (query_presence,)

@@ -540,7 +540,9 @@ async def test_server_api_conversations_and_messages(start_daemon: DaemonFactory
             assert (await http.post(f"/server/v1/conversations/{direct_id}/members", json={"user_ids": ["c"]})).status_code == 409
             assert (await http.patch("/server/v1/conversations/c_nope", json={"title": "x"})).status_code == 404
             doc = (await http.get("/server/v1/openapi.json")).json()
-            assert "/server/v1/conversations/{id}/messages" in doc["paths"] and "/api/v1/presence" in doc["paths"]
+            assert "/server/v1/conversations/{conversation_id}/messages" in doc["paths"]
+            client_doc = (await http.get("/api/v1/openapi.json")).json()
+            assert "/api/v1/presence" in client_doc["paths"]
         await alice.close()
         await bob.close()
 

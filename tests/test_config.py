@@ -236,7 +236,11 @@ def test_readme_configuration_reference_is_current() -> None:
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "config").glob("*.toml")))
 def test_example_configs_are_valid(name: str, tmp_path: Path) -> None:
     text = (ROOT / "config" / name).read_text().replace("/etc/realtimed/", f"{tmp_path}/")
-    contents = {"redis_url": "redis://127.0.0.1:6379/0\n", "api_keys": "backend:rtd_" + "k" * 40 + "\n"}
+    contents = {
+        "postgres_dsn": "postgresql://realtimed:pw@127.0.0.1:5432/realtimed\n",
+        "redis_url": "redis://127.0.0.1:6379/0\n",
+        "api_keys": "backend:rtd_" + "k" * 40 + "\n",
+    }
     # The same secrets as files (*_file) and as systemd credentials (*_credential).
     credentials = tmp_path / "credentials"
     credentials.mkdir()

@@ -15,9 +15,20 @@ import trio.testing
 import trio_asyncio
 
 from realtimed.clock import SystemClock, TrioWallClock, iso
-from realtimed.config import Config, CronConfig, JobsConfig, ServerConfig, StoreConfig
+from realtimed.config import (
+    Config,
+    ConfigError,
+    CronConfig,
+    JobsConfig,
+    ServerConfig,
+    StoreConfig,
+    load_config,
+)
 from realtimed.jobs import CronEntry, CronScheduler, JobContext, JobRunner, cron_dedupe_key
+from realtimed.jobs.builtin import BUILTIN_CRON_SCHEDULES
+from realtimed.jobs.kinds import DAEMON_JOB_TYPES
 from realtimed.store import Store, open_store
+from tests.fixtures.daemon import DaemonFactory
 
 AUTOJUMP_S = 0.05
 LIMIT_S = 3 * 3600  # virtual seconds
@@ -91,8 +102,8 @@ async def test_two_schedulers_run_each_tick_once(store: Store, clock: trio.testi
 
         runner.register("noop", noop)
         schedulers = [
-            CronScheduler(counting, [every(10)], clock=walls[0], runner=runner),
-            CronScheduler(counting, [every(10)], clock=walls[1]),
+            CronScheduler(counting, [every(10)], clock=walls[0], runner=runner, catch_up="last"),
+            CronScheduler(counting, [every(10)], clock=walls[1], catch_up="last"),
         ]
         async with trio.open_nursery() as nursery:
             await nursery.start(runner.run)
@@ -115,7 +126,7 @@ async def test_three_nodes_with_jittery_stepping_clocks_enqueue_ten_jobs_for_ten
         offsets = [-0.4, 0.0, 0.3]
         walls = [TrioWallClock(T0 + timedelta(seconds=5 + off)) for off in offsets]
         rng = random.Random(11)
-        schedulers = [CronScheduler(counting, [every(10)], clock=wall) for wall in walls]
+        schedulers = [CronScheduler(counting, [every(10)], clock=wall, catch_up="last") for wall in walls]
 
         async def jitter() -> None:
             behind = [False] * len(walls)
@@ -152,7 +163,7 @@ async def test_a_node_that_was_down_runs_only_the_latest_missed_tick(
         wall = TrioWallClock(T0 + timedelta(seconds=5))
         entry = CronConfig(name="minutely", schedule="* * * * *", kind="noop")
         async with trio.open_nursery() as nursery:
-            await nursery.start(CronScheduler(store, [entry], clock=wall).run)
+            await nursery.start(CronScheduler(store, [entry], clock=wall, catch_up="last").run)
             await trio.sleep(85)  # 12:00 (caught up at start) and 12:01
             nursery.cancel_scope.cancel()
         assert await cron_keys(store) == keys("minutely", T0, T0 + timedelta(minutes=1))
@@ -170,12 +181,87 @@ async def test_a_node_that_was_down_runs_only_the_latest_missed_tick(
         )
 
 
+async def test_catch_up_none_makes_a_new_entry_wait_for_its_next_tick(
+    store: Store, clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(LIMIT_S):
+        wall = TrioWallClock(T0 + timedelta(seconds=30))
+        entry = CronConfig(name="minutely", schedule="* * * * *", kind="noop")
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):  # two nodes, both seeing the entry for the first time
+                await nursery.start(CronScheduler(store, [entry], clock=wall, catch_up="none").run)
+            await trio.sleep(5)  # 12:00:35: the 12:00 tick passed before the entry existed
+            assert await cron_keys(store) == []
+            await trio.sleep(30)  # 12:01:05
+            nursery.cancel_scope.cancel()
+        assert await cron_keys(store) == keys("minutely", T0 + timedelta(minutes=1))
+        # Once it has run, downtime is caught up whatever the setting: the latest missed tick, once.
+        wall.step(timedelta(hours=1))  # 13:01:05
+        async with trio.open_nursery() as nursery:
+            await nursery.start(CronScheduler(store, [entry], clock=wall, catch_up="none").run)
+            await trio.sleep(1)
+            nursery.cancel_scope.cancel()
+        assert await cron_keys(store) == keys("minutely", T0 + timedelta(minutes=1), T0 + timedelta(minutes=61))
+
+
+async def test_catch_up_last_runs_the_latest_past_tick_of_a_new_entry_once_at_start(
+    store: Store, clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(LIMIT_S):
+        counting = CountingStore(store)
+        wall = TrioWallClock(T0 + timedelta(minutes=5, seconds=30))  # 12:05:30, ticks 12:00 ... 12:05 passed
+        entry = CronConfig(name="minutely", schedule="* * * * *", kind="noop")
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+                await nursery.start(CronScheduler(counting, [entry], clock=wall, catch_up="last").run)
+            await trio.sleep(1)
+            assert await cron_keys(store) == keys("minutely", T0 + timedelta(minutes=5))
+            await trio.sleep(30)  # 12:06:01
+            nursery.cancel_scope.cancel()
+        expected = keys("minutely", T0 + timedelta(minutes=5), T0 + timedelta(minutes=6))
+        assert await cron_keys(store) == expected
+        assert sorted(counting.enqueued) == expected  # once across both nodes
+
+
+@pytest.mark.parametrize("catch_up", ["none", "last"])
+async def test_builtin_entries_follow_jobs_cron_catch_up(
+    store: Store, store_config: Config, clock: trio.testing.MockClock, catch_up: str
+) -> None:
+    with trio.fail_after(LIMIT_S):
+        cfg = load_config(None, env={}, data={"jobs": {"cron_catch_up": catch_up}})
+        wall = TrioWallClock(T0)  # 12:00 UTC: the built-in entries ran at 03:10 ... 03:40 today
+        scheduler = CronScheduler.from_config(store, cfg, clock=wall)
+        assert {e.name for e in scheduler.entries} == set(BUILTIN_CRON_SCHEDULES)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(scheduler.run)
+            await trio.sleep(5)
+            nursery.cancel_scope.cancel()
+        jobs, _ = await store.list_jobs(limit=100)
+        if catch_up == "none":
+            assert jobs == []
+        else:
+            today = T0.replace(hour=3)
+            assert sorted(job.dedupe_key or "" for job in jobs) == sorted(
+                cron_dedupe_key(kind, today.replace(minute=int(schedule.split()[0])))
+                for kind, schedule in BUILTIN_CRON_SCHEDULES.items()
+            )
+
+
+def test_cron_catch_up_defaults_to_none_and_is_checked() -> None:
+    assert load_config(None, env={}).jobs.cron_catch_up == "none"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={}, data={"jobs": {"cron_catch_up": "all"}})
+    assert [key for key, _ in info.value.problems] == ["jobs.cron_catch_up"]
+    with pytest.raises(ValueError, match="catch_up"):
+        CronScheduler(None, [], clock=SystemClock(), catch_up="all")  # type: ignore[arg-type]
+
+
 async def test_time_zone_is_honoured(store: Store, clock: trio.testing.MockClock) -> None:
     with trio.fail_after(LIMIT_S):
         # 2026-03-01 13:59 UTC is 08:59 in New York (EST, UTC-5).
         wall = TrioWallClock(datetime(2026, 3, 1, 13, 59, tzinfo=UTC))
         entry = CronConfig(name="ny", schedule="0 9 * * *", kind="report", timezone="America/New_York")
-        scheduler = CronScheduler(store, [entry], clock=wall, max_sleep_s=3600)
+        scheduler = CronScheduler(store, [entry], clock=wall, max_sleep_s=3600, catch_up="last")
         async with trio.open_nursery() as nursery:
             await nursery.start(scheduler.run)
             await trio.sleep(61)
@@ -215,3 +301,50 @@ def test_invalid_entries_are_refused() -> None:
         CronEntry.parse(CronConfig(name="x", schedule="* * * * *", kind="k", timezone="Mars/Olympus"))
     with pytest.raises(ValueError, match="duplicate"):
         CronScheduler(None, [every(5, "a"), every(10, "a")], clock=SystemClock())
+    runner = JobRunner(None, config=JobsConfig(), clock=SystemClock(), node="n1")
+    with pytest.raises(ValueError, match="nothing handles: noop"):
+        CronScheduler(None, [every(5)], clock=SystemClock(), runner=runner)
+
+
+def cron_problems(*entries: dict[str, Any]) -> dict[str, str]:
+    base = {"schedule": "0 4 * * *"}
+    data = {"cron": [{"name": f"e{i}", **base, **entry} for i, entry in enumerate(entries)]}
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={}, data=data)
+    return dict(info.value.problems)
+
+
+def test_a_kind_no_node_handles_is_a_config_error_naming_the_key() -> None:
+    problems = cron_problems({"kind": "noop"}, {"kind": "report.nightly"}, {"kind": ""})
+    assert set(problems) == {"cron[1].kind", "cron[2].kind"}
+    assert problems["cron[1].kind"].startswith("unknown job kind 'report.nightly': no node handles it")
+    assert "retention.jobs" in problems["cron[1].kind"] and "notify.send" in problems["cron[1].kind"]
+    assert problems["cron[2].kind"] == "must not be empty"
+
+
+def test_a_payload_its_kind_refuses_is_a_config_error_naming_the_field() -> None:
+    problems = cron_problems(
+        {"kind": "retention.jobs", "payload": {"days": 3}},  # fine
+        {"kind": "retention.jobs", "payload": {"days": -1}},
+        {"kind": "devices.stale", "payload": {"days": "ten"}},
+        {"kind": "notify.send", "payload": {"user_ids": ["u1", 2], "type": "digest"}},
+        {"kind": "notify.send", "payload": {"user_ids": ["u1"]}},
+        {"kind": "push.send", "payload": {"message": {}}},
+        {"kind": "notify.send", "payload": {"user_ids": ["u1"], "type": "weekly"}},  # fine
+    )
+    assert problems == {
+        "cron[1].payload.days": "not a retention.jobs payload: must be a non-negative number",
+        "cron[2].payload.days": "not a devices.stale payload: must be a non-negative number",
+        "cron[3].payload.user_ids[1]": "not a notify.send payload: must be a string",
+        "cron[4].payload.type": "not a notify.send payload: must be a string",
+        "cron[5].payload.token": "not a push.send payload: give exactly one of token and topic",
+    }
+
+
+async def test_the_daemon_registers_exactly_the_kinds_the_config_check_knows(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(30):
+        daemon = await start_daemon({"jobs": {"poll_s": 600.0}})
+        assert set(daemon.services.jobs.kinds) == set(DAEMON_JOB_TYPES)
+        # Each is registered with the same payload type as the table's.
+        for kind, job in daemon.services.jobs.kinds.items():
+            assert job.job_type == DAEMON_JOB_TYPES[kind], kind

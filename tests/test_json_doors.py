@@ -382,7 +382,7 @@ def test_max_json_depth_is_bounded() -> None:
 
 
 def test_cron_payloads_nest_no_deeper_than_stored_job_payloads() -> None:
-    entry = {"name": "c", "schedule": "* * * * *", "kind": "k"}
+    entry = {"name": "c", "schedule": "* * * * *", "kind": "noop"}
     load_config(env={}, data={"cron": [{**entry, "payload": {"k": nested(MAX_STORED_JSON_DEPTH - 1)}}]})
     with pytest.raises(ConfigError) as info:
         load_config(env={}, data={"cron": [{**entry, "payload": {"k": nested(MAX_STORED_JSON_DEPTH)}}]})

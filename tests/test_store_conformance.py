@@ -748,7 +748,9 @@ async def test_job_stats_oldest_age_and_cron_ticks(store: Store) -> None:
         assert sorted(await store.job_stats()) == [("a", "queued", 1), ("a", "running", 1), ("b", "queued", 1)]
         assert await store.oldest_queued_job_age_s(at(50)) == pytest.approx(30.0)
         assert await store.oldest_queued_job_age_s(at(5)) is None
+        assert await store.cron_last_tick(name="digest") is None  # never ran
         assert await store.cron_claim_tick(name="digest", tick=at(60))
+        assert await store.cron_last_tick(name="digest") == at(60)
         assert not await store.cron_claim_tick(name="digest", tick=at(60))
         assert not await store.cron_claim_tick(name="digest", tick=at(0))  # a clock stepping back
         assert await store.cron_claim_tick(name="digest", tick=at(120))
@@ -761,6 +763,8 @@ async def test_job_stats_oldest_age_and_cron_ticks(store: Store) -> None:
             for _ in range(5):
                 nursery.start_soon(node)
         assert sorted(results) == [False, False, False, False, True]
+        assert await store.cron_last_tick(name="digest") == at(180)
+        assert await store.cron_last_tick(name="other") is None
 
 
 # ---------------------------------------------------------------------------

@@ -1,68 +1,89 @@
 """The HTTP doors on quart-trio: health, metrics, the server API and the client REST,
 plus the configured static folders (static.py) and, in development, /dev/token (dev.py).
 
-Routes are grouped in blueprints owned by the capabilities (``/server/v1`` and
-``/api/v1``); this module builds the app, checks credentials for each door,
-charges each client REST call to the user's op budget (``budgets``), turns
-every ``ApiError`` into the error body of docs/protocol.md section 8.1, and adds CORS
-headers for allowed browser origins.
+Each capability describes its routes (``realtimed.http.routes``) and hands them
+over from its ``routes()`` function; ``create_app`` serves the list it is given,
+by default ``capability_routes()``, each under its door's prefix (``/server/v1``,
+``/api/v1``). This module checks credentials for each door, charges each client
+REST call to the user's op budget (``budgets``), turns every ``ApiError`` into the
+error body of docs/protocol.md section 8.1, and adds CORS headers for allowed
+browser origins.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-import orjson
+import attrs
 import trio
-from quart import Blueprint, Response, current_app, g, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from realtimed import metrics, protocol
+from realtimed import metrics
 from realtimed.config import is_loopback, parse_host_port
-from realtimed.errors import (
-    ApiError,
-    BadRequest,
-    Internal,
-    NotFound,
-    PayloadTooLarge,
-    Unauthorized,
-    ValidationFailed,
-)
+from realtimed.errors import ApiError, Internal, NotFound, PayloadTooLarge, Unauthorized
 from realtimed.http import budgets
+from realtimed.http.routes import (
+    CLIENT_PREFIX,
+    SERVER_PREFIX,
+    Route,
+    Schema,
+    bearer_token,
+    json_body,
+    json_response,
+    out,
+    route,
+    services,
+)
 from realtimed.services import Services
+
+__all__ = [
+    "CLIENT_PREFIX",
+    "READY_TIMEOUT_S",
+    "SERVER_PREFIX",
+    "bearer_token",
+    "capability_routes",
+    "check_backends",
+    "create_app",
+    "error_response",
+    "json_body",
+    "json_response",
+    "services",
+]
 
 log = logging.getLogger(__name__)
 
-SERVER_PREFIX: Final = "/server/v1"
-CLIENT_PREFIX: Final = "/api/v1"
 READY_TIMEOUT_S: Final = 2.0
 # Server API calls with other methods change state, and are logged with the API key's name.
 _READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
-
-# Blueprints registered by capabilities: (blueprint, door) where door is "server" or "client".
-_EXTRA_BLUEPRINTS: list[tuple[Blueprint, str]] = []
-
-
-def register_blueprint(blueprint: Blueprint, door: str) -> None:
-    """Add a capability's routes to a door (``server`` → /server/v1, ``client`` → /api/v1)."""
-    if door not in ("server", "client"):
-        raise ValueError(door)
-    if all(bp is not blueprint for bp, _ in _EXTRA_BLUEPRINTS):
-        _EXTRA_BLUEPRINTS.append((blueprint, door))
+# Fetched without a credential: the documents are the same for everyone.
+_DOCUMENTS: Final = frozenset({f"{SERVER_PREFIX}/openapi.json", f"{CLIENT_PREFIX}/openapi.json"})
 
 
-def services() -> Services:
-    """The daemon's services, from inside a request."""
-    svc: Services = current_app.extensions["realtimed"]
-    return svc
+def capability_routes() -> list[Route]:
+    """Every route the daemon serves: the operator's endpoints, then each capability's ``routes()``."""
+    # Imported here: the capabilities import this package's helpers, and nothing
+    # is registered by importing them.
+    from realtimed import chat, presence
+    from realtimed.http import client_api, jobs_api, openapi, server_api
+    from realtimed.notify import http as notify_http
+    from realtimed.push import http as push_http
 
-
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data), status=status, headers=headers, content_type="application/json")
+    return [
+        *routes(),
+        *openapi.routes(),
+        *server_api.routes(),
+        *jobs_api.routes(),
+        *client_api.routes(),
+        *chat.routes(),
+        *presence.routes(),
+        *notify_http.routes(),
+        *push_http.routes(),
+    ]
 
 
 def error_response(exc: ApiError) -> Response:
@@ -71,34 +92,6 @@ def error_response(exc: ApiError) -> Response:
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, -(-retry_after // 1000)))
     return json_response({"error": exc.to_dict()}, exc.http_status, headers)
-
-
-async def json_body() -> dict[str, Any]:
-    """The request body as a JSON object; an empty body is ``{}``.
-
-    Every HTTP door parses its body here, so a field nesting deeper than
-    ``gateway.max_json_depth`` is refused (``VALIDATION_ERROR`` naming it) before
-    any route sees it.
-    """
-    raw = await request.get_data(cache=False)
-    if not raw:
-        return {}
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest("body is not valid JSON") from exc
-    if not isinstance(data, dict):
-        raise ValidationFailed("body", "must be a JSON object")
-    protocol.check_json_depth(data, services().config.gateway.max_json_depth, raw=raw)
-    return data
-
-
-def bearer_token() -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
 
 
 def _origin_allowed(origin: str, allowed: list[str]) -> bool:
@@ -114,9 +107,17 @@ def _server_api_allowed_here(svc: Services) -> bool:
     return is_loopback(host) or cfg.http.expose_server_api
 
 
-def create_app(svc: Services) -> QuartTrio:
-    app = QuartTrio("realtimed")
+def create_app(svc: Services, served: Iterable[Route] | None = None) -> QuartTrio:
+    """The app of the HTTP doors, serving ``served`` (default: ``capability_routes()``).
+
+    Raises:
+        ValueError: two routes share a method and a path, or an operationId.
+    """
+    served = tuple(capability_routes() if served is None else served)
+    # No static folder: every path the app answers is a route of the documents.
+    app = QuartTrio("realtimed", static_folder=None)
     app.extensions["realtimed"] = svc
+    app.extensions["realtimed.routes"] = served
     app.config["MAX_CONTENT_LENGTH"] = svc.config.http.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
@@ -131,7 +132,7 @@ def create_app(svc: Services) -> QuartTrio:
             return error_response(NotFound("not served on the internal listener"))
         if (path.startswith(SERVER_PREFIX) or path == "/metrics") and not _server_api_allowed_here(s):
             return error_response(NotFound("served on the internal listener only"))
-        if path.startswith(SERVER_PREFIX) and path != f"{SERVER_PREFIX}/openapi.json":
+        if path.startswith(SERVER_PREFIX) and path not in _DOCUMENTS:
             token = bearer_token()
             key_name = s.api_keys.identify(token) if token is not None and s.api_keys is not None else None
             if key_name is None:
@@ -143,6 +144,8 @@ def create_app(svc: Services) -> QuartTrio:
                 return _preflight(s, origin)
             if path == f"{CLIENT_PREFIX}/events":
                 return None  # the SSE door authenticates itself (header or ?token=)
+            if path in _DOCUMENTS:
+                return None
             token = bearer_token()
             if token is None or s.verifier is None:
                 return error_response(Unauthorized("a user token is required"))
@@ -239,42 +242,102 @@ def create_app(svc: Services) -> QuartTrio:
         log.exception("internal error %s on %s %s", err.correlation_id, request.method, request.path)
         return error_response(err)
 
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return json_response({"status": "ok", "node": services().node})
-
-    @app.get("/readyz")
-    async def readyz() -> Response:
-        s = services()
-        results = await check_backends(s)
-        failing = {name: problem for name, problem in results.items() if problem}
-        body: dict[str, Any] = {
-            "status": "ready" if not failing and not s.draining else "unavailable",
-            "node": s.node,
-            "backends": {name: problem or "ok" for name, problem in results.items()},
-        }
-        if s.draining:
-            body["draining"] = True
-        if failing or s.draining:
-            names = ", ".join(sorted(failing)) or "draining"
-            body["error"] = {"code": "UNAVAILABLE", "message": f"not ready: {names}"}
-            return json_response(body, 503)
-        return json_response(body)
-
-    @app.get("/metrics")
-    async def metrics_endpoint() -> Response:
-        if not services().config.metrics.enabled:
-            return error_response(NotFound("metrics are disabled"))
-        return Response(metrics.exposition(), content_type=metrics.CONTENT_TYPE)
-
-    for blueprint, door in _EXTRA_BLUEPRINTS:
-        app.register_blueprint(blueprint, url_prefix=SERVER_PREFIX if door == "server" else CLIENT_PREFIX)
+    seen: set[tuple[str, str]] = set()
+    operation_ids: set[str] = set()
+    for served_route in served:
+        key = (served_route.method, served_route.rule)
+        if key in seen or served_route.operation_id in operation_ids:
+            raise ValueError(f"{served_route.method} {served_route.rule} ({served_route.operation_id}) is served twice")
+        seen.add(key)
+        operation_ids.add(served_route.operation_id)
+        app.add_url_rule(
+            served_route.rule,
+            endpoint=served_route.operation_id,
+            view_func=served_route.view,
+            methods=[served_route.method],
+        )
     # /dev/token (development only; dev imports this module) and the [[http.static]] folders.
     from realtimed.http import dev, static
 
     app.register_blueprint(dev.blueprint)
     static.add_static_routes(app, svc.config)
     return app
+
+
+# -- the operator's endpoints (in the server document, without a credential) ---------------
+
+
+@attrs.frozen
+class Health:
+    """The process answers."""
+
+    status: str = out({"type": "string", "enum": ["ok"]})
+    node: str = out({"type": "string"}, description="this node's id (server.node_id)")
+
+
+_BACKENDS: Final = {"type": "object", "additionalProperties": {"type": "string"}, "description": "backend → ok, or its problem"}
+_READY: Final = Schema(
+    {
+        "type": "object",
+        "required": ["status", "node", "backends"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ready", "unavailable"]},
+            "node": {"type": "string"},
+            "backends": _BACKENDS,
+            "draining": {"type": "boolean", "description": "present (true) while the node drains"},
+            "error": {"$ref": "#/components/schemas/Error"},
+        },
+    },
+    "whether every backend answers and the node is not draining; 503 with the same body otherwise",
+)
+
+
+@route(
+    "GET", "/healthz", door="ops", operation_id="getHealth", summary="Liveness: the process answers",
+    tag="operations", answers=Health, security=(),
+)
+async def healthz() -> Health:
+    return Health(status="ok", node=services().node)
+
+
+@route(
+    "GET", "/readyz", door="ops", operation_id="getReadiness",
+    summary="Readiness: every backend answers within 2 s and the node is not draining",
+    tag="operations", answers=_READY, security=(), errors=(503,), error_schema=_READY.json,
+)
+async def readyz() -> Response:
+    s = services()
+    results = await check_backends(s)
+    failing = {name: problem for name, problem in results.items() if problem}
+    body: dict[str, Any] = {
+        "status": "ready" if not failing and not s.draining else "unavailable",
+        "node": s.node,
+        "backends": {name: problem or "ok" for name, problem in results.items()},
+    }
+    if s.draining:
+        body["draining"] = True
+    if failing or s.draining:
+        names = ", ".join(sorted(failing)) or "draining"
+        body["error"] = {"code": "UNAVAILABLE", "message": f"not ready: {names}"}
+        return json_response(body, 503)
+    return json_response(body)
+
+
+@route(
+    "GET", "/metrics", door="ops", operation_id="getMetrics",
+    summary="Prometheus metrics (served where the server API is; 404 when metrics.enabled is off)",
+    tag="operations", answers=Schema({"type": "string"}, "the Prometheus text format", content_type=metrics.CONTENT_TYPE),
+    security=(), errors=(404,),
+)
+async def metrics_endpoint() -> Response:
+    if not services().config.metrics.enabled:
+        return error_response(NotFound("metrics are disabled"))
+    return Response(metrics.exposition(), content_type=metrics.CONTENT_TYPE)
+
+
+def routes() -> tuple[Route, ...]:
+    """The operator's endpoints: liveness, readiness, metrics."""
+    return (healthz, readyz, metrics_endpoint)
 
 
 def _preflight(s: Services, origin: str) -> Response:

@@ -99,6 +99,7 @@ UNCHARGED_ROUTES: Final[Mapping[Route, str]] = MappingProxyType(
     {
         ("POST", "/ops/<op>"): "OpRegistry.run charges the op it runs (a name that is no op is 404 and counts nothing)",
         ("GET", "/events"): "the SSE stream: its admission is bounded by the device limits per user and per node",
+        ("GET", "/openapi.json"): "the client document: fetched without a credential, so there is no user to charge",
     }
 )
 """Routes not charged by the door, each with what bounds it instead."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Final
 
-from quart import Blueprint, Response, g, request
+from quart import Response, g, request
 
 from realtimed import protocol
 from realtimed.auth import Claims
@@ -23,16 +23,19 @@ from realtimed.errors import CLOSE_TOKEN_EXPIRED, NotFound, TokenExpired, Unauth
 from realtimed.gateway.ops import Caller
 from realtimed.gateway.room_ops import check_subscribe
 from realtimed.gateway.sse import SseSession, decode_cursor
-from realtimed.http.app import bearer_token, json_body, json_response, register_blueprint, services
+from realtimed.http.app import bearer_token, json_body, json_response, services
+from realtimed.http.routes import Route, Schema, route
 
 log = logging.getLogger(__name__)
-
-blueprint = Blueprint("client_api", __name__)
 
 MAX_SSE_ROOMS: Final = 64
 
 
-@blueprint.post("/ops/<op>")
+@route(
+    "POST", "/ops/<op>", door="client", operation_id="runOp",
+    summary="Run an op of the wire protocol (docs/protocol.md section 5) over HTTP: the body is its data",
+    tag="ops", answers=Schema({"type": "object"}, "the reply's data"), op_family=True, errors=(404, 409),
+)
 async def run_op(op: str) -> Response:
     svc = services()
     if op in protocol.SOCKET_ONLY_OPS or op not in protocol.OPS:
@@ -46,7 +49,29 @@ async def run_op(op: str) -> Response:
     return json_response(result)
 
 
-@blueprint.get("/events")
+@route(
+    "GET", "/events", door="client", operation_id="streamEvents",
+    summary="Server-sent events for the user and the listed rooms (resumed with Last-Event-ID)",
+    tag="events",
+    answers=Schema(
+        {"type": "string", "description": "SSE records: each event of docs/asyncapi.yaml, heartbeats, session.closed"},
+        content_type="text/event-stream",
+    ),
+    security=("userToken", "userTokenQuery"),
+    errors=(400, 401, 403),
+    # Read by the handler itself: the token is checked before the rooms.
+    described=(
+        {
+            "name": "rooms",
+            "in": "query",
+            "required": False,
+            "style": "form",
+            "explode": False,
+            "schema": {"type": "array", "items": {"$ref": "#/components/schemas/Room"}, "maxItems": MAX_SSE_ROOMS},
+        },
+        {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
+    ),
+)
 async def events() -> Response:
     """The SSE door: check the token and the rooms here, then the SSE transport serves the stream."""
     svc = services()
@@ -77,4 +102,6 @@ async def events() -> Response:
     return response
 
 
-register_blueprint(blueprint, "client")
+def routes() -> tuple[Route, ...]:
+    """The client REST's ops route and the SSE stream."""
+    return (run_op, events)

@@ -13,100 +13,159 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 
-from quart import Blueprint, Response, request
+import attrs
 
-from realtimed.errors import NotFound, ValidationFailed
-from realtimed.http.app import json_response, register_blueprint, services
+from realtimed.errors import NotFound
+from realtimed.http.routes import (
+    Kind,
+    Named,
+    QueryChoice,
+    QueryInt,
+    QueryText,
+    RequestParts,
+    Route,
+    list_of,
+    out,
+    route,
+    services,
+    wire,
+)
+from realtimed.protocol import JsonSchema
 from realtimed.store.base import JOB_STATUSES, Store
 
-__all__ = ["blueprint"]
+__all__ = ["JOB", "routes"]
 
 log = logging.getLogger(__name__)
-
-blueprint = Blueprint("jobs_api", __name__)
 
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 500
 _MAX_FILTER_CHARS: Final = 200
 _MAX_ID_CHARS: Final = 100
+_TAG: Final = "jobs"
+_WHEN: Final = {"type": ["string", "null"], "format": "date-time"}
+
+JOB: Final = Named(
+    "Job",
+    {
+        "type": "object",
+        "required": [
+            "id", "queue", "kind", "payload", "priority", "status", "attempts", "max_attempts", "run_at",
+            "last_error", "created_at", "finished_at",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "queue": {"type": "string"},
+            "kind": {"type": "string"},
+            "payload": {"type": "object"},
+            "priority": {"type": "integer"},
+            "status": {"type": "string", "enum": list(JOB_STATUSES)},
+            "attempts": {"type": "integer", "minimum": 0, "description": "claims so far, the running one included"},
+            "max_attempts": {"type": "integer", "minimum": 1},
+            "run_at": {"$ref": "#/components/schemas/Time"},
+            "last_error": {"type": ["string", "null"]},
+            "created_at": {"$ref": "#/components/schemas/Time"},
+            "finished_at": _WHEN,
+        },
+    },
+)
 
 
 def _store() -> Store:
     return services().store
 
 
-def _status(args: Mapping[str, str]) -> str | None:
-    value = args.get("status") or None
-    if value is not None and value not in JOB_STATUSES:
-        raise ValidationFailed("status", f"must be one of {', '.join(JOB_STATUSES)}")
-    return value
+@attrs.frozen
+class JobId(Kind):
+    """A job id in the path: one that cannot exist (empty, over 100 characters) is not found."""
+
+    def parse(self, source: Mapping[str, Any], name: str, parts: RequestParts) -> Any:
+        job_id: str = source[name]
+        if not job_id or len(job_id) > _MAX_ID_CHARS:
+            raise NotFound(f"no job {job_id!r}")
+        return job_id
+
+    def schema(self, cfg: Any) -> JsonSchema:
+        return {"type": "string", "minLength": 1, "maxLength": _MAX_ID_CHARS}
 
 
-def _filter(args: Mapping[str, str], field: str) -> str | None:
-    value = args.get(field) or None
-    if value is not None and len(value) > _MAX_FILTER_CHARS:
-        raise ValidationFailed(field, f"must be at most {_MAX_FILTER_CHARS} characters")
-    return value
+@attrs.frozen
+class JobsQuery:
+    status: str | None = wire(QueryChoice(JOB_STATUSES), "query")
+    queue: str | None = wire(QueryText(_MAX_FILTER_CHARS), "query")
+    kind: str | None = wire(QueryText(_MAX_FILTER_CHARS), "query")
+    cursor: str | None = wire(QueryText(_MAX_FILTER_CHARS, description="next_cursor of the previous page"), "query")
+    limit: int = wire(QueryInt(DEFAULT_LIMIT, 1, MAX_LIMIT), "query")
 
 
-def _limit(args: Mapping[str, str]) -> int:
-    raw = args.get("limit")
-    if raw is None or raw == "":
-        return DEFAULT_LIMIT
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationFailed("limit", "must be an integer") from None
-    if not 1 <= value <= MAX_LIMIT:
-        raise ValidationFailed("limit", f"must be between 1 and {MAX_LIMIT}")
-    return value
+@attrs.frozen
+class JobPage:
+    """A page of jobs, newest first."""
+
+    jobs: list[dict[str, Any]] = out(list_of(JOB))
+    next_cursor: str | None = out({"type": ["string", "null"]}, description="null at the end")
 
 
-def _job_id(job_id: str) -> str:
-    if not job_id or len(job_id) > _MAX_ID_CHARS:
-        raise NotFound(f"no job {job_id!r}")
-    return job_id
-
-
-@blueprint.get("/jobs")
-async def list_jobs() -> Response:
-    args = request.args
-    status = _status(args)
-    queue = _filter(args, "queue")
-    kind = _filter(args, "kind")
-    cursor = _filter(args, "cursor")
-    limit = _limit(args)
+@route(
+    "GET", "/jobs", door="server", operation_id="listJobs", summary="Jobs, by status, queue and kind",
+    tag=_TAG, accepts=JobsQuery, answers=JobPage,
+)
+async def list_jobs(inp: JobsQuery) -> JobPage:
     # The store raises ValidationFailed("cursor", ...) for a cursor it did not make.
-    jobs, next_cursor = await _store().list_jobs(status=status, queue=queue, kind=kind, cursor=cursor, limit=limit)
-    return json_response({"jobs": [job.to_wire() for job in jobs], "next_cursor": next_cursor})
+    jobs, next_cursor = await _store().list_jobs(
+        status=inp.status, queue=inp.queue, kind=inp.kind, cursor=inp.cursor, limit=inp.limit
+    )
+    return JobPage(jobs=[job.to_wire() for job in jobs], next_cursor=next_cursor)
 
 
-@blueprint.get("/jobs/<job_id>")
-async def get_job(job_id: str) -> Response:
-    job = await _store().get_job(_job_id(job_id))
+@attrs.frozen
+class JobPath:
+    job_id: str = wire(JobId(), "path")
+
+
+@attrs.frozen
+class JobReply:
+    """The job."""
+
+    job: dict[str, Any] = out(JOB)
+
+
+@route(
+    "GET", "/jobs/<job_id>", door="server", operation_id="getJob", summary="One job",
+    tag=_TAG, accepts=JobPath, answers=JobReply, errors=(404,),
+)
+async def get_job(inp: JobPath) -> JobReply:
+    job = await _store().get_job(inp.job_id)
     if job is None:
-        raise NotFound(f"no job {job_id!r}")
-    return json_response({"job": job.to_wire()})
+        raise NotFound(f"no job {inp.job_id!r}")
+    return JobReply(job=job.to_wire())
 
 
-@blueprint.post("/jobs/<job_id>/retry")
-async def retry_job(job_id: str) -> Response:
-    """A dead, failed or cancelled job runs again now with its attempts reset (else 409)."""
+@route(
+    "POST", "/jobs/<job_id>/retry", door="server", operation_id="retryJob",
+    summary="Run a failed, dead or cancelled job again now, its attempts reset (409 in other statuses)",
+    tag=_TAG, accepts=JobPath, answers=JobReply, errors=(404, 409),
+)
+async def retry_job(inp: JobPath) -> JobReply:
     svc = services()
-    job = await svc.store.retry_job(job_id=_job_id(job_id), now=svc.clock.now())
+    job = await svc.store.retry_job(job_id=inp.job_id, now=svc.clock.now())
     log.info("job %s (%s) retried through the server API", job.id, job.kind)
-    return json_response({"job": job.to_wire()})
+    return JobReply(job=job.to_wire())
 
 
-@blueprint.post("/jobs/<job_id>/cancel")
-async def cancel_job(job_id: str) -> Response:
-    """A queued job is cancelled (else 409)."""
+@route(
+    "POST", "/jobs/<job_id>/cancel", door="server", operation_id="cancelJob",
+    summary="Cancel a queued job (409 in other statuses)",
+    tag=_TAG, accepts=JobPath, answers=JobReply, errors=(404, 409),
+)
+async def cancel_job(inp: JobPath) -> JobReply:
     svc = services()
-    job = await svc.store.cancel_job(job_id=_job_id(job_id), now=svc.clock.now())
+    job = await svc.store.cancel_job(job_id=inp.job_id, now=svc.clock.now())
     log.info("job %s (%s) cancelled through the server API", job.id, job.kind)
-    return json_response({"job": job.to_wire()})
+    return JobReply(job=job.to_wire())
 
 
-register_blueprint(blueprint, "server")
+def routes() -> tuple[Route, ...]:
+    """The jobs routes of the server API."""
+    return (list_jobs, get_job, retry_job, cancel_job)

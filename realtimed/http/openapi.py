@@ -1,159 +1,290 @@
-"""The OpenAPI 3.1 document of both HTTP doors (served at ``/server/v1/openapi.json``).
+"""The OpenAPI 3.1 documents of the HTTP doors, built from the routes the app serves.
 
-Each operation names the credential its door checks (``http/app.py``): the
-server API takes an API key, the client REST a user's JWT, both as
-``Authorization: Bearer``; the SSE stream also takes the JWT as ``?token=``
-(``EventSource`` cannot set headers); the document itself needs none.
+Two documents, both fetched without a credential:
+
+- the server document, ``GET /server/v1/openapi.json``: the server API (an API
+  key, ``apiKey``) and the operator's endpoints ``/healthz``, ``/readyz`` and
+  ``/metrics`` (no credential; ``/metrics`` is served where the server API is);
+- the client document, ``GET /api/v1/openapi.json``: the client REST (a user's
+  JWT, ``userToken``) and the SSE stream (the JWT in the header or as
+  ``?token=``, ``userTokenQuery``, since ``EventSource`` cannot set headers).
+
+Every operation is a ``Route`` of ``realtimed.http.routes``: its parameters and
+request body are the schemas of the request type its handler is given (the
+same objects that check the request), its 200 answer the schema of its response
+type. ``POST /api/v1/ops/{op}`` is described once per op, from the op's
+``OpSpec``. A configured limit (``notify.max_recipients``) is stated as
+configured, so each document is built for the configuration in force.
 """
 
 from __future__ import annotations
 
-from functools import cache
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Final
+
+from quart import current_app
 
 from realtimed import __version__, protocol
+from realtimed.config import Config
+from realtimed.http.routes import CLIENT_PREFIX, Named, Route, Schema, openapi_path, route, services
+from realtimed.protocol import OP_SPECS, JsonSchema
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
+__all__ = ["DOCUMENT_DOORS", "build_documents", "op_operation_id", "routes"]
 
+DOCUMENT_DOORS: Final[Mapping[str, tuple[str, ...]]] = {"server": ("server", "ops"), "client": ("client",)}
+"""Each document and the doors whose routes it describes."""
 
-def _errors(*statuses: int) -> dict[str, Any]:
-    names = {400: "invalid input", 401: "no or bad credentials", 403: "forbidden", 404: "not found",
-             409: "conflict", 413: "payload too large", 429: "rate limited", 503: "a backend is down"}
-    return {str(s): {"description": names[s], "content": {"application/json": {"schema": _ERROR}}} for s in statuses}
-
-
-def _op(summary: str, *, body: dict[str, Any] | None = None, answer: dict[str, Any] | None = None,
-        params: list[dict[str, Any]] | None = None, errors: tuple[int, ...] = (400, 401, 503), tag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "summary": summary,
-        "tags": [tag],
-        "responses": {
-            "200": {"description": "done", "content": {"application/json": {"schema": answer or {"type": "object"}}}},
-            **_errors(*errors),
-        },
-    }
-    if body is not None:
-        out["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-    if params:
-        out["parameters"] = params
-    return out
-
-
-def _obj(required: list[str] | None = None, **props: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "object", "properties": props}
-    if required:
-        out["required"] = required
-    return out
-
-
-def _q(name: str, schema: dict[str, Any], required: bool = False, where: str = "query") -> dict[str, Any]:
-    return {"name": name, "in": where, "required": required or where == "path", "schema": schema}
-
-
-S = {"type": "string"}
-INT = {"type": "integer"}
-ANY: dict[str, Any] = {}
-STRS = {"type": "array", "items": S}
-
-
-@cache
-def openapi_document() -> dict[str, Any]:
-    server = "server API"
-    client = "client REST"
-    paths: dict[str, Any] = {
-        "/server/v1/publish": {"post": _op(
-            "Publish an app event to a room", tag=server,
-            body=_obj(["room", "event"], room=S, event=S, data=ANY),
-            answer=_obj(delivered=INT, seq=INT, epoch=S))},
-        "/server/v1/broadcast": {"post": _op(
-            "Publish one event to many rooms (up to 1,000)", tag=server,
-            body=_obj(["rooms", "event"], rooms=STRS, event=S, data=ANY),
-            answer=_obj(results={"type": "object", "additionalProperties": _obj(seq=INT, epoch=S, delivered=INT)}))},
-        "/server/v1/users/events": {"post": _op(
-            "Send an event to every device of users (up to 10,000)", tag=server,
-            body=_obj(["user_ids", "event"], user_ids=STRS, event=S, data=ANY), answer=_obj(delivered=INT))},
-        "/server/v1/users/{user_id}/disconnect": {"post": _op(
-            "Close a user's sockets on every node (4510), optionally banning the user on every door (4503)",
-            tag=server,
-            params=[_q("user_id", S, where="path")],
-            body=_obj(session_id=S, ban_s={"type": "number"}), answer=_obj(disconnected=INT, banned_until=S))},
-        "/server/v1/users/{user_id}/ban": {
-            "get": _op("Whether a user is banned, and until when", tag=server,
-                       params=[_q("user_id", S, where="path")],
-                       answer=_obj(banned={"type": "boolean"}, banned_until=S)),
-            "delete": _op("Lift a user's ban", tag=server, params=[_q("user_id", S, where="path")],
-                          answer=_obj(unbanned={"type": "boolean"}))},
-        "/server/v1/connections": {"get": _op(
-            "Connections of a user or a room on this node", tag=server,
-            params=[_q("user_id", S), _q("room", S)],
-            answer=_obj(connections={"type": "array", "items": {"$ref": "#/components/schemas/Connection"}}))},
-        "/server/v1/rooms/{room}/presence": {"get": _op(
-            "Who is in a room", tag=server, params=[_q("room", S, where="path")],
-            answer=_obj(room=S, users={"type": "array", "items": _obj(user_id=S, sessions=INT)}))},
-        "/server/v1/rooms/{room}/history": {"get": _op(
-            "A room's recent publications", tag=server, errors=(400, 401, 404),
-            params=[_q("room", S, where="path"), _q("since_seq", INT), _q("epoch", S), _q("limit", INT)],
-            answer=_obj(seq=INT, epoch=S, recovered={"type": "boolean"},
-                        publications={"type": "array", "items": {"$ref": "#/components/schemas/Publication"}}))},
-        "/server/v1/stats": {"get": _op("Node statistics", tag=server,
-                                        answer=_obj(node=S, sockets=INT, users=INT, rooms=INT, deliveries=INT))},
-        "/server/v1/openapi.json": {"get": {"summary": "This document", "tags": [server], "security": [],
-                                            "responses": {"200": {"description": "OpenAPI 3.1"}}}},
-        "/api/v1/ops/{op}": {"post": _op(
-            "Run an op of the wire protocol (docs/protocol.md section 5) over HTTP; the body is its data", tag=client,
-            params=[_q("op", {"type": "string", "enum": sorted(protocol.OPS - protocol.SOCKET_ONLY_OPS)}, where="path")],
-            body={"type": "object"},
-            errors=(400, 401, 403, 404, 409, 413, 429, 503))},
-        "/api/v1/events": {"get": {
-            "summary": "Server-sent events for the user and the listed rooms", "tags": [client],
-            "security": [{"userToken": []}, {"userTokenQuery": []}],
-            "parameters": [_q("rooms", S), {"name": "Last-Event-ID", "in": "header", "schema": S}],
-            "responses": {"200": {"description": "text/event-stream"}, **_errors(400, 401, 403)}}},
-    }
-    _add_security(paths)
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "realtimed", "version": __version__,
-                 "description": "The server API (/server/v1, API key) and the client REST (/api/v1, user JWT). "
-                 "The wire contract is docs/protocol.md of realtimed; errors, limits and the SSE door are described there."},
-        "paths": paths,
-        "components": {
-            "securitySchemes": {
-                "apiKey": {"type": "http", "scheme": "bearer",
-                           "description": "an API key of api.keys, for the server API (/server/v1)"},
-                "userToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                              "description": "a user's JWT, for the client REST (/api/v1)"},
-                "userTokenQuery": {"type": "apiKey", "in": "query", "name": "token",
-                                   "description": "a user's JWT as ?token=, for the SSE stream only"},
-            },
-            "schemas": {
-                "Error": _obj(["error"], error=_obj(["code", "message"], code=S, message=S, field=S,
-                                                    retry_after_ms=INT, correlation_id=S, banned_until=S)),
-                "Publication": _obj(["seq", "event", "data", "published_at"], seq=INT, event=S, data=ANY, published_at=S),
-                "Connection": _obj(session_id=S, user_id=S, node=S, connected_at=S, rooms=STRS, transport=S, address=S),
-            },
-        },
-    }
-
-
-_SECURITY_BY_DOOR: tuple[tuple[str, list[dict[str, list[str]]]], ...] = (
-    ("/server/v1/", [{"apiKey": []}]),
-    ("/api/v1/", [{"userToken": []}]),
+_REF_PREFIX: Final = "#/components/schemas/"
+_ERROR_BODY: Final = Named(
+    "ErrorBody",
+    {"type": "object", "required": ["error"], "properties": {"error": {"$ref": _REF_PREFIX + "Error"}}},
+)
+_ERROR_TEXT: Final[Mapping[int, str]] = {
+    400: "invalid input: VALIDATION_ERROR names the field; BAD_REQUEST for a body that is not JSON",
+    401: "no credential, or a bad one",
+    403: "forbidden: a banned user (banned_until), or a permission the token lacks",
+    404: "not found",
+    409: "conflict with the record's state",
+    413: "payload too large (http.max_body_bytes, or a field's own limit)",
+    429: "rate limited: retry after Retry-After (retry_after_ms)",
+    503: "unavailable: a backend cannot be reached, or the capability is not running on this node",
+}
+# What the door's credential check can answer before the route runs (realtimed/http/app.py):
+# a bad API key; a bad user token, a ban, a spent budget, a ban that cannot be checked.
+_DOOR_ERRORS: Final[Mapping[str, tuple[int, ...]]] = {"server": (401,), "client": (401, 403, 429, 503), "ops": ()}
+_DOOR_SECURITY: Final[Mapping[str, tuple[str, ...]]] = {"server": ("apiKey",), "client": ("userToken",), "ops": ()}
+_SCHEMES: Final[Mapping[str, JsonSchema]] = {
+    "apiKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an API key of api.keys, for the server API (/server/v1)",
+    },
+    "userToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "a user's JWT, for the client REST (/api/v1)",
+    },
+    "userTokenQuery": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "token",
+        "description": "a user's JWT as ?token=, for the SSE stream only",
+    },
+}
+_INFO: Final[Mapping[str, str]] = {
+    "server": "The server API of realtimed (/server/v1, Authorization: Bearer <API key>), with which the "
+    "application's backend publishes and steers, and the operator's endpoints (/healthz, /readyz, /metrics).",
+    "client": "The client REST of realtimed (/api/v1, Authorization: Bearer <user JWT>), the HTTP mirror of the "
+    "socket's ops, and the server-sent events stream.",
+}
+_COMMON: Final = (
+    " The wire contract is docs/protocol.md of realtimed: errors (the body {error: {code, message, field?}}), "
+    "limits and the SSE stream are described there. In a request, a field that is null counts as absent."
 )
 
 
-def _add_security(paths: dict[str, Any]) -> None:
-    """Give each operation that names no credential the one its door checks."""
-    for path, item in paths.items():
-        security = next((s for prefix, s in _SECURITY_BY_DOOR if path.startswith(prefix)), None)
-        if security is None:
+def op_operation_id(op: str) -> str:
+    """``message.send`` → ``opMessageSend``."""
+    words = op.replace(".", "_").split("_")
+    return "op" + "".join(word[:1].upper() + word[1:] for word in words)
+
+
+def _security(names: Sequence[str]) -> list[dict[str, list[str]]]:
+    return [{name: []} for name in names]
+
+
+def _errors(statuses: Iterable[int], schema: JsonSchema) -> dict[str, Any]:
+    return {
+        str(status): {"description": _ERROR_TEXT[status], "content": {"application/json": {"schema": schema}}}
+        for status in sorted(set(statuses))
+    }
+
+
+def _operation(
+    route: Route,
+    cfg: Config,
+    *,
+    operation_id: str,
+    summary: str,
+    parameters: list[JsonSchema],
+    body: tuple[JsonSchema, bool] | None,
+    answer: JsonSchema,
+    reads_input: bool,
+) -> JsonSchema:
+    security = route.security if route.security is not None else _DOOR_SECURITY[route.door]
+    statuses = set(route.errors)
+    if route.security is None:
+        statuses.update(_DOOR_ERRORS[route.door])
+    if reads_input:
+        statuses.add(400)
+    if body is not None:
+        statuses.add(413)
+    error_schema = route.error_schema if route.error_schema is not None else _ERROR_BODY.ref
+    operation: JsonSchema = {
+        "operationId": operation_id,
+        "summary": summary,
+        "tags": [route.tag],
+        "security": _security(security),
+    }
+    if parameters:
+        operation["parameters"] = parameters
+    if body is not None:
+        schema, required = body
+        operation["requestBody"] = {"required": required, "content": {"application/json": {"schema": schema}}}
+    operation["responses"] = {
+        "200": {"description": "done", "content": {route.answers.content_type: {"schema": answer}}},
+        **_errors(statuses, error_schema),
+    }
+    return operation
+
+
+def _operations(route: Route, cfg: Config) -> Iterator[tuple[str, str, JsonSchema]]:
+    """(path, method, operation) of a route; an op family gives one per op of the client REST."""
+    method = route.method.lower()
+    if route.op_family:
+        for op in sorted(protocol.OPS - protocol.SOCKET_ONLY_OPS):
+            spec = OP_SPECS[op]
+            path = openapi_path(route.rule.replace("<op>", op))
+            data_required = bool(spec.data.get("required")) or "anyOf" in spec.data
+            yield path, method, _operation(
+                route,
+                cfg,
+                operation_id=op_operation_id(op),
+                summary=f"{spec.summary} (the op {op})",
+                parameters=[],
+                body=(spec.data, data_required),
+                answer=spec.reply,
+                reads_input=True,
+            )
+        return
+    parameters = list(route.described)
+    body = None
+    if route.accepts is not None:
+        parameters = route.accepts.parameters(cfg) + parameters
+        body = route.accepts.body(cfg)
+    elif route.variables:
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in sorted(route.variables)
+        ] + parameters
+    yield openapi_path(route.rule), method, _operation(
+        route,
+        cfg,
+        operation_id=route.operation_id,
+        summary=route.summary,
+        parameters=parameters,
+        body=body,
+        answer=route.answers.schema(cfg),
+        reads_input=route.accepts is not None or bool(route.described),
+    )
+
+
+def _refs(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "$ref" and isinstance(item, str) and item.startswith(_REF_PREFIX):
+                yield item.removeprefix(_REF_PREFIX)
+            else:
+                yield from _refs(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _refs(item)
+
+
+def _components(paths: JsonSchema, named: Iterable[Named]) -> dict[str, JsonSchema]:
+    """Every schema the paths refer to, transitively: the routes' records and the wire's types."""
+    known: dict[str, JsonSchema] = dict(protocol.TYPE_SCHEMAS)
+    for record in [_ERROR_BODY, *named]:
+        if known.get(record.name, record.json) != record.json:
+            raise ValueError(f"two schemas are named {record.name}")
+        known[record.name] = record.json
+    schemas: dict[str, JsonSchema] = {}
+    pending = list(_refs(paths))
+    while pending:
+        name = pending.pop()
+        if name in schemas:
             continue
-        for operation in item.values():
-            operation.setdefault("security", security)
+        if name not in known:
+            raise ValueError(f"the document refers to an unknown schema {name!r}")
+        schemas[name] = known[name]
+        pending.extend(_refs(known[name]))
+    return dict(sorted(schemas.items()))
 
 
-def add_paths(paths: dict[str, Any]) -> None:
-    """Capabilities add their routes to the document."""
-    _add_security(paths)
-    doc = openapi_document()
-    doc["paths"].update(paths)
+def build_document(name: str, routes: Iterable[Route], cfg: Config) -> JsonSchema:
+    """The document ``name`` (``server`` or ``client``) of the routes its doors serve."""
+    doors = DOCUMENT_DOORS[name]
+    served = [r for r in routes if r.door in doors]
+    paths: dict[str, dict[str, JsonSchema]] = {}
+    for served_route in served:
+        for path, method, operation in _operations(served_route, cfg):
+            item = paths.setdefault(path, {})
+            if method in item:
+                raise ValueError(f"{method.upper()} {path} is described twice")
+            item[method] = operation
+    named = [record for r in served for record in r.components()]
+    schemes = {scheme for r in served for scheme in (r.security if r.security is not None else _DOOR_SECURITY[r.door])}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": f"realtimed {name} API", "version": __version__, "description": _INFO[name] + _COMMON},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {scheme: _SCHEMES[scheme] for scheme in _SCHEMES if scheme in schemes},
+            "schemas": _components(paths, named),
+        },
+    }
+
+
+def build_documents(routes: Sequence[Route], cfg: Config) -> dict[str, JsonSchema]:
+    """Both documents: ``server`` and ``client``."""
+    return {name: build_document(name, routes, cfg) for name in DOCUMENT_DOORS}
+
+
+def _documents() -> dict[str, JsonSchema]:
+    """The app's documents, built again only when the configuration changed (SIGHUP)."""
+    cfg = services().config
+    cache: dict[str, Any] = current_app.extensions.setdefault("realtimed.openapi", {})
+    if cache.get("config") is not cfg:
+        cache["documents"] = build_documents(current_app.extensions["realtimed.routes"], cfg)
+        cache["config"] = cfg
+    documents: dict[str, JsonSchema] = cache["documents"]
+    return documents
+
+
+_DOCUMENT: Final = Schema(
+    {"type": "object", "required": ["openapi", "info", "paths"], "properties": {"openapi": {"type": "string"}}},
+    "an OpenAPI 3.1 document",
+)
+
+
+@route(
+    "GET",
+    "/openapi.json",
+    door="server",
+    operation_id="getServerDocument",
+    summary="This document: the server API and the operator's endpoints",
+    tag="documents",
+    answers=_DOCUMENT,
+    security=(),
+)
+async def server_document() -> JsonSchema:
+    return _documents()["server"]
+
+
+@route(
+    "GET",
+    "/openapi.json",
+    door="client",
+    operation_id="getClientDocument",
+    summary=f"The client document: the client REST ({CLIENT_PREFIX}) and the SSE stream",
+    tag="documents",
+    answers=_DOCUMENT,
+    security=(),
+)
+async def client_document() -> JsonSchema:
+    return _documents()["client"]
+
+
+def routes() -> tuple[Route, ...]:
+    """The two documents, each served on its own door."""
+    return (server_document, client_document)

@@ -1,28 +1,70 @@
 """The server API (``/server/v1``): the application's backend publishes and steers.
 
-The door checks the API key before any route here runs (``http/app.py``).
+The door checks the API key before any route here runs (``http/app.py``). Each
+route's request and response types are declared with it (``realtimed.http.routes``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
-from quart import Blueprint, Response, request
+import attrs
 
 from realtimed import protocol
 from realtimed.clock import iso
-from realtimed.errors import NotFound, ValidationFailed
+from realtimed.errors import NotFound
 from realtimed.gateway.gateway import Gateway, ban_until
-from realtimed.http import validate
-from realtimed.http.app import json_body, json_response, register_blueprint, services
-from realtimed.http.openapi import openapi_document
+from realtimed.http.routes import (
+    AnyJson,
+    EventName,
+    ExactlyOne,
+    Named,
+    Number,
+    QueryInt,
+    Raw,
+    Room,
+    RoomList,
+    Route,
+    Text,
+    TextList,
+    list_of,
+    out,
+    route,
+    services,
+    wire,
+)
 from realtimed.router import Router
 
-blueprint = Blueprint("server_api", __name__)
+__all__ = ["CONNECTION", "routes"]
 
-MAX_BROADCAST_ROOMS = 1000
-MAX_EVENT_USERS = 10_000
-MAX_BAN_S = 10 * 365 * 86400.0
+MAX_BROADCAST_ROOMS: Final = 1000
+MAX_EVENT_USERS: Final = 10_000
+MAX_BAN_S: Final = 10 * 365 * 86400.0
+_TAG_ROOMS: Final = "rooms and events"
+_TAG_USERS: Final = "users"
+_TAG_NODE: Final = "node"
+
+_INT: Final = {"type": "integer", "minimum": 0}
+_SEQ: Final = {"$ref": "#/components/schemas/Seq"}
+_EPOCH: Final = {"$ref": "#/components/schemas/Epoch"}
+_WHEN: Final = {"type": ["string", "null"], "format": "date-time"}
+
+CONNECTION: Final = Named(
+    "Connection",
+    {
+        "type": "object",
+        "required": ["session_id", "user_id", "node", "connected_at", "rooms", "transport", "address"],
+        "properties": {
+            "session_id": {"type": "string"},
+            "user_id": {"$ref": "#/components/schemas/UserId"},
+            "node": {"type": "string"},
+            "connected_at": {"$ref": "#/components/schemas/Time"},
+            "rooms": {"type": "array", "items": {"$ref": "#/components/schemas/Room"}},
+            "transport": {"type": "string", "enum": ["websocket", "sse"]},
+            "address": {"type": "string", "description": "the client's address (behind a trusted proxy, the one it forwarded)"},
+        },
+    },
+)
 
 
 def _router() -> Router:
@@ -33,141 +75,288 @@ def _gateway() -> Gateway:
     return services().gateway
 
 
-def _room(value: str | None, field: str = "room") -> str:
-    return protocol.validate_room(value, field)
+# -- publishing --------------------------------------------------------------------------------
 
 
-def _event_name(body: dict[str, Any]) -> str:
-    event = validate.string(body, "event", max_len=100)
-    assert event is not None
-    if protocol.is_reserved_event(event):
-        raise ValidationFailed("event", f"{event!r} uses a reserved prefix")
-    return event
+@attrs.frozen
+class PublishInput:
+    room: str = wire(Room())
+    event: str = wire(EventName())
+    data: Any = wire(AnyJson())
 
 
-@blueprint.post("/publish")
-async def publish() -> Response:
-    body = await json_body()
-    room = _room(validate.string(body, "room"))
-    event = _event_name(body)
-    data = body.get("data", {})
-    seq, epoch, delivered = await _router().publish(room, event, data)
-    answer: dict[str, Any] = {"delivered": delivered}
-    if seq is not None:
-        answer.update(seq=seq, epoch=epoch)
-    return json_response(answer)
+@attrs.frozen
+class Published:
+    """The publication's place in the room's history (when the room keeps one)."""
+
+    delivered: int = out(_INT, description="sockets of this node reached")
+    seq: int | None = out(_SEQ, omit_none=True)
+    epoch: str | None = out(_EPOCH, omit_none=True)
 
 
-@blueprint.post("/broadcast")
-async def broadcast() -> Response:
-    body = await json_body()
-    rooms = validate.string_list(body, "rooms", max_items=MAX_BROADCAST_ROOMS)
-    for i, room in enumerate(rooms):
-        _room(room, f"rooms[{i}]")
-    event = _event_name(body)
-    data = protocol.json_fragment(body.get("data", {}))  # encoded once for every room
+@route(
+    "POST", "/publish", door="server", operation_id="publish", summary="Publish an app event to a room",
+    tag=_TAG_ROOMS, accepts=PublishInput, answers=Published,
+)
+async def publish(inp: PublishInput) -> Published:
+    seq, epoch, delivered = await _router().publish(inp.room, inp.event, inp.data)
+    if seq is None:
+        return Published(delivered=delivered, seq=None, epoch=None)
+    return Published(delivered=delivered, seq=seq, epoch=epoch)
+
+
+@attrs.frozen
+class BroadcastInput:
+    rooms: list[str] = wire(RoomList(MAX_BROADCAST_ROOMS))
+    event: str = wire(EventName())
+    data: Any = wire(AnyJson())
+
+
+_ROOM_RESULT: Final = {
+    "type": "object",
+    "required": ["seq", "epoch", "delivered"],
+    "properties": {
+        "seq": {"type": ["integer", "null"], "minimum": 0, "description": "null: the room keeps no history"},
+        "epoch": {"type": ["string", "null"]},
+        "delivered": _INT,
+    },
+}
+
+
+@attrs.frozen
+class Broadcast:
+    """Each room's publication."""
+
+    results: dict[str, Any] = out({"type": "object", "additionalProperties": _ROOM_RESULT}, description="room → its result")
+
+
+@route(
+    "POST", "/broadcast", door="server", operation_id="broadcast",
+    summary=f"Publish one event to many rooms (up to {MAX_BROADCAST_ROOMS:,})",
+    tag=_TAG_ROOMS, accepts=BroadcastInput, answers=Broadcast,
+)
+async def broadcast(inp: BroadcastInput) -> Broadcast:
+    data = protocol.json_fragment(inp.data)  # encoded once for every room
     router = _router()
     results: dict[str, Any] = {}
-    for room in rooms:
-        seq, epoch, delivered = await router.publish(room, event, data)
+    for room in inp.rooms:
+        seq, epoch, delivered = await router.publish(room, inp.event, data)
         results[room] = {"seq": seq, "epoch": epoch, "delivered": delivered}
-    return json_response({"results": results})
+    return Broadcast(results=results)
 
 
-@blueprint.post("/users/events")
-async def user_events() -> Response:
-    body = await json_body()
-    user_ids = validate.string_list(body, "user_ids", max_items=MAX_EVENT_USERS, max_len=128)
-    event = _event_name(body)
-    data = body.get("data", {})
-    delivered = await _router().to_users(user_ids, event, data)
-    return json_response({"delivered": delivered})
+@attrs.frozen
+class UserEventInput:
+    user_ids: list[str] = wire(TextList(MAX_EVENT_USERS, max_len=protocol.MAX_USER_ID_CHARS))
+    event: str = wire(EventName())
+    data: Any = wire(AnyJson())
 
 
-@blueprint.post("/users/<user_id>/disconnect")
-async def disconnect(user_id: str) -> Response:
-    body = await json_body()
-    session_id = validate.string(body, "session_id", required=False, max_len=64)
-    ban_s = validate.number(body, "ban_s", lo=0, hi=MAX_BAN_S)
-    until = ban_until(services().clock.now(), ban_s)
-    count = await _gateway().disconnect(user_id, session_id=session_id, ban_until=until)
-    return json_response({"disconnected": count, "banned_until": iso(until)})
+@attrs.frozen
+class Delivered:
+    """How many sockets of this node the event reached."""
+
+    delivered: int = out(_INT)
 
 
-@blueprint.get("/users/<user_id>/ban")
-async def get_ban(user_id: str) -> Response:
-    ban = await _gateway().bans.current(user_id, cached=False)
+@route(
+    "POST", "/users/events", door="server", operation_id="sendUserEvent",
+    summary=f"Send an event to every device of users (up to {MAX_EVENT_USERS:,})",
+    tag=_TAG_USERS, accepts=UserEventInput, answers=Delivered,
+)
+async def user_events(inp: UserEventInput) -> Delivered:
+    return Delivered(delivered=await _router().to_users(inp.user_ids, inp.event, inp.data))
+
+
+# -- users: disconnect and bans ----------------------------------------------------------------
+
+
+@attrs.frozen
+class DisconnectInput:
+    user_id: str = wire(Raw(), "path")
+    session_id: str | None = wire(Text(max_len=64, required=False, description="only this socket or stream"))
+    ban_s: float | None = wire(Number(0, MAX_BAN_S, description="also ban the user for this long, on every door"))
+
+
+@attrs.frozen
+class Disconnected:
+    """The sockets and streams this node closed, and the ban, if one was given."""
+
+    disconnected: int = out(_INT)
+    banned_until: str | None = out(_WHEN, description="null without a ban")
+
+
+@route(
+    "POST", "/users/<user_id>/disconnect", door="server", operation_id="disconnectUser",
+    summary="Close a user's sockets on every node (4510), optionally banning the user on every door (4503)",
+    tag=_TAG_USERS, accepts=DisconnectInput, answers=Disconnected,
+)
+async def disconnect(inp: DisconnectInput) -> Disconnected:
+    until = ban_until(services().clock.now(), inp.ban_s)
+    count = await _gateway().disconnect(inp.user_id, session_id=inp.session_id, ban_until=until)
+    return Disconnected(disconnected=count, banned_until=iso(until))
+
+
+@attrs.frozen
+class UserPath:
+    user_id: str = wire(Raw(), "path")
+
+
+@attrs.frozen
+class BanState:
+    """Whether the user is banned, and until when (null: no end, or no ban)."""
+
+    banned: bool = out({"type": "boolean"})
+    banned_until: str | None = out(_WHEN)
+
+
+@route(
+    "GET", "/users/<user_id>/ban", door="server", operation_id="getBan",
+    summary="Whether a user is banned, and until when", tag=_TAG_USERS, accepts=UserPath, answers=BanState,
+)
+async def get_ban(inp: UserPath) -> BanState:
+    ban = await _gateway().bans.current(inp.user_id, cached=False)
     if ban is None:
-        return json_response({"banned": False, "banned_until": None})
-    return json_response({"banned": True, "banned_until": iso(ban.until)})
+        return BanState(banned=False, banned_until=None)
+    return BanState(banned=True, banned_until=iso(ban.until))
 
 
-@blueprint.delete("/users/<user_id>/ban")
-async def unban(user_id: str) -> Response:
-    return json_response({"unbanned": await _gateway().bans.unban(user_id)})
+@attrs.frozen
+class Unbanned:
+    """Whether a ban was in force."""
+
+    unbanned: bool = out({"type": "boolean"})
 
 
-@blueprint.get("/connections")
-async def connections() -> Response:
-    user_id = request.args.get("user_id")
-    room = request.args.get("room")
-    if bool(user_id) == bool(room):
-        raise ValidationFailed("user_id", "give exactly one of user_id and room")
+@route(
+    "DELETE", "/users/<user_id>/ban", door="server", operation_id="liftBan", summary="Lift a user's ban",
+    tag=_TAG_USERS, accepts=UserPath, answers=Unbanned,
+)
+async def unban(inp: UserPath) -> Unbanned:
+    return Unbanned(unbanned=await _gateway().bans.unban(inp.user_id))
+
+
+# -- this node and its rooms -------------------------------------------------------------------
+
+
+@attrs.frozen
+class ConnectionsQuery:
+    __wire_rules__ = (ExactlyOne(("user_id", "room"), "query", "give exactly one of user_id and room", "user_id", empty_counts=False),)
+
+    user_id: str | None = wire(Raw(description="a user's connections (or room)"), "query")
+    room: str | None = wire(Raw(description="a room's subscribers (or user_id)"), "query")
+
+
+@attrs.frozen
+class Connections:
+    """The connections of this node."""
+
+    connections: list[dict[str, Any]] = out(list_of(CONNECTION))
+
+
+@route(
+    "GET", "/connections", door="server", operation_id="listConnections",
+    summary="Connections of a user or a room on this node", tag=_TAG_NODE, accepts=ConnectionsQuery, answers=Connections,
+)
+async def connections(inp: ConnectionsQuery) -> Connections:
     router = _router()
-    sessions = router.user_sessions(user_id) if user_id else router.room_sessions(room or "")
-    return json_response({"connections": [s.info() for s in sessions]})
+    sessions = router.user_sessions(inp.user_id) if inp.user_id else router.room_sessions(inp.room or "")
+    return Connections(connections=[s.info() for s in sessions])
 
 
-@blueprint.get("/rooms/<path:room>/presence")
-async def room_presence(room: str) -> Response:
-    _room(room)
-    return json_response({"room": room, "users": await _router().room_presence(room)})
+@attrs.frozen
+class RoomPath:
+    room: str = wire(Room(text_first=False), "path")
 
 
-@blueprint.get("/rooms/<path:room>/history")
-async def room_history(room: str) -> Response:
-    _room(room)
+@attrs.frozen
+class RoomPresence:
+    """Who is subscribed to the room, on every node."""
+
+    room: str = out({"$ref": "#/components/schemas/Room"})
+    users: list[dict[str, Any]] = out({"type": "array", "items": {"$ref": "#/components/schemas/RoomUser"}})
+
+
+@route(
+    "GET", "/rooms/<path:room>/presence", door="server", operation_id="getRoomPresence", summary="Who is in a room",
+    tag=_TAG_ROOMS, accepts=RoomPath, answers=RoomPresence,
+)
+async def room_presence(inp: RoomPath) -> RoomPresence:
+    return RoomPresence(room=inp.room, users=await _router().room_presence(inp.room))
+
+
+@attrs.frozen
+class HistoryQuery:
+    room: str = wire(Room(text_first=False), "path")
+    since_seq: int = wire(QueryInt(0, 0, 2**62, description="publications after this seq"), "query")
+    limit: int = wire(QueryInt(100, 1, 1000), "query")
+    epoch: str | None = wire(Raw(description="the epoch since_seq belongs to: recovered: false when it is not the room's"), "query")
+
+
+@attrs.frozen
+class History:
+    """A room's recent publications, oldest first."""
+
+    seq: int = out(_SEQ)
+    epoch: str = out(_EPOCH)
+    recovered: bool = out({"type": "boolean"})
+    publications: list[dict[str, Any]] = out({"type": "array", "items": {"$ref": "#/components/schemas/Publication"}})
+
+
+@route(
+    "GET", "/rooms/<path:room>/history", door="server", operation_id="getRoomHistory",
+    summary="A room's recent publications (404 for a room that keeps no history)",
+    tag=_TAG_ROOMS, accepts=HistoryQuery, answers=History, errors=(404,),
+)
+async def room_history(inp: HistoryQuery) -> History:
     router = _router()
-    since = validate.query_int(request.args, "since_seq", default=0, lo=0, hi=2**62)
-    limit = validate.query_int(request.args, "limit", default=100, lo=1, hi=1000)
-    epoch = request.args.get("epoch")
+    room = inp.room
     ns = router.namespace(room)
     if ns.history_size <= 0:
         raise NotFound(f"{room} keeps no history")
-    if epoch:
-        recovery = await router.recovery_reply(room, since=(since, epoch))
+    if inp.epoch:
+        recovery = await router.recovery_reply(room, since=(inp.since_seq, inp.epoch))
         if not recovery["recovered"]:
-            return json_response({"seq": recovery["seq"], "epoch": recovery["epoch"], "recovered": False, "publications": []})
-    seq, current_epoch, pubs = await router.history_read(room, since_seq=since, limit=limit)
-    return json_response(
-        {"seq": seq, "epoch": current_epoch, "recovered": True, "publications": [p.to_wire() for p in pubs]}
-    )
+            return History(seq=recovery["seq"], epoch=recovery["epoch"], recovered=False, publications=[])
+    seq, current_epoch, pubs = await router.history_read(room, since_seq=inp.since_seq, limit=inp.limit)
+    return History(seq=seq, epoch=current_epoch, recovered=True, publications=[p.to_wire() for p in pubs])
 
 
-@blueprint.get("/stats")
-async def stats() -> Response:
+@attrs.frozen
+class Stats:
+    """This node's counters."""
+
+    node: str = out({"type": "string"})
+    sockets: int = out(_INT, description="WebSocket sockets and SSE streams")
+    websocket_sockets: int = out(_INT)
+    sse_streams: int = out(_INT)
+    users: int = out(_INT)
+    rooms: int = out(_INT)
+    deliveries: int = out(_INT)
+    deliveries_per_s: float = out({"type": "number", "minimum": 0}, description="since the previous call")
+    outbox_overflows: int = out(_INT, description="slow sockets closed (4008)")
+    draining: bool = out({"type": "boolean"})
+
+
+@route("GET", "/stats", door="server", operation_id="getStats", summary="Node statistics", tag=_TAG_NODE, answers=Stats)
+async def stats() -> Stats:
     svc = services()
     router = _router()
     gateway = _gateway()
-    return json_response(
-        {
-            "node": svc.node,
-            "sockets": len(gateway.sessions),
-            "websocket_sockets": gateway.count("websocket"),
-            "sse_streams": gateway.count("sse"),
-            "users": router.user_count,
-            "rooms": router.room_count,
-            "deliveries": router.deliveries,
-            "deliveries_per_s": round(router.delivery_rate(), 1),
-            "outbox_overflows": gateway.overflows,
-            "draining": svc.draining,
-        }
+    return Stats(
+        node=svc.node,
+        sockets=len(gateway.sessions),
+        websocket_sockets=gateway.count("websocket"),
+        sse_streams=gateway.count("sse"),
+        users=router.user_count,
+        rooms=router.room_count,
+        deliveries=router.deliveries,
+        deliveries_per_s=round(router.delivery_rate(), 1),
+        outbox_overflows=gateway.overflows,
+        draining=svc.draining,
     )
 
 
-@blueprint.get("/openapi.json")
-async def openapi() -> Response:
-    return json_response(openapi_document())
-
-
-register_blueprint(blueprint, "server")
+def routes() -> tuple[Route, ...]:
+    """The server API's own routes: rooms, users, bans, this node."""
+    return (publish, broadcast, user_events, disconnect, get_ban, unban, connections, room_presence, room_history, stats)

@@ -5,8 +5,11 @@
 - ``realtimed jobs cancel [-c FILE] [--json] ID``: a queued job is cancelled
 
 Each opens the store named by the configuration (default ``./realtimed.toml``),
-does its one thing and closes it. Exit status: 0 done, 1 the job cannot be
-found or is in the wrong status or the store failed, 2 the configuration is invalid.
+does its one thing and closes it. A SQLite database that does not exist is
+never created: without a configuration file that is exit 2 (pass ``-c``), with
+one exit 1. Exit status: 0 done, 1 the job cannot be found or is in the wrong
+status or the store failed or has no database, 2 the configuration is invalid
+or missing.
 """
 
 from __future__ import annotations
@@ -69,9 +72,13 @@ def _limit(text: str) -> int:
     return value
 
 
-def _load(path: str | None) -> Config:
+def _config_path(path: str | None) -> str | None:
     if path is None and Path(DEFAULT_CONFIG_FILE).exists():
-        path = DEFAULT_CONFIG_FILE
+        return DEFAULT_CONFIG_FILE
+    return path
+
+
+def _load(path: str | None) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -128,7 +135,14 @@ def _print_json(data: Any) -> None:
 
 
 def _run(args: argparse.Namespace, action: Callable[[Any], Awaitable[_T]]) -> _T | None:
-    cfg = _load(args.config)
+    from realtimed.cli import store_refusal
+
+    path = _config_path(args.config)
+    cfg = _load(path)
+    refusal = store_refusal(cfg, path, creates=False)
+    if refusal is not None:
+        print(f"realtimed jobs: {refusal[0]}", file=sys.stderr)
+        raise SystemExit(refusal[1])
     try:
         return _with_store(cfg, action)
     except ApiError as exc:

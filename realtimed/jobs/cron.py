@@ -10,8 +10,12 @@ So any number of nodes, and a node whose clock steps back, run each tick once.
 
 Missed ticks do not flood: a scheduler only ever considers the latest tick at or
 before now, so a node that was down (or a cluster that was) runs the latest
-missed tick once when it comes back, and none of the earlier ones. An entry
-that has never run counts as having missed its latest tick: it runs once at start.
+missed tick once when it comes back, and none of the earlier ones.
+
+An entry that has never run (no node ever claimed a tick of it: it was just
+added, or the database is new) does what ``jobs.cron_catch_up`` says at start:
+``none`` (the default) waits for its next tick, ``last`` runs its latest past
+tick once at start. Built-in entries follow the same rule.
 
 Wall time comes from the injected ``WallClock``; the scheduler sleeps with
 ``trio.sleep`` until the next tick (at most ``max_sleep_s`` at a time, so a wall
@@ -32,7 +36,7 @@ from croniter import croniter
 from prometheus_client import Counter
 
 from realtimed.clock import WallClock, iso
-from realtimed.config import Config, CronConfig
+from realtimed.config import Config, CronCatchUp, CronConfig, JobsConfig
 from realtimed.metrics import REGISTRY
 
 if TYPE_CHECKING:
@@ -125,12 +129,16 @@ class CronScheduler:
             the entries' queues and wake at once); else straight into the store.
         max_attempts: attempts of the enqueued jobs when there is no runner.
         max_sleep_s: the longest single sleep, so that a stepped wall clock is noticed.
+        catch_up: what an entry that has never run does at start (``jobs.cron_catch_up``):
+            ``none`` waits for its next tick, ``last`` runs its latest past tick once.
 
     Resource handling:
         ``run`` owns one task per entry and returns only when cancelled.
 
     Error handling:
-        An invalid entry raises ValueError from the constructor. A store error
+        An invalid entry raises ValueError from the constructor, and so does,
+        with a runner, an entry whose kind the runner has not registered (the
+        configuration loader refuses those already). A store error
         while claiming a tick is logged and retried with backoff until it works
         or a later tick is due (then that one is claimed instead); a tick that
         was claimed but whose job could not be enqueued after several tries is
@@ -146,8 +154,12 @@ class CronScheduler:
         runner: JobRunner | None = None,
         max_attempts: int = 5,
         max_sleep_s: float = 60.0,
+        catch_up: CronCatchUp = JobsConfig().cron_catch_up,
     ) -> None:
+        if catch_up not in ("none", "last"):
+            raise ValueError(f"catch_up must be 'none' or 'last', got {catch_up!r}")
         self._store = store
+        self._catch_up = catch_up
         self._clock = clock
         self._runner = runner
         self._max_attempts = max_attempts
@@ -159,6 +171,10 @@ class CronScheduler:
             raise ValueError(f"duplicate cron entry names: {', '.join(duplicates)}")
         self.entries: list[CronEntry] = parsed
         if runner is not None:
+            # A job of a kind the runner does not know would end dead at every tick.
+            unknown = sorted({e.config.kind for e in parsed} - set(runner.kinds))
+            if unknown:
+                raise ValueError(f"cron entries name job kinds nothing handles: {', '.join(unknown)}")
             for entry in parsed:
                 runner.serve_queue(entry.config.queue)
 
@@ -170,7 +186,14 @@ class CronScheduler:
         from realtimed.jobs.builtin import builtin_cron_entries
 
         entries = merge_entries(cfg.cron, builtin_cron_entries() if builtin else ())
-        return cls(store, entries, clock=clock, runner=runner, max_attempts=cfg.jobs.max_attempts)
+        return cls(
+            store,
+            entries,
+            clock=clock,
+            runner=runner,
+            max_attempts=cfg.jobs.max_attempts,
+            catch_up=cfg.jobs.cron_catch_up,
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[CronScheduler] = trio.TASK_STATUS_IGNORED) -> None:
         """Schedule every entry until cancelled."""
@@ -189,7 +212,10 @@ class CronScheduler:
             due = entry.latest_tick(now)
             if last is None or due > last:
                 try:
-                    await self._fire(entry, due)
+                    if last is None and await self._waits_for_next_tick(entry, due):
+                        pass  # never ran: ``due`` counts as handled, the next tick is the first
+                    else:
+                        await self._fire(entry, due)
                 except Exception as exc:
                     failures += 1
                     CRON_TICKS.labels(entry.name, "error").inc()
@@ -201,6 +227,20 @@ class CronScheduler:
             nxt = entry.next_tick(max(now, last))
             delay = (nxt - self._clock.now()).total_seconds()
             await trio.sleep(min(max(delay, 0.0), self._max_sleep_s))
+
+    async def _waits_for_next_tick(self, entry: CronEntry, due: datetime) -> bool:
+        """At start: True when ``due`` (the latest past tick) is not to run because
+        the entry has never run and ``catch_up`` is ``none``."""
+        if self._catch_up == "last":
+            return False
+        if await self._store.cron_last_tick(name=entry.name) is not None:
+            return False  # it ran before: the latest missed tick runs once
+        log.info(
+            "cron %s: has never run; its first tick is %s (jobs.cron_catch_up = none)",
+            entry.name,
+            iso(entry.next_tick(due)),
+        )
+        return True
 
     async def _fire(self, entry: CronEntry, tick: datetime) -> None:
         name = entry.name

@@ -19,23 +19,37 @@ Client REST (``/api/v1``), the same shapes as the ``notification.*`` ops:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Final
 
-from quart import Blueprint, Response, g, request
+import attrs
+from quart import g
 
 from realtimed import protocol
 from realtimed.clock import parse_iso
 from realtimed.errors import ValidationFailed
-from realtimed.http import validate
-from realtimed.http.app import json_body, json_response, register_blueprint, services
-from realtimed.http.openapi import ANY, INT, STRS, S, _obj, _op, _q, add_paths
+from realtimed.http.routes import (
+    Checked,
+    Named,
+    OpCall,
+    OpInput,
+    OpReply,
+    Route,
+    Text,
+    TextList,
+    WholeBody,
+    out,
+    query_bool,
+    query_int,
+    query_text,
+    route,
+    services,
+    wire,
+)
 from realtimed.notify.service import NotifyService
 from realtimed.push.messages import check_message, string_data
 
-__all__ = ["client_blueprint", "server_blueprint"]
-
-server_blueprint = Blueprint("notify_server", __name__)
-client_blueprint = Blueprint("notify_client", __name__)
+__all__ = ["PREFERENCES", "routes"]
 
 MAX_DEDUPE_KEY_CHARS: Final = 200
 MAX_USER_ID_CHARS: Final = 128
@@ -78,56 +92,69 @@ def _data(body: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
-@server_blueprint.post("/notifications")
-async def post_notifications() -> Response:
-    notify = _notify()
-    body = await json_body()
-    user_ids = validate.string_list(
-        body, "user_ids", max_items=notify.cfg.max_recipients, max_len=MAX_USER_ID_CHARS
+def _scheduled_for(value: str, name: str) -> datetime:
+    try:
+        return parse_iso(value)
+    except ValueError:
+        raise ValidationFailed(name, "must be an RFC 3339 time") from None
+
+
+@attrs.frozen
+class NotifyInput:
+    user_ids: list[str] = wire(
+        TextList(
+            lambda cfg: cfg.notify.max_recipients,
+            max_len=MAX_USER_ID_CHARS,
+            each=protocol.validate_user_id,
+            items={"$ref": "#/components/schemas/UserId"},
+            description="the recipients (up to notify.max_recipients)",
+        )
     )
-    for i, user_id in enumerate(user_ids):
-        protocol.validate_user_id(user_id, f"user_ids[{i}]")
-    type_name = validate.string(body, "type", max_len=64)
-    assert type_name is not None
-    dedupe_key = validate.string(body, "dedupe_key", max_len=MAX_DEDUPE_KEY_CHARS, required=False)
-    scheduled_text = validate.string(body, "scheduled_for", max_len=64, required=False)
-    scheduled_for = None
-    if scheduled_text is not None:
-        try:
-            scheduled_for = parse_iso(scheduled_text)
-        except ValueError:
-            raise ValidationFailed("scheduled_for", "must be an RFC 3339 time") from None
-    queued = await notify.notify(
-        user_ids=user_ids,
-        type=type_name,
-        vars=_vars(body),
-        data=_data(body),
-        dedupe_key=dedupe_key,
-        scheduled_for=scheduled_for,
+    type: str = wire(Text(max_len=64, description="a notification type of the configuration (notify.types)"))
+    dedupe_key: str | None = wire(
+        Text(max_len=MAX_DEDUPE_KEY_CHARS, required=False, description="a repeated key notifies nobody again")
     )
-    return json_response({"queued": queued})
+    scheduled_for: datetime | None = wire(
+        Text(max_len=64, required=False, then=_scheduled_for, description="RFC 3339: notify then, not now")
+    )
+    vars: dict[str, Any] = wire(
+        Checked(
+            lambda body, name: _vars(body),
+            {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean", "null"]}},
+            description="the template's variables",
+        )
+    )
+    data: dict[str, Any] = wire(
+        Checked(lambda body, name: _data(body), {"type": "object"}, description="handed to the app with the notification")
+    )
+
+
+@attrs.frozen
+class Queued:
+    """How many users were reached: stored, or considered for push (a repeated dedupe_key: 0;
+    a scheduled one: the number of recipients)."""
+
+    queued: int = out({"type": "integer", "minimum": 0})
+
+
+@route(
+    "POST", "/notifications", door="server", operation_id="notify",
+    summary="Notify users (up to notify.max_recipients): inbox, live delivery, push by policy",
+    tag="notifications", accepts=NotifyInput, answers=Queued, guards=(_notify,), errors=(503,),
+)
+async def post_notifications(inp: NotifyInput) -> Queued:
+    queued = await _notify().notify(
+        user_ids=inp.user_ids,
+        type=inp.type,
+        vars=inp.vars,
+        data=inp.data,
+        dedupe_key=inp.dedupe_key,
+        scheduled_for=inp.scheduled_for,
+    )
+    return Queued(queued=queued)
 
 
 # -- client REST ---------------------------------------------------------------------------------
-
-
-def _query_bool(value: str | None, field: str) -> bool | None:
-    if value is None or value == "":
-        return None
-    if value.lower() in ("1", "true", "yes"):
-        return True
-    if value.lower() in ("0", "false", "no"):
-        return False
-    raise ValidationFailed(field, "must be true or false")
-
-
-def _query_int(value: str | None, field: str) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ValidationFailed(field, "must be an integer") from None
 
 
 def _notification_id(value: str) -> str:
@@ -136,91 +163,165 @@ def _notification_id(value: str) -> str:
     return value
 
 
-@client_blueprint.get("/notifications")
-async def list_notifications() -> Response:
-    args = request.args
-    data = {
-        "cursor": args.get("cursor") or None,
-        "after_seq": _query_int(args.get("after_seq"), "after_seq"),
-        "unread_only": _query_bool(args.get("unread_only"), "unread_only"),
-        "limit": _query_int(args.get("limit"), "limit"),
-    }
-    value = protocol.validate("notification.list", {k: v for k, v in data.items() if v is not None})
-    answer = await _notify().list(
+_TAG: Final = "notifications"
+_UNREAD: Final = OpReply("notification.read_all")
+_CHANNELS: Final = {"type": "array", "items": {"type": "string", "description": "a delivery channel of the node (in_app, push, ...)"}}
+PREFERENCES: Final = Named(
+    "Preferences",
+    {
+        "type": "object",
+        "required": ["types", "quiet_hours", "time_zone"],
+        "properties": {
+            "types": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["type", "in_app", "push", "channels"],
+                    "properties": {
+                        "type": {"type": "string"},
+                        "in_app": {"type": "boolean"},
+                        "push": {"type": "boolean"},
+                        "channels": {**_CHANNELS, "description": "the channels the type is sent on"},
+                    },
+                    "additionalProperties": {"type": "boolean", "description": "one per delivery channel of the node"},
+                },
+            },
+            "quiet_hours": {
+                "type": ["object", "null"],
+                "required": ["start", "end"],
+                "properties": {"start": {"type": "string"}, "end": {"type": "string"}},
+            },
+            "time_zone": {"type": "string", "description": "an IANA time zone name"},
+        },
+    },
+)
+_PREFERENCES_CHANGE: Final = {
+    "type": "object",
+    "description": "a partial change, checked by the notification service",
+    "properties": {
+        "types": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["type"],
+                "properties": {
+                    "type": {"type": "string"},
+                    "in_app": {"type": ["boolean", "null"]},
+                    "push": {"type": ["boolean", "null"]},
+                },
+                "additionalProperties": {
+                    "type": ["boolean", "null"],
+                    "description": "a delivery channel of the node; null or absent keeps its setting",
+                },
+            },
+        },
+        "quiet_hours": {
+            "type": ["object", "null"],
+            "required": ["start", "end"],
+            "properties": {"start": {"type": "string", "description": "HH:MM"}, "end": {"type": "string", "description": "HH:MM"}},
+            "description": "null: no quiet hours",
+        },
+        "time_zone": {"type": "string", "description": "an IANA time zone name"},
+    },
+}
+
+
+@route(
+    "GET", "/notifications", door="client", operation_id="listNotifications",
+    summary="The inbox, newest first (ascending after after_seq) (notification.list)", tag=_TAG,
+    accepts=OpInput(
+        ("notification.list",),
+        query={"cursor": query_text, "after_seq": query_int, "unread_only": query_bool, "limit": query_int},
+    ),
+    answers=OpReply("notification.list"),
+)
+async def list_notifications(call: OpCall) -> dict[str, Any]:
+    value = call.value
+    return await _notify().list(
         _user(), cursor=value.cursor, after_seq=value.after_seq, unread_only=value.unread_only, limit=value.limit
     )
-    return json_response(answer)
 
 
-@client_blueprint.get("/notifications/unread-count")
-async def unread_count() -> Response:
-    return json_response({"unread_count": await _notify().unread_count(_user())})
+@attrs.frozen
+class UnreadCount:
+    """The user's unread notifications."""
+
+    unread_count: int = out({"type": "integer", "minimum": 0})
 
 
-@client_blueprint.post("/notifications/read-all")
-async def read_all() -> Response:
-    return json_response(await _notify().read_all(_user()))
-
-
-@client_blueprint.post("/notifications/<notification_id>/read")
-async def read_one(notification_id: str) -> Response:
-    return json_response(await _notify().read(_user(), [_notification_id(notification_id)]))
-
-
-@client_blueprint.delete("/notifications/<notification_id>")
-async def delete_one(notification_id: str) -> Response:
-    return json_response(await _notify().delete(_user(), [_notification_id(notification_id)]))
-
-
-@client_blueprint.get("/notifications/preferences")
-async def get_preferences() -> Response:
-    return json_response(await _notify().preferences(_user()))
-
-
-@client_blueprint.put("/notifications/preferences")
-async def put_preferences() -> Response:
-    body = await json_body()
-    return json_response(await _notify().set_preferences(_user(), body))
-
-
-register_blueprint(server_blueprint, "server")
-register_blueprint(client_blueprint, "client")
-
-# One boolean per delivery channel of the node, named after it (in_app, push, ...).
-_TYPE_PREF = {
-    **_obj(["type"], type=S, in_app={"type": "boolean"}, push={"type": "boolean"}, channels=STRS),
-    "additionalProperties": {"type": "boolean"},
-}
-_PREFS = _obj(
-    types={"type": "array", "items": _TYPE_PREF},
-    quiet_hours={"type": ["object", "null"], "properties": {"start": S, "end": S}},
-    time_zone=S,
+@route(
+    "GET", "/notifications/unread-count", door="client", operation_id="getUnreadCount",
+    summary="Unread notifications", tag=_TAG, answers=UnreadCount,
 )
-_NOTIFICATION = _obj(
-    id=S, seq=INT, type=S, title=S, body=S, data=ANY, priority=S, group_key=S, created_at=S, read_at=S
+async def unread_count() -> UnreadCount:
+    return UnreadCount(unread_count=await _notify().unread_count(_user()))
+
+
+@route(
+    "POST", "/notifications/read-all", door="client", operation_id="readAllNotifications",
+    summary="Mark every notification read (notification.read_all)", tag=_TAG, answers=_UNREAD,
 )
-_UNREAD = _obj(unread_count=INT)
-_CLIENT = "client REST"
-add_paths(
-    {
-        "/server/v1/notifications": {"post": _op(
-            "Notify users (up to notify.max_recipients): inbox, live delivery, push by policy", tag="server API",
-            body=_obj(["user_ids", "type"], user_ids=STRS, type=S, vars={"type": "object"}, data={"type": "object"},
-                      dedupe_key=S, scheduled_for=S),
-            answer=_obj(queued=INT))},
-        "/api/v1/notifications": {"get": _op(
-            "The inbox, newest first (ascending after after_seq)", tag=_CLIENT,
-            params=[_q("cursor", S), _q("after_seq", INT), _q("unread_only", {"type": "boolean"}), _q("limit", INT)],
-            answer=_obj(notifications={"type": "array", "items": _NOTIFICATION}, next_cursor=S))},
-        "/api/v1/notifications/unread-count": {"get": _op("Unread notifications", tag=_CLIENT, answer=_UNREAD)},
-        "/api/v1/notifications/read-all": {"post": _op("Mark every notification read", tag=_CLIENT, answer=_UNREAD)},
-        "/api/v1/notifications/{id}/read": {"post": _op(
-            "Mark one notification read", tag=_CLIENT, params=[_q("id", S, where="path")], answer=_UNREAD)},
-        "/api/v1/notifications/{id}": {"delete": _op(
-            "Delete one notification", tag=_CLIENT, params=[_q("id", S, where="path")], answer=_UNREAD)},
-        "/api/v1/notifications/preferences": {
-            "get": _op("Preferences per type, quiet hours, time zone", tag=_CLIENT, answer=_PREFS),
-            "put": _op("Change preferences (partial)", tag=_CLIENT, body=_PREFS, answer=_PREFS),
-        },
-    }
+async def read_all() -> dict[str, Any]:
+    return await _notify().read_all(_user())
+
+
+@attrs.frozen
+class NotificationPath:
+    notification_id: str = wire(
+        Checked(lambda path, name: _notification_id(path[name]), {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}),
+        "path",
+    )
+
+
+@route(
+    "POST", "/notifications/<notification_id>/read", door="client", operation_id="readNotification",
+    summary="Mark one notification read (notification.read)", tag=_TAG, accepts=NotificationPath,
+    answers=OpReply("notification.read"),
 )
+async def read_one(inp: NotificationPath) -> dict[str, Any]:
+    return await _notify().read(_user(), [inp.notification_id])
+
+
+@route(
+    "DELETE", "/notifications/<notification_id>", door="client", operation_id="deleteNotification",
+    summary="Delete one notification (notification.delete)", tag=_TAG, accepts=NotificationPath,
+    answers=OpReply("notification.delete"),
+)
+async def delete_one(inp: NotificationPath) -> dict[str, Any]:
+    return await _notify().delete(_user(), [inp.notification_id])
+
+
+@route(
+    "GET", "/notifications/preferences", door="client", operation_id="getPreferences",
+    summary="Preferences per type, quiet hours, time zone", tag=_TAG, answers=PREFERENCES,
+)
+async def get_preferences() -> dict[str, Any]:
+    return await _notify().preferences(_user())
+
+
+@attrs.frozen
+class PreferencesChange:
+    # Checked by NotifyService.set_preferences, which names each field at fault.
+    changes: dict[str, Any] = wire(WholeBody(_PREFERENCES_CHANGE))
+
+
+@route(
+    "PUT", "/notifications/preferences", door="client", operation_id="setPreferences",
+    summary="Change preferences (partial); answers as GET", tag=_TAG, accepts=PreferencesChange, answers=PREFERENCES,
+)
+async def put_preferences(inp: PreferencesChange) -> dict[str, Any]:
+    return await _notify().set_preferences(_user(), inp.changes)
+
+
+def routes() -> tuple[Route, ...]:
+    """The notification routes: notify (server API) and the inbox and preferences (client REST)."""
+    return (
+        post_notifications,
+        list_notifications,
+        unread_count,
+        read_all,
+        read_one,
+        delete_one,
+        get_preferences,
+        put_preferences,
+    )

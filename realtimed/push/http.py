@@ -21,26 +21,68 @@ import secrets
 from collections.abc import Mapping
 from typing import Any, Final
 
-from quart import Blueprint, Response, g
+import attrs
+from quart import g
 
 from realtimed import protocol
+from realtimed.config import Config
 from realtimed.errors import PayloadTooLarge, Unavailable, ValidationFailed
 from realtimed.http import validate
-from realtimed.http.app import json_body, json_response, register_blueprint, services
-from realtimed.http.openapi import ANY, INT, STRS, S, _obj, _op, _q, add_paths
+from realtimed.http.routes import (
+    Checked,
+    Empty,
+    ExactlyOne,
+    Kind,
+    Named,
+    OptionalTextList,
+    RequestParts,
+    Route,
+    Text,
+    TextList,
+    list_of,
+    out,
+    route,
+    services,
+    wire,
+)
+from realtimed.protocol import JsonSchema
 from realtimed.push.messages import build_message, check_message, merge_platform
 from realtimed.push.service import TOPIC_PATTERN, PushService
 
-__all__ = ["client_blueprint", "server_blueprint"]
-
-client_blueprint = Blueprint("push_client", __name__)
-server_blueprint = Blueprint("push_server", __name__)
+__all__ = ["DEVICE", "routes"]
 
 MAX_TOKEN_CHARS: Final = 4096
 MAX_PUSH_TOKENS: Final = 1000
 MAX_PUSH_USERS: Final = 10_000
 MAX_TOPIC_TOKENS: Final = 10_000
 MAX_TEXT_CHARS: Final = 4096
+_TAG: Final = "push"
+_OBJECT: Final = {"type": "object"}
+
+DEVICE: Final = Named(
+    "Device",
+    {
+        "type": "object",
+        "required": ["token", "platform", "app_version", "active", "last_seen_at", "topics", "created_at"],
+        "properties": {
+            "token": {"type": "string"},
+            "platform": {"type": "string"},
+            "app_version": {"type": "string"},
+            "active": {"type": "boolean", "description": "false once FCM said the token is gone"},
+            "last_seen_at": {"type": ["string", "null"], "format": "date-time"},
+            "topics": {"type": "array", "items": {"type": "string"}},
+            "created_at": {"$ref": "#/components/schemas/Time"},
+        },
+    },
+)
+TOPIC_RESULT: Final = Named(
+    "TopicResult",
+    {
+        "type": "object",
+        "required": ["token", "ok"],
+        "properties": {"token": {"type": "string"}, "ok": {"type": "boolean"}, "error": {"type": "string"}},
+    },
+)
 
 
 def _push() -> PushService:
@@ -50,29 +92,65 @@ def _push() -> PushService:
 # -- devices -------------------------------------------------------------------------------------
 
 
-@client_blueprint.post("/devices")
-async def register_device() -> Response:
-    body = await json_body()
-    token = validate.string(body, "token", max_len=MAX_TOKEN_CHARS)
-    platform = validate.string(body, "platform", max_len=16)
-    app_version = validate.string(body, "app_version", min_len=0, max_len=64, required=False) or ""
-    assert token is not None and platform is not None
-    device = await _push().register_device(user_id=g.claims.sub, token=token, platform=platform, app_version=app_version)
-    return json_response({"device": device.to_wire()})
+@attrs.frozen
+class DeviceInput:
+    token: str = wire(Text(max_len=MAX_TOKEN_CHARS, description="the FCM registration token"))
+    platform: str = wire(Text(max_len=16, description="ios, android or web"))
+    app_version: str | None = wire(Text(min_len=0, max_len=64, required=False))
 
 
-@client_blueprint.delete("/devices/<path:token>")
-async def unregister_device(token: str) -> Response:
+@attrs.frozen
+class DeviceReply:
+    """The device as stored."""
+
+    device: dict[str, Any] = out(DEVICE)
+
+
+@route(
+    "POST", "/devices", door="client", operation_id="registerDevice",
+    summary="Register a push token (ios, android, web); a token registered by another user moves to this one",
+    tag=_TAG, accepts=DeviceInput, answers=DeviceReply,
+)
+async def register_device(inp: DeviceInput) -> DeviceReply:
+    device = await _push().register_device(
+        user_id=g.claims.sub, token=inp.token, platform=inp.platform, app_version=inp.app_version or ""
+    )
+    return DeviceReply(device=device.to_wire())
+
+
+def _path_token(path: Mapping[str, Any], name: str) -> str:
+    token: str = path[name]
     if not 1 <= len(token) <= MAX_TOKEN_CHARS:
-        raise ValidationFailed("token", f"must be 1 to {MAX_TOKEN_CHARS} characters")
-    await _push().unregister_device(user_id=g.claims.sub, token=token)
-    return json_response({})
+        raise ValidationFailed(name, f"must be 1 to {MAX_TOKEN_CHARS} characters")
+    return token
 
 
-@client_blueprint.get("/devices")
-async def list_devices() -> Response:
+@attrs.frozen
+class TokenPath:
+    token: str = wire(Checked(_path_token, {"type": "string", "minLength": 1, "maxLength": MAX_TOKEN_CHARS}), "path")
+
+
+@route(
+    "DELETE", "/devices/<path:token>", door="client", operation_id="unregisterDevice",
+    summary="Forget a push token (404 if it is not the caller's)", tag=_TAG, accepts=TokenPath, answers=Empty,
+    errors=(404,),
+)
+async def unregister_device(inp: TokenPath) -> Empty:
+    await _push().unregister_device(user_id=g.claims.sub, token=inp.token)
+    return Empty()
+
+
+@attrs.frozen
+class Devices:
+    """The user's push tokens."""
+
+    devices: list[dict[str, Any]] = out(list_of(DEVICE))
+
+
+@route("GET", "/devices", door="client", operation_id="listDevices", summary="This user's push tokens", tag=_TAG, answers=Devices)
+async def list_devices() -> Devices:
     devices = await _push().list_devices(g.claims.sub)
-    return json_response({"devices": [d.to_wire() for d in devices]})
+    return Devices(devices=[d.to_wire() for d in devices])
 
 
 # -- server API ----------------------------------------------------------------------------------
@@ -87,94 +165,144 @@ def _object(body: Mapping[str, Any], field: str) -> dict[str, Any]:
     return value
 
 
-@server_blueprint.post("/push")
-async def push() -> Response:
+@attrs.frozen
+class PushMessage(Kind):
+    """The message of ``POST /push``: its text, data and platform options, built as FCM
+    takes it and checked against FCM's limits (over them: 413; a reserved data key: 400)."""
+
+    spread: bool = True
+
+    def parse(self, source: Mapping[str, Any], name: str, parts: RequestParts) -> Any:
+        title = validate.string(source, "title", min_len=0, max_len=MAX_TEXT_CHARS, required=False) or ""
+        text = validate.string(source, "body", min_len=0, max_len=MAX_TEXT_CHARS, required=False) or ""
+        data = _object(source, "data")
+        message = build_message(title=title, body=text, data=data)
+        overrides = {n: _object(source, n) for n in ("android", "apns", "webpush") if source.get(n) is not None}
+        message = merge_platform(message, overrides)
+        problem = check_message(message, to_topic=source.get("topic") is not None)
+        if problem is not None:
+            if "bytes" in problem:
+                raise PayloadTooLarge(problem)
+            raise ValidationFailed("data", problem)
+        return message
+
+    def schema(self, cfg: Config) -> JsonSchema:
+        text = {"type": "string", "maxLength": MAX_TEXT_CHARS}
+        return {
+            "type": "object",
+            "properties": {
+                "title": text,
+                "body": text,
+                "data": {**_OBJECT, "description": "non-string values are sent JSON-encoded, as FCM wants strings"},
+                "android": {**_OBJECT, "description": "FCM AndroidConfig, merged into the message"},
+                "apns": {**_OBJECT, "description": "FCM ApnsConfig, merged into the message"},
+                "webpush": {**_OBJECT, "description": "FCM WebpushConfig, merged into the message"},
+            },
+        }
+
+
+def _topic(value: str, name: str) -> str:
+    if not TOPIC_PATTERN.match(value):
+        raise ValidationFailed(name, "must be letters, digits and - _ . ~ %")
+    return value
+
+
+_TOPIC_SCHEMA: Final = "^[a-zA-Z0-9\\-_.~%]{1,900}$"
+
+
+@attrs.frozen
+class PushInput:
+    __wire_rules__ = (ExactlyOne(("tokens", "user_ids", "topic"), "body", "give exactly one of tokens, user_ids and topic", "tokens"),)
+
+    message: dict[str, Any] = wire(PushMessage())
+    tokens: list[str] | None = wire(OptionalTextList(MAX_PUSH_TOKENS, max_len=MAX_TOKEN_CHARS))
+    user_ids: list[str] | None = wire(
+        OptionalTextList(
+            MAX_PUSH_USERS, max_len=protocol.MAX_USER_ID_CHARS, each=protocol.validate_user_id,
+            items={"$ref": "#/components/schemas/UserId"}, description="every device of these users",
+        )
+    )
+    topic: str | None = wire(Text(max_len=900, required=False, pattern=_TOPIC_SCHEMA, then=_topic))
+
+
+@attrs.frozen
+class Queued:
+    """Push jobs queued: one per device token, or one for the topic."""
+
+    queued: int = out({"type": "integer", "minimum": 0})
+
+
+def _push_configured() -> PushService:
     svc = _push()
     if not svc.enabled:
         raise Unavailable("push is not configured on this node (push.service_account_file)")
-    body = await json_body()
-    targets = [name for name in ("tokens", "user_ids", "topic") if body.get(name) is not None]
-    if len(targets) != 1:
-        raise ValidationFailed("tokens", "give exactly one of tokens, user_ids and topic")
-    title = validate.string(body, "title", min_len=0, max_len=MAX_TEXT_CHARS, required=False) or ""
-    text = validate.string(body, "body", min_len=0, max_len=MAX_TEXT_CHARS, required=False) or ""
-    data = _object(body, "data")
-    message = build_message(title=title, body=text, data=data)
-    overrides = {name: _object(body, name) for name in ("android", "apns", "webpush") if body.get(name) is not None}
-    message = merge_platform(message, overrides)
-    topic = body.get("topic")
-    problem = check_message(message, to_topic=topic is not None)
-    if problem is not None:
-        if "bytes" in problem:
-            raise PayloadTooLarge(problem)
-        raise ValidationFailed("data", problem)
+    return svc
+
+
+@route(
+    "POST", "/push", door="server", operation_id="push",
+    summary="Push to tokens, users' devices or a topic (one job per device); 503 when push is not configured",
+    tag=_TAG, accepts=PushInput, answers=Queued, guards=(_push_configured,), errors=(503,),
+)
+async def push(inp: PushInput) -> Queued:
+    svc = _push()
     ref = "p" + secrets.token_hex(8)
     queued = 0
-    if targets[0] == "tokens":
-        tokens = validate.string_list(body, "tokens", max_items=MAX_PUSH_TOKENS, max_len=MAX_TOKEN_CHARS)
-        for token in tokens:
-            await svc.queue_push(message, token=token, ref=ref)
-        queued = len(tokens)
-    elif targets[0] == "user_ids":
-        user_ids = validate.string_list(body, "user_ids", max_items=MAX_PUSH_USERS, max_len=128)
-        for i, user_id in enumerate(user_ids):
-            protocol.validate_user_id(user_id, f"user_ids[{i}]")
-        for user_id in user_ids:
+    if inp.tokens is not None:
+        for token in inp.tokens:
+            await svc.queue_push(inp.message, token=token, ref=ref)
+        queued = len(inp.tokens)
+    elif inp.user_ids is not None:
+        for user_id in inp.user_ids:
             for device in await svc.store.list_devices(user_id):
-                await svc.queue_push(message, token=device.token, user_id=user_id, ref=ref)
+                await svc.queue_push(inp.message, token=device.token, user_id=user_id, ref=ref)
                 queued += 1
     else:
-        name = validate.string(body, "topic", max_len=900)
-        assert name is not None
-        if not TOPIC_PATTERN.match(name):
-            raise ValidationFailed("topic", "must be letters, digits and - _ . ~ %")
-        await svc.queue_push(message, topic=name, ref=ref)
+        assert inp.topic is not None
+        await svc.queue_push(inp.message, topic=inp.topic, ref=ref)
         queued = 1
-    return json_response({"queued": queued})
+    return Queued(queued=queued)
 
 
-async def _topic(topic: str, *, subscribe: bool) -> Response:
-    body = await json_body()
-    tokens = validate.string_list(body, "tokens", max_items=MAX_TOPIC_TOKENS, max_len=MAX_TOKEN_CHARS)
-    results = await _push().manage_topic(topic, tokens, subscribe=subscribe)
-    return json_response({"results": results})
+def _topic_path(path: Mapping[str, Any], name: str) -> str:
+    topic: str = path[name]
+    if not TOPIC_PATTERN.match(topic):
+        raise ValidationFailed("topic", "must be 1 to 900 of letters, digits and - _ . ~ %")
+    return topic
 
 
-@server_blueprint.post("/topics/<topic>/subscribe")
-async def subscribe(topic: str) -> Response:
-    return await _topic(topic, subscribe=True)
+@attrs.frozen
+class TopicInput:
+    tokens: list[str] = wire(TextList(MAX_TOPIC_TOKENS, max_len=MAX_TOKEN_CHARS))
+    # After the body, as PushService.manage_topic checks it.
+    topic: str = wire(Checked(_topic_path, {"type": "string", "pattern": _TOPIC_SCHEMA}), "path")
 
 
-@server_blueprint.post("/topics/<topic>/unsubscribe")
-async def unsubscribe(topic: str) -> Response:
-    return await _topic(topic, subscribe=False)
+@attrs.frozen
+class TopicResults:
+    """Per token: whether FCM took it."""
+
+    results: list[dict[str, Any]] = out(list_of(TOPIC_RESULT))
 
 
-register_blueprint(client_blueprint, "client")
-register_blueprint(server_blueprint, "server")
-
-_DEVICE = _obj(token=S, platform=S, app_version=S, active={"type": "boolean"}, last_seen_at=S, topics=STRS, created_at=S)
-_RESULTS = _obj(results={"type": "array", "items": _obj(token=S, ok={"type": "boolean"}, error=S)})
-add_paths(
-    {
-        "/api/v1/devices": {
-            "post": _op("Register a push token (ios, android, web)", tag="client REST",
-                        body=_obj(["token", "platform"], token=S, platform=S, app_version=S), answer=_obj(device=_DEVICE)),
-            "get": _op("This user's push tokens", tag="client REST",
-                       answer=_obj(devices={"type": "array", "items": _DEVICE})),
-        },
-        "/api/v1/devices/{token}": {"delete": _op(
-            "Forget a push token", tag="client REST", params=[_q("token", S, where="path")], errors=(400, 401, 404))},
-        "/server/v1/push": {"post": _op(
-            "Push to tokens, users' devices or a topic (one job per device)", tag="server API",
-            body=_obj(tokens=STRS, user_ids=STRS, topic=S, title=S, body=S, data=ANY,
-                      android={"type": "object"}, apns={"type": "object"}, webpush={"type": "object"}),
-            answer=_obj(queued=INT), errors=(400, 401, 413, 503))},
-        "/server/v1/topics/{topic}/subscribe": {"post": _op(
-            "Subscribe tokens to a topic (Instance ID batchAdd)", tag="server API",
-            params=[_q("topic", S, where="path")], body=_obj(["tokens"], tokens=STRS), answer=_RESULTS)},
-        "/server/v1/topics/{topic}/unsubscribe": {"post": _op(
-            "Unsubscribe tokens from a topic (Instance ID batchRemove)", tag="server API",
-            params=[_q("topic", S, where="path")], body=_obj(["tokens"], tokens=STRS), answer=_RESULTS)},
-    }
+@route(
+    "POST", "/topics/<topic>/subscribe", door="server", operation_id="subscribeTopic",
+    summary="Subscribe tokens to a topic (Instance ID batchAdd)", tag=_TAG, accepts=TopicInput, answers=TopicResults,
+    errors=(503,),
 )
+async def subscribe(inp: TopicInput) -> TopicResults:
+    return TopicResults(results=await _push().manage_topic(inp.topic, inp.tokens, subscribe=True))
+
+
+@route(
+    "POST", "/topics/<topic>/unsubscribe", door="server", operation_id="unsubscribeTopic",
+    summary="Unsubscribe tokens from a topic (Instance ID batchRemove)", tag=_TAG, accepts=TopicInput,
+    answers=TopicResults, errors=(503,),
+)
+async def unsubscribe(inp: TopicInput) -> TopicResults:
+    return TopicResults(results=await _push().manage_topic(inp.topic, inp.tokens, subscribe=False))
+
+
+def routes() -> tuple[Route, ...]:
+    """Push's routes: devices (client REST), push and topics (server API)."""
+    return (register_device, unregister_device, list_devices, push, subscribe, unsubscribe)

@@ -932,6 +932,11 @@ class Store(Protocol):
         is later than the stored one; True if this call advanced it."""
         ...
 
+    async def cron_last_tick(self, *, name: str) -> datetime | None:
+        """The last tick of cron entry ``name`` that any node claimed, or None
+        if none ever was (the entry has never run)."""
+        ...
+
     # -- retention -------------------------------------------------------------------------------
 
     async def delete_read_notifications(self, *, before: datetime) -> int:

@@ -1905,6 +1905,11 @@ class PostgresStore:
         )
         return await self._call(lambda conn: conn.fetchval(sql, name, utc(tick)), tx=False) is not None
 
+    async def cron_last_tick(self, *, name: str) -> datetime | None:
+        sql = "SELECT last_tick FROM cron_ticks WHERE name = $1"
+        tick: datetime | None = await self._call(lambda conn: conn.fetchval(sql, name), tx=False, read=True)
+        return tick
+
     # -- retention -------------------------------------------------------------------------------
 
     async def _retention(self, sql: str, before: datetime) -> int:

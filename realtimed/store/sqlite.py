@@ -1853,6 +1853,13 @@ class SQLiteStore:
     async def cron_claim_tick(self, *, name: str, tick: datetime) -> bool:
         return await self._write(functools.partial(_cron_claim, name=name, tick=_us(tick)))
 
+    async def cron_last_tick(self, *, name: str) -> datetime | None:
+        def run(conn: _Conn) -> int | None:
+            row = conn.execute("SELECT last_tick FROM cron_ticks WHERE name = ?", (name,)).fetchone()
+            return None if row is None else int(row[0])
+
+        return _odt(await self._read(run))
+
     # -- retention -------------------------------------------------------------------------------
 
     async def delete_read_notifications(self, *, before: datetime) -> int:
