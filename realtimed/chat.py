@@ -33,12 +33,10 @@ A user who left a direct conversation only hid it: they stay a participant
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 import trio
@@ -46,8 +44,9 @@ from prometheus_client import Counter
 from quart import g
 
 from realtimed import metrics, protocol
-from realtimed.clock import iso
+from realtimed.clock import WallClock, iso
 from realtimed.config import ChatConfig, Config
+from realtimed.deadlines import Deadlines
 from realtimed.errors import (
     ApiError,
     Blocked,
@@ -80,6 +79,7 @@ from realtimed.http.routes import (
     services,
     wire,
 )
+from realtimed.live import Live
 from realtimed.notify.jobs import CHAT_OFFLINE, CHAT_OFFLINE_QUEUE, ChatOffline, offline_job_spec
 from realtimed.protocol import (
     ConversationCreate,
@@ -98,11 +98,11 @@ from realtimed.protocol import (
     UserBlock,
     UserUnblock,
 )
-from realtimed.services import Services
 from realtimed.store.base import ConversationRecord, MemberRecord, MessageRecord
 from realtimed.typing_state import MemoryTyping, TypingBackend
 
 if TYPE_CHECKING:
+    from realtimed.presence import PresenceService
     from realtimed.router import Router
     from realtimed.store.base import Store
 
@@ -132,6 +132,13 @@ def room_of(conversation_id: str) -> str:
     return ROOM_PREFIX + conversation_id
 
 
+class _Device(Protocol):
+    """What chat needs of a closed session."""
+
+    @property
+    def user_id(self) -> str: ...
+
+
 @attrs.define(eq=False)
 class _Typing:
     deadline: float
@@ -140,6 +147,14 @@ class _Typing:
 
 class ChatService:
     """Conversations and messages for every door (see the module docstring).
+
+    Args:
+        config: the configuration in force (``[chat]`` is read at each use).
+        store: conversations, messages, receipts, blocks.
+        router: delivers the events.
+        clock: wall time.
+        presence: touched by every chat op (a chat op brings an away user back).
+        typing: typing states and budgets (in-process by default; shared in a cluster).
 
     Resource handling:
         ``run`` owns one task: the node-wide typing timer, a heap of deadlines
@@ -155,19 +170,31 @@ class ChatService:
         events (logged); the reply still says what was stored.
     """
 
-    def __init__(self, services: Services, *, typing: TypingBackend | None = None) -> None:
-        self._svc = services
+    def __init__(
+        self,
+        config: Live[Config],
+        *,
+        store: Store,
+        router: Router,
+        clock: WallClock,
+        presence: PresenceService | None = None,
+        typing: TypingBackend | None = None,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._router = router
+        self._clock = clock
+        self._presence = presence
         self._typing_state: TypingBackend = typing or MemoryTyping()
         # The typing states this node started or refreshed, each with its timer.
         self._typing: dict[tuple[str, str], _Typing] = {}
         self._typing_of_user: dict[str, set[str]] = {}
-        self._typing_heap: list[tuple[float, int, str, str]] = []
+        # (user, conversation) timers; a state refreshed since its timer was set is pushed again.
+        self._typing_timers: Deadlines[tuple[str, str]] = Deadlines()
         # Direct conversation id -> its two members, for when one of them hid it.
         self._pairs: dict[str, tuple[str, str]] = {}
         # (user, blocker) -> (trio time it expires, blocked?)
         self._blocks: dict[tuple[str, str], tuple[float, bool]] = {}
-        self._counter = itertools.count()
-        self._wake = trio.Event()
 
     # -- service -------------------------------------------------------------------------------
 
@@ -177,8 +204,8 @@ class ChatService:
             task_status.started(self)
 
     def register(self, ops: OpRegistry) -> None:
-        """Register the chat ops and the gateway hooks (typing ends with the last device;
-        ``session.ready`` gets ``unread_total``)."""
+        """Register the chat ops (the session hooks are ``on_disconnect``, which ends
+        typing with the last device, and ``ready_fields``, wired by the daemon)."""
         handlers: dict[str, Callable[[Caller, Any], Awaitable[dict[str, Any]]]] = {
             "conversation.open": self.op_open,
             "conversation.create": self.op_create,
@@ -197,13 +224,10 @@ class ChatService:
         }
         for op, handler in handlers.items():
             ops.register(op, self._touching(handler))
-        extras = self._svc.extras
-        extras.setdefault("on_disconnect", []).append(self.on_disconnect)
-        extras.setdefault("ready_fields", []).append(self.ready_fields)
 
     def _touching(self, handler: Callable[[Caller, Any], Awaitable[dict[str, Any]]]) -> OpHandler:
         async def run(caller: Caller, value: Any) -> dict[str, Any]:
-            presence = self._svc.presence
+            presence = self._presence
             if presence is not None:
                 presence.touch(caller.user_id)
             return await handler(caller, value)
@@ -211,28 +235,17 @@ class ChatService:
         return run
 
     @property
-    def _store(self) -> Store:
-        store: Store = self._svc.store
-        return store
-
-    @property
-    def _router(self) -> Router:
-        router: Router = self._svc.router
-        return router
-
-    @property
     def _cfg(self) -> ChatConfig:
-        cfg: ChatConfig = self._svc.config.chat
-        return cfg
+        return self._config.value.chat
 
     # -- hooks ---------------------------------------------------------------------------------
 
     async def ready_fields(self, user_id: str) -> dict[str, Any]:
         return {"unread_total": await self._store.unread_total(user_id)}
 
-    async def on_disconnect(self, session: Any) -> None:
+    async def on_disconnect(self, session: _Device) -> None:
         """The user's last device on this node closed: their typing ends."""
-        uid: str = session.user_id
+        uid = session.user_id
         if self._router.user_sessions(uid):
             return
         for cid in list(self._typing_of_user.get(uid, ())):
@@ -342,7 +355,7 @@ class ChatService:
             raise Blocked("this user does not accept messages from you")
         if self._cfg.open_policy == "contacts" and not await store.is_contact(user_id, other_id):
             raise Forbidden("you may open conversations with your contacts only")
-        conv, created = await store.open_direct(user_id=user_id, other_id=other_id, now=self._svc.clock.now())
+        conv, created = await store.open_direct(user_id=user_id, other_id=other_id, now=self._clock.now())
         self._remember_pair(conv)
         if created:
             await self._updated(conv)
@@ -366,7 +379,7 @@ class ChatService:
             if contacts_only and not await store.is_contact(uid, other):
                 raise Forbidden(f"{other} is not one of your contacts")
         conv = await store.create_group(
-            member_ids=others, now=self._svc.clock.now(), title=value.title or None, owner_id=uid
+            member_ids=others, now=self._clock.now(), title=value.title or None, owner_id=uid
         )
         await self._updated(conv)
         return {"conversation": conv.to_wire(for_user=uid)}
@@ -411,7 +424,7 @@ class ChatService:
         before, me = await self.participant(cid, uid)
         if me.left_at is not None:
             return {}
-        after = await self._store.leave_conversation(conversation_id=cid, user_id=uid, now=self._svc.clock.now())
+        after = await self._store.leave_conversation(conversation_id=cid, user_id=uid, now=self._clock.now())
         caller.after_reply.append(lambda: self._after_leave(before, after, uid))
         return {}
 
@@ -522,7 +535,7 @@ class ChatService:
             sender_id=sender_id,
             client_id=client_id,
             body=body,
-            now=self._svc.clock.now(),
+            now=self._clock.now(),
             type=type,
             media_url=media_url,
             reply_to=reply_to,
@@ -583,7 +596,7 @@ class ChatService:
                 queue=CHAT_OFFLINE_QUEUE,
                 kind=CHAT_OFFLINE.kind,
                 payload=CHAT_OFFLINE.encode(payload),
-                now=self._svc.clock.now(),
+                now=self._clock.now(),
                 dedupe_key=f"{CHAT_OFFLINE.kind}:{conv.id}:{sender}:{message.client_id}",
             )
         log.info("conversation %s: message %s showed it again to a member this node did not know", conv.id, message.id)
@@ -640,7 +653,7 @@ class ChatService:
         if not value.body and not message.media_url:
             raise ValidationFailed("body", "must not be empty (the message has no media_url)")
         edited = await self._store.edit_message(
-            message_id=message.id, body=value.body, now=self._svc.clock.now(), sender_id=uid
+            message_id=message.id, body=value.body, now=self._clock.now(), sender_id=uid
         )
         wire = edited.to_wire()
         targets = self._participants(conv, uid)
@@ -655,7 +668,7 @@ class ChatService:
         uid = caller.user_id
         message, conv = await self._own_message(value.message_id, uid)
         deleted, changed = await self._store.delete_message(
-            message_id=message.id, now=self._svc.clock.now(), sender_id=uid
+            message_id=message.id, now=self._clock.now(), sender_id=uid
         )
         if changed:
             caller.after_reply.append(lambda: self._after_delete(conv, deleted, uid))
@@ -701,7 +714,7 @@ class ChatService:
         conv, me = await self.participant(cid, uid)
         if me.left_at is not None:  # hidden: leaving read everything up to then
             return {"read_seq": me.read_seq}
-        state = await self._store.mark_read(conversation_id=cid, user_id=uid, seq=value.seq, now=self._svc.clock.now())
+        state = await self._store.mark_read(conversation_id=cid, user_id=uid, seq=value.seq, now=self._clock.now())
         if state.moved:
             receipt = {
                 "conversation_id": cid,
@@ -726,7 +739,7 @@ class ChatService:
         """Create a group, or find or create a direct conversation (the server API:
         no open policy, no blocks); ``conversation.updated`` to its members."""
         store = self._store
-        now = self._svc.clock.now()
+        now = self._clock.now()
         if kind == "direct":
             if len(member_ids) != 2:
                 raise ValidationFailed("member_ids", "a direct conversation has exactly two members")
@@ -743,7 +756,7 @@ class ChatService:
         return conv
 
     async def rename(self, conversation_id: str, title: str | None) -> ConversationRecord:
-        conv = await self._store.set_title(conversation_id=conversation_id, title=title, now=self._svc.clock.now())
+        conv = await self._store.set_title(conversation_id=conversation_id, title=title, now=self._clock.now())
         await self._updated(conv)
         return conv
 
@@ -755,7 +768,7 @@ class ChatService:
             raise Conflict("the members of a direct conversation are fixed")
         self._check_group_size(len(set(before.member_ids) | set(user_ids)), "user_ids")
         conv = await self._store.add_members(
-            conversation_id=conversation_id, user_ids=user_ids, now=self._svc.clock.now()
+            conversation_id=conversation_id, user_ids=user_ids, now=self._clock.now()
         )
         await self._updated(conv)
         return conv
@@ -767,7 +780,7 @@ class ChatService:
         if before.member(user_id) is None:
             raise NotFound("not a member of this conversation")
         after = await self._store.leave_conversation(
-            conversation_id=conversation_id, user_id=user_id, now=self._svc.clock.now()
+            conversation_id=conversation_id, user_id=user_id, now=self._clock.now()
         )
         await self._after_leave(before, after, user_id)
         return after
@@ -799,7 +812,7 @@ class ChatService:
         """``user_id`` blocks ``blocked_id`` (effective on this node at once)."""
         if blocked_id == user_id:
             raise ValidationFailed("user_id", "a user cannot block themselves")
-        await self._store.block_user(user_id=user_id, blocked_id=blocked_id, now=self._svc.clock.now())
+        await self._store.block_user(user_id=user_id, blocked_id=blocked_id, now=self._clock.now())
         self.forget_block(blocked_id, by=user_id)
 
     async def unblock(self, user_id: str, blocked_id: str) -> None:
@@ -840,8 +853,7 @@ class ChatService:
         else:
             self._typing[key] = _Typing(deadline, recipients)
             self._typing_of_user.setdefault(uid, set()).add(cid)
-            heapq.heappush(self._typing_heap, (deadline, next(self._counter), uid, cid))
-            self._wake.set()
+            self._typing_timers.push(deadline, key)
         if first:
             # Refreshes, here or on another node, only move the timeout.
             await self._typing_event(uid, cid, recipients, True)
@@ -897,23 +909,13 @@ class ChatService:
 
     async def _typing_timer(self) -> None:
         while True:
-            self._wake = trio.Event()
-            now = trio.current_time()
-            if not self._typing_heap:
-                await self._wake.wait()
-                continue
-            wake_at = self._typing_heap[0][0]
-            if wake_at > now:
-                with trio.move_on_at(wake_at):
-                    await self._wake.wait()
-                continue
-            while self._typing_heap and self._typing_heap[0][0] <= now:
-                _, _, uid, cid = heapq.heappop(self._typing_heap)
+            now, due = await self._typing_timers.due()
+            for uid, cid in due:
                 state = self._typing.get((uid, cid))
                 if state is None:
                     continue
                 if state.deadline > now:  # refreshed here since: wait for the new deadline
-                    heapq.heappush(self._typing_heap, (state.deadline, next(self._counter), uid, cid))
+                    self._typing_timers.push(state.deadline, (uid, cid))
                     continue
                 try:
                     await self._typing_due(uid, cid, state, now)
@@ -930,7 +932,7 @@ class ChatService:
         if left is not None and left > 0:
             # Refreshed through another node: wait for that deadline.
             state.deadline = now + left
-            heapq.heappush(self._typing_heap, (state.deadline, next(self._counter), uid, cid))
+            self._typing_timers.push(state.deadline, (uid, cid))
             return
         self._forget_typing(uid, cid)
         if left == 0:
@@ -956,15 +958,12 @@ _CONVERSATION: Final = {"$ref": "#/components/schemas/Conversation"}
 
 
 def _chat() -> ChatService:
-    chat: ChatService | None = services().chat
-    if chat is None:
-        raise Unavailable("chat is not running on this node")
-    return chat
+    return services().chat
 
 
 def _user_caller() -> Caller:
     claims = g.claims
-    return Caller(user_id=claims.sub, claims=claims, services=services(), session=None)
+    return Caller(user_id=claims.sub, claims=claims, session=None)
 
 
 async def _run_op(call: OpCall) -> dict[str, Any]:
@@ -973,7 +972,7 @@ async def _run_op(call: OpCall) -> dict[str, Any]:
     The door charged the op's budget before the route ran (realtimed/http/budgets.py).
     """
     svc = services()
-    handler = svc.gateway.ops.get(call.op) if svc.gateway is not None else None
+    handler = svc.ops.get(call.op)
     if handler is None:
         raise Unavailable(f"{call.op} is not served by this node")
     caller = _user_caller()

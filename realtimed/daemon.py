@@ -1,11 +1,16 @@
 """The daemon: the root nursery, services in order, signals, reload and drain.
 
-Layers, started in order with ``nursery.start`` and stopped the other way::
+The task tree, started in order with ``nursery.start`` and stopped the other way::
 
-    root nursery         signals (TERM/INT drain, second INT forces, HUP reloads), watchdog
-     └─ backends         store
-         └─ services     broker (in-process or Redis), router, gateway, job runner, cron
-             └─ doors    HTTP listeners (client; internal when configured)
+    root nursery            signals (TERM/INT drain, second INT forces, HUP reloads), watchdog
+     └─ backends            store
+         └─ services        broker, router, presence (+ cluster heartbeats), chat, push,
+         │                  (cluster activity marks), notify, gateway (the session
+         │                  lifecycle), WebSocket door (heartbeats), job runner, cron
+             └─ doors       HTTP listeners (client; internal when configured)
+
+The wiring (who gets what in its constructor) is ``_wire``; the choice between
+in-process and Redis state is ``backends.open_backends``.
 
 A drain stops accepting, lets the gateway say ``server.shutdown`` and close its
 sockets with 1001, lets running jobs finish, all within ``shutdown.grace_s``, and
@@ -28,26 +33,28 @@ import trio
 
 from realtimed import logs, metrics
 from realtimed.auth import ApiKeys, TokenVerifier
-from realtimed.broker.base import Broker
-from realtimed.broker.memory import MemoryBroker
-from realtimed.broker.redis import RedisBroker
-from realtimed.broker.redis_activity import RedisActivity, RedisPushCaps
-from realtimed.broker.redis_history import RedisHistory
-from realtimed.broker.redis_presence import RedisPresence
-from realtimed.broker.redis_typing import RedisTyping
+from realtimed.backends import Backends, open_backends
+from realtimed.chat import ChatService
 from realtimed.clock import SystemClock, WallClock
 from realtimed.config import DEV_API_KEY, DEV_HS256_SECRET, Config, ConfigError, load_config, parse_host_port
-from realtimed.gateway.gateway import Gateway
+from realtimed.gateway.bans import Bans
+from realtimed.gateway.gateway import Gateway, SessionHooks
 from realtimed.gateway.ops import OpRegistry
 from realtimed.gateway.room_ops import register_room_ops
-from realtimed.gateway.rooms import HistoryBackend
+from realtimed.gateway.websocket import WebSocketDoor
 from realtimed.http.app import create_app
 from realtimed.http.listener import Listener
 from realtimed.jobs import CronScheduler, JobRunner, register_builtin_kinds
+from realtimed.live import Live
+from realtimed.notify.inbox import InAppChannel
+from realtimed.notify.service import NotifyService
+from realtimed.presence import PresenceService
+from realtimed.push.channel import FcmChannel
+from realtimed.push.service import PushService
 from realtimed.router import Router
 from realtimed.sdnotify import SystemdNotifier
 from realtimed.services import Services
-from realtimed.store import open_store
+from realtimed.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +84,9 @@ class Daemon:
         the reason); a failure of one connection or job never reaches here.
     """
 
+    _verifier_live: Live[TokenVerifier]
+    _api_keys: Live[ApiKeys]
+
     def __init__(
         self,
         cfg: Config,
@@ -88,7 +98,14 @@ class Daemon:
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path
-        self.services = Services(config=cfg, clock=clock or SystemClock())
+        self.clock: WallClock = clock or SystemClock()
+        self.node = cfg.server.node_id
+        # What a reload replaces; every service holding one of these sees the new value
+        # (the verifier and the API keys are built with the services, in ``_wire``).
+        self._config = Live(cfg)
+        self._services: Services | None = None
+        self._backends: Backends | None = None
+        self._websocket: WebSocketDoor | None = None
         self.listeners: list[Listener] = []
         self._handle_signals = handle_signals
         self._notifier = notifier or SystemdNotifier()
@@ -97,6 +114,13 @@ class Daemon:
         self._force_scope: trio.CancelScope | None = None
         self._reload_hooks: list[Callable[[Config], None]] = []
         self._pending_verifier: TokenVerifier | None = None
+
+    @property
+    def services(self) -> Services:
+        """The node's services (built once the store is running)."""
+        if self._services is None:
+            raise RuntimeError("the daemon has not started its services yet")
+        return self._services
 
     # -- addresses -------------------------------------------------------------------------------
 
@@ -147,10 +171,10 @@ class Daemon:
 
     async def _run_layers(self, task_status: trio.TaskStatus[Daemon]) -> None:
         cfg = self.cfg
-        svc = self.services
         async with trio.open_nursery() as backends:
-            await self._start_backends(backends)
+            store = await self._start_backends(backends)
             async with trio.open_nursery() as service_layer:
+                self._wire(store)
                 await self._start_services(service_layer)
                 async with trio.open_nursery() as doors:
                     await self._start_doors(doors)
@@ -158,7 +182,7 @@ class Daemon:
                     task_status.started(self)
                     await self._drain_requested.wait()
                     log.info("draining (grace %.1f s)", cfg.shutdown.grace_s)
-                    svc.draining = True
+                    self.services.gateway.stop_admitting()
                     self._notifier.stopping()
                     for listener in self.listeners:
                         listener.stop_accepting()
@@ -168,136 +192,94 @@ class Daemon:
                 service_layer.cancel_scope.cancel()
             backends.cancel_scope.cancel()
 
-    async def _start_backends(self, nursery: trio.Nursery) -> None:
+    async def _start_backends(self, nursery: trio.Nursery) -> Store:
         """Start the store (migrations are applied or checked before it is ready)."""
-        store = open_store(self.cfg, clock=self.services.clock)
+        store = open_store(self.cfg, clock=self.clock)
         await nursery.start(store.run)
-        self.services.store = store
+        return store
 
-    async def _start_services(self, nursery: trio.Nursery) -> None:
-        """Start the broker, router and gateway, and register the ops they answer."""
-        cfg = self.cfg
-        svc = self.services
-        svc.verifier = self._verifier(cfg)
-        svc.api_keys = ApiKeys.from_config(cfg.api)
-        # The job runner comes first so that every capability can register its kinds.
-        runner = JobRunner(svc.store, config=cfg.jobs, clock=svc.clock, node=svc.node)
-        register_builtin_kinds(runner, retention=lambda: self.services.config.retention)
-        svc.jobs = runner
-        # Chat and presence (their HTTP routes are served by create_app's capability_routes()).
-        from realtimed.chat import ChatService
-        from realtimed.presence import PresenceRecord, PresenceService
-
-        broker: Broker
-        history: HistoryBackend | None = None
-        shared_presence: RedisPresence | None = None
-        if cfg.broker.backend == "redis":
-            redis = RedisBroker(svc.node, cfg.broker)
-            history = RedisHistory(redis.client, timeout_s=cfg.broker.timeout_s)
-            # Device counts, records and room presence shared by every node, with
-            # heartbeats so that the users of a node that dies turn offline.
-            shared_presence = RedisPresence(
-                redis.client,
-                node=svc.node,
-                node_ttl_s=cfg.broker.node_ttl_s,
-                timeout_s=cfg.broker.timeout_s,
-                record_type=PresenceRecord,
-            )
-            broker = redis
-        else:
-            broker = MemoryBroker(svc.node)
-        await nursery.start(broker.run)
-        svc.broker = broker
-        router = Router(cfg, node=svc.node, broker=broker, clock=svc.clock, history=history, room_presence=shared_presence)
-        await nursery.start(router.run)
-        svc.router = router
-        ops = OpRegistry()
-        register_room_ops(ops, router)
-        presence = PresenceService(svc, backend=shared_presence)
-        await nursery.start(presence.run)
-        if shared_presence is not None:
-            shared = shared_presence
-
-            async def resync() -> None:
-                # Written back after this node's heartbeat expired or a change was lost.
-                stale = await shared.sync(presence.local_devices(), router.local_room_counts())
-                await router.rooms_left(stale)
-                await presence.resynced()
-
-            shared.on_users_gone = presence.users_gone
-            shared.on_rooms_left = router.rooms_left
-            shared.on_resync = resync
-            svc.extras["user_socket_count"] = shared.device_count
-            await nursery.start(shared.run)
-        svc.presence = presence
-        presence.register(ops)
-        chat = ChatService(
-            svc,
-            typing=RedisTyping(broker.client, node=svc.node, timeout_s=cfg.broker.timeout_s)
-            if isinstance(broker, RedisBroker)
-            else None,
-        )
-        await nursery.start(chat.run)
-        svc.chat = chat
-        chat.register(ops)
-        # -- notifications and push (realtimed/notify, realtimed/push) ------------------------
-        from realtimed.notify.inbox import InAppChannel
-        from realtimed.notify.service import NotifyService
-        from realtimed.push.channel import FcmChannel
-        from realtimed.push.service import PushService
-
-        push = PushService(cfg, store=svc.store, clock=svc.clock, jobs=lambda: self.services.jobs)
-        await nursery.start(push.run)
-        svc.push = push
-        shared_caps: RedisPushCaps | None = None
-        activity: RedisActivity | None = None
-        if isinstance(broker, RedisBroker):
-            # Push caps and the active-skip rule count what every node sees.
-            shared_caps = RedisPushCaps(broker.client, timeout_s=cfg.broker.timeout_s)
-            activity = RedisActivity(
-                broker.client, window_s=lambda: self.services.config.notify.active_window_s, timeout_s=cfg.broker.timeout_s
-            )
-            await nursery.start(activity.run)
-            svc.extras["mark_active"] = activity.mark
+    def _wire(self, store: Store) -> None:
+        """Build every service with its dependencies; nothing runs yet."""
+        cfg, config, clock, node = self.cfg, self._config, self.clock, self.node
+        self._verifier_live = Live(self._verifier(cfg))
+        self._api_keys = Live(ApiKeys.from_config(cfg.api))
+        backends = self._backends = open_backends(cfg, node=node, config=config)
+        runner = JobRunner(store, config=cfg.jobs, clock=clock, node=node)
+        register_builtin_kinds(runner, retention=lambda: config.value.retention)
+        router = Router(cfg, node=node, broker=backends.broker, clock=clock,
+                        history=backends.history, room_presence=backends.room_presence)
+        presence = PresenceService(config, store=store, router=router, clock=clock, backend=backends.presence)
+        chat = ChatService(config, store=store, router=router, clock=clock, presence=presence, typing=backends.typing)
+        push = PushService(cfg, store=store, clock=clock, jobs=runner)
         # The delivery channels notify calls (realtimed/notify/channel.py), each named like its config section.
-        notify = NotifyService(svc, channels=[InAppChannel(svc), FcmChannel(push)], caps=shared_caps, activity=activity)
-        await nursery.start(notify.run)
-        svc.notify = notify
+        notify = NotifyService(config, store=store, clock=clock, router=router, jobs=runner,
+                               channels=[InAppChannel(store, clock=clock, router=router), FcmChannel(push)],
+                               caps=backends.caps, activity=backends.activity)
+        ops = OpRegistry(config)
+        register_room_ops(ops, router, clock=clock, config=config)
+        presence.register(ops)
+        chat.register(ops)
         notify.register(ops)
-        svc.extras.setdefault("ready_fields", []).append(notify.ready_fields)
         push.register_jobs(runner)
         notify.register_jobs(runner)
-        # ---------------------------------------------------------------------------------------
-        gateway = Gateway(svc, router, ops)
-        await nursery.start(gateway.run)
-        if cfg.jobs.enabled:
+        hooks = SessionHooks(
+            on_connect=(presence.on_connect,),
+            on_disconnect=(presence.on_disconnect, chat.on_disconnect),
+            ready_fields=(chat.ready_fields, notify.ready_fields),
+            mark_active=backends.activity.mark if backends.activity is not None else None,
+            user_socket_count=backends.cluster.device_count if backends.cluster is not None else None,
+        )
+        bans = Bans(store, clock=clock, config=config)
+        gateway = Gateway(config, clock=clock, node=node, router=router, bans=bans, hooks=hooks)
+        self._websocket = WebSocketDoor(gateway, ops=ops, verifier=self._verifier_live)
+        if backends.cluster is not None:
+            _wire_cluster(backends, presence, router)
+        self._services = Services(
+            live_config=config, verifier=self._verifier_live, api_keys=self._api_keys, clock=clock, node=node,
+            store=store, broker=backends.broker, router=router, ops=ops, gateway=gateway, presence=presence,
+            jobs=runner, chat=chat, notify=notify, push=push,
+        )
+        self.on_reload(self._reload_services)
+
+    async def _start_services(self, nursery: trio.Nursery) -> None:
+        """Start the services in dependency order (each is ready when ``start`` returns)."""
+        svc, backends, websocket = self.services, self._backends, self._websocket
+        assert backends is not None and websocket is not None
+        await nursery.start(svc.broker.run)
+        await nursery.start(svc.router.run)
+        await nursery.start(svc.presence.run)
+        if backends.cluster is not None:
+            # Heartbeats; reaps what a dead node (or this node's previous run) left.
+            await nursery.start(backends.cluster.run)
+        await nursery.start(svc.chat.run)
+        await nursery.start(svc.push.run)
+        if backends.activity is not None:
+            await nursery.start(backends.activity.run)
+        await nursery.start(svc.notify.run)
+        await nursery.start(svc.gateway.run)
+        await nursery.start(websocket.run)
+        if self.cfg.jobs.enabled:
             # Claiming starts once every capability has registered its kinds, so a
             # job left from before a restart never meets an unknown kind.
-            await nursery.start(runner.run)
-            cron = CronScheduler.from_config(svc.store, cfg, clock=svc.clock, runner=runner)
+            await nursery.start(svc.jobs.run)
+            cron = CronScheduler.from_config(svc.store, self.cfg, clock=self.clock, runner=svc.jobs)
             await nursery.start(cron.run)
-        svc.gateway = gateway
-        svc.extras["ws_handler"] = gateway.handle_ws
-        self.on_reload(self._reload_services)
 
     def _verifier(self, cfg: Config) -> TokenVerifier:
         base_dir = Path(cfg.source).parent if cfg.source else None
-        return TokenVerifier.from_config(cfg.auth, base_dir=base_dir, clock=self.services.clock)
+        return TokenVerifier.from_config(cfg.auth, base_dir=base_dir, clock=self.clock)
 
     def _reload_services(self, new: Config) -> None:
-        svc = self.services
-        svc.verifier = self._pending_verifier or self._verifier(new)
+        self._verifier_live.value = self._pending_verifier or self._verifier(new)
         self._pending_verifier = None
-        svc.api_keys = ApiKeys.from_config(new.api)
-        if svc.router is not None:
-            svc.router.set_config(new)
+        self._api_keys.value = ApiKeys.from_config(new.api)
+        self.services.router.set_config(new)
 
     async def _drain_services(self) -> None:
         """Let sockets close and running jobs finish; returns early when all are done."""
         async with trio.open_nursery() as nursery:
-            if self.services.gateway is not None:
-                nursery.start_soon(self.services.gateway.drain)
-            if self.services.jobs is not None and self.cfg.jobs.enabled:
+            nursery.start_soon(self.services.gateway.drain)
+            if self.cfg.jobs.enabled:
                 nursery.start_soon(self.services.jobs.drain, self.cfg.shutdown.grace_s)
 
     async def _start_doors(self, nursery: trio.Nursery) -> None:
@@ -307,8 +289,11 @@ class Daemon:
         host, port = parse_host_port(cfg.http.listen)
         # Set by `realtimed run --workers N` for its workers, which share the ports.
         shared = os.environ.get(WORKER_ENV) is not None
-        client = Listener(cfg, host=host, port=port, role="client", asgi_app=app, ssl_context=ssl_context, reuse_port=shared)
-        client.ws_handler = self.services.extras.get("ws_handler")
+        assert self._websocket is not None
+        client = Listener(
+            cfg, host=host, port=port, role="client", asgi_app=app, ws_handler=self._websocket.handle_ws,
+            ssl_context=ssl_context, reuse_port=shared,
+        )
         self.listeners = [client]
         if cfg.http.internal_listen:
             ihost, iport = parse_host_port(cfg.http.internal_listen)
@@ -377,7 +362,7 @@ class Daemon:
             logs.setup_logging(new.log.level, new.log.format)
             log.info("reload: log level %s, format %s", new.log.level, new.log.format)
         self.cfg = new
-        self.services.config = new
+        self._config.value = new
         for listener in self.listeners:
             listener.set_config(new)
         for hook in self._reload_hooks:
@@ -394,6 +379,22 @@ class Daemon:
 
     async def wait_stopped(self) -> None:
         await self._drained.wait()
+
+
+def _wire_cluster(backends: Backends, presence: PresenceService, router: Router) -> None:
+    """Let the shared presence reach presence and the router (dead nodes, resyncs)."""
+    cluster = backends.cluster
+    assert cluster is not None
+
+    async def resync() -> None:
+        # Written back after this node's heartbeat expired or a change was lost.
+        stale = await cluster.sync(presence.local_devices(), router.local_room_counts())
+        await router.rooms_left(stale)
+        await presence.resynced()
+
+    cluster.on_users_gone = presence.users_gone
+    cluster.on_rooms_left = router.rooms_left
+    cluster.on_resync = resync
 
 
 def _ssl_context(cfg: Config) -> ssl.SSLContext | None:

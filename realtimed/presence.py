@@ -33,8 +33,6 @@ checks, throttled sends) for every user of this node.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -45,13 +43,16 @@ import trio
 from quart import g
 
 from realtimed import protocol
-from realtimed.clock import iso
-from realtimed.config import PresenceConfig
-from realtimed.errors import ApiError, Unavailable
+from realtimed.clock import WallClock, iso
+from realtimed.config import Config, PresenceConfig
+from realtimed.deadlines import Deadlines
+from realtimed.errors import ApiError
 from realtimed.gateway.ops import Caller, OpRegistry
 from realtimed.http.routes import OpCall, OpInput, OpReply, Route, query_csv, route, services
+from realtimed.live import Live
 from realtimed.protocol import PresenceQuery, PresenceSet
-from realtimed.services import Services
+from realtimed.router import Router
+from realtimed.store.base import Store
 
 __all__ = [
     "MemoryPresence",
@@ -169,10 +170,17 @@ class MemoryPresence:
 
 
 class _Device(Protocol):
-    """What presence needs of a session (a WebSocket ``Session`` or an SSE stream)."""
+    """What presence needs of a session (``gateway.client.ClientSession``)."""
 
-    id: str
-    user_id: str
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def user_id(self) -> str: ...
+
+    @property
+    def last_active(self) -> float | None:
+        """Trio time of the last op other than ping; None for a transport without ops (SSE)."""
 
 
 @attrs.define(eq=False)
@@ -197,8 +205,8 @@ class _Local:
     def last_activity(self) -> float:
         latest = self.touched
         for device in self.devices.values():
-            # An SSE stream sends no ops: it counts as active when it connected.
-            active = getattr(device, "last_active", None)
+            # An SSE stream sends no ops (None): it counts as active when it connected.
+            active = device.last_active
             if active is not None and active > latest:
                 latest = active
         return latest
@@ -209,6 +217,13 @@ _Kind = Literal["grace", "idle", "recompute", "flush", "forget"]
 
 class PresenceService:
     """The presence supervisor of one node (see the module docstring).
+
+    Args:
+        config: the configuration in force (``[presence]`` is read at each use).
+        store: last seen times and contacts.
+        router: delivers ``presence.updated``.
+        clock: wall time (last seen).
+        backend: device counts and records (in-process by default; shared in a cluster).
 
     Resource handling:
         ``run`` owns one timer task (grace periods, idle checks, throttled
@@ -223,13 +238,22 @@ class PresenceService:
         usual). Hooks never raise into the gateway.
     """
 
-    def __init__(self, services: Services, *, backend: PresenceBackend | None = None) -> None:
-        self._svc = services
+    def __init__(
+        self,
+        config: Live[Config],
+        *,
+        store: Store,
+        router: Router,
+        clock: WallClock,
+        backend: PresenceBackend | None = None,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._router = router
+        self._clock = clock
         self.backend: PresenceBackend = backend or MemoryPresence()
         self._local: dict[str, _Local] = {}
-        self._heap: list[tuple[float, int, str, _Kind, int]] = []
-        self._counter = itertools.count()
-        self._wake = trio.Event()
+        self._timers: Deadlines[tuple[str, _Kind, int]] = Deadlines()
         self._limiter = trio.CapacityLimiter(_CONCURRENCY)
 
     # -- service -------------------------------------------------------------------------------
@@ -237,7 +261,7 @@ class PresenceService:
     async def run(self, *, task_status: trio.TaskStatus[PresenceService] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._timers)
+                nursery.start_soon(self._run_timers)
                 task_status.started(self)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(_SHUTDOWN_S):
@@ -246,7 +270,7 @@ class PresenceService:
     async def _all_gone(self) -> None:
         """The node stops while grace periods run: those users had no device left
         anywhere, so their last seen is stored now rather than never."""
-        now = self._svc.clock.now()
+        now = self._clock.now()
         for uid, local in list(self._local.items()):
             if not local.grace_pending or local.devices:
                 continue
@@ -254,24 +278,21 @@ class PresenceService:
                 record = await self._record(uid)
                 if record.status == "offline":
                     continue
-                await self._svc.store.set_last_seen(user_id=uid, at=local.disconnected_at or now)
+                await self._store.set_last_seen(user_id=uid, at=local.disconnected_at or now)
                 await self.backend.put(uid, attrs.evolve(record, status="offline"))
             except Exception as exc:  # the store or a shared backend may be closing too
                 log.info("last seen not stored at shutdown (user %s and later ones): %r", uid, exc)
                 return
 
     def register(self, ops: OpRegistry) -> None:
-        """Register ``presence.set``, ``presence.query`` and the gateway's connect hooks."""
+        """Register ``presence.set`` and ``presence.query`` (the session hooks are
+        ``on_connect`` and ``on_disconnect``, wired by the daemon)."""
         ops.register("presence.set", self._op_set)
         ops.register("presence.query", self._op_query)
-        extras = self._svc.extras
-        extras.setdefault("on_connect", []).append(self.on_connect)
-        extras.setdefault("on_disconnect", []).append(self.on_disconnect)
 
     @property
     def _cfg(self) -> PresenceConfig:
-        cfg: PresenceConfig = self._svc.config.presence
-        return cfg
+        return self._config.value.presence
 
     def connected(self, user_id: str) -> bool:
         """Whether the user has a device on this node or is in the grace period."""
@@ -312,7 +333,7 @@ class PresenceService:
             left = len(local.devices)
         if left > 0 or local.devices:
             return
-        local.disconnected_at = self._svc.clock.now()
+        local.disconnected_at = self._clock.now()
         local.grace_gen += 1
         local.grace_pending = True
         self._push(trio.current_time() + self._cfg.offline_grace_s, uid, "grace", local.grace_gen)
@@ -333,7 +354,7 @@ class PresenceService:
                     continue  # others saw them offline already (invisible)
                 local = self._local.setdefault(uid, _Local())
                 local.connected = False
-                local.disconnected_at = self._svc.clock.now()
+                local.disconnected_at = self._clock.now()
                 # What the contacts saw, so that the change to offline is sent.
                 local.sent = (before.status, before.message)
                 await self._changed(uid, local)
@@ -388,7 +409,7 @@ class PresenceService:
         self.touch(caller.user_id)
         if not value.user_ids:
             return {"presences": {}}
-        contacts: set[str] = await self._svc.store.contact_ids(caller.user_id)
+        contacts: set[str] = await self._store.contact_ids(caller.user_id)
         allowed = [uid for uid in value.user_ids if uid in contacts]
         return {"presences": await self.describe(allowed)}
 
@@ -397,7 +418,7 @@ class PresenceService:
         if not user_ids:
             return {}
         records = await self.backend.get(user_ids)
-        seen: dict[str, datetime] = await self._svc.store.get_last_seen(user_ids)
+        seen: dict[str, datetime] = await self._store.get_last_seen(user_ids)
         out: dict[str, dict[str, Any]] = {}
         for uid in user_ids:
             record = records.get(uid, PresenceRecord())
@@ -414,11 +435,11 @@ class PresenceService:
         record = await self._record(uid)
         status = visible_status(record.chosen, connected=local.connected, idle=local.idle)
         if status == "offline" and record.status != "offline":
-            at = self._svc.clock.now()
+            at = self._clock.now()
             if not local.connected and local.disconnected_at is not None:
                 at = local.disconnected_at
             try:
-                await self._svc.store.set_last_seen(user_id=uid, at=at)
+                await self._store.set_last_seen(user_id=uid, at=at)
             except ApiError as exc:
                 log.warning("user %s: last seen not stored: %s", uid, exc.message)
             # Read again: presence.set may have changed the record meanwhile.
@@ -441,27 +462,13 @@ class PresenceService:
         self._push(when, uid, "idle", local.idle_gen)
 
     def _push(self, when: float, uid: str, kind: _Kind, gen: int) -> None:
-        heapq.heappush(self._heap, (when, next(self._counter), uid, kind, gen))
-        self._wake.set()
+        self._timers.push(when, (uid, kind, gen))
 
     # -- the timer task ------------------------------------------------------------------------
 
-    async def _timers(self) -> None:
+    async def _run_timers(self) -> None:
         while True:
-            self._wake = trio.Event()
-            if not self._heap:
-                await self._wake.wait()
-                continue
-            when = self._heap[0][0]
-            now = trio.current_time()
-            if when > now:
-                with trio.move_on_at(when):
-                    await self._wake.wait()
-                continue
-            due: list[tuple[str, _Kind, int]] = []
-            while self._heap and self._heap[0][0] <= now:
-                _, _, uid, kind, gen = heapq.heappop(self._heap)
-                due.append((uid, kind, gen))
+            now, due = await self._timers.due()
             async with trio.open_nursery() as nursery:
                 for uid, kind, gen in due:
                     nursery.start_soon(self._fire, uid, kind, gen, now)
@@ -525,13 +532,13 @@ class PresenceService:
         # Nothing was sent yet and the user looks offline: others saw them offline already.
         first_and_offline = local.sent is None and record.status == "offline"
         if state != local.sent and not first_and_offline:
-            store = self._svc.store
+            store = self._store
             contacts: set[str] = await store.contact_ids(uid)
             seen: datetime | None = (await store.get_last_seen([uid])).get(uid)
             local.sent = state
             local.sent_at = trio.current_time()
             if contacts:
-                await self._svc.router.to_users(
+                await self._router.to_users(
                     contacts, "presence.updated", _wire(uid, record.status, message, seen)
                 )
         elif first_and_offline:
@@ -553,10 +560,7 @@ def _wire(uid: str, status: str, message: str | None, last_seen: datetime | None
 
 
 def _presence() -> PresenceService:
-    presence: PresenceService | None = services().presence
-    if presence is None:
-        raise Unavailable("presence is not running on this node")
-    return presence
+    return services().presence
 
 
 @route(
@@ -570,7 +574,7 @@ def _presence() -> PresenceService:
 async def query_presence(call: OpCall) -> dict[str, Any]:
     """``GET /api/v1/presence?user_ids=a,b``: ``presence.query`` over REST."""
     claims = g.claims
-    caller = Caller(user_id=claims.sub, claims=claims, services=services(), session=None)
+    caller = Caller(user_id=claims.sub, claims=claims, session=None)
     return await _presence()._op_query(caller, call.value)
 
 

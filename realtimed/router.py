@@ -58,15 +58,24 @@ CLOSE_FRAME: Final = Frame(b"{}")
 
 
 class Recipient(Protocol):
-    """What the router needs of a session (a socket or an SSE stream)."""
+    """What the router needs of a session (``gateway.client.ClientSession``, whatever its transport)."""
 
     id: str
     user_id: str
     rooms: set[str]
 
+    @property
+    def closing(self) -> bool: ...
+
+    @property
+    def last_active(self) -> float | None:
+        """Trio time of the last op (None: active while connected); read by the push-skip rule."""
+
     def send_frame(self, frame: Frame) -> None: ...
 
     def close(self, code: int, reason: str = "") -> None: ...
+
+    def info(self) -> dict[str, Any]: ...
 
 
 class Router:
@@ -370,7 +379,7 @@ class Router:
             for session in list(self._users.get(user, {}).values()):
                 if close.session_id is not None and session.id != close.session_id:
                     continue
-                if getattr(session, "closing", False):
+                if session.closing:
                     continue  # closed by an earlier call, not yet unregistered
                 session.close(close.code, close.reason)
                 count += 1

@@ -1,42 +1,77 @@
-"""The running daemon's services, handed to the HTTP doors and the gateway.
+"""The running node's services, as the HTTP doors reach them (``http.app.services()``).
 
-One ``Services`` object exists per daemon. It is built by ``daemon.py`` and
-filled in as each service becomes ready; a field that is None belongs to a
-service this node does not run.
+The daemon builds one ``Services`` once every service is constructed, and
+before any door serves a request; each field is the one service of that kind on
+this node, typed. The services themselves never read it: each takes its own
+dependencies in its constructor. (A test may swap one service for another
+built the same way: the doors read the field at each request.)
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
-from realtimed.clock import SystemClock, WallClock
-from realtimed.config import Config
-
 if TYPE_CHECKING:
     from realtimed.auth import ApiKeys, TokenVerifier
+    from realtimed.broker.base import Broker
+    from realtimed.chat import ChatService
+    from realtimed.clock import WallClock
+    from realtimed.config import Config
+    from realtimed.gateway.gateway import Gateway
+    from realtimed.gateway.ops import OpRegistry
+    from realtimed.jobs.runner import JobRunner
+    from realtimed.live import Live
+    from realtimed.notify.service import NotifyService
+    from realtimed.presence import PresenceService
+    from realtimed.push.service import PushService
+    from realtimed.router import Router
+    from realtimed.store.base import Store
 
 
 @attrs.define(eq=False)
 class Services:
-    config: Config
-    clock: WallClock = attrs.field(factory=SystemClock)
-    node: str = ""
-    store: Any = None
-    broker: Any = None
-    router: Any = None
-    gateway: Any = None
-    presence: Any = None
-    jobs: Any = None
-    chat: Any = None
-    notify: Any = None
-    push: Any = None
-    verifier: TokenVerifier | None = None
-    api_keys: ApiKeys | None = None
-    draining: bool = False
-    extras: dict[str, Any] = attrs.field(factory=dict)
+    """Every service of the node (see the module docstring).
 
-    def __attrs_post_init__(self) -> None:
-        if not self.node:
-            self.node = self.config.server.node_id
+    ``config``, ``verifier`` and ``api_keys`` are those in force: a reload
+    replaces them, and each read here sees the new one. ``live_config`` is the
+    box the services hold; setting ``config`` sets it for all of them.
+    """
+
+    live_config: Live[Config]
+    _verifier: Live[TokenVerifier]
+    _api_keys: Live[ApiKeys]
+    clock: WallClock
+    node: str
+    store: Store
+    broker: Broker
+    router: Router
+    ops: OpRegistry
+    gateway: Gateway
+    presence: PresenceService
+    jobs: JobRunner
+    chat: ChatService
+    notify: NotifyService
+    push: PushService
+
+    @property
+    def config(self) -> Config:
+        return self.live_config.value
+
+    @config.setter
+    def config(self, value: Config) -> None:
+        self.live_config.value = value
+
+    @property
+    def verifier(self) -> TokenVerifier:
+        return self._verifier.value
+
+    @property
+    def api_keys(self) -> ApiKeys:
+        return self._api_keys.value
+
+    @property
+    def draining(self) -> bool:
+        """The node is draining: it admits no new socket and ``/readyz`` says so."""
+        return self.gateway.draining

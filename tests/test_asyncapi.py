@@ -32,7 +32,7 @@ import trio
 from realtimed import protocol
 from realtimed.config import reference_rows
 from realtimed.errors import ApiError
-from realtimed.http.client_api import encode_cursor
+from realtimed.gateway.sse import encode_cursor
 from realtimed.protocol import CLOSE_CODES, ERROR_CODES, EVENT_SPECS, OP_SPECS, TYPE_SCHEMAS
 from realtimed.protocol_docs import asyncapi_document, asyncapi_yaml, event_message, message_for_frame
 from tests.fixtures.clients import WsClient
@@ -265,7 +265,7 @@ def test_op_schema_bounds_are_the_validator_bounds(op: str) -> None:
 
 def test_close_codes_cover_every_code_the_server_sends() -> None:
     from realtimed import errors
-    from realtimed.gateway.gateway import CLOSE_HEARTBEAT
+    from realtimed.gateway.websocket import CLOSE_HEARTBEAT
 
     sent = {value for name, value in vars(errors).items() if name.startswith("CLOSE_")} | {CLOSE_HEARTBEAT}
     documented = {close.code for close in CLOSE_CODES}

@@ -15,11 +15,9 @@ import pytest
 import trio
 
 from realtimed.config import Config
-from realtimed.gateway.gateway import websocket_upgrade
 from realtimed.gateway.session import Session
-from realtimed.http.app import create_app
+from realtimed.gateway.websocket import websocket_upgrade
 from realtimed.http.listener import Listener, RequestHead
-from realtimed.services import Services
 from tests.fixtures.daemon import make_config
 
 
@@ -60,6 +58,11 @@ class EchoHandler:
         pass
 
 
+async def no_http(scope: dict[str, object], receive: object, send: object) -> None:
+    """The echo server speaks WebSocket only; Autobahn never sends plain HTTP."""
+    raise AssertionError(f"unexpected HTTP request: {scope.get('path')}")
+
+
 @pytest.mark.slow
 async def test_autobahn_cases_1_to_10(nursery: trio.Nursery, tmp_path: Path) -> None:
     cfg = make_config(
@@ -67,7 +70,7 @@ async def test_autobahn_cases_1_to_10(nursery: trio.Nursery, tmp_path: Path) -> 
         {"gateway": {"path": "/", "max_frame_bytes": 64 * 1024 * 1024, "outbox_max_bytes": 256 * 1024 * 1024}},
     )
     handler = EchoHandler(cfg)
-    listener = Listener(cfg, host="127.0.0.1", port=0, role="client", asgi_app=create_app(Services(config=cfg)))
+    listener = Listener(cfg, host="127.0.0.1", port=0, role="client", asgi_app=no_http)
     listener.ws_handler = handler.handle_ws
     await nursery.start(listener.run)
     port = listener.bound[0][1]

@@ -15,6 +15,7 @@ from realtimed.daemon import Daemon
 from tests.fixtures.clients import WsClient
 from tests.fixtures.daemon import API_KEY, DaemonFactory
 from tests.fixtures.tokens import token
+from tests.test_session_lifecycle import sse_records
 
 SERVER = {"Authorization": f"Bearer {API_KEY}"}
 NAMESPACES: list[dict[str, Any]] = [
@@ -310,6 +311,26 @@ async def test_sockets_per_user_counted_across_nodes(start_daemon: DaemonFactory
                 except ConnectionClosed:
                     pass
                 await trio.sleep(0.2)
+
+
+async def test_a_stream_counts_the_users_sockets_on_every_node(start_daemon: DaemonFactory, redis_url: str) -> None:
+    # SSE used to count this node's devices only: the user's sockets on B let a third device in on A.
+    with trio.fail_after(30):
+        shared = {
+            "broker": {"backend": "redis", "redis_url": redis_url, "timeout_s": 2.0},
+            "gateway": {"max_sockets_per_user": 2, "allowed_origins": []},
+        }
+        a = await start_daemon({"server": {"node": "na"}, **shared})
+        b = await start_daemon({"server": {"node": "nb"}, **shared})
+        user = f"gina-{uuid.uuid4().hex[:6]}"
+        first = await connect(b, user)
+        await connect(b, user)
+        refused = [("session.closed", {"code": 4511, "reason": "too many sockets for this user"})]
+        assert await sse_records(a, user, count=1) == refused
+        await first.close()
+        with trio.fail_after(10):
+            while (await sse_records(a, user, count=1))[0][0] != "session.ready":
+                await trio.sleep(0.2)  # the closed socket leaves the shared count a moment later
 
 
 async def _typing_events(client: WsClient, *, until: float) -> list[tuple[str, bool]]:

@@ -70,18 +70,25 @@ def with_sms(h: Harness, sms: FakeSms) -> NotifyService:
     """The daemon's notifications, rebuilt with a third channel and a type that uses it."""
     svc = h.daemon.services
     svc.config = attrs.evolve(svc.config, notify=attrs.evolve(svc.config.notify, types=[OTP]))
-    channels: list[DeliveryChannel] = [InAppChannel(svc), FcmChannel(svc.push), sms]
-    notify = NotifyService(svc, channels=channels)
+    channels: list[DeliveryChannel] = [InAppChannel(svc.store, clock=svc.clock, router=svc.router), FcmChannel(svc.push), sms]
+    notify = NotifyService(
+        svc.live_config, store=svc.store, clock=svc.clock, router=svc.router, jobs=svc.jobs, channels=channels
+    )
     notify.register_jobs(svc.jobs)
     svc.notify = notify
     return notify
 
 
+def bare_notify(channels: list[Any]) -> NotifyService:
+    """A NotifyService built with no other dependency (the channel checks need none)."""
+    return NotifyService(object(), store=object(), clock=object(), router=object(), jobs=object(), channels=channels)  # type: ignore[arg-type]
+
+
 def test_channel_names_are_unique() -> None:
     with pytest.raises(ValueError, match="sms"):
-        NotifyService(object(), channels=[FakeSms(), FakeSms()])
+        bare_notify([FakeSms(), FakeSms()])
     with pytest.raises(ValueError, match="channels"):
-        NotifyService(object(), channels=[FakeSms("channels")])
+        bare_notify([FakeSms("channels")])
 
 
 async def test_a_third_channel_is_planned_switched_per_type_and_withdrawn(harness_factory: HarnessFactory) -> None:

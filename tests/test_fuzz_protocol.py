@@ -27,8 +27,8 @@ from realtimed.errors import (
     PayloadTooLarge,
     ValidationFailed,
 )
-from realtimed.http.client_api import decode_cursor as decode_last_event_id
-from realtimed.http.client_api import encode_cursor as encode_last_event_id
+from realtimed.gateway.sse import decode_cursor as decode_last_event_id
+from realtimed.gateway.sse import encode_cursor as encode_last_event_id
 from realtimed.protocol import (
     MAX_EPOCH_CHARS,
     MAX_SEQ,

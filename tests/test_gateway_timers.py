@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import trio
@@ -71,3 +72,28 @@ async def test_heartbeat_keeps_answering_clients_and_drops_silent_ones(start_dae
             await ws.send_message(orjson.dumps({"id": 1, "op": "ping"}).decode())
             reply = orjson.loads(await ws.get_message())
             assert reply["ok"] is True
+
+
+async def test_sse_stream_ends_4004_at_the_token_deadline_without_expiring_notice(
+    start_daemon: DaemonFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The gateway's expiry timer serves every transport: a stream cannot re-authenticate,
+    # so it gets no session.expiring, only the close at exp plus auth.leeway_s.
+    with trio.fail_after(7200):
+        daemon = await start_daemon(QUIET | {"gateway": {"heartbeat_s": 300.0}})
+        events: list[str] = []
+        async with httpx.AsyncClient(base_url=daemon.url(), timeout=None) as http, http.stream(
+            "GET", "/api/v1/events", params={"token": token("alice", ttl=600)}
+        ) as response:
+            started = trio.current_time()
+            closed: dict[str, Any] = {}
+            async for line in response.aiter_lines():
+                if line.startswith("event: "):
+                    events.append(line[len("event: ") :])
+                elif line.startswith("data: ") and events[-1] == "session.closed":
+                    closed = orjson.loads(line[len("data: ") :])["data"]
+            ended_after = trio.current_time() - started
+        assert events == ["session.ready", "session.closed"]
+        assert closed == {"code": 4004, "reason": "token expired"}
+        assert 625 <= ended_after <= 635
+        assert not daemon.services.gateway.sessions

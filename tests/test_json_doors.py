@@ -26,7 +26,7 @@ from realtimed.config import ConfigError, NamespaceConfig, load_config
 from realtimed.daemon import Daemon
 from realtimed.errors import ValidationFailed
 from realtimed.gateway.rooms import HistoryBackend, MemoryHistory
-from realtimed.http.client_api import decode_cursor
+from realtimed.gateway.sse import decode_cursor
 from realtimed.protocol import DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH, MAX_STORED_JSON_DEPTH
 from tests import notify_support
 from tests.fixtures.daemon import API_KEY, DaemonFactory

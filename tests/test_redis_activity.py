@@ -11,6 +11,7 @@ import trio
 from realtimed.broker.redis_activity import RedisActivity, RedisPushCaps
 from tests.fixtures.daemon import DaemonFactory
 from tests.test_cluster import connect
+from tests.test_session_lifecycle import sse_records
 
 
 async def test_push_caps_are_one_count_for_every_node(redis_url: str) -> None:
@@ -64,6 +65,21 @@ async def test_an_op_on_node_b_makes_the_user_active_for_node_a(start_daemon: Da
         assert await notify_a._active_among([user]) == set()
         client = await connect(b, user)
         await client.ok("presence.query", {"user_ids": []})
+        with trio.fail_after(5):
+            while await notify_a._active_among([user]) != {user}:
+                await trio.sleep(0.05)
+
+
+async def test_a_stream_opened_on_node_b_makes_the_user_active_for_node_a(start_daemon: DaemonFactory, redis_url: str) -> None:
+    # SSE sessions used to count as active on their own node only: no mark reached the others.
+    with trio.fail_after(30):
+        shared = {"broker": {"backend": "redis", "redis_url": redis_url, "timeout_s": 2.0}}
+        a = await start_daemon({"server": {"node": "na"}, **shared})
+        b = await start_daemon({"server": {"node": "nb"}, **shared})
+        user = f"sse-{uuid.uuid4().hex[:6]}"
+        notify_a = a.services.notify
+        assert await notify_a._active_among([user]) == set()
+        assert (await sse_records(b, user, count=1))[0][0] == "session.ready"
         with trio.fail_after(5):
             while await notify_a._active_among([user]) != {user}:
                 await trio.sleep(0.05)

@@ -30,7 +30,10 @@ from realtimed.errors import Banned, Unavailable
 from realtimed.store.base import BanRecord
 
 if TYPE_CHECKING:
-    from realtimed.services import Services
+    from realtimed.clock import WallClock
+    from realtimed.config import Config
+    from realtimed.live import Live
+    from realtimed.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +43,10 @@ SWEEP_S: Final = 60.0
 class Bans:
     """The ban checks and changes of one node; see the module docstring."""
 
-    def __init__(self, services: Services) -> None:
-        self._svc = services
+    def __init__(self, store: Store, *, clock: WallClock, config: Live[Config]) -> None:
+        self._store = store
+        self._clock = clock
+        self._config = config
         # user id → (the store's answer, Trio time until which it is trusted)
         self._cache: dict[str, tuple[BanRecord | None, float]] = {}
         self._next_sweep = 0.0
@@ -58,8 +63,8 @@ class Bans:
                 self._sweep(now)
             hit = self._cache.get(user_id)
             if hit is not None and hit[1] > now:
-                return _in_force(hit[0], self._svc.clock.now())
-        ban: BanRecord | None = await self._svc.store.active_ban(user_id=user_id, now=self._svc.clock.now())
+                return _in_force(hit[0], self._clock.now())
+        ban: BanRecord | None = await self._store.active_ban(user_id=user_id, now=self._clock.now())
         self._remember(user_id, ban)
         return ban
 
@@ -82,13 +87,13 @@ class Bans:
 
     async def ban(self, user_id: str, until: datetime | None) -> BanRecord:
         """Store a ban (replacing the user's earlier one); this node's cache knows at once."""
-        ban: BanRecord = await self._svc.store.ban_user(user_id=user_id, until=until, now=self._svc.clock.now())
+        ban: BanRecord = await self._store.ban_user(user_id=user_id, until=until, now=self._clock.now())
         self._remember(user_id, ban)
         return ban
 
     async def unban(self, user_id: str) -> bool:
         """Lift the user's ban; True if one was in force."""
-        lifted: bool = await self._svc.store.unban_user(user_id=user_id, now=self._svc.clock.now())
+        lifted: bool = await self._store.unban_user(user_id=user_id, now=self._clock.now())
         self._remember(user_id, None)
         return lifted
 
@@ -97,7 +102,7 @@ class Bans:
         self._cache.pop(user_id, None)
 
     def _remember(self, user_id: str, ban: BanRecord | None) -> None:
-        ttl = self._svc.config.gateway.ban_cache_s
+        ttl = self._config.value.gateway.ban_cache_s
         if ttl > 0:
             self._cache[user_id] = (ban, trio.current_time() + ttl)
         else:

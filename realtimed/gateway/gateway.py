@@ -1,328 +1,271 @@
-"""The gateway: WebSocket handshake, authentication, limits, op dispatch, timers, drain.
+"""The gateway: one session lifecycle for every transport.
 
-Connecting (docs/protocol.md section 3): a disallowed ``Origin`` is refused with HTTP
-403 at the handshake; every other refusal happens after the upgrade, as a close
-code (4013 node full, 4501 bad token, 4004 expired token, 4503 banned, 4511 too
-many sockets for the user, 4012 no ``auth`` frame in time). A banned user's
-first-frame ``auth`` gets its ``FORBIDDEN`` reply (with ``banned_until``) before
-the 4503 close.
+The WebSocket door (``gateway.websocket``) and the SSE door (``gateway.sse``)
+are thin transport adapters: each authenticates its own way, then hands its
+``ClientSession`` to ``Gateway.admit``, and calls ``Gateway.end`` when the
+session is over. Everything in between exists once, here:
 
-Timers are node-wide, not per socket: one task pings every socket each
-``heartbeat_s`` (closing those silent for two periods), and one task keeps a heap
-of token deadlines for ``session.expiring`` and the 4004 close. The close comes at
-``auth.token_deadline`` (``exp`` plus ``auth.leeway_s``), the moment from which the
-verifier refuses the token, so a token accepted within the leeway is not closed
-at once. A token with less than ``expiring_notice_s`` left gets its
-``session.expiring`` right after ``session.ready`` (or the ``auth`` reply).
+Admission (docs/protocol.md section 3), in this order: a draining node refuses
+(4013 ``node draining``), so does a full one (4013 ``node full``: admitted
+sessions plus those being admitted reach ``gateway.max_sockets``), then a
+banned user (4503), then a user who already has ``gateway.max_sockets_per_user``
+devices (4511; counted on every node of a cluster, whatever their transport).
+A transport that answers its own auth request (the WebSocket first-frame
+``auth``) gets the reply written just before the close, or just before
+``session.ready``.
 
-Frame accounting: every text frame is charged to the socket's token bucket
-before it is parsed, authenticated or not, malformed or not. Frames refused in a
-row (over the bucket, or malformed) count toward ``gateway.abuse_limit``; at the
-limit the socket is closed with 4009. A well-formed frame within the bucket
-resets the count.
+Registration: an admitted session is indexed here and in the router, gets
+``session.ready`` (with the hooks' ``ready_fields``), its token timers, and then
+the hooks' ``on_connect``; the user counts as active (``hooks.mark_active``).
+When it ends it leaves the router, then the hooks' ``on_disconnect`` run.
+
+Token expiry: one task keeps a heap of token deadlines for every session.
+``session.expiring`` goes out ``gateway.expiring_notice_s`` before ``exp`` (to
+transports that can re-authenticate; at once when less is left), and the 4004
+close comes at ``auth.token_deadline`` (``exp`` plus ``auth.leeway_s``), the
+moment from which the verifier refuses the token on every door.
+
+Drain: ``stop_admitting`` refuses new sessions; ``drain`` sends every session
+``server.shutdown`` and closes it with 1001, and returns once all have ended.
 
 Resource handling:
-    ``run`` owns the two timer tasks. Each socket runs in the listener's
-    connection nursery inside ``Session.run``; the gateway only indexes them.
+    ``run`` owns the expiry task. Sessions run wherever their transport runs
+    them (a socket's nursery, an HTTP response, or between requests); the
+    gateway only indexes them.
 
 Error handling:
-    An op handler that raises an ``ApiError`` answers that error; anything else
-    answers ``INTERNAL`` with a correlation id that is logged with the traceback.
-    Neither closes the socket.
+    A hook that raises ``ApiError`` in ``ready_fields`` leaves its fields at
+    their defaults; an ``on_disconnect`` hook that raises is logged and the
+    next one runs. A cluster-wide device count that fails counts this node's.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import heapq
-import itertools
 import logging
-import math
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any, Final
-from urllib.parse import parse_qs
+from typing import Any, Final, Literal
 
+import attrs
 import trio
 from prometheus_client import Counter, Gauge
 
-from realtimed import metrics, protocol
+from realtimed import metrics
 from realtimed.auth import Claims, token_deadline
-from realtimed.clock import iso
+from realtimed.clock import WallClock, iso
 from realtimed.config import Config
+from realtimed.deadlines import Deadlines
 from realtimed.errors import (
-    CLOSE_AUTH_TIMEOUT,
     CLOSE_BANNED,
     CLOSE_DISCONNECTED,
     CLOSE_NODE_FULL,
-    CLOSE_RATE_ABUSE,
     CLOSE_TOKEN_EXPIRED,
     CLOSE_TOO_MANY_SOCKETS,
-    CLOSE_UNAUTHORIZED,
-    CLOSE_UNSUPPORTED_DATA,
     ApiError,
     Banned,
     Forbidden,
-    Internal,
-    RateLimited,
-    TokenExpired,
-    Unauthorized,
+    Unavailable,
 )
 from realtimed.gateway.bans import Bans
-from realtimed.gateway.frames import PING_FRAME
-from realtimed.gateway.ops import Caller, OpRegistry
-from realtimed.gateway.session import Session
-from realtimed.http.listener import RequestHead
+from realtimed.gateway.client import ClientSession
+from realtimed.live import Live
+from realtimed.protocol import encode_event
 from realtimed.router import Router
-from realtimed.services import Services
+
+__all__ = ["SOCKETS", "Admission", "Gateway", "Refusal", "SessionHooks", "ban_until"]
 
 log = logging.getLogger(__name__)
 
-_WS_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-CLOSE_HEARTBEAT: Final = 4000
-HEARTBEAT_SLICES: Final = 10
-
 SOCKETS: Final = Gauge("realtimed_sockets", "open client sockets (WebSocket and SSE)", ["transport"], registry=metrics.REGISTRY)
-HANDSHAKES: Final = Counter("realtimed_handshakes", "WebSocket handshakes by outcome", ["outcome"], registry=metrics.REGISTRY)
-AUTH_FAILURES: Final = Counter("realtimed_auth_failures", "refused tokens by reason", ["reason"], registry=metrics.REGISTRY)
-FRAMES_IN: Final = Counter("realtimed_frames_in", "client frames by op", ["op"], registry=metrics.REGISTRY)
-FRAMES_OUT: Final = Counter("realtimed_frames_out", "replies by op and outcome", ["op", "outcome"], registry=metrics.REGISTRY)
 OUTBOX_OVERFLOWS: Final = Counter("realtimed_outbox_overflows", "sockets closed with 4008", registry=metrics.REGISTRY)
-CLOSES: Final = Counter("realtimed_closes", "socket closes by code and side", ["code", "by"], registry=metrics.REGISTRY)
+
+SessionHook = Callable[[ClientSession], Awaitable[None]]
+ReadyFields = Callable[[str], Awaitable[Mapping[str, Any]]]
+
+# How an admission ended: the label of ``realtimed_handshakes`` for WebSockets.
+Admission = Literal["accepted", "node_full", "banned", "too_many_sockets", "closed"]
 
 
-def accept_token(key: str) -> str:
-    return base64.b64encode(hashlib.sha1(key.encode() + _WS_GUID).digest()).decode()
+@attrs.frozen
+class SessionHooks:
+    """What the capabilities do as sessions come and go (one object per node, built by the daemon).
 
+    In the spirit of centrifuge's ``OnConnect`` and ``OnDisconnect`` handlers;
+    every transport's sessions meet the same hooks.
 
-def _http_response(status: int, reason: str, body: str, headers: list[tuple[str, str]] | None = None) -> bytes:
-    payload = body.encode()
-    lines = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json", f"Content-Length: {len(payload)}", "Connection: close"]
-    lines += [f"{k}: {v}" for k, v in headers or []]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
-
-
-def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
-    """No Origin (not a browser) is allowed; else the allow-list, or the same host."""
-    if origin is None:
-        return True
-    if "*" in allowed or origin in allowed:
-        return True
-    if host:
-        bare = origin.split("://", 1)[-1]
-        return bare == host
-    return False
-
-
-async def websocket_upgrade(
-    stream: trio.abc.Stream, head: RequestHead, address: str, *, allowed_origins: list[str], timeout_s: float
-) -> bool:
-    """Answer an RFC 6455 upgrade request; True when the socket is now a WebSocket.
-
-    A disallowed ``Origin`` gets HTTP 403 (the one refusal made at the handshake);
-    a malformed request gets 400, a version other than 13 gets 426.
+    Attributes:
+        on_connect: run in order once a session is admitted and ``session.ready``
+            is written (presence counts the device).
+        on_disconnect: run in order once an admitted session has ended and left
+            the router; one that raises is logged and the next still runs.
+        ready_fields: each answers fields of the user's ``session.ready``
+            (``unread_total``, ``notifications_unread``); one that raises
+            ``ApiError`` leaves its fields at their defaults.
+        mark_active: tells the other nodes of a cluster that the user did
+            something here (the push-skip rule); None on a single node.
+        user_socket_count: the user's devices on every node of a cluster, for
+            ``gateway.max_sockets_per_user``; None counts this node's only.
     """
-    origin = head.header("origin")
-    with trio.move_on_after(timeout_s) as timeout:
-        if not origin_allowed(origin, head.header("host"), allowed_origins):
-            HANDSHAKES.labels("origin_refused").inc()
-            log.warning("refused WebSocket from %s: origin %r is not allowed (gateway.allowed_origins)", address, origin)
-            await stream.send_all(_http_response(403, "Forbidden", '{"error":{"code":"FORBIDDEN","message":"origin not allowed"}}'))
-            return False
-        key = head.header("sec-websocket-key") or ""
-        if head.header("sec-websocket-version") != "13":
-            HANDSHAKES.labels("bad_request").inc()
-            body = '{"error":{"code":"BAD_REQUEST","message":"WebSocket version 13 required"}}'
-            await stream.send_all(_http_response(426, "Upgrade Required", body, [("Sec-WebSocket-Version", "13")]))
-            return False
-        try:
-            valid_key = len(base64.b64decode(key, validate=True)) == 16
-        except ValueError:
-            valid_key = False
-        if not valid_key:
-            HANDSHAKES.labels("bad_request").inc()
-            await stream.send_all(_http_response(400, "Bad Request", '{"error":{"code":"BAD_REQUEST","message":"bad Sec-WebSocket-Key"}}'))
-            return False
-        await stream.send_all(
-            (
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Accept: {accept_token(key)}\r\n\r\n"
-            ).encode()
-        )
-        return True
-    if timeout.cancelled_caught:
-        HANDSHAKES.labels("timeout").inc()
-    return False
+
+    on_connect: tuple[SessionHook, ...] = ()
+    on_disconnect: tuple[SessionHook, ...] = ()
+    ready_fields: tuple[ReadyFields, ...] = ()
+    mark_active: Callable[[str], None] | None = None
+    user_socket_count: Callable[[str], Awaitable[int]] | None = None
+
+
+@attrs.frozen
+class Refusal:
+    """Why a session is not admitted: its close, and the error a transport's auth reply carries."""
+
+    outcome: Admission
+    code: int
+    reason: str
+    error: ApiError
+
+
+# A transport's answer to its own auth request: None once admitted, else the refusal's error.
+AuthReply = Callable[[ApiError | None], None]
+
+# A token timer: (session id, auth generation, "expiring" or "expired").
+_Expiry = tuple[str, int, Literal["expiring", "expired"]]
 
 
 class Gateway:
-    """Client sockets on this node (see the module docstring)."""
+    """The client sessions of this node, whatever their transport (see the module docstring).
 
-    def __init__(self, services: Services, router: Router, ops: OpRegistry) -> None:
-        self.services = services
+    Args:
+        config: the configuration in force (read at each use).
+        clock: wall time (token expiry, ``server_time``).
+        node: this node's id.
+        router: where admitted sessions register.
+        bans: the ban checks.
+        hooks: what the capabilities do as sessions come and go.
+
+    Attributes:
+        sessions: the admitted sessions by id, every transport.
+        overflows: sessions closed because their outbox overflowed (4008).
+    """
+
+    def __init__(
+        self,
+        config: Live[Config],
+        *,
+        clock: WallClock,
+        node: str,
+        router: Router,
+        bans: Bans,
+        hooks: SessionHooks,
+    ) -> None:
+        self._config = config
+        self.clock = clock
+        self.node = node
         self.router = router
-        # Activity seen by other nodes of a cluster (the push-skip rule); None on one node.
-        self._mark_active: Callable[[str], None] | None = services.extras.get("mark_active")
-        self.ops = ops
-        self.node = services.node
-        self.sessions: dict[str, Session] = {}
-        self.pending = 0
-        self.bans = Bans(services)
-        router.user_closed_hooks.append(self.bans.forget)
-        self._deadlines: list[tuple[float, int, str, int, str]] = []
-        self._deadline_counter = itertools.count()
-        self._deadline_changed = trio.Event()
-        self.overflows = 0
+        self.bans = bans
+        self.hooks = hooks
+        router.user_closed_hooks.append(bans.forget)
+        self.sessions: dict[str, ClientSession] = {}
+        self._by_transport: dict[str, int] = {}
+        self._pending = 0
         self._draining = False
+        self.overflows = 0
         self._all_closed = trio.Event()
         self._all_closed.set()
+        self._expiry: Deadlines[_Expiry] = Deadlines()
 
     @property
     def config(self) -> Config:
-        return self.services.config
+        return self._config.value
 
-    # -- service ---------------------------------------------------------------------------
+    @property
+    def draining(self) -> bool:
+        """The node is draining: no session is admitted any more."""
+        return self._draining
+
+    def count(self, transport: str) -> int:
+        """Admitted sessions of one transport."""
+        return self._by_transport.get(transport, 0)
 
     async def run(self, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._heartbeats)
             nursery.start_soon(self._expiry_timer)
             task_status.started(self)
 
-    async def _heartbeats(self) -> None:
-        """Ping every socket once a period, a tenth of them at a time.
+    # -- admission ---------------------------------------------------------------------------
 
-        Spreading the pings keeps a node with many sockets from writing them all
-        in one burst (which would show in delivery latency). A socket silent for
-        two periods is closed when its slice comes round.
+    @contextmanager
+    def admitting(self) -> Iterator[None]:
+        """Count a session being admitted toward ``gateway.max_sockets`` for as long as the block runs.
+
+        A transport enters it before it authenticates (the WebSocket door, while
+        it waits for an ``auth`` frame), and calls ``admit`` inside it.
         """
-        while True:
-            period = self.config.gateway.heartbeat_s
-            sessions = list(self.sessions.values())
-            for index in range(HEARTBEAT_SLICES):
-                await trio.sleep(period / HEARTBEAT_SLICES)
-                silent_after = trio.current_time() - 2 * period
-                for session in sessions[index::HEARTBEAT_SLICES]:
-                    if session.closing:
-                        continue
-                    if session.last_heard < silent_after:
-                        session.close(CLOSE_HEARTBEAT, "no answer to heartbeats")
-                    else:
-                        session.send_raw(PING_FRAME)
-
-    # -- handshake ---------------------------------------------------------------------------
-
-    async def handle_ws(self, stream: trio.abc.Stream, head: RequestHead, address: str) -> None:
-        """The listener's WebSocket handler: answers the upgrade, then runs the session."""
-        cfg = self.config.gateway
-        if not await websocket_upgrade(stream, head, address, allowed_origins=cfg.allowed_origins, timeout_s=cfg.handshake_timeout_s):
-            return
-        session = Session(self, stream, address, connected_at=self.services.clock.now())
-        session.pending_token = _token_from_head(head)
-        if session.pending_token is not None:
-            session.admission = trio.Event()
-        await session.run(leftover=head.rest)
-
-    async def serve_session(self, session: Session) -> None:
-        """Runs in the session's nursery once the upgrade is answered: admission and auth."""
-        cfg = self.config.gateway
-        self.pending += 1
+        self._pending += 1
         try:
-            if self._draining:
-                session.close(CLOSE_NODE_FULL, "node draining")
-                HANDSHAKES.labels("node_full").inc()
-                return
-            if len(self.sessions) + self.pending > cfg.max_sockets:
-                session.close(CLOSE_NODE_FULL, "node full")
-                HANDSHAKES.labels("node_full").inc()
-                return
-            token = session.pending_token
-            session.pending_token = None
-            if token is not None:
-                await self._authenticate(session, token, request_id=None)
-                return
-            with trio.move_on_after(cfg.auth_timeout_s):
-                while not session.user_id and not session.closing:
-                    await self._auth_wait(session)
-            if not session.user_id and not session.closing:
-                AUTH_FAILURES.labels("timeout").inc()
-                HANDSHAKES.labels("auth_timeout").inc()
-                session.close(CLOSE_AUTH_TIMEOUT, "no auth frame in time")
+            yield
         finally:
-            self.pending -= 1
-            if session.admission is not None:
-                session.admission.set()
+            self._pending -= 1
 
-    async def _auth_wait(self, session: Session) -> None:
-        event = session.auth_event = trio.Event()
-        await event.wait()
+    def capacity_refusal(self) -> Refusal | None:
+        """Draining, or full (admitted sessions plus those being admitted); call inside ``admitting``."""
+        if self._draining:
+            return Refusal("node_full", CLOSE_NODE_FULL, "node draining", Unavailable("node draining"))
+        if len(self.sessions) + self._pending > self.config.gateway.max_sockets:
+            return Refusal("node_full", CLOSE_NODE_FULL, "node full", Unavailable("node full"))
+        return None
 
-    async def _authenticate(self, session: Session, token: str, *, request_id: Any) -> None:
-        verifier = self.services.verifier
-        try:
-            if verifier is None:
-                raise Unauthorized("no token verifier is configured")
-            claims = await verifier.verify(token)
-        except TokenExpired as exc:
-            AUTH_FAILURES.labels("expired").inc()
-            HANDSHAKES.labels("token_expired").inc()
-            if request_id is not None:
-                self._reply_error(session, request_id, "auth", exc)
-            session.close(CLOSE_TOKEN_EXPIRED, "token expired")
-            return
-        except Unauthorized as exc:
-            AUTH_FAILURES.labels("invalid").inc()
-            HANDSHAKES.labels("unauthorized").inc()
-            log.info("session %s from %s: token refused: %s", session.id, session.address, exc.message)
-            if request_id is not None:
-                self._reply_error(session, request_id, "auth", exc)
-            session.close(CLOSE_UNAUTHORIZED, "unauthorized")
-            return
-        await self._admit(session, claims, request_id=request_id)
+    async def admit(self, session: ClientSession, claims: Claims, *, reply: AuthReply | None = None) -> Admission:
+        """Admit an authenticated session, or refuse and close it (see the module docstring).
 
-    async def _admit(self, session: Session, claims: Claims, *, request_id: Any) -> None:
-        cfg = self.config.gateway
-        ban = await self.bans.admits(claims.sub)
-        if ban is not None:
-            HANDSHAKES.labels("banned").inc()
-            self._refuse_admission(session, request_id, Banned(ban.until), CLOSE_BANNED, "banned")
-            return
-        if await self._user_socket_count(claims.sub) >= cfg.max_sockets_per_user:
-            HANDSHAKES.labels("too_many_sockets").inc()
-            reason = "too many sockets for this user"
-            self._refuse_admission(session, request_id, Forbidden(reason), CLOSE_TOO_MANY_SOCKETS, reason)
-            return
+        Call inside ``admitting``. ``reply`` answers the transport's own auth
+        request: with the error just before a refusal's close, with None just
+        before ``session.ready``. Returns the outcome; ``closed`` when the
+        session closed while it was being admitted.
+        """
+        refusal = self.capacity_refusal() or await self._user_refusal(claims.sub)
+        if refusal is None and self._draining:  # the drain began while the store was asked
+            refusal = self.capacity_refusal()
+        if refusal is not None:
+            if reply is not None:
+                reply(refusal.error)
+            session.close(refusal.code, refusal.reason)
+            return refusal.outcome
         if session.closing:
-            return
+            return "closed"
         session.user_id = claims.sub
         session.claims = claims
         session.expires_at = claims.exp
         self.sessions[session.id] = session
-        self._all_closed = trio.Event()
-        SOCKETS.labels("websocket").inc()
-        HANDSHAKES.labels("accepted").inc()
+        self._by_transport[session.transport] = self._by_transport.get(session.transport, 0) + 1
+        if self._all_closed.is_set():
+            self._all_closed = trio.Event()
+        SOCKETS.labels(session.transport).inc()
         await self.router.add(session)
-        if request_id is not None:
-            self._reply_ok(session, request_id, "auth", {"user_id": claims.sub, "expires_at": iso(claims.exp)})
-        ready = await self.ready_data(session)
-        session.send_json(protocol.encode_event("session.ready", ready))
-        self._arm_expiry(session)
-        for hook in self.services.extras.get("on_connect", []):
+        if reply is not None:
+            reply(None)
+        session.send_event("session.ready", await self.ready_data(session))
+        self.arm_expiry(session)
+        self._mark_active(session.user_id)
+        for hook in self.hooks.on_connect:
             await hook(session)
-        log.debug("session %s: user %s connected from %s", session.id, claims.sub, session.address)
+        log.debug("session %s: user %s connected from %s (%s)", session.id, claims.sub, session.address, session.transport)
+        return "accepted"
 
-    def _refuse_admission(self, session: Session, request_id: Any, error: ApiError, code: int, reason: str) -> None:
-        """A first-frame ``auth`` gets its error reply just before the close (docs/protocol.md section 3)."""
-        if request_id is not None:
-            self._reply_error(session, request_id, "auth", error)
-        session.close(code, reason)
+    async def _user_refusal(self, user_id: str) -> Refusal | None:
+        ban = await self.bans.admits(user_id)
+        if ban is not None:
+            return Refusal("banned", CLOSE_BANNED, "banned", Banned(ban.until))
+        if await self._user_socket_count(user_id) >= self.config.gateway.max_sockets_per_user:
+            reason = "too many sockets for this user"
+            return Refusal("too_many_sockets", CLOSE_TOO_MANY_SOCKETS, reason, Forbidden(reason))
+        return None
 
     async def _user_socket_count(self, user_id: str) -> int:
-        """The user's sockets: on this node, or on every node when presence is shared."""
+        """The user's sessions: on this node, or on every node when presence is shared."""
         count = len(self.router.user_sessions(user_id))
-        shared = self.services.extras.get("user_socket_count")
+        shared = self.hooks.user_socket_count
         if shared is not None:
             try:
                 count = max(count, await shared(user_id))
@@ -330,235 +273,89 @@ class Gateway:
                 log.warning("user %s: cluster-wide socket count unavailable (%s); counting this node", user_id, exc.message)
         return count
 
-    async def ready_data(self, session: Session) -> dict[str, Any]:
+    async def ready_data(self, session: ClientSession) -> dict[str, Any]:
+        """The data of ``session.ready``."""
         data: dict[str, Any] = {
             "session_id": session.id,
             "user_id": session.user_id,
             "node": self.node,
-            "server_time": iso(self.services.clock.now()),
+            "server_time": iso(self.clock.now()),
             "heartbeat_s": self.config.gateway.heartbeat_s,
             "expires_at": iso(session.expires_at),
             "unread_total": 0,
             "notifications_unread": 0,
         }
-        for hook in self.services.extras.get("ready_fields", []):
+        for hook in self.hooks.ready_fields:
             try:
                 data.update(await hook(session.user_id))
             except ApiError as exc:
                 log.warning("session %s: session.ready field unavailable: %s", session.id, exc.message)
         return data
 
-    # -- messages ----------------------------------------------------------------------------
+    # -- activity ----------------------------------------------------------------------------
 
-    async def on_binary(self, session: Session, data: bytes) -> None:
-        session.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
+    def touch(self, session: ClientSession) -> None:
+        """An op other than ``ping`` arrived on the session: the user is active (here and for the cluster)."""
+        session.last_active = trio.current_time()
+        self._mark_active(session.user_id)
 
-    async def on_message(self, session: Session, text: str) -> None:
-        if session.admission is not None and not session.admission.is_set():
-            # Frames sent right behind the upgrade wait for the token check.
-            await session.admission.wait()
-        if session.closing:
-            return
-        # Charged before parsing: a malformed frame costs the same as an op.
-        within_rate = self._take_token(session)
-        if not within_rate and self._refused(session):
-            return  # closed 4009 without parsing any more
-        parsed = protocol.parse_frame(text, max_json_depth=self.config.gateway.max_json_depth)
-        if isinstance(parsed, protocol.FrameError):
-            FRAMES_IN.labels("invalid").inc()
-            if not within_rate:
-                self._reply_rate_limited(session, parsed.id if parsed.reply else None, "invalid", reply=parsed.reply)
-                return
-            if parsed.reply:
-                session.send_json(protocol.encode_reply_error(parsed.id, parsed.error))
-            self._refused(session)
-            return
-        request = parsed
-        op = request.op
-        FRAMES_IN.labels(op).inc()
-        if not within_rate:
-            self._reply_rate_limited(session, request.id, op, reply=request.id is not None)
-            return
-        session.limited_streak = 0
-        if not session.user_id:
-            if op == "auth":
-                await self._first_frame_auth(session, request)
-            elif request.id is not None:
-                self._reply_error(session, request.id, op, Unauthorized("authenticate first: send the auth op"))
-            return
-        if op != "ping":
-            session.last_active = trio.current_time()
-            if self._mark_active is not None:
-                self._mark_active(session.user_id)
-        if op == "auth":
-            await self._reauth(session, request)
-            return
-        await self.dispatch(session, request)
-
-    async def _first_frame_auth(self, session: Session, request: protocol.Request) -> None:
-        """The ``auth`` op on a socket not yet authenticated: any failure answers, then closes."""
-        try:
-            try:
-                value = protocol.validate(request.op, request.data)
-            except ApiError as exc:
-                # An empty, missing or non-string token: as bad as a bad token.
-                AUTH_FAILURES.labels("invalid").inc()
-                HANDSHAKES.labels("unauthorized").inc()
-                log.info("session %s from %s: auth frame refused: %s", session.id, session.address, exc.message)
-                if request.id is not None:
-                    self._reply_error(session, request.id, "auth", exc)
-                session.close(CLOSE_UNAUTHORIZED, "unauthorized")
-                return
-            await self._authenticate(session, value.token, request_id=request.id)
-        finally:
-            if session.auth_event is not None:
-                session.auth_event.set()
-
-    async def _reauth(self, session: Session, request: protocol.Request) -> None:
-        try:
-            value = protocol.validate(request.op, request.data)
-            verifier = self.services.verifier
-            if verifier is None:
-                raise Unauthorized("no token verifier is configured")
-            try:
-                claims = await verifier.verify(value.token)
-            except TokenExpired as exc:
-                raise Unauthorized(exc.message) from exc
-            if claims.sub != session.user_id:
-                raise Forbidden("the token is for another user")
-        except ApiError as exc:
-            if request.id is not None:
-                self._reply_error(session, request.id, "auth", exc)
-            return
-        session.claims = claims
-        session.expires_at = claims.exp
-        session.auth_generation += 1
-        if request.id is not None:
-            self._reply_ok(session, request.id, "auth", {"user_id": claims.sub, "expires_at": iso(claims.exp)})
-        self._arm_expiry(session)
-
-    def _take_token(self, session: Session) -> bool:
-        """Charge one frame to the per-socket token bucket; False when it is empty."""
-        cfg = self.config.gateway
-        now = trio.current_time()
-        session.bucket = min(float(cfg.ops_burst), session.bucket + (now - session.bucket_at) * cfg.ops_per_s)
-        session.bucket_at = now
-        if session.bucket >= 1.0:
-            session.bucket -= 1.0
-            return True
-        return False
-
-    def _refused(self, session: Session) -> bool:
-        """Count a refused frame toward ``gateway.abuse_limit``; True when the socket was closed for it."""
-        session.limited_streak += 1
-        if session.limited_streak >= self.config.gateway.abuse_limit:
-            log.info("session %s from %s: %d refused frames in a row: closing with 4009", session.id, session.address, session.limited_streak)
-            session.close(CLOSE_RATE_ABUSE, "rate limit abuse")
-            return True
-        return False
-
-    def _reply_rate_limited(self, session: Session, request_id: Any, op: str, *, reply: bool) -> None:
-        if not reply:
-            return
-        cfg = self.config.gateway
-        retry_ms = max(1, math.ceil((1.0 - session.bucket) / cfg.ops_per_s * 1000))
-        self._reply_error(session, request_id, op, RateLimited("too many ops", retry_after_ms=retry_ms))
-
-    async def dispatch(self, session: Session, request: protocol.Request) -> None:
-        op = request.op
-        assert session.claims is not None
-        caller = Caller(user_id=session.user_id, claims=session.claims, services=self.services, session=session)
-        try:
-            result = await self.ops.run(caller, op, request.data)
-        except ApiError as exc:
-            if isinstance(exc, Internal):
-                log.error("session %s: %s failed: %s (%s)", session.id, op, exc.message, exc.correlation_id)
-            if request.id is not None:
-                self._reply_error(session, request.id, op, exc)
-            return
-        except Exception:
-            err = Internal()
-            log.exception("session %s: op %s failed (%s)", session.id, op, err.correlation_id)
-            if request.id is not None:
-                self._reply_error(session, request.id, op, err)
-            return
-        if request.id is not None:
-            self._reply_ok(session, request.id, op, result)
-        for after in caller.after_reply:
-            try:
-                await after()
-            except ApiError as exc:
-                log.warning("session %s: after %s: %s", session.id, op, exc.message)
-
-    def _reply_ok(self, session: Session, request_id: Any, op: str, data: dict[str, Any]) -> None:
-        FRAMES_OUT.labels(op, "ok").inc()
-        session.send_json(protocol.encode_reply_ok(request_id, data))
-
-    def _reply_error(self, session: Session, request_id: Any, op: str, exc: ApiError) -> None:
-        FRAMES_OUT.labels(op, exc.code).inc()
-        session.send_json(protocol.encode_reply_error(request_id, exc))
+    def _mark_active(self, user_id: str) -> None:
+        mark_active = self.hooks.mark_active
+        if mark_active is not None:
+            mark_active(user_id)
 
     # -- expiry ------------------------------------------------------------------------------
 
-    def _arm_expiry(self, session: Session) -> None:
+    def arm_expiry(self, session: ClientSession) -> None:
         """Schedule ``session.expiring`` and the 4004 close for the session's current token.
 
-        Called once ``session.ready`` (or the re-auth reply) is written, so that a
+        Called once ``session.ready`` (or a re-auth reply) is written, so that a
         token with less than ``expiring_notice_s`` left gets its ``session.expiring``
-        right behind it. The close comes at ``token_deadline`` (``exp`` plus the
-        leeway), when the verifier starts refusing the token on every door.
+        right behind it.
         """
         exp = session.expires_at
         if exp is None or session.closing:
             return
-        wall_now = self.services.clock.now()
+        wall_now = self.clock.now()
         to_exp = (exp - wall_now).total_seconds()
         to_deadline = (token_deadline(exp, self.config.auth.leeway_s) - wall_now).total_seconds()
         now = trio.current_time()
-        notice = self.config.gateway.expiring_notice_s
         gen = session.auth_generation
-        if to_exp > notice:
-            heapq.heappush(self._deadlines, (now + to_exp - notice, next(self._deadline_counter), session.id, gen, "expiring"))
-        else:
-            session.send_json(protocol.encode_event("session.expiring", {"expires_at": iso(exp)}))
-        heapq.heappush(self._deadlines, (now + max(0.0, to_deadline), next(self._deadline_counter), session.id, gen, "expired"))
-        self._deadline_changed.set()
+        if session.sends_expiring:
+            notice = self.config.gateway.expiring_notice_s
+            if to_exp > notice:
+                self._expiry.push(now + to_exp - notice, (session.id, gen, "expiring"))
+            else:
+                session.send_event("session.expiring", {"expires_at": iso(exp)})
+        self._expiry.push(now + max(0.0, to_deadline), (session.id, gen, "expired"))
 
     async def _expiry_timer(self) -> None:
         while True:
-            self._deadline_changed = trio.Event()
-            if not self._deadlines:
-                await self._deadline_changed.wait()
-                continue
-            when = self._deadlines[0][0]
-            if when > trio.current_time():
-                with trio.move_on_at(when):
-                    await self._deadline_changed.wait()
-                continue
-            _, _, session_id, gen, kind = heapq.heappop(self._deadlines)
-            session = self.sessions.get(session_id)
-            if session is None or session.auth_generation != gen or session.closing:
-                continue
-            if kind == "expiring":
-                session.send_json(protocol.encode_event("session.expiring", {"expires_at": iso(session.expires_at)}))
-            else:
-                session.close(CLOSE_TOKEN_EXPIRED, "token expired")
+            _, due = await self._expiry.due()
+            for session_id, gen, kind in due:
+                session = self.sessions.get(session_id)
+                if session is None or session.auth_generation != gen or session.closing:
+                    continue
+                if kind == "expiring":
+                    session.send_event("session.expiring", {"expires_at": iso(session.expires_at)})
+                else:
+                    session.close(CLOSE_TOKEN_EXPIRED, "token expired")
 
-    # -- bookkeeping -------------------------------------------------------------------------
+    # -- the end -----------------------------------------------------------------------------
 
-    def note_overflow(self, session: Session) -> None:
+    def note_overflow(self, session: ClientSession) -> None:
+        """The session's outbox passed ``gateway.outbox_max_bytes`` (it closes itself with 4008)."""
         self.overflows += 1
         OUTBOX_OVERFLOWS.inc()
         log.info("session %s: outbox over %d bytes: closing with 4008", session.id, self.config.gateway.outbox_max_bytes)
 
-    def note_close(self, session: Session, code: int, *, by_peer: bool = False) -> None:
-        CLOSES.labels(str(code), "client" if by_peer else "server").inc()
-
-    async def session_ended(self, session: Session) -> None:
+    async def end(self, session: ClientSession) -> None:
+        """The session is over (its transport calls this once, admitted or not)."""
         if self.sessions.pop(session.id, None) is not None:
-            SOCKETS.labels("websocket").dec()
+            self._by_transport[session.transport] -= 1
+            SOCKETS.labels(session.transport).dec()
             await self.router.remove(session)
-            for hook in self.services.extras.get("on_disconnect", []):
+            for hook in self.hooks.on_disconnect:
                 try:
                     await hook(session)
                 except Exception:
@@ -567,12 +364,10 @@ class Gateway:
         if not self.sessions:
             self._all_closed.set()
 
-    # -- operations --------------------------------------------------------------------------
-
     async def disconnect(self, user_id: str, *, session_id: str | None = None, ban_until: datetime | None = None) -> int:
-        """Close a user's sockets (or one) with 4510 on every node; a ban refuses new ones with 4503.
+        """Close a user's sessions (or one) with 4510 on every node; a ban refuses new ones with 4503.
 
-        The ban is stored before any socket is closed, so a reconnect meets it.
+        The ban is stored before any session is closed, so a reconnect meets it.
         Returns how many this node closed (not those already closing); other
         nodes close theirs through the broker.
 
@@ -585,29 +380,18 @@ class Gateway:
             user_id, CLOSE_DISCONNECTED, "disconnected by the server", session_id=session_id
         )
 
-    async def drain(self) -> None:
-        """Tell every socket to reconnect elsewhere or later, close them, wait until closed."""
+    def stop_admitting(self) -> None:
+        """Refuse every new session from now on (the node is draining)."""
         self._draining = True
+
+    async def drain(self) -> None:
+        """Tell every session to reconnect elsewhere or later, close them, wait until all have ended."""
+        self.stop_admitting()
         cfg = self.config.shutdown
-        streams = self.services.extras.get("sse_sessions", {})
-        for session in [*self.sessions.values(), *streams.values()]:
+        for session in list(self.sessions.values()):
             delay = random.randint(cfg.reconnect_min_ms, cfg.reconnect_max_ms)
-            session.shutdown(protocol.encode_event("server.shutdown", {"reconnect_after_ms": delay}))
+            session.shutdown(encode_event("server.shutdown", {"reconnect_after_ms": delay}))
         await self._all_closed.wait()
-        while streams:
-            await trio.sleep(0.05)
-
-
-def _token_from_head(head: RequestHead) -> str | None:
-    auth = head.header("authorization") or ""
-    scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    query = parse_qs(head.query)
-    tokens = query.get("token")
-    if tokens and tokens[0]:
-        return tokens[0]
-    return None
 
 
 def ban_until(clock_now: datetime, ban_s: float | None) -> datetime | None:

@@ -25,8 +25,9 @@ from realtimed.gateway.limits import UserOpLimiter
 
 if TYPE_CHECKING:
     from realtimed.auth import Claims
+    from realtimed.config import Config
     from realtimed.gateway.session import Session
-    from realtimed.services import Services
+    from realtimed.live import Live
 
 
 @attrs.define(eq=False)
@@ -36,7 +37,6 @@ class Caller:
     Attributes:
         user_id: the authenticated user.
         claims: the token's claims.
-        services: the daemon's services.
         session: the socket, when the op came over one (None over REST).
         after_reply: coroutines run once the reply has been written, for events
             that must follow it (``room.joined`` after ``subscribe``).
@@ -44,7 +44,6 @@ class Caller:
 
     user_id: str
     claims: Claims
-    services: Services
     session: Session | None = None
     after_reply: list[Callable[[], Awaitable[None]]] = attrs.field(factory=list)
 
@@ -55,11 +54,15 @@ OpHandler = Callable[[Caller, Any], Awaitable[dict[str, Any]]]
 class OpRegistry:
     """Who answers each op, and the one way to run an op for a caller of any door.
 
+    Args:
+        config: the configuration in force (the op budgets and the message size are read at each op).
+
     Attributes:
         limiter: the per-user op budget, charged by ``run``.
     """
 
-    def __init__(self, *, limiter: UserOpLimiter | None = None) -> None:
+    def __init__(self, config: Live[Config], *, limiter: UserOpLimiter | None = None) -> None:
+        self._config = config
         self._handlers: dict[str, OpHandler] = {}
         self.limiter = limiter or UserOpLimiter()
 
@@ -88,7 +91,7 @@ class OpRegistry:
         handler = self._handlers.get(op)
         if handler is None:
             raise BadRequest(f"op {op!r} is not served by this node")
-        config = caller.services.config
+        config = self._config.value
         self.limiter.check(caller.user_id, op, config.gateway, now=trio.current_time())
         value = protocol.validate(op, data, max_message_bytes=config.chat.max_message_bytes)
         return await handler(caller, value)

@@ -6,10 +6,11 @@ from typing import Any
 
 from realtimed import protocol
 from realtimed.auth import Claims
-from realtimed.clock import iso
-from realtimed.config import NamespaceConfig
+from realtimed.clock import WallClock, iso
+from realtimed.config import Config, NamespaceConfig
 from realtimed.errors import Forbidden, ValidationFailed
 from realtimed.gateway.ops import Caller, OpRegistry
+from realtimed.live import Live
 from realtimed.router import Router
 
 
@@ -25,9 +26,9 @@ def check_subscribe(claims: Claims, router: Router, room: str) -> NamespaceConfi
     return ns
 
 
-def register_room_ops(ops: OpRegistry, router: Router) -> None:
+def register_room_ops(ops: OpRegistry, router: Router, *, clock: WallClock, config: Live[Config]) -> None:
     async def ping(caller: Caller, value: Any) -> dict[str, Any]:
-        return {"server_time": iso(caller.services.clock.now())}
+        return {"server_time": iso(clock.now())}
 
     async def subscribe(caller: Caller, value: Any) -> dict[str, Any]:
         room: str = value.room
@@ -36,7 +37,7 @@ def register_room_ops(ops: OpRegistry, router: Router) -> None:
         session = caller.session
         if session is None:
             return await router.recovery_reply(room, since=since)
-        limit = caller.services.config.gateway.max_subscriptions
+        limit = config.value.gateway.max_subscriptions
         if room not in session.rooms and len(session.rooms) >= limit:
             raise Forbidden(f"subscription limit reached ({limit} rooms per socket)")
         reply = await router.subscribe(session, room, since=since)

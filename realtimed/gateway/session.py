@@ -1,5 +1,8 @@
 """One WebSocket session: a socket owned outright, spoken through wsproto.
 
+``Session`` is the WebSocket transport's ``ClientSession``: the gateway admits,
+times and drains it like a session of any other transport.
+
 Writing:
     ``send_frame`` and ``send_raw`` are synchronous and never block. When the
     socket has nothing queued, the bytes go straight into the kernel with a
@@ -19,14 +22,13 @@ Reading:
 Resource handling:
     Each session runs in its own nursery (the reader, plus a flush or close task
     while needed); ``run`` returns when the socket is closed, and the socket is
-    always closed when it returns.
+    always closed when it returns. ``aclose`` closes with 1000 and waits for that.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import secrets
 import socket
 from collections import deque
 from datetime import datetime
@@ -36,11 +38,12 @@ import trio
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from realtimed.errors import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG
+from realtimed import protocol
+from realtimed.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG
+from realtimed.gateway.client import ClientSession
 from realtimed.gateway.frames import Frame, close_frame, ws_frame
 
 if TYPE_CHECKING:
-    from realtimed.auth import Claims
     from realtimed.config import Config
 
 log = logging.getLogger(__name__)
@@ -73,26 +76,21 @@ class SessionHandler(Protocol):
     async def session_ended(self, session: Session) -> None: ...
 
 
-def new_session_id() -> str:
-    return "s_" + secrets.token_urlsafe(12)
-
-
-class Session:
-    """A client socket (see the module docstring).
+class Session(ClientSession):
+    """A client socket (see the module docstring and ``ClientSession``).
 
     Attributes:
-        id: ``s_…``, unique.
-        user_id: the authenticated user ('' until then).
-        rooms: the app rooms this socket is subscribed to.
-        claims: the token's claims.
-        expires_at: when the token expires (None: never).
         last_heard: ``trio.current_time()`` when anything last arrived.
-        last_active: ``trio.current_time()`` of the last op other than ``ping``.
+        bucket, bucket_at, limited_streak: the socket's frame budget (the gateway's).
+        pending_token: a header or query token not yet checked.
+        admission: set once that token has been checked; frames wait for it.
+        auth_event: set when a first-frame ``auth`` has been handled.
     """
 
     __slots__ = (
         "_closed",
         "_closing",
+        "_ended",
         "_flushing",
         "_fragments",
         "_fragments_size",
@@ -104,26 +102,21 @@ class Session:
         "_sock",
         "_stream",
         "_ws",
-        "address",
         "admission",
         "auth_event",
-        "auth_generation",
         "bucket",
         "bucket_at",
-        "claims",
-        "close_code",
-        "connected_at",
-        "expires_at",
-        "id",
-        "last_active",
         "last_heard",
         "limited_streak",
         "pending_token",
-        "rooms",
-        "user_id",
     )
 
+    transport = "websocket"
+    sends_expiring = True
+
     def __init__(self, gateway: SessionHandler, stream: trio.abc.Stream, address: str, *, connected_at: datetime) -> None:
+        now = trio.current_time()
+        super().__init__(node=gateway.node, address=address, connected_at=connected_at, last_active=now)
         self._gateway = gateway
         self._stream = stream
         sock = getattr(stream, "socket", None)
@@ -139,21 +132,12 @@ class Session:
         self._nursery: trio.Nursery | None = None
         self._fragments: list[Any] = []
         self._fragments_size = 0
-        self.id = new_session_id()
-        self.user_id = ""
-        self.address = address
-        self.rooms: set[str] = set()
-        self.claims: Claims | None = None
-        self.expires_at: datetime | None = None
-        self.connected_at = connected_at
-        now = trio.current_time()
+        # Set when ``run`` has returned; made only when ``aclose`` waits for it.
+        self._ended: trio.Event | None = None
         self.last_heard = now
-        self.last_active = now
-        self.auth_generation = 0
         self.bucket = float(gateway.config.gateway.ops_burst)
         self.bucket_at = now
         self.limited_streak = 0
-        self.close_code: int | None = None
         self.pending_token: str | None = None
         self.auth_event: trio.Event | None = None
         # Set once a header or query token has been checked; frames wait for it.
@@ -178,6 +162,9 @@ class Session:
         """Send one JSON text frame (replies, per-socket events)."""
         if not self._closing:
             self._write(ws_frame(0x1, payload))
+
+    def send_event(self, name: str, data: Any) -> None:
+        self.send_json(protocol.encode_event(name, data))
 
     def send_binary(self, payload: bytes) -> None:
         if not self._closing:
@@ -322,10 +309,29 @@ class Session:
             self._closed = True
             self._outbox.clear()
             self._outbox_bytes = 0
-            with trio.move_on_after(1) as cleanup:
-                cleanup.shield = True
-                await self._gateway.session_ended(self)
-                await self._lingering_close()
+            try:
+                with trio.move_on_after(1) as cleanup:
+                    cleanup.shield = True
+                    await self._gateway.session_ended(self)
+                    await self._lingering_close()
+            finally:
+                if self._ended is None:
+                    self._ended = trio.Event()
+                self._ended.set()
+
+    async def aclose(self) -> None:
+        """Close with 1000 and wait until the socket is closed (idempotent).
+
+        A session that was never run only closes its stream.
+        """
+        if self._nursery is None:
+            self._closing = self._closed = True
+            await trio.aclose_forcefully(self._stream)
+            return
+        self.close(CLOSE_NORMAL)
+        if self._ended is None:
+            self._ended = trio.Event()
+        await self._ended.wait()
 
     async def _read_loop(self, leftover: bytes) -> None:
         ws = self._ws
@@ -435,17 +441,3 @@ class Session:
         """Drain: send ``server.shutdown`` then close with 1001."""
         self.send_json(event_payload)
         self.close(CLOSE_GOING_AWAY, "server draining")
-
-    def info(self) -> dict[str, Any]:
-        from realtimed.clock import iso
-
-        return {
-            "session_id": self.id,
-            "user_id": self.user_id,
-            "node": self._gateway.node,
-            "connected_at": iso(self.connected_at),
-            "rooms": sorted(self.rooms),
-            "transport": "websocket",
-            "address": self.address,
-        }
-

@@ -154,7 +154,7 @@ def create_app(svc: Services, served: Iterable[Route] | None = None) -> QuartTri
                 await s.gateway.bans.check(g.claims.sub, cached=True)
                 if request.url_rule is not None:  # no route: a 404 or 405, and nothing runs
                     await budgets.charge(
-                        s.gateway.ops.limiter,
+                        s.ops.limiter,
                         s.config.gateway,
                         g.claims.sub,
                         method=request.method,

@@ -33,7 +33,7 @@ from realtimed.http.routes import (
     wire,
 )
 from realtimed.protocol import JsonSchema
-from realtimed.store.base import JOB_STATUSES
+from realtimed.store.base import JOB_STATUSES, Store
 
 __all__ = ["JOB", "routes"]
 
@@ -72,7 +72,7 @@ JOB: Final = Named(
 )
 
 
-def _store() -> Any:
+def _store() -> Store:
     return services().store
 
 

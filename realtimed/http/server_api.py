@@ -68,13 +68,11 @@ CONNECTION: Final = Named(
 
 
 def _router() -> Router:
-    router: Router = services().router
-    return router
+    return services().router
 
 
 def _gateway() -> Gateway:
-    gateway: Gateway = services().gateway
-    return gateway
+    return services().gateway
 
 
 # -- publishing --------------------------------------------------------------------------------
@@ -263,7 +261,7 @@ class Connections:
 async def connections(inp: ConnectionsQuery) -> Connections:
     router = _router()
     sessions = router.user_sessions(inp.user_id) if inp.user_id else router.room_sessions(inp.room or "")
-    return Connections(connections=[s.info() for s in sessions])  # type: ignore[attr-defined]
+    return Connections(connections=[s.info() for s in sessions])
 
 
 @attrs.frozen
@@ -345,12 +343,11 @@ async def stats() -> Stats:
     svc = services()
     router = _router()
     gateway = _gateway()
-    sse = svc.extras.get("sse_sessions", {})
     return Stats(
         node=svc.node,
-        sockets=len(gateway.sessions) + len(sse),
-        websocket_sockets=len(gateway.sessions),
-        sse_streams=len(sse),
+        sockets=len(gateway.sessions),
+        websocket_sockets=gateway.count("websocket"),
+        sse_streams=gateway.count("sse"),
         users=router.user_count,
         rooms=router.room_count,
         deliveries=router.deliveries,

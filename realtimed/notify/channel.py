@@ -11,8 +11,8 @@ config section::
     # realtimed/config.py
     email: EmailConfig = _f(EmailConfig(), channel=True)   # the channel name is the section name
 
-    # realtimed/daemon.py, where the channels are built
-    channels = [InAppChannel(svc), FcmChannel(push), EmailChannel(cfg.email, store=svc.store, ...)]
+    # realtimed/daemon.py (_wire), where the channels are built
+    channels=[InAppChannel(store, clock=clock, router=router), FcmChannel(push), EmailChannel(cfg.email, store=store, ...)]
 
 Types use it by naming it in ``channels`` (``[[notify.types]]``), and users turn
 it on or off per type like the others (``PUT /api/v1/notifications/preferences``

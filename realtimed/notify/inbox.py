@@ -11,15 +11,17 @@ user. Its receipts name the notification to the planned channels: ref
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 
 from prometheus_client import Counter
 
+from realtimed.clock import WallClock
 from realtimed.config import IN_APP_CHANNEL
 from realtimed.metrics import REGISTRY
 from realtimed.notify.channel import Delivery, Receipt
 from realtimed.notify.checks import NotificationCheck
-from realtimed.store.base import NewNotification
+from realtimed.router import Router
+from realtimed.store.base import NewNotification, Store
 
 __all__ = ["InAppChannel"]
 
@@ -32,7 +34,9 @@ class InAppChannel:
     """The inbox of every user, on every node.
 
     Args:
-        services: the daemon's services (store, router, clock), read at each use.
+        store: the inboxes.
+        clock: wall time.
+        router: delivers ``notification.new`` live.
 
     Error handling:
         A store that cannot be reached raises ``Unavailable`` before anything
@@ -42,8 +46,10 @@ class InAppChannel:
     name: Final = IN_APP_CHANNEL
     immediate: Final = True
 
-    def __init__(self, services: Any) -> None:
-        self.services = services
+    def __init__(self, store: Store, *, clock: WallClock, router: Router) -> None:
+        self._store = store
+        self._clock = clock
+        self._router = router
 
     def available(self) -> bool:
         return True
@@ -64,7 +70,7 @@ class InAppChannel:
             )
             for d in deliveries
         ]
-        results = await self.services.store.insert_notifications(items=items, now=self.services.clock.now())
+        results = await self._store.insert_notifications(items=items, now=self._clock.now())
         receipts: list[Receipt | None] = []
         created = []
         for record, new in results:
@@ -81,12 +87,10 @@ class InAppChannel:
             )
         for record in created:
             NOTIFICATIONS.labels(record.type).inc()
-        router = self.services.router
-        if router is not None:
-            for record in created:
-                await router.to_users(
-                    (record.user_id,), "notification.new", {"notification": record.to_wire()}, seq=record.seq
-                )
+        for record in created:
+            await self._router.to_users(
+                (record.user_id,), "notification.new", {"notification": record.to_wire()}, seq=record.seq
+            )
         return receipts
 
     async def withdraw(self, *, user_id: str, refs: Sequence[str] | None) -> int:

@@ -23,7 +23,7 @@ import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -74,15 +74,22 @@ def digest_key(user_id: str, group_key: str, window_start: datetime) -> str:
 # -- activity ------------------------------------------------------------------------------------
 
 
-def is_active(sessions: Iterable[Any], *, now: float, window_s: float) -> bool:
+class Device(Protocol):
+    """What the activity rule reads of a connected session."""
+
+    @property
+    def last_active(self) -> float | None: ...
+
+
+def is_active(sessions: Iterable[Device], *, now: float, window_s: float) -> bool:
     """True if one of a user's connected sessions was active within ``window_s``.
 
-    ``now`` and ``last_active`` are Trio times. A session without ``last_active``
-    (an SSE stream, which sends no ops) counts as active while it is connected.
+    ``now`` and ``last_active`` are Trio times. A session whose ``last_active``
+    is None (an SSE stream, which sends no ops) counts as active while it is connected.
     """
     for session in sessions:
-        last = getattr(session, "last_active", None)
-        if last is None or now - float(last) <= window_s:
+        last = session.last_active
+        if last is None or now - last <= window_s:
             return True
     return False
 

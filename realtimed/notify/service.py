@@ -48,10 +48,11 @@ from prometheus_client import Counter
 
 from realtimed.clock import WallClock, iso
 from realtimed.config import Config, NotificationTypeConfig, NotifyConfig
-from realtimed.errors import ApiError, Unavailable, ValidationFailed
+from realtimed.errors import ApiError, ValidationFailed
 from realtimed.gateway.ops import Caller, OpRegistry
 from realtimed.jobs.payload import PayloadError
 from realtimed.jobs.runner import JobContext, JobRunner
+from realtimed.live import Live
 from realtimed.metrics import REGISTRY
 from realtimed.notify.channel import Delivery, DeliveryChannel, Receipt
 from realtimed.notify.checks import (
@@ -84,7 +85,8 @@ from realtimed.notify.policy import (
 )
 from realtimed.notify.templates import TemplateError, render
 from realtimed.notify.types import type_table
-from realtimed.store.base import NotificationPreference, UserSettings
+from realtimed.router import Router
+from realtimed.store.base import NotificationPreference, Store, UserSettings
 
 __all__ = ["CHAT_TYPE", "NotifyService"]
 
@@ -135,8 +137,11 @@ class NotifyService:
     """Notifications of one node: the pipeline, the inbox, the out-of-app policy.
 
     Args:
-        services: the daemon's services (store, router, clock, config and, when
-            running, the job runner); read at each use, so a reload's config applies.
+        config: the configuration in force (read at each use, so a reload applies).
+        store: preferences, settings, inboxes.
+        clock: wall time.
+        router: delivers ``notification.*`` events live.
+        jobs: the job runner (scheduled notifications, planning, digests).
         channels: the delivery channels, each under its own name (the in-app
             inbox, push through FCM, ...). The service knows them only through
             ``DeliveryChannel``.
@@ -158,13 +163,21 @@ class NotifyService:
 
     def __init__(
         self,
-        services: Any,
+        config: Live[Config],
         *,
+        store: Store,
+        clock: WallClock,
+        router: Router,
+        jobs: JobRunner,
         channels: Sequence[DeliveryChannel],
         caps: SharedCaps | None = None,
         activity: Activity | None = None,
     ) -> None:
-        self.services = services
+        self._config = config
+        self.store = store
+        self.clock = clock
+        self.router = router
+        self.jobs = jobs
         self.channels: dict[str, DeliveryChannel] = {}
         for channel in channels:
             if channel.name in self.channels or channel.name in _PREFERENCE_KEYS:
@@ -177,27 +190,14 @@ class NotifyService:
 
     @property
     def config(self) -> Config:
-        cfg: Config = self.services.config
-        return cfg
+        return self._config.value
 
     @property
     def cfg(self) -> NotifyConfig:
         return self.config.notify
 
-    @property
-    def store(self) -> Any:
-        return self.services.store
-
-    @property
-    def clock(self) -> WallClock:
-        clock: WallClock = self.services.clock
-        return clock
-
     def runner(self) -> JobRunner:
-        runner: JobRunner | None = self.services.jobs
-        if runner is None:
-            raise Unavailable("the job runner is not running on this node")
-        return runner
+        return self.jobs
 
     @property
     def types(self) -> dict[str, NotificationTypeConfig]:
@@ -244,8 +244,8 @@ class NotifyService:
 
     async def _active_among(self, user_ids: Sequence[str]) -> set[str]:
         """Those of the users active on a connected device: this node's, then (in a cluster) the others'."""
-        router = self.services.router
-        if not self.cfg.push_skip_when_active or router is None:
+        router = self.router
+        if not self.cfg.push_skip_when_active:
             return set()
         now, window = trio.current_time(), self.cfg.active_window_s
         found = {u for u in user_ids if is_active(router.user_sessions(u), now=now, window_s=window)}
@@ -710,9 +710,7 @@ class NotifyService:
         return count
 
     async def _to_user(self, user_id: str, event: str, data: dict[str, Any]) -> None:
-        router = self.services.router
-        if router is not None:
-            await router.to_users((user_id,), event, data)
+        await self.router.to_users((user_id,), event, data)
 
     async def _withdraw(self, user_id: str, refs: Sequence[str] | None) -> None:
         """Every channel cancels its queued deliveries of ``refs`` (None: of the whole inbox)."""

@@ -86,10 +86,7 @@ TOPIC_RESULT: Final = Named(
 
 
 def _push() -> PushService:
-    svc: PushService | None = services().push
-    if svc is None:
-        raise Unavailable("push is not running on this node")
-    return svc
+    return services().push
 
 
 # -- devices -------------------------------------------------------------------------------------

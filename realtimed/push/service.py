@@ -39,7 +39,7 @@ from realtimed.notify.checks import DeliveryCheck, still_wanted
 from realtimed.notify.policy import push_key
 from realtimed.push.fcm import FcmClient, FcmResult, ServiceAccount
 from realtimed.push.jobs import PUSH_SEND, PushSend
-from realtimed.store.base import DeviceRecord
+from realtimed.store.base import DeviceRecord, Store
 
 __all__ = ["PUSH_SEND", "TOPIC_PATTERN", "PushSend", "PushService"]
 
@@ -67,7 +67,7 @@ class PushService:
         config: the whole configuration (``[push]`` is read from it).
         store: the started store.
         clock: wall time.
-        jobs: a callable returning the job runner (None while there is none).
+        jobs: the job runner (None: pushes cannot be queued on this node).
         rng: the source of backoff jitter (tests pass a seeded one).
         transport: an httpx transport for the FCM client (tests).
 
@@ -87,9 +87,9 @@ class PushService:
         self,
         config: Config,
         *,
-        store: Any,
+        store: Store,
         clock: WallClock,
-        jobs: Any = None,
+        jobs: JobRunner | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
@@ -109,7 +109,7 @@ class PushService:
         return self.client is not None
 
     def runner(self) -> JobRunner:
-        runner: JobRunner | None = self._jobs() if callable(self._jobs) else self._jobs
+        runner = self._jobs
         if runner is None:
             raise Unavailable("the job runner is not running on this node")
         return runner
