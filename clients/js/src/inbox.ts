@@ -26,6 +26,17 @@ export interface InboxEvents {
 const PAGE = 100;
 const ids = (x: unknown) => v.list(x, 'ids', 1, 1000, (y, f) => v.id(y, f));
 
+/** An entry of `types` in a preferences update: a type, and channel switches that are booleans or null. */
+function typeChange(t: unknown, field: string): unknown {
+  const o = v.object(t, field);
+  if (typeof o.type !== 'string') throw v.invalid(field, 'must be an object with a type');
+  v.str(o.type, field + '.type', 64);
+  for (const [key, value] of Object.entries(o))
+    if (key !== 'type' && key !== 'channels' && value != null && typeof value !== 'boolean')
+      throw v.invalid(`${field}.${key.slice(0, 64)}`, 'must be true, false or null');
+  return t;
+}
+
 export class Inbox extends Emitter<InboxEvents> {
   /** Unread notifications (from `session.ready`, kept up to date by events). */
   unreadCount = 0;
@@ -85,19 +96,26 @@ export class Inbox extends Emitter<InboxEvents> {
     return this._counted(await this._c.http('GET', '/notifications/unread-count'));
   }
 
-  /** Per-type in-app and push switches, quiet hours and time zone (REST). */
+  /**
+   * Per type, a switch for each delivery channel of the server (`in_app`, `push`, and any
+   * other it has) and the channels the type uses; the quiet hours and the time zone (REST).
+   */
   preferences(): Promise<NotificationPreferences> {
     return this._c.http('GET', '/notifications/preferences');
   }
 
-  /** A partial update of the preferences (REST); resolves with all of them. */
+  /**
+   * A partial update of the preferences (REST); resolves with all of them. Each entry of
+   * `types` names a type and the channels to switch (`in_app`, `push` or any other channel of
+   * the server, which refuses one it does not have), each `true`, `false` or `null` (unchanged).
+   */
   async setPreferences(update: PreferencesUpdate): Promise<NotificationPreferences> {
     const u = v.object(update, 'update');
-    if (u.types !== undefined)
-      v.list(u.types, 'types', 0, 1000, (t, f) => {
-        v.str(v.object(t, f).type, f + '.type', 64);
-        return t;
-      });
+    if (u.types !== undefined) v.list(u.types, 'types', 0, 1000, typeChange);
+    if (u.quiet_hours != null) {
+      const q = v.object(u.quiet_hours, 'quiet_hours');
+      if (typeof q.start !== 'string' || typeof q.end !== 'string') throw v.invalid('quiet_hours', 'must be null or {start: "HH:MM", end: "HH:MM"}');
+    }
     if (u.time_zone !== undefined) v.str(u.time_zone, 'time_zone', 64);
     return this._c.http('PUT', '/notifications/preferences', u);
   }

@@ -119,14 +119,42 @@ export interface NotificationPage {
   next_cursor: string | null;
 }
 
+/**
+ * A notification type's switch for each delivery channel of the server, named after the
+ * channel: `in_app` and `push`, and any other the server has (`email`, `sms`, ...). A channel
+ * the user never turned off is `true`.
+ */
+export interface ChannelSwitches {
+  in_app: boolean;
+  push: boolean;
+  [channel: string]: boolean;
+}
+
+/** One notification type in the preferences: its switches, and `channels`, the channels it uses. */
+export type TypePreferences = { type: string; channels: string[] } & ChannelSwitches;
+
 export interface NotificationPreferences {
-  types: { type: string; in_app: boolean; push: boolean; channels?: string[] }[];
+  types: TypePreferences[];
   quiet_hours: { start: string; end: string } | null;
   time_zone: string;
 }
 
+/**
+ * A change to one notification type: the channels to switch, each `true`, `false` or `null`
+ * (unchanged); a channel not named keeps its setting. `channels` is ignored, so an entry of
+ * `preferences()` may be sent back as it is.
+ */
+export interface TypePreferencesChange {
+  type: string;
+  channels?: string[];
+  in_app?: boolean | null;
+  push?: boolean | null;
+  /** Any other delivery channel of the server, by name: `setPreferences` refuses a value that is not a boolean or null. */
+  [channel: string]: boolean | null | undefined | string | string[];
+}
+
 export interface PreferencesUpdate {
-  types?: { type: string; in_app?: boolean; push?: boolean }[];
+  types?: TypePreferencesChange[];
   quiet_hours?: { start: string; end: string } | null;
   time_zone?: string;
 }

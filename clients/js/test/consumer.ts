@@ -12,5 +12,14 @@ async function main() {
   const n: number = c.inbox.unreadCount;
   const p = await c.presence.query(['a']);
   console.log(n, p['a']?.status);
+  // Preferences: a switch per channel of the server, in_app and push or any other, by name.
+  const prefs = await c.inbox.preferences();
+  const t = prefs.types[0];
+  const on: boolean = t.in_app && t.push && t.email;
+  const uses: string[] = t.channels;
+  console.log(t.type.toUpperCase(), on, uses.length);
+  await c.inbox.setPreferences({ types: [t, { type: 'mention', email: false, push: null }], quiet_hours: null });
+  // @ts-expect-error in_app is a boolean or null
+  await c.inbox.setPreferences({ types: [{ type: 'mention', in_app: 'no' }] });
 }
 main();

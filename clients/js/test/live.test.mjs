@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { RealtimeClient, RealtimeError, Subscription } from '../dist/index.js';
-import { Daemon, flakyWebSocket, mint, next, sleep, until, user } from './daemon.mjs';
+import { Daemon, flakyFetch, flakyWebSocket, mint, next, sleep, until, user } from './daemon.mjs';
 
 let d;
 const clients = [];
@@ -224,6 +224,37 @@ describe('inbox', () => {
     assert.equal(changed.types.find((t) => t.type === 'announcement').in_app, false);
     assert.equal(changed.time_zone, 'Europe/Paris');
     await assert.rejects(c.inbox.setPreferences({ types: [{ type: 'no_such_type' }] }), (e) => e instanceof RealtimeError && e.code === 'VALIDATION_ERROR' && e.status === 400);
+  });
+
+  test('preferences per type and channel: any channel read and set, the others kept; a bad value refused before sending', async () => {
+    const net = flakyFetch();
+    const c = await connected('p', { fetch: net.fetch });
+    const entry = (await c.inbox.preferences()).types.find((t) => t.type === 'announcement');
+    assert.deepEqual(entry, { type: 'announcement', in_app: true, push: true, channels: ['in_app', 'push'] });
+    const pushOff = (await c.inbox.setPreferences({ types: [{ type: 'announcement', push: false }] })).types.find((t) => t.type === 'announcement');
+    assert.deepEqual([pushOff.in_app, pushOff.push], [true, false], 'a channel not named keeps its setting');
+    // An entry of preferences() goes back as it is (channels and all); null keeps a setting.
+    const both = await c.inbox.setPreferences({ types: [{ ...pushOff, in_app: false, push: null }] });
+    assert.deepEqual(both.types.find((t) => t.type === 'announcement'), { ...entry, in_app: false, push: false });
+    assert.deepEqual(await c.inbox.preferences(), both);
+    // Any channel name goes to the server, which refuses one it does not have.
+    await assert.rejects(
+      c.inbox.setPreferences({ types: [{ type: 'announcement', email: false }] }),
+      (e) => e instanceof RealtimeError && e.code === 'VALIDATION_ERROR' && e.field === 'types[0].email' && e.status === 400,
+    );
+    const sent = net.requests.length;
+    for (const [update, field] of [
+      [{ types: [{ type: 'announcement', email: 'no' }] }, 'types[0].email'],
+      [{ types: [{ type: 'announcement', in_app: true }, { type: 'announcement', push: 0 }] }, 'types[1].push'],
+      [{ types: [{ type: 'announcement', ['x'.repeat(100)]: {} }] }, 'types[0].' + 'x'.repeat(64)],
+      [{ types: [{ in_app: true }] }, 'types[0]'],
+      [{ types: [{ type: '' }] }, 'types[0].type'],
+      [{ types: ['announcement'] }, 'types[0]'],
+      [{ quiet_hours: { start: '22:00' } }, 'quiet_hours'],
+      [{ time_zone: 7 }, 'time_zone'],
+    ])
+      await assert.rejects(c.inbox.setPreferences(update), (e) => e instanceof RealtimeError && e.code === 'VALIDATION_ERROR' && e.field === field && e.status === undefined, field);
+    assert.equal(net.requests.length, sent, 'nothing sent');
   });
 });
 
