@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from realtimed.config import NotificationTypeConfig
+from realtimed.daemon import Daemon
 from realtimed.notify.channel import Delivery, DeliveryChannel, Receipt
 from realtimed.notify.checks import NotificationCheck
 from realtimed.notify.inbox import InAppChannel
@@ -66,9 +67,9 @@ class FakeSms:
             await self._changed.wait()
 
 
-def with_sms(h: Harness, sms: FakeSms) -> NotifyService:
+def with_sms(daemon: Daemon, sms: FakeSms) -> NotifyService:
     """The daemon's notifications, rebuilt with a third channel and a type that uses it."""
-    svc = h.daemon.services
+    svc = daemon.services
     svc.config = attrs.evolve(svc.config, notify=attrs.evolve(svc.config.notify, types=[OTP]))
     channels: list[DeliveryChannel] = [InAppChannel(svc.store, clock=svc.clock, router=svc.router), FcmChannel(svc.push), sms]
     notify = NotifyService(
@@ -95,7 +96,7 @@ async def test_a_third_channel_is_planned_switched_per_type_and_withdrawn(harnes
     with trio.fail_after(60):
         h: Harness = await harness_factory()
         sms = FakeSms()
-        with_sms(h, sms)
+        with_sms(h.daemon, sms)
         await h.device("bob", "tok-bob")
         prefs = await h.client("bob", "GET", "/notifications/preferences")
         entry = {"type": "otp", "in_app": True, "push": True, "sms": True, "channels": ["in_app", "push", "sms"]}

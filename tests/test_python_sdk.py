@@ -36,6 +36,7 @@ from realtimed_client import (
 from realtimed.daemon import Daemon
 from tests.fixtures.daemon import API_KEY, DaemonFactory, merge, toml_dumps
 from tests.fixtures.tokens import token
+from tests.test_delivery_channels import FakeSms, with_sms
 
 SERVER = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -285,6 +286,57 @@ async def test_typing_receipts_presence_inbox_and_rest(start_daemon: DaemonFacto
             assert await bob.list_devices() == []
             preferences = await bob.get_preferences()
             assert "types" in preferences
+
+
+def otp(preferences: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = next(t for t in preferences["types"] if t["type"] == "otp")
+    return entry
+
+
+async def test_preferences_read_and_set_any_channel(start_daemon: DaemonFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    with trio.fail_after(30):
+        daemon = await start_daemon(DAEMON)
+        with_sms(daemon, FakeSms())  # a third channel, sms, and a type that uses it
+        async with open_client(ws_url(daemon), token=token("bob"), options=FAST) as bob:
+            entry = {"type": "otp", "in_app": True, "push": True, "sms": True, "channels": ["in_app", "push", "sms"]}
+            assert otp(await bob.get_preferences()) == entry
+            answer = await bob.set_preferences({"types": [{"type": "otp", "sms": False}]})
+            assert otp(answer) == {**entry, "sms": False}  # the channels not named kept
+            # An entry of get_preferences goes back as it is (channels and all); None keeps a setting.
+            answer = await bob.set_preferences({"types": [{**otp(answer), "in_app": False, "sms": None}]})
+            assert otp(answer) == {**entry, "in_app": False, "sms": False}
+            assert await bob.get_preferences() == answer
+            with pytest.raises(RealtimeError) as unknown:
+                await bob.set_preferences({"types": [{"type": "otp", "email": False}]})
+            assert (unknown.value.code, unknown.value.field) == ("VALIDATION_ERROR", "types[0].email")
+
+            calls: list[str] = []
+            rest = bob.rest
+
+            async def counted(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+                calls.append(f"{method} {path}")
+                return await rest(method, path, **kwargs)
+
+            monkeypatch.setattr(bob, "rest", counted)
+            cases: list[tuple[Any, str]] = [
+                ({"types": [{"type": "otp", "sms": "no"}]}, "types[0].sms"),
+                ({"types": [{"type": "otp", "in_app": True}, {"type": "otp", "push": 0}]}, "types[1].push"),
+                ({"types": [{"type": "otp", "x" * 100: []}]}, "types[0]." + "x" * 64),
+                ({"types": [{"type": "otp", ("sms",): True}]}, "types[0]"),
+                ({"types": [{"in_app": True}]}, "types[0]"),
+                ({"types": ["otp"]}, "types[0]"),
+                ({"types": [{"type": ""}]}, "types[0].type"),
+                ({"types": {"type": "otp"}}, "types"),
+                ({"quiet_hours": {"start": "22:00"}}, "quiet_hours"),
+                ({"time_zone": 7}, "time_zone"),
+                (["otp"], "data"),
+            ]
+            for bad, field in cases:
+                with pytest.raises(RealtimeError) as refused:
+                    await bob.set_preferences(bad)
+                assert (refused.value.code, refused.value.field) == ("VALIDATION_ERROR", field), (refused.value, field)
+            assert calls == []  # none reached the server
+            assert await bob.get_preferences() == answer
 
 
 # -- errors ---------------------------------------------------------------------------------------

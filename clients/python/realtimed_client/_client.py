@@ -1458,12 +1458,23 @@ class Client(trio.abc.AsyncResource):
         raise AssertionError("unreachable")
 
     async def get_preferences(self) -> dict[str, Any]:
-        """``{types: [{type, in_app, push}], quiet_hours, time_zone}``."""
+        """``{types, quiet_hours, time_zone}``: each entry of ``types`` has the
+        ``type``, one boolean per delivery channel of the server named after it
+        (``in_app``, ``push``, and any other, such as ``email``) and ``channels``,
+        the channels the type uses."""
         return await self.rest("GET", "/notifications/preferences")
 
     async def set_preferences(self, preferences: dict[str, Any]) -> dict[str, Any]:
-        """Change some preferences (``types``, ``quiet_hours``, ``time_zone``); returns them all."""
-        return await self.rest("PUT", "/notifications/preferences", json_body=proto.check_data(preferences))
+        """Change some preferences; returns them all.
+
+        ``types`` entries name a type and the channels to switch, each True,
+        False or None (unchanged): ``{"type": "mention", "push": False,
+        "email": True}``; channels not named keep their setting. Also
+        ``quiet_hours`` (``{start, end}`` as ``HH:MM``, or None) and
+        ``time_zone``. A channel value that is not a boolean or None is refused
+        before sending (``VALIDATION_ERROR`` on ``types[i].<channel>``).
+        """
+        return await self.rest("PUT", "/notifications/preferences", json_body=proto.preferences_data(preferences))
 
     async def register_device(self, token: str, platform: str, *, app_version: str | None = None) -> dict[str, Any]:
         """Register an FCM token (``platform``: ios, android or web); returns the device."""

@@ -39,6 +39,10 @@ MAX_MEDIA_URL_CHARS: Final = 2048
 MAX_PRESENCE_QUERY: Final = 200
 MAX_MEMBER_IDS: Final = 10_000
 MAX_NOTIFICATION_IDS: Final = 1000
+MAX_NOTIFICATION_TYPE_CHARS: Final = 64
+MAX_TIME_ZONE_CHARS: Final = 64
+# A field that names a preference key cuts the key at this length, as the server does.
+MAX_PREFERENCE_KEY_CHARS: Final = 64
 MAX_SEQ: Final = 2**63 - 1
 DEFAULT_MAX_MESSAGE_BYTES: Final = 65_536
 DEFAULT_MAX_FRAME_BYTES: Final = 524_288
@@ -61,6 +65,8 @@ RESERVED_EVENT_PREFIXES: Final[tuple[str, ...]] = (
 CONVERSATION_ROOM_PREFIX: Final = "conversation:"
 MESSAGE_TYPES: Final = ("text", "image", "file")
 PRESENCE_STATUSES: Final = ("online", "away", "busy", "invisible")
+# The keys of a notification preference entry that are not delivery channels.
+PREFERENCE_KEYS: Final = ("type", "channels")
 
 # Ops whose repetition changes nothing a second time: reads, marks, the chat
 # send (idempotent on its client_id), blocks. Only these are sent again after a
@@ -508,6 +514,40 @@ def notification_list_data(
 
 def notification_ids_data(ids: object) -> dict[str, Any]:
     return {"ids": _ids(ids, "ids", max_items=MAX_NOTIFICATION_IDS)}
+
+
+def preferences_data(preferences: object) -> dict[str, Any]:
+    """The body of ``PUT /notifications/preferences`` (docs/protocol.md section 8.3).
+
+    ``types``: entries ``{type, <channel>: True, False or None}`` naming any
+    delivery channel (the server refuses one it does not have; None keeps the
+    setting, as does a channel not named); ``channels`` is ignored, so an entry
+    of ``get_preferences`` may be sent back as it is. ``quiet_hours``:
+    ``{start, end}`` or None. ``time_zone``: an IANA name.
+    """
+    data = check_data(preferences)
+    if "types" in data:
+        types = data["types"]
+        if not isinstance(types, (list, tuple)):
+            raise validation_error("types", "must be a list of {type, <channel>: True, False or None}")
+        for i, item in enumerate(types):
+            field = f"types[{i}]"
+            if not isinstance(item, Mapping) or not isinstance(item.get("type"), str):
+                raise validation_error(field, "must be an object with a type")
+            _string(item["type"], f"{field}.type", max_len=MAX_NOTIFICATION_TYPE_CHARS)
+            for key, value in item.items():
+                if not isinstance(key, str):
+                    raise validation_error(field, f"keys must be strings, not {key!r:.64}")
+                if key not in PREFERENCE_KEYS and value is not None and type(value) is not bool:
+                    raise validation_error(f"{field}.{key[:MAX_PREFERENCE_KEY_CHARS]}", "must be True, False or None")
+    quiet = data.get("quiet_hours")
+    if quiet is not None and not (
+        isinstance(quiet, Mapping) and isinstance(quiet.get("start"), str) and isinstance(quiet.get("end"), str)
+    ):
+        raise validation_error("quiet_hours", 'must be None or {"start": "HH:MM", "end": "HH:MM"}')
+    if "time_zone" in data:
+        _string(data["time_zone"], "time_zone", max_len=MAX_TIME_ZONE_CHARS)
+    return data
 
 
 def check_op(op: object) -> str:
