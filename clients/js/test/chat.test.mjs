@@ -1,31 +1,12 @@
 // Chat against a real daemon: conversations, history, the outbox, edits, read cursors,
 // typing, unread counts, and gap detection with backfill.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { RealtimeClient } from '../dist/index.js';
-import { Daemon, flakyWebSocket, mint, next, sleep, until, user } from './daemon.mjs';
+import { describe, test } from 'node:test';
+import { flakyWebSocket, next, sleep, until, user } from './daemon.mjs';
+import { collect, harness } from './harness.mjs';
 
-let d;
-const clients = [];
-async function connected(name, options = {}) {
-  const c = new RealtimeClient({ url: d.url, token: mint(options.id ?? user(name)), minDelayMs: 50, maxDelayMs: 500, onlineTarget: null, ...options });
-  clients.push(c);
-  await c.connect();
-  return c;
-}
-function collect(emitter, name) {
-  const out = [];
-  emitter.on(name, (x) => out.push(x));
-  return out;
-}
-
-before(async () => {
-  d = await Daemon.start();
-});
-after(async () => {
-  for (const c of clients) c.close();
-  await d?.close();
-});
+const h = harness();
+const { connected } = h;
 
 describe('chat', () => {
   test('conversations: open, create, list with unread counts', async () => {

@@ -1,25 +1,13 @@
 // Connecting to a real daemon: authentication, states, token refresh, close codes the
 // daemon sends, replay of requests after a lost connection, rate limits, bad arguments.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { RealtimeClient, RealtimeError } from '../dist/index.js';
-import { Daemon, flakyWebSocket, mint, next, sleep, until, user } from './daemon.mjs';
+import { describe, test } from 'node:test';
+import { RealtimeError } from '../dist/index.js';
+import { flakyWebSocket, mint, next, sleep, until, user } from './daemon.mjs';
+import { harness } from './harness.mjs';
 
-let d;
-const clients = [];
-function client(options) {
-  const c = new RealtimeClient({ url: d.url, minDelayMs: 50, maxDelayMs: 500, onlineTarget: null, ...options });
-  clients.push(c);
-  return c;
-}
-
-before(async () => {
-  d = await Daemon.start({ gateway: { expiring_notice_s: 4, auth_timeout_s: 0.5 } });
-});
-after(async () => {
-  for (const c of clients) c.close();
-  await d?.close();
-});
+const h = harness({ gateway: { expiring_notice_s: 4, auth_timeout_s: 0.5 } });
+const { client } = h;
 
 describe('connecting', () => {
   test('first-frame auth by default: states, events, and the token never in the URL', async () => {
@@ -35,7 +23,7 @@ describe('connecting', () => {
     assert.equal(e.reconnected, false);
     assert.equal(e.session.session_id, session.session_id);
     assert.deepEqual(states, ['connecting', 'connected']);
-    assert.equal(net.urls[0], d.url.replace('http', 'ws') + '/ws');
+    assert.equal(net.urls[0], h.d.url.replace('http', 'ws') + '/ws');
     assert.equal(net.frames()[0].op, 'auth');
     assert.equal(c.userId, session.user_id);
   });
@@ -119,7 +107,7 @@ describe('connecting', () => {
     const c = client({ token: mint(id) });
     await c.connect();
     const closed = next(c, 'closed');
-    await d.api('POST', `/users/${id}/disconnect`, { ban_s: 60 });
+    await h.d.api('POST', `/users/${id}/disconnect`, { ban_s: 60 });
     assert.equal((await closed).code, 4510);
     const again = client({ token: mint(id) });
     await assert.rejects(again.connect(), (e) => e.closeCode === 4503);

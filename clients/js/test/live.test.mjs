@@ -1,33 +1,39 @@
 // App rooms, presence, the inbox, preferences and devices against a real daemon.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { RealtimeClient, RealtimeError, Subscription } from '../dist/index.js';
-import { Daemon, flakyFetch, flakyWebSocket, mint, next, sleep, until, user } from './daemon.mjs';
+import { describe, test } from 'node:test';
+import { RealtimeError, Subscription } from '../dist/index.js';
+import { flakyFetch, flakyWebSocket, next, sleep, until, user } from './daemon.mjs';
+import { collect, harness } from './harness.mjs';
 
-let d;
-const clients = [];
-async function connected(name, options = {}) {
-  const { id = user(name), rooms, ...rest } = options;
-  const c = new RealtimeClient({ url: d.url, token: mint(id, rooms ? { rooms } : {}), minDelayMs: 50, maxDelayMs: 500, onlineTarget: null, ...rest });
-  clients.push(c);
-  await c.connect();
-  return c;
-}
-function collect(emitter, name) {
-  const out = [];
-  emitter.on(name, (x) => out.push(x));
-  return out;
-}
-const publish = (room, event, data = {}) => d.api('POST', '/publish', { room, event, data });
-const notify = (userId, title) => d.api('POST', '/notifications', { user_ids: [userId], type: 'announcement', vars: { title, body: '' } });
+const h = harness();
+const { connected, publish } = h;
+const notify = (userId, title) => h.d.api('POST', '/notifications', { user_ids: [userId], type: 'announcement', vars: { title, body: '' } });
 
-before(async () => {
-  d = await Daemon.start();
-});
-after(async () => {
-  for (const c of clients) c.close();
-  await d?.close();
-});
+/**
+ * A subscription to a fresh room of the namespace `ns`, on a client whose network the test
+ * controls, after a first event (`step` 1) arrived live; `got`, `resets` and `subscribed`
+ * hold its events from the start.
+ */
+async function liveRoom(ns) {
+  const room = `${ns}:${user('r')}`;
+  const net = await flakyWebSocket();
+  const c = await connected('a', { WebSocket: net.WebSocket });
+  const sub = await c.subscribe(room);
+  const got = collect(sub, 'event');
+  const resets = collect(sub, 'reset');
+  const subscribed = collect(sub, 'subscribed');
+  await publish(room, 'step', { n: 1 });
+  await until(() => got.length === 1, 2000, 'live');
+  return { room, net, sub, got, resets, subscribed };
+}
+
+/** `step` events `from` to `to` published while the client hears nothing; then its connection drops. */
+async function missed(net, room, from, to) {
+  net.dropIn = () => true;
+  for (let n = from; n <= to; n++) await publish(room, 'step', { n });
+  net.dropIn = null;
+  net.last().cut();
+}
 
 describe('rooms', () => {
   test('subscribe, events with seq, one subscription per room, unsubscribe', async () => {
@@ -75,19 +81,8 @@ describe('rooms', () => {
   });
 
   test('after a reconnect: the missed publications replayed once, in order', async () => {
-    const room = `job:${user('r')}`;
-    const net = await flakyWebSocket();
-    const c = await connected('a', { WebSocket: net.WebSocket });
-    const sub = await c.subscribe(room);
-    const got = collect(sub, 'event');
-    const resets = collect(sub, 'reset');
-    const subscribed = collect(sub, 'subscribed');
-    await publish(room, 'step', { n: 1 });
-    await until(() => got.length === 1, 2000, 'live');
-    net.dropIn = () => true;
-    for (let n = 2; n <= 4; n++) await publish(room, 'step', { n });
-    net.dropIn = null;
-    net.last().cut();
+    const { room, net, got, resets, subscribed } = await liveRoom('job');
+    await missed(net, room, 2, 4);
     await until(() => got.length === 4, 3000, 'recovery');
     await publish(room, 'step', { n: 5 });
     await until(() => got.length === 5, 2000, 'live again');
@@ -100,14 +95,7 @@ describe('rooms', () => {
   });
 
   test('a live event right behind the resubscribe reply comes after the replay, as the server sent them', async () => {
-    const room = `job:${user('r')}`;
-    const net = await flakyWebSocket();
-    const c = await connected('a', { WebSocket: net.WebSocket });
-    const sub = await c.subscribe(room);
-    const got = collect(sub, 'event');
-    const resets = collect(sub, 'reset');
-    await publish(room, 'step', { n: 1 });
-    await until(() => got.length === 1, 2000, 'live');
+    const { room, net, got, resets } = await liveRoom('job');
     net.dropIn = () => true;
     await publish(room, 'step', { n: 2 });
     // The resubscribe's reply is held, then handed over with the next live event in one go,
@@ -125,19 +113,8 @@ describe('rooms', () => {
   });
 
   test('a recovery refused, or a missing seq: reset, never a silent hole', async () => {
-    const room = `small:${user('r')}`; // recovery_cap = 3
-    const net = await flakyWebSocket();
-    const c = await connected('a', { WebSocket: net.WebSocket });
-    const sub = await c.subscribe(room);
-    const got = collect(sub, 'event');
-    const resets = collect(sub, 'reset');
-    const subscribed = collect(sub, 'subscribed');
-    await publish(room, 'step', { n: 1 });
-    await until(() => got.length === 1, 2000, 'live');
-    net.dropIn = () => true;
-    for (let n = 2; n <= 6; n++) await publish(room, 'step', { n });
-    net.dropIn = null;
-    net.last().cut();
+    const { room, net, sub, got, resets, subscribed } = await liveRoom('small'); // recovery_cap = 3
+    await missed(net, room, 2, 6);
     await until(() => resets.length === 1, 3000, 'reset');
     assert.deepEqual(resets[0], { room, seq: 6, epoch: got[0].epoch, reason: 'not_recovered' });
     await until(() => subscribed.length === 1, 2000, 'subscribed');
@@ -157,8 +134,8 @@ describe('presence', () => {
   test('own status, contacts see it, query', async () => {
     const a = await connected('a');
     const b = await connected('b');
-    await d.api('PUT', `/users/${a.userId}/contacts`, { user_ids: [b.userId] });
-    await d.api('PUT', `/users/${b.userId}/contacts`, { user_ids: [a.userId] });
+    await h.d.api('PUT', `/users/${a.userId}/contacts`, { user_ids: [b.userId] });
+    await h.d.api('PUT', `/users/${b.userId}/contacts`, { user_ids: [a.userId] });
     const seen = next(b.presence, 'updated', 5000, (p) => p.user_id === a.userId && p.status === 'busy');
     await a.presence.set('busy', 'in a meeting');
     const p = await seen;

@@ -1,26 +1,12 @@
 // The daemon goes away and comes back: a drain and restart with 200 messages in flight from
 // the outbox, a paused daemon that only the heartbeat notices, the browser's `online` event.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { RealtimeClient } from '../dist/index.js';
-import { Daemon, mint, next, sleep, until, user } from './daemon.mjs';
+import { describe, test } from 'node:test';
+import { next, sleep, until, user } from './daemon.mjs';
+import { harness } from './harness.mjs';
 
-let d;
-const clients = [];
-async function connected(name, options = {}) {
-  const c = new RealtimeClient({ url: d.url, token: mint(user(name)), minDelayMs: 50, maxDelayMs: 400, onlineTarget: null, ...options });
-  clients.push(c);
-  await c.connect();
-  return c;
-}
-
-before(async () => {
-  d = await Daemon.start();
-});
-after(async () => {
-  for (const c of clients) c.close();
-  await d?.close();
-});
+const h = harness({}, { maxDelayMs: 400 });
+const { connected } = h;
 
 describe('restarts', () => {
   test('a restart with 200 messages in flight: each stored and received once, in send order', async () => {
@@ -39,7 +25,7 @@ describe('restarts', () => {
     const sub = await bob.subscribe(room);
     const resets = [];
     sub.on('reset', (r) => resets.push(r));
-    await d.api('POST', '/publish', { room, event: 'before', data: {} });
+    await h.d.api('POST', '/publish', { room, event: 'before', data: {} });
     await bob.chat.list();
     await carol.chat.list();
     const received = new Map(); // user -> conversation -> bodies
@@ -60,7 +46,7 @@ describe('restarts', () => {
     for (let i = 0; i < PER; i++)
       for (const conv of convs) sends.push(alice.chat.send(conv.id, `${conv.id}#${i}`).then((m) => (acked++, m)));
     await until(() => acked >= 20, 10_000, '20 acknowledged');
-    await d.restart();
+    await h.d.restart();
     const stored = await Promise.all(sends);
     assert.ok(drops[0].acked < 200, `${200 - drops[0].acked} messages were in the outbox when the daemon went away`);
     assert.equal(drops[0].code, 1001);
@@ -141,9 +127,9 @@ describe('restarts', () => {
     const tried = [];
     c.on('connecting', (e) => tried.push(e.transport));
     lateAttempt = attempts + 2;
-    await d.stop();
+    await h.d.stop();
     await held;
-    await d.run();
+    await h.d.run();
     const back = next(c, 'connected', 10_000);
     release();
     assert.equal((await back).transport, 'websocket');
@@ -153,7 +139,7 @@ describe('restarts', () => {
   test('a silent peer is found dead by the heartbeat; idempotent requests survive it', async () => {
     const c = await connected('a', { pingIntervalMs: 300, pongTimeoutMs: 300, connectTimeoutMs: 1000, rooms: ['plain:*'] });
     const gone = next(c, 'disconnected', 5000);
-    d.pause();
+    h.d.pause();
     const paused = Date.now();
     let read;
     let publish;
@@ -165,7 +151,7 @@ describe('restarts', () => {
       assert.equal(e.reason, 'no answer to the heartbeat');
       assert.ok(after <= 1200, `found dead after ${after} ms`);
     } finally {
-      d.resume();
+      h.d.resume();
     }
     await assert.rejects(publish, (e) => e.code === 'DISCONNECTED');
     assert.deepEqual(await read, {});

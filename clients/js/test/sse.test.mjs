@@ -1,32 +1,13 @@
 // The SSE fallback against a real daemon: events over `fetch` streaming with the
 // Authorization header, ops over `POST /api/v1/ops/{op}`, behind the same API.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { MAX_SSE_ROOMS, RealtimeClient, RealtimeError } from '../dist/index.js';
-import { Daemon, flakyFetch, flakyWebSocket, mint, next, sleep, until, user } from './daemon.mjs';
+import { describe, test } from 'node:test';
+import { MAX_SSE_ROOMS, RealtimeError } from '../dist/index.js';
+import { flakyFetch, flakyWebSocket, mint, next, sleep, until, user } from './daemon.mjs';
+import { collect, harness } from './harness.mjs';
 
-let d;
-const clients = [];
-function client(name, options = {}) {
-  const { id = user(name), ...rest } = options;
-  const c = new RealtimeClient({ url: d.url, token: mint(id), transports: ['sse'], minDelayMs: 50, maxDelayMs: 500, onlineTarget: null, ...rest });
-  clients.push(c);
-  return c;
-}
-function collect(emitter, name) {
-  const out = [];
-  emitter.on(name, (x) => out.push(x));
-  return out;
-}
-const publish = (room, event, data = {}) => d.api('POST', '/publish', { room, event, data });
-
-before(async () => {
-  d = await Daemon.start();
-});
-after(async () => {
-  for (const c of clients) c.close();
-  await d?.close();
-});
+const h = harness({}, { transports: ['sse'] });
+const { clientFor: client, publish } = h;
 
 describe('SSE', () => {
   test('events over the stream, ops over REST, the token only in the Authorization header', async () => {
@@ -136,7 +117,7 @@ describe('SSE', () => {
     const c = client('a');
     await c.connect();
     const closed = next(c, 'closed');
-    await d.api('POST', `/users/${c.userId}/disconnect`, {});
+    await h.d.api('POST', `/users/${c.userId}/disconnect`, {});
     assert.equal((await closed).code, 4510);
   });
 
