@@ -8,7 +8,7 @@
  */
 import type { RealtimeClient } from './client';
 import { Emitter } from './emitter';
-import { RealtimeError, malformed } from './errors';
+import { RealtimeError, asError } from './errors';
 import type {
   Conversation,
   ConversationPage,
@@ -93,8 +93,6 @@ const TYPING_GAP_MS = 500;
 const RETRY = new Set(['TIMEOUT', 'DISCONNECTED', 'UNAVAILABLE', 'RATE_LIMITED', 'INTERNAL']);
 const TRANSIENT = new Set(['TIMEOUT', 'DISCONNECTED', 'CLOSED']);
 
-const asError = (e: unknown) => (e instanceof RealtimeError ? e : new RealtimeError('INTERNAL', String(e)));
-
 function newClientId(): string {
   const b = new Uint8Array(12);
   const c = (globalThis as any).crypto;
@@ -114,13 +112,7 @@ export class Chat extends Emitter<ChatEvents> {
 
   constructor(private readonly _c: RealtimeClient) {
     super();
-    _c.on('event', (f) => {
-      try {
-        this._event(f);
-      } catch (e) {
-        _c.emit('error', malformed(e));
-      }
-    });
+    _c._onEvent((f) => this._event(f));
     _c.on('connected', (e) => {
       this._total(e.session.unread_total);
       if (e.reconnected) for (const [id, s] of this._s) if (s.last !== undefined) this._serial(id, () => this._resync(id));

@@ -416,6 +416,20 @@ export class RealtimeClient extends Emitter<ClientEvents> {
       }
   }
 
+  /**
+   * @internal every server event to `fn`; what it throws (an event of an unexpected shape) is
+   * reported as a PROTOCOL_ERROR `error` event, and the other listeners still get the event
+   */
+  _onEvent(fn: (f: ServerEvent) => void): void {
+    this.on('event', (f) => {
+      try {
+        fn(f);
+      } catch (e) {
+        this.emit('error', malformed(e));
+      }
+    });
+  }
+
   /** @internal */
   async _unsubscribe(s: Subscription): Promise<void> {
     if (this._rooms.get(s.room) !== s) return;

@@ -66,6 +66,11 @@ export function wireError(e: any, status?: number): RealtimeError {
   );
 }
 
+/** `e` itself when it is a `RealtimeError`, else an `INTERNAL` one that says what it was. */
+export function asError(e: unknown): RealtimeError {
+  return e instanceof RealtimeError ? e : new RealtimeError('INTERNAL', String(e));
+}
+
 /** A frame from the server that the SDK cannot use. */
 export function malformed(e: unknown): RealtimeError {
   return new RealtimeError('PROTOCOL_ERROR', `a malformed frame from the server: ${(e as any)?.message ?? e}`);

@@ -8,7 +8,7 @@
  */
 import type { RealtimeClient } from './client';
 import { Emitter } from './emitter';
-import { RealtimeError, malformed } from './errors';
+import { RealtimeError, asError } from './errors';
 import type { Notification, NotificationPage, NotificationPreferences, PreferencesUpdate, ServerEvent } from './types';
 import * as v from './validate';
 
@@ -45,13 +45,7 @@ export class Inbox extends Emitter<InboxEvents> {
 
   constructor(private readonly _c: RealtimeClient) {
     super();
-    _c.on('event', (f) => {
-      try {
-        this._event(f);
-      } catch (e) {
-        _c.emit('error', malformed(e));
-      }
-    });
+    _c._onEvent((f) => this._event(f));
     _c.on('connected', (e) => {
       this._count(e.session.notifications_unread);
       if (e.reconnected && this._last !== undefined) this._serial(() => this._backfill(undefined, false));
@@ -171,7 +165,7 @@ export class Inbox extends Emitter<InboxEvents> {
         if (r.notifications.length < PAGE || this._last === before || (upTo !== undefined && this._last! >= upTo)) return;
       }
     } catch (e) {
-      const err = e instanceof RealtimeError ? e : new RealtimeError('INTERNAL', String(e));
+      const err = asError(e);
       if (err.code === 'TIMEOUT' || err.code === 'DISCONNECTED' || err.code === 'CLOSED') return; // the next one fills it
       this.emit('gap', { after_seq: this._last!, error: err });
       if (upTo !== undefined) this._last = Math.max(this._last!, upTo);
