@@ -642,20 +642,26 @@ async def request_frame(ws: Any) -> dict[str, Any]:
         return frame
 
 
+class NumberedTokens:
+    """A token provider that hands out ``token-1``, ``token-2``, ... and keeps them in ``issued``."""
+
+    def __init__(self) -> None:
+        self.issued: list[str] = []
+
+    async def __call__(self) -> str:
+        self.issued.append(f"token-{len(self.issued) + 1}")
+        return self.issued[-1]
+
+
 async def test_close_codes_decide_when_and_how_the_client_reconnects(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
     with trio.fail_after(600):
         server = ScriptedServer()
         await nursery.start(server.run)
-        issued: list[str] = []
-
-        async def provider() -> str:
-            issued.append(f"token-{len(issued) + 1}")
-            return issued[-1]
-
+        tokens = NumberedTokens()
         options = ClientOptions(backoff_min_s=0.5, backoff_max_s=20.0, slow_backoff_min_s=10.0, heartbeat_s=600.0)
-        async with open_client(f"ws://127.0.0.1:{server.port}/ws", token=provider, options=options) as client:
+        async with open_client(f"ws://127.0.0.1:{server.port}/ws", token=tokens, options=options) as client:
             ws, headers, _ = await server.accept()
             assert headers[b"authorization"] == b"Bearer token-1"
             await ready(ws, 1)
@@ -684,19 +690,14 @@ async def test_close_codes_decide_when_and_how_the_client_reconnects(
                 stopped = await until_state(changes, State.CLOSED, timeout=10)
             assert stopped.code == 4503 and stopped.error is not None and stopped.error.close_code == 4503
             await server.no_connection(wait=120)
-        assert issued == ["token-1", "token-2"]
+        assert tokens.issued == ["token-1", "token-2"]
 
 
 async def test_hostile_frames_rate_limits_and_requests_lost_with_the_socket(nursery: trio.Nursery) -> None:
     with trio.fail_after(30):
         server = ScriptedServer()
         await nursery.start(server.run)
-        issued: list[str] = []
-
-        async def provider() -> str:
-            issued.append(f"token-{len(issued) + 1}")
-            return issued[-1]
-
+        tokens = NumberedTokens()
         options = ClientOptions(backoff_min_s=0.01, backoff_max_s=0.05, request_timeout_s=10.0)
         results: dict[str, Any] = {}
 
@@ -706,7 +707,7 @@ async def test_hostile_frames_rate_limits_and_requests_lost_with_the_socket(nurs
             except RealtimeError as exc:
                 results[name] = exc
 
-        async with open_client(f"ws://127.0.0.1:{server.port}/ws", token=provider, options=options) as client:
+        async with open_client(f"ws://127.0.0.1:{server.port}/ws", token=tokens, options=options) as client:
             ws, _, _ = await server.accept()
             await ready(ws, 1)
             # session.expiring right after session.ready: the renewal is refused, the socket stays.
