@@ -24,9 +24,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import subprocess
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -34,6 +31,7 @@ import trio
 
 from realtimed.config import load_config
 from realtimed.daemon import Daemon
+from tests.node_support import node_major, run_in_group
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "web"
@@ -51,44 +49,12 @@ def _missing(what: str) -> None:
     pytest.skip(what)
 
 
-def _node_major(node: str) -> int:
-    out = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout
-    return int(out.strip().lstrip("v").split(".")[0])
-
-
 def _sdk_stale() -> bool:
     built = SDK / "dist" / "index.js"
     if not built.is_file():
         return True
     newest = max(p.stat().st_mtime for p in (SDK / "src").rglob("*.ts"))
     return newest > built.stat().st_mtime
-
-
-async def _run(args: list[str], cwd: Path, env: Mapping[str, str]) -> str:
-    """Run a command in its own process group; its output, or a test failure with it."""
-    process = await trio.lowlevel.open_process(
-        args, cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    assert process.stdout is not None
-    chunks: list[bytes] = []
-    try:
-        async for chunk in process.stdout:
-            chunks.append(bytes(chunk))
-        await process.wait()
-    finally:
-        if process.returncode is None:
-            with trio.CancelScope(shield=True):
-                for sig in (signal.SIGTERM, signal.SIGKILL):
-                    try:
-                        os.killpg(process.pid, sig)
-                    except ProcessLookupError:
-                        break
-                    with trio.move_on_after(5):
-                        await process.wait()
-                        break
-    output = b"".join(chunks).decode(errors="replace")
-    assert process.returncode == 0, f"{' '.join(args)} failed ({process.returncode}):\n{output[-20000:]}"
-    return output
 
 
 @pytest.fixture
@@ -99,7 +65,7 @@ def tools() -> tuple[str, str, str]:
     if node is None or npm is None:
         _missing("Node.js and npm are needed for the browser tests")
     assert node is not None and npm is not None
-    if _node_major(node) < 20:
+    if node_major(node) < 20:
         _missing("the browser tests need Node 20 or later")
     chromium = os.environ.get("CHROMIUM_PATH") or "/usr/bin/chromium"
     if not os.access(chromium, os.X_OK):
@@ -116,10 +82,10 @@ async def test_demo_page_in_chromium(nursery: trio.Nursery, tmp_path: Path, tool
     with trio.fail_after(INSTALL_TIMEOUT_S):
         if _sdk_stale():
             if not (SDK / "node_modules").is_dir():
-                await _run([npm, "ci", "--no-audit", "--no-fund"], SDK, env)
-            await _run([npm, "run", "build"], SDK, env)
+                await run_in_group([npm, "ci", "--no-audit", "--no-fund"], SDK, env)
+            await run_in_group([npm, "run", "build"], SDK, env)
         if not (BROWSER_TESTS / "node_modules").is_dir():
-            await _run([npm, "ci", "--no-audit", "--no-fund"], BROWSER_TESTS, env)
+            await run_in_group([npm, "ci", "--no-audit", "--no-fund"], BROWSER_TESTS, env)
 
     ARTIFACTS.mkdir(exist_ok=True)
     for old in ARTIFACTS.glob("[0-9][0-9]-*.png"):
@@ -132,7 +98,7 @@ async def test_demo_page_in_chromium(nursery: trio.Nursery, tmp_path: Path, tool
     await nursery.start(daemon.run)
     try:
         with trio.fail_after(BROWSER_TIMEOUT_S):
-            output = await _run(
+            output = await run_in_group(
                 [node, "--test", "--test-timeout=60000", "demo.test.mjs"],
                 BROWSER_TESTS,
                 {**env, "DEMO_URL": daemon.url(), "CHROMIUM_PATH": chromium, "ARTIFACTS": str(ARTIFACTS)},
