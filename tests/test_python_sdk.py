@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,11 @@ FAST = ClientOptions(backoff_min_s=0.05, backoff_max_s=0.5, request_timeout_s=5.
 
 def ws_url(daemon: Daemon) -> str:
     return daemon.url().replace("http", "ws", 1) + "/ws"
+
+
+def connect(daemon: Daemon, user: str, **claims: Any) -> AbstractAsyncContextManager[Client]:
+    """A client of the daemon as ``user`` (with these token claims), with quick reconnects."""
+    return open_client(ws_url(daemon), token=token(user, **claims), options=FAST)
 
 
 def server_http(daemon: Daemon) -> httpx.AsyncClient:
@@ -102,7 +108,7 @@ async def nothing_more(stream: Any, *, wait: float = 0.3) -> None:
 async def test_connect_subscribe_and_receive(start_daemon: DaemonFactory) -> None:
     with trio.fail_after(20):
         daemon = await start_daemon(DAEMON)
-        async with open_client(ws_url(daemon), token=token("alice", rooms=["job:*"]), options=FAST) as client:
+        async with connect(daemon, "alice", rooms=["job:*"]) as client:
             ready = await client.wait_connected()
             assert ready["user_id"] == "alice" and ready["session_id"].startswith("s_")
             assert client.state is State.CONNECTED
@@ -195,10 +201,9 @@ async def test_chat_outbox_across_a_restart_stores_and_delivers_each_message_onc
 ) -> None:
     with trio.fail_after(30):
         daemon = await start_daemon(DAEMON)
-        url = ws_url(daemon)
         async with (
-            open_client(url, token=token("alice"), options=FAST) as alice,
-            open_client(url, token=token("bob"), options=FAST) as bob,
+            connect(daemon, "alice") as alice,
+            connect(daemon, "bob") as bob,
             bob.listen("message.new") as inbox,
         ):
             conversation = await alice.open_conversation("bob")
@@ -235,10 +240,9 @@ async def until(stream: Any, name: str, check: Callable[[Event], bool] = lambda 
 async def test_typing_receipts_presence_inbox_and_rest(start_daemon: DaemonFactory) -> None:
     with trio.fail_after(30):
         daemon = await start_daemon(DAEMON)
-        url = ws_url(daemon)
         async with (
-            open_client(url, token=token("alice"), options=FAST) as alice,
-            open_client(url, token=token("bob"), options=FAST) as bob,
+            connect(daemon, "alice") as alice,
+            connect(daemon, "bob") as bob,
             bob.listen("typing.", "presence.updated", "notification.", "message.new") as seen_by_bob,
             alice.listen("receipt.updated") as receipts,
         ):
@@ -297,7 +301,7 @@ async def test_preferences_read_and_set_any_channel(start_daemon: DaemonFactory,
     with trio.fail_after(30):
         daemon = await start_daemon(DAEMON)
         with_sms(daemon, FakeSms())  # a third channel, sms, and a type that uses it
-        async with open_client(ws_url(daemon), token=token("bob"), options=FAST) as bob:
+        async with connect(daemon, "bob") as bob:
             entry = {"type": "otp", "in_app": True, "push": True, "sms": True, "channels": ["in_app", "push", "sms"]}
             assert otp(await bob.get_preferences()) == entry
             answer = await bob.set_preferences({"types": [{"type": "otp", "sms": False}]})
@@ -345,7 +349,7 @@ async def test_preferences_read_and_set_any_channel(start_daemon: DaemonFactory,
 async def test_server_errors_reach_the_caller_as_realtime_error(start_daemon: DaemonFactory) -> None:
     with trio.fail_after(20):
         daemon = await start_daemon(DAEMON)
-        async with open_client(ws_url(daemon), token=token("alice", rooms=["job:*"]), options=FAST) as alice:
+        async with connect(daemon, "alice", rooms=["job:*"]) as alice:
             with pytest.raises(RealtimeError) as missing:
                 await alice.edit_message("m_missing", "new text")
             assert missing.value.code == "NOT_FOUND" and missing.value.message
@@ -377,7 +381,7 @@ async def test_bad_arguments_are_refused_before_sending(start_daemon: DaemonFact
         assert (empty.value.code, empty.value.field) == ("VALIDATION_ERROR", "token")
         with pytest.raises(ValueError, match="scheme"):
             Client("ftp://127.0.0.1/ws", token="t")
-        async with open_client(url, token=token("alice", rooms=["job:*"]), options=FAST) as client:
+        async with connect(daemon, "alice", rooms=["job:*"]) as client:
             await client.wait_connected()
             sent = client.frames_sent
             big = {"blob": "x" * 600_000}
@@ -436,7 +440,7 @@ async def test_terminal_close_codes_stop_the_client(start_daemon: DaemonFactory)
             states = [change.state async for change in changes]
             assert State.DISCONNECTED not in states and states[-1] is State.CLOSED
         # Disconnected by the server API: close 4510 ends the streams with the error.
-        async with open_client(url, token=token("carol"), options=FAST) as client:
+        async with connect(daemon, "carol") as client:
             await client.wait_connected()
             async with client.subscribe("lobby:hall") as hall, client.listen() as events:
                 async with server_http(daemon) as http:
