@@ -21,15 +21,15 @@ import attrs
 from realtimed.broker.base import Broker
 from realtimed.broker.memory import MemoryBroker
 from realtimed.broker.redis import RedisBroker
-from realtimed.broker.redis_activity import RedisActivity, RedisPushCaps
-from realtimed.broker.redis_history import RedisHistory
-from realtimed.broker.redis_presence import RedisPresence
-from realtimed.broker.redis_typing import RedisTyping
 from realtimed.config import Config
-from realtimed.gateway.rooms import HistoryBackend, MemoryHistory, MemoryRoomPresence, RoomPresenceBackend
+from realtimed.delivery.redis_history import RedisHistory
+from realtimed.delivery.rooms import HistoryBackend, MemoryHistory, MemoryRoomPresence, RoomPresenceBackend
 from realtimed.live import Live
 from realtimed.notify.policy import PushCaps, SharedCaps
+from realtimed.notify.redis_activity import RedisActivity, RedisPushCaps
 from realtimed.presence import MemoryPresence, PresenceBackend, PresenceRecord
+from realtimed.redis_presence import RedisPresence
+from realtimed.redis_typing import RedisTyping
 from realtimed.typing_state import MemoryTyping, TypingBackend
 
 __all__ = ["Backends", "open_backends"]

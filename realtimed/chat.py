@@ -44,21 +44,8 @@ from prometheus_client import Counter
 from quart import g
 
 from realtimed import metrics, protocol
-from realtimed.clock import WallClock, iso
-from realtimed.config import ChatConfig, Config
-from realtimed.deadlines import Deadlines
-from realtimed.errors import (
-    ApiError,
-    Blocked,
-    Conflict,
-    Forbidden,
-    NotFound,
-    RateLimited,
-    Unavailable,
-    ValidationFailed,
-)
-from realtimed.gateway.ops import Caller, OpHandler, OpRegistry
-from realtimed.http.routes import (
+from realtimed.api.ops import Caller, OpHandler, OpRegistry
+from realtimed.api.routes import (
     Choice,
     Empty,
     Kind,
@@ -78,6 +65,19 @@ from realtimed.http.routes import (
     route,
     services,
     wire,
+)
+from realtimed.clock import WallClock, iso
+from realtimed.config import ChatConfig, Config
+from realtimed.deadlines import Deadlines
+from realtimed.errors import (
+    ApiError,
+    Blocked,
+    Conflict,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    Unavailable,
+    ValidationFailed,
 )
 from realtimed.live import Live
 from realtimed.notify.jobs import CHAT_OFFLINE, CHAT_OFFLINE_QUEUE, ChatOffline, offline_job_spec
@@ -102,8 +102,8 @@ from realtimed.store.base import ConversationRecord, MemberRecord, MessageRecord
 from realtimed.typing_state import MemoryTyping, TypingBackend
 
 if TYPE_CHECKING:
+    from realtimed.delivery.router import Router
     from realtimed.presence import PresenceService
-    from realtimed.router import Router
     from realtimed.store.base import Store
 
 __all__ = ["ROOM_PREFIX", "ChatService"]

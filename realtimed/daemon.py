@@ -32,15 +32,15 @@ import attrs
 import trio
 
 from realtimed import logs, metrics
+from realtimed.api.ops import OpRegistry
 from realtimed.auth import ApiKeys, TokenVerifier
 from realtimed.backends import Backends, open_backends
 from realtimed.chat import ChatService
 from realtimed.clock import SystemClock, WallClock
 from realtimed.config import DEV_API_KEY, DEV_HS256_SECRET, Config, ConfigError, load_config, parse_host_port
+from realtimed.delivery.router import Router
 from realtimed.gateway.bans import Bans
 from realtimed.gateway.gateway import Gateway, SessionHooks
-from realtimed.gateway.ops import OpRegistry
-from realtimed.gateway.room_ops import register_room_ops
 from realtimed.gateway.websocket import WebSocketDoor
 from realtimed.http.app import create_app
 from realtimed.http.listener import Listener
@@ -51,7 +51,7 @@ from realtimed.notify.service import NotifyService
 from realtimed.presence import PresenceService
 from realtimed.push.channel import FcmChannel
 from realtimed.push.service import PushService
-from realtimed.router import Router
+from realtimed.room_ops import register_room_ops
 from realtimed.sdnotify import SystemdNotifier
 from realtimed.services import Services
 from realtimed.store import Store, open_store

@@ -43,15 +43,15 @@ import trio
 from quart import g
 
 from realtimed import protocol
+from realtimed.api.ops import Caller, OpRegistry
+from realtimed.api.routes import OpCall, OpInput, OpReply, Route, query_csv, route, services
 from realtimed.clock import WallClock, iso
 from realtimed.config import Config, PresenceConfig
 from realtimed.deadlines import Deadlines
+from realtimed.delivery.router import Router
 from realtimed.errors import ApiError
-from realtimed.gateway.ops import Caller, OpRegistry
-from realtimed.http.routes import OpCall, OpInput, OpReply, Route, query_csv, route, services
 from realtimed.live import Live
 from realtimed.protocol import PresenceQuery, PresenceSet
-from realtimed.router import Router
 from realtimed.store.base import Store
 
 __all__ = [

@@ -14,19 +14,19 @@ from typing import TYPE_CHECKING
 import attrs
 
 if TYPE_CHECKING:
+    from realtimed.api.ops import OpRegistry
     from realtimed.auth import ApiKeys, TokenVerifier
     from realtimed.broker.base import Broker
     from realtimed.chat import ChatService
     from realtimed.clock import WallClock
     from realtimed.config import Config
+    from realtimed.delivery.router import Router
     from realtimed.gateway.gateway import Gateway
-    from realtimed.gateway.ops import OpRegistry
     from realtimed.jobs.runner import JobRunner
     from realtimed.live import Live
     from realtimed.notify.service import NotifyService
     from realtimed.presence import PresenceService
     from realtimed.push.service import PushService
-    from realtimed.router import Router
     from realtimed.store.base import Store
 
 

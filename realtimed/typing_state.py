@@ -4,7 +4,7 @@ Chat keeps a timer for every typing state its node started or refreshed; the
 backend is where the state itself lives, so that a user typing on two devices
 on two nodes is one state, announced once and ended once.
 
-``MemoryTyping`` serves one node; ``realtimed.broker.redis_typing.RedisTyping``
+``MemoryTyping`` serves one node; ``realtimed.redis_typing.RedisTyping``
 serves a cluster.
 """
 

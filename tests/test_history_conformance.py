@@ -1,7 +1,7 @@
 """One conformance suite for every HistoryBackend: in memory (``MemoryHistory``,
 on Trio's clock) and in Redis (``RedisHistory``, expiring on Redis's clock).
 
-The promises are those of ``realtimed.gateway.rooms.HistoryBackend``: the next
+The promises are those of ``realtimed.delivery.rooms.HistoryBackend``: the next
 ``seq`` taken atomically, none taken by data that cannot be encoded, recovery
 complete and in order or not at all, and publications expiring after the
 namespace's ``history_ttl_s``.
@@ -17,10 +17,10 @@ import pytest
 import trio
 import trio.testing
 
-from realtimed.broker.redis_history import RedisHistory
 from realtimed.config import NamespaceConfig
+from realtimed.delivery.redis_history import RedisHistory
+from realtimed.delivery.rooms import HistoryBackend, MemoryHistory
 from realtimed.errors import ValidationFailed
-from realtimed.gateway.rooms import HistoryBackend, MemoryHistory
 from tests import backend_support
 from tests.backend_support import settle, unique
 

@@ -21,11 +21,11 @@ import pytest
 import trio
 
 from realtimed.broker.redis import open_client
-from realtimed.broker.redis_history import RedisHistory
 from realtimed.config import ConfigError, NamespaceConfig, load_config
 from realtimed.daemon import Daemon
+from realtimed.delivery.redis_history import RedisHistory
+from realtimed.delivery.rooms import HistoryBackend, MemoryHistory
 from realtimed.errors import ValidationFailed
-from realtimed.gateway.rooms import HistoryBackend, MemoryHistory
 from realtimed.gateway.sse import decode_cursor
 from realtimed.protocol import DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH, MAX_STORED_JSON_DEPTH
 from tests import notify_support

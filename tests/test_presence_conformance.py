@@ -20,9 +20,9 @@ import pytest
 import trio
 import trio.testing
 
-from realtimed.broker.redis_presence import RedisPresence, heartbeat_key
-from realtimed.gateway.rooms import MemoryRoomPresence, RoomPresenceBackend
+from realtimed.delivery.rooms import MemoryRoomPresence, RoomPresenceBackend
 from realtimed.presence import MemoryPresence, PresenceBackend, PresenceRecord
+from realtimed.redis_presence import RedisPresence, heartbeat_key
 from tests import backend_support
 from tests.backend_support import unique
 

@@ -20,8 +20,8 @@ import pytest
 import trio
 import trio.testing
 
-from realtimed.broker.redis_activity import RedisActivity, RedisPushCaps
 from realtimed.notify.policy import Activity, PushCaps, SharedCaps, is_active
+from realtimed.notify.redis_activity import RedisActivity, RedisPushCaps
 from tests import backend_support
 from tests.backend_support import settle, unique
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import coredis
 import trio
 
-from realtimed.broker.redis_activity import RedisActivity, RedisPushCaps
+from realtimed.notify.redis_activity import RedisActivity, RedisPushCaps
 from tests.fixtures.daemon import DaemonFactory
 from tests.test_cluster import connect
 from tests.test_session_lifecycle import sse_records

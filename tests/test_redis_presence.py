@@ -8,8 +8,8 @@ from typing import Any
 import coredis
 import trio
 
-from realtimed.broker.redis_presence import RedisPresence, heartbeat_key
 from realtimed.presence import PresenceRecord
+from realtimed.redis_presence import RedisPresence, heartbeat_key
 
 
 async def test_counts_records_and_dead_node_reaped_once(redis_url: str) -> None:

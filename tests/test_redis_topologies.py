@@ -19,13 +19,13 @@ import httpx
 import pytest
 import trio
 
-from realtimed.broker import redis_presence
+from realtimed import redis_presence
 from realtimed.broker.base import Delivery
 from realtimed.broker.redis import RedisBroker, room_channel
 from realtimed.config import BrokerConfig
 from realtimed.daemon import Daemon
+from realtimed.delivery.frames import Frame
 from realtimed.errors import Unavailable
-from realtimed.gateway.frames import Frame
 from tests.fixtures.clients import WsClient
 from tests.fixtures.daemon import API_KEY, DaemonFactory
 from tests.fixtures.services import _free_port

@@ -14,9 +14,9 @@ import orjson
 import trio
 
 from realtimed.daemon import Daemon
+from realtimed.delivery.frames import Frame
 from realtimed.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL
 from realtimed.gateway.client import ClientSession
-from realtimed.gateway.frames import Frame
 from realtimed.gateway.gateway import Gateway
 from realtimed.protocol import encode_event
 from tests.fixtures.clients import WsClient

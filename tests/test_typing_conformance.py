@@ -17,7 +17,7 @@ import pytest
 import trio
 import trio.testing
 
-from realtimed.broker.redis_typing import RedisTyping
+from realtimed.redis_typing import RedisTyping
 from realtimed.typing_state import MemoryTyping, TypingBackend
 from tests import backend_support
 from tests.backend_support import settle, unique

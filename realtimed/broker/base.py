@@ -12,7 +12,7 @@ from typing import Protocol
 import attrs
 import trio
 
-from realtimed.gateway.frames import Frame
+from realtimed.delivery.frames import Frame
 
 
 @attrs.frozen

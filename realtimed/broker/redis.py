@@ -62,8 +62,8 @@ from realtimed import metrics
 from realtimed.broker.base import Close, Delivery
 from realtimed.broker.redis_url import RedisTarget, parse_redis_url
 from realtimed.config import BrokerConfig
+from realtimed.delivery.frames import Frame
 from realtimed.errors import Unavailable
-from realtimed.gateway.frames import Frame
 
 log = logging.getLogger(__name__)
 

@@ -57,6 +57,7 @@ from realtimed.auth import Claims, token_deadline
 from realtimed.clock import WallClock, iso
 from realtimed.config import Config
 from realtimed.deadlines import Deadlines
+from realtimed.delivery.router import Router
 from realtimed.errors import (
     CLOSE_BANNED,
     CLOSE_DISCONNECTED,
@@ -72,7 +73,6 @@ from realtimed.gateway.bans import Bans
 from realtimed.gateway.client import ClientSession
 from realtimed.live import Live
 from realtimed.protocol import encode_event
-from realtimed.router import Router
 
 __all__ = ["SOCKETS", "Admission", "Gateway", "Refusal", "SessionHooks", "ban_until"]
 

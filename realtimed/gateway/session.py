@@ -39,9 +39,9 @@ from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from realtimed import protocol
+from realtimed.delivery.frames import Frame, close_frame, ws_frame
 from realtimed.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG
 from realtimed.gateway.client import ClientSession
-from realtimed.gateway.frames import Frame, close_frame, ws_frame
 
 if TYPE_CHECKING:
     from realtimed.config import Config

@@ -44,9 +44,11 @@ import trio
 from prometheus_client import Counter
 
 from realtimed import metrics, protocol
+from realtimed.api.ops import Caller, OpRegistry
 from realtimed.auth import Claims, TokenVerifier
 from realtimed.clock import iso
 from realtimed.config import Config
+from realtimed.delivery.frames import PING_FRAME
 from realtimed.errors import (
     CLOSE_AUTH_TIMEOUT,
     CLOSE_RATE_ABUSE,
@@ -60,9 +62,7 @@ from realtimed.errors import (
     TokenExpired,
     Unauthorized,
 )
-from realtimed.gateway.frames import PING_FRAME
 from realtimed.gateway.gateway import Gateway
-from realtimed.gateway.ops import Caller, OpRegistry
 from realtimed.gateway.session import Session
 from realtimed.http.listener import RequestHead
 from realtimed.live import Live

@@ -1,7 +1,7 @@
 """The HTTP doors on quart-trio: health, metrics, the server API and the client REST,
 plus the configured static folders (static.py) and, in development, /dev/token (dev.py).
 
-Each capability describes its routes (``realtimed.http.routes``) and hands them
+Each capability describes its routes (``realtimed.api.routes``) and hands them
 over from its ``routes()`` function; ``create_app`` serves the list it is given,
 by default ``capability_routes()``, each under its door's prefix (``/server/v1``,
 ``/api/v1``). This module checks credentials for each door, charges each client
@@ -23,10 +23,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from realtimed import metrics
-from realtimed.config import is_loopback, parse_host_port
-from realtimed.errors import ApiError, Internal, NotFound, PayloadTooLarge, Unauthorized
-from realtimed.http import budgets
-from realtimed.http.routes import (
+from realtimed.api.routes import (
     CLIENT_PREFIX,
     SERVER_PREFIX,
     Route,
@@ -38,6 +35,9 @@ from realtimed.http.routes import (
     route,
     services,
 )
+from realtimed.config import is_loopback, parse_host_port
+from realtimed.errors import ApiError, Internal, NotFound, PayloadTooLarge, Unauthorized
+from realtimed.http import budgets
 from realtimed.services import Services
 
 __all__ = [

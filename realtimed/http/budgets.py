@@ -31,8 +31,8 @@ import orjson
 import trio
 from quart import request
 
+from realtimed.api.limits import UserOpLimiter
 from realtimed.config import GatewayConfig
-from realtimed.gateway.limits import UserOpLimiter
 
 #: A route: its method and its rule under ``/api/v1`` (``HEAD`` counts as ``GET``).
 Route: TypeAlias = tuple[str, str]

@@ -17,8 +17,7 @@ from typing import Any, Final
 
 import attrs
 
-from realtimed.errors import NotFound
-from realtimed.http.routes import (
+from realtimed.api.routes import (
     Kind,
     Named,
     QueryChoice,
@@ -32,6 +31,7 @@ from realtimed.http.routes import (
     services,
     wire,
 )
+from realtimed.errors import NotFound
 from realtimed.protocol import JsonSchema
 from realtimed.store.base import JOB_STATUSES, Store
 

@@ -9,7 +9,7 @@ Two documents, both fetched without a credential:
   JWT, ``userToken``) and the SSE stream (the JWT in the header or as
   ``?token=``, ``userTokenQuery``, since ``EventSource`` cannot set headers).
 
-Every operation is a ``Route`` of ``realtimed.http.routes``: its parameters and
+Every operation is a ``Route`` of ``realtimed.api.routes``: its parameters and
 request body are the schemas of the request type its handler is given (the
 same objects that check the request), its 200 answer the schema of its response
 type. ``POST /api/v1/ops/{op}`` is described once per op, from the op's
@@ -25,8 +25,8 @@ from typing import Any, Final
 from quart import current_app
 
 from realtimed import __version__, protocol
+from realtimed.api.routes import CLIENT_PREFIX, Named, Route, Schema, openapi_path, route, services
 from realtimed.config import Config
-from realtimed.http.routes import CLIENT_PREFIX, Named, Route, Schema, openapi_path, route, services
 from realtimed.protocol import OP_SPECS, JsonSchema
 
 __all__ = ["DOCUMENT_DOORS", "build_documents", "op_operation_id", "routes"]

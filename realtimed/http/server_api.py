@@ -1,7 +1,7 @@
 """The server API (``/server/v1``): the application's backend publishes and steers.
 
 The door checks the API key before any route here runs (``http/app.py``). Each
-route's request and response types are declared with it (``realtimed.http.routes``).
+route's request and response types are declared with it (``realtimed.api.routes``).
 """
 
 from __future__ import annotations
@@ -11,10 +11,7 @@ from typing import Any, Final
 import attrs
 
 from realtimed import protocol
-from realtimed.clock import iso
-from realtimed.errors import NotFound
-from realtimed.gateway.gateway import Gateway, ban_until
-from realtimed.http.routes import (
+from realtimed.api.routes import (
     AnyJson,
     EventName,
     ExactlyOne,
@@ -33,7 +30,10 @@ from realtimed.http.routes import (
     services,
     wire,
 )
-from realtimed.router import Router
+from realtimed.clock import iso
+from realtimed.delivery.router import Router
+from realtimed.errors import NotFound
+from realtimed.gateway.gateway import Gateway, ban_until
 
 __all__ = ["CONNECTION", "routes"]
 

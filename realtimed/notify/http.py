@@ -26,9 +26,7 @@ import attrs
 from quart import g
 
 from realtimed import protocol
-from realtimed.clock import parse_iso
-from realtimed.errors import ValidationFailed
-from realtimed.http.routes import (
+from realtimed.api.routes import (
     Checked,
     Named,
     OpCall,
@@ -46,6 +44,8 @@ from realtimed.http.routes import (
     services,
     wire,
 )
+from realtimed.clock import parse_iso
+from realtimed.errors import ValidationFailed
 from realtimed.notify.service import NotifyService
 from realtimed.push.messages import check_message, string_data
 

@@ -17,10 +17,10 @@ from prometheus_client import Counter
 
 from realtimed.clock import WallClock
 from realtimed.config import IN_APP_CHANNEL
+from realtimed.delivery.router import Router
 from realtimed.metrics import REGISTRY
 from realtimed.notify.channel import Delivery, Receipt
 from realtimed.notify.checks import NotificationCheck
-from realtimed.router import Router
 from realtimed.store.base import NewNotification, Store
 
 __all__ = ["InAppChannel"]

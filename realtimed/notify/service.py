@@ -46,10 +46,11 @@ import attrs
 import trio
 from prometheus_client import Counter
 
+from realtimed.api.ops import Caller, OpRegistry
 from realtimed.clock import WallClock, iso
 from realtimed.config import Config, NotificationTypeConfig, NotifyConfig
+from realtimed.delivery.router import Router
 from realtimed.errors import ApiError, ValidationFailed
-from realtimed.gateway.ops import Caller, OpRegistry
 from realtimed.jobs.payload import PayloadError
 from realtimed.jobs.runner import JobContext, JobRunner
 from realtimed.live import Live
@@ -85,7 +86,6 @@ from realtimed.notify.policy import (
 )
 from realtimed.notify.templates import TemplateError, render
 from realtimed.notify.types import type_table
-from realtimed.router import Router
 from realtimed.store.base import NotificationPreference, Store, UserSettings
 
 __all__ = ["CHAT_TYPE", "NotifyService"]

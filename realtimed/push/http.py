@@ -25,10 +25,8 @@ import attrs
 from quart import g
 
 from realtimed import protocol
-from realtimed.config import Config
-from realtimed.errors import PayloadTooLarge, Unavailable, ValidationFailed
-from realtimed.http import validate
-from realtimed.http.routes import (
+from realtimed.api import validate
+from realtimed.api.routes import (
     Checked,
     Empty,
     ExactlyOne,
@@ -45,6 +43,8 @@ from realtimed.http.routes import (
     services,
     wire,
 )
+from realtimed.config import Config
+from realtimed.errors import PayloadTooLarge, Unavailable, ValidationFailed
 from realtimed.protocol import JsonSchema
 from realtimed.push.messages import build_message, check_message, merge_platform
 from realtimed.push.service import TOPIC_PATTERN, PushService

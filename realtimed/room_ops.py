@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from realtimed import protocol
+from realtimed.api.ops import Caller, OpRegistry
 from realtimed.auth import Claims
 from realtimed.clock import WallClock, iso
 from realtimed.config import Config, NamespaceConfig
+from realtimed.delivery.router import Router
 from realtimed.errors import Forbidden, ValidationFailed
-from realtimed.gateway.ops import Caller, OpRegistry
 from realtimed.live import Live
-from realtimed.router import Router
 
 
 def may_subscribe(claims: Claims, ns: NamespaceConfig, room: str) -> bool:

@@ -23,9 +23,8 @@ from realtimed import metrics, protocol
 from realtimed.broker.base import Broker, Close, Delivery
 from realtimed.clock import WallClock, iso
 from realtimed.config import Config, NamespaceConfig
-from realtimed.errors import Unavailable
-from realtimed.gateway.frames import Frame
-from realtimed.gateway.rooms import (
+from realtimed.delivery.frames import Frame
+from realtimed.delivery.rooms import (
     HistoryBackend,
     MemoryHistory,
     MemoryRoomPresence,
@@ -34,6 +33,7 @@ from realtimed.gateway.rooms import (
     Recovery,
     RoomPresenceBackend,
 )
+from realtimed.errors import Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -39,9 +39,9 @@ import orjson
 from quart import Response, current_app, request
 
 from realtimed import protocol
+from realtimed.api import validate
 from realtimed.config import Config
 from realtimed.errors import BadRequest, ValidationFailed
-from realtimed.http import validate
 from realtimed.protocol import OP_SPECS, JsonSchema
 from realtimed.services import Services
 

@@ -20,8 +20,8 @@ import attrs
 import trio
 
 from realtimed import protocol
+from realtimed.api.limits import UserOpLimiter
 from realtimed.errors import BadRequest
-from realtimed.gateway.limits import UserOpLimiter
 
 if TYPE_CHECKING:
     from realtimed.auth import Claims

@@ -226,7 +226,7 @@ class RedisPresence:
     """``PresenceBackend`` and ``RoomPresenceBackend`` in Redis.
 
     See ``realtimed.presence.PresenceBackend`` and
-    ``realtimed.gateway.rooms.RoomPresenceBackend`` for the promises.
+    ``realtimed.delivery.rooms.RoomPresenceBackend`` for the promises.
 
     Args:
         client: the broker's Redis client.

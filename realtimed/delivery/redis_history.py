@@ -28,7 +28,7 @@ import orjson
 
 from realtimed.broker.redis import RedisClient, redis_call, text
 from realtimed.config import NamespaceConfig
-from realtimed.gateway.rooms import Publication, Recovery
+from realtimed.delivery.rooms import Publication, Recovery
 from realtimed.protocol import encode_json
 
 # The epoch belongs to one replication history of the server: a replica promoted by a
