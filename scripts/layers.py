@@ -59,6 +59,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "realtimed.chat",
             "realtimed.presence",
             "realtimed.typing_state",
+            "realtimed.redis_presence",
+            "realtimed.redis_typing",
             "realtimed.room_ops",
             "realtimed.notify",
             "realtimed.push",

@@ -26,7 +26,7 @@ from realtimed.errors import BadRequest
 if TYPE_CHECKING:
     from realtimed.auth import Claims
     from realtimed.config import Config
-    from realtimed.gateway.session import Session
+    from realtimed.delivery.router import Recipient
     from realtimed.live import Live
 
 
@@ -37,14 +37,15 @@ class Caller:
     Attributes:
         user_id: the authenticated user.
         claims: the token's claims.
-        session: the socket, when the op came over one (None over REST).
+        session: the socket, when the op came over one (None over REST); typed as
+            what the router needs of it, so the registry knows no transport.
         after_reply: coroutines run once the reply has been written, for events
             that must follow it (``room.joined`` after ``subscribe``).
     """
 
     user_id: str
     claims: Claims
-    session: Session | None = None
+    session: Recipient | None = None
     after_reply: list[Callable[[], Awaitable[None]]] = attrs.field(factory=list)
 
 
