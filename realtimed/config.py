@@ -44,7 +44,13 @@ from typing import Any, Final, Literal, TypeVar, Union, get_args, get_origin
 import attrs
 
 from realtimed.errors import ConfigError
-from realtimed.protocol import DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH, MAX_STORED_JSON_DEPTH, json_depth_path
+from realtimed.protocol import (
+    DEFAULT_MAX_JSON_DEPTH,
+    MAX_JSON_DEPTH,
+    MAX_NOTIFICATION_TYPE_CHARS,
+    MAX_STORED_JSON_DEPTH,
+    json_depth_path,
+)
 
 __all__ = ["Config", "ConfigError", "load_config"]
 
@@ -1269,8 +1275,8 @@ def _check_notify(cfg: Config, problems: _Problems) -> None:
     names: set[str] = set()
     for i, nt in enumerate(cfg.notify.types):
         key = f"notify.types[{i}]"
-        if not nt.name or not all(c.isalnum() or c in "_.-" for c in nt.name) or len(nt.name) > 64:
-            problems.add(f"{key}.name", f"must be 1 to 64 letters, digits, _ . or -, got {nt.name!r}")
+        if not nt.name or not all(c.isalnum() or c in "_.-" for c in nt.name) or len(nt.name) > MAX_NOTIFICATION_TYPE_CHARS:
+            problems.add(f"{key}.name", f"must be 1 to {MAX_NOTIFICATION_TYPE_CHARS} letters, digits, _ . or -, got {nt.name!r}")
         elif nt.name in names:
             problems.add(f"{key}.name", f"duplicate type {nt.name!r}")
         names.add(nt.name)

@@ -111,6 +111,8 @@ MAX_TITLE_CHARS: Final = 200
 MAX_STATUS_MESSAGE_CHARS: Final = 200
 MAX_MEDIA_URL_CHARS: Final = 2048
 MAX_PRESENCE_QUERY: Final = 200
+# A notification type's name (notify.types[].name), as configured and as sent.
+MAX_NOTIFICATION_TYPE_CHARS: Final = 64
 MAX_MEMBER_IDS: Final = 10_000
 MAX_NOTIFICATION_IDS: Final = 1000
 # Sequence numbers and versions are stored as signed 64-bit integers.

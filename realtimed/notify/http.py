@@ -52,7 +52,6 @@ from realtimed.push.messages import check_message, string_data
 __all__ = ["PREFERENCES", "routes"]
 
 MAX_DEDUPE_KEY_CHARS: Final = 200
-MAX_USER_ID_CHARS: Final = 128
 MAX_ID_CHARS: Final = 100
 
 
@@ -104,13 +103,13 @@ class NotifyInput:
     user_ids: list[str] = wire(
         TextList(
             lambda cfg: cfg.notify.max_recipients,
-            max_len=MAX_USER_ID_CHARS,
+            max_len=protocol.MAX_USER_ID_CHARS,
             each=protocol.validate_user_id,
             items={"$ref": "#/components/schemas/UserId"},
             description="the recipients (up to notify.max_recipients)",
         )
     )
-    type: str = wire(Text(max_len=64, description="a notification type of the configuration (notify.types)"))
+    type: str = wire(Text(max_len=protocol.MAX_NOTIFICATION_TYPE_CHARS, description="a notification type of the configuration (notify.types)"))
     dedupe_key: str | None = wire(
         Text(max_len=MAX_DEDUPE_KEY_CHARS, required=False, description="a repeated key notifies nobody again")
     )
