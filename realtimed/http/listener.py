@@ -437,6 +437,9 @@ class Listener:
                 # itself once the bytes that came with the PROXY header are read.
                 if isinstance(raw, _Prefixed) and raw.drained and conn is raw:
                     conn = raw.transport_stream
+                # The guard (its parser and buffers) is done with a WebSocket connection: let it
+                # go rather than keep it alive for the whole session.
+                guard = None
                 await self.ws_handler(conn, head, client)
                 return
             await guard.serve(self._serve_http)
