@@ -115,7 +115,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     path = args.config if args.config is not None else _default_config_path()
     cfg = _load(path)
-    logs.setup_logging(cfg.log.level, cfg.log.format)
+    logs.setup_logging(cfg.log.level, cfg.log.format, include_user_ids=cfg.log.include_user_ids)
     if args.workers > 1:
         from realtimed.workers import Supervisor, refusal
 
@@ -129,16 +129,45 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:
-        reason = _fatal_reason(exc)
-        if reason is None:
+        if isinstance(exc, SystemExit):
             raise
-        print(f"realtimed: cannot run: {reason}", file=sys.stderr)
+        _report_fatal("cannot run", exc)
         return EXIT_FAILURE
     return EXIT_OK
 
 
+def _report_fatal(what: str, exc: BaseException) -> None:
+    """One line on stderr (``<3>`` first under the journal) for a failure that stops a command.
+
+    A known condition is the line alone; anything else is logged with its
+    traceback at debug level, and the line names the exception.
+    """
+    import logging
+
+    from realtimed import logs
+
+    reason = _fatal_reason(exc)
+    if reason is None:
+        logging.getLogger("realtimed.cli").debug("%s", what, exc_info=exc)
+        leaf = _first_leaf(exc)
+        reason = (
+            f"unexpected {type(leaf).__name__}: {leaf or '(no message)'} "
+            '(set log.level = "debug" to log its traceback, and report it)'
+        )
+    logs.fatal(f"{what}: {reason}")
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _fatal_reason(exc: BaseException) -> str | None:
-    """The operator-facing reason for a failure to start or run, if it is one we know."""
+    """The operator-facing reason for a failure to start or run, if it is one we know (one line)."""
+    import errno
+    import ssl
+
     from realtimed.errors import RealtimedError
 
     if isinstance(exc, BaseExceptionGroup):
@@ -147,8 +176,16 @@ def _fatal_reason(exc: BaseException) -> str | None:
             if reason is not None:
                 return reason
         return None
-    if isinstance(exc, (RealtimedError, OSError)):
-        return str(exc) or type(exc).__name__
+    if isinstance(exc, RealtimedError):
+        return " ".join((str(exc) or type(exc).__name__).split())
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed: {exc.reason or exc}; check the certificate and key files (http.tls_cert_file, http.tls_key_file)"
+    if isinstance(exc, OSError):
+        if exc.errno == errno.EADDRINUSE:
+            return f"an address is already in use ({exc.strerror}); stop what holds the port or change http.listen"
+        if exc.filename is not None:
+            return f"cannot read {exc.filename} ({exc.strerror}); fix the path or let the daemon's user read it"
+        return " ".join((str(exc) or type(exc).__name__).split())
     return None
 
 
@@ -269,7 +306,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     try:
         applied = trio.run(main)
     except Exception as exc:
-        print(f"realtimed: migration failed: {exc}", file=sys.stderr)
+        _report_fatal("migration failed", exc)
         return EXIT_FAILURE
     for name in applied:
         print(f"applied {name}")

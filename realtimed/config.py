@@ -227,6 +227,9 @@ class HttpConfig:
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = _f("info", "log level (reloads on SIGHUP)")
     format: Literal["text", "json"] = _f("text", "text for journald, json for log shippers")
+    include_user_ids: bool = _f(
+        True, "whether JSON log lines carry the user field (false leaves user ids out of it; reloads on SIGHUP)"
+    )
 
 
 @attrs.frozen

@@ -39,6 +39,7 @@ from realtimed.chat import ChatService
 from realtimed.clock import SystemClock, WallClock
 from realtimed.config import DEV_API_KEY, DEV_HS256_SECRET, Config, ConfigError, load_config, parse_host_port
 from realtimed.delivery.router import Router
+from realtimed.errors import OperatorError
 from realtimed.gateway.bans import Bans
 from realtimed.gateway.gateway import Gateway, SessionHooks
 from realtimed.gateway.websocket import WebSocketDoor
@@ -100,6 +101,7 @@ class Daemon:
         self.config_path = config_path
         self.clock: WallClock = clock or SystemClock()
         self.node = cfg.server.node_id
+        logs.set_node(self.node)
         # What a reload replaces; every service holding one of these sees the new value
         # (the verifier and the API keys are built with the services, in ``_wire``).
         self._config = Live(cfg)
@@ -358,8 +360,8 @@ class Daemon:
             log.warning("reload: changes to [%s] take effect after a restart", "], [".join(restart_needed))
             # Keep the running values of what cannot change live.
             new = attrs.evolve(new, **{name: getattr(old, name) for name in restart_needed})
-        if (old.log.level, old.log.format) != (new.log.level, new.log.format):
-            logs.setup_logging(new.log.level, new.log.format)
+        if old.log != new.log:
+            logs.setup_logging(new.log.level, new.log.format, include_user_ids=new.log.include_user_ids)
             log.info("reload: log level %s, format %s", new.log.level, new.log.format)
         self.cfg = new
         self._config.value = new
@@ -401,7 +403,20 @@ def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
     if not cfg.http.tls_cert_file:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cfg.http.tls_cert_file, cfg.http.tls_key_file)
+    try:
+        # A key that asks for a passphrase gets none rather than a prompt: the daemon has no one to ask.
+        ctx.load_cert_chain(cfg.http.tls_cert_file, cfg.http.tls_key_file, password=lambda: b"")
+    except OSError as exc:
+        # ssl.SSLError is an OSError: a file that is not PEM, or a key that does not match the certificate.
+        if isinstance(exc, ssl.SSLError):
+            detail = f"not a PEM certificate and its matching PEM key ({exc.reason or exc})"
+        else:
+            detail = f"{exc.filename or cfg.http.tls_cert_file}: {exc.strerror or exc}"
+        raise OperatorError(
+            f"cannot load the TLS certificate {cfg.http.tls_cert_file} and key {cfg.http.tls_key_file} "
+            f"(http.tls_cert_file, http.tls_key_file): {detail}; give a matching, readable PEM pair "
+            "(realtimed check-config FILE checks it)"
+        ) from exc
     ctx.set_alpn_protocols(["h2", "http/1.1"])
     return ctx
 

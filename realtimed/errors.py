@@ -4,6 +4,10 @@ Hierarchy::
 
     RealtimedError
      ├─ ConfigError                 the configuration is invalid (carries every problem)
+     ├─ OperatorError               something the operator can fix stops the daemon: a database,
+     │                              role or password, Redis, a port in use, a file, a TLS pair;
+     │                              its message is one line naming the thing, its address
+     │                              (never a password) and what to do
      └─ ApiError                    an error a client or the app's backend receives
          ├─ BadRequest              BAD_REQUEST: not JSON, not an object, unknown op
          ├─ ValidationFailed        VALIDATION_ERROR: a field is missing, of the wrong type or out of range
@@ -76,6 +80,10 @@ HTTP_STATUS: Final[dict[str, int]] = {
 
 class RealtimedError(Exception):
     """Base of every error realtimed raises on purpose."""
+
+
+class OperatorError(RealtimedError):
+    """A condition the operator can fix; ``str()`` is the one line ``run`` and ``migrate`` print."""
 
 
 class ConfigError(RealtimedError):

@@ -35,7 +35,8 @@ import coredis
 import orjson
 import trio
 
-from realtimed.broker.redis import LINK_ERRORS, redis_call, text
+from realtimed import logs
+from realtimed.broker.redis import LINK_ERRORS, describe_link_error, redis_call, text
 from realtimed.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -329,6 +330,8 @@ class RedisPresence:
         except (Unavailable, *LINK_ERRORS) as exc:
             log.warning("node %s: presence left by a previous run not reaped yet: %s", self.node, exc)
         task_status.started()
+        # A Redis outage is said once, then at a doubling interval with a count.
+        outage = logs.Repeated(log, first_interval_s=10.0, max_interval_s=300.0)
         while True:
             try:
                 if self._previous_run_pending:
@@ -338,7 +341,9 @@ class RedisPresence:
                     await self.on_resync()
                 await self.reap()
             except (Unavailable, *LINK_ERRORS) as exc:
-                log.warning("node %s: presence heartbeat failed: %s", self.node, exc)
+                outage.failed(trio.current_time(), "node %s: presence heartbeat failed: %s", self.node, describe_link_error(exc))
+            else:
+                outage.recovered(trio.current_time(), "node %s: presence heartbeats written again", self.node)
             await trio.sleep(period)
 
     async def heartbeat(self) -> None:

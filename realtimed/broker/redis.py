@@ -58,9 +58,9 @@ from coredis.patterns.pubsub import BasePubSub
 from coredis.retry import ConstantRetryPolicy
 from prometheus_client import Counter, Gauge
 
-from realtimed import metrics
+from realtimed import logs, metrics
 from realtimed.broker.base import Close, Delivery
-from realtimed.broker.redis_url import RedisTarget, parse_redis_url
+from realtimed.broker.redis_url import RedisTarget, parse_redis_url, redis_address
 from realtimed.config import BrokerConfig
 from realtimed.delivery.frames import Frame
 from realtimed.errors import Unavailable
@@ -94,6 +94,18 @@ async def redis_call(what: str, call: Awaitable[_T], *, timeout_s: float) -> _T:
             return await call
     except LINK_ERRORS as exc:
         raise Unavailable(f"{what} unavailable: {exc or type(exc).__name__}") from exc
+
+
+def describe_link_error(exc: BaseException) -> str:
+    """One line for a Redis link failure: the first real error inside task groups, never the group's own phrase."""
+    while isinstance(exc, BaseExceptionGroup):
+        inner = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)]
+        if not inner:
+            break
+        exc = inner[0]
+    if isinstance(exc, trio.TooSlowError):
+        return "no answer in time (broker.timeout_s)"
+    return " ".join((str(exc) or type(exc).__name__).split())
 
 
 def text(value: Any) -> str:
@@ -241,6 +253,9 @@ class RedisBroker:
         self._outbox_ready = trio.Event()
         self.connected = False
         self._last_error = "not connected yet"
+        self._address = redis_address(cfg.redis_url)
+        # One line when the link goes down or cannot be made, then one at a doubling interval, with a count.
+        self._outage = logs.Repeated(log, first_interval_s=10.0, max_interval_s=300.0)
 
     @property
     def client(self) -> RedisClient:
@@ -515,13 +530,23 @@ class RedisBroker:
 
     def _set_connected(self, up: bool) -> None:
         if up and not self.connected:
-            log.info("node %s: broker connected to Redis (%d channels)", self.node, len(self._channels) + 1)
+            if self._outage.failing:
+                self._outage.recovered(
+                    trio.current_time(), "node %s: broker connected to Redis at %s again (%d channels)",
+                    self.node, self._address, len(self._channels) + 1,
+                )
+            else:
+                log.info("node %s: broker connected to Redis at %s (%d channels)", self.node, self._address, len(self._channels) + 1)
         self.connected = up
         BROKER_UP.set(1 if up else 0)
 
     def _note_down(self, exc: BaseException) -> None:
         self._confirm()  # nobody waits on a link that is down; the reconnect subscribes to all
-        self._last_error = str(exc) or type(exc).__name__
-        if self.connected:
-            log.warning("node %s: broker lost Redis: %s", self.node, self._last_error)
+        self._last_error = describe_link_error(exc)
+        self._outage.failed(
+            trio.current_time(),
+            "node %s: Redis at %s is unreachable (%s); this node serves only its own sessions until it is back: "
+            "start Redis or fix broker.redis_url",
+            self.node, self._address, self._last_error,
+        )
         self._set_connected(False)

@@ -176,3 +176,15 @@ def _options(query: str) -> dict[str, str]:
     except ValueError:
         raise ValueError("malformed query: expected name=value&name=value") from None
     return dict(pairs)
+
+
+def redis_address(url: str) -> str:
+    """Where ``url`` points, for a message: its hosts (and service), never a user or password."""
+    scheme, _, rest = url.partition("://")
+    location, _, path = rest.partition("#")[0].partition("?")[0].partition("/")
+    if scheme.lower() == "unix":
+        return f"unix:/{path}"
+    hosts = location.rpartition("@")[2]
+    if scheme.lower() == SENTINEL_SCHEME:
+        return f"{hosts} (sentinels of {path.partition('/')[0]})"
+    return hosts or "localhost:6379"

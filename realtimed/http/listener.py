@@ -49,7 +49,7 @@ from hypercorn.trio.worker_context import WorkerContext
 
 from realtimed import metrics
 from realtimed.config import Config
-from realtimed.errors import NotFound
+from realtimed.errors import NotFound, OperatorError
 from realtimed.http import proxy_protocol
 from realtimed.http.forwarded import TrustedProxies, canonical, parse_ip
 from realtimed.http.framing import RequestHead as RequestHead
@@ -242,10 +242,13 @@ class Listener:
         self._cfg = cfg
 
     async def run(self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED) -> None:
-        if self._reuse_port:
-            self._listeners = await self._open_shared()
-        else:
-            self._listeners = await trio.open_tcp_listeners(self.port, host=self.host, backlog=self._cfg.http.backlog)
+        try:
+            if self._reuse_port:
+                self._listeners = await self._open_shared()
+            else:
+                self._listeners = await trio.open_tcp_listeners(self.port, host=self.host, backlog=self._cfg.http.backlog)
+        except OSError as exc:
+            raise OperatorError(self._cannot_listen(exc)) from exc
         self.bound = []
         for listener in self._listeners:
             sockname = listener.socket.getsockname()
@@ -267,6 +270,19 @@ class Listener:
                 with trio.move_on_after(1) as cleanup:
                     cleanup.shield = True
                     await listener.aclose()
+
+    def _cannot_listen(self, exc: OSError) -> str:
+        key = "http.listen" if self.role == "client" else "http.internal_listen"
+        address = f"[{self.host}]:{self.port}" if self.host and ":" in self.host else f"{self.host}:{self.port}"
+        if exc.errno == errno.EADDRINUSE:
+            hint = "another program (or another realtimed) holds it: stop it, or change " + key
+        elif exc.errno == errno.EACCES:
+            hint = f"ports below 1024 need CAP_NET_BIND_SERVICE: grant it, or change {key}"
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            hint = f"no interface of this machine has that address: change {key}"
+        else:
+            hint = f"check {key}"
+        return f"cannot listen on {address} ({key}): {exc.strerror or exc}; {hint}"
 
     async def _open_shared(self) -> list[trio.SocketListener]:
         """Listening sockets with SO_REUSEPORT, so that several worker processes share the port."""

@@ -19,7 +19,7 @@ import inspect
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["check_postgres_dsn"]
+__all__ = ["check_postgres_dsn", "describe_postgres_dsn", "postgres_operator_message"]
 
 _MASK: Final = "***"
 # Shorter pieces are not masked: they would garble the message and hide little.
@@ -105,3 +105,63 @@ def check_postgres_dsn(dsn: str) -> None:
     except Exception as exc:  # whatever asyncpg raises here, connecting would raise too
         raise ValueError(f"not a PostgreSQL URL asyncpg can use: {_reason(exc, dsn)}") from None
 
+
+
+def describe_postgres_dsn(dsn: str) -> tuple[str, str, str]:
+    """``(address, user, database)`` of ``dsn`` for a message: ``host:port/db``, never the password.
+
+    Unknown pieces read as asyncpg's defaults would (port 5432, the database named
+    like the user); this is for messages only, not for connecting.
+    """
+    try:
+        parts = urlsplit(dsn)
+        netloc = parts.netloc
+        path = parts.path
+    except ValueError:
+        netloc = dsn.partition("://")[2].split("/", 1)[0]
+        path = "/" + dsn.partition("://")[2].partition("/")[2].split("?", 1)[0]
+    userinfo, _, hosts = netloc.rpartition("@")
+    user = unquote(userinfo.partition(":")[0]) or "postgres"
+    database = unquote(path.lstrip("/")) or user
+    shown_hosts = ",".join(h if ":" in h.rpartition("]")[2] else f"{h}:5432" for h in hosts.split(",") if h)
+    return f"{shown_hosts or 'localhost:5432'}/{database}", user, database
+
+
+def postgres_operator_message(exc: BaseException, dsn: str) -> str | None:
+    """The one line for an operator when connecting with ``dsn`` failed with ``exc``; None if unknown."""
+    import asyncpg
+
+    address, user, database = describe_postgres_dsn(dsn)
+    if isinstance(exc, asyncpg.exceptions.InvalidCatalogNameError):
+        return (
+            f"PostgreSQL at {address}: database {database!r} does not exist; "
+            f"create it (createdb -O {user} {database}) or fix the database name in store.postgres_dsn"
+        )
+    if isinstance(exc, asyncpg.exceptions.InvalidPasswordError):
+        return (
+            f"PostgreSQL at {address}: the password of role {user!r} was refused; "
+            "fix the password in store.postgres_dsn (or its credential file) or the role's password on the server"
+        )
+    if isinstance(exc, asyncpg.exceptions.InvalidAuthorizationSpecificationError):
+        detail = _masked(str(exc) or type(exc).__name__, dsn)
+        return (
+            f"PostgreSQL at {address}: role {user!r} may not connect ({detail}); "
+            f"create the role (createuser {user}), allow it in pg_hba.conf, or fix the user in store.postgres_dsn"
+        )
+    if isinstance(exc, asyncpg.exceptions.PostgresError):
+        return None
+    if isinstance(exc, (OSError, asyncpg.exceptions.InterfaceError)) or type(exc).__name__ == "Unavailable":
+        detail = _masked(str(exc) or type(exc).__name__, dsn)
+        if isinstance(exc, TimeoutError):
+            detail = "no answer in time (store.connect_timeout_s)"
+        return (
+            f"PostgreSQL at {address} is unreachable ({detail}); "
+            "start the server, or fix the host and port in store.postgres_dsn"
+        )
+    return None
+
+
+def _masked(text: str, dsn: str) -> str:
+    for secret in _secrets(dsn):
+        text = text.replace(secret, _MASK)
+    return text

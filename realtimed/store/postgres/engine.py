@@ -46,7 +46,8 @@ import trio_asyncio
 
 from realtimed.clock import WallClock
 from realtimed.config import StoreConfig
-from realtimed.errors import Unavailable
+from realtimed.errors import OperatorError, Unavailable
+from realtimed.store.dsn import postgres_operator_message
 from realtimed.store.jobs import JobWakeups
 from realtimed.store.schema import load_migrations, pending_migrations
 from realtimed.store.values import PG_CODEC, dumps, loads, utc
@@ -240,6 +241,24 @@ class PostgresEngine(JobWakeups):
 
     # -- lifecycle -------------------------------------------------------------------------------
 
+    async def _starting(self, call: Awaitable[_T]) -> _T:
+        """Await a start-up call, worded for the operator when it fails for a reason they can fix.
+
+        A missing database or role, or a refused password, is an ``OperatorError``; an
+        unreachable server stays ``Unavailable``, with the address and what to do.
+        """
+        try:
+            return await call
+        except (Unavailable, asyncpg.exceptions.PostgresError, OSError) as exc:
+            cause = exc.__cause__ if isinstance(exc, Unavailable) and exc.__cause__ is not None else exc
+            message = postgres_operator_message(cause, self.dsn)
+            if message is None:
+                raise
+            if isinstance(exc, Unavailable):
+                # Still Unavailable (a server that may come back), now worded for the operator.
+                raise Unavailable(message) from exc
+            raise OperatorError(message) from exc
+
     async def _connect_one(self) -> Conn:
         return await asyncpg.connect(
             self.dsn,
@@ -264,7 +283,7 @@ class PostgresEngine(JobWakeups):
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations now (the ``realtimed migrate`` command); returns their names."""
-        applied = await self._aio(self._migrate_aio, True, timeout_s=None)
+        applied = await self._starting(self._aio(self._migrate_aio, True, timeout_s=None))
         for name in applied:
             log.info("store: applied migration %s", name)
         return applied
@@ -293,10 +312,10 @@ class PostgresEngine(JobWakeups):
         """
         self._loop = _require_loop()
         try:
-            applied = await self._aio(self._migrate_aio, self.config.apply_migrations, timeout_s=None)
+            applied = await self._starting(self._aio(self._migrate_aio, self.config.apply_migrations, timeout_s=None))
             for name in applied:
                 log.info("store: applied migration %s", name)
-            self._pool = await self._aio(self._create_pool, timeout_s=self._call_timeout_s)
+            self._pool = await self._starting(self._aio(self._create_pool, timeout_s=self._call_timeout_s))
             log.info("store: PostgreSQL ready (pool %d to %d)", self.config.pool_min, self.config.pool_max)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._listen_forever)

@@ -44,7 +44,7 @@ import trio
 
 from realtimed.clock import WallClock
 from realtimed.config import StoreConfig
-from realtimed.errors import Unavailable
+from realtimed.errors import OperatorError, Unavailable
 from realtimed.store.jobs import JobWakeups
 from realtimed.store.schema import Migration, load_migrations, pending_migrations
 from realtimed.store.values import SQLITE_CODEC, dumps, to_micros
@@ -176,7 +176,17 @@ class SQLiteEngine(JobWakeups):
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations now (the ``realtimed migrate`` command); returns their names."""
-        return await trio.to_thread.run_sync(self._migrate_sync, True)
+        try:
+            return await trio.to_thread.run_sync(self._migrate_sync, True)
+        except (sqlite3.Error, OSError) as exc:
+            raise OperatorError(self._cannot_open(exc)) from exc
+
+    def _cannot_open(self, exc: BaseException) -> str:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        return (
+            f"cannot open the SQLite store {self.path} ({detail}); make its folder exist and be writable by the "
+            "daemon's user, or fix server.state_dir / store.sqlite_path"
+        )
 
     def _migrate_sync(self, apply: bool) -> list[str]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,8 +221,8 @@ class SQLiteEngine(JobWakeups):
         try:
             try:
                 await trio.to_thread.run_sync(open_all)
-            except sqlite3.Error as exc:
-                raise Unavailable(f"cannot open the SQLite store {self.path}: {exc}") from exc
+            except (sqlite3.Error, OSError) as exc:
+                raise OperatorError(self._cannot_open(exc)) from exc
             writer, readers = conns[0], conns[1:]
             send, recv = trio.open_memory_channel[_Write](self.config.sqlite_batch_max)
             self._readers = list(readers)
