@@ -52,7 +52,7 @@ import attrs
 import trio
 from prometheus_client import Counter, Gauge
 
-from realtimed import metrics
+from realtimed import logs, metrics
 from realtimed.auth import Claims, token_deadline
 from realtimed.clock import WallClock, iso
 from realtimed.config import Config
@@ -236,6 +236,7 @@ class Gateway:
             return "closed"
         session.user_id = claims.sub
         session.claims = claims
+        logs.annotate(session=session.id, user=claims.sub)
         session.expires_at = claims.exp
         self.sessions[session.id] = session
         self._by_transport[session.transport] = self._by_transport.get(session.transport, 0) + 1

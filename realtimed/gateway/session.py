@@ -38,7 +38,7 @@ import trio
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from realtimed import protocol
+from realtimed import logs, protocol
 from realtimed.delivery.frames import Frame, close_frame, ws_frame
 from realtimed.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG
 from realtimed.gateway.client import ClientSession
@@ -295,6 +295,8 @@ class Session(ClientSession):
 
     async def run(self, *, leftover: bytes) -> None:
         """Serve the socket until it closes; the upgrade response has been sent."""
+        # Every line logged by the session's tasks carries its id (and its user once admitted).
+        logs.bind_task(session=self.id)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

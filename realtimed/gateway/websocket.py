@@ -43,7 +43,7 @@ from urllib.parse import parse_qs
 import trio
 from prometheus_client import Counter
 
-from realtimed import metrics, protocol
+from realtimed import logs, metrics, protocol
 from realtimed.api.ops import Caller, OpRegistry
 from realtimed.auth import Claims, TokenVerifier
 from realtimed.clock import iso
@@ -385,6 +385,10 @@ class WebSocketDoor:
         self._reply_error(session, request_id, op, RateLimited("too many ops", retry_after_ms=retry_ms))
 
     async def dispatch(self, session: Session, request: protocol.Request) -> None:
+        with logs.bind(op=request.op, request_id=request.id):
+            await self._dispatch(session, request)
+
+    async def _dispatch(self, session: Session, request: protocol.Request) -> None:
         op = request.op
         assert session.claims is not None
         caller = Caller(user_id=session.user_id, claims=session.claims, session=session)

@@ -13,6 +13,8 @@ browser origins.
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -22,7 +24,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from realtimed import metrics
+from realtimed import logs, metrics
 from realtimed.api.routes import (
     CLIENT_PREFIX,
     SERVER_PREFIX,
@@ -57,6 +59,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S: Final = 2.0
+#: Each response carries the request's id; a request may bring its own (from a proxy) if it is a plain token.
+REQUEST_ID_HEADER: Final = "X-Request-Id"
+_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # Server API calls with other methods change state, and are logged with the API key's name.
 _READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
@@ -125,6 +130,10 @@ def create_app(svc: Services, served: Iterable[Route] | None = None) -> QuartTri
     async def _door_checks() -> Response | None:
         s = services()
         path = request.path
+        # Every line this request logs carries its id: the proxy's X-Request-Id when it is a plain token, else our own.
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        g.request_id = given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
+        logs.bind_task(request_id=g.request_id)
         internal = request.scope.get("realtimed.listener") == "internal"
         if internal and not (
             path.startswith(SERVER_PREFIX) or path in ("/metrics", "/healthz", "/readyz")
@@ -138,6 +147,7 @@ def create_app(svc: Services, served: Iterable[Route] | None = None) -> QuartTri
             if key_name is None:
                 return error_response(Unauthorized("a valid API key is required"))
             g.api_key_name = key_name
+            logs.annotate(api_key=key_name)
         if path.startswith(CLIENT_PREFIX):
             origin = request.headers.get("Origin")
             if request.method == "OPTIONS" and origin:
@@ -150,6 +160,7 @@ def create_app(svc: Services, served: Iterable[Route] | None = None) -> QuartTri
             if token is None or s.verifier is None:
                 return error_response(Unauthorized("a user token is required"))
             g.claims = await s.verifier.verify(token)
+            logs.annotate(user=g.claims.sub)
             if s.gateway is not None:
                 await s.gateway.bans.check(g.claims.sub, cached=True)
                 if request.url_rule is not None:  # no route: a 404 or 405, and nothing runs
@@ -170,6 +181,9 @@ def create_app(svc: Services, served: Iterable[Route] | None = None) -> QuartTri
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
             response.headers["Access-Control-Expose-Headers"] = "Retry-After"
+        request_id = g.get("request_id")
+        if request_id is not None:
+            response.headers[REQUEST_ID_HEADER] = request_id
         door = "server" if request.path.startswith(SERVER_PREFIX) else "client" if request.path.startswith(CLIENT_PREFIX) else "ops"
         metrics.HTTP_REQUESTS.labels(door, f"{response.status_code // 100}xx").inc()
         return response

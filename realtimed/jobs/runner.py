@@ -60,6 +60,7 @@ import attrs
 import trio
 from prometheus_client import Counter, Gauge, Histogram
 
+from realtimed import logs
 from realtimed.clock import WallClock
 from realtimed.config import JobQueueConfig, JobsConfig
 from realtimed.errors import ValidationFailed
@@ -634,6 +635,10 @@ class JobRunner:
         self._nursery.start_soon(self._run_job, claim)
 
     async def _run_job(self, claim: _Claim) -> None:
+        with logs.bind(job=claim.job.id):
+            await self._run_job_logged(claim)
+
+    async def _run_job_logged(self, claim: _Claim) -> None:
         job = claim.job
         queue = claim.queue
         outcome: str | None = None
