@@ -72,9 +72,13 @@ def _load(path: str | None, env: dict[str, str] | None = None) -> Config:
 
 
 def _print_problems(what: str, problems: Sequence[tuple[str, str]]) -> None:
-    print(f"realtimed: {what} ({len(problems)} problem(s)):", file=sys.stderr)
+    """A header and a line for each problem; every line ``<3>`` first when stderr is the journal."""
+    from realtimed.logs import PRIORITY_ERR, journal_is_stderr
+
+    prio = f"<{PRIORITY_ERR}>" if journal_is_stderr() else ""
+    print(f"{prio}realtimed: {what} ({len(problems)} problem(s)):", file=sys.stderr)
     for key, problem in problems:
-        print(f"  {key or '(file)'}: {problem}", file=sys.stderr)
+        print(f"{prio}  {key or '(file)'}: {problem}", file=sys.stderr)
 
 
 def store_refusal(cfg: Config, config_path: str | None, *, creates: bool) -> tuple[str, int] | None:

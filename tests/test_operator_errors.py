@@ -109,6 +109,7 @@ async def test_start_failures_are_one_line_with_the_journal_priority(tmp_path: P
                 (tmp_path, ("migrate", "-c", str(no_folder)), True),
                 (tmp_path, ("run", "-c", str(tls)), True),
                 (tmp_path, ("migrate", "-c", str(unreachable)), False),
+                (tmp_path, ("run", "-c", str(tmp_path / "missing.toml")), True),
             )
     finally:
         holder.close()
@@ -119,6 +120,12 @@ async def test_start_failures_are_one_line_with_the_journal_priority(tmp_path: P
         ("migration failed: cannot open the SQLite store", "not-a-folder", "server.state_dir"),
         ("cannot run: cannot load the TLS certificate", "matching PEM key", "http.tls_key_file"),
         ("migration failed: PostgreSQL at", f"127.0.0.1:{closed_port}/realtimed is unreachable", "start the server"),
+    ]
+    status, lines = results.pop()
+    # A configuration that does not load lists every problem (exit 2), each line an error for the journal.
+    assert status == 2 and lines == [
+        "<3>realtimed: invalid configuration (1 problem(s)):",
+        f"<3>  (file): cannot read {tmp_path / 'missing.toml'}: No such file or directory",
     ]
     for (status, lines), words in zip(results, expected, strict=True):
         text = "\n".join(lines)
