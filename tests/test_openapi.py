@@ -316,3 +316,17 @@ async def test_the_order_of_checks_is_kept_and_the_documents_need_no_credential(
             user = {"Authorization": f"Bearer {token('doc-reader', ttl=600)}"}
             for _ in range(3):
                 assert (await http.get("/api/v1/openapi.json", headers=user)).status_code == 200
+
+
+def test_a_preferences_entry_read_can_be_sent_back(documents: dict[str, dict[str, Any]]) -> None:
+    """docs/protocol.md 8.3: an entry of GET /notifications/preferences may be PUT as it is."""
+    import jsonschema
+
+    doc = documents["client"]
+    item = doc["paths"][f"{CLIENT_PREFIX}/notifications/preferences"]
+    body = item["put"]["requestBody"]["content"]["application/json"]["schema"]
+    read = {"type": "chat.message", "in_app": True, "push": False, "sms": True, "channels": ["in_app", "sms"]}
+    schema = {**body, "components": doc.get("components", {})}
+    jsonschema.validate({"types": [read]}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"types": [{**read, "sms": "yes"}]}, schema)

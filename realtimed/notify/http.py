@@ -207,6 +207,7 @@ _PREFERENCES_CHANGE: Final = {
                     "type": {"type": "string"},
                     "in_app": {"type": ["boolean", "null"]},
                     "push": {"type": ["boolean", "null"]},
+                    "channels": {**_CHANNELS, "description": "ignored, so that an entry of GET can be sent back"},
                 },
                 "additionalProperties": {
                     "type": ["boolean", "null"],
