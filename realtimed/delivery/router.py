@@ -8,12 +8,19 @@ waits on a slow socket and no task is woken per recipient.
 
 A node hands each delivery to its own sessions, then publishes it through the
 broker for the other nodes (which hand it to theirs).
+
+Ordering: a room's publications leave a node in ``seq`` order. The history
+assigns the ``seq`` (in Redis: a round trip), so overlapping publishes to one
+room take turns on the room, from before the append until the frame is handed
+to the local sessions and queued for the broker (whose queue keeps that order
+per channel). Publishes to different rooms never wait for each other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Final, Protocol
 
 import trio
@@ -114,6 +121,8 @@ class Router:
         self._room_users: dict[str, dict[str, int]] = {}
         # room → session id → live frames held while that socket's subscribe is answered
         self._held: dict[str, dict[str, list[Frame]]] = {}
+        # room → its turn of publications that take a seq (only while one is under way)
+        self._turns: dict[str, _RoomTurn] = {}
         self.deliveries = 0
         self._rate_mark = (0, 0.0)
         # Called with the user id of every ``close_user`` delivery, from any node.
@@ -318,20 +327,41 @@ class Router:
         the assigned ``seq`` and ``epoch``. ``data`` is encoded once, before the
         append: data that cannot be encoded raises ``ValidationFailed`` naming
         ``data`` and takes no ``seq``, and what the history keeps (the encoded
-        data) can be sent again inside any reply.
+        data) can be sent again inside any reply. Overlapping publishes to one
+        room with history take turns (see the module docstring), so this node
+        hands the room's events on in ``seq`` order.
         """
         started = trio.current_time()
         ns = self.namespaces.of(room)
         data = protocol.json_fragment(data)
-        seq: int | None = None
-        epoch: str | None = None
-        if ns.history_size > 0:
+        if ns.history_size <= 0:
+            frame = Frame(protocol.encode_event(event, data, room=room), event, started, room=room)
+            delivered = await self._fan_out(Delivery(frame, room=room, exclude_session=exclude_session, origin=self.node))
+            return None, None, delivered
+        # The seq is taken and the frame handed on within one turn of the room:
+        # an overlapping publish that took the next seq cannot deliver first.
+        async with self._room_turn(room):
             seq, epoch = await self.history.append(room, ns, event, data, iso(self.clock.now()) or "")
-        frame = Frame(
-            protocol.encode_event(event, data, room=room, seq=seq, epoch=epoch), event, started, room=room, seq=seq, epoch=epoch
-        )
-        delivered = await self._fan_out(Delivery(frame, room=room, exclude_session=exclude_session, origin=self.node))
+            frame = Frame(
+                protocol.encode_event(event, data, room=room, seq=seq, epoch=epoch), event, started, room=room, seq=seq, epoch=epoch
+            )
+            delivered = await self._fan_out(Delivery(frame, room=room, exclude_session=exclude_session, origin=self.node))
         return seq, epoch, delivered
+
+    @contextlib.asynccontextmanager
+    async def _room_turn(self, room: str) -> AsyncIterator[None]:
+        """Hold the room's turn: one seq-taking publication of the room at a time, in arrival order."""
+        turn = self._turns.get(room)
+        if turn is None:
+            turn = self._turns[room] = _RoomTurn()
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if turn.users == 0:
+                del self._turns[room]
 
     async def publish_event_to_room(self, room: str, event: str, data: Any, *, exclude_session: str | None = None) -> int:
         """A room event that does not append to history (room.joined, room.left)."""
@@ -433,6 +463,16 @@ class Router:
         if ns.history_size <= 0:
             return 0, "", []
         return await self.history.read(room, ns, since_seq=since_seq, limit=limit)
+
+
+class _RoomTurn:
+    """A room's publications in turn (a FIFO lock), and how many hold or wait for it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = trio.Lock()
+        self.users = 0
 
 
 def _subscribe_reply(room: str, recovery: Recovery | None) -> dict[str, Any]:
