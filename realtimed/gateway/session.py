@@ -214,7 +214,7 @@ class Session(ClientSession):
 
     async def _flush_outbox(self) -> None:
         sock = self._sock
-        while self._outbox:
+        while self._outbox and not self._closed:
             if sock is None:
                 chunk = b"".join(self._outbox)
                 self._outbox.clear()
@@ -222,6 +222,10 @@ class Session(ClientSession):
                 await self._stream.send_all(chunk)
                 continue
             await trio.lowlevel.wait_writable(sock)
+            # ``_abort`` may have run (and emptied the outbox) while this waited:
+            # a wait whose socket turned writable first returns despite the cancel.
+            if self._closed or not self._outbox:
+                return
             data = self._outbox[0]
             try:
                 sent = sock.send(data)
