@@ -3,12 +3,16 @@ the server is down and succeed again once it is back, with no restart."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import Any
 
+import asyncpg
 import pytest
 import trio
+import trio.testing
 import trio_asyncio
 
 from realtimed.clock import SystemClock
@@ -119,3 +123,142 @@ async def test_without_a_trio_asyncio_loop_the_store_says_what_is_missing() -> N
         store = PostgresStore(config("postgresql://postgres@127.0.0.1:1/x"), clock=SystemClock())
         with pytest.raises(RuntimeError, match=r"trio_asyncio\.open_loop\(\)"):
             await store.run()
+
+
+async def test_backends_killed_under_load_fail_calls_with_unavailable_and_the_store_keeps_serving(
+    postgres_server: PostgresServer, pg_empty_dsn: str
+) -> None:
+    """Connections dropped mid-call (``pg_terminate_backend``, as when PostgreSQL sheds
+    load or an admin kills sessions) fail those calls with Unavailable; none ends the
+    store, a retried append lands once, and the store serves on afterwards.
+
+    The kills also abandon connection attempts halfway, whose sockets asyncpg then
+    finds lost with nobody waiting on them: trio-asyncio used to raise that
+    ("unexpected connection_lost() call") out of the loop and end the daemon.
+    """
+    database = pg_empty_dsn.rsplit("/", 1)[1]
+    workers, rounds = 10, 20
+    outcomes = {"ok": 0, "unavailable": 0, "killed": 0}
+    with trio.fail_after(60):
+        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+            store = PostgresStore(
+                StoreConfig(backend="postgres", postgres_dsn=pg_empty_dsn, pool_min=2, pool_max=8,
+                            connect_timeout_s=CONNECT_TIMEOUT_S, statement_timeout_s=STATEMENT_TIMEOUT_S),
+                clock=SystemClock(),
+            )
+            await nursery.start(store.run)
+            conv = await store.create_group(member_ids=["a", "b"], now=T0)
+            killing = True
+
+            async def kill() -> None:
+                nonlocal killing
+                conn = await trio_asyncio.aio_as_trio(asyncpg.connect)(postgres_server.dsn())
+                try:
+                    for _ in range(rounds):
+                        outcomes["killed"] += await trio_asyncio.aio_as_trio(conn.fetchval)(
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1", database
+                        )
+                        await trio.sleep(0.05)
+                finally:
+                    killing = False
+                    await trio_asyncio.aio_as_trio(conn.close)()
+
+            sent: list[str] = []
+
+            async def work(worker: int) -> None:
+                k = 0
+                while killing:
+                    client_id = f"{worker}-{k}"
+                    k += 1
+                    while True:  # an append is retried with its client_id until it lands
+                        try:
+                            await store.append_message(
+                                conversation_id=conv.id, sender_id="a", client_id=client_id, body="x", now=T0
+                            )
+                            outcomes["ok"] += 1
+                            break
+                        except Unavailable:
+                            outcomes["unavailable"] += 1
+                            await trio.sleep(0.01)
+                    sent.append(client_id)
+                    # Some reads are given up halfway (their client went away): asyncpg
+                    # then cancels the statement over a connection of its own.
+                    with trio.move_on_after(0.001 * (k % 4) if k % 2 else 10):
+                        try:
+                            await store.get_conversation(conv.id)
+                            outcomes["ok"] += 1
+                        except Unavailable:
+                            outcomes["unavailable"] += 1
+
+            async with trio.open_nursery() as load:
+                load.start_soon(kill)
+                for worker in range(workers):
+                    load.start_soon(work, worker)
+
+            assert outcomes["killed"] > 0 and outcomes["unavailable"] > 0, outcomes
+            await store.ping()
+            after = await store.get_conversation(conv.id)
+            assert after is not None and after.last_seq == len(sent)  # every append once, none lost
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_failure_nobody_awaited_is_logged_and_the_loop_runs_on(
+    pg_empty_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncio reports a future that failed with no one to raise it to through the
+    loop's exception handler, and trio-asyncio's default raises it in the loop. A
+    lost connection is logged instead; any other failure still reaches the handler
+    that was there before."""
+    others: list[dict[str, Any]] = []
+    with trio.fail_after(20):
+        async with trio_asyncio.open_loop() as loop, trio.open_nursery() as nursery:
+            loop.set_exception_handler(lambda _loop, context: others.append(context))
+            store = PostgresStore(config(pg_empty_dsn), clock=SystemClock())
+            await nursery.start(store.run)
+
+            def orphan(exc: BaseException) -> None:
+                # What asyncpg leaves behind when a connect is abandoned and its socket then lost.
+                future = loop.create_future()
+                future.set_exception(exc)
+
+            orphan(ConnectionError("unexpected connection_lost() call"))
+            orphan(asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"))
+            gc.collect()
+            await trio.testing.wait_all_tasks_blocked()
+            assert "unexpected connection_lost() call" in caplog.text
+            assert "connection was closed in the middle of operation" in caplog.text
+            assert others == []
+            await store.ping()
+
+            orphan(ValueError("a bug"))
+            gc.collect()
+            await trio.testing.wait_all_tasks_blocked()
+            assert [str(context["exception"]) for context in others] == ["a bug"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_busy_pool_times_out_without_replacing_its_connections(pg_empty_dsn: str) -> None:
+    """A call that waits longer than ``connect_timeout_s`` for a pooled connection
+    is Unavailable, but the pool's connections are alive and stay: replacing them
+    all (as after a lost connection) would only add connects to a loaded server."""
+    with trio.fail_after(20):
+        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+            store = PostgresStore(
+                StoreConfig(backend="postgres", postgres_dsn=pg_empty_dsn, pool_min=1, pool_max=1,
+                            connect_timeout_s=0.3, statement_timeout_s=STATEMENT_TIMEOUT_S),
+                clock=SystemClock(),
+            )
+            await nursery.start(store.run)
+
+            async def backend_pid() -> int:
+                pid: int = await store._call(lambda conn: conn.fetchval("SELECT pg_backend_pid()"), tx=False)
+                return pid
+
+            before = await backend_pid()
+            async with trio.open_nursery() as busy:
+                busy.start_soon(partial(store._call, lambda conn: conn.execute("SELECT pg_sleep(1)"), tx=False))
+                await trio.sleep(0.1)
+                with pytest.raises(Unavailable):
+                    await backend_pid()
+            assert await backend_pid() == before
+            nursery.cancel_scope.cancel()

@@ -27,9 +27,16 @@ when cancelled.
 
 Error handling: a refused or lost connection, a connect timeout, a statement
 timeout (``store.statement_timeout_s``) or a server shutting down becomes
-``Unavailable`` at once; the pool's connections are then expired so that the
-next call connects afresh, and calls succeed again as soon as the server is
-back, with no restart.
+``Unavailable`` at once; after a lost or refused connection the pool's
+connections are expired so that the next call connects afresh, and calls
+succeed again as soon as the server is back, with no restart; the connection
+the call was using is terminated, never handed out again. (A timeout expires
+nothing: a busy pool or a slow server has not lost its connections, and
+replacing them all would only add connects to the load.) A connection
+failure that asyncpg leaves behind on the asyncio side with nobody awaiting
+it (a connect abandoned by a timeout whose socket is then lost, say) is
+logged as a warning: trio-asyncio's default would raise it in the loop and
+end the daemon.
 """
 
 from __future__ import annotations
@@ -74,8 +81,15 @@ _UNAVAILABLE_ERRORS: Final[tuple[type[BaseException], ...]] = (
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, statement timeout, starting up
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
     asyncpg.exceptions.InterfaceError,  # connection closed under us, pool closing
+    # A connection whose protocol state a lost link left confused ("cannot switch to
+    # state ...; another operation is in progress"), or whose cached statements a
+    # migration outdated: that connection is unusable, a fresh one is not.
+    asyncpg.exceptions.InternalClientError,
 )
 _CLOSE_ERRORS: Final[tuple[type[BaseException], ...]] = (TimeoutError, *_UNAVAILABLE_ERRORS)
+# Unavailable too, but the connection is fine: a timeout (an OSError) or a statement
+# the server cancelled for its statement_timeout. Nothing is expired or terminated.
+_KEPT_ERRORS: Final[tuple[type[BaseException], ...]] = (TimeoutError, asyncpg.exceptions.QueryCanceledError)
 _RETRY_ERRORS: Final = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 
 
@@ -87,6 +101,50 @@ def _require_loop() -> Any:
             "the PostgreSQL store needs a trio-asyncio loop: run it inside `async with trio_asyncio.open_loop():`"
         )
     return loop
+
+
+class _BackgroundFailures:
+    """The loop's exception handler: log the connection failures nobody awaited.
+
+    asyncio reports through ``call_exception_handler`` what failed with no one
+    to raise it to ("Future exception was never retrieved", a failed callback).
+    trio-asyncio's default handler raises that in the loop's nursery, which
+    ends the daemon. A lost or refused PostgreSQL connection is no reason to:
+    the calls that used it already failed with ``Unavailable``. Anything else
+    goes to the handler that was there before (by default: raised, as a bug).
+    """
+
+    def __init__(self, previous: Callable[[Any, dict[str, Any]], object] | None) -> None:
+        self._previous = previous
+
+    def __call__(self, loop: Any, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, _UNAVAILABLE_ERRORS):
+            log.warning(
+                "store: a PostgreSQL connection failed with no call waiting on it (%s): %s",
+                context.get("message", "background failure"),
+                str(exc) or type(exc).__name__,
+            )
+            return
+        if self._previous is not None:
+            self._previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+
+def _log_background_failures(loop: Any) -> None:
+    """Install ``_BackgroundFailures`` on the trio-asyncio loop (once; it stays for the loop's life)."""
+    previous = loop.get_exception_handler()
+    if not isinstance(previous, _BackgroundFailures):
+        loop.set_exception_handler(_BackgroundFailures(previous))
+
+
+def _discard(conn: Conn) -> None:
+    """Terminate a pooled connection so that the pool connects afresh in its place."""
+    try:
+        conn.terminate()
+    except asyncpg.exceptions.InterfaceError:
+        pass  # it closed by itself, and the pool has taken it back already
 
 
 def count(status: str) -> int:
@@ -187,6 +245,7 @@ class PostgresEngine(JobWakeups):
         before ``run`` (``migrate``) it is the calling task's.
         """
         loop = self._loop if self._loop is not None else _require_loop()
+        _log_background_failures(loop)
         try:
             if timeout_s is None:
                 result: _T = await trio_asyncio.aio_as_trio(fn, loop=loop)(*args)
@@ -207,18 +266,28 @@ class PostgresEngine(JobWakeups):
             for attempt in range(1, _RETRIES + 1):
                 try:
                     async with pool.acquire(timeout=self.config.connect_timeout_s) as conn:
-                        if not tx:
-                            return await fn(conn, *args)
                         try:
-                            async with conn.transaction():
+                            if not tx:
                                 return await fn(conn, *args)
-                        except Rollback as rb:
-                            return rb.value  # type: ignore[no-any-return]
+                            try:
+                                async with conn.transaction():
+                                    return await fn(conn, *args)
+                            except Rollback as rb:
+                                return rb.value  # type: ignore[no-any-return]
+                        except _KEPT_ERRORS:
+                            raise
+                        except _UNAVAILABLE_ERRORS:
+                            # Lost, or in a state no later call can use (a FATAL
+                            # read before the close): never handed out again.
+                            _discard(conn)
+                            raise
                 except _RETRY_ERRORS:
                     if attempt == _RETRIES:
                         raise
                     log.info("store: transaction retried after a deadlock or serialization failure")
             raise AssertionError("unreachable")
+        except _KEPT_ERRORS:
+            raise
         except _UNAVAILABLE_ERRORS:
             # The server may have restarted: every pooled connection may be dead. Replace them all
             # on their next use, so that the first calls after it is back succeed.
