@@ -168,7 +168,12 @@ def _first_leaf(exc: BaseException) -> BaseException:
 
 
 def _fatal_reason(exc: BaseException) -> str | None:
-    """The operator-facing reason for a failure to start or run, if it is one we know (one line)."""
+    """The operator-facing reason for a failure to start or run, if it is one we know (one line).
+
+    A ``ConnectionError`` (reset, refused, "unexpected connection_lost() call") is
+    not one: every backend turns a lost link into ``Unavailable``, so one that
+    ends the daemon escaped that and is a bug, reported as an unknown failure.
+    """
     import errno
     import ssl
 
@@ -184,6 +189,8 @@ def _fatal_reason(exc: BaseException) -> str | None:
         return " ".join((str(exc) or type(exc).__name__).split())
     if isinstance(exc, ssl.SSLError):
         return f"TLS failed: {exc.reason or exc}; check the certificate and key files (http.tls_cert_file, http.tls_key_file)"
+    if isinstance(exc, ConnectionError):
+        return None
     if isinstance(exc, OSError):
         if exc.errno == errno.EADDRINUSE:
             return f"an address is already in use ({exc.strerror}); stop what holds the port or change http.listen"
