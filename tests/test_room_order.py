@@ -29,6 +29,7 @@ from realtimed.daemon import Daemon
 from realtimed.delivery.frames import Frame
 from realtimed.delivery.rooms import MemoryHistory
 from realtimed.delivery.router import Router
+from realtimed.errors import Unavailable
 from tests.fixtures.daemon import API_KEY, DaemonFactory, make_config
 from tests.fixtures.tokens import token
 
@@ -180,4 +181,46 @@ async def test_a_room_waiting_on_its_history_holds_up_no_other_room(tmp_path: Pa
             assert [r[0] for r in results] == [1, 2]
             assert slow.seqs == [1, 2]
             assert router._turns == {}
+            nursery.cancel_scope.cancel()
+
+
+async def test_publications_queued_behind_a_failed_append_fail_at_once(tmp_path: Path) -> None:
+    with trio.fail_after(5):
+        history = _GatedHistory("live:slow")
+        broker = MemoryBroker("n1")
+        router = Router(make_config(tmp_path, {"namespaces": NAMESPACES}), node="n1", broker=broker, clock=SystemClock(), history=history)
+
+        async def failing_append(room: str, ns: NamespaceConfig, event: str, data: Any, published_at: str) -> tuple[int, str]:
+            history.appending += 1
+            await history.gate.wait()  # a Redis that does not answer, until its timeout
+            raise Unavailable("room history unavailable: timed out")
+
+        history.append = failing_append  # type: ignore[method-assign]
+        outcomes: list[str] = []
+
+        async def publish(i: int) -> None:
+            try:
+                await router.publish("live:slow", "live.tick", {"i": i})
+                outcomes.append("ok")
+            except Unavailable as exc:
+                outcomes.append(str(exc))
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(broker.run)
+            await nursery.start(router.run)
+            for i in range(3):
+                nursery.start_soon(publish, i)
+                await trio.testing.wait_all_tasks_blocked()
+            history.gate.set()
+            await trio.testing.wait_all_tasks_blocked()
+            # Only the first waited for the history; the two behind it failed without asking.
+            assert history.appending == 1
+            assert len(outcomes) == 3 and outcomes[0] == "room history unavailable: timed out"
+            assert all("ahead of this one" in outcome for outcome in outcomes[1:])
+            assert router._turns == {}
+            # The next publication tries the history again.
+            history.gate = trio.Event()
+            nursery.start_soon(publish, 4)
+            await trio.testing.wait_all_tasks_blocked()
+            assert history.appending == 2
             nursery.cancel_scope.cancel()

@@ -340,8 +340,12 @@ class Router:
             return None, None, delivered
         # The seq is taken and the frame handed on within one turn of the room:
         # an overlapping publish that took the next seq cannot deliver first.
-        async with self._room_turn(room):
-            seq, epoch = await self.history.append(room, ns, event, data, iso(self.clock.now()) or "")
+        async with self._room_turn(room) as turn:
+            try:
+                seq, epoch = await self.history.append(room, ns, event, data, iso(self.clock.now()) or "")
+            except Unavailable:
+                turn.failures += 1
+                raise
             frame = Frame(
                 protocol.encode_event(event, data, room=room, seq=seq, epoch=epoch), event, started, room=room, seq=seq, epoch=epoch
             )
@@ -349,15 +353,24 @@ class Router:
         return seq, epoch, delivered
 
     @contextlib.asynccontextmanager
-    async def _room_turn(self, room: str) -> AsyncIterator[None]:
-        """Hold the room's turn: one seq-taking publication of the room at a time, in arrival order."""
+    async def _room_turn(self, room: str) -> AsyncIterator[_RoomTurn]:
+        """Hold the room's turn: one seq-taking publication of the room at a time, in arrival order.
+
+        Raises:
+            Unavailable: the history failed for a publication ahead of this one
+                while this one waited: it fails at once rather than wait out the
+                history's timeout again behind every other one in the queue.
+        """
         turn = self._turns.get(room)
         if turn is None:
             turn = self._turns[room] = _RoomTurn()
         turn.users += 1
+        failures = turn.failures
         try:
             async with turn.lock:
-                yield
+                if turn.failures != failures:
+                    raise Unavailable("room history unavailable (it failed for the publications ahead of this one)")
+                yield turn
         finally:
             turn.users -= 1
             if turn.users == 0:
@@ -466,13 +479,15 @@ class Router:
 
 
 class _RoomTurn:
-    """A room's publications in turn (a FIFO lock), and how many hold or wait for it."""
+    """A room's publications in turn (a FIFO lock), how many hold or wait for it,
+    and how many of its appends failed with ``Unavailable``."""
 
-    __slots__ = ("lock", "users")
+    __slots__ = ("failures", "lock", "users")
 
     def __init__(self) -> None:
         self.lock = trio.Lock()
         self.users = 0
+        self.failures = 0
 
 
 def _subscribe_reply(room: str, recovery: Recovery | None) -> dict[str, Any]:
