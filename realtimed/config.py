@@ -638,6 +638,19 @@ class PushConfig:
 @attrs.frozen
 class MetricsConfig:
     enabled: bool = _f(True, "serve /metrics")
+    loop_lag_interval_s: float = _f(
+        0.5,
+        "how often the event-loop lag probe sleeps; each wake-up's overshoot is a sample of "
+        "realtimed_event_loop_lag_seconds",
+        min=0.01,
+        max=60,
+    )
+    readiness_interval_s: float = _f(
+        15.0,
+        "how often the backends are checked for realtimed_backend_ready (also on each /readyz)",
+        min=1,
+        max=3600,
+    )
 
 
 @attrs.frozen

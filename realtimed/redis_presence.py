@@ -35,7 +35,7 @@ import coredis
 import orjson
 import trio
 
-from realtimed import logs
+from realtimed import logs, metrics
 from realtimed.broker.redis import LINK_ERRORS, describe_link_error, redis_call, text
 from realtimed.errors import Unavailable
 
@@ -404,11 +404,13 @@ class RedisPresence:
             nodes = [text(n) for n in await self._client.smembers(NODES_KEY)]
         gone: list[str] = []
         left: list[tuple[str, str]] = []
+        alive = 1  # this node
         for other in nodes:
             if other == self.node:
                 continue
             with trio.fail_after(self._timeout_s):
                 if await self._client.exists([heartbeat_key(other)]):
+                    alive += 1
                     continue
                 # One reaper per dead node, whichever node gets there first.
                 lock = await self._client.set(
@@ -423,6 +425,7 @@ class RedisPresence:
             log.warning("node %s: node %s stopped heartbeating; %d of its users have no device left", self.node, other, len(names))
             gone.extend(names)
             left.extend(rooms)
+        metrics.CLUSTER_NODES.set(alive)
         if gone and self.on_users_gone is not None:
             await self.on_users_gone(gone)
         if left and self.on_rooms_left is not None:

@@ -602,8 +602,8 @@ async def test_metrics_count_outcomes_and_refresh_store_gauges(
         assert sample("realtimed_jobs", kind="metrics.ok", status="succeeded") == 1
         assert sample("realtimed_jobs", kind="metrics.ok", status="queued") == 1
         assert sample("realtimed_jobs", kind="metrics.bad", status="dead") == 1
-        assert sample("realtimed_job_queue_depth", queue="later") == 1
-        assert sample("realtimed_job_queue_depth", queue="default") == 0
+        assert sample("realtimed_job_queue_depth", queue="later", scope="cluster") == 1
+        assert sample("realtimed_job_queue_depth", queue="default", scope="cluster") == 0
 
 
 def test_backoff_delay_bounds() -> None:

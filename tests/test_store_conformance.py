@@ -3,6 +3,7 @@ PostgreSQL (a fresh database on the real server)."""
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -737,6 +738,26 @@ async def test_wait_for_jobs_wakes_on_enqueue(store: Store) -> None:
             await store.enqueue_job(queue="q", kind="k", payload={}, now=T0)
             await woke.wait()
             assert trio.current_time() - start < 5
+
+
+async def test_queue_stats_count_every_queued_job_per_queue(store: Store) -> None:
+    with trio.fail_after(LIMIT_S):
+        assert await store.queue_stats(at(50)) == []
+        # More than the 1000 that the depth used to stop at: it is a count, not a page of a listing.
+        async with trio.open_nursery() as nursery:
+            for i in range(1001):
+                nursery.start_soon(
+                    functools.partial(store.enqueue_job, queue="bulk", kind="a", payload={}, now=T0, run_at=at(10 + i % 3))
+                )
+        await store.enqueue_job(queue="q", kind="a", payload={}, now=T0, run_at=at(20))
+        await store.enqueue_job(queue="q", kind="b", payload={}, now=T0, run_at=at(1000))
+        await store.enqueue_job(queue="late", kind="b", payload={}, now=T0, run_at=at(1000))
+        await store.claim_jobs(queue="q", limit=1, owner="w", lease_s=30, now=at(25))  # running: not queued
+        stats = {queue: (depth, age) for queue, depth, age in await store.queue_stats(at(50))}
+        assert stats.keys() == {"bulk", "q", "late"}
+        assert stats["bulk"][0] == 1001 and stats["bulk"][1] == pytest.approx(40.0)
+        assert stats["q"] == (1, None)  # the one left is not due yet
+        assert stats["late"] == (1, None)
 
 
 async def test_job_stats_oldest_age_and_cron_ticks(store: Store) -> None:

@@ -13,13 +13,14 @@ which call handlers directly, are charged to the same budgets by the door
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
-from realtimed import protocol
+from realtimed import metrics, protocol
 from realtimed.api.limits import UserOpLimiter
 from realtimed.errors import BadRequest
 
@@ -94,5 +95,9 @@ class OpRegistry:
             raise BadRequest(f"op {op!r} is not served by this node")
         config = self._config.value
         self.limiter.check(caller.user_id, op, config.gateway, now=trio.current_time())
-        value = protocol.validate(op, data, max_message_bytes=config.chat.max_message_bytes)
-        return await handler(caller, value)
+        started = time.perf_counter()
+        try:
+            value = protocol.validate(op, data, max_message_bytes=config.chat.max_message_bytes)
+            return await handler(caller, value)
+        finally:
+            metrics.OP_LATENCY.labels(op).observe(time.perf_counter() - started)

@@ -46,7 +46,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter as Tally
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Final, TypeAlias, TypeVar
 
 import anyio
@@ -56,7 +56,9 @@ import trio
 from coredis.connection import TCPLocation
 from coredis.patterns.pubsub import BasePubSub
 from coredis.retry import ConstantRetryPolicy
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from realtimed import logs, metrics
 from realtimed.broker.base import Close, Delivery
@@ -116,7 +118,24 @@ FANOUT_USERS: Final = 64
 ALL_CHANNEL: Final = "rt:all"
 QUEUE_MAX: Final = 10_000
 
-BROKER_UP: Final = Gauge("realtimed_broker_connected", "1 while the broker's subscriber is connected", registry=metrics.REGISTRY)
+# The Redis brokers running in this process. ``realtimed_broker_connected`` is
+# exported only while one runs: on the in-process broker there is nothing to be
+# connected to, and a 0 there would read as an outage.
+_RUNNING: Final[set[RedisBroker]] = set()
+
+
+class _BrokerUpCollector(Collector):
+    def collect(self) -> Iterator[Metric]:
+        if not _RUNNING:
+            return
+        up = GaugeMetricFamily(
+            "realtimed_broker_connected", "1 while the Redis broker's subscriber is connected (absent without Redis)"
+        )
+        up.add_metric([], 1 if all(broker.connected for broker in _RUNNING) else 0)
+        yield up
+
+
+metrics.REGISTRY.register(_BrokerUpCollector())
 BROKER_MESSAGES: Final = Counter(
     "realtimed_broker_messages", "broker messages by direction", ["direction"], registry=metrics.REGISTRY
 )
@@ -267,6 +286,7 @@ class RedisBroker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, receive = trio.open_memory_channel[tuple[str, bool]](QUEUE_MAX)
         self._subscribe_queue = send
+        _RUNNING.add(self)
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if not await self._open(stack):
@@ -292,6 +312,7 @@ class RedisBroker:
             raise cancelled from None
         finally:
             self._set_connected(False)
+            _RUNNING.discard(self)
 
     async def _open(self, stack: contextlib.AsyncExitStack) -> bool:
         """Enter the client (a cluster client reads the slot map here); False if Redis is away.
@@ -538,7 +559,6 @@ class RedisBroker:
             else:
                 log.info("node %s: broker connected to Redis at %s (%d channels)", self.node, self._address, len(self._channels) + 1)
         self.connected = up
-        BROKER_UP.set(1 if up else 0)
 
     def _note_down(self, exc: BaseException) -> None:
         self._confirm()  # nobody waits on a link that is down; the reconnect subscribes to all

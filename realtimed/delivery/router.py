@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Final, Protocol
 
@@ -212,6 +213,8 @@ class Router:
         subscribers = self._rooms.setdefault(room, {})
         already = session.id in subscribers
         subscribers[session.id] = session
+        if not already:
+            metrics.SUBSCRIPTIONS.inc()
         session.rooms.add(room)
         ROOMS.set(len(self._rooms))
         recovery = None
@@ -251,7 +254,13 @@ class Router:
 
     async def _recovery(self, room: str, ns: NamespaceConfig, since: tuple[int, str] | None) -> Recovery:
         if since is not None:
-            return await self.history.recover(room, ns, since_seq=since[0], since_epoch=since[1])
+            try:
+                recovery = await self.history.recover(room, ns, since_seq=since[0], since_epoch=since[1])
+            except Exception:
+                metrics.RECOVERIES.labels("refused").inc()
+                raise
+            metrics.RECOVERIES.labels("recovered" if recovery.recovered else "reset").inc()
+            return recovery
         seq, epoch = await self.history.position(room, ns)
         return Recovery(seq, epoch, False)
 
@@ -275,6 +284,7 @@ class Router:
         if subscribers is None or subscribers.pop(session.id, None) is None:
             session.rooms.discard(room)
             return
+        metrics.SUBSCRIPTIONS.dec()
         session.rooms.discard(room)
         if not subscribers:
             del self._rooms[room]
@@ -411,7 +421,7 @@ class Router:
         if session_id is not None and session_id in self.sessions:
             return closed  # the one session was here: no other node holds it
         PUBLICATIONS.labels("users").inc()
-        await self.broker.publish(delivery)
+        await self._publish(delivery)
         return closed
 
     def _close_local(self, users: Iterable[str], close: Close) -> int:
@@ -431,8 +441,15 @@ class Router:
     async def _fan_out(self, delivery: Delivery) -> int:
         delivered = self.deliver_local(delivery)
         PUBLICATIONS.labels("room" if delivery.room is not None else "users").inc()
-        await self.broker.publish(delivery)
+        await self._publish(delivery)
         return delivered
+
+    async def _publish(self, delivery: Delivery) -> None:
+        started = time.perf_counter()
+        try:
+            await self.broker.publish(delivery)
+        finally:
+            metrics.BROKER_PUBLISH_LATENCY.observe(time.perf_counter() - started)
 
     def deliver_local(self, delivery: Delivery) -> int:
         """Hand a delivery to this node's sessions; returns how many were reached."""

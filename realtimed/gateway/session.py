@@ -38,7 +38,7 @@ import trio
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from realtimed import logs, protocol
+from realtimed import logs, metrics, protocol
 from realtimed.delivery.frames import Frame, close_frame, ws_frame
 from realtimed.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG
 from realtimed.gateway.client import ClientSession
@@ -88,6 +88,7 @@ class Session(ClientSession):
     """
 
     __slots__ = (
+        "_bytes",
         "_closed",
         "_closing",
         "_ended",
@@ -123,6 +124,8 @@ class Session(ClientSession):
         # The raw socket for direct non-blocking writes; None under TLS.
         self._sock: socket.socket | None = getattr(sock, "_sock", None) if isinstance(stream, trio.SocketStream) else None
         self._ws = Connection(ConnectionType.SERVER)
+        # The node's byte counts (realtimed_socket_*_bytes), added to at each read and write.
+        self._bytes = metrics.WEBSOCKET_BYTES
         self._outbox: deque[bytes] = deque()
         self._outbox_bytes = 0
         self._flushing = False
@@ -188,6 +191,7 @@ class Session(ClientSession):
                     self._abort()
                     return
                 sent = 0
+            self._bytes.sent += sent
             if sent == len(data):
                 return
             data = data[sent:]
@@ -220,6 +224,7 @@ class Session(ClientSession):
                 self._outbox.clear()
                 self._outbox_bytes = 0
                 await self._stream.send_all(chunk)
+                self._bytes.sent += len(chunk)
                 continue
             await trio.lowlevel.wait_writable(sock)
             # ``_abort`` may have run (and emptied the outbox) while this waited:
@@ -232,6 +237,7 @@ class Session(ClientSession):
             except BlockingIOError:
                 continue
             self._outbox_bytes -= sent
+            self._bytes.sent += sent
             if sent == len(data):
                 self._outbox.popleft()
             else:
@@ -258,6 +264,7 @@ class Session(ClientSession):
                 sent = self._sock.send(frame)
             except OSError:
                 sent = 0
+            self._bytes.sent += sent
             frame = frame[sent:]
         if frame:
             self._outbox.append(frame)
@@ -371,6 +378,7 @@ class Session(ClientSession):
                 data = bytes(await self._stream.receive_some(RECEIVE_BYTES))
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
+            self._bytes.received += len(data)
             if not data:
                 self._peer_closed.set()
                 return

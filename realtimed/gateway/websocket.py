@@ -79,7 +79,10 @@ HANDSHAKES: Final = Counter("realtimed_handshakes", "WebSocket handshakes by out
 AUTH_FAILURES: Final = Counter("realtimed_auth_failures", "refused tokens by reason", ["reason"], registry=metrics.REGISTRY)
 FRAMES_IN: Final = Counter("realtimed_frames_in", "client frames by op", ["op"], registry=metrics.REGISTRY)
 FRAMES_OUT: Final = Counter("realtimed_frames_out", "replies by op and outcome", ["op", "outcome"], registry=metrics.REGISTRY)
-CLOSES: Final = Counter("realtimed_closes", "socket closes by code and side", ["code", "by"], registry=metrics.REGISTRY)
+CLOSES: Final = Counter(
+    "realtimed_closes", "socket closes by code (known codes; \"other\" for the rest) and side", ["code", "by"],
+    registry=metrics.REGISTRY,
+)
 
 
 def accept_token(key: str) -> str:
@@ -428,7 +431,7 @@ class WebSocketDoor:
         self.gateway.note_overflow(session)
 
     def note_close(self, session: Session, code: int, *, by_peer: bool = False) -> None:
-        CLOSES.labels(str(code), "client" if by_peer else "server").inc()
+        CLOSES.labels(metrics.close_code_label(code), "client" if by_peer else "server").inc()
 
     async def session_ended(self, session: Session) -> None:
         await self.gateway.end(session)

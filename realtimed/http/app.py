@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -127,6 +128,11 @@ def create_app(svc: Services, served: Iterable[Route] | None = None) -> QuartTri
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
     @app.before_request
+    async def _start_timing() -> None:
+        # Registered first, so that it runs before a door check can answer.
+        g.started = time.perf_counter()
+
+    @app.before_request
     async def _door_checks() -> Response | None:
         s = services()
         path = request.path
@@ -186,6 +192,12 @@ def create_app(svc: Services, served: Iterable[Route] | None = None) -> QuartTri
             response.headers[REQUEST_ID_HEADER] = request_id
         door = "server" if request.path.startswith(SERVER_PREFIX) else "client" if request.path.startswith(CLIENT_PREFIX) else "ops"
         metrics.HTTP_REQUESTS.labels(door, f"{response.status_code // 100}xx").inc()
+        started: float | None = g.get("started")
+        if started is not None:
+            # The route template, never the path: the label's values are the app's routes.
+            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            method = request.method if request.method in _KNOWN_METHODS else "other"
+            metrics.HTTP_LATENCY.labels(route, method).observe(time.perf_counter() - started)
         return response
 
     @app.after_request

@@ -101,15 +101,21 @@ JOBS_BY_STATUS: Final = Gauge(
     "realtimed_jobs", "jobs in the store by kind and status (refreshed periodically)", ["kind", "status"],
     registry=REGISTRY,
 )
-QUEUE_DEPTH_CAP: Final = 1000
+# Store-wide values: every node reports the same number, so they carry scope="cluster"
+# and are alerted on with max(), never sum().
 QUEUE_DEPTH: Final = Gauge(
     "realtimed_job_queue_depth",
-    f"queued jobs (due or scheduled) per queue served here, counted up to {QUEUE_DEPTH_CAP} (refreshed periodically)",
-    ["queue"],
+    "queued jobs (due or scheduled) per queue, store-wide (scope=\"cluster\": alert with max(); refreshed "
+    "periodically)",
+    ["queue", "scope"],
     registry=REGISTRY,
 )
 OLDEST_QUEUED_AGE: Final = Gauge(
-    "realtimed_job_oldest_queued_age_seconds", "how long the oldest due queued job has waited", registry=REGISTRY
+    "realtimed_job_oldest_queued_age_seconds",
+    "how long the oldest due queued job of each queue has waited since its run_at, store-wide "
+    "(scope=\"cluster\": alert with max(); 0 when none is due)",
+    ["queue", "scope"],
+    registry=REGISTRY,
 )
 JOBS_RUNNING: Final = Gauge(
     "realtimed_jobs_running",
@@ -333,6 +339,7 @@ class JobRunner:
         self._job_exit = trio.Event()
         self._job_tasks = 0
         self._status_labels: set[tuple[str, str]] = set()
+        self._queue_labels: set[str] = set()
         for name in [DEFAULT_QUEUE, *(q.name for q in config.queues), *queues]:
             self.serve_queue(name)
 
@@ -819,13 +826,13 @@ class JobRunner:
         for kind, status in self._status_labels - seen:
             JOBS_BY_STATUS.labels(kind, status).set(0)  # none left of this kind and status
         self._status_labels |= seen
-        for queue in list(self._queues):
-            # The store counts by kind and status only; a page of one queue's queued jobs
-            # bounds the cost of counting it.
-            jobs, _ = await self._store.list_jobs(status="queued", queue=queue, limit=QUEUE_DEPTH_CAP)
-            QUEUE_DEPTH.labels(queue).set(len(jobs))
-        age = await self._store.oldest_queued_job_age_s(self.clock.now())
-        OLDEST_QUEUED_AGE.set(age or 0.0)
+        queues = {name: (0, 0.0) for name in (*self._queue_labels, *self._queues)}
+        for queue, depth, age in await self._store.queue_stats(self.clock.now()):
+            queues[queue] = (depth, age or 0.0)
+        for queue, (depth, age) in queues.items():
+            QUEUE_DEPTH.labels(queue, "cluster").set(depth)
+            OLDEST_QUEUED_AGE.labels(queue, "cluster").set(age)
+        self._queue_labels = set(queues)
 
 
 def _find(error: BaseException, kind: type[Any]) -> Any:

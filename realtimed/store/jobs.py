@@ -351,6 +351,13 @@ class JobStore(Protocol):
         waited since its ``run_at``; None if none is due."""
         ...
 
+    async def queue_stats(self, now: datetime) -> list[tuple[str, int, float | None]]:
+        """``(queue, queued, oldest_due_age_s)`` for every queue with a queued job,
+        store-wide: how many jobs are queued (due or scheduled), and how long its
+        longest-waiting due job has waited since its ``run_at`` (None if none is due).
+        One query, however many jobs are queued."""
+        ...
+
     async def cron_claim_tick(self, *, name: str, tick: datetime) -> bool:
         """Record ``tick`` as the last enqueued tick of cron entry ``name`` if it
         is later than the stored one; True if this call advanced it."""
@@ -479,6 +486,13 @@ class JobRules(abc.ABC):
         oldest = await self._oldest_due(at)
         return None if oldest is None else (at - oldest).total_seconds()
 
+    async def queue_stats(self, now: datetime) -> list[tuple[str, int, float | None]]:
+        at = utc(now)
+        return [
+            (queue, count, None if oldest is None else (at - oldest).total_seconds())
+            for queue, count, oldest in await self._queue_counts(at)
+        ]
+
     async def cron_claim_tick(self, *, name: str, tick: datetime) -> bool:
         return await self._advance_tick(name, utc(tick))
 
@@ -528,6 +542,10 @@ class JobRules(abc.ABC):
 
     @abc.abstractmethod
     async def _next_job_time(self, queues: list[str]) -> datetime | None: ...
+
+    @abc.abstractmethod
+    async def _queue_counts(self, now: datetime) -> list[tuple[str, int, datetime | None]]:
+        """``(queue, queued jobs, earliest run_at of a due one or None)`` per queue with a queued job."""
 
     @abc.abstractmethod
     async def _oldest_due(self, now: datetime) -> datetime | None:

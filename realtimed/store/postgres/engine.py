@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Final, TypeAlias, TypeVar
@@ -51,6 +52,7 @@ import asyncpg
 import trio
 import trio_asyncio
 
+from realtimed import metrics
 from realtimed.clock import WallClock
 from realtimed.config import StoreConfig
 from realtimed.errors import OperatorError, Unavailable
@@ -300,13 +302,17 @@ class PostgresEngine(JobWakeups):
         pool = self._pool
         if pool is None:
             raise Unavailable("the store is not running")
+        started = time.perf_counter()
         try:
+            try:
+                return await self._aio(self._in_pool, pool, fn, args, tx, timeout_s=self._call_timeout_s)
+            except Unavailable:
+                if not read:
+                    raise
+            # A read is safe to repeat once, on a fresh connection.
             return await self._aio(self._in_pool, pool, fn, args, tx, timeout_s=self._call_timeout_s)
-        except Unavailable:
-            if not read:
-                raise
-        # A read is safe to repeat once, on a fresh connection.
-        return await self._aio(self._in_pool, pool, fn, args, tx, timeout_s=self._call_timeout_s)
+        finally:
+            metrics.STORE_LATENCY.labels("postgres", metrics.call_name(fn)).observe(time.perf_counter() - started)
 
     # -- lifecycle -------------------------------------------------------------------------------
 

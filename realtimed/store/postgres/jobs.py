@@ -239,6 +239,18 @@ class PostgresJobs(PostgresEngine, jobs.JobRules):
         oldest: datetime | None = await self._call(lambda conn: conn.fetchval(sql, now), tx=False, read=True)
         return oldest
 
+    async def _queue_counts(self, now: datetime) -> list[tuple[str, int, datetime | None]]:
+        sql = (
+            "SELECT queue, count(*), min(run_at) FILTER (WHERE run_at <= $1) FROM jobs "
+            "WHERE status = 'queued' GROUP BY queue"
+        )
+
+        async def queue_counts(conn: Conn) -> list[Any]:
+            return list(await conn.fetch(sql, now))
+
+        rows = await self._call(queue_counts, tx=False, read=True)
+        return [(r[0], int(r[1]), r[2]) for r in rows]
+
     async def _advance_tick(self, name: str, tick: datetime) -> bool:
         sql = (
             "INSERT INTO cron_ticks (name, last_tick) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE "

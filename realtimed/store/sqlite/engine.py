@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -42,6 +43,7 @@ import attrs
 import outcome
 import trio
 
+from realtimed import metrics
 from realtimed.clock import WallClock
 from realtimed.config import StoreConfig
 from realtimed.errors import OperatorError, Unavailable
@@ -128,6 +130,10 @@ class _Write:
     wakes_jobs: bool
     done: trio.Event = attrs.Factory(trio.Event)
     result: outcome.Outcome[Any] | None = None
+
+
+def _observe(fn: Callable[..., object], started: float) -> None:
+    metrics.STORE_LATENCY.labels("sqlite", metrics.call_name(fn)).observe(time.perf_counter() - started)
 
 
 def _translate(exc: BaseException) -> BaseException:
@@ -347,11 +353,13 @@ class SQLiteEngine(JobWakeups):
         if send is None:
             raise Unavailable("the store is not running")
         req = _Write(fn, wakes_jobs)
+        started = time.perf_counter()
         try:
             await send.send(req)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise Unavailable("the store is shutting down") from None
         await req.done.wait()
+        _observe(fn, started)
         assert req.result is not None
         result: _T = req.result.unwrap()
         return result
@@ -360,6 +368,13 @@ class SQLiteEngine(JobWakeups):
         slots = self._reader_slots
         if slots is None or self._closed:
             raise Unavailable("the store is not running")
+        started = time.perf_counter()
+        try:
+            return await self._read_now(slots, fn, *args)
+        finally:
+            _observe(fn, started)
+
+    async def _read_now(self, slots: trio.CapacityLimiter, fn: Callable[..., _T], *args: Any) -> _T:
         async with slots:
             if self._closed:
                 raise Unavailable("the store is shutting down")

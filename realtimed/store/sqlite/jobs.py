@@ -185,6 +185,15 @@ def _oldest_due(conn: Conn, now: int) -> datetime | None:
     return CODEC.opt_time(row[0])
 
 
+def _queue_counts(conn: Conn, now: int) -> list[tuple[str, int, datetime | None]]:
+    rows = conn.execute(
+        "SELECT queue, COUNT(*), MIN(CASE WHEN run_at <= ? THEN run_at END) FROM jobs "
+        "WHERE status = 'queued' GROUP BY queue",
+        (now,),
+    ).fetchall()
+    return [(row[0], int(row[1]), CODEC.opt_time(row[2])) for row in rows]
+
+
 def _advance_tick(conn: Conn, name: str, tick: int) -> bool:
     cur = conn.execute(
         "INSERT INTO cron_ticks (name, last_tick) VALUES (?, ?) ON CONFLICT (name) DO UPDATE "
@@ -264,6 +273,9 @@ class SQLiteJobs(SQLiteEngine, jobs.JobRules):
 
     async def _oldest_due(self, now: datetime) -> datetime | None:
         return await self._read(_oldest_due, us(now))
+
+    async def _queue_counts(self, now: datetime) -> list[tuple[str, int, datetime | None]]:
+        return await self._read(_queue_counts, us(now))
 
     async def _last_tick(self, name: str) -> datetime | None:
         return await self._read(_last_tick, name)
