@@ -640,8 +640,8 @@ class MetricsConfig:
     enabled: bool = _f(True, "serve /metrics")
     loop_lag_interval_s: float = _f(
         0.5,
-        "how often the event-loop lag probe sleeps; each wake-up's overshoot is a sample of "
-        "realtimed_event_loop_lag_seconds",
+        "how often (wall clock) the event-loop lag probe hands the loop a callback; how long each waits is a "
+        "sample of realtimed_event_loop_lag_seconds",
         min=0.01,
         max=60,
     )

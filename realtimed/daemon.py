@@ -261,22 +261,21 @@ class Daemon:
         await nursery.start(svc.notify.run)
         await nursery.start(svc.gateway.run)
         await nursery.start(websocket.run)
-        await nursery.start(functools.partial(metrics.watch_loop_lag, interval_s=self.cfg.metrics.loop_lag_interval_s))
+        # realtimed_event_loop_lag_seconds, and realtimed_backend_ready refreshed without waiting for /readyz.
+        await nursery.start(functools.partial(
+            metrics.run_probes,
+            lag_interval_s=self.cfg.metrics.loop_lag_interval_s,
+            readiness_interval_s=self.cfg.metrics.readiness_interval_s,
+            check_readiness=functools.partial(check_backends, self.services),
+        ))
         if backends.cluster is None:
             metrics.CLUSTER_NODES.set(1)  # alone: the Redis presence service counts a cluster's nodes
-        nursery.start_soon(self._watch_backends)
         if self.cfg.jobs.enabled:
             # Claiming starts once every capability has registered its kinds, so a
             # job left from before a restart never meets an unknown kind.
             await nursery.start(svc.jobs.run)
             cron = CronScheduler.from_config(svc.store, self.cfg, clock=self.clock, runner=svc.jobs)
             await nursery.start(cron.run)
-
-    async def _watch_backends(self) -> None:
-        """Refresh ``realtimed_backend_ready`` periodically, not only when /readyz is asked."""
-        while True:
-            await check_backends(self.services)
-            await trio.sleep(self._config.value.metrics.readiness_interval_s)
 
     def _verifier(self, cfg: Config) -> TokenVerifier:
         base_dir = Path(cfg.source).parent if cfg.source else None

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Final
 
 import trio
+import trio.testing
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -94,7 +97,8 @@ BROKER_PUBLISH_LATENCY: Final = Histogram(
 )
 LOOP_LAG: Final = Histogram(
     "realtimed_event_loop_lag_seconds",
-    "how late a periodic sleep wakes up: the Trio scheduler's lag, which every socket on the node waits through",
+    "how long a callback handed to the Trio loop waits before it runs: the scheduler's lag, which every socket "
+    "on the node waits through",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
     registry=REGISTRY,
 )
@@ -182,17 +186,67 @@ def exposition() -> bytes:
     return generate_latest(REGISTRY)
 
 
-async def watch_loop_lag(*, interval_s: float, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Observe how late a sleep of ``interval_s`` wakes, forever, into ``realtimed_event_loop_lag_seconds``.
 
-    A single-threaded server is only as responsive as its scheduler: a handler
-    that blocks the thread delays every socket, and this is where it shows.
+def _observe_lag(sent: float) -> None:
+    LOOP_LAG.observe(time.monotonic() - sent)
+
+
+async def run_probes(
+    *,
+    lag_interval_s: float,
+    readiness_interval_s: float,
+    check_readiness: Callable[[], Awaitable[object]],
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Sample the event-loop lag every ``lag_interval_s`` and run ``check_readiness`` every
+    ``readiness_interval_s``, forever.
+
+    The lag is how long a callback handed to the loop from a thread waits before
+    it runs: a single-threaded server is only as responsive as its scheduler, and
+    a handler that blocks the thread delays every socket. The ticks come from a
+    thread on the wall clock, so they put no deadline on Trio's clock (a test's
+    ``MockClock`` jumps straight to its own deadlines).
+
+    Resource handling: the ticking thread ends within ``lag_interval_s`` of this
+    task's cancellation.
     """
-    task_status.started()
-    while True:
-        due = trio.current_time() + interval_s
-        await trio.sleep_until(due)
-        lag = trio.current_time() - due
-        LOOP_LAG.observe(max(lag, 0.0))
-        if lag > 1.0:
-            log.warning("event loop lag: a sleep woke %.3f s late", lag)
+    token = trio.lowlevel.current_trio_token()
+    stop = threading.Event()
+    due = trio.Event()
+    # Under a test's MockClock the loop idles on purpose until the clock jumps, and a
+    # wake-up every lag_interval_s would only delay each jump: no lag samples there.
+    sample_lag = not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+    wait_s = lag_interval_s if sample_lag else readiness_interval_s
+
+    def readiness_due() -> None:
+        due.set()
+
+    def tick() -> None:
+        next_readiness = time.monotonic() + readiness_interval_s
+        while not stop.wait(wait_s):
+            sent = time.monotonic()
+            try:
+                if sample_lag:
+                    token.run_sync_soon(_observe_lag, sent)
+                if sent >= next_readiness:
+                    next_readiness = sent + readiness_interval_s
+                    token.run_sync_soon(readiness_due)
+            except trio.RunFinishedError:
+                return
+
+    async def ticker() -> None:
+        try:
+            await trio.to_thread.run_sync(tick, abandon_on_cancel=True, limiter=trio.CapacityLimiter(1))
+        finally:
+            stop.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        task_status.started()
+        while True:
+            try:
+                await check_readiness()
+            except Exception:
+                log.exception("readiness check failed")
+            due = trio.Event()
+            await due.wait()
