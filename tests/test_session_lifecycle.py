@@ -18,6 +18,7 @@ from realtimed.delivery.frames import Frame
 from realtimed.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL
 from realtimed.gateway.client import ClientSession
 from realtimed.gateway.gateway import Gateway
+from realtimed.gateway.sse import SseSession
 from realtimed.protocol import encode_event
 from tests.fixtures.clients import WsClient
 from tests.fixtures.daemon import API_KEY, DaemonFactory
@@ -185,3 +186,31 @@ async def test_closing_a_websocket_session_from_the_server(start_daemon: DaemonF
             assert not gateway.sessions  # ended, and forgotten, when aclose returns
             await session.aclose()  # again: nothing more to do
         assert codes == [1000]
+
+
+async def test_a_stream_whose_body_never_began_is_ended(start_daemon: DaemonFactory) -> None:
+    # An SSE client that goes away after admission but before its response body is
+    # first iterated used to leave its session registered for good (counted toward
+    # the user's devices and the node's sockets).
+    with trio.fail_after(30):
+        daemon = await start_daemon({"gateway": {"handshake_timeout_s": 0.5}})
+        svc = daemon.services
+        gateway = svc.gateway
+        claims = await svc.verifier.verify(token("fay"))
+        sse = SseSession(gateway, "127.0.0.1")
+        assert await sse.open(claims, [], {})
+        assert sse.id in gateway.sessions and svc.router.user_sessions("fay")
+        with trio.fail_after(5):
+            while sse.id in gateway.sessions:
+                await trio.sleep(0.05)
+        assert not svc.router.user_sessions("fay")
+        assert gateway.count("sse") == 0
+        # A stream whose body is served is not touched by the watch.
+        async with httpx.AsyncClient(base_url=daemon.url(), timeout=10) as http, http.stream(
+            "GET", "/api/v1/events", params={"token": token("gus")}
+        ) as response:
+            lines = response.aiter_lines()
+            while not (await lines.__anext__()).startswith("event: session.ready"):
+                pass
+            await trio.sleep(1.0)  # twice the start deadline
+            assert gateway.count("sse") == 1 and svc.router.user_sessions("gus")

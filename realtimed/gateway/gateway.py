@@ -130,7 +130,7 @@ class Refusal:
 AuthReply = Callable[[ApiError | None], None]
 
 # A token timer: (session id, auth generation, "expiring" or "expired").
-_Expiry = tuple[str, int, Literal["expiring", "expired"]]
+_Expiry = tuple[str, int, Literal["expiring", "expired", "start"]]
 
 
 class Gateway:
@@ -174,6 +174,8 @@ class Gateway:
         self._all_closed = trio.Event()
         self._all_closed.set()
         self._expiry: Deadlines[_Expiry] = Deadlines()
+        self._start_checks: dict[str, Callable[[], bool]] = {}
+        self._nursery: trio.Nursery | None = None
 
     @property
     def config(self) -> Config:
@@ -190,8 +192,21 @@ class Gateway:
 
     async def run(self, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._expiry_timer)
             task_status.started(self)
+
+    def watch_start(self, session: ClientSession, started: Callable[[], bool]) -> None:
+        """End an admitted session whose transport has not begun serving it within
+        ``gateway.handshake_timeout_s``.
+
+        An SSE response whose client went away before its body began is never
+        iterated, so nothing else would end its session: it would stay registered
+        and count toward the user's and the node's limits for good.
+        """
+        self._start_checks[session.id] = started
+        deadline = trio.current_time() + self.config.gateway.handshake_timeout_s
+        self._expiry.push(deadline, (session.id, session.auth_generation, "start"))
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -335,6 +350,12 @@ class Gateway:
             _, due = await self._expiry.due()
             for session_id, gen, kind in due:
                 session = self.sessions.get(session_id)
+                if kind == "start":
+                    started = self._start_checks.pop(session_id, None)
+                    if session is not None and started is not None and not started() and self._nursery is not None:
+                        log.info("session %s: its transport never began serving it: ending it", session_id)
+                        self._nursery.start_soon(session.aclose)
+                    continue
                 if session is None or session.auth_generation != gen or session.closing:
                     continue
                 if kind == "expiring":
@@ -352,6 +373,7 @@ class Gateway:
 
     async def end(self, session: ClientSession) -> None:
         """The session is over (its transport calls this once, admitted or not)."""
+        self._start_checks.pop(session.id, None)
         if self.sessions.pop(session.id, None) is not None:
             self._by_transport[session.transport] -= 1
             SOCKETS.labels(session.transport).dec()

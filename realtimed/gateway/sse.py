@@ -126,6 +126,7 @@ class SseSession(ClientSession):
             if await gateway.admit(self, claims) != "accepted":
                 return False
         self._admitted = True
+        gateway.watch_start(self, lambda: self._streaming)
         joined: list[str] = []
         try:
             for room in rooms:
