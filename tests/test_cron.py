@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
@@ -216,7 +218,14 @@ async def test_catch_up_last_runs_the_latest_past_tick_of_a_new_entry_once_at_st
                 await nursery.start(CronScheduler(counting, [entry], clock=wall, catch_up="last").run)
             await trio.sleep(1)
             assert await cron_keys(store) == keys("minutely", T0 + timedelta(minutes=5))
-            await trio.sleep(30)  # 12:06:01
+            await trio.sleep(29.5)  # 12:06:00.5, the 12:06 tick is due
+            # Stop the clock, so that no later tick comes due while the 12:06 one is
+            # written (in SQLite's thread, on a busy machine this can outlast an autojump).
+            clock.autojump_threshold = math.inf
+            for _ in range(200):
+                if len(await cron_keys(store)) == 2:
+                    break
+                await trio.to_thread.run_sync(time.sleep, 0.05)
             nursery.cancel_scope.cancel()
         expected = keys("minutely", T0 + timedelta(minutes=5), T0 + timedelta(minutes=6))
         assert await cron_keys(store) == expected
