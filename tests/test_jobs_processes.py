@@ -162,9 +162,11 @@ def check_runs(runs: list[tuple[str, int]], *, jobs: int, killed: set[int], in_f
 
 async def test_two_runner_processes_one_killed_lose_nothing(pg: Cluster) -> None:
     store, conn = pg.store, pg.conn
+    # 20 ms of work per job: the two runners need over a second for the lot, so the kill
+    # lands in the middle however fast the store claims (at 5 ms they could finish first).
     total, concurrency = 1000, 16
     with trio.fail_after(60):
-        workers = await spawn_many(2, pg.dsn, concurrency=concurrency, work_ms=5)
+        workers = await spawn_many(2, pg.dsn, concurrency=concurrency, work_ms=20)
         try:
             await enqueue_many(store, total)
             while len(await executions(conn)) < total // 3:
