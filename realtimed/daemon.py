@@ -47,6 +47,7 @@ from realtimed.gateway.websocket import WebSocketDoor
 from realtimed.http.app import check_backends, create_app
 from realtimed.http.listener import Listener
 from realtimed.jobs import CronScheduler, JobRunner, register_builtin_kinds
+from realtimed.jobs.kinds import cron_config_problems
 from realtimed.live import Live
 from realtimed.notify.inbox import InAppChannel
 from realtimed.notify.service import NotifyService
@@ -349,7 +350,9 @@ class Daemon:
             if self.config_path is None:
                 new = self.cfg
             else:
-                new = await trio.to_thread.run_sync(load_config, self.config_path)
+                new = await trio.to_thread.run_sync(
+                    functools.partial(load_config, self.config_path, checks=(cron_config_problems,))
+                )
             # Keys are read now, so that an unreadable key file refuses the reload.
             self._pending_verifier = self._verifier(new)
         except ConfigError as exc:

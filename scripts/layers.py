@@ -9,7 +9,9 @@ an import of a higher layer "points up" and is listed. Imports under
 still a reader's dependency.
 
 0. base          errors, config, clock, protocol (sans-IO wire), metrics, logs, auth,
-                 deadlines, live, sdnotify: what every layer may use.
+                 deadlines, live, sdnotify, and the parsers the configuration checks
+                 with (addresses, postgres_dsn, redis_url, templates): what every
+                 layer may use.
 1. store         store/: persistence, one Protocol per domain, sqlite/ and postgres/.
 2. delivery      delivery/ (frames encoded once, rooms and their history, the router)
                  and broker/ (the Broker Protocol between nodes, the in-process and the
@@ -48,6 +50,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "realtimed.deadlines",
             "realtimed.live",
             "realtimed.sdnotify",
+            "realtimed.addresses",
+            "realtimed.postgres_dsn",
+            "realtimed.redis_url",
+            "realtimed.templates",
         ),
     ),
     ("store", ("realtimed.store",)),

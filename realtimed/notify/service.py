@@ -84,9 +84,9 @@ from realtimed.notify.policy import (
     is_active,
     quiet_until,
 )
-from realtimed.notify.templates import TemplateError, render
 from realtimed.notify.types import type_table
 from realtimed.store.base import NotificationPreference, Store, UserSettings
+from realtimed.templates import TemplateError, render
 
 __all__ = ["CHAT_TYPE", "NotifyService"]
 
