@@ -32,7 +32,7 @@ from typing import Any
 import attrs
 import trio
 
-from realtimed import logs, metrics
+from realtimed import logs, metrics, room_ops
 from realtimed.api.ops import OpRegistry
 from realtimed.auth import ApiKeys, TokenVerifier
 from realtimed.backends import Backends, open_backends
@@ -54,7 +54,6 @@ from realtimed.notify.service import NotifyService
 from realtimed.presence import PresenceService
 from realtimed.push.channel import FcmChannel
 from realtimed.push.service import PushService
-from realtimed.room_ops import register_room_ops
 from realtimed.sdnotify import SystemdNotifier
 from realtimed.services import Services
 from realtimed.store import Store, open_store
@@ -220,10 +219,10 @@ class Daemon:
                                channels=[InAppChannel(store, clock=clock, router=router), FcmChannel(push)],
                                caps=backends.caps, activity=backends.activity)
         ops = OpRegistry(config)
-        register_room_ops(ops, router, clock=clock, config=config)
-        presence.register(ops)
-        chat.register(ops)
-        notify.register(ops)
+        ops.add(room_ops.ops(router, clock=clock, config=config))
+        ops.add(presence.ops())
+        ops.add(chat.ops())
+        ops.add(notify.ops())
         push.register_jobs(runner)
         notify.register_jobs(runner)
         hooks = SessionHooks(
