@@ -29,7 +29,8 @@ still a reader's dependency.
 6. transports    gateway/ (the session lifecycle, WebSocket, SSE), http/ (listener,
                  guard, app, the REST doors).
 7. composition   daemon, backends (the one place in-process or Redis is chosen),
-                 cli (and jobs/cli), workers, install, listen, __main__.
+                 cli (and jobs/cli), jobs/kinds (every job kind the daemon registers,
+                 from each capability), workers, install, listen, __main__.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "realtimed.backends",
             "realtimed.cli",
             "realtimed.jobs.cli",
+            "realtimed.jobs.kinds",
             "realtimed.workers",
             "realtimed.install",
             "realtimed.listen",

@@ -64,7 +64,7 @@ from realtimed.errors import (
 from realtimed.frames import PING_FRAME
 from realtimed.gateway.gateway import Gateway
 from realtimed.gateway.session import Session
-from realtimed.http.listener import RequestHead
+from realtimed.http.framing import RequestHead
 from realtimed.live import Live
 
 __all__ = ["CLOSE_HEARTBEAT", "WebSocketDoor", "accept_token", "origin_allowed", "websocket_upgrade"]

@@ -53,7 +53,7 @@ from realtimed.config import Config
 from realtimed.errors import NotFound, OperatorError
 from realtimed.http import proxy_protocol
 from realtimed.http.forwarded import TrustedProxies
-from realtimed.http.framing import RequestHead as RequestHead
+from realtimed.http.framing import RequestHead
 from realtimed.http.guard import GUARD_STATE_KEY, ConnectionGuard, HandshakeSlots, Slot
 
 log = logging.getLogger(__name__)
