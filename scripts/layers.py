@@ -64,7 +64,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("store", ("realtimed.store",)),
     ("broker", ("realtimed.broker",)),
-    ("delivery", ("realtimed.delivery",)),
+    # realtimed.router: where the router lived before delivery/, for reports on older trees.
+    ("delivery", ("realtimed.delivery", "realtimed.router")),
     ("api", ("realtimed.api", "realtimed.services")),
     (
         "capabilities",
