@@ -98,13 +98,16 @@ from realtimed.protocol import (
     UserBlock,
     UserUnblock,
 )
-from realtimed.store.base import ConversationRecord, MemberRecord, MessageRecord
+from realtimed.store.base import ConversationRecord, JobSpec, MemberRecord, MessageRecord
 from realtimed.typing_state import MemoryTyping, TypingBackend
 
 if TYPE_CHECKING:
     from realtimed.delivery.router import Router
     from realtimed.presence import PresenceService
     from realtimed.store.base import Store
+
+#: ``(event, data)`` → the webhook deliveries to queue with the write (``WebhookService.specs``).
+WebhookSpecs = Callable[[str, Mapping[str, Any]], list[JobSpec]]
 
 __all__ = ["ROOM_PREFIX", "ChatService"]
 
@@ -179,8 +182,11 @@ class ChatService:
         clock: WallClock,
         presence: PresenceService | None = None,
         typing: TypingBackend | None = None,
+        webhook_specs: WebhookSpecs | None = None,
     ) -> None:
         self._config = config
+        # The webhook deliveries of an event, queued in its store write's transaction.
+        self._webhook_specs = webhook_specs
         self._store = store
         self._router = router
         self._clock = clock
@@ -530,6 +536,19 @@ class ChatService:
             if candidates
             else []
         )
+        if self._webhook_specs is not None:
+            jobs += self._webhook_specs(
+                "message.new",
+                {
+                    "conversation_id": cid, "sender_id": sender_id, "client_id": client_id, "type": type,
+                    "body": body, "media_url": media_url, "reply_to": reply_to,
+                },
+            )
+            if candidates:
+                jobs += self._webhook_specs(
+                    "message.unread_offline",
+                    {"conversation_id": cid, "sender_id": sender_id, "recipients": list(candidates)},
+                )
         message, created = await store.append_message(
             conversation_id=cid,
             sender_id=sender_id,

@@ -30,6 +30,8 @@ Field metadata understood by the loader:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import os
 import re
@@ -40,6 +42,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -639,6 +642,66 @@ class PushConfig:
     quota_retry_s: float = _f(60.0, "wait after a 429 that gives no Retry-After (every sender waits)", min=0, max=86400)
 
 
+#: The events a webhook endpoint may subscribe to (docs/protocol.md, "Webhooks").
+WEBHOOK_EVENTS: Final[tuple[str, ...]] = (
+    "message.new",
+    "message.unread_offline",
+    "notification.new",
+    "notification.read",
+    "delivery.failed",
+    "device.removed",
+    "presence.online",
+    "presence.offline",
+    "room.joined",
+    "room.left",
+    "job.dead",
+)
+#: A webhook endpoint id: letters, digits, _ . - (at most 64).
+WEBHOOK_ENDPOINT_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: A webhook signing secret: ``whsec_`` then base64 of 24 to 64 bytes (Standard Webhooks).
+WEBHOOK_SECRET_PREFIX: Final = "whsec_"
+
+
+@attrs.frozen
+class WebhookEndpointConfig:
+    id: str = _f("", "endpoint id (letters, digits, _ . -; at most 64), unique among all endpoints")
+    url: str = _f("", "http:// or https:// URL the events are POSTed to")
+    events: list[str] = _f([], "event names to deliver; empty: every event")
+    secrets: list[str] = _f(
+        [], "one or two signing secrets (whsec_<base64>); with two, every delivery carries both signatures (rotation)",
+        secret=True,
+    )
+    enabled: bool = _f(True, "deliver to this endpoint")
+
+
+@attrs.frozen
+class WebhooksConfig:
+    endpoints: list[WebhookEndpointConfig] = _f(
+        [], "endpoints from the configuration ([[webhooks.endpoints]]); replaced on reload, those made through "
+        "the server API are kept"
+    )
+    queue: str = _f("webhooks", "job queue of webhook.deliver; give it a concurrency in [[jobs.queues]]")
+    max_attempts: int = _f(8, "attempts per delivery before it is dead", min=1, max=100)
+    backoff_base_s: float = _f(5.0, "first retry delay of a failed delivery (doubles each attempt, with jitter)", min=0, max=86400)
+    backoff_max_s: float = _f(3600.0, "longest retry delay of a failed delivery", min=0, max=86400)
+    connect_timeout_s: float = _f(5.0, "longest the name lookup and the connection to an endpoint may take", min=0.1, max=600)
+    timeout_s: float = _f(15.0, "longest one delivery (request and response) may take", min=0.1, max=600)
+    max_response_bytes: int = _f(
+        65536, "most bytes of a response body read; the rest is not read", min=0, max=16 * 1024 * 1024
+    )
+    excerpt_chars: int = _f(1024, "most characters of a response body kept with each attempt", min=0, max=65536)
+    disable_after_failures: int = _f(
+        50, "consecutive failed attempts after which an endpoint is disabled; 0: never", min=0, max=1_000_000
+    )
+    allow_private: bool = _f(
+        False, "allow endpoints resolving to loopback, link-local, private or other non-public addresses"
+    )
+    refresh_s: float = _f(
+        5.0, "how often each node re-reads the endpoints made through the server API on other nodes", min=0.1, max=3600
+    )
+    max_endpoints: int = _f(100, "most endpoints (configuration and server API together)", min=1, max=10_000)
+
+
 @attrs.frozen
 class MetricsConfig:
     enabled: bool = _f(True, "serve /metrics")
@@ -679,6 +742,7 @@ class Config:
     metrics: MetricsConfig = _f(MetricsConfig())
     notify: NotifyConfig = _f(NotifyConfig())
     push: PushConfig = _f(PushConfig(), channel=True)
+    webhooks: WebhooksConfig = _f(WebhooksConfig())
     source: str = attrs.field(default="", metadata={"internal": True})
     #: Every file the configuration was read from, as ``(key, path)``: the TOML file
     #: (key ``""``) and each ``<key>_file``; ``check-config --as-user`` checks them.
@@ -1150,6 +1214,59 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
         names.add(entry.name)
         _check_cron(entry, f"cron[{i}]", problems)
     _check_notify(cfg, problems)
+    _check_webhooks(cfg, problems)
+
+
+def webhook_endpoint_problems(
+    *, id: str, url: str, events: Sequence[str], secrets: Sequence[str]
+) -> list[tuple[str, str]]:
+    """What is wrong with a webhook endpoint, as ``(field, problem)``; the server API
+    checks the endpoints it is given with the same rules."""
+    out: list[tuple[str, str]] = []
+    if not WEBHOOK_ENDPOINT_ID.fullmatch(id):
+        out.append(("id", "must be 1 to 64 of letters, digits and _ . - (starting with a letter or digit)"))
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2000:
+        out.append(("url", "must be an http:// or https:// URL with a host (at most 2000 characters)"))
+    elif parts.username or parts.password:
+        out.append(("url", "must not carry credentials"))
+    elif port == 0:
+        out.append(("url", "port must not be 0"))
+    for i, event in enumerate(events):
+        if event not in WEBHOOK_EVENTS:
+            out.append((f"events[{i}]", f"unknown event {event[:64]!r} (one of {', '.join(WEBHOOK_EVENTS)})"))
+    if not 1 <= len(secrets) <= 2:
+        out.append(("secrets", "give one secret, or two while rotating"))
+    for i, secret in enumerate(secrets):
+        if not _webhook_secret_ok(secret):
+            out.append((f"secrets[{i}]", "must be whsec_ then the base64 of 24 to 64 random bytes"))
+    return out
+
+
+def _webhook_secret_ok(secret: str) -> bool:
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        return False
+    try:
+        raw = base64.b64decode(secret[len(WEBHOOK_SECRET_PREFIX):], validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return 24 <= len(raw) <= 64
+
+
+def _check_webhooks(cfg: Config, problems: _Problems) -> None:
+    seen: set[str] = set()
+    if len(cfg.webhooks.endpoints) > cfg.webhooks.max_endpoints:
+        problems.add("webhooks.endpoints", f"more than webhooks.max_endpoints ({cfg.webhooks.max_endpoints})")
+    for i, ep in enumerate(cfg.webhooks.endpoints):
+        for field, problem in webhook_endpoint_problems(id=ep.id, url=ep.url, events=ep.events, secrets=ep.secrets):
+            problems.add(f"webhooks.endpoints[{i}].{field}", problem)
+        if ep.id in seen:
+            problems.add(f"webhooks.endpoints[{i}].id", f"duplicate id {ep.id!r}")
+        seen.add(ep.id)
 
 
 def _check_proxies(cfg: Config, problems: _Problems) -> None:

@@ -57,6 +57,7 @@ from realtimed.push.service import PushService
 from realtimed.sdnotify import SystemdNotifier
 from realtimed.services import Services
 from realtimed.store import Store, open_store
+from realtimed.webhooks.service import WebhookService
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ WORKER_ENV = "REALTIMED_WORKER"
 
 # Sections whose change takes effect without a restart; everything else needs one.
 _LIVE_KEYS = {
-    "log", "auth", "api", "gateway", "namespaces", "chat", "presence", "notify", "shutdown", "retention", "metrics"
+    "log", "auth", "api", "gateway", "namespaces", "chat", "presence", "notify", "shutdown", "retention", "metrics",
+    "webhooks",
 }
 
 
@@ -212,7 +214,11 @@ class Daemon:
         router = Router(cfg, node=node, broker=backends.broker, clock=clock,
                         history=backends.history, room_presence=backends.room_presence)
         presence = PresenceService(config, store=store, router=router, clock=clock, backend=backends.presence)
-        chat = ChatService(config, store=store, router=router, clock=clock, presence=presence, typing=backends.typing)
+        webhooks = WebhookService(config, store=store, clock=clock, jobs=runner)
+        chat = ChatService(config, store=store, router=router, clock=clock, presence=presence, typing=backends.typing,
+                           webhook_specs=webhooks.specs)
+        presence.online_hooks.append(webhooks.on_presence)
+        runner.on_dead(webhooks.on_job_dead)
         push = PushService(cfg, store=store, clock=clock, jobs=runner)
         # The delivery channels notify calls (realtimed/notify/channel.py), each named like its config section.
         notify = NotifyService(config, store=store, clock=clock, router=router, jobs=runner,
@@ -225,6 +231,7 @@ class Daemon:
         ops.add(notify.ops())
         push.register_jobs(runner)
         notify.register_jobs(runner)
+        webhooks.register_jobs(runner)
         hooks = SessionHooks(
             on_connect=(presence.on_connect,),
             on_disconnect=(presence.on_disconnect, chat.on_disconnect),
@@ -240,7 +247,7 @@ class Daemon:
         self._services = Services(
             live_config=config, verifier=self._verifier_live, api_keys=self._api_keys, clock=clock, node=node,
             store=store, broker=backends.broker, router=router, ops=ops, gateway=gateway, presence=presence,
-            jobs=runner, chat=chat, notify=notify, push=push,
+            jobs=runner, chat=chat, notify=notify, push=push, webhooks=webhooks,
         )
         self.on_reload(self._reload_services)
 
@@ -256,6 +263,7 @@ class Daemon:
             await nursery.start(backends.cluster.run)
         await nursery.start(svc.chat.run)
         await nursery.start(svc.push.run)
+        await nursery.start(svc.webhooks.run)
         if backends.activity is not None:
             await nursery.start(backends.activity.run)
         await nursery.start(svc.notify.run)
@@ -286,6 +294,7 @@ class Daemon:
         self._pending_verifier = None
         self._api_keys.value = ApiKeys.from_config(new.api)
         self.services.router.set_config(new)
+        self.services.webhooks.reload(new)
 
     async def _drain_services(self) -> None:
         """Let sockets close and running jobs finish; returns early when all are done."""

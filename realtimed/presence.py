@@ -34,7 +34,7 @@ checks, throttled sends) for every user of this node.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Final, Literal, Protocol
 
@@ -255,6 +255,9 @@ class PresenceService:
         self._local: dict[str, _Local] = {}
         self._timers: Deadlines[tuple[str, _Kind, int]] = Deadlines()
         self._limiter = trio.CapacityLimiter(_CONCURRENCY)
+        #: Called with (user id, "online" or "offline") when a user comes online from
+        #: offline or goes offline (webhooks' presence.online and presence.offline).
+        self.online_hooks: list[Callable[[str, str], Awaitable[None]]] = []
 
     # -- service -------------------------------------------------------------------------------
 
@@ -532,6 +535,10 @@ class PresenceService:
         # Nothing was sent yet and the user looks offline: others saw them offline already.
         first_and_offline = local.sent is None and record.status == "offline"
         if state != local.sent and not first_and_offline:
+            was_offline = local.sent is None or local.sent[0] == "offline"
+            if was_offline != (record.status == "offline"):
+                for hook in self.online_hooks:
+                    await hook(uid, "offline" if record.status == "offline" else "online")
             store = self._store
             contacts: set[str] = await store.contact_ids(uid)
             seen: datetime | None = (await store.get_last_seen([uid])).get(uid)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from realtimed.presence import PresenceService
     from realtimed.push.service import PushService
     from realtimed.store.base import Store
+    from realtimed.webhooks.service import WebhookService
 
 
 @attrs.define(eq=False)
@@ -54,6 +55,7 @@ class Services:
     chat: ChatService
     notify: NotifyService
     push: PushService
+    webhooks: WebhookService
 
     @property
     def config(self) -> Config:

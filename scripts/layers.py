@@ -24,7 +24,7 @@ still a reader's dependency.
                  (ops.py), per-user op budgets (limits.py), typed routes (routes.py,
                  validate.py), and services.py (the typed bag of services a route
                  reaches: type-only imports). No transport, no capability.
-5. capabilities  chat, presence, typing_state, room_ops, notify/, push/, jobs/: each
+5. capabilities  chat, presence, typing_state, room_ops, notify/, push/, jobs/, webhooks/: each
                  exposes routes() and ops(); a Redis backend sits beside its Protocol.
 6. transports    gateway/ (the session lifecycle, WebSocket, SSE), http/ (listener,
                  guard, app, the REST doors).
@@ -79,6 +79,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "realtimed.notify",
             "realtimed.push",
             "realtimed.jobs",
+            "realtimed.webhooks",
         ),
     ),
     ("transports", ("realtimed.gateway", "realtimed.http")),

@@ -71,6 +71,7 @@ def capability_routes() -> list[Route]:
     from realtimed.http import client_api, jobs_api, openapi, server_api
     from realtimed.notify import http as notify_http
     from realtimed.push import http as push_http
+    from realtimed.webhooks import http as webhooks_http
 
     return [
         *routes(),
@@ -82,6 +83,7 @@ def capability_routes() -> list[Route]:
         *presence.routes(),
         *notify_http.routes(),
         *push_http.routes(),
+        *webhooks_http.routes(),
     ]
 
 

@@ -11,7 +11,8 @@ so it cannot know them: each command that loads a daemon's configuration hands
 
 ``DAEMON_JOB_TYPES`` is that table: the built-in kinds (``realtimed.jobs.builtin``),
 the ``push.send`` kind of push (``realtimed.push.jobs``), and the kinds of the
-notification pipeline and of chat (``realtimed.notify.jobs``). The daemon
+notification pipeline and of chat (``realtimed.notify.jobs``), and ``webhook.deliver``
+(``realtimed.webhooks.jobs``). The daemon
 registers exactly these (a test starts one and compares); a capability that
 adds a kind adds its ``JobType`` here too.
 """
@@ -33,6 +34,7 @@ from realtimed.jobs.payload import JobType, PayloadError
 from realtimed.notify.jobs import CHAT_OFFLINE, NOTIFY_DIGEST, NOTIFY_PUSH, NOTIFY_SEND
 from realtimed.protocol import MAX_STORED_JSON_DEPTH, json_depth_path
 from realtimed.push.jobs import PUSH_SEND
+from realtimed.webhooks.jobs import WEBHOOK_DELIVER
 
 __all__ = ["DAEMON_JOB_TYPES", "cron_config_problems", "cron_job_problems"]
 
@@ -50,6 +52,7 @@ DAEMON_JOB_TYPES: Final[Mapping[str, JobType[Any]]] = {
         NOTIFY_PUSH,
         NOTIFY_DIGEST,
         CHAT_OFFLINE,
+        WEBHOOK_DELIVER,
     )
 }
 

@@ -340,6 +340,7 @@ class JobRunner:
         self._job_tasks = 0
         self._status_labels: set[tuple[str, str]] = set()
         self._queue_labels: set[str] = set()
+        self._dead_hooks: list[Callable[[JobRecord, str], Awaitable[None]]] = []
         for name in [DEFAULT_QUEUE, *(q.name for q in config.queues), *queues]:
             self.serve_queue(name)
 
@@ -733,6 +734,19 @@ class JobRunner:
         else:
             JOB_OUTCOMES.labels(job.kind, record.status).inc()
             log.warning("job %s (%s) is %s after attempt %d: %s", job.id, job.kind, record.status, job.attempts, text)
+            if record.status == "dead":
+                await self._report_dead(record, text)
+
+    def on_dead(self, hook: Callable[[JobRecord, str], Awaitable[None]]) -> None:
+        """Call ``hook(job, error)`` after a job of this node ends ``dead`` (webhooks' ``job.dead``)."""
+        self._dead_hooks.append(hook)
+
+    async def _report_dead(self, job: JobRecord, text: str) -> None:
+        for hook in self._dead_hooks:
+            try:
+                await hook(job, text)
+            except Exception as exc:  # a report must not change the job's outcome
+                log.error("job %s (%s): reporting it dead failed: %s", job.id, job.kind, exc)
 
     def _failure(self, job: JobRecord, error: BaseException, now: datetime) -> tuple[datetime | None, str, str]:
         """(retry_at, final_status, error text) for a handler's exception."""

@@ -14,6 +14,7 @@ Protocol            what                                             module
 ``DeviceStore``     push tokens and topics                           ``store.devices``
 ``JobStore``        jobs and cron ticks                              ``store.jobs``
 ``RetentionStore``  retention deletes                                ``store.retention``
+``WebhookStore``    webhook endpoints, delivery attempts             ``store.webhooks``
 ==================  ===============================================  ==================
 
 A service may ask for the one it needs. Each record has a ``to_wire()`` giving
@@ -54,6 +55,7 @@ from realtimed.store.jobs import FINISHED_JOB_STATUSES, JOB_STATUSES, JobRecord,
 from realtimed.store.retention import RetentionStore
 from realtimed.store.schema import SchemaVersionError
 from realtimed.store.users import UserStore
+from realtimed.store.webhooks import WebhookAttempt, WebhookEndpoint, WebhookStore
 
 __all__ = [
     "FINISHED_JOB_STATUSES",
@@ -85,10 +87,15 @@ __all__ = [
     "Store",
     "UserSettings",
     "UserStore",
+    "WebhookAttempt",
+    "WebhookEndpoint",
+    "WebhookStore",
 ]
 
 
-class Store(ChatStore, UserStore, BanStore, InboxStore, DeviceStore, JobStore, RetentionStore, Protocol):
+class Store(
+    ChatStore, UserStore, BanStore, InboxStore, DeviceStore, JobStore, RetentionStore, WebhookStore, Protocol
+):
     """Durable state: conversations, messages, read cursors, notifications,
     preferences, devices, contacts and blocks, bans, jobs.
 

@@ -18,12 +18,14 @@ from realtimed.store.postgres.inbox import PostgresInbox
 from realtimed.store.postgres.jobs import PostgresJobs
 from realtimed.store.postgres.retention import PostgresRetention
 from realtimed.store.postgres.users import PostgresUsers
+from realtimed.store.postgres.webhooks import PostgresWebhooks
 
 __all__ = ["JOBS_CHANNEL", "PostgresStore", "migrate_connection"]
 
 
 class PostgresStore(
-    PostgresChat, PostgresUsers, PostgresBans, PostgresInbox, PostgresDevices, PostgresJobs, PostgresRetention
+    PostgresChat, PostgresUsers, PostgresBans, PostgresInbox, PostgresDevices, PostgresJobs, PostgresRetention,
+    PostgresWebhooks,
 ):
     """The PostgreSQL store.
 

@@ -16,12 +16,14 @@ from realtimed.store.sqlite.inbox import SQLiteInbox
 from realtimed.store.sqlite.jobs import SQLiteJobs
 from realtimed.store.sqlite.retention import SQLiteRetention
 from realtimed.store.sqlite.users import SQLiteUsers
+from realtimed.store.sqlite.webhooks import SQLiteWebhooks
 
 __all__ = ["SQLiteStore"]
 
 
 class SQLiteStore(
-    SQLiteChat, SQLiteUsers, SQLiteBans, SQLiteInbox, SQLiteDevices, SQLiteJobs, SQLiteRetention
+    SQLiteChat, SQLiteUsers, SQLiteBans, SQLiteInbox, SQLiteDevices, SQLiteJobs, SQLiteRetention,
+    SQLiteWebhooks,
 ):
     """The embedded store.
 

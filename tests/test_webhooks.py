@@ -1,0 +1,297 @@
+"""Webhooks: signed deliveries to a real HTTP receiver that verifies them with the
+``standardwebhooks`` package; retries, timeouts, an outage, disabling, replay, the
+server API, reload, and the address checks. Real daemons on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from realtimed.config import load_config
+from realtimed.daemon import Daemon
+from realtimed.webhooks.outbound import is_public_address
+from realtimed.webhooks.signing import sign
+from tests.fixtures.daemon import API_KEY, BASE_CONFIG, DaemonFactory, merge, toml_dumps
+from tests.webhook_receiver import Receiver, new_secret
+
+SERVER = {"Authorization": f"Bearer {API_KEY}"}
+FAST = {
+    "allow_private": True,
+    "backoff_base_s": 0.05,
+    "backoff_max_s": 0.2,
+    "timeout_s": 1.0,
+    "connect_timeout_s": 1.0,
+    "refresh_s": 0.2,
+}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_section(request: pytest.FixtureRequest) -> dict[str, Any]:
+    if request.param == "postgres":
+        return {"store": {"backend": "postgres", "postgres_dsn": request.getfixturevalue("pg_dsn")}}
+    return {}
+
+
+def endpoint(receiver: Receiver, secrets: list[str], **extra: Any) -> dict[str, Any]:
+    return {"id": "app", "url": receiver.url, "secrets": secrets, **extra}
+
+
+def config(endpoints: list[dict[str, Any]], **webhooks: Any) -> dict[str, Any]:
+    return {
+        "webhooks": {**FAST, **webhooks, "endpoints": endpoints},
+        "jobs": {"poll_s": 0.2, "queues": [{"name": "webhooks", "concurrency": 8}]},
+    }
+
+
+@asynccontextmanager
+async def api(daemon: Daemon) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=daemon.url() + "/server/v1", headers=SERVER, timeout=10) as http:
+        yield http
+
+
+async def send(http: httpx.AsyncClient, conversation_id: str, sender: str, text: str) -> dict[str, Any]:
+    answer = await http.post(
+        f"/conversations/{conversation_id}/messages", json={"sender_id": sender, "client_id": text, "body": text}
+    )
+    assert answer.status_code == 200, answer.text
+    message: dict[str, Any] = answer.json()["message"]
+    return message
+
+
+async def conversation(http: httpx.AsyncClient) -> str:
+    answer = await http.post("/conversations", json={"type": "group", "member_ids": ["alice", "bob"]})
+    assert answer.status_code == 200, answer.text
+    cid: str = answer.json()["conversation"]["id"]
+    return cid
+
+
+async def until(check: Callable[[], Any], *, step_s: float = 0.02) -> None:
+    """Wait for ``check()`` to hold (each test bounds the wait with its own fail_after)."""
+    while not check():
+        await trio.sleep(step_s)
+
+
+async def attempts(http: httpx.AsyncClient, endpoint_id: str = "app") -> list[dict[str, Any]]:
+    answer = await http.get(f"/webhooks/{endpoint_id}/attempts", params={"limit": 500})
+    assert answer.status_code == 200, answer.text
+    found: list[dict[str, Any]] = answer.json()["attempts"]
+    return found
+
+
+async def test_message_events_are_signed_per_standard_webhooks_with_rotation(
+    nursery: trio.Nursery, start_daemon: DaemonFactory, store_section: dict[str, Any]
+) -> None:
+    old, new = new_secret(), new_secret()
+    receiver = Receiver([new])  # the receiver already moved to the new secret
+    await receiver.start(nursery)
+    with trio.fail_after(30):
+        daemon = await start_daemon(merge(store_section, config(
+            [endpoint(receiver, [old, new], events=["message.new", "message.unread_offline"])]
+        )))
+        async with api(daemon) as http:
+            cid = await conversation(http)
+            message = await send(http, cid, "alice", "hello")
+            await until(lambda: len(receiver.received) >= 2)
+            by_type = {r.body["type"]: r for r in receiver.received}
+            assert set(by_type) == {"message.new", "message.unread_offline"}
+            new_msg = by_type["message.new"]
+            # Two signatures (rotation); the receiver's secret verifies one of them.
+            assert len(new_msg.headers["webhook-signature"].split(" ")) == 2
+            assert new_msg.verified_with == (0,)
+            assert new_msg.body["data"]["message_id"] == message["id"]
+            assert new_msg.body["data"]["seq"] == message["seq"]
+            assert new_msg.body["data"]["body"] == "hello" and new_msg.body["data"]["conversation_id"] == cid
+            offline = by_type["message.unread_offline"].body["data"]
+            assert offline["recipients"] == ["bob"] and offline["message_id"] == message["id"]
+            # The same message sent again (same client id) is no new fact: nothing more is queued.
+            await send(http, cid, "alice", "hello")
+            await until_async(http, lambda found: len(found) >= 2)
+            found = await attempts(http)
+            assert all(a["status"] == 200 and a["error"] is None for a in found)
+            assert {a["webhook_id"] for a in found} == set(receiver.ids())
+            listed = (await http.get("/webhooks")).json()["endpoints"]
+            assert [e["id"] for e in listed] == ["app"]
+            assert listed[0]["source"] == "config" and listed[0]["secrets"] == 2 and "whsec" not in str(listed)
+        await trio.sleep(0.3)
+        assert len(receiver.received) == 2
+
+
+async def test_receiver_down_then_back_loses_nothing_and_failures_are_recorded(
+    nursery: trio.Nursery, start_daemon: DaemonFactory
+) -> None:
+    secret = new_secret()
+    receiver = Receiver([secret])
+    await receiver.start(nursery)
+    with trio.fail_after(40):
+        daemon = await start_daemon(config([endpoint(receiver, [secret], events=["message.new"])], max_attempts=50))
+        async with api(daemon) as http:
+            cid = await conversation(http)
+            # Down: the port is closed.
+            receiver.stop()
+            sent = [await send(http, cid, "alice", f"m{i}") for i in range(5)]
+            await until_async(http, lambda found: sum(1 for a in found if a["status"] is None) >= 5)
+            # Back, but answering 500 with a body, then slow beyond webhooks.timeout_s.
+            await receiver.start(nursery)
+            receiver.status, receiver.body = 500, b"x" * 5000
+            await until_async(http, lambda found: any(a["status"] == 500 for a in found))
+            receiver.status, receiver.body, receiver.delay_s = 200, b'{"ok":true}', 1.5
+            await until_async(http, lambda found: any("timeout_s" in (a["error"] or "") for a in found))
+            receiver.delay_s = 0
+            await until(lambda: len(set(receiver.ids())) >= 5)
+            found = await attempts(http)
+            errors = [a for a in found if a["status"] == 500]
+            assert len(errors[0]["response"]) == 1024  # webhooks.excerpt_chars
+            assert {r.body["data"]["message_id"] for r in receiver.received} == {m["id"] for m in sent}
+            # One webhook-id per delivery, the same on every attempt.
+            ids_per_delivery: dict[str, set[str]] = {}
+            for a in found:
+                ids_per_delivery.setdefault(a["delivery_id"], set()).add(a["webhook_id"])
+            assert len(ids_per_delivery) == 5 and all(len(ids) == 1 for ids in ids_per_delivery.values())
+            one = found[0]
+            answer = await http.get(f"/webhooks/deliveries/{one['delivery_id']}/attempts")
+            assert {a["delivery_id"] for a in answer.json()["attempts"]} == {one["delivery_id"]}
+            assert len(answer.json()["attempts"]) >= 2
+
+
+async def until_async(http: httpx.AsyncClient, check: Callable[[list[dict[str, Any]]], bool]) -> None:
+    while not check(await attempts(http)):
+        await trio.sleep(0.05)
+
+
+async def test_endpoint_disabled_after_failures_then_enabled_and_replayed(
+    nursery: trio.Nursery, start_daemon: DaemonFactory
+) -> None:
+    secret = new_secret()
+    receiver = Receiver([secret])
+    receiver.status = 503
+    receiver.retry_after = "0"
+    await receiver.start(nursery)
+    with trio.fail_after(30):
+        daemon = await start_daemon(config([], disable_after_failures=3, max_attempts=10))
+        async with api(daemon) as http:
+            made = await http.post(
+                "/webhooks", json={"id": "made", "url": receiver.url, "secrets": [secret], "events": ["message.new"]}
+            )
+            assert made.status_code == 200, made.text
+            again = await http.post("/webhooks", json={"id": "made", "url": receiver.url, "secrets": [secret]})
+            assert again.status_code == 409
+            bad = await http.post("/webhooks", json={"id": "x", "url": "ftp://a", "secrets": [secret]})
+            assert bad.status_code == 400 and bad.json()["error"]["field"] == "url"
+            cid = await conversation(http)
+            await send(http, cid, "alice", "one")
+            await until_async_endpoint(http, "made", lambda ep: ep["disabled_at"] is not None)
+            ep = (await http.get("/webhooks/made")).json()["endpoint"]
+            assert ep["consecutive_failures"] == 3
+            found = await attempts(http, "made")
+            assert [a["status"] for a in found] == [503, 503, 503]
+            # Disabled: nothing more is tried.
+            await trio.sleep(0.3)
+            assert len(await attempts(http, "made")) == 3
+            assert receiver.received == []
+            # Enabled again through the API; the receiver answers; the delivery is replayed.
+            receiver.status = 200
+            put = await http.put(
+                "/webhooks/made",
+                json={"url": receiver.url, "secrets": [secret], "enabled": True, "events": ["message.new"]},
+            )
+            assert put.status_code == 200 and put.json()["endpoint"]["disabled_at"] is None
+            replayed = await http.post(f"/webhooks/deliveries/{found[0]['delivery_id']}/replay")
+            assert replayed.status_code == 200, replayed.text
+            await until(lambda: len(receiver.received) == 1)
+            assert receiver.received[0].webhook_id == found[0]["webhook_id"]
+            assert (await http.post("/webhooks/deliveries/nope/replay")).status_code == 404
+            deleted = await http.delete("/webhooks/made")
+            assert deleted.status_code == 200
+            assert (await http.get("/webhooks/made")).status_code == 404
+
+
+async def until_async_endpoint(http: httpx.AsyncClient, endpoint_id: str, check: Callable[[dict[str, Any]], bool]) -> None:
+    while not check((await http.get(f"/webhooks/{endpoint_id}")).json()["endpoint"]):
+        await trio.sleep(0.05)
+
+
+async def test_loopback_and_private_targets_are_refused_unless_allowed(
+    nursery: trio.Nursery, start_daemon: DaemonFactory
+) -> None:
+    secret = new_secret()
+    receiver = Receiver([secret])
+    await receiver.start(nursery)
+    with trio.fail_after(30):
+        daemon = await start_daemon(config(
+            [endpoint(receiver, [secret], events=["message.new"]),
+             {"id": "local", "url": f"http://localhost:{receiver.port}/x", "secrets": [secret]}],
+            allow_private=False,
+        ))
+        async with api(daemon) as http:
+            cid = await conversation(http)
+            await send(http, cid, "alice", "one")
+            await until_async(http, lambda found: len(found) == 1)
+            found = await attempts(http)
+            assert found[0]["status"] is None and "not a public address" in found[0]["error"]
+            await until_async(http, lambda found: len(found) == 1)
+            local = await attempts(http, "local")
+            assert local and "not a public address" in local[0]["error"]
+            # Refused is final: no retry comes.
+            await trio.sleep(0.4)
+            assert len(await attempts(http)) == 1
+            job = (await http.get(f"/jobs/{found[0]['delivery_id']}")).json()["job"]
+            assert job["status"] == "failed"
+        assert receiver.requests == 0
+
+
+def test_public_address_check() -> None:
+    for refused in (
+        "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
+        "224.0.0.1", "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::",
+    ):
+        assert not is_public_address(refused), refused
+    for allowed in ("8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"):
+        assert is_public_address(allowed), allowed
+
+
+def test_signature_matches_the_specification_example() -> None:
+    # The example of the Standard Webhooks specification.
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    body = b'{"test": 2432232314}'
+    assert sign([secret], webhook_id="msg_p5jXN8AQM9LWM0D4loKWxJek", timestamp=1614265330, body=body) == (
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    )
+
+
+async def test_reload_replaces_configured_endpoints_and_keeps_api_ones(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    secret = new_secret()
+    receiver = Receiver([secret])
+    await receiver.start(nursery)
+    path = tmp_path / "realtimed.toml"
+    base = merge(BASE_CONFIG, {"server": {"state_dir": str(tmp_path / "state")}})
+    first = merge(base, config([endpoint(receiver, [secret]), {"id": "gone", "url": receiver.url, "secrets": [secret]}]))
+    path.write_text(toml_dumps(first))
+    daemon = Daemon(load_config(path, env={}), config_path=path, handle_signals=False)
+    with trio.fail_after(30):
+        await nursery.start(daemon.run)
+        async with api(daemon) as http:
+            made = await http.post("/webhooks", json={"id": "kept", "url": receiver.url, "secrets": [secret]})
+            assert made.status_code == 200
+            assert (await http.delete("/webhooks/app")).status_code == 409
+            path.write_text(toml_dumps(merge(base, config([endpoint(receiver, [secret], events=["presence.online"])]))))
+            assert await daemon.reload() is True
+
+            async def listed() -> dict[str, dict[str, Any]]:
+                return {e["id"]: e for e in (await http.get("/webhooks")).json()["endpoints"]}
+
+            while "gone" in await listed():
+                await trio.sleep(0.05)
+            now = await listed()
+            assert set(now) == {"app", "kept"}
+            assert now["app"]["events"] == ["presence.online"] and now["kept"]["source"] == "api"
+        daemon.request_drain()
+        await daemon.wait_stopped()

@@ -1,0 +1,139 @@
+"""A real HTTP server receiving webhooks, for the tests: it verifies each delivery's
+signature with the ``standardwebhooks`` package (the reference implementation of the
+specification, not realtimed's code) and keeps what it received.
+
+The test steers it: ``status`` answers every request with that status (with
+``retry_after``), ``delay_s`` holds each answer back, ``stop()`` closes its port
+and ``start()`` opens the same port again.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import attrs
+import h11
+import orjson
+import trio
+from standardwebhooks import Webhook, WebhookVerificationError
+
+__all__ = ["Received", "Receiver", "new_secret"]
+
+
+def new_secret() -> str:
+    import base64
+
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+@attrs.frozen
+class Received:
+    webhook_id: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    verified_with: tuple[int, ...]  # the indexes of the receiver's secrets that verify it
+
+
+class Receiver:
+    """Listens on 127.0.0.1; ``url`` is where it receives."""
+
+    def __init__(self, secrets_: list[str]) -> None:
+        self.secrets = secrets_
+        self.status = 200
+        self.retry_after: str | None = None
+        self.delay_s = 0.0
+        self.body = b'{"ok":true}'
+        self.received: list[Received] = []
+        self.requests = 0
+        self.unverified = 0
+        self.port = 0
+        self.got = trio.Event()
+        self._scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks"
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        scope = self._scope = trio.CancelScope()
+
+        async def serve() -> None:
+            with scope:
+                await trio.serve_listeners(self._handle, listeners)
+
+        nursery.start_soon(serve)
+
+    def stop(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+            self._scope = None
+
+    def ids(self) -> list[str]:
+        return [r.webhook_id for r in self.received]
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                request: h11.Request | None = None
+                body = b""
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        data = await stream.receive_some(65536)
+                        if not data:
+                            return
+                        conn.receive_data(data)
+                    elif isinstance(event, h11.Request):
+                        request = event
+                    elif isinstance(event, h11.Data):
+                        body += bytes(event.data)
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                    elif isinstance(event, h11.ConnectionClosed):
+                        return
+                assert request is not None
+                self.requests += 1
+                headers = {k.decode().lower(): v.decode() for k, v in request.headers}
+                if self.delay_s:
+                    await trio.sleep(self.delay_s)
+                status = self.status
+                if status < 300:
+                    verified = self._verify(body, headers)
+                    if verified:
+                        self.received.append(
+                            Received(headers["webhook-id"], headers, orjson.loads(body), tuple(verified))
+                        )
+                        self.got.set()
+                        self.got = trio.Event()
+                    else:
+                        self.unverified += 1
+                        status = 401
+                out_headers = [("content-length", str(len(self.body))), ("content-type", "application/json")]
+                if self.retry_after is not None:
+                    out_headers.append(("retry-after", self.retry_after))
+                await stream.send_all(conn.send(h11.Response(status_code=status, headers=out_headers)) or b"")
+                await stream.send_all(conn.send(h11.Data(data=self.body)) or b"")
+                await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+                if conn.our_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
+            return
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    def _verify(self, body: bytes, headers: dict[str, str]) -> list[int]:
+        ok: list[int] = []
+        for i, secret in enumerate(self.secrets):
+            try:
+                Webhook(secret).verify(body, headers)
+            except WebhookVerificationError:
+                continue
+            ok.append(i)
+        return ok
