@@ -219,11 +219,14 @@ class Daemon:
                            webhook_specs=webhooks.specs)
         presence.online_hooks.append(webhooks.on_presence)
         runner.on_dead(webhooks.on_job_dead)
+        router.event_sink = webhooks.emit
         push = PushService(cfg, store=store, clock=clock, jobs=runner)
         # The delivery channels notify calls (realtimed/notify/channel.py), each named like its config section.
+        in_app = InAppChannel(store, clock=clock, router=router)
         notify = NotifyService(config, store=store, clock=clock, router=router, jobs=runner,
-                               channels=[InAppChannel(store, clock=clock, router=router), FcmChannel(push)],
+                               channels=[in_app, FcmChannel(push)],
                                caps=backends.caps, activity=backends.activity)
+        notify.event_sink = in_app.event_sink = push.event_sink = webhooks.emit
         ops = OpRegistry(config)
         ops.add(room_ops.ops(router, clock=clock, config=config))
         ops.add(presence.ops())

@@ -295,3 +295,66 @@ async def test_reload_replaces_configured_endpoints_and_keeps_api_ones(
             assert now["app"]["events"] == ["presence.online"] and now["kept"]["source"] == "api"
         daemon.request_drain()
         await daemon.wait_stopped()
+
+
+async def test_presence_room_notification_device_and_job_events(
+    nursery: trio.Nursery, start_daemon: DaemonFactory
+) -> None:
+    from realtimed.jobs.runner import JobContext
+    from tests.fixtures.clients import WsClient
+    from tests.fixtures.tokens import token
+
+    secret = new_secret()
+    receiver = Receiver([secret])
+    await receiver.start(nursery)
+
+    def events() -> list[str]:
+        return [r.body["type"] for r in receiver.received]
+
+    async def wait_for(event: str) -> dict[str, Any]:
+        await until(lambda: event in events())
+        data: dict[str, Any] = next(r.body["data"] for r in receiver.received if r.body["type"] == event)
+        return data
+
+    with trio.fail_after(30):
+        daemon = await start_daemon(merge(config([endpoint(receiver, [secret])]), {
+            "presence": {"offline_grace_s": 0},
+            "namespaces": [{"prefix": "live:", "public": True, "presence": True}],
+        }))
+
+        async def failing(ctx: JobContext) -> None:
+            raise RuntimeError("broken on purpose")
+
+        daemon.services.jobs.register("test.broken", failing)
+        url = daemon.url().replace("http", "ws", 1) + "/ws"
+        alice = await WsClient.connect(url, token=token("alice"))
+        await alice.event("session.ready")
+        assert (await wait_for("presence.online"))["user_id"] == "alice"
+        await alice.ok("subscribe", {"room": "live:1"})
+        assert await wait_for("room.joined") == {"room": "live:1", "user_id": "alice"}
+        await alice.ok("unsubscribe", {"room": "live:1"})
+        assert await wait_for("room.left") == {"room": "live:1", "user_id": "alice"}
+        await alice.close()
+        assert (await wait_for("presence.offline"))["user_id"] == "alice"
+        async with api(daemon) as http:
+            sent = await http.post("/notifications", json={
+                "user_ids": ["bob"], "type": "new_follower", "vars": {"follower_name": "Alex"},
+            })
+            assert sent.status_code == 200, sent.text
+            created = await wait_for("notification.new")
+            assert created["user_id"] == "bob" and created["notification"]["type"] == "new_follower"
+            await daemon.services.jobs.enqueue("test.broken", {}, max_attempts=1)
+            dead = await wait_for("job.dead")
+            assert dead["kind"] == "test.broken" and "broken on purpose" in dead["last_error"]
+        async with httpx.AsyncClient(
+            base_url=daemon.url() + "/api/v1", headers={"Authorization": f"Bearer {token('bob')}"}
+        ) as client:
+            nid = created["notification"]["id"]
+            assert (await client.post(f"/notifications/{nid}/read")).status_code == 200
+            assert (await wait_for("notification.read")) == {"user_id": "bob", "ids": [nid], "unread_count": 0}
+            device = await client.post("/devices", json={"token": "tok-1", "platform": "android"})
+            assert device.status_code == 200, device.text
+            assert (await client.delete("/devices/tok-1")).status_code == 200
+            assert await wait_for("device.removed") == {"user_id": "bob", "token": "tok-1", "reason": "unregistered"}
+        # Every delivery verified with the receiver's secret.
+        assert receiver.unverified == 0

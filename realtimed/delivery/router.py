@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
 
 import trio
@@ -270,9 +270,15 @@ class Router:
         recovery = await self._recovery(room, ns, since) if ns.history_size > 0 else None
         return _subscribe_reply(room, recovery)
 
+    #: Reports ``room.joined`` and ``room.left`` to the application (webhooks:
+    #: ``WebhookService.emit``), set by the daemon; None reports nothing.
+    event_sink: Callable[[str, Mapping[str, Any]], Awaitable[object]] | None = None
+
     async def announce_join(self, room: str, user_id: str, *, joiner: str | None = None) -> None:
         """``room.joined`` to the room's other subscribers (the joining socket knows)."""
         await self.publish_event_to_room(room, "room.joined", {"room": room, "user_id": user_id}, exclude_session=joiner)
+        if self.event_sink is not None:
+            await self.event_sink("room.joined", {"room": room, "user_id": user_id})
 
     async def unsubscribe(self, session: Recipient, room: str) -> None:
         held = self._held.get(room)
@@ -327,6 +333,8 @@ class Router:
                 await self.publish_event_to_room(room, "room.left", {"room": room, "user_id": user})
             except Unavailable:
                 log.warning("room.left for user %s in %s not published: broker unavailable", user, room)
+            if self.event_sink is not None:
+                await self.event_sink("room.left", {"room": room, "user_id": user})
 
     # -- delivery ----------------------------------------------------------------------------
 

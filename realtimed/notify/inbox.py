@@ -10,8 +10,8 @@ user. Its receipts name the notification to the planned channels: ref
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final
 
 from prometheus_client import Counter
 
@@ -45,6 +45,10 @@ class InAppChannel:
 
     name: Final = IN_APP_CHANNEL
     immediate: Final = True
+    #: Reports ``notification.new`` to the application (webhooks: ``WebhookService.emit``), set by the
+    #: daemon; None reports nothing.
+    event_sink: Callable[[str, Mapping[str, Any]], Awaitable[object]] | None = None
+
 
     def __init__(self, store: Store, *, clock: WallClock, router: Router) -> None:
         self._store = store
@@ -91,6 +95,9 @@ class InAppChannel:
             await self._router.to_users(
                 (record.user_id,), "notification.new", {"notification": record.to_wire()}, seq=record.seq
             )
+        if self.event_sink is not None:
+            for record in created:
+                await self.event_sink("notification.new", {"user_id": record.user_id, "notification": record.to_wire()})
         return receipts
 
     async def withdraw(self, *, user_id: str, refs: Sequence[str] | None) -> int:

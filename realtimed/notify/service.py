@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Literal
 
@@ -680,6 +680,10 @@ class NotifyService:
         """Unread inbox notifications of one group created in ``[since, until)``."""
         return await count_unread_group(self.store, user_id=user_id, group_key=group_key, since=since, until=until)
 
+    #: Reports ``notification.read`` to the application (webhooks: ``WebhookService.emit``), set by the
+    #: daemon; None reports nothing.
+    event_sink: Callable[[str, Mapping[str, Any]], Awaitable[object]] | None = None
+
     # -- the inbox ---------------------------------------------------------------------------
 
     async def list(
@@ -693,12 +697,18 @@ class NotifyService:
     async def read(self, user_id: str, ids: Sequence[str]) -> dict[str, Any]:
         unread = await self.store.mark_notifications_read(user_id=user_id, ids=ids, now=self.clock.now())
         await self._to_user(user_id, "notification.read", {"ids": list(ids), "unread_count": unread})
+        if self.event_sink is not None:
+            await self.event_sink("notification.read", {"user_id": user_id, "ids": list(ids), "unread_count": unread})
         await self._withdraw(user_id, [f"n{notification_id}" for notification_id in ids])
         return {"unread_count": unread}
 
     async def read_all(self, user_id: str) -> dict[str, Any]:
         up_to, unread = await self.store.mark_all_notifications_read(user_id=user_id, now=self.clock.now())
         await self._to_user(user_id, "notification.read", {"up_to_seq": up_to, "unread_count": unread})
+        if self.event_sink is not None:
+            await self.event_sink(
+                "notification.read", {"user_id": user_id, "up_to_seq": up_to, "unread_count": unread}
+            )
         await self._withdraw(user_id, None)
         return {"unread_count": unread}
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
@@ -211,10 +211,13 @@ class PushService:
             assert token is not None
             if await self.store.deactivate_device(token=token):
                 TOKENS_DEACTIVATED.labels(result.kind).inc()
+                await self._report("device.removed", {"user_id": None, "token": token, "reason": result.kind})
             log.info("job %s: token %s deactivated: %s", ctx.job_id, where, text)
+            await self._report("delivery.failed", _failed(ctx, result.kind, text, token))
             raise DoNotRetry(f"token deactivated: {text}")
         if result.alarm:
             log.error("job %s: FCM refused our credentials for %s, token kept: %s", ctx.job_id, where, text)
+            await self._report("delivery.failed", _failed(ctx, result.kind, text, token))
             raise DoNotRetry(text)
         if result.retry:
             if result.retry_after is not None:
@@ -250,6 +253,21 @@ class PushService:
     async def unregister_device(self, *, user_id: str, token: str) -> None:
         if not await self.store.unregister_device(token=token, user_id=user_id):
             raise NotFound("no such device token for this user")
+        if self.event_sink is not None:
+            await self.event_sink("device.removed", {"user_id": user_id, "token": token, "reason": "unregistered"})
+
+    #: Reports ``device.removed`` and ``delivery.failed`` to the application (webhooks: ``WebhookService.emit``), set by the
+    #: daemon; None reports nothing.
+    event_sink: Callable[[str, Mapping[str, Any]], Awaitable[object]] | None = None
+
+
+    async def _report(self, event: str, data: Mapping[str, Any]) -> None:
+        if self.event_sink is None:
+            return
+        try:
+            await self.event_sink(event, data)
+        except Exception as exc:  # the push's own outcome stands
+            log.error("%s not reported: %s", event, exc)
 
     async def list_devices(self, user_id: str) -> list[DeviceRecord]:
         devices: list[DeviceRecord] = await self.store.list_devices(user_id, active_only=False)
@@ -286,6 +304,19 @@ class PushService:
             topic, "subscribed" if subscribe else "unsubscribed", len(tokens), sum(1 for e in errors if e),
         )
         return results
+
+
+def _failed(ctx: JobContext, code: str, text: str, token: str | None) -> dict[str, Any]:
+    """The data of ``delivery.failed`` for a push that failed for good."""
+    user_id = ctx.payload.get("user_id")
+    return {
+        "channel": "push",
+        "code": code,
+        "error": text,
+        "user_id": user_id if isinstance(user_id, str) else None,
+        "token": token,
+        "job_id": ctx.job_id,
+    }
 
 
 def _short(token: str | None) -> str:
