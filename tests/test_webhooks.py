@@ -358,3 +358,20 @@ async def test_presence_room_notification_device_and_job_events(
             assert await wait_for("device.removed") == {"user_id": "bob", "token": "tok-1", "reason": "unregistered"}
         # Every delivery verified with the receiver's secret.
         assert receiver.unverified == 0
+
+
+def test_endpoint_mistakes_are_configuration_errors_naming_the_key() -> None:
+    from realtimed.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={}, data={"webhooks": {"endpoints": [
+            {"id": "a", "url": "https://example.com/h", "secrets": [new_secret()]},
+            {"id": "a", "url": "ftp://example.com", "events": ["message.nope"], "secrets": ["plain", "x", "y"]},
+            {"id": "b", "url": "https://user:pw@example.com/h", "secrets": ["whsec_c2hvcnQ="]},
+        ]}})
+    keys = {key for key, _ in caught.value.problems}
+    assert keys == {
+        "webhooks.endpoints[1].id", "webhooks.endpoints[1].url", "webhooks.endpoints[1].events[0]",
+        "webhooks.endpoints[1].secrets", "webhooks.endpoints[1].secrets[0]", "webhooks.endpoints[1].secrets[1]",
+        "webhooks.endpoints[1].secrets[2]", "webhooks.endpoints[2].url", "webhooks.endpoints[2].secrets[0]",
+    }

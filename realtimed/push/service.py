@@ -234,6 +234,7 @@ class PushService:
             )
             raise RetryAfter(delay, text)
         log.warning("job %s: push to %s failed, token kept: %s", ctx.job_id, where, text)
+        await self._report("delivery.failed", _failed(ctx, result.kind, text, token))
         raise DoNotRetry(text)
 
     # -- devices -----------------------------------------------------------------------------
