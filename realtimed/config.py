@@ -697,7 +697,11 @@ class WebhooksConfig:
         False, "allow endpoints resolving to loopback, link-local, private or other non-public addresses"
     )
     refresh_s: float = _f(
-        5.0, "how often each node re-reads the endpoints made through the server API on other nodes", min=0.1, max=3600
+        5.0,
+        "an event coming while a node's list of endpoints is older than this re-reads it (endpoints made "
+        "through the server API on other nodes)",
+        min=0.1,
+        max=3600,
     )
     max_endpoints: int = _f(100, "most endpoints (configuration and server API together)", min=1, max=10_000)
 

@@ -10,11 +10,12 @@ subscriptions, a job's end) are queued right after they happen (``emit``).
 Endpoints: those of ``[[webhooks.endpoints]]`` are written to the store at start
 and after each reload (``source = "config"``, replacing the previous ones);
 those made through the server API (``source = "api"``) live only in the store.
-Each node keeps the list in memory, re-read after a change through this node and
-every ``webhooks.refresh_s``, so an endpoint made through another node is used
-here within that time.
+Each node keeps the list in memory, re-read after a change through this node, and
+when an event comes while the list is older than ``webhooks.refresh_s`` (so an
+endpoint made through another node is used here from then on; an idle node reads
+nothing).
 
-Resource handling: ``run`` owns the refresh loop and the outbound HTTP clients
+Resource handling: ``run`` owns the task that re-reads the endpoints and the outbound HTTP clients
 (``Outbound``), closed when it ends.
 
 Error handling: an attempt's failure is recorded (status, error, latency, a
@@ -29,6 +30,7 @@ disabled (``realtimed_webhook_endpoints_disabled_total`` and a warning).
 from __future__ import annotations
 
 import logging
+import math
 import random
 import secrets
 import time
@@ -119,7 +121,9 @@ class WebhookService:
         self.outbound = Outbound(config.value.webhooks)
         self._endpoints: dict[str, WebhookEndpoint] = {}
         self._rng = random.Random()
-        self._resync = trio.Event()
+        self._resync = False
+        self._wake = trio.Event()
+        self._refreshed_at = -math.inf
 
     @property
     def cfg(self) -> Config:
@@ -133,11 +137,11 @@ class WebhookService:
             await self._sync_config()
             task_status.started()
             while True:
-                with trio.move_on_after(self.cfg.webhooks.refresh_s):
-                    await self._resync.wait()
+                await self._wake.wait()
+                self._wake = trio.Event()
                 try:
-                    if self._resync.is_set():
-                        self._resync = trio.Event()
+                    if self._resync:
+                        self._resync = False
                         await self._sync_config()
                     else:
                         await self.refresh()
@@ -150,7 +154,8 @@ class WebhookService:
     def reload(self, new: Config) -> None:
         """After a reload: the configured endpoints are replaced (in the run loop)."""
         self.outbound.cfg = new.webhooks
-        self._resync.set()
+        self._resync = True
+        self._wake.set()
 
     async def _sync_config(self) -> None:
         now = self.clock.now()
@@ -161,6 +166,7 @@ class WebhookService:
 
     async def refresh(self) -> None:
         """Re-read every endpoint from the store."""
+        self._refreshed_at = trio.current_time()
         self._endpoints = {ep.id: ep for ep in await self.store.list_webhook_endpoints()}
 
     def endpoints(self) -> list[WebhookEndpoint]:
@@ -170,6 +176,8 @@ class WebhookService:
 
     def specs(self, event: str, data: Mapping[str, Any]) -> list[JobSpec]:
         """The deliveries of ``event`` for a store write's transaction (one per wanting endpoint)."""
+        if trio.current_time() - self._refreshed_at > self.cfg.webhooks.refresh_s:
+            self._wake.set()  # re-read in the background; this event goes by the list as it is
         endpoints = [ep for ep in self._endpoints.values() if ep.wants(event)]
         if not endpoints:
             return []

@@ -105,7 +105,10 @@ def _record_attempt(conn: Conn, a: WebhookAttempt, disable_after: int) -> tuple[
          a.response, us(a.at)),
     )
     if a.ok:
-        conn.execute("UPDATE webhook_endpoints SET consecutive_failures = 0 WHERE id = ?", (a.endpoint_id,))
+        conn.execute(
+            "UPDATE webhook_endpoints SET consecutive_failures = 0 WHERE id = ? AND consecutive_failures <> 0",
+            (a.endpoint_id,),
+        )
         return 0, False
     row = conn.execute(
         "UPDATE webhook_endpoints SET consecutive_failures = consecutive_failures + 1 WHERE id = ? "
