@@ -124,13 +124,15 @@ async def test_message_events_are_signed_per_standard_webhooks_with_rotation(
 
 
 async def test_receiver_down_then_back_loses_nothing_and_failures_are_recorded(
-    nursery: trio.Nursery, start_daemon: DaemonFactory
+    nursery: trio.Nursery, start_daemon: DaemonFactory, store_section: dict[str, Any]
 ) -> None:
     secret = new_secret()
     receiver = Receiver([secret])
     await receiver.start(nursery)
     with trio.fail_after(40):
-        daemon = await start_daemon(config([endpoint(receiver, [secret], events=["message.new"])], max_attempts=50))
+        daemon = await start_daemon(
+            merge(store_section, config([endpoint(receiver, [secret], events=["message.new"])], max_attempts=50))
+        )
         async with api(daemon) as http:
             cid = await conversation(http)
             # Down: the port is closed.
@@ -166,7 +168,7 @@ async def until_async(http: httpx.AsyncClient, check: Callable[[list[dict[str, A
 
 
 async def test_endpoint_disabled_after_failures_then_enabled_and_replayed(
-    nursery: trio.Nursery, start_daemon: DaemonFactory
+    nursery: trio.Nursery, start_daemon: DaemonFactory, store_section: dict[str, Any]
 ) -> None:
     secret = new_secret()
     receiver = Receiver([secret])
@@ -174,7 +176,7 @@ async def test_endpoint_disabled_after_failures_then_enabled_and_replayed(
     receiver.retry_after = "0"
     await receiver.start(nursery)
     with trio.fail_after(30):
-        daemon = await start_daemon(config([], disable_after_failures=3, max_attempts=10))
+        daemon = await start_daemon(merge(store_section, config([], disable_after_failures=3, max_attempts=10)))
         async with api(daemon) as http:
             made = await http.post(
                 "/webhooks", json={"id": "made", "url": receiver.url, "secrets": [secret], "events": ["message.new"]}
@@ -375,3 +377,19 @@ def test_endpoint_mistakes_are_configuration_errors_naming_the_key() -> None:
         "webhooks.endpoints[1].secrets", "webhooks.endpoints[1].secrets[0]", "webhooks.endpoints[1].secrets[1]",
         "webhooks.endpoints[1].secrets[2]", "webhooks.endpoints[2].url", "webhooks.endpoints[2].secrets[0]",
     }
+
+
+async def test_redirects_are_not_followed(nursery: trio.Nursery, start_daemon: DaemonFactory) -> None:
+    secret = new_secret()
+    target, elsewhere = Receiver([secret]), Receiver([secret])
+    await target.start(nursery)
+    await elsewhere.start(nursery)
+    target.status, target.location = 307, elsewhere.url
+    with trio.fail_after(30):
+        daemon = await start_daemon(config([endpoint(target, [secret], events=["message.new"])], max_attempts=2))
+        async with api(daemon) as http:
+            await send(http, await conversation(http), "alice", "one")
+            await until_async(http, lambda found: len(found) == 2)
+            assert [a["status"] for a in await attempts(http)] == [307, 307]
+            assert all(a["error"] == "HTTP 307" for a in await attempts(http))
+        assert target.requests == 2 and elsewhere.requests == 0

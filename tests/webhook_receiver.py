@@ -42,6 +42,7 @@ class Receiver:
         self.secrets = secrets_
         self.status = 200
         self.retry_after: str | None = None
+        self.location: str | None = None
         self.delay_s = 0.0
         self.body = b'{"ok":true}'
         self.received: list[Received] = []
@@ -117,6 +118,8 @@ class Receiver:
                 out_headers = [("content-length", str(len(self.body))), ("content-type", "application/json")]
                 if self.retry_after is not None:
                     out_headers.append(("retry-after", self.retry_after))
+                if self.location is not None:
+                    out_headers.append(("location", self.location))
                 await stream.send_all(conn.send(h11.Response(status_code=status, headers=out_headers)) or b"")
                 await stream.send_all(conn.send(h11.Data(data=self.body)) or b"")
                 await stream.send_all(conn.send(h11.EndOfMessage()) or b"")

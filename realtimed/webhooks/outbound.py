@@ -26,6 +26,7 @@ targets are ``Refused``, which no retry can fix); nothing else escapes ``post``.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import ssl
 from collections import OrderedDict
@@ -41,6 +42,8 @@ import trio
 from realtimed.config import WebhooksConfig
 
 __all__ = ["AttemptFailed", "Outbound", "Refused", "Response", "is_public_address"]
+
+log = logging.getLogger(__name__)
 
 MAX_CLIENTS: Final = 64
 
@@ -110,6 +113,15 @@ class _PinnedTransport(httpx.AsyncHTTPTransport):
         )
 
 
+async def _close_quietly(client: httpx.AsyncClient) -> None:
+    """Close a client no longer used (its requests in flight have their own bounds)."""
+    try:
+        with trio.move_on_after(5):
+            await client.aclose()
+    except Exception as exc:  # a system task must not raise
+        log.debug("webhooks: closing an idle HTTP client failed: %s", exc)
+
+
 class Outbound:
     """Makes the POST of each attempt (see the module docstring)."""
 
@@ -152,7 +164,7 @@ class Outbound:
         self._clients[key] = client
         while len(self._clients) > MAX_CLIENTS:
             _, old = self._clients.popitem(last=False)
-            trio.lowlevel.spawn_system_task(old.aclose)
+            trio.lowlevel.spawn_system_task(_close_quietly, old)
         return client
 
     async def post(self, url: str, *, headers: Mapping[str, str], body: bytes) -> Response:
