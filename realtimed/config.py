@@ -693,6 +693,7 @@ class WebhooksConfig:
     disable_after_failures: int = _f(
         50, "consecutive failed attempts after which an endpoint is disabled; 0: never", min=0, max=1_000_000
     )
+    ca_file: str = _f("", "PEM CA certificates trusted for https:// endpoints besides the system ones")
     allow_private: bool = _f(
         False, "allow endpoints resolving to loopback, link-local, private or other non-public addresses"
     )

@@ -393,3 +393,28 @@ async def test_redirects_are_not_followed(nursery: trio.Nursery, start_daemon: D
             assert [a["status"] for a in await attempts(http)] == [307, 307]
             assert all(a["error"] == "HTTP 307" for a in await attempts(http))
         assert target.requests == 2 and elsewhere.requests == 0
+
+
+async def test_https_endpoint_is_reached_at_the_pinned_address_with_its_own_name(
+    nursery: trio.Nursery, start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    import ssl
+
+    from tests.test_tls import make_cert
+
+    cert, key = make_cert(tmp_path)  # a certificate for "localhost" only
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    secret = new_secret()
+    receiver = Receiver([secret], tls=server)
+    await receiver.start(nursery)
+    with trio.fail_after(30):
+        # The name resolves once; the connection goes to that address, and TLS still checks "localhost".
+        daemon = await start_daemon(
+            config([endpoint(receiver, [secret], events=["message.new"])], ca_file=str(cert))
+        )
+        async with api(daemon) as http:
+            await send(http, await conversation(http), "alice", "over tls")
+            await until(lambda: len(receiver.received) == 1)
+            assert receiver.received[0].headers["host"] == f"localhost:{receiver.port}"
+            assert receiver.received[0].body["data"]["body"] == "over tls"

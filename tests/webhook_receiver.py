@@ -10,6 +10,7 @@ and ``start()`` opens the same port again.
 from __future__ import annotations
 
 import secrets
+import ssl
 from typing import Any
 
 import attrs
@@ -38,8 +39,9 @@ class Received:
 class Receiver:
     """Listens on 127.0.0.1; ``url`` is where it receives."""
 
-    def __init__(self, secrets_: list[str]) -> None:
+    def __init__(self, secrets_: list[str], *, tls: ssl.SSLContext | None = None) -> None:
         self.secrets = secrets_
+        self.tls = tls
         self.status = 200
         self.retry_after: str | None = None
         self.location: str | None = None
@@ -55,12 +57,17 @@ class Receiver:
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"https://localhost:{self.port}/hooks"
         return f"http://127.0.0.1:{self.port}/hooks"
 
     async def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
-        listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
+        tcp = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
+        self.port = tcp[0].socket.getsockname()[1]
+        listeners: list[Any] = list(tcp)
+        if self.tls is not None:
+            listeners = [trio.SSLListener(listener, self.tls, https_compatible=True) for listener in tcp]
         scope = self._scope = trio.CancelScope()
 
         async def serve() -> None:
@@ -77,7 +84,7 @@ class Receiver:
     def ids(self) -> list[str]:
         return [r.webhook_id for r in self.received]
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.abc.Stream) -> None:
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
@@ -126,7 +133,7 @@ class Receiver:
                 if conn.our_state is h11.MUST_CLOSE:
                     return
                 conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError, ssl.SSLError):
             return
         finally:
             await trio.aclose_forcefully(stream)

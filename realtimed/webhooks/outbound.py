@@ -100,12 +100,19 @@ class _PinnedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+def _ssl_context(ca_file: str) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(ca_file)
+    return context
+
+
 class _PinnedTransport(httpx.AsyncHTTPTransport):
-    def __init__(self, address: str, cfg: WebhooksConfig) -> None:
+    def __init__(self, address: str, context: ssl.SSLContext) -> None:
         super().__init__()
         # httpx takes no network backend; its connection pool does.
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl.create_default_context(),
+            ssl_context=context,
             max_connections=32,
             max_keepalive_connections=32,
             keepalive_expiry=30.0,
@@ -127,7 +134,17 @@ class Outbound:
 
     def __init__(self, cfg: WebhooksConfig) -> None:
         self.cfg = cfg
+        self._ssl: ssl.SSLContext | None = None
         self._clients: OrderedDict[tuple[str, str, int, str], httpx.AsyncClient] = OrderedDict()
+
+    def configure(self, cfg: WebhooksConfig) -> None:
+        """Settings after a reload; a new ``ca_file`` applies to new connections."""
+        if cfg.ca_file != self.cfg.ca_file:
+            self._ssl = None
+            while self._clients:
+                _, old = self._clients.popitem(last=False)
+                trio.lowlevel.spawn_system_task(_close_quietly, old)
+        self.cfg = cfg
 
     async def resolve(self, host: str, port: int) -> str:
         """The one address this attempt connects to (checked unless ``allow_private``)."""
@@ -155,8 +172,10 @@ class Outbound:
         if client is not None:
             self._clients.move_to_end(key)
             return client
+        if self._ssl is None:
+            self._ssl = _ssl_context(self.cfg.ca_file)
         client = httpx.AsyncClient(
-            transport=_PinnedTransport(address, self.cfg),
+            transport=_PinnedTransport(address, self._ssl),
             follow_redirects=False,
             timeout=httpx.Timeout(self.cfg.timeout_s, connect=self.cfg.connect_timeout_s),
             trust_env=False,

@@ -153,7 +153,7 @@ class WebhookService:
 
     def reload(self, new: Config) -> None:
         """After a reload: the configured endpoints are replaced (in the run loop)."""
-        self.outbound.cfg = new.webhooks
+        self.outbound.configure(new.webhooks)
         self._resync = True
         self._wake.set()
 
