@@ -32,8 +32,8 @@ class WebhookEndpoint:
 
     ``events`` empty means every event. ``disabled_at`` is set when the endpoint was
     disabled after ``webhooks.disable_after_failures`` consecutive failed attempts;
-    it is cleared by setting ``enabled`` again through the server API (or a reload
-    for a configured one whose settings changed).
+    it is cleared by setting ``enabled`` again through the server API, or for a
+    configured one by the next start or reload.
     """
 
     id: str
@@ -117,9 +117,9 @@ class WebhookStore(Protocol):
 
     async def sync_config_webhooks(self, *, endpoints: Sequence[WebhookEndpoint], now: datetime) -> None:
         """Make the ``config`` endpoints exactly ``endpoints``: others of that source are
-        deleted, these are inserted or updated (an unchanged one keeps its failure run
-        and ``disabled_at``; a changed one starts afresh). ``api`` endpoints are kept;
-        one whose id a configured endpoint takes is replaced by it."""
+        deleted, these are inserted or updated (an unchanged one keeps its failure run;
+        a changed one, or one disabled after failures, starts afresh). ``api`` endpoints
+        are kept; one whose id a configured endpoint takes is replaced by it."""
         ...
 
     async def list_webhook_endpoints(self) -> list[WebhookEndpoint]:

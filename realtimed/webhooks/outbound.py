@@ -1,16 +1,19 @@
 """The one HTTP request of a webhook attempt, made safely.
 
-Resource handling: ``Outbound`` keeps a small pool of ``httpx.AsyncClient`` values,
-one per (scheme, host, port, pinned address), so that deliveries to one endpoint
-reuse kept-alive connections; the least recently used is closed beyond
-``MAX_CLIENTS``, and ``aclose`` closes them all.
+Resource handling: ``Outbound`` speaks HTTP/1.1 itself (h11, and ``trio.SSLStream``
+for https) and keeps idle connections per (scheme, host, port, pinned address), at
+most ``MAX_IDLE_PER_TARGET`` each and ``MAX_CLIENTS`` targets (the least recently
+used are closed), so that deliveries to one endpoint reuse kept-alive connections;
+a kept-alive connection the receiver has closed meanwhile is replaced once, before
+any answer. A connection whose answer was not read to its end is closed. ``aclose``
+closes the idle ones.
 
 Safety (an endpoint's URL is the application's, but a server API key may be
 abused to reach what sits beside realtimed):
 
 - the host is resolved once per attempt, under ``webhooks.connect_timeout_s``; the
-  attempt connects to that address and no other (a custom network backend
-  ignores the name), while the ``Host`` header and TLS server name stay the URL's,
+  attempt connects to that address and no other, while the ``Host`` header and
+  the TLS server name (checked against the certificate) stay the URL's,
   so a name that resolves elsewhere a moment later (DNS rebinding) is not followed;
 - an address that is not public (loopback, link-local, private, shared, multicast,
   reserved, unspecified; IPv4-mapped IPv6 checked as IPv4) is refused unless
@@ -26,26 +29,25 @@ targets are ``Refused``, which no retry can fix); nothing else escapes ``post``.
 from __future__ import annotations
 
 import ipaddress
-import logging
 import socket
 import ssl
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from collections.abc import Mapping
+from typing import Final
 from urllib.parse import urlsplit
 
 import attrs
-import httpcore
-import httpx
+import h11
 import trio
 
 from realtimed.config import WebhooksConfig
 
 __all__ = ["AttemptFailed", "Outbound", "Refused", "Response", "is_public_address"]
 
-log = logging.getLogger(__name__)
-
+# Targets (scheme, host, port, address) whose idle connections are kept, and idle connections per target.
 MAX_CLIENTS: Final = 64
+MAX_IDLE_PER_TARGET: Final = 64
+RECEIVE_BYTES: Final = 65536
 
 
 class AttemptFailed(Exception):
@@ -74,32 +76,6 @@ def is_public_address(text: str) -> bool:
     )
 
 
-class _PinnedBackend(httpcore.AsyncNetworkBackend):
-    """Connects to one address whatever name is asked (TLS still names the URL's host)."""
-
-    def __init__(self, address: str) -> None:
-        self._address = address
-        self._inner = httpcore.TrioBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return await self._inner.connect_tcp(self._address, port, timeout, local_address, socket_options)
-
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("webhooks connect over TCP only")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
 def _ssl_context(ca_file: str) -> ssl.SSLContext:
     context = ssl.create_default_context()
     if ca_file:
@@ -107,26 +83,15 @@ def _ssl_context(ca_file: str) -> ssl.SSLContext:
     return context
 
 
-class _PinnedTransport(httpx.AsyncHTTPTransport):
-    def __init__(self, address: str, context: ssl.SSLContext) -> None:
-        super().__init__()
-        # httpx takes no network backend; its connection pool does.
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=context,
-            max_connections=32,
-            max_keepalive_connections=32,
-            keepalive_expiry=30.0,
-            network_backend=_PinnedBackend(address),
-        )
+@attrs.define(eq=False)
+class _Connection:
+    """One HTTP/1.1 connection to one pinned address, kept alive between attempts."""
+
+    stream: trio.abc.Stream
+    http: h11.Connection = attrs.Factory(lambda: h11.Connection(h11.CLIENT))
 
 
-async def _close_quietly(client: httpx.AsyncClient) -> None:
-    """Close a client no longer used (its requests in flight have their own bounds)."""
-    try:
-        with trio.move_on_after(5):
-            await client.aclose()
-    except Exception as exc:  # a system task must not raise
-        log.debug("webhooks: closing an idle HTTP client failed: %s", exc)
+_Key = tuple[str, str, int, str]  # scheme, host, port, address
 
 
 class Outbound:
@@ -135,15 +100,16 @@ class Outbound:
     def __init__(self, cfg: WebhooksConfig) -> None:
         self.cfg = cfg
         self._ssl: ssl.SSLContext | None = None
-        self._clients: OrderedDict[tuple[str, str, int, str], httpx.AsyncClient] = OrderedDict()
+        self._idle: OrderedDict[_Key, list[_Connection]] = OrderedDict()
 
     def configure(self, cfg: WebhooksConfig) -> None:
         """Settings after a reload; a new ``ca_file`` applies to new connections."""
         if cfg.ca_file != self.cfg.ca_file:
             self._ssl = None
-            while self._clients:
-                _, old = self._clients.popitem(last=False)
-                trio.lowlevel.spawn_system_task(_close_quietly, old)
+            for connections in self._idle.values():
+                for connection in connections:
+                    _close_now(connection)
+            self._idle.clear()
         self.cfg = cfg
 
     async def resolve(self, host: str, port: int) -> str:
@@ -166,26 +132,6 @@ class Outbound:
                     )
         return addresses[0]
 
-    def _client(self, scheme: str, host: str, port: int, address: str) -> httpx.AsyncClient:
-        key = (scheme, host, port, address)
-        client = self._clients.get(key)
-        if client is not None:
-            self._clients.move_to_end(key)
-            return client
-        if self._ssl is None:
-            self._ssl = _ssl_context(self.cfg.ca_file)
-        client = httpx.AsyncClient(
-            transport=_PinnedTransport(address, self._ssl),
-            follow_redirects=False,
-            timeout=httpx.Timeout(self.cfg.timeout_s, connect=self.cfg.connect_timeout_s),
-            trust_env=False,
-        )
-        self._clients[key] = client
-        while len(self._clients) > MAX_CLIENTS:
-            _, old = self._clients.popitem(last=False)
-            trio.lowlevel.spawn_system_task(_close_quietly, old)
-        return client
-
     async def post(self, url: str, *, headers: Mapping[str, str], body: bytes) -> Response:
         """POST ``body`` to ``url``; the status, headers and up to ``max_response_bytes`` of the body."""
         try:
@@ -196,34 +142,145 @@ class Outbound:
         host = parts.hostname
         if parts.scheme not in ("http", "https") or not host:
             raise Refused("the URL must be http:// or https:// with a host")
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        request = h11.Request(
+            method="POST",
+            target=target,
+            headers=[
+                ("host", parts.netloc),
+                ("content-type", "application/json"),
+                ("content-length", str(len(body))),
+                ("user-agent", "realtimed-webhooks"),
+                *headers.items(),
+            ],
+        )
         try:
             with trio.fail_after(self.cfg.timeout_s):
                 address = await self.resolve(host, port)
-                client = self._client(parts.scheme, host, port, address)
-                request = client.build_request(
-                    "POST", url, content=body, headers={"content-type": "application/json", **headers}
-                )
-                response = await client.send(request, stream=True)
-                try:
-                    received = bytearray()
-                    if self.cfg.max_response_bytes:
-                        async for chunk in response.aiter_raw():
-                            received += chunk
-                            if len(received) >= self.cfg.max_response_bytes:
-                                del received[self.cfg.max_response_bytes :]
-                                break
-                finally:
-                    await response.aclose()
+                key = (parts.scheme, host, port, address)
+                while True:
+                    connection = self._take(key)
+                    reused = connection is not None
+                    if connection is None:
+                        connection = await self._open(key)
+                    try:
+                        response, reusable = await self._exchange(connection, request, body)
+                    except _StaleConnection:
+                        _close_now(connection)
+                        if reused:
+                            continue  # a kept-alive connection the receiver had closed: once more, afresh
+                        raise AttemptFailed("the connection closed before an answer") from None
+                    except BaseException:
+                        _close_now(connection)
+                        raise
+                    if reusable:
+                        self._keep(key, connection)
+                    else:
+                        _close_now(connection)
+                    return response
         except trio.TooSlowError:
             raise AttemptFailed(f"no answer within webhooks.timeout_s ({self.cfg.timeout_s:g} s)") from None
-        except httpx.TimeoutException as exc:
-            raise AttemptFailed(f"timed out: {type(exc).__name__}") from None
-        except httpx.HTTPError as exc:
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise AttemptFailed(f"{type(exc).__name__}: {exc}"[:300]) from None
-        return Response(status=response.status_code, headers=dict(response.headers), body=bytes(received))
+        except h11.ProtocolError as exc:
+            raise AttemptFailed(f"not an HTTP/1.1 answer: {exc}"[:300]) from None
+
+    def _take(self, key: _Key) -> _Connection | None:
+        connections = self._idle.get(key)
+        if not connections:
+            return None
+        self._idle.move_to_end(key)
+        return connections.pop()
+
+    def _keep(self, key: _Key, connection: _Connection) -> None:
+        connections = self._idle.setdefault(key, [])
+        self._idle.move_to_end(key)
+        if len(connections) >= MAX_IDLE_PER_TARGET:
+            _close_now(connection)
+            return
+        connections.append(connection)
+        while len(self._idle) > MAX_CLIENTS:
+            _, dropped = self._idle.popitem(last=False)
+            for old in dropped:
+                _close_now(old)
+
+    async def _open(self, key: _Key) -> _Connection:
+        scheme, host, port, address = key
+        try:
+            with trio.fail_after(self.cfg.connect_timeout_s):
+                tcp = await trio.open_tcp_stream(address, port)
+                if scheme != "https":
+                    return _Connection(tcp)
+                if self._ssl is None:
+                    self._ssl = _ssl_context(self.cfg.ca_file)
+                # The URL's name, not the address, is what the certificate must show.
+                tls = trio.SSLStream(tcp, self._ssl, server_hostname=host, https_compatible=True)
+                try:
+                    await tls.do_handshake()
+                except BaseException:
+                    await trio.aclose_forcefully(tls)
+                    raise
+                return _Connection(tls)
+        except trio.TooSlowError:
+            raise AttemptFailed(
+                f"no connection within webhooks.connect_timeout_s ({self.cfg.connect_timeout_s:g} s)"
+            ) from None
+
+    async def _exchange(self, connection: _Connection, request: h11.Request, body: bytes) -> tuple[Response, bool]:
+        http = connection.http
+        out = http.send(request) or b""
+        out += http.send(h11.Data(data=body)) or b""
+        out += http.send(h11.EndOfMessage()) or b""
+        head: h11.Response | None = None
+        try:
+            await connection.stream.send_all(out)
+            bound = self.cfg.max_response_bytes
+            received = bytearray()
+            complete = False
+            while True:
+                event = http.next_event()
+                if event is h11.NEED_DATA:
+                    http.receive_data(bytes(await connection.stream.receive_some(RECEIVE_BYTES)))
+                elif isinstance(event, h11.Response):
+                    head = event
+                    if bound == 0:
+                        break
+                elif isinstance(event, h11.Data):
+                    received += event.data[: bound - len(received)]
+                    if len(received) >= bound:
+                        break
+                elif isinstance(event, h11.EndOfMessage):
+                    complete = True
+                    break
+                elif isinstance(event, h11.ConnectionClosed):
+                    break
+                # InformationalResponse (1xx): wait for the final answer.
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
+            if head is None:
+                raise _StaleConnection() from None
+            raise
+        if head is None:
+            raise _StaleConnection()
+        reusable = complete and http.our_state is h11.DONE and http.their_state is h11.DONE
+        if reusable:
+            http.start_next_cycle()
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in head.headers}
+        return Response(status=head.status_code, headers=headers, body=bytes(received)), reusable
 
     async def aclose(self) -> None:
-        clients, self._clients = list(self._clients.values()), OrderedDict()
-        with trio.move_on_after(5):
-            for client in clients:
-                await client.aclose()
+        idle, self._idle = list(self._idle.values()), OrderedDict()
+        for connections in idle:
+            for connection in connections:
+                _close_now(connection)
+
+
+class _StaleConnection(Exception):
+    """The connection ended before any answer (a kept-alive one may have been closed by the receiver)."""
+
+
+def _close_now(connection: _Connection) -> None:
+    """Close a connection without waiting (nothing is flushed: it is finished or abandoned)."""
+    stream = connection.stream
+    transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if isinstance(transport, trio.SocketStream):
+        transport.socket.close()

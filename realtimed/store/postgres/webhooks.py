@@ -39,7 +39,7 @@ async def _sync_config(conn: Conn, endpoints: list[WebhookEndpoint], now: dateti
         row = await conn.fetchrow(f"SELECT {_ENDPOINT_COLS} FROM webhook_endpoints WHERE id = $1 FOR UPDATE", ep.id)
         if (
             row is not None and row[1] == "config" and row[2] == ep.url and tuple(row[3]) == ep.events
-            and tuple(row[4]) == ep.secrets and row[5] == ep.enabled
+            and tuple(row[4]) == ep.secrets and row[5] == ep.enabled and row[9] is None
         ):
             continue
         await conn.execute("DELETE FROM webhook_endpoints WHERE id = $1", ep.id)
@@ -81,28 +81,21 @@ async def _delete_endpoint(conn: Conn, endpoint_id: str) -> str | None:
     return "api"
 
 
-async def _record_attempt(conn: Conn, a: WebhookAttempt, disable_after: int) -> tuple[int, bool]:
-    await conn.execute(
-        f"INSERT INTO webhook_attempts ({_ATTEMPT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        a.delivery_id, a.webhook_id, a.endpoint_id, a.event, a.attempt, a.status, a.error, a.latency_ms,
-        a.response, a.at,
-    )
-    if a.ok:
-        await conn.execute(
-            "UPDATE webhook_endpoints SET consecutive_failures = 0 WHERE id = $1 AND consecutive_failures <> 0",
-            a.endpoint_id,
-        )
-        return 0, False
-    row = await conn.fetchrow(
-        "UPDATE webhook_endpoints SET consecutive_failures = consecutive_failures + 1, "
-        "disabled_at = CASE WHEN $2 > 0 AND disabled_at IS NULL AND consecutive_failures + 1 >= $2 "
-        "THEN $3 ELSE disabled_at END WHERE id = $1 "
-        "RETURNING consecutive_failures, disabled_at = $3 AS now_disabled",
-        a.endpoint_id, disable_after, a.at,
-    )
-    if row is None:
-        return 0, False
-    return int(row[0]), bool(row[1])
+# One statement each (no transaction block to open and commit): the attempt and the
+# endpoint's run of failures move together.
+_RECORD_OK = (
+    f"WITH attempt AS (INSERT INTO webhook_attempts ({_ATTEMPT_COLS}) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)) "
+    "UPDATE webhook_endpoints SET consecutive_failures = 0 WHERE id = $3 AND consecutive_failures <> 0"
+)
+_RECORD_FAILED = (
+    f"WITH attempt AS (INSERT INTO webhook_attempts ({_ATTEMPT_COLS}) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)) "
+    "UPDATE webhook_endpoints SET consecutive_failures = consecutive_failures + 1, "
+    "disabled_at = CASE WHEN $11 > 0 AND disabled_at IS NULL AND consecutive_failures + 1 >= $11 "
+    "THEN $10 ELSE disabled_at END WHERE id = $3 "
+    "RETURNING consecutive_failures, disabled_at IS NOT DISTINCT FROM $10 AS now_disabled"
+)
 
 
 class PostgresWebhooks(PostgresEngine, WebhookRules):
@@ -127,7 +120,18 @@ class PostgresWebhooks(PostgresEngine, WebhookRules):
         return await self._call(_delete_endpoint, endpoint_id)
 
     async def _record_attempt(self, attempt: WebhookAttempt, disable_after: int) -> tuple[int, bool]:
-        return await self._call(_record_attempt, attempt, disable_after)
+        a = attempt
+        args = (
+            a.delivery_id, a.webhook_id, a.endpoint_id, a.event, a.attempt, a.status, a.error, a.latency_ms,
+            a.response, a.at,
+        )
+        if a.ok:
+            await self._call(lambda conn: conn.execute(_RECORD_OK, *args), tx=False)
+            return 0, False
+        row = await self._call(lambda conn: conn.fetchrow(_RECORD_FAILED, *args, disable_after), tx=False)
+        if row is None:
+            return 0, False
+        return int(row[0]), bool(row[1])
 
     async def _attempts(self, endpoint_id: str | None, delivery_id: str | None, limit: int) -> list[WebhookAttempt]:
         sql = (

@@ -36,7 +36,7 @@ def _attempt(r: Any) -> WebhookAttempt:
 def _same_settings(row: Any, ep: WebhookEndpoint) -> bool:
     return bool(
         row[2] == ep.url and tuple(CODEC.json(row[3])) == ep.events and tuple(CODEC.json(row[4])) == ep.secrets
-        and bool(row[5]) == ep.enabled
+        and bool(row[5]) == ep.enabled and row[9] is None
     )
 
 
