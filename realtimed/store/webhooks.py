@@ -109,10 +109,10 @@ class WebhookAttempt:
 class WebhookStore(Protocol):
     """Webhook endpoints and delivery attempts.
 
-    Atomicity: each call is one transaction. ``record_webhook_attempt`` stores
-    the attempt and moves the endpoint's run of consecutive failures together
-    (a success ends the run), and disables the endpoint in the same transaction
-    when the run reaches ``disable_after``.
+    Atomicity: each call is one transaction. ``record_webhook_attempts`` stores
+    attempts and moves their endpoints' runs of consecutive failures together
+    (a success ends a run), and disables an endpoint in the same transaction
+    when its run reaches ``disable_after``.
     """
 
     async def sync_config_webhooks(self, *, endpoints: Sequence[WebhookEndpoint], now: datetime) -> None:
@@ -146,11 +146,12 @@ class WebhookStore(Protocol):
         """
         ...
 
-    async def record_webhook_attempt(
-        self, *, attempt: WebhookAttempt, disable_after: int
-    ) -> tuple[int, bool]:
-        """Store ``attempt``; returns the endpoint's run of consecutive failures after it
-        and whether this attempt disabled it (``disable_after`` > 0 and the run reached it)."""
+    async def record_webhook_attempts(
+        self, *, attempts: Sequence[WebhookAttempt], disable_after: int
+    ) -> list[tuple[int, bool]]:
+        """Store ``attempts`` (in their order); per attempt, its endpoint's run of
+        consecutive failures after it and whether it disabled the endpoint
+        (``disable_after`` > 0 and the run reached it)."""
         ...
 
     async def list_webhook_attempts(
@@ -191,8 +192,12 @@ class WebhookRules(abc.ABC):
             raise Conflict(f"webhook endpoint {endpoint_id!r} comes from the configuration file; remove it there")
         return source is not None
 
-    async def record_webhook_attempt(self, *, attempt: WebhookAttempt, disable_after: int) -> tuple[int, bool]:
-        return await self._record_attempt(attrs.evolve(attempt, at=utc(attempt.at)), disable_after)
+    async def record_webhook_attempts(
+        self, *, attempts: Sequence[WebhookAttempt], disable_after: int
+    ) -> list[tuple[int, bool]]:
+        if not attempts:
+            return []
+        return await self._record_attempts([attrs.evolve(a, at=utc(a.at)) for a in attempts], disable_after)
 
     async def list_webhook_attempts(
         self, *, endpoint_id: str | None = None, delivery_id: str | None = None, limit: int = 50
@@ -215,7 +220,9 @@ class WebhookRules(abc.ABC):
         """Delete an ``api`` endpoint; the source of what was found (None: nothing)."""
 
     @abc.abstractmethod
-    async def _record_attempt(self, attempt: WebhookAttempt, disable_after: int) -> tuple[int, bool]: ...
+    async def _record_attempts(
+        self, attempts: list[WebhookAttempt], disable_after: int
+    ) -> list[tuple[int, bool]]: ...
 
     @abc.abstractmethod
     async def _attempts(self, endpoint_id: str | None, delivery_id: str | None, limit: int) -> list[WebhookAttempt]: ...

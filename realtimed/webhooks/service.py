@@ -15,8 +15,9 @@ when an event comes while the list is older than ``webhooks.refresh_s`` (so an
 endpoint made through another node is used here from then on; an idle node reads
 nothing).
 
-Resource handling: ``run`` owns the task that re-reads the endpoints and the outbound HTTP clients
-(``Outbound``), closed when it ends.
+Resource handling: ``run`` owns the task that re-reads the endpoints, the task
+that writes the attempts (those made at the same time go in one store call), and
+the outbound connections (``Outbound``), closed when it ends.
 
 Error handling: an attempt's failure is recorded (status, error, latency, a
 bounded excerpt of the body) and the job retried with backoff
@@ -37,12 +38,13 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+import attrs
 import trio
 from prometheus_client import Counter, Histogram
 
 from realtimed.clock import WallClock, iso
 from realtimed.config import Config, WebhookEndpointConfig
-from realtimed.errors import NotFound
+from realtimed.errors import NotFound, Unavailable
 from realtimed.jobs.runner import DoNotRetry, JobContext, JobRunner, RetryAfter, backoff_delay
 from realtimed.metrics import REGISTRY
 from realtimed.protocol import encode_json
@@ -96,6 +98,14 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     return seconds if seconds >= 0 else None
 
 
+@attrs.define(eq=False)
+class _Pending:
+    attempt: WebhookAttempt
+    done: trio.Event = attrs.Factory(trio.Event)
+    result: tuple[int, bool] | None = None
+    error: str = ""
+
+
 def config_endpoint(entry: WebhookEndpointConfig, now: Any) -> WebhookEndpoint:
     return WebhookEndpoint(
         id=entry.id, source="config", url=entry.url, events=tuple(entry.events), secrets=tuple(entry.secrets),
@@ -124,6 +134,10 @@ class WebhookService:
         self._resync = False
         self._wake = trio.Event()
         self._refreshed_at = -math.inf
+        # Attempts waiting to be written, together, by the recording task of ``run``.
+        self._pending: list[_Pending] = []
+        self._record_wanted = trio.Event()
+        self._recording = False
 
     @property
     def cfg(self) -> Config:
@@ -135,21 +149,63 @@ class WebhookService:
         """Write the configured endpoints to the store, load them all, then refresh until cancelled."""
         try:
             await self._sync_config()
-            task_status.started()
-            while True:
-                await self._wake.wait()
-                self._wake = trio.Event()
-                try:
-                    if self._resync:
-                        self._resync = False
-                        await self._sync_config()
-                    else:
-                        await self.refresh()
-                except Exception as exc:  # the store is down: keep the list we have, try again later
-                    log.warning("webhooks: could not re-read the endpoints: %s", exc)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._record_loop)
+                task_status.started()
+                await self._refresh_loop()
         finally:
+            self._recording = False
             with trio.CancelScope(shield=True):
                 await self.outbound.aclose()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            try:
+                if self._resync:
+                    self._resync = False
+                    await self._sync_config()
+                else:
+                    await self.refresh()
+            except Exception as exc:  # the store is down: keep the list we have, try again later
+                log.warning("webhooks: could not re-read the endpoints: %s", exc)
+
+    async def _record_loop(self) -> None:
+        """Write the attempts waiting, all in one store call; those that come meanwhile go in the next."""
+        self._recording = True
+        while True:
+            await self._record_wanted.wait()
+            self._record_wanted = trio.Event()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            try:
+                results = await self.store.record_webhook_attempts(
+                    attempts=[p.attempt for p in batch], disable_after=self.cfg.webhooks.disable_after_failures
+                )
+            except Exception as exc:
+                for p in batch:
+                    p.error = f"{type(exc).__name__}: {exc}"
+            else:
+                for p, result in zip(batch, results, strict=True):
+                    p.result = result
+            finally:
+                for p in batch:
+                    p.done.set()
+
+    async def _record(self, attempt: WebhookAttempt) -> tuple[int, bool]:
+        """Record one attempt (with others waiting at the same time, while ``run`` runs)."""
+        if not self._recording:
+            disable_after = self.cfg.webhooks.disable_after_failures
+            return (await self.store.record_webhook_attempts(attempts=[attempt], disable_after=disable_after))[0]
+        pending = _Pending(attempt)
+        self._pending.append(pending)
+        self._record_wanted.set()
+        await pending.done.wait()
+        if pending.result is None:
+            raise Unavailable(f"the attempt could not be recorded: {pending.error}")
+        return pending.result
 
     def reload(self, new: Config) -> None:
         """After a reload: the configured endpoints are replaced (in the run loop)."""
@@ -291,9 +347,7 @@ class WebhookService:
             delivery_id=ctx.job_id, webhook_id=p.webhook_id, endpoint_id=ep.id, event=p.event, attempt=ctx.attempt,
             status=status, error=error, latency_ms=latency * 1000, response=excerpt, at=ctx.clock.now(),
         )
-        failures, disabled = await self.store.record_webhook_attempt(
-            attempt=attempt, disable_after=cfg.disable_after_failures
-        )
+        failures, disabled = await self._record(attempt)
         if disabled:
             WEBHOOK_ENDPOINTS_DISABLED.labels(ep.id).inc()
             log.warning(

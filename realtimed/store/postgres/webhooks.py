@@ -98,6 +98,26 @@ _RECORD_FAILED = (
 )
 
 
+def _args(a: WebhookAttempt) -> tuple[Any, ...]:
+    return (
+        a.delivery_id, a.webhook_id, a.endpoint_id, a.event, a.attempt, a.status, a.error, a.latency_ms,
+        a.response, a.at,
+    )
+
+
+async def _record_one(conn: Conn, a: WebhookAttempt, disable_after: int) -> tuple[int, bool]:
+    if a.ok:
+        await conn.execute(_RECORD_OK, *_args(a))
+        return 0, False
+    row = await conn.fetchrow(_RECORD_FAILED, *_args(a), disable_after)
+    return (0, False) if row is None else (int(row[0]), bool(row[1]))
+
+
+async def _record_many(conn: Conn, attempts: list[WebhookAttempt], disable_after: int) -> list[tuple[int, bool]]:
+    """In one transaction, in order (a run of failures is counted attempt by attempt)."""
+    return [await _record_one(conn, a, disable_after) for a in attempts]
+
+
 class PostgresWebhooks(PostgresEngine, WebhookRules):
     """``WebhookStore`` on PostgreSQL."""
 
@@ -119,19 +139,10 @@ class PostgresWebhooks(PostgresEngine, WebhookRules):
     async def _delete_endpoint(self, endpoint_id: str) -> str | None:
         return await self._call(_delete_endpoint, endpoint_id)
 
-    async def _record_attempt(self, attempt: WebhookAttempt, disable_after: int) -> tuple[int, bool]:
-        a = attempt
-        args = (
-            a.delivery_id, a.webhook_id, a.endpoint_id, a.event, a.attempt, a.status, a.error, a.latency_ms,
-            a.response, a.at,
-        )
-        if a.ok:
-            await self._call(lambda conn: conn.execute(_RECORD_OK, *args), tx=False)
-            return 0, False
-        row = await self._call(lambda conn: conn.fetchrow(_RECORD_FAILED, *args, disable_after), tx=False)
-        if row is None:
-            return 0, False
-        return int(row[0]), bool(row[1])
+    async def _record_attempts(self, attempts: list[WebhookAttempt], disable_after: int) -> list[tuple[int, bool]]:
+        if len(attempts) == 1:  # one statement, no transaction block
+            return [await self._call(_record_one, attempts[0], disable_after, tx=False)]
+        return await self._call(_record_many, attempts, disable_after)
 
     async def _attempts(self, endpoint_id: str | None, delivery_id: str | None, limit: int) -> list[WebhookAttempt]:
         sql = (

@@ -124,6 +124,10 @@ def _record_attempt(conn: Conn, a: WebhookAttempt, disable_after: int) -> tuple[
     return failures, False
 
 
+def _record_attempts(conn: Conn, attempts: list[WebhookAttempt], disable_after: int) -> list[tuple[int, bool]]:
+    return [_record_attempt(conn, a, disable_after) for a in attempts]
+
+
 def _attempts(conn: Conn, endpoint_id: str | None, delivery_id: str | None, limit: int) -> list[WebhookAttempt]:
     where, args = [], []
     if endpoint_id is not None:
@@ -154,8 +158,8 @@ class SQLiteWebhooks(SQLiteEngine, WebhookRules):
     async def _delete_endpoint(self, endpoint_id: str) -> str | None:
         return await self._write(functools.partial(_delete_endpoint, endpoint_id=endpoint_id))
 
-    async def _record_attempt(self, attempt: WebhookAttempt, disable_after: int) -> tuple[int, bool]:
-        return await self._write(functools.partial(_record_attempt, a=attempt, disable_after=disable_after))
+    async def _record_attempts(self, attempts: list[WebhookAttempt], disable_after: int) -> list[tuple[int, bool]]:
+        return await self._write(functools.partial(_record_attempts, attempts=attempts, disable_after=disable_after))
 
     async def _attempts(self, endpoint_id: str | None, delivery_id: str | None, limit: int) -> list[WebhookAttempt]:
         return await self._read(_attempts, endpoint_id, delivery_id, limit)
