@@ -275,7 +275,9 @@ async def test_reload_replaces_configured_endpoints_and_keeps_api_ones(
     await receiver.start(nursery)
     path = tmp_path / "realtimed.toml"
     base = merge(BASE_CONFIG, {"server": {"state_dir": str(tmp_path / "state")}})
-    first = merge(base, config([endpoint(receiver, [secret]), {"id": "gone", "url": receiver.url, "secrets": [secret]}]))
+    app = endpoint(receiver, [secret], events=["message.new"])
+    gone = {"id": "gone", "url": receiver.url, "secrets": [secret], "events": ["presence.online"]}
+    first = merge(base, config([app, gone], disable_after_failures=1))
     path.write_text(toml_dumps(first))
     daemon = Daemon(load_config(path, env={}), config_path=path, handle_signals=False)
     with trio.fail_after(30):
@@ -284,7 +286,11 @@ async def test_reload_replaces_configured_endpoints_and_keeps_api_ones(
             made = await http.post("/webhooks", json={"id": "kept", "url": receiver.url, "secrets": [secret]})
             assert made.status_code == 200
             assert (await http.delete("/webhooks/app")).status_code == 409
-            path.write_text(toml_dumps(merge(base, config([endpoint(receiver, [secret], events=["presence.online"])]))))
+            receiver.status = 500
+            await send(http, await conversation(http), "alice", "fails")
+            await until_async_endpoint(http, "app", lambda ep: ep["disabled_at"] is not None)
+            receiver.status = 200
+            path.write_text(toml_dumps(merge(base, config([app], disable_after_failures=1))))
             assert await daemon.reload() is True
 
             async def listed() -> dict[str, dict[str, Any]]:
@@ -294,7 +300,9 @@ async def test_reload_replaces_configured_endpoints_and_keeps_api_ones(
                 await trio.sleep(0.05)
             now = await listed()
             assert set(now) == {"app", "kept"}
-            assert now["app"]["events"] == ["presence.online"] and now["kept"]["source"] == "api"
+            assert now["kept"]["source"] == "api"
+            # The reload turned the configured endpoint disabled after failures back on.
+            assert now["app"]["disabled_at"] is None and now["app"]["consecutive_failures"] == 0
         daemon.request_drain()
         await daemon.wait_stopped()
 
