@@ -110,8 +110,11 @@ async def test_message_events_are_signed_per_standard_webhooks_with_rotation(
             assert new_msg.body["data"]["body"] == "hello" and new_msg.body["data"]["conversation_id"] == cid
             offline = by_type["message.unread_offline"].body["data"]
             assert offline["recipients"] == ["bob"] and offline["message_id"] == message["id"]
-            # The same message sent again (same client id) is no new fact: nothing more is queued.
+            # The same message sent again (same client id) is no new fact: nothing more is queued
+            # (deliveries are queued in the message's transaction, so the jobs say it at once).
             await send(http, cid, "alice", "hello")
+            jobs = (await http.get("/jobs", params={"kind": "webhook.deliver"})).json()["jobs"]
+            assert len(jobs) == 2
             await until_async(http, lambda found: len(found) >= 2)
             found = await attempts(http)
             assert all(a["status"] == 200 and a["error"] is None for a in found)
@@ -119,8 +122,6 @@ async def test_message_events_are_signed_per_standard_webhooks_with_rotation(
             listed = (await http.get("/webhooks")).json()["endpoints"]
             assert [e["id"] for e in listed] == ["app"]
             assert listed[0]["source"] == "config" and listed[0]["secrets"] == 2 and "whsec" not in str(listed)
-        await trio.sleep(0.3)
-        assert len(receiver.received) == 2
 
 
 async def test_receiver_down_then_back_loses_nothing_and_failures_are_recorded(
@@ -193,8 +194,8 @@ async def test_endpoint_disabled_after_failures_then_enabled_and_replayed(
             assert ep["consecutive_failures"] == 3
             found = await attempts(http, "made")
             assert [a["status"] for a in found] == [503, 503, 503]
-            # Disabled: nothing more is tried.
-            await trio.sleep(0.3)
+            # Disabled: the delivery fails without another attempt.
+            await until_job(http, found[0]["delivery_id"], "failed")
             assert len(await attempts(http, "made")) == 3
             assert receiver.received == []
             # Enabled again through the API; the receiver answers; the delivery is replayed.
@@ -212,6 +213,11 @@ async def test_endpoint_disabled_after_failures_then_enabled_and_replayed(
             deleted = await http.delete("/webhooks/made")
             assert deleted.status_code == 200
             assert (await http.get("/webhooks/made")).status_code == 404
+
+
+async def until_job(http: httpx.AsyncClient, job_id: str, status: str) -> None:
+    while (await http.get(f"/jobs/{job_id}")).json()["job"]["status"] != status:
+        await trio.sleep(0.05)
 
 
 async def until_async_endpoint(http: httpx.AsyncClient, endpoint_id: str, check: Callable[[dict[str, Any]], bool]) -> None:
@@ -237,14 +243,13 @@ async def test_loopback_and_private_targets_are_refused_unless_allowed(
             await until_async(http, lambda found: len(found) == 1)
             found = await attempts(http)
             assert found[0]["status"] is None and "not a public address" in found[0]["error"]
-            await until_async(http, lambda found: len(found) == 1)
+            while not await attempts(http, "local"):
+                await trio.sleep(0.05)
             local = await attempts(http, "local")
-            assert local and "not a public address" in local[0]["error"]
-            # Refused is final: no retry comes.
-            await trio.sleep(0.4)
+            assert "not a public address" in local[0]["error"]
+            # Refused is final: the delivery failed after its one attempt.
+            await until_job(http, found[0]["delivery_id"], "failed")
             assert len(await attempts(http)) == 1
-            job = (await http.get(f"/jobs/{found[0]['delivery_id']}")).json()["job"]
-            assert job["status"] == "failed"
         assert receiver.requests == 0
 
 
