@@ -3,7 +3,8 @@
 - socket.io-client 4 for JavaScript in Node: ``tests/socketio/clients.test.mjs`` (chat with
   acks, typing and receipts over WebSocket only, long-polling only and polling upgraded;
   presence, a notification, an app room, refusals) and ``tests/socketio/recovery.test.mjs``
-  (connection state recovery, a daemon restart mid-chat), each file with a daemon of its own
+  (connection state recovery, a daemon restart mid-chat) and ``tests/socketio/guide.test.mjs``
+  (the example of docs/socketio-migration.md, run as written), each file with a daemon of its own
   that it starts with this interpreter (``REALTIMED_PYTHON``) and this checkout;
 - the same client's browser bundle in headless Chromium (``tests/socketio/browser.test.mjs``,
   playwright-core, Debian's Chromium);
@@ -94,7 +95,7 @@ async def _node_test(node: str, npm: str, files: list[str], env: dict[str, str])
 @pytest.mark.timeout(INSTALL_TIMEOUT_S + NODE_TIMEOUT_S + 30)
 async def test_socket_io_client_in_node(node_tools: tuple[str, str]) -> None:
     node, npm = node_tools
-    await _node_test(node, npm, ["clients.test.mjs", "recovery.test.mjs"], _env())
+    await _node_test(node, npm, ["clients.test.mjs", "recovery.test.mjs", "guide.test.mjs"], _env())
 
 
 @pytest.mark.slow
