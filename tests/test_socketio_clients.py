@@ -197,7 +197,7 @@ async def test_python_socketio_client_chat_and_room(start_daemon: DaemonFactory,
             assert opened["ok"] is True, opened
             conversation = opened["data"]["conversation"]
             await alice.emit("typing.start", {"conversation_id": conversation["id"]})
-            (typing,) = await bob.wait_for("typing.updated", lambda d, *_: d["typing"] is True)
+            typing, *_ = await bob.wait_for("typing.updated", lambda d, *_: d["typing"] is True)
             assert typing == {"conversation_id": conversation["id"], "user_id": "alice", "typing": True}
 
             sent = await alice.call("message.send", {"conversation_id": conversation["id"], "client_id": "p-1", "body": "hi from python"})
@@ -209,7 +209,7 @@ async def test_python_socketio_client_chat_and_room(start_daemon: DaemonFactory,
 
             read = await bob.call("message.read", {"conversation_id": conversation["id"], "seq": 1})
             assert read == {"ok": True, "data": {"read_seq": 1}}
-            (receipt,) = await alice.wait_for("receipt.updated", lambda d, *_: d["user_id"] == "bob")
+            receipt, *_ = await alice.wait_for("receipt.updated", lambda d, *_: d["user_id"] == "bob")
             assert receipt["read_seq"] == 1
 
             bad = await alice.call("message.send", {"conversation_id": conversation["id"], "client_id": "p-2"})
