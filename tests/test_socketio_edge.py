@@ -86,9 +86,15 @@ class EioSocket:
         self.close_code: int | None = None
 
     @classmethod
-    async def open(cls, daemon: Daemon, query: str = "EIO=4&transport=websocket") -> EioSocket:
+    async def open(
+        cls, daemon: Daemon, query: str = "EIO=4&transport=websocket", headers: dict[str, str] | None = None
+    ) -> EioSocket:
         url = daemon.url().replace("http", "ws", 1) + PATH + "?" + query
-        conn = await _thread(lambda: connect(url, open_timeout=10, close_timeout=5, compression=None, max_size=2**22).__enter__())
+        conn = await _thread(
+            lambda: connect(
+                url, additional_headers=headers, open_timeout=10, close_timeout=5, compression=None, max_size=2**22
+            ).__enter__()
+        )
         return cls(conn)
 
     async def send(self, data: str | bytes) -> None:
@@ -199,6 +205,25 @@ async def test_polling_sessions_that_are_closed_or_not_theirs(start_daemon: Daem
             finally:
                 await ws.close()
 
+            # Two polls of one session at once: the second is a 400 and the session is closed.
+            sid = await handshake(http)
+            params = {"EIO": "4", "transport": "polling", "sid": sid}
+            await http.post("", params=params, content="40" + orjson.dumps({"token": token("edge")}).decode())
+            first = await http.get("", params=params)  # the CONNECT reply (and session.ready)
+            assert first.status_code == 200 and first.text.startswith("40{"), first.text
+            polls: list[httpx.Response] = []
+
+            async def poll() -> None:
+                polls.append(await http.get("", params=params))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(poll)
+                nursery.start_soon(poll)
+            overlap = [p for p in polls if p.status_code == 400]
+            assert overlap, [(p.status_code, p.text) for p in polls]
+            _error(overlap[0], 400, 3, "Bad request")
+            _error(await http.get("", params=params), 400, 1, "Session ID unknown")
+
             # A body over max_payload_bytes: 413, and the session is closed.
             sid = await handshake(http)
             answer = await http.post("", params={"EIO": "4", "transport": "polling", "sid": sid}, content="4" + "x" * MAX_PAYLOAD)
@@ -276,6 +301,17 @@ async def test_websocket_packets_that_break_the_rules(start_daemon: DaemonFactor
         assert refused.startswith("44{"), refused
         error = orjson.loads(refused[2:])
         assert error["data"]["code"] == "UNAUTHORIZED" and error["data"]["close_code"] == 4501, error
+        await ws.close()
+
+        # The token in the Authorization header of the first request instead of the CONNECT.
+        ws = await EioSocket.open(daemon, headers={"Authorization": f"Bearer {token('header-user')}"})
+        _open_packet(str(await ws.recv()))
+        await ws.send("40")
+        reply = str(await ws.recv())
+        assert reply.startswith("40{"), reply
+        ready = str(await ws.recv())
+        assert ready.startswith('42["session.ready",'), ready
+        assert orjson.loads(ready[2:])[1]["user_id"] == "header-user"
         await ws.close()
 
         # Wrong EIO version over WebSocket: refused before the upgrade.
