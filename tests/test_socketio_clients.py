@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import socketio
 import trio
@@ -166,18 +167,17 @@ class PyClient:
         await trio.to_thread.run_sync(self.sio.disconnect)
 
 
-async def _publish(daemon: Daemon, room: str, data: dict[str, Any]) -> dict[str, Any]:
-    import httpx
-
+async def _server_api(daemon: Daemon, path: str, body: dict[str, Any]) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=daemon.url(), headers={"Authorization": f"Bearer {API_KEY}"}) as http:
-        answer = await http.post("/server/v1/publish", json={"room": room, "event": "job.progress", "data": data})
+        answer = await http.post(f"/server/v1{path}", json=body)
         assert answer.status_code == 200, answer.text
-        body: dict[str, Any] = answer.json()
-        return body
+        result: dict[str, Any] = answer.json()
+        return result
 
 
 PY_CONFIG: dict[str, Any] = {
     "socketio": SOCKETIO,
+    "presence": {"throttle_s": 0.1},
     "namespaces": [{"prefix": "job:", "history_size": 100}],
     "jobs": {"enabled": False},
 }
@@ -220,11 +220,21 @@ async def test_python_socketio_client_chat_and_room(start_daemon: DaemonFactory,
 
             sub = await bob.call("subscribe", {"room": "job:7"})
             assert sub["ok"] is True and sub["data"]["recovered"] is False, sub
-            published = await _publish(daemon, "job:7", {"pct": 40})
+            published = await _server_api(daemon, "/publish", {"room": "job:7", "event": "job.progress", "data": {"pct": 40}})
             assert published["delivered"] == 1
             pub, pub_meta, _ = await bob.wait_for("job.progress")
             assert pub == {"pct": 40}
             assert pub_meta == {"room": "job:7", "seq": 1, "epoch": sub["data"]["epoch"]}
+
+            # Presence between contacts, and a notification from the backend.
+            assert (await alice.call("presence.set", {"status": "busy"}))["ok"] is True
+            presence, *_ = await bob.wait_for("presence.updated", lambda d, *_: d["user_id"] == "alice" and d["status"] == "busy")
+            assert presence["message"] is None
+            queued = await _server_api(daemon, "/notifications", {"user_ids": ["bob"], "type": "announcement", "vars": {"title": "Hi", "body": ""}})
+            assert queued == {"queued": 1}
+            note, note_meta, *_ = await bob.wait_for("notification.new")
+            assert note["notification"]["title"] == "Hi"
+            assert note_meta == {"seq": 1}
     finally:
         with trio.move_on_after(10):
             await alice.close()
