@@ -21,7 +21,7 @@ still a reader's dependency.
 4. capabilities  chat, presence, typing_state, room_ops, notify/, push/, jobs/: each
                  exposes routes() and ops(); a Redis backend sits beside its Protocol.
 5. transports    gateway/ (the session lifecycle, WebSocket, SSE), http/ (listener,
-                 guard, app, the REST doors).
+                 guard, app, the REST doors), socketio/ (the Socket.IO door).
 6. composition   daemon, backends (the one place in-process or Redis is chosen),
                  cli (and jobs/cli), workers, install, listen, __main__.
 """
@@ -67,7 +67,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "realtimed.jobs",
         ),
     ),
-    ("transports", ("realtimed.gateway", "realtimed.http")),
+    ("transports", ("realtimed.gateway", "realtimed.http", "realtimed.socketio")),
     (
         "composition",
         (
