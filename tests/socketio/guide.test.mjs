@@ -30,7 +30,7 @@ describe('the migration guide', () => {
     const bobId = user('bob');
     const room = `job:${user('render')}`;
     const atBob = [];
-    const alice = connectChat({ url: h.d.url, token: mint(aliceId), onMessage: () => {} });
+    const alice = connectChat({ url: h.d.url, token: mint(aliceId, { rooms: [] }), onMessage: () => {} });
     const bob = connectChat({ url: h.d.url, token: mint(bobId, { rooms: [room] }), onMessage: (m, seq) => atBob.push([m.body, seq]) });
     try {
       await until(() => alice.socket.connected && bob.socket.connected, 5000, 'both connected');
