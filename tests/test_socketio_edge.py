@@ -253,7 +253,6 @@ async def test_websocket_packets_that_break_the_rules(start_daemon: DaemonFactor
             await ws.send("40" + orjson.dumps({"token": token("edge")}).decode())
             reply = str(await ws.recv())
             assert reply.startswith("40{"), reply
-            assert {"sid", "pid"} <= orjson.loads(reply[2:]).keys()
 
             # Unknown events: an ack with BAD_REQUEST when one is asked for, silence otherwise.
             await ws.send('42["no.such.op",{}]')
@@ -318,4 +317,39 @@ async def test_websocket_packets_that_break_the_rules(start_daemon: DaemonFactor
         with pytest.raises(Exception) as refused_upgrade:
             await EioSocket.open(daemon, "EIO=3&transport=websocket")
         assert "400" in str(refused_upgrade.value)
+        await _settled(daemon)
+
+
+async def test_recovery_payloads_that_are_not_ours(start_daemon: DaemonFactory) -> None:
+    """A CONNECT with a ``pid`` and ``offset`` the daemon never gave (or of the wrong type) is a
+    fresh session: a new ``pid``, nothing replayed, never an error."""
+    daemon = await start_daemon(CONFIG)
+    with trio.fail_after(30):
+        ws = await EioSocket.open(daemon)
+        first = await ws.connected()
+        assert isinstance(first.get("pid"), str) and first["pid"], first
+        await ws.close()
+        forged: list[dict[str, Any]] = [
+            {"pid": "not-a-pid", "offset": "not-an-offset"},
+            {"pid": first["pid"], "offset": "garbage"},
+            {"pid": first["pid"], "offset": "x" * 100_000},
+            {"pid": 12, "offset": ["a"]},
+            {"pid": None, "offset": None},
+            {"pid": "p" * 10_000},
+        ]
+        for extra in forged:
+            ws = await EioSocket.open(daemon)
+            opened = await ws.recv()
+            _open_packet(str(opened))
+            await ws.send("40" + orjson.dumps({"token": token("edge"), **extra}).decode())
+            reply = str(await ws.recv())
+            assert reply.startswith("40{"), (extra, reply)
+            data = orjson.loads(reply[2:])
+            assert isinstance(data.get("pid"), str) and data["pid"] != extra.get("pid"), (extra, data)
+            ready = str(await ws.recv())
+            assert ready.startswith('42["session.ready",'), (extra, ready)
+            await ws.send('421["ping"]')
+            (ack,) = await ws.ack(1)
+            assert ack["ok"] is True
+            await ws.close()
         await _settled(daemon)

@@ -1,11 +1,14 @@
 // socket.io-client's browser bundle (from node_modules) in headless Chromium, driven by
-// playwright-core: a page on the daemon's origin loads it, alice and bob connect with their
-// tokens in the CONNECT auth payload, chat with acks and follow an app room; once with the
-// default transports (long-polling upgraded to WebSocket), once with long-polling only.
+// playwright-core: a page of its own origin (a static server here, on another port of
+// 127.0.0.1, as an app's page would be) loads it; alice and bob connect to the daemon with their
+// tokens in the CONNECT auth payload (cross-origin: the daemon's CORS rules apply to polling),
+// chat with acks and follow an app room; once with the default transports (long-polling
+// upgraded to WebSocket), once with long-polling only.
 //
 // Run by tests/test_socketio_clients.py with CHROMIUM_PATH set; skipped without Chromium.
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -15,13 +18,25 @@ import { harness, mint, user } from './support.mjs';
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const require = createRequire(import.meta.url);
 const BUNDLE = readFileSync(join(dirname(require.resolve('socket.io-client/package.json')), 'dist', 'socket.io.min.js'), 'utf8');
-const PAGE = '<!doctype html><meta charset="utf-8"><title>socket.io-client</title><script src="socket.io.min.js"></script>';
+const PAGE = '<!doctype html><meta charset="utf-8"><title>socket.io-client</title><script src="/socket.io.min.js"></script>';
+
+/** The app's own origin: the page and socket.io-client's bundle, nothing else. */
+function appServer() {
+  const server = createServer((req, res) => {
+    if (req.url === '/socket.io.min.js') res.writeHead(200, { 'content-type': 'text/javascript' }).end(BUNDLE);
+    else if (req.url === '/') res.writeHead(200, { 'content-type': 'text/html' }).end(PAGE);
+    else res.writeHead(404).end();
+  });
+  return new Promise((res) => server.listen(0, '127.0.0.1', () => res(server)));
+}
 
 const h = harness();
 let browser;
+let app;
+let origin;
 
 // The scenario, run inside the page: alice opens a conversation with bob and sends a message
-// with an ack; bob gets message.new with its {room, seq} and an offset, and reads it; both
+// with an ack; bob gets message.new with its {room, seq} and reads it; both
 // subscribe to a room and get a publication made through the server API by the test.
 async function scenario({ url, path, transports, aliceToken, bobToken, bobId, room }) {
   const wait = (socket, name, ms = 5000) =>
@@ -43,18 +58,18 @@ async function scenario({ url, path, transports, aliceToken, bobToken, bobId, ro
   const conversation = opened.data.conversation;
   const arrives = wait(bob, 'message.new');
   const sent = await alice.timeout(5000).emitWithAck('message.send', { conversation_id: conversation.id, client_id: 'b-1', body: 'from Chromium' });
-  const [data, meta, offset] = await arrives;
+  const [data, meta] = await arrives;
   const receipt = wait(alice, 'receipt.updated');
   const read = await bob.timeout(5000).emitWithAck('message.read', { conversation_id: conversation.id, seq: meta.seq });
   const [r] = await receipt;
   const sub = await bob.timeout(5000).emitWithAck('subscribe', { room });
-  window.publication = wait(bob, 'job.progress');
+  window.publications = [];
+  bob.on('job.progress', (...args) => window.publications.push(args));
   window.sockets = [alice, bob];
   return {
     sentOk: sent.ok,
     body: data.message.body,
     meta,
-    offsetType: typeof offset,
     readSeq: read.data.read_seq,
     receiptSeq: r.read_seq,
     subOk: sub.ok,
@@ -66,9 +81,12 @@ async function scenario({ url, path, transports, aliceToken, bobToken, bobId, ro
 describe('socket.io-client in headless Chromium', { skip: !existsSync(CHROMIUM) && `no Chromium at ${CHROMIUM}` }, () => {
   before(async () => {
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'], headless: true });
+    app = await appServer();
+    origin = `http://127.0.0.1:${app.address().port}`;
   });
   after(async () => {
     await browser?.close();
+    app?.close();
   });
 
   for (const [name, transports] of [
@@ -79,13 +97,7 @@ describe('socket.io-client in headless Chromium', { skip: !existsSync(CHROMIUM) 
       const page = await browser.newPage();
       const errors = [];
       page.on('pageerror', (e) => errors.push(e));
-      // The test page and the bundle come from here; everything else (the door) is the daemon.
-      await page.route(`${h.d.url}/sio-test/**`, (route) => {
-        const file = new URL(route.request().url()).pathname.split('/').pop();
-        if (file === 'socket.io.min.js') return route.fulfill({ body: BUNDLE, contentType: 'text/javascript' });
-        return route.fulfill({ body: PAGE, contentType: 'text/html' });
-      });
-      await page.goto(`${h.d.url}/sio-test/index.html`);
+      await page.goto(`${origin}/`);
       const aliceId = user('alice');
       const bobId = user('bob');
       const room = `job:${user('browser')}`;
@@ -101,12 +113,12 @@ describe('socket.io-client in headless Chromium', { skip: !existsSync(CHROMIUM) 
       assert.equal(out.sentOk, true);
       assert.equal(out.body, 'from Chromium');
       assert.deepEqual({ ...out.meta }, { room: `conversation:${out.conversationId}`, seq: 1 });
-      assert.equal(out.offsetType, 'string');
       assert.equal(out.readSeq, 1);
       assert.equal(out.receiptSeq, 1);
       assert.equal(out.subOk, true);
       await h.api('POST', '/publish', { room, event: 'job.progress', data: { pct: 50 } });
-      const [pub, pubMeta] = await page.evaluate(() => window.publication);
+      await page.waitForFunction(() => window.publications.length === 1, null, { timeout: 5000 });
+      const [pub, pubMeta] = await page.evaluate(() => window.publications[0]);
       assert.equal(pub.pct, 50);
       assert.equal(pubMeta.room, room);
       assert.equal(pubMeta.seq, 1);
