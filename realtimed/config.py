@@ -483,6 +483,42 @@ class GatewayConfig:
 
 
 @attrs.frozen
+class SocketIOConfig:
+    enabled: bool = _f(
+        True,
+        "serve the Socket.IO door (Engine.IO v4, Socket.IO v5) on the client listener, so that apps built on "
+        "socket.io-client connect without changing their transport library",
+    )
+    path: str = _f("/socket.io/", "the Socket.IO path (socket.io-client's \"path\" option)")
+    ping_interval_ms: int = _f(25_000, "Engine.IO ping period", min=100, max=3_600_000)
+    ping_timeout_ms: int = _f(
+        20_000, "how long a ping waits for its pong before the session closes", min=100, max=3_600_000
+    )
+    connect_timeout_ms: int = _f(
+        45_000, "longest wait for the Socket.IO CONNECT after the Engine.IO handshake (then the session closes)",
+        min=100, max=3_600_000,
+    )
+    max_payload_bytes: int = _f(
+        1_000_000,
+        "largest Engine.IO message, and largest HTTP long-polling body (over it: the session closes; HTTP 413)",
+        min=1024, max=64 * 1_048_576,
+    )
+    max_attachments: int = _f(
+        10, "most binary attachments one Socket.IO packet may announce (over it: the session closes)", min=0, max=1000,
+    )
+    transports: list[Literal["polling", "websocket"]] = _f(
+        ["polling", "websocket"],
+        "transports offered; under run --workers N only websocket is (long-polling needs its session's requests "
+        "on one process)",
+        min=1,
+    )
+    recovery_ttl_s: float = _f(
+        120.0, "how long a disconnected Socket.IO session's positions are kept for connection state recovery",
+        min=0, max=86_400,
+    )
+
+
+@attrs.frozen
 class NamespaceConfig:
     prefix: str = _f("", "room prefix this namespace governs, e.g. \"job:\"")
     public: bool = _f(False, "any user may subscribe (else the token's rooms claim decides)")
@@ -670,6 +706,7 @@ class Config:
     auth: AuthConfig = _f(AuthConfig())
     api: ApiConfig = _f(ApiConfig())
     gateway: GatewayConfig = _f(GatewayConfig())
+    socketio: SocketIOConfig = _f(SocketIOConfig())
     namespaces: list[NamespaceConfig] = _f([], "app-room namespaces")
     chat: ChatConfig = _f(ChatConfig())
     presence: PresenceConfig = _f(PresenceConfig())
@@ -1133,6 +1170,14 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
             problems.add(f"auth.algorithms[{i}]", f"unsupported algorithm {alg!r} (one of {sorted(known_algs)})")
     if not cfg.gateway.path.startswith("/"):
         problems.add("gateway.path", "must start with /")
+    if not cfg.socketio.path.startswith("/"):
+        problems.add("socketio.path", "must start with /")
+    elif cfg.socketio.path.rstrip("/") == cfg.gateway.path.rstrip("/"):
+        problems.add("socketio.path", "must differ from gateway.path")
+    if not cfg.socketio.transports:
+        problems.add("socketio.transports", "must name at least one transport")
+    elif len(set(cfg.socketio.transports)) != len(cfg.socketio.transports):
+        problems.add("socketio.transports", "must not name a transport twice")
     _check_op_limits(cfg, problems)
     seen: set[str] = set()
     for i, ns in enumerate(cfg.namespaces):

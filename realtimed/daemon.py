@@ -56,6 +56,9 @@ from realtimed.push.channel import FcmChannel
 from realtimed.push.service import PushService
 from realtimed.sdnotify import SystemdNotifier
 from realtimed.services import Services
+from realtimed.socketio.door import RealtimeHandler
+from realtimed.socketio.engine import EngineServer
+from realtimed.socketio.server import SocketIOServer
 from realtimed.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -109,6 +112,7 @@ class Daemon:
         self._services: Services | None = None
         self._backends: Backends | None = None
         self._websocket: WebSocketDoor | None = None
+        self._socketio: EngineServer | None = None
         self.listeners: list[Listener] = []
         self._handle_signals = handle_signals
         self._notifier = notifier or SystemdNotifier()
@@ -235,6 +239,13 @@ class Daemon:
         bans = Bans(store, clock=clock, config=config)
         gateway = Gateway(config, clock=clock, node=node, router=router, bans=bans, hooks=hooks)
         self._websocket = WebSocketDoor(gateway, ops=ops, verifier=self._verifier_live)
+        if config.value.socketio.enabled:
+            sio = SocketIOServer(RealtimeHandler(gateway, ops=ops, verifier=self._verifier_live))
+            # Long-polling needs every request of a session on this process: workers offer WebSocket only.
+            polling = os.environ.get(WORKER_ENV) is None
+            self._socketio = sio.engine = EngineServer(
+                lambda: config.value, node=node, listener=sio, clock=clock, polling=polling
+            )
         if backends.cluster is not None:
             _wire_cluster(backends, presence, router)
         self._services = Services(
@@ -261,6 +272,8 @@ class Daemon:
         await nursery.start(svc.notify.run)
         await nursery.start(svc.gateway.run)
         await nursery.start(websocket.run)
+        if self._socketio is not None:
+            await nursery.start(self._socketio.run)
         # realtimed_event_loop_lag_seconds, and realtimed_backend_ready refreshed without waiting for /readyz.
         await nursery.start(functools.partial(
             metrics.run_probes,
@@ -304,7 +317,7 @@ class Daemon:
         assert self._websocket is not None
         client = Listener(
             cfg, host=host, port=port, role="client", asgi_app=app, ws_handler=self._websocket.handle_ws,
-            ssl_context=ssl_context, reuse_port=shared,
+            socketio=self._socketio, ssl_context=ssl_context, reuse_port=shared,
         )
         self.listeners = [client]
         if cfg.http.internal_listen:
