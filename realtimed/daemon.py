@@ -58,7 +58,7 @@ from realtimed.sdnotify import SystemdNotifier
 from realtimed.services import Services
 from realtimed.socketio.door import RealtimeHandler
 from realtimed.socketio.engine import EngineServer
-from realtimed.socketio.server import SocketIOServer
+from realtimed.socketio.server import NamespaceHandler, SocketIOServer
 from realtimed.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,8 @@ class Daemon:
         config_path: the file to re-read on SIGHUP (None: reload keeps the config).
         clock: the wall clock (tests inject one).
         handle_signals: install TERM/INT/HUP handling (off for in-process test daemons).
+        socketio_handler: the Socket.IO door's namespace handler (None: realtimed's own,
+            which authenticates; another is for tests, and no configuration sets it).
 
     Resource handling:
         Every task lives in one of the layer nurseries above; ``run`` returns only
@@ -100,8 +102,10 @@ class Daemon:
         clock: WallClock | None = None,
         handle_signals: bool = True,
         notifier: SystemdNotifier | None = None,
+        socketio_handler: NamespaceHandler | None = None,
     ) -> None:
         self.cfg = cfg
+        self._socketio_handler = socketio_handler
         self.config_path = config_path
         self.clock: WallClock = clock or SystemClock()
         self.node = cfg.server.node_id
@@ -240,7 +244,7 @@ class Daemon:
         gateway = Gateway(config, clock=clock, node=node, router=router, bans=bans, hooks=hooks)
         self._websocket = WebSocketDoor(gateway, ops=ops, verifier=self._verifier_live)
         if config.value.socketio.enabled:
-            sio = SocketIOServer(RealtimeHandler(gateway, ops=ops, verifier=self._verifier_live))
+            sio = SocketIOServer(self._socketio_handler or RealtimeHandler(gateway, ops=ops, verifier=self._verifier_live))
             # Long-polling needs every request of a session on this process: workers offer WebSocket only.
             polling = os.environ.get(WORKER_ENV) is None
             self._socketio = sio.engine = EngineServer(
