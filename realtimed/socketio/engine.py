@@ -49,7 +49,7 @@ from realtimed.clock import WallClock
 from realtimed.config import Config
 from realtimed.deadlines import Deadlines
 from realtimed.delivery.frames import OP_TEXT, ws_frame
-from realtimed.errors import CLOSE_NORMAL, CLOSE_TOO_BIG
+from realtimed.errors import CLOSE_NODE_FULL, CLOSE_NORMAL, CLOSE_TOO_BIG
 from realtimed.gateway.session import Session
 from realtimed.gateway.websocket import origin_allowed, websocket_upgrade
 from realtimed.socketio.packets import (
@@ -381,6 +381,10 @@ class EngineServer:
         self.schedule(socket, "connect", cfg.connect_timeout_ms / 1000)
         self.listener.opened(socket)
 
+    def full(self) -> bool:
+        """As many Engine.IO sessions as ``gateway.max_sockets``: a new one is refused (503, or close 4013)."""
+        return len(self.sockets) >= self._config().gateway.max_sockets
+
     def linger(self, socket: EngineSocket) -> None:
         """Keep a closed polling session for its client's next poll (which gets the close packet)."""
         self._lingering[socket.sid] = socket
@@ -437,23 +441,26 @@ class EngineServer:
         if not await websocket_upgrade(stream, head, address, allowed_origins=allowed, timeout_s=cfg.gateway.handshake_timeout_s):
             return
         session = Session(self, stream, address, connected_at=self._clock.now())
-        if target is not None:
-            if target.closed or target.transport != "polling" or target._probe is not None or target.upgraded:
-                # A session closed, or upgrading or upgraded already: the reference server closes the newcomer.
-                session.close(CLOSE_NORMAL)
-                await session.run(leftover=head.rest)
-                return
+        if target is None:
+            self._by_ws[session.id] = EngineSocket(self, transport="websocket", address=address, head_token=_bearer(head))
+        elif not (target.closed or target.transport != "polling" or target._probe is not None or target.upgraded):
             target._probe = session
             self._by_ws[session.id] = target
-        else:
-            self._by_ws[session.id] = EngineSocket(self, transport="websocket", address=address, head_token=_bearer(head))
+        # Otherwise the session is closed, or upgrading or upgraded already: the reference
+        # server accepts the newcomer and closes it (serve_session does).
         await session.run(leftover=head.rest)
 
     # SessionHandler, for the WebSocket sessions:
 
     async def serve_session(self, session: Session) -> None:
         engine = self._by_ws.get(session.id)
-        if engine is None or engine.transport != "websocket" or engine.ws is not None:
+        if engine is None:
+            session.close(CLOSE_NORMAL)
+            return
+        if engine.transport != "websocket" or engine.ws is not None:
+            return  # an upgrade probe
+        if self.full():
+            session.close(CLOSE_NODE_FULL, "node full")
             return
         # A session opened on WebSocket: its handshake is written from inside the socket's nursery.
         engine.ws = session
@@ -569,6 +576,9 @@ class EngineServer:
         if not sid:
             if method != "GET":
                 await _respond(send, *self._error(None, BAD_HANDSHAKE_METHOD), cors)
+                return
+            if self.full():
+                await _respond(send, 503, orjson.dumps({"code": BAD_REQUEST[0], "message": "node full"}), cors)
                 return
             opened = EngineSocket(self, transport="polling", address=address, head_token=_bearer_value(headers.get("authorization")))
             self._register(opened)
