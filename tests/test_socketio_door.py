@@ -181,3 +181,35 @@ async def test_long_polling_then_upgrade(start_daemon: DaemonFactory) -> None:
             assert after.status_code == 400
             assert after.json() == {"code": 3, "message": "Bad request"}
             await ws.close()
+
+
+async def test_polling_keeps_flowing_while_a_websocket_probes(start_daemon: DaemonFactory) -> None:
+    # socket.io-client opens its probe WebSocket as soon as the handshake names the upgrade,
+    # while it still polls: packets queued meanwhile (the CONNECT reply) were held back until
+    # the probe ended, so the client's poll hung and the upgrade failed.
+    with trio.fail_after(30):
+        daemon = await start(start_daemon)
+        async with httpx.AsyncClient(timeout=10) as http:
+            polling = SioPolling(http, daemon.url())
+            await polling.open()
+            ws = await SioWs.open(daemon.url(), sid=polling.sid)
+            await polling.post("40" + orjson.dumps({"token": token("dana")}).decode())
+            with trio.fail_after(3):
+                connect, ready = await polling.events(2)
+            assert connect.startswith("40{") and '"session.ready"' in ready
+            # A poll pending at 2probe ends with a noop; what comes after waits for the upgrade.
+            answers: list[list[str]] = []
+            async with trio.open_nursery() as nursery:
+
+                async def poll() -> None:
+                    answers.append(await polling.poll())
+
+                nursery.start_soon(poll)
+                await trio.sleep(0.2)
+                await ws.send("2probe")
+                assert await ws.recv() == "3probe"
+            assert answers == [["6"]]
+            await polling.post('421["ping",{}]')
+            await ws.send("5")
+            assert (await ws.ack(1))[0]["ok"] is True
+            await ws.close()

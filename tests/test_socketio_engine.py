@@ -42,6 +42,8 @@ async def test_bad_requests_get_the_reference_answers(start_daemon: DaemonFactor
                 ("GET", "/socket.io/?EIO=3&transport=polling", 400, {"code": 5, "message": "Unsupported protocol version"}),
                 ("GET", "/socket.io/?EIO=4", 400, {"code": 0, "message": "Transport unknown"}),
                 ("GET", "/socket.io/?EIO=4&transport=flash", 400, {"code": 0, "message": "Transport unknown"}),
+                # A WebSocket request without its upgrade.
+                ("GET", "/socket.io/?EIO=4&transport=websocket", 400, {"code": 3, "message": "Bad request"}),
                 ("POST", "/socket.io/?EIO=4&transport=polling", 400, {"code": 2, "message": "Bad handshake method"}),
                 ("GET", "/socket.io/?EIO=4&transport=polling&sid=nope", 400, {"code": 1, "message": "Session ID unknown"}),
                 ("POST", "/socket.io/?EIO=4&transport=polling&sid=nope", 400, {"code": 1, "message": "Session ID unknown"}),

@@ -218,7 +218,7 @@ class EngineSocket:
         self._wake_poll()
 
     def _wake_poll(self) -> None:
-        if self._poll is not None and self._probe is None:
+        if self._poll is not None:
             self._poll.ready.set()
 
     # -- closing -----------------------------------------------------------------------------
@@ -505,6 +505,7 @@ class EngineServer:
             queued, engine._outbox = engine._outbox, []
             engine._outbox_bytes = 0
             if engine._poll is not None:
+                engine._outbox.append("6")
                 engine._poll.ready.set()
             for record in queued:
                 if record.startswith("b"):
@@ -568,7 +569,9 @@ class EngineServer:
             await _respond(send, 204, b"", cors)
             return
         query = parse_qs((scope.get("query_string") or b"").decode("latin-1"))
-        error = self._check_query(query, "polling")
+        error = self._check_query(query, None)
+        if error is None and (query.get("transport") or [""])[0] != "polling":
+            error = BAD_REQUEST  # a WebSocket request without its upgrade
         if error is not None:
             await _respond(send, *self._error(None, error), cors)
             return
@@ -609,7 +612,7 @@ class EngineServer:
             socket.close("overlap from client")
             await _respond(send, *self._error(socket.sid, BAD_REQUEST), cors)
             return
-        if self._lingering.pop(socket.sid, None) is not None or (socket._outbox and socket._probe is None):
+        if self._lingering.pop(socket.sid, None) is not None or socket._outbox:
             await _respond(send, 200, self._take(socket).encode(), cors, _TEXT_PLAIN)
             return
         poll = socket._poll = _Poll()
