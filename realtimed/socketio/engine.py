@@ -20,7 +20,10 @@ Refusals follow the reference server: HTTP 400 with ``{"code": 0, "message":
 ``Forbidden`` for a disallowed ``Origin``, 413 for a body over
 ``socketio.max_payload_bytes``; two polls (or two posts) of one session at once
 close it with 400. A WebSocket naming a session that is closed, upgrading or
-upgraded already is accepted and closed at once.
+upgraded already is accepted and closed at once. A node with
+``gateway.max_sockets`` Engine.IO sessions refuses another (polling: 503;
+WebSocket: upgraded, then closed with 4013), so that sessions that never
+connect a namespace cannot pile up.
 
 Resource handling:
     ``run`` owns the timer task and the tasks that end sessions (the Socket.IO
