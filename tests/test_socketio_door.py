@@ -213,3 +213,29 @@ async def test_polling_keeps_flowing_while_a_websocket_probes(start_daemon: Daem
             await ws.send("5")
             assert (await ws.ack(1))[0]["ok"] is True
             await ws.close()
+
+
+async def test_drain_reaches_a_polling_client(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(30):
+        daemon = await start(start_daemon)
+        async with httpx.AsyncClient(timeout=10) as http:
+            polling = SioPolling(http, daemon.url())
+            await polling.open()
+            await polling.post("40" + orjson.dumps({"token": token("erin")}).decode())
+            await polling.events(2)
+            # A polling client has a poll pending (it polls again at once): the drain answers it.
+            answers: list[list[str]] = []
+            async with trio.open_nursery() as nursery:
+
+                async def poll() -> None:
+                    answers.append(await polling.poll())
+
+                nursery.start_soon(poll)
+                await trio.sleep(0.2)
+                daemon.request_drain()
+            shutdown, closed, close = answers[0]
+            assert orjson.loads(shutdown[2:])[0] == "server.shutdown"
+            assert orjson.loads(closed[2:]) == ["session.closed", {"code": 1001, "reason": "server draining"}]
+            assert close == "1"
+            with trio.fail_after(10):
+                await daemon.wait_stopped()

@@ -187,3 +187,16 @@ async def test_disabled(start_daemon: DaemonFactory) -> None:
         async with httpx.AsyncClient(timeout=10) as http:
             answer = await http.get(sio_url(daemon.url(), transport="polling"))
             assert answer.status_code == 404
+
+
+async def test_refused_connects_are_bounded(start_daemon: DaemonFactory) -> None:
+    # A refused CONNECT leaves the session open for a retry with a fresh token; without a
+    # bound, one session could ask for token checks forever.
+    with trio.fail_after(30):
+        daemon = await start_daemon({"gateway": {"abuse_limit": 3}})
+        client = await SioWs.open(daemon.url())
+        for _ in range(3):
+            await client.send('40{"token":"bad"}')
+            assert (await client.recv()).startswith("44{")  # type: ignore[union-attr]
+        assert await client.closed() == 4009
+        await still_serves(daemon)

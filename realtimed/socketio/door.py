@@ -271,7 +271,8 @@ class RealtimeHandler:
             return
         socket.state = None
         if client.close_code is None:
-            client.close_code = 1006 if reason in ("transport close", "ping timeout", "transport error") else CLOSE_NORMAL
+            # The Engine.IO session's: the client's close, a ping timeout (4000), an overflow (4008)...
+            client.close_code = socket.engine.close_code or CLOSE_NORMAL
         client._closing = True
         await self.gateway.end(client)
 

@@ -52,9 +52,9 @@ from realtimed.clock import WallClock
 from realtimed.config import Config
 from realtimed.deadlines import Deadlines
 from realtimed.delivery.frames import OP_TEXT, ws_frame
-from realtimed.errors import CLOSE_NODE_FULL, CLOSE_NORMAL, CLOSE_TOO_BIG
+from realtimed.errors import CLOSE_NODE_FULL, CLOSE_NORMAL, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG
 from realtimed.gateway.session import Session
-from realtimed.gateway.websocket import origin_allowed, websocket_upgrade
+from realtimed.gateway.websocket import CLOSE_HEARTBEAT, origin_allowed, websocket_upgrade
 from realtimed.socketio.packets import (
     EioPacket,
     EioType,
@@ -137,8 +137,10 @@ class EngineSocket:
         "_poll",
         "_posting",
         "_probe",
+        "_reason",
         "_server",
         "address",
+        "close_code",
         "closed",
         "head_token",
         "sid",
@@ -157,8 +159,10 @@ class EngineSocket:
         self.state: Any = None
         self.ws: Session | None = None
         self.closed = False
+        self.close_code: int | None = None
         self.upgraded = False
         self._ended = False
+        self._reason = ""
         self._generation = 0
         self._pinged = False
         # Polling: encoded packets waiting for the next poll.
@@ -239,18 +243,21 @@ class EngineSocket:
         if self.closed:
             return
         self.closed = True
+        self.close_code = code
         server = self._server
         probe, self._probe = self._probe, None
         if probe is not None:
             probe.close(CLOSE_NORMAL)
         if self.ws is not None:
-            self.ws.close(code, reason[:100])
+            self.ws.close(code, reason[:100])  # over once the socket is (session_ended)
         else:
             self._outbox.append("6" if by_client else "1")
             if self._poll is not None:
-                self._poll.ready.set()
+                self._poll.ready.set()  # over once that poll is answered
             elif flush:
-                server.linger(self)
+                server.linger(self)  # over once the next poll is answered, or the grace ends
+            else:
+                server.finish(self)
         server.ended(self, reason)
 
     # -- heartbeats --------------------------------------------------------------------------
@@ -269,7 +276,7 @@ class EngineSocket:
             self.send_text("2")
             self._server.schedule(self, "pong", self._server.config.socketio.ping_timeout_ms / 1000)
         elif kind == "pong" and self._pinged:
-            self.close("ping timeout", code=CLOSE_NORMAL)
+            self.close("ping timeout", code=CLOSE_HEARTBEAT)
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -354,7 +361,9 @@ class EngineServer:
             _, due = await self._timers.due()
             for sid, generation, kind in due:
                 if kind == "linger":
-                    self._lingering.pop(sid, None)
+                    lingering = self._lingering.pop(sid, None)
+                    if lingering is not None:
+                        self.finish(lingering)
                     continue
                 socket = self.sockets.get(sid)
                 if socket is None:
@@ -394,19 +403,26 @@ class EngineServer:
         self.schedule(socket, "linger", self._config().socketio.ping_timeout_ms / 1000)
 
     def ended(self, socket: EngineSocket, reason: str) -> None:
-        """A session began closing: forget it and let the listener finish with it."""
+        """A session began closing: no request or message reaches it any more."""
+        socket._reason = reason
+        self.sockets.pop(socket.sid, None)
+
+    def finish(self, socket: EngineSocket) -> None:
+        """A closed session's transport is done (its last poll answered, its WebSocket closed):
+        the listener finishes with it (the gateway ends its sessions only now, so a drain
+        waits until every client has been told)."""
         if socket._ended:
             return
         socket._ended = True
-        self.sockets.pop(socket.sid, None)
+        self._lingering.pop(socket.sid, None)
         if self._nursery is not None:
-            self._nursery.start_soon(self.listener.closed, socket, reason)
+            self._nursery.start_soon(self.listener.closed, socket, socket._reason)
 
     def on_overflow(self, socket: EngineSocket) -> None:
         log.info("Engine.IO session %s: outbox over %d bytes: closing", socket.sid, self._config().gateway.outbox_max_bytes)
         socket._outbox.clear()
         socket._outbox_bytes = 0
-        socket.close("slow consumer")
+        socket.close("slow consumer", code=CLOSE_SLOW_CONSUMER)
 
     def _error(self, socket_or_sid: str | None, error: tuple[int, str]) -> tuple[int, bytes]:
         status = 403 if error is FORBIDDEN else 400
@@ -526,12 +542,14 @@ class EngineServer:
 
     def note_overflow(self, session: Session) -> None:
         engine = self._by_ws.get(session.id)
+        if engine is not None:
+            engine.close_code = CLOSE_SLOW_CONSUMER
         log.info("Engine.IO session %s: outbox over %d bytes: closing", engine.sid if engine else "?", self._config().gateway.outbox_max_bytes)
 
     def note_close(self, session: Session, code: int, *, by_peer: bool = False) -> None:
         engine = self._by_ws.get(session.id)
         if engine is not None and engine.ws is session:
-            reason = "transport close" if by_peer else ("message too big" if code == CLOSE_TOO_BIG else "transport close")
+            reason = "message too big" if code == CLOSE_TOO_BIG and not by_peer else "transport close"
             engine.close(reason, code=code)
 
     async def session_ended(self, session: Session) -> None:
@@ -543,6 +561,7 @@ class EngineServer:
             engine._wake_poll()
         elif engine.ws is session:
             engine.close("transport close")
+            self.finish(engine)
 
     # -- HTTP long-polling -------------------------------------------------------------------
 
@@ -615,8 +634,8 @@ class EngineServer:
             socket.close("overlap from client")
             await _respond(send, *self._error(socket.sid, BAD_REQUEST), cors)
             return
-        if self._lingering.pop(socket.sid, None) is not None or socket._outbox:
-            await _respond(send, 200, self._take(socket).encode(), cors, _TEXT_PLAIN)
+        if socket._outbox:
+            await self._answer_poll(socket, send, cors)
             return
         poll = socket._poll = _Poll()
         gone = False
@@ -638,8 +657,14 @@ class EngineServer:
         if gone:
             socket.close("poll connection closed prematurely")
             return
-        self._lingering.pop(socket.sid, None)
-        await _respond(send, 200, self._take(socket).encode(), cors, _TEXT_PLAIN)
+        await self._answer_poll(socket, send, cors)
+
+    async def _answer_poll(self, socket: EngineSocket, send: AsgiSend, cors: list[tuple[bytes, bytes]]) -> None:
+        try:
+            await _respond(send, 200, self._take(socket).encode(), cors, _TEXT_PLAIN)
+        finally:
+            if socket.closed:
+                self.finish(socket)
 
     async def _post(
         self, socket: EngineSocket, headers: dict[str, str], receive: AsgiReceive, send: AsgiSend, cors: list[tuple[bytes, bytes]]

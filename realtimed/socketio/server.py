@@ -12,7 +12,9 @@ configuration chooses the handler: the daemon always installs realtimed's.
 As on the reference server: a CONNECT to a namespace the handler does not serve
 gets ``CONNECT_ERROR {"message": "Invalid namespace"}``; a packet that cannot
 be decoded (or text while attachments are awaited, or binary when none are)
-closes the Engine.IO session; packets for a namespace that is not connected are
+closes the Engine.IO session; so do ``gateway.abuse_limit`` refused CONNECTs
+(4009: a client may retry a refused CONNECT with a fresh token, not forever);
+packets for a namespace that is not connected are
 dropped; the Engine.IO session outlives a client's DISCONNECT of its last
 namespace (the client closes it).
 """
@@ -23,6 +25,7 @@ import logging
 import secrets
 from typing import Any, Protocol
 
+from realtimed.errors import CLOSE_RATE_ABUSE
 from realtimed.socketio.engine import EngineServer, EngineSocket
 from realtimed.socketio.packets import (
     PacketError,
@@ -92,6 +95,7 @@ class SioSocket:
 
     def refuse(self, data: dict[str, Any]) -> None:
         """Answer the CONNECT with CONNECT_ERROR carrying ``data`` (``{"message", "data"?}``)."""
+        self._connection.refusals += 1
         self._send(SioPacket(SioType.CONNECT_ERROR, self.namespace, data))
 
     def emit(self, event: str, *args: Any) -> None:
@@ -132,7 +136,7 @@ class SioSocket:
 class _Connection:
     """The Socket.IO state of one Engine.IO session."""
 
-    __slots__ = ("buffers", "engine", "ever_connected", "leaving", "pending", "sockets")
+    __slots__ = ("buffers", "engine", "ever_connected", "leaving", "pending", "refusals", "sockets")
 
     def __init__(self, engine: EngineSocket) -> None:
         self.engine = engine
@@ -140,6 +144,8 @@ class _Connection:
         # Sockets the server disconnected: their handler's disconnect is still owed.
         self.leaving: list[SioSocket] = []
         self.ever_connected = False
+        # CONNECTs refused: at gateway.abuse_limit the session is closed (4009).
+        self.refusals = 0
         self.pending: SioPacket | None = None
         self.buffers: list[bytes] = []
 
@@ -231,6 +237,10 @@ class SocketIOServer:
             if namespace in connection.sockets:
                 return  # connected already
             await self.handler.connect(SioSocket(connection, namespace), packet.data)
+            assert self.engine is not None
+            if connection.refusals >= self.engine.config.gateway.abuse_limit:
+                log.info("Socket.IO session %s: %d CONNECTs refused: closing with 4009", connection.engine.sid, connection.refusals)
+                connection.engine.close("rate limit abuse", code=CLOSE_RATE_ABUSE, flush=True)
             return
         sio = connection.sockets.get(namespace)
         if sio is None:
