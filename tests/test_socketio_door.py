@@ -239,3 +239,26 @@ async def test_drain_reaches_a_polling_client(start_daemon: DaemonFactory) -> No
             assert close == "1"
             with trio.fail_after(10):
                 await daemon.wait_stopped()
+
+
+async def test_a_close_during_the_upgrade_reaches_the_client_over_the_websocket(start_daemon: DaemonFactory) -> None:
+    # After 3probe socket.io-client stops polling and waits to send 5: a close that came then
+    # (the server API's disconnect) was queued for a poll that never came, and the probe was
+    # closed, so the client never heard session.closed nor the DISCONNECT.
+    with trio.fail_after(30):
+        daemon = await start(start_daemon)
+        async with httpx.AsyncClient(timeout=10) as http:
+            polling = SioPolling(http, daemon.url())
+            await polling.open()
+            await polling.post("40" + orjson.dumps({"token": token("fred")}).decode())
+            await polling.events(2)
+            ws = await SioWs.open(daemon.url(), sid=polling.sid)
+            await ws.send("2probe")
+            assert await ws.recv() == "3probe"
+            async with httpx.AsyncClient(base_url=daemon.url(), headers=SERVER) as api:
+                answer = await api.post("/server/v1/users/fred/disconnect", json={})
+                assert answer.json()["disconnected"] == 1
+            await ws.send("5")
+            assert (await ws.event("session.closed"))[1]["code"] == 4510
+            assert await ws.recv() == "41"
+            assert await ws.closed() == 4510

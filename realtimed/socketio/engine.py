@@ -245,9 +245,12 @@ class EngineSocket:
         self.closed = True
         self.close_code = code
         server = self._server
-        probe, self._probe = self._probe, None
-        if probe is not None:
-            probe.close(CLOSE_NORMAL)
+        if self._probe is not None and not (flush and self.ws is None):
+            self._probe.close(CLOSE_NORMAL)
+            self._probe = None
+        # A probe kept (a flushing close on polling) may still complete the upgrade: what is
+        # queued then goes out on the WebSocket, which closes after it (the client has stopped
+        # polling once it got 3probe, so this is its only way to hear the close).
         if self.ws is not None:
             self.ws.close(code, reason[:100])  # over once the socket is (session_ended)
         else:
@@ -363,6 +366,9 @@ class EngineServer:
                 if kind == "linger":
                     lingering = self._lingering.pop(sid, None)
                     if lingering is not None:
+                        if lingering._probe is not None:
+                            lingering._probe.close(CLOSE_NORMAL)
+                            lingering._probe = None
                         self.finish(lingering)
                     continue
                 socket = self.sockets.get(sid)
@@ -516,7 +522,7 @@ class EngineServer:
                 engine._outbox.append("6")
                 engine._poll.ready.set()
             return
-        if message == "5" and not engine.closed:
+        if message == "5":
             engine._probe = None
             engine.ws = session
             engine.transport = "websocket"
@@ -531,8 +537,12 @@ class EngineServer:
                     parsed = parse_payload(record, max_packets=1)
                     if isinstance(parsed, list) and isinstance(parsed[0].data, bytes):
                         session.send_binary(parsed[0].data)
-                elif record != "6":
+                elif record not in ("1", "6"):
                     session.send_raw(ws_frame(OP_TEXT, record.encode()))
+            if engine.closed:
+                # Closed while the upgrade was under way: the WebSocket carried the rest; now it closes.
+                self._lingering.pop(engine.sid, None)
+                session.close(engine.close_code or CLOSE_NORMAL, engine._reason[:100])
             return
         # Anything else during a probe ends the probe (the session stays on polling).
         engine._probe = None
