@@ -260,9 +260,11 @@ class RealtimeHandler:
                 socket.accept()
 
         outcome = await self.gateway.admit(client, claims, reply=reply)
-        if outcome != "accepted":
-            # Never admitted: nothing to end but the gateway's bookkeeping of a refused session.
+        if outcome != "accepted" or not socket.connected:
+            # Refused, or the Engine.IO session closed before the CONNECT reply could go out
+            # (then no disconnect will come for this socket): the gateway forgets it here.
             socket.state = None
+            client._closing = True
             await self.gateway.end(client)
 
     async def disconnect(self, socket: SioSocket, reason: str) -> None:

@@ -133,6 +133,7 @@ class EngineSocket:
         "_generation",
         "_outbox",
         "_outbox_bytes",
+        "_ping_due",
         "_pinged",
         "_poll",
         "_posting",
@@ -165,6 +166,8 @@ class EngineSocket:
         self._reason = ""
         self._generation = 0
         self._pinged = False
+        # When the next ping is due (Trio time): without a pong by then plus ping_timeout_ms, the session is over.
+        self._ping_due = trio.current_time() + server.config.socketio.ping_interval_ms / 1000
         # Polling: encoded packets waiting for the next poll.
         self._outbox: list[str] = []
         self._outbox_bytes = 0
@@ -244,6 +247,7 @@ class EngineSocket:
             return
         self.closed = True
         self.close_code = code
+        self._reason = reason
         server = self._server
         if self._probe is not None and not (flush and self.ws is None):
             self._probe.close(CLOSE_NORMAL)
@@ -269,7 +273,18 @@ class EngineSocket:
         if self._pinged:
             self._pinged = False
             self._generation += 1
-            self._server.schedule(self, "ping", self._server.config.socketio.ping_interval_ms / 1000)
+            interval_s = self._server.config.socketio.ping_interval_ms / 1000
+            self._ping_due = trio.current_time() + interval_s
+            self._server.schedule(self, "ping", interval_s)
+
+    def overdue(self) -> bool:
+        """The pong is late by the schedule, whether or not the timer task has run yet.
+
+        A request that comes after the deadline meets a closed session, as on the
+        reference server, even when the machine is too busy to run the timer on time.
+        """
+        timeout_s = self._server.config.socketio.ping_timeout_ms / 1000
+        return trio.current_time() >= self._ping_due + timeout_s
 
     def _on_timer(self, generation: int, kind: str) -> None:
         if self.closed or generation != self._generation:
@@ -409,8 +424,7 @@ class EngineServer:
         self.schedule(socket, "linger", self._config().socketio.ping_timeout_ms / 1000)
 
     def ended(self, socket: EngineSocket, reason: str) -> None:
-        """A session began closing: no request or message reaches it any more."""
-        socket._reason = reason
+        """A session began closing (for ``reason``): no request or message reaches it any more."""
         self.sockets.pop(socket.sid, None)
 
     def finish(self, socket: EngineSocket) -> None:
@@ -619,7 +633,11 @@ class EngineServer:
             self._register(opened)
             await _respond(send, 200, self._take(opened).encode(), cors, _TEXT_PLAIN)
             return
-        socket = self.sockets.get(sid) or self._lingering.get(sid)
+        socket = self.sockets.get(sid)
+        if socket is not None and socket.overdue():
+            socket.close("ping timeout", code=CLOSE_HEARTBEAT)
+            socket = None
+        socket = socket or self._lingering.get(sid)
         if socket is None:
             await _respond(send, *self._error(sid, UNKNOWN_SID), cors)
             return

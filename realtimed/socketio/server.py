@@ -208,6 +208,8 @@ class SocketIOServer:
                 self._refuse(socket, whole.reason)
                 return
             await self._packet(connection, SioPacket(pending.type, pending.namespace, whole, pending.id), binary=True)
+            if connection.leaving:
+                await self._finish_leaving(connection)
             return
         if connection.pending is not None:
             self._refuse(socket, "text while attachments were awaited")
