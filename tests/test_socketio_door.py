@@ -116,10 +116,13 @@ async def test_room_events_carry_their_position(start_daemon: DaemonFactory) -> 
         await client.emit(1, "subscribe", {"room": "job:7"})
         assert (await client.ack(1))[0]["ok"] is True
         async with httpx.AsyncClient(base_url=daemon.url(), headers=SERVER) as http:
+            # An app event named like one socket.io-client reserves is not sent to this door.
+            answer = await http.post("/server/v1/publish", json={"room": "job:7", "event": "disconnect", "data": {}})
+            assert answer.status_code == 200, answer.text
             answer = await http.post("/server/v1/publish", json={"room": "job:7", "event": "job.progress", "data": {"pct": 5}})
             assert answer.status_code == 200, answer.text
             seq, epoch = answer.json()["seq"], answer.json()["epoch"]
-        args = await client.event("job.progress")
+        args = await client.event()
         assert args == ["job.progress", {"pct": 5}, {"room": "job:7", "seq": seq, "epoch": epoch}]
         await client.close()
 

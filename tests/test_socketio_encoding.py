@@ -27,6 +27,12 @@ def test_a_frame_is_encoded_once_for_every_socket() -> None:
     assert orjson.loads(encode_frame(user_event)[1][2:]) == ["message.new", {"message": {"seq": 4}}, {"room": "conversation:c1", "seq": 4}]
 
 
+def test_event_names_are_json_escaped() -> None:
+    # App event names may hold quotes and backslashes (only control characters are refused).
+    frame = Frame(encode_event('say "hi" \\ é', {}), 'say "hi" \\ é')
+    assert orjson.loads(encode_frame(frame)[1][2:]) == ['say "hi" \\ é', {}]
+
+
 def test_a_frame_of_another_shape_is_decoded_rather_than_cut() -> None:
     # A frame whose JSON does not start as encode_event writes it (another node's, say).
     frame = Frame(b'{"data":{"a":"\\"data\\":"},"event":"x.y"}', "x.y")

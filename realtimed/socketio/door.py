@@ -107,8 +107,7 @@ def encode_frame(frame: Frame) -> tuple[bytes, str]:
     cached = frame.socketio
     if cached is not None:
         return cached
-    name = frame.name or "message"
-    parts = [b'42["', name.encode(), b'",', _event_data_json(frame)]
+    parts = [b"42[", orjson.dumps(frame.name or "message"), b",", _event_data_json(frame)]
     position: dict[str, Any] = {}
     if frame.room is not None:
         position["room"] = frame.room
@@ -161,7 +160,9 @@ class SioClient(ClientSession):
         return self.socket.engine.outbox_bytes
 
     def send_frame(self, frame: Frame) -> None:
-        if not self.closing:
+        # An app event named like one socket.io-client keeps for itself would fire the app's
+        # own handler of that name (its "disconnect" handler, say): such events skip this door.
+        if not self.closing and frame.name not in RESERVED_EVENTS:
             self.socket.send_encoded(*encode_frame(frame))
 
     def send_event(self, name: str, data: Any) -> None:
