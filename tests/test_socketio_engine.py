@@ -11,11 +11,12 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import trio
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from realtimed.daemon import Daemon
+from realtimed.daemon import WORKER_ENV, Daemon
 from tests.fixtures.daemon import DaemonFactory
 from tests.fixtures.sio import SioPolling, SioWs, sio_url
 from tests.fixtures.tokens import token
@@ -199,4 +200,15 @@ async def test_refused_connects_are_bounded(start_daemon: DaemonFactory) -> None
             await client.send('40{"token":"bad"}')
             assert (await client.recv()).startswith("44{")  # type: ignore[union-attr]
         assert await client.closed() == 4009
+        await still_serves(daemon)
+
+
+async def test_a_worker_of_run_workers_offers_websocket_only(start_daemon: DaemonFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Long-polling needs every request of a session on one process; the workers share the port.
+    monkeypatch.setenv(WORKER_ENV, "0")
+    with trio.fail_after(30):
+        daemon = await start_daemon({})
+        async with httpx.AsyncClient(timeout=10) as http:
+            answer = await http.get(sio_url(daemon.url(), transport="polling"))
+            assert (answer.status_code, answer.json()) == (400, {"code": 0, "message": "Transport unknown"})
         await still_serves(daemon)
