@@ -78,7 +78,7 @@ __all__ = ["SOCKETS", "Admission", "Gateway", "Refusal", "SessionHooks", "ban_un
 
 log = logging.getLogger(__name__)
 
-SOCKETS: Final = Gauge("realtimed_sockets", "open client sockets (WebSocket and SSE)", ["transport"], registry=metrics.REGISTRY)
+SOCKETS: Final = Gauge("realtimed_sockets", "open client sockets (WebSocket, SSE and Socket.IO)", ["transport"], registry=metrics.REGISTRY)
 OUTBOX_OVERFLOWS: Final = Counter("realtimed_outbox_overflows", "sockets closed with 4008", registry=metrics.REGISTRY)
 
 SessionHook = Callable[[ClientSession], Awaitable[None]]
