@@ -37,13 +37,15 @@ import socket
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, Union, get_args, get_origin
 
 import attrs
 
+from realtimed.addresses import parse_network
 from realtimed.errors import ConfigError
+from realtimed.postgres_dsn import check_postgres_dsn
 from realtimed.protocol import (
     DEFAULT_MAX_JSON_DEPTH,
     MAX_JSON_DEPTH,
@@ -51,6 +53,8 @@ from realtimed.protocol import (
     MAX_STORED_JSON_DEPTH,
     json_depth_path,
 )
+from realtimed.redis_url import parse_redis_url
+from realtimed.templates import TemplateError, placeholders
 
 __all__ = ["Config", "ConfigError", "load_config"]
 
@@ -1066,12 +1070,18 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str], problems: _Problems
     return origins
 
 
+#: A check of the loaded configuration made by a layer above this module: a
+#: ``(key, problem)`` pair for each mistake, named like the loader's own.
+ConfigCheck = Callable[[Config], Iterable[tuple[str, str]]]
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     *,
     env: Mapping[str, str] | None = None,
     text: str | None = None,
     data: Mapping[str, Any] | None = None,
+    checks: Sequence[ConfigCheck] = (),
 ) -> Config:
     """Load and validate the configuration.
 
@@ -1080,6 +1090,10 @@ def load_config(
         env: the environment to read overrides from (default ``os.environ``).
         text: TOML text to use instead of reading ``path`` (``path`` still sets the base folder).
         data: an already parsed table to use instead of TOML text.
+        checks: the checks that need more than this module knows (the daemon's job
+            kinds, ``realtimed.jobs.kinds.cron_config_problems``), run on the built
+            configuration; their problems join the others in the one ``ConfigError``.
+            Every command that loads a daemon's configuration passes the same ones.
 
     Raises:
         ConfigError: with one problem per mistake, each naming its key.
@@ -1104,6 +1118,10 @@ def load_config(
     origins = _apply_env(table, env, problems)
     cfg: Config = _build(Config, table, "", problems, base_dir)
     _check_semantics(cfg, problems)
+    if isinstance(cfg, Config):
+        for check in checks:
+            for key, problem in check(cfg):
+                problems.add(key, problem)
     if problems.items:
         labelled = [
             (f"{key} (from {origins[key]})" if key in origins else key, msg) for key, msg in problems.items
@@ -1181,8 +1199,6 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
 
 def _check_proxies(cfg: Config, problems: _Problems) -> None:
     """Trusted proxies are addresses or networks; the PROXY protocol needs a proxy to trust."""
-    from realtimed.http.forwarded import parse_network
-
     for i, entry in enumerate(cfg.http.trusted_proxies):
         try:
             parse_network(entry)
@@ -1308,8 +1324,6 @@ def _check_static(cfg: Config, problems: _Problems) -> None:
 
 
 def _check_redis_url(cfg: Config, problems: _Problems) -> None:
-    from realtimed.broker.redis_url import parse_redis_url
-
     try:
         parse_redis_url(cfg.broker.redis_url)
     except ValueError as exc:
@@ -1320,8 +1334,6 @@ def _check_postgres_dsn(cfg: Config, problems: _Problems) -> None:
     """The DSN the PostgreSQL store will use, parsed as asyncpg will parse it when it connects."""
     if cfg.store.backend != "postgres":
         return
-    from realtimed.store.dsn import check_postgres_dsn
-
     try:
         check_postgres_dsn(cfg.store.postgres_dsn)
     except ValueError as exc:
@@ -1331,8 +1343,6 @@ def _check_postgres_dsn(cfg: Config, problems: _Problems) -> None:
 def _check_notify(cfg: Config, problems: _Problems) -> None:
     """Notification types: unique names, known channels, templates that parse and
     use only the type's declared vars; push endpoints that are URLs."""
-    from realtimed.notify.templates import TemplateError, placeholders
-
     names: set[str] = set()
     for i, nt in enumerate(cfg.notify.types):
         key = f"notify.types[{i}]"
@@ -1400,13 +1410,6 @@ def _check_cron(entry: CronConfig, key: str, problems: _Problems) -> None:
     # The payload is stored with every job of the entry, and listed with it.
     if json_depth_path(entry.payload, MAX_STORED_JSON_DEPTH) is not None:
         problems.add(f"{key}.payload", f"nests more than {MAX_STORED_JSON_DEPTH} levels of arrays and tables")
-        return
-    # A kind no node handles would make a dead job every tick; a payload its kind
-    # refuses, a failed one. Imported here: the job kinds import this module.
-    from realtimed.jobs.kinds import cron_job_problems
-
-    for sub_key, problem in cron_job_problems(entry.kind, entry.payload):
-        problems.add(f"{key}.{sub_key}", problem)
 
 
 def parse_host_port(value: str) -> tuple[str, int]:

@@ -32,7 +32,7 @@ from typing import Any
 import attrs
 import trio
 
-from realtimed import logs, metrics
+from realtimed import logs, metrics, room_ops
 from realtimed.api.ops import OpRegistry
 from realtimed.auth import ApiKeys, TokenVerifier
 from realtimed.backends import Backends, open_backends
@@ -47,13 +47,13 @@ from realtimed.gateway.websocket import WebSocketDoor
 from realtimed.http.app import check_backends, create_app
 from realtimed.http.listener import Listener
 from realtimed.jobs import CronScheduler, JobRunner, register_builtin_kinds
+from realtimed.jobs.kinds import cron_config_problems
 from realtimed.live import Live
 from realtimed.notify.inbox import InAppChannel
 from realtimed.notify.service import NotifyService
 from realtimed.presence import PresenceService
 from realtimed.push.channel import FcmChannel
 from realtimed.push.service import PushService
-from realtimed.room_ops import register_room_ops
 from realtimed.sdnotify import SystemdNotifier
 from realtimed.services import Services
 from realtimed.socketio.door import RealtimeHandler
@@ -227,10 +227,10 @@ class Daemon:
                                channels=[InAppChannel(store, clock=clock, router=router), FcmChannel(push)],
                                caps=backends.caps, activity=backends.activity)
         ops = OpRegistry(config)
-        register_room_ops(ops, router, clock=clock, config=config)
-        presence.register(ops)
-        chat.register(ops)
-        notify.register(ops)
+        ops.add(room_ops.ops(router, clock=clock, config=config))
+        ops.add(presence.ops())
+        ops.add(chat.ops())
+        ops.add(notify.ops())
         push.register_jobs(runner)
         notify.register_jobs(runner)
         hooks = SessionHooks(
@@ -366,7 +366,9 @@ class Daemon:
             if self.config_path is None:
                 new = self.cfg
             else:
-                new = await trio.to_thread.run_sync(load_config, self.config_path)
+                new = await trio.to_thread.run_sync(
+                    functools.partial(load_config, self.config_path, checks=(cron_config_problems,))
+                )
             # Keys are read now, so that an unreadable key file refuses the reload.
             self._pending_verifier = self._verifier(new)
         except ConfigError as exc:

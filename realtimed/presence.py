@@ -43,7 +43,7 @@ import trio
 from quart import g
 
 from realtimed import protocol
-from realtimed.api.ops import Caller, OpRegistry
+from realtimed.api.ops import Caller, OpHandler
 from realtimed.api.routes import OpCall, OpInput, OpReply, Route, query_csv, route, services
 from realtimed.clock import WallClock, iso
 from realtimed.config import Config, PresenceConfig
@@ -284,11 +284,11 @@ class PresenceService:
                 log.info("last seen not stored at shutdown (user %s and later ones): %r", uid, exc)
                 return
 
-    def register(self, ops: OpRegistry) -> None:
-        """Register ``presence.set`` and ``presence.query`` (the session hooks are
-        ``on_connect`` and ``on_disconnect``, wired by the daemon)."""
-        ops.register("presence.set", self._op_set)
-        ops.register("presence.query", self._op_query)
+    def ops(self) -> dict[str, OpHandler]:
+        """``presence.set`` and ``presence.query``, for the daemon to add to the op
+        registry (the session hooks are ``on_connect`` and ``on_disconnect``, wired by
+        the daemon)."""
+        return {"presence.set": self._op_set, "presence.query": self._op_query}
 
     @property
     def _cfg(self) -> PresenceConfig:

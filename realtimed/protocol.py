@@ -411,6 +411,12 @@ def validate_user_id(value: object, field: str = "user_id") -> str:
     return value
 
 
+def validate_id(value: object, field: str = "id") -> str:
+    """An opaque record id (conversation, message, notification, job): a string of
+    1 to 128 characters, no control characters. Raises ValidationFailed."""
+    return _check_string(value, field, min_len=1, max_len=MAX_ID_CHARS, control_ok=False)
+
+
 def _room_problem(room: object) -> str | None:
     if type(room) is not str:
         return "must be a string"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from realtimed import protocol
-from realtimed.api.ops import Caller, OpRegistry
+from realtimed.api.ops import Caller, OpHandler
 from realtimed.auth import Claims
 from realtimed.clock import WallClock, iso
 from realtimed.config import Config, NamespaceConfig
@@ -26,7 +26,9 @@ def check_subscribe(claims: Claims, router: Router, room: str) -> NamespaceConfi
     return ns
 
 
-def register_room_ops(ops: OpRegistry, router: Router, *, clock: WallClock, config: Live[Config]) -> None:
+def ops(router: Router, *, clock: WallClock, config: Live[Config]) -> dict[str, OpHandler]:
+    """The room ops, by name, for the daemon to add to the op registry."""
+
     async def ping(caller: Caller, value: Any) -> dict[str, Any]:
         return {"server_time": iso(clock.now())}
 
@@ -76,8 +78,10 @@ def register_room_ops(ops: OpRegistry, router: Router, *, clock: WallClock, conf
         seq, epoch, _ = await router.publish(room, value.event, value.data, exclude_session=exclude)
         return {"seq": seq, "epoch": epoch} if seq is not None else {}
 
-    ops.register("ping", ping)
-    ops.register("subscribe", subscribe)
-    ops.register("unsubscribe", unsubscribe)
-    ops.register("room.presence", room_presence)
-    ops.register("publish", publish)
+    return {
+        "ping": ping,
+        "subscribe": subscribe,
+        "unsubscribe": unsubscribe,
+        "room.presence": room_presence,
+        "publish": publish,
+    }

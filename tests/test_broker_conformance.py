@@ -16,7 +16,7 @@ from realtimed.broker.base import Broker, Close, Delivery
 from realtimed.broker.memory import MemoryBroker, MemoryHub
 from realtimed.broker.redis import RedisBroker, decode_message, encode_message
 from realtimed.config import BrokerConfig
-from realtimed.delivery.frames import Frame
+from realtimed.frames import Frame
 
 NodePair = Callable[[], Awaitable[tuple[Broker, Broker]]]
 

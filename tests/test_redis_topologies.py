@@ -24,8 +24,8 @@ from realtimed.broker.base import Delivery
 from realtimed.broker.redis import RedisBroker, room_channel
 from realtimed.config import BrokerConfig
 from realtimed.daemon import Daemon
-from realtimed.delivery.frames import Frame
 from realtimed.errors import Unavailable
+from realtimed.frames import Frame
 from tests.fixtures.clients import WsClient
 from tests.fixtures.daemon import API_KEY, DaemonFactory
 from tests.fixtures.services import _free_port

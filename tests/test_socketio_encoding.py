@@ -8,8 +8,8 @@ import orjson
 
 from realtimed.clock import SystemClock
 from realtimed.config import Config
-from realtimed.delivery.frames import OP_TEXT, Frame, ws_frame
 from realtimed.errors import Banned, Internal, RateLimited, ValidationFailed
+from realtimed.frames import OP_TEXT, Frame, ws_frame
 from realtimed.protocol import encode_event
 from realtimed.socketio.door import ack_error, encode_frame
 from realtimed.socketio.engine import EngineServer

@@ -12,7 +12,7 @@ from typing import Protocol
 import attrs
 import trio
 
-from realtimed.delivery.frames import Frame
+from realtimed.frames import Frame
 
 
 @attrs.frozen

@@ -62,10 +62,10 @@ from prometheus_client.registry import Collector
 
 from realtimed import logs, metrics
 from realtimed.broker.base import Close, Delivery
-from realtimed.broker.redis_url import RedisTarget, parse_redis_url, redis_address
 from realtimed.config import BrokerConfig
-from realtimed.delivery.frames import Frame
 from realtimed.errors import Unavailable
+from realtimed.frames import Frame
+from realtimed.redis_url import RedisTarget, parse_redis_url, redis_address
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,6 @@ from realtimed import metrics, protocol
 from realtimed.broker.base import Broker, Close, Delivery
 from realtimed.clock import WallClock, iso
 from realtimed.config import Config, NamespaceConfig
-from realtimed.delivery.frames import Frame
 from realtimed.delivery.rooms import (
     HistoryBackend,
     MemoryHistory,
@@ -42,6 +41,7 @@ from realtimed.delivery.rooms import (
     RoomPresenceBackend,
 )
 from realtimed.errors import Unavailable
+from realtimed.frames import Frame
 
 log = logging.getLogger(__name__)
 

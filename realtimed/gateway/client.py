@@ -26,7 +26,7 @@ from realtimed.clock import iso
 
 if TYPE_CHECKING:
     from realtimed.auth import Claims
-    from realtimed.delivery.frames import Frame
+    from realtimed.frames import Frame
 
 __all__ = ["ClientSession", "new_session_id"]
 

@@ -48,11 +48,12 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 
 from realtimed import metrics
+from realtimed.addresses import canonical, parse_ip
 from realtimed.config import Config
 from realtimed.errors import NotFound, OperatorError
 from realtimed.http import proxy_protocol
-from realtimed.http.forwarded import TrustedProxies, canonical, parse_ip
-from realtimed.http.framing import RequestHead as RequestHead
+from realtimed.http.forwarded import TrustedProxies
+from realtimed.http.framing import RequestHead
 from realtimed.http.guard import GUARD_STATE_KEY, ConnectionGuard, HandshakeSlots, Slot
 
 log = logging.getLogger(__name__)

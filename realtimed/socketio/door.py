@@ -46,7 +46,6 @@ from realtimed import logs, protocol
 from realtimed.api.ops import Caller, OpRegistry
 from realtimed.auth import Claims, TokenVerifier
 from realtimed.clock import iso
-from realtimed.delivery.frames import OP_TEXT, Frame, ws_frame
 from realtimed.errors import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
@@ -62,6 +61,7 @@ from realtimed.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from realtimed.frames import OP_TEXT, Frame, ws_frame
 from realtimed.gateway.client import ClientSession
 from realtimed.gateway.gateway import Gateway
 from realtimed.live import Live

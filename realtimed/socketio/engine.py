@@ -51,8 +51,8 @@ import trio
 from realtimed.clock import WallClock
 from realtimed.config import Config
 from realtimed.deadlines import Deadlines
-from realtimed.delivery.frames import OP_TEXT, ws_frame
 from realtimed.errors import CLOSE_NODE_FULL, CLOSE_NORMAL, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG
+from realtimed.frames import OP_TEXT, ws_frame
 from realtimed.gateway.session import Session
 from realtimed.gateway.websocket import CLOSE_HEARTBEAT, origin_allowed, websocket_upgrade
 from realtimed.socketio.packets import (
@@ -66,7 +66,7 @@ from realtimed.socketio.packets import (
 )
 
 if TYPE_CHECKING:
-    from realtimed.http.listener import RequestHead
+    from realtimed.http.framing import RequestHead
 
 __all__ = ["EngineListener", "EngineServer", "EngineSocket"]
 

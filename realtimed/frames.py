@@ -1,4 +1,4 @@
-"""Server frames, encoded once for every recipient.
+"""Server frames, encoded once for every recipient (sans-IO).
 
 A server-to-client WebSocket frame is never masked, so the bytes of one event
 are the same on every socket: ``Frame`` holds the JSON once and builds the
