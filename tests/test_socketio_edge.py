@@ -320,6 +320,9 @@ async def test_websocket_packets_that_break_the_rules(start_daemon: DaemonFactor
         await _settled(daemon)
 
 
+# Strict: once the CONNECT reply has a pid this fails, and the mark goes (with the one on
+# tests/test_socketio_clients.py::test_socket_io_client_recovers_its_connection_state).
+@pytest.mark.xfail(reason="Socket.IO connection state recovery is not served yet (the CONNECT reply has no pid)", strict=True)
 async def test_recovery_payloads_that_are_not_ours(start_daemon: DaemonFactory) -> None:
     """A CONNECT with a ``pid`` and ``offset`` the daemon never gave (or of the wrong type) is a
     fresh session: a new ``pid``, nothing replayed, never an error."""

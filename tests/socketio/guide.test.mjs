@@ -1,6 +1,7 @@
 // The "after" example of docs/socketio-migration.md, run as written: the block between its
 // guide-example markers is written next to this file (so that it imports this folder's
-// socket.io-client), imported, and used by alice and bob to chat and follow a room.
+// socket.io-client), imported, and used by alice and bob to chat and follow a room, which it
+// follows again after a lost connection.
 import assert from 'node:assert/strict';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -40,6 +41,14 @@ describe('the migration guide', () => {
       assert.deepEqual(atBob, [['hi bob', 1]]);
       const followed = await bob.follow(room);
       assert.equal(followed.room, room);
+      // After a lost connection the example follows its rooms again by itself.
+      const pubs = [];
+      bob.socket.on('job.progress', (data) => pubs.push(data.pct));
+      const back = new Promise((res) => bob.socket.once('connect', res));
+      bob.socket.io.engine.close();
+      await back;
+      await until(async () => (await h.api('POST', '/publish', { room, event: 'job.progress', data: { pct: 1 } })).delivered === 1, 5000, 'the room followed again');
+      await until(() => pubs.length >= 1, 5000, 'a publication after the reconnect');
       await assert.rejects(alice.follow(room), (err) => err.code === 'FORBIDDEN', "a room outside alice's token");
     } finally {
       alice.socket.disconnect();
