@@ -160,6 +160,17 @@ async def test_handshake_errors_as_the_reference_server(start_daemon: DaemonFact
             assert isinstance(opened["pingInterval"], int) and isinstance(opened["pingTimeout"], int)
             await http.post("", params={"EIO": "4", "transport": "polling", "sid": opened["sid"]}, content="1")
 
+            # Browser origins follow gateway.allowed_origins (https://app.example in the fixtures).
+            handshake_query = {"EIO": "4", "transport": "polling"}
+            allowed = await http.get("", params=handshake_query, headers={"Origin": "https://app.example"})
+            assert allowed.status_code == 200
+            assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+            assert allowed.headers["access-control-allow-credentials"] == "true"
+            await http.post("", params={**handshake_query, "sid": _open_packet(allowed.text)["sid"]}, content="1")
+            refused = await http.get("", params=handshake_query, headers={"Origin": "https://evil.example"})
+            _error(refused, 403, 4, "Forbidden")
+            assert "access-control-allow-origin" not in refused.headers
+
             for eio in ("3", "2", "5", "four"):
                 answer = await http.get("", params={"EIO": eio, "transport": "polling"})
                 _error(answer, 400, 5, "Unsupported protocol version")
