@@ -278,6 +278,16 @@ class BrokerConfig:
 
 
 @attrs.frozen
+class ClaimRoomConfig:
+    claim: str = _f("", "token claim whose value (a string or a list of strings) names rooms, e.g. \"roles\"")
+    prefix: str = _f(
+        "",
+        "room prefix ending with ':': each value v of the claim gives the room <prefix>v, e.g. \"role:\"; "
+        "the session is in those rooms from connect to close, and clients cannot subscribe to them",
+    )
+
+
+@attrs.frozen
 class AuthConfig:
     algorithms: list[str] = _f(["HS256"], "accepted JWT algorithms (HS256, RS256, ES256, EdDSA)")
     hs256_secret: str = _f("", "shared secret for HS256 (or hs256_secret_file)", secret=True)
@@ -302,6 +312,12 @@ class AuthConfig:
     issuer: str = _f("", "required iss claim; empty: not checked")
     require_exp: bool = _f(True, "refuse tokens without exp")
     dev_token_ttl_s: float = _f(3600.0, "default lifetime of tokens minted by `realtimed token`", min=1, max=31_536_000)
+    claim_rooms: list[ClaimRoomConfig] = _f(
+        [], "rooms given by token claims (e.g. claim roles, prefix role:); none by default"
+    )
+    max_claim_rooms: int = _f(
+        32, "most rooms a token's claims may give through auth.claim_rooms; a token with more is refused", min=1, max=1024
+    )
 
 
 @attrs.frozen
@@ -1180,12 +1196,16 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
         problems.add("socketio.transports", "must not name a transport twice")
     _check_op_limits(cfg, problems)
     seen: set[str] = set()
+    addresses = address_prefixes(cfg)
     for i, ns in enumerate(cfg.namespaces):
         if not ns.prefix:
             problems.add(f"namespaces[{i}].prefix", "must not be empty")
         elif ns.prefix in seen:
             problems.add(f"namespaces[{i}].prefix", f"duplicate prefix {ns.prefix!r}")
+        elif any(ns.prefix.startswith(address) for address in addresses):
+            problems.add(f"namespaces[{i}].prefix", f"{ns.prefix!r} is within an address prefix ({', '.join(addresses)})")
         seen.add(ns.prefix)
+    _check_claim_rooms(cfg, problems)
     names: set[str] = set()
     for i, entry in enumerate(cfg.cron):
         if not entry.name:
@@ -1195,6 +1215,36 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
         names.add(entry.name)
         _check_cron(entry, f"cron[{i}]", problems)
     _check_notify(cfg, problems)
+
+
+#: The room prefix of per-device addresses: ``device:<session_id>`` holds that one session.
+DEVICE_PREFIX: Final = "device:"
+
+
+def address_prefixes(cfg: Config) -> tuple[str, ...]:
+    """The room prefixes that are addresses, not subscribable rooms: ``device:`` and
+    those of ``auth.claim_rooms``."""
+    return (DEVICE_PREFIX, *(entry.prefix for entry in cfg.auth.claim_rooms if entry.prefix))
+
+
+def _check_claim_rooms(cfg: Config, problems: _Problems) -> None:
+    claims: set[str] = set()
+    prefixes: set[str] = {DEVICE_PREFIX}
+    for i, entry in enumerate(cfg.auth.claim_rooms):
+        key = f"auth.claim_rooms[{i}]"
+        if not entry.claim:
+            problems.add(f"{key}.claim", "must not be empty")
+        elif entry.claim in claims:
+            problems.add(f"{key}.claim", f"duplicate claim {entry.claim!r}")
+        elif entry.claim in {"sub", "exp", "nbf", "iat", "aud", "iss", "rooms", "name"}:
+            problems.add(f"{key}.claim", f"{entry.claim!r} is a claim realtimed reads itself (section 2 of docs/protocol.md)")
+        claims.add(entry.claim)
+        prefix = entry.prefix
+        if not prefix.endswith(":") or any(c in prefix for c in " \t*,") or prefix.startswith(":") or "::" in prefix:
+            problems.add(f"{key}.prefix", "must be one or more room segments followed by ':' (e.g. \"role:\")")
+        elif any(prefix.startswith(other) or other.startswith(prefix) for other in prefixes):
+            problems.add(f"{key}.prefix", f"{prefix!r} overlaps another address prefix ({', '.join(sorted(prefixes))})")
+        prefixes.add(prefix)
 
 
 def _check_proxies(cfg: Config, problems: _Problems) -> None:

@@ -138,3 +138,17 @@ async def test_large_user_fanout_reaches_only_nodes_holding_them(node_pair: Node
             while not got:
                 await trio.sleep(0.01)
         assert len(got) == 1 and got[0].users == users
+
+
+async def test_delivery_to_everyone_reaches_every_node_without_interest(node_pair: NodePair) -> None:
+    with trio.fail_after(10):
+        a, b = await node_pair()
+        got: list[Delivery] = []
+        b.attach(got.append)
+        a.attach(lambda d: pytest.fail("no echo to the publishing node"))
+        await a.publish(Delivery(frame(9), everyone=True, origin=a.node))
+        with trio.move_on_after(2):
+            while not got:
+                await trio.sleep(0.01)
+        assert len(got) == 1 and got[0].everyone and got[0].frame.json == frame(9).json
+        assert got[0].users == () and got[0].room is None

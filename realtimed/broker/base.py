@@ -29,7 +29,8 @@ class Close:
 class Delivery:
     """One frame for a set of users (every device) or for an app room's subscribers.
 
-    Exactly one of ``users`` and ``room`` is set. ``exclude_users`` are skipped
+    Exactly one of ``users``, ``room`` and ``everyone`` is set: ``everyone``
+    reaches every session of every node. ``exclude_users`` are skipped
     (typing goes to the others), ``exclude_session`` is one socket to skip.
     With ``close`` set (user deliveries only) the frame is not sent: each node
     closes the users' sessions it holds with that code (the server API's
@@ -43,6 +44,7 @@ class Delivery:
     exclude_session: str | None = None
     origin: str = ""
     close: Close | None = None
+    everyone: bool = False
 
 
 class Broker(Protocol):
@@ -56,7 +58,8 @@ class Broker(Protocol):
           clients recover, never the broker.
         - No echo: a node does not receive its own deliveries.
         - Interest: a node receives room deliveries only for rooms it watches and
-          user deliveries only for users it watches (brokers may deliver more).
+          user deliveries only for users it watches (brokers may deliver more);
+          every node receives the deliveries to ``everyone``.
         - ``publish`` never blocks on a slow node; it fails fast with
           ``errors.Unavailable`` when the broker cannot be reached.
     """

@@ -53,7 +53,7 @@ class MemoryBroker:
                 continue
             if delivery.room is not None and delivery.room not in broker._rooms:
                 continue
-            if delivery.room is None and not any(u in broker._users for u in delivery.users):
+            if delivery.room is None and not delivery.everyone and not any(u in broker._users for u in delivery.users):
                 continue
             try:
                 broker._handler(delivery)

@@ -13,7 +13,8 @@ Channels:
     ``rt:r:<room>`` carries the deliveries of one app room, ``rt:u:<user>`` those
     of one user; a node subscribes to the rooms and users it holds, so it hears
     only what its own sessions need. A delivery to more than ``FANOUT_USERS``
-    users goes once on ``rt:all`` (every node listens) instead of once per user.
+    users goes once on ``rt:all`` (every node listens) instead of once per user,
+    and so does a delivery to everyone.
 
 Messages:
     One pub/sub message per delivery: a small JSON header (origin node, target,
@@ -204,6 +205,8 @@ def encode_message(delivery: Delivery) -> bytes:
     header: dict[str, Any] = {"o": delivery.origin, "n": delivery.frame.name}
     if delivery.room is not None:
         header["r"] = delivery.room
+    elif delivery.everyone:
+        header["a"] = 1
     else:
         header["u"] = delivery.users
     if delivery.exclude_users:
@@ -245,6 +248,7 @@ def decode_message(data: bytes) -> Delivery:
         exclude_session=header.get("xs"),
         origin=header.get("o", ""),
         close=close,
+        everyone=header.get("a") == 1,
     )
 
 
@@ -437,7 +441,7 @@ class RedisBroker:
         data = encode_message(delivery)
         if delivery.room is not None:
             self._queue(room_channel(delivery.room), data)
-        elif len(delivery.users) > FANOUT_USERS:
+        elif delivery.everyone or len(delivery.users) > FANOUT_USERS:
             self._queue(ALL_CHANNEL, data)
         else:
             for user in delivery.users:

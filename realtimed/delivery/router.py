@@ -30,7 +30,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from realtimed import metrics, protocol
 from realtimed.broker.base import Broker, Close, Delivery
 from realtimed.clock import WallClock, iso
-from realtimed.config import Config, NamespaceConfig
+from realtimed.config import DEVICE_PREFIX, Config, NamespaceConfig, address_prefixes
 from realtimed.delivery.rooms import (
     HistoryBackend,
     MemoryHistory,
@@ -114,8 +114,13 @@ class Router:
         self.clock = clock
         self.history: HistoryBackend = history or MemoryHistory()
         self.room_presence_backend: RoomPresenceBackend = room_presence or MemoryRoomPresence()
-        self.namespaces = Namespaces(cfg.namespaces)
+        self.namespaces = Namespaces(cfg.namespaces, addresses=address_prefixes(cfg))
         self.sessions: dict[str, Recipient] = {}
+        # address room (device:<id>, claim rooms) → its sessions here; apart from app
+        # rooms, so that they count neither as rooms nor as subscriptions
+        self._address_rooms: dict[str, dict[str, Recipient]] = {}
+        # session id → its address rooms
+        self._addresses: dict[str, tuple[str, ...]] = {}
         self._users: dict[str, dict[str, Recipient]] = {}
         self._rooms: dict[str, dict[str, Recipient]] = {}
         # room → user → this node's subscriptions of the user (the backend counts every node's)
@@ -130,7 +135,7 @@ class Router:
         self.user_closed_hooks: list[Callable[[str], None]] = []
 
     def set_config(self, cfg: Config) -> None:
-        self.namespaces = Namespaces(cfg.namespaces)
+        self.namespaces = Namespaces(cfg.namespaces, addresses=address_prefixes(cfg))
 
     async def run(self, *, task_status: trio.TaskStatus[Router] = trio.TASK_STATUS_IGNORED) -> None:
         self.broker.attach(self.deliver_local)
@@ -166,7 +171,9 @@ class Router:
     def room_count(self) -> int:
         return len(self._rooms)
 
-    async def add(self, session: Recipient) -> None:
+    async def add(self, session: Recipient, *, addresses: Iterable[str] = ()) -> None:
+        """Register a session: its user's deliveries, its ``device:<id>`` address and
+        the address rooms its token gives (``addresses``) reach it from now on."""
         self.sessions[session.id] = session
         devices = self._users.setdefault(session.user_id, {})
         devices[session.id] = session
@@ -176,12 +183,31 @@ class Router:
                 await self.broker.watch_user(session.user_id)
             except Unavailable:
                 log.warning("session %s: broker unavailable; user %s is reachable from this node only", session.id, session.user_id)
+        rooms = (device_room(session.id), *addresses)
+        self._addresses[session.id] = rooms
+        for room in rooms:
+            members = self._address_rooms.setdefault(room, {})
+            members[session.id] = session
+            if len(members) == 1:
+                try:
+                    await self.broker.watch_room(room)
+                except Unavailable:
+                    log.warning("session %s: broker unavailable; %s is reachable from this node only", session.id, room)
 
     async def remove(self, session: Recipient) -> None:
         if self.sessions.pop(session.id, None) is None:
             return
         for room in list(session.rooms):
             await self.unsubscribe(session, room)
+        for room in self._addresses.pop(session.id, ()):
+            members = self._address_rooms.get(room)
+            if members is None or members.pop(session.id, None) is None or members:
+                continue
+            del self._address_rooms[room]
+            try:
+                await self.broker.unwatch_room(room)
+            except Unavailable:
+                pass
         devices = self._users.get(session.user_id)
         if devices is not None:
             devices.pop(session.id, None)
@@ -197,6 +223,14 @@ class Router:
 
     def namespace(self, room: str) -> NamespaceConfig:
         return self.namespaces.of(room)
+
+    def is_address(self, room: str) -> bool:
+        """Whether the room is an address (``device:``, ``auth.claim_rooms``): never subscribed by a client."""
+        return self.namespaces.is_address(room)
+
+    def address_rooms(self, session_id: str) -> tuple[str, ...]:
+        """The address rooms of a session of this node (its ``device:`` room first)."""
+        return self._addresses.get(session_id, ())
 
     async def subscribe(self, session: Recipient, room: str, *, since: tuple[int, str] | None) -> dict[str, Any]:
         """Subscribe and answer the ``subscribe`` reply data.
@@ -409,6 +443,11 @@ class Router:
             Delivery(frame, users=users, exclude_users=exclude_users, exclude_session=exclude_session, origin=self.node)
         )
 
+    async def to_everyone(self, event: str, data: Any) -> int:
+        """Send an event to every session of every node; returns local sockets reached."""
+        frame = Frame(protocol.encode_event(event, data), event, trio.current_time())
+        return await self._fan_out(Delivery(frame, everyone=True, origin=self.node))
+
     async def close_user(self, user_id: str, code: int, reason: str, *, session_id: str | None = None) -> int:
         """Close a user's sessions, or the one ``session_id``, on every node.
 
@@ -440,7 +479,7 @@ class Router:
 
     async def _fan_out(self, delivery: Delivery) -> int:
         delivered = self.deliver_local(delivery)
-        PUBLICATIONS.labels("room" if delivery.room is not None else "users").inc()
+        PUBLICATIONS.labels("room" if delivery.room is not None else "everyone" if delivery.everyone else "users").inc()
         await self._publish(delivery)
         return delivered
 
@@ -458,8 +497,14 @@ class Router:
         frame = delivery.frame
         skip = delivery.exclude_session
         count = 0
-        if delivery.room is not None:
-            targets: Iterable[Recipient] = self._rooms.get(delivery.room, {}).values()
+        if delivery.everyone:
+            for session in list(self.sessions.values()):
+                session.send_frame(frame)
+                count += 1
+        elif delivery.room is not None:
+            targets: Iterable[Recipient] = (
+                self._rooms.get(delivery.room) or self._address_rooms.get(delivery.room) or {}
+            ).values()
             held = self._held.get(delivery.room)
             for session in list(targets):
                 if session.id == skip:
@@ -493,6 +538,11 @@ class Router:
         if ns.history_size <= 0:
             return 0, "", []
         return await self.history.read(room, ns, since_seq=since_seq, limit=limit)
+
+
+def device_room(session_id: str) -> str:
+    """The address of one session: ``device:<session_id>``."""
+    return DEVICE_PREFIX + session_id
 
 
 class _RoomTurn:

@@ -258,7 +258,7 @@ class Gateway:
         if self._all_closed.is_set():
             self._all_closed = trio.Event()
         SOCKETS.labels(session.transport).inc()
-        await self.router.add(session)
+        await self.router.add(session, addresses=claims.claim_rooms)
         if reply is not None:
             reply(None)
         session.send_event("session.ready", await self.ready_data(session))

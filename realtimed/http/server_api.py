@@ -168,6 +168,21 @@ async def user_events(inp: UserEventInput) -> Delivered:
     return Delivered(delivered=await _router().to_users(inp.user_ids, inp.event, inp.data))
 
 
+@attrs.frozen
+class EveryoneEventInput:
+    event: str = wire(EventName())
+    data: Any = wire(AnyJson())
+
+
+@route(
+    "POST", "/users/events/all", door="server", operation_id="sendEventToAll",
+    summary="Send an event to every connected user, on every node (every socket and stream)",
+    tag=_TAG_USERS, accepts=EveryoneEventInput, answers=Delivered,
+)
+async def everyone_event(inp: EveryoneEventInput) -> Delivered:
+    return Delivered(delivered=await _router().to_everyone(inp.event, inp.data))
+
+
 # -- users: disconnect and bans ----------------------------------------------------------------
 
 
@@ -359,4 +374,4 @@ async def stats() -> Stats:
 
 def routes() -> tuple[Route, ...]:
     """The server API's own routes: rooms, users, bans, this node."""
-    return (publish, broadcast, user_events, disconnect, get_ban, unban, connections, room_presence, room_history, stats)
+    return (publish, broadcast, user_events, everyone_event, disconnect, get_ban, unban, connections, room_presence, room_history, stats)
