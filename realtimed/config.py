@@ -275,6 +275,13 @@ class BrokerConfig:
     )
     timeout_s: float = _f(5.0, "longest wait for any Redis call", min=0.1, max=600)
     node_ttl_s: float = _f(15.0, "a node that stops heartbeating is dead after this long", min=1, max=3600)
+    survey_timeout_s: float = _f(
+        2.0,
+        "longest wait for the other nodes' answers to a cluster-wide question (GET /server/v1/connections, "
+        "/presence/counts); a node that has not answered by then is left out and the answer says complete: false",
+        min=0.1,
+        max=60,
+    )
 
 
 @attrs.frozen

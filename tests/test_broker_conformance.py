@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import trio
@@ -152,3 +153,32 @@ async def test_delivery_to_everyone_reaches_every_node_without_interest(node_pai
                 await trio.sleep(0.01)
         assert len(got) == 1 and got[0].everyone and got[0].frame.json == frame(9).json
         assert got[0].users == () and got[0].room is None
+
+
+async def test_survey_gathers_every_other_nodes_answer(node_pair: NodePair) -> None:
+    with trio.fail_after(10):
+        a, b = await node_pair()
+        asked: list[tuple[str, dict[str, Any]]] = []
+
+        async def answer_b(op: str, data: dict[str, Any]) -> Any:
+            asked.append((op, data))
+            if op == "fail":
+                raise RuntimeError("this node cannot answer")
+            if op == "slow":
+                await trio.sleep(5)
+            return {"node": b.node, "echo": data}
+
+        async def answer_a(op: str, data: dict[str, Any]) -> Any:
+            raise AssertionError("a node does not answer its own survey")
+
+        a.attach_survey(answer_a)
+        b.attach_survey(answer_b)
+        result = await a.survey("count", {"n": 1}, timeout_s=2.0)
+        assert result.complete and result.answers == [{"node": b.node, "echo": {"n": 1}}]
+        assert asked == [("count", {"n": 1})]
+        failed = await a.survey("fail", {}, timeout_s=2.0)
+        assert failed.answers == [] and not failed.complete
+        started = trio.current_time()
+        slow = await a.survey("slow", {}, timeout_s=0.3)
+        assert slow.answers == [] and not slow.complete
+        assert trio.current_time() - started < 2  # the asker waits its own timeout, not the answer

@@ -6,8 +6,8 @@ to the *other* nodes, each of which hands it to its own sessions only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeAlias
 
 import attrs
 import trio
@@ -47,6 +47,23 @@ class Delivery:
     everyone: bool = False
 
 
+#: Answers a survey on this node: ``(op, data)`` → a JSON-serialisable answer.
+SurveyHandler: TypeAlias = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+@attrs.frozen
+class SurveyAnswers:
+    """The other nodes' answers to a survey.
+
+    Attributes:
+        answers: one per node that answered in time (not this node's own).
+        complete: every node that heard the question answered in time.
+    """
+
+    answers: list[Any]
+    complete: bool = True
+
+
 class Broker(Protocol):
     """Carries deliveries between nodes.
 
@@ -62,6 +79,10 @@ class Broker(Protocol):
           every node receives the deliveries to ``everyone``.
         - ``publish`` never blocks on a slow node; it fails fast with
           ``errors.Unavailable`` when the broker cannot be reached.
+        - ``survey`` asks every other node that is connected to the broker and
+          waits at most ``timeout_s`` for their answers; a node that does not
+          answer in time (or whose handler fails) is left out, and the result
+          says so (``complete``). Answers are never cached.
     """
 
     node: str
@@ -75,6 +96,15 @@ class Broker(Protocol):
         ...
 
     async def publish(self, delivery: Delivery) -> None: ...
+
+    def attach_survey(self, handler: SurveyHandler) -> None:
+        """Set the function that answers other nodes' surveys on this node."""
+        ...
+
+    async def survey(self, op: str, data: dict[str, Any], *, timeout_s: float) -> SurveyAnswers:
+        """Ask every other node ``op`` with ``data``; their answers (raises ``Unavailable``
+        when the broker cannot be reached)."""
+        ...
 
     async def watch_room(self, room: str) -> None: ...
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
-from realtimed.broker.base import Delivery
+from realtimed.broker.base import Delivery, SurveyAnswers, SurveyHandler
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class MemoryBroker:
         self.node = node
         self._hub = hub or MemoryHub()
         self._handler: Callable[[Delivery], object] | None = None
+        self._survey_handler: SurveyHandler | None = None
         self._rooms: dict[str, int] = {}
         self._users: dict[str, int] = {}
 
@@ -60,6 +62,27 @@ class MemoryBroker:
             except Exception:
                 log.exception("node %s failed to take a delivery", broker.node)
         await trio.lowlevel.checkpoint()
+
+    def attach_survey(self, handler: SurveyHandler) -> None:
+        self._survey_handler = handler
+
+    async def survey(self, op: str, data: dict[str, Any], *, timeout_s: float) -> SurveyAnswers:
+        answers: list[Any] = []
+        complete = True
+        for broker in list(self._hub.brokers):
+            handler = broker._survey_handler
+            if broker is self or handler is None:
+                continue
+            try:
+                with trio.fail_after(timeout_s):
+                    answers.append(await handler(op, dict(data)))
+            except trio.TooSlowError:
+                complete = False
+            except Exception:
+                log.exception("node %s failed to answer survey %s", broker.node, op)
+                complete = False
+        await trio.lowlevel.checkpoint()
+        return SurveyAnswers(answers, complete)
 
     async def watch_room(self, room: str) -> None:
         self._rooms[room] = self._rooms.get(room, 0) + 1

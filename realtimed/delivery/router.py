@@ -28,7 +28,7 @@ import trio
 from prometheus_client import Counter, Gauge, Histogram
 
 from realtimed import metrics, protocol
-from realtimed.broker.base import Broker, Close, Delivery
+from realtimed.broker.base import Broker, Close, Delivery, SurveyAnswers, SurveyHandler
 from realtimed.clock import WallClock, iso
 from realtimed.config import DEVICE_PREFIX, Config, NamespaceConfig, address_prefixes
 from realtimed.delivery.rooms import (
@@ -115,6 +115,13 @@ class Router:
         self.history: HistoryBackend = history or MemoryHistory()
         self.room_presence_backend: RoomPresenceBackend = room_presence or MemoryRoomPresence()
         self.namespaces = Namespaces(cfg.namespaces, addresses=address_prefixes(cfg))
+        self._namespace_prefixes = tuple(ns.prefix for ns in cfg.namespaces)
+        self._survey_timeout_s = cfg.broker.survey_timeout_s
+        # op → what this node answers to another node's survey (see ``survey``)
+        self.survey_handlers: dict[str, SurveyHandler] = {
+            "connections": self._survey_connections,
+            "counts": self._survey_counts,
+        }
         self.sessions: dict[str, Recipient] = {}
         # address room (device:<id>, claim rooms) → its sessions here; apart from app
         # rooms, so that they count neither as rooms nor as subscriptions
@@ -136,9 +143,12 @@ class Router:
 
     def set_config(self, cfg: Config) -> None:
         self.namespaces = Namespaces(cfg.namespaces, addresses=address_prefixes(cfg))
+        self._namespace_prefixes = tuple(ns.prefix for ns in cfg.namespaces)
+        self._survey_timeout_s = cfg.broker.survey_timeout_s
 
     async def run(self, *, task_status: trio.TaskStatus[Router] = trio.TASK_STATUS_IGNORED) -> None:
         self.broker.attach(self.deliver_local)
+        self.broker.attach_survey(self._answer_survey)
         self._rate_mark = (self.deliveries, trio.current_time())
         task_status.started(self)
         while True:
@@ -218,6 +228,49 @@ class Router:
                     await self.broker.unwatch_user(session.user_id)
                 except Unavailable:
                     pass
+
+    # -- the cluster's view -------------------------------------------------------------------
+
+    async def survey(self, op: str, data: dict[str, Any]) -> tuple[list[Any], SurveyAnswers]:
+        """This node's answer to ``op`` and the other nodes' (``broker.survey_timeout_s``).
+
+        Raises:
+            Unavailable: the broker cannot be reached (a single node never raises).
+        """
+        mine = await self._answer_survey(op, data)
+        others = await self.broker.survey(op, data, timeout_s=self._survey_timeout_s)
+        return [mine, *others.answers], others
+
+    async def _answer_survey(self, op: str, data: dict[str, Any]) -> Any:
+        handler = self.survey_handlers.get(op)
+        if handler is None:
+            raise LookupError(f"unknown survey {op!r}")
+        return await handler(op, data)
+
+    async def _survey_connections(self, op: str, data: dict[str, Any]) -> list[dict[str, Any]]:
+        """This node's connections of ``user_id`` or ``room``, at most ``limit``, oldest first."""
+        user_id, room, limit = data.get("user_id"), data.get("room"), data.get("limit")
+        if isinstance(user_id, str):
+            sessions = self.user_sessions(user_id)
+        elif isinstance(room, str):
+            sessions = self.room_sessions(room)
+        else:
+            sessions = []
+        infos = sorted((s.info() for s in sessions), key=lambda i: (i["connected_at"] or "", i["session_id"]))
+        await trio.lowlevel.checkpoint()
+        return infos[: limit if isinstance(limit, int) and limit >= 0 else None]
+
+    async def _survey_counts(self, op: str, data: dict[str, Any]) -> dict[str, Any]:
+        """This node's sessions, and per namespace prefix ('' for rooms in none) its
+        subscriptions and the names of its rooms (so that rooms held by several
+        nodes are counted once)."""
+        namespaces: dict[str, dict[str, Any]] = {prefix: {"rooms": [], "subscriptions": 0} for prefix in ("", *self._namespace_prefixes)}
+        for room, subscribers in self._rooms.items():
+            entry = namespaces.setdefault(self.namespaces.of(room).prefix, {"rooms": [], "subscriptions": 0})
+            entry["rooms"].append(room)
+            entry["subscriptions"] += len(subscribers)
+        await trio.lowlevel.checkpoint()
+        return {"node": self.node, "sessions": len(self.sessions), "namespaces": namespaces}
 
     # -- rooms -------------------------------------------------------------------------------
 
