@@ -266,3 +266,30 @@ async def test_addresses_across_two_nodes(start_daemon: DaemonFactory, redis_url
         assert answer.json() == {"delivered": 1}
         for client in (on_a, on_b, other_b):
             assert (await client.event("app.all"))["data"] == {"tag": tag}
+
+
+# -- the Python SDK ---------------------------------------------------------------------------
+
+
+async def test_python_sdk_gives_address_events_to_listeners(start_daemon: DaemonFactory) -> None:
+    from realtimed_client import ClientOptions, open_client
+
+    with trio.fail_after(30):
+        daemon = await node(start_daemon, "a")
+        url = daemon.url().replace("http", "ws", 1) + "/ws"
+        options = ClientOptions(backoff_min_s=0.05, backoff_max_s=0.5, request_timeout_s=5.0, connect_timeout_s=5.0)
+        async with open_client(url, token=token("ada", roles=["admin"]), options=options) as client, client.listen(
+            "app."
+        ) as events:
+            ready = await client.wait_connected()
+            device = f"device:{ready['session_id']}"
+            assert ready["addresses"] == [device, "role:admin"]
+            await post(daemon, "/publish", {"room": "role:admin", "event": "app.alert", "data": {"n": 1}})
+            await post(daemon, "/publish", {"room": device, "event": "app.ring", "data": {"n": 2}})
+            await post(daemon, "/users/events/all", {"event": "app.all", "data": {"n": 3}})
+            got = []
+            async for event in events:
+                got.append((event.name, event.room, event.data))
+                if len(got) == 3:
+                    break
+            assert got == [("app.alert", "role:admin", {"n": 1}), ("app.ring", device, {"n": 2}), ("app.all", None, {"n": 3})]

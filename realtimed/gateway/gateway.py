@@ -300,6 +300,7 @@ class Gateway:
             "expires_at": iso(session.expires_at),
             "unread_total": 0,
             "notifications_unread": 0,
+            "addresses": list(self.router.address_rooms(session.id)),
         }
         for hook in self.hooks.ready_fields:
             try:
