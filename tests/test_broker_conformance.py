@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from realtimed.broker.base import Broker, Close, Delivery
+from realtimed.broker.base import Broker, Close, Delivery, node_tag
 from realtimed.broker.memory import MemoryBroker, MemoryHub
 from realtimed.broker.redis import RedisBroker, decode_message, encode_message
 from realtimed.config import BrokerConfig
@@ -182,3 +182,19 @@ async def test_survey_gathers_every_other_nodes_answer(node_pair: NodePair) -> N
         slow = await a.survey("slow", {}, timeout_s=0.3)
         assert slow.answers == [] and not slow.complete
         assert trio.current_time() - started < 2  # the asker waits its own timeout, not the answer
+
+
+async def test_device_delivery_reaches_the_node_its_session_id_names_without_a_watch(node_pair: NodePair) -> None:
+    with trio.fail_after(10):
+        a, b = await node_pair()
+        got: list[Delivery] = []
+        b.attach(got.append)
+        elsewhere = f"device:s_{node_tag(unique('c'))}abcdefghijklmnop"
+        await a.publish(Delivery(frame(1), room=elsewhere, origin=a.node))
+        mine = f"device:s_{node_tag(b.node)}abcdefghijklmnop"
+        await a.publish(Delivery(frame(2), room=mine, origin=a.node))
+        with trio.move_on_after(2):
+            while not got:
+                await trio.sleep(0.01)
+        # published first, so it would have come first (one node's deliveries keep their order)
+        assert [(d.room, d.frame.json) for d in got] == [(mine, frame(2).json)]

@@ -6,13 +6,33 @@ to the *other* nodes, each of which hands it to its own sessions only.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Final, Protocol, TypeAlias
 
 import attrs
 import trio
 
+from realtimed.config import DEVICE_PREFIX
 from realtimed.frames import Frame
+
+#: Characters of a node's tag at the start of its session ids (after ``s_``).
+NODE_TAG_CHARS: Final = 8
+
+
+def node_tag(node: str) -> str:
+    """The short tag of a node that its session ids carry (``s_<tag><random>``), so that a
+    delivery to ``device:<session_id>`` goes to that node alone. Two nodes whose tags
+    collide both receive such deliveries, and the one without the session drops them."""
+    return hashlib.blake2b(node.encode(), digest_size=NODE_TAG_CHARS // 2).hexdigest()
+
+
+def device_tag(room: str) -> str | None:
+    """The node tag of a ``device:<session_id>`` room; None for any other room."""
+    if not room.startswith(DEVICE_PREFIX + "s_"):
+        return None
+    tag = room[len(DEVICE_PREFIX) + 2 : len(DEVICE_PREFIX) + 2 + NODE_TAG_CHARS]
+    return tag if len(tag) == NODE_TAG_CHARS else None
 
 
 @attrs.frozen
@@ -76,7 +96,9 @@ class Broker(Protocol):
         - No echo: a node does not receive its own deliveries.
         - Interest: a node receives room deliveries only for rooms it watches and
           user deliveries only for users it watches (brokers may deliver more);
-          every node receives the deliveries to ``everyone``.
+          every node receives the deliveries to ``everyone``, and a room
+          delivery to ``device:<session_id>`` reaches the node whose tag
+          (``node_tag``) the session id carries, without ``watch_room``.
         - ``publish`` never blocks on a slow node; it fails fast with
           ``errors.Unavailable`` when the broker cannot be reached.
         - ``survey`` asks every other node that is connected to the broker and

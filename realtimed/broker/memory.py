@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from realtimed.broker.base import Delivery, SurveyAnswers, SurveyHandler
+from realtimed.broker.base import Delivery, SurveyAnswers, SurveyHandler, device_tag, node_tag
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class MemoryBroker:
     def __init__(self, node: str, hub: MemoryHub | None = None) -> None:
         self.node = node
         self._hub = hub or MemoryHub()
+        self._tag = node_tag(node)
         self._handler: Callable[[Delivery], object] | None = None
         self._survey_handler: SurveyHandler | None = None
         self._rooms: dict[str, int] = {}
@@ -53,7 +54,7 @@ class MemoryBroker:
         for broker in self._hub.brokers:
             if broker is self or broker._handler is None:
                 continue
-            if delivery.room is not None and delivery.room not in broker._rooms:
+            if delivery.room is not None and delivery.room not in broker._rooms and device_tag(delivery.room) != broker._tag:
                 continue
             if delivery.room is None and not delivery.everyone and not any(u in broker._users for u in delivery.users):
                 continue

@@ -12,7 +12,10 @@ Topologies (``broker.redis_url``, see ``redis_url``):
 Channels:
     ``rt:r:<room>`` carries the deliveries of one app room, ``rt:u:<user>`` those
     of one user; a node subscribes to the rooms and users it holds, so it hears
-    only what its own sessions need. A delivery to more than ``FANOUT_USERS``
+    only what its own sessions need. ``rt:n:<tag>`` carries the deliveries to
+    the ``device:<session_id>`` addresses of the node with that tag
+    (``base.node_tag``, which its session ids carry), so a socket costs no
+    subscription of its own. A delivery to more than ``FANOUT_USERS``
     users goes once on ``rt:all`` (every node listens) instead of once per user,
     and so does a delivery to everyone.
 
@@ -71,7 +74,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from realtimed import logs, metrics
-from realtimed.broker.base import Close, Delivery, SurveyAnswers, SurveyHandler
+from realtimed.broker.base import Close, Delivery, SurveyAnswers, SurveyHandler, device_tag, node_tag
 from realtimed.config import BrokerConfig
 from realtimed.errors import Unavailable
 from realtimed.frames import Frame
@@ -215,6 +218,11 @@ def user_channel(user: str) -> str:
     return "rt:u:" + user
 
 
+def node_channel(tag: str) -> str:
+    """The channel of the deliveries to the ``device:`` addresses of the node with this tag."""
+    return "rt:n:" + tag
+
+
 def reply_channel(node: str) -> str:
     """The channel of the answers to the surveys of ``node``."""
     return "rt:sr:" + node
@@ -315,6 +323,7 @@ class RedisBroker:
         self._surveys: dict[str, _PendingSurvey] = {}
         self._survey_limiter = trio.CapacityLimiter(SURVEY_CONCURRENCY)
         self._reply_channel = reply_channel(node)
+        self._node_channel = node_channel(node_tag(node))
         self._nursery: trio.Nursery | None = None
         self._channels: dict[str, int] = {}
         self._subscribe_queue: trio.MemorySendChannel[tuple[str, bool]]
@@ -415,7 +424,7 @@ class RedisBroker:
                 retry = True
                 self._leaving.clear()
                 async with self._pubsub() as pubsub:
-                    channels = [ALL_CHANNEL, SURVEY_CHANNEL, self._reply_channel, *self._channels]
+                    channels = [ALL_CHANNEL, SURVEY_CHANNEL, self._reply_channel, self._node_channel, *self._channels]
                     with trio.fail_after(self._cfg.timeout_s):
                         await pubsub.subscribe(*channels)
                     self._confirm(channels)
@@ -461,7 +470,7 @@ class RedisBroker:
         if self._leaving[name] > 0:
             self._leaving[name] -= 1
             return False
-        return name in (ALL_CHANNEL, SURVEY_CHANNEL, self._reply_channel) or name in self._channels
+        return name in (ALL_CHANNEL, SURVEY_CHANNEL, self._reply_channel, self._node_channel) or name in self._channels
 
     def _receive(self, message: Any) -> None:
         if message.get("type") != "message":
@@ -571,7 +580,8 @@ class RedisBroker:
             raise Unavailable(f"broker unavailable: {self._last_error}")
         data = encode_message(delivery)
         if delivery.room is not None:
-            self._queue(room_channel(delivery.room), data)
+            tag = device_tag(delivery.room)
+            self._queue(room_channel(delivery.room) if tag is None else node_channel(tag), data)
         elif delivery.everyone or len(delivery.users) > FANOUT_USERS:
             self._queue(ALL_CHANNEL, data)
         else:

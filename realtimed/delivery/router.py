@@ -193,12 +193,14 @@ class Router:
                 await self.broker.watch_user(session.user_id)
             except Unavailable:
                 log.warning("session %s: broker unavailable; user %s is reachable from this node only", session.id, session.user_id)
-        rooms = (device_room(session.id), *addresses)
+        device = device_room(session.id)
+        rooms = (device, *addresses)
         self._addresses[session.id] = rooms
         for room in rooms:
             members = self._address_rooms.setdefault(room, {})
             members[session.id] = session
-            if len(members) == 1:
+            # The broker brings this node its device: deliveries without a subscription.
+            if len(members) == 1 and room != device:
                 try:
                     await self.broker.watch_room(room)
                 except Unavailable:
@@ -214,6 +216,8 @@ class Router:
             if members is None or members.pop(session.id, None) is None or members:
                 continue
             del self._address_rooms[room]
+            if room == device_room(session.id):
+                continue
             try:
                 await self.broker.unwatch_room(room)
             except Unavailable:
