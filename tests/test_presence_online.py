@@ -162,3 +162,20 @@ async def test_online_counts_and_connections_span_two_nodes(start_daemon: Daemon
         with trio.fail_after(10):
             while (await online(a, prefix=tag))["count"] != 1:
                 await trio.sleep(0.05)
+
+
+async def test_without_redis_connections_answer_this_node_and_counts_say_unavailable(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(30):
+        with trio.socket.socket() as probe:
+            await probe.bind(("127.0.0.1", 0))
+            dead_port = probe.getsockname()[1]
+        daemon = await start_daemon(
+            {"broker": {"backend": "redis", "redis_url": f"redis://127.0.0.1:{dead_port}/0", "timeout_s": 1.0}}
+        )
+        _, session_id = await connect(daemon, "erin")
+        listed = (await get(daemon, "/connections", user_id="erin")).json()
+        assert listed["complete"] is False and listed["nodes"] == 1
+        assert [c["session_id"] for c in listed["connections"]] == [session_id]
+        for path in ("/presence/online", "/presence/counts"):
+            answer = await get(daemon, path)
+            assert answer.status_code == 503 and answer.json()["error"]["code"] == "UNAVAILABLE", answer.text
