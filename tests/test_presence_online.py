@@ -12,9 +12,11 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from realtimed.daemon import Daemon
+from realtimed.delivery import router as router_module
 from tests.fixtures.daemon import API_KEY, DaemonFactory
 from tests.test_addresses import connect, sse_stream
 
@@ -101,9 +103,9 @@ async def test_counts_per_namespace_and_connections_on_one_node(start_daemon: Da
             "nodes": 1,
             "complete": True,
             "namespaces": [
-                {"prefix": "", "rooms": 1, "subscriptions": 1},
-                {"prefix": "feed:", "rooms": 0, "subscriptions": 0},
-                {"prefix": "job:", "rooms": 2, "subscriptions": 3},
+                {"prefix": "", "rooms": 1, "subscriptions": 1, "exact": True},
+                {"prefix": "feed:", "rooms": 0, "subscriptions": 0, "exact": True},
+                {"prefix": "job:", "rooms": 2, "subscriptions": 3, "exact": True},
             ],
         }
         listed = (await get(daemon, "/connections", room="job:1")).json()
@@ -114,7 +116,9 @@ async def test_counts_per_namespace_and_connections_on_one_node(start_daemon: Da
         ]
 
 
-async def test_online_counts_and_connections_span_two_nodes(start_daemon: DaemonFactory, redis_url: str) -> None:
+async def test_online_counts_and_connections_span_two_nodes(
+    start_daemon: DaemonFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tag = uuid.uuid4().hex[:8]
     namespaces = [{"prefix": f"ns{tag}:", "public": True}]
 
@@ -149,8 +153,13 @@ async def test_online_counts_and_connections_span_two_nodes(start_daemon: Daemon
         counts = (await get(b, "/presence/counts")).json()
         assert counts["complete"] is True and counts["nodes"] >= 2
         ours = [ns for ns in counts["namespaces"] if ns["prefix"] == f"ns{tag}:"]
-        assert ours == [{"prefix": f"ns{tag}:", "rooms": 2, "subscriptions": 4}]
+        assert ours == [{"prefix": f"ns{tag}:", "rooms": 2, "subscriptions": 4, "exact": True}]
         assert counts["users"] >= 2 and counts["sessions"] >= 3
+        # a node with more rooms than it may name sends their number: each node's rooms are added up
+        monkeypatch.setattr(router_module, "MAX_SURVEY_ROOM_NAMES", 1)
+        counts = (await get(a, "/presence/counts")).json()
+        ours = [ns for ns in counts["namespaces"] if ns["prefix"] == f"ns{tag}:"]
+        assert ours == [{"prefix": f"ns{tag}:", "rooms": 3, "subscriptions": 4, "exact": False}]
         # connections: the answering node lists the other node's too
         listed = (await get(a, "/connections", user_id=f"{tag}-u")).json()
         assert listed["complete"] is True and listed["nodes"] >= 2

@@ -61,6 +61,9 @@ ROOMS: Final = Gauge("realtimed_rooms", "app rooms with local subscribers", regi
 USERS: Final = Gauge("realtimed_users", "users with a local session", registry=metrics.REGISTRY)
 
 
+#: Room names one node sends in its answer to a ``counts`` survey, every namespace together.
+MAX_SURVEY_ROOM_NAMES: Final = 20_000
+
 # The frame of a close delivery: never sent to a client.
 CLOSE_FRAME: Final = Frame(b"{}")
 
@@ -266,13 +269,27 @@ class Router:
 
     async def _survey_counts(self, op: str, data: dict[str, Any]) -> dict[str, Any]:
         """This node's sessions, and per namespace prefix ('' for rooms in none) its
-        subscriptions and the names of its rooms (so that rooms held by several
-        nodes are counted once)."""
-        namespaces: dict[str, dict[str, Any]] = {prefix: {"rooms": [], "subscriptions": 0} for prefix in ("", *self._namespace_prefixes)}
+        subscriptions, rooms, and the names of those rooms (so that rooms held by
+        several nodes are counted once).
+
+        At most ``MAX_SURVEY_ROOM_NAMES`` names in all, so that an answer stays
+        well below what Redis lets a subscriber fall behind: past them a
+        namespace's ``names`` is None and only its count is sent.
+        """
+        namespaces: dict[str, dict[str, Any]] = {}
+        for prefix in ("", *self._namespace_prefixes):
+            namespaces[prefix] = {"names": [], "rooms": 0, "subscriptions": 0}
+        budget = MAX_SURVEY_ROOM_NAMES
         for room, subscribers in self._rooms.items():
-            entry = namespaces.setdefault(self.namespaces.of(room).prefix, {"rooms": [], "subscriptions": 0})
-            entry["rooms"].append(room)
+            entry = namespaces.setdefault(self.namespaces.of(room).prefix, {"names": [], "rooms": 0, "subscriptions": 0})
+            entry["rooms"] += 1
             entry["subscriptions"] += len(subscribers)
+            if entry["names"] is not None:
+                if budget > 0:
+                    entry["names"].append(room)
+                    budget -= 1
+                else:
+                    entry["names"] = None
         await trio.lowlevel.checkpoint()
         return {"node": self.node, "sessions": len(self.sessions), "namespaces": namespaces}
 

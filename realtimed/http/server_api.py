@@ -355,11 +355,15 @@ async def online(inp: OnlineQuery) -> Online:
 
 _NAMESPACE_COUNT: Final = {
     "type": "object",
-    "required": ["prefix", "rooms", "subscriptions"],
+    "required": ["prefix", "rooms", "subscriptions", "exact"],
     "properties": {
         "prefix": {"type": "string", "description": "the namespace's prefix; \"\": rooms in no namespace"},
         "rooms": {"type": "integer", "minimum": 0, "description": "rooms with a subscriber on any node"},
         "subscriptions": {"type": "integer", "minimum": 0, "description": "sockets and streams subscribed, every node"},
+        "exact": {
+            "type": "boolean",
+            "description": "false when a node had too many rooms to name them all: rooms then counts a room once per node holding it",
+        },
     },
 }
 
@@ -385,20 +389,29 @@ class PresenceCounts:
 async def presence_counts() -> PresenceCounts:
     _, users = await services().presence.backend.online(limit=0)
     answers, complete = await _survey("counts", {})
-    rooms: dict[str, set[str]] = {}
+    names: dict[str, set[str] | None] = {}
+    per_node: dict[str, int] = {}
     subscriptions: dict[str, int] = {}
     for answer in answers:
         for prefix, entry in answer["namespaces"].items():
-            rooms.setdefault(prefix, set()).update(entry["rooms"])
+            known = names.setdefault(prefix, set())
+            if known is not None and entry["names"] is not None:
+                known.update(entry["names"])
+            else:
+                names[prefix] = None
+            per_node[prefix] = per_node.get(prefix, 0) + entry["rooms"]
             subscriptions[prefix] = subscriptions.get(prefix, 0) + entry["subscriptions"]
+    namespaces = []
+    for prefix in sorted(names):
+        distinct = names[prefix]
+        rooms = len(distinct) if distinct is not None else per_node[prefix]
+        namespaces.append({"prefix": prefix, "rooms": rooms, "subscriptions": subscriptions[prefix], "exact": distinct is not None})
     return PresenceCounts(
         users=users,
         sessions=sum(answer["sessions"] for answer in answers),
         nodes=len(answers),
         complete=complete,
-        namespaces=[
-            {"prefix": prefix, "rooms": len(rooms[prefix]), "subscriptions": subscriptions[prefix]} for prefix in sorted(rooms)
-        ],
+        namespaces=namespaces,
     )
 
 
