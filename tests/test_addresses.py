@@ -183,9 +183,11 @@ async def test_roles_claim_puts_the_session_in_role_rooms(start_daemon: DaemonFa
         assert (await editor.event("app.note"))["room"] == "role:editor"
         await editor.no_event("app.alert", wait=0.1)
         await plain.no_event("app.note", wait=0.1)
-        # an address room is neither a room nor a subscription of the node
+        # an address room is neither a room nor a subscription of the node, but lists its connections
         stats = (await _get(daemon, "/stats")).json()
         assert stats["rooms"] == 0
+        listed = (await _get(daemon, "/connections", room="role:ops")).json()["connections"]
+        assert [(c["session_id"], c["rooms"]) for c in listed] == [(admin_id, [])]
 
 
 async def test_claims_that_cannot_make_rooms_refuse_the_token(start_daemon: DaemonFactory) -> None:

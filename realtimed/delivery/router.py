@@ -174,7 +174,8 @@ class Router:
         return list(self._users.get(user_id, {}).values())
 
     def room_sessions(self, room: str) -> list[Recipient]:
-        return list(self._rooms.get(room, {}).values())
+        """The sessions of this node in an app room (subscribed) or an address room."""
+        return list((self._rooms.get(room) or self._address_rooms.get(room) or {}).values())
 
     @property
     def user_count(self) -> int:
