@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import trio
 
@@ -188,3 +189,18 @@ async def test_without_redis_connections_answer_this_node_and_counts_say_unavail
         for path in ("/presence/online", "/presence/counts"):
             answer = await get(daemon, path)
             assert answer.status_code == 503 and answer.json()["error"]["code"] == "UNAVAILABLE", answer.text
+
+
+async def test_a_node_sends_at_most_its_byte_budget_of_connections(
+    start_daemon: DaemonFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(30):
+        daemon = await start_daemon()
+        _, first_id = await connect(daemon, "alice")
+        await connect(daemon, "alice")
+        listed = (await get(daemon, "/connections", user_id="alice")).json()
+        assert len(listed["connections"]) == 2 and listed["complete"] is True
+        one = len(orjson.dumps(listed["connections"][0]))
+        monkeypatch.setattr(router_module, "MAX_SURVEY_ANSWER_BYTES", one + 10)
+        listed = (await get(daemon, "/connections", user_id="alice")).json()
+        assert [c["session_id"] for c in listed["connections"]] == [first_id] and listed["complete"] is False

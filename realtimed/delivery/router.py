@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Final, Protocol
 
+import orjson
 import trio
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -63,6 +64,9 @@ USERS: Final = Gauge("realtimed_users", "users with a local session", registry=m
 
 #: Room names one node sends in its answer to a ``counts`` survey, every namespace together.
 MAX_SURVEY_ROOM_NAMES: Final = 20_000
+#: Encoded bytes of the connections one node sends in its answer to a ``connections``
+#: survey, well below what Redis lets a pub/sub subscriber fall behind (8 MiB by default).
+MAX_SURVEY_ANSWER_BYTES: Final = 1_048_576
 
 # The frame of a close delivery: never sent to a client.
 CLOSE_FRAME: Final = Frame(b"{}")
@@ -255,8 +259,12 @@ class Router:
             raise LookupError(f"unknown survey {op!r}")
         return await handler(op, data)
 
-    async def _survey_connections(self, op: str, data: dict[str, Any]) -> list[dict[str, Any]]:
-        """This node's connections of ``user_id`` or ``room``, at most ``limit``, oldest first."""
+    async def _survey_connections(self, op: str, data: dict[str, Any]) -> dict[str, Any]:
+        """This node's connections of ``user_id`` or ``room``, at most ``limit``, oldest first.
+
+        At most ``MAX_SURVEY_ANSWER_BYTES`` of them (encoded): past that the list
+        ends early and ``truncated`` is true.
+        """
         user_id, room, limit = data.get("user_id"), data.get("room"), data.get("limit")
         if isinstance(user_id, str):
             sessions = self.user_sessions(user_id)
@@ -265,8 +273,15 @@ class Router:
         else:
             sessions = []
         infos = sorted((s.info() for s in sessions), key=lambda i: (i["connected_at"] or "", i["session_id"]))
+        infos = infos[: limit if isinstance(limit, int) and limit >= 0 else None]
+        budget = MAX_SURVEY_ANSWER_BYTES
+        for kept, info in enumerate(infos):
+            budget -= len(orjson.dumps(info))
+            if budget < 0:
+                await trio.lowlevel.checkpoint()
+                return {"connections": infos[:kept], "truncated": True}
         await trio.lowlevel.checkpoint()
-        return infos[: limit if isinstance(limit, int) and limit >= 0 else None]
+        return {"connections": infos, "truncated": False}
 
     async def _survey_counts(self, op: str, data: dict[str, Any]) -> dict[str, Any]:
         """This node's sessions, and per namespace prefix ('' for rooms in none) its

@@ -269,7 +269,7 @@ class ConnectionsQuery:
 
 _COMPLETE: Final = {
     "type": "boolean",
-    "description": "every node answered within broker.survey_timeout_s (false: the answer covers those that did)",
+    "description": "every node answered within broker.survey_timeout_s, in full (false: the answer covers what came)",
 }
 
 
@@ -291,7 +291,8 @@ async def connections(inp: ConnectionsQuery) -> Connections:
     question: dict[str, Any] = {"user_id": inp.user_id} if inp.user_id else {"room": inp.room or ""}
     question["limit"] = inp.limit
     answers, complete = await _survey("connections", question)
-    found = [info for answer in answers for info in answer]
+    complete = complete and not any(answer["truncated"] for answer in answers)
+    found = [info for answer in answers for info in answer["connections"]]
     found.sort(key=lambda info: (info["connected_at"] or "", info["session_id"]))
     return Connections(connections=found[: inp.limit], nodes=len(answers), complete=complete)
 
