@@ -130,6 +130,7 @@ def text(value: Any) -> str:
 FANOUT_USERS: Final = 64
 ALL_CHANNEL: Final = "rt:all"
 SURVEY_CHANNEL: Final = "rt:sv"
+_SURVEY_CHANNEL_BYTES: Final = SURVEY_CHANNEL.encode()
 QUEUE_MAX: Final = 10_000
 #: Surveys of other nodes answered at once by this node (more wait their turn).
 SURVEY_CONCURRENCY: Final = 8
@@ -323,6 +324,9 @@ class RedisBroker:
         self._surveys: dict[str, _PendingSurvey] = {}
         self._survey_limiter = trio.CapacityLimiter(SURVEY_CONCURRENCY)
         self._reply_channel = reply_channel(node)
+        self._survey_channels = frozenset(
+            {SURVEY_CHANNEL, _SURVEY_CHANNEL_BYTES, self._reply_channel, self._reply_channel.encode()}
+        )
         self._node_channel = node_channel(node_tag(node))
         self._nursery: trio.Nursery | None = None
         self._channels: dict[str, int] = {}
@@ -475,12 +479,12 @@ class RedisBroker:
     def _receive(self, message: Any) -> None:
         if message.get("type") != "message":
             return
-        channel = text(message.get("channel", b""))
-        if channel == SURVEY_CHANNEL:
-            self._survey_asked(message["data"])
-            return
-        if channel == self._reply_channel:
-            self._survey_answered(message["data"])
+        channel = message.get("channel")
+        if channel in self._survey_channels:  # bytes or text, as the client gives them
+            if channel in (SURVEY_CHANNEL, _SURVEY_CHANNEL_BYTES):
+                self._survey_asked(message["data"])
+            else:
+                self._survey_answered(message["data"])
             return
         try:
             delivery = decode_message(message["data"])
