@@ -31,7 +31,6 @@ from typing import Any
 
 import h11
 import trio
-import trio_asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -209,8 +208,7 @@ async def main(args: argparse.Namespace) -> None:
             cfg = Config(store=StoreConfig(
                 backend="postgres", postgres_dsn=with_database(args.dsn, name), pool_max=args.pool_max
             ))
-            async with trio_asyncio.open_loop():
-                await bench(args, cfg)
+            await bench(args, cfg)
         finally:
             await trio.to_thread.run_sync(admin, args.dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     else:

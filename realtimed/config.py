@@ -278,6 +278,23 @@ class BrokerConfig:
     )
     timeout_s: float = _f(5.0, "longest wait for any Redis call", min=0.1, max=600)
     node_ttl_s: float = _f(15.0, "a node that stops heartbeating is dead after this long", min=1, max=3600)
+    survey_timeout_s: float = _f(
+        2.0,
+        "longest wait for the other nodes' answers to a cluster-wide question (GET /server/v1/connections, "
+        "/presence/counts); a node that has not answered by then is left out and the answer says complete: false",
+        min=0.1,
+        max=60,
+    )
+
+
+@attrs.frozen
+class ClaimRoomConfig:
+    claim: str = _f("", "token claim whose value (a string or a list of strings) names rooms, e.g. \"roles\"")
+    prefix: str = _f(
+        "",
+        "room prefix ending with ':': each value v of the claim gives the room <prefix>v, e.g. \"role:\"; "
+        "the session is in those rooms from connect to close, and clients cannot subscribe to them",
+    )
 
 
 @attrs.frozen
@@ -305,6 +322,12 @@ class AuthConfig:
     issuer: str = _f("", "required iss claim; empty: not checked")
     require_exp: bool = _f(True, "refuse tokens without exp")
     dev_token_ttl_s: float = _f(3600.0, "default lifetime of tokens minted by `realtimed token`", min=1, max=31_536_000)
+    claim_rooms: list[ClaimRoomConfig] = _f(
+        [], "rooms given by token claims (e.g. claim roles, prefix role:); none by default"
+    )
+    max_claim_rooms: int = _f(
+        32, "most rooms a token's claims may give through auth.claim_rooms; a token with more is refused", min=1, max=1024
+    )
 
 
 @attrs.frozen
@@ -482,6 +505,42 @@ class GatewayConfig:
         "largest HTTP/1.1 request head (over it: 431), and largest HTTP/2 header list (over it: GOAWAY)",
         min=1024,
         max=1_048_576,
+    )
+
+
+@attrs.frozen
+class SocketIOConfig:
+    enabled: bool = _f(
+        True,
+        "serve the Socket.IO door (Engine.IO v4, Socket.IO v5) on the client listener, so that apps built on "
+        "socket.io-client connect without changing their transport library",
+    )
+    path: str = _f("/socket.io/", "the Socket.IO path (socket.io-client's \"path\" option)")
+    ping_interval_ms: int = _f(25_000, "Engine.IO ping period", min=100, max=3_600_000)
+    ping_timeout_ms: int = _f(
+        20_000, "how long a ping waits for its pong before the session closes", min=100, max=3_600_000
+    )
+    connect_timeout_ms: int = _f(
+        45_000, "longest wait for the Socket.IO CONNECT after the Engine.IO handshake (then the session closes)",
+        min=100, max=3_600_000,
+    )
+    max_payload_bytes: int = _f(
+        1_000_000,
+        "largest Engine.IO message, and largest HTTP long-polling body (over it: the session closes; HTTP 413)",
+        min=1024, max=64 * 1_048_576,
+    )
+    max_attachments: int = _f(
+        10, "most binary attachments one Socket.IO packet may announce (over it: the session closes)", min=0, max=1000,
+    )
+    transports: list[Literal["polling", "websocket"]] = _f(
+        ["polling", "websocket"],
+        "transports offered; under run --workers N only websocket is (long-polling needs its session's requests "
+        "on one process)",
+        min=1,
+    )
+    recovery_ttl_s: float = _f(
+        120.0, "how long a disconnected Socket.IO session's positions are kept for connection state recovery",
+        min=0, max=86_400,
     )
 
 
@@ -738,6 +797,7 @@ class Config:
     auth: AuthConfig = _f(AuthConfig())
     api: ApiConfig = _f(ApiConfig())
     gateway: GatewayConfig = _f(GatewayConfig())
+    socketio: SocketIOConfig = _f(SocketIOConfig())
     namespaces: list[NamespaceConfig] = _f([], "app-room namespaces")
     chat: ChatConfig = _f(ChatConfig())
     presence: PresenceConfig = _f(PresenceConfig())
@@ -1202,14 +1262,26 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
             problems.add(f"auth.algorithms[{i}]", f"unsupported algorithm {alg!r} (one of {sorted(known_algs)})")
     if not cfg.gateway.path.startswith("/"):
         problems.add("gateway.path", "must start with /")
+    if not cfg.socketio.path.startswith("/"):
+        problems.add("socketio.path", "must start with /")
+    elif cfg.socketio.path.rstrip("/") == cfg.gateway.path.rstrip("/"):
+        problems.add("socketio.path", "must differ from gateway.path")
+    if not cfg.socketio.transports:
+        problems.add("socketio.transports", "must name at least one transport")
+    elif len(set(cfg.socketio.transports)) != len(cfg.socketio.transports):
+        problems.add("socketio.transports", "must not name a transport twice")
     _check_op_limits(cfg, problems)
     seen: set[str] = set()
+    addresses = address_prefixes(cfg)
     for i, ns in enumerate(cfg.namespaces):
         if not ns.prefix:
             problems.add(f"namespaces[{i}].prefix", "must not be empty")
         elif ns.prefix in seen:
             problems.add(f"namespaces[{i}].prefix", f"duplicate prefix {ns.prefix!r}")
+        elif any(ns.prefix.startswith(address) for address in addresses):
+            problems.add(f"namespaces[{i}].prefix", f"{ns.prefix!r} is within an address prefix ({', '.join(addresses)})")
         seen.add(ns.prefix)
+    _check_claim_rooms(cfg, problems)
     names: set[str] = set()
     for i, entry in enumerate(cfg.cron):
         if not entry.name:
@@ -1272,6 +1344,36 @@ def _check_webhooks(cfg: Config, problems: _Problems) -> None:
         if ep.id in seen:
             problems.add(f"webhooks.endpoints[{i}].id", f"duplicate id {ep.id!r}")
         seen.add(ep.id)
+
+
+#: The room prefix of per-device addresses: ``device:<session_id>`` holds that one session.
+DEVICE_PREFIX: Final = "device:"
+
+
+def address_prefixes(cfg: Config) -> tuple[str, ...]:
+    """The room prefixes that are addresses, not subscribable rooms: ``device:`` and
+    those of ``auth.claim_rooms``."""
+    return (DEVICE_PREFIX, *(entry.prefix for entry in cfg.auth.claim_rooms if entry.prefix))
+
+
+def _check_claim_rooms(cfg: Config, problems: _Problems) -> None:
+    claims: set[str] = set()
+    prefixes: set[str] = {DEVICE_PREFIX}
+    for i, entry in enumerate(cfg.auth.claim_rooms):
+        key = f"auth.claim_rooms[{i}]"
+        if not entry.claim:
+            problems.add(f"{key}.claim", "must not be empty")
+        elif entry.claim in claims:
+            problems.add(f"{key}.claim", f"duplicate claim {entry.claim!r}")
+        elif entry.claim in {"sub", "exp", "nbf", "iat", "aud", "iss", "rooms", "name"}:
+            problems.add(f"{key}.claim", f"{entry.claim!r} is a claim realtimed reads itself (section 2 of docs/protocol.md)")
+        claims.add(entry.claim)
+        prefix = entry.prefix
+        if not prefix.endswith(":") or any(c in prefix for c in " \t*,") or prefix.startswith(":") or "::" in prefix:
+            problems.add(f"{key}.prefix", "must be one or more room segments followed by ':' (e.g. \"role:\")")
+        elif any(prefix.startswith(other) or other.startswith(prefix) for other in prefixes):
+            problems.add(f"{key}.prefix", f"{prefix!r} overlaps another address prefix ({', '.join(sorted(prefixes))})")
+        prefixes.add(prefix)
 
 
 def _check_proxies(cfg: Config, problems: _Problems) -> None:

@@ -33,6 +33,7 @@ checks, throttled sends) for every user of this node.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -135,6 +136,16 @@ class PresenceBackend(Protocol):
         """Store a user's record; a default record (``is_default``) is forgotten."""
         ...
 
+    async def online(self, *, prefix: str = "", after: str | None = None, limit: int = 100) -> tuple[list[tuple[str, int]], int]:
+        """Connected users (a device on any node), in user id order.
+
+        Returns up to ``limit`` (user, devices) pairs of users whose id starts
+        with ``prefix`` and sorts after ``after``, and how many users with that
+        prefix are connected (whatever ``after``). Ids sort by code point (the
+        order of their UTF-8 bytes).
+        """
+        ...
+
 
 class MemoryPresence:
     """The in-process presence backend (the default, and the test double)."""
@@ -167,6 +178,12 @@ class MemoryPresence:
             self._records.pop(user_id, None)
         else:
             self._records[user_id] = record
+
+    async def online(self, *, prefix: str = "", after: str | None = None, limit: int = 100) -> tuple[list[tuple[str, int]], int]:
+        matching = sorted(uid for uid in self._sessions if uid.startswith(prefix))
+        start = bisect.bisect_right(matching, after) if after is not None else 0
+        await trio.lowlevel.checkpoint()
+        return [(uid, len(self._sessions[uid])) for uid in matching[start : start + limit]], len(matching)
 
 
 class _Device(Protocol):

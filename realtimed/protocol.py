@@ -1602,6 +1602,12 @@ EVENT_SPECS: Final[Mapping[str, EventSpec]] = _events(
                 "expires_at": _jstr("when the token expires (null: never)", fmt="date-time", nullable=True),
                 "unread_total": _jint("unread messages over the conversations not muted", lo=0),
                 "notifications_unread": _jint("unread notifications", lo=0),
+                "addresses": _jarray(
+                    _ref("Room"),
+                    "the rooms this device is in without subscribing: device:<session_id> first, then those "
+                    "of its token's claims (auth.claim_rooms)",
+                    min_items=1,
+                ),
             }
         ),
     ),

@@ -20,6 +20,8 @@ def may_subscribe(claims: Claims, ns: NamespaceConfig, room: str) -> bool:
 
 
 def check_subscribe(claims: Claims, router: Router, room: str) -> NamespaceConfig:
+    if router.is_address(room):
+        raise Forbidden(f"{room} is an address: a session is in it from its token or its session id, never by subscribe")
     ns = router.namespace(room)
     if not may_subscribe(claims, ns, room):
         raise Forbidden(f"not allowed to subscribe to {room}")

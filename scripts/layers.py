@@ -27,7 +27,7 @@ still a reader's dependency.
 5. capabilities  chat, presence, typing_state, room_ops, notify/, push/, jobs/, webhooks/: each
                  exposes routes() and ops(); a Redis backend sits beside its Protocol.
 6. transports    gateway/ (the session lifecycle, WebSocket, SSE), http/ (listener,
-                 guard, app, the REST doors).
+                 guard, app, the REST doors), socketio/ (the Socket.IO door).
 7. composition   daemon, backends (the one place in-process or Redis is chosen),
                  cli (and jobs/cli), jobs/kinds (every job kind the daemon registers,
                  from each capability), workers, install, listen, __main__.
@@ -82,7 +82,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "realtimed.webhooks",
         ),
     ),
-    ("transports", ("realtimed.gateway", "realtimed.http")),
+    ("transports", ("realtimed.gateway", "realtimed.http", "realtimed.socketio")),
     (
         "composition",
         (
