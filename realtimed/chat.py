@@ -618,6 +618,17 @@ class ChatService:
                 now=self._clock.now(),
                 dedupe_key=f"{CHAT_OFFLINE.kind}:{conv.id}:{sender}:{message.client_id}",
             )
+            # Decided after the append here (the member was unknown then), so queued after it too.
+            specs = self._webhook_specs(
+                "message.unread_offline",
+                {"conversation_id": conv.id, "sender_id": sender, "recipients": offline,
+                 "message_id": message.id, "seq": message.seq},
+            ) if self._webhook_specs is not None else []
+            for spec in specs:
+                await self._store.enqueue_job(
+                    queue=spec.queue, kind=spec.kind, payload=spec.payload, now=self._clock.now(),
+                    max_attempts=spec.max_attempts,
+                )
         log.info("conversation %s: message %s showed it again to a member this node did not know", conv.id, message.id)
         return after.member_ids
 
