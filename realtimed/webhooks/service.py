@@ -36,6 +36,7 @@ import random
 import secrets
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -106,7 +107,8 @@ class _Pending:
     error: str = ""
 
 
-def config_endpoint(entry: WebhookEndpointConfig, now: Any) -> WebhookEndpoint:
+def config_endpoint(entry: WebhookEndpointConfig, now: datetime) -> WebhookEndpoint:
+    """A configured endpoint as the store keeps it."""
     return WebhookEndpoint(
         id=entry.id, source="config", url=entry.url, events=tuple(entry.events), secrets=tuple(entry.secrets),
         enabled=entry.enabled, created_at=now, updated_at=now,
