@@ -16,6 +16,7 @@ import trio
 
 from realtimed.config import load_config
 from realtimed.daemon import Daemon
+from realtimed.metrics import REGISTRY
 from realtimed.webhooks.outbound import is_public_address
 from realtimed.webhooks.signing import sign
 from tests.fixtures.daemon import API_KEY, BASE_CONFIG, DaemonFactory, merge, toml_dumps
@@ -169,8 +170,11 @@ async def until_async(http: httpx.AsyncClient, check: Callable[[list[dict[str, A
 
 
 async def test_endpoint_disabled_after_failures_then_enabled_and_replayed(
-    nursery: trio.Nursery, start_daemon: DaemonFactory, store_section: dict[str, Any]
+    nursery: trio.Nursery, start_daemon: DaemonFactory, store_section: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    disabled_metric = ("realtimed_webhook_endpoints_disabled_total", {"endpoint": "made"})
+    disabled_before = REGISTRY.get_sample_value(*disabled_metric) or 0.0
     secret = new_secret()
     receiver = Receiver([secret])
     receiver.status = 503
@@ -192,6 +196,8 @@ async def test_endpoint_disabled_after_failures_then_enabled_and_replayed(
             await until_async_endpoint(http, "made", lambda ep: ep["disabled_at"] is not None)
             ep = (await http.get("/webhooks/made")).json()["endpoint"]
             assert ep["consecutive_failures"] == 3
+            assert REGISTRY.get_sample_value(*disabled_metric) == disabled_before + 1
+            assert "webhook endpoint made disabled after 3 consecutive failed attempts" in caplog.text
             found = await attempts(http, "made")
             assert [a["status"] for a in found] == [503, 503, 503]
             # Disabled: the delivery fails without another attempt.
