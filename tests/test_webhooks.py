@@ -133,7 +133,10 @@ async def test_receiver_down_then_back_loses_nothing_and_failures_are_recorded(
     await receiver.start(nursery)
     with trio.fail_after(40):
         daemon = await start_daemon(
-            merge(store_section, config([endpoint(receiver, [secret], events=["message.new"])], max_attempts=50))
+            merge(store_section, config(
+                [endpoint(receiver, [secret], events=["message.new"])],
+                max_attempts=50, max_response_bytes=2000, excerpt_chars=4096,
+            ))
         )
         async with api(daemon) as http:
             cid = await conversation(http)
@@ -151,7 +154,7 @@ async def test_receiver_down_then_back_loses_nothing_and_failures_are_recorded(
             await until(lambda: len(set(receiver.ids())) >= 5)
             found = await attempts(http)
             errors = [a for a in found if a["status"] == 500]
-            assert len(errors[0]["response"]) == 1024  # webhooks.excerpt_chars
+            assert errors[0]["response"] == "x" * 2000  # no more than webhooks.max_response_bytes is read
             assert {r.body["data"]["message_id"] for r in receiver.received} == {m["id"] for m in sent}
             # One webhook-id per delivery, the same on every attempt.
             ids_per_delivery: dict[str, set[str]] = {}
@@ -403,14 +406,17 @@ async def test_redirects_are_not_followed(nursery: trio.Nursery, start_daemon: D
     target, elsewhere = Receiver([secret]), Receiver([secret])
     await target.start(nursery)
     await elsewhere.start(nursery)
-    target.status, target.location = 307, elsewhere.url
+    target.status, target.location, target.body = 307, elsewhere.url, b"y" * 3000
     with trio.fail_after(30):
-        daemon = await start_daemon(config([endpoint(target, [secret], events=["message.new"])], max_attempts=2))
+        daemon = await start_daemon(
+            config([endpoint(target, [secret], events=["message.new"])], max_attempts=2, excerpt_chars=100)
+        )
         async with api(daemon) as http:
             await send(http, await conversation(http), "alice", "one")
             await until_async(http, lambda found: len(found) == 2)
             assert [a["status"] for a in await attempts(http)] == [307, 307]
             assert all(a["error"] == "HTTP 307" for a in await attempts(http))
+            assert all(a["response"] == "y" * 100 for a in await attempts(http))  # webhooks.excerpt_chars
         assert target.requests == 2 and elsewhere.requests == 0
 
 
