@@ -14,11 +14,10 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Sequence
-from typing import Final
+
+from realtimed.config import WEBHOOK_SECRET_PREFIX as SECRET_PREFIX
 
 __all__ = ["SECRET_PREFIX", "new_secret", "sign", "signature_headers"]
-
-SECRET_PREFIX: Final = "whsec_"
 
 
 def _key(secret: str) -> bytes:
