@@ -25,7 +25,7 @@ from tests.fixtures.services import _run_sql
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 # Every backend has the same numbered migrations, in order.
-MIGRATIONS = ["0001_initial", "0002_bans", "0003_channel_preferences", "0004_mark_read_function"]
+MIGRATIONS = ["0001_initial", "0002_bans", "0003_channel_preferences", "0004_mark_read_function", "0005_socketio_recovery"]
 LIMIT_S = 20
 
 
@@ -277,6 +277,30 @@ async def test_bans_survive_a_restart(harness: Harness) -> None:
             b = await s.active_ban(user_id="b", now=at(1))
             assert a is not None and a.until == at(3600)
             assert b is not None and b.until is None
+
+
+async def test_recovery_records_are_taken_once_and_expire(store: Store, harness: Harness) -> None:
+    with trio.fail_after(LIMIT_S):
+        await store.put_recovery(pid="p1", user_id="a", record=b"\x00one", expires_at=at(60), now=T0)
+        await store.put_recovery(pid="p2", user_id="b", record=b"two", expires_at=at(10), now=T0)
+        assert await store.take_recovery(pid="nope", now=at(1)) is None
+        assert await store.take_recovery(pid="p1", now=at(59)) == ("a", b"\x00one")
+        assert await store.take_recovery(pid="p1", now=at(59)) is None  # once
+        assert await store.take_recovery(pid="p2", now=at(10)) is None  # expired at expires_at
+        # A put replaces the record under its pid, and sweeps the expired ones.
+        await store.put_recovery(pid="p3", user_id="a", record=b"old", expires_at=at(5), now=T0)
+        await store.put_recovery(pid="p4", user_id="a", record=b"x", expires_at=at(100), now=T0)
+        await store.put_recovery(pid="p4", user_id="a", record=b"new", expires_at=at(100), now=at(6))
+        assert await harness.column("SELECT pid FROM socketio_recovery ORDER BY pid") == ["p4"]
+        assert await store.take_recovery(pid="p4", now=at(7)) == ("a", b"new")
+
+
+async def test_recovery_records_survive_a_restart(harness: Harness) -> None:
+    with trio.fail_after(LIMIT_S):
+        async with harness.running() as s:
+            await s.put_recovery(pid="p", user_id="a", record=b"r", expires_at=at(60), now=T0)
+        async with harness.running() as s:
+            assert await s.take_recovery(pid="p", now=at(1)) == ("a", b"r")
 
 
 # ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Protocol            what                                             module
 ``DeviceStore``     push tokens and topics                           ``store.devices``
 ``JobStore``        jobs and cron ticks                              ``store.jobs``
 ``RetentionStore``  retention deletes                                ``store.retention``
+``RecoveryStore``   Socket.IO connection state recovery records      ``store.recovery``
 ==================  ===============================================  ==================
 
 A service may ask for the one it needs. Each record has a ``to_wire()`` giving
@@ -51,6 +52,7 @@ from realtimed.store.inbox import (
     UserSettings,
 )
 from realtimed.store.jobs import FINISHED_JOB_STATUSES, JOB_STATUSES, JobRecord, JobSpec, JobStatus, JobStore
+from realtimed.store.recovery import RecoveryStore
 from realtimed.store.retention import RetentionStore
 from realtimed.store.schema import SchemaVersionError
 from realtimed.store.users import UserStore
@@ -80,6 +82,7 @@ __all__ = [
     "NotificationPreference",
     "NotificationRecord",
     "ReadState",
+    "RecoveryStore",
     "RetentionStore",
     "SchemaVersionError",
     "Store",
@@ -88,7 +91,9 @@ __all__ = [
 ]
 
 
-class Store(ChatStore, UserStore, BanStore, InboxStore, DeviceStore, JobStore, RetentionStore, Protocol):
+class Store(
+    ChatStore, UserStore, BanStore, InboxStore, DeviceStore, JobStore, RetentionStore, RecoveryStore, Protocol
+):
     """Durable state: conversations, messages, read cursors, notifications,
     preferences, devices, contacts and blocks, bans, jobs.
 

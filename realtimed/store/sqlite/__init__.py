@@ -14,6 +14,7 @@ from realtimed.store.sqlite.chat import SQLiteChat
 from realtimed.store.sqlite.devices import SQLiteDevices
 from realtimed.store.sqlite.inbox import SQLiteInbox
 from realtimed.store.sqlite.jobs import SQLiteJobs
+from realtimed.store.sqlite.recovery import SQLiteRecovery
 from realtimed.store.sqlite.retention import SQLiteRetention
 from realtimed.store.sqlite.users import SQLiteUsers
 
@@ -21,7 +22,8 @@ __all__ = ["SQLiteStore"]
 
 
 class SQLiteStore(
-    SQLiteChat, SQLiteUsers, SQLiteBans, SQLiteInbox, SQLiteDevices, SQLiteJobs, SQLiteRetention
+    SQLiteChat, SQLiteUsers, SQLiteBans, SQLiteInbox, SQLiteDevices, SQLiteJobs, SQLiteRetention,
+    SQLiteRecovery,
 ):
     """The embedded store.
 

@@ -1,0 +1,221 @@
+"""Socket.IO connection state recovery from realtimed's durable positions (sans-IO).
+
+socket.io-client (JavaScript, 4.6 and later) remembers the ``pid`` of the
+CONNECT reply and the last string argument of every event (the *offset*); on
+reconnect it sends CONNECT with ``{pid, offset}``, and reports
+``socket.recovered`` when the reply carries the same ``pid``.
+
+Offsets are position keys, the same for every recipient of a frame, so that a
+frame is still encoded once for all its Socket.IO recipients:
+
+- ``r:<epoch>:<seq>:<room>``: a publication in a room with history;
+- ``c:<version>:<conversation id>``: ``message.new``, ``message.updated`` and
+  ``message.deleted`` (the conversation's ``version`` after the change);
+- ``i:<seq>``: ``notification.new`` (the user's inbox ``seq``).
+
+``Tracker`` follows one session: per stream, the last position it sent, and a
+bounded ring of ``(offset, stream, position before)`` for the last sends. When
+the session ends recoverably it becomes a ``RecoveryRecord``, kept under the
+``pid`` for ``socketio.recovery_ttl_s`` in a ``RecoveryStore`` (the store, so
+that a restart or another node recovers it). ``RecoveryRecord.as_of`` gives the
+positions the client had at its offset, or None when the offset is not one the
+record knows (then nothing is recovered).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import datetime
+from typing import Any, Final
+
+import attrs
+import orjson
+
+from realtimed.frames import Frame
+from realtimed.store.recovery import RecoveryStore
+
+__all__ = [
+    "MemoryRecoveryStore",
+    "Position",
+    "RecoveryRecord",
+    "RecoveryStore",
+    "Tracker",
+    "frame_position",
+]
+
+# A stream's position: a room's [seq, epoch], a conversation's [version, seq], the inbox's [seq].
+Position = list[Any]
+
+CONVERSATION_PREFIX: Final = "conversation:"
+
+
+def frame_position(frame: Frame) -> tuple[str, str, Position] | None:
+    """The (offset, stream, position) a router frame advances, or None (typing, presence, receipts...).
+
+    Called once per frame (the result is cached with the frame's Socket.IO encoding).
+    """
+    name = frame.name
+    room = frame.room
+    if room is not None and frame.epoch is not None and frame.seq is not None:
+        return f"r:{frame.epoch}:{frame.seq}:{room}", "r:" + room, [frame.seq, frame.epoch]
+    if name == "notification.new" and room is None and frame.seq is not None:
+        return f"i:{frame.seq}", "i", [frame.seq]
+    if room is not None and room.startswith(CONVERSATION_PREFIX) and name in (
+        "message.new", "message.updated", "message.deleted"
+    ):
+        try:
+            message = orjson.loads(frame.json)["data"]["message"]
+            version, seq = int(message["version"]), int(message["seq"])
+        except (KeyError, TypeError, ValueError, orjson.JSONDecodeError):
+            return None
+        cid = room[len(CONVERSATION_PREFIX) :]
+        return f"c:{version}:{cid}", "c:" + cid, [version, seq]
+    return None
+
+
+def is_newer(stream: str, position: Position, than: Position | None) -> bool:
+    """``position`` is past ``than`` on ``stream`` (a room position of another epoch always is)."""
+    if than is None:
+        return True
+    newer: bool = position[0] > than[0]
+    if stream.startswith("r:"):
+        return newer or position[1] != than[1]
+    return newer
+
+
+def advance(stream: str, position: Position, than: Position | None) -> Position:
+    """The stream's position after ``position`` was sent (a conversation keeps its highest ``seq`` too)."""
+    if stream.startswith("c:") and than is not None:
+        return [position[0], max(position[1], than[1])]
+    return position
+
+
+class Tracker:
+    """What one Socket.IO session sent, per stream (see the module docstring).
+
+    Args:
+        size: how many sends the ring keeps (``socketio.recovery_positions``).
+        started_at: wall time of the session's admission (streams it never saw are
+            replayed from then).
+    """
+
+    __slots__ = ("dropped", "positions", "ring", "started_at")
+
+    def __init__(self, size: int, started_at: datetime) -> None:
+        self.positions: dict[str, Position] = {}
+        self.ring: deque[tuple[str, str, Position | None]] = deque(maxlen=size)
+        self.dropped = False
+        self.started_at = started_at
+
+    def accepts(self, stream: str, position: Position) -> bool:
+        """The frame is new to the client (False: it was replayed, or sent, already)."""
+        return is_newer(stream, position, self.positions.get(stream))
+
+    def sent(self, offset: str, stream: str, position: Position) -> None:
+        before = self.positions.get(stream)
+        ring = self.ring
+        if len(ring) == ring.maxlen:
+            self.dropped = True
+        ring.append((offset, stream, before))
+        self.positions[stream] = advance(stream, position, before)
+
+    def baseline(self, stream: str, position: Position) -> None:
+        """A position the client has without an event (a ``subscribe`` reply)."""
+        if stream not in self.positions:
+            self.positions[stream] = position
+
+    def record(self, user_id: str, rooms: list[str]) -> RecoveryRecord:
+        return RecoveryRecord(
+            user_id=user_id,
+            rooms=sorted(rooms),
+            positions=dict(self.positions),
+            ring=[list(entry) for entry in self.ring],
+            complete=not self.dropped,
+            started_at=self.started_at.timestamp(),
+        )
+
+
+@attrs.frozen
+class RecoveryRecord:
+    """A disconnected session's positions, kept under its ``pid``.
+
+    Attributes:
+        user_id: whose session it was (another user's token recovers nothing).
+        rooms: the app rooms it was subscribed to.
+        positions: per stream, the last position sent.
+        ring: ``[offset, stream, position before]`` of the last sends, oldest first.
+        complete: the ring holds every send of the session (none fell out).
+        started_at: wall time (Unix seconds) of the session's admission.
+    """
+
+    user_id: str
+    rooms: list[str]
+    positions: dict[str, Position]
+    ring: list[list[Any]]
+    complete: bool
+    started_at: float
+
+    def as_of(self, offset: str | None) -> dict[str, Position] | None:
+        """The client's positions at ``offset`` (None: the last event it had carried no offset).
+
+        Streams absent from the answer were never seen by the client. Returns None
+        when the offset is not in the ring (too old, or forged), or when no offset
+        is given but sends fell out of the ring.
+        """
+        ring = self.ring
+        if offset is None:
+            if not self.complete:
+                return None
+            start = 0
+        else:
+            index = next((i for i in range(len(ring) - 1, -1, -1) if ring[i][0] == offset), None)
+            if index is None:
+                return None
+            start = index + 1
+        positions = dict(self.positions)
+        seen: set[str] = set()
+        for _, stream, before in ring[start:]:
+            if stream in seen:
+                continue
+            seen.add(stream)
+            if before is None:
+                positions.pop(stream, None)
+            else:
+                positions[stream] = before
+        return positions
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(attrs.asdict(self))
+
+    @classmethod
+    def loads(cls, raw: bytes) -> RecoveryRecord | None:
+        """The record, or None if ``raw`` is not one (a record of another version is not recovered)."""
+        try:
+            value = orjson.loads(raw)
+            return cls(
+                user_id=str(value["user_id"]),
+                rooms=[str(r) for r in value["rooms"]],
+                positions={str(k): list(v) for k, v in value["positions"].items()},
+                ring=[list(e) for e in value["ring"]],
+                complete=bool(value["complete"]),
+                started_at=float(value["started_at"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError, orjson.JSONDecodeError):
+            return None
+
+
+class MemoryRecoveryStore:
+    """``RecoveryStore`` in this process (tests)."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, tuple[str, bytes, datetime]] = {}
+
+    async def put_recovery(self, *, pid: str, user_id: str, record: bytes, expires_at: datetime, now: datetime) -> None:
+        self.records = {k: v for k, v in self.records.items() if v[2] > now}
+        self.records[pid] = (user_id, record, expires_at)
+
+    async def take_recovery(self, *, pid: str, now: datetime) -> tuple[str, bytes] | None:
+        found = self.records.pop(pid, None)
+        if found is None or found[2] <= now:
+            return None
+        return found[0], found[1]
