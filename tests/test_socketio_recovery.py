@@ -1,0 +1,249 @@
+"""Socket.IO connection state recovery against a real daemon (SQLite store), packet by packet.
+
+A reconnect with ``{pid, offset}`` (what socket.io-client 4.6 and later sends)
+gets the same ``pid`` back and every missed room publication, message and
+notification exactly once, in order, before the live ones; or a new ``pid`` and
+nothing replayed: a forged pid, another user's, an expired record, an offset the
+session never sent, a room whose history was trimmed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+import trio
+
+from realtimed.daemon import Daemon
+from tests.fixtures.daemon import API_KEY, DaemonFactory
+from tests.fixtures.sio import SioWs
+from tests.fixtures.tokens import token
+
+SERVER = {"Authorization": f"Bearer {API_KEY}"}
+LIMIT_S = 60
+
+
+class ShiftedClock:
+    """The machine's wall clock, moved forward by ``shift`` (to expire records without waiting)."""
+
+    def __init__(self) -> None:
+        self.shift = timedelta()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.shift
+
+
+def config(history: int = 10, **socketio: Any) -> dict[str, Any]:
+    return {"namespaces": [{"prefix": "job:", "history_size": history}], "socketio": socketio}
+
+
+async def sio(daemon: Daemon, user: str, **auth: Any) -> tuple[SioWs, dict[str, Any]]:
+    """A connected socket and its CONNECT reply (session.ready read)."""
+    client = await SioWs.open(daemon.url())
+    reply = await client.connect({"token": token(user, rooms=["job:*"]), **auth})
+    assert reply.startswith("40{"), reply
+    await client.event("session.ready")
+    return client, orjson.loads(reply[2:])
+
+
+async def call(client: SioWs, ack_id: int, op: str, data: dict[str, Any]) -> dict[str, Any]:
+    await client.emit(ack_id, op, data)
+    (answer,) = await client.ack(ack_id)
+    assert answer["ok"] is True, answer
+    result: dict[str, Any] = answer["data"]
+    return result
+
+
+async def events(client: SioWs, count: int) -> list[list[Any]]:
+    """The next ``count`` events among message.new, job.progress and notification.new (others skipped)."""
+    found: list[list[Any]] = []
+    while len(found) < count:
+        args = await client.event()
+        if args[0] in ("message.new", "job.progress", "notification.new"):
+            found.append(args)
+    return found
+
+
+def summary(found: list[list[Any]]) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for args in found:
+        name, data = args[0], args[1]
+        value = data["message"]["body"] if name == "message.new" else data.get("pct", data.get("notification", {}).get("title"))
+        out.append((name, value))
+    return out
+
+
+async def gone(daemon: Daemon, left: int = 1) -> None:
+    """Wait until the daemon has ``left`` Socket.IO sessions (alice's); a recovery record is kept before a session ends."""
+    while daemon.services.gateway.count("socketio") > left:
+        await trio.sleep(0.02)
+
+
+class World:
+    """alice (sender), the server API, and bob's conversation with alice."""
+
+    def __init__(self, daemon: Daemon, alice: SioWs, conversation: str) -> None:
+        self.daemon = daemon
+        self.alice = alice
+        self.conversation = conversation
+        self.acks = 100
+
+    @classmethod
+    async def start(cls, daemon: Daemon) -> World:
+        alice, _ = await sio(daemon, "alice")
+        opened = await call(alice, 1, "conversation.open", {"user_id": "bob"})
+        return cls(daemon, alice, opened["conversation"]["id"])
+
+    async def send(self, body: str) -> None:
+        self.acks += 1
+        await call(self.alice, self.acks, "message.send", {"conversation_id": self.conversation, "client_id": body, "body": body})
+
+    async def api(self, path: str, body: dict[str, Any]) -> None:
+        async with httpx.AsyncClient(base_url=self.daemon.url(), headers=SERVER) as http:
+            answer = await http.post(path, json=body)
+            assert answer.status_code in (200, 201, 202), answer.text
+
+    async def publish(self, pct: int, room: str = "job:r") -> None:
+        await self.api("/server/v1/publish", {"room": room, "event": "job.progress", "data": {"pct": pct}})
+
+    async def notify(self, title: str) -> None:
+        await self.api("/server/v1/notifications", {"user_ids": ["bob"], "type": "announcement", "vars": {"title": title, "body": ""}})
+
+
+async def bob_in_room(world: World) -> tuple[SioWs, dict[str, Any], list[list[Any]]]:
+    """bob subscribed to job:r, having received one message, one publication and one notification."""
+    bob, reply = await sio(world.daemon, "bob")
+    await call(bob, 1, "subscribe", {"room": "job:r"})
+    await world.send("m1")
+    await world.publish(1)
+    await world.notify("n1")
+    first = await events(bob, 3)
+    assert sorted(summary(first)) == [("job.progress", 1), ("message.new", "m1"), ("notification.new", "n1")]
+    assert all(isinstance(args[-1], str) for args in first), "every event with a position ends with its offset"
+    return bob, reply, first
+
+
+async def test_a_lost_transport_recovers_every_missed_event_once_in_order(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(LIMIT_S):
+        daemon = await start_daemon(config())
+        world = await World.start(daemon)
+        bob, reply, first = await bob_in_room(world)
+        pid = reply["pid"]
+        await bob.close()  # the transport goes: no DISCONNECT
+        await gone(daemon)
+        for i in (2, 3):
+            await world.send(f"m{i}")
+            await world.publish(i)
+        await world.notify("n2")
+
+        bob, again = await sio(daemon, "bob", pid=pid, offset=first[-1][-1])
+        assert again["pid"] == pid, "recovered: the same pid"
+        missed = await events(bob, 5)
+        assert summary(missed) == [
+            ("job.progress", 2), ("job.progress", 3), ("message.new", "m2"), ("message.new", "m3"), ("notification.new", "n2"),
+        ]
+        assert [args[2]["seq"] for args in missed if args[0] == "job.progress"] == [2, 3]
+        # Re-subscribed: live events follow, none twice.
+        await world.send("m4")
+        await world.publish(4)
+        live = await events(bob, 2)
+        assert sorted(summary(live)) == [("job.progress", 4), ("message.new", "m4")]
+        # A pid recovers once.
+        await bob.close()
+        await gone(daemon)
+        _, third = await sio(daemon, "bob", pid=pid, offset=first[-1][-1])
+        assert third["pid"] != pid
+
+
+async def test_a_drained_daemon_recovers_from_the_store(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(LIMIT_S):
+        daemon = await start_daemon(config())
+        world = await World.start(daemon)
+        bob, reply = await sio(daemon, "bob")
+        for body in ("m1", "m2"):
+            await world.send(body)
+        first = await events(bob, 2)
+        daemon.request_drain()
+        await daemon.wait_stopped()
+
+        daemon = await start_daemon(config())  # the same SQLite file
+        alice, _ = await sio(daemon, "alice")
+        world = World(daemon, alice, world.conversation)
+        for body in ("m3", "m4"):
+            await world.send(body)
+        bob, again = await sio(daemon, "bob", pid=reply["pid"], offset=first[-1][-1])
+        assert again["pid"] == reply["pid"], "the positions outlived the process"
+        missed = await events(bob, 2)
+        assert summary(missed) == [("message.new", "m3"), ("message.new", "m4")]
+        assert [args[2]["seq"] for args in missed] == [3, 4]
+        await world.send("m5")
+        assert summary(await events(bob, 1)) == [("message.new", "m5")]
+
+
+async def not_recovered(bob: SioWs, reply: dict[str, Any], pid: str, world: World) -> None:
+    """A new pid, nothing replayed: the next event is the next live one."""
+    assert reply["pid"] != pid
+    body = f"live{world.acks}"
+    await world.send(body)
+    assert summary(await events(bob, 1)) == [("message.new", body)]
+
+
+async def test_forged_or_foreign_pids_and_unknown_offsets_recover_nothing(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(LIMIT_S):
+        daemon = await start_daemon(config())
+        world = await World.start(daemon)
+        bob, reply, first = await bob_in_room(world)
+        pid = reply["pid"]
+        await bob.close()
+        await gone(daemon)
+        await world.send("m2")
+        # Another user's token with bob's pid: nothing of bob's (and the record is used up).
+        carol, answer = await sio(daemon, "carol", pid=pid, offset=first[-1][-1])
+        assert answer["pid"] != pid
+        await carol.close()
+        bob, answer = await sio(daemon, "bob", pid=pid, offset=first[-1][-1])
+        await not_recovered(bob, answer, pid, world)
+        # An offset the session never sent.
+        await bob.close()
+        await gone(daemon)
+        bob, answer = await sio(daemon, "bob", pid=answer["pid"], offset="c:999:nope")
+        await not_recovered(bob, answer, pid, world)
+        # A forged pid, and ones that are not strings or too long.
+        for auth in ({"pid": "forged", "offset": "i:1"}, {"pid": 5}, {"pid": "x" * 100}, {"pid": "p", "offset": ["x"]}):
+            other, answer = await sio(daemon, "bob", **auth)
+            assert answer["pid"] not in (pid, "forged")
+            await other.close()
+
+
+async def test_an_expired_record_recovers_nothing(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(LIMIT_S):
+        clock = ShiftedClock()
+        daemon = await start_daemon(config(recovery_ttl_s=30), clock=clock)
+        world = await World.start(daemon)
+        bob, reply, first = await bob_in_room(world)
+        await bob.close()
+        await gone(daemon)
+        await world.send("m2")
+        clock.shift = timedelta(seconds=31)
+        bob, answer = await sio(daemon, "bob", pid=reply["pid"], offset=first[-1][-1])
+        await not_recovered(bob, answer, reply["pid"], world)
+
+
+async def test_a_trimmed_room_history_replays_nothing_at_all(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(LIMIT_S):
+        daemon = await start_daemon(config(history=2))
+        world = await World.start(daemon)
+        bob, reply, first = await bob_in_room(world)
+        await bob.close()
+        await gone(daemon)
+        await world.send("m2")  # replayable by itself, but not without the room
+        for i in (2, 3, 4):
+            await world.publish(i)  # history keeps 2: publication 2 is gone
+        bob, answer = await sio(daemon, "bob", pid=reply["pid"], offset=first[-1][-1])
+        await not_recovered(bob, answer, reply["pid"], world)
+        # Not re-subscribed either: the app subscribes again (and refetches).
+        await world.publish(5)
+        await world.send("after")
+        assert summary(await events(bob, 1)) == [("message.new", "after")]
