@@ -19,8 +19,15 @@ a native socket, and that the router delivers to.
   ``VALIDATION_ERROR``; an event that names no op gets ``BAD_REQUEST`` when it
   asks for an ack, and nothing otherwise.
 - Server events: ``[name, data]``, plus ``{room, seq, epoch}`` (the members the
-  native frame has) as a second argument. Each event frame of the router is
-  encoded for Socket.IO once, whatever the number of recipients.
+  native frame has) as a second argument, plus the recovery offset on events
+  with a position. Each event frame of the router is encoded for Socket.IO
+  once, whatever the number of recipients.
+- Recovery (``recovery``, ``replay``): the CONNECT reply carries a ``pid``; a
+  socket that ends without a DISCONNECT keeps its positions in the store under
+  it; a CONNECT with ``{pid, offset}`` of the same user holds what the router
+  delivers, collects the replay, answers with the same ``pid`` (or a new one and
+  no replay), then sends ``session.ready``, the replay and what was held (less
+  what the replay already sent).
 - Closing: ``session.closed`` (``{code, reason}``) first; then a terminal code
   (4500 to 4999, and 1000) sends DISCONNECT (socket.io-client does not
   reconnect), and any other closes the Engine.IO session, so socket.io-client
