@@ -131,28 +131,33 @@ async def test_a_lost_transport_recovers_every_missed_event_once_in_order(start_
         world = await World.start(daemon)
         bob, reply, first = await bob_in_room(world)
         pid = reply["pid"]
+        # A second room, from which bob receives nothing before the loss: its subscribe reply is his position.
+        await world.publish(10, room="job:q")
+        await call(bob, 2, "subscribe", {"room": "job:q"})
         await bob.close()  # the transport goes: no DISCONNECT
         await gone(daemon)
         for i in (2, 3):
             await world.send(f"m{i}")
             await world.publish(i)
+        await world.publish(11, room="job:q")
         await world.notify("n2")
 
         bob, again = await sio(daemon, "bob", pid=pid, offset=first[-1][-1])
         assert again["pid"] == pid, "recovered: the same pid"
-        missed = await events(bob, 5)
+        missed = await events(bob, 6)
         assert summary(missed) == [
-            ("job.progress", 2), ("job.progress", 3), ("message.new", "m2"), ("message.new", "m3"), ("notification.new", "n2"),
+            ("job.progress", 11), ("job.progress", 2), ("job.progress", 3), ("message.new", "m2"), ("message.new", "m3"),
+            ("notification.new", "n2"),
         ]
-        assert [args[2]["seq"] for args in missed if args[0] == "job.progress"] == [2, 3]
+        assert [(args[2]["room"], args[2]["seq"]) for args in missed if args[0] == "job.progress"] == [
+            ("job:q", 2), ("job:r", 2), ("job:r", 3),
+        ]
         # Re-subscribed: live events follow, none twice.
         await world.send("m4")
         await world.publish(4)
         live = await events(bob, 2)
         assert sorted(summary(live)) == [("job.progress", 4), ("message.new", "m4")]
-        # A pid recovers once.
-        await bob.close()
-        await gone(daemon)
+        # A record recovers once: a second CONNECT with the pid while the first socket lives gets a new one.
         _, third = await sio(daemon, "bob", pid=pid, offset=first[-1][-1])
         assert third["pid"] != pid
 
@@ -180,6 +185,30 @@ async def test_a_drained_daemon_recovers_from_the_store(start_daemon: DaemonFact
         assert [args[2]["seq"] for args in missed] == [3, 4]
         await world.send("m5")
         assert summary(await events(bob, 1)) == [("message.new", "m5")]
+        # Lost again right after a recovery, before any new event: the same offset recovers again.
+        offset = (await events_after(bob, world, "m6"))[-1]
+        await bob.close()
+        await gone(daemon)
+        await world.send("m7")
+        bob, third = await sio(daemon, "bob", pid=reply["pid"], offset=offset)
+        assert third["pid"] == reply["pid"]
+        assert summary(await events(bob, 1)) == [("message.new", "m7")]
+        # The recovered socket still knows the offset it was recovered from (a client that got
+        # nothing newer sends it again): m7 comes again, as that offset is before it.
+        await bob.close()
+        await gone(daemon)
+        bob, fourth = await sio(daemon, "bob", pid=reply["pid"], offset=offset)
+        assert fourth["pid"] == reply["pid"]
+        await world.send("m8")
+        assert summary(await events(bob, 2)) == [("message.new", "m7"), ("message.new", "m8")]
+
+
+async def events_after(bob: SioWs, world: World, body: str) -> list[Any]:
+    """Send ``body`` to bob; the args of its ``message.new``."""
+    await world.send(body)
+    (args,) = await events(bob, 1)
+    assert summary([args]) == [("message.new", body)]
+    return args
 
 
 async def not_recovered(bob: SioWs, reply: dict[str, Any], pid: str, world: World) -> None:

@@ -58,6 +58,7 @@ from realtimed.errors import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
     CLOSE_RATE_ABUSE,
+    CLOSE_SLOW_CONSUMER,
     CLOSE_TOKEN_EXPIRED,
     CLOSE_UNAUTHORIZED,
     ApiError,
@@ -156,9 +157,13 @@ class SioClient(ClientSession):
         tracker: what the socket sent, per stream, for recovery (None: recovery is off).
         held: while a recovery is prepared, what is to be sent after it (frames, and
             ``(name, data)`` events), in order; None otherwise.
+        held_max: most frames held (``socketio.recovery_max_replay``); one more closes
+            the socket with 4008, as a slow consumer.
     """
 
-    __slots__ = ("_closing", "bucket", "bucket_at", "held", "limited_streak", "pid", "refusal", "socket", "tracker")
+    __slots__ = (
+        "_closing", "bucket", "bucket_at", "held", "held_max", "limited_streak", "pid", "refusal", "socket", "tracker"
+    )
 
     transport: ClassVar[str] = "socketio"
     sends_expiring: ClassVar[bool] = True
@@ -175,6 +180,7 @@ class SioClient(ClientSession):
         self.pid: str | None = None
         self.tracker: Tracker | None = None
         self.held: list[Frame | tuple[str, Any]] | None = None
+        self.held_max = 0
 
     @property
     def closing(self) -> bool:
@@ -192,6 +198,10 @@ class SioClient(ClientSession):
         held = self.held
         if held is not None:
             held.append(frame)
+            if len(held) > self.held_max:
+                # The client would not take these in time either: as the native slow consumer is.
+                self.held = None
+                self.close(CLOSE_SLOW_CONSUMER, "too many events while recovering")
             return
         self._send(frame)
 
@@ -259,8 +269,8 @@ class SioClient(ClientSession):
 
 # A DISCONNECT ended the socket (the client's, or the server's terminal close): socket.io-client
 # does not recover after it, so nothing is kept.
-# A recovery asked for: the pid, its record, and the positions at the client's offset.
-_Found = tuple[str, RecoveryRecord, dict[str, Position]]
+# A recovery asked for: the pid, the client's offset, its record, and the positions at the offset.
+_Found = tuple[str, str | None, RecoveryRecord, dict[str, Position]]
 
 _NOT_RECOVERABLE: Final = frozenset({"client namespace disconnect", "server namespace disconnect"})
 
@@ -357,6 +367,7 @@ class RealtimeHandler:
                     record = await self._record(asked, claims.sub)
                     if record is not None:
                         client.held = []  # until the replay is known
+                        client.held_max = gateway.config.socketio.recovery_max_replay
             await self._admit(socket, client, claims, record)
 
     async def _record(self, asked: tuple[str, str | None], user_id: str) -> _Found | None:
@@ -376,7 +387,7 @@ class RealtimeHandler:
         positions = record.as_of(offset)
         if positions is None:
             return None
-        return pid, record, positions
+        return pid, offset, record, positions
 
     async def _admit(
         self,
@@ -402,7 +413,13 @@ class RealtimeHandler:
             await self.gateway.end(client)
 
     async def _recover(
-        self, socket: SioSocket, client: SioClient, pid: str, record: RecoveryRecord, positions: dict[str, Position]
+        self,
+        socket: SioSocket,
+        client: SioClient,
+        pid: str,
+        offset: str | None,
+        record: RecoveryRecord,
+        positions: dict[str, Position],
     ) -> None:
         """Replay what the client missed and answer the CONNECT with its old pid; or answer a new pid and replay nothing."""
         assert client.claims is not None and client.tracker is not None and self.replay_store is not None
@@ -428,6 +445,9 @@ class RealtimeHandler:
             await step()  # the subscribes' live frames held meanwhile: held here too
         tracker = client.tracker
         tracker.positions = dict(positions)
+        entry = record.entry(offset)
+        if entry is not None:
+            tracker.ring.append(entry)  # the client's offset stays one this socket knows
         client.pid = pid
         socket.accept({"pid": pid})
         client.release(frames)
@@ -546,6 +566,9 @@ class RealtimeHandler:
             return
         if ack_id is not None:
             client.socket.ack(ack_id, {"ok": True, "data": result})
+        if op == "subscribe" and client.tracker is not None and isinstance(result, dict) and result.get("epoch"):
+            # What the client has of a room with history before any publication reaches it.
+            client.tracker.baseline("r:" + str(result["room"]), [result["seq"], result["epoch"]])
         for after in caller.after_reply:
             try:
                 await after()

@@ -121,7 +121,7 @@ class Tracker:
 
     def baseline(self, stream: str, position: Position) -> None:
         """A position the client has without an event (a ``subscribe`` reply)."""
-        if stream not in self.positions:
+        if is_newer(stream, position, self.positions.get(stream)):
             self.positions[stream] = position
 
     def record(self, user_id: str, rooms: list[str]) -> RecoveryRecord:
@@ -183,6 +183,13 @@ class RecoveryRecord:
             else:
                 positions[stream] = before
         return positions
+
+    def entry(self, offset: str | None) -> tuple[str, str, Position | None] | None:
+        """The ring entry of ``offset`` (None: not in the ring)."""
+        for found, stream, before in reversed(self.ring):
+            if found == offset:
+                return found, stream, before
+        return None
 
     def dumps(self) -> bytes:
         return orjson.dumps(attrs.asdict(self))
