@@ -17,6 +17,9 @@ import orjson
 import trio
 
 from realtimed.daemon import Daemon
+from realtimed.frames import Frame
+from realtimed.protocol import encode_event
+from realtimed.socketio.recovery import MemoryRecoveryStore, RecoveryRecord, Tracker, frame_position
 from tests.fixtures.daemon import API_KEY, DaemonFactory
 from tests.fixtures.sio import SioWs
 from tests.fixtures.tokens import token
@@ -276,3 +279,66 @@ async def test_a_trimmed_room_history_replays_nothing_at_all(start_daemon: Daemo
         await world.publish(5)
         await world.send("after")
         assert summary(await events(bob, 1)) == [("message.new", "after")]
+
+
+# ---------------------------------------------------------------------------
+# The positions, sans IO
+# ---------------------------------------------------------------------------
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def room_frame(seq: int, room: str = "job:r", epoch: str = "e1") -> Frame:
+    return Frame(encode_event("job.progress", {}, room=room, seq=seq, epoch=epoch), "job.progress", room=room, seq=seq, epoch=epoch)
+
+
+def note_frame(seq: int) -> Frame:
+    return Frame(encode_event("notification.new", {"notification": {}}, seq=seq), "notification.new", seq=seq)
+
+
+def send(tracker: Tracker, frame: Frame) -> str:
+    found = frame_position(frame)
+    assert found is not None
+    offset, stream, position = found
+    assert tracker.accepts(stream, position)
+    tracker.sent(offset, stream, position)
+    return offset
+
+
+def test_positions_as_of_an_offset_rewind_each_stream_to_before_its_next_send() -> None:
+    tracker = Tracker(10, T0)
+    tracker.baseline("r:job:r", [4, "e1"])
+    offsets = [send(tracker, room_frame(5)), send(tracker, note_frame(1)), send(tracker, room_frame(6)), send(tracker, note_frame(2))]
+    assert not tracker.accepts("r:job:r", [6, "e1"]) and tracker.accepts("r:job:r", [1, "e2"])  # another epoch is news
+    record = RecoveryRecord.loads(tracker.record("bob", ["job:r"]).dumps())
+    assert record is not None and record.rooms == ["job:r"]
+    assert record.as_of(offsets[3]) == {"r:job:r": [6, "e1"], "i": [2]}
+    assert record.as_of(offsets[1]) == {"r:job:r": [5, "e1"], "i": [1]}
+    assert record.as_of(offsets[0]) == {"r:job:r": [5, "e1"]}  # the inbox: nothing yet
+    assert record.as_of(None) == {"r:job:r": [4, "e1"]}  # before every event: the subscribe reply
+    assert record.as_of("i:99") is None
+    # Conversations keep their version and their highest seq (an edit does not lower it).
+    conv = Tracker(10, T0)
+    conv.sent("c:7:c1", "c:c1", [7, 3])
+    conv.sent("c:8:c1", "c:c1", [8, 1])
+    assert conv.positions["c:c1"] == [8, 3]
+    assert not conv.accepts("c:c1", [8, 3]) and conv.accepts("c:c1", [9, 4])
+
+
+def test_an_offset_that_fell_out_of_the_ring_recovers_nothing() -> None:
+    tracker = Tracker(3, T0)
+    offsets = [send(tracker, note_frame(seq)) for seq in range(1, 6)]
+    record = tracker.record("bob", [])
+    assert not record.complete
+    assert record.as_of(offsets[0]) is None and record.as_of(offsets[1]) is None and record.as_of(None) is None
+    assert record.as_of(offsets[2]) == {"i": [3]}
+    assert RecoveryRecord.loads(b'{"user_id": "bob"}') is None and RecoveryRecord.loads(b"\xff") is None
+
+
+async def test_the_memory_store_takes_a_record_once_until_it_expires() -> None:
+    store = MemoryRecoveryStore()
+    await store.put_recovery(pid="p", user_id="a", record=b"r", expires_at=T0 + timedelta(seconds=60), now=T0)
+    await store.put_recovery(pid="q", user_id="a", record=b"s", expires_at=T0 + timedelta(seconds=10), now=T0)
+    assert await store.take_recovery(pid="p", now=T0) == ("a", b"r")
+    assert await store.take_recovery(pid="p", now=T0) is None
+    assert await store.take_recovery(pid="q", now=T0 + timedelta(seconds=10)) is None
