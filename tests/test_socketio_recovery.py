@@ -206,6 +206,31 @@ async def test_a_drained_daemon_recovers_from_the_store(start_daemon: DaemonFact
         assert summary(await events(bob, 2)) == [("message.new", "m7"), ("message.new", "m8")]
 
 
+async def test_edits_and_deletes_while_away_are_replayed_in_seq_order(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(LIMIT_S):
+        daemon = await start_daemon(config())
+        world = await World.start(daemon)
+        bob, reply = await sio(daemon, "bob")
+        ids = []
+        for body in ("m1", "m2"):
+            ids.append((await events_after(bob, world, body))[1]["message"]["id"])
+        offset = (await events_after(bob, world, "m3"))[-1]
+        await bob.close()
+        await gone(daemon)
+        await call(world.alice, 50, "message.edit", {"message_id": ids[0], "body": "m1!"})
+        await call(world.alice, 51, "message.delete", {"message_id": ids[1]})
+        await world.send("m4")
+        bob, again = await sio(daemon, "bob", pid=reply["pid"], offset=offset)
+        assert again["pid"] == reply["pid"]
+        replayed = []
+        while len(replayed) < 3:
+            args = await bob.event()
+            if args[0].startswith("message."):
+                replayed.append((args[0], args[1]["message"]["seq"], args[1]["message"]["body"], args[-1]))
+        assert [r[:3] for r in replayed] == [("message.updated", 1, "m1!"), ("message.deleted", 2, ""), ("message.new", 4, "m4")]
+        assert all(r[3].startswith("c:") for r in replayed)
+
+
 async def events_after(bob: SioWs, world: World, body: str) -> list[Any]:
     """Send ``body`` to bob; the args of its ``message.new``."""
     await world.send(body)
