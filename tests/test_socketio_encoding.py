@@ -29,7 +29,7 @@ def test_a_frame_is_encoded_once_for_every_socket() -> None:
     message = {"message": {"seq": 4, "version": 9}}
     chat = Frame(encode_event("message.new", message, room="conversation:c1", seq=4), "message.new", room="conversation:c1", seq=4)
     assert orjson.loads(encode_frame(chat)[1][2:]) == ["message.new", message, {"room": "conversation:c1", "seq": 4}, "c:9:c1"]
-    assert chat.socketio_position == ("c:9:c1", "c:c1", [9, 4])
+    assert chat.socketio_position == ("c:9:c1", "c:c1", [9, "", 4])
     note = Frame(encode_event("notification.new", {"notification": {}}, seq=12), "notification.new", seq=12)
     assert orjson.loads(encode_frame(note)[1][2:]) == ["notification.new", {"notification": {}}, {"seq": 12}, "i:12"]
 

@@ -324,30 +324,33 @@ def note_frame(seq: int) -> Frame:
 def send(tracker: Tracker, frame: Frame) -> str:
     found = frame_position(frame)
     assert found is not None
-    offset, stream, position = found
-    assert tracker.accepts(stream, position)
-    tracker.sent(offset, stream, position)
-    return offset
+    assert tracker.accepts(found[1], found[2])
+    tracker.sent(found)
+    return found[0]
 
 
-def test_positions_as_of_an_offset_rewind_each_stream_to_before_its_next_send() -> None:
+def test_positions_as_of_an_offset_are_those_of_the_last_send_up_to_it() -> None:
     tracker = Tracker(10, T0)
     tracker.baseline("r:job:r", [4, "e1"])
     offsets = [send(tracker, room_frame(5)), send(tracker, note_frame(1)), send(tracker, room_frame(6)), send(tracker, note_frame(2))]
     assert not tracker.accepts("r:job:r", [6, "e1"]) and tracker.accepts("r:job:r", [1, "e2"])  # another epoch is news
     record = RecoveryRecord.loads(tracker.record("bob", ["job:r"]).dumps())
     assert record is not None and record.rooms == ["job:r"]
-    assert record.as_of(offsets[3]) == {"r:job:r": [6, "e1"], "i": [2]}
-    assert record.as_of(offsets[1]) == {"r:job:r": [5, "e1"], "i": [1]}
+    assert record.as_of(offsets[3]) == {"r:job:r": [6, "e1"], "i": [2, ""]}
+    assert record.as_of(offsets[1]) == {"r:job:r": [5, "e1"], "i": [1, ""]}
     assert record.as_of(offsets[0]) == {"r:job:r": [5, "e1"]}  # the inbox: nothing yet
     assert record.as_of(None) == {"r:job:r": [4, "e1"]}  # before every event: the subscribe reply
     assert record.as_of("i:99") is None
+    # A socket resumed from offsets[1] still knows that offset.
+    resumed = Tracker(10, T0)
+    resumed.resume({"r:job:r": [5, "e1"], "i": [1, ""]}, record.entry(offsets[1]))
+    assert resumed.record("bob", []).as_of(offsets[1]) == {"r:job:r": [5, "e1"], "i": [1, ""]}
     # Conversations keep their version and their highest seq (an edit does not lower it).
     conv = Tracker(10, T0)
-    conv.sent("c:7:c1", "c:c1", [7, 3])
-    conv.sent("c:8:c1", "c:c1", [8, 1])
-    assert conv.positions["c:c1"] == [8, 3]
-    assert not conv.accepts("c:c1", [8, 3]) and conv.accepts("c:c1", [9, 4])
+    conv.sent(("c:7:c1", "c:c1", [7, "", 3]))
+    conv.sent(("c:8:c1", "c:c1", [8, "", 1]))
+    assert conv.positions["c:c1"] == [8, "", 3]
+    assert not conv.accepts("c:c1", [8, "", 3]) and conv.accepts("c:c1", [9, "", 4])
 
 
 def test_an_offset_that_fell_out_of_the_ring_recovers_nothing() -> None:
@@ -356,7 +359,7 @@ def test_an_offset_that_fell_out_of_the_ring_recovers_nothing() -> None:
     record = tracker.record("bob", [])
     assert not record.complete
     assert record.as_of(offsets[0]) is None and record.as_of(offsets[1]) is None and record.as_of(None) is None
-    assert record.as_of(offsets[2]) == {"i": [3]}
+    assert record.as_of(offsets[2]) == {"i": [3, ""]}
     assert RecoveryRecord.loads(b'{"user_id": "bob"}') is None and RecoveryRecord.loads(b"\xff") is None
 
 

@@ -207,13 +207,14 @@ class SioClient(ClientSession):
 
     def _send(self, frame: Frame) -> None:
         encoded = encode_frame(frame)
-        position = frame.socketio_position
+        entry = frame.socketio_position
         tracker = self.tracker
-        if position is not None and tracker is not None:
-            offset, stream, at = position
-            if not tracker.accepts(stream, at):
+        if entry is not None and tracker is not None:
+            last = tracker.positions.get(entry[1])
+            at = entry[2]
+            if last is not None and at[0] <= last[0] and at[1] == last[1]:
                 return  # replayed by a recovery already
-            tracker.sent(offset, stream, at)
+            tracker.sent(entry)
         self.socket.send_encoded(*encoded)
 
     def send_event(self, name: str, data: Any) -> None:
@@ -443,11 +444,8 @@ class RealtimeHandler:
         frames, after = found
         for step in after:
             await step()  # the subscribes' live frames held meanwhile: held here too
-        tracker = client.tracker
-        tracker.positions = dict(positions)
-        entry = record.entry(offset)
-        if entry is not None:
-            tracker.ring.append(entry)  # the client's offset stays one this socket knows
+        # The client's offset stays one this socket knows, should it be lost again before the next event.
+        client.tracker.resume(positions, record.entry(offset))
         client.pid = pid
         socket.accept({"pid": pid})
         client.release(frames)

@@ -14,7 +14,8 @@ frame is still encoded once for all its Socket.IO recipients:
 - ``i:<seq>``: ``notification.new`` (the user's inbox ``seq``).
 
 ``Tracker`` follows one session: per stream, the last position it sent, and a
-bounded ring of ``(offset, stream, position before)`` for the last sends. When
+bounded ring of ``(offset, stream, position)`` for the last sends (with the
+positions from before the ring's oldest entry). When
 the session ends recoverably it becomes a ``RecoveryRecord``, kept under the
 ``pid`` for ``socketio.recovery_ttl_s`` in a ``RecoveryStore`` (the store, so
 that a restart or another node recovers it). ``RecoveryRecord.as_of`` gives the
@@ -43,13 +44,17 @@ __all__ = [
     "frame_position",
 ]
 
-# A stream's position: a room's [seq, epoch], a conversation's [version, seq], the inbox's [seq].
+# A stream's position: a room's [seq, epoch], the inbox's [seq, ""], a conversation's
+# [version, "", highest seq]. The first member rises along the stream; a room's epoch
+# changes when its history restarts. Lists, so that a record is plain JSON.
 Position = list[Any]
+# (offset, stream, position): one per frame, shared by every recipient.
+Entry = tuple[str, str, Position]
 
 CONVERSATION_PREFIX: Final = "conversation:"
 
 
-def frame_position(frame: Frame) -> tuple[str, str, Position] | None:
+def frame_position(frame: Frame) -> Entry | None:
     """The (offset, stream, position) a router frame advances, or None (typing, presence, receipts...).
 
     Called once per frame (the result is cached with the frame's Socket.IO encoding).
@@ -59,7 +64,7 @@ def frame_position(frame: Frame) -> tuple[str, str, Position] | None:
     if room is not None and frame.epoch is not None and frame.seq is not None:
         return f"r:{frame.epoch}:{frame.seq}:{room}", "r:" + room, [frame.seq, frame.epoch]
     if name == "notification.new" and room is None and frame.seq is not None:
-        return f"i:{frame.seq}", "i", [frame.seq]
+        return f"i:{frame.seq}", "i", [frame.seq, ""]
     if room is not None and room.startswith(CONVERSATION_PREFIX) and name in (
         "message.new", "message.updated", "message.deleted"
     ):
@@ -69,66 +74,87 @@ def frame_position(frame: Frame) -> tuple[str, str, Position] | None:
         except (KeyError, TypeError, ValueError, orjson.JSONDecodeError):
             return None
         cid = room[len(CONVERSATION_PREFIX) :]
-        return f"c:{version}:{cid}", "c:" + cid, [version, seq]
+        return f"c:{version}:{cid}", "c:" + cid, [version, "", seq]
     return None
 
 
-def is_newer(stream: str, position: Position, than: Position | None) -> bool:
-    """``position`` is past ``than`` on ``stream`` (a room position of another epoch always is)."""
+def is_newer(position: Position, than: Position | None) -> bool:
+    """``position`` is past ``than`` on their stream (a room position of another epoch always is)."""
     if than is None:
         return True
-    newer: bool = position[0] > than[0]
-    if stream.startswith("r:"):
-        return newer or position[1] != than[1]
+    newer: bool = position[0] > than[0] or position[1] != than[1]
     return newer
-
-
-def advance(stream: str, position: Position, than: Position | None) -> Position:
-    """The stream's position after ``position`` was sent (a conversation keeps its highest ``seq`` too)."""
-    if stream.startswith("c:") and than is not None:
-        return [position[0], max(position[1], than[1])]
-    return position
 
 
 class Tracker:
     """What one Socket.IO session sent, per stream (see the module docstring).
 
+    The door's hot path reads ``positions`` itself and calls ``sent`` for a frame
+    the socket takes: one dict update and one ring append, the entry being the
+    frame's own (shared) tuple.
+
     Args:
         size: how many sends the ring keeps (``socketio.recovery_positions``).
         started_at: wall time of the session's admission (streams it never saw are
             replayed from then).
+
+    Attributes:
+        positions: per stream, the last position sent.
+        base: per stream, the position before the ring's oldest entry.
+        baselines: per room stream, the position of its last ``subscribe`` reply.
+        ring: the last sends, oldest first.
+        dropped: sends fell out of the ring.
     """
 
-    __slots__ = ("dropped", "positions", "ring", "started_at")
+    __slots__ = ("base", "baselines", "dropped", "positions", "ring", "size", "started_at")
 
     def __init__(self, size: int, started_at: datetime) -> None:
         self.positions: dict[str, Position] = {}
-        self.ring: deque[tuple[str, str, Position | None]] = deque(maxlen=size)
+        self.base: dict[str, Position] = {}
+        self.baselines: dict[str, Position] = {}
+        self.ring: deque[Entry] = deque()
+        self.size = size
         self.dropped = False
         self.started_at = started_at
 
     def accepts(self, stream: str, position: Position) -> bool:
         """The frame is new to the client (False: it was replayed, or sent, already)."""
-        return is_newer(stream, position, self.positions.get(stream))
+        return is_newer(position, self.positions.get(stream))
 
-    def sent(self, offset: str, stream: str, position: Position) -> None:
-        before = self.positions.get(stream)
+    def sent(self, entry: Entry) -> None:
+        stream = entry[1]
+        if stream[0] == "c":
+            # A conversation keeps its highest seq: an edit of an older message does not lower it.
+            last = self.positions.get(stream)
+            if last is not None and last[2] > entry[2][2]:
+                entry = (entry[0], stream, [entry[2][0], "", last[2]])
         ring = self.ring
-        if len(ring) == ring.maxlen:
+        if len(ring) >= self.size:
+            _, old_stream, old_position = ring.popleft()
+            self.base[old_stream] = old_position
             self.dropped = True
-        ring.append((offset, stream, before))
-        self.positions[stream] = advance(stream, position, before)
+        ring.append(entry)
+        self.positions[stream] = entry[2]
 
     def baseline(self, stream: str, position: Position) -> None:
         """A position the client has without an event (a ``subscribe`` reply)."""
-        if is_newer(stream, position, self.positions.get(stream)):
+        self.baselines[stream] = position
+        if is_newer(position, self.positions.get(stream)):
             self.positions[stream] = position
+
+    def resume(self, positions: dict[str, Position], entry: Entry | None) -> None:
+        """Start from a recovery: the client's ``positions``, and the offset it recovered from (``entry``) still known."""
+        self.positions = dict(positions)
+        self.base = dict(positions)
+        if entry is not None:
+            self.ring.append(entry)
 
     def record(self, user_id: str, rooms: list[str]) -> RecoveryRecord:
         return RecoveryRecord(
             user_id=user_id,
             rooms=sorted(rooms),
-            positions=dict(self.positions),
+            base=dict(self.base),
+            baselines=dict(self.baselines),
             ring=[list(entry) for entry in self.ring],
             complete=not self.dropped,
             started_at=self.started_at.timestamp(),
@@ -142,15 +168,17 @@ class RecoveryRecord:
     Attributes:
         user_id: whose session it was (another user's token recovers nothing).
         rooms: the app rooms it was subscribed to.
-        positions: per stream, the last position sent.
-        ring: ``[offset, stream, position before]`` of the last sends, oldest first.
+        base: per stream, the position before the ring's oldest entry.
+        baselines: per room stream, the position of its last ``subscribe`` reply.
+        ring: ``[offset, stream, position]`` of the last sends, oldest first.
         complete: the ring holds every send of the session (none fell out).
         started_at: wall time (Unix seconds) of the session's admission.
     """
 
     user_id: str
     rooms: list[str]
-    positions: dict[str, Position]
+    base: dict[str, Position]
+    baselines: dict[str, Position]
     ring: list[list[Any]]
     complete: bool
     started_at: float
@@ -158,38 +186,39 @@ class RecoveryRecord:
     def as_of(self, offset: str | None) -> dict[str, Position] | None:
         """The client's positions at ``offset`` (None: the last event it had carried no offset).
 
-        Streams absent from the answer were never seen by the client. Returns None
-        when the offset is not in the ring (too old, or forged), or when no offset
-        is given but sends fell out of the ring.
+        Streams absent from the answer were never seen by the client; a room
+        without a publication up to the offset is at its ``subscribe`` reply.
+        Returns None when the offset is not in the ring (too old, or forged), or
+        when no offset is given but sends fell out of the ring.
         """
         ring = self.ring
         if offset is None:
             if not self.complete:
                 return None
-            start = 0
+            end = 0
         else:
-            index = next((i for i in range(len(ring) - 1, -1, -1) if ring[i][0] == offset), None)
+            index = self._index(offset)
             if index is None:
                 return None
-            start = index + 1
-        positions = dict(self.positions)
-        seen: set[str] = set()
-        for _, stream, before in ring[start:]:
-            if stream in seen:
-                continue
-            seen.add(stream)
-            if before is None:
-                positions.pop(stream, None)
-            else:
-                positions[stream] = before
+            end = index + 1
+        positions = dict(self.base)
+        for _, stream, position in ring[:end]:
+            positions[stream] = position
+        for stream, position in self.baselines.items():
+            positions.setdefault(stream, position)
         return positions
 
-    def entry(self, offset: str | None) -> tuple[str, str, Position | None] | None:
+    def _index(self, offset: str) -> int | None:
+        ring = self.ring
+        return next((i for i in range(len(ring) - 1, -1, -1) if ring[i][0] == offset), None)
+
+    def entry(self, offset: str | None) -> Entry | None:
         """The ring entry of ``offset`` (None: not in the ring)."""
-        for found, stream, before in reversed(self.ring):
-            if found == offset:
-                return found, stream, before
-        return None
+        index = None if offset is None else self._index(offset)
+        if index is None:
+            return None
+        found, stream, position = self.ring[index]
+        return str(found), str(stream), list(position)
 
     def dumps(self) -> bytes:
         return orjson.dumps(attrs.asdict(self))
@@ -202,12 +231,13 @@ class RecoveryRecord:
             return cls(
                 user_id=str(value["user_id"]),
                 rooms=[str(r) for r in value["rooms"]],
-                positions={str(k): list(v) for k, v in value["positions"].items()},
-                ring=[list(e) for e in value["ring"]],
+                base={str(k): list(v) for k, v in value["base"].items()},
+                baselines={str(k): list(v) for k, v in value["baselines"].items()},
+                ring=[[str(e[0]), str(e[1]), list(e[2])] for e in value["ring"]],
                 complete=bool(value["complete"]),
                 started_at=float(value["started_at"]),
             )
-        except (KeyError, TypeError, ValueError, AttributeError, orjson.JSONDecodeError):
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, orjson.JSONDecodeError):
             return None
 
 

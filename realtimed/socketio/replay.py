@@ -111,7 +111,7 @@ class Replay:
 
     async def _conversation(self, user_id: str, cid: str, position: Position, frames: list[Frame]) -> None:
         await self._member(user_id, cid)
-        version, last_seq = int(position[0]), int(position[1])
+        version, last_seq = int(position[0]), int(position[2])
         while True:
             page = await self.store.message_history(conversation_id=cid, changed_since=version, limit=_PAGE)
             self._take(len(page.messages))
