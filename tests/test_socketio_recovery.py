@@ -274,6 +274,19 @@ async def test_forged_or_foreign_pids_and_unknown_offsets_recover_nothing(start_
             await other.close()
 
 
+async def test_a_terminal_close_keeps_nothing(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(LIMIT_S):
+        daemon = await start_daemon(config())
+        world = await World.start(daemon)
+        bob, reply, first = await bob_in_room(world)
+        await world.api("/server/v1/users/bob/disconnect", {})
+        assert (await bob.event("session.closed"))[1]["code"] == 4510
+        await gone(daemon)
+        await world.send("m2")
+        bob, answer = await sio(daemon, "bob", pid=reply["pid"], offset=first[-1][-1])
+        await not_recovered(bob, answer, reply["pid"], world)
+
+
 async def test_an_expired_record_recovers_nothing(start_daemon: DaemonFactory) -> None:
     with trio.fail_after(LIMIT_S):
         clock = ShiftedClock()

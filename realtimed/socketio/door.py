@@ -455,11 +455,13 @@ class RealtimeHandler:
         if not isinstance(client, SioClient):
             return
         socket.state = None
+        # A terminal close of the server's sent a DISCONNECT: socket.io-client does not recover after it.
+        terminal = client.close_code is not None and _is_terminal(client.close_code)
         if client.close_code is None:
             # The Engine.IO session's: the client's close, a ping timeout (4000), an overflow (4008)...
             client.close_code = socket.engine.close_code or CLOSE_NORMAL
         client._closing = True
-        if reason not in _NOT_RECOVERABLE:
+        if not terminal and reason not in _NOT_RECOVERABLE:
             await self._keep(client)
         await self.gateway.end(client)
 
