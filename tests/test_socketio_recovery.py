@@ -274,6 +274,27 @@ async def test_forged_or_foreign_pids_and_unknown_offsets_recover_nothing(start_
             await other.close()
 
 
+async def test_streams_never_seen_are_replayed_from_the_connection_on(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(LIMIT_S):
+        daemon = await start_daemon(config())
+        world = await World.start(daemon)
+        await world.send("before")  # before bob connects: the app fetched it, not replayed
+        bob, reply = await sio(daemon, "bob")
+        await bob.close()  # no event with an offset reached bob: socket.io-client sends no offset
+        await gone(daemon)
+        carol, _ = await sio(daemon, "carol")
+        opened = await call(carol, 1, "conversation.open", {"user_id": "bob"})
+        await call(carol, 2, "message.send", {"conversation_id": opened["conversation"]["id"], "client_id": "c1", "body": "c1"})
+        await world.send("m1")
+        await world.notify("n1")
+        bob, again = await sio(daemon, "bob", pid=reply["pid"])
+        assert again["pid"] == reply["pid"]
+        missed = await events(bob, 3)
+        assert sorted(summary(missed)) == [("message.new", "c1"), ("message.new", "m1"), ("notification.new", "n1")]
+        await world.send("m2")
+        assert summary(await events(bob, 1)) == [("message.new", "m2")]
+
+
 async def test_a_terminal_close_keeps_nothing(start_daemon: DaemonFactory) -> None:
     with trio.fail_after(LIMIT_S):
         daemon = await start_daemon(config())

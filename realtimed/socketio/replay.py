@@ -78,8 +78,11 @@ class Replay:
                 await self._conversation(session.user_id, cid, positions["c:" + cid], frames)
             await self._unseen_conversations(session.user_id, seen, since, frames)
             await self._inbox(session.user_id, positions.get("i"), since, frames)
-        except (_TooMuch, ApiError) as exc:
-            log.info("session %s: not recovered: %s", session.id, exc)
+        except Exception as exc:
+            if isinstance(exc, (_TooMuch, ApiError)):
+                log.info("session %s: not recovered: %s", session.id, exc)
+            else:
+                log.exception("session %s: not recovered: the replay failed", session.id)
             for room in subscribed:
                 await self.router.unsubscribe(session, room)
             return None
@@ -127,9 +130,14 @@ class Replay:
             convs, cursor = await self.store.list_conversations(user_id=user_id, cursor=cursor, limit=_PAGE)
             for conv in convs:
                 last = conv.last_message
-                if last is None or last.created_at <= since:
+                member = conv.member(user_id)
+                activity = max(
+                    last.created_at if last is not None else conv.created_at,
+                    member.joined_at if member is not None else conv.created_at,
+                )
+                if activity <= since:
                     return  # newest activity first: the rest is older
-                if conv.id in seen:
+                if conv.id in seen or last is None or last.created_at <= since:
                     continue
                 page = await self.store.message_history(conversation_id=conv.id, limit=_PAGE)
                 missed = [m for m in page.messages if m.created_at > since]
