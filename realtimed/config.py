@@ -545,7 +545,8 @@ class SocketIOConfig:
         "recovered", min=1, max=100_000,
     )
     recovery_max_replay: int = _f(
-        1000, "most messages and notifications one recovery replays (more: recovered is false)", min=1, max=100_000,
+        1000, "most events (publications, messages, notifications) one recovery replays (more: recovered is "
+        "false), and most live events held while it is read (more: close 4008)", min=1, max=100_000,
     )
 
 
