@@ -26,10 +26,13 @@ def test_a_frame_is_encoded_once_for_every_socket() -> None:
     assert encode_frame(plain)[1] == '42["presence.updated",{"user_id":"u2"}]'
     user_event = Frame(encode_event("message.new", {"message": {"seq": 4}}, room="conversation:c1", seq=4), "message.new", room="conversation:c1", seq=4)
     assert orjson.loads(encode_frame(user_event)[1][2:]) == ["message.new", {"message": {"seq": 4}}, {"room": "conversation:c1", "seq": 4}]
-    message = {"message": {"seq": 4, "version": 9}}
+    message = {"message": {"conversation_id": "c1", "seq": 4, "version": 9}}
     chat = Frame(encode_event("message.new", message, room="conversation:c1", seq=4), "message.new", room="conversation:c1", seq=4)
     assert orjson.loads(encode_frame(chat)[1][2:]) == ["message.new", message, {"room": "conversation:c1", "seq": 4}, "c:9:c1"]
     assert chat.socketio_position == ("c:9:c1", "c:c1", [9, "", 4])
+    # From another node (the broker carries no room for a delivery to users): the same offset.
+    remote = Frame(encode_event("message.new", message, room="conversation:c1", seq=4), "message.new", seq=4)
+    assert orjson.loads(encode_frame(remote)[1][2:])[-1] == "c:9:c1"
     note = Frame(encode_event("notification.new", {"notification": {}}, seq=12), "notification.new", seq=12)
     assert orjson.loads(encode_frame(note)[1][2:]) == ["notification.new", {"notification": {}}, {"seq": 12}, "i:12"]
 

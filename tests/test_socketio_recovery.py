@@ -9,6 +9,7 @@ session never sent, a room whose history was trimmed.
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -245,6 +246,33 @@ async def not_recovered(bob: SioWs, reply: dict[str, Any], pid: str, world: Worl
     body = f"live{world.acks}"
     await world.send(body)
     assert summary(await events(bob, 1)) == [("message.new", body)]
+
+
+async def test_another_node_recovers_from_the_shared_store(start_daemon: DaemonFactory, redis_url: str, pg_dsn: str) -> None:
+    with trio.fail_after(LIMIT_S):
+        shared = {
+            "store": {"backend": "postgres", "postgres_dsn": pg_dsn},
+            "broker": {"backend": "redis", "redis_url": redis_url, "timeout_s": 2.0},
+            **config(),
+        }
+        a = await start_daemon({"server": {"node": "na"}, **shared})
+        b = await start_daemon({"server": {"node": "nb"}, **shared})
+        room = f"job:{uuid.uuid4().hex[:8]}"
+        world = await World.start(b)
+        bob, reply = await sio(a, "bob")
+        await call(bob, 1, "subscribe", {"room": room})
+        await world.send("m1")
+        await world.publish(1, room=room)
+        first = await events(bob, 2)
+        await bob.close()
+        await gone(a, left=0)
+        await world.send("m2")
+        await world.publish(2, room=room)
+        bob, again = await sio(b, "bob", pid=reply["pid"], offset=first[-1][-1])
+        assert again["pid"] == reply["pid"], "node b recovered node a's socket"
+        assert sorted(summary(await events(bob, 2))) == [("job.progress", 2), ("message.new", "m2")]
+        await world.send("m3")
+        assert summary(await events(bob, 1)) == [("message.new", "m3")]
 
 
 async def test_forged_or_foreign_pids_and_unknown_offsets_recover_nothing(start_daemon: DaemonFactory) -> None:

@@ -52,6 +52,7 @@ Position = list[Any]
 Entry = tuple[str, str, Position]
 
 CONVERSATION_PREFIX: Final = "conversation:"
+_MESSAGE_EVENTS: Final = frozenset({"message.new", "message.updated", "message.deleted"})
 
 
 def frame_position(frame: Frame) -> Entry | None:
@@ -65,15 +66,15 @@ def frame_position(frame: Frame) -> Entry | None:
         return f"r:{frame.epoch}:{frame.seq}:{room}", "r:" + room, [frame.seq, frame.epoch]
     if name == "notification.new" and room is None and frame.seq is not None:
         return f"i:{frame.seq}", "i", [frame.seq, ""]
-    if room is not None and room.startswith(CONVERSATION_PREFIX) and name in (
-        "message.new", "message.updated", "message.deleted"
-    ):
+    if name in _MESSAGE_EVENTS and (room is None or room.startswith(CONVERSATION_PREFIX)):
+        # The conversation comes from the message: a frame another node delivered to users has no room.
         try:
             message = orjson.loads(frame.json)["data"]["message"]
-            version, seq = int(message["version"]), int(message["seq"])
+            version, seq, cid = int(message["version"]), int(message["seq"]), message["conversation_id"]
         except (KeyError, TypeError, ValueError, orjson.JSONDecodeError):
             return None
-        cid = room[len(CONVERSATION_PREFIX) :]
+        if not isinstance(cid, str):
+            return None
         return f"c:{version}:{cid}", "c:" + cid, [version, "", seq]
     return None
 
