@@ -15,12 +15,14 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import trio
 
 from realtimed.daemon import Daemon
 from realtimed.frames import Frame
 from realtimed.protocol import encode_event
 from realtimed.socketio.recovery import MemoryRecoveryStore, RecoveryRecord, Tracker, frame_position
+from realtimed.socketio.replay import Replay
 from tests.fixtures.daemon import API_KEY, DaemonFactory
 from tests.fixtures.sio import SioWs
 from tests.fixtures.tokens import token
@@ -334,6 +336,35 @@ async def test_a_terminal_close_keeps_nothing(start_daemon: DaemonFactory) -> No
         await world.send("m2")
         bob, answer = await sio(daemon, "bob", pid=reply["pid"], offset=first[-1][-1])
         await not_recovered(bob, answer, reply["pid"], world)
+
+
+async def test_too_many_live_events_while_a_recovery_is_read_close_the_transport(
+    start_daemon: DaemonFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(LIMIT_S):
+        reading, go_on = trio.Event(), trio.Event()
+        collect = Replay.collect
+
+        async def slow(self: Replay, *args: Any) -> Any:
+            reading.set()
+            await go_on.wait()
+            return await collect(self, *args)
+
+        monkeypatch.setattr(Replay, "collect", slow)
+        daemon = await start_daemon(config(recovery_max_replay=1))
+        world = await World.start(daemon)
+        bob, reply = await sio(daemon, "bob")
+        offset = (await events_after(bob, world, "m1"))[-1]
+        await bob.close()
+        await gone(daemon)
+        bob = await SioWs.open(daemon.url())
+        auth = {"token": token("bob"), "pid": reply["pid"], "offset": offset}
+        await bob.send("40" + orjson.dumps(auth).decode())
+        await reading.wait()
+        await world.send("m2")  # held with session.ready: one more than recovery_max_replay
+        go_on.set()
+        # Not a CONNECT_ERROR (socket.io-client would not retry): the transport closes, as for a slow consumer.
+        assert await bob.closed() == 4008
 
 
 async def test_an_expired_record_recovers_nothing(start_daemon: DaemonFactory) -> None:

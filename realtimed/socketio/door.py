@@ -200,7 +200,6 @@ class SioClient(ClientSession):
             held.append(frame)
             if len(held) > self.held_max:
                 # The client would not take these in time either: as the native slow consumer is.
-                self.held = None
                 self.close(CLOSE_SLOW_CONSUMER, "too many events while recovering")
             return
         self._send(frame)
@@ -246,6 +245,12 @@ class SioClient(ClientSession):
         self._closing = True
         self.close_code = code
         socket = self.socket
+        if not socket.connected and self.held is not None and not _is_terminal(code):
+            # Closed while its recovery was read (a drain, too many live events): the transport
+            # closes, so that socket.io-client reconnects by itself (without recovery: the record is used).
+            self.held = None
+            socket.engine.close(reason or "transport close", code=code, flush=True)
+            return
         if not socket.connected:
             # Refused while being admitted: the CONNECT is answered with the refusal.
             error = self.refusal or Unauthorized(reason or "refused")
