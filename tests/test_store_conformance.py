@@ -646,6 +646,48 @@ async def test_an_expired_lease_returns_its_job(store: Store) -> None:
         assert first.attempts == 1
 
 
+async def test_complete_jobs_in_one_batch_skips_only_a_lost_lease(store: Store) -> None:
+    with trio.fail_after(LIMIT_S):
+        for i in range(5):
+            await store.enqueue_job(queue="q", kind="k", payload={"i": i}, now=T0)
+        claimed = await store.claim_jobs(queue="q", limit=5, owner="w", lease_s=5, now=T0)
+        ids = [j.id for j in claimed]
+        assert len(ids) == 5
+        # The first job's lease ran out and another runner holds it now.
+        await store.renew_leases(job_ids=ids[1:], owner="w", lease_s=30, now=at(4))
+        (taken,) = await store.claim_jobs(queue="q", limit=5, owner="other", lease_s=30, now=at(6))
+        assert taken.id == ids[0]
+        done = await store.complete_jobs(job_ids=[*ids, "missing", ids[1]], owner="w", now=at(7))
+        assert done == set(ids[1:])
+        for job_id in ids[1:]:
+            job = await store.get_job(job_id)
+            assert job is not None and job.status == "succeeded" and job.finished_at == at(7)
+            assert job.lease_expires_at is None
+        held = await store.get_job(ids[0])
+        assert held is not None and held.status == "running" and held.lease_owner == "other"
+        assert await store.complete_jobs(job_ids=[], owner="w", now=at(8)) == set()
+        assert await store.complete_jobs(job_ids=[ids[0]], owner="other", now=at(8)) == {ids[0]}
+
+
+async def test_a_batch_claimed_by_a_crashed_runner_is_claimed_again_after_its_lease(store: Store) -> None:
+    with trio.fail_after(LIMIT_S):
+        for i in range(6):
+            await store.enqueue_job(queue="q", kind="k", payload={"i": i}, now=T0)
+        claimed = await store.claim_jobs(queue="q", limit=6, owner="crashed", lease_s=10, now=T0)
+        # It recorded half of its batch, then died.
+        assert await store.complete_jobs(job_ids=[j.id for j in claimed[:3]], owner="crashed", now=at(1)) == {
+            j.id for j in claimed[:3]
+        }
+        assert await store.claim_jobs(queue="q", limit=6, owner="next", lease_s=10, now=at(9)) == []
+        again = await store.claim_jobs(queue="q", limit=6, owner="next", lease_s=10, now=at(10))
+        assert [j.id for j in again] == [j.id for j in claimed[3:]]
+        assert all(j.attempts == 2 and j.lease_owner == "next" for j in again)
+        assert await store.complete_jobs(job_ids=[j.id for j in claimed], owner="crashed", now=at(11)) == set()
+        assert await store.complete_jobs(job_ids=[j.id for j in again], owner="next", now=at(11)) == {
+            j.id for j in again
+        }
+
+
 async def test_fail_retry_release_and_final_states(store: Store) -> None:
     with trio.fail_after(LIMIT_S):
         job, _ = await store.enqueue_job(queue="q", kind="k", payload={}, now=T0, max_attempts=3)

@@ -284,6 +284,12 @@ class JobStore(Protocol):
         """Mark ``succeeded``; False if ``owner`` no longer holds the job."""
         ...
 
+    async def complete_jobs(self, *, job_ids: Sequence[str], owner: str, now: datetime) -> set[str]:
+        """Mark many jobs ``succeeded`` in one statement (one commit); returns the
+        ids that were completed. A job ``owner`` no longer holds is left as it
+        is and missing from the answer; it never keeps the others from completing."""
+        ...
+
     async def fail_job(
         self,
         *,
@@ -436,6 +442,11 @@ class JobRules(abc.ABC):
     async def complete_job(self, *, job_id: str, owner: str, now: datetime) -> bool:
         return await self._complete(job_id, owner, utc(now))
 
+    async def complete_jobs(self, *, job_ids: Sequence[str], owner: str, now: datetime) -> set[str]:
+        if not job_ids:
+            return set()
+        return await self._complete_many(list(dict.fromkeys(job_ids)), owner, utc(now))
+
     async def fail_job(
         self,
         *,
@@ -515,6 +526,10 @@ class JobRules(abc.ABC):
 
     @abc.abstractmethod
     async def _complete(self, job_id: str, owner: str, now: datetime) -> bool: ...
+
+    @abc.abstractmethod
+    async def _complete_many(self, job_ids: list[str], owner: str, now: datetime) -> set[str]:
+        """Complete the jobs of ``job_ids`` (no repeats) that ``owner`` holds, in one statement."""
 
     @abc.abstractmethod
     async def _fail(

@@ -184,6 +184,14 @@ class PostgresJobs(PostgresEngine, jobs.JobRules):
         )
         return count(await self._call(lambda conn: conn.execute(sql, job_id, owner, now), tx=False)) == 1
 
+    async def _complete_many(self, job_ids: list[str], owner: str, now: datetime) -> set[str]:
+        sql = (
+            "UPDATE jobs SET status = 'succeeded', finished_at = $3, lease_expires_at = NULL "
+            "WHERE id = ANY($1::text[]) AND status = 'running' AND lease_owner = $2 RETURNING id"
+        )
+        rows = await self._call(lambda conn: conn.fetch(sql, job_ids, owner, now), tx=False)
+        return {r["id"] for r in rows}
+
     async def _fail(
         self, job_id: str, owner: str, error: str, now: datetime, retry_at: datetime | None, final_status: str
     ) -> jobs.JobRecord | None:

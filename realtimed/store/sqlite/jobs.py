@@ -84,6 +84,15 @@ def _complete(conn: Conn, job_id: str, owner: str, now: int) -> bool:
     return cur.rowcount == 1
 
 
+def _complete_many(conn: Conn, job_ids: list[str], owner: str, now: int) -> set[str]:
+    rows = conn.execute(
+        "UPDATE jobs SET status = 'succeeded', finished_at = ?, lease_expires_at = NULL "
+        "WHERE id IN (SELECT value FROM json_each(?)) AND status = 'running' AND lease_owner = ? RETURNING id",
+        (now, json_list(job_ids), owner),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
 def _fail(
     conn: Conn, job_id: str, owner: str, error: str, now: int, retry_at: int | None, final_status: str
 ) -> jobs.JobRecord | None:
@@ -227,6 +236,9 @@ class SQLiteJobs(SQLiteEngine, jobs.JobRules):
 
     async def _complete(self, job_id: str, owner: str, now: datetime) -> bool:
         return await self._write(functools.partial(_complete, job_id=job_id, owner=owner, now=us(now)))
+
+    async def _complete_many(self, job_ids: list[str], owner: str, now: datetime) -> set[str]:
+        return await self._write(functools.partial(_complete_many, job_ids=job_ids, owner=owner, now=us(now)))
 
     async def _fail(
         self, job_id: str, owner: str, error: str, now: datetime, retry_at: datetime | None, final_status: str
