@@ -58,7 +58,7 @@ import os
 import random
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
@@ -75,7 +75,7 @@ from realtimed.metrics import REGISTRY
 from realtimed.protocol import MAX_STORED_JSON_DEPTH, encode_json, json_depth_path
 
 if TYPE_CHECKING:
-    from realtimed.store.base import JobRecord, Store
+    from realtimed.store.base import JobRecord, JobSpec, Store
 
 __all__ = [
     "DEFAULT_QUEUE",
@@ -515,6 +515,35 @@ class JobRunner:
         self.serve_queue(queue)
         self._queues[queue].wake()
         return job
+
+    async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[JobRecord]:
+        """``enqueue`` of many jobs in one store statement and one commit; the
+        records in order (an existing job for a spec whose ``dedupe_key`` is taken).
+
+        Each spec is checked as ``enqueue`` checks its payload; ``max_attempts``
+        is the spec's. The queues are served by this runner from now on.
+
+        Raises:
+            ValidationFailed: (field ``payload``) a payload nests too deep or is
+                not JSON: nothing of the batch is stored.
+        """
+        for spec in specs:
+            if not spec.kind or len(spec.kind) > MAX_KIND_CHARS:
+                raise ValueError(f"job kind must be 1 to {MAX_KIND_CHARS} characters, got {spec.kind!r}")
+            if json_depth_path(spec.payload, MAX_STORED_JSON_DEPTH) is not None:
+                raise ValidationFailed("payload", f"nests more than {MAX_STORED_JSON_DEPTH} levels of arrays and objects")
+            encode_json(spec.payload, "payload")
+        if not specs:
+            return []
+        results = await self._store.enqueue_jobs(specs, now=self.clock.now())
+        for job, created in results:
+            if created:
+                JOBS_ENQUEUED.labels(job.kind).inc()
+        for queue in dict.fromkeys(spec.queue for spec in specs):
+            self.serve_queue(queue)
+            self._queues[queue].wake()
+        log.debug("%d job(s) enqueued, %d new", len(results), sum(created for _, created in results))
+        return [job for job, _ in results]
 
     # -- running ---------------------------------------------------------------------------------
 

@@ -264,6 +264,16 @@ class JobStore(Protocol):
         """
         ...
 
+    async def enqueue_jobs(self, specs: Sequence[JobSpec], *, now: datetime) -> list[tuple[JobRecord, bool]]:
+        """``enqueue_job`` of every spec (``run_at`` None: ``now``) in one
+        statement and one commit; returns ``(job, created)`` per spec, in order.
+
+        Dedupe keys hold as in ``enqueue_job``, within the batch too: of two
+        specs with one key, the first creates the job and the second gets it
+        with ``created=False``. Wakes ``wait_for_jobs`` once committed.
+        """
+        ...
+
     async def claim_jobs(
         self, *, queue: str, limit: int, owner: str, lease_s: float, now: datetime
     ) -> list[JobRecord]:
@@ -424,6 +434,12 @@ class JobRules(abc.ABC):
         )
         return await self._enqueue(job)
 
+    async def enqueue_jobs(self, specs: Sequence[JobSpec], *, now: datetime) -> list[tuple[JobRecord, bool]]:
+        if not specs:
+            return []
+        at = utc(now)
+        return await self._enqueue_many([NewJob.of(spec, payload=dict(spec.payload), now=at) for spec in specs])
+
     async def claim_jobs(
         self, *, queue: str, limit: int, owner: str, lease_s: float, now: datetime
     ) -> list[JobRecord]:
@@ -514,6 +530,10 @@ class JobRules(abc.ABC):
 
     @abc.abstractmethod
     async def _enqueue(self, job: NewJob) -> tuple[JobRecord, bool]: ...
+
+    @abc.abstractmethod
+    async def _enqueue_many(self, jobs: list[NewJob]) -> list[tuple[JobRecord, bool]]:
+        """Enqueue ``jobs`` in one transaction; ``(job, created)`` of each, in order."""
 
     @abc.abstractmethod
     async def _claim(

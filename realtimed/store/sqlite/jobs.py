@@ -43,6 +43,10 @@ def insert_job(conn: Conn, job: jobs.NewJob) -> tuple[jobs.JobRecord, bool]:
     return job.record(), True
 
 
+def _insert_jobs(conn: Conn, jobs_: list[jobs.NewJob]) -> list[tuple[jobs.JobRecord, bool]]:
+    return [insert_job(conn, job) for job in jobs_]
+
+
 def _claim(conn: Conn, queue: str, limit: int, owner: str, expires: int, now: int) -> list[jobs.JobRecord]:
     candidates = conn.execute(
         "SELECT priority, run_at, n FROM jobs WHERE status = 'queued' AND queue = ? AND run_at <= ? "
@@ -222,6 +226,9 @@ class SQLiteJobs(SQLiteEngine, jobs.JobRules):
 
     async def _enqueue(self, job: jobs.NewJob) -> tuple[jobs.JobRecord, bool]:
         return await self._write(functools.partial(insert_job, job=job), wakes_jobs=True)
+
+    async def _enqueue_many(self, jobs_: list[jobs.NewJob]) -> list[tuple[jobs.JobRecord, bool]]:
+        return await self._write(functools.partial(_insert_jobs, jobs_=jobs_), wakes_jobs=True)
 
     async def _claim(
         self, queue: str, limit: int, owner: str, expires: datetime, now: datetime
