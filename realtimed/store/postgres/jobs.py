@@ -55,7 +55,7 @@ _ENQUEUE_MANY: Final = (
     "t.dedupe_key, t.created_at FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::int[], $6::int[], "
     "$7::timestamptz[], $8::text[], $9::timestamptz[]) "
     "AS t(id, queue, kind, payload, priority, max_attempts, run_at, dedupe_key, created_at) "
-    f"ON CONFLICT (dedupe_key) DO NOTHING RETURNING {jobs.JOB_COLS}"
+    "ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
 )
 
 
@@ -79,7 +79,8 @@ async def _enqueue_many(conn: Conn, batch: list[jobs.NewJob]) -> list[tuple[jobs
             [j.dedupe_key for j in todo],
             [j.now for j in todo],
         )
-        created = {r["id"]: jobs.job_from(r, CODEC) for r in rows}
+        # A new job is what was given, so only its id comes back (no payload to decode).
+        created = {r["id"] for r in rows}
         keys = [batch[i].dedupe_key for i in pending if batch[i].id not in created]
         holders: dict[str, jobs.JobRecord] = {}
         if keys:
@@ -89,7 +90,7 @@ async def _enqueue_many(conn: Conn, batch: list[jobs.NewJob]) -> list[tuple[jobs
         for i in pending:
             job = batch[i]
             if job.id in created:
-                found[i] = created[job.id], True
+                found[i] = job.record(), True
             elif job.dedupe_key in holders:
                 found[i] = holders[job.dedupe_key], False
             else:
