@@ -14,7 +14,6 @@ from typing import Any
 import attrs
 import pytest
 import trio
-import trio_asyncio
 
 from realtimed.clock import SystemClock
 from realtimed.config import Config, ServerConfig, StoreConfig
@@ -51,24 +50,15 @@ class Harness:
 
     @asynccontextmanager
     async def running(self, **store: Any) -> AsyncIterator[Store]:
-        async with self._loop(), trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
             s = self.make(**store)
             with trio.fail_after(LIMIT_S):
                 await nursery.start(s.run)
             yield s
             nursery.cancel_scope.cancel()
 
-    @asynccontextmanager
-    async def _loop(self) -> AsyncIterator[None]:
-        if self.backend == "postgres":
-            async with trio_asyncio.open_loop():
-                yield
-        else:
-            yield
-
     async def migrate(self) -> list[str]:
-        async with self._loop():
-            return await run_migrations(self.config())
+        return await run_migrations(self.config())
 
     async def column(self, query: str) -> list[Any]:
         """The first column of a query's rows, read outside the store."""
