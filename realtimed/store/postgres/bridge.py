@@ -4,11 +4,12 @@ asyncpg runs on asyncio. ``AsyncioThread`` keeps one asyncio loop running in a
 dedicated thread for the life of a PostgreSQL store; a Trio task runs an
 asyncio coroutine there with ``await bridge.call(fn, *args)``:
 
-- the coroutine is started with ``loop.call_soon_threadsafe`` (one wake-up of
+- the coroutine is started with ``loop.call_soon_threadsafe`` (a wake-up of
   the loop's thread), and its result comes back through the Trio token
   (``TrioToken.run_sync_soon``), which reschedules the waiting Trio task: one
   crossing each way, no polling, and no asyncio policy or loop shared with
-  Trio;
+  Trio. Calls (and results) that arrive while a wake-up is pending ride on
+  it, so a burst costs one wake-up each way;
 - a Trio cancellation (a cancel scope, a deadline) cancels the asyncio task
   and waits for it to finish, so that an asyncpg connection is back in its
   pool, its statement cancelled, before the Trio task goes on; the wait is
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
@@ -60,6 +62,10 @@ class AsyncioThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
+        self._to_aio: deque[Callable[[], object]] = deque()
+        self._aio_scheduled = False
+        self._to_trio: deque[Callable[[], object]] = deque()
+        self._trio_scheduled = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -117,13 +123,41 @@ class AsyncioThread:
 
     def to_trio(self, fn: Callable[[], object]) -> None:
         """From the asyncio thread: run ``fn()`` in Trio's thread soon (dropped once Trio has ended)."""
+        self._to_trio.append(fn)
+        if self._trio_scheduled:
+            return
         token = self._token
         if token is None:
             return
+        self._trio_scheduled = True
         try:
-            token.run_sync_soon(fn)
+            token.run_sync_soon(self._run_in_trio)
         except trio.RunFinishedError:
             pass
+
+    def _to_asyncio(self, fn: Callable[[], object]) -> None:
+        """From Trio's thread: run ``fn()`` in the asyncio thread soon."""
+        self._to_aio.append(fn)
+        if not self._aio_scheduled:
+            self._aio_scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self._run_in_asyncio)
+            except RuntimeError:  # the loop is closed
+                self._aio_scheduled = False
+                raise
+
+    # Each direction has a queue and one pending wake-up at most: a burst of calls (or of
+    # results) costs the other thread one wake-up, not one each. The flag is cleared
+    # before the queue is emptied, and a sender appends before it reads the flag, so
+    # nothing appended is left behind.
+
+    def _run_in_asyncio(self) -> None:
+        self._aio_scheduled = False
+        _run_all(self._to_aio)
+
+    def _run_in_trio(self) -> None:
+        self._trio_scheduled = False
+        _run_all(self._to_trio)
 
     async def call(self, fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
         """Run ``await fn(*args)`` on the asyncio loop and return (or raise) its outcome.
@@ -132,65 +166,88 @@ class AsyncioThread:
         (at most ``cancel_grace_s``) before raising ``trio.Cancelled``.
         """
         loop = self.loop
-        token = self._token
-        assert token is not None
-        trio_task = trio.lowlevel.current_task()
-        # Everything below that touches `state` runs in the loop's thread, one callback at a time.
-        state: dict[str, Any] = {"task": None, "delivered": False, "cancelled": None}
-
-        def deliver(result: Callable[[], outcome.Outcome[Any]]) -> None:
-            # The outcome is made in Trio's thread: a cancellation is raised there.
-            if state["delivered"]:
-                return
-            state["delivered"] = True
-            try:
-                token.run_sync_soon(lambda: trio.lowlevel.reschedule(trio_task, result()))
-            except trio.RunFinishedError:
-                pass
-
-        def finished(task: asyncio.Task[Any]) -> None:
-            raise_cancel = state["cancelled"]
-            if raise_cancel is not None:
-                deliver(lambda: outcome.capture(raise_cancel))
-            elif task.cancelled():  # cancelled on the asyncio side (the loop is stopping)
-                deliver(lambda: outcome.Error(RuntimeError("the asyncio thread stopped during the call")))
-            else:
-                exc = task.exception()
-                got: outcome.Outcome[Any] = outcome.Value(task.result()) if exc is None else outcome.Error(exc)
-                deliver(lambda: got)
-
-        def begin() -> None:
-            raise_cancel = state["cancelled"]
-            if raise_cancel is not None:
-                deliver(lambda: outcome.capture(raise_cancel))
-                return
-            try:
-                task = asyncio.ensure_future(fn(*args), loop=loop)
-            except BaseException as exc:  # fn itself failed before its first await
-                failed: outcome.Outcome[Any] = outcome.Error(exc)
-                deliver(lambda: failed)
-                return
-            state["task"] = task
-            task.add_done_callback(finished)
-
-        def cancel(raise_cancel: Callable[[], Any]) -> None:
-            state["cancelled"] = raise_cancel
-            task = state["task"]
-            if task is None:
-                return  # begin() has not run yet; it delivers the cancellation
-            task.cancel()
-            loop.call_later(self.cancel_grace_s, deliver, lambda: outcome.capture(raise_cancel))
+        call = _Call(self, fn, args, trio.lowlevel.current_task())
 
         def abort(raise_cancel: Callable[[], Any]) -> trio.lowlevel.Abort:
             try:
-                loop.call_soon_threadsafe(cancel, raise_cancel)
+                loop.call_soon_threadsafe(call.cancel, raise_cancel)
             except RuntimeError:  # the loop is closed: nothing runs there any more
                 return trio.lowlevel.Abort.SUCCEEDED
             return trio.lowlevel.Abort.FAILED
 
-        loop.call_soon_threadsafe(begin)
+        self._to_asyncio(call.begin)
         result: _T = await trio.lowlevel.wait_task_rescheduled(abort)
         return result
+
+
+class _Call:
+    """One ``AsyncioThread.call``. Its methods but ``__init__`` run in the asyncio
+    thread, one at a time; the outcome is made in Trio's (a cancellation is raised
+    there)."""
+
+    __slots__ = ("args", "bridge", "delivered", "fn", "raise_cancel", "task", "trio_task")
+
+    def __init__(
+        self, bridge: AsyncioThread, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], trio_task: Any
+    ) -> None:
+        self.bridge = bridge
+        self.fn = fn
+        self.args = args
+        self.trio_task = trio_task
+        self.task: asyncio.Future[Any] | None = None
+        self.delivered = False
+        self.raise_cancel: Callable[[], Any] | None = None
+
+    def begin(self) -> None:
+        if self.raise_cancel is not None:
+            self._deliver(None)
+            return
+        try:
+            task = asyncio.ensure_future(self.fn(*self.args), loop=self.bridge.loop)
+        except BaseException as exc:  # fn itself failed before its first await
+            self._deliver(outcome.Error(exc))
+            return
+        self.task = task
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Future[Any]) -> None:
+        if self.raise_cancel is not None:
+            self._deliver(None)
+        elif task.cancelled():  # cancelled on the asyncio side (the loop is stopping)
+            self._deliver(outcome.Error(RuntimeError("the asyncio thread stopped during the call")))
+        else:
+            exc = task.exception()
+            self._deliver(outcome.Value(task.result()) if exc is None else outcome.Error(exc))
+
+    def cancel(self, raise_cancel: Callable[[], Any]) -> None:
+        self.raise_cancel = raise_cancel
+        task = self.task
+        if task is None:
+            return  # begin() has not run yet; it delivers the cancellation
+        task.cancel()
+        self.bridge.loop.call_later(self.bridge.cancel_grace_s, self._deliver, None)
+
+    def _deliver(self, result: outcome.Outcome[Any] | None) -> None:
+        """Wake the Trio task with ``result``, or with its cancellation if None (once)."""
+        if self.delivered:
+            return
+        self.delivered = True
+        self.bridge.to_trio(lambda: self._resume(result))
+
+    def _resume(self, result: outcome.Outcome[Any] | None) -> None:
+        if result is None:
+            assert self.raise_cancel is not None
+            result = outcome.capture(self.raise_cancel)
+        trio.lowlevel.reschedule(self.trio_task, result)
+
+
+def _run_all(queue: deque[Callable[[], object]]) -> None:
+    while queue:
+        fn = queue.popleft()
+        try:
+            fn()
+        except Exception:
+            log.exception("a callback across the asyncio bridge failed")
 
 
 def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
