@@ -307,11 +307,6 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         return refusal[1]
 
     async def main() -> Any:
-        if cfg.store.backend == "postgres":
-            import trio_asyncio
-
-            async with trio_asyncio.open_loop():
-                return await run_migrations(cfg)
         return await run_migrations(cfg)
 
     try:

@@ -25,7 +25,6 @@ import os
 import signal
 import ssl
 from collections.abc import Callable
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -153,21 +152,16 @@ class Daemon:
         cfg = self.cfg
         _warn_dev_secrets(cfg)
         metrics.UP.set(1)
-        async with AsyncExitStack() as stack:
-            if cfg.store.backend == "postgres":
-                import trio_asyncio
-
-                await stack.enter_async_context(trio_asyncio.open_loop())
-            with trio.CancelScope() as force:
-                self._force_scope = force
-                async with trio.open_nursery() as root:
-                    if self._handle_signals:
-                        await root.start(self._signals)
-                    interval = self._notifier.watchdog_interval_s()
-                    if interval:
-                        root.start_soon(self._watchdog, interval)
-                    await self._run_layers(task_status)
-                    root.cancel_scope.cancel()
+        with trio.CancelScope() as force:
+            self._force_scope = force
+            async with trio.open_nursery() as root:
+                if self._handle_signals:
+                    await root.start(self._signals)
+                interval = self._notifier.watchdog_interval_s()
+                if interval:
+                    root.start_soon(self._watchdog, interval)
+                await self._run_layers(task_status)
+                root.cancel_scope.cancel()
         metrics.UP.set(0)
         self._drained.set()
         log.info("stopped")

@@ -89,9 +89,8 @@ def _load(path: str | None) -> Config:
 
 
 def _with_store(cfg: Config, action: Callable[[Any], Awaitable[_T]]) -> _T:
-    """Run ``action(store)`` with the configured store started, under Trio and trio-asyncio."""
+    """Run ``action(store)`` with the configured store started, under Trio."""
     import trio
-    import trio_asyncio
 
     from realtimed.clock import SystemClock
     from realtimed.store import open_store
@@ -99,7 +98,7 @@ def _with_store(cfg: Config, action: Callable[[Any], Awaitable[_T]]) -> _T:
     failure: list[BaseException] = []
 
     async def main() -> _T | None:
-        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
             store = open_store(cfg, clock=SystemClock())
             try:
                 await nursery.start(store.run)
