@@ -16,7 +16,6 @@ import random
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ import httpx
 import pytest
 import trio
 import trio.testing
-import trio_asyncio
 
 from realtimed.clock import SystemClock, TrioWallClock
 from realtimed.config import (
@@ -80,16 +78,13 @@ def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
 
 @pytest.fixture
 async def store(store_config: Config) -> AsyncIterator[Watched]:
-    async with AsyncExitStack() as stack:
-        if store_config.store.backend == "postgres":
-            await stack.enter_async_context(trio_asyncio.open_loop())
-        async with trio.open_nursery() as nursery:
-            # Every job method takes its time from the caller; the store's own clock only
-            # stamps migrations, which SQLite applies on a worker thread.
-            s = open_store(store_config, clock=SystemClock())
-            await nursery.start(s.run)
-            yield Watched(s)
-            nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery:
+        # Every job method takes its time from the caller; the store's own clock only
+        # stamps migrations, which SQLite applies on a worker thread.
+        s = open_store(store_config, clock=SystemClock())
+        await nursery.start(s.run)
+        yield Watched(s)
+        nursery.cancel_scope.cancel()
 
 
 def jobs_config(**overrides: Any) -> JobsConfig:

@@ -5,14 +5,12 @@ by side are read together."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-import trio_asyncio
 
 from realtimed.clock import SystemClock
 from realtimed.config import Config, JobsConfig, NotificationTypeConfig, ServerConfig, StoreConfig
@@ -59,14 +57,11 @@ def config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
 
 @pytest.fixture
 async def store(config: Config) -> AsyncIterator[Store]:
-    async with AsyncExitStack() as stack:
-        if config.store.backend == "postgres":
-            await stack.enter_async_context(trio_asyncio.open_loop())
-        async with trio.open_nursery() as nursery:
-            s = open_store(config, clock=SystemClock())
-            await nursery.start(s.run)
-            yield s
-            nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery:
+        s = open_store(config, clock=SystemClock())
+        await nursery.start(s.run)
+        yield s
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_batch_of_deliveries_costs_two_reads_and_one_write(config: Config, store: Store) -> None:
