@@ -76,7 +76,9 @@ class PushService:
 
     Resource handling:
         ``run`` owns the FCM client (its HTTP/2 connections) while push is
-        configured, and closes it when cancelled. Without
+        configured, and closes it when cancelled, and the two ``Gather`` tasks
+        that read the checks of concurrent ``push.send`` jobs together
+        (``devices``, ``notifications``). Without
         ``push.service_account_file`` push is off: devices and topics are still
         stored, no push job is queued.
 
