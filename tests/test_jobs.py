@@ -500,6 +500,51 @@ async def test_lease_expiry_after_a_crash_hands_the_job_to_another_runner(
         assert done.attempts == 2
 
 
+class DiesWhileRecording(NoRelease):
+    """A process that dies while it records a batch of successes: the batch never commits."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.recording = trio.Event()
+
+    async def complete_jobs(self, **kwargs: Any) -> set[str]:
+        self.recording.set()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_a_runner_that_dies_recording_a_batch_leaves_it_to_be_claimed_after_the_lease(
+    store: Watched, wall: TrioWallClock, clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(LIMIT_S):
+        rec = Recorder()
+
+        async def quick(ctx: JobContext) -> None:
+            rec.note(ctx)
+
+        dying = DiesWhileRecording(store)
+        doomed = make_runner(dying, wall, lease_s=6.0, queues=[JobQueueConfig(name="default", concurrency=8)])
+        doomed.register("job", quick)
+        survivor = make_runner(store, wall, lease_s=6.0)
+        survivor.register("job", quick)
+        jobs = [await doomed.enqueue("job", {"i": i}) for i in range(8)]
+        async with trio.open_nursery() as crashing:
+            await crashing.start(doomed.run)
+            await dying.recording.wait()
+            await trio.sleep(1)
+            crashing.cancel_scope.cancel()  # the process dies with the batch unrecorded
+        for job in jobs:
+            stored = await store.get_job(job.id)
+            assert stored is not None and stored.status == "running"
+        async with trio.open_nursery() as nursery:
+            await nursery.start(survivor.run)
+            done = [await store.wait_status(job.id, "succeeded") for job in jobs]
+            nursery.cancel_scope.cancel()
+        # Each ran once more, as the second attempt: the dead runner's batch was not lost.
+        assert all(job.attempts == 2 for job in done)
+        assert all(len(rec.runs[job.id]) == 2 for job in jobs)
+
+
 async def test_leases_are_renewed_while_a_long_handler_runs(
     store: Watched, wall: TrioWallClock, clock: trio.testing.MockClock
 ) -> None:
