@@ -14,8 +14,8 @@ import orjson
 import trio
 
 from realtimed.daemon import Daemon
-from realtimed.delivery.frames import Frame
 from realtimed.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL
+from realtimed.frames import Frame
 from realtimed.gateway.client import ClientSession
 from realtimed.gateway.gateway import Gateway
 from realtimed.gateway.sse import SseSession

@@ -79,8 +79,10 @@ def _config_path(path: str | None) -> str | None:
 
 
 def _load(path: str | None) -> Config:
+    from realtimed.jobs.kinds import cron_config_problems
+
     try:
-        return load_config(path)
+        return load_config(path, checks=(cron_config_problems,))
     except ConfigError as exc:
         print(f"realtimed: invalid configuration ({len(exc.problems)} problem(s)):", file=sys.stderr)
         for key, problem in exc.problems:

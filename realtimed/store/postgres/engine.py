@@ -58,7 +58,7 @@ from realtimed import metrics
 from realtimed.clock import WallClock
 from realtimed.config import StoreConfig
 from realtimed.errors import OperatorError, Unavailable
-from realtimed.store.dsn import postgres_operator_message
+from realtimed.postgres_dsn import postgres_operator_message
 from realtimed.store.jobs import JobWakeups
 from realtimed.store.postgres.bridge import AsyncioThread
 from realtimed.store.schema import load_migrations, pending_migrations
