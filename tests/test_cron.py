@@ -32,6 +32,7 @@ from realtimed.store import Store, open_store
 from tests.fixtures.daemon import DaemonFactory
 
 AUTOJUMP_S = 0.05
+PG_AUTOJUMP_S = 0.25
 LIMIT_S = 3 * 3600  # virtual seconds
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -52,6 +53,13 @@ def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
 
 @pytest.fixture
 async def store(store_config: Config) -> AsyncIterator[Store]:
+    if store_config.store.backend == "postgres":
+        # Each PostgreSQL call waits on the store's asyncio thread, where a loaded
+        # machine can stall it for more than a short autojump: Trio would take the
+        # wait for idleness and jump the clock past the call's timeout.
+        clock = trio.lowlevel.current_clock()
+        if isinstance(clock, trio.testing.MockClock):
+            clock.autojump_threshold = max(clock.autojump_threshold, PG_AUTOJUMP_S)
     async with trio.open_nursery() as nursery:
         s = open_store(store_config, clock=SystemClock())
         await nursery.start(s.run)
