@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import trio_asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -55,7 +54,7 @@ async def worker(args: argparse.Namespace) -> None:
     cfg = store_config(args)
     jobs = JobsConfig(queues=[JobQueueConfig(name=QUEUE, concurrency=args.concurrency)])
     clock = SystemClock()
-    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+    async with trio.open_nursery() as nursery:
         store = open_store(cfg, clock=clock)
         await nursery.start(store.run)
         runner = JobRunner(store, config=jobs, clock=clock, node=f"bench-{os.getpid()}")
@@ -156,8 +155,7 @@ async def run_postgres(args: argparse.Namespace) -> None:
     try:
         dsn = with_database(args.dsn, name)
         cfg = Config(store=StoreConfig(backend="postgres", postgres_dsn=dsn, pool_max=args.pool_max))
-        async with trio_asyncio.open_loop():
-            await bench_backend(args, cfg, ["--backend", "postgres", "--dsn", dsn, "--pool-max", str(args.pool_max)])
+        await bench_backend(args, cfg, ["--backend", "postgres", "--dsn", dsn, "--pool-max", str(args.pool_max)])
     finally:
         await trio.to_thread.run_sync(admin, args.dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

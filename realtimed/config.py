@@ -539,8 +539,17 @@ class SocketIOConfig:
         min=1,
     )
     recovery_ttl_s: float = _f(
-        120.0, "how long a disconnected Socket.IO session's positions are kept for connection state recovery",
+        120.0, "how long a disconnected Socket.IO session's positions are kept for connection state recovery "
+        "(0: no recovery)",
         min=0, max=86_400,
+    )
+    recovery_positions: int = _f(
+        1000, "events with an offset a Socket.IO session remembers; a reconnect from an older offset is not "
+        "recovered", min=1, max=100_000,
+    )
+    recovery_max_replay: int = _f(
+        1000, "most events (publications, messages, notifications) one recovery replays (more: recovered is "
+        "false), and most live events held while it is read (more: close 4008)", min=1, max=100_000,
     )
 
 

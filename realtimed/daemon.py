@@ -248,7 +248,9 @@ class Daemon:
         gateway = Gateway(config, clock=clock, node=node, router=router, bans=bans, hooks=hooks)
         self._websocket = WebSocketDoor(gateway, ops=ops, verifier=self._verifier_live)
         if config.value.socketio.enabled:
-            sio = SocketIOServer(self._socketio_handler or RealtimeHandler(gateway, ops=ops, verifier=self._verifier_live))
+            sio = SocketIOServer(self._socketio_handler or RealtimeHandler(
+                gateway, ops=ops, verifier=self._verifier_live, store=store
+            ))
             # Long-polling needs every request of a session on this process: workers offer WebSocket only.
             polling = os.environ.get(WORKER_ENV) is None
             self._socketio = sio.engine = EngineServer(

@@ -9,7 +9,7 @@ their own ``id:`` line around the same JSON.
 from __future__ import annotations
 
 import struct
-from typing import Final
+from typing import Any, Final
 
 OP_TEXT: Final = 0x1
 OP_BINARY: Final = 0x2
@@ -50,9 +50,11 @@ class Frame:
             delivery latency histogram (0 when not measured).
         socketio: the same event as the Socket.IO door sends it, built once by
             the first Socket.IO recipient (``realtimed.socketio.door``).
+        socketio_position: the ``(offset, stream, position)`` the event advances for
+            Socket.IO connection state recovery (None: it has none), set with ``socketio``.
     """
 
-    __slots__ = ("_ws", "epoch", "json", "name", "published_at", "room", "seq", "socketio")
+    __slots__ = ("_ws", "epoch", "json", "name", "published_at", "room", "seq", "socketio", "socketio_position")
 
     def __init__(
         self,
@@ -73,6 +75,7 @@ class Frame:
         self._ws: bytes | None = None
         # The Socket.IO door's encoding (its WebSocket frame, its polling record), built on first use.
         self.socketio: tuple[bytes, str] | None = None
+        self.socketio_position: tuple[str, str, list[Any]] | None = None
 
     @property
     def ws(self) -> bytes:

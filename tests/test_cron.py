@@ -6,7 +6,6 @@ import math
 import random
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,6 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-import trio_asyncio
 
 from realtimed.clock import SystemClock, TrioWallClock, iso
 from realtimed.config import (
@@ -55,20 +53,18 @@ def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
 
 @pytest.fixture
 async def store(store_config: Config) -> AsyncIterator[Store]:
-    async with AsyncExitStack() as stack:
-        if store_config.store.backend == "postgres":
-            await stack.enter_async_context(trio_asyncio.open_loop())
-            # Each PostgreSQL call waits on the store's asyncio thread, where a loaded
-            # machine can stall it for more than a short autojump: Trio would take the
-            # wait for idleness and jump the clock past the call's timeout.
-            clock = trio.lowlevel.current_clock()
-            if isinstance(clock, trio.testing.MockClock):
-                clock.autojump_threshold = max(clock.autojump_threshold, PG_AUTOJUMP_S)
-        async with trio.open_nursery() as nursery:
-            s = open_store(store_config, clock=SystemClock())
-            await nursery.start(s.run)
-            yield s
-            nursery.cancel_scope.cancel()
+    if store_config.store.backend == "postgres":
+        # Each PostgreSQL call waits on the store's asyncio thread, where a loaded
+        # machine can stall it for more than a short autojump: Trio would take the
+        # wait for idleness and jump the clock past the call's timeout.
+        clock = trio.lowlevel.current_clock()
+        if isinstance(clock, trio.testing.MockClock):
+            clock.autojump_threshold = max(clock.autojump_threshold, PG_AUTOJUMP_S)
+    async with trio.open_nursery() as nursery:
+        s = open_store(store_config, clock=SystemClock())
+        await nursery.start(s.run)
+        yield s
+        nursery.cancel_scope.cancel()
 
 
 class CountingStore:

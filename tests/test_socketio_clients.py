@@ -99,14 +99,7 @@ async def test_socket_io_client_in_node(node_tools: tuple[str, str]) -> None:
     await _node_test(node, npm, ["clients.test.mjs", "guide.test.mjs"], _env())
 
 
-# Not run while recovery is missing (it would spend a daemon restart to fail);
-# tests/test_socketio_edge.py::test_recovery_payloads_that_are_not_ours is a strict xfail that
-# starts to fail as soon as the CONNECT reply has a pid: then drop both marks.
-NO_RECOVERY = "Socket.IO connection state recovery is not served yet (the CONNECT reply has no pid)"
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(reason=NO_RECOVERY, run=False)
 @pytest.mark.timeout(INSTALL_TIMEOUT_S + NODE_TIMEOUT_S + 30)
 async def test_socket_io_client_recovers_its_connection_state(node_tools: tuple[str, str]) -> None:
     node, npm = node_tools

@@ -18,13 +18,23 @@ from realtimed.socketio.engine import EngineServer
 def test_a_frame_is_encoded_once_for_every_socket() -> None:
     frame = Frame(encode_event("job.progress", {"pct": 5}, room="job:7", seq=3, epoch="e1"), "job.progress", room="job:7", seq=3, epoch="e1")
     ws_bytes, record = encode_frame(frame)
-    assert record == '42["job.progress",{"pct":5},{"room":"job:7","seq":3,"epoch":"e1"}]'
+    # The last argument, the recovery offset, names the stream and the position: the same for every recipient.
+    assert record == '42["job.progress",{"pct":5},{"room":"job:7","seq":3,"epoch":"e1"},"r:e1:3:job:7"]'
     assert ws_bytes == ws_frame(OP_TEXT, record.encode())
     assert encode_frame(frame) is frame.socketio is encode_frame(frame)  # cached on the frame
     plain = Frame(encode_event("presence.updated", {"user_id": "u2"}), "presence.updated")
     assert encode_frame(plain)[1] == '42["presence.updated",{"user_id":"u2"}]'
     user_event = Frame(encode_event("message.new", {"message": {"seq": 4}}, room="conversation:c1", seq=4), "message.new", room="conversation:c1", seq=4)
     assert orjson.loads(encode_frame(user_event)[1][2:]) == ["message.new", {"message": {"seq": 4}}, {"room": "conversation:c1", "seq": 4}]
+    message = {"message": {"conversation_id": "c1", "seq": 4, "version": 9}}
+    chat = Frame(encode_event("message.new", message, room="conversation:c1", seq=4), "message.new", room="conversation:c1", seq=4)
+    assert orjson.loads(encode_frame(chat)[1][2:]) == ["message.new", message, {"room": "conversation:c1", "seq": 4}, "c:9:c1"]
+    assert chat.socketio_position == ("c:9:c1", "c:c1", [9, "", 4])
+    # From another node (the broker carries no room for a delivery to users): the same offset.
+    remote = Frame(encode_event("message.new", message, room="conversation:c1", seq=4), "message.new", seq=4)
+    assert orjson.loads(encode_frame(remote)[1][2:])[-1] == "c:9:c1"
+    note = Frame(encode_event("notification.new", {"notification": {}}, seq=12), "notification.new", seq=12)
+    assert orjson.loads(encode_frame(note)[1][2:]) == ["notification.new", {"notification": {}}, {"seq": 12}, "i:12"]
 
 
 def test_event_names_are_json_escaped() -> None:

@@ -25,7 +25,7 @@ from tests.fixtures.services import _run_sql
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 # Every backend has the same numbered migrations, in order.
-MIGRATIONS = ["0001_initial", "0002_bans", "0003_channel_preferences", "0004_mark_read_function", "0006_webhooks"]
+MIGRATIONS = ["0001_initial", "0002_bans", "0003_channel_preferences", "0004_mark_read_function", "0005_socketio_recovery", "0006_webhooks"]
 LIMIT_S = 20
 
 
@@ -277,6 +277,30 @@ async def test_bans_survive_a_restart(harness: Harness) -> None:
             b = await s.active_ban(user_id="b", now=at(1))
             assert a is not None and a.until == at(3600)
             assert b is not None and b.until is None
+
+
+async def test_recovery_records_are_taken_once_and_expire(store: Store, harness: Harness) -> None:
+    with trio.fail_after(LIMIT_S):
+        await store.put_recovery(pid="p1", user_id="a", record=b"\x00one", expires_at=at(60), now=T0)
+        await store.put_recovery(pid="p2", user_id="b", record=b"two", expires_at=at(10), now=T0)
+        assert await store.take_recovery(pid="nope", now=at(1)) is None
+        assert await store.take_recovery(pid="p1", now=at(59)) == ("a", b"\x00one")
+        assert await store.take_recovery(pid="p1", now=at(59)) is None  # once
+        assert await store.take_recovery(pid="p2", now=at(10)) is None  # expired at expires_at
+        # A put replaces the record under its pid, and sweeps the expired ones.
+        await store.put_recovery(pid="p3", user_id="a", record=b"old", expires_at=at(5), now=T0)
+        await store.put_recovery(pid="p4", user_id="a", record=b"x", expires_at=at(100), now=T0)
+        await store.put_recovery(pid="p4", user_id="a", record=b"new", expires_at=at(100), now=at(6))
+        assert await harness.column("SELECT pid FROM socketio_recovery ORDER BY pid") == ["p4"]
+        assert await store.take_recovery(pid="p4", now=at(7)) == ("a", b"new")
+
+
+async def test_recovery_records_survive_a_restart(harness: Harness) -> None:
+    with trio.fail_after(LIMIT_S):
+        async with harness.running() as s:
+            await s.put_recovery(pid="p", user_id="a", record=b"r", expires_at=at(60), now=T0)
+        async with harness.running() as s:
+            assert await s.take_recovery(pid="p", now=at(1)) == ("a", b"r")
 
 
 # ---------------------------------------------------------------------------
@@ -711,6 +735,73 @@ async def test_an_expired_lease_returns_its_job(store: Store) -> None:
         assert first.attempts == 1
 
 
+async def test_enqueue_jobs_in_one_batch_with_dedupe_keys_inside_and_outside_it(store: Store) -> None:
+    with trio.fail_after(LIMIT_S):
+        held, _ = await store.enqueue_job(queue="p", kind="push", payload={"old": 1}, now=T0, dedupe_key="push:a")
+        specs = [
+            JobSpec(queue="p", kind="push", payload={"i": 0}, dedupe_key="push:a"),  # taken before the batch
+            JobSpec(queue="p", kind="push", payload={"i": 1}, dedupe_key="push:b"),
+            JobSpec(queue="p", kind="push", payload={"i": 2}, dedupe_key="push:b"),  # taken inside the batch
+            JobSpec(queue="p", kind="push", payload={"i": 3}, run_at=at(60), priority=5, max_attempts=2),
+            JobSpec(queue="other", kind="x", payload={"nested": {"a": [1, 2]}}),
+        ]
+        results = await store.enqueue_jobs(specs, now=at(1))
+        assert [created for _, created in results] == [False, True, False, True, True]
+        assert results[0][0].id == held.id and results[0][0].payload == {"old": 1}
+        assert results[2][0].id == results[1][0].id and results[1][0].payload == {"i": 1}
+        later = results[3][0]
+        assert later.run_at == at(60) and later.priority == 5 and later.max_attempts == 2 and later.created_at == at(1)
+        assert results[4][0].payload == {"nested": {"a": [1, 2]}} and results[4][0].run_at == at(1)
+        for job, _ in results:
+            stored = await store.get_job(job.id)
+            assert stored is not None and stored.status == "queued" and stored.payload == job.payload
+        claimed = await store.claim_jobs(queue="p", limit=10, owner="w", lease_s=30, now=at(2))
+        assert {j.id for j in claimed} == {held.id, results[1][0].id}
+        assert await store.enqueue_jobs([], now=at(3)) == []
+
+
+async def test_complete_jobs_in_one_batch_skips_only_a_lost_lease(store: Store) -> None:
+    with trio.fail_after(LIMIT_S):
+        for i in range(5):
+            await store.enqueue_job(queue="q", kind="k", payload={"i": i}, now=T0)
+        claimed = await store.claim_jobs(queue="q", limit=5, owner="w", lease_s=5, now=T0)
+        ids = [j.id for j in claimed]
+        assert len(ids) == 5
+        # The first job's lease ran out and another runner holds it now.
+        await store.renew_leases(job_ids=ids[1:], owner="w", lease_s=30, now=at(4))
+        (taken,) = await store.claim_jobs(queue="q", limit=5, owner="other", lease_s=30, now=at(6))
+        assert taken.id == ids[0]
+        done = await store.complete_jobs(job_ids=[*ids, "missing", ids[1]], owner="w", now=at(7))
+        assert done == set(ids[1:])
+        for job_id in ids[1:]:
+            job = await store.get_job(job_id)
+            assert job is not None and job.status == "succeeded" and job.finished_at == at(7)
+            assert job.lease_expires_at is None
+        held = await store.get_job(ids[0])
+        assert held is not None and held.status == "running" and held.lease_owner == "other"
+        assert await store.complete_jobs(job_ids=[], owner="w", now=at(8)) == set()
+        assert await store.complete_jobs(job_ids=[ids[0]], owner="other", now=at(8)) == {ids[0]}
+
+
+async def test_a_batch_claimed_by_a_crashed_runner_is_claimed_again_after_its_lease(store: Store) -> None:
+    with trio.fail_after(LIMIT_S):
+        for i in range(6):
+            await store.enqueue_job(queue="q", kind="k", payload={"i": i}, now=T0)
+        claimed = await store.claim_jobs(queue="q", limit=6, owner="crashed", lease_s=10, now=T0)
+        # It recorded half of its batch, then died.
+        assert await store.complete_jobs(job_ids=[j.id for j in claimed[:3]], owner="crashed", now=at(1)) == {
+            j.id for j in claimed[:3]
+        }
+        assert await store.claim_jobs(queue="q", limit=6, owner="next", lease_s=10, now=at(9)) == []
+        again = await store.claim_jobs(queue="q", limit=6, owner="next", lease_s=10, now=at(10))
+        assert [j.id for j in again] == [j.id for j in claimed[3:]]
+        assert all(j.attempts == 2 and j.lease_owner == "next" for j in again)
+        assert await store.complete_jobs(job_ids=[j.id for j in claimed], owner="crashed", now=at(11)) == set()
+        assert await store.complete_jobs(job_ids=[j.id for j in again], owner="next", now=at(11)) == {
+            j.id for j in again
+        }
+
+
 async def test_fail_retry_release_and_final_states(store: Store) -> None:
     with trio.fail_after(LIMIT_S):
         job, _ = await store.enqueue_job(queue="q", kind="k", payload={}, now=T0, max_attempts=3)
@@ -1012,6 +1103,33 @@ async def test_devices_register_move_topics_and_last_seen(store: Store) -> None:
         await store.set_last_seen(user_id="u", at=at(10))
         await store.set_last_seen(user_id="u", at=at(5))  # never moves back
         assert await store.get_last_seen(["u", "v"]) == {"u": at(10)}
+
+
+async def test_batched_reads_of_devices_badges_and_notification_states(store: Store) -> None:
+    with trio.fail_after(LIMIT_S):
+        await store.register_device(user_id="u", token="u-new", platform="ios", now=at(2))
+        await store.register_device(user_id="u", token="u-old", platform="web", now=at(1))
+        await store.register_device(user_id="v", token="v-off", platform="android", now=at(1))
+        await store.register_device(user_id="w", token="w-1", platform="android", now=at(1))
+        await store.add_device_topics(token="w-1", topics=["news"])
+        assert await store.deactivate_device(token="v-off")
+        by_user = await store.list_devices_many(["u", "v", "w", "nobody", "u"])
+        assert {user: [d.token for d in found] for user, found in by_user.items()} == {
+            "u": [d.token for d in await store.list_devices("u")],
+            "w": ["w-1"],
+        }
+        assert by_user["w"][0].topics == ("news",)
+        devices = await store.get_devices(["v-off", "w-1", "missing", "w-1"])
+        assert set(devices) == {"v-off", "w-1"} and not devices["v-off"].active and devices["w-1"].user_id == "w"
+        assert await store.get_devices([]) == {} and await store.list_devices_many([]) == {}
+
+        items = await store.insert_notifications(items=[note("u", 1), note("u", 2), note("v", 3)], now=T0)
+        ids = [n.id for n, _ in items]
+        await store.mark_notifications_read(user_id="u", ids=[ids[0]], now=at(1))
+        await store.delete_notifications(user_id="v", ids=[ids[2]])
+        assert await store.notification_unread_counts(["u", "v", "nobody"]) == {"u": 1, "v": 0, "nobody": 0}
+        assert await store.notification_states([*ids, "missing"]) == {ids[0]: ("u", True), ids[1]: ("u", False)}
+        assert await store.notification_states([]) == {} and await store.notification_unread_counts([]) == {}
 
 
 # ---------------------------------------------------------------------------

@@ -20,6 +20,12 @@ a quarter of its slots are free (or after ``CLAIM_GATHER_S``), so that claims
 stay few when jobs are short. A slot is taken from the claim until the outcome
 is recorded: a slow store slows claiming down instead of piling up claims.
 
+Recording: successes are recorded together. One task writes every success
+waiting at the moment in one statement (``store.complete_jobs``, one commit),
+and those that finish while it runs go in the next, so a busy runner writes
+once per batch of jobs and an idle one adds no wait. A handler's slot is
+freed once its success is committed. Failures are recorded one by one.
+
 Retries: a handler that raises is retried at ``now + delay`` with exponential
 backoff and *equal jitter*: ``d = min(backoff_max_s, backoff_base_s * 2 ** (attempt - 1))``
 and the delay is drawn uniformly from ``[d / 2, d]``, so a retry never comes
@@ -52,7 +58,7 @@ import os
 import random
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
@@ -69,7 +75,7 @@ from realtimed.metrics import REGISTRY
 from realtimed.protocol import MAX_STORED_JSON_DEPTH, encode_json, json_depth_path
 
 if TYPE_CHECKING:
-    from realtimed.store.base import JobRecord, Store
+    from realtimed.store.base import JobRecord, JobSpec, Store
 
 __all__ = [
     "DEFAULT_QUEUE",
@@ -92,6 +98,8 @@ MAX_KIND_CHARS: Final = 100
 CLAIM_GATHER_S: Final = 0.01
 # Wake-ups for new work closer together than this are served by one extra claim.
 WAKE_COALESCE_S: Final = 0.02
+# The most completions recorded by one store statement.
+COMPLETE_BATCH: Final = 500
 
 # ---------------------------------------------------------------------------
 # Metrics
@@ -269,6 +277,16 @@ class _Claim:
     lease_lost: bool = False
 
 
+@attrs.define(eq=False)
+class _Completion:
+    """A success waiting to be recorded with others (``JobRunner._record_completions``)."""
+
+    job_id: str
+    done: trio.Event = attrs.field(factory=trio.Event)
+    completed: bool = False
+    error: Exception | None = None
+
+
 class JobRunner:
     """Runs persistent jobs from the store on this node.
 
@@ -298,7 +316,8 @@ class JobRunner:
 
     Resource handling:
         ``run`` owns every task: one worker per served queue, one lease renewer,
-        one wake-up listener, one metrics refresher and one task per running job.
+        one wake-up listener, one completion recorder, one metrics refresher and
+        one task per running job.
         It returns after ``drain`` finished, or when cancelled; either way the
         claims it still holds are released before it returns.
 
@@ -338,6 +357,8 @@ class JobRunner:
         self._drained = trio.Event()
         self._job_exit = trio.Event()
         self._job_tasks = 0
+        self._completions: list[_Completion] = []
+        self._completions_wanted = trio.Event()
         self._status_labels: set[tuple[str, str]] = set()
         self._queue_labels: set[str] = set()
         self._dead_hooks: list[Callable[[JobRecord, str], Awaitable[None]]] = []
@@ -496,6 +517,35 @@ class JobRunner:
         self._queues[queue].wake()
         return job
 
+    async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[JobRecord]:
+        """``enqueue`` of many jobs in one store statement and one commit; the
+        records in order (an existing job for a spec whose ``dedupe_key`` is taken).
+
+        Each spec is checked as ``enqueue`` checks its payload; ``max_attempts``
+        is the spec's. The queues are served by this runner from now on.
+
+        Raises:
+            ValidationFailed: (field ``payload``) a payload nests too deep or is
+                not JSON: nothing of the batch is stored.
+        """
+        for spec in specs:
+            if not spec.kind or len(spec.kind) > MAX_KIND_CHARS:
+                raise ValueError(f"job kind must be 1 to {MAX_KIND_CHARS} characters, got {spec.kind!r}")
+            if json_depth_path(spec.payload, MAX_STORED_JSON_DEPTH) is not None:
+                raise ValidationFailed("payload", f"nests more than {MAX_STORED_JSON_DEPTH} levels of arrays and objects")
+            encode_json(spec.payload, "payload")
+        if not specs:
+            return []
+        results = await self._store.enqueue_jobs(specs, now=self.clock.now())
+        for job, created in results:
+            if created:
+                JOBS_ENQUEUED.labels(job.kind).inc()
+        for queue in dict.fromkeys(spec.queue for spec in specs):
+            self.serve_queue(queue)
+            self._queues[queue].wake()
+        log.debug("%d job(s) enqueued, %d new", len(results), sum(created for _, created in results))
+        return [job for job, _ in results]
+
     # -- running ---------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[JobRunner] = trio.TASK_STATUS_IGNORED) -> None:
@@ -508,6 +558,7 @@ class JobRunner:
                         self._start_worker(queue)
                     nursery.start_soon(self._renew_leases)
                     nursery.start_soon(self._listen_for_work)
+                    nursery.start_soon(self._record_completions)
                 nursery.start_soon(self._refresh_gauges)
                 log.info(
                     "job runner %s serving %s (lease %.1f s)",
@@ -703,7 +754,7 @@ class JobRunner:
         now = self.clock.now()
         try:
             if error is None:
-                if await self._store.complete_job(job_id=job.id, owner=self.owner, now=now):
+                if await self._complete(job.id):
                     JOB_OUTCOMES.labels(job.kind, "succeeded").inc()
                     log.debug("job %s (%s) succeeded", job.id, job.kind)
                 else:
@@ -747,6 +798,42 @@ class JobRunner:
                 await hook(job, text)
             except Exception as exc:  # a report must not change the job's outcome
                 log.error("job %s (%s): reporting it dead failed: %s", job.id, job.kind, exc)
+
+    async def _complete(self, job_id: str) -> bool:
+        """Record a success together with the others that finish meanwhile (one
+        statement, one commit, for all of them); True once committed, False if
+        the lease was lost. Raises what the store raised."""
+        completion = _Completion(job_id)
+        self._completions.append(completion)
+        self._completions_wanted.set()
+        await completion.done.wait()
+        if completion.error is not None:
+            raise completion.error
+        return completion.completed
+
+    async def _record_completions(self) -> None:
+        """Record the successes waiting in ``_completions``, as many as there are
+        (up to ``COMPLETE_BATCH``) per store statement: successes that come
+        while one statement runs go together in the next, so nothing waits for a
+        timer and a busy runner writes once for many jobs."""
+        while True:
+            await self._completions_wanted.wait()
+            self._completions_wanted = trio.Event()
+            while self._completions:
+                batch = self._completions[:COMPLETE_BATCH]
+                del self._completions[:COMPLETE_BATCH]
+                try:
+                    completed = await self._store.complete_jobs(
+                        job_ids=[c.job_id for c in batch], owner=self.owner, now=self.clock.now()
+                    )
+                except Exception as exc:
+                    for completion in batch:
+                        completion.error = exc
+                        completion.done.set()
+                    continue
+                for completion in batch:
+                    completion.completed = completion.job_id in completed
+                    completion.done.set()
 
     def _failure(self, job: JobRecord, error: BaseException, now: datetime) -> tuple[datetime | None, str, str]:
         """(retry_at, final_status, error text) for a handler's exception."""

@@ -455,18 +455,27 @@ class NotifyService:
         await self._consider_all(plans, settings, ctx.job_id)
 
     async def _consider_all(self, plans: Sequence[_Plan], settings: Mapping[str, UserSettings], job_id: str) -> None:
+        """The policy for every plan (up to ``PLAN_CONCURRENCY`` at once), then one
+        ``deliver`` per planned channel for all the plans that go out."""
         limiter = trio.Semaphore(PLAN_CONCURRENCY)
+        decided: dict[int, tuple[_Plan, str, str, datetime | None]] = {}
 
-        async def one(plan: _Plan) -> None:
+        async def one(index: int, plan: _Plan) -> None:
             async with limiter:
-                await self._consider(plan, settings.get(plan.user_id) or UserSettings(plan.user_id), job_id)
+                decision = await self._consider(plan, settings.get(plan.user_id) or UserSettings(plan.user_id), job_id)
+                if decision is not None:
+                    decided[index] = (plan, *decision)
 
         async with trio.open_nursery() as nursery:
-            for plan in plans:
-                nursery.start_soon(one, plan)
+            for index, plan in enumerate(plans):
+                nursery.start_soon(one, index, plan)
+        await self._send_all([decided[i] for i in sorted(decided)], job_id)
 
-    async def _consider(self, plan: _Plan, settings: UserSettings, job_id: str) -> None:
-        """Digest window, caps and quiet hours for one user, then the planned channels deliver."""
+    async def _consider(
+        self, plan: _Plan, settings: UserSettings, job_id: str
+    ) -> tuple[str, str, datetime | None] | None:
+        """Digest window, caps and quiet hours for one user: the title, body and
+        ``run_at`` the planned channels deliver with, or None when nothing goes."""
         ntype = plan.type
         now = self.clock.now()
         critical = ntype.priority == "critical"
@@ -474,16 +483,16 @@ class NotifyService:
         if digest and not await self._open_digest(plan, settings, now):
             PUSH_DECISIONS.labels(ntype.name, "digest_held").inc()
             log.debug("job %s: push to %s held for the digest of %s", job_id, plan.user_id, plan.group_key)
-            return
+            return None
         if not critical and not await self._take_cap(ntype, plan.user_id, settings, now, job_id):
-            return
+            return None
         run_at = None if critical else quiet_until(
             now, start=settings.quiet_hours_start, end=settings.quiet_hours_end, time_zone=settings.time_zone
         )
         title, body = plan.title, plan.body
         if not ntype.push_content:
             title, body = render(ntype.private_title, plan.vars), render(ntype.private_body, plan.vars)
-        await self._send(plan, title, body, run_at, job_id)
+        return title, body, run_at
 
     async def _take_cap(
         self, ntype: NotificationTypeConfig, user_id: str, settings: UserSettings, now: datetime, job_id: str
@@ -534,34 +543,47 @@ class NotifyService:
 
     async def _send(self, plan: _Plan, title: str, body: str, run_at: datetime | None, job_id: str) -> None:
         """Every planned channel of the plan that this node can deliver on delivers."""
-        ntype = plan.type
-        delivery = Delivery(
-            user_id=plan.user_id,
-            type=ntype,
-            title=title,
-            body=body,
-            data=plan.data,
-            group_key=plan.group_key,
-            ref=plan.ref,
-            check=plan.check,
-            run_at=run_at,
-        )
-        reached: list[str] = []
-        for name in plan.channels:
+        await self._send_all([(plan, title, body, run_at)], job_id)
+
+    async def _send_all(self, sends: Sequence[tuple[_Plan, str, str, datetime | None]], job_id: str) -> None:
+        """``_send`` of many plans: each planned channel delivers all of its plans in one call."""
+        if not sends:
+            return
+        deliveries = [
+            Delivery(
+                user_id=plan.user_id,
+                type=plan.type,
+                title=title,
+                body=body,
+                data=plan.data,
+                group_key=plan.group_key,
+                ref=plan.ref,
+                check=plan.check,
+                run_at=run_at,
+            )
+            for plan, title, body, run_at in sends
+        ]
+        reached: list[list[str]] = [[] for _ in sends]
+        names = dict.fromkeys(name for plan, *_ in sends for name in plan.channels)
+        for name in names:
             channel = self.channels.get(name)
             if channel is None or channel.immediate or not channel.available():
                 continue
-            (receipt,) = await channel.deliver([delivery])
-            if receipt is not None:
-                reached.append(f"{name} ({receipt.endpoints})")
-        if not reached:
-            PUSH_DECISIONS.labels(ntype.name, "no_devices").inc()
-            return
-        PUSH_DECISIONS.labels(ntype.name, "deferred_quiet" if run_at is not None else "queued").inc()
-        log.debug(
-            "job %s: %s to %s by %s%s",
-            job_id, ntype.name, plan.user_id, ", ".join(reached), f" at {iso(run_at)} (quiet hours)" if run_at else "",
-        )
+            mine = [i for i, (plan, *_) in enumerate(sends) if name in plan.channels]
+            receipts = await channel.deliver([deliveries[i] for i in mine])
+            for i, receipt in zip(mine, receipts, strict=True):
+                if receipt is not None:
+                    reached[i].append(f"{name} ({receipt.endpoints})")
+        for (plan, _title, _body, run_at), went in zip(sends, reached, strict=True):
+            ntype = plan.type
+            if not went:
+                PUSH_DECISIONS.labels(ntype.name, "no_devices").inc()
+                continue
+            PUSH_DECISIONS.labels(ntype.name, "deferred_quiet" if run_at is not None else "queued").inc()
+            log.debug(
+                "job %s: %s to %s by %s%s",
+                job_id, ntype.name, plan.user_id, ", ".join(went), f" at {iso(run_at)} (quiet hours)" if run_at else "",
+            )
 
     async def _job_digest(self, ctx: JobContext, p: NotifyDigest) -> None:
         """At the end of a digest window: one delivery summing up the group, if more than one came."""

@@ -6,19 +6,25 @@ every platform (``realtimed.push.messages``: the type's priority, TTL, sound
 and Android channel; the inbox's unread count as the badge; ``data.link`` as
 the web link; the group as the collapse key when the type groups or digests)
 and queues one ``push.send`` job per active device, at ``run_at``, carrying
-the delivery's check. Withdrawing cancels the queued jobs by their dedupe
+the delivery's check. A batch of deliveries costs two reads (devices, badges)
+and one write, however many users and devices it holds. Withdrawing cancels the queued jobs by their dedupe
 keys (``push:<user>:<ref>:<device>``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from datetime import datetime
+from typing import Any, Final
+
+import trio
 
 from realtimed.notify.channel import Delivery, Receipt
 from realtimed.notify.policy import inbox_push_prefix, push_prefix
+from realtimed.push.jobs import PushSend
 from realtimed.push.messages import build_message
 from realtimed.push.service import PushService
+from realtimed.store.base import DeviceRecord
 
 __all__ = ["FcmChannel"]
 
@@ -45,17 +51,55 @@ class FcmChannel:
         return bool(self.push.cfg.service_account_file)
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> list[Receipt | None]:
-        return [await self._deliver(delivery) for delivery in deliveries]
-
-    async def _deliver(self, delivery: Delivery) -> Receipt | None:
+        """Every delivery's devices and badge are read together (two reads, run at
+        once, whatever the number of deliveries) and all their ``push.send`` jobs
+        are queued by one store statement."""
+        if not deliveries:
+            return []
         store = self.push.store
-        devices = await store.list_devices(delivery.user_id)
-        if not devices:
-            return None
+        users = list(dict.fromkeys(d.user_id for d in deliveries))
+        async with trio.open_nursery() as nursery:
+            devices: dict[str, list[DeviceRecord]] = {}
+            badges: dict[str, int] = {}
+
+            async def read_devices() -> None:
+                devices.update(await store.list_devices_many(users))
+
+            async def read_badges() -> None:
+                badges.update(await store.notification_unread_counts(users))
+
+            nursery.start_soon(read_devices)
+            nursery.start_soon(read_badges)
+        pushes: list[tuple[PushSend, datetime | None]] = []
+        receipts: list[Receipt | None] = []
+        for delivery in deliveries:
+            mine = devices.get(delivery.user_id, [])
+            if not mine:
+                receipts.append(None)
+                continue
+            message = self._message(delivery, badges.get(delivery.user_id, 0))
+            for device in mine:
+                pushes.append(
+                    (
+                        PushSend(
+                            message=message,
+                            ref=delivery.ref,
+                            token=device.token,
+                            user_id=delivery.user_id,
+                            check=delivery.check,
+                        ),
+                        delivery.run_at,
+                    )
+                )
+            receipts.append(Receipt(ref=delivery.ref, check=delivery.check, endpoints=len(mine)))
+        await self.push.queue_pushes(pushes)
+        return receipts
+
+    @staticmethod
+    def _message(delivery: Delivery, badge: int) -> dict[str, Any]:
         ntype = delivery.type
-        badge = await store.notification_unread_count(delivery.user_id)
         link = delivery.data.get("link")
-        message = build_message(
+        return build_message(
             title=delivery.title,
             body=delivery.body,
             data={k: v for k, v in delivery.data.items() if v is not None},
@@ -68,16 +112,6 @@ class FcmChannel:
             badge=badge,
             link=link if isinstance(link, str) else None,
         )
-        for device in devices:
-            await self.push.queue_push(
-                message,
-                token=device.token,
-                user_id=delivery.user_id,
-                ref=delivery.ref,
-                run_at=delivery.run_at,
-                check=delivery.check,
-            )
-        return Receipt(ref=delivery.ref, check=delivery.check, endpoints=len(devices))
 
     async def withdraw(self, *, user_id: str, refs: Sequence[str] | None) -> int:
         store = self.push.store

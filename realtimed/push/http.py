@@ -46,6 +46,7 @@ from realtimed.api.routes import (
 from realtimed.config import Config
 from realtimed.errors import PayloadTooLarge, Unavailable, ValidationFailed
 from realtimed.protocol import JsonSchema
+from realtimed.push.jobs import PushSend
 from realtimed.push.messages import build_message, check_message, merge_platform
 from realtimed.push.service import TOPIC_PATTERN, PushService
 
@@ -249,14 +250,19 @@ async def push(inp: PushInput) -> Queued:
     ref = "p" + secrets.token_hex(8)
     queued = 0
     if inp.tokens is not None:
-        for token in inp.tokens:
-            await svc.queue_push(inp.message, token=token, ref=ref)
+        # One read and one write for the whole call, however many devices.
+        pushes = [(PushSend(message=inp.message, ref=ref, token=token), None) for token in inp.tokens]
+        await svc.queue_pushes(pushes)
         queued = len(inp.tokens)
     elif inp.user_ids is not None:
-        for user_id in inp.user_ids:
-            for device in await svc.store.list_devices(user_id):
-                await svc.queue_push(inp.message, token=device.token, user_id=user_id, ref=ref)
-                queued += 1
+        by_user = await svc.store.list_devices_many(inp.user_ids)
+        pushes = [
+            (PushSend(message=inp.message, ref=ref, token=device.token, user_id=user_id), None)
+            for user_id in inp.user_ids
+            for device in by_user.get(user_id, [])
+        ]
+        await svc.queue_pushes(pushes)
+        queued = len(pushes)
     else:
         assert inp.topic is not None
         await svc.queue_push(inp.message, topic=inp.topic, ref=ref)

@@ -33,13 +33,14 @@ from prometheus_client import Counter
 from realtimed.clock import WallClock
 from realtimed.config import Config, PushConfig
 from realtimed.errors import NotFound, Unavailable, ValidationFailed
+from realtimed.jobs.gather import Gather
 from realtimed.jobs.runner import DoNotRetry, JobContext, JobRunner, RetryAfter, backoff_delay
 from realtimed.metrics import REGISTRY
-from realtimed.notify.checks import DeliveryCheck, still_wanted
+from realtimed.notify.checks import DeliveryCheck, NotificationCheck, still_wanted
 from realtimed.notify.policy import push_key
 from realtimed.push.fcm import FcmClient, FcmResult, ServiceAccount
 from realtimed.push.jobs import PUSH_SEND, PushSend
-from realtimed.store.base import DeviceRecord, Store
+from realtimed.store.base import DeviceRecord, JobSpec, Store
 
 __all__ = ["PUSH_SEND", "TOPIC_PATTERN", "PushSend", "PushService"]
 
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 
 TOPIC_PATTERN: Final = re.compile(r"^[a-zA-Z0-9\-_.~%]{1,900}$")
 FRESH_S: Final = 2.0  # a push job younger than this is not checked again before it is sent
+QUEUE_BATCH: Final = 1000  # push.send jobs queued by one store statement
+CHECK_BATCH: Final = 500  # devices (or notifications) read by one store call for the checks of push.send jobs
 
 TOKENS_DEACTIVATED: Final = Counter(
     "realtimed_push_tokens_deactivated", "device tokens deactivated because FCM refused them", ["reason"],
@@ -73,7 +76,9 @@ class PushService:
 
     Resource handling:
         ``run`` owns the FCM client (its HTTP/2 connections) while push is
-        configured, and closes it when cancelled. Without
+        configured, and closes it when cancelled, and the two ``Gather`` tasks
+        that read the checks of concurrent ``push.send`` jobs together
+        (``devices``, ``notifications``). Without
         ``push.service_account_file`` push is off: devices and topics are still
         stored, no push job is queued.
 
@@ -98,6 +103,9 @@ class PushService:
         self._jobs = jobs
         self._rng = rng or random.Random()
         self.client: FcmClient | None = None
+        # The checks of push.send jobs that run side by side, read together.
+        self.devices: Gather[str, DeviceRecord] = Gather(store.get_devices, max_batch=CHECK_BATCH)
+        self.notifications: Gather[str, tuple[str, bool]] = Gather(store.notification_states, max_batch=CHECK_BATCH)
 
     @property
     def cfg(self) -> PushConfig:
@@ -122,10 +130,13 @@ class PushService:
         account = ServiceAccount.from_file(self.cfg.service_account_file)
         client = FcmClient(self.cfg, account, clock=self.clock)
         try:
-            self.client = client
-            log.info("push through FCM project %s as %s", client.project_id, account.client_email)
-            task_status.started(self)
-            await trio.sleep_forever()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.devices.run)
+                await nursery.start(self.notifications.run)
+                self.client = client
+                log.info("push through FCM project %s as %s", client.project_id, account.client_email)
+                task_status.started(self)
+                await trio.sleep_forever()
         finally:
             self.client = None
             await client.aclose()
@@ -165,6 +176,26 @@ class PushService:
             dedupe_key=push_key(user_id or "", ref, target),
         )
 
+    async def queue_pushes(self, pushes: Sequence[tuple[PushSend, datetime | None]]) -> None:
+        """``queue_push`` of many ``(push, run_at)`` in one store statement and one
+        commit (the dedupe keys hold as in ``queue_push``)."""
+        runner = self.runner()
+        specs = []
+        for payload, run_at in pushes:
+            target = payload.token if payload.token is not None else f"/topics/{payload.topic}"
+            specs.append(
+                JobSpec(
+                    queue=self.cfg.queue,
+                    kind=PUSH_SEND.kind,
+                    payload=PUSH_SEND.encode(payload),
+                    run_at=run_at,
+                    max_attempts=self.cfg.max_attempts,
+                    dedupe_key=push_key(payload.user_id or "", payload.ref, target),
+                )
+            )
+        for start in range(0, len(specs), QUEUE_BATCH):
+            await runner.enqueue_many(specs[start : start + QUEUE_BATCH])
+
     # -- the job -----------------------------------------------------------------------------
 
     async def handle_send(self, ctx: JobContext, payload: PushSend) -> None:
@@ -188,7 +219,7 @@ class PushService:
     async def _still_wanted(self, token: str | None, user_id: str | None, check: DeliveryCheck | None) -> str | None:
         """None if the push should go; else why not."""
         if token is not None:
-            device: DeviceRecord | None = await self.store.get_device(token)
+            device = await self.devices.get(token)
             if device is None:
                 # A token the server API named directly may be one this node never saw.
                 if user_id:
@@ -199,6 +230,12 @@ class PushService:
                 return "token_moved"
         if check is None:
             return None
+        if isinstance(check, NotificationCheck):
+            # still_wanted's answer for a notification, read together with the other jobs' checks.
+            state = await self.notifications.get(check.id)
+            if state is None or state[0] != check.user_id:
+                return "deleted"
+            return "read" if state[1] else None
         return await still_wanted(self.store, check)
 
     async def _act(self, ctx: JobContext, result: FcmResult, token: str | None) -> None:

@@ -19,8 +19,15 @@ a native socket, and that the router delivers to.
   ``VALIDATION_ERROR``; an event that names no op gets ``BAD_REQUEST`` when it
   asks for an ack, and nothing otherwise.
 - Server events: ``[name, data]``, plus ``{room, seq, epoch}`` (the members the
-  native frame has) as a second argument. Each event frame of the router is
-  encoded for Socket.IO once, whatever the number of recipients.
+  native frame has) as a second argument, plus the recovery offset on events
+  with a position. Each event frame of the router is encoded for Socket.IO
+  once, whatever the number of recipients.
+- Recovery (``recovery``, ``replay``): the CONNECT reply carries a ``pid``; a
+  socket that ends without a DISCONNECT keeps its positions in the store under
+  it; a CONNECT with ``{pid, offset}`` of the same user holds what the router
+  delivers, collects the replay, answers with the same ``pid`` (or a new one and
+  no replay), then sends ``session.ready``, the replay and what was held (less
+  what the replay already sent).
 - Closing: ``session.closed`` (``{code, reason}``) first; then a terminal code
   (4500 to 4999, and 1000) sends DISCONNECT (socket.io-client does not
   reconnect), and any other closes the Engine.IO session, so socket.io-client
@@ -36,7 +43,8 @@ from __future__ import annotations
 
 import logging
 import math
-from datetime import datetime
+import secrets
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Final
 
 import orjson
@@ -50,6 +58,7 @@ from realtimed.errors import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
     CLOSE_RATE_ABUSE,
+    CLOSE_SLOW_CONSUMER,
     CLOSE_TOKEN_EXPIRED,
     CLOSE_UNAUTHORIZED,
     ApiError,
@@ -66,7 +75,10 @@ from realtimed.gateway.client import ClientSession
 from realtimed.gateway.gateway import Gateway
 from realtimed.live import Live
 from realtimed.socketio.packets import RESERVED_EVENTS
+from realtimed.socketio.recovery import Position, RecoveryRecord, Tracker, frame_position
+from realtimed.socketio.replay import Replay
 from realtimed.socketio.server import SioSocket
+from realtimed.store.base import RecoveryStore, Store
 
 __all__ = ["RealtimeHandler", "SioClient", "ack_error", "encode_frame"]
 
@@ -103,7 +115,11 @@ def _event_data_json(frame: Frame) -> bytes:
 
 
 def encode_frame(frame: Frame) -> tuple[bytes, str]:
-    """A router frame as the Socket.IO door sends it: (the WebSocket frame, the polling record); built once per frame."""
+    """A router frame as the Socket.IO door sends it: (the WebSocket frame, the polling record); built once per frame.
+
+    An event with a position (``recovery.frame_position``) ends with its offset, a
+    string the same for every recipient; ``frame.socketio_position`` keeps it.
+    """
     cached = frame.socketio
     if cached is not None:
         return cached
@@ -117,6 +133,9 @@ def encode_frame(frame: Frame) -> tuple[bytes, str]:
         position["epoch"] = frame.epoch
     if position:
         parts += [b",", orjson.dumps(position)]
+    offset = frame.socketio_position = frame_position(frame)
+    if offset is not None:
+        parts += [b",", orjson.dumps(offset[0])]
     parts.append(b"]")
     record = b"".join(parts)
     cached = frame.socketio = (ws_frame(OP_TEXT, record), record.decode())
@@ -134,9 +153,17 @@ class SioClient(ClientSession):
         socket: the Socket.IO socket.
         bucket, bucket_at, limited_streak: the socket's frame budget, as on the native door.
         refusal: the error of an admission refused, sent with its close code.
+        pid: the recovery id of the CONNECT reply (None: recovery is off).
+        tracker: what the socket sent, per stream, for recovery (None: recovery is off).
+        held: while a recovery is prepared, what is to be sent after it (frames, and
+            ``(name, data)`` events), in order; None otherwise.
+        held_max: most frames held (``socketio.recovery_max_replay``); one more closes
+            the socket with 4008, as a slow consumer.
     """
 
-    __slots__ = ("_closing", "bucket", "bucket_at", "limited_streak", "refusal", "socket")
+    __slots__ = (
+        "_closing", "bucket", "bucket_at", "held", "held_max", "limited_streak", "pid", "refusal", "socket", "tracker"
+    )
 
     transport: ClassVar[str] = "socketio"
     sends_expiring: ClassVar[bool] = True
@@ -150,6 +177,10 @@ class SioClient(ClientSession):
         self.bucket_at = now
         self.limited_streak = 0
         self.refusal: ApiError | None = None
+        self.pid: str | None = None
+        self.tracker: Tracker | None = None
+        self.held: list[Frame | tuple[str, Any]] | None = None
+        self.held_max = 0
 
     @property
     def closing(self) -> bool:
@@ -162,12 +193,51 @@ class SioClient(ClientSession):
     def send_frame(self, frame: Frame) -> None:
         # An app event named like one socket.io-client keeps for itself would fire the app's
         # own handler of that name (its "disconnect" handler, say): such events skip this door.
-        if not self.closing and frame.name not in RESERVED_EVENTS:
-            self.socket.send_encoded(*encode_frame(frame))
+        if self.closing or frame.name in RESERVED_EVENTS:
+            return
+        held = self.held
+        if held is not None:
+            held.append(frame)
+            if len(held) > self.held_max:
+                # The client would not take these in time either: as the native slow consumer is.
+                self.close(CLOSE_SLOW_CONSUMER, "too many events while recovering")
+            return
+        self._send(frame)
+
+    def _send(self, frame: Frame) -> None:
+        encoded = encode_frame(frame)
+        entry = frame.socketio_position
+        tracker = self.tracker
+        if entry is not None and tracker is not None:
+            last = tracker.positions.get(entry[1])
+            at = entry[2]
+            if last is not None and at[0] <= last[0] and at[1] == last[1]:
+                return  # replayed by a recovery already
+            tracker.sent(entry)
+        self.socket.send_encoded(*encoded)
 
     def send_event(self, name: str, data: Any) -> None:
-        if not self.closing:
-            self.socket.emit(name, data)
+        if self.closing:
+            return
+        if self.held is not None:
+            self.held.append((name, data))
+            return
+        self.socket.emit(name, data)
+
+    def release(self, replay: list[Frame], *, drop_rooms: frozenset[str] = frozenset()) -> None:
+        """End a recovery: ``session.ready``, then ``replay``, then what was held (frames of ``drop_rooms`` left out)."""
+        held, self.held = self.held or [], None
+        events = [item for item in held if isinstance(item, tuple) and item[0] == "session.ready"]
+        for name, data in events:
+            self.send_event(name, data)
+        for frame in replay:
+            self.send_frame(frame)
+        for item in held:
+            if isinstance(item, tuple):
+                if item[0] != "session.ready":
+                    self.send_event(*item)
+            elif item.room is None or item.room not in drop_rooms:
+                self.send_frame(item)
 
     def close(self, code: int, reason: str = "") -> None:
         if self.closing:
@@ -175,6 +245,12 @@ class SioClient(ClientSession):
         self._closing = True
         self.close_code = code
         socket = self.socket
+        if not socket.connected and self.held is not None and not _is_terminal(code):
+            # Closed while its recovery was read (a drain, too many live events): the transport
+            # closes, so that socket.io-client reconnects by itself (without recovery: the record is used).
+            self.held = None
+            socket.engine.close(reason or "transport close", code=code, flush=True)
+            return
         if not socket.connected:
             # Refused while being admitted: the CONNECT is answered with the refusal.
             error = self.refusal or Unauthorized(reason or "refused")
@@ -197,6 +273,30 @@ class SioClient(ClientSession):
         await trio.lowlevel.checkpoint()
 
 
+# A DISCONNECT ended the socket (the client's, or the server's terminal close): socket.io-client
+# does not recover after it, so nothing is kept.
+# A recovery asked for: the pid, the client's offset, its record, and the positions at the offset.
+_Found = tuple[str, str | None, RecoveryRecord, dict[str, Position]]
+
+_NOT_RECOVERABLE: Final = frozenset({"client namespace disconnect", "server namespace disconnect"})
+
+# Longest pid and offset read from a CONNECT (longer: nothing is recovered).
+MAX_PID_CHARS: Final = 64
+MAX_OFFSET_CHARS: Final = 1024
+
+
+def _recovery_request(auth: dict[str, Any] | None) -> tuple[str, str | None] | None:
+    """The ``(pid, offset)`` of a CONNECT that asks for recovery, or None."""
+    if not isinstance(auth, dict):
+        return None
+    pid, offset = auth.get("pid"), auth.get("offset")
+    if not isinstance(pid, str) or not 0 < len(pid) <= MAX_PID_CHARS:
+        return None
+    if offset is not None and (not isinstance(offset, str) or len(offset) > MAX_OFFSET_CHARS):
+        return None
+    return pid, offset
+
+
 def _connect_error(error: ApiError, close_code: int) -> dict[str, Any]:
     return {"message": error.message, "data": {"code": error.code, "close_code": close_code, "message": error.message}}
 
@@ -208,12 +308,25 @@ class RealtimeHandler:
         gateway: the session lifecycle.
         ops: who answers each op.
         verifier: the token verifier in force (a reload replaces it).
+        store: what a recovery replays from, and where recovery records are kept
+            (None: no connection state recovery, the CONNECT reply has no ``pid``).
+        recovery: where recovery records are kept instead (tests).
     """
 
-    def __init__(self, gateway: Gateway, *, ops: OpRegistry, verifier: Live[TokenVerifier]) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        ops: OpRegistry,
+        verifier: Live[TokenVerifier],
+        store: Store | None = None,
+        recovery: RecoveryStore | None = None,
+    ) -> None:
         self.gateway = gateway
         self.ops = ops
         self.verifier = verifier
+        self.replay_store = store
+        self.recovery = recovery if recovery is not None else store
 
     def serves(self, namespace: str) -> bool:
         return namespace == MAIN_NAMESPACE
@@ -225,6 +338,7 @@ class RealtimeHandler:
         token = auth.get("token") if isinstance(auth, dict) else None
         if token is None:
             token = socket.engine.head_token
+        asked = _recovery_request(auth)
         with gateway.admitting():
             refusal = gateway.capacity_refusal()
             if refusal is not None:
@@ -251,16 +365,52 @@ class RealtimeHandler:
             # One id for the socket, as the CONNECT reply and session.ready give it.
             socket.sid = client.id
             socket.state = client
-            await self._admit(socket, client, claims)
+            record: _Found | None = None
+            if self.recovery is not None and self.replay_store is not None and gateway.config.socketio.recovery_ttl_s > 0:
+                client.pid = secrets.token_urlsafe(16)
+                client.tracker = Tracker(gateway.config.socketio.recovery_positions, gateway.clock.now())
+                if asked is not None:
+                    record = await self._record(asked, claims.sub)
+                    if record is not None:
+                        client.held = []  # until the replay is known
+                        client.held_max = gateway.config.socketio.recovery_max_replay
+            await self._admit(socket, client, claims, record)
 
-    async def _admit(self, socket: SioSocket, client: SioClient, claims: Claims) -> None:
+    async def _record(self, asked: tuple[str, str | None], user_id: str) -> _Found | None:
+        """The record under the pid the client sent and its positions at its offset; None: nothing to recover."""
+        assert self.recovery is not None
+        pid, offset = asked
+        try:
+            taken = await self.recovery.take_recovery(pid=pid, now=self.gateway.clock.now())
+        except ApiError as exc:
+            log.warning("recovery record %s unavailable: %s", pid, exc.message)
+            return None
+        if taken is None or taken[0] != user_id:
+            return None  # unknown, expired, used already, or another user's
+        record = RecoveryRecord.loads(taken[1])
+        if record is None or record.user_id != user_id:
+            return None
+        positions = record.as_of(offset)
+        if positions is None:
+            return None
+        return pid, offset, record, positions
+
+    async def _admit(
+        self,
+        socket: SioSocket,
+        client: SioClient,
+        claims: Claims,
+        record: _Found | None,
+    ) -> None:
         def reply(error: ApiError | None) -> None:
             if error is not None:
                 client.refusal = error
-            else:
-                socket.accept()
+            elif client.held is None:
+                socket.accept(None if client.pid is None else {"pid": client.pid})
 
         outcome = await self.gateway.admit(client, claims, reply=reply)
+        if outcome == "accepted" and record is not None and not client.closing:
+            await self._recover(socket, client, *record)
         if outcome != "accepted" or not socket.connected:
             # Refused, or the Engine.IO session closed before the CONNECT reply could go out
             # (then no disconnect will come for this socket): the gateway forgets it here.
@@ -268,16 +418,70 @@ class RealtimeHandler:
             client._closing = True
             await self.gateway.end(client)
 
+    async def _recover(
+        self,
+        socket: SioSocket,
+        client: SioClient,
+        pid: str,
+        offset: str | None,
+        record: RecoveryRecord,
+        positions: dict[str, Position],
+    ) -> None:
+        """Replay what the client missed and answer the CONNECT with its old pid; or answer a new pid and replay nothing."""
+        assert client.claims is not None and client.tracker is not None and self.replay_store is not None
+        caller = Caller(user_id=client.user_id, claims=client.claims, session=client)
+        replay = Replay(
+            ops=self.ops, router=self.gateway.router, store=self.replay_store,
+            max_events=self.gateway.config.socketio.recovery_max_replay,
+        )
+        try:
+            found = await replay.collect(client, caller, record, positions)
+        except Exception:
+            log.exception("session %s: recovery failed", client.id)
+            found = None
+        if client.closing:
+            client.held = None
+            return
+        if found is None:
+            socket.accept({"pid": client.pid})
+            client.release([], drop_rooms=frozenset(record.rooms))
+            return
+        frames, after = found
+        for step in after:
+            await step()  # the subscribes' live frames held meanwhile: held here too
+        # The client's offset stays one this socket knows, should it be lost again before the next event.
+        client.tracker.resume(positions, record.entry(offset))
+        client.pid = pid
+        socket.accept({"pid": pid})
+        client.release(frames)
+
     async def disconnect(self, socket: SioSocket, reason: str) -> None:
         client = socket.state
         if not isinstance(client, SioClient):
             return
         socket.state = None
+        # A terminal close of the server's sent a DISCONNECT: socket.io-client does not recover after it.
+        terminal = client.close_code is not None and _is_terminal(client.close_code)
         if client.close_code is None:
             # The Engine.IO session's: the client's close, a ping timeout (4000), an overflow (4008)...
             client.close_code = socket.engine.close_code or CLOSE_NORMAL
         client._closing = True
+        if not terminal and reason not in _NOT_RECOVERABLE:
+            await self._keep(client)
         await self.gateway.end(client)
+
+    async def _keep(self, client: SioClient) -> None:
+        """Keep the positions of a session that ended without a DISCONNECT, for its reconnect."""
+        tracker, pid, store = client.tracker, client.pid, self.recovery
+        if tracker is None or pid is None or store is None or client.claims is None:
+            return
+        now = self.gateway.clock.now()
+        ttl = timedelta(seconds=self.gateway.config.socketio.recovery_ttl_s)
+        record = tracker.record(client.user_id, sorted(client.rooms))
+        try:
+            await store.put_recovery(pid=pid, user_id=client.user_id, record=record.dumps(), expires_at=now + ttl, now=now)
+        except ApiError as exc:
+            log.warning("session %s: recovery record not kept: %s", client.id, exc.message)
 
     # -- events ------------------------------------------------------------------------------
 
@@ -367,6 +571,9 @@ class RealtimeHandler:
             return
         if ack_id is not None:
             client.socket.ack(ack_id, {"ok": True, "data": result})
+        if op == "subscribe" and client.tracker is not None and isinstance(result, dict) and result.get("epoch"):
+            # What the client has of a room with history before any publication reaches it.
+            client.tracker.baseline("r:" + str(result["room"]), [result["seq"], result["epoch"]])
         for after in caller.after_reply:
             try:
                 await after()

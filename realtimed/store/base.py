@@ -15,6 +15,7 @@ Protocol            what                                             module
 ``JobStore``        jobs and cron ticks                              ``store.jobs``
 ``RetentionStore``  retention deletes                                ``store.retention``
 ``WebhookStore``    webhook endpoints, delivery attempts             ``store.webhooks``
+``RecoveryStore``   Socket.IO connection state recovery records      ``store.recovery``
 ==================  ===============================================  ==================
 
 A service may ask for the one it needs. Each record has a ``to_wire()`` giving
@@ -52,6 +53,7 @@ from realtimed.store.inbox import (
     UserSettings,
 )
 from realtimed.store.jobs import FINISHED_JOB_STATUSES, JOB_STATUSES, JobRecord, JobSpec, JobStatus, JobStore
+from realtimed.store.recovery import RecoveryStore
 from realtimed.store.retention import RetentionStore
 from realtimed.store.schema import SchemaVersionError
 from realtimed.store.users import UserStore
@@ -82,6 +84,7 @@ __all__ = [
     "NotificationPreference",
     "NotificationRecord",
     "ReadState",
+    "RecoveryStore",
     "RetentionStore",
     "SchemaVersionError",
     "Store",
@@ -94,7 +97,7 @@ __all__ = [
 
 
 class Store(
-    ChatStore, UserStore, BanStore, InboxStore, DeviceStore, JobStore, RetentionStore, WebhookStore, Protocol
+    ChatStore, UserStore, BanStore, InboxStore, DeviceStore, JobStore, RetentionStore, WebhookStore, RecoveryStore, Protocol
 ):
     """Durable state: conversations, messages, read cursors, notifications,
     preferences, devices, contacts and blocks, bans, jobs.

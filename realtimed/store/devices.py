@@ -108,6 +108,16 @@ class DeviceStore(Protocol):
 
     async def list_devices(self, user_id: str, *, active_only: bool = True) -> list[DeviceRecord]: ...
 
+    async def get_devices(self, tokens: Sequence[str]) -> dict[str, DeviceRecord]:
+        """The devices of ``tokens`` that exist, by token, in one read (the push
+        senders' checks gathered together)."""
+        ...
+
+    async def list_devices_many(self, user_ids: Sequence[str]) -> dict[str, list[DeviceRecord]]:
+        """The active devices of each of ``user_ids`` (in ``list_devices`` order),
+        in one read; a user without one is missing from the answer."""
+        ...
+
     async def deactivate_device(self, *, token: str) -> bool:
         """Mark a token inactive (FCM said it is gone); False if unknown or already inactive."""
         ...

@@ -318,6 +318,15 @@ class InboxStore(Protocol):
         """O(1): a counter kept with the inbox."""
         ...
 
+    async def notification_unread_counts(self, user_ids: Sequence[str]) -> dict[str, int]:
+        """``notification_unread_count`` of each of ``user_ids`` in one read."""
+        ...
+
+    async def notification_states(self, ids: Sequence[str]) -> dict[str, tuple[str, bool]]:
+        """``(user_id, read)`` of each stored notification of ``ids``, in one read;
+        a deleted (or never stored) one is missing from the answer."""
+        ...
+
     async def get_preferences(self, user_id: str) -> list[NotificationPreference]:
         """The user's stored preferences, one per type that has any, ordered by type."""
         ...

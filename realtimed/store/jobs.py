@@ -264,6 +264,16 @@ class JobStore(Protocol):
         """
         ...
 
+    async def enqueue_jobs(self, specs: Sequence[JobSpec], *, now: datetime) -> list[tuple[JobRecord, bool]]:
+        """``enqueue_job`` of every spec (``run_at`` None: ``now``) in one
+        statement and one commit; returns ``(job, created)`` per spec, in order.
+
+        Dedupe keys hold as in ``enqueue_job``, within the batch too: of two
+        specs with one key, the first creates the job and the second gets it
+        with ``created=False``. Wakes ``wait_for_jobs`` once committed.
+        """
+        ...
+
     async def claim_jobs(
         self, *, queue: str, limit: int, owner: str, lease_s: float, now: datetime
     ) -> list[JobRecord]:
@@ -282,6 +292,12 @@ class JobStore(Protocol):
 
     async def complete_job(self, *, job_id: str, owner: str, now: datetime) -> bool:
         """Mark ``succeeded``; False if ``owner`` no longer holds the job."""
+        ...
+
+    async def complete_jobs(self, *, job_ids: Sequence[str], owner: str, now: datetime) -> set[str]:
+        """Mark many jobs ``succeeded`` in one statement (one commit); returns the
+        ids that were completed. A job ``owner`` no longer holds is left as it
+        is and missing from the answer; it never keeps the others from completing."""
         ...
 
     async def fail_job(
@@ -418,6 +434,12 @@ class JobRules(abc.ABC):
         )
         return await self._enqueue(job)
 
+    async def enqueue_jobs(self, specs: Sequence[JobSpec], *, now: datetime) -> list[tuple[JobRecord, bool]]:
+        if not specs:
+            return []
+        at = utc(now)
+        return await self._enqueue_many([NewJob.of(spec, payload=dict(spec.payload), now=at) for spec in specs])
+
     async def claim_jobs(
         self, *, queue: str, limit: int, owner: str, lease_s: float, now: datetime
     ) -> list[JobRecord]:
@@ -435,6 +457,11 @@ class JobRules(abc.ABC):
 
     async def complete_job(self, *, job_id: str, owner: str, now: datetime) -> bool:
         return await self._complete(job_id, owner, utc(now))
+
+    async def complete_jobs(self, *, job_ids: Sequence[str], owner: str, now: datetime) -> set[str]:
+        if not job_ids:
+            return set()
+        return await self._complete_many(list(dict.fromkeys(job_ids)), owner, utc(now))
 
     async def fail_job(
         self,
@@ -505,6 +532,10 @@ class JobRules(abc.ABC):
     async def _enqueue(self, job: NewJob) -> tuple[JobRecord, bool]: ...
 
     @abc.abstractmethod
+    async def _enqueue_many(self, jobs: list[NewJob]) -> list[tuple[JobRecord, bool]]:
+        """Enqueue ``jobs`` in one transaction; ``(job, created)`` of each, in order."""
+
+    @abc.abstractmethod
     async def _claim(
         self, queue: str, limit: int, owner: str, expires: datetime, now: datetime
     ) -> list[JobRecord]:
@@ -515,6 +546,10 @@ class JobRules(abc.ABC):
 
     @abc.abstractmethod
     async def _complete(self, job_id: str, owner: str, now: datetime) -> bool: ...
+
+    @abc.abstractmethod
+    async def _complete_many(self, job_ids: list[str], owner: str, now: datetime) -> set[str]:
+        """Complete the jobs of ``job_ids`` (no repeats) that ``owner`` holds, in one statement."""
 
     @abc.abstractmethod
     async def _fail(

@@ -16,6 +16,7 @@ from realtimed.store.postgres.devices import PostgresDevices
 from realtimed.store.postgres.engine import JOBS_CHANNEL, migrate_connection
 from realtimed.store.postgres.inbox import PostgresInbox
 from realtimed.store.postgres.jobs import PostgresJobs
+from realtimed.store.postgres.recovery import PostgresRecovery
 from realtimed.store.postgres.retention import PostgresRetention
 from realtimed.store.postgres.users import PostgresUsers
 from realtimed.store.postgres.webhooks import PostgresWebhooks
@@ -26,6 +27,7 @@ __all__ = ["JOBS_CHANNEL", "PostgresStore", "migrate_connection"]
 class PostgresStore(
     PostgresChat, PostgresUsers, PostgresBans, PostgresInbox, PostgresDevices, PostgresJobs, PostgresRetention,
     PostgresWebhooks,
+    PostgresRecovery,
 ):
     """The PostgreSQL store.
 

@@ -90,6 +90,23 @@ async def _list_devices(conn: Conn, user_id: str, active_only: bool) -> list[dev
     return await _devices(conn, await conn.fetch(sql + " ORDER BY created_at, token", user_id))
 
 
+async def _get_devices(conn: Conn, tokens: list[str]) -> dict[str, devices.DeviceRecord]:
+    rows = await conn.fetch(f"SELECT {devices.DEVICE_COLS} FROM devices WHERE token = ANY($1::text[])", tokens)
+    return {d.token: d for d in await _devices(conn, rows)}
+
+
+async def _list_devices_many(conn: Conn, user_ids: list[str]) -> dict[str, list[devices.DeviceRecord]]:
+    rows = await conn.fetch(
+        f"SELECT {devices.DEVICE_COLS} FROM devices WHERE user_id = ANY($1::text[]) AND active "
+        "ORDER BY user_id, created_at, token",
+        user_ids,
+    )
+    by_user: dict[str, list[devices.DeviceRecord]] = {}
+    for device in await _devices(conn, rows):
+        by_user.setdefault(device.user_id, []).append(device)
+    return by_user
+
+
 async def _topic_devices(conn: Conn, topic: str) -> list[devices.DeviceRecord]:
     rows = await conn.fetch(
         "SELECT d.token, d.user_id, d.platform, d.app_version, d.active, d.last_seen_at, d.created_at "
@@ -116,6 +133,16 @@ class PostgresDevices(PostgresEngine, devices.DeviceRules):
 
     async def list_devices(self, user_id: str, *, active_only: bool = True) -> list[devices.DeviceRecord]:
         return await self._call(_list_devices, user_id, active_only, tx=False, read=True)
+
+    async def get_devices(self, tokens: Sequence[str]) -> dict[str, devices.DeviceRecord]:
+        if not tokens:
+            return {}
+        return await self._call(_get_devices, list(dict.fromkeys(tokens)), tx=False, read=True)
+
+    async def list_devices_many(self, user_ids: Sequence[str]) -> dict[str, list[devices.DeviceRecord]]:
+        if not user_ids:
+            return {}
+        return await self._call(_list_devices_many, list(dict.fromkeys(user_ids)), tx=False, read=True)
 
     async def deactivate_device(self, *, token: str) -> bool:
         sql = "UPDATE devices SET active = false WHERE token = $1 AND active"

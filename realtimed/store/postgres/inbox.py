@@ -7,6 +7,7 @@ concerned, in user order), so concurrent calls wait rather than deadlock.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -192,6 +193,22 @@ class PostgresInbox(PostgresEngine, inbox.InboxRules):
         sql = "SELECT unread_count FROM notification_counters WHERE user_id = $1"
         value = await self._call(lambda conn: conn.fetchval(sql, user_id), tx=False, read=True)
         return 0 if value is None else int(value)
+
+    async def notification_unread_counts(self, user_ids: Sequence[str]) -> dict[str, int]:
+        if not user_ids:
+            return {}
+        sql = "SELECT user_id, unread_count FROM notification_counters WHERE user_id = ANY($1::text[])"
+        rows = await self._call(lambda conn: conn.fetch(sql, list(user_ids)), tx=False, read=True)
+        counts = dict.fromkeys(user_ids, 0)
+        counts.update({r[0]: int(r[1]) for r in rows})
+        return counts
+
+    async def notification_states(self, ids: Sequence[str]) -> dict[str, tuple[str, bool]]:
+        if not ids:
+            return {}
+        sql = "SELECT id, user_id, read_at IS NOT NULL FROM notifications WHERE id = ANY($1::text[])"
+        rows = await self._call(lambda conn: conn.fetch(sql, list(ids)), tx=False, read=True)
+        return {r[0]: (r[1], bool(r[2])) for r in rows}
 
     async def get_preferences(self, user_id: str) -> list[inbox.NotificationPreference]:
         sql = (

@@ -49,6 +49,61 @@ async def _enqueue(conn: Conn, job: jobs.NewJob) -> tuple[jobs.JobRecord, bool]:
     raise Unavailable("could not enqueue the job: its dedupe key keeps changing hands")
 
 
+_ENQUEUE_MANY: Final = (
+    "INSERT INTO jobs (id, queue, kind, payload, priority, status, attempts, max_attempts, run_at, dedupe_key, "
+    "created_at) SELECT t.id, t.queue, t.kind, t.payload, t.priority, 'queued', 0, t.max_attempts, t.run_at, "
+    "t.dedupe_key, t.created_at FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::int[], $6::int[], "
+    "$7::timestamptz[], $8::text[], $9::timestamptz[]) "
+    "AS t(id, queue, kind, payload, priority, max_attempts, run_at, dedupe_key, created_at) "
+    "ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
+)
+
+
+async def _enqueue_many(conn: Conn, batch: list[jobs.NewJob]) -> list[tuple[jobs.JobRecord, bool]]:
+    """One INSERT over arrays for the whole batch; a spec whose dedupe key is
+    taken gets the job holding it (looked up together); one whose holder was
+    deleted in between is inserted again, as in ``_enqueue``."""
+    found: dict[int, tuple[jobs.JobRecord, bool]] = {}
+    pending = list(range(len(batch)))
+    for _ in range(_TRIES):
+        todo = [batch[i] for i in pending]
+        rows = await conn.fetch(
+            _ENQUEUE_MANY,
+            [j.id for j in todo],
+            [j.queue for j in todo],
+            [j.kind for j in todo],
+            [j.payload for j in todo],
+            [j.priority for j in todo],
+            [j.max_attempts for j in todo],
+            [j.run_at for j in todo],
+            [j.dedupe_key for j in todo],
+            [j.now for j in todo],
+        )
+        # A new job is what was given, so only its id comes back (no payload to decode).
+        created = {r["id"] for r in rows}
+        keys = [batch[i].dedupe_key for i in pending if batch[i].id not in created]
+        holders: dict[str, jobs.JobRecord] = {}
+        if keys:
+            held = await conn.fetch(f"SELECT {jobs.JOB_COLS} FROM jobs WHERE dedupe_key = ANY($1::text[])", keys)
+            holders = {r["dedupe_key"]: jobs.job_from(r, CODEC) for r in held}
+        missing = []
+        for i in pending:
+            job = batch[i]
+            if job.id in created:
+                found[i] = job.record(), True
+            elif job.dedupe_key in holders:
+                found[i] = holders[job.dedupe_key], False
+            else:
+                missing.append(i)  # the job holding the key was deleted in between: try again
+        if not missing:
+            queues = sorted({record.queue for record, was_created in found.values() if was_created})
+            if queues:
+                await conn.execute(f"SELECT pg_notify('{JOBS_CHANNEL}', q) FROM unnest($1::text[]) q", queues)
+            return [found[i] for i in range(len(batch))]
+        pending = missing
+    raise Unavailable("could not enqueue the jobs: a dedupe key keeps changing hands")
+
+
 async def _claim(
     conn: Conn, queue: str, limit: int, owner: str, expires: datetime, now: datetime
 ) -> list[jobs.JobRecord]:
@@ -164,6 +219,12 @@ class PostgresJobs(PostgresEngine, jobs.JobRules):
             self._wake_jobs()
         return record, created
 
+    async def _enqueue_many(self, batch: list[jobs.NewJob]) -> list[tuple[jobs.JobRecord, bool]]:
+        results = await self._call(_enqueue_many, batch)
+        if any(created for _, created in results):
+            self._wake_jobs()
+        return results
+
     async def _claim(
         self, queue: str, limit: int, owner: str, expires: datetime, now: datetime
     ) -> list[jobs.JobRecord]:
@@ -183,6 +244,14 @@ class PostgresJobs(PostgresEngine, jobs.JobRules):
             "WHERE id = $1 AND status = 'running' AND lease_owner = $2"
         )
         return count(await self._call(lambda conn: conn.execute(sql, job_id, owner, now), tx=False)) == 1
+
+    async def _complete_many(self, job_ids: list[str], owner: str, now: datetime) -> set[str]:
+        sql = (
+            "UPDATE jobs SET status = 'succeeded', finished_at = $3, lease_expires_at = NULL "
+            "WHERE id = ANY($1::text[]) AND status = 'running' AND lease_owner = $2 RETURNING id"
+        )
+        rows = await self._call(lambda conn: conn.fetch(sql, job_ids, owner, now), tx=False)
+        return {r["id"] for r in rows}
 
     async def _fail(
         self, job_id: str, owner: str, error: str, now: datetime, retry_at: datetime | None, final_status: str

@@ -14,6 +14,7 @@ from realtimed.store.sqlite.chat import SQLiteChat
 from realtimed.store.sqlite.devices import SQLiteDevices
 from realtimed.store.sqlite.inbox import SQLiteInbox
 from realtimed.store.sqlite.jobs import SQLiteJobs
+from realtimed.store.sqlite.recovery import SQLiteRecovery
 from realtimed.store.sqlite.retention import SQLiteRetention
 from realtimed.store.sqlite.users import SQLiteUsers
 from realtimed.store.sqlite.webhooks import SQLiteWebhooks
@@ -24,6 +25,7 @@ __all__ = ["SQLiteStore"]
 class SQLiteStore(
     SQLiteChat, SQLiteUsers, SQLiteBans, SQLiteInbox, SQLiteDevices, SQLiteJobs, SQLiteRetention,
     SQLiteWebhooks,
+    SQLiteRecovery,
 ):
     """The embedded store.
 

@@ -40,6 +40,26 @@ def _list_devices(conn: Conn, user_id: str, active_only: bool) -> list[devices.D
     return _devices(conn, conn.execute(sql + " ORDER BY created_at, token", (user_id,)).fetchall())
 
 
+def _get_devices(conn: Conn, tokens: list[str]) -> dict[str, devices.DeviceRecord]:
+    rows = conn.execute(
+        f"SELECT {devices.DEVICE_COLS} FROM devices WHERE token IN (SELECT value FROM json_each(?))",
+        (json_list(tokens),),
+    ).fetchall()
+    return {d.token: d for d in _devices(conn, rows)}
+
+
+def _list_devices_many(conn: Conn, user_ids: list[str]) -> dict[str, list[devices.DeviceRecord]]:
+    rows = conn.execute(
+        f"SELECT {devices.DEVICE_COLS} FROM devices WHERE user_id IN (SELECT value FROM json_each(?)) AND active = 1 "
+        "ORDER BY user_id, created_at, token",
+        (json_list(user_ids),),
+    ).fetchall()
+    by_user: dict[str, list[devices.DeviceRecord]] = {}
+    for device in _devices(conn, rows):
+        by_user.setdefault(device.user_id, []).append(device)
+    return by_user
+
+
 def _topic_devices(conn: Conn, topic: str) -> list[devices.DeviceRecord]:
     rows = conn.execute(
         "SELECT d.token, d.user_id, d.platform, d.app_version, d.active, d.last_seen_at, d.created_at "
@@ -125,6 +145,16 @@ class SQLiteDevices(SQLiteEngine, devices.DeviceRules):
 
     async def list_devices(self, user_id: str, *, active_only: bool = True) -> list[devices.DeviceRecord]:
         return await self._read(_list_devices, user_id, active_only)
+
+    async def get_devices(self, tokens: Sequence[str]) -> dict[str, devices.DeviceRecord]:
+        if not tokens:
+            return {}
+        return await self._read(_get_devices, list(dict.fromkeys(tokens)))
+
+    async def list_devices_many(self, user_ids: Sequence[str]) -> dict[str, list[devices.DeviceRecord]]:
+        if not user_ids:
+            return {}
+        return await self._read(_list_devices_many, list(dict.fromkeys(user_ids)))
 
     async def deactivate_device(self, *, token: str) -> bool:
         return await self._write(functools.partial(_deactivate, token=token))

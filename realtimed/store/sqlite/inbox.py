@@ -7,6 +7,7 @@ count; the single writer keeps it and the inbox in step.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from datetime import datetime
 
 from realtimed.store import inbox
@@ -120,6 +121,24 @@ def _unread_count(conn: Conn, user_id: str) -> int:
     return 0 if row is None else int(row[0])
 
 
+def _unread_counts(conn: Conn, user_ids: list[str]) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT user_id, unread_count FROM notification_counters WHERE user_id IN (SELECT value FROM json_each(?))",
+        (json_list(user_ids),),
+    ).fetchall()
+    counts = dict.fromkeys(user_ids, 0)
+    counts.update({r[0]: int(r[1]) for r in rows})
+    return counts
+
+
+def _notification_states(conn: Conn, ids: list[str]) -> dict[str, tuple[str, bool]]:
+    rows = conn.execute(
+        "SELECT id, user_id, read_at IS NOT NULL FROM notifications WHERE id IN (SELECT value FROM json_each(?))",
+        (json_list(ids),),
+    ).fetchall()
+    return {r[0]: (r[1], bool(r[2])) for r in rows}
+
+
 def _preferences(conn: Conn, user_id: str) -> list[inbox.NotificationPreference]:
     rows = conn.execute(
         "SELECT type, channel, enabled FROM notification_channel_preferences WHERE user_id = ? ORDER BY type, channel",
@@ -190,6 +209,16 @@ class SQLiteInbox(SQLiteEngine, inbox.InboxRules):
 
     async def notification_unread_count(self, user_id: str) -> int:
         return await self._read(_unread_count, user_id)
+
+    async def notification_unread_counts(self, user_ids: Sequence[str]) -> dict[str, int]:
+        if not user_ids:
+            return {}
+        return await self._read(_unread_counts, list(user_ids))
+
+    async def notification_states(self, ids: Sequence[str]) -> dict[str, tuple[str, bool]]:
+        if not ids:
+            return {}
+        return await self._read(_notification_states, list(ids))
 
     async def get_preferences(self, user_id: str) -> list[inbox.NotificationPreference]:
         return await self._read(_preferences, user_id)

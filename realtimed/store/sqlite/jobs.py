@@ -43,6 +43,10 @@ def insert_job(conn: Conn, job: jobs.NewJob) -> tuple[jobs.JobRecord, bool]:
     return job.record(), True
 
 
+def _insert_jobs(conn: Conn, jobs_: list[jobs.NewJob]) -> list[tuple[jobs.JobRecord, bool]]:
+    return [insert_job(conn, job) for job in jobs_]
+
+
 def _claim(conn: Conn, queue: str, limit: int, owner: str, expires: int, now: int) -> list[jobs.JobRecord]:
     candidates = conn.execute(
         "SELECT priority, run_at, n FROM jobs WHERE status = 'queued' AND queue = ? AND run_at <= ? "
@@ -82,6 +86,15 @@ def _complete(conn: Conn, job_id: str, owner: str, now: int) -> bool:
         (now, job_id, owner),
     )
     return cur.rowcount == 1
+
+
+def _complete_many(conn: Conn, job_ids: list[str], owner: str, now: int) -> set[str]:
+    rows = conn.execute(
+        "UPDATE jobs SET status = 'succeeded', finished_at = ?, lease_expires_at = NULL "
+        "WHERE id IN (SELECT value FROM json_each(?)) AND status = 'running' AND lease_owner = ? RETURNING id",
+        (now, json_list(job_ids), owner),
+    ).fetchall()
+    return {r[0] for r in rows}
 
 
 def _fail(
@@ -214,6 +227,9 @@ class SQLiteJobs(SQLiteEngine, jobs.JobRules):
     async def _enqueue(self, job: jobs.NewJob) -> tuple[jobs.JobRecord, bool]:
         return await self._write(functools.partial(insert_job, job=job), wakes_jobs=True)
 
+    async def _enqueue_many(self, jobs_: list[jobs.NewJob]) -> list[tuple[jobs.JobRecord, bool]]:
+        return await self._write(functools.partial(_insert_jobs, jobs_=jobs_), wakes_jobs=True)
+
     async def _claim(
         self, queue: str, limit: int, owner: str, expires: datetime, now: datetime
     ) -> list[jobs.JobRecord]:
@@ -227,6 +243,9 @@ class SQLiteJobs(SQLiteEngine, jobs.JobRules):
 
     async def _complete(self, job_id: str, owner: str, now: datetime) -> bool:
         return await self._write(functools.partial(_complete, job_id=job_id, owner=owner, now=us(now)))
+
+    async def _complete_many(self, job_ids: list[str], owner: str, now: datetime) -> set[str]:
+        return await self._write(functools.partial(_complete_many, job_ids=job_ids, owner=owner, now=us(now)))
 
     async def _fail(
         self, job_id: str, owner: str, error: str, now: datetime, retry_at: datetime | None, final_status: str
