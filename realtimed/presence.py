@@ -532,9 +532,8 @@ class PresenceService:
         # Nothing was sent yet and the user looks offline: others saw them offline already.
         first_and_offline = local.sent is None and record.status == "offline"
         if state != local.sent and not first_and_offline:
-            store = self._store
-            contacts: set[str] = await store.contact_ids(uid)
-            seen: datetime | None = (await store.get_last_seen([uid])).get(uid)
+            # One round trip: the contacts, with the last seen only when there is anyone to tell.
+            contacts, seen = await self._store.presence_audience(uid)
             local.sent = state
             local.sent_at = trio.current_time()
             if contacts:
