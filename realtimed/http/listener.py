@@ -456,7 +456,10 @@ class Listener:
                 # The guard (its parser and buffers) is done with a WebSocket connection: let it
                 # go rather than keep it alive for the whole session.
                 guard = None
-                await self.ws_handler(conn, head, client)
+                # Nor the request head: the handler takes it, and this frame lives as long as the session.
+                handling = self.ws_handler(conn, head, client)
+                head = None
+                await handling
                 return
             await guard.serve(self._serve_http)
             await guard.linger()
