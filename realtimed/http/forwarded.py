@@ -26,6 +26,7 @@ IPv6 addresses (``::ffff:192.0.2.1``, from a dual-stack socket) as IPv4.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Final, Literal
@@ -49,8 +50,13 @@ def parse_ip(text: str) -> IpAddress | None:
     return address
 
 
+@functools.lru_cache(maxsize=4096)
 def canonical(text: str) -> str:
-    """``text`` in canonical form when it is an IP address, else unchanged."""
+    """``text`` in canonical form when it is an IP address, else unchanged.
+
+    Cached: every connection asks it of its peer's address, and parsing one costs
+    about as much as verifying a token's HMAC.
+    """
     address = parse_ip(text)
     return str(address) if address is not None else text
 
