@@ -5,7 +5,8 @@ are thin transport adapters: each authenticates its own way, then hands its
 ``ClientSession`` to ``Gateway.admit``, and calls ``Gateway.end`` when the
 session is over. Everything in between exists once, here:
 
-Admission (docs/protocol.md section 3), in this order: a draining node refuses
+Admission (docs/protocol.md section 3), at most ``gateway.max_admissions`` at
+once (the others wait their turn, first come first served), in this order: a draining node refuses
 (4013 ``node draining``), so does a full one (4013 ``node full``: admitted
 sessions plus those being admitted reach ``gateway.max_sockets``), then a
 banned user (4503), then a user who already has ``gateway.max_sockets_per_user``
@@ -184,6 +185,8 @@ class Gateway:
         self._expiry: Deadlines[_Expiry] = Deadlines()
         self._start_checks: dict[str, Callable[[], bool]] = {}
         self._nursery: trio.Nursery | None = None
+        # Fair (first come, first served): gateway.max_admissions at once, read at each admission.
+        self._admissions = trio.CapacityLimiter(config.value.gateway.max_admissions)
 
     @property
     def config(self) -> Config:
@@ -246,7 +249,16 @@ class Gateway:
         request: with the error just before a refusal's close, with None just
         before ``session.ready``. Returns the outcome; ``closed`` when the
         session closed while it was being admitted.
+
+        At most ``gateway.max_admissions`` run at once; the others wait in
+        arrival order (a reconnect storm).
         """
+        limiter = self._admissions
+        limiter.total_tokens = self.config.gateway.max_admissions
+        async with limiter:
+            return await self._admit(session, claims, reply)
+
+    async def _admit(self, session: ClientSession, claims: Claims, reply: AuthReply | None) -> Admission:
         refusal = self.capacity_refusal()
         start: SessionStart | None = None
         if refusal is None:
