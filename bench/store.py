@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import trio_asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -114,8 +113,7 @@ async def run_postgres(args: argparse.Namespace) -> None:
                 backend="postgres", postgres_dsn=with_database(args.dsn, name), pool_max=args.pool_max
             )
         )
-        async with trio_asyncio.open_loop():
-            await bench_backend(cfg, args.seconds)
+        await bench_backend(cfg, args.seconds)
     finally:
         await trio.to_thread.run_sync(admin, args.dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -62,7 +62,7 @@ from jwt.types import SigOptions
 from realtimed.clock import SystemClock, WallClock
 from realtimed.config import ApiConfig, AuthConfig, positional_key_name
 from realtimed.errors import ConfigError, TokenExpired, Unauthorized, ValidationFailed
-from realtimed.protocol import validate_room_pattern, validate_user_id
+from realtimed.protocol import is_valid_room, validate_room_pattern, validate_user_id
 
 __all__ = [
     "HMAC_ALGORITHMS",
@@ -142,6 +142,8 @@ class Claims:
         rooms: the app-room patterns the user may subscribe to.
         name: the display name, if the token has one.
         raw: every claim, as decoded.
+        claim_rooms: the rooms the token's claims give (``auth.claim_rooms``):
+            the session is in them from connect to close.
     """
 
     sub: str
@@ -149,6 +151,7 @@ class Claims:
     rooms: tuple[str, ...]
     name: str | None
     raw: dict[str, Any] = attrs.field(hash=False)
+    claim_rooms: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -201,6 +204,8 @@ class TokenVerifier:
         audience: str | None = None,
         issuer: str | None = None,
         require_exp: bool = True,
+        claim_rooms: Sequence[tuple[str, str]] = (),
+        max_claim_rooms: int = 32,
         http_client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: WallClock | None = None,
@@ -240,6 +245,8 @@ class TokenVerifier:
         self._audience = audience
         self._issuer = issuer
         self._require_exp = require_exp
+        self._claim_rooms = tuple(claim_rooms)
+        self._max_claim_rooms = max_claim_rooms
         self._http_client = http_client
         self._transport = transport
         self._clock: WallClock = clock or SystemClock()
@@ -277,6 +284,8 @@ class TokenVerifier:
             audience=cfg.audience or None,
             issuer=cfg.issuer or None,
             require_exp=cfg.require_exp,
+            claim_rooms=[(entry.claim, entry.prefix) for entry in cfg.claim_rooms],
+            max_claim_rooms=cfg.max_claim_rooms,
             http_client=http_client,
             transport=transport,
             clock=clock,
@@ -373,7 +382,33 @@ class TokenVerifier:
             # Last, so that TokenExpired means "valid, but expired".
             if wall_now >= token_deadline(expires_at, leeway):
                 raise TokenExpired("the token has expired")
-        return Claims(sub=sub, exp=expires_at, rooms=rooms, name=name, raw=payload)
+        claim_rooms = self._rooms_from_claims(payload) if self._claim_rooms else ()
+        return Claims(sub=sub, exp=expires_at, rooms=rooms, name=name, raw=payload, claim_rooms=claim_rooms)
+
+    def _rooms_from_claims(self, payload: dict[str, Any]) -> tuple[str, ...]:
+        """The rooms of ``auth.claim_rooms``: ``<prefix><value>`` for each value of each claim.
+
+        Raises:
+            Unauthorized: a claim is not a string or a list of strings, a value
+                does not make a valid room name, or they give more than
+                ``auth.max_claim_rooms`` rooms.
+        """
+        out: dict[str, None] = {}
+        for claim, prefix in self._claim_rooms:
+            value = payload.get(claim)
+            if value is None:
+                continue
+            values = [value] if type(value) is str else value
+            if type(values) is not list or any(type(v) is not str for v in values):
+                raise Unauthorized(f"token claim {claim}: must be a string or a list of strings")
+            for item in values:
+                room = prefix + item
+                if not is_valid_room(room):
+                    raise Unauthorized(f"token claim {claim}: {item[:64]!r} does not make a valid room name")
+                out[room] = None
+                if len(out) > self._max_claim_rooms:
+                    raise Unauthorized(f"the token's claims give more than {self._max_claim_rooms} rooms (auth.max_claim_rooms)")
+        return tuple(out)
 
     # -- keys ------------------------------------------------------------------------------------
 

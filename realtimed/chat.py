@@ -44,7 +44,7 @@ from prometheus_client import Counter
 from quart import g
 
 from realtimed import metrics, protocol
-from realtimed.api.ops import Caller, OpHandler, OpRegistry
+from realtimed.api.ops import Caller, OpHandler
 from realtimed.api.routes import (
     Choice,
     Empty,
@@ -203,10 +203,11 @@ class ChatService:
             nursery.start_soon(self._typing_timer)
             task_status.started(self)
 
-    def register(self, ops: OpRegistry) -> None:
-        """Register the chat ops (the session hook is ``on_disconnect``, which ends
-        typing with the last device, wired by the daemon; ``unread_total`` of
-        ``session.ready`` is read at admission, ``Store.session_start``)."""
+    def ops(self) -> dict[str, OpHandler]:
+        """The chat ops, for the daemon to add to the op registry (the session hook
+        is ``on_disconnect``, which ends typing with the last device, wired by the
+        daemon; ``unread_total`` of ``session.ready`` is read at admission,
+        ``Store.session_start``)."""
         handlers: dict[str, Callable[[Caller, Any], Awaitable[dict[str, Any]]]] = {
             "conversation.open": self.op_open,
             "conversation.create": self.op_create,
@@ -223,8 +224,7 @@ class ChatService:
             "user.block": self.op_block,
             "user.unblock": self.op_unblock,
         }
-        for op, handler in handlers.items():
-            ops.register(op, self._touching(handler))
+        return {op: self._touching(handler) for op, handler in handlers.items()}
 
     def _touching(self, handler: Callable[[Caller, Any], Awaitable[dict[str, Any]]]) -> OpHandler:
         async def run(caller: Caller, value: Any) -> dict[str, Any]:

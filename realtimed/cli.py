@@ -64,8 +64,11 @@ def _default_config_path() -> str | None:
 
 def _load(path: str | None, env: dict[str, str] | None = None) -> Config:
     """Load the configuration or print every problem and exit 2."""
+    # The daemon's job kinds check the [[cron]] entries (imported here, like each command's own imports).
+    from realtimed.jobs.kinds import cron_config_problems
+
     try:
-        return load_config(path, env=env)
+        return load_config(path, env=env, checks=(cron_config_problems,))
     except ConfigError as exc:
         _print_problems("invalid configuration", exc.problems)
         raise SystemExit(EXIT_CONFIG) from None
@@ -307,11 +310,6 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         return refusal[1]
 
     async def main() -> Any:
-        if cfg.store.backend == "postgres":
-            import trio_asyncio
-
-            async with trio_asyncio.open_loop():
-                return await run_migrations(cfg)
         return await run_migrations(cfg)
 
     try:

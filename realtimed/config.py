@@ -37,13 +37,15 @@ import socket
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, Union, get_args, get_origin
 
 import attrs
 
+from realtimed.addresses import parse_network
 from realtimed.errors import ConfigError
+from realtimed.postgres_dsn import check_postgres_dsn
 from realtimed.protocol import (
     DEFAULT_MAX_JSON_DEPTH,
     MAX_JSON_DEPTH,
@@ -51,6 +53,8 @@ from realtimed.protocol import (
     MAX_STORED_JSON_DEPTH,
     json_depth_path,
 )
+from realtimed.redis_url import parse_redis_url
+from realtimed.templates import TemplateError, placeholders
 
 __all__ = ["Config", "ConfigError", "load_config"]
 
@@ -271,6 +275,23 @@ class BrokerConfig:
     )
     timeout_s: float = _f(5.0, "longest wait for any Redis call", min=0.1, max=600)
     node_ttl_s: float = _f(15.0, "a node that stops heartbeating is dead after this long", min=1, max=3600)
+    survey_timeout_s: float = _f(
+        2.0,
+        "longest wait for the other nodes' answers to a cluster-wide question (GET /server/v1/connections, "
+        "/presence/counts); a node that has not answered by then is left out and the answer says complete: false",
+        min=0.1,
+        max=60,
+    )
+
+
+@attrs.frozen
+class ClaimRoomConfig:
+    claim: str = _f("", "token claim whose value (a string or a list of strings) names rooms, e.g. \"roles\"")
+    prefix: str = _f(
+        "",
+        "room prefix ending with ':': each value v of the claim gives the room <prefix>v, e.g. \"role:\"; "
+        "the session is in those rooms from connect to close, and clients cannot subscribe to them",
+    )
 
 
 @attrs.frozen
@@ -298,6 +319,12 @@ class AuthConfig:
     issuer: str = _f("", "required iss claim; empty: not checked")
     require_exp: bool = _f(True, "refuse tokens without exp")
     dev_token_ttl_s: float = _f(3600.0, "default lifetime of tokens minted by `realtimed token`", min=1, max=31_536_000)
+    claim_rooms: list[ClaimRoomConfig] = _f(
+        [], "rooms given by token claims (e.g. claim roles, prefix role:); none by default"
+    )
+    max_claim_rooms: int = _f(
+        32, "most rooms a token's claims may give through auth.claim_rooms; a token with more is refused", min=1, max=1024
+    )
 
 
 @attrs.frozen
@@ -482,6 +509,42 @@ class GatewayConfig:
         "largest HTTP/1.1 request head (over it: 431), and largest HTTP/2 header list (over it: GOAWAY)",
         min=1024,
         max=1_048_576,
+    )
+
+
+@attrs.frozen
+class SocketIOConfig:
+    enabled: bool = _f(
+        True,
+        "serve the Socket.IO door (Engine.IO v4, Socket.IO v5) on the client listener, so that apps built on "
+        "socket.io-client connect without changing their transport library",
+    )
+    path: str = _f("/socket.io/", "the Socket.IO path (socket.io-client's \"path\" option)")
+    ping_interval_ms: int = _f(25_000, "Engine.IO ping period", min=100, max=3_600_000)
+    ping_timeout_ms: int = _f(
+        20_000, "how long a ping waits for its pong before the session closes", min=100, max=3_600_000
+    )
+    connect_timeout_ms: int = _f(
+        45_000, "longest wait for the Socket.IO CONNECT after the Engine.IO handshake (then the session closes)",
+        min=100, max=3_600_000,
+    )
+    max_payload_bytes: int = _f(
+        1_000_000,
+        "largest Engine.IO message, and largest HTTP long-polling body (over it: the session closes; HTTP 413)",
+        min=1024, max=64 * 1_048_576,
+    )
+    max_attachments: int = _f(
+        10, "most binary attachments one Socket.IO packet may announce (over it: the session closes)", min=0, max=1000,
+    )
+    transports: list[Literal["polling", "websocket"]] = _f(
+        ["polling", "websocket"],
+        "transports offered; under run --workers N only websocket is (long-polling needs its session's requests "
+        "on one process)",
+        min=1,
+    )
+    recovery_ttl_s: float = _f(
+        120.0, "how long a disconnected Socket.IO session's positions are kept for connection state recovery",
+        min=0, max=86_400,
     )
 
 
@@ -673,6 +736,7 @@ class Config:
     auth: AuthConfig = _f(AuthConfig())
     api: ApiConfig = _f(ApiConfig())
     gateway: GatewayConfig = _f(GatewayConfig())
+    socketio: SocketIOConfig = _f(SocketIOConfig())
     namespaces: list[NamespaceConfig] = _f([], "app-room namespaces")
     chat: ChatConfig = _f(ChatConfig())
     presence: PresenceConfig = _f(PresenceConfig())
@@ -1036,12 +1100,18 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str], problems: _Problems
     return origins
 
 
+#: A check of the loaded configuration made by a layer above this module: a
+#: ``(key, problem)`` pair for each mistake, named like the loader's own.
+ConfigCheck = Callable[[Config], Iterable[tuple[str, str]]]
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     *,
     env: Mapping[str, str] | None = None,
     text: str | None = None,
     data: Mapping[str, Any] | None = None,
+    checks: Sequence[ConfigCheck] = (),
 ) -> Config:
     """Load and validate the configuration.
 
@@ -1050,6 +1120,10 @@ def load_config(
         env: the environment to read overrides from (default ``os.environ``).
         text: TOML text to use instead of reading ``path`` (``path`` still sets the base folder).
         data: an already parsed table to use instead of TOML text.
+        checks: the checks that need more than this module knows (the daemon's job
+            kinds, ``realtimed.jobs.kinds.cron_config_problems``), run on the built
+            configuration; their problems join the others in the one ``ConfigError``.
+            Every command that loads a daemon's configuration passes the same ones.
 
     Raises:
         ConfigError: with one problem per mistake, each naming its key.
@@ -1074,6 +1148,10 @@ def load_config(
     origins = _apply_env(table, env, problems)
     cfg: Config = _build(Config, table, "", problems, base_dir)
     _check_semantics(cfg, problems)
+    if isinstance(cfg, Config):
+        for check in checks:
+            for key, problem in check(cfg):
+                problems.add(key, problem)
     if problems.items:
         labelled = [
             (f"{key} (from {origins[key]})" if key in origins else key, msg) for key, msg in problems.items
@@ -1122,14 +1200,26 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
             problems.add(f"auth.algorithms[{i}]", f"unsupported algorithm {alg!r} (one of {sorted(known_algs)})")
     if not cfg.gateway.path.startswith("/"):
         problems.add("gateway.path", "must start with /")
+    if not cfg.socketio.path.startswith("/"):
+        problems.add("socketio.path", "must start with /")
+    elif cfg.socketio.path.rstrip("/") == cfg.gateway.path.rstrip("/"):
+        problems.add("socketio.path", "must differ from gateway.path")
+    if not cfg.socketio.transports:
+        problems.add("socketio.transports", "must name at least one transport")
+    elif len(set(cfg.socketio.transports)) != len(cfg.socketio.transports):
+        problems.add("socketio.transports", "must not name a transport twice")
     _check_op_limits(cfg, problems)
     seen: set[str] = set()
+    addresses = address_prefixes(cfg)
     for i, ns in enumerate(cfg.namespaces):
         if not ns.prefix:
             problems.add(f"namespaces[{i}].prefix", "must not be empty")
         elif ns.prefix in seen:
             problems.add(f"namespaces[{i}].prefix", f"duplicate prefix {ns.prefix!r}")
+        elif any(ns.prefix.startswith(address) for address in addresses):
+            problems.add(f"namespaces[{i}].prefix", f"{ns.prefix!r} is within an address prefix ({', '.join(addresses)})")
         seen.add(ns.prefix)
+    _check_claim_rooms(cfg, problems)
     names: set[str] = set()
     for i, entry in enumerate(cfg.cron):
         if not entry.name:
@@ -1141,10 +1231,38 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
     _check_notify(cfg, problems)
 
 
+#: The room prefix of per-device addresses: ``device:<session_id>`` holds that one session.
+DEVICE_PREFIX: Final = "device:"
+
+
+def address_prefixes(cfg: Config) -> tuple[str, ...]:
+    """The room prefixes that are addresses, not subscribable rooms: ``device:`` and
+    those of ``auth.claim_rooms``."""
+    return (DEVICE_PREFIX, *(entry.prefix for entry in cfg.auth.claim_rooms if entry.prefix))
+
+
+def _check_claim_rooms(cfg: Config, problems: _Problems) -> None:
+    claims: set[str] = set()
+    prefixes: set[str] = {DEVICE_PREFIX}
+    for i, entry in enumerate(cfg.auth.claim_rooms):
+        key = f"auth.claim_rooms[{i}]"
+        if not entry.claim:
+            problems.add(f"{key}.claim", "must not be empty")
+        elif entry.claim in claims:
+            problems.add(f"{key}.claim", f"duplicate claim {entry.claim!r}")
+        elif entry.claim in {"sub", "exp", "nbf", "iat", "aud", "iss", "rooms", "name"}:
+            problems.add(f"{key}.claim", f"{entry.claim!r} is a claim realtimed reads itself (section 2 of docs/protocol.md)")
+        claims.add(entry.claim)
+        prefix = entry.prefix
+        if not prefix.endswith(":") or any(c in prefix for c in " \t*,") or prefix.startswith(":") or "::" in prefix:
+            problems.add(f"{key}.prefix", "must be one or more room segments followed by ':' (e.g. \"role:\")")
+        elif any(prefix.startswith(other) or other.startswith(prefix) for other in prefixes):
+            problems.add(f"{key}.prefix", f"{prefix!r} overlaps another address prefix ({', '.join(sorted(prefixes))})")
+        prefixes.add(prefix)
+
+
 def _check_proxies(cfg: Config, problems: _Problems) -> None:
     """Trusted proxies are addresses or networks; the PROXY protocol needs a proxy to trust."""
-    from realtimed.http.forwarded import parse_network
-
     for i, entry in enumerate(cfg.http.trusted_proxies):
         try:
             parse_network(entry)
@@ -1270,8 +1388,6 @@ def _check_static(cfg: Config, problems: _Problems) -> None:
 
 
 def _check_redis_url(cfg: Config, problems: _Problems) -> None:
-    from realtimed.broker.redis_url import parse_redis_url
-
     try:
         parse_redis_url(cfg.broker.redis_url)
     except ValueError as exc:
@@ -1282,8 +1398,6 @@ def _check_postgres_dsn(cfg: Config, problems: _Problems) -> None:
     """The DSN the PostgreSQL store will use, parsed as asyncpg will parse it when it connects."""
     if cfg.store.backend != "postgres":
         return
-    from realtimed.store.dsn import check_postgres_dsn
-
     try:
         check_postgres_dsn(cfg.store.postgres_dsn)
     except ValueError as exc:
@@ -1293,8 +1407,6 @@ def _check_postgres_dsn(cfg: Config, problems: _Problems) -> None:
 def _check_notify(cfg: Config, problems: _Problems) -> None:
     """Notification types: unique names, known channels, templates that parse and
     use only the type's declared vars; push endpoints that are URLs."""
-    from realtimed.notify.templates import TemplateError, placeholders
-
     names: set[str] = set()
     for i, nt in enumerate(cfg.notify.types):
         key = f"notify.types[{i}]"
@@ -1362,13 +1474,6 @@ def _check_cron(entry: CronConfig, key: str, problems: _Problems) -> None:
     # The payload is stored with every job of the entry, and listed with it.
     if json_depth_path(entry.payload, MAX_STORED_JSON_DEPTH) is not None:
         problems.add(f"{key}.payload", f"nests more than {MAX_STORED_JSON_DEPTH} levels of arrays and tables")
-        return
-    # A kind no node handles would make a dead job every tick; a payload its kind
-    # refuses, a failed one. Imported here: the job kinds import this module.
-    from realtimed.jobs.kinds import cron_job_problems
-
-    for sub_key, problem in cron_job_problems(entry.kind, entry.payload):
-        problems.add(f"{key}.{sub_key}", problem)
 
 
 def parse_host_port(value: str) -> tuple[str, int]:

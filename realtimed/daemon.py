@@ -25,14 +25,13 @@ import os
 import signal
 import ssl
 from collections.abc import Callable
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
-from realtimed import logs, metrics
+from realtimed import logs, metrics, room_ops
 from realtimed.api.ops import OpRegistry
 from realtimed.auth import ApiKeys, TokenVerifier
 from realtimed.backends import Backends, open_backends
@@ -47,15 +46,18 @@ from realtimed.gateway.websocket import WebSocketDoor
 from realtimed.http.app import check_backends, create_app
 from realtimed.http.listener import Listener
 from realtimed.jobs import CronScheduler, JobRunner, register_builtin_kinds
+from realtimed.jobs.kinds import cron_config_problems
 from realtimed.live import Live
 from realtimed.notify.inbox import InAppChannel
 from realtimed.notify.service import NotifyService
 from realtimed.presence import PresenceService
 from realtimed.push.channel import FcmChannel
 from realtimed.push.service import PushService
-from realtimed.room_ops import register_room_ops
 from realtimed.sdnotify import SystemdNotifier
 from realtimed.services import Services
+from realtimed.socketio.door import RealtimeHandler
+from realtimed.socketio.engine import EngineServer
+from realtimed.socketio.server import NamespaceHandler, SocketIOServer
 from realtimed.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,8 @@ class Daemon:
         config_path: the file to re-read on SIGHUP (None: reload keeps the config).
         clock: the wall clock (tests inject one).
         handle_signals: install TERM/INT/HUP handling (off for in-process test daemons).
+        socketio_handler: the Socket.IO door's namespace handler (None: realtimed's own,
+            which authenticates; another is for tests, and no configuration sets it).
 
     Resource handling:
         Every task lives in one of the layer nurseries above; ``run`` returns only
@@ -97,8 +101,10 @@ class Daemon:
         clock: WallClock | None = None,
         handle_signals: bool = True,
         notifier: SystemdNotifier | None = None,
+        socketio_handler: NamespaceHandler | None = None,
     ) -> None:
         self.cfg = cfg
+        self._socketio_handler = socketio_handler
         self.config_path = config_path
         self.clock: WallClock = clock or SystemClock()
         self.node = cfg.server.node_id
@@ -109,6 +115,7 @@ class Daemon:
         self._services: Services | None = None
         self._backends: Backends | None = None
         self._websocket: WebSocketDoor | None = None
+        self._socketio: EngineServer | None = None
         self.listeners: list[Listener] = []
         self._handle_signals = handle_signals
         self._notifier = notifier or SystemdNotifier()
@@ -153,21 +160,16 @@ class Daemon:
         cfg = self.cfg
         _warn_dev_secrets(cfg)
         metrics.UP.set(1)
-        async with AsyncExitStack() as stack:
-            if cfg.store.backend == "postgres":
-                import trio_asyncio
-
-                await stack.enter_async_context(trio_asyncio.open_loop())
-            with trio.CancelScope() as force:
-                self._force_scope = force
-                async with trio.open_nursery() as root:
-                    if self._handle_signals:
-                        await root.start(self._signals)
-                    interval = self._notifier.watchdog_interval_s()
-                    if interval:
-                        root.start_soon(self._watchdog, interval)
-                    await self._run_layers(task_status)
-                    root.cancel_scope.cancel()
+        with trio.CancelScope() as force:
+            self._force_scope = force
+            async with trio.open_nursery() as root:
+                if self._handle_signals:
+                    await root.start(self._signals)
+                interval = self._notifier.watchdog_interval_s()
+                if interval:
+                    root.start_soon(self._watchdog, interval)
+                await self._run_layers(task_status)
+                root.cancel_scope.cancel()
         metrics.UP.set(0)
         self._drained.set()
         log.info("stopped")
@@ -219,10 +221,10 @@ class Daemon:
                                channels=[InAppChannel(store, clock=clock, router=router), FcmChannel(push)],
                                caps=backends.caps, activity=backends.activity)
         ops = OpRegistry(config)
-        register_room_ops(ops, router, clock=clock, config=config)
-        presence.register(ops)
-        chat.register(ops)
-        notify.register(ops)
+        ops.add(room_ops.ops(router, clock=clock, config=config))
+        ops.add(presence.ops())
+        ops.add(chat.ops())
+        ops.add(notify.ops())
         push.register_jobs(runner)
         notify.register_jobs(runner)
         hooks = SessionHooks(
@@ -234,6 +236,13 @@ class Daemon:
         bans = Bans(store, clock=clock, config=config)
         gateway = Gateway(config, clock=clock, node=node, router=router, bans=bans, hooks=hooks)
         self._websocket = WebSocketDoor(gateway, ops=ops, verifier=self._verifier_live)
+        if config.value.socketio.enabled:
+            sio = SocketIOServer(self._socketio_handler or RealtimeHandler(gateway, ops=ops, verifier=self._verifier_live))
+            # Long-polling needs every request of a session on this process: workers offer WebSocket only.
+            polling = os.environ.get(WORKER_ENV) is None
+            self._socketio = sio.engine = EngineServer(
+                lambda: config.value, node=node, listener=sio, clock=clock, polling=polling
+            )
         if backends.cluster is not None:
             _wire_cluster(backends, presence, router)
         self._services = Services(
@@ -260,6 +269,8 @@ class Daemon:
         await nursery.start(svc.notify.run)
         await nursery.start(svc.gateway.run)
         await nursery.start(websocket.run)
+        if self._socketio is not None:
+            await nursery.start(self._socketio.run)
         # realtimed_event_loop_lag_seconds, and realtimed_backend_ready refreshed without waiting for /readyz.
         await nursery.start(functools.partial(
             metrics.run_probes,
@@ -303,7 +314,7 @@ class Daemon:
         assert self._websocket is not None
         client = Listener(
             cfg, host=host, port=port, role="client", asgi_app=app, ws_handler=self._websocket.handle_ws,
-            ssl_context=ssl_context, reuse_port=shared,
+            socketio=self._socketio, ssl_context=ssl_context, reuse_port=shared,
         )
         self.listeners = [client]
         if cfg.http.internal_listen:
@@ -348,7 +359,9 @@ class Daemon:
             if self.config_path is None:
                 new = self.cfg
             else:
-                new = await trio.to_thread.run_sync(load_config, self.config_path)
+                new = await trio.to_thread.run_sync(
+                    functools.partial(load_config, self.config_path, checks=(cron_config_problems,))
+                )
             # Keys are read now, so that an unreadable key file refuses the reload.
             self._pending_verifier = self._verifier(new)
         except ConfigError as exc:

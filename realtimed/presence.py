@@ -33,6 +33,7 @@ checks, throttled sends) for every user of this node.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -43,7 +44,7 @@ import trio
 from quart import g
 
 from realtimed import protocol
-from realtimed.api.ops import Caller, OpRegistry
+from realtimed.api.ops import Caller, OpHandler
 from realtimed.api.routes import OpCall, OpInput, OpReply, Route, query_csv, route, services
 from realtimed.clock import WallClock, iso
 from realtimed.config import Config, PresenceConfig
@@ -140,6 +141,16 @@ class PresenceBackend(Protocol):
         """Store a user's record; a default record (``is_default``) is forgotten."""
         ...
 
+    async def online(self, *, prefix: str = "", after: str | None = None, limit: int = 100) -> tuple[list[tuple[str, int]], int]:
+        """Connected users (a device on any node), in user id order.
+
+        Returns up to ``limit`` (user, devices) pairs of users whose id starts
+        with ``prefix`` and sorts after ``after``, and how many users with that
+        prefix are connected (whatever ``after``). Ids sort by code point (the
+        order of their UTF-8 bytes).
+        """
+        ...
+
 
 class MemoryPresence:
     """The in-process presence backend (the default, and the test double)."""
@@ -175,6 +186,12 @@ class MemoryPresence:
             self._records.pop(user_id, None)
         else:
             self._records[user_id] = record
+
+    async def online(self, *, prefix: str = "", after: str | None = None, limit: int = 100) -> tuple[list[tuple[str, int]], int]:
+        matching = sorted(uid for uid in self._sessions if uid.startswith(prefix))
+        start = bisect.bisect_right(matching, after) if after is not None else 0
+        await trio.lowlevel.checkpoint()
+        return [(uid, len(self._sessions[uid])) for uid in matching[start : start + limit]], len(matching)
 
 
 class _Device(Protocol):
@@ -292,11 +309,11 @@ class PresenceService:
                 log.info("last seen not stored at shutdown (user %s and later ones): %r", uid, exc)
                 return
 
-    def register(self, ops: OpRegistry) -> None:
-        """Register ``presence.set`` and ``presence.query`` (the session hooks are
-        ``on_connect`` and ``on_disconnect``, wired by the daemon)."""
-        ops.register("presence.set", self._op_set)
-        ops.register("presence.query", self._op_query)
+    def ops(self) -> dict[str, OpHandler]:
+        """``presence.set`` and ``presence.query``, for the daemon to add to the op
+        registry (the session hooks are ``on_connect`` and ``on_disconnect``, wired by
+        the daemon)."""
+        return {"presence.set": self._op_set, "presence.query": self._op_query}
 
     @property
     def _cfg(self) -> PresenceConfig:

@@ -411,6 +411,12 @@ def validate_user_id(value: object, field: str = "user_id") -> str:
     return value
 
 
+def validate_id(value: object, field: str = "id") -> str:
+    """An opaque record id (conversation, message, notification, job): a string of
+    1 to 128 characters, no control characters. Raises ValidationFailed."""
+    return _check_string(value, field, min_len=1, max_len=MAX_ID_CHARS, control_ok=False)
+
+
 def _room_problem(room: object) -> str | None:
     if type(room) is not str:
         return "must be a string"
@@ -1596,6 +1602,12 @@ EVENT_SPECS: Final[Mapping[str, EventSpec]] = _events(
                 "expires_at": _jstr("when the token expires (null: never)", fmt="date-time", nullable=True),
                 "unread_total": _jint("unread messages over the conversations not muted", lo=0),
                 "notifications_unread": _jint("unread notifications", lo=0),
+                "addresses": _jarray(
+                    _ref("Room"),
+                    "the rooms this device is in without subscribing: device:<session_id> first, then those "
+                    "of its token's claims (auth.claim_rooms)",
+                    min_items=1,
+                ),
             }
         ),
     ),

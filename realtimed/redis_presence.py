@@ -9,6 +9,8 @@ Redis Cluster):
     ``rt:{p}:rq:<node>``   hash, ``<room>\n<user>`` → those subscriptions on that node
     ``rt:{p}:pn:<node>``   the node's heartbeat; expires ``broker.node_ttl_s`` after the last one
     ``rt:{p}:nodes``       set of the nodes that have held devices or room subscriptions
+    ``rt:{p}:on``          sorted set (all scores 0, so in byte order) of the users with a
+                           device on any node: kept with ``ps:<user>`` by the same scripts
 
 Each node refreshes its heartbeat every third of ``node_ttl_s``. Every node also
 looks for nodes whose heartbeat has expired (killed, powered off, cut off); the
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 
 PREFIX: Final = "rt:{p}:"
 NODES_KEY: Final = PREFIX + "nodes"
+ONLINE_KEY: Final = PREFIX + "on"
 SYNC_BATCH: Final = 500
 
 
@@ -74,6 +77,7 @@ _ADD: Final = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('ZADD', KEYS[4], 0, ARGV[3])
 return redis.call('HLEN', KEYS[1])
 """
 
@@ -93,6 +97,7 @@ for _, node in ipairs(redis.call('HVALS', KEYS[1])) do
   if node == ARGV[2] then mine = mine + 1 end
 end
 if mine == 0 then redis.call('SREM', KEYS[2], ARGV[3]) end
+if left == 0 then redis.call('ZREM', KEYS[3], ARGV[3]) end
 return left
 """
 
@@ -147,7 +152,10 @@ for _, user in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   for i = 1, #fields, 2 do
     if fields[i + 1] == ARGV[1] then redis.call('HDEL', key, fields[i]) end
   end
-  if redis.call('HLEN', key) == 0 then table.insert(gone, user) end
+  if redis.call('HLEN', key) == 0 then
+    table.insert(gone, user)
+    redis.call('ZREM', prefix .. 'on', user)
+  end
 end
 local left = {}
 local rooms = redis.call('HGETALL', KEYS[3])
@@ -169,6 +177,7 @@ local i = 3
 for _ = 1, n do
   redis.call('HSET', prefix .. 'ps:' .. ARGV[i], ARGV[i + 1], node)
   redis.call('SADD', KEYS[1], ARGV[i])
+  redis.call('ZADD', prefix .. 'on', 0, ARGV[i])
   i = i + 2
 end
 while i <= #ARGV do
@@ -207,6 +216,7 @@ for _, user in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     end
   end
   if mine == 0 then redis.call('SREM', KEYS[1], user) end
+  if redis.call('HLEN', key) == 0 then redis.call('ZREM', prefix .. 'on', user) end
 end
 local stale = {}
 local fields = redis.call('HGETALL', KEYS[2])
@@ -217,6 +227,18 @@ for i = 1, #fields, 2 do
   end
 end
 return stale
+"""
+
+# KEYS: rt:{p}:on ; ARGV: page min, max, limit, count min (ZRANGEBYLEX bounds).
+# Returns {{user, devices, user, devices, ...}, users between count min and max}.
+_ONLINE: Final = """
+local users = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, user in ipairs(users) do
+  table.insert(out, user)
+  table.insert(out, redis.call('HLEN', 'rt:{p}:ps:' .. user))
+end
+return {out, redis.call('ZLEXCOUNT', KEYS[1], ARGV[4], ARGV[2])}
 """
 
 _T = TypeVar("_T")
@@ -280,7 +302,7 @@ class RedisPresence:
             raise
 
     async def add_session(self, user_id: str, session_id: str) -> int:
-        keys = [_devices_key(user_id), _node_users_key(self.node), NODES_KEY]
+        keys = [_devices_key(user_id), _node_users_key(self.node), NODES_KEY, ONLINE_KEY]
         return int(await self._change(_ADD, keys, [session_id, self.node, user_id]))
 
     async def arrive(self, user_id: str, session_id: str) -> tuple[int, Any]:
@@ -289,8 +311,18 @@ class RedisPresence:
         return int(count), self._record_type(**orjson.loads(raw)) if raw else None
 
     async def remove_session(self, user_id: str, session_id: str) -> int:
-        keys = [_devices_key(user_id), _node_users_key(self.node)]
+        keys = [_devices_key(user_id), _node_users_key(self.node), ONLINE_KEY]
         return int(await self._change(_REMOVE, keys, [session_id, self.node, user_id]))
+
+    async def online(self, *, prefix: str = "", after: str | None = None, limit: int = 100) -> tuple[list[tuple[str, int]], int]:
+        low = prefix.encode()
+        # No UTF-8 text holds the byte 0xff: every id with the prefix sorts below prefix + 0xff.
+        count_min, high = (b"[" + low, b"[" + low + b"\xff") if prefix else (b"-", b"+")
+        page_min = b"(" + after.encode() if after is not None and after.encode() >= low else count_min
+        raw: Any = await self._call(self._client.eval(_ONLINE, keys=[ONLINE_KEY], args=[page_min, high, limit, count_min]))
+        flat, total = raw
+        items = [text(v) for v in flat or ()]
+        return [(user, int(n)) for user, n in zip(items[0::2], items[1::2], strict=True)], int(total)
 
     async def device_count(self, user_id: str) -> int:
         """The user's devices on every node."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from realtimed import protocol
-from realtimed.api.ops import Caller, OpRegistry
+from realtimed.api.ops import Caller, OpHandler
 from realtimed.auth import Claims
 from realtimed.clock import WallClock, iso
 from realtimed.config import Config, NamespaceConfig
@@ -20,13 +20,17 @@ def may_subscribe(claims: Claims, ns: NamespaceConfig, room: str) -> bool:
 
 
 def check_subscribe(claims: Claims, router: Router, room: str) -> NamespaceConfig:
+    if router.is_address(room):
+        raise Forbidden(f"{room} is an address: a session is in it from its token or its session id, never by subscribe")
     ns = router.namespace(room)
     if not may_subscribe(claims, ns, room):
         raise Forbidden(f"not allowed to subscribe to {room}")
     return ns
 
 
-def register_room_ops(ops: OpRegistry, router: Router, *, clock: WallClock, config: Live[Config]) -> None:
+def ops(router: Router, *, clock: WallClock, config: Live[Config]) -> dict[str, OpHandler]:
+    """The room ops, by name, for the daemon to add to the op registry."""
+
     async def ping(caller: Caller, value: Any) -> dict[str, Any]:
         return {"server_time": iso(clock.now())}
 
@@ -76,8 +80,10 @@ def register_room_ops(ops: OpRegistry, router: Router, *, clock: WallClock, conf
         seq, epoch, _ = await router.publish(room, value.event, value.data, exclude_session=exclude)
         return {"seq": seq, "epoch": epoch} if seq is not None else {}
 
-    ops.register("ping", ping)
-    ops.register("subscribe", subscribe)
-    ops.register("unsubscribe", unsubscribe)
-    ops.register("room.presence", room_presence)
-    ops.register("publish", publish)
+    return {
+        "ping": ping,
+        "subscribe": subscribe,
+        "unsubscribe": unsubscribe,
+        "room.presence": room_presence,
+        "publish": publish,
+    }

@@ -1,4 +1,4 @@
-"""The running node's services, as the HTTP doors reach them (``http.app.services()``).
+"""The running node's services, as the HTTP doors reach them (``api.routes.services()``).
 
 The daemon builds one ``Services`` once every service is constructed, and
 before any door serves a request; each field is the one service of that kind on

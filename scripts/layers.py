@@ -3,27 +3,34 @@
 Usage: ``python scripts/layers.py [ROOT]`` where ROOT is a checkout (default: this one).
 It reads the files as text (``ast``), imports nothing, and always exits 0.
 
+It also lists the cycles between the parts the layers name (``realtimed.broker``,
+``realtimed.chat``, ``realtimed.jobs.cli``, ...: the longest declared prefix of a
+module) made by runtime imports, wherever they sit in the layers.
+
 The layers, lowest first. A module may import from its own layer and any layer below;
 an import of a higher layer "points up" and is listed. Imports under
 ``if TYPE_CHECKING:`` are listed apart: they shape no runtime dependency, but they are
 still a reader's dependency.
 
-0. base          errors, config, clock, protocol (sans-IO wire), metrics, logs, auth,
-                 deadlines, live, sdnotify: what every layer may use.
+0. base          errors, config, clock, protocol (sans-IO wire), frames (encoded
+                 once), metrics, logs, auth, deadlines, live, sdnotify, and the parsers
+                 the configuration checks with (addresses, postgres_dsn, redis_url,
+                 templates): what every layer may use.
 1. store         store/: persistence, one Protocol per domain, sqlite/ and postgres/.
-2. delivery      delivery/ (frames encoded once, rooms and their history, the router)
-                 and broker/ (the Broker Protocol between nodes, the in-process and the
-                 Redis broker, the Redis client that every Redis backend shares).
-3. api           api/: how a capability describes what it offers: the op registry
+2. broker        broker/: the Broker Protocol between nodes, the in-process and the
+                 Redis broker, the Redis client that every Redis backend shares.
+3. delivery      delivery/: rooms and their history, the router (the broker's user).
+4. api           api/: how a capability describes what it offers: the op registry
                  (ops.py), per-user op budgets (limits.py), typed routes (routes.py,
                  validate.py), and services.py (the typed bag of services a route
                  reaches: type-only imports). No transport, no capability.
-4. capabilities  chat, presence, typing_state, room_ops, notify/, push/, jobs/: each
+5. capabilities  chat, presence, typing_state, room_ops, notify/, push/, jobs/: each
                  exposes routes() and ops(); a Redis backend sits beside its Protocol.
-5. transports    gateway/ (the session lifecycle, WebSocket, SSE), http/ (listener,
-                 guard, app, the REST doors).
-6. composition   daemon, backends (the one place in-process or Redis is chosen),
-                 cli (and jobs/cli), workers, install, listen, __main__.
+6. transports    gateway/ (the session lifecycle, WebSocket, SSE), http/ (listener,
+                 guard, app, the REST doors), socketio/ (the Socket.IO door).
+7. composition   daemon, backends (the one place in-process or Redis is chosen),
+                 cli (and jobs/cli), jobs/kinds (every job kind the daemon registers,
+                 from each capability), workers, install, listen, __main__.
 """
 
 from __future__ import annotations
@@ -48,10 +55,17 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "realtimed.deadlines",
             "realtimed.live",
             "realtimed.sdnotify",
+            "realtimed.addresses",
+            "realtimed.postgres_dsn",
+            "realtimed.redis_url",
+            "realtimed.templates",
+            "realtimed.frames",
         ),
     ),
     ("store", ("realtimed.store",)),
-    ("delivery", ("realtimed.delivery", "realtimed.broker", "realtimed.router")),
+    ("broker", ("realtimed.broker",)),
+    # realtimed.router: where the router lived before delivery/, for reports on older trees.
+    ("delivery", ("realtimed.delivery", "realtimed.router")),
     ("api", ("realtimed.api", "realtimed.services")),
     (
         "capabilities",
@@ -67,7 +81,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "realtimed.jobs",
         ),
     ),
-    ("transports", ("realtimed.gateway", "realtimed.http")),
+    ("transports", ("realtimed.gateway", "realtimed.http", "realtimed.socketio")),
     (
         "composition",
         (
@@ -75,6 +89,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "realtimed.backends",
             "realtimed.cli",
             "realtimed.jobs.cli",
+            "realtimed.jobs.kinds",
             "realtimed.workers",
             "realtimed.install",
             "realtimed.listen",
@@ -134,6 +149,51 @@ def imports(root: Path, path: Path, tree: ast.AST) -> list[tuple[str, int, bool]
     return found
 
 
+def part_of(module: str) -> str:
+    """The longest declared prefix of a module (``realtimed.broker.redis`` -> ``realtimed.broker``)."""
+    best = ".".join(module.split(".")[:2])
+    for _, prefixes in LAYERS:
+        for prefix in prefixes:
+            if prefix != "realtimed" and (module == prefix or module.startswith(prefix + ".")) and len(prefix) >= len(best):
+                best = prefix
+    return best
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one part (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(edges.get(node, ())):
+            if nxt not in index:
+                connect(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group: list[str] = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                group.append(top)
+                if top == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(edges):
+        if node not in index:
+            connect(node)
+    return sorted(found)
+
+
 def main(root: Path) -> None:
     files = sorted((root / "realtimed").rglob("*.py"))
     sizes = sorted(((len(f.read_text().splitlines()), f) for f in files), key=lambda x: (-x[0], str(x[1])))
@@ -144,6 +204,7 @@ def main(root: Path) -> None:
     functions: list[tuple[int, str]] = []
     upward: list[str] = []
     type_only_up: list[str] = []
+    part_edges: dict[str, set[str]] = {}
     trees = {f: ast.parse(f.read_text(), filename=str(f)) for f in files}
     for f, tree in trees.items():
         rel = f.relative_to(root)
@@ -164,6 +225,8 @@ def main(root: Path) -> None:
         here = module_name(root, f)
         mine = layer_of(here)
         for target, line, type_only in imports(root, f, tree):
+            if not type_only and part_of(target) != part_of(here):
+                part_edges.setdefault(part_of(here), set()).add(part_of(target))
             theirs = layer_of(target)
             if theirs > mine:
                 row = (
@@ -181,6 +244,10 @@ def main(root: Path) -> None:
     print(f"\n## Type-only imports that point up (under TYPE_CHECKING): {len(type_only_up)}")
     for row in sorted(type_only_up):
         print("  " + row)
+    found = cycles(part_edges)
+    print(f"\n## Cycles between the parts (runtime imports): {len(found)}")
+    for group in found:
+        print("  " + " <-> ".join(group))
 
 
 if __name__ == "__main__":

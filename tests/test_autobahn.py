@@ -17,7 +17,8 @@ import trio
 from realtimed.config import Config
 from realtimed.gateway.session import Session
 from realtimed.gateway.websocket import websocket_upgrade
-from realtimed.http.listener import Listener, RequestHead
+from realtimed.http.framing import RequestHead
+from realtimed.http.listener import Listener
 from tests.fixtures.daemon import make_config
 
 

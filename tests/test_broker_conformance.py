@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import trio
 
-from realtimed.broker.base import Broker, Close, Delivery
+from realtimed.broker.base import Broker, Close, Delivery, node_tag
 from realtimed.broker.memory import MemoryBroker, MemoryHub
 from realtimed.broker.redis import RedisBroker, decode_message, encode_message
 from realtimed.config import BrokerConfig
-from realtimed.delivery.frames import Frame
+from realtimed.frames import Frame
 
 NodePair = Callable[[], Awaitable[tuple[Broker, Broker]]]
 
@@ -138,3 +139,62 @@ async def test_large_user_fanout_reaches_only_nodes_holding_them(node_pair: Node
             while not got:
                 await trio.sleep(0.01)
         assert len(got) == 1 and got[0].users == users
+
+
+async def test_delivery_to_everyone_reaches_every_node_without_interest(node_pair: NodePair) -> None:
+    with trio.fail_after(10):
+        a, b = await node_pair()
+        got: list[Delivery] = []
+        b.attach(got.append)
+        a.attach(lambda d: pytest.fail("no echo to the publishing node"))
+        await a.publish(Delivery(frame(9), everyone=True, origin=a.node))
+        with trio.move_on_after(2):
+            while not got:
+                await trio.sleep(0.01)
+        assert len(got) == 1 and got[0].everyone and got[0].frame.json == frame(9).json
+        assert got[0].users == () and got[0].room is None
+
+
+async def test_survey_gathers_every_other_nodes_answer(node_pair: NodePair) -> None:
+    with trio.fail_after(10):
+        a, b = await node_pair()
+        asked: list[tuple[str, dict[str, Any]]] = []
+
+        async def answer_b(op: str, data: dict[str, Any]) -> Any:
+            asked.append((op, data))
+            if op == "fail":
+                raise RuntimeError("this node cannot answer")
+            if op == "slow":
+                await trio.sleep(5)
+            return {"node": b.node, "echo": data}
+
+        async def answer_a(op: str, data: dict[str, Any]) -> Any:
+            raise AssertionError("a node does not answer its own survey")
+
+        a.attach_survey(answer_a)
+        b.attach_survey(answer_b)
+        result = await a.survey("count", {"n": 1}, timeout_s=2.0)
+        assert result.complete and result.answers == [{"node": b.node, "echo": {"n": 1}}]
+        assert asked == [("count", {"n": 1})]
+        failed = await a.survey("fail", {}, timeout_s=2.0)
+        assert failed.answers == [] and not failed.complete
+        started = trio.current_time()
+        slow = await a.survey("slow", {}, timeout_s=0.3)
+        assert slow.answers == [] and not slow.complete
+        assert trio.current_time() - started < 2  # the asker waits its own timeout, not the answer
+
+
+async def test_device_delivery_reaches_the_node_its_session_id_names_without_a_watch(node_pair: NodePair) -> None:
+    with trio.fail_after(10):
+        a, b = await node_pair()
+        got: list[Delivery] = []
+        b.attach(got.append)
+        elsewhere = f"device:s_{node_tag(unique('c'))}abcdefghijklmnop"
+        await a.publish(Delivery(frame(1), room=elsewhere, origin=a.node))
+        mine = f"device:s_{node_tag(b.node)}abcdefghijklmnop"
+        await a.publish(Delivery(frame(2), room=mine, origin=a.node))
+        with trio.move_on_after(2):
+            while not got:
+                await trio.sleep(0.01)
+        # published first, so it would have come first (one node's deliveries keep their order)
+        assert [(d.room, d.frame.json) for d in got] == [(mine, frame(2).json)]

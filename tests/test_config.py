@@ -288,7 +288,7 @@ def test_redis_url_mistakes_name_the_key(url: str, message: str, tmp_path: Path)
 
 
 def test_redis_urls_of_every_topology_load(tmp_path: Path) -> None:
-    from realtimed.broker.redis_url import parse_redis_url
+    from realtimed.redis_url import parse_redis_url
 
     for url in (
         "redis://127.0.0.1:6379/0",

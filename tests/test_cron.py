@@ -28,11 +28,13 @@ from realtimed.config import (
 )
 from realtimed.jobs import CronEntry, CronScheduler, JobContext, JobRunner, cron_dedupe_key
 from realtimed.jobs.builtin import BUILTIN_CRON_SCHEDULES
-from realtimed.jobs.kinds import DAEMON_JOB_TYPES
+from realtimed.jobs.kinds import DAEMON_JOB_TYPES, cron_config_problems
+from realtimed.protocol import MAX_STORED_JSON_DEPTH
 from realtimed.store import Store, open_store
 from tests.fixtures.daemon import DaemonFactory
 
 AUTOJUMP_S = 0.05
+PG_AUTOJUMP_S = 0.25
 LIMIT_S = 3 * 3600  # virtual seconds
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -56,6 +58,12 @@ async def store(store_config: Config) -> AsyncIterator[Store]:
     async with AsyncExitStack() as stack:
         if store_config.store.backend == "postgres":
             await stack.enter_async_context(trio_asyncio.open_loop())
+            # Each PostgreSQL call waits on the store's asyncio thread, where a loaded
+            # machine can stall it for more than a short autojump: Trio would take the
+            # wait for idleness and jump the clock past the call's timeout.
+            clock = trio.lowlevel.current_clock()
+            if isinstance(clock, trio.testing.MockClock):
+                clock.autojump_threshold = max(clock.autojump_threshold, PG_AUTOJUMP_S)
         async with trio.open_nursery() as nursery:
             s = open_store(store_config, clock=SystemClock())
             await nursery.start(s.run)
@@ -319,7 +327,7 @@ def cron_problems(*entries: dict[str, Any]) -> dict[str, str]:
     base = {"schedule": "0 4 * * *"}
     data = {"cron": [{"name": f"e{i}", **base, **entry} for i, entry in enumerate(entries)]}
     with pytest.raises(ConfigError) as info:
-        load_config(None, env={}, data=data)
+        load_config(None, env={}, data=data, checks=(cron_config_problems,))
     return dict(info.value.problems)
 
 
@@ -329,6 +337,14 @@ def test_a_kind_no_node_handles_is_a_config_error_naming_the_key() -> None:
     assert problems["cron[1].kind"].startswith("unknown job kind 'report.nightly': no node handles it")
     assert "retention.jobs" in problems["cron[1].kind"] and "notify.send" in problems["cron[1].kind"]
     assert problems["cron[2].kind"] == "must not be empty"
+
+
+def test_a_payload_nested_too_deep_is_named_once() -> None:
+    deep: dict[str, Any] = {}
+    for _ in range(MAX_STORED_JSON_DEPTH + 1):
+        deep = {"a": deep}
+    problems = cron_problems({"kind": "report.deep", "payload": deep})
+    assert problems == {"cron[0].payload": f"nests more than {MAX_STORED_JSON_DEPTH} levels of arrays and tables"}
 
 
 def test_a_payload_its_kind_refuses_is_a_config_error_naming_the_field() -> None:
@@ -348,6 +364,43 @@ def test_a_payload_its_kind_refuses_is_a_config_error_naming_the_field() -> None
         "cron[4].payload.type": "not a notify.send payload: must be a string",
         "cron[5].payload.token": "not a push.send payload: give exactly one of token and topic",
     }
+
+
+def test_every_command_that_loads_a_daemon_configuration_checks_the_job_kinds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from realtimed.cli import main
+    from realtimed.jobs import cli as jobs_cli
+
+    config = tmp_path / "realtimed.toml"
+    config.write_text('[[cron]]\nname = "nightly"\nschedule = "0 4 * * *"\nkind = "report.nightly"\n')
+    with pytest.raises(SystemExit) as exited:
+        main(["check-config", str(config)])
+    assert exited.value.code == 2
+    assert "cron[0].kind: unknown job kind 'report.nightly': no node handles it" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        jobs_cli._load(str(config))
+    assert exited.value.code == 2
+    assert "cron[0].kind: unknown job kind 'report.nightly'" in capsys.readouterr().err
+    # The configuration module alone knows no job kinds; the checks are handed to it.
+    assert load_config(config, env={}).cron[0].kind == "report.nightly"
+
+
+async def test_a_reload_with_a_kind_no_node_handles_is_refused(nursery: trio.Nursery, tmp_path: Path) -> None:
+    from realtimed.daemon import Daemon
+    from tests.fixtures.daemon import BASE_CONFIG, merge, toml_dumps
+
+    path = tmp_path / "realtimed.toml"
+    data = merge(BASE_CONFIG, {"server": {"state_dir": str(tmp_path / "state")}, "jobs": {"poll_s": 600.0}})
+    path.write_text(toml_dumps(data))
+    daemon = Daemon(load_config(path, env={}), config_path=path, handle_signals=False)
+    with trio.fail_after(30):
+        await nursery.start(daemon.run)
+        path.write_text(toml_dumps({**data, "cron": [{"name": "n", "schedule": "0 4 * * *", "kind": "report.nightly"}]}))
+        assert await daemon.reload() is False
+        path.write_text(toml_dumps({**data, "cron": [{"name": "n", "schedule": "0 4 * * *", "kind": "noop"}]}))
+        assert await daemon.reload() is True
+        daemon.request_drain()
 
 
 async def test_the_daemon_registers_exactly_the_kinds_the_config_check_knows(start_daemon: DaemonFactory) -> None:

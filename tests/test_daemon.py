@@ -246,3 +246,37 @@ async def test_daemon_runs_jobs_and_serves_them_to_operators(start_daemon: Daemo
             listed = (await http.get("/server/v1/jobs", params={"status": "succeeded"})).json()
             assert job.id in [j["id"] for j in listed["jobs"]]
             assert (await http.get("/server/v1/jobs", params={"status": "bogus"})).status_code == 400
+
+
+async def test_every_op_is_served_by_the_one_capability_that_lists_it(start_daemon: DaemonFactory) -> None:
+    from realtimed import protocol, room_ops
+
+    with trio.fail_after(20):
+        daemon = await start_daemon({"jobs": {"enabled": False}})
+        svc = daemon.services
+        listed = [
+            room_ops.ops(svc.router, clock=svc.clock, config=svc.live_config),
+            svc.presence.ops(),
+            svc.chat.ops(),
+            svc.notify.ops(),
+        ]
+        names = [op for ops in listed for op in ops]
+        # Each op once, and together every op of the protocol but "auth" (the socket's own
+        # answer to a token refresh), all of them in the daemon's registry.
+        assert len(names) == len(set(names))
+        assert set(names) == set(protocol.OPS) - {"auth"}
+        assert all(op in svc.ops for op in names)
+
+
+def test_an_op_added_twice_is_refused() -> None:
+    from realtimed.api.ops import Caller, OpRegistry
+    from realtimed.config import load_config
+    from realtimed.live import Live
+
+    async def handler(caller: Caller, value: object) -> dict[str, object]:
+        return {}
+
+    registry = OpRegistry(Live(load_config(None, env={})))
+    registry.add({"ping": handler})
+    with pytest.raises(ValueError, match="op 'ping' is registered already"):
+        registry.add({"publish": handler, "ping": handler})

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from realtimed.addresses import canonical, parse_network
 from realtimed.config import ConfigError, load_config
-from realtimed.http.forwarded import TrustedProxies, canonical, parse_network
+from realtimed.http.forwarded import TrustedProxies
 
 PROXIES = ["127.0.0.1/32", "10.0.0.0/8", "2001:db8:ffff::/48"]
 

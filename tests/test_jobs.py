@@ -54,6 +54,7 @@ from realtimed.store.base import NewNotification
 from tests.fixtures.daemon import API_KEY, DaemonFactory
 
 AUTOJUMP_S = 0.05
+PG_AUTOJUMP_S = 0.25
 LIMIT_S = 3600  # virtual seconds; a hang jumps straight to it
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 EPS = 0.05
@@ -83,6 +84,12 @@ async def store(store_config: Config) -> AsyncIterator[Watched]:
     async with AsyncExitStack() as stack:
         if store_config.store.backend == "postgres":
             await stack.enter_async_context(trio_asyncio.open_loop())
+            # Each PostgreSQL call waits on the store's asyncio thread, where a loaded
+            # machine can stall it for more than a short autojump: Trio would take the
+            # wait for idleness and jump the clock past the call's timeout.
+            clock = trio.lowlevel.current_clock()
+            if isinstance(clock, trio.testing.MockClock):
+                clock.autojump_threshold = max(clock.autojump_threshold, PG_AUTOJUMP_S)
         async with trio.open_nursery() as nursery:
             # Every job method takes its time from the caller; the store's own clock only
             # stamps migrations, which SQLite applies on a worker thread.

@@ -387,3 +387,30 @@ def test_cron_payloads_nest_no_deeper_than_stored_job_payloads() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(env={}, data={"cron": [{**entry, "payload": {"k": nested(MAX_STORED_JSON_DEPTH)}}]})
     assert [key for key, _ in info.value.problems] == ["cron[0].payload"]
+
+
+async def test_record_ids_in_rest_paths_take_the_protocols_one_limit(start_daemon: DaemonFactory) -> None:
+    from realtimed.protocol import MAX_ID_CHARS
+
+    with trio.fail_after(30):
+        daemon = await start_daemon()
+        user = {"Authorization": f"Bearer {token('alice')}"}
+        server = {"Authorization": f"Bearer {API_KEY}"}
+        async with httpx.AsyncClient(base_url=daemon.url()) as http:
+            for method, path in (("POST", "/api/v1/notifications/{}/read"), ("DELETE", "/api/v1/notifications/{}")):
+                refused = await http.request(method, path.format("n" * (MAX_ID_CHARS + 1)), headers=user)
+                assert refused.status_code == 400, refused.text
+                error = refused.json()["error"]
+                assert (error["code"], error["field"]) == ("VALIDATION_ERROR", "id")
+                accepted = await http.request(method, path.format("n" * MAX_ID_CHARS), headers=user)
+                assert (accepted.status_code, accepted.json()) == (200, {"unread_count": 0})
+            # A job id: one that cannot exist is not found; the document states the same limit.
+            too_long = await http.get("/server/v1/jobs/" + "j" * (MAX_ID_CHARS + 1), headers=server)
+            assert too_long.status_code == 404
+            document = (await http.get("/server/v1/openapi.json")).json()
+            (job_id,) = document["paths"]["/server/v1/jobs/{job_id}"]["get"]["parameters"]
+            assert job_id["schema"]["maxLength"] == MAX_ID_CHARS
+            client = (await http.get("/api/v1/openapi.json")).json()
+            (note_id,) = client["paths"]["/api/v1/notifications/{notification_id}/read"]["post"]["parameters"]
+            assert note_id["schema"] == {"$ref": "#/components/schemas/Id"}
+            assert client["components"]["schemas"]["Id"]["maxLength"] == MAX_ID_CHARS

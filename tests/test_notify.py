@@ -20,8 +20,8 @@ from trio_websocket import WebSocketConnection, connect_websocket_url
 from realtimed.config import ConfigError, load_config
 from realtimed.metrics import REGISTRY
 from realtimed.notify.policy import PushCaps, digest_window, quiet_until
-from realtimed.notify.templates import TemplateError, placeholders, render
 from realtimed.notify.types import BUILTIN_TYPES
+from realtimed.templates import TemplateError, placeholders, render
 from tests import notify_support
 from tests.fixtures.daemon import merge
 from tests.notify_support import FollowingClock, Harness, following, jwt_at

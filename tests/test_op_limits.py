@@ -21,9 +21,10 @@ import trio.testing
 from trio_websocket import open_websocket_url
 
 from realtimed.api.limits import SWEEP_S, UserOpLimiter, budget_for
+from realtimed.api.routes import CLIENT_PREFIX
 from realtimed.config import DEFAULT_OP_LIMITS, REST_BUDGETS, ConfigError, OpLimitConfig, load_config
 from realtimed.daemon import Daemon
-from realtimed.http.app import CLIENT_PREFIX, create_app
+from realtimed.http.app import create_app
 from realtimed.http.budgets import ROUTE_BUDGETS, UNCHARGED_ROUTES, Chooser
 from realtimed.protocol import OPS
 from tests.fixtures.clients import WsClient

@@ -26,10 +26,19 @@ import pytest
 import trio
 
 from realtimed import protocol
-from realtimed.api.routes import Fields, Kind, RequestParts, Route, openapi_path, wire_fields
+from realtimed.api.routes import (
+    CLIENT_PREFIX,
+    SERVER_PREFIX,
+    Fields,
+    Kind,
+    RequestParts,
+    Route,
+    openapi_path,
+    wire_fields,
+)
 from realtimed.config import Config
 from realtimed.errors import ApiError, NotFound, ValidationFailed
-from realtimed.http.app import CLIENT_PREFIX, SERVER_PREFIX, capability_routes, create_app
+from realtimed.http.app import capability_routes, create_app
 from realtimed.http.openapi import DOCUMENT_DOORS, build_documents, op_operation_id
 from realtimed.services import Services
 from tests.fake_fcm import FakeFcm

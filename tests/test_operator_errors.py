@@ -24,7 +24,7 @@ import trio.testing
 from realtimed import logs
 from realtimed.broker.redis import RedisBroker, describe_link_error
 from realtimed.config import BrokerConfig
-from realtimed.store.dsn import describe_postgres_dsn
+from realtimed.postgres_dsn import describe_postgres_dsn
 from tests.fixtures.daemon import toml_dumps
 from tests.fixtures.services import PostgresServer, RedisServer
 from tests.test_tls import make_cert
@@ -183,7 +183,7 @@ async def test_an_unknown_failure_is_one_line_and_its_traceback_is_debug(tmp_pat
 def test_addresses_never_show_the_password() -> None:
     assert describe_postgres_dsn(f"postgresql://app:{SECRET}@db1:6432,db2/rt") == ("db1:6432,db2:5432/rt", "app", "rt")
     assert describe_postgres_dsn(f"postgresql://app:{SECRET}@[::1]/rt")[0] == "[::1]:5432/rt"
-    from realtimed.broker.redis_url import redis_address
+    from realtimed.redis_url import redis_address
 
     assert redis_address(f"redis://:{SECRET}@cache:6380/0") == "cache:6380"
     assert SECRET not in redis_address(f"redis+sentinel://:{SECRET}@s1:26379,s2/main/0")

@@ -194,6 +194,38 @@ async def test_devices_expire_only_with_a_node_that_stopped_heartbeating(
         assert await b.add_session(staying, "s4") == 2
 
 
+async def test_online_lists_connected_users_in_id_order_and_forgets_a_dead_nodes(
+    nodes: NodesFactory, clock: trio.testing.MockClock | None, limit_s: float
+) -> None:
+    with trio.fail_after(limit_s):
+        pair = await nodes()
+        a, b = pair.presence
+        tag = unique("on") + ":"
+        ann, bob, cy = tag + "ann", tag + "bob", tag + "cy\u00e9"
+        await a.add_session(ann, "s1")
+        await b.add_session(ann, "s2")
+        await b.add_session(bob, "s3")
+        await a.add_session(cy, "s4")
+        assert await a.online(prefix=tag) == ([(ann, 2), (bob, 1), (cy, 1)], 3)
+        assert await b.online(prefix=tag, limit=1) == ([(ann, 2)], 3)
+        assert await b.online(prefix=tag, after=ann, limit=1) == ([(bob, 1)], 3)
+        assert await b.online(prefix=tag, after=cy) == ([], 3)
+        assert await a.online(prefix=tag + "b") == ([(bob, 1)], 1)
+        assert (await a.online(limit=0))[0] == []
+        await b.remove_session(bob, "s3")
+        await a.remove_session(ann, "s1")
+        assert await a.online(prefix=tag) == ([(ann, 1), (cy, 1)], 2)
+        if not pair.shared:
+            return
+        survivor: RedisPresence = pair.b
+        await _outlive(pair, survivor=survivor)
+        await survivor.reap()
+        assert await b.online(prefix=tag) == ([(ann, 1)], 1)  # cy's one device was on the dead node
+        dead: RedisPresence = pair.a
+        await dead.sync([(cy, "s4")], [])  # the node was alive after all and writes its devices back
+        assert await b.online(prefix=tag) == ([(ann, 1), (cy, 1)], 2)
+
+
 # -- RoomPresenceBackend -------------------------------------------------------------------------
 
 

@@ -12,8 +12,8 @@ import trio
 from realtimed.broker.base import Delivery
 from realtimed.broker.redis import RedisBroker
 from realtimed.config import BrokerConfig
-from realtimed.delivery.frames import Frame
 from realtimed.errors import Unavailable
+from realtimed.frames import Frame
 
 
 def frame(n: int) -> Frame:

@@ -24,8 +24,8 @@ from realtimed.broker.base import Delivery
 from realtimed.broker.redis import RedisBroker, room_channel
 from realtimed.config import BrokerConfig
 from realtimed.daemon import Daemon
-from realtimed.delivery.frames import Frame
 from realtimed.errors import Unavailable
+from realtimed.frames import Frame
 from tests.fixtures.clients import WsClient
 from tests.fixtures.daemon import API_KEY, DaemonFactory
 from tests.fixtures.services import _free_port
@@ -360,10 +360,26 @@ async def test_cluster_shares_presence_counts_between_nodes(redis_cluster: Clust
         a = await start_daemon({"server": {"node": "na"}, **shared})
         b = await start_daemon({"server": {"node": "nb"}, **shared})
         user = f"frank-{uuid.uuid4().hex[:6]}"
-        await connect(a, user)
-        await connect(b, user)
+        on_a = await connect(a, user)
+        on_b = await connect(b, user)
         third = await WsClient.connect(a.url().replace("http", "ws", 1) + "/ws", token=token(user))
         assert await third.closed() == 4511
+        # The server API answers for every node: surveys, device: addresses and
+        # deliveries to everyone go over sharded pub/sub; the online set shares the {p} slot.
+        async with httpx.AsyncClient(base_url=a.url(), headers=SERVER) as http:
+            listed = (await http.get("/server/v1/connections", params={"user_id": user})).json()
+            assert listed["complete"] is True and sorted(c["node"] for c in listed["connections"]) == ["na", "nb"]
+            online = (await http.get("/server/v1/presence/online", params={"prefix": user})).json()
+            assert online == {"users": [{"user_id": user, "sessions": 2}], "count": 1, "next_cursor": None}
+            session_b = next(c["session_id"] for c in listed["connections"] if c["node"] == "nb")
+            answer = await http.post("/server/v1/publish", json={"room": f"device:{session_b}", "event": "app.ring", "data": {}})
+            assert answer.json()["delivered"] == 0
+            answer = await http.post("/server/v1/users/events/all", json={"event": "app.all", "data": {}})
+            assert answer.json()["delivered"] == 1
+        assert (await on_b.event("app.ring"))["room"] == f"device:{session_b}"
+        for client in (on_a, on_b):
+            assert (await client.event("app.all"))["data"] == {}
+        await on_a.no_event("app.ring", wait=0.2)
 
 
 def _frame(n: int) -> Frame:

@@ -26,10 +26,10 @@ from realtimed.broker.memory import MemoryBroker
 from realtimed.clock import SystemClock
 from realtimed.config import NamespaceConfig
 from realtimed.daemon import Daemon
-from realtimed.delivery.frames import Frame
 from realtimed.delivery.rooms import MemoryHistory
 from realtimed.delivery.router import Router
 from realtimed.errors import Unavailable
+from realtimed.frames import Frame
 from tests.fixtures.daemon import API_KEY, DaemonFactory, make_config
 from tests.fixtures.tokens import token
 

@@ -16,8 +16,8 @@ import trio
 import trio.testing
 
 from realtimed.daemon import Daemon
-from realtimed.delivery.frames import Frame
 from realtimed.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL
+from realtimed.frames import Frame
 from realtimed.gateway.client import ClientSession
 from realtimed.gateway.gateway import Gateway
 from realtimed.gateway.sse import SseSession

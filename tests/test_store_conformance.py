@@ -14,7 +14,6 @@ from typing import Any
 import attrs
 import pytest
 import trio
-import trio_asyncio
 
 from realtimed.clock import SystemClock
 from realtimed.config import Config, ServerConfig, StoreConfig
@@ -26,7 +25,7 @@ from tests.fixtures.services import _run_sql
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 # Every backend has the same numbered migrations, in order.
-MIGRATIONS = ["0001_initial", "0002_bans", "0003_channel_preferences"]
+MIGRATIONS = ["0001_initial", "0002_bans", "0003_channel_preferences", "0004_mark_read_function"]
 LIMIT_S = 20
 
 
@@ -51,24 +50,15 @@ class Harness:
 
     @asynccontextmanager
     async def running(self, **store: Any) -> AsyncIterator[Store]:
-        async with self._loop(), trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
             s = self.make(**store)
             with trio.fail_after(LIMIT_S):
                 await nursery.start(s.run)
             yield s
             nursery.cancel_scope.cancel()
 
-    @asynccontextmanager
-    async def _loop(self) -> AsyncIterator[None]:
-        if self.backend == "postgres":
-            async with trio_asyncio.open_loop():
-                yield
-        else:
-            yield
-
     async def migrate(self) -> list[str]:
-        async with self._loop():
-            return await run_migrations(self.config())
+        return await run_migrations(self.config())
 
     async def column(self, query: str) -> list[Any]:
         """The first column of a query's rows, read outside the store."""
@@ -426,6 +416,50 @@ async def test_failed_appends_take_no_seq_and_do_not_fail_their_neighbours(store
             await store.append_message(conversation_id=cid, sender_id="a", client_id="n", body="a\x00b", now=T0)
 
 
+async def test_a_client_id_conflict_fails_its_own_append_only_among_concurrent_ones(store: Store) -> None:
+    """Appends sent together (one group on PostgreSQL, one commit on SQLite): a
+    repeated client id with another body is a CONFLICT for that append alone, a
+    repeat with the same body gets the stored message, and the rest take
+    gap-free seqs."""
+    with trio.fail_after(LIMIT_S):
+        cid = await group(store, "a", "b")
+        first, _ = await store.append_message(conversation_id=cid, sender_id="a", client_id="taken", body="hi", now=T0)
+        created: list[int] = []
+        repeats: list[str] = []
+        conflicts: list[str] = []
+
+        async def good(i: int) -> None:
+            msg, new = await store.append_message(
+                conversation_id=cid, sender_id="b", client_id=f"g{i}", body="x", now=T0
+            )
+            assert new
+            created.append(msg.seq)
+
+        async def clash(i: int) -> None:
+            try:
+                msg, new = await store.append_message(
+                    conversation_id=cid, sender_id="a", client_id="taken", body="hi" if i % 2 else f"other {i}", now=T0
+                )
+            except Conflict:
+                conflicts.append(f"c{i}")
+            else:
+                assert not new and msg.id == first.id
+                repeats.append(f"c{i}")
+
+        async with trio.open_nursery() as nursery:
+            for i in range(30):
+                nursery.start_soon(good, i)
+                if i % 3 == 0:
+                    nursery.start_soon(clash, i)
+        assert sorted(created) == list(range(2, 32))
+        assert set(conflicts) == {f"c{i}" for i in range(0, 30, 3) if i % 2 == 0} and len(conflicts) == 5
+        assert set(repeats) == {f"c{i}" for i in range(0, 30, 3) if i % 2} and len(repeats) == 5
+        conv = await store.get_conversation(cid)
+        assert conv is not None and conv.last_seq == 31
+        member = conv.member("a")
+        assert member is not None and member.unread_count == 30
+
+
 async def test_edit_delete_history_and_changed_since(store: Store) -> None:
     with trio.fail_after(LIMIT_S):
         cid = await group(store, "a", "b")
@@ -504,6 +538,37 @@ async def test_read_cursor_never_moves_back(store: Store) -> None:
                 nursery.start_soon(read_to, seq)
         member = await store.get_member(cid, "b")
         assert member is not None and member.read_seq == 25 and member.unread_count == 0
+
+
+async def test_unread_counts_stay_exact_under_concurrent_appends_and_reads(store: Store) -> None:
+    """A read racing appends to the same conversation: whatever the order the
+    backend serializes them in, the reader's unread count ends equal to the
+    messages of others after its cursor (a read that waited for an append
+    counts that append's message)."""
+    with trio.fail_after(LIMIT_S):
+        cid = await group(store, "a", "b")
+        await send(store, cid, "a", 5)
+        with pytest.raises(NotFound):
+            await store.mark_read(conversation_id="missing", user_id="b", seq=1, now=at(1))
+
+        async def append(i: int) -> None:
+            await store.append_message(conversation_id=cid, sender_id="a", client_id=f"r{i}", body="x", now=at(50))
+
+        async def read(seq: int) -> None:
+            state = await store.mark_read(conversation_id=cid, user_id="b", seq=seq, now=at(60))
+            assert state.unread_count >= 0
+
+        async with trio.open_nursery() as nursery:
+            for i in range(40):
+                nursery.start_soon(append, i)
+                if i % 4 == 0:
+                    nursery.start_soon(read, 5 + i)
+        member = await store.get_member(cid, "b")
+        assert member is not None
+        page = await store.message_history(conversation_id=cid, limit=100)
+        assert member.unread_count == sum(1 for m in page.messages if m.seq > member.read_seq)
+        state = await store.mark_read(conversation_id=cid, user_id="b", seq=10_000, now=at(70))
+        assert state.read_seq == 45 and state.unread_count == 0
 
 
 async def test_unread_counts_after_sends_reads_deletes_and_leave(store: Store) -> None:

@@ -3,6 +3,7 @@ the server is down and succeed again once it is back, with no restart."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,6 @@ import asyncpg
 import pytest
 import trio
 import trio.testing
-import trio_asyncio
 
 from realtimed.clock import SystemClock
 from realtimed.config import StoreConfig
@@ -42,7 +42,7 @@ def config(dsn: str) -> StoreConfig:
 async def test_calls_fail_fast_while_down_and_succeed_again_after(pg_outage_server: PostgresServer) -> None:
     server = pg_outage_server
     with trio.fail_after(60):
-        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
             store = PostgresStore(config(server.dsn()), clock=SystemClock())
             other_node = PostgresStore(config(server.dsn()), clock=SystemClock())
             await nursery.start(store.run)
@@ -109,20 +109,13 @@ async def test_a_server_that_never_answers_is_unavailable_within_the_connect_tim
         async with trio.open_nursery() as nursery:
             (listener,) = await nursery.start(partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
             port = listener.socket.getsockname()[1]
-            async with trio_asyncio.open_loop():
-                store = PostgresStore(config(f"postgresql://postgres@127.0.0.1:{port}/x"), clock=SystemClock())
-                start = trio.current_time()
-                with pytest.raises(Unavailable):
-                    await store.run()
-                assert trio.current_time() - start < CONNECT_TIMEOUT_S + 2
+            store = PostgresStore(config(f"postgresql://postgres@127.0.0.1:{port}/x"), clock=SystemClock())
+            start = trio.current_time()
+            with pytest.raises(Unavailable):
+                await store.run()
+            assert trio.current_time() - start < CONNECT_TIMEOUT_S + 2
+            assert store._bridge is None  # its asyncio thread joined
             nursery.cancel_scope.cancel()
-
-
-async def test_without_a_trio_asyncio_loop_the_store_says_what_is_missing() -> None:
-    with trio.fail_after(5):
-        store = PostgresStore(config("postgresql://postgres@127.0.0.1:1/x"), clock=SystemClock())
-        with pytest.raises(RuntimeError, match=r"trio_asyncio\.open_loop\(\)"):
-            await store.run()
 
 
 async def test_backends_killed_under_load_fail_calls_with_unavailable_and_the_store_keeps_serving(
@@ -133,35 +126,39 @@ async def test_backends_killed_under_load_fail_calls_with_unavailable_and_the_st
     store, a retried append lands once, and the store serves on afterwards.
 
     The kills also abandon connection attempts halfway, whose sockets asyncpg then
-    finds lost with nobody waiting on them: trio-asyncio used to raise that
-    ("unexpected connection_lost() call") out of the loop and end the daemon.
+    finds lost with nobody waiting on them ("unexpected connection_lost() call"):
+    logged, never raised out of the loop.
     """
     database = pg_empty_dsn.rsplit("/", 1)[1]
     workers, rounds = 10, 20
     outcomes = {"ok": 0, "unavailable": 0, "killed": 0}
     with trio.fail_after(60):
-        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
             store = PostgresStore(
                 StoreConfig(backend="postgres", postgres_dsn=pg_empty_dsn, pool_min=2, pool_max=8,
                             connect_timeout_s=CONNECT_TIMEOUT_S, statement_timeout_s=STATEMENT_TIMEOUT_S),
                 clock=SystemClock(),
             )
             await nursery.start(store.run)
+            assert store._bridge is not None
+            aio = store._bridge.call  # asyncpg on the store's asyncio thread
             conv = await store.create_group(member_ids=["a", "b"], now=T0)
             killing = True
 
             async def kill() -> None:
                 nonlocal killing
-                conn = await trio_asyncio.aio_as_trio(asyncpg.connect)(postgres_server.dsn())
+                conn = await aio(asyncpg.connect, postgres_server.dsn())
                 try:
                     for _ in range(rounds):
-                        outcomes["killed"] += await trio_asyncio.aio_as_trio(conn.fetchval)(
-                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1", database
+                        outcomes["killed"] += await aio(
+                            conn.fetchval,
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1",
+                            database,
                         )
                         await trio.sleep(0.05)
                 finally:
                     killing = False
-                    await trio_asyncio.aio_as_trio(conn.close)()
+                    await aio(conn.close)
 
             sent: list[str] = []
 
@@ -206,33 +203,41 @@ async def test_a_connection_failure_nobody_awaited_is_logged_and_the_loop_runs_o
     pg_empty_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """asyncio reports a future that failed with no one to raise it to through the
-    loop's exception handler, and trio-asyncio's default raises it in the loop. A
-    lost connection is logged instead; any other failure still reaches the handler
-    that was there before."""
+    loop's exception handler. A lost connection is one warning line; any other
+    failure still reaches the handler that was there before (asyncio's default
+    logs it with its traceback)."""
     others: list[dict[str, Any]] = []
     with trio.fail_after(20):
-        async with trio_asyncio.open_loop() as loop, trio.open_nursery() as nursery:
-            loop.set_exception_handler(lambda _loop, context: others.append(context))
+        async with trio.open_nursery() as nursery:
             store = PostgresStore(config(pg_empty_dsn), clock=SystemClock())
             await nursery.start(store.run)
+            assert store._bridge is not None
+            bridge = store._bridge
+            loop = bridge.loop
+            handler = loop.get_exception_handler()
+            assert handler is not None
+            handler._previous = lambda _loop, context: others.append(context)  # type: ignore[attr-defined]
 
-            def orphan(exc: BaseException) -> None:
+            async def orphan(exc: BaseException) -> None:
                 # What asyncpg leaves behind when a connect is abandoned and its socket then lost.
-                future = loop.create_future()
-                future.set_exception(exc)
+                async def make() -> None:
+                    future = loop.create_future()
+                    future.set_exception(exc)
 
-            orphan(ConnectionError("unexpected connection_lost() call"))
-            orphan(asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"))
-            gc.collect()
-            await trio.testing.wait_all_tasks_blocked()
+                await bridge.call(make)
+                gc.collect()
+                await bridge.call(asyncio.sleep, 0)
+
+            await orphan(ConnectionError("unexpected connection_lost() call"))
+            await orphan(
+                asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+            )
             assert "unexpected connection_lost() call" in caplog.text
             assert "connection was closed in the middle of operation" in caplog.text
             assert others == []
             await store.ping()
 
-            orphan(ValueError("a bug"))
-            gc.collect()
-            await trio.testing.wait_all_tasks_blocked()
+            await orphan(ValueError("a bug"))
             assert [str(context["exception"]) for context in others] == ["a bug"]
             nursery.cancel_scope.cancel()
 
@@ -242,7 +247,7 @@ async def test_a_busy_pool_times_out_without_replacing_its_connections(pg_empty_
     is Unavailable, but the pool's connections are alive and stay: replacing them
     all (as after a lost connection) would only add connects to a loaded server."""
     with trio.fail_after(20):
-        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
             store = PostgresStore(
                 StoreConfig(backend="postgres", postgres_dsn=pg_empty_dsn, pool_min=1, pool_max=1,
                             connect_timeout_s=0.3, statement_timeout_s=STATEMENT_TIMEOUT_S),

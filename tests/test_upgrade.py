@@ -24,7 +24,6 @@ import attrs
 import orjson
 import pytest
 import trio
-import trio_asyncio
 
 from realtimed.clock import parse_iso
 from realtimed.config import Config, ServerConfig, StoreConfig
@@ -63,16 +62,8 @@ class Upgraded:
         }
 
     @asynccontextmanager
-    async def loop(self) -> AsyncIterator[None]:
-        if self.backend == "postgres":
-            async with trio_asyncio.open_loop():
-                yield
-        else:
-            yield
-
-    @asynccontextmanager
     async def store(self) -> AsyncIterator[Store]:
-        async with self.loop(), trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
             store = open_store(self.config(), clock=ScriptClock(PHASE_B))
             await nursery.start(store.run)
             yield store
@@ -155,8 +146,7 @@ def test_the_fixture_holds_every_record_kind() -> None:
 
 async def test_every_record_reads_back_after_the_upgrade(upgraded: Upgraded) -> None:
     with trio.fail_after(LIMIT_S):
-        async with upgraded.loop():
-            await run_migrations(upgraded.config())
+        await run_migrations(upgraded.config())
         async with upgraded.store() as store:
             expected = upgraded.expected
             got = _normal(await read_back(store, PHASE_B))

@@ -2,8 +2,8 @@
 
 Handlers take a ``Caller`` (the user, the token's claims, and the socket when
 the op came over one) and the op's validated data, and return the reply data.
-The same handlers answer the socket and ``POST /api/v1/ops/{op}``. Capabilities
-register their ops when the daemon starts them.
+The same handlers answer the socket and ``POST /api/v1/ops/{op}``. Each capability
+lists its ops in its ``ops()``, and the daemon adds them (``OpRegistry.add``).
 
 Both doors run an op through ``OpRegistry.run``, which charges the per-user op
 budget (``limits.UserOpLimiter``); the resource routes of the client REST door,
@@ -68,10 +68,16 @@ class OpRegistry:
         self._handlers: dict[str, OpHandler] = {}
         self.limiter = limiter or UserOpLimiter()
 
-    def register(self, op: str, handler: OpHandler) -> None:
-        if op in self._handlers:
-            raise ValueError(f"op {op!r} is registered already")
-        self._handlers[op] = handler
+    def add(self, handlers: Mapping[str, OpHandler]) -> None:
+        """Answer each op of ``handlers`` (a capability's ``ops()``) with its handler.
+
+        Raises:
+            ValueError: an op has a handler already.
+        """
+        for op, handler in handlers.items():
+            if op in self._handlers:
+                raise ValueError(f"op {op!r} is registered already")
+            self._handlers[op] = handler
 
     def get(self, op: str) -> OpHandler | None:
         return self._handlers.get(op)

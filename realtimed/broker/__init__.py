@@ -1,4 +1,8 @@
-"""Brokers carry deliveries between nodes (see ``base.Broker``)."""
+"""Brokers carry deliveries between nodes (see ``base.Broker``).
+
+Below delivery (the router is the broker's one user): a ``Delivery`` carries a
+``realtimed.frames.Frame``, and nothing here imports ``realtimed.delivery``.
+"""
 
 from __future__ import annotations
 

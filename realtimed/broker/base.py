@@ -6,13 +6,33 @@ to the *other* nodes, each of which hands it to its own sessions only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Protocol, TypeAlias
 
 import attrs
 import trio
 
-from realtimed.delivery.frames import Frame
+from realtimed.config import DEVICE_PREFIX
+from realtimed.frames import Frame
+
+#: Characters of a node's tag at the start of its session ids (after ``s_``).
+NODE_TAG_CHARS: Final = 8
+
+
+def node_tag(node: str) -> str:
+    """The short tag of a node that its session ids carry (``s_<tag><random>``), so that a
+    delivery to ``device:<session_id>`` goes to that node alone. Two nodes whose tags
+    collide both receive such deliveries, and the one without the session drops them."""
+    return hashlib.blake2b(node.encode(), digest_size=NODE_TAG_CHARS // 2).hexdigest()
+
+
+def device_tag(room: str) -> str | None:
+    """The node tag of a ``device:<session_id>`` room; None for any other room."""
+    if not room.startswith(DEVICE_PREFIX + "s_"):
+        return None
+    tag = room[len(DEVICE_PREFIX) + 2 : len(DEVICE_PREFIX) + 2 + NODE_TAG_CHARS]
+    return tag if len(tag) == NODE_TAG_CHARS else None
 
 
 @attrs.frozen
@@ -29,7 +49,8 @@ class Close:
 class Delivery:
     """One frame for a set of users (every device) or for an app room's subscribers.
 
-    Exactly one of ``users`` and ``room`` is set. ``exclude_users`` are skipped
+    Exactly one of ``users``, ``room`` and ``everyone`` is set: ``everyone``
+    reaches every session of every node. ``exclude_users`` are skipped
     (typing goes to the others), ``exclude_session`` is one socket to skip.
     With ``close`` set (user deliveries only) the frame is not sent: each node
     closes the users' sessions it holds with that code (the server API's
@@ -43,6 +64,24 @@ class Delivery:
     exclude_session: str | None = None
     origin: str = ""
     close: Close | None = None
+    everyone: bool = False
+
+
+#: Answers a survey on this node: ``(op, data)`` → a JSON-serialisable answer.
+SurveyHandler: TypeAlias = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+@attrs.frozen
+class SurveyAnswers:
+    """The other nodes' answers to a survey.
+
+    Attributes:
+        answers: one per node that answered in time (not this node's own).
+        complete: every node that heard the question answered in time.
+    """
+
+    answers: list[Any]
+    complete: bool = True
 
 
 class Broker(Protocol):
@@ -56,9 +95,16 @@ class Broker(Protocol):
           clients recover, never the broker.
         - No echo: a node does not receive its own deliveries.
         - Interest: a node receives room deliveries only for rooms it watches and
-          user deliveries only for users it watches (brokers may deliver more).
+          user deliveries only for users it watches (brokers may deliver more);
+          every node receives the deliveries to ``everyone``, and a room
+          delivery to ``device:<session_id>`` reaches the node whose tag
+          (``node_tag``) the session id carries, without ``watch_room``.
         - ``publish`` never blocks on a slow node; it fails fast with
           ``errors.Unavailable`` when the broker cannot be reached.
+        - ``survey`` asks every other node that is connected to the broker and
+          waits at most ``timeout_s`` for their answers; a node that does not
+          answer in time (or whose handler fails) is left out, and the result
+          says so (``complete``). Answers are never cached.
     """
 
     node: str
@@ -72,6 +118,15 @@ class Broker(Protocol):
         ...
 
     async def publish(self, delivery: Delivery) -> None: ...
+
+    def attach_survey(self, handler: SurveyHandler) -> None:
+        """Set the function that answers other nodes' surveys on this node."""
+        ...
+
+    async def survey(self, op: str, data: dict[str, Any], *, timeout_s: float) -> SurveyAnswers:
+        """Ask every other node ``op`` with ``data``; their answers (raises ``Unavailable``
+        when the broker cannot be reached)."""
+        ...
 
     async def watch_room(self, room: str) -> None: ...
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
-from realtimed.broker.base import Delivery
+from realtimed.broker.base import Delivery, SurveyAnswers, SurveyHandler, device_tag, node_tag
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,9 @@ class MemoryBroker:
     def __init__(self, node: str, hub: MemoryHub | None = None) -> None:
         self.node = node
         self._hub = hub or MemoryHub()
+        self._tag = node_tag(node)
         self._handler: Callable[[Delivery], object] | None = None
+        self._survey_handler: SurveyHandler | None = None
         self._rooms: dict[str, int] = {}
         self._users: dict[str, int] = {}
 
@@ -51,15 +54,36 @@ class MemoryBroker:
         for broker in self._hub.brokers:
             if broker is self or broker._handler is None:
                 continue
-            if delivery.room is not None and delivery.room not in broker._rooms:
+            if delivery.room is not None and delivery.room not in broker._rooms and device_tag(delivery.room) != broker._tag:
                 continue
-            if delivery.room is None and not any(u in broker._users for u in delivery.users):
+            if delivery.room is None and not delivery.everyone and not any(u in broker._users for u in delivery.users):
                 continue
             try:
                 broker._handler(delivery)
             except Exception:
                 log.exception("node %s failed to take a delivery", broker.node)
         await trio.lowlevel.checkpoint()
+
+    def attach_survey(self, handler: SurveyHandler) -> None:
+        self._survey_handler = handler
+
+    async def survey(self, op: str, data: dict[str, Any], *, timeout_s: float) -> SurveyAnswers:
+        answers: list[Any] = []
+        complete = True
+        for broker in list(self._hub.brokers):
+            handler = broker._survey_handler
+            if broker is self or handler is None:
+                continue
+            try:
+                with trio.fail_after(timeout_s):
+                    answers.append(await handler(op, dict(data)))
+            except trio.TooSlowError:
+                complete = False
+            except Exception:
+                log.exception("node %s failed to answer survey %s", broker.node, op)
+                complete = False
+        await trio.lowlevel.checkpoint()
+        return SurveyAnswers(answers, complete)
 
     async def watch_room(self, room: str) -> None:
         self._rooms[room] = self._rooms.get(room, 0) + 1

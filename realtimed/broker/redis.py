@@ -12,8 +12,20 @@ Topologies (``broker.redis_url``, see ``redis_url``):
 Channels:
     ``rt:r:<room>`` carries the deliveries of one app room, ``rt:u:<user>`` those
     of one user; a node subscribes to the rooms and users it holds, so it hears
-    only what its own sessions need. A delivery to more than ``FANOUT_USERS``
-    users goes once on ``rt:all`` (every node listens) instead of once per user.
+    only what its own sessions need. ``rt:n:<tag>`` carries the deliveries to
+    the ``device:<session_id>`` addresses of the node with that tag
+    (``base.node_tag``, which its session ids carry), so a socket costs no
+    subscription of its own. A delivery to more than ``FANOUT_USERS``
+    users goes once on ``rt:all`` (every node listens) instead of once per user,
+    and so does a delivery to everyone.
+
+Surveys:
+    A question to every node (``survey``) goes on ``rt:sv``, which every node
+    listens to; the number of receivers that Redis answers to the ``PUBLISH``
+    (less this node) is the number of answers to wait for. Each node answers on
+    the asking node's own ``rt:sr:<node>``, through the same writer as
+    deliveries. Both are JSON objects: ``{id, o, op, d}`` and ``{id, o, a}``
+    (``error`` instead of ``a`` when the node's handler failed).
 
 Messages:
     One pub/sub message per delivery: a small JSON header (origin node, target,
@@ -45,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Final, TypeAlias, TypeVar
@@ -61,11 +74,11 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from realtimed import logs, metrics
-from realtimed.broker.base import Close, Delivery
-from realtimed.broker.redis_url import RedisTarget, parse_redis_url, redis_address
+from realtimed.broker.base import Close, Delivery, SurveyAnswers, SurveyHandler, device_tag, node_tag
 from realtimed.config import BrokerConfig
-from realtimed.delivery.frames import Frame
 from realtimed.errors import Unavailable
+from realtimed.frames import Frame
+from realtimed.redis_url import RedisTarget, parse_redis_url, redis_address
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +129,13 @@ def text(value: Any) -> str:
 
 FANOUT_USERS: Final = 64
 ALL_CHANNEL: Final = "rt:all"
+SURVEY_CHANNEL: Final = "rt:sv"
+_SURVEY_CHANNEL_BYTES: Final = SURVEY_CHANNEL.encode()
 QUEUE_MAX: Final = 10_000
+#: Surveys of other nodes answered at once by this node (more wait their turn).
+SURVEY_CONCURRENCY: Final = 8
+#: Surveys this node may have under way at once; one more is refused as Unavailable.
+MAX_PENDING_SURVEYS: Final = 64
 
 # The Redis brokers running in this process. ``realtimed_broker_connected`` is
 # exported only while one runs: on the in-process broker there is nothing to be
@@ -200,10 +219,44 @@ def user_channel(user: str) -> str:
     return "rt:u:" + user
 
 
+def node_channel(tag: str) -> str:
+    """The channel of the deliveries to the ``device:`` addresses of the node with this tag."""
+    return "rt:n:" + tag
+
+
+def reply_channel(node: str) -> str:
+    """The channel of the answers to the surveys of ``node``."""
+    return "rt:sr:" + node
+
+
+class _PendingSurvey:
+    """A survey of this node waiting for its answers."""
+
+    __slots__ = ("answers", "done", "expected", "failed", "received")
+
+    def __init__(self) -> None:
+        self.answers: list[Any] = []
+        self.received = 0
+        self.failed = False
+        self.expected: int | None = None
+        self.done = trio.Event()
+
+    def take(self, message: dict[str, Any]) -> None:
+        self.received += 1
+        if "a" in message:
+            self.answers.append(message["a"])
+        else:
+            self.failed = True
+        if self.expected is not None and self.received >= self.expected:
+            self.done.set()
+
+
 def encode_message(delivery: Delivery) -> bytes:
     header: dict[str, Any] = {"o": delivery.origin, "n": delivery.frame.name}
     if delivery.room is not None:
         header["r"] = delivery.room
+    elif delivery.everyone:
+        header["a"] = 1
     else:
         header["u"] = delivery.users
     if delivery.exclude_users:
@@ -245,6 +298,7 @@ def decode_message(data: bytes) -> Delivery:
         exclude_session=header.get("xs"),
         origin=header.get("o", ""),
         close=close,
+        everyone=header.get("a") == 1,
     )
 
 
@@ -266,6 +320,15 @@ class RedisBroker:
         # channel → set once Redis confirmed the subscription (watchers wait on it)
         self._confirmed: dict[str, trio.Event] = {}
         self._handler: Callable[[Delivery], object] | None = None
+        self._survey_handler: SurveyHandler | None = None
+        self._surveys: dict[str, _PendingSurvey] = {}
+        self._survey_limiter = trio.CapacityLimiter(SURVEY_CONCURRENCY)
+        self._reply_channel = reply_channel(node)
+        self._survey_channels = frozenset(
+            {SURVEY_CHANNEL, _SURVEY_CHANNEL_BYTES, self._reply_channel, self._reply_channel.encode()}
+        )
+        self._node_channel = node_channel(node_tag(node))
+        self._nursery: trio.Nursery | None = None
         self._channels: dict[str, int] = {}
         self._subscribe_queue: trio.MemorySendChannel[tuple[str, bool]]
         self._outbox: list[tuple[str, bytes]] = []
@@ -298,6 +361,7 @@ class RedisBroker:
                         await trio.sleep(delay)
                         delay = min(delay * 2, 5.0)
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     await nursery.start(self._subscriber, receive)
                     nursery.start_soon(self._writer)
                     task_status.started()
@@ -364,7 +428,7 @@ class RedisBroker:
                 retry = True
                 self._leaving.clear()
                 async with self._pubsub() as pubsub:
-                    channels = [ALL_CHANNEL, *self._channels]
+                    channels = [ALL_CHANNEL, SURVEY_CHANNEL, self._reply_channel, self._node_channel, *self._channels]
                     with trio.fail_after(self._cfg.timeout_s):
                         await pubsub.subscribe(*channels)
                     self._confirm(channels)
@@ -410,10 +474,17 @@ class RedisBroker:
         if self._leaving[name] > 0:
             self._leaving[name] -= 1
             return False
-        return name == ALL_CHANNEL or name in self._channels
+        return name in (ALL_CHANNEL, SURVEY_CHANNEL, self._reply_channel, self._node_channel) or name in self._channels
 
     def _receive(self, message: Any) -> None:
         if message.get("type") != "message":
+            return
+        channel = message.get("channel")
+        if channel in self._survey_channels:  # bytes or text, as the client gives them
+            if channel in (SURVEY_CHANNEL, _SURVEY_CHANNEL_BYTES):
+                self._survey_asked(message["data"])
+            else:
+                self._survey_answered(message["data"])
             return
         try:
             delivery = decode_message(message["data"])
@@ -429,6 +500,83 @@ class RedisBroker:
             except Exception:
                 log.exception("node %s: a broker delivery failed locally", self.node)
 
+    # -- surveys -----------------------------------------------------------------------------
+
+    def attach_survey(self, handler: SurveyHandler) -> None:
+        self._survey_handler = handler
+
+    async def survey(self, op: str, data: dict[str, Any], *, timeout_s: float) -> SurveyAnswers:
+        if not self.connected:
+            raise Unavailable(f"broker unavailable: {self._last_error}")
+        if len(self._surveys) >= MAX_PENDING_SURVEYS:
+            raise Unavailable(f"too many cluster-wide questions under way on this node ({MAX_PENDING_SURVEYS})")
+        survey_id = secrets.token_hex(8)
+        pending = self._surveys[survey_id] = _PendingSurvey()
+        try:
+            message = orjson.dumps({"id": survey_id, "o": self.node, "op": op, "d": data})
+            try:
+                with trio.fail_after(self._cfg.timeout_s):
+                    if self._sharded:
+                        receivers = await self._client.spublish(SURVEY_CHANNEL, message)
+                    else:
+                        receivers = await self._client.publish(SURVEY_CHANNEL, message)
+            except LINK_ERRORS as exc:
+                self._note_down(exc)
+                raise Unavailable(f"broker unavailable: {self._last_error}") from exc
+            pending.expected = max(0, int(receivers) - 1)  # this node hears its own question too
+            if pending.received >= pending.expected:
+                pending.done.set()
+            with trio.move_on_after(timeout_s):
+                await pending.done.wait()
+            complete = pending.received >= pending.expected and not pending.failed
+            if not complete:
+                log.info(
+                    "node %s: survey %s: %d of %d nodes answered in time", self.node, op, len(pending.answers), pending.expected
+                )
+            return SurveyAnswers(list(pending.answers), complete)
+        finally:
+            del self._surveys[survey_id]
+
+    def _survey_asked(self, raw: bytes) -> None:
+        try:
+            message = orjson.loads(raw)
+            origin, survey_id, op, data = message["o"], message["id"], message["op"], message["d"]
+            if not (isinstance(origin, str) and isinstance(survey_id, str) and isinstance(op, str) and isinstance(data, dict)):
+                raise ValueError("bad survey")
+        except (ValueError, KeyError, TypeError):
+            BROKER_ERRORS.labels("bad_message").inc()
+            return
+        if origin == self.node or self._nursery is None:
+            return
+        self._nursery.start_soon(self._answer, origin, survey_id, op, data)
+
+    async def _answer(self, origin: str, survey_id: str, op: str, data: dict[str, Any]) -> None:
+        reply: dict[str, Any] = {"id": survey_id, "o": self.node}
+        async with self._survey_limiter:
+            handler = self._survey_handler
+            try:
+                if handler is None:
+                    raise LookupError("no survey handler attached")
+                with trio.fail_after(self._cfg.survey_timeout_s):
+                    reply["a"] = await handler(op, data)
+            except Exception:
+                log.exception("node %s: survey %s from node %s failed here", self.node, op, origin)
+                reply["error"] = True
+        try:
+            self._queue(reply_channel(origin), orjson.dumps(reply))
+        except (Unavailable, TypeError) as exc:
+            log.warning("node %s: answer to survey %s of node %s not sent: %s", self.node, op, origin, exc)
+
+    def _survey_answered(self, raw: bytes) -> None:
+        try:
+            message = orjson.loads(raw)
+            pending = self._surveys.get(message["id"]) if isinstance(message, dict) else None
+        except (ValueError, KeyError, TypeError):
+            BROKER_ERRORS.labels("bad_message").inc()
+            return
+        if pending is not None:
+            pending.take(message)
+
     # -- sending -----------------------------------------------------------------------------
 
     async def publish(self, delivery: Delivery) -> None:
@@ -436,8 +584,9 @@ class RedisBroker:
             raise Unavailable(f"broker unavailable: {self._last_error}")
         data = encode_message(delivery)
         if delivery.room is not None:
-            self._queue(room_channel(delivery.room), data)
-        elif len(delivery.users) > FANOUT_USERS:
+            tag = device_tag(delivery.room)
+            self._queue(room_channel(delivery.room) if tag is None else node_channel(tag), data)
+        elif delivery.everyone or len(delivery.users) > FANOUT_USERS:
             self._queue(ALL_CHANNEL, data)
         else:
             for user in delivery.users:

@@ -29,12 +29,24 @@ DEFAULT_NAMESPACE: Final = NamespaceConfig(prefix="", public=False, client_publi
 
 
 class Namespaces:
-    """Finds the namespace of a room (longest prefix first)."""
+    """Finds the namespace of a room (longest prefix first).
 
-    def __init__(self, namespaces: Sequence[NamespaceConfig]) -> None:
+    Rooms under an address prefix (``device:``, those of ``auth.claim_rooms``)
+    are in no namespace: private, without history or presence, and closed to
+    client publications, whatever namespace would otherwise match.
+    """
+
+    def __init__(self, namespaces: Sequence[NamespaceConfig], *, addresses: Sequence[str] = ()) -> None:
         self._by_length = sorted(namespaces, key=lambda ns: len(ns.prefix), reverse=True)
+        self.addresses = tuple(addresses)
+
+    def is_address(self, room: str) -> bool:
+        """Whether the room is an address (joined by the server at connect, never subscribed)."""
+        return room.startswith(self.addresses)
 
     def of(self, room: str) -> NamespaceConfig:
+        if room.startswith(self.addresses):
+            return DEFAULT_NAMESPACE
         for ns in self._by_length:
             if room.startswith(ns.prefix):
                 return ns

@@ -24,14 +24,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Final, Protocol
 
+import orjson
 import trio
 from prometheus_client import Counter, Gauge, Histogram
 
 from realtimed import metrics, protocol
-from realtimed.broker.base import Broker, Close, Delivery
+from realtimed.broker.base import Broker, Close, Delivery, SurveyAnswers, SurveyHandler
 from realtimed.clock import WallClock, iso
-from realtimed.config import Config, NamespaceConfig
-from realtimed.delivery.frames import Frame
+from realtimed.config import DEVICE_PREFIX, Config, NamespaceConfig, address_prefixes
 from realtimed.delivery.rooms import (
     HistoryBackend,
     MemoryHistory,
@@ -42,6 +42,7 @@ from realtimed.delivery.rooms import (
     RoomPresenceBackend,
 )
 from realtimed.errors import Unavailable
+from realtimed.frames import Frame
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,12 @@ DELIVERY_LATENCY: Final = Histogram(
 ROOMS: Final = Gauge("realtimed_rooms", "app rooms with local subscribers", registry=metrics.REGISTRY)
 USERS: Final = Gauge("realtimed_users", "users with a local session", registry=metrics.REGISTRY)
 
+
+#: Room names one node sends in its answer to a ``counts`` survey, every namespace together.
+MAX_SURVEY_ROOM_NAMES: Final = 20_000
+#: Encoded bytes of the connections one node sends in its answer to a ``connections``
+#: survey, well below what Redis lets a pub/sub subscriber fall behind (8 MiB by default).
+MAX_SURVEY_ANSWER_BYTES: Final = 1_048_576
 
 # The frame of a close delivery: never sent to a client.
 CLOSE_FRAME: Final = Frame(b"{}")
@@ -114,8 +121,20 @@ class Router:
         self.clock = clock
         self.history: HistoryBackend = history or MemoryHistory()
         self.room_presence_backend: RoomPresenceBackend = room_presence or MemoryRoomPresence()
-        self.namespaces = Namespaces(cfg.namespaces)
+        self.namespaces = Namespaces(cfg.namespaces, addresses=address_prefixes(cfg))
+        self._namespace_prefixes = tuple(ns.prefix for ns in cfg.namespaces)
+        self._survey_timeout_s = cfg.broker.survey_timeout_s
+        # op → what this node answers to another node's survey (see ``survey``)
+        self.survey_handlers: dict[str, SurveyHandler] = {
+            "connections": self._survey_connections,
+            "counts": self._survey_counts,
+        }
         self.sessions: dict[str, Recipient] = {}
+        # address room (device:<id>, claim rooms) → its sessions here; apart from app
+        # rooms, so that they count neither as rooms nor as subscriptions
+        self._address_rooms: dict[str, dict[str, Recipient]] = {}
+        # session id → its address rooms
+        self._addresses: dict[str, tuple[str, ...]] = {}
         self._users: dict[str, dict[str, Recipient]] = {}
         self._rooms: dict[str, dict[str, Recipient]] = {}
         # room → user → this node's subscriptions of the user (the backend counts every node's)
@@ -130,10 +149,13 @@ class Router:
         self.user_closed_hooks: list[Callable[[str], None]] = []
 
     def set_config(self, cfg: Config) -> None:
-        self.namespaces = Namespaces(cfg.namespaces)
+        self.namespaces = Namespaces(cfg.namespaces, addresses=address_prefixes(cfg))
+        self._namespace_prefixes = tuple(ns.prefix for ns in cfg.namespaces)
+        self._survey_timeout_s = cfg.broker.survey_timeout_s
 
     async def run(self, *, task_status: trio.TaskStatus[Router] = trio.TASK_STATUS_IGNORED) -> None:
         self.broker.attach(self.deliver_local)
+        self.broker.attach_survey(self._answer_survey)
         self._rate_mark = (self.deliveries, trio.current_time())
         task_status.started(self)
         while True:
@@ -156,7 +178,8 @@ class Router:
         return list(self._users.get(user_id, {}).values())
 
     def room_sessions(self, room: str) -> list[Recipient]:
-        return list(self._rooms.get(room, {}).values())
+        """The sessions of this node in an app room (subscribed) or an address room."""
+        return list((self._rooms.get(room) or self._address_rooms.get(room) or {}).values())
 
     @property
     def user_count(self) -> int:
@@ -166,7 +189,9 @@ class Router:
     def room_count(self) -> int:
         return len(self._rooms)
 
-    async def add(self, session: Recipient) -> None:
+    async def add(self, session: Recipient, *, addresses: Iterable[str] = ()) -> None:
+        """Register a session: its user's deliveries, its ``device:<id>`` address and
+        the address rooms its token gives (``addresses``) reach it from now on."""
         self.sessions[session.id] = session
         devices = self._users.setdefault(session.user_id, {})
         devices[session.id] = session
@@ -176,12 +201,35 @@ class Router:
                 await self.broker.watch_user(session.user_id)
             except Unavailable:
                 log.warning("session %s: broker unavailable; user %s is reachable from this node only", session.id, session.user_id)
+        device = device_room(session.id)
+        rooms = (device, *addresses)
+        self._addresses[session.id] = rooms
+        for room in rooms:
+            members = self._address_rooms.setdefault(room, {})
+            members[session.id] = session
+            # The broker brings this node its device: deliveries without a subscription.
+            if len(members) == 1 and room != device:
+                try:
+                    await self.broker.watch_room(room)
+                except Unavailable:
+                    log.warning("session %s: broker unavailable; %s is reachable from this node only", session.id, room)
 
     async def remove(self, session: Recipient) -> None:
         if self.sessions.pop(session.id, None) is None:
             return
         for room in list(session.rooms):
             await self.unsubscribe(session, room)
+        for room in self._addresses.pop(session.id, ()):
+            members = self._address_rooms.get(room)
+            if members is None or members.pop(session.id, None) is None or members:
+                continue
+            del self._address_rooms[room]
+            if room == device_room(session.id):
+                continue
+            try:
+                await self.broker.unwatch_room(room)
+            except Unavailable:
+                pass
         devices = self._users.get(session.user_id)
         if devices is not None:
             devices.pop(session.id, None)
@@ -193,10 +241,86 @@ class Router:
                 except Unavailable:
                     pass
 
+    # -- the cluster's view -------------------------------------------------------------------
+
+    async def survey(self, op: str, data: dict[str, Any]) -> tuple[list[Any], SurveyAnswers]:
+        """This node's answer to ``op`` and the other nodes' (``broker.survey_timeout_s``).
+
+        Raises:
+            Unavailable: the broker cannot be reached (a single node never raises).
+        """
+        mine = await self._answer_survey(op, data)
+        others = await self.broker.survey(op, data, timeout_s=self._survey_timeout_s)
+        return [mine, *others.answers], others
+
+    async def _answer_survey(self, op: str, data: dict[str, Any]) -> Any:
+        handler = self.survey_handlers.get(op)
+        if handler is None:
+            raise LookupError(f"unknown survey {op!r}")
+        return await handler(op, data)
+
+    async def _survey_connections(self, op: str, data: dict[str, Any]) -> dict[str, Any]:
+        """This node's connections of ``user_id`` or ``room``, at most ``limit``, oldest first.
+
+        At most ``MAX_SURVEY_ANSWER_BYTES`` of them (encoded): past that the list
+        ends early and ``truncated`` is true.
+        """
+        user_id, room, limit = data.get("user_id"), data.get("room"), data.get("limit")
+        if isinstance(user_id, str):
+            sessions = self.user_sessions(user_id)
+        elif isinstance(room, str):
+            sessions = self.room_sessions(room)
+        else:
+            sessions = []
+        infos = sorted((s.info() for s in sessions), key=lambda i: (i["connected_at"] or "", i["session_id"]))
+        infos = infos[: limit if isinstance(limit, int) and limit >= 0 else None]
+        budget = MAX_SURVEY_ANSWER_BYTES
+        for kept, info in enumerate(infos):
+            budget -= len(orjson.dumps(info))
+            if budget < 0:
+                await trio.lowlevel.checkpoint()
+                return {"connections": infos[:kept], "truncated": True}
+        await trio.lowlevel.checkpoint()
+        return {"connections": infos, "truncated": False}
+
+    async def _survey_counts(self, op: str, data: dict[str, Any]) -> dict[str, Any]:
+        """This node's sessions, and per namespace prefix ('' for rooms in none) its
+        subscriptions, rooms, and the names of those rooms (so that rooms held by
+        several nodes are counted once).
+
+        At most ``MAX_SURVEY_ROOM_NAMES`` names in all, so that an answer stays
+        well below what Redis lets a subscriber fall behind: past them a
+        namespace's ``names`` is None and only its count is sent.
+        """
+        namespaces: dict[str, dict[str, Any]] = {}
+        for prefix in ("", *self._namespace_prefixes):
+            namespaces[prefix] = {"names": [], "rooms": 0, "subscriptions": 0}
+        budget = MAX_SURVEY_ROOM_NAMES
+        for room, subscribers in self._rooms.items():
+            entry = namespaces.setdefault(self.namespaces.of(room).prefix, {"names": [], "rooms": 0, "subscriptions": 0})
+            entry["rooms"] += 1
+            entry["subscriptions"] += len(subscribers)
+            if entry["names"] is not None:
+                if budget > 0:
+                    entry["names"].append(room)
+                    budget -= 1
+                else:
+                    entry["names"] = None
+        await trio.lowlevel.checkpoint()
+        return {"node": self.node, "sessions": len(self.sessions), "namespaces": namespaces}
+
     # -- rooms -------------------------------------------------------------------------------
 
     def namespace(self, room: str) -> NamespaceConfig:
         return self.namespaces.of(room)
+
+    def is_address(self, room: str) -> bool:
+        """Whether the room is an address (``device:``, ``auth.claim_rooms``): never subscribed by a client."""
+        return self.namespaces.is_address(room)
+
+    def address_rooms(self, session_id: str) -> tuple[str, ...]:
+        """The address rooms of a session of this node (its ``device:`` room first)."""
+        return self._addresses.get(session_id, ())
 
     async def subscribe(self, session: Recipient, room: str, *, since: tuple[int, str] | None) -> dict[str, Any]:
         """Subscribe and answer the ``subscribe`` reply data.
@@ -409,6 +533,11 @@ class Router:
             Delivery(frame, users=users, exclude_users=exclude_users, exclude_session=exclude_session, origin=self.node)
         )
 
+    async def to_everyone(self, event: str, data: Any) -> int:
+        """Send an event to every session of every node; returns local sockets reached."""
+        frame = Frame(protocol.encode_event(event, data), event, trio.current_time())
+        return await self._fan_out(Delivery(frame, everyone=True, origin=self.node))
+
     async def close_user(self, user_id: str, code: int, reason: str, *, session_id: str | None = None) -> int:
         """Close a user's sessions, or the one ``session_id``, on every node.
 
@@ -440,7 +569,7 @@ class Router:
 
     async def _fan_out(self, delivery: Delivery) -> int:
         delivered = self.deliver_local(delivery)
-        PUBLICATIONS.labels("room" if delivery.room is not None else "users").inc()
+        PUBLICATIONS.labels("room" if delivery.room is not None else "everyone" if delivery.everyone else "users").inc()
         await self._publish(delivery)
         return delivered
 
@@ -458,8 +587,14 @@ class Router:
         frame = delivery.frame
         skip = delivery.exclude_session
         count = 0
-        if delivery.room is not None:
-            targets: Iterable[Recipient] = self._rooms.get(delivery.room, {}).values()
+        if delivery.everyone:
+            for session in list(self.sessions.values()):
+                session.send_frame(frame)
+                count += 1
+        elif delivery.room is not None:
+            targets: Iterable[Recipient] = (
+                self._rooms.get(delivery.room) or self._address_rooms.get(delivery.room) or {}
+            ).values()
             held = self._held.get(delivery.room)
             for session in list(targets):
                 if session.id == skip:
@@ -493,6 +628,11 @@ class Router:
         if ns.history_size <= 0:
             return 0, "", []
         return await self.history.read(room, ns, since_seq=since_seq, limit=limit)
+
+
+def device_room(session_id: str) -> str:
+    """The address of one session: ``device:<session_id>``."""
+    return DEVICE_PREFIX + session_id
 
 
 class _RoomTurn:

@@ -22,17 +22,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import trio
 
+from realtimed.broker.base import node_tag
 from realtimed.clock import iso
 
 if TYPE_CHECKING:
     from realtimed.auth import Claims
-    from realtimed.delivery.frames import Frame
+    from realtimed.frames import Frame
 
 __all__ = ["ClientSession", "new_session_id"]
 
 
-def new_session_id() -> str:
-    return "s_" + secrets.token_urlsafe(12)
+def new_session_id(node: str = "") -> str:
+    """``s_``, the node's tag (``broker.base.node_tag``), then 16 random characters."""
+    return "s_" + node_tag(node) + secrets.token_urlsafe(12)
 
 
 class ClientSession(trio.abc.AsyncResource):
@@ -77,7 +79,7 @@ class ClientSession(trio.abc.AsyncResource):
     sends_expiring: ClassVar[bool] = False
 
     def __init__(self, *, node: str, address: str, connected_at: datetime, last_active: float | None) -> None:
-        self.id = new_session_id()
+        self.id = new_session_id(node)
         self.user_id = ""
         self.claims: Claims | None = None
         self.expires_at: datetime | None = None

@@ -86,7 +86,7 @@ __all__ = ["SOCKETS", "Admission", "Gateway", "Refusal", "SessionHooks", "ban_un
 
 log = logging.getLogger(__name__)
 
-SOCKETS: Final = Gauge("realtimed_sockets", "open client sockets (WebSocket and SSE)", ["transport"], registry=metrics.REGISTRY)
+SOCKETS: Final = Gauge("realtimed_sockets", "open client sockets (WebSocket, SSE and Socket.IO)", ["transport"], registry=metrics.REGISTRY)
 OUTBOX_OVERFLOWS: Final = Counter("realtimed_outbox_overflows", "sockets closed with 4008", registry=metrics.REGISTRY)
 
 SessionHook = Callable[[ClientSession], Awaitable[None]]
@@ -281,7 +281,7 @@ class Gateway:
         if self._all_closed.is_set():
             self._all_closed = trio.Event()
         SOCKETS.labels(session.transport).inc()
-        await self.router.add(session)
+        await self.router.add(session, addresses=claims.claim_rooms)
         if reply is not None:
             reply(None)
         session.send_event("session.ready", await self.ready_data(session, start))
@@ -337,6 +337,7 @@ class Gateway:
             "expires_at": iso(session.expires_at),
             "unread_total": start.unread_total if start is not None else 0,
             "notifications_unread": start.notifications_unread if start is not None else 0,
+            "addresses": list(self.router.address_rooms(session.id)),
         }
         hooks = self.hooks.ready_fields
         if not hooks:

@@ -39,8 +39,8 @@ from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from realtimed import logs, metrics, protocol
-from realtimed.delivery.frames import Frame, close_frame, ws_frame
 from realtimed.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG
+from realtimed.frames import Frame, close_frame, ws_frame
 from realtimed.gateway.client import ClientSession
 
 if TYPE_CHECKING:

@@ -31,8 +31,8 @@ import trio
 
 from realtimed import protocol
 from realtimed.auth import Claims
-from realtimed.delivery.frames import Frame
 from realtimed.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_SLOW_CONSUMER
+from realtimed.frames import Frame
 from realtimed.gateway.client import ClientSession
 from realtimed.gateway.gateway import Gateway
 

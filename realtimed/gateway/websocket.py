@@ -48,7 +48,6 @@ from realtimed.api.ops import Caller, OpRegistry
 from realtimed.auth import Claims, TokenVerifier
 from realtimed.clock import iso
 from realtimed.config import Config
-from realtimed.delivery.frames import PING_FRAME
 from realtimed.errors import (
     CLOSE_AUTH_TIMEOUT,
     CLOSE_RATE_ABUSE,
@@ -62,9 +61,10 @@ from realtimed.errors import (
     TokenExpired,
     Unauthorized,
 )
+from realtimed.frames import PING_FRAME
 from realtimed.gateway.gateway import Gateway
 from realtimed.gateway.session import Session
-from realtimed.http.listener import RequestHead
+from realtimed.http.framing import RequestHead
 from realtimed.live import Live
 
 __all__ = ["CLOSE_HEARTBEAT", "WebSocketDoor", "accept_token", "origin_allowed", "websocket_upgrade"]

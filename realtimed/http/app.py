@@ -32,7 +32,6 @@ from realtimed.api.routes import (
     Route,
     Schema,
     bearer_token,
-    json_body,
     json_response,
     out,
     route,
@@ -40,21 +39,15 @@ from realtimed.api.routes import (
 )
 from realtimed.config import is_loopback, parse_host_port
 from realtimed.errors import ApiError, Internal, NotFound, PayloadTooLarge, Unauthorized
-from realtimed.http import budgets
+from realtimed.http import budgets, dev, static
 from realtimed.services import Services
 
 __all__ = [
-    "CLIENT_PREFIX",
     "READY_TIMEOUT_S",
-    "SERVER_PREFIX",
-    "bearer_token",
     "capability_routes",
     "check_backends",
     "create_app",
     "error_response",
-    "json_body",
-    "json_response",
-    "services",
 ]
 
 log = logging.getLogger(__name__)
@@ -126,148 +119,38 @@ def create_app(svc: Services, served: Iterable[Route] | None = None) -> QuartTri
     app.extensions["realtimed.routes"] = served
     app.config["MAX_CONTENT_LENGTH"] = svc.config.http.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    _add_request_hooks(app)
+    _add_error_handlers(app)
+    _add_routes(app, served)
+    # /dev/token (development only) and the [[http.static]] folders.
+    app.register_blueprint(dev.blueprint)
+    static.add_static_routes(app, svc.config)
+    return app
 
-    @app.before_request
-    async def _start_timing() -> None:
-        # Registered first, so that it runs before a door check can answer.
-        g.started = time.perf_counter()
 
-    @app.before_request
-    async def _door_checks() -> Response | None:
-        s = services()
-        path = request.path
-        # Every line this request logs carries its id: the proxy's X-Request-Id when it is a plain token, else our own.
-        given = request.headers.get(REQUEST_ID_HEADER, "")
-        g.request_id = given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
-        logs.bind_task(request_id=g.request_id)
-        internal = request.scope.get("realtimed.listener") == "internal"
-        if internal and not (
-            path.startswith(SERVER_PREFIX) or path in ("/metrics", "/healthz", "/readyz")
-        ):
-            return error_response(NotFound("not served on the internal listener"))
-        if (path.startswith(SERVER_PREFIX) or path == "/metrics") and not _server_api_allowed_here(s):
-            return error_response(NotFound("served on the internal listener only"))
-        if path.startswith(SERVER_PREFIX) and path not in _DOCUMENTS:
-            token = bearer_token()
-            key_name = s.api_keys.identify(token) if token is not None and s.api_keys is not None else None
-            if key_name is None:
-                return error_response(Unauthorized("a valid API key is required"))
-            g.api_key_name = key_name
-            logs.annotate(api_key=key_name)
-        if path.startswith(CLIENT_PREFIX):
-            origin = request.headers.get("Origin")
-            if request.method == "OPTIONS" and origin:
-                return _preflight(s, origin)
-            if path == f"{CLIENT_PREFIX}/events":
-                return None  # the SSE door authenticates itself (header or ?token=)
-            if path in _DOCUMENTS:
-                return None
-            token = bearer_token()
-            if token is None or s.verifier is None:
-                return error_response(Unauthorized("a user token is required"))
-            g.claims = await s.verifier.verify(token)
-            logs.annotate(user=g.claims.sub)
-            if s.gateway is not None:
-                await s.gateway.bans.check(g.claims.sub, cached=True)
-                if request.url_rule is not None:  # no route: a 404 or 405, and nothing runs
-                    await budgets.charge(
-                        s.ops.limiter,
-                        s.config.gateway,
-                        g.claims.sub,
-                        method=request.method,
-                        rule=request.url_rule.rule.removeprefix(CLIENT_PREFIX),
-                    )
-        return None
+def _add_request_hooks(app: QuartTrio) -> None:
+    """What runs around every request: timing, the door checks, CORS, accounting, the body's end."""
+    # Registered first, so that timing starts before a door check can answer.
+    app.before_request(_start_timing)
+    app.before_request(_door_checks)
+    app.after_request(_cors_and_count)
+    app.after_request(_account_api_key)
+    app.after_request(_finish_reading_the_body)
 
-    @app.after_request
-    async def _cors_and_count(response: Response) -> Response:
-        s = services()
-        origin = request.headers.get("Origin")
-        if origin and request.path.startswith(CLIENT_PREFIX) and _origin_allowed(origin, s.config.gateway.allowed_origins):
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
-            response.headers["Access-Control-Expose-Headers"] = "Retry-After"
-        request_id = g.get("request_id")
-        if request_id is not None:
-            response.headers[REQUEST_ID_HEADER] = request_id
-        door = "server" if request.path.startswith(SERVER_PREFIX) else "client" if request.path.startswith(CLIENT_PREFIX) else "ops"
-        metrics.HTTP_REQUESTS.labels(door, f"{response.status_code // 100}xx").inc()
-        started: float | None = g.get("started")
-        if started is not None:
-            # The route template, never the path: the label's values are the app's routes.
-            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            method = request.method if request.method in _KNOWN_METHODS else "other"
-            metrics.HTTP_LATENCY.labels(route, method).observe(time.perf_counter() - started)
-        return response
 
-    @app.after_request
-    async def _account_api_key(response: Response) -> Response:
-        # The name of the API key behind each server API call: a metric label, and
-        # in the log for every call that changes state (a failed one too).
-        key_name: str | None = g.get("api_key_name")
-        if key_name is not None:
-            method = request.method if request.method in _KNOWN_METHODS else "other"
-            metrics.SERVER_API_REQUESTS.labels(key_name, method, f"{response.status_code // 100}xx").inc()
-            if request.method not in _READ_METHODS:
-                log.info(
-                    "server API %s %s -> %d with API key %s",
-                    request.method, request.path, response.status_code, key_name,
-                )
-        return response
+def _add_error_handlers(app: QuartTrio) -> None:
+    """Every error becomes the error body of docs/protocol.md section 8.1."""
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
 
-    @app.after_request
-    async def _finish_reading_the_body(response: Response) -> Response:
-        # hypercorn reuses a keep-alive connection only once the whole request has
-        # arrived. An answer sent before the body did (the door's 401, a 404, a 405)
-        # would leave the connection stuck, and the client's next request on it
-        # unanswered; over HTTP/2, hypercorn fails the whole connection on DATA for
-        # a stream it has answered. So the rest of the body is read first (it is
-        # bounded by http.max_body_bytes, and waited for at most http.drain_s). A
-        # body that cannot be read whole ends an HTTP/1.1 connection instead (the
-        # listener then discards what still comes, for at most http.drain_s).
-        complete = False
-        with trio.move_on_after(services().config.http.drain_s):
-            try:
-                await request.body
-                complete = True
-            except RequestEntityTooLarge:
-                pass
-        if not complete and request.http_version in ("1.0", "1.1"):
-            response.headers["Connection"] = "close"
-        return response
 
-    @app.errorhandler(ApiError)
-    async def _api_error(exc: ApiError) -> Response:
-        if isinstance(exc, Internal):
-            log.error("internal error %s on %s %s", exc.correlation_id, request.method, request.path)
-        return error_response(exc)
+def _add_routes(app: QuartTrio, served: Iterable[Route]) -> None:
+    """Add each route under its endpoint, its operationId.
 
-    @app.errorhandler(HTTPException)
-    async def _http_error(exc: HTTPException) -> Response:
-        code = exc.code or 500
-        if code == 404:
-            return error_response(NotFound(f"no route {request.path}"))
-        if code == 405:
-            allowed = sorted(getattr(exc, "valid_methods", None) or [])
-            return json_response(
-                {"error": {"code": "BAD_REQUEST", "message": f"method {request.method} not allowed"}},
-                405,
-                {"Allow": ", ".join(allowed)} if allowed else None,
-            )
-        if code == 413:
-            return error_response(PayloadTooLarge(f"body over {services().config.http.max_body_bytes} bytes"))
-        if code < 500:
-            return json_response({"error": {"code": "BAD_REQUEST", "message": exc.description or "bad request"}}, code)
-        err = Internal()
-        log.error("internal error %s on %s %s: %s", err.correlation_id, request.method, request.path, exc)
-        return error_response(err)
-
-    @app.errorhandler(Exception)
-    async def _unexpected(exc: Exception) -> Response:
-        err = Internal()
-        log.exception("internal error %s on %s %s", err.correlation_id, request.method, request.path)
-        return error_response(err)
-
+    Raises:
+        ValueError: two routes share a method and a path, or an operationId.
+    """
     seen: set[tuple[str, str]] = set()
     operation_ids: set[str] = set()
     for served_route in served:
@@ -282,12 +165,175 @@ def create_app(svc: Services, served: Iterable[Route] | None = None) -> QuartTri
             view_func=served_route.view,
             methods=[served_route.method],
         )
-    # /dev/token (development only; dev imports this module) and the [[http.static]] folders.
-    from realtimed.http import dev, static
 
-    app.register_blueprint(dev.blueprint)
-    static.add_static_routes(app, svc.config)
-    return app
+
+# -- around every request ---------------------------------------------------------------------
+
+
+async def _start_timing() -> None:
+    g.started = time.perf_counter()
+
+
+async def _door_checks() -> Response | None:
+    """Answer a request its door refuses; else let it through, its caller known."""
+    s = services()
+    path = request.path
+    # Every line this request logs carries its id: the proxy's X-Request-Id when it is a plain token, else our own.
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    g.request_id = given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
+    logs.bind_task(request_id=g.request_id)
+    refusal = _listener_refusal(s, path)
+    if refusal is not None:
+        return refusal
+    if path.startswith(SERVER_PREFIX) and path not in _DOCUMENTS:
+        refusal = _check_api_key(s)
+        if refusal is not None:
+            return refusal
+    if path.startswith(CLIENT_PREFIX):
+        return await _client_door(s, path)
+    return None
+
+
+def _listener_refusal(s: Services, path: str) -> Response | None:
+    """The 404 of a path not served on the listener the request came to."""
+    internal = request.scope.get("realtimed.listener") == "internal"
+    if internal and not (
+        path.startswith(SERVER_PREFIX) or path in ("/metrics", "/healthz", "/readyz")
+    ):
+        return error_response(NotFound("not served on the internal listener"))
+    if (path.startswith(SERVER_PREFIX) or path == "/metrics") and not _server_api_allowed_here(s):
+        return error_response(NotFound("served on the internal listener only"))
+    return None
+
+
+def _check_api_key(s: Services) -> Response | None:
+    """The server API's credential: a known API key, whose name the request then carries."""
+    token = bearer_token()
+    key_name = s.api_keys.identify(token) if token is not None and s.api_keys is not None else None
+    if key_name is None:
+        return error_response(Unauthorized("a valid API key is required"))
+    g.api_key_name = key_name
+    logs.annotate(api_key=key_name)
+    return None
+
+
+async def _client_door(s: Services, path: str) -> Response | None:
+    """The client REST door: CORS preflights, then a user token, bans and the user's op budget."""
+    origin = request.headers.get("Origin")
+    if request.method == "OPTIONS" and origin:
+        return _preflight(s, origin)
+    if path == f"{CLIENT_PREFIX}/events":
+        return None  # the SSE door authenticates itself (header or ?token=)
+    if path in _DOCUMENTS:
+        return None
+    token = bearer_token()
+    if token is None or s.verifier is None:
+        return error_response(Unauthorized("a user token is required"))
+    g.claims = await s.verifier.verify(token)
+    logs.annotate(user=g.claims.sub)
+    if s.gateway is not None:
+        await s.gateway.bans.check(g.claims.sub, cached=True)
+        if request.url_rule is not None:  # no route: a 404 or 405, and nothing runs
+            await budgets.charge(
+                s.ops.limiter,
+                s.config.gateway,
+                g.claims.sub,
+                method=request.method,
+                rule=request.url_rule.rule.removeprefix(CLIENT_PREFIX),
+            )
+    return None
+
+
+async def _cors_and_count(response: Response) -> Response:
+    s = services()
+    origin = request.headers.get("Origin")
+    if origin and request.path.startswith(CLIENT_PREFIX) and _origin_allowed(origin, s.config.gateway.allowed_origins):
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+        response.headers["Access-Control-Expose-Headers"] = "Retry-After"
+    request_id = g.get("request_id")
+    if request_id is not None:
+        response.headers[REQUEST_ID_HEADER] = request_id
+    door = "server" if request.path.startswith(SERVER_PREFIX) else "client" if request.path.startswith(CLIENT_PREFIX) else "ops"
+    metrics.HTTP_REQUESTS.labels(door, f"{response.status_code // 100}xx").inc()
+    started: float | None = g.get("started")
+    if started is not None:
+        # The route template, never the path: the label's values are the app's routes.
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        method = request.method if request.method in _KNOWN_METHODS else "other"
+        metrics.HTTP_LATENCY.labels(rule, method).observe(time.perf_counter() - started)
+    return response
+
+
+async def _account_api_key(response: Response) -> Response:
+    # The name of the API key behind each server API call: a metric label, and
+    # in the log for every call that changes state (a failed one too).
+    key_name: str | None = g.get("api_key_name")
+    if key_name is not None:
+        method = request.method if request.method in _KNOWN_METHODS else "other"
+        metrics.SERVER_API_REQUESTS.labels(key_name, method, f"{response.status_code // 100}xx").inc()
+        if request.method not in _READ_METHODS:
+            log.info(
+                "server API %s %s -> %d with API key %s",
+                request.method, request.path, response.status_code, key_name,
+            )
+    return response
+
+
+async def _finish_reading_the_body(response: Response) -> Response:
+    # hypercorn reuses a keep-alive connection only once the whole request has
+    # arrived. An answer sent before the body did (the door's 401, a 404, a 405)
+    # would leave the connection stuck, and the client's next request on it
+    # unanswered; over HTTP/2, hypercorn fails the whole connection on DATA for
+    # a stream it has answered. So the rest of the body is read first (it is
+    # bounded by http.max_body_bytes, and waited for at most http.drain_s). A
+    # body that cannot be read whole ends an HTTP/1.1 connection instead (the
+    # listener then discards what still comes, for at most http.drain_s).
+    complete = False
+    with trio.move_on_after(services().config.http.drain_s):
+        try:
+            await request.body
+            complete = True
+        except RequestEntityTooLarge:
+            pass
+    if not complete and request.http_version in ("1.0", "1.1"):
+        response.headers["Connection"] = "close"
+    return response
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+async def _api_error(exc: ApiError) -> Response:
+    if isinstance(exc, Internal):
+        log.error("internal error %s on %s %s", exc.correlation_id, request.method, request.path)
+    return error_response(exc)
+
+
+async def _http_error(exc: HTTPException) -> Response:
+    code = exc.code or 500
+    if code == 404:
+        return error_response(NotFound(f"no route {request.path}"))
+    if code == 405:
+        allowed = sorted(getattr(exc, "valid_methods", None) or [])
+        return json_response(
+            {"error": {"code": "BAD_REQUEST", "message": f"method {request.method} not allowed"}},
+            405,
+            {"Allow": ", ".join(allowed)} if allowed else None,
+        )
+    if code == 413:
+        return error_response(PayloadTooLarge(f"body over {services().config.http.max_body_bytes} bytes"))
+    if code < 500:
+        return json_response({"error": {"code": "BAD_REQUEST", "message": exc.description or "bad request"}}, code)
+    err = Internal()
+    log.error("internal error %s on %s %s: %s", err.correlation_id, request.method, request.path, exc)
+    return error_response(err)
+
+
+async def _unexpected(exc: Exception) -> Response:
+    err = Internal()
+    log.exception("internal error %s on %s %s", err.correlation_id, request.method, request.path)
+    return error_response(err)
 
 
 # -- the operator's endpoints (in the server document, without a credential) ---------------

@@ -19,11 +19,10 @@ from quart import Response, g, request
 
 from realtimed import protocol
 from realtimed.api.ops import Caller
-from realtimed.api.routes import Route, Schema, route
+from realtimed.api.routes import Route, Schema, bearer_token, json_body, json_response, route, services
 from realtimed.auth import Claims
 from realtimed.errors import CLOSE_TOKEN_EXPIRED, NotFound, TokenExpired, Unauthorized, ValidationFailed
 from realtimed.gateway.sse import SseSession, decode_cursor
-from realtimed.http.app import bearer_token, json_body, json_response, services
 from realtimed.room_ops import check_subscribe
 
 log = logging.getLogger(__name__)

@@ -31,11 +31,11 @@ from typing import Final
 
 from quart import Blueprint, Response, request
 
+from realtimed.api.routes import json_response, services
 from realtimed.auth import mint_dev_token
 from realtimed.clock import iso
 from realtimed.config import DEV_HS256_SECRET, Config, is_loopback, parse_host_port
 from realtimed.errors import NotFound, ValidationFailed
-from realtimed.http.app import json_response, services
 from realtimed.protocol import validate_room_pattern, validate_user_id
 
 DEV_PREFIX: Final = "/dev"

@@ -32,7 +32,7 @@ from realtimed.api.routes import (
     wire,
 )
 from realtimed.errors import NotFound
-from realtimed.protocol import JsonSchema
+from realtimed.protocol import MAX_ID_CHARS, JsonSchema
 from realtimed.store.base import JOB_STATUSES, Store
 
 __all__ = ["JOB", "routes"]
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 500
 _MAX_FILTER_CHARS: Final = 200
-_MAX_ID_CHARS: Final = 100
 _TAG: Final = "jobs"
 _WHEN: Final = {"type": ["string", "null"], "format": "date-time"}
 
@@ -78,16 +77,16 @@ def _store() -> Store:
 
 @attrs.frozen
 class JobId(Kind):
-    """A job id in the path: one that cannot exist (empty, over 100 characters) is not found."""
+    """A job id in the path: one that cannot exist (empty, over ``protocol.MAX_ID_CHARS``) is not found."""
 
     def parse(self, source: Mapping[str, Any], name: str, parts: RequestParts) -> Any:
         job_id: str = source[name]
-        if not job_id or len(job_id) > _MAX_ID_CHARS:
+        if not job_id or len(job_id) > MAX_ID_CHARS:
             raise NotFound(f"no job {job_id!r}")
         return job_id
 
     def schema(self, cfg: Any) -> JsonSchema:
-        return {"type": "string", "minLength": 1, "maxLength": _MAX_ID_CHARS}
+        return {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}
 
 
 @attrs.frozen

@@ -38,7 +38,7 @@ import errno
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 import trio
@@ -48,11 +48,12 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 
 from realtimed import metrics
+from realtimed.addresses import canonical, parse_ip
 from realtimed.config import Config
 from realtimed.errors import NotFound, OperatorError
 from realtimed.http import proxy_protocol
-from realtimed.http.forwarded import TrustedProxies, canonical, parse_ip
-from realtimed.http.framing import RequestHead as RequestHead
+from realtimed.http.forwarded import TrustedProxies
+from realtimed.http.framing import RequestHead
 from realtimed.http.guard import GUARD_STATE_KEY, ConnectionGuard, HandshakeSlots, Slot
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,16 @@ _PROXY_RECEIVE_BYTES: Final = 4096
 
 # A WebSocket handler takes the stream, the request head and the client address.
 WsHandler = Callable[[trio.abc.Stream, "RequestHead", str], Awaitable[None]]
+
+
+class SocketIOHandlers(Protocol):
+    """The Socket.IO door's entry points (``realtimed.socketio.engine.EngineServer``)."""
+
+    async def handle_ws(self, stream: trio.abc.Stream, head: RequestHead, address: str) -> None:
+        """A WebSocket upgrade to ``socketio.path``, taken before hypercorn like ``gateway.path``."""
+
+    async def handle_http(self, scope: dict[str, Any], receive: Any, send: Any, address: str) -> None:
+        """Any other HTTP request to ``socketio.path`` (long-polling), as a raw ASGI call."""
 
 
 class _Prefixed(trio.abc.HalfCloseableStream):
@@ -173,9 +184,19 @@ class _ListenerAsgi:
         scope["client"] = (client, guard.port if client == guard.address else 0)
         guard.app_started()
         try:
-            await self._app(scope, receive, send)
+            socketio = self._listener.socketio
+            if socketio is not None and _is_socketio_path(scope.get("path", ""), self._listener.config.socketio.path):
+                # Long-polling: a raw ASGI call, beside the app (whose routes are those of the API documents).
+                await socketio.handle_http(scope, receive, send, client)
+            else:
+                await self._app(scope, receive, send)
         finally:
             guard.app_finished()
+
+
+def _is_socketio_path(path: str, socketio_path: str) -> bool:
+    """The request is for the Socket.IO door (with or without the path's trailing slash)."""
+    return path == socketio_path or path == socketio_path.rstrip("/")
 
 
 class Listener:
@@ -188,6 +209,7 @@ class Listener:
             or ``internal`` (server API and metrics).
         asgi_app: the Quart app.
         ws_handler: the gateway's WebSocket handler; None answers upgrades over HTTP.
+        socketio: the Socket.IO door, served on ``socketio.path`` (None: not served here).
         ssl_context: a server TLS context, or None for plaintext.
     """
 
@@ -200,6 +222,7 @@ class Listener:
         role: str,
         asgi_app: Any,
         ws_handler: WsHandler | None = None,
+        socketio: SocketIOHandlers | None = None,
         ssl_context: ssl.SSLContext | None = None,
         reuse_port: bool = False,
     ) -> None:
@@ -209,6 +232,7 @@ class Listener:
         self.role = role
         self._app = ASGIWrapper(_ListenerAsgi(asgi_app, role, self))  # type: ignore[arg-type]
         self.ws_handler = ws_handler
+        self.socketio = socketio
         self._ssl_context = ssl_context
         self._reuse_port = reuse_port
         self._hc = hypercorn_config(cfg)
@@ -439,12 +463,10 @@ class Listener:
             if not http2 and head is None:
                 await guard.linger()  # refused (the answer is written), or the client closed
                 return
-            if (
-                head is not None
-                and self.ws_handler is not None
-                and head.path == cfg.gateway.path
-                and head.is_websocket_upgrade()
-            ):
+            ws_handler = self.ws_handler if head is not None and head.path == cfg.gateway.path else None
+            if head is not None and self.socketio is not None and _is_socketio_path(head.path, cfg.socketio.path):
+                ws_handler = self.socketio.handle_ws
+            if head is not None and ws_handler is not None and head.is_websocket_upgrade():
                 slot.release()
                 client = self._trusted.client_address(address, head.headers)
                 # The session writes straight into a plaintext socket: hand it the socket
@@ -455,7 +477,7 @@ class Listener:
                 # go rather than keep it alive for the whole session.
                 guard = None
                 # Nor the request head: the handler takes it, and this frame lives as long as the session.
-                handling = self.ws_handler(conn, head, client)
+                handling = ws_handler(conn, head, client)
                 head = None
                 await handling
                 return

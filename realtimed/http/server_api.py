@@ -18,6 +18,7 @@ from realtimed.api.routes import (
     Named,
     Number,
     QueryInt,
+    QueryText,
     Raw,
     Room,
     RoomList,
@@ -32,7 +33,7 @@ from realtimed.api.routes import (
 )
 from realtimed.clock import iso
 from realtimed.delivery.router import Router
-from realtimed.errors import NotFound
+from realtimed.errors import NotFound, Unavailable
 from realtimed.gateway.gateway import Gateway, ban_until
 
 __all__ = ["CONNECTION", "routes"]
@@ -43,6 +44,9 @@ MAX_BAN_S: Final = 10 * 365 * 86400.0
 _TAG_ROOMS: Final = "rooms and events"
 _TAG_USERS: Final = "users"
 _TAG_NODE: Final = "node"
+_TAG_PRESENCE: Final = "presence"
+MAX_CONNECTIONS: Final = 1000
+MAX_ONLINE_PAGE: Final = 1000
 
 _INT: Final = {"type": "integer", "minimum": 0}
 _SEQ: Final = {"$ref": "#/components/schemas/Seq"}
@@ -168,6 +172,21 @@ async def user_events(inp: UserEventInput) -> Delivered:
     return Delivered(delivered=await _router().to_users(inp.user_ids, inp.event, inp.data))
 
 
+@attrs.frozen
+class EveryoneEventInput:
+    event: str = wire(EventName())
+    data: Any = wire(AnyJson())
+
+
+@route(
+    "POST", "/users/events/all", door="server", operation_id="sendEventToAll",
+    summary="Send an event to every connected user, on every node (every socket and stream)",
+    tag=_TAG_USERS, accepts=EveryoneEventInput, answers=Delivered,
+)
+async def everyone_event(inp: EveryoneEventInput) -> Delivered:
+    return Delivered(delivered=await _router().to_everyone(inp.event, inp.data))
+
+
 # -- users: disconnect and bans ----------------------------------------------------------------
 
 
@@ -236,7 +255,7 @@ async def unban(inp: UserPath) -> Unbanned:
     return Unbanned(unbanned=await _gateway().bans.unban(inp.user_id))
 
 
-# -- this node and its rooms -------------------------------------------------------------------
+# -- the cluster: connections and presence ---------------------------------------------------
 
 
 @attrs.frozen
@@ -245,23 +264,159 @@ class ConnectionsQuery:
 
     user_id: str | None = wire(Raw(description="a user's connections (or room)"), "query")
     room: str | None = wire(Raw(description="a room's subscribers (or user_id)"), "query")
+    limit: int = wire(QueryInt(100, 1, MAX_CONNECTIONS, description="the oldest connections first, at most this many"), "query")
+
+
+_COMPLETE: Final = {
+    "type": "boolean",
+    "description": "every node answered within broker.survey_timeout_s, in full (false: the answer covers what came)",
+}
 
 
 @attrs.frozen
 class Connections:
-    """The connections of this node."""
+    """The connections of a user or a room, on every node."""
 
     connections: list[dict[str, Any]] = out(list_of(CONNECTION))
+    nodes: int = out(_INT, description="nodes that answered, this one included")
+    complete: bool = out(_COMPLETE)
 
 
 @route(
     "GET", "/connections", door="server", operation_id="listConnections",
-    summary="Connections of a user or a room on this node", tag=_TAG_NODE, accepts=ConnectionsQuery, answers=Connections,
+    summary=f"Connections of a user or a room on every node (oldest first, up to {MAX_CONNECTIONS:,})",
+    tag=_TAG_NODE, accepts=ConnectionsQuery, answers=Connections,
 )
 async def connections(inp: ConnectionsQuery) -> Connections:
+    question: dict[str, Any] = {"user_id": inp.user_id} if inp.user_id else {"room": inp.room or ""}
+    question["limit"] = inp.limit
+    answers, complete = await _survey("connections", question)
+    complete = complete and not any(answer["truncated"] for answer in answers)
+    found = [info for answer in answers for info in answer["connections"]]
+    found.sort(key=lambda info: (info["connected_at"] or "", info["session_id"]))
+    return Connections(connections=found[: inp.limit], nodes=len(answers), complete=complete)
+
+
+async def _survey(op: str, question: dict[str, Any]) -> tuple[list[Any], bool]:
+    """Every node's answer; while the broker is away, this node's alone (incomplete)."""
     router = _router()
-    sessions = router.user_sessions(inp.user_id) if inp.user_id else router.room_sessions(inp.room or "")
-    return Connections(connections=[s.info() for s in sessions])
+    try:
+        answers, others = await router.survey(op, question)
+    except Unavailable:
+        return [await router.survey_handlers[op](op, question)], False
+    return answers, others.complete
+
+
+@attrs.frozen
+class OnlineQuery:
+    prefix: str | None = wire(
+        QueryText(protocol.MAX_USER_ID_CHARS, description="only users whose id starts with this"), "query"
+    )
+    cursor: str | None = wire(
+        QueryText(protocol.MAX_USER_ID_CHARS, description="next_cursor of the previous page"), "query"
+    )
+    limit: int = wire(QueryInt(100, 1, MAX_ONLINE_PAGE), "query")
+
+
+_ONLINE_USER: Final = {
+    "type": "object",
+    "required": ["user_id", "sessions"],
+    "properties": {
+        "user_id": {"$ref": "#/components/schemas/UserId"},
+        "sessions": {"type": "integer", "minimum": 1, "description": "the user's sockets and streams on every node"},
+    },
+}
+
+
+@attrs.frozen
+class Online:
+    """Connected users, on every node, in user id order."""
+
+    users: list[dict[str, Any]] = out({"type": "array", "items": _ONLINE_USER})
+    count: int = out(_INT, description="connected users (with the prefix), every page together")
+    next_cursor: str | None = out({"type": ["string", "null"]}, description="null: the last page")
+
+
+@route(
+    "GET", "/presence/online", door="server", operation_id="listOnlineUsers",
+    summary="Users with a socket or stream on any node (paged in user id order, with the count)",
+    tag=_TAG_PRESENCE, accepts=OnlineQuery, answers=Online,
+)
+async def online(inp: OnlineQuery) -> Online:
+    backend = services().presence.backend
+    page, count = await backend.online(prefix=inp.prefix or "", after=inp.cursor, limit=inp.limit + 1)
+    more = len(page) > inp.limit
+    page = page[: inp.limit]
+    return Online(
+        users=[{"user_id": user, "sessions": n} for user, n in page],
+        count=count,
+        next_cursor=page[-1][0] if more and page else None,
+    )
+
+
+_NAMESPACE_COUNT: Final = {
+    "type": "object",
+    "required": ["prefix", "rooms", "subscriptions", "exact"],
+    "properties": {
+        "prefix": {"type": "string", "description": "the namespace's prefix; \"\": rooms in no namespace"},
+        "rooms": {"type": "integer", "minimum": 0, "description": "rooms with a subscriber on any node"},
+        "subscriptions": {"type": "integer", "minimum": 0, "description": "sockets and streams subscribed, every node"},
+        "exact": {
+            "type": "boolean",
+            "description": "false when a node had too many rooms to name them all: rooms then counts a room once per node holding it",
+        },
+    },
+}
+
+
+@attrs.frozen
+class PresenceCounts:
+    """How many are connected, on every node, and in each namespace's rooms."""
+
+    users: int = out(_INT, description="connected users, every node")
+    sessions: int = out(_INT, description="sockets and streams of the nodes that answered")
+    nodes: int = out(_INT, description="nodes that answered, this one included")
+    complete: bool = out(_COMPLETE)
+    namespaces: list[dict[str, Any]] = out(
+        {"type": "array", "items": _NAMESPACE_COUNT}, description="every configured namespace, and \"\", by prefix"
+    )
+
+
+@route(
+    "GET", "/presence/counts", door="server", operation_id="getPresenceCounts",
+    summary="Connected users and sessions, and rooms and subscriptions per namespace, on every node",
+    tag=_TAG_PRESENCE, answers=PresenceCounts,
+)
+async def presence_counts() -> PresenceCounts:
+    _, users = await services().presence.backend.online(limit=0)
+    answers, complete = await _survey("counts", {})
+    names: dict[str, set[str] | None] = {}
+    per_node: dict[str, int] = {}
+    subscriptions: dict[str, int] = {}
+    for answer in answers:
+        for prefix, entry in answer["namespaces"].items():
+            known = names.setdefault(prefix, set())
+            if known is not None and entry["names"] is not None:
+                known.update(entry["names"])
+            else:
+                names[prefix] = None
+            per_node[prefix] = per_node.get(prefix, 0) + entry["rooms"]
+            subscriptions[prefix] = subscriptions.get(prefix, 0) + entry["subscriptions"]
+    namespaces = []
+    for prefix in sorted(names):
+        distinct = names[prefix]
+        rooms = len(distinct) if distinct is not None else per_node[prefix]
+        namespaces.append({"prefix": prefix, "rooms": rooms, "subscriptions": subscriptions[prefix], "exact": distinct is not None})
+    return PresenceCounts(
+        users=users,
+        sessions=sum(answer["sessions"] for answer in answers),
+        nodes=len(answers),
+        complete=complete,
+        namespaces=namespaces,
+    )
+
+
+# -- this node and its rooms -------------------------------------------------------------------
 
 
 @attrs.frozen
@@ -359,4 +514,7 @@ async def stats() -> Stats:
 
 def routes() -> tuple[Route, ...]:
     """The server API's own routes: rooms, users, bans, this node."""
-    return (publish, broadcast, user_events, disconnect, get_ban, unban, connections, room_presence, room_history, stats)
+    return (
+        publish, broadcast, user_events, everyone_event, disconnect, get_ban, unban, connections, online, presence_counts,
+        room_presence, room_history, stats,
+    )

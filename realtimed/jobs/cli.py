@@ -79,8 +79,10 @@ def _config_path(path: str | None) -> str | None:
 
 
 def _load(path: str | None) -> Config:
+    from realtimed.jobs.kinds import cron_config_problems
+
     try:
-        return load_config(path)
+        return load_config(path, checks=(cron_config_problems,))
     except ConfigError as exc:
         print(f"realtimed: invalid configuration ({len(exc.problems)} problem(s)):", file=sys.stderr)
         for key, problem in exc.problems:
@@ -89,9 +91,8 @@ def _load(path: str | None) -> Config:
 
 
 def _with_store(cfg: Config, action: Callable[[Any], Awaitable[_T]]) -> _T:
-    """Run ``action(store)`` with the configured store started, under Trio and trio-asyncio."""
+    """Run ``action(store)`` with the configured store started, under Trio."""
     import trio
-    import trio_asyncio
 
     from realtimed.clock import SystemClock
     from realtimed.store import open_store
@@ -99,7 +100,7 @@ def _with_store(cfg: Config, action: Callable[[Any], Awaitable[_T]]) -> _T:
     failure: list[BaseException] = []
 
     async def main() -> _T | None:
-        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
             store = open_store(cfg, clock=SystemClock())
             try:
                 await nursery.start(store.run)

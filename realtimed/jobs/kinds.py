@@ -4,16 +4,16 @@ A ``[[cron]]`` entry names the kind of the job it enqueues. A job of a kind that
 no node registered is claimed by nobody's handler and ends ``dead`` at every
 tick, and one whose payload its kind cannot decode fails at once; so both are
 configuration errors, found when the configuration is loaded (``run``,
-``check-config``) and named by key: ``cron[i].kind``, ``cron[i].payload.<field>``.
+``check-config``, ``jobs``, a reload) and named by key: ``cron[i].kind``,
+``cron[i].payload.<field>``. The configuration module sits below every job kind,
+so it cannot know them: each command that loads a daemon's configuration hands
+``cron_config_problems`` to ``load_config(checks=...)``.
 
 ``DAEMON_JOB_TYPES`` is that table: the built-in kinds (``realtimed.jobs.builtin``),
 the ``push.send`` kind of push (``realtimed.push.jobs``), and the kinds of the
 notification pipeline and of chat (``realtimed.notify.jobs``). The daemon
 registers exactly these (a test starts one and compares); a capability that
 adds a kind adds its ``JobType`` here too.
-
-The configuration loader imports this module only inside its check, once the
-configuration module is complete, so the imports below make no cycle.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from realtimed.config import Config
 from realtimed.jobs.builtin import (
     DEVICES_STALE,
     NOOP,
@@ -30,9 +31,10 @@ from realtimed.jobs.builtin import (
 )
 from realtimed.jobs.payload import JobType, PayloadError
 from realtimed.notify.jobs import CHAT_OFFLINE, NOTIFY_DIGEST, NOTIFY_PUSH, NOTIFY_SEND
+from realtimed.protocol import MAX_STORED_JSON_DEPTH, json_depth_path
 from realtimed.push.jobs import PUSH_SEND
 
-__all__ = ["DAEMON_JOB_TYPES", "cron_job_problems"]
+__all__ = ["DAEMON_JOB_TYPES", "cron_config_problems", "cron_job_problems"]
 
 #: Every kind the daemon registers, by name, with its payload type.
 DAEMON_JOB_TYPES: Final[Mapping[str, JobType[Any]]] = {
@@ -80,3 +82,19 @@ def cron_job_problems(kind: str, payload: Mapping[str, Any]) -> list[tuple[str, 
     except Exception as exc:  # a decoder's own bug must not stop the configuration from loading
         return [("payload", f"not a {kind} payload: {type(exc).__name__}: {exc}")]
     return []
+
+
+def cron_config_problems(cfg: Config) -> list[tuple[str, str]]:
+    """The ``[[cron]]`` entries whose job no node could run, as ``(key, problem)``.
+
+    A check for ``load_config(checks=...)``: ``cron[i].kind`` or
+    ``cron[i].payload...``. An entry whose payload nests too deep is left to the
+    loader, which names that already.
+    """
+    problems: list[tuple[str, str]] = []
+    for i, entry in enumerate(cfg.cron):
+        if json_depth_path(entry.payload, MAX_STORED_JSON_DEPTH) is not None:
+            continue
+        for sub_key, problem in cron_job_problems(entry.kind, entry.payload):
+            problems.append((f"cron[{i}].{sub_key}", problem))
+    return problems

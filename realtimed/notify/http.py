@@ -52,7 +52,6 @@ from realtimed.push.messages import check_message, string_data
 __all__ = ["PREFERENCES", "routes"]
 
 MAX_DEDUPE_KEY_CHARS: Final = 200
-MAX_ID_CHARS: Final = 100
 
 
 def _notify() -> NotifyService:
@@ -154,12 +153,6 @@ async def post_notifications(inp: NotifyInput) -> Queued:
 
 
 # -- client REST ---------------------------------------------------------------------------------
-
-
-def _notification_id(value: str) -> str:
-    if not 1 <= len(value) <= MAX_ID_CHARS:
-        raise ValidationFailed("id", f"must be 1 to {MAX_ID_CHARS} characters")
-    return value
 
 
 _TAG: Final = "notifications"
@@ -268,7 +261,7 @@ async def read_all() -> dict[str, Any]:
 @attrs.frozen
 class NotificationPath:
     notification_id: str = wire(
-        Checked(lambda path, name: _notification_id(path[name]), {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}),
+        Checked(lambda path, name: protocol.validate_id(path[name], "id"), {"$ref": "#/components/schemas/Id"}),
         "path",
     )
 

@@ -46,7 +46,7 @@ import attrs
 import trio
 from prometheus_client import Counter
 
-from realtimed.api.ops import Caller, OpRegistry
+from realtimed.api.ops import Caller, OpHandler
 from realtimed.clock import WallClock, iso
 from realtimed.config import Config, NotificationTypeConfig, NotifyConfig
 from realtimed.delivery.router import Router
@@ -84,9 +84,9 @@ from realtimed.notify.policy import (
     is_active,
     quiet_until,
 )
-from realtimed.notify.templates import TemplateError, render
 from realtimed.notify.types import type_table
 from realtimed.store.base import NotificationPreference, Store, UserSettings
+from realtimed.templates import TemplateError, render
 
 __all__ = ["CHAT_TYPE", "NotifyService"]
 
@@ -225,12 +225,15 @@ class NotifyService:
         task_status.started(self)
         await trio.sleep_forever()
 
-    def register(self, ops: OpRegistry) -> None:
-        """Answer the ``notification.*`` ops (socket and ``POST /api/v1/ops/{op}``)."""
-        ops.register("notification.list", self._op_list)
-        ops.register("notification.read", self._op_read)
-        ops.register("notification.read_all", self._op_read_all)
-        ops.register("notification.delete", self._op_delete)
+    def ops(self) -> dict[str, OpHandler]:
+        """The ``notification.*`` ops (socket and ``POST /api/v1/ops/{op}``), for the
+        daemon to add to the op registry."""
+        return {
+            "notification.list": self._op_list,
+            "notification.read": self._op_read,
+            "notification.read_all": self._op_read_all,
+            "notification.delete": self._op_delete,
+        }
 
     def register_jobs(self, runner: JobRunner) -> None:
         runner.register(NOTIFY_SEND, self._job_send)

@@ -4,8 +4,8 @@
 (``await nursery.start(store.run)``). ``run_migrations`` applies pending schema
 migrations without starting the store (the ``realtimed migrate`` command).
 
-A PostgreSQL store needs a trio-asyncio loop around it (``async with
-trio_asyncio.open_loop():``), as the daemon and the CLI provide.
+A PostgreSQL store runs asyncpg on an asyncio loop in a thread of its own,
+which it starts and joins itself: nothing is needed around it.
 """
 
 from __future__ import annotations

@@ -12,6 +12,12 @@ export interface SessionInfo {
   expires_at: Time | null;
   unread_total: number;
   notifications_unread: number;
+  /**
+   * The rooms this device is in without subscribing: `device:<session_id>` first, then
+   * those of the token's claims (the server's `auth.claim_rooms`, e.g. `role:admin`).
+   * Their events arrive as `event` frames of the client, with the address as `room`.
+   */
+  addresses: string[];
 }
 
 export interface Message {

@@ -15,6 +15,7 @@ const READY = {
   expires_at: null,
   unread_total: 0,
   notifications_unread: 0,
+  addresses: ['device:s_1'],
 };
 
 /** A WebSocket whose server is the test: it answers `auth` and sends `session.ready`. */

@@ -175,6 +175,12 @@ class _Lost(Exception):
     """The socket broke while sending."""
 
 
+def _addresses(session: dict[str, Any]) -> list[str]:
+    """The rooms ``session.ready`` says the device is in without subscribing."""
+    found = session.get("addresses")
+    return [room for room in found if isinstance(room, str)] if isinstance(found, list) else []
+
+
 class _Connection:
     """One open, authenticated socket."""
 
@@ -778,6 +784,10 @@ class Client(trio.abc.AsyncResource):
             state = self._rooms.get(room)
             if state is not None and state.active:
                 state.live(event)
+            elif state is None and room in _addresses(conn.session):
+                # device:<session_id> or a claim room: this device is in it without
+                # subscribing, so its events go to the listeners
+                self._emit(event)
             return
         if event.seq is not None:
             if name == "message.new" and room is not None:
@@ -1105,7 +1115,10 @@ class Client(trio.abc.AsyncResource):
     @asynccontextmanager
     async def listen(self, *names: str) -> AsyncIterator[Feed[Event]]:
         """Events that are not app-room events: chat, receipts, typing, presence,
-        notifications, user events from the server API, ``session.*``.
+        notifications, user events from the server API, ``session.*``, and the
+        events of this device's addresses (``session["addresses"]``:
+        ``device:<session_id>`` and the rooms of the token's claims, such as
+        ``role:admin``), which carry their address as ``room``.
 
         ``names`` are event names, or prefixes ending in ``.`` (``"message."``);
         none means every event. Iterate the yielded stream with ``async for``.

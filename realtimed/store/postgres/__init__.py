@@ -1,4 +1,4 @@
-"""The PostgreSQL store: asyncpg on the asyncio side of trio-asyncio.
+"""The PostgreSQL store: asyncpg on an asyncio loop in a thread of its own.
 
 ``PostgresStore`` is one class per domain of the ``Store`` Protocol (``chat``,
 ``users``, ``bans``, ``inbox``, ``devices``, ``jobs``, ``retention``), each

@@ -7,6 +7,9 @@ function (migration 0001) while the previous group of that lane is in flight.
 A group is one round trip and one commit; each append in it keeps its own
 outcome (created, repeated, not found, forbidden), and none is answered before
 the group is committed.
+
+``mark_read`` is one round trip too: the ``realtimed_mark_read`` SQL function
+(migration 0004).
 """
 
 from __future__ import annotations
@@ -357,39 +360,17 @@ async def _history(conn: Conn, cid: str, bound: chat.HistoryBound, limit: int) -
 
 
 async def _mark_read(conn: Conn, cid: str, user_id: str, seq: int, now: datetime) -> chat.ReadState:
-    # The member row first: an append waiting for it counts its message after this read.
-    row = await conn.fetchrow(
-        "SELECT read_seq, read_at, unread_count FROM members WHERE conversation_id = $1 AND user_id = $2 "
-        "AND left_at IS NULL FOR UPDATE",
-        cid,
-        user_id,
-    )
-    if row is None:
-        if await conn.fetchval("SELECT 1 FROM conversations WHERE id = $1", cid) is None:
-            raise chat.no_conversation()
+    """One round trip: the ``realtimed_mark_read`` function (migration 0004) locks the
+    member row first (an append waiting for it counts its message after this read)."""
+    row = await conn.fetchrow("SELECT * FROM realtimed_mark_read($1, $2, $3, $4)", cid, user_id, seq, now)
+    status = row["out_status"]
+    if status == "no_conversation":
+        raise chat.no_conversation()
+    if status == "not_member":
         raise chat.not_a_member()
-    last_seq = await conn.fetchval("SELECT last_seq FROM conversations WHERE id = $1", cid)
-    target = chat.read_target(seq, read_seq=row["read_seq"], last_seq=last_seq)
-    if target is None:
-        return chat.ReadState(cid, user_id, row["read_seq"], row["read_at"], row["unread_count"], False)
-    unread = 0
-    if target < last_seq:
-        unread = await conn.fetchval(
-            "SELECT count(*) FROM messages WHERE conversation_id = $1 AND seq > $2 AND NOT deleted "
-            "AND sender_id <> $3",
-            cid,
-            target,
-            user_id,
-        )
-    await conn.execute(
-        "UPDATE members SET read_seq = $3, read_at = $4, unread_count = $5 WHERE conversation_id = $1 AND user_id = $2",
-        cid,
-        user_id,
-        target,
-        now,
-        unread,
+    return chat.ReadState(
+        cid, user_id, row["out_read_seq"], row["out_read_at"], row["out_unread"], row["out_changed"]
     )
-    return chat.ReadState(cid, user_id, target, now, unread, True)
 
 
 class PostgresChat(PostgresEngine, chat.ChatRules):
@@ -545,4 +526,4 @@ class PostgresChat(PostgresEngine, chat.ChatRules):
         return await self._call(_history, cid, bound, limit, tx=False, read=True)
 
     async def _mark_read(self, cid: str, user_id: str, seq: int, now: datetime) -> chat.ReadState:
-        return await self._call(_mark_read, cid, user_id, seq, now)
+        return await self._call(_mark_read, cid, user_id, seq, now, tx=False)

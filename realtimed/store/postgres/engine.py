@@ -1,14 +1,17 @@
-"""The PostgreSQL engine: asyncpg on the asyncio side of trio-asyncio.
+"""The PostgreSQL engine: asyncpg on an asyncio loop in a thread of its own.
 
-A trio-asyncio loop must be running around the store (``async with
-trio_asyncio.open_loop():``); the daemon and the ``realtimed migrate`` command
-open one when ``store.backend`` is ``postgres``. Without it ``run`` and
-``migrate`` raise ``RuntimeError`` saying so. ``run`` keeps the loop it found,
-so any Trio task may then call the store.
+asyncpg runs on asyncio; the store keeps one asyncio loop in a dedicated
+thread (``bridge.AsyncioThread``), started by ``run`` (or by ``migrate`` for
+its one call) and joined when it ends. Any Trio task may call the store; no
+asyncio loop or policy is needed around it.
 
 Each store call crosses the Trio/asyncio bridge once: the whole call (pool
-acquire, transaction, statements) runs as one asyncio coroutine, and asyncpg
-prepares and caches every statement per connection (``_call``). A domain may
+acquire, transaction, statements) runs as one asyncio coroutine in that
+thread, and asyncpg prepares and caches every statement per connection
+(``_call``). A Trio cancellation (a caller's deadline, ``store.*`` timeouts,
+shutdown) cancels the asyncio task and waits for it, at most
+``_CANCEL_GRACE_S``, so that its connection goes back to the pool clean (or,
+if asyncpg cannot say it is clean, is closed). A domain may
 group calls (``_start_batching``): ``append_message``, the hot path, does
 (see ``chat``).
 
@@ -19,11 +22,12 @@ deadlock or serialization failure that happens anyway is retried.
 
 Job wake-ups: ``enqueue_job`` (and ``append_message`` with jobs) sends
 ``NOTIFY realtimed_jobs`` inside its transaction; one dedicated connection
-LISTENs and wakes ``wait_for_jobs`` on every node. It reconnects by itself.
+LISTENs and wakes ``wait_for_jobs`` on every node (the notification arrives in
+the asyncio thread and is handed to Trio's). It reconnects by itself.
 
-Resource handling: ``run`` migrates, opens a pool of ``store.pool_min`` to
-``store.pool_max`` connections and the LISTEN connection, and closes them all
-when cancelled.
+Resource handling: ``run`` starts the asyncio thread, migrates, opens a pool
+of ``store.pool_min`` to ``store.pool_max`` connections and the LISTEN
+connection, and when cancelled closes them all and joins the thread.
 
 Error handling: a refused or lost connection, a connect timeout, a statement
 timeout (``store.statement_timeout_s``) or a server shutting down becomes
@@ -35,8 +39,7 @@ nothing: a busy pool or a slow server has not lost its connections, and
 replacing them all would only add connects to the load.) A connection
 failure that asyncpg leaves behind on the asyncio side with nobody awaiting
 it (a connect abandoned by a timeout whose socket is then lost, say) is
-logged as a warning: trio-asyncio's default would raise it in the loop and
-end the daemon.
+logged as a warning, without a traceback.
 """
 
 from __future__ import annotations
@@ -50,14 +53,14 @@ from typing import Any, Final, TypeAlias, TypeVar
 
 import asyncpg
 import trio
-import trio_asyncio
 
 from realtimed import metrics
 from realtimed.clock import WallClock
 from realtimed.config import StoreConfig
 from realtimed.errors import OperatorError, Unavailable
-from realtimed.store.dsn import postgres_operator_message
+from realtimed.postgres_dsn import postgres_operator_message
 from realtimed.store.jobs import JobWakeups
+from realtimed.store.postgres.bridge import AsyncioThread
 from realtimed.store.schema import load_migrations, pending_migrations
 from realtimed.store.values import PG_CODEC, dumps, loads, utc
 
@@ -75,6 +78,10 @@ _MIGRATION_LOCK: Final = 0x7274_6D69_6772  # pg_advisory_xact_lock key for migra
 _RETRIES: Final = 3
 _LISTEN_KEEPALIVE_S: Final = 30.0
 _CLOSE_TIMEOUT_S: Final = 5.0
+# How long a cancelled call waits for asyncpg to finish cancelling it (the
+# server acknowledges the cancel request; the connection is back in the pool).
+_CANCEL_GRACE_S: Final = 5.0
+_THREAD_NAME: Final = "realtimed-postgres"
 
 # Errors that mean "the database cannot be reached now", not "this call is wrong".
 _UNAVAILABLE_ERRORS: Final[tuple[type[BaseException], ...]] = (
@@ -95,25 +102,14 @@ _KEPT_ERRORS: Final[tuple[type[BaseException], ...]] = (TimeoutError, asyncpg.ex
 _RETRY_ERRORS: Final = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 
 
-def _require_loop() -> Any:
-    """The trio-asyncio loop of the calling task, or a RuntimeError saying how to open one."""
-    loop = trio_asyncio.current_loop.get()
-    if loop is None:
-        raise RuntimeError(
-            "the PostgreSQL store needs a trio-asyncio loop: run it inside `async with trio_asyncio.open_loop():`"
-        )
-    return loop
-
-
 class _BackgroundFailures:
     """The loop's exception handler: log the connection failures nobody awaited.
 
     asyncio reports through ``call_exception_handler`` what failed with no one
     to raise it to ("Future exception was never retrieved", a failed callback).
-    trio-asyncio's default handler raises that in the loop's nursery, which
-    ends the daemon. A lost or refused PostgreSQL connection is no reason to:
-    the calls that used it already failed with ``Unavailable``. Anything else
-    goes to the handler that was there before (by default: raised, as a bug).
+    A lost or refused PostgreSQL connection is worth one warning line: the calls
+    that used it already failed with ``Unavailable``. Anything else goes to the
+    handler that was there before (by default: logged with its traceback).
     """
 
     def __init__(self, previous: Callable[[Any, dict[str, Any]], object] | None) -> None:
@@ -135,7 +131,7 @@ class _BackgroundFailures:
 
 
 def _log_background_failures(loop: Any) -> None:
-    """Install ``_BackgroundFailures`` on the trio-asyncio loop (once; it stays for the loop's life)."""
+    """Install ``_BackgroundFailures`` on the asyncio loop (once; it stays for the loop's life)."""
     previous = loop.get_exception_handler()
     if not isinstance(previous, _BackgroundFailures):
         loop.set_exception_handler(_BackgroundFailures(previous))
@@ -232,7 +228,7 @@ class PostgresEngine(JobWakeups):
         self.clock = clock
         self.dsn = dsn or config.postgres_dsn
         self._pool: Pool | None = None
-        self._loop: Any = None  # the trio-asyncio loop, found by run()
+        self._bridge: AsyncioThread | None = None  # the asyncio thread, while run() runs
         self._listened = False
         cfg = config
         # A whole call: a connection (maybe a new one) and a few statements.
@@ -240,21 +236,22 @@ class PostgresEngine(JobWakeups):
 
     # -- the bridge ------------------------------------------------------------------------------
 
-    async def _aio(self, fn: Callable[..., Awaitable[_T]], *args: Any, timeout_s: float | None) -> _T:
-        """Run an asyncio coroutine function once across the bridge, translating connection failures.
+    async def _start_bridge(self) -> AsyncioThread:
+        bridge = AsyncioThread(name=_THREAD_NAME, cancel_grace_s=_CANCEL_GRACE_S)
+        await bridge.start()
+        _log_background_failures(bridge.loop)
+        return bridge
 
-        The loop is the one ``run`` found, so any Trio task may call the store;
-        before ``run`` (``migrate``) it is the calling task's.
-        """
-        loop = self._loop if self._loop is not None else _require_loop()
-        _log_background_failures(loop)
+    async def _aio(self, fn: Callable[..., Awaitable[_T]], *args: Any, timeout_s: float | None) -> _T:
+        """Run an asyncio coroutine function once across the bridge, translating connection failures."""
+        bridge = self._bridge
+        if bridge is None:
+            raise Unavailable("the store is not running")
         try:
             if timeout_s is None:
-                result: _T = await trio_asyncio.aio_as_trio(fn, loop=loop)(*args)
-                return result
+                return await bridge.call(fn, *args)
             with trio.fail_after(timeout_s):
-                result = await trio_asyncio.aio_as_trio(fn, loop=loop)(*args)
-                return result
+                return await bridge.call(fn, *args)
         except trio.TooSlowError:
             raise Unavailable(f"PostgreSQL did not answer within {timeout_s:g} s") from None
         except _UNAVAILABLE_ERRORS as exc:
@@ -357,8 +354,20 @@ class PostgresEngine(JobWakeups):
             await conn.close(timeout=_CLOSE_TIMEOUT_S)
 
     async def migrate(self) -> list[str]:
-        """Apply pending migrations now (the ``realtimed migrate`` command); returns their names."""
-        applied = await self._starting(self._aio(self._migrate_aio, True, timeout_s=None))
+        """Apply pending migrations now (the ``realtimed migrate`` command); returns their names.
+
+        Outside ``run`` it starts the asyncio thread for this call and joins it after.
+        """
+        own = self._bridge is None
+        if own:
+            self._bridge = await self._start_bridge()
+        try:
+            applied = await self._starting(self._aio(self._migrate_aio, True, timeout_s=None))
+        finally:
+            if own:
+                bridge, self._bridge = self._bridge, None
+                if bridge is not None:
+                    await bridge.stop()
         for name in applied:
             log.info("store: applied migration %s", name)
         return applied
@@ -380,12 +389,13 @@ class PostgresEngine(JobWakeups):
         """Serve until cancelled (see the module docstring).
 
         Raises:
-            RuntimeError: no trio-asyncio loop is running.
             SchemaVersionError: the schema is newer, or migrations are pending
                 with ``store.apply_migrations`` off.
             Unavailable: the server cannot be reached at start.
         """
-        self._loop = _require_loop()
+        if self._bridge is not None:
+            raise RuntimeError("the store is running already")
+        self._bridge = await self._start_bridge()
         try:
             applied = await self._starting(self._aio(self._migrate_aio, self.config.apply_migrations, timeout_s=None))
             for name in applied:
@@ -399,13 +409,14 @@ class PostgresEngine(JobWakeups):
         finally:
             self._stop_batching()
             pool, self._pool = self._pool, None
+            bridge, self._bridge = self._bridge, None
             with trio.CancelScope(shield=True):
-                await self._close_pool(pool)
-            self._loop = None
+                await self._close_pool(bridge, pool)
+                await bridge.stop()
             if pool is not None:
                 log.info("store: PostgreSQL closed")
 
-    async def _close_pool(self, pool: Pool | None) -> None:
+    async def _close_pool(self, bridge: AsyncioThread, pool: Pool | None) -> None:
         if pool is None:
             return
 
@@ -416,7 +427,7 @@ class PostgresEngine(JobWakeups):
                 pool.terminate()
 
         try:
-            await trio_asyncio.aio_as_trio(close, loop=self._loop)()
+            await bridge.call(close)
         except Exception as exc:  # closing is best effort
             log.warning("store: closing the PostgreSQL pool failed: %s", exc)
 
@@ -432,8 +443,10 @@ class PostgresEngine(JobWakeups):
     # -- job wake-ups ----------------------------------------------------------------------------
 
     def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        # Called on the asyncio side, which runs inside Trio's thread under trio-asyncio.
-        self._wake_jobs()
+        # Called in the asyncio thread: the wake-up (Trio events) belongs to Trio's.
+        bridge = self._bridge
+        if bridge is not None:
+            bridge.to_trio(self._wake_jobs)
 
     async def _listen_once(self) -> None:
         """asyncio side: LISTEN on one connection until it breaks."""
@@ -442,10 +455,10 @@ class PostgresEngine(JobWakeups):
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _conn: lost.set())
             await conn.add_listener(JOBS_CHANNEL, self._on_notify)
-            if self._listened:
+            if self._listened and self._bridge is not None:
                 # Back after a break: jobs enqueued meanwhile on other nodes sent no NOTIFY that
                 # reached us. Wake the waiters once so that they look now.
-                self._wake_jobs()
+                self._bridge.to_trio(self._wake_jobs)
             self._listened = True
             while not lost.is_set():
                 try:

@@ -1,4 +1,4 @@
-"""Server frames, encoded once for every recipient.
+"""Server frames, encoded once for every recipient (sans-IO).
 
 A server-to-client WebSocket frame is never masked, so the bytes of one event
 are the same on every socket: ``Frame`` holds the JSON once and builds the
@@ -48,9 +48,11 @@ class Frame:
         json: the JSON text of the frame.
         published_at: ``trio.current_time()`` when it was published, for the
             delivery latency histogram (0 when not measured).
+        socketio: the same event as the Socket.IO door sends it, built once by
+            the first Socket.IO recipient (``realtimed.socketio.door``).
     """
 
-    __slots__ = ("_ws", "epoch", "json", "name", "published_at", "room", "seq")
+    __slots__ = ("_ws", "epoch", "json", "name", "published_at", "room", "seq", "socketio")
 
     def __init__(
         self,
@@ -69,6 +71,8 @@ class Frame:
         self.seq = seq
         self.epoch = epoch
         self._ws: bytes | None = None
+        # The Socket.IO door's encoding (its WebSocket frame, its polling record), built on first use.
+        self.socketio: tuple[bytes, str] | None = None
 
     @property
     def ws(self) -> bytes:

@@ -1,0 +1,6 @@
+-- realtimed store schema, version 4 (SQLite): nothing to change.
+--
+-- Version 4 adds a server-side function on PostgreSQL (a read receipt in one
+-- round trip); SQLite runs the store's statements in its own process, with no
+-- round trip to save. The version is recorded all the same, so that both
+-- backends keep the same numbered migrations.
