@@ -6,6 +6,8 @@ payloads published through the server API:
 - deliveries per second, p50 / p99 publish-to-receive latency and server CPU at
   rising publish rates, and the highest rate held with p99 under 50 ms;
 - authenticated connects per second (JWT verification included);
+- with ``--storm N``: N more sockets connecting all at once (a reconnect storm),
+  and the p50 / p95 of each one's connect (upgrade, ``session.ready``, subscribe);
 - resident memory per idle socket at 1,000 and 10,000 sockets.
 
 The daemon is pinned to CPU 0 and the load generator to CPU 1 when ``taskset``
@@ -238,6 +240,13 @@ def measure(label: str, daemons: list[Daemon], args: argparse.Namespace, *, tls:
             print(f"highest rate held with p99 < 50 ms: {held['deliveries_per_s']} deliveries/s (p99 {held['p99_ms']} ms)")
         else:
             print("no rate held with p99 < 50 ms")
+        if args.storm:
+            storm = gen.call(cmd="storm", url=daemons[0].ws_url, count=args.storm, secret=SECRET, room=ROOM, prefix="storm")
+            print(
+                f"connect storm: {args.storm} sockets at once on the first listener ({storm['connected']} connected, "
+                f"{storm['failed']} failed, in {storm['seconds']:.2f} s): p50 {storm['p50'] or 0:.1f} ms, "
+                f"p95 {storm['p95'] or 0:.1f} ms, max {storm['max'] or 0:.1f} ms"
+            )
     finally:
         gen.close()
 
@@ -260,6 +269,7 @@ def main() -> None:
     parser.add_argument("--idle", default="1000,10000", help="socket counts for the idle-memory figure ('' to skip)")
     parser.add_argument("--tls", action="store_true", help="realtimed terminates TLS itself")
     parser.add_argument("--publishers", type=int, default=4, help="concurrent publishing connections")
+    parser.add_argument("--storm", type=int, default=0, help="then this many sockets connecting at once (0: none)")
     parser.add_argument("--nodes", type=int, default=1, help="2: two daemons on PostgreSQL and Redis, against one")
     parser.add_argument("--workers", type=int, default=1, help="2: `run --workers 2` against `--workers 1`")
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/realtimed_bench")

@@ -3,6 +3,9 @@
 //
 // Commands arrive on stdin as JSON lines; answers leave on stdout as JSON lines.
 //   {"cmd":"connect","url":...,"count":N,"secret":...,"room":...,"concurrency":C,"prefix":"u"}
+//   {"cmd":"storm","url":...,"count":N,"secret":...,"room":...,"prefix":"s"}
+//                           open N sockets all at once; percentiles of each one's
+//                           connect (upgrade, session.ready, subscribe reply)
 //   {"cmd":"mark"}          start a measurement window
 //   {"cmd":"report"}        received count and latency percentiles since the mark
 //   {"cmd":"close"}
@@ -83,6 +86,28 @@ async function connect({ url, count, secret, room, concurrency, prefix }) {
   return { connected: sockets.length, failed, seconds, per_s: sockets.length / seconds };
 }
 
+async function storm({ url, count, secret, room, prefix }) {
+  const start = nowMs();
+  const times = [];
+  let failed = 0;
+  await Promise.all(
+    Array.from({ length: count }, async (_, i) => {
+      const t0 = nowMs();
+      try {
+        sockets.push(await openOne(url, mint(secret, `${prefix}${i}`, [room]), room));
+        times.push(nowMs() - t0);
+      } catch (e) {
+        failed += 1;
+      }
+    }),
+  );
+  const sorted = Float64Array.from(times).sort();
+  return {
+    connected: times.length, failed, seconds: (nowMs() - start) / 1000,
+    p50: percentile(sorted, 50), p95: percentile(sorted, 95), max: sorted.length ? sorted[sorted.length - 1] : null,
+  };
+}
+
 function percentile(sorted, p) {
   if (!sorted.length) return null;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
@@ -93,6 +118,7 @@ for await (const line of rl) {
   const msg = JSON.parse(line);
   let out;
   if (msg.cmd === "connect") out = await connect(msg);
+  else if (msg.cmd === "storm") out = await storm(msg);
   else if (msg.cmd === "mark") {
     received = 0;
     latencies = [];

@@ -8,6 +8,7 @@ addresses with ``parse_ip`` and ``canonical``: an IPv4-mapped IPv6 address
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 __all__ = ["IpAddress", "IpNetwork", "canonical", "parse_ip", "parse_network"]
@@ -27,8 +28,13 @@ def parse_ip(text: str) -> IpAddress | None:
     return address
 
 
+@functools.lru_cache(maxsize=4096)
 def canonical(text: str) -> str:
-    """``text`` in canonical form when it is an IP address, else unchanged."""
+    """``text`` in canonical form when it is an IP address, else unchanged.
+
+    Cached: every connection asks it of its peer's address, and parsing one costs
+    about as much as verifying a token's HMAC.
+    """
     address = parse_ip(text)
     return str(address) if address is not None else text
 

@@ -210,9 +210,10 @@ class ChatService:
             task_status.started(self)
 
     def ops(self) -> dict[str, OpHandler]:
-        """The chat ops, for the daemon to add to the op registry (the session hooks
-        are ``on_disconnect``, which ends typing with the last device, and
-        ``ready_fields``, wired by the daemon)."""
+        """The chat ops, for the daemon to add to the op registry (the session hook
+        is ``on_disconnect``, which ends typing with the last device, wired by the
+        daemon; ``unread_total`` of ``session.ready`` is read at admission,
+        ``Store.session_start``)."""
         handlers: dict[str, Callable[[Caller, Any], Awaitable[dict[str, Any]]]] = {
             "conversation.open": self.op_open,
             "conversation.create": self.op_create,
@@ -245,9 +246,6 @@ class ChatService:
         return self._config.value.chat
 
     # -- hooks ---------------------------------------------------------------------------------
-
-    async def ready_fields(self, user_id: str) -> dict[str, Any]:
-        return {"unread_total": await self._store.unread_total(user_id)}
 
     async def on_disconnect(self, session: _Device) -> None:
         """The user's last device on this node closed: their typing ends."""

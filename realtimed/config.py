@@ -500,6 +500,13 @@ class GatewayConfig:
         64, "unfinished handshakes and request heads per client address (over it: the connection is closed)",
         min=1, max=1_000_000,
     )
+    max_admissions: int = _f(
+        64,
+        "sessions (WebSocket and SSE) being admitted at once: ban, device count, session.ready and presence "
+        "asked of the store and the presence backend; more wait their turn in arrival order, so a reconnect "
+        "storm is served first come, first served and never has more than this many store reads in flight",
+        min=1, max=100_000,
+    )
     max_head_bytes: int = _f(
         16_384,
         "largest HTTP/1.1 request head (over it: 431), and largest HTTP/2 header list (over it: GOAWAY)",

@@ -240,7 +240,6 @@ class Daemon:
         hooks = SessionHooks(
             on_connect=(presence.on_connect,),
             on_disconnect=(presence.on_disconnect, chat.on_disconnect),
-            ready_fields=(chat.ready_fields, notify.ready_fields),
             mark_active=backends.activity.mark if backends.activity is not None else None,
             user_socket_count=backends.cluster.device_count if backends.cluster is not None else None,
         )

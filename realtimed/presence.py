@@ -124,6 +124,11 @@ class PresenceBackend(Protocol):
         """Count a device of the user; returns the user's devices, on every node."""
         ...
 
+    async def arrive(self, user_id: str, session_id: str) -> tuple[int, PresenceRecord | None]:
+        """``add_session`` and then ``get`` of the user's record, as one atomic call
+        (one round trip on a connect): the devices on every node, and the record or None."""
+        ...
+
     async def remove_session(self, user_id: str, session_id: str) -> int:
         """Forget a device (unknown ids are ignored); returns the devices left."""
         ...
@@ -158,6 +163,9 @@ class MemoryPresence:
         devices = self._sessions.setdefault(user_id, set())
         devices.add(session_id)
         return len(devices)
+
+    async def arrive(self, user_id: str, session_id: str) -> tuple[int, PresenceRecord | None]:
+        return await self.add_session(user_id, session_id), self._records.get(user_id)
 
     async def remove_session(self, user_id: str, session_id: str) -> int:
         devices = self._sessions.get(user_id)
@@ -331,12 +339,12 @@ class PresenceService:
         now = trio.current_time()
         local.touched = now
         try:
-            await self.backend.add_session(uid, session.id)
+            _, record = await self.backend.arrive(uid, session.id)
             if not local.connected or local.idle:
                 local.connected = True
                 local.idle = False
                 self._schedule_idle(uid, local, now + self._cfg.away_after_s)
-                await self._changed(uid, local)
+                await self._changed(uid, local, record=record or PresenceRecord())
         except ApiError as exc:
             log.warning("session %s: presence backend: %s", session.id, exc.message)
 
@@ -450,9 +458,13 @@ class PresenceService:
     async def _record(self, uid: str) -> PresenceRecord:
         return (await self.backend.get([uid])).get(uid, PresenceRecord())
 
-    async def _changed(self, uid: str, local: _Local) -> None:
-        """Recompute what others see, store it, and schedule ``presence.updated``."""
-        record = await self._record(uid)
+    async def _changed(self, uid: str, local: _Local, *, record: PresenceRecord | None = None) -> None:
+        """Recompute what others see, store it, and schedule ``presence.updated``.
+
+        ``record`` is the user's record when the caller has just read it (a connect).
+        """
+        if record is None:
+            record = await self._record(uid)
         status = visible_status(record.chosen, connected=local.connected, idle=local.idle)
         if status == "offline" and record.status != "offline":
             at = self._clock.now()
@@ -556,9 +568,8 @@ class PresenceService:
             if was_offline != (record.status == "offline"):
                 for hook in self.online_hooks:
                     await hook(uid, "offline" if record.status == "offline" else "online")
-            store = self._store
-            contacts: set[str] = await store.contact_ids(uid)
-            seen: datetime | None = (await store.get_last_seen([uid])).get(uid)
+            # One round trip: the contacts, with the last seen only when there is anyone to tell.
+            contacts, seen = await self._store.presence_audience(uid)
             local.sent = state
             local.sent_at = trio.current_time()
             if contacts:

@@ -109,6 +109,21 @@ async def test_add_and_remove_answer_the_devices_on_every_node(
         assert await a.remove_session(user, "s1") == 0
 
 
+async def test_arrive_counts_the_device_and_reads_the_record_in_one_call(
+    nodes: NodesFactory, clock: trio.testing.MockClock | None, limit_s: float
+) -> None:
+    with trio.fail_after(limit_s):
+        a, b = (await nodes()).presence
+        ann = unique("ann")
+        assert await a.arrive(ann, "s1") == (1, None)  # no record yet
+        busy = PresenceRecord(status="busy", chosen="busy", message="in a meeting")
+        await b.put(ann, busy)
+        assert await b.arrive(ann, "s2") == (2, busy)
+        assert await a.arrive(ann, "s1") == (2, busy)  # the same device again counts once
+        assert await a.remove_session(ann, "s1") == 1
+        assert await b.remove_session(ann, "s2") == 0
+
+
 async def test_concurrent_adds_and_removes_each_answer_the_count_after_their_own_change(
     nodes: NodesFactory, clock: trio.testing.MockClock | None, limit_s: float
 ) -> None:

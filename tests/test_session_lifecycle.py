@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import httpx
 import orjson
 import trio
+import trio.testing
 
 from realtimed.daemon import Daemon
 from realtimed.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL
@@ -167,6 +169,44 @@ async def test_a_session_between_requests_needs_only_the_lifecycle(start_daemon:
         assert session.close_code == CLOSE_NORMAL
         assert session.id not in gateway.sessions and not svc.router.user_sessions("dora")
         assert gateway.count("held") == 0
+
+
+async def test_admissions_over_gateway_max_admissions_wait_their_turn(start_daemon: DaemonFactory) -> None:
+    """A reconnect storm is admitted a bounded number at a time, first come first served."""
+    with trio.fail_after(30):
+        daemon = await start_daemon({"gateway": {"max_admissions": 1}})
+        svc = daemon.services
+        gateway = svc.gateway
+        release = trio.Event()
+        entered: list[str] = []
+
+        async def hold_the_first(session: ClientSession) -> None:
+            entered.append(session.user_id)
+            if session.user_id == "first":
+                await release.wait()
+
+        gateway.hooks = attrs.evolve(gateway.hooks, on_connect=(hold_the_first, *gateway.hooks.on_connect))
+        outcomes: dict[str, str] = {}
+
+        async def admit(session: HeldSession, user: str) -> None:
+            claims = await svc.verifier.verify(token(user))
+            with gateway.admitting():
+                outcomes[user] = await gateway.admit(session, claims)
+
+        first, second = HeldSession(gateway), HeldSession(gateway)
+        async with first, second:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(admit, first, "first")
+                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+                assert entered == ["first"]
+                nursery.start_soon(admit, second, "second")
+                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+                # The one admission slot is taken: the second waits, not even asked of the store.
+                assert entered == ["first"] and second.frames == [] and second.id not in gateway.sessions
+                release.set()
+            assert outcomes == {"first": "accepted", "second": "accepted"}
+            assert entered == ["first", "second"]
+            assert [f["event"] for f in second.frames] == ["session.ready"]
 
 
 async def test_closing_a_websocket_session_from_the_server(start_daemon: DaemonFactory) -> None:

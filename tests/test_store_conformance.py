@@ -303,6 +303,41 @@ async def test_recovery_records_survive_a_restart(harness: Harness) -> None:
             assert await s.take_recovery(pid="p", now=at(1)) == ("a", b"r")
 
 
+async def test_session_start_reads_ban_and_unread_counts_as_their_own_calls_do(store: Store) -> None:
+    """``session_start`` answers what ``active_ban``, ``unread_total`` and
+    ``notification_unread_count`` answer, in one call (a connect's one round trip)."""
+    with trio.fail_after(LIMIT_S):
+        fresh = await store.session_start(user_id="nobody", now=T0)
+        assert (fresh.ban, fresh.unread_total, fresh.notifications_unread) == (None, 0, 0)
+        cid = await group(store, "a", "c")
+        muted = await group(store, "a", "c", title="muted")
+        await send(store, cid, "a", 3)
+        await send(store, muted, "a", 2, start=10)
+        await store.set_muted(conversation_id=muted, user_id="c", muted=True)
+        await store.insert_notifications(items=[note("c", 1), note("c", 2)], now=T0)
+        await store.ban_user(user_id="c", until=at(60), now=T0)
+        start = await store.session_start(user_id="c", now=at(59))
+        assert start.ban is not None and (start.ban.user_id, start.ban.until, start.ban.created_at) == ("c", at(60), T0)
+        assert (start.unread_total, start.notifications_unread) == (3, 2)
+        assert start.unread_total == await store.unread_total("c")
+        assert start.notifications_unread == await store.notification_unread_count("c")
+        later = await store.session_start(user_id="c", now=at(60))  # the ban ends at `until`
+        assert later.ban is None and (later.unread_total, later.notifications_unread) == (3, 2)
+        await store.ban_user(user_id="a", until=None, now=T0)
+        forever = await store.session_start(user_id="a", now=at(10**8))
+        assert forever.ban is not None and forever.ban.until is None and forever.unread_total == 0
+
+
+async def test_presence_audience_is_contacts_and_last_seen_in_one_call(store: Store) -> None:
+    with trio.fail_after(LIMIT_S):
+        await store.set_last_seen(user_id="a", at=at(5))
+        assert await store.presence_audience("a") == (set(), None)  # no contacts: no last seen asked for
+        await store.set_contacts(user_id="a", contact_ids=["b"])
+        await group(store, "a", "c")
+        assert await store.presence_audience("a") == ({"b", "c"}, at(5))
+        assert await store.presence_audience("b") == ({"a"}, None)  # b was never seen
+
+
 # ---------------------------------------------------------------------------
 # Messages
 # ---------------------------------------------------------------------------

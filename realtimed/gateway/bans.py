@@ -4,7 +4,8 @@ The store holds them (``Store.ban_user``), so a ban holds on every node and
 across restarts. What is checked where:
 
 - a socket (WebSocket or SSE) asks the store when it is admitted, so a new
-  socket never gets past a ban set on another node;
+  socket never gets past a ban set on another node (``admission``: the same
+  statement reads the unread counts of its ``session.ready``);
 - a client REST call asks this node's cache, which keeps each answer for
   ``gateway.ban_cache_s``: a ban or unban made on another node reaches this
   node's REST door within that time (this node's own update it at once);
@@ -28,6 +29,7 @@ import trio
 
 from realtimed.errors import Banned, Unavailable
 from realtimed.store.base import BanRecord
+from realtimed.store.users import SessionStart
 
 if TYPE_CHECKING:
     from realtimed.clock import WallClock
@@ -74,16 +76,20 @@ class Bans:
         if ban is not None:
             raise Banned(ban.until)
 
-    async def admits(self, user_id: str) -> BanRecord | None:
-        """For a socket being admitted: the ban in force, straight from the store.
+    async def admission(self, user_id: str) -> SessionStart | None:
+        """For a socket being admitted: the ban in force straight from the store, with
+        the unread counts of its ``session.ready`` (one store call).
 
-        A store that cannot be reached admits the socket (see the module docstring).
+        None when the store cannot be reached: the socket is admitted (see the
+        module docstring) and its counts are left at 0.
         """
         try:
-            return await self.current(user_id, cached=False)
+            start: SessionStart = await self._store.session_start(user_id=user_id, now=self._clock.now())
         except Unavailable as exc:
             log.warning("user %s: ban not checked, the store is unavailable (%s); admitting", user_id, exc.message)
             return None
+        self._remember(user_id, start.ban)
+        return start
 
     async def ban(self, user_id: str, until: datetime | None) -> BanRecord:
         """Store a ban (replacing the user's earlier one); this node's cache knows at once."""

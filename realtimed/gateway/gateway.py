@@ -5,7 +5,8 @@ are thin transport adapters: each authenticates its own way, then hands its
 ``ClientSession`` to ``Gateway.admit``, and calls ``Gateway.end`` when the
 session is over. Everything in between exists once, here:
 
-Admission (docs/protocol.md section 3), in this order: a draining node refuses
+Admission (docs/protocol.md section 3), at most ``gateway.max_admissions`` at
+once (the others wait their turn, first come first served), in this order: a draining node refuses
 (4013 ``node draining``), so does a full one (4013 ``node full``: admitted
 sessions plus those being admitted reach ``gateway.max_sockets``), then a
 banned user (4503), then a user who already has ``gateway.max_sockets_per_user``
@@ -14,9 +15,14 @@ A transport that answers its own auth request (the WebSocket first-frame
 ``auth``) gets the reply written just before the close, or just before
 ``session.ready``.
 
+The checks read the store once (``Bans.admission``: the ban and the unread
+counts of ``session.ready`` in one statement) while the cluster-wide device
+count is asked of the presence backend at the same time.
+
 Registration: an admitted session is indexed here and in the router, gets
-``session.ready`` (with the hooks' ``ready_fields``), its token timers, and then
-the hooks' ``on_connect``; the user counts as active (``hooks.mark_active``).
+``session.ready`` (the unread counts read at admission, and the hooks'
+``ready_fields``, asked concurrently), its token timers, and then the hooks'
+``on_connect``; the user counts as active (``hooks.mark_active``).
 When it ends it leaves the router, then the hooks' ``on_disconnect`` run.
 
 Token expiry: one task keeps a heap of token deadlines for every session.
@@ -34,8 +40,9 @@ Resource handling:
     gateway only indexes them.
 
 Error handling:
-    A hook that raises ``ApiError`` in ``ready_fields`` leaves its fields at
-    their defaults; an ``on_disconnect`` hook that raises is logged and the
+    A store that cannot be read at admission admits the session with its
+    unread counts at 0; a hook that raises ``ApiError`` in ``ready_fields``
+    leaves its fields at their defaults; an ``on_disconnect`` hook that raises is logged and the
     next one runs. A cluster-wide device count that fails counts this node's.
 """
 
@@ -73,6 +80,7 @@ from realtimed.gateway.bans import Bans
 from realtimed.gateway.client import ClientSession
 from realtimed.live import Live
 from realtimed.protocol import encode_event
+from realtimed.store.users import SessionStart
 
 __all__ = ["SOCKETS", "Admission", "Gateway", "Refusal", "SessionHooks", "ban_until"]
 
@@ -100,9 +108,10 @@ class SessionHooks:
             is written (presence counts the device).
         on_disconnect: run in order once an admitted session has ended and left
             the router; one that raises is logged and the next still runs.
-        ready_fields: each answers fields of the user's ``session.ready``
-            (``unread_total``, ``notifications_unread``); one that raises
-            ``ApiError`` leaves its fields at their defaults.
+        ready_fields: each answers more fields of the user's ``session.ready``
+            (``unread_total`` and ``notifications_unread`` are read at
+            admission); they run concurrently, and one that raises ``ApiError``
+            leaves its fields at their defaults.
         mark_active: tells the other nodes of a cluster that the user did
             something here (the push-skip rule); None on a single node.
         user_socket_count: the user's devices on every node of a cluster, for
@@ -176,6 +185,8 @@ class Gateway:
         self._expiry: Deadlines[_Expiry] = Deadlines()
         self._start_checks: dict[str, Callable[[], bool]] = {}
         self._nursery: trio.Nursery | None = None
+        # Fair (first come, first served): gateway.max_admissions at once, read at each admission.
+        self._admissions = trio.CapacityLimiter(config.value.gateway.max_admissions)
 
     @property
     def config(self) -> Config:
@@ -238,8 +249,20 @@ class Gateway:
         request: with the error just before a refusal's close, with None just
         before ``session.ready``. Returns the outcome; ``closed`` when the
         session closed while it was being admitted.
+
+        At most ``gateway.max_admissions`` run at once; the others wait in
+        arrival order (a reconnect storm).
         """
-        refusal = self.capacity_refusal() or await self._user_refusal(claims.sub)
+        limiter = self._admissions
+        limiter.total_tokens = self.config.gateway.max_admissions
+        async with limiter:
+            return await self._admit(session, claims, reply)
+
+    async def _admit(self, session: ClientSession, claims: Claims, reply: AuthReply | None) -> Admission:
+        refusal = self.capacity_refusal()
+        start: SessionStart | None = None
+        if refusal is None:
+            start, refusal = await self._user_checks(claims.sub)
         if refusal is None and self._draining:  # the drain began while the store was asked
             refusal = self.capacity_refusal()
         if refusal is not None:
@@ -261,7 +284,7 @@ class Gateway:
         await self.router.add(session, addresses=claims.claim_rooms)
         if reply is not None:
             reply(None)
-        session.send_event("session.ready", await self.ready_data(session))
+        session.send_event("session.ready", await self.ready_data(session, start))
         self.arm_expiry(session)
         self._mark_active(session.user_id)
         for hook in self.hooks.on_connect:
@@ -269,14 +292,28 @@ class Gateway:
         log.debug("session %s: user %s connected from %s (%s)", session.id, claims.sub, session.address, session.transport)
         return "accepted"
 
-    async def _user_refusal(self, user_id: str) -> Refusal | None:
-        ban = await self.bans.admits(user_id)
-        if ban is not None:
-            return Refusal("banned", CLOSE_BANNED, "banned", Banned(ban.until))
-        if await self._user_socket_count(user_id) >= self.config.gateway.max_sockets_per_user:
+    async def _user_checks(self, user_id: str) -> tuple[SessionStart | None, Refusal | None]:
+        """The store's ban (with the unread counts) and the user's device count, asked at once."""
+        start: SessionStart | None = None
+        devices = 0
+
+        async def read_store() -> None:
+            nonlocal start
+            start = await self.bans.admission(user_id)
+
+        async def count_devices() -> None:
+            nonlocal devices
+            devices = await self._user_socket_count(user_id)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_store)
+            nursery.start_soon(count_devices)
+        if start is not None and start.ban is not None:
+            return start, Refusal("banned", CLOSE_BANNED, "banned", Banned(start.ban.until))
+        if devices >= self.config.gateway.max_sockets_per_user:
             reason = "too many sockets for this user"
-            return Refusal("too_many_sockets", CLOSE_TOO_MANY_SOCKETS, reason, Forbidden(reason))
-        return None
+            return start, Refusal("too_many_sockets", CLOSE_TOO_MANY_SOCKETS, reason, Forbidden(reason))
+        return start, None
 
     async def _user_socket_count(self, user_id: str) -> int:
         """The user's sessions: on this node, or on every node when presence is shared."""
@@ -289,8 +326,8 @@ class Gateway:
                 log.warning("user %s: cluster-wide socket count unavailable (%s); counting this node", user_id, exc.message)
         return count
 
-    async def ready_data(self, session: ClientSession) -> dict[str, Any]:
-        """The data of ``session.ready``."""
+    async def ready_data(self, session: ClientSession, start: SessionStart | None = None) -> dict[str, Any]:
+        """The data of ``session.ready``; ``start`` is what admission read from the store."""
         data: dict[str, Any] = {
             "session_id": session.id,
             "user_id": session.user_id,
@@ -298,15 +335,26 @@ class Gateway:
             "server_time": iso(self.clock.now()),
             "heartbeat_s": self.config.gateway.heartbeat_s,
             "expires_at": iso(session.expires_at),
-            "unread_total": 0,
-            "notifications_unread": 0,
+            "unread_total": start.unread_total if start is not None else 0,
+            "notifications_unread": start.notifications_unread if start is not None else 0,
             "addresses": list(self.router.address_rooms(session.id)),
         }
-        for hook in self.hooks.ready_fields:
+        hooks = self.hooks.ready_fields
+        if not hooks:
+            return data
+        answers: list[Mapping[str, Any]] = [{} for _ in hooks]
+
+        async def ask(index: int, hook: ReadyFields) -> None:
             try:
-                data.update(await hook(session.user_id))
+                answers[index] = await hook(session.user_id)
             except ApiError as exc:
                 log.warning("session %s: session.ready field unavailable: %s", session.id, exc.message)
+
+        async with trio.open_nursery() as nursery:
+            for index, hook in enumerate(hooks):
+                nursery.start_soon(ask, index, hook)
+        for answer in answers:
+            data.update(answer)
         return data
 
     # -- activity ----------------------------------------------------------------------------

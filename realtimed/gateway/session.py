@@ -54,6 +54,20 @@ RECEIVE_BYTES: Final = 65536
 _SEND_ERRNOS: Final = {errno.EAGAIN, errno.EWOULDBLOCK}
 
 
+class _ServerConnection(Connection):
+    """wsproto's server connection without its queue of pending events.
+
+    That queue only ever holds the 1006 close of ``receive_data(None)``, which a
+    session never calls (it sees the end of the stream itself), and an empty
+    deque costs an idle socket 760 bytes. Should it be called after all, the
+    tuple's missing ``append`` fails loudly rather than sharing state.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(ConnectionType.SERVER)
+        self._events = ()  # type: ignore[assignment]
+
+
 class SessionHandler(Protocol):
     """What a Session asks of its owner (the gateway, or a test's echo handler)."""
 
@@ -100,6 +114,7 @@ class Session(ClientSession):
         "_outbox",
         "_outbox_bytes",
         "_peer_closed",
+        "_peer_closed_event",
         "_sock",
         "_stream",
         "_ws",
@@ -123,15 +138,18 @@ class Session(ClientSession):
         sock = getattr(stream, "socket", None)
         # The raw socket for direct non-blocking writes; None under TLS.
         self._sock: socket.socket | None = getattr(sock, "_sock", None) if isinstance(stream, trio.SocketStream) else None
-        self._ws = Connection(ConnectionType.SERVER)
+        self._ws = _ServerConnection()
         # The node's byte counts (realtimed_socket_*_bytes), added to at each read and write.
         self._bytes = metrics.WEBSOCKET_BYTES
-        self._outbox: deque[bytes] = deque()
+        # Made when bytes are first queued, dropped once flushed: an idle socket keeps none.
+        self._outbox: deque[bytes] | None = None
         self._outbox_bytes = 0
         self._flushing = False
         self._closing = False
         self._closed = False
-        self._peer_closed = trio.Event()
+        # The peer's close frame or EOF came; the event is made only if ``_finish_close`` waits for it.
+        self._peer_closed = False
+        self._peer_closed_event: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
         self._fragments: list[Any] = []
         self._fragments_size = 0
@@ -195,13 +213,23 @@ class Session(ClientSession):
             if sent == len(data):
                 return
             data = data[sent:]
-        self._outbox.append(data)
-        self._outbox_bytes += len(data)
+        self._queue(data)
         if self._outbox_bytes > self._gateway.config.gateway.outbox_max_bytes:
             self._gateway.note_overflow(self)
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
             return
         self._start_flush()
+
+    def _queue(self, data: bytes) -> None:
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = deque()
+        outbox.append(data)
+        self._outbox_bytes += len(data)
+
+    def _drop_outbox(self) -> None:
+        self._outbox = None
+        self._outbox_bytes = 0
 
     def _start_flush(self) -> None:
         if not self._flushing and self._nursery is not None and not self._closed:
@@ -221,27 +249,29 @@ class Session(ClientSession):
         while self._outbox and not self._closed:
             if sock is None:
                 chunk = b"".join(self._outbox)
-                self._outbox.clear()
-                self._outbox_bytes = 0
+                self._drop_outbox()
                 await self._stream.send_all(chunk)
                 self._bytes.sent += len(chunk)
                 continue
             await trio.lowlevel.wait_writable(sock)
             # ``_abort`` may have run (and emptied the outbox) while this waited:
             # a wait whose socket turned writable first returns despite the cancel.
-            if self._closed or not self._outbox:
+            outbox = self._outbox
+            if self._closed or not outbox:
                 return
-            data = self._outbox[0]
+            data = outbox[0]
             try:
                 sent = sock.send(data)
             except BlockingIOError:
                 continue
             self._outbox_bytes -= sent
             self._bytes.sent += sent
-            if sent == len(data):
-                self._outbox.popleft()
+            if sent < len(data):
+                outbox[0] = data[sent:]
+            elif len(outbox) > 1:
+                outbox.popleft()
             else:
-                self._outbox[0] = data[sent:]
+                self._drop_outbox()
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -255,9 +285,8 @@ class Session(ClientSession):
             # Keep only the frame already partly on the wire, so the close frame
             # still starts on a frame boundary.
             head = self._outbox[0]
-            self._outbox.clear()
-            self._outbox.append(head)
-            self._outbox_bytes = len(head)
+            self._drop_outbox()
+            self._queue(head)
         frame = close_frame(code, reason)
         if not self._outbox and self._sock is not None:
             try:
@@ -267,8 +296,7 @@ class Session(ClientSession):
             self._bytes.sent += sent
             frame = frame[sent:]
         if frame:
-            self._outbox.append(frame)
-            self._outbox_bytes += len(frame)
+            self._queue(frame)
         self._gateway.note_close(self, code)
         if self._nursery is not None:
             self._nursery.start_soon(self._finish_close)
@@ -285,7 +313,7 @@ class Session(ClientSession):
                         await self._flush_outbox()
                     finally:
                         self._flushing = False
-                await self._peer_closed.wait()
+                await self._wait_peer_closed()
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
         self._abort()
@@ -295,8 +323,7 @@ class Session(ClientSession):
         if self._closed:
             return
         self._closed = True
-        self._outbox.clear()
-        self._outbox_bytes = 0
+        self._drop_outbox()
         if self.close_code is None:
             self.close_code = 1006
         if self._nursery is not None:
@@ -320,8 +347,7 @@ class Session(ClientSession):
                     self._abort()
         finally:
             self._closed = True
-            self._outbox.clear()
-            self._outbox_bytes = 0
+            self._drop_outbox()
             try:
                 with trio.move_on_after(1) as cleanup:
                     cleanup.shield = True
@@ -351,7 +377,7 @@ class Session(ClientSession):
         data = leftover
         max_bytes = self._gateway.config.gateway.max_frame_bytes
         while True:
-            if data and self._peer_closed.is_set():
+            if data and self._peer_closed:
                 # After the peer's close frame nothing more is read as WebSocket
                 # (RFC 6455 5.5.1); wsproto would refuse it once our reply is out.
                 pass
@@ -374,13 +400,29 @@ class Session(ClientSession):
                             self._write(ws.send(event.response()))
                     elif isinstance(event, CloseConnection):
                         self._on_close_event(event)
+            sock = self._sock
             try:
-                data = bytes(await self._stream.receive_some(RECEIVE_BYTES))
+                if sock is None:
+                    data = bytes(await self._stream.receive_some(RECEIVE_BYTES))
+                else:
+                    # Straight from the socket: an idle session then waits in wait_readable,
+                    # holding three coroutine frames fewer than through SocketStream (~1 KB).
+                    waited = False
+                    while True:
+                        try:
+                            data = sock.recv(RECEIVE_BYTES)
+                        except BlockingIOError:
+                            await trio.lowlevel.wait_readable(sock)
+                            waited = True
+                            continue
+                        break
+                    if not waited:  # a read that never waited is still a checkpoint, as trio's are
+                        await trio.lowlevel.checkpoint()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
             self._bytes.received += len(data)
             if not data:
-                self._peer_closed.set()
+                self._set_peer_closed()
                 return
 
     def _assemble(self, event: TextMessage | BytesMessage, max_bytes: int) -> str | bytes | None:
@@ -416,7 +458,7 @@ class Session(ClientSession):
         and drop what the peer still sends until it closes (briefly), then close.
         """
         try:
-            if self._peer_closed.is_set() and isinstance(self._stream, trio.SocketStream):
+            if self._peer_closed and isinstance(self._stream, trio.SocketStream):
                 await self._stream.send_eof()
                 with trio.move_on_after(LINGER_S):
                     while await self._stream.receive_some(RECEIVE_BYTES):
@@ -429,14 +471,27 @@ class Session(ClientSession):
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
+    def _set_peer_closed(self) -> None:
+        self._peer_closed = True
+        if self._peer_closed_event is not None:
+            self._peer_closed_event.set()
+
+    async def _wait_peer_closed(self) -> None:
+        if self._peer_closed:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._peer_closed_event is None:
+            self._peer_closed_event = trio.Event()
+        await self._peer_closed_event.wait()
+
     def _on_close_event(self, event: CloseConnection) -> None:
         if self._ws.state not in (ConnectionState.REMOTE_CLOSING, ConnectionState.CLOSED):
             # The parser found a protocol error (1002) or invalid UTF-8 (1007):
             # close with that code and do not wait for the peer.
-            self._peer_closed.set()
+            self._set_peer_closed()
             self.close(event.code, "protocol error")
             return
-        self._peer_closed.set()
+        self._set_peer_closed()
         if self._closing:
             return  # the answer to our own close frame
         self._closing = True
@@ -445,8 +500,7 @@ class Session(ClientSession):
             reply = self._ws.send(event.response())
         except Exception:
             reply = close_frame(1000)
-        self._outbox.append(reply)
-        self._outbox_bytes += len(reply)
+        self._queue(reply)
         self._gateway.note_close(self, event.code, by_peer=True)
         if self._nursery is not None:
             self._nursery.start_soon(self._finish_close)

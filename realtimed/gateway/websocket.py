@@ -206,7 +206,10 @@ class WebSocketDoor:
         session.pending_token = _token_from_head(head)
         if session.pending_token is not None:
             session.admission = trio.Event()
-        await session.run(leftover=head.rest)
+        leftover = head.rest
+        # The head (its headers and raw bytes, about 2 KB) is not kept for the session's life.
+        del head
+        await session.run(leftover=leftover)
 
     async def serve_session(self, session: Session) -> None:
         """Runs in the session's nursery once the upgrade is answered: admission and auth."""
@@ -237,6 +240,7 @@ class WebSocketDoor:
         finally:
             if session.admission is not None:
                 session.admission.set()
+                session.admission = None  # an idle socket keeps no event
 
     async def _auth_wait(self, session: Session) -> None:
         event = session.auth_event = trio.Event()

@@ -337,55 +337,53 @@ class Listener:
             connections.start_soon(self._handle, stream)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
+        # One frame for the connection's whole life (a WebSocket session's too), not two.
         self.connections += 1
         metrics.HTTP_CONNECTIONS.labels(self.role).inc()
         try:
-            await self._connection(stream)
+            accepted = trio.current_time()
+            try:
+                peer = stream.socket.getpeername()
+            except OSError:
+                await stream.aclose()
+                return
+            # The connection's address: the socket's peer, or the client a PROXY header names.
+            address = canonical(str(peer[0])) if isinstance(peer, tuple) else str(peer)
+            port = int(peer[1]) if isinstance(peer, tuple) else 0
+            cfg = self._cfg
+            deadline = accepted + cfg.gateway.handshake_timeout_s
+            conn: trio.abc.Stream = stream
+            slot: Slot | None = None
+            try:
+                if self._proxy_protocol != "off":
+                    proxied = await self._proxy_header(stream, address, deadline)
+                    if proxied is None:
+                        return
+                    source, rest = proxied
+                    if source is not None:
+                        address, port = canonical(source[0]), source[1]
+                    if rest:
+                        conn = _Prefixed(stream, rest)
+                slot = self._place(address)
+                if slot is None:
+                    return
+                if slot.reserved:
+                    deadline = min(deadline, accepted + cfg.http.health_reserve_timeout_s)
+                await self._dispatch(conn, slot, address, port, accepted, deadline)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError) as exc:
+                log.debug("connection from %s ended: %r", address, exc)
+            except Exception:
+                # A failure of one connection never reaches the listener or the others.
+                log.exception("connection from %s failed", address)
+            finally:
+                if slot is not None:
+                    slot.release()
+                with trio.move_on_after(1) as cleanup:
+                    cleanup.shield = True
+                    await conn.aclose()
         finally:
             self.connections -= 1
             metrics.HTTP_CONNECTIONS.labels(self.role).dec()
-
-    async def _connection(self, stream: trio.SocketStream) -> None:
-        accepted = trio.current_time()
-        try:
-            peer = stream.socket.getpeername()
-        except OSError:
-            await stream.aclose()
-            return
-        # The connection's address: the socket's peer, or the client a PROXY header names.
-        address = canonical(str(peer[0])) if isinstance(peer, tuple) else str(peer)
-        port = int(peer[1]) if isinstance(peer, tuple) else 0
-        cfg = self._cfg
-        deadline = accepted + cfg.gateway.handshake_timeout_s
-        conn: trio.abc.Stream = stream
-        slot: Slot | None = None
-        try:
-            if self._proxy_protocol != "off":
-                proxied = await self._proxy_header(stream, address, deadline)
-                if proxied is None:
-                    return
-                source, rest = proxied
-                if source is not None:
-                    address, port = canonical(source[0]), source[1]
-                if rest:
-                    conn = _Prefixed(stream, rest)
-            slot = self._place(address)
-            if slot is None:
-                return
-            if slot.reserved:
-                deadline = min(deadline, accepted + cfg.http.health_reserve_timeout_s)
-            await self._dispatch(conn, slot, address, port, accepted, deadline)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError) as exc:
-            log.debug("connection from %s ended: %r", address, exc)
-        except Exception:
-            # A failure of one connection never reaches the listener or the others.
-            log.exception("connection from %s failed", address)
-        finally:
-            if slot is not None:
-                slot.release()
-            with trio.move_on_after(1) as cleanup:
-                cleanup.shield = True
-                await conn.aclose()
 
     async def _proxy_header(
         self, stream: trio.SocketStream, peer: str, deadline: float
@@ -478,7 +476,10 @@ class Listener:
                 # The guard (its parser and buffers) is done with a WebSocket connection: let it
                 # go rather than keep it alive for the whole session.
                 guard = None
-                await ws_handler(conn, head, client)
+                # Nor the request head: the handler takes it, and this frame lives as long as the session.
+                handling = ws_handler(conn, head, client)
+                head = None
+                await handling
                 return
             await guard.serve(self._serve_http)
             await guard.linger()

@@ -261,10 +261,6 @@ class NotifyService:
                 log.warning("activity on other nodes unknown (%s); pushing as if inactive", exc.message)
         return found
 
-    async def ready_fields(self, user_id: str) -> dict[str, Any]:
-        """``notifications_unread`` for ``session.ready``."""
-        return {"notifications_unread": await self.store.notification_unread_count(user_id)}
-
     # -- the pipeline ------------------------------------------------------------------------
 
     def render(self, ntype: NotificationTypeConfig, values: Mapping[str, Any]) -> tuple[str, str]:

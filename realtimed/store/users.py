@@ -1,4 +1,5 @@
-"""What the store knows about users beyond chat: contacts, blocks, last-seen times.
+"""What the store knows about users beyond chat: contacts, blocks, last-seen times,
+and what a connecting session reads.
 
 ``UserStore`` is the Protocol; ``UserRules`` holds its rules, written once
 (a user is their own contact and never in their own contact list).
@@ -11,7 +12,28 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-__all__ = ["UserRules", "UserStore"]
+import attrs
+
+from realtimed.store.bans import BanRecord
+
+__all__ = ["SessionStart", "UserRules", "UserStore"]
+
+
+@attrs.frozen
+class SessionStart:
+    """What a session being admitted reads, in one store call.
+
+    Attributes:
+        ban: the user's ban in force (``BanStore.active_ban``), or None.
+        unread_total: unread messages of the conversations the user has not
+            muted (``ChatStore.unread_total``).
+        notifications_unread: the user's unread notifications
+            (``InboxStore.notification_unread_count``).
+    """
+
+    ban: BanRecord | None
+    unread_total: int
+    notifications_unread: int
 
 
 class UserStore(Protocol):
@@ -55,6 +77,16 @@ class UserStore(Protocol):
         """Last-seen times of the users that have one."""
         ...
 
+    async def session_start(self, *, user_id: str, now: datetime) -> SessionStart:
+        """The ban in force at ``now`` and the unread counts of ``session.ready``, in
+        one statement (one round trip on a connect), each as its own call answers it."""
+        ...
+
+    async def presence_audience(self, user_id: str) -> tuple[set[str], datetime | None]:
+        """``contact_ids(user_id)`` and, when there is any, the user's last-seen time
+        (None without contacts), in one round trip (a ``presence.updated``)."""
+        ...
+
 
 class UserRules(abc.ABC):
     """``UserStore``'s rules over a backend's primitives."""
@@ -68,6 +100,11 @@ class UserRules(abc.ABC):
     async def contact_ids(self, user_id: str) -> set[str]:
         return await self._related_ids(user_id) - {user_id}
 
+    async def presence_audience(self, user_id: str) -> tuple[set[str], datetime | None]:
+        related, seen = await self._related_ids_and_last_seen(user_id)
+        contacts = related - {user_id}
+        return contacts, seen if contacts else None
+
     @abc.abstractmethod
     async def _replace_contacts(self, user_id: str, contact_ids: list[str]) -> None: ...
 
@@ -78,3 +115,7 @@ class UserRules(abc.ABC):
     @abc.abstractmethod
     async def _related_ids(self, user_id: str) -> set[str]:
         """Contacts either way and current members of the user's conversations (the user too)."""
+
+    @abc.abstractmethod
+    async def _related_ids_and_last_seen(self, user_id: str) -> tuple[set[str], datetime | None]:
+        """``_related_ids`` and the user's last-seen time, in one round trip."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from realtimed.store.bans import BanRecord
 from realtimed.store.postgres.engine import Conn, PostgresEngine, count
-from realtimed.store.users import UserRules
+from realtimed.store.users import SessionStart, UserRules
 from realtimed.store.values import utc
 
 __all__ = ["PostgresUsers"]
@@ -19,6 +20,27 @@ async def _replace_contacts(conn: Conn, user_id: str, contact_ids: list[str]) ->
         user_id,
         contact_ids,
     )
+
+
+_RELATED_IDS = (
+    "SELECT contact_id AS u FROM contacts WHERE user_id = $1 "
+    "UNION SELECT user_id FROM contacts WHERE contact_id = $1 "
+    "UNION SELECT m2.user_id FROM members m1 JOIN members m2 ON m2.conversation_id = m1.conversation_id "
+    "AND m2.left_at IS NULL WHERE m1.user_id = $1 AND m1.left_at IS NULL"
+)
+
+# The ban in force and both unread counts of a connecting user: one row, always.
+_SESSION_START = (
+    "SELECT b.user_id IS NOT NULL, b.banned_until, b.created_at, "
+    "(SELECT COALESCE(SUM(unread_count), 0) FROM members WHERE user_id = $1 AND left_at IS NULL AND NOT muted), "
+    "(SELECT unread_count FROM notification_counters WHERE user_id = $1) "
+    "FROM (SELECT 1) AS one LEFT JOIN bans b ON b.user_id = $1 AND (b.banned_until IS NULL OR b.banned_until > $2)"
+)
+
+# Every related user, each row carrying the user's last-seen time (no row without one related).
+_RELATED_AND_SEEN = (
+    f"SELECT r.u, (SELECT last_seen_at FROM last_seen WHERE user_id = $1) FROM ({_RELATED_IDS}) AS r"
+)
 
 
 class PostgresUsers(PostgresEngine, UserRules):
@@ -37,14 +59,18 @@ class PostgresUsers(PostgresEngine, UserRules):
         return bool(await self._call(lambda conn: conn.fetchval(sql, user_id, other_id), tx=False, read=True))
 
     async def _related_ids(self, user_id: str) -> set[str]:
-        sql = (
-            "SELECT contact_id AS u FROM contacts WHERE user_id = $1 "
-            "UNION SELECT user_id FROM contacts WHERE contact_id = $1 "
-            "UNION SELECT m2.user_id FROM members m1 JOIN members m2 ON m2.conversation_id = m1.conversation_id "
-            "AND m2.left_at IS NULL WHERE m1.user_id = $1 AND m1.left_at IS NULL"
-        )
-        rows = await self._call(lambda conn: conn.fetch(sql, user_id), tx=False, read=True)
+        rows = await self._call(lambda conn: conn.fetch(_RELATED_IDS, user_id), tx=False, read=True)
         return {r[0] for r in rows}
+
+    async def _related_ids_and_last_seen(self, user_id: str) -> tuple[set[str], datetime | None]:
+        rows = await self._call(lambda conn: conn.fetch(_RELATED_AND_SEEN, user_id), tx=False, read=True)
+        return {r[0] for r in rows}, rows[0][1] if rows else None
+
+    async def session_start(self, *, user_id: str, now: datetime) -> SessionStart:
+        row = await self._call(lambda conn: conn.fetchrow(_SESSION_START, user_id, utc(now)), tx=False, read=True)
+        banned, until, created_at, unread_total, notifications_unread = row
+        ban = BanRecord(user_id=user_id, until=until, created_at=created_at) if banned else None
+        return SessionStart(ban=ban, unread_total=int(unread_total), notifications_unread=int(notifications_unread or 0))
 
     async def block_user(self, *, user_id: str, blocked_id: str, now: datetime) -> bool:
         sql = (

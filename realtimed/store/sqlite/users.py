@@ -6,8 +6,11 @@ import functools
 from collections.abc import Sequence
 from datetime import datetime
 
+from realtimed.store.sqlite.bans import _ban_in_force
+from realtimed.store.sqlite.chat import _unread_total
 from realtimed.store.sqlite.engine import CODEC, Conn, SQLiteEngine, json_list, us
-from realtimed.store.users import UserRules
+from realtimed.store.sqlite.inbox import _unread_count
+from realtimed.store.users import SessionStart, UserRules
 
 __all__ = ["SQLiteUsers"]
 
@@ -85,6 +88,19 @@ def _last_seen(conn: Conn, user_ids: list[str]) -> dict[str, datetime]:
     return {r[0]: CODEC.time(r[1]) for r in rows}
 
 
+def _related_and_seen(conn: Conn, user_id: str) -> tuple[set[str], datetime | None]:
+    related = _related_ids(conn, user_id)
+    return related, _last_seen(conn, [user_id]).get(user_id) if related - {user_id} else None
+
+
+def _session_start(conn: Conn, user_id: str, now: int) -> SessionStart:
+    return SessionStart(
+        ban=_ban_in_force(conn, user_id, now),
+        unread_total=_unread_total(conn, user_id, False),
+        notifications_unread=_unread_count(conn, user_id),
+    )
+
+
 class SQLiteUsers(SQLiteEngine, UserRules):
     """``UserStore`` on SQLite."""
 
@@ -96,6 +112,12 @@ class SQLiteUsers(SQLiteEngine, UserRules):
 
     async def _related_ids(self, user_id: str) -> set[str]:
         return await self._read(_related_ids, user_id)
+
+    async def _related_ids_and_last_seen(self, user_id: str) -> tuple[set[str], datetime | None]:
+        return await self._read(_related_and_seen, user_id)
+
+    async def session_start(self, *, user_id: str, now: datetime) -> SessionStart:
+        return await self._read(_session_start, user_id, us(now))
 
     async def block_user(self, *, user_id: str, blocked_id: str, now: datetime) -> bool:
         return await self._write(
