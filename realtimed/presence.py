@@ -50,7 +50,7 @@ from realtimed.clock import WallClock, iso
 from realtimed.config import Config, PresenceConfig
 from realtimed.deadlines import Deadlines
 from realtimed.delivery.router import Router
-from realtimed.errors import ApiError
+from realtimed.errors import ApiError, Unavailable
 from realtimed.live import Live
 from realtimed.protocol import PresenceQuery, PresenceSet
 from realtimed.store.base import Store
@@ -69,6 +69,9 @@ Chosen = Literal["online", "away", "busy", "invisible"]
 Visible = Literal["online", "away", "busy", "offline"]
 
 _CONCURRENCY: Final = 16
+# How soon the end of a grace period, or a presence.updated that could not be sent, is tried again
+# while the presence backend or the broker is out of reach.
+_GRACE_RETRY_S: Final = 1.0
 _SHUTDOWN_S: Final = 3.0  # at most this long to store last seen times when the node stops
 _IDLE_BACKOFF: Final = 4.0  # the checks of an idle user's devices slow down to this many idle_check_s
 
@@ -223,9 +226,13 @@ class _Local:
     idle_poll: float = 0.0  # the current interval of the checks while idle
     idle_gen: int = 0
     sent: tuple[str, str | None] | None = None  # (status, message) last published
+    delivered_here: tuple[str, str | None] | None = None  # last handed to this node's contacts
     sent_at: float = float("-inf")
     flush_gen: int = 0
     flush_pending: bool = False
+    # Sessions closed here whose removal the presence backend did not take (it was
+    # out of reach): removed again when the grace period ends, until it answers.
+    unremoved: set[str] = attrs.field(factory=set)
 
     def last_activity(self) -> float:
         latest = self.touched
@@ -258,9 +265,13 @@ class PresenceService:
         deliveries happen in the timer task.
 
     Error handling:
-        A store or broker failure while publishing a change is logged and that
-        event is dropped (presence is ephemeral; the next change is sent as
-        usual). Hooks never raise into the gateway.
+        A store or broker that is unavailable while a change is published, or a
+        presence backend that is unavailable when a grace period ends, is logged
+        and the user's state at that moment is tried again every
+        ``_GRACE_RETRY_S`` until it goes through: what contacts see converges on
+        the current state, and the states in between are dropped (presence is
+        ephemeral). A device closed while the backend was unavailable is
+        removed from it then. Hooks never raise into the gateway.
     """
 
     def __init__(
@@ -338,12 +349,16 @@ class PresenceService:
         local.grace_pending = False
         now = trio.current_time()
         local.touched = now
+        # The local state first: if the backend is out of reach, the resync that
+        # follows its return (a shared backend's) announces the user as this says.
+        changed = not local.connected or local.idle
+        if changed:
+            local.connected = True
+            local.idle = False
+            self._schedule_idle(uid, local, now + self._cfg.away_after_s)
         try:
             _, record = await self.backend.arrive(uid, session.id)
-            if not local.connected or local.idle:
-                local.connected = True
-                local.idle = False
-                self._schedule_idle(uid, local, now + self._cfg.away_after_s)
+            if changed:
                 await self._changed(uid, local, record=record or PresenceRecord())
         except ApiError as exc:
             log.warning("session %s: presence backend: %s", session.id, exc.message)
@@ -354,17 +369,27 @@ class PresenceService:
         local = self._local.get(uid)
         if local is None or local.devices.pop(session.id, None) is None:
             return
+        # Marked before the backend is asked: if this hook is cancelled meanwhile (the
+        # transport's cleanup budget ran out while Redis was slow), the grace period
+        # still ends and removes the session from the backend then.
+        local.unremoved.add(session.id)
+        grace_gen = 0
+        if not local.devices:
+            local.disconnected_at = self._clock.now()
+            local.grace_gen += 1
+            local.grace_pending = True
+            grace_gen = local.grace_gen
+            self._push(trio.current_time() + self._cfg.offline_grace_s, uid, "grace", grace_gen)
         try:
             left = await self.backend.remove_session(uid, session.id)
         except ApiError as exc:
             log.warning("session %s: presence backend: %s", session.id, exc.message)
-            left = len(local.devices)
-        if left > 0 or local.devices:
             return
-        local.disconnected_at = self._clock.now()
-        local.grace_gen += 1
-        local.grace_pending = True
-        self._push(trio.current_time() + self._cfg.offline_grace_s, uid, "grace", local.grace_gen)
+        local.unremoved.discard(session.id)
+        if left > 0 and grace_gen and grace_gen == local.grace_gen and not local.unremoved:
+            # A device on another node keeps the user online: no grace period here.
+            local.grace_gen += 1
+            local.grace_pending = False
 
     async def users_gone(self, user_ids: list[str]) -> None:
         """Users whose every device was on a node that died (the shared backend's reaper).
@@ -384,7 +409,7 @@ class PresenceService:
                 local.connected = False
                 local.disconnected_at = self._clock.now()
                 # What the contacts saw, so that the change to offline is sent.
-                local.sent = (before.status, before.message)
+                local.sent = local.delivered_here = (before.status, before.message)
                 await self._changed(uid, local)
             except ApiError as exc:
                 log.warning("user %s: presence after a node died: %s", uid, exc.message)
@@ -404,7 +429,7 @@ class PresenceService:
                 record = await self._record(uid)
                 if record.status != "offline":
                     continue
-                local.sent = ("offline", None)  # what the contacts saw
+                local.sent = local.delivered_here = ("offline", None)  # what the contacts saw
                 await self._changed(uid, local)
             except ApiError as exc:
                 log.warning("user %s: presence after a resync: %s", uid, exc.message)
@@ -513,11 +538,7 @@ class PresenceService:
             try:
                 if kind == "grace":
                     if gen == local.grace_gen and not local.devices:
-                        local.grace_pending = False
-                        local.connected = False
-                        local.idle = False
-                        local.idle_gen += 1
-                        await self._changed(uid, local)
+                        await self._grace_over(uid, local, gen)
                 elif kind == "idle":
                     if gen == local.idle_gen and local.connected and local.devices:
                         await self._idle_check(uid, local, now)
@@ -526,7 +547,15 @@ class PresenceService:
                 elif kind == "flush":
                     if gen == local.flush_gen and local.flush_pending:
                         local.flush_pending = False
-                        await self._send(uid, local)
+                        try:
+                            await self._send(uid, local)
+                        except Unavailable as exc:
+                            # The state is sent again once the broker (or the store) answers:
+                            # the contacts' view converges, the states in between are dropped.
+                            log.warning("user %s: presence not sent yet: %s; trying again", uid, exc.message)
+                            local.flush_pending = True
+                            local.flush_gen += 1
+                            self._push(trio.current_time() + _GRACE_RETRY_S, uid, "flush", local.flush_gen)
                 elif not local.connected and not local.devices and not local.flush_pending:
                     # "forget": offline, published, and the throttle interval is over.
                     self._local.pop(uid, None)
@@ -535,6 +564,35 @@ class PresenceService:
             except Exception:
                 # A bug must not take the node down: this user's presence may be off until its next change.
                 log.exception("user %s: presence %s failed", uid, kind)
+
+    async def _grace_over(self, uid: str, local: _Local, gen: int) -> None:
+        """The grace period after the user's last device here closed is over: offline,
+        unless a device elsewhere remains. While the presence backend is out of reach
+        this is tried again every ``_GRACE_RETRY_S``, so that what others see converges
+        once it answers (a close during a partition is not lost)."""
+        try:
+            if local.unremoved:
+                left = 0
+                for sid in sorted(local.unremoved):
+                    left = await self.backend.remove_session(uid, sid)
+                    local.unremoved.discard(sid)
+                if left > 0:
+                    # A device on another node: that node keeps the user online.
+                    local.grace_pending = False
+                    local.connected = False
+                    return
+                if (await self._record(uid)).status == "offline":
+                    # Another node announced it meanwhile (it took this one for dead).
+                    local.sent = local.delivered_here = ("offline", None)
+            local.connected = False
+            local.idle = False
+            local.idle_gen += 1
+            await self._changed(uid, local)
+            local.grace_pending = False
+        except ApiError as exc:
+            log.warning("user %s: presence after the grace period: %s; trying again", uid, exc.message)
+            if gen == local.grace_gen:
+                self._push(trio.current_time() + _GRACE_RETRY_S, uid, "grace", gen)
 
     async def _idle_check(self, uid: str, local: _Local, now: float) -> None:
         away_after = self._cfg.away_after_s
@@ -563,21 +621,25 @@ class PresenceService:
         state = (record.status, message)
         # Nothing was sent yet and the user looks offline: others saw them offline already.
         first_and_offline = local.sent is None and record.status == "offline"
-        if state != local.sent and not first_and_offline:
-            was_offline = local.sent is None or local.sent[0] == "offline"
-            if was_offline != (record.status == "offline"):
+        # ``delivered_here`` is what this node's contacts saw, ``sent`` what the other
+        # nodes' saw: they differ after the broker refused a change (tried again later).
+        here, there = state != local.delivered_here, state != local.sent
+        if (here or there) and not first_and_offline:
+            was_offline = local.delivered_here is None or local.delivered_here[0] == "offline"
+            if here and was_offline != (record.status == "offline"):
                 for hook in self.online_hooks:
                     await hook(uid, "offline" if record.status == "offline" else "online")
             # One round trip: the contacts, with the last seen only when there is anyone to tell.
             contacts, seen = await self._store.presence_audience(uid)
-            local.sent = state
-            local.sent_at = trio.current_time()
             if contacts:
+                local.delivered_here = state  # handed to this node's sessions before the broker is asked
                 await self._router.to_users(
-                    contacts, "presence.updated", _wire(uid, record.status, message, seen)
+                    contacts, "presence.updated", _wire(uid, record.status, message, seen), local=here, remote=there
                 )
+            local.sent = local.delivered_here = state
+            local.sent_at = trio.current_time()
         elif first_and_offline:
-            local.sent = state
+            local.sent = local.delivered_here = state
         if not local.connected and not local.devices:
             self._push(max(trio.current_time(), local.sent_at + self._cfg.throttle_s), uid, "forget", 0)
 

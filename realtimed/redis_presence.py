@@ -297,7 +297,9 @@ class RedisPresence:
         """Run a script that changes this node's entries; one that fails marks the node for a resync."""
         try:
             return await self._call(self._client.eval(script, keys=keys, args=args))
-        except Unavailable:
+        except BaseException:
+            # Unavailable, or cancelled by the caller's own deadline (a session's
+            # cleanup budget): either way Redis may not hold this change.
             self.resync_needed = True
             raise
 

@@ -334,6 +334,10 @@ class RedisBroker:
         self._outbox: list[tuple[str, bytes]] = []
         self._outbox_ready = trio.Event()
         self.connected = False
+        # The subscriber's current link: a failure seen elsewhere (a publish or a
+        # ping that got no answer in time) cancels it, so that the subscriber
+        # connects and subscribes again, and only that marks the node connected.
+        self._link: trio.CancelScope | None = None
         self._last_error = "not connected yet"
         self._address = redis_address(cfg.redis_url)
         # One line when the link goes down or cannot be made, then one at a doubling interval, with a count.
@@ -427,25 +431,27 @@ class RedisBroker:
                         await self._client.connection_pool.cluster_layout.initialize()
                 retry = True
                 self._leaving.clear()
-                async with self._pubsub() as pubsub:
-                    channels = [ALL_CHANNEL, SURVEY_CHANNEL, self._reply_channel, self._node_channel, *self._channels]
-                    with trio.fail_after(self._cfg.timeout_s):
-                        await pubsub.subscribe(*channels)
-                    self._confirm(channels)
-                    self._set_connected(True)
-                    delay = 0.1
-                    if not started:
-                        started = True
-                        task_status.started()
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._apply_changes, pubsub, changes)
-                        async for message in pubsub:
-                            if message.get("type") == "sunsubscribe" and self._dropped(message["channel"]):
-                                raise coredis.exceptions.ConnectionError(
-                                    f"the shard dropped the subscription to {message['channel']!r} (slot moved)"
-                                )
-                            self._receive(message)
-                        nursery.cancel_scope.cancel()
+                with trio.CancelScope() as self._link:
+                    async with self._pubsub() as pubsub:
+                        channels = [ALL_CHANNEL, SURVEY_CHANNEL, self._reply_channel, self._node_channel, *self._channels]
+                        with trio.fail_after(self._cfg.timeout_s):
+                            await pubsub.subscribe(*channels)
+                        self._confirm(channels)
+                        self._set_connected(True)
+                        delay = 0.1
+                        if not started:
+                            started = True
+                            task_status.started()
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(self._apply_changes, pubsub, changes)
+                            async for message in pubsub:
+                                if message.get("type") == "sunsubscribe" and self._dropped(message["channel"]):
+                                    raise coredis.exceptions.ConnectionError(
+                                        f"the shard dropped the subscription to {message['channel']!r} (slot moved)"
+                                    )
+                                self._receive(message)
+                            nursery.cancel_scope.cancel()
+                self._link = None
             except LINK_ERRORS as exc:
                 self._note_down(exc)
             except BaseExceptionGroup as group:
@@ -719,3 +725,8 @@ class RedisBroker:
             self.node, self._address, self._last_error,
         )
         self._set_connected(False)
+        if self._link is not None:
+            # The subscription may be held by a link that still looks open (Redis
+            # stalled rather than gone): start it again rather than trust it.
+            self._link.cancel()
+            self._link = None

@@ -533,13 +533,25 @@ class Router:
         seq: int | None = None,
         exclude_users: frozenset[str] = frozenset(),
         exclude_session: str | None = None,
+        local: bool = True,
+        remote: bool = True,
     ) -> int:
-        """Send an event to every device of each user; returns local sockets reached."""
+        """Send an event to every device of each user; returns local sockets reached.
+
+        ``local=False`` leaves out this node's sessions and ``remote=False`` the
+        other nodes: a caller sending again what the broker refused sends it only
+        to the other nodes, whose share it was.
+        """
         frame = Frame(protocol.encode_event(event, data, room=room, seq=seq), event, trio.current_time(), room=room, seq=seq)
         users = tuple(dict.fromkeys(user_ids))
-        return await self._fan_out(
-            Delivery(frame, users=users, exclude_users=exclude_users, exclude_session=exclude_session, origin=self.node)
-        )
+        delivery = Delivery(frame, users=users, exclude_users=exclude_users, exclude_session=exclude_session, origin=self.node)
+        if local and remote:
+            return await self._fan_out(delivery)
+        delivered = self.deliver_local(delivery) if local else 0
+        if remote:
+            PUBLICATIONS.labels("users").inc()
+            await self._publish(delivery)
+        return delivered
 
     async def to_everyone(self, event: str, data: Any) -> int:
         """Send an event to every session of every node; returns local sockets reached."""
