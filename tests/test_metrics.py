@@ -252,3 +252,22 @@ def test_alert_rules_pass_promtool_when_it_is_installed() -> None:
         pytest.skip("promtool is not installed")
     done = subprocess.run([promtool, "check", "rules", str(ROOT / "deploy/prometheus/alerts.yml")], capture_output=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+async def test_trio_tasks_are_counted_at_scrape_time_and_follow_the_sockets(start_daemon: DaemonFactory) -> None:
+    """``realtimed_trio_tasks`` (what a soak run watches for leaks): each open socket
+    holds tasks, and they are gone once it closes."""
+    with trio.fail_after(30):
+        daemon = await start_daemon()
+        idle = value(await scrape(daemon), "realtimed_trio_tasks")
+        assert idle > 1
+        url = daemon.url().replace("http", "ws", 1) + "/ws"
+        clients = [await WsClient.connect(url, token=token(f"tasks-{i}")) for i in range(3)]
+        for client in clients:
+            await client.event("session.ready")
+        assert value(await scrape(daemon), "realtimed_trio_tasks") >= idle + 3
+        for client in clients:
+            await client.close()
+        with trio.fail_after(10):
+            while value(await scrape(daemon), "realtimed_trio_tasks") > idle:
+                await trio.sleep(0.1)
