@@ -49,6 +49,7 @@ class ChatClient:
     answers: dict[int, dict[str, Any]] = attrs.field(factory=dict)
     ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     closed: trio.Event = attrs.field(factory=trio.Event)
+    on_event: Callable[[dict[str, Any]], object] | None = None  # every event frame, as it comes
 
     async def serve(self, url: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect and read until the socket closes (``closed`` is then set)."""
@@ -65,6 +66,8 @@ class ChatClient:
                 task_status.started()
                 while True:
                     frame = orjson.loads(await ws.get_message())
+                    if "event" in frame and self.on_event is not None:
+                        self.on_event(frame)
                     if frame.get("event") == "message.new":
                         message = frame["data"]["message"]
                         self.live.setdefault(message["conversation_id"], []).append(message["seq"])
