@@ -58,6 +58,10 @@ from tests import chat_kill  # noqa: E402
 from tests.fault_proxy import FaultProxy  # noqa: E402
 
 SECRET = "faults-secret-" + "x" * 32
+# A database of its own on the machine's Redis: the presence keys of other clusters
+# using that Redis (other test runs) are then out of reach, so only these two nodes
+# can take one another for dead.
+REDIS_DB = 9
 API_KEY = "faults-api-key-" + "y" * 24
 
 
@@ -89,7 +93,7 @@ state_dir = "{folder / name}"
 [http]
 listen = "127.0.0.1:{self.port}"
 [log]
-level = "warning"
+level = "{os.environ.get('REALTIMED_BENCH_LOG_LEVEL', 'warning')}"
 [auth]
 algorithms = ["HS256"]
 hs256_secret = "{SECRET}"
@@ -101,7 +105,7 @@ postgres_dsn = "{dsn}"
 pool_max = 20
 [broker]
 backend = "redis"
-redis_url = "redis://127.0.0.1:{redis_port}/0"
+redis_url = "redis://127.0.0.1:{redis_port}/{REDIS_DB}"
 timeout_s = 2.0
 node_ttl_s = {node_ttl_s}
 [presence]
@@ -315,10 +319,14 @@ def main() -> None:
     parser.add_argument("--kill-at", type=float, default=5.0, help="kill: seconds into the load")
     parser.add_argument("--seconds", type=float, default=0.0, help="stall / partition length (default 10 / 30)")
     parser.add_argument("--node-ttl", type=float, default=15.0, help="broker.node_ttl_s of the nodes")
+    parser.add_argument("--logs", type=Path, default=None, help="keep the nodes' configurations and logs in this folder")
     args = parser.parse_args()
     with throwaway_database(args.dsn) as dsn, tempfile.TemporaryDirectory(prefix="rt-faults-") as tmp:
         args.dsn = dsn
         folder = Path(tmp)
+        if args.logs is not None:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            folder = args.logs
         runs: list[tuple[str, Callable[[], Any]]] = []
         if args.scenario in ("kill", "all"):
             runs.append(("kill", lambda: kill_run(args, folder)))

@@ -61,6 +61,9 @@ API_KEY = "soak-api-key-" + "y" * 24
 SAMPLE_S = 10.0
 WARM_UP_S = 60.0
 CLOSE_WAIT = "08"
+# 8 KB publications a second to the room of the slow readers: enough to fill a socket's
+# kernel buffers and then its outbox (gateway.outbox_max_bytes) within a minute.
+BUSY_PER_S = 20
 
 
 def token(user: str, rooms: list[str] | None = None) -> str:
@@ -240,7 +243,7 @@ async def soak(args: argparse.Namespace, url: str, pid: int, pg_port: int, redis
     pairs = args.sockets // 2
     clients = [Client(f"s{i}-{tag}", f"soak:r{i % 100}", stats, sent_at) for i in range(pairs * 2)]
     conversations: list[str] = []
-    end = trio.current_time() + args.minutes * 60
+    end = math.inf  # set once every socket is connected
     samples: list[dict[str, float]] = []
     start = trio.current_time()
 
@@ -279,6 +282,9 @@ async def soak(args: argparse.Namespace, url: str, pid: int, pg_port: int, redis
             conversations.append(answer.json().get("conversation", {}).get("id", "") if answer.status_code < 300 else "")
         for i in range(args.slow):
             nursery.start_soon(slow_reader, url, f"slow{i}-{tag}", "soak:busy", stats)
+        print(f"connected in {trio.current_time() - start:.0f} s; the load runs {args.minutes} min", file=sys.stderr, flush=True)
+        start = trio.current_time()
+        end = start + args.minutes * 60
 
         async def chat() -> None:
             n = 0
@@ -296,7 +302,8 @@ async def soak(args: argparse.Namespace, url: str, pid: int, pg_port: int, redis
             while trio.current_time() < end:
                 for r in range(100):
                     await http.post("/server/v1/publish", json={"room": f"soak:r{r}", "event": "soak.tick", "data": {"t": time.time()}})
-                await http.post("/server/v1/publish", json={"room": "soak:busy", "event": "soak.tick", "data": {"pad": "y" * 4000}})
+                for _ in range(BUSY_PER_S):
+                    await http.post("/server/v1/publish", json={"room": "soak:busy", "event": "soak.tick", "data": {"pad": "y" * 8000}})
                 await trio.sleep(1.0)
 
         async def notifications() -> None:
@@ -316,13 +323,16 @@ async def soak(args: argparse.Namespace, url: str, pid: int, pg_port: int, redis
                         async for _ in response.aiter_bytes():
                             pass
 
+        async def close(ws: WebSocketConnection) -> None:
+            with contextlib.suppress(Exception), trio.move_on_after(5):
+                await ws.aclose()
+
         async def churn() -> None:
             while trio.current_time() < end:
                 await trio.sleep(1 / max(args.churn, 0.001))
                 client = random.choice(clients)
                 if client.ws is not None:
-                    with contextlib.suppress(Exception), trio.move_on_after(5):
-                        await client.ws.aclose()
+                    nursery.start_soon(close, client.ws)  # the close handshake must not slow the churn down
 
         async def sampler() -> None:
             print("time_s  rss_mb  fds  trio_tasks  close_wait  pg_conns  redis_conns  sockets  p50_ms  p99_ms  msgs  reconnects  recovered  not_recovered  4008", flush=True)
