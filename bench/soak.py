@@ -371,7 +371,7 @@ async def soak(args: argparse.Namespace, url: str, pid: int, pg_port: int, redis
                 load.start_soon(task)
         closes_4008 = [
             line for line in (await http.get("/metrics")).text.splitlines()
-            if line.startswith("realtimed_websocket_closes") and "4008" in line
+            if line.startswith("realtimed_closes") and "4008" in line
         ]
         nursery.cancel_scope.cancel()
     print(file=sys.stderr)
