@@ -926,6 +926,14 @@ class ChatService:
             recipients = tuple(m for m in conv.member_ids if m != user_id)
         await self._typing_event(user_id, conversation_id, recipients, False)
 
+    async def typing_now(self, conversation: ConversationRecord, *, for_user: str) -> list[str]:
+        """The members of ``conversation`` other than ``for_user`` typing there now (a resend of state)."""
+        others = [uid for uid in conversation.member_ids if uid != for_user]
+        if not others:
+            return []
+        typing: list[str] = await self._typing_state.typing(conversation.id, others)
+        return typing
+
     async def _typing_event(self, user_id: str, conversation_id: str, recipients: tuple[str, ...], typing: bool) -> None:
         if not recipients:
             return

@@ -58,6 +58,7 @@ from realtimed.services import Services
 from realtimed.socketio.door import RealtimeHandler
 from realtimed.socketio.engine import EngineServer
 from realtimed.socketio.server import NamespaceHandler, SocketIOServer
+from realtimed.socketio.state import CurrentState
 from realtimed.store import Store, open_store
 from realtimed.webhooks.service import WebhookService
 
@@ -248,7 +249,10 @@ class Daemon:
         self._websocket = WebSocketDoor(gateway, ops=ops, verifier=self._verifier_live)
         if config.value.socketio.enabled:
             sio = SocketIOServer(self._socketio_handler or RealtimeHandler(
-                gateway, ops=ops, verifier=self._verifier_live, store=store
+                gateway, ops=ops, verifier=self._verifier_live, store=store,
+                state=CurrentState(
+                    presence=presence, chat=chat, store=store, max_contacts=config.value.socketio.recovery_max_replay
+                ),
             ))
             # Long-polling needs every request of a session on this process: workers offer WebSocket only.
             polling = os.environ.get(WORKER_ENV) is None

@@ -74,6 +74,16 @@ return 0
 """
 )
 
+# KEYS: state. Returns 1 when its deadline is ahead.
+_TYPING: Final = (
+    _NOW
+    + """
+local deadline = redis.call('HGET', KEYS[1], 'd')
+if deadline and tonumber(deadline) > now then return 1 end
+return 0
+"""
+)
+
 
 def _keys(user_id: str, conversation_id: str) -> tuple[str, str]:
     tag = f"rt:{{ty:{conversation_id}:{user_id}}}:"
@@ -116,3 +126,7 @@ class RedisTyping:
         if left < 0:
             return None
         return left / 1000
+
+    async def typing(self, conversation_id: str, user_ids: list[str]) -> list[str]:
+        # One state per (user, conversation), each in its own slot: one call per user.
+        return [uid for uid in user_ids if await self._eval(_TYPING, _keys(uid, conversation_id)[0], []) == 1]

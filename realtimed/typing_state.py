@@ -32,6 +32,8 @@ class TypingBackend(Protocol):
         - ``expire`` is called at a deadline this node set: None when the state is
           gone (ended elsewhere), 0 when it was due and this call ended it, else
           the seconds left (refreshed since, on any node).
+        - ``typing`` answers which of ``user_ids`` have a state in the
+          conversation whose deadline is still ahead, in the order given.
     """
 
     shared: bool
@@ -43,6 +45,8 @@ class TypingBackend(Protocol):
     async def end(self, user_id: str, conversation_id: str, *, node_only: bool = False) -> bool: ...
 
     async def expire(self, user_id: str, conversation_id: str) -> float | None: ...
+
+    async def typing(self, conversation_id: str, user_ids: list[str]) -> list[str]: ...
 
 
 class MemoryTyping:
@@ -91,3 +95,9 @@ class MemoryTyping:
             return left
         del self._deadlines[key]
         return 0.0
+
+    async def typing(self, conversation_id: str, user_ids: list[str]) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        now = trio.current_time()
+        deadlines = self._deadlines
+        return [uid for uid in user_ids if deadlines.get((uid, conversation_id), now) > now]

@@ -168,6 +168,49 @@ async def test_a_lost_transport_recovers_every_missed_event_once_in_order(start_
         assert third["pid"] != pid
 
 
+async def test_a_recovery_resends_presence_typing_and_receipts_as_current_state(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(LIMIT_S):
+        daemon = await start_daemon(config())
+        world = await World.start(daemon)
+        bob, reply = await sio(daemon, "bob")
+        offset = (await events_after(bob, world, "m1"))[-1]
+        await bob.close()
+        await gone(daemon)
+        # While bob is away: a message, then alice reads it and starts typing (no events reach bob).
+        await world.send("m2")
+        await call(world.alice, 60, "message.read", {"conversation_id": world.conversation, "seq": 2})
+        await call(world.alice, 61, "typing.start", {"conversation_id": world.conversation})
+        bob, again = await sio(daemon, "bob", pid=reply["pid"], offset=offset)
+        assert again["pid"] == reply["pid"]
+        await call(world.alice, 62, "presence.set", {"status": "busy"})  # live, after the state read
+        room = {"room": f"conversation:{world.conversation}"}
+        got: list[list[Any]] = []
+        while not (got and got[-1][0] == "presence.updated" and got[-1][1]["status"] == "busy"):
+            got.append(await bob.event())
+        names = [args[0] for args in got]
+        assert names == ["message.new", "presence.updated", "typing.updated", "receipt.updated", "presence.updated"], got
+        assert got[0][1]["message"]["body"] == "m2", "the replay first"
+        presence, typing, receipt = got[1:4]
+        assert presence[1:] == [{"user_id": "alice", "status": "online", "message": None, "last_seen": None}]
+        assert typing[1:] == [{"conversation_id": world.conversation, "user_id": "alice", "typing": True}, room]
+        assert receipt[1]["user_id"] == "alice" and receipt[1]["read_seq"] == 2 and receipt[1]["read_at"]
+        assert receipt[2:] == [room], "state has no position: no offset"
+        # Without a recovery (a new pid) nothing of this is sent: the app queries it.
+        await bob.close()
+        await gone(daemon)
+        bob, _ = await sio(daemon, "bob")
+        await world.send("m3")
+        assert [args[0] for args in await until_message(bob)] == ["message.new"]
+
+
+async def until_message(client: SioWs) -> list[list[Any]]:
+    """The events up to and with the next message.new."""
+    got = [await client.event()]
+    while got[-1][0] != "message.new":
+        got.append(await client.event())
+    return got
+
+
 async def test_a_drained_daemon_recovers_from_the_store(start_daemon: DaemonFactory) -> None:
     with trio.fail_after(LIMIT_S):
         daemon = await start_daemon(config())

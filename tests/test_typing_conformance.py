@@ -141,3 +141,21 @@ async def test_expire_ends_a_state_at_its_deadline_unless_it_was_refreshed(
         await a.begin(user, conversation, timeout_s=TIMEOUT_S)
         assert await b.end(user, conversation) is True
         assert await a.expire(user, conversation) is None
+
+
+async def test_typing_answers_the_users_whose_state_is_ahead_of_its_deadline(
+    nodes: Make, backend: str, clock: trio.testing.MockClock | None, limit_s: float
+) -> None:
+    with trio.fail_after(limit_s):
+        a, b = await nodes()
+        ann, bob, cid = unique("ann"), unique("bob"), unique("c")
+        assert await a.typing(cid, [ann, bob]) == []
+        await a.begin(ann, cid, timeout_s=TIMEOUT_S)
+        await b.begin(bob, cid, timeout_s=TIMEOUT_S)
+        assert await b.typing(cid, [bob, ann]) == [bob, ann]  # on any node, in the order asked
+        assert await a.typing(unique("c"), [ann, bob]) == []  # another conversation
+        assert await a.end(bob, cid) is True
+        assert await b.typing(cid, [ann, bob]) == [ann]
+        # Past its deadline a state is not typing any more, even before a timer expired it.
+        await settle(backend, TIMEOUT_S + 2 * MS)
+        assert await a.typing(cid, [ann, bob]) == []

@@ -22,12 +22,12 @@ a native socket, and that the router delivers to.
   native frame has) as a second argument, plus the recovery offset on events
   with a position. Each event frame of the router is encoded for Socket.IO
   once, whatever the number of recipients.
-- Recovery (``recovery``, ``replay``): the CONNECT reply carries a ``pid``; a
+- Recovery (``recovery``, ``replay``, ``state``): the CONNECT reply carries a ``pid``; a
   socket that ends without a DISCONNECT keeps its positions in the store under
   it; a CONNECT with ``{pid, offset}`` of the same user holds what the router
   delivers, collects the replay, answers with the same ``pid`` (or a new one and
-  no replay), then sends ``session.ready``, the replay and what was held (less
-  what the replay already sent).
+  no replay), then sends ``session.ready``, the replay, the current presence,
+  typing and receipts, and what was held (less what the replay already sent).
 - Closing: ``session.closed`` (``{code, reason}``) first; then a terminal code
   (4500 to 4999, and 1000) sends DISCONNECT (socket.io-client does not
   reconnect), and any other closes the Engine.IO session, so socket.io-client
@@ -75,9 +75,10 @@ from realtimed.gateway.client import ClientSession
 from realtimed.gateway.gateway import Gateway
 from realtimed.live import Live
 from realtimed.socketio.packets import RESERVED_EVENTS
-from realtimed.socketio.recovery import Position, RecoveryRecord, Tracker, frame_position
+from realtimed.socketio.recovery import CONVERSATION_PREFIX, Position, RecoveryRecord, Tracker, frame_position
 from realtimed.socketio.replay import Replay
 from realtimed.socketio.server import SioSocket
+from realtimed.socketio.state import CurrentState
 from realtimed.store.base import RecoveryStore, Store
 
 __all__ = ["RealtimeHandler", "SioClient", "ack_error", "encode_frame"]
@@ -311,6 +312,8 @@ class RealtimeHandler:
         store: what a recovery replays from, and where recovery records are kept
             (None: no connection state recovery, the CONNECT reply has no ``pid``).
         recovery: where recovery records are kept instead (tests).
+        state: the presence, typing and receipts a recovered socket is sent again
+            (None: not sent).
     """
 
     def __init__(
@@ -321,12 +324,14 @@ class RealtimeHandler:
         verifier: Live[TokenVerifier],
         store: Store | None = None,
         recovery: RecoveryStore | None = None,
+        state: CurrentState | None = None,
     ) -> None:
         self.gateway = gateway
         self.ops = ops
         self.verifier = verifier
         self.replay_store = store
         self.recovery = recovery if recovery is not None else store
+        self.state = state
 
     def serves(self, namespace: str) -> bool:
         return namespace == MAIN_NAMESPACE
@@ -449,11 +454,30 @@ class RealtimeHandler:
         frames, after = found
         for step in after:
             await step()  # the subscribes' live frames held meanwhile: held here too
+        # Typing, presence and receipts have no positions: their current state follows the replay,
+        # read while live events are held, so that a live change read meanwhile comes after it.
+        frames += await self._current_state(client, positions, frames)
+        if client.closing:
+            client.held = None
+            return
         # The client's offset stays one this socket knows, should it be lost again before the next event.
         client.tracker.resume(positions, record.entry(offset))
         client.pid = pid
         socket.accept({"pid": pid})
         client.release(frames)
+
+    async def _current_state(self, client: SioClient, positions: dict[str, Position], replay: list[Frame]) -> list[Frame]:
+        """Presence, typing and receipts as they are now (none when they cannot be read)."""
+        if self.state is None:
+            return []
+        known = {stream[2:] for stream in positions if stream.startswith("c:")}
+        known.update(frame.room[len(CONVERSATION_PREFIX):] for frame in replay
+                     if frame.room is not None and frame.room.startswith(CONVERSATION_PREFIX))
+        try:
+            return await self.state.frames(client.user_id, known)
+        except Exception:
+            log.exception("session %s: presence, typing and receipts not sent after its recovery", client.id)
+            return []
 
     async def disconnect(self, socket: SioSocket, reason: str) -> None:
         client = socket.state
