@@ -106,6 +106,20 @@ async def test_close_delivery_reaches_the_nodes_holding_the_user(node_pair: Node
         assert got[0].users == (alice,)
 
 
+def test_a_user_deliverys_frame_keeps_its_room_seq_and_epoch_without_being_routed_to_the_room() -> None:
+    body = b'{"event":"message.new","room":"conversation:c1","seq":4,"data":{}}'
+    sent = Frame(body, "message.new", room="conversation:c1", seq=4, epoch="e")
+    got = decode_message(encode_message(Delivery(sent, users=("u",), origin="a")))
+    assert got.room is None and got.users == ("u",), "still a delivery to users"
+    assert (got.frame.room, got.frame.seq, got.frame.epoch, got.frame.name) == ("conversation:c1", 4, "e", "message.new")
+    assert got.frame.json == body, "the frame itself goes as encoded once"
+    routed = decode_message(encode_message(Delivery(Frame(b"{}", "x", room="job:1", seq=1), room="job:1", origin="a")))
+    assert routed.room == routed.frame.room == "job:1"
+    head, _, rest = encode_message(Delivery(sent, users=("u",), origin="a")).partition(b"\n")
+    with pytest.raises(ValueError):
+        decode_message(head.replace(b'"fr":"conversation:c1"', b'"fr":7') + b"\n" + rest)
+
+
 @pytest.mark.parametrize(
     "close",
     [b"4510", b'[4510, "x"]', b'["4510", "x", null]', b'[4510, 7, null]', b'[4510, "x", 3]', b"{}"],

@@ -23,6 +23,7 @@ from realtimed.frames import Frame
 from realtimed.protocol import encode_event
 from realtimed.socketio.recovery import MemoryRecoveryStore, RecoveryRecord, Tracker, frame_position
 from realtimed.socketio.replay import Replay
+from tests.fixtures.clients import WsClient
 from tests.fixtures.daemon import API_KEY, DaemonFactory
 from tests.fixtures.sio import SioWs
 from tests.fixtures.tokens import token
@@ -318,6 +319,37 @@ async def test_another_node_recovers_from_the_shared_store(start_daemon: DaemonF
         assert sorted(summary(await events(bob, 2))) == [("job.progress", 2), ("message.new", "m2")]
         await world.send("m3")
         assert summary(await events(bob, 1)) == [("message.new", "m3")]
+
+
+async def test_both_nodes_give_a_conversations_event_the_same_arguments(
+    start_daemon: DaemonFactory, redis_url: str, pg_dsn: str
+) -> None:
+    with trio.fail_after(LIMIT_S):
+        shared = {
+            "store": {"backend": "postgres", "postgres_dsn": pg_dsn},
+            "broker": {"backend": "redis", "redis_url": redis_url, "timeout_s": 2.0},
+            **config(),
+        }
+        a = await start_daemon({"server": {"node": "na"}, **shared})
+        b = await start_daemon({"server": {"node": "nb"}, **shared})
+        world = await World.start(b)  # alice sends on node b
+        on_a, _ = await sio(a, "bob")
+        on_b, _ = await sio(b, "bob")
+        native = []
+        for daemon in (a, b):
+            client = await WsClient.connect(daemon.url().replace("http", "ws", 1) + "/ws", token=token("bob"))
+            await client.event("session.ready")
+            native.append(client)
+        await world.send("m1")
+        (remote,) = await events(on_a, 1)  # through the broker
+        (local,) = await events(on_b, 1)
+        room = f"conversation:{world.conversation}"
+        assert local[2] == {"room": room, "seq": 1}
+        assert remote == local, "the second argument and the offset agree on both nodes"
+        frames = [await client.event("message.new") for client in native]
+        assert frames[0] == frames[1] and frames[0]["room"] == room and frames[0]["seq"] == 1
+        for client in native:
+            await client.close()
 
 
 async def test_forged_or_foreign_pids_and_unknown_offsets_recover_nothing(start_daemon: DaemonFactory) -> None:

@@ -29,8 +29,10 @@ Surveys:
 
 Messages:
     One pub/sub message per delivery: a small JSON header (origin node, target,
-    exclusions, event name, and for a disconnect the close code), a newline, and
-    the frame exactly as encoded by the publishing node. Receiving nodes hand the
+    exclusions, event name, the frame's stream position (``room``, ``seq``,
+    ``epoch``: a user delivery's ``room`` goes as ``fr``, so it is not taken for
+    the target), and for a disconnect the close code), a newline, and the frame
+    exactly as encoded by the publishing node. Receiving nodes hand the
     frame to their sessions as is.
 
 Batching:
@@ -266,6 +268,10 @@ def encode_message(delivery: Delivery) -> bytes:
     if delivery.close is not None:
         header["c"] = [delivery.close.code, delivery.close.reason, delivery.close.session_id]
     frame = delivery.frame
+    if frame.room is not None and delivery.room is None:
+        # A user delivery of a conversation's event: the frame's room is metadata (the
+        # Socket.IO door's second argument, recovery offsets), not where it goes.
+        header["fr"] = frame.room
     if frame.seq is not None:
         header["s"] = frame.seq
     if frame.epoch is not None:
@@ -277,7 +283,10 @@ def decode_message(data: bytes) -> Delivery:
     head, _, body = data.partition(b"\n")
     header = orjson.loads(head)
     room = header.get("r")
-    frame = Frame(body, header.get("n"), room=room, seq=header.get("s"), epoch=header.get("e"))
+    frame_room = room if room is not None else header.get("fr")
+    if frame_room is not None and not isinstance(frame_room, str):
+        raise ValueError("bad room in a broker message")
+    frame = Frame(body, header.get("n"), room=frame_room, seq=header.get("s"), epoch=header.get("e"))
     close = None
     if "c" in header:
         raw = header["c"]

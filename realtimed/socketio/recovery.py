@@ -67,7 +67,7 @@ def frame_position(frame: Frame) -> Entry | None:
     if name == "notification.new" and room is None and frame.seq is not None:
         return f"i:{frame.seq}", "i", [frame.seq, ""]
     if name in _MESSAGE_EVENTS and (room is None or room.startswith(CONVERSATION_PREFIX)):
-        # The conversation comes from the message: a frame another node delivered to users has no room.
+        # The conversation comes from the message itself, whatever room the frame names.
         try:
             message = orjson.loads(frame.json)["data"]["message"]
             version, seq, cid = int(message["version"]), int(message["seq"]), message["conversation_id"]
