@@ -7,6 +7,7 @@ Real time, with short intervals (a daemon over real sockets).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -16,7 +17,10 @@ import trio
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from realtimed.config import Config
 from realtimed.daemon import WORKER_ENV, Daemon
+from realtimed.frames import OP_TEXT, ws_frame
+from realtimed.socketio.engine import EngineSocket
 from tests.fixtures.daemon import DaemonFactory
 from tests.fixtures.sio import SioPolling, SioWs, sio_url
 from tests.fixtures.tokens import token
@@ -212,3 +216,38 @@ async def test_a_worker_of_run_workers_offers_websocket_only(start_daemon: Daemo
             answer = await http.get(sio_url(daemon.url(), transport="polling"))
             assert (answer.status_code, answer.json()) == (400, {"code": 0, "message": "Transport unknown"})
         await still_serves(daemon)
+
+
+class RecordingWs:
+    """The WebSocket session an EngineSocket writes to: each write recorded."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def send_raw(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self, code: int, reason: str) -> None:
+        self.writes.append(b"close")
+
+
+async def test_a_corked_websocket_writes_what_it_held_in_one_write() -> None:
+    with trio.fail_after(5):
+        await trio.lowlevel.checkpoint()  # EngineSocket reads Trio's clock
+        server: Any = SimpleNamespace(config=Config(), ended=lambda *_: None)
+        engine = EngineSocket(server, transport="websocket", address="127.0.0.1", head_token=None)
+        ws = RecordingWs()
+        engine.ws = ws  # type: ignore[assignment]
+        engine.send_message("0")
+        assert ws.writes == [ws_frame(OP_TEXT, b"40")]
+        engine.cork()
+        engine.send_message('0{"sid":"s"}')  # a CONNECT reply
+        engine.send_message('2["session.ready",{}]')
+        assert len(ws.writes) == 1, "held while corked"
+        engine.uncork()
+        assert ws.writes[1:] == [ws_frame(OP_TEXT, b'40{"sid":"s"}') + ws_frame(OP_TEXT, b'42["session.ready",{}]')]
+        engine.uncork()  # nothing held: nothing written
+        engine.cork()
+        engine.send_message("2[\"x\"]")
+        engine.close("bye")  # a close writes what was held first
+        assert ws.writes[2:] == [ws_frame(OP_TEXT, b'42["x"]'), b"close"]

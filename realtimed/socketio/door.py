@@ -224,6 +224,8 @@ class SioClient(ClientSession):
             self.held.append((name, data))
             return
         self.socket.emit(name, data)
+        if name == "session.ready":
+            self.socket.engine.uncork()
 
     def release(self, replay: list[Frame], *, drop_rooms: frozenset[str] = frozenset()) -> None:
         """End a recovery: ``session.ready``, then ``replay``, then what was held (frames of ``drop_rooms`` left out)."""
@@ -411,9 +413,14 @@ class RealtimeHandler:
             if error is not None:
                 client.refusal = error
             elif client.held is None:
+                # The CONNECT reply and session.ready go out in one write (uncorked by send_event).
+                socket.engine.cork()
                 socket.accept(None if client.pid is None else {"pid": client.pid})
 
-        outcome = await self.gateway.admit(client, claims, reply=reply)
+        try:
+            outcome = await self.gateway.admit(client, claims, reply=reply)
+        finally:
+            socket.engine.uncork()
         if outcome == "accepted" and record is not None and not client.closing:
             await self._recover(socket, client, *record)
         if outcome != "accepted" or not socket.connected:

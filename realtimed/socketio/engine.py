@@ -52,7 +52,7 @@ from realtimed.clock import WallClock
 from realtimed.config import Config
 from realtimed.deadlines import Deadlines
 from realtimed.errors import CLOSE_NODE_FULL, CLOSE_NORMAL, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG
-from realtimed.frames import OP_TEXT, ws_frame
+from realtimed.frames import OP_BINARY, OP_TEXT, ws_frame
 from realtimed.gateway.session import Session
 from realtimed.gateway.websocket import CLOSE_HEARTBEAT, origin_allowed, websocket_upgrade
 from realtimed.socketio.packets import (
@@ -129,6 +129,7 @@ class EngineSocket:
     """
 
     __slots__ = (
+        "_cork",
         "_ended",
         "_generation",
         "_outbox",
@@ -175,6 +176,8 @@ class EngineSocket:
         self._posting = False
         # The WebSocket probing an upgrade, between 2probe and 5.
         self._probe: Session | None = None
+        # While corked (WebSocket): framed messages written together at ``uncork``.
+        self._cork: list[bytes] | None = None
 
     @property
     def outbox_bytes(self) -> int:
@@ -183,13 +186,33 @@ class EngineSocket:
 
     # -- sending -----------------------------------------------------------------------------
 
+    def cork(self) -> None:
+        """Hold what is sent on WebSocket until ``uncork``, to write it in one go (a CONNECT
+        reply and ``session.ready``: one write and one read for the client instead of two).
+        Only around steps that end on their own: nothing is written while corked."""
+        if self.ws is not None and self._cork is None and not self.closed:
+            self._cork = []
+
+    def uncork(self) -> None:
+        """Write what ``cork`` held, as one write."""
+        held, self._cork = self._cork, None
+        if held and self.ws is not None:
+            self.ws.send_raw(held[0] if len(held) == 1 else b"".join(held))
+
+    def _send_ws(self, ws: Session, data: bytes) -> None:
+        cork = self._cork
+        if cork is not None:
+            cork.append(data)
+        else:
+            ws.send_raw(data)
+
     def send_text(self, packet: str) -> None:
         """Send an encoded Engine.IO text packet (``4…`` for a message)."""
         if self.closed:
             return
         ws = self.ws
         if ws is not None:
-            ws.send_raw(ws_frame(OP_TEXT, packet.encode()))
+            self._send_ws(ws, ws_frame(OP_TEXT, packet.encode()))
         else:
             self._queue(packet)
 
@@ -203,7 +226,7 @@ class EngineSocket:
             return
         ws = self.ws
         if ws is not None:
-            ws.send_binary(data)
+            self._send_ws(ws, ws_frame(OP_BINARY, data))
         else:
             record = encode_eio(EioPacket(EioType.MESSAGE, data), binary_as_base64=True)
             assert isinstance(record, str)
@@ -215,7 +238,7 @@ class EngineSocket:
             return
         ws = self.ws
         if ws is not None:
-            ws.send_raw(ws_bytes)
+            self._send_ws(ws, ws_bytes)
         else:
             self._queue(record)
 
@@ -245,6 +268,7 @@ class EngineSocket:
         """
         if self.closed:
             return
+        self.uncork()
         self.closed = True
         self.close_code = code
         self._reason = reason
