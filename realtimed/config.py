@@ -556,7 +556,8 @@ class SocketIOConfig:
     )
     recovery_max_replay: int = _f(
         1000, "most events (publications, messages, notifications) one recovery replays (more: recovered is "
-        "false), and most live events held while it is read (more: close 4008)", min=1, max=100_000,
+        "false), most live events held while it is read (more: close 4008), and most contacts whose presence, and "
+        "conversation members whose typing, it resends", min=1, max=100_000,
     )
 
 

@@ -7,7 +7,8 @@ socket gets the current state, as the normal events (docs/protocol.md section 12
 - ``presence.updated`` for each of the user's contacts (``presence.query``'s
   shape), the first ``socketio.recovery_max_replay`` contacts by id;
 - ``typing.updated`` (``typing: true``) for each member typing now in the
-  user's most recently active conversations (the store's largest page);
+  user's most recently active conversations (the store's largest page, and no
+  more than ``socketio.recovery_max_replay`` members asked about in all);
 - ``receipt.updated`` for each member's read cursor in the conversations the
   socket knows (those it had events of, and those replayed).
 
@@ -46,7 +47,8 @@ class CurrentState:
         presence: the presence service (contacts' states).
         chat: the chat service (typing states).
         store: conversations, members' read cursors, contacts.
-        max_contacts: most contacts whose presence is sent (``socketio.recovery_max_replay``).
+        max_contacts: most contacts whose presence is sent, and most members whose typing
+            state is read (``socketio.recovery_max_replay``).
 
     Error handling:
         ``frames`` raises what the store or a shared backend raises; the door logs
@@ -65,7 +67,11 @@ class CurrentState:
         await self._presence(user_id, out)
         recent, _ = await self.store.list_conversations(user_id=user_id, limit=_PAGE)
         known: dict[str, ConversationRecord] = {conv.id: conv for conv in recent}
+        checks = self.max_contacts  # members whose typing state is read, in all
         for conv in recent:
+            checks -= len(conv.members) - 1
+            if checks < 0:
+                break  # the most recently active conversations only: each member is one read
             for uid in await self.chat.typing_now(conv, for_user=user_id):
                 data = {"conversation_id": conv.id, "user_id": uid, "typing": True}
                 out.append(_frame("typing.updated", data, conv.id))
