@@ -12,7 +12,7 @@ on CPU 1:
   same socket.io-client generator.
 
 For each: authenticated connects per second (1,000 sockets by default, 64 at a time; the token
-verified and the room joined), resident memory per idle subscribed socket, then fan-out to
+verified and the room joined) with the server's and the load generator's CPU per connect, resident memory per idle subscribed socket, then fan-out to
 every socket of one room at a fixed delivery rate (default 50,000 deliveries/s: 50 publishes/s
 of 64-byte payloads to 1,000 sockets, sent to ``POST /server/v1/publish`` from 8 connections):
 p50 and p99 publish-to-receive latency and server CPU per delivery. The rate steps of the three
@@ -148,6 +148,8 @@ class Setup:
         ]
         self.rows: list[dict[str, Any]] = []
         self.connects_per_s = 0.0
+        self.server_ms_per_connect = 0.0
+        self.gen_ms_per_connect = 0.0
         self.kib_per_socket = 0.0
         self.connected = 0
 
@@ -156,7 +158,11 @@ class Setup:
             http.get("/healthz")
         time.sleep(0.5)
         before = self.server.rss()
+        server_cpu, gen_cpu = self.server.cpu_seconds(), cpu_seconds(self.gen.proc.pid)
         out = self.gen.call(cmd="connect", count=count, secret=SECRET, room=ROOM, concurrency=64, **self.connect_args)
+        connected = max(1, out["connected"])
+        self.server_ms_per_connect = (self.server.cpu_seconds() - server_cpu) * 1000 / connected
+        self.gen_ms_per_connect = (cpu_seconds(self.gen.proc.pid) - gen_cpu) * 1000 / connected
         if out.get("failed"):
             print(f"{self.label}: {out['failed']} connects failed (first: {out.get('first_error')})")
         self.connected = out["connected"]
@@ -225,6 +231,12 @@ def main() -> None:
         ratio = f"{us / node_us:.2f}" if node_us else "-"
         print(f"{setup.label:<22} {setup.connects_per_s:>10.0f} {setup.kib_per_socket:>10.1f} {publish!s:>9} {mid['deliveries_per_s']:>12} "
               f"{p50!s:>7} {p99!s:>7} {mid['server_cpu']:>5} {us:>11.1f} {ratio:>7} {mid['generator_cpu']:>11}  {received}/{expected}")
+    print(f"\n{'server':<22} {'connects/s':>10} {'server CPU ms/connect':>21} {'loadgen CPU ms/connect':>22}")
+    for setup in setups:
+        print(f"{setup.label:<22} {setup.connects_per_s:>10.0f} {setup.server_ms_per_connect:>21.2f} {setup.gen_ms_per_connect:>22.2f}")
+    print("A connect: the handshake, the token verified, the room joined with an acknowledged subscribe; its CPU is "
+          "the server's and the load generator's (socket.io-client costs more per connect than ws: with a generator "
+          "near its CPU, connects/s measures the client library, and server CPU per connect is the server's figure)")
     print("µs/delivery: server CPU time per event delivered to one socket (lower is better); "
           "vs Node: that figure over Socket.IO 4 on Node's, in this run. A publish rate under the target, or a "
           "load generator near 100%, means the fixed rate was not held: the latencies then measure the backlog")
