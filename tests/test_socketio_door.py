@@ -6,6 +6,7 @@ the third-party clients (socket.io-client, python-socketio) are tested apart.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ import orjson
 import trio
 
 from realtimed.daemon import Daemon
+from realtimed.http.framing import RequestHead
 from tests.fixtures.daemon import API_KEY, DaemonFactory
 from tests.fixtures.sio import SioPolling, SioWs
 from tests.fixtures.tokens import token
@@ -58,6 +60,18 @@ async def test_websocket_connects_authenticates_and_acks_an_op(start_daemon: Dae
         with trio.fail_after(5):
             while daemon.services.gateway.count("socketio"):
                 await trio.sleep(0.02)
+
+
+async def test_an_open_websocket_keeps_no_request_head(start_daemon: DaemonFactory) -> None:
+    # The head (headers and raw bytes, about 2 KB) is not held for the socket's life.
+    with trio.fail_after(30):
+        daemon = await start(start_daemon)
+        client = await connected(daemon)
+        await client.emit(1, "ping", {})
+        assert (await client.ack(1))[0]["ok"] is True
+        gc.collect()
+        assert [o for o in gc.get_objects() if isinstance(o, RequestHead)] == []
+        await client.close()
 
 
 async def test_token_from_the_authorization_header(start_daemon: DaemonFactory) -> None:

@@ -511,7 +511,11 @@ class EngineServer:
             self._by_ws[session.id] = target
         # Otherwise the session is closed, or upgrading or upgraded already: the reference
         # server accepts the newcomer and closes it (serve_session does).
-        await session.run(leftover=head.rest)
+        leftover = head.rest
+        # The head (its headers and raw bytes, about 2 KB) and its parsed query are not kept
+        # for the socket's life: this frame lasts as long as the session.
+        del head, query
+        await session.run(leftover=leftover)
 
     # SessionHandler, for the WebSocket sessions:
 
