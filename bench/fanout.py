@@ -212,6 +212,7 @@ def measure(label: str, daemons: list[Daemon], args: argparse.Namespace, *, tls:
         time.sleep(0.5)
         rss_before = sum(d.rss_bytes() for d in daemons)
         connected, seconds = 0, 0.0
+        cpu_before = sum(d.cpu_seconds() for d in daemons)
         share = args.sockets // len(daemons)
         for i, daemon in enumerate(daemons):
             count = share if i < len(daemons) - 1 else args.sockets - share * (len(daemons) - 1)
@@ -219,7 +220,9 @@ def measure(label: str, daemons: list[Daemon], args: argparse.Namespace, *, tls:
             connected = conn["connected"]  # the generator's running total
             seconds += conn["seconds"]
         print(f"\n== {label}: {connected} sockets over {len(daemons)} listener(s), publishing on the first")
-        print(f"connects: {connected / seconds:.0f} authenticated connects/s (JWT verified, subscribed)")
+        connect_cpu = sum(d.cpu_seconds() for d in daemons) - cpu_before
+        print(f"connects: {connected / seconds:.0f} authenticated connects/s (JWT verified, subscribed), "
+              f"{connect_cpu / max(1, connected) * 1e6:.0f} µs of daemon CPU per connect")
         time.sleep(1.0)
         print(f"memory: {(sum(d.rss_bytes() for d in daemons) - rss_before) / max(1, connected) / 1024:.1f} KiB per subscribed idle socket")
         print(f"{'publish/s':>10} {'deliveries/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'realtimed CPU':>13} {'µs/delivery':>11} {'redis CPU':>9} {'loadgen CPU':>11}  received/expected")
