@@ -81,11 +81,13 @@ redis.call('ZADD', KEYS[4], 0, ARGV[3])
 return redis.call('HLEN', KEYS[1])
 """
 
-# _ADD, then the user's record: KEYS as _ADD's and rt:{p}:pr:<user>. Returns {devices, record or false}.
+# _ADD, then the user's record: KEYS as _ADD's (without the online set) and rt:{p}:pr:<user>, then
+# the online set. Returns {devices, record or false}.
 _ARRIVE: Final = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('ZADD', KEYS[5], 0, ARGV[3])
 return {redis.call('HLEN', KEYS[1]), redis.call('GET', KEYS[4])}
 """
 
@@ -308,7 +310,7 @@ class RedisPresence:
         return int(await self._change(_ADD, keys, [session_id, self.node, user_id]))
 
     async def arrive(self, user_id: str, session_id: str) -> tuple[int, Any]:
-        keys = [_devices_key(user_id), _node_users_key(self.node), NODES_KEY, _record_key(user_id)]
+        keys = [_devices_key(user_id), _node_users_key(self.node), NODES_KEY, _record_key(user_id), ONLINE_KEY]
         count, raw = await self._change(_ARRIVE, keys, [session_id, self.node, user_id])
         return int(count), self._record_type(**orjson.loads(raw)) if raw else None
 

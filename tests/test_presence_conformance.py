@@ -124,6 +124,17 @@ async def test_arrive_counts_the_device_and_reads_the_record_in_one_call(
         assert await b.remove_session(ann, "s2") == 0
 
 
+async def test_arrive_lists_the_user_online(nodes: NodesFactory, clock: trio.testing.MockClock | None, limit_s: float) -> None:
+    # The connect path counts devices with arrive only: the online list must see them too.
+    with trio.fail_after(limit_s):
+        a, b = (await nodes()).presence
+        ann = unique("ann")
+        await a.arrive(ann, "s1")
+        assert await b.online(prefix=ann) == ([(ann, 1)], 1)
+        assert await a.remove_session(ann, "s1") == 0
+        assert await b.online(prefix=ann) == ([], 0)
+
+
 async def test_concurrent_adds_and_removes_each_answer_the_count_after_their_own_change(
     nodes: NodesFactory, clock: trio.testing.MockClock | None, limit_s: float
 ) -> None:
