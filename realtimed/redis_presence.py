@@ -124,6 +124,28 @@ if total <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
 return total
 """
 
+# _ROOM_LEAVE for several rooms of one user. KEYS: rt:{p}:rq:<node>, then rt:{p}:rp:<room> of
+# each room ; ARGV: user, then each room. Returns the rooms the user has no subscription left to.
+_ROOMS_LEAVE: Final = """
+local user = ARGV[1]
+local left = {}
+for i = 2, #ARGV do
+  local room_key = KEYS[i]
+  local field = ARGV[i] .. '\\n' .. user
+  local mine = redis.call('HINCRBY', KEYS[1], field, -1)
+  if mine <= 0 then redis.call('HDEL', KEYS[1], field) end
+  local total
+  if mine < 0 then
+    total = tonumber(redis.call('HGET', room_key, user) or '0')
+  else
+    total = redis.call('HINCRBY', room_key, user, -1)
+    if total <= 0 then redis.call('HDEL', room_key, user) end
+  end
+  if total <= 0 then table.insert(left, ARGV[i]) end
+end
+return left
+"""
+
 # KEYS: rt:{p}:pu:<dead>, rt:{p}:nodes, rt:{p}:rq:<dead>, rt:{p}:pn:<dead> ; ARGV: dead node,
 # "1" to reap even a live heartbeat (a node clearing what its previous run left).
 # Returns {users left with no device, {room, user, room, user, ...} left everywhere},
@@ -361,6 +383,13 @@ class RedisPresence:
     async def leave(self, room: str, user_id: str) -> bool:
         """Count one subscription less; True if the user has none left anywhere."""
         return int(await self._change(_ROOM_LEAVE, *self._room_call(room, user_id))) <= 0
+
+    async def leave_many(self, rooms: Sequence[str], user_id: str) -> list[str]:
+        """``leave`` of each room, in one script: the rooms the user has no subscription left to anywhere."""
+        if not rooms:
+            return []
+        keys = [_node_rooms_key(self.node), *(_room_key(room) for room in rooms)]
+        return [text(room) for room in await self._change(_ROOMS_LEAVE, keys, [user_id, *rooms]) or ()]
 
     async def members(self, room: str) -> dict[str, int]:
         """Every user subscribed to the room on any node, with their subscriptions."""

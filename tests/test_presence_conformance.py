@@ -88,7 +88,7 @@ class _Both:
     rooms: MemoryRoomPresence
 
     def __getattr__(self, name: str) -> Any:
-        target = self.rooms if name in ("join", "leave", "members") else self.presence
+        target = self.rooms if name in ("join", "leave", "leave_many", "members") else self.presence
         return getattr(target, name)
 
 
@@ -255,6 +255,27 @@ async def test_first_join_and_last_leave_answer_true_and_members_count_subscript
         assert await b.members(room) == {bob: 1}
         assert await b.leave(room, bob) is True  # a node leaves the subscriptions it holds
         assert await a.members(room) == {}
+
+
+async def test_leave_many_leaves_each_room_and_answers_the_last_ones(
+    nodes: NodesFactory, clock: trio.testing.MockClock | None, limit_s: float
+) -> None:
+    with trio.fail_after(limit_s):
+        a, b = (await nodes()).rooms
+        shared, mine, other = unique("doc:"), unique("doc:"), unique("doc:")
+        ann, bob = unique("ann"), unique("bob")
+        for room in (shared, mine):
+            assert await a.join(room, ann) is True
+        assert await b.join(shared, ann) is False  # a second subscription (another device)
+        assert await a.join(other, bob) is True
+        assert await a.leave_many([], ann) == []
+        # One call: the last subscription to mine, not to shared.
+        assert await a.leave_many([shared, mine], ann) == [mine]
+        assert await b.members(shared) == {ann: 1}
+        assert await b.members(mine) == {}
+        assert await b.members(other) == {bob: 1}  # another user's rooms are untouched
+        assert await b.leave_many([shared], ann) == [shared]
+        assert await a.members(shared) == {}
 
 
 async def test_concurrent_joins_and_leaves_have_one_first_and_one_last(

@@ -216,6 +216,11 @@ class RoomPresenceBackend(Protocol):
 
     async def leave(self, room: str, user_id: str) -> bool: ...
 
+    async def leave_many(self, rooms: Sequence[str], user_id: str) -> list[str]:
+        """``leave`` of each room (distinct rooms), as one atomic call: the rooms of which
+        that was the user's last subscription anywhere."""
+        ...
+
     async def members(self, room: str) -> dict[str, int]: ...
 
 
@@ -243,6 +248,9 @@ class MemoryRoomPresence:
         if not counts:
             del self._rooms[room]
         return True
+
+    async def leave_many(self, rooms: Sequence[str], user_id: str) -> list[str]:
+        return [room for room in rooms if await self.leave(room, user_id)]
 
     async def members(self, room: str) -> dict[str, int]:
         await trio.lowlevel.checkpoint()

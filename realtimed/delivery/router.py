@@ -217,8 +217,8 @@ class Router:
     async def remove(self, session: Recipient) -> None:
         if self.sessions.pop(session.id, None) is None:
             return
-        for room in list(session.rooms):
-            await self.unsubscribe(session, room)
+        if session.rooms:
+            await self._unsubscribe_all(session, list(session.rooms))
         for room in self._addresses.pop(session.id, ()):
             members = self._address_rooms.get(room)
             if members is None or members.pop(session.id, None) is None or members:
@@ -405,6 +405,32 @@ class Router:
             await self.event_sink("room.joined", {"room": room, "user_id": user_id})
 
     async def unsubscribe(self, session: Recipient, room: str) -> None:
+        await self._unsubscribe_all(session, [room])
+
+    async def _unsubscribe_all(self, session: Recipient, rooms: list[str]) -> None:
+        """Unsubscribe the session from those rooms, with one room presence call for all of them."""
+        leaving: dict[str, int] = {}  # room -> the user's subscriptions left on this node
+        for room in rooms:
+            remaining = self._unsubscribe_here(session, room)
+            if remaining is not None:
+                leaving[room] = remaining
+        left: list[str] = []
+        if leaving:
+            try:
+                left = await self.room_presence_backend.leave_many(list(leaving), session.user_id)
+            except Unavailable:
+                left = [room for room, remaining in leaving.items() if remaining <= 0]
+        if left:
+            await self.rooms_left([(room, session.user_id) for room in left])
+        for room in rooms:
+            if room not in self._rooms:
+                try:
+                    await self.broker.unwatch_room(room)
+                except Unavailable:
+                    pass
+
+    def _unsubscribe_here(self, session: Recipient, room: str) -> int | None:
+        """This node's part of an unsubscribe; the user's subscriptions left here when room presence counts this one."""
         held = self._held.get(room)
         if held is not None:
             held.pop(session.id, None)
@@ -413,33 +439,23 @@ class Router:
         subscribers = self._rooms.get(room)
         if subscribers is None or subscribers.pop(session.id, None) is None:
             session.rooms.discard(room)
-            return
+            return None
         metrics.SUBSCRIPTIONS.dec()
         session.rooms.discard(room)
         if not subscribers:
             del self._rooms[room]
             ROOMS.set(len(self._rooms))
-        left = False
         counts = self._room_users.get(room)
-        if counts is not None and session.user_id in counts:
-            remaining = counts[session.user_id] - 1
-            if remaining <= 0:
-                del counts[session.user_id]
-            else:
-                counts[session.user_id] = remaining
-            if not counts:
-                del self._room_users[room]
-            try:
-                left = await self.room_presence_backend.leave(room, session.user_id)
-            except Unavailable:
-                left = remaining <= 0
-        if left:
-            await self.rooms_left([(room, session.user_id)])
-        if room not in self._rooms:
-            try:
-                await self.broker.unwatch_room(room)
-            except Unavailable:
-                pass
+        if counts is None or session.user_id not in counts:
+            return None
+        remaining = counts[session.user_id] - 1
+        if remaining <= 0:
+            del counts[session.user_id]
+        else:
+            counts[session.user_id] = remaining
+        if not counts:
+            del self._room_users[room]
+        return remaining
 
     async def room_presence(self, room: str) -> list[dict[str, Any]]:
         """Who is subscribed to the room, on every node (raises ``Unavailable`` while a shared backend is away)."""
