@@ -42,7 +42,14 @@ function merge(base, over) {
 }
 
 function toml(data) {
-  const scalar = (x) => (typeof x === 'string' ? JSON.stringify(x) : Array.isArray(x) ? `[${x.map(scalar).join(', ')}]` : String(x));
+  const scalar = (x) =>
+    typeof x === 'string'
+      ? JSON.stringify(x)
+      : Array.isArray(x)
+        ? `[${x.map(scalar).join(', ')}]`
+        : x && typeof x === 'object'
+          ? `{${Object.entries(x).map(([k, v]) => `${JSON.stringify(k)} = ${scalar(v)}`).join(', ')}}`
+          : String(x);
   const lines = [];
   const tables = [];
   for (const [k, x] of Object.entries(data)) {
