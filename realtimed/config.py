@@ -285,6 +285,12 @@ class BrokerConfig:
         min=0.1,
         max=60,
     )
+    history_sweep_s: float = _f(
+        60.0,
+        "how often the memory backend drops the rooms whose history has all expired (Redis expires its own keys)",
+        min=1,
+        max=86400,
+    )
 
 
 @attrs.frozen

@@ -17,11 +17,18 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from realtimed.delivery.rooms import MemoryHistory
 from tests.fixtures.daemon import DaemonFactory
 from tests.fixtures.tokens import token
 
-# Nothing else ticks meanwhile: no jobs or cron, and presence does not turn anyone away.
-QUIET: dict[str, Any] = {"jobs": {"enabled": False}, "presence": {"away_after_s": 86400.0}}
+# Nothing else ticks meanwhile: no jobs or cron, presence does not turn anyone away, and the
+# history sweep runs once an hour (each wake-up of a timer is an autojump that waits out the
+# threshold in real time).
+QUIET: dict[str, Any] = {
+    "jobs": {"enabled": False},
+    "presence": {"away_after_s": 86400.0},
+    "broker": {"history_sweep_s": 3600.0},
+}
 
 
 @pytest.fixture
@@ -31,7 +38,9 @@ def autojump_clock() -> trio.testing.MockClock:
 
 async def test_expiring_notice_and_4004_after_an_hour(start_daemon: DaemonFactory, autojump_clock: trio.testing.MockClock) -> None:
     with trio.fail_after(7200):
-        daemon = await start_daemon(QUIET | {"gateway": {"heartbeat_s": 900.0}})
+        # The heartbeat's slices (a tenth of its period) are autojumps that each wait out the
+        # threshold in real time: an hourly heartbeat takes 10 of them here, not 40.
+        daemon = await start_daemon(QUIET | {"gateway": {"heartbeat_s": 3600.0}})
         url = daemon.url().replace("http", "ws", 1) + "/ws?token=" + token("alice", ttl=3600)
         async with open_websocket_url(url) as ws:
             ready = orjson.loads(await ws.get_message())
@@ -97,3 +106,23 @@ async def test_sse_stream_ends_4004_at_the_token_deadline_without_expiring_notic
         assert closed == {"code": 4004, "reason": "token expired"}
         assert 625 <= ended_after <= 635
         assert not daemon.services.gateway.sessions
+
+
+async def test_memory_history_drops_expired_rooms_every_history_sweep_s(
+    start_daemon: DaemonFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(7200):
+        daemon = await start_daemon(QUIET | {
+            "gateway": {"heartbeat_s": 3600.0},
+            "broker": {"history_sweep_s": 20.0},
+            "namespaces": [{"prefix": "job:", "history_size": 10, "history_ttl_s": 5.0}],
+        })
+        router = daemon.services.router
+        history = router.history
+        assert isinstance(history, MemoryHistory)
+        await router.publish("job:1", "progress", {"pct": 1})
+        assert "job:1" in history._rooms
+        await trio.sleep(15)  # expired, but no sweep yet
+        assert "job:1" in history._rooms
+        await trio.sleep(10)  # the first sweep, 20 s after start
+        assert "job:1" not in history._rooms

@@ -124,6 +124,7 @@ class Router:
         self.namespaces = Namespaces(cfg.namespaces, addresses=address_prefixes(cfg))
         self._namespace_prefixes = tuple(ns.prefix for ns in cfg.namespaces)
         self._survey_timeout_s = cfg.broker.survey_timeout_s
+        self._history_sweep_s = cfg.broker.history_sweep_s
         # op → what this node answers to another node's survey (see ``survey``)
         self.survey_handlers: dict[str, SurveyHandler] = {
             "connections": self._survey_connections,
@@ -152,6 +153,7 @@ class Router:
         self.namespaces = Namespaces(cfg.namespaces, addresses=address_prefixes(cfg))
         self._namespace_prefixes = tuple(ns.prefix for ns in cfg.namespaces)
         self._survey_timeout_s = cfg.broker.survey_timeout_s
+        self._history_sweep_s = cfg.broker.history_sweep_s
 
     async def run(self, *, task_status: trio.TaskStatus[Router] = trio.TASK_STATUS_IGNORED) -> None:
         self.broker.attach(self.deliver_local)
@@ -159,7 +161,7 @@ class Router:
         self._rate_mark = (self.deliveries, trio.current_time())
         task_status.started(self)
         while True:
-            await trio.sleep(60)
+            await trio.sleep(self._history_sweep_s)
             # Redis expires its history keys by itself; in-process history is swept here.
             gc = getattr(self.history, "gc", None)
             if gc is not None:
