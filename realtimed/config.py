@@ -710,6 +710,15 @@ class PushConfig:
     iid_url: str = _f("https://iid.googleapis.com", "Instance ID base URL (topic subscriptions)")
     ca_file: str = _f("", "PEM CA certificates trusted for those endpoints besides the system ones")
     http2: bool = _f(True, "speak HTTP/2 to FCM (many concurrent sends on one connection)")
+    h2_sender: bool = _f(
+        True,
+        "send messages:send over realtimed's own HTTP/2 connection (h2 on a Trio TLS stream, far less CPU per "
+        "send than httpx); false, push.http2 = false or an endpoint that does not choose h2: through httpx",
+    )
+    max_response_bytes: int = _f(
+        65536, "largest FCM answer body read (bytes); a larger one counts as a network failure", min=1024,
+        max=16 * 1024 * 1024,
+    )
     concurrency: int = _f(64, "FCM requests in flight per node (push.send jobs wait for a slot)", min=1, max=10_000)
     queue: str = _f("push", "job queue of push.send; give it a concurrency in [[jobs.queues]]")
     connect_timeout_s: float = _f(5.0, "longest a connection to FCM or the token endpoint may take", min=0.1, max=600)

@@ -10,7 +10,11 @@ one refresh. A send that gets 401 ``UNAUTHENTICATED`` drops the token and tries
 once more with a fresh one.
 
 Sending: one HTTP/2 connection carries up to ``push.concurrency`` requests at
-once (FCM v1 has no batch send). ``send`` never raises for FCM's answer; it
+once (FCM v1 has no batch send). While ``run`` runs, ``messages:send`` goes
+through ``H2Sender`` (h2 on a Trio TLS stream, ALPN ``h2``; ``push.h2_sender``),
+which costs a fraction of httpx's CPU per request; the token endpoint, Instance
+ID, ``push.http2 = false``, plain-http endpoints and servers that do not choose
+``h2`` go through httpx. ``send`` never raises for FCM's answer; it
 returns a ``FcmResult`` whose ``kind`` says what to do:
 
 =====================  =============================================  ==========================
@@ -45,7 +49,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import attrs
 import httpx
@@ -58,6 +62,7 @@ from realtimed.clock import WallClock
 from realtimed.config import PushConfig
 from realtimed.errors import ConfigError, Unavailable
 from realtimed.metrics import REGISTRY
+from realtimed.push.h2sender import H2NotNegotiated, H2Sender, H2TransportError
 from realtimed.push.messages import check_message
 
 __all__ = [
@@ -382,12 +387,19 @@ def classify(status: int, body: Mapping[str, Any], retry_after: float | None = N
 # ---------------------------------------------------------------------------
 
 
-def _json(response: httpx.Response) -> dict[str, Any]:
+_JSON_UTF8: Final = b"application/json; charset=UTF-8"
+
+
+def _json_bytes(content: bytes) -> dict[str, Any]:
     try:
-        body = orjson.loads(response.content) if response.content else {}
+        body = orjson.loads(content) if content else {}
     except orjson.JSONDecodeError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    return _json_bytes(response.content)
 
 
 def _ssl_context(ca_file: str) -> ssl.SSLContext:
@@ -402,8 +414,10 @@ class FcmClient(trio.abc.AsyncResource):
 
     Resource handling:
         One ``httpx.AsyncClient`` (HTTP/2, kept-alive connections) for the token
-        endpoint, FCM and Instance ID; ``aclose`` closes it (idempotent). At
-        most ``push.concurrency`` FCM requests are in flight.
+        endpoint, Instance ID and, when the lean sender is off, FCM; ``aclose``
+        closes it (idempotent). ``run`` owns the nursery of the ``H2Sender``'s
+        connection readers and closes the sender when it ends. At most
+        ``push.concurrency`` FCM requests are in flight.
 
     Error handling:
         ``send`` turns every answer and every transport failure into a
@@ -445,9 +459,36 @@ class FcmClient(trio.abc.AsyncResource):
         )
         self.send_url = f"{cfg.fcm_url.rstrip('/')}/v1/projects/{quote(self.project_id, safe='')}/messages:send"
         self._iid_url = cfg.iid_url.rstrip("/")
+        self._send_path = urlsplit(self.send_url).path
+        self._h2: H2Sender | None = None
         self._limiter = trio.CapacityLimiter(cfg.concurrency)
         self._resume_at = -math.inf
         self._closed = False
+
+    async def run(self, *, task_status: trio.TaskStatus[FcmClient] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the lean HTTP/2 sender (its connection readers live here) until cancelled."""
+        target = urlsplit(self.cfg.fcm_url)
+        if not (self.cfg.h2_sender and self.cfg.http2 and target.scheme == "https" and target.hostname):
+            task_status.started(self)
+            await trio.sleep_forever()
+        assert target.hostname is not None
+        async with trio.open_nursery() as nursery:
+            sender = H2Sender(
+                host=target.hostname,
+                port=target.port or 443,
+                ssl_context=_ssl_context(self.cfg.ca_file),
+                nursery=nursery,
+                connect_timeout_s=self.cfg.connect_timeout_s,
+                request_timeout_s=self.cfg.request_timeout_s,
+                max_body_bytes=self.cfg.max_response_bytes,
+            )
+            try:
+                self._h2 = sender
+                task_status.started(self)
+                await trio.sleep_forever()
+            finally:
+                self._h2 = None
+                await sender.aclose()
 
     @property
     def paused_for(self) -> float:
@@ -499,6 +540,30 @@ class FcmClient(trio.abc.AsyncResource):
         raise AssertionError("unreachable")
 
     async def _post(self, payload: bytes, access: str) -> FcmResult:
+        sender = self._h2
+        if sender is not None:
+            started = trio.current_time()
+            PUSH_IN_FLIGHT.inc()
+            try:
+                answer = await sender.post(
+                    self._send_path,
+                    [(b"authorization", b"Bearer " + access.encode()), (b"content-type", _JSON_UTF8)],
+                    payload,
+                )
+            except H2TransportError as exc:
+                return FcmResult("network", message=f"{type(exc).__name__}: {exc}".rstrip(": "))
+            except H2NotNegotiated as exc:
+                log.info("FCM sends go through httpx: %s", exc)
+                self._h2 = None
+            else:
+                raw_retry = answer.headers.get(b"retry-after")
+                retry_after = retry_after_seconds(
+                    raw_retry.decode("latin-1") if raw_retry is not None else None, self._clock.now()
+                )
+                return classify(answer.status, _json_bytes(answer.body), retry_after)
+            finally:
+                PUSH_IN_FLIGHT.dec()
+                PUSH_LATENCY.observe(trio.current_time() - started)
         headers = {"Authorization": f"Bearer {access}", "Content-Type": "application/json; charset=UTF-8"}
         started = trio.current_time()
         PUSH_IN_FLIGHT.inc()

@@ -131,6 +131,7 @@ class PushService:
         client = FcmClient(self.cfg, account, clock=self.clock)
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(client.run)
                 await nursery.start(self.devices.run)
                 await nursery.start(self.notifications.run)
                 self.client = client
