@@ -19,6 +19,7 @@ the repository root:
 
     .venv/bin/python bench/notify.py
     .venv/bin/python bench/notify.py --dsn postgresql://postgres@127.0.0.1:5432/postgres
+    .venv/bin/python bench/notify.py --dsn ... --h2-sender off   # messages:send through httpx, to compare
 
 Without ``--dsn`` a throwaway PostgreSQL server is started (initdb) and removed
 afterwards; with it, a throwaway database is created on that server and dropped.
@@ -73,7 +74,7 @@ class FakeFcmProcess:
 
 
 class Daemon(DaemonProcess):
-    def __init__(self, workdir: Path, *, dsn: str, fake: FakeFcmProcess, concurrency: int) -> None:
+    def __init__(self, workdir: Path, *, dsn: str, fake: FakeFcmProcess, concurrency: int, h2_sender: bool) -> None:
         port = free_port()
         config = workdir / "realtimed.toml"
         config.write_text(
@@ -103,6 +104,7 @@ fcm_url = "{fake.url}"
 iid_url = "{fake.url}/iid-base"
 ca_file = "{fake.ca_file}"
 concurrency = {concurrency}
+h2_sender = {str(h2_sender).lower()}
 [jobs]
 poll_s = 1.0
 [[jobs.queues]]
@@ -144,7 +146,7 @@ async def register_devices(url: str, count: int) -> float:
     return time.perf_counter() - started
 
 
-def client_alone(fake: FakeFcmProcess, *, concurrency: int, count: int) -> float:
+def client_alone(fake: FakeFcmProcess, *, concurrency: int, count: int, h2_sender: bool) -> float:
     """Pushes per second of the FCM client by itself (no store, no jobs)."""
     import trio
 
@@ -156,16 +158,19 @@ def client_alone(fake: FakeFcmProcess, *, concurrency: int, count: int) -> float
     async def main() -> float:
         cfg = load_config(env={}, data={"push": {
             "service_account_file": fake.key_file, "fcm_url": fake.url, "ca_file": fake.ca_file,
-            "concurrency": concurrency,
+            "concurrency": concurrency, "h2_sender": h2_sender,
         }})
         client = FcmClient(cfg.push, ServiceAccount.from_file(fake.key_file), clock=SystemClock())
         message = build_message(title="Ann mentioned you", body="look @bob", data={"notification_id": "n_1"})
-        await client.send(message, token="warm-up")
-        started = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for i in range(count):
-                nursery.start_soon(lambda i=i: client.send(message, token=f"alone-{i}"))
-        elapsed = time.perf_counter() - started
+        async with trio.open_nursery() as running:
+            await running.start(client.run)
+            await client.send(message, token="warm-up")
+            started = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for i in range(count):
+                    nursery.start_soon(lambda i=i: client.send(message, token=f"alone-{i}"))
+            elapsed = time.perf_counter() - started
+            running.cancel_scope.cancel()
         await client.aclose()
         return count / elapsed
 
@@ -176,7 +181,7 @@ def bench(args: argparse.Namespace, dsn: str) -> None:
     with tempfile.TemporaryDirectory(prefix="realtimed-notify-bench-") as tmp:
         folder = Path(tmp)
         fake = FakeFcmProcess(folder)
-        daemon = Daemon(folder, dsn=dsn, fake=fake, concurrency=args.concurrency)
+        daemon = Daemon(folder, dsn=dsn, fake=fake, concurrency=args.concurrency, h2_sender=args.h2_sender == "on")
         gen = NotifyLoad()
         try:
             print(f"realtimed notify bench (postgres), daemon pid {daemon.proc.pid}, {os.cpu_count()} CPUs")
@@ -228,7 +233,8 @@ def bench(args: argparse.Namespace, dsn: str) -> None:
             cpu = daemon.cpu_seconds() - cpu0
             fake_cpu = cpu_seconds(fake.proc.pid) - fake_cpu_start
             print(
-                f"\npushes to the {expected} offline recipients (sender concurrency {args.concurrency}, HTTP/2):\n"
+                f"\npushes to the {expected} offline recipients (sender concurrency {args.concurrency}, HTTP/2, "
+                f"push.h2_sender {args.h2_sender}):\n"
                 f"  delivered to the fake FCM      {pushed}/{expected} in {t_pushed - t0:.1f} s after the call\n"
                 f"  through the pipeline           {pushed / max(t_pushed - t0, 1e-9):6.0f} pushes/s  "
                 f"(plan jobs, push.send jobs on PostgreSQL, messages:send)\n"
@@ -236,7 +242,7 @@ def bench(args: argparse.Namespace, dsn: str) -> None:
                 f"the fake FCM's {fake_cpu:.1f} s"
             )
             fake_cpu0, started = cpu_seconds(fake.proc.pid), time.time()
-            rate = client_alone(fake, concurrency=args.concurrency, count=args.alone)
+            rate = client_alone(fake, concurrency=args.concurrency, count=args.alone, h2_sender=args.h2_sender == "on")
             fake_share = (cpu_seconds(fake.proc.pid) - fake_cpu0) / (time.time() - started)
             print(
                 f"  the FCM client alone           {rate:6.0f} pushes/s  ({args.alone} sends, {args.concurrency} in flight, "
@@ -255,6 +261,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="FCM requests in flight, and push.send jobs at once")
     parser.add_argument("--alone", type=int, default=3000, help="sends for the FCM-client-alone figure")
     parser.add_argument("--push-timeout", type=float, default=300.0)
+    parser.add_argument("--h2-sender", choices=["on", "off"], default="on",
+                        help="push.h2_sender: messages:send through the lean h2 sender (on) or httpx (off)")
     parser.add_argument("--dsn", default="",
                         help="a PostgreSQL server to create a throwaway database on (default: start a throwaway server)")
     args = parser.parse_args()

@@ -92,9 +92,10 @@ class _Pending:
 class _Connection:
     """One TLS connection and its h2 state machine."""
 
-    def __init__(self, stream: trio.SSLStream[trio.SocketStream], *, max_body: int) -> None:
+    def __init__(self, stream: trio.SSLStream[trio.SocketStream], *, max_body: int, write_timeout_s: float) -> None:
         self.stream = stream
         self.max_body = max_body
+        self.write_timeout_s = write_timeout_s
         cfg = h2.config.H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False)
         self.h2 = h2.connection.H2Connection(cfg)
         self.h2.local_settings = h2.settings.Settings(
@@ -113,20 +114,33 @@ class _Connection:
         self.going_away = False
         self.closed = False
         self.last_received = trio.current_time()
+        self.reader_scope = trio.CancelScope()
 
     @property
     def accepting(self) -> bool:
         return not self.going_away and not self.closed
 
     async def flush(self) -> None:
+        """Send what h2 has queued (any stream's frames).
+
+        The write itself is shielded: a cancelled ``send_all`` would leave the TLS
+        stream broken for every stream on it. It is bounded by ``write_timeout_s``
+        instead; a server that reads nothing for that long ends the connection.
+        """
         async with self.send_lock:
             data = self.h2.data_to_send()
-            if data:
-                try:
-                    await self.stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    self.fail(H2TransportError(f"connection lost while sending: {type(exc).__name__}"))
-                    raise H2TransportError("connection lost while sending") from exc
+            if not data:
+                return
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(self.write_timeout_s) as stalled:
+                    try:
+                        await self.stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                        self.fail(H2TransportError(f"connection lost while sending: {type(exc).__name__}"))
+                        raise H2TransportError("connection lost while sending") from exc
+            if stalled.cancelled_caught:
+                self.fail(H2TransportError(f"the server read nothing for {self.write_timeout_s:g} s"))
+                raise H2TransportError("the server stopped reading")
 
     def fail(self, error: H2TransportError, *, above: int = 0) -> None:
         """End every pending stream (those above ``above`` when a GOAWAY names a last id)."""
@@ -137,39 +151,44 @@ class _Connection:
                 del self.pending[stream_id]
         if not above:
             self.closed = True
+            self.reader_scope.cancel()  # the reader closes the stream
         self.window_waiters.unpark_all()
         self.slot_waiters.unpark_all()
 
     async def reader(self) -> None:
         """Read frames and hand them to their streams until the connection ends."""
         try:
-            while not self.closed:
-                try:
-                    data = await self.stream.receive_some(_READ_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    self.fail(H2TransportError(f"connection lost: {type(exc).__name__}"))
-                    return
-                if not data:
-                    self.fail(H2TransportError("the server closed the connection"))
-                    return
-                self.last_received = trio.current_time()
-                try:
-                    events = self.h2.receive_data(data)
-                except h2.exceptions.ProtocolError as exc:
-                    self.fail(H2TransportError(f"HTTP/2 protocol error: {exc}"))
-                    return
-                for event in events:
-                    self._handle(event)
-                try:
-                    await self.flush()
-                except H2TransportError:
-                    return
-                if self.going_away and not self.pending:
-                    self.closed = True
+            with self.reader_scope:
+                await self._read()
         finally:
             self.closed = True
             with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT_S):
                 await self.stream.aclose()
+
+    async def _read(self) -> None:
+        while not self.closed:
+            try:
+                data = await self.stream.receive_some(_READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self.fail(H2TransportError(f"connection lost: {type(exc).__name__}"))
+                return
+            if not data:
+                self.fail(H2TransportError("the server closed the connection"))
+                return
+            self.last_received = trio.current_time()
+            try:
+                events = self.h2.receive_data(data)
+            except h2.exceptions.ProtocolError as exc:
+                self.fail(H2TransportError(f"HTTP/2 protocol error: {exc}"))
+                return
+            for event in events:
+                self._handle(event)
+            try:
+                await self.flush()
+            except H2TransportError:
+                return
+            if self.going_away and not self.pending:
+                self.closed = True
 
     def _handle(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ResponseReceived):
@@ -269,17 +288,16 @@ class _Connection:
         return Response(pending.status, pending.headers, bytes(pending.body))
 
     async def aclose(self) -> None:
-        if self.closed and not self.pending:
+        """GOAWAY (best effort), fail what is pending, close the stream; idempotent."""
+        if not self.closed:
             with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT_S):
-                await self.stream.aclose()
-            return
+                try:
+                    self.h2.close_connection()
+                    await self.flush()
+                except (H2TransportError, h2.exceptions.ProtocolError):
+                    pass
         self.fail(H2TransportError("connection closed"))
         with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT_S):
-            try:
-                self.h2.close_connection()
-                await self.flush()
-            except (H2TransportError, h2.exceptions.ProtocolError, trio.BusyResourceError):
-                pass
             await self.stream.aclose()
 
 
@@ -351,7 +369,7 @@ class H2Sender(trio.abc.AsyncResource):
             with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT_S):
                 await stream.aclose()
             raise H2NotNegotiated(f"{self.host}:{self.port} did not choose h2")
-        connection = _Connection(stream, max_body=self.max_body_bytes)
+        connection = _Connection(stream, max_body=self.max_body_bytes, write_timeout_s=self.request_timeout_s)
         self.connects += 1
         self._nursery.start_soon(connection.reader)
         try:
