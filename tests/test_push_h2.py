@@ -22,6 +22,7 @@ import h2.events
 import orjson
 import pytest
 import trio
+import trio.testing
 
 from realtimed.clock import SystemClock
 from realtimed.config import PushConfig
@@ -42,7 +43,8 @@ class TinyH2:
     ``ok``; ``goaway`` (wait for ``hold`` requests, answer the first, send
     GOAWAY naming it as the last processed stream, close); ``refuse``
     (REFUSED_STREAM on the first request); ``close`` (close on the first
-    request); ``stall`` (never answer, on every connection); ``big`` (answer
+    request); ``stall`` (never answer, on every connection); ``stall_first``
+    (never answer the first request, answer the others); ``big`` (answer
     ``big_size`` bytes); ``h1`` (ALPN picks http/1.1 and answers HTTP/1.1).
     """
 
@@ -128,6 +130,8 @@ class TinyH2:
                     sid = event.stream_id
                     if mode == "ok":
                         self._answer(conn, sid, bodies.pop(sid))
+                    elif mode == "stall_first":
+                        mode = "ok"  # the first request is never answered, the others are
                     elif mode == "big":
                         conn.send_headers(sid, [(b":status", b"200")])
                         conn.send_data(sid, b"x" * min(self.big_size, 16000), end_stream=False)
@@ -229,6 +233,31 @@ async def test_stalled_server_hits_the_request_timeout(tmp_path: Path) -> None:
             with pytest.raises(H2TransportError, match=r"no answer within 0\.5 s"):
                 await s.sender.post(PATH, HEADERS, _body(1))
             assert trio.current_time() - started >= 0.5
+
+
+async def test_a_timed_out_stream_leaves_the_others_on_its_connection_alone(tmp_path: Path) -> None:
+    with trio.fail_after(LIMIT_S):
+        async with sending(tmp_path, "stall_first") as s:
+            statuses: list[int] = []
+            timed_out = trio.Event()
+
+            async def stalled() -> None:
+                with pytest.raises(H2TransportError, match="no answer"):
+                    await s.sender.post(PATH, HEADERS, _body(0))
+                timed_out.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stalled)
+                await trio.testing.wait_all_tasks_blocked()
+                i = 1
+                # Answers keep coming on the connection while the first stream waits it out.
+                while not timed_out.is_set() or i < 5:
+                    statuses.append((await s.sender.post(PATH, HEADERS, _body(i))).status)
+                    i += 1
+            assert set(statuses) == {200} and len(statuses) >= 5
+            await s.server.reset_seen.wait()
+            assert s.server.resets == [1]
+            assert s.server.connections == 1 and s.sender.connects == 1
 
 
 async def test_answer_over_the_body_bound_is_a_transport_error(tmp_path: Path) -> None:
