@@ -19,6 +19,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.settings
 import orjson
 import pytest
 import trio
@@ -44,11 +45,15 @@ class TinyH2:
     GOAWAY naming it as the last processed stream, close); ``refuse``
     (REFUSED_STREAM on the first request); ``close`` (close on the first
     request); ``stall`` (never answer, on every connection); ``stall_first``
-    (never answer the first request, answer the others); ``big`` (answer
+    (never answer the first request, answer the others); ``batch`` (answer
+    ``hold`` requests at once, on every connection); ``big`` (answer
     ``big_size`` bytes); ``h1`` (ALPN picks http/1.1 and answers HTTP/1.1).
     """
 
-    def __init__(self, folder: Path, mode: str, *, hold: int = 1, big_size: int = 0, reuse_cert: bool = False) -> None:
+    def __init__(
+        self, folder: Path, mode: str, *, hold: int = 1, big_size: int = 0, reuse_cert: bool = False,
+        max_streams: int = 100,
+    ) -> None:
         if reuse_cert:  # the fake FCM's, already in ``folder``
             self.cert, key = folder / "fake-fcm-cert.pem", folder / "fake-fcm-key.pem"
         else:
@@ -57,6 +62,7 @@ class TinyH2:
         self.ctx.load_cert_chain(self.cert, key)
         self.ctx.set_alpn_protocols(["http/1.1"] if mode == "h1" else ["h2"])
         self.mode = mode
+        self.max_streams = max_streams
         self.hold = hold
         self.big_size = big_size
         self.connections = 0
@@ -108,11 +114,14 @@ class TinyH2:
 
     async def _h2(self, stream: trio.SSLStream[trio.SocketStream], first: bool) -> None:
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        conn.local_settings = h2.settings.Settings(
+            client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams}
+        )
         conn.initiate_connection()
         await stream.send_all(conn.data_to_send())
         bodies: dict[int, bytes] = {}
         held: list[int] = []
-        mode = self.mode if first or self.mode == "stall" else "ok"
+        mode = self.mode if first or self.mode in ("stall", "batch") else "ok"
         while True:
             data = await stream.receive_some(65536)
             if not data:
@@ -130,6 +139,12 @@ class TinyH2:
                     sid = event.stream_id
                     if mode == "ok":
                         self._answer(conn, sid, bodies.pop(sid))
+                    elif mode == "batch":  # answer ``hold`` requests at once
+                        held.append(sid)
+                        if len(held) == self.hold:
+                            for held_id in held:
+                                self._answer(conn, held_id, bodies.pop(held_id))
+                            held.clear()
                     elif mode == "stall_first":
                         mode = "ok"  # the first request is never answered, the others are
                     elif mode == "big":
@@ -204,6 +219,24 @@ async def test_goaway_mid_flight_resends_only_what_the_server_did_not_process(tm
             assert sorted(s.server.processed) == sorted(_body(i) for i in range(5))
             assert s.server.connections == 2
             assert s.sender.connects == 2
+
+
+async def test_streams_stay_within_the_servers_max_concurrent_streams(tmp_path: Path) -> None:
+    with trio.fail_after(LIMIT_S):
+        # The server allows 2 streams and answers only once 2 are open: a third
+        # stream would be a protocol error there, and fewer would never be answered.
+        async with sending(tmp_path, "batch", hold=2, max_streams=2) as s:
+            statuses: list[int] = []
+
+            async def one(i: int) -> None:
+                statuses.append((await s.sender.post(PATH, HEADERS, _body(i))).status)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(10):
+                    nursery.start_soon(one, i)
+            assert statuses == [200] * 10
+            assert sorted(s.server.processed) == sorted(_body(i) for i in range(10))
+            assert s.server.connections == 1
 
 
 async def test_refused_stream_is_sent_again(tmp_path: Path) -> None:

@@ -115,6 +115,9 @@ class _Connection:
         self.closed = False
         self.last_received = trio.current_time()
         self.reader_scope = trio.CancelScope()
+        #: Set on the server's first SETTINGS (or when the connection ends): until then
+        #: its MAX_CONCURRENT_STREAMS is unknown, so no request is sent.
+        self.settings_seen = trio.Event()
 
     @property
     def accepting(self) -> bool:
@@ -154,6 +157,8 @@ class _Connection:
             self.reader_scope.cancel()  # the reader closes the stream
         self.window_waiters.unpark_all()
         self.slot_waiters.unpark_all()
+        if self.closed:
+            self.settings_seen.set()
 
     async def reader(self) -> None:
         """Read frames and hand them to their streams until the connection ends."""
@@ -219,6 +224,7 @@ class _Connection:
         elif isinstance(event, h2.events.WindowUpdated):
             self.window_waiters.unpark_all()
         elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self.settings_seen.set()
             self.slot_waiters.unpark_all()
             self.window_waiters.unpark_all()
         elif isinstance(event, h2.events.ConnectionTerminated):
@@ -374,6 +380,11 @@ class H2Sender(trio.abc.AsyncResource):
         self._nursery.start_soon(connection.reader)
         try:
             await connection.flush()
+            with trio.fail_after(self.connect_timeout_s):
+                await connection.settings_seen.wait()
+        except trio.TooSlowError as exc:
+            await connection.aclose()
+            raise H2TransportError(f"{self.host}:{self.port} sent no HTTP/2 SETTINGS") from exc
         except H2TransportError:
             pass  # the request on it fails and says so
         return connection
