@@ -46,7 +46,8 @@ class TinyH2:
     (REFUSED_STREAM on the first request); ``close`` (close on the first
     request); ``stall`` (never answer, on every connection); ``stall_first``
     (never answer the first request, answer the others); ``batch`` (answer
-    ``hold`` requests at once, on every connection); ``big`` (answer
+    ``hold`` requests at once, on every connection); ``early`` (answer on the
+    request's headers, on every connection); ``big`` (answer
     ``big_size`` bytes); ``h1`` (ALPN picks http/1.1 and answers HTTP/1.1).
     """
 
@@ -121,7 +122,7 @@ class TinyH2:
         await stream.send_all(conn.data_to_send())
         bodies: dict[int, bytes] = {}
         held: list[int] = []
-        mode = self.mode if first or self.mode in ("stall", "batch") else "ok"
+        mode = self.mode if first or self.mode in ("stall", "batch", "early") else "ok"
         while True:
             data = await stream.receive_some(65536)
             if not data:
@@ -129,6 +130,8 @@ class TinyH2:
             for event in conn.receive_data(data):
                 if isinstance(event, h2.events.RequestReceived):
                     bodies[event.stream_id] = b""
+                    if mode == "early":  # answer before the body has come
+                        self._answer(conn, event.stream_id, b"")
                 elif isinstance(event, h2.events.DataReceived):
                     conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                     bodies[event.stream_id] = bodies.get(event.stream_id, b"") + event.data
@@ -236,6 +239,17 @@ async def test_streams_stay_within_the_servers_max_concurrent_streams(tmp_path: 
                     nursery.start_soon(one, i)
             assert statuses == [200] * 10
             assert sorted(s.server.processed) == sorted(_body(i) for i in range(10))
+            assert s.server.connections == 1
+
+
+async def test_an_answer_before_the_whole_body_frees_the_stream(tmp_path: Path) -> None:
+    with trio.fail_after(LIMIT_S):
+        # 100,000 bytes do not fit the server's 65,535-byte window: the answer comes while
+        # the sender waits for more. With one stream allowed, the second send proves the
+        # first stream was ended.
+        async with sending(tmp_path, "early", max_streams=1) as s:
+            for _ in range(2):
+                assert (await s.sender.post(PATH, HEADERS, b"x" * 100_000)).status == 200
             assert s.server.connections == 1
 
 

@@ -32,6 +32,7 @@ Error handling:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from typing import Final
@@ -241,6 +242,8 @@ class _Connection:
         if pending is not None:
             pending.error = error
             pending.done.set()
+            if self.window_waiters:
+                self.window_waiters.unpark_all()  # a sender waiting for window on this stream stops
         self.slot_waiters.unpark_all()
 
     async def request(self, headers: Headers, body: bytes) -> Response:
@@ -259,6 +262,11 @@ class _Connection:
             view = memoryview(body)
             while view:
                 if pending.done.is_set():
+                    if pending.error is None:
+                        # Answered before the whole body went: end our side, or h2
+                        # would count the stream as open for good.
+                        with contextlib.suppress(h2.exceptions.ProtocolError):
+                            h2c.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
                     break
                 window = min(h2c.local_flow_control_window(stream_id), h2c.max_outbound_frame_size)
                 if window <= 0:
