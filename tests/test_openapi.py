@@ -340,3 +340,17 @@ def test_a_preferences_entry_read_can_be_sent_back(documents: dict[str, dict[str
     jsonschema.validate({"types": [read]}, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"types": [{**read, "sms": "yes"}]}, schema)
+
+
+# -- what the documents say the HTTP edge answers -----------------------------------------------
+
+
+def test_every_operation_lists_the_edges_413_and_431(documents: dict[str, dict[str, Any]]) -> None:
+    """A body over http.max_body_bytes and a head over gateway.max_head_bytes are answered to any request."""
+    for _, doc in documents.items():
+        for path, method, operation in _operations(doc):
+            for status in ("413", "431"):
+                answer = operation["responses"].get(status)
+                assert answer is not None, (method, path, status)
+                assert answer["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+

@@ -45,13 +45,17 @@ _ERROR_TEXT: Final[Mapping[int, str]] = {
     403: "forbidden: a banned user (banned_until), or a permission the token lacks",
     404: "not found",
     409: "conflict with the record's state",
-    413: "payload too large (http.max_body_bytes, or a field's own limit)",
+    413: "payload too large (http.max_body_bytes, or a field's own limit); the HTTP edge answers it to any request",
     429: "rate limited: retry after Retry-After (retry_after_ms)",
+    431: "request head too large (gateway.max_head_bytes): answered by the HTTP edge to any request",
     503: "unavailable: a backend cannot be reached, or the capability is not running on this node",
 }
 # What the door's credential check can answer before the route runs (realtimed/http/app.py):
 # a bad API key; a bad user token, a ban, a spent budget, a ban that cannot be checked.
 _DOOR_ERRORS: Final[Mapping[str, tuple[int, ...]]] = {"server": (401,), "client": (401, 403, 429, 503), "ops": ()}
+# What the HTTP edge answers to any request (realtimed/http/framing.py, app.py): a body
+# over http.max_body_bytes, a request head over gateway.max_head_bytes.
+_EDGE_ERRORS: Final = (413, 431)
 _DOOR_SECURITY: Final[Mapping[str, tuple[str, ...]]] = {"server": ("apiKey",), "client": ("userToken",), "ops": ()}
 _SCHEMES: Final[Mapping[str, JsonSchema]] = {
     "apiKey": {
@@ -118,8 +122,6 @@ def _operation(
         statuses.update(_DOOR_ERRORS[route.door])
     if reads_input:
         statuses.add(400)
-    if body is not None:
-        statuses.add(413)
     error_schema = route.error_schema if route.error_schema is not None else _ERROR_BODY.ref
     operation: JsonSchema = {
         "operationId": operation_id,
@@ -135,7 +137,10 @@ def _operation(
     operation["responses"] = {
         "200": {"description": "done", "content": {route.answers.content_type: {"schema": answer}}},
         **_errors(statuses, error_schema),
+        # The HTTP edge answers these to any request, before a route runs, with the error body.
+        **_errors(_EDGE_ERRORS, _ERROR_BODY.ref),
     }
+    operation["responses"] = dict(sorted(operation["responses"].items()))
     return operation
 
 
