@@ -354,3 +354,19 @@ def test_every_operation_lists_the_edges_413_and_431(documents: dict[str, dict[s
                 assert answer is not None, (method, path, status)
                 assert answer["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
 
+
+def _request_schema(doc: Mapping[str, Any], path: str, method: str) -> dict[str, Any]:
+    body = doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+    return {**body, "components": doc["components"]}
+
+
+def test_an_optional_number_may_be_null(documents: dict[str, dict[str, Any]]) -> None:
+    """docs/protocol.md 4.1: a null field counts as absent, so ban_s: null is valid (and accepted)."""
+    import jsonschema
+
+    schema = _request_schema(documents["server"], "/server/v1/users/{user_id}/disconnect", "post")
+    jsonschema.validate({"ban_s": None}, schema)
+    jsonschema.validate({"ban_s": 60}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"ban_s": "60"}, schema)
+

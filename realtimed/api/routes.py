@@ -409,8 +409,10 @@ class Number(Kind):
         return validate.number(source, name, lo=self.lo, hi=self.hi, required=self.required, integer=self.integer)
 
     def schema(self, cfg: Config) -> JsonSchema:
+        # An optional field that is null counts as absent (docs/protocol.md section 4.1).
+        kind = "integer" if self.integer else "number"
         return _described(
-            {"type": "integer" if self.integer else "number", "minimum": self.lo, "maximum": self.hi}, self.description
+            {"type": kind if self.required else [kind, "null"], "minimum": self.lo, "maximum": self.hi}, self.description
         )
 
 
