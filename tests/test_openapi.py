@@ -370,3 +370,8 @@ def test_an_optional_number_may_be_null(documents: dict[str, dict[str, Any]]) ->
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"ban_s": "60"}, schema)
 
+
+def test_scheduled_for_is_a_date_time(documents: dict[str, dict[str, Any]]) -> None:
+    schema = _request_schema(documents["server"], "/server/v1/notifications", "post")
+    assert schema["properties"]["scheduled_for"]["format"] == "date-time"
+

@@ -330,6 +330,7 @@ class Text(Kind):
     description: str = ""
     pattern: str | None = None  # stated in the schema only: the check is ``then``'s
     then: Callable[[str, str], Any] | None = None  # (value, field) → value, a further check
+    format: str | None = None  # stated in the schema only (``date-time``): the check is ``then``'s
 
     def parse(self, source: Mapping[str, Any], name: str, parts: RequestParts) -> Any:
         value = validate.string(source, name, min_len=self.min_len, max_len=self.max_len, required=self.required)
@@ -341,6 +342,8 @@ class Text(Kind):
         out: JsonSchema = {"type": "string", "minLength": self.min_len, "maxLength": self.max_len}
         if self.pattern is not None:
             out["pattern"] = self.pattern
+        if self.format is not None:
+            out["format"] = self.format
         return _described(out, self.description)
 
 

@@ -113,7 +113,7 @@ class NotifyInput:
         Text(max_len=MAX_DEDUPE_KEY_CHARS, required=False, description="a repeated key notifies nobody again")
     )
     scheduled_for: datetime | None = wire(
-        Text(max_len=64, required=False, then=_scheduled_for, description="RFC 3339: notify then, not now")
+        Text(max_len=64, required=False, then=_scheduled_for, format="date-time", description="RFC 3339: notify then, not now")
     )
     vars: dict[str, Any] = wire(
         Checked(
