@@ -375,3 +375,20 @@ def test_scheduled_for_is_a_date_time(documents: dict[str, dict[str, Any]]) -> N
     schema = _request_schema(documents["server"], "/server/v1/notifications", "post")
     assert schema["properties"]["scheduled_for"]["format"] == "date-time"
 
+
+def test_an_sse_records_data_is_the_json_of_its_event(documents: dict[str, dict[str, Any]]) -> None:
+    """The schema of text/event-stream is that of one record: its data is text holding the event's JSON."""
+    import json
+
+    import jsonschema
+
+    answer = documents["client"]["paths"][f"{CLIENT_PREFIX}/events"]["get"]["responses"]["200"]["content"]
+    schema = answer["text/event-stream"]["schema"]
+    record = {"event": "job.progress", "id": "c1", "data": json.dumps({"event": "job.progress", "room": "job:1", "seq": 1, "data": {}})}
+    jsonschema.validate(record, schema)
+    data = schema["properties"]["data"]
+    assert data["type"] == "string" and data["contentMediaType"] == "application/json"
+    jsonschema.validate(json.loads(record["data"]), data["contentSchema"])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"data": "x", "id": 5}, schema)
+

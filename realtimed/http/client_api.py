@@ -28,6 +28,33 @@ from realtimed.room_ops import check_subscribe
 log = logging.getLogger(__name__)
 
 MAX_SSE_ROOMS: Final = 64
+# One record of the stream, as an SSE parser reads it (OpenAPI 3.1: the schema of
+# text/event-stream is that of each record): the field `data` is text on the wire
+# and holds the JSON of the event frame (docs/asyncapi.yaml); heartbeats are comments.
+SSE_RECORD: Final = {
+    "type": "object",
+    "description": "an SSE record: each event of docs/asyncapi.yaml, and session.closed, with its JSON as data",
+    "properties": {
+        "event": {"type": "string", "description": "the event's name"},
+        "id": {"type": "string", "description": "the cursor to resume from (Last-Event-ID)"},
+        "retry": {"type": "integer", "minimum": 0},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "type": "object",
+                "required": ["event"],
+                "properties": {
+                    "event": {"type": "string"},
+                    "room": {"type": "string"},
+                    "seq": {"type": "integer"},
+                    "epoch": {"type": "string"},
+                    "data": {},
+                },
+            },
+        },
+    },
+}
 
 
 @route(
@@ -52,10 +79,7 @@ async def run_op(op: str) -> Response:
     "GET", "/events", door="client", operation_id="streamEvents",
     summary="Server-sent events for the user and the listed rooms (resumed with Last-Event-ID)",
     tag="events",
-    answers=Schema(
-        {"type": "string", "description": "SSE records: each event of docs/asyncapi.yaml, heartbeats, session.closed"},
-        content_type="text/event-stream",
-    ),
+    answers=Schema(SSE_RECORD, content_type="text/event-stream"),
     security=("userToken", "userTokenQuery"),
     errors=(400, 401, 403),
     # Read by the handler itself: the token is checked before the rooms.
