@@ -392,3 +392,26 @@ def test_an_sse_records_data_is_the_json_of_its_event(documents: dict[str, dict[
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"data": "x", "id": 5}, schema)
 
+
+async def test_allow_names_only_the_methods_a_path_serves(start_daemon: DaemonFactory) -> None:
+    """A fixed path is not an id of its sibling rule: DELETE is not served at /notifications/preferences."""
+    with trio.fail_after(20):
+        daemon = await start_daemon()
+        user = {"Authorization": f"Bearer {token('allow-reader', ttl=600)}"}
+        async with httpx.AsyncClient(base_url=daemon.url(), headers=user) as http:
+            for method, path, allow in (
+                ("PATCH", "/notifications/preferences", "GET, HEAD, PUT"),
+                ("DELETE", "/notifications/preferences", "GET, HEAD, PUT"),
+                ("DELETE", "/notifications/read-all", "POST"),
+                ("DELETE", "/notifications/unread-count", "GET, HEAD"),
+                ("PUT", "/notifications/unread-count", "GET, HEAD"),
+            ):
+                answer = await http.request(method, CLIENT_PREFIX + path)
+                assert answer.status_code == 405, (method, path, answer.text)
+                assert answer.headers["Allow"] == allow, (method, path)
+                assert answer.json()["error"]["code"] == "BAD_REQUEST"
+            # The rule with a variable still serves its own ids.
+            answer = await http.delete(f"{CLIENT_PREFIX}/notifications/n-unknown")
+            assert answer.status_code != 405, answer.text
+            # And the fixed path still serves what it serves.
+            assert (await http.get(f"{CLIENT_PREFIX}/notifications/unread-count")).status_code == 200

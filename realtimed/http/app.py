@@ -21,9 +21,9 @@ from typing import Any, Final
 
 import attrs
 import trio
-from quart import Response, g, request
+from quart import Response, current_app, g, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from realtimed import logs, metrics
 from realtimed.api.routes import (
@@ -127,7 +127,38 @@ def create_app(svc: Services, served: Iterable[Route] | None = None) -> QuartTri
     # /dev/token (development only) and the [[http.static]] folders.
     app.register_blueprint(dev.blueprint)
     static.add_static_routes(app, svc.config)
+    app.extensions["realtimed.fixed_paths"] = _fixed_paths(app)
     return app
+
+
+def _fixed_paths(app: QuartTrio) -> dict[str, frozenset[str]]:
+    """Each path a rule without variables serves, and the methods served there.
+
+    Such a path is its own resource: ``/api/v1/notifications/preferences`` is not
+    the notification ``preferences`` of ``/api/v1/notifications/<notification_id>``.
+    """
+    paths: dict[str, set[str]] = {}
+    for rule in app.url_map.iter_rules():
+        if not rule.arguments:
+            paths.setdefault(rule.rule, set()).update(rule.methods or ())
+    return {path: frozenset(methods) for path, methods in paths.items()}
+
+
+def _allowed_methods(valid: Iterable[str]) -> list[str]:
+    """The methods served at the request's path: a fixed path's own, else the router's."""
+    fixed: dict[str, frozenset[str]] = current_app.extensions.get("realtimed.fixed_paths", {})
+    return sorted(fixed.get(request.path, valid))
+
+
+async def _fixed_path_wins() -> None:
+    """A method a fixed path does not serve is 405 there, even where a rule with a variable matches it."""
+    rule = request.url_rule
+    if rule is None or not rule.arguments:
+        return
+    fixed: dict[str, frozenset[str]] = current_app.extensions.get("realtimed.fixed_paths", {})
+    methods = fixed.get(request.path)
+    if methods is not None and request.method not in methods:
+        raise MethodNotAllowed(valid_methods=sorted(methods))
 
 
 def _add_request_hooks(app: QuartTrio) -> None:
@@ -135,6 +166,7 @@ def _add_request_hooks(app: QuartTrio) -> None:
     # Registered first, so that timing starts before a door check can answer.
     app.before_request(_start_timing)
     app.before_request(_door_checks)
+    app.before_request(_fixed_path_wins)
     app.after_request(_cors_and_count)
     app.after_request(_account_api_key)
     app.after_request(_finish_reading_the_body)
@@ -317,7 +349,7 @@ async def _http_error(exc: HTTPException) -> Response:
     if code == 404:
         return error_response(NotFound(f"no route {request.path}"))
     if code == 405:
-        allowed = sorted(getattr(exc, "valid_methods", None) or [])
+        allowed = _allowed_methods(getattr(exc, "valid_methods", None) or [])
         return json_response(
             {"error": {"code": "BAD_REQUEST", "message": f"method {request.method} not allowed"}},
             405,
