@@ -150,15 +150,23 @@ def _allowed_methods(valid: Iterable[str]) -> list[str]:
     return sorted(fixed.get(request.path, valid))
 
 
-async def _fixed_path_wins() -> None:
-    """A method a fixed path does not serve is 405 there, even where a rule with a variable matches it."""
+def _fixed_path_refusal() -> MethodNotAllowed | None:
+    """The 405 of a method a fixed path does not serve, even where a rule with a variable matches it."""
     rule = request.url_rule
     if rule is None or not rule.arguments:
-        return
+        return None
     fixed: dict[str, frozenset[str]] = current_app.extensions.get("realtimed.fixed_paths", {})
     methods = fixed.get(request.path)
     if methods is not None and request.method not in methods:
-        raise MethodNotAllowed(valid_methods=sorted(methods))
+        return MethodNotAllowed(valid_methods=sorted(methods))
+    return None
+
+
+async def _fixed_path_wins() -> None:
+    """After the door's checks, as for the router's own 405."""
+    refusal = _fixed_path_refusal()
+    if refusal is not None:
+        raise refusal
 
 
 def _add_request_hooks(app: QuartTrio) -> None:
@@ -267,7 +275,8 @@ async def _client_door(s: Services, path: str) -> Response | None:
     logs.annotate(user=g.claims.sub)
     if s.gateway is not None:
         await s.gateway.bans.check(g.claims.sub, cached=True)
-        if request.url_rule is not None:  # no route: a 404 or 405, and nothing runs
+        # No route: a 404 or 405, and nothing runs.
+        if request.url_rule is not None and _fixed_path_refusal() is None:
             await budgets.charge(
                 s.ops.limiter,
                 s.config.gateway,
