@@ -360,15 +360,25 @@ def _request_schema(doc: Mapping[str, Any], path: str, method: str) -> dict[str,
     return {**body, "components": doc["components"]}
 
 
-def test_an_optional_number_may_be_null(documents: dict[str, dict[str, Any]]) -> None:
+def test_an_optional_body_field_may_be_null(documents: dict[str, dict[str, Any]]) -> None:
     """docs/protocol.md 4.1: a null field counts as absent, so ban_s: null is valid (and accepted)."""
     import jsonschema
 
     schema = _request_schema(documents["server"], "/server/v1/users/{user_id}/disconnect", "post")
-    jsonschema.validate({"ban_s": None}, schema)
+    jsonschema.validate({"ban_s": None, "session_id": None}, schema)
     jsonschema.validate({"ban_s": 60}, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"ban_s": "60"}, schema)
+    # Exactly one target: a null one is not given; a field of the message may be null too.
+    push = _request_schema(documents["server"], "/server/v1/push", "post")
+    jsonschema.validate({"tokens": ["t"], "topic": None, "title": None}, push)
+    for refused in ({"tokens": ["t"], "topic": "news"}, {"tokens": None, "topic": None}, {"title": "x"}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(refused, push)
+    # A required field stays required and not null.
+    publish = _request_schema(documents["server"], "/server/v1/publish", "post")
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"room": None, "event": "e", "data": {}}, publish)
 
 
 def test_scheduled_for_is_a_date_time(documents: dict[str, dict[str, Any]]) -> None:

@@ -412,10 +412,8 @@ class Number(Kind):
         return validate.number(source, name, lo=self.lo, hi=self.hi, required=self.required, integer=self.integer)
 
     def schema(self, cfg: Config) -> JsonSchema:
-        # An optional field that is null counts as absent (docs/protocol.md section 4.1).
-        kind = "integer" if self.integer else "number"
         return _described(
-            {"type": kind if self.required else [kind, "null"], "minimum": self.lo, "maximum": self.hi}, self.description
+            {"type": "integer" if self.integer else "number", "minimum": self.lo, "maximum": self.hi}, self.description
         )
 
 
@@ -691,10 +689,11 @@ class Fields:
         fields = [(n, w) for _, n, w in wire_fields(self.cls) if w.where == "body"]
         if not fields:
             return None
-        schema = _object_schema(fields, cfg)
+        schema = _object_schema(fields, cfg, optional_may_be_null=True)
         for rule in self._rules():
             if rule.where == "body":
-                schema["oneOf"] = [{"required": [n]} for n in rule.names]
+                # Given: present and not null (a null field counts as absent).
+                schema["oneOf"] = [{"required": [n], "properties": {n: {"not": {"type": "null"}}}} for n in rule.names]
         return schema, bool(schema.get("required")) or bool(self._rules())
 
     def components(self) -> Iterable[Named]:
@@ -702,20 +701,40 @@ class Fields:
             yield from declared.kind.components()
 
 
-def _object_schema(fields: Sequence[tuple[str, Wire]], cfg: Config, description: str = "") -> JsonSchema:
+def _or_null(schema: JsonSchema) -> JsonSchema:
+    """``schema``, or null."""
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return schema if "null" in kind else {**schema, "type": [*kind, "null"]}
+    if isinstance(kind, str) and "enum" not in schema and "const" not in schema:
+        return {**schema, "type": [kind, "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _object_schema(
+    fields: Sequence[tuple[str, Wire]], cfg: Config, description: str = "", *, optional_may_be_null: bool = False
+) -> JsonSchema:
+    """The object of ``fields``; ``optional_may_be_null``: an optional field may be null (a request's
+    field that is null counts as absent, docs/protocol.md section 4.1)."""
     properties: dict[str, JsonSchema] = {}
     required: list[str] = []
     extra: dict[str, Any] = {}
     for wire_name, declared in fields:
         schema = declared.kind.schema(cfg)
         if declared.kind.spread:
-            properties.update(schema.get("properties", {}))
-            required += schema.get("required", [])
+            spread_required = schema.get("required", [])
+            properties.update(
+                (name, _or_null(item) if optional_may_be_null and name not in spread_required else item)
+                for name, item in schema.get("properties", {}).items()
+            )
+            required += spread_required
             extra.update({k: v for k, v in schema.items() if k not in ("type", "properties", "required")})
             continue
-        properties[wire_name] = schema
         if declared.kind.required and not declared.omit_none:
             required.append(wire_name)
+        elif optional_may_be_null:
+            schema = _or_null(schema)
+        properties[wire_name] = schema
     out: JsonSchema = {"type": "object"}
     if description:
         out["description"] = description
