@@ -428,3 +428,25 @@ async def test_allow_names_only_the_methods_a_path_serves(start_daemon: DaemonFa
             assert answer.status_code != 405, answer.text
             # And the fixed path still serves what it serves.
             assert (await http.get(f"{CLIENT_PREFIX}/notifications/unread-count")).status_code == 200
+
+
+def test_webhook_ids_and_answers_are_as_checked(documents: dict[str, dict[str, Any]]) -> None:
+    """An endpoint id has the pattern its check applies; an unknown delivery's 404 is listed."""
+    import jsonschema
+
+    from realtimed.config import webhook_endpoint_problems
+
+    paths = documents["server"]["paths"]
+    body = _request_schema(documents["server"], "/server/v1/webhooks", "post")
+    (path_id,) = [p["schema"] for p in paths["/server/v1/webhooks/{endpoint_id}"]["put"]["parameters"] if p["in"] == "path"]
+    for endpoint_id in ("hooks-1", "-hooks", "a b", "x" * 65, "a.b_c"):
+        problems = webhook_endpoint_problems(id=endpoint_id, url="https://example.com/h", events=[], secrets=["s"])
+        checked = not [field for field, _ in problems if field == "id"]
+        try:
+            jsonschema.validate({"id": endpoint_id, "url": "https://example.com/h", "secrets": ["s"]}, body)
+            jsonschema.validate(endpoint_id, path_id)
+        except jsonschema.ValidationError:
+            assert not checked, endpoint_id
+        else:
+            assert checked, endpoint_id
+    assert "404" in paths["/server/v1/webhooks/deliveries/{delivery_id}/attempts"]["get"]["responses"]

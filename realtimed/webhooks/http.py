@@ -31,7 +31,7 @@ from realtimed.api.routes import (
     services,
     wire,
 )
-from realtimed.config import WEBHOOK_EVENTS, webhook_endpoint_problems
+from realtimed.config import WEBHOOK_ENDPOINT_ID, WEBHOOK_EVENTS, webhook_endpoint_problems
 from realtimed.errors import Conflict, NotFound, ValidationFailed
 from realtimed.protocol import MAX_ID_CHARS, JsonSchema
 from realtimed.store.base import WebhookEndpoint
@@ -74,11 +74,13 @@ _ATTEMPT: Final[JsonSchema] = {
         "at": {"type": "string"},
     },
 }
+# config.WEBHOOK_ENDPOINT_ID, which webhook_endpoint_problems checks.
+_ENDPOINT_ID_PATTERN: Final = f"^{WEBHOOK_ENDPOINT_ID.pattern}$"
 _INPUT: Final[JsonSchema] = {
     "type": "object",
     "required": ["url", "secrets"],
     "properties": {
-        "id": {"type": "string", "description": "for POST; the path's for PUT"},
+        "id": {"type": "string", "pattern": _ENDPOINT_ID_PATTERN, "description": "for POST; the path's for PUT"},
         "url": {"type": "string"},
         "events": {"type": "array", "items": {"type": "string", "enum": list(WEBHOOK_EVENTS)}},
         "secrets": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 2},
@@ -117,6 +119,7 @@ def _endpoint_from(body: Mapping[str, Any], endpoint_id: str) -> WebhookEndpoint
 @attrs.frozen
 class _Id(Kind):
     what: str = "webhook endpoint"
+    pattern: str | None = _ENDPOINT_ID_PATTERN  # stated in the schema only: another id is not found
 
     def parse(self, source: Mapping[str, Any], name: str, parts: RequestParts) -> Any:
         value: str = source[name]
@@ -125,7 +128,10 @@ class _Id(Kind):
         return value
 
     def schema(self, cfg: Any) -> JsonSchema:
-        return {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}
+        out: JsonSchema = {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}
+        if self.pattern is not None:
+            out["pattern"] = self.pattern
+        return out
 
 
 @attrs.frozen
@@ -251,12 +257,13 @@ async def endpoint_attempts(inp: EndpointAttemptsInput) -> AttemptList:
 
 @attrs.frozen
 class DeliveryPath:
-    delivery_id: str = wire(_Id("webhook delivery"), "path")
+    delivery_id: str = wire(_Id("webhook delivery", pattern=None), "path")
 
 
 @route(
     "GET", "/webhooks/deliveries/<delivery_id>/attempts", door="server", operation_id="listDeliveryAttempts",
     summary="Every attempt of one delivery (its job id)", tag=_TAG, accepts=DeliveryPath, answers=AttemptList,
+    errors=(404,),
 )
 async def delivery_attempts(inp: DeliveryPath) -> AttemptList:
     found = await services().store.list_webhook_attempts(delivery_id=inp.delivery_id, limit=500)
