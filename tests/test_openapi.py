@@ -450,3 +450,25 @@ def test_webhook_ids_and_answers_are_as_checked(documents: dict[str, dict[str, A
         else:
             assert checked, endpoint_id
     assert "404" in paths["/server/v1/webhooks/deliveries/{delivery_id}/attempts"]["get"]["responses"]
+
+
+async def test_a_webhooks_null_fields_count_as_absent(start_daemon: DaemonFactory) -> None:
+    """docs/protocol.md 4.1 on the webhook routes too: events and enabled null take their defaults."""
+    import jsonschema
+
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    body = {"id": "nulls", "url": "https://example.com/h", "secrets": [secret], "events": None, "enabled": None}
+    doc = build_documents(capability_routes(), Config())["server"]
+    jsonschema.validate(body, _request_schema(doc, "/server/v1/webhooks", "post"))
+    jsonschema.validate(body, _request_schema(doc, "/server/v1/webhooks/{endpoint_id}", "put"))
+    with pytest.raises(jsonschema.ValidationError):  # POST names the endpoint
+        jsonschema.validate({**body, "id": None}, _request_schema(doc, "/server/v1/webhooks", "post"))
+    with trio.fail_after(20):
+        daemon = await start_daemon()
+        server = {"Authorization": f"Bearer {API_KEY}"}
+        async with httpx.AsyncClient(base_url=daemon.url() + SERVER_PREFIX, headers=server) as http:
+            made = await http.post("/webhooks", json=body)
+            assert made.status_code == 200, made.text
+            assert made.json()["endpoint"]["enabled"] is True and made.json()["endpoint"]["events"] == []
+            replaced = await http.put("/webhooks/nulls", json={**body, "id": None, "enabled": False})
+            assert replaced.status_code == 200 and replaced.json()["endpoint"]["enabled"] is False, replaced.text

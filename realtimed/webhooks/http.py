@@ -80,12 +80,17 @@ _INPUT: Final[JsonSchema] = {
     "type": "object",
     "required": ["url", "secrets"],
     "properties": {
-        "id": {"type": "string", "pattern": _ENDPOINT_ID_PATTERN, "description": "for POST; the path's for PUT"},
+        "id": {"type": ["string", "null"], "description": "ignored: the path's"},
         "url": {"type": "string"},
-        "events": {"type": "array", "items": {"type": "string", "enum": list(WEBHOOK_EVENTS)}},
+        "events": {"type": ["array", "null"], "items": {"type": "string", "enum": list(WEBHOOK_EVENTS)}},
         "secrets": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 2},
-        "enabled": {"type": "boolean"},
+        "enabled": {"type": ["boolean", "null"], "description": "absent or null: true"},
     },
+}
+_CREATE: Final[JsonSchema] = {
+    **_INPUT,
+    "required": ["id", "url", "secrets"],
+    "properties": {**_INPUT["properties"], "id": {"type": "string", "pattern": _ENDPOINT_ID_PATTERN}},
 }
 
 
@@ -97,7 +102,10 @@ def _endpoint_from(body: Mapping[str, Any], endpoint_id: str) -> WebhookEndpoint
     for key in body:
         if key not in _INPUT["properties"]:
             raise ValidationFailed(str(key)[:64], "unknown field")
-    url, events, secrets, enabled = body.get("url"), body.get("events", []), body.get("secrets"), body.get("enabled", True)
+    # A field that is null counts as absent (docs/protocol.md section 4.1).
+    url, secrets = body.get("url"), body.get("secrets")
+    events = [] if body.get("events") is None else body["events"]
+    enabled = True if body.get("enabled") is None else body["enabled"]
     if not isinstance(url, str):
         raise ValidationFailed("url", "must be a string")
     if not isinstance(events, list) or not all(isinstance(e, str) for e in events) or len(events) > len(WEBHOOK_EVENTS):
@@ -150,7 +158,7 @@ class EndpointReply:
 
 @attrs.frozen
 class CreateInput:
-    body: dict[str, Any] = wire(WholeBody(_INPUT))
+    body: dict[str, Any] = wire(WholeBody(_CREATE))
 
 
 @route(
