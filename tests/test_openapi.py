@@ -450,6 +450,11 @@ def test_webhook_ids_and_answers_are_as_checked(documents: dict[str, dict[str, A
         else:
             assert checked, endpoint_id
     assert "404" in paths["/server/v1/webhooks/deliveries/{delivery_id}/attempts"]["get"]["responses"]
+    # The URL: http(s), at most 2000 characters, as the check says.
+    checker = jsonschema.Draft202012Validator(body, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    for url in ("", "ftp://example.com/h", "https://example.com/" + "x" * 2000):
+        assert not checker.is_valid({"id": "h", "url": url, "secrets": ["s"]}), url
+        assert [f for f, _ in webhook_endpoint_problems(id="h", url=url, events=[], secrets=["s"]) if f == "url"], url
 
 
 async def test_a_webhooks_null_fields_count_as_absent(start_daemon: DaemonFactory) -> None:

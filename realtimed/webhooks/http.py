@@ -48,7 +48,13 @@ _ENDPOINT: Final[JsonSchema] = {
     "properties": {
         "id": {"type": "string"},
         "source": {"type": "string", "enum": ["config", "api"]},
-        "url": {"type": "string"},
+        "url": {
+            "type": "string",
+            "format": "uri",
+            "maxLength": 2000,
+            "pattern": "^[hH][tT][tT][pP][sS]?://",
+            "description": "http:// or https:// with a host, without credentials",
+        },
         "events": {"type": "array", "items": {"type": "string", "enum": list(WEBHOOK_EVENTS)}},
         "secrets": {"type": "integer", "description": "how many signing secrets it has (never shown)"},
         "enabled": {"type": "boolean"},
@@ -81,7 +87,13 @@ _INPUT: Final[JsonSchema] = {
     "required": ["url", "secrets"],
     "properties": {
         "id": {"type": ["string", "null"], "description": "ignored: the path's"},
-        "url": {"type": "string"},
+        "url": {
+            "type": "string",
+            "format": "uri",
+            "maxLength": 2000,
+            "pattern": "^[hH][tT][tT][pP][sS]?://",
+            "description": "http:// or https:// with a host, without credentials",
+        },
         "events": {"type": ["array", "null"], "items": {"type": "string", "enum": list(WEBHOOK_EVENTS)}},
         "secrets": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 2},
         "enabled": {"type": ["boolean", "null"], "description": "absent or null: true"},
