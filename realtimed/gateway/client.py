@@ -18,7 +18,7 @@ from __future__ import annotations
 import secrets
 from abc import abstractmethod
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import trio
 
@@ -27,14 +27,40 @@ from realtimed.clock import iso
 
 if TYPE_CHECKING:
     from realtimed.auth import Claims
+    from realtimed.config import GatewayConfig
     from realtimed.frames import Frame
 
-__all__ = ["ClientSession", "new_session_id"]
+__all__ = ["ClientSession", "FrameBudget", "new_session_id", "refused_in_a_row", "take_frame_token"]
 
 
 def new_session_id(node: str = "") -> str:
     """``s_``, the node's tag (``broker.base.node_tag``), then 16 random characters."""
     return "s_" + node_tag(node) + secrets.token_urlsafe(12)
+
+
+class FrameBudget(Protocol):
+    """What a door keeps per connection for its frame accounting (``gateway.ops_*``, ``abuse_limit``)."""
+
+    bucket: float
+    bucket_at: float
+    limited_streak: int
+
+
+def take_frame_token(budget: FrameBudget, cfg: GatewayConfig) -> bool:
+    """Charge one frame to the connection's token bucket; False when it is empty."""
+    now = trio.current_time()
+    budget.bucket = min(float(cfg.ops_burst), budget.bucket + (now - budget.bucket_at) * cfg.ops_per_s)
+    budget.bucket_at = now
+    if budget.bucket >= 1.0:
+        budget.bucket -= 1.0
+        return True
+    return False
+
+
+def refused_in_a_row(budget: FrameBudget, cfg: GatewayConfig) -> bool:
+    """Count a refused frame; True once ``gateway.abuse_limit`` refusals came in a row (the door closes 4009)."""
+    budget.limited_streak += 1
+    return budget.limited_streak >= cfg.abuse_limit
 
 
 class ClientSession(trio.abc.AsyncResource):

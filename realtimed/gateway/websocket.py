@@ -62,6 +62,7 @@ from realtimed.errors import (
     Unauthorized,
 )
 from realtimed.frames import PING_FRAME
+from realtimed.gateway.client import refused_in_a_row, take_frame_token
 from realtimed.gateway.gateway import Gateway
 from realtimed.gateway.session import Session
 from realtimed.http.framing import RequestHead
@@ -366,19 +367,11 @@ class WebSocketDoor:
 
     def _take_token(self, session: Session) -> bool:
         """Charge one frame to the per-socket token bucket; False when it is empty."""
-        cfg = self.config.gateway
-        now = trio.current_time()
-        session.bucket = min(float(cfg.ops_burst), session.bucket + (now - session.bucket_at) * cfg.ops_per_s)
-        session.bucket_at = now
-        if session.bucket >= 1.0:
-            session.bucket -= 1.0
-            return True
-        return False
+        return take_frame_token(session, self.config.gateway)
 
     def _refused(self, session: Session) -> bool:
         """Count a refused frame toward ``gateway.abuse_limit``; True when the socket was closed for it."""
-        session.limited_streak += 1
-        if session.limited_streak >= self.config.gateway.abuse_limit:
+        if refused_in_a_row(session, self.config.gateway):
             log.info("session %s from %s: %d refused frames in a row: closing with 4009", session.id, session.address, session.limited_streak)
             session.close(CLOSE_RATE_ABUSE, "rate limit abuse")
             return True

@@ -71,7 +71,7 @@ from realtimed.errors import (
     ValidationFailed,
 )
 from realtimed.frames import OP_TEXT, Frame, ws_frame
-from realtimed.gateway.client import ClientSession
+from realtimed.gateway.client import ClientSession, refused_in_a_row, take_frame_token
 from realtimed.gateway.gateway import Gateway
 from realtimed.live import Live
 from realtimed.socketio.packets import RESERVED_EVENTS
@@ -566,18 +566,10 @@ class RealtimeHandler:
         return None
 
     def _take_token(self, client: SioClient) -> bool:
-        cfg = self.gateway.config.gateway
-        now = trio.current_time()
-        client.bucket = min(float(cfg.ops_burst), client.bucket + (now - client.bucket_at) * cfg.ops_per_s)
-        client.bucket_at = now
-        if client.bucket >= 1.0:
-            client.bucket -= 1.0
-            return True
-        return False
+        return take_frame_token(client, self.gateway.config.gateway)
 
     def _refused(self, client: SioClient) -> bool:
-        client.limited_streak += 1
-        if client.limited_streak >= self.gateway.config.gateway.abuse_limit:
+        if refused_in_a_row(client, self.gateway.config.gateway):
             log.info("session %s: %d refused events in a row: closing with 4009", client.id, client.limited_streak)
             client.close(CLOSE_RATE_ABUSE, "rate limit abuse")
             return True
