@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import base64
-import math
 from typing import Any, Final
 
 import httpx
@@ -111,16 +110,8 @@ AUTOJUMP_S = 0.2
 
 @pytest.fixture
 def autojump_clock() -> trio.testing.MockClock:
-    # No jump until the daemon has started (see _start): its start is real I/O (SQLite on a
-    # thread, sockets), and a loaded machine must not jump the clock past its timeouts.
-    return trio.testing.MockClock(autojump_threshold=math.inf)
-
-
-async def _start(start_daemon: DaemonFactory, clock: trio.testing.MockClock, config: dict[str, Any]) -> Any:
-    """Start a daemon with the clock still, then let the clock jump while the test waits."""
-    daemon = await start_daemon(config)
-    clock.autojump_threshold = AUTOJUMP_S
-    return daemon
+    # start_daemon keeps the clock still while the daemon starts.
+    return trio.testing.MockClock(autojump_threshold=AUTOJUMP_S)
 
 
 async def _read_response(stream: trio.SocketStream, buffer: bytes) -> tuple[int, dict[str, str], bytes, bytes]:
@@ -161,7 +152,7 @@ async def test_an_answer_sent_before_the_body_arrived_keeps_the_connection_usabl
     start_daemon: DaemonFactory, autojump_clock: trio.testing.MockClock, path: str, api_key: bool, status: int
 ) -> None:
     with trio.fail_after(600):
-        daemon = await _start(start_daemon, autojump_clock, QUIET)
+        daemon = await start_daemon(QUIET)
         stream = await trio.open_tcp_stream(*daemon.address())
         body = b'{"room": "job:1", "event": "progress"}'
         await stream.send_all(_post_head(path, len(body), api_key=api_key))
@@ -185,7 +176,7 @@ async def test_a_body_over_the_limit_is_refused_and_the_connection_closes(
     start_daemon: DaemonFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
     with trio.fail_after(600):
-        daemon = await _start(start_daemon, autojump_clock, QUIET | {"http": {"max_body_bytes": 1024}})
+        daemon = await start_daemon(QUIET | {"http": {"max_body_bytes": 1024}})
         stream = await trio.open_tcp_stream(*daemon.address())
         await stream.send_all(_post_head("/server/v1/publish", 4096, api_key=True) + b"{" * 1000)
         answered, headers, payload, _ = await _read_response(stream, b"")
