@@ -31,6 +31,7 @@ stderr; run it in the background, from the repository root:
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import math
 import os
@@ -130,6 +131,8 @@ class Stats:
         self.not_recovered = 0
         self.closed_4008 = 0
         self.errors = 0
+        # Close codes the clients saw (the server's close frame, or 1006 when none came).
+        self.close_codes: collections.Counter[int] = collections.Counter()
         self.open = 0
 
     def take_latencies(self) -> list[float]:
@@ -195,7 +198,9 @@ class Client:
                         if frame["data"].get("epoch"):
                             self.room_pos = (frame["data"].get("seq", 0), frame["data"]["epoch"])
         except ConnectionClosed as exc:
-            if exc.reason is not None and exc.reason.code == 4008:
+            code = exc.reason.code if exc.reason is not None else 1006
+            self.stats.close_codes[code] += 1
+            if code == 4008:
                 self.stats.closed_4008 += 1
         except (HandshakeError, OSError, trio.BrokenResourceError):
             self.stats.errors += 1
@@ -239,13 +244,32 @@ async def soak(args: argparse.Namespace, url: str, pid: int, pg_port: int, redis
     stats = Stats()
     sent_at: dict[str, float] = {}
     ws_url = url.replace("http", "ws", 1) + "/ws"
-    tag = uuid.uuid4().hex[:6]
+    tag = args.tag
     pairs = args.sockets // 2
-    clients = [Client(f"s{i}-{tag}", f"soak:r{i % 100}", stats, sent_at) for i in range(pairs * 2)]
+    clients = [Client(f"s{i}-{tag}", f"soak:{tag}-r{i % 100}", stats, sent_at) for i in range(pairs * 2)]
     conversations: list[str] = []
     end = math.inf  # set once every socket is connected
     samples: list[dict[str, float]] = []
+    snapshots: list[tuple[str, Path, Path]] = []  # (when, tracemalloc snapshot, object counts)
     start = trio.current_time()
+
+    async def snapshot(label: str) -> None:
+        """With --tracemalloc: SIGUSR2 makes the daemon dump; wait for its files."""
+        if args.mem_dir is None:
+            return
+        n = len(snapshots) + 1
+        stem = args.mem_dir / f"{pid}-{n}"
+        os.kill(pid, signal.SIGUSR2)
+        with trio.move_on_after(300):
+            while True:
+                await trio.sleep(0.5)
+                types = stem.with_suffix(".types.json")
+                with contextlib.suppress(OSError, orjson.JSONDecodeError):
+                    if types.stat().st_size and orjson.loads(types.read_bytes()):
+                        snapshots.append((label, stem.with_suffix(".tracemalloc"), types))
+                        print(f"\rsoak: tracemalloc snapshot {n} ({label}) taken", file=sys.stderr, flush=True)
+                        return
+        print(f"\rsoak: tracemalloc snapshot {n} ({label}) did not come", file=sys.stderr, flush=True)
 
     async with trio.open_nursery() as nursery, httpx.AsyncClient(
         base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30
@@ -281,7 +305,7 @@ async def soak(args: argparse.Namespace, url: str, pid: int, pg_port: int, redis
                 answer = await http.post("/server/v1/conversations", json={"member_ids": [clients[2 * i].user, clients[2 * i + 1].user]})
             conversations.append(answer.json().get("conversation", {}).get("id", "") if answer.status_code < 300 else "")
         for i in range(args.slow):
-            nursery.start_soon(slow_reader, url, f"slow{i}-{tag}", "soak:busy", stats)
+            nursery.start_soon(slow_reader, url, f"slow{i}-{tag}", f"soak:{tag}-busy", stats)
         print(f"connected in {trio.current_time() - start:.0f} s; the load runs {args.minutes} min", file=sys.stderr, flush=True)
         start = trio.current_time()
         end = start + args.minutes * 60
@@ -301,9 +325,9 @@ async def soak(args: argparse.Namespace, url: str, pid: int, pg_port: int, redis
         async def rooms() -> None:
             while trio.current_time() < end:
                 for r in range(100):
-                    await http.post("/server/v1/publish", json={"room": f"soak:r{r}", "event": "soak.tick", "data": {"t": time.time()}})
+                    await http.post("/server/v1/publish", json={"room": f"soak:{tag}-r{r}", "event": "soak.tick", "data": {"t": time.time()}})
                 for _ in range(BUSY_PER_S):
-                    await http.post("/server/v1/publish", json={"room": "soak:busy", "event": "soak.tick", "data": {"pad": "y" * 8000}})
+                    await http.post("/server/v1/publish", json={"room": f"soak:{tag}-busy", "event": "soak.tick", "data": {"pad": "y" * 8000}})
                 await trio.sleep(1.0)
 
         async def notifications() -> None:
@@ -356,6 +380,10 @@ async def soak(args: argparse.Namespace, url: str, pid: int, pg_port: int, redis
                     "sockets": stats.open, "p50": p50, "p99": p99,
                 }
                 samples.append(sample)
+                if sample["t"] >= WARM_UP_S and not snapshots:
+                    await snapshot(f"after warm-up, {sample['t']:.0f} s")
+                elif len(snapshots) == 1 and sample["t"] >= args.minutes * 30:
+                    await snapshot(f"half-way, {sample['t']:.0f} s")
                 print(
                     f"{sample['t']:6.0f}  {sample['rss']:6.0f}  {fds:4d}  {tasks:10.0f}  {sample['close_wait']:10d}  "
                     f"{sample['pg']:8d}  {sample['redis']:11d}  {stats.open:7d}  {p50:6.1f}  {p99:6.1f}  {stats.messages:5d}  "
@@ -369,9 +397,10 @@ async def soak(args: argparse.Namespace, url: str, pid: int, pg_port: int, redis
         async with trio.open_nursery() as load:
             for task in (chat, rooms, notifications, sse, churn, sampler):
                 load.start_soon(task)
-        closes_4008 = [
+        await snapshot(f"at the end, {trio.current_time() - start:.0f} s")
+        closes = [
             line for line in (await http.get("/metrics")).text.splitlines()
-            if line.startswith("realtimed_closes") and "4008" in line
+            if line.startswith("realtimed_closes_total")
         ]
         nursery.cancel_scope.cancel()
     print(file=sys.stderr)
@@ -381,9 +410,45 @@ async def soak(args: argparse.Namespace, url: str, pid: int, pg_port: int, redis
         print("\nafter warm-up, first → last sample:")
         for key in ("rss", "fds", "tasks", "close_wait", "pg", "redis", "sockets", "p99"):
             print(f"  {key}: {first[key]:.0f} → {last[key]:.0f}")
-    print(f"  4008 closes seen by clients: {stats.closed_4008}; the daemon's count of its 4008 closes:")
-    for line in closes_4008:
-        print(f"  {line}")
+    print(f"  4008 closes seen by clients: {stats.closed_4008}")
+    print("  close codes seen by clients (1006: no close frame): "
+          + ", ".join(f"{code}: {n}" for code, n in sorted(stats.close_codes.items())))
+    print(f"  handshake or socket errors seen by clients: {stats.errors}")
+    print("  the daemon's count of its socket closes, by code and side:")
+    for line in closes:
+        print(f"    {line}")
+    if snapshots:
+        memory_report(snapshots)
+
+
+def memory_report(snapshots: list[tuple[str, Path, Path]], top: int = 25) -> None:
+    """The allocation sites and object types that grew between the daemon's snapshots."""
+    import tracemalloc
+
+    ignore = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib._bootstrap*>"),
+              tracemalloc.Filter(False, "<unknown>")]
+    loaded = [(label, tracemalloc.Snapshot.load(str(snap)).filter_traces(ignore), orjson.loads(types.read_bytes()))
+              for label, snap, types in snapshots]
+    base_label, base, base_types = loaded[0]
+    for label, snap, types in loaded[1:]:
+        total = sum(stat.size for stat in snap.statistics("filename"))
+        base_total = sum(stat.size for stat in base.statistics("filename"))
+        print(f"\ntraced memory {base_label}: {base_total / 2**20:.1f} MB; {label}: {total / 2**20:.1f} MB "
+              f"({(total - base_total) / 2**20:+.1f} MB)")
+        print(f"top {top} growing allocation sites ({base_label} → {label}):")
+        for stat in snap.compare_to(base, "lineno")[:top]:
+            frame = stat.traceback[0]
+            print(f"  {stat.size_diff / 1024:+9.0f} KiB  {stat.count_diff:+8d} blocks  "
+                  f"(now {stat.size / 1024:.0f} KiB)  {frame.filename}:{frame.lineno}")
+        print(f"top {top // 2} growing tracebacks:")
+        for stat in snap.compare_to(base, "traceback")[: top // 2]:
+            print(f"  {stat.size_diff / 1024:+9.0f} KiB  {stat.count_diff:+8d} blocks")
+            for line in stat.traceback.format(limit=6, most_recent_first=True):
+                print(f"      {line}")
+        grew = sorted(((n - base_types.get(kind, 0), kind, n) for kind, n in types.items()), reverse=True)
+        print(f"top {top} growing object types (gc.get_objects) ({base_label} → {label}):")
+        for diff, kind, n in grew[:top]:
+            print(f"  {diff:+9d}  (now {n:8d})  {kind}")
 
 
 class _Started:
@@ -402,7 +467,7 @@ def daemon(args: argparse.Namespace, folder: Path, dsn: str) -> Iterator[tuple[s
     config = folder / "realtimed.toml"
     config.write_text(f"""
 [server]
-node = "soak"
+node = "soak-{args.tag}"
 state_dir = "{folder / 'state'}"
 [http]
 listen = "127.0.0.1:{port}"
@@ -432,10 +497,13 @@ recovery_cap = 100
     def limits() -> None:
         raise_nofile(args.sockets * 2 + 1000)
 
+    env = dict(os.environ)
+    if args.mem_dir is not None:
+        env["REALTIMED_TRACEMALLOC"] = str(args.mem_dir)  # realtimed/memdebug.py: SIGUSR2 dumps
     log = open(folder / "daemon.log", "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         [sys.executable, "-m", "realtimed", "run", "-c", str(config)], stderr=log, stdout=subprocess.DEVNULL,
-        cwd=ROOT, preexec_fn=limits,
+        cwd=ROOT, preexec_fn=limits, env=env,
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -467,6 +535,8 @@ def main() -> None:
     parser.add_argument("--slow", type=int, default=0, help="slow readers (default: 1 %% of --sockets)")
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis", type=int, default=6379)
+    parser.add_argument("--tracemalloc", action="store_true",
+                        help="trace the daemon's allocations (slower, more memory) and print what grew after warm-up")
     args = parser.parse_args()
     args.slow = args.slow or max(1, args.sockets // 100)
     limit = raise_nofile(args.sockets * 2 + 1000)
@@ -474,11 +544,16 @@ def main() -> None:
         fit = max(100, limit - args.slow - 500)
         print(f"ulimit -n is {limit}: --sockets lowered from {args.sockets} to {fit}", file=sys.stderr)
         args.sockets = fit
-    name = f"rt_soak_{uuid.uuid4().hex[:8]}"
+    # One run's own database, node name and rooms: nothing shared with another run or the tests.
+    args.tag = uuid.uuid4().hex[:6]
+    name = f"rt_soak_{args.tag}"
     admin(args.dsn, f'CREATE DATABASE "{name}"')
     pg_port = int(args.dsn.split("@", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
     try:
-        with tempfile.TemporaryDirectory(prefix="rt-soak-") as tmp, daemon(args, Path(tmp), with_database(args.dsn, name)) as (url, pid):
+        with contextlib.ExitStack() as stack:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="rt-soak-"))
+            args.mem_dir = Path(tmp) / "mem" if args.tracemalloc else None
+            url, pid = stack.enter_context(daemon(args, Path(tmp), with_database(args.dsn, name)))
             print(f"soak: {args.sockets} sockets + {args.slow} slow readers, {args.rate:.0f} msg/s, churn {args.churn:.0f}/s,"
                   f" {args.minutes} min, daemon pid {pid}", flush=True)
             trio.run(soak, args, url, pid, pg_port, args.redis)

@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 import trio
 
-from realtimed import logs, metrics, room_ops
+from realtimed import logs, memdebug, metrics, room_ops
 from realtimed.api.ops import OpRegistry
 from realtimed.auth import ApiKeys, TokenVerifier
 from realtimed.backends import Backends, open_backends
@@ -357,11 +357,17 @@ class Daemon:
     # -- signals, reload, watchdog ---------------------------------------------------------------
 
     async def _signals(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        wanted = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
+        # Memory diagnostics (realtimed/memdebug.py): only when REALTIMED_TRACEMALLOC is set.
+        if memdebug.start():
+            wanted.append(signal.SIGUSR2)
+        with trio.open_signal_receiver(*wanted) as signals:
             task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     await self.reload()
+                elif signum == signal.SIGUSR2:
+                    memdebug.dump()
                 elif signum == signal.SIGINT and self._drain_requested.is_set():
                     log.warning("second SIGINT: stopping now")
                     if self._force_scope is not None:
