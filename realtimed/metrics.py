@@ -31,6 +31,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from realtimed import __version__
+from realtimed.protocol import CLOSE_CODES
 
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -119,11 +120,13 @@ CLUSTER_NODES: Final = Gauge(
     registry=REGISTRY,
 )
 
-#: Close codes that get their own value in the ``code`` label of ``realtimed_closes``;
-#: any other code a peer sends counts as ``other``, so the label stays bounded.
+#: Close codes that get their own value in the ``code`` label of ``realtimed_closes``: the
+#: standard ones (RFC 6455 section 7.4.1) and every code realtimed sends (``protocol.CLOSE_CODES``,
+#: 4000 for heartbeats among them); any other code a peer sends counts as ``other``, so the label
+#: stays bounded.
 KNOWN_CLOSE_CODES: Final = frozenset(
-    {1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 1015,
-     4004, 4008, 4009, 4012, 4013, 4501, 4503, 4510, 4511}
+    {1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 1015}
+    | {close.code for close in CLOSE_CODES}
 )
 
 

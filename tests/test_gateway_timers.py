@@ -15,6 +15,7 @@ import orjson
 import pytest
 import trio
 import trio.testing
+from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from realtimed.delivery.rooms import MemoryHistory
@@ -29,6 +30,18 @@ QUIET: dict[str, Any] = {
     "presence": {"away_after_s": 86400.0},
     "broker": {"history_sweep_s": 3600.0},
 }
+
+
+async def _server_closes(url: str, code: str) -> float:
+    """``realtimed_closes_total{by="server",code=...}`` (the registry is the process's: compare two reads)."""
+    async with httpx.AsyncClient(base_url=url) as http:
+        text = (await http.get("/metrics")).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "realtimed_closes_total" and sample.labels == {"by": "server", "code": code}
+    )
 
 
 @pytest.fixture
@@ -68,6 +81,7 @@ async def test_heartbeat_keeps_answering_clients_and_drops_silent_ones(start_dae
                 "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
             ).encode()
         )
+        heartbeat_closes = await _server_closes(daemon.url(), "4000")
         async with open_websocket_url(url) as ws:  # answers pings by itself
             assert orjson.loads(await ws.get_message())["event"] == "session.ready"
             started = trio.current_time()
@@ -77,6 +91,8 @@ async def test_heartbeat_keeps_answering_clients_and_drops_silent_ones(start_dae
             closed_after = trio.current_time() - started
             assert b"\x89\x00" in received and b"\x0f\xa0" in received  # pings, then close 4000
             assert 50 <= closed_after <= 80  # two silent periods, checked once a period
+            # Counted under its own code, not as "other".
+            assert await _server_closes(daemon.url(), "4000") == heartbeat_closes + 1
             await trio.sleep(100)  # four periods: the answering client stays
             await ws.send_message(orjson.dumps({"id": 1, "op": "ping"}).decode())
             reply = orjson.loads(await ws.get_message())

@@ -25,7 +25,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import realtimed.daemon  # noqa: F401  (imports every module, so every family is registered)
-from realtimed import metrics
+from realtimed import metrics, protocol
 from realtimed.broker import redis as redis_broker
 from realtimed.daemon import Daemon
 from tests.fixtures.clients import WsClient
@@ -169,6 +169,13 @@ async def test_job_queue_gauges_are_per_queue_and_cluster_scoped(start_daemon: D
     ages = labelled(after, "realtimed_job_oldest_queued_age_seconds")
     assert {"queue": "metrics-test", "scope": "cluster"} in ages  # not due yet: 0
     assert value(after, "realtimed_job_oldest_queued_age_seconds", queue="metrics-test", scope="cluster") == 0
+
+
+def test_every_close_code_the_server_sends_has_its_own_label() -> None:
+    # 4000 (heartbeats) once counted as "other".
+    for close in protocol.CLOSE_CODES:
+        assert metrics.close_code_label(close.code) == str(close.code)
+    assert metrics.close_code_label(4777) == "other"
 
 
 async def test_close_code_label_takes_only_known_codes(start_daemon: DaemonFactory) -> None:
