@@ -17,13 +17,17 @@ Usage::
 
 Items are never compared: deadlines that tie come out in the order pushed.
 Cancelling a timer is the caller's business (a generation number in the item,
-checked when it comes out, is the usual way).
+checked when it comes out, is the usual way). A cancelled timer stays in the
+heap until it comes out; when timers are long (a token's lifetime) and many are
+cancelled, the owner calls ``prune`` now and then so the heap holds only the
+live ones.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import trio
@@ -52,6 +56,18 @@ class Deadlines(Generic[_T]):
         heapq.heappush(self._heap, (when, order, item))
         if self._heap[0][1] == order:
             self._changed.set()
+
+    def prune(self, keep: Callable[[_T], bool]) -> int:
+        """Drop every item for which ``keep`` is false (timers the owner cancelled); returns how many.
+
+        O(n); the order of the items kept, ties included, is unchanged.
+        """
+        before = len(self._heap)
+        self._heap[:] = [entry for entry in self._heap if keep(entry[2])]
+        heapq.heapify(self._heap)
+        # The earliest deadline may be later now: ``due`` waits on the old one at
+        # most once more, finds nothing due and waits again.
+        return before - len(self._heap)
 
     async def due(self) -> tuple[float, list[_T]]:
         """Wait until the earliest deadline has passed; return that Trio time and every item due by it.

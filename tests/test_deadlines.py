@@ -59,3 +59,18 @@ async def test_due_items_are_a_checkpoint_and_cancelling_loses_none(autojump_clo
         assert scope.cancelled_caught
         assert len(timers) == 1
         assert (await timers.due())[1] == [1]
+
+
+async def test_prune_drops_cancelled_items_and_keeps_the_order_of_the_rest(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(1000):
+        timers: Deadlines[str] = Deadlines()
+        start = trio.current_time()
+        for when, item in ((10, "gone-a"), (20, "b1"), (20, "gone-b"), (20, "b2"), (5, "gone-c"), (30, "c")):
+            timers.push(start + when, item)
+        assert timers.prune(lambda item: not item.startswith("gone")) == 3
+        assert len(timers) == 3
+        seen: list[tuple[float, list[str]]] = []
+        for _ in range(2):
+            now, items = await timers.due()
+            seen.append((now - start, items))
+        assert seen == [(20, ["b1", "b2"]), (30, ["c"])]

@@ -141,6 +141,11 @@ AuthReply = Callable[[ApiError | None], None]
 # A token timer: (session id, auth generation, "expiring" or "expired").
 _Expiry = tuple[str, int, Literal["expiring", "expired", "start"]]
 
+#: The token timers of sessions that ended (or re-authenticated) stay in the heap until
+#: their deadline, a token's lifetime away; past this many more timers than the live
+#: sessions can hold (three each), those are dropped.
+_EXPIRY_SLACK: Final = 1024
+
 
 class Gateway:
     """The client sessions of this node, whatever their transport (see the module docstring).
@@ -217,7 +222,7 @@ class Gateway:
         """
         self._start_checks[session.id] = started
         deadline = trio.current_time() + self.config.gateway.handshake_timeout_s
-        self._expiry.push(deadline, (session.id, session.auth_generation, "start"))
+        self._push_expiry(deadline, (session.id, session.auth_generation, "start"))
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -389,10 +394,21 @@ class Gateway:
         if session.sends_expiring:
             notice = self.config.gateway.expiring_notice_s
             if to_exp > notice:
-                self._expiry.push(now + to_exp - notice, (session.id, gen, "expiring"))
+                self._push_expiry(now + to_exp - notice, (session.id, gen, "expiring"))
             else:
                 session.send_event("session.expiring", {"expires_at": iso(exp)})
-        self._expiry.push(now + max(0.0, to_deadline), (session.id, gen, "expired"))
+        self._push_expiry(now + max(0.0, to_deadline), (session.id, gen, "expired"))
+
+    def _push_expiry(self, when: float, timer: _Expiry) -> None:
+        """Schedule a timer, first dropping those of ended sessions and older tokens when too many."""
+        if len(self._expiry) >= _EXPIRY_SLACK + 3 * len(self.sessions):
+            self._expiry.prune(self._timer_live)
+        self._expiry.push(when, timer)
+
+    def _timer_live(self, timer: _Expiry) -> bool:
+        session_id, gen, kind = timer
+        session = self.sessions.get(session_id)
+        return session is not None and (kind == "start" or session.auth_generation == gen)
 
     async def _expiry_timer(self) -> None:
         while True:
