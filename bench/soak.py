@@ -131,6 +131,7 @@ class Stats:
         self.not_recovered = 0
         self.closed_4008 = 0
         self.errors = 0
+        self.http_errors = 0  # server API calls of the load that timed out or failed
         # Close codes the clients saw (the server's close frame, or 1006 when none came).
         self.close_codes: collections.Counter[int] = collections.Counter()
         self.open = 0
@@ -276,6 +277,14 @@ async def soak(args: argparse.Namespace, url: str, pid: int, pg_port: int, redis
     ) as http:
         limiter = trio.CapacityLimiter(50)
 
+        async def post(path: str, body: dict[str, Any]) -> httpx.Response | None:
+            """A server API call of the load; a timeout or a refused connection is counted, not fatal."""
+            try:
+                return await http.post(path, json=body)
+            except httpx.HTTPError:
+                stats.http_errors += 1
+                return None
+
         async def keep(client: Client) -> None:
             while trio.current_time() < end:
                 await client.session(ws_url)
@@ -300,10 +309,12 @@ async def soak(args: argparse.Namespace, url: str, pid: int, pg_port: int, redis
             for client in clients:
                 opening.start_soon(open_client, client)
         for i in range(pairs):
-            answer = await http.post("/server/v1/conversations", json={"member_ids": [clients[2 * i].user, clients[2 * i + 1].user], "type": "direct"})
-            if answer.status_code >= 300:
-                answer = await http.post("/server/v1/conversations", json={"member_ids": [clients[2 * i].user, clients[2 * i + 1].user]})
-            conversations.append(answer.json().get("conversation", {}).get("id", "") if answer.status_code < 300 else "")
+            members = [clients[2 * i].user, clients[2 * i + 1].user]
+            answer = await post("/server/v1/conversations", {"member_ids": members, "type": "direct"})
+            if answer is not None and answer.status_code >= 300:
+                answer = await post("/server/v1/conversations", {"member_ids": members})
+            ok = answer is not None and answer.status_code < 300
+            conversations.append(answer.json().get("conversation", {}).get("id", "") if ok and answer else "")
         for i in range(args.slow):
             nursery.start_soon(slow_reader, url, f"slow{i}-{tag}", f"soak:{tag}-busy", stats)
         print(f"connected in {trio.current_time() - start:.0f} s; the load runs {args.minutes} min", file=sys.stderr, flush=True)
@@ -325,15 +336,15 @@ async def soak(args: argparse.Namespace, url: str, pid: int, pg_port: int, redis
         async def rooms() -> None:
             while trio.current_time() < end:
                 for r in range(100):
-                    await http.post("/server/v1/publish", json={"room": f"soak:{tag}-r{r}", "event": "soak.tick", "data": {"t": time.time()}})
+                    await post("/server/v1/publish", {"room": f"soak:{tag}-r{r}", "event": "soak.tick", "data": {"t": time.time()}})
                 for _ in range(BUSY_PER_S):
-                    await http.post("/server/v1/publish", json={"room": f"soak:{tag}-busy", "event": "soak.tick", "data": {"pad": "y" * 8000}})
+                    await post("/server/v1/publish", {"room": f"soak:{tag}-busy", "event": "soak.tick", "data": {"pad": "y" * 8000}})
                 await trio.sleep(1.0)
 
         async def notifications() -> None:
             while trio.current_time() < end:
                 user = random.choice(clients).user
-                await http.post("/server/v1/notifications", json={"user_ids": [user], "type": "announcement", "vars": {"title": "soak", "body": "tick"}})
+                await post("/server/v1/notifications", {"user_ids": [user], "type": "announcement", "vars": {"title": "soak", "body": "tick"}})
                 await trio.sleep(0.2)
 
         async def sse() -> None:
@@ -341,11 +352,15 @@ async def soak(args: argparse.Namespace, url: str, pid: int, pg_port: int, redis
             while trio.current_time() < end:
                 user = random.choice(clients).user
                 with trio.move_on_after(random.uniform(2, 8)):
-                    async with httpx.AsyncClient(timeout=None) as stream_http, stream_http.stream(
-                        "GET", f"{url}/api/v1/events", headers={"Authorization": f"Bearer {token(user)}"}
-                    ) as response:
-                        async for _ in response.aiter_bytes():
-                            pass
+                    try:
+                        async with httpx.AsyncClient(timeout=None) as stream_http, stream_http.stream(
+                            "GET", f"{url}/api/v1/events", headers={"Authorization": f"Bearer {token(user)}"}
+                        ) as response:
+                            async for _ in response.aiter_bytes():
+                                pass
+                    except httpx.HTTPError:
+                        stats.http_errors += 1
+                        await trio.sleep(1)
 
         async def close(ws: WebSocketConnection) -> None:
             with contextlib.suppress(Exception), trio.move_on_after(5):
@@ -398,10 +413,12 @@ async def soak(args: argparse.Namespace, url: str, pid: int, pg_port: int, redis
             for task in (chat, rooms, notifications, sse, churn, sampler):
                 load.start_soon(task)
         await snapshot(f"at the end, {trio.current_time() - start:.0f} s")
-        closes = [
-            line for line in (await http.get("/metrics")).text.splitlines()
-            if line.startswith("realtimed_closes_total")
-        ]
+        closes: list[str] = []
+        with contextlib.suppress(httpx.HTTPError):
+            closes = [
+                line for line in (await http.get("/metrics")).text.splitlines()
+                if line.startswith("realtimed_closes_total")
+            ]
         nursery.cancel_scope.cancel()
     print(file=sys.stderr)
     steady = [s for s in samples if s["t"] >= WARM_UP_S] or samples
@@ -413,7 +430,7 @@ async def soak(args: argparse.Namespace, url: str, pid: int, pg_port: int, redis
     print(f"  4008 closes seen by clients: {stats.closed_4008}")
     print("  close codes seen by clients (1006: no close frame): "
           + ", ".join(f"{code}: {n}" for code, n in sorted(stats.close_codes.items())))
-    print(f"  handshake or socket errors seen by clients: {stats.errors}")
+    print(f"  handshake or socket errors seen by clients: {stats.errors}; server API calls failed: {stats.http_errors}")
     print("  the daemon's count of its socket closes, by code and side:")
     for line in closes:
         print(f"    {line}")
