@@ -266,7 +266,7 @@ async def soak(args: argparse.Namespace, url: str, pid: int, pg_port: int, redis
                 await trio.sleep(0.5)
                 types = stem.with_suffix(".types.json")
                 with contextlib.suppress(OSError, orjson.JSONDecodeError):
-                    if types.stat().st_size and orjson.loads(types.read_bytes()):
+                    if types.stat().st_size and orjson.loads(types.read_bytes())["types"]:
                         snapshots.append((label, stem.with_suffix(".tracemalloc"), types))
                         print(f"\rsoak: tracemalloc snapshot {n} ({label}) taken", file=sys.stderr, flush=True)
                         return
@@ -444,8 +444,15 @@ def memory_report(snapshots: list[tuple[str, Path, Path]], top: int = 25) -> Non
 
     ignore = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib._bootstrap*>"),
               tracemalloc.Filter(False, "<unknown>")]
-    loaded = [(label, tracemalloc.Snapshot.load(str(snap)).filter_traces(ignore), orjson.loads(types.read_bytes()))
-              for label, snap, types in snapshots]
+    loaded = []
+    print("\nthe daemon's memory at each snapshot (MB): RSS, traced by tracemalloc, tracemalloc's own overhead, "
+          "RSS after malloc_trim(0)")
+    for label, snap, path in snapshots:
+        dumped = orjson.loads(path.read_bytes())
+        loaded.append((label, tracemalloc.Snapshot.load(str(snap)).filter_traces(ignore), dumped["types"]))
+        mem = dumped["memory"]
+        print(f"  {label}: {mem['rss_kb'] / 1024:.0f}, {mem['traced_bytes'] / 2**20:.1f}, "
+              f"{mem['tracemalloc_overhead_bytes'] / 2**20:.1f}, {mem.get('rss_kb_after_trim', math.nan) / 1024:.0f}")
     base_label, base, base_types = loaded[0]
     for label, snap, types in loaded[1:]:
         total = sum(stat.size for stat in snap.statistics("filename"))

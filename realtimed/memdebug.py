@@ -5,10 +5,14 @@ Off by default, and nothing here runs unless the environment variable
 daemon starts ``tracemalloc`` (keeping ``REALTIMED_TRACEMALLOC_FRAMES`` frames per
 allocation, default 8) and, on each SIGUSR2, writes into that directory
 ``<pid>-<n>.tracemalloc`` (a ``tracemalloc.Snapshot``, loadable with
-``Snapshot.load``) and ``<pid>-<n>.types.json`` (live objects the garbage
-collector tracks, counted by type), then logs the two paths. ``bench/soak.py
---tracemalloc`` uses it and prints the allocation sites and types that grew
-between a snapshot after warm-up and one at the end.
+``Snapshot.load``) and ``<pid>-<n>.types.json``, then logs the two paths. The
+JSON holds ``types`` (live objects the garbage collector tracks, counted by
+type) and ``memory``: the process's RSS, the bytes tracemalloc traces and its
+own overhead, and, on glibc, the RSS again once ``malloc_trim(0)`` has given
+back to the system the free memory the allocator kept (what RSS holds that
+Python does not use). ``bench/soak.py --tracemalloc`` uses it and prints the
+allocation sites and types that grew between a snapshot after warm-up and the
+later ones.
 
 tracemalloc roughly doubles the memory the daemon uses and slows it down; it is
 a diagnostic, not something to leave on in production. A dump holds the event
@@ -17,6 +21,8 @@ loop while it is taken (a second or two for a few hundred MB).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import logging
 import os
@@ -60,11 +66,48 @@ def type_counts() -> dict[str, int]:
     return dict(counts)
 
 
+def rss_kb() -> int:
+    """This process's resident set (``VmRSS``) in KiB; 0 where /proc is missing."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def malloc_trim() -> bool:
+    """Give back to the system the free memory glibc's allocator keeps; False without glibc."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
+
+
+def memory() -> dict[str, int]:
+    """RSS, traced bytes and tracemalloc's overhead; then trims and reads RSS again."""
+    info = {
+        "rss_kb": rss_kb(),
+        "traced_bytes": tracemalloc.get_traced_memory()[0],
+        "tracemalloc_overhead_bytes": tracemalloc.get_tracemalloc_memory(),
+    }
+    if malloc_trim():
+        info["rss_kb_after_trim"] = rss_kb()
+    return info
+
+
 _dumps = 0
 
 
 def dump() -> tuple[Path, Path] | None:
-    """Write a snapshot and the object counts (after a full collection); None when off."""
+    """Write a snapshot, the object counts and the memory figures (after a full collection); None when off."""
     global _dumps
     folder = dump_dir()
     if folder is None or not tracemalloc.is_tracing():
@@ -75,6 +118,6 @@ def dump() -> tuple[Path, Path] | None:
     snapshot_path = stem.with_suffix(".tracemalloc")
     types_path = stem.with_suffix(".types.json")
     tracemalloc.take_snapshot().dump(str(snapshot_path))
-    types_path.write_bytes(orjson.dumps(type_counts()))
+    types_path.write_bytes(orjson.dumps({"types": type_counts(), "memory": memory()}))
     log.warning("tracemalloc snapshot %s and object counts %s written", snapshot_path, types_path)
     return snapshot_path, types_path
