@@ -14,6 +14,7 @@ from realtimed.broker.redis import RedisBroker
 from realtimed.config import BrokerConfig
 from realtimed.errors import Unavailable
 from realtimed.frames import Frame
+from tests.fault_proxy import FaultProxy
 
 
 def frame(n: int) -> Frame:
@@ -140,3 +141,24 @@ async def test_a_watch_returns_once_redis_confirmed_the_subscription(nursery: tr
         while len(got) < 40:
             await trio.sleep(0.01)
     assert sorted(d.room or d.users[0] for d in got) == sorted([f"job:{tag}-{i}" for i in range(20)] + [f"u-{tag}-{i}" for i in range(20)])
+
+
+async def test_a_subscription_acknowledged_after_a_second_keeps_the_link(nursery: trio.Nursery, redis_port: int) -> None:
+    """Redis (or this node's loop) answering a subscribe in more than a second is not a broken
+    link: the wait is ``broker.timeout_s``, like any Redis call (coredis's default was 1 s)."""
+    proxy = FaultProxy(redis_port)
+    await nursery.start(proxy.run)
+    tag = uuid.uuid4().hex[:8]
+    direct = BrokerConfig(backend="redis", redis_url=f"redis://127.0.0.1:{redis_port}/0", timeout_s=5.0)
+    slow = BrokerConfig(backend="redis", redis_url=f"redis://127.0.0.1:{proxy.port}/0", timeout_s=5.0)
+    a, b = RedisBroker(f"a-{tag}", direct), RedisBroker(f"b-{tag}", slow)
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    assert b.connected
+    links = proxy.accepted
+    proxy.delay(0.7)  # 1.4 s for an answer to come back
+    got: list[Delivery] = []
+    b.attach(got.append)
+    await b.watch_room(f"job:{tag}")
+    await wait_received(a, f"job:{tag}", got, within=20)
+    assert b.connected and proxy.accepted == links  # the link held: no reconnect

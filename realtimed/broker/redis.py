@@ -416,12 +416,18 @@ class RedisBroker:
 
     def _pubsub(self) -> BasePubSub[bytes, Any]:
         pubsub: BasePubSub[bytes, Any]
+        # Redis's acknowledgement of a (re)subscription may take up to broker.timeout_s, like any
+        # Redis call; coredis's own default (1 s) tore the link down on a node whose loop lagged
+        # a second, and the resubscription to every channel that followed lagged it further.
+        timeout = self._cfg.timeout_s
         if isinstance(self._client, coredis.RedisCluster):
             # Subscription messages are kept: a shard that gives up a slot
             # unsubscribes its clients from the slot's channels.
-            pubsub = self._client.sharded_pubsub(ignore_subscribe_messages=False, retry_policy=None)
+            pubsub = self._client.sharded_pubsub(
+                ignore_subscribe_messages=False, retry_policy=None, subscription_timeout=timeout
+            )
         else:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True, retry_policy=None)
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True, retry_policy=None, subscription_timeout=timeout)
         return pubsub
 
     async def _subscriber(
