@@ -255,7 +255,7 @@ async def soak(args: argparse.Namespace, url: str, pid: int, pg_port: int, redis
     start = trio.current_time()
 
     async def snapshot(label: str) -> None:
-        """With --tracemalloc: SIGUSR2 makes the daemon dump; wait for its files."""
+        """With --tracemalloc or --memory-counts: SIGUSR2 makes the daemon dump; wait for its files."""
         if args.mem_dir is None:
             return
         n = len(snapshots) + 1
@@ -268,9 +268,9 @@ async def soak(args: argparse.Namespace, url: str, pid: int, pg_port: int, redis
                 with contextlib.suppress(OSError, orjson.JSONDecodeError):
                     if types.stat().st_size and orjson.loads(types.read_bytes())["types"]:
                         snapshots.append((label, stem.with_suffix(".tracemalloc"), types))
-                        print(f"\rsoak: tracemalloc snapshot {n} ({label}) taken", file=sys.stderr, flush=True)
+                        print(f"\rsoak: memory snapshot {n} ({label}) taken", file=sys.stderr, flush=True)
                         return
-        print(f"\rsoak: tracemalloc snapshot {n} ({label}) did not come", file=sys.stderr, flush=True)
+        print(f"\rsoak: memory snapshot {n} ({label}) did not come", file=sys.stderr, flush=True)
 
     async with trio.open_nursery() as nursery, httpx.AsyncClient(
         base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30
@@ -446,15 +446,25 @@ def memory_report(snapshots: list[tuple[str, Path, Path]], top: int = 25) -> Non
               tracemalloc.Filter(False, "<unknown>")]
     loaded = []
     print("\nthe daemon's memory at each snapshot (MB): RSS, traced by tracemalloc, tracemalloc's own overhead, "
-          "RSS after malloc_trim(0)")
+          "pymalloc's arenas (in live blocks), RSS after malloc_trim(0)")
     for label, snap, path in snapshots:
         dumped = orjson.loads(path.read_bytes())
-        loaded.append((label, tracemalloc.Snapshot.load(str(snap)).filter_traces(ignore), dumped["types"]))
+        if snap.exists():
+            loaded.append((label, tracemalloc.Snapshot.load(str(snap)).filter_traces(ignore), dumped["types"]))
+        else:  # REALTIMED_TRACEMALLOC_FRAMES=0: the object counts only
+            loaded.append((label, None, dumped["types"]))
         mem = dumped["memory"]
         print(f"  {label}: {mem['rss_kb'] / 1024:.0f}, {mem['traced_bytes'] / 2**20:.1f}, "
-              f"{mem['tracemalloc_overhead_bytes'] / 2**20:.1f}, {mem.get('rss_kb_after_trim', math.nan) / 1024:.0f}")
+              f"{mem['tracemalloc_overhead_bytes'] / 2**20:.1f}, {mem.get('pymalloc_bytes_total', math.nan) / 2**20:.1f} "
+              f"({mem.get('pymalloc_bytes_in_blocks', math.nan) / 2**20:.1f}), {mem.get('rss_kb_after_trim', math.nan) / 1024:.0f}")
     base_label, base, base_types = loaded[0]
     for label, snap, types in loaded[1:]:
+        grew = sorted(((n - base_types.get(kind, 0), kind, n) for kind, n in types.items()), reverse=True)
+        print(f"\ntop {top} growing object types (gc.get_objects) ({base_label} → {label}):")
+        for diff, kind, n in grew[:top]:
+            print(f"  {diff:+9d}  (now {n:8d})  {kind}")
+        if snap is None or base is None:
+            continue
         total = sum(stat.size for stat in snap.statistics("filename"))
         base_total = sum(stat.size for stat in base.statistics("filename"))
         print(f"\ntraced memory {base_label}: {base_total / 2**20:.1f} MB; {label}: {total / 2**20:.1f} MB "
@@ -469,10 +479,6 @@ def memory_report(snapshots: list[tuple[str, Path, Path]], top: int = 25) -> Non
             print(f"  {stat.size_diff / 1024:+9.0f} KiB  {stat.count_diff:+8d} blocks")
             for line in stat.traceback.format(limit=6, most_recent_first=True):
                 print(f"      {line}")
-        grew = sorted(((n - base_types.get(kind, 0), kind, n) for kind, n in types.items()), reverse=True)
-        print(f"top {top} growing object types (gc.get_objects) ({base_label} → {label}):")
-        for diff, kind, n in grew[:top]:
-            print(f"  {diff:+9d}  (now {n:8d})  {kind}")
 
 
 class _Started:
@@ -524,6 +530,8 @@ recovery_cap = 100
     env = dict(os.environ)
     if args.mem_dir is not None:
         env["REALTIMED_TRACEMALLOC"] = str(args.mem_dir)  # realtimed/memdebug.py: SIGUSR2 dumps
+        if not args.tracemalloc:
+            env["REALTIMED_TRACEMALLOC_FRAMES"] = "0"
     log = open(folder / "daemon.log", "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         [sys.executable, "-m", "realtimed", "run", "-c", str(config)], stderr=log, stdout=subprocess.DEVNULL,
@@ -561,6 +569,9 @@ def main() -> None:
     parser.add_argument("--redis", type=int, default=6379)
     parser.add_argument("--tracemalloc", action="store_true",
                         help="trace the daemon's allocations (slower, more memory) and print what grew after warm-up")
+    parser.add_argument("--memory-counts", action="store_true",
+                        help="as --tracemalloc without tracing: object counts, pymalloc's arenas and RSS before and "
+                             "after malloc_trim at each snapshot (no slowdown)")
     args = parser.parse_args()
     args.slow = args.slow or max(1, args.sockets // 100)
     limit = raise_nofile(args.sockets * 2 + 1000)
@@ -576,7 +587,7 @@ def main() -> None:
     try:
         with contextlib.ExitStack() as stack:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="rt-soak-"))
-            args.mem_dir = Path(tmp) / "mem" if args.tracemalloc else None
+            args.mem_dir = Path(tmp) / "mem" if args.tracemalloc or args.memory_counts else None
             url, pid = stack.enter_context(daemon(args, Path(tmp), with_database(args.dsn, name)))
             print(f"soak: {args.sockets} sockets + {args.slow} slow readers, {args.rate:.0f} msg/s, churn {args.churn:.0f}/s,"
                   f" {args.minutes} min, daemon pid {pid}", flush=True)
