@@ -20,12 +20,25 @@ p50 / p99 of the interval, messages, reconnects and 4008 closes so far. After
 warm-up (the first minute) every column but the counters should be flat; the
 last lines compare the first and last samples after warm-up.
 
+At the end it prints the close codes the clients saw and the daemon's
+``realtimed_closes_total`` by code. ``--tracemalloc`` starts the daemon with
+``REALTIMED_TRACEMALLOC`` (realtimed/memdebug.py) and sends it SIGUSR2 after
+warm-up, half-way and at the end: it prints the daemon's RSS, traced bytes and
+RSS after ``malloc_trim`` at each, then the allocation sites, tracebacks and
+object types that grew. ``--memory-counts`` does the same without tracing (no
+slowdown; object counts, pymalloc's arenas, RSS). Each dump trims the daemon's
+heap, so the ``rss_mb`` column drops after it.
+
+Each run has its own database, node name and room names, and drops its database
+at the end.
+
 The script raises its own ``ulimit -n`` (and the daemon's) as far as the hard limit
 allows, and lowers ``--sockets`` to fit when it cannot. A progress line goes to
 stderr; run it in the background, from the repository root:
 
     nohup .venv/bin/python bench/soak.py --minutes 30 > soak.txt 2> soak.progress &
     .venv/bin/python bench/soak.py --minutes 3 --sockets 1000      # a short check
+    nice -n 10 .venv/bin/python bench/soak.py --sockets 300 --minutes 10 --rate 10 --churn 5 --tracemalloc
 """
 
 from __future__ import annotations
