@@ -31,7 +31,11 @@ async def test_token_timers_of_closed_sessions_do_not_pile_up(
     # ahead; a closed session's stayed in the heap until then (a day with day-long tokens).
     monkeypatch.setattr(gateway_module, "_EXPIRY_SLACK", 8)
     with trio.fail_after(3600):
-        daemon = await start_daemon({"jobs": {"enabled": False}, "gateway": {"heartbeat_s": 3600.0}})
+        # Nothing else ticks meanwhile (each timer wake-up is an autojump waited out in real time).
+        daemon = await start_daemon({
+            "jobs": {"enabled": False}, "gateway": {"heartbeat_s": 3600.0},
+            "presence": {"away_after_s": 86400.0}, "broker": {"history_sweep_s": 3600.0},
+        })
         gateway = daemon.services.gateway
         url = daemon.url().replace("http", "ws", 1) + "/ws?token="
         async with open_websocket_url(url + token("keeper", ttl=600)) as keeper:
