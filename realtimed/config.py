@@ -817,6 +817,25 @@ class MetricsConfig:
 
 
 @attrs.frozen
+class ConsoleConfig:
+    enabled: bool = _f(
+        True,
+        "serve the operator console at /console wherever the server API is served (the internal listener, a "
+        "loopback client listener, or one with http.expose_server_api); false: /console answers 404 everywhere "
+        "(read per request: a reload applies at once)",
+    )
+    stats_interval_s: float = _f(
+        1.0, "how often GET /server/v1/stats/stream sends the node's counters", min=0.2, max=60
+    )
+    max_streams: int = _f(
+        16,
+        "GET /server/v1/stats/stream streams open at once on this node; one more is refused 503 UNAVAILABLE",
+        min=1,
+        max=1000,
+    )
+
+
+@attrs.frozen
 class Config:
     """The whole configuration. Frozen: a reload builds a new one."""
 
@@ -840,6 +859,7 @@ class Config:
     notify: NotifyConfig = _f(NotifyConfig())
     push: PushConfig = _f(PushConfig(), channel=True)
     webhooks: WebhooksConfig = _f(WebhooksConfig())
+    console: ConsoleConfig = _f(ConsoleConfig())
     source: str = attrs.field(default="", metadata={"internal": True})
     #: Every file the configuration was read from, as ``(key, path)``: the TOML file
     #: (key ``""``) and each ``<key>_file``; ``check-config --as-user`` checks them.

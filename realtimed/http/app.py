@@ -39,7 +39,7 @@ from realtimed.api.routes import (
 )
 from realtimed.config import is_loopback, parse_host_port
 from realtimed.errors import ApiError, Internal, NotFound, PayloadTooLarge, Unauthorized
-from realtimed.http import budgets, dev, static
+from realtimed.http import budgets, console, dev, static
 from realtimed.services import Services
 
 __all__ = [
@@ -78,6 +78,7 @@ def capability_routes() -> list[Route]:
         *openapi.routes(),
         *server_api.routes(),
         *jobs_api.routes(),
+        *console.routes(),
         *client_api.routes(),
         *chat.routes(),
         *presence.routes(),
@@ -124,8 +125,9 @@ def create_app(svc: Services, served: Iterable[Route] | None = None) -> QuartTri
     _add_request_hooks(app)
     _add_error_handlers(app)
     _add_routes(app, served)
-    # /dev/token (development only) and the [[http.static]] folders.
+    # /dev/token (development only), the operator console's page and the [[http.static]] folders.
     app.register_blueprint(dev.blueprint)
+    app.register_blueprint(console.blueprint)
     static.add_static_routes(app, svc.config)
     app.extensions["realtimed.fixed_paths"] = _fixed_paths(app)
     return app
@@ -237,14 +239,21 @@ async def _door_checks() -> Response | None:
 
 
 def _listener_refusal(s: Services, path: str) -> Response | None:
-    """The 404 of a path not served on the listener the request came to."""
+    """The 404 of a path not served on the listener the request came to.
+
+    The console's page (``/console``) goes where the server API goes, and only
+    while ``console.enabled`` is on (``http/console.py``).
+    """
     internal = request.scope.get("realtimed.listener") == "internal"
+    is_console = console.is_console_path(path)
     if internal and not (
-        path.startswith(SERVER_PREFIX) or path in ("/metrics", "/healthz", "/readyz")
+        path.startswith(SERVER_PREFIX) or path in ("/metrics", "/healthz", "/readyz") or is_console
     ):
         return error_response(NotFound("not served on the internal listener"))
-    if (path.startswith(SERVER_PREFIX) or path == "/metrics") and not _server_api_allowed_here(s):
+    if (path.startswith(SERVER_PREFIX) or path == "/metrics" or is_console) and not _server_api_allowed_here(s):
         return error_response(NotFound("served on the internal listener only"))
+    if is_console and not s.config.console.enabled:
+        return error_response(NotFound(f"no route {path}"))
     return None
 
 
@@ -317,8 +326,9 @@ async def _account_api_key(response: Response) -> Response:
         metrics.SERVER_API_REQUESTS.labels(key_name, method, f"{response.status_code // 100}xx").inc()
         if request.method not in _READ_METHODS:
             log.info(
-                "server API %s %s -> %d with API key %s",
+                "server API %s %s -> %d with API key %s%s",
                 request.method, request.path, response.status_code, key_name,
+                " from the console" if request.headers.get(console.CONSOLE_HEADER) == "1" else "",
             )
     return response
 
