@@ -69,7 +69,7 @@ WORKER_ENV = "REALTIMED_WORKER"
 # Sections whose change takes effect without a restart; everything else needs one.
 _LIVE_KEYS = {
     "log", "auth", "api", "gateway", "namespaces", "chat", "presence", "notify", "shutdown", "retention", "metrics",
-    "webhooks",
+    "webhooks", "console",
 }
 
 

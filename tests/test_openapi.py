@@ -50,6 +50,10 @@ from tests.fixtures.tokens import token
 # configured (none here).
 NOT_DESCRIBED: Final[Mapping[tuple[str, str], str]] = {
     ("GET", "/dev/token"): "development only: exists on a loopback listener with the development secret",
+    ("GET", "/console"): "the operator console's page (a web page, not an operation)",
+    ("GET", "/console/"): "the operator console's page",
+    ("GET", "/console/console.js"): "the operator console's script",
+    ("GET", "/console/console.css"): "the operator console's style sheet",
 }
 # The modules whose routes() the app serves (realtimed/http/app.py, capability_routes).
 ROUTE_MODULES: Final = (
@@ -57,6 +61,7 @@ ROUTE_MODULES: Final = (
     "realtimed.http.openapi",
     "realtimed.http.server_api",
     "realtimed.http.jobs_api",
+    "realtimed.http.console",
     "realtimed.http.client_api",
     "realtimed.chat",
     "realtimed.presence",

@@ -38,9 +38,10 @@ The routes (server API, under the API key):
 
 Resource handling:
     At most ``console.max_streams`` streams at once on a node (one more is 503
-    ``UNAVAILABLE``). A stream ends when its client goes, when the node drains
-    (a ``closed`` record first), and when its API key is no longer configured
-    (a reload that removes it: a ``closed`` record first).
+    ``UNAVAILABLE``). A stream ends when its client goes; when the node starts
+    to drain (at once, with a ``closed`` record if the node is still up to send
+    it); and when its API key is no longer configured (a reload that removes
+    it: a ``closed`` record first, within ``console.stats_interval_s``).
 """
 
 from __future__ import annotations
@@ -261,10 +262,12 @@ async def _stats_records(svc: Services, token: str, streams: _Streams) -> AsyncI
         while True:
             body, previous = await _snapshot(svc, previous)
             yield _record("stats", body)
+            if not svc.draining:
+                with trio.move_on_after(svc.config.console.stats_interval_s):
+                    await svc.gateway.drain_started.wait()
             if svc.draining:
                 yield _record("closed", {"reason": "the node is draining"})
                 return
-            await trio.sleep(svc.config.console.stats_interval_s)
             if svc.api_keys.identify(token) is None:
                 yield _record("closed", {"reason": "the API key is no longer accepted"})
                 return

@@ -203,8 +203,10 @@ async function signIn(event) {
 function signOut(reason = '') {
   apiKey = null;
   stopStream();
-  for (const view of document.querySelectorAll('.view')) {
-    for (const box of view.querySelectorAll('div[id]')) box.replaceChildren();
+  // Forget what was shown (the counters' cards stay, emptied below).
+  for (const box of document.querySelectorAll('.view div[id]:not(#counters)')) {
+    box.replaceChildren();
+    delete box.dataset.state;
   }
   for (const value of document.querySelectorAll('#counters .value')) {
     value.textContent = '–';
@@ -301,14 +303,20 @@ async function showUser(userId) {
   await show($('user-detail'), async () => {
     const [connections, ban] = await Promise.all([
       api('GET', '/connections', { query: { user_id: userId, limit: 1000 } }),
-      api('GET', `/users/${enc(userId)}/ban`),
+      // A user id with a '/' cannot be named in a path: its sockets still show.
+      api('GET', `/users/${enc(userId)}/ban`).catch((err) => {
+        if (err instanceof ApiError && err.status === 404) return null;
+        throw err;
+      }),
     ]);
     const minutes = el('input', { type: 'number', min: '1', max: '5256000', value: '60', id: 'ban-minutes', class: 'short' });
     return [
       el('h3', {}, 'User ', el('code', { class: 'user-id' }, userId)),
-      el('p', { class: 'ban-state', dataset: { banned: ban.banned } },
-        ban.banned ? `Banned${ban.banned_until ? ` until ${when(ban.banned_until)}` : ' with no end'}` : 'Not banned'),
-      el('div', { class: 'actions' },
+      ban === null
+        ? el('p', { class: 'warning' }, 'This user id cannot be named in a server API path: disconnect and ban it from your backend.')
+        : el('p', { class: 'ban-state', dataset: { banned: ban.banned } },
+          ban.banned ? `Banned${ban.banned_until ? ` until ${when(ban.banned_until)}` : ' with no end'}` : 'Not banned'),
+      ban === null ? null : el('div', { class: 'actions' },
         button('Disconnect every socket', () => userAction(userId, {}, (r) => `Disconnected ${r.disconnected} socket(s) on this node; the other nodes close theirs.`), { id: 'disconnect-all' }),
         el('label', {}, 'Ban for ', minutes, ' minutes'),
         button('Disconnect and ban', () => userAction(userId, { ban_s: Number(minutes.value) * 60 }, (r) => `Banned until ${when(r.banned_until)}.`), { id: 'ban' }),
@@ -325,7 +333,7 @@ async function showUser(userId) {
       table([
         ['socket', (c) => c.session_id], ['node', (c) => c.node], ['transport', (c) => c.transport],
         ['address', (c) => c.address], ['since', (c) => when(c.connected_at)], ['rooms', (c) => c.rooms.join(', ')],
-        ['', (c) => button('Disconnect', () => userAction(userId, { session_id: c.session_id }, (r) => `Disconnected ${r.disconnected} socket(s).`), { class: 'small' })],
+        ['', (c) => (ban === null ? '' : button('Disconnect', () => userAction(userId, { session_id: c.session_id }, (r) => `Disconnected ${r.disconnected} socket(s).`), { class: 'small' }))],
       ], connections.connections, (c) => ({ dataset: { session: c.session_id } })),
       connections.complete ? null : el('p', { class: 'warning' }, 'Some nodes did not answer in time, or the list is cut.'),
     ];
