@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,29 @@ async def test_served_only_where_the_server_api_is(start_daemon: DaemonFactory) 
             off = await start_daemon({"console": {"enabled": False}})
             assert (await http.get(off.url() + "/console")).status_code == 404
             assert (await http.get(off.url() + "/server/v1/stats", headers=AUTH)).status_code == 200
+
+
+async def test_nodes_lists_every_node_of_a_cluster(start_daemon: DaemonFactory, redis_url: str) -> None:
+    with trio.fail_after(30):
+        suffix = uuid.uuid4().hex[:8]
+        redis = {"broker": {"backend": "redis", "redis_url": redis_url, "timeout_s": 2.0}}
+        a = await start_daemon(merge(redis, {"server": {"node": f"a-{suffix}"}}))
+        b = await start_daemon(merge(redis, {"server": {"node": f"b-{suffix}"}}))
+        client = await WsClient.connect(b.url().replace("http", "ws", 1) + "/ws", token=token(f"u-{suffix}"))
+        try:
+            await client.event("session.ready")
+            async with httpx.AsyncClient(headers=AUTH) as http:
+                answer = (await http.get(f"{a.url()}/server/v1/nodes")).json()
+        finally:
+            await client.close()
+        assert answer["complete"] is True
+        # The shared Redis may carry other suites' nodes too: ours are there, in node id order.
+        ours = {n["node"]: n for n in answer["nodes"] if n["node"].endswith(suffix)}
+        assert [n["node"] for n in answer["nodes"]] == sorted(n["node"] for n in answer["nodes"])
+        assert ours == {
+            f"a-{suffix}": {"node": f"a-{suffix}", "sessions": 0, "users": 0, "rooms": 0, "deliveries": 0, "publications": 0},
+            f"b-{suffix}": {"node": f"b-{suffix}", "sessions": 1, "users": 1, "rooms": 0, "deliveries": 0, "publications": 0},
+        }
 
 
 # -- the counters stream ---------------------------------------------------------------------------
