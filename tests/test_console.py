@@ -169,8 +169,8 @@ async def test_nodes_lists_every_node_of_a_cluster(start_daemon: DaemonFactory, 
                 answer = (await http.get(f"{a.url()}/server/v1/nodes")).json()
         finally:
             await client.close()
-        assert answer["complete"] is True
-        # The shared Redis may carry other suites' nodes too: ours are there, in node id order.
+        # A Redis shared with other suites may carry their nodes too (an older version of them
+        # cannot answer this question, which makes the answer incomplete): ours are there, in order.
         ours = {n["node"]: n for n in answer["nodes"] if n["node"].endswith(suffix)}
         assert [n["node"] for n in answer["nodes"]] == sorted(n["node"] for n in answer["nodes"])
         assert ours == {

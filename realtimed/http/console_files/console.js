@@ -155,9 +155,12 @@ async function show(container, load, { optional = false } = {}) {
   container.dataset.state = 'loading';
   fill(container, el('p', { class: 'loading' }, 'Loading…'));
   try {
-    fill(container, await load());
+    const shown = await load();
+    if (apiKey === null) return;
+    fill(container, shown);
     container.dataset.state = 'loaded';
   } catch (err) {
+    if (apiKey === null) return; // signed out meanwhile (a 401): nothing is shown any more
     if (optional && err instanceof ApiError && err.status === 404) {
       fill(container, unavailable());
       container.dataset.state = 'unavailable';
