@@ -220,6 +220,7 @@ async def test_the_stats_stream_moves_with_sockets_publications_and_jobs(
             assert (first["sockets"], first["users"], first["users_online"], first["rooms"]) == (0, 0, 0, 0)
             assert first["deliveries_per_s"] == 0.0 and first["draining"] is False
             assert first["jobs"] == {"queued": 0, "running": 0, "succeeded": 0, "failed": 0, "dead": 0, "cancelled": 0}
+            assert first["queues"] == []
             started = trio.current_time()
             assert (await anext(records))[0] == "stats"
             assert trio.current_time() - started == pytest.approx(2.0, abs=0.3)
@@ -249,6 +250,8 @@ async def test_the_stats_stream_moves_with_sockets_publications_and_jobs(
                     if record["deliveries"] >= 3 and record["messages"] == 1 and record["jobs"]["queued"] == 1:
                         break
                 assert max(r["messages_per_s"] for r in seen) > 0
+                assert record["queues"] == [{"queue": "default", "queued": 1, "oldest_due_age_s": record["queues"][0]["oldest_due_age_s"]}]
+                assert record["queues"][0]["oldest_due_age_s"] >= 0
                 assert (record["sockets"], record["websocket_sockets"], record["users"], record["users_online"]) == (1, 1, 1, 1)
                 assert record["rooms"] == 1
                 assert record["publications"] - first["publications"] >= 3

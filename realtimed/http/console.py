@@ -166,6 +166,21 @@ STATS_RECORD: Final = {
                     "publications_per_s": {"type": "number", "minimum": 0},
                     "messages_per_s": {"type": "number", "minimum": 0},
                     "jobs": _JOB_COUNTS,
+                    "queues": {
+                        "type": ["array", "null"],
+                        "description": "every queue with a queued job, by name (null: the store did not answer in time)",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "queue": {"type": "string"},
+                                "queued": {"type": "integer", "minimum": 0, "description": "due or scheduled"},
+                                "oldest_due_age_s": {
+                                    "type": ["number", "null"],
+                                    "description": "how long its longest-waiting due job has waited (null: none is due)",
+                                },
+                            },
+                        },
+                    },
                     "draining": {"type": "boolean"},
                     "reason": {"type": "string", "description": "closed: why the stream ends"},
                 },
@@ -212,18 +227,24 @@ async def _users_online(svc: Services) -> int | None:
     return None
 
 
-async def _job_counts(svc: Services) -> dict[str, int] | None:
+async def _job_counts(svc: Services) -> tuple[dict[str, int] | None, list[dict[str, Any]] | None]:
+    """Jobs by status and queued jobs by queue, store-wide; (None, None) when the store does not answer."""
     with trio.move_on_after(_BACKEND_TIMEOUT_S):
         try:
             stats = await svc.store.job_stats()
+            queues = await svc.store.queue_stats(svc.clock.now())
         except Exception as exc:  # as above: the record says null, the stream goes on
             log.debug("console stream: the store did not answer: %s", exc)
-            return None
+            return None, None
         counts = dict.fromkeys(JOB_STATUSES, 0)
         for _, status, count in stats:
             counts[status] = counts.get(status, 0) + count
-        return counts
-    return None
+        by_queue = [
+            {"queue": queue, "queued": queued, "oldest_due_age_s": None if age is None else round(age, 1)}
+            for queue, queued, age in sorted(queues)
+        ]
+        return counts, by_queue
+    return None, None
 
 
 async def _snapshot(svc: Services, previous: _Totals | None) -> tuple[dict[str, Any], _Totals]:
@@ -232,6 +253,7 @@ async def _snapshot(svc: Services, previous: _Totals | None) -> tuple[dict[str, 
     totals = _Totals(trio.current_time(), router.deliveries, router.publications, svc.chat.messages_stored)
     elapsed = totals.at - previous.at if previous is not None else 0.0
     before = previous or totals
+    jobs, queues = await _job_counts(svc)
     body: dict[str, Any] = {
         "node": svc.node,
         "at": iso(svc.clock.now()),
@@ -247,7 +269,8 @@ async def _snapshot(svc: Services, previous: _Totals | None) -> tuple[dict[str, 
         "deliveries_per_s": _rate(totals.deliveries, before.deliveries, elapsed),
         "publications_per_s": _rate(totals.publications, before.publications, elapsed),
         "messages_per_s": _rate(totals.messages, before.messages, elapsed),
-        "jobs": await _job_counts(svc),
+        "jobs": jobs,
+        "queues": queues,
         "draining": svc.draining,
     }
     return body, totals

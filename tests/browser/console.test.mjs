@@ -208,6 +208,11 @@ describe('the operator console in Chromium', { concurrency: false }, () => {
     await row.locator('button.retry').click();
     await page.locator('#notice', { hasText: `Job ${process.env.DEAD_JOB_ID} is now queued.` }).waitFor();
     await row.waitFor({ state: 'detached' });
+    // The queues, streamed: the job's queue now has a queued job, its name shown as text.
+    const queue = page.locator('#jobs-queues tr[data-queue]').filter({ hasText: XSS.queue });
+    await queue.waitFor();
+    assert.equal(await queue.locator('td').first().textContent(), XSS.queue);
+    await assertNoMarkupFromData();
     await page.selectOption('#jobs-status', 'queued');
     await page.click('#jobs-form button[type="submit"]');
     await page.locator(`#jobs-list tr[data-job="${process.env.DEAD_JOB_ID}"][data-status="queued"] button.cancel`).waitFor();

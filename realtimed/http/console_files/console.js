@@ -18,6 +18,8 @@ const RETRYABLE = new Set(['dead', 'failed', 'cancelled']);
 
 let apiKey = null;
 let stream = null; // the AbortController of the live counters' stream
+let lastStats = null; // the stream's latest record
+let queuesShown = ''; // what the queues table shows, so that it is redrawn only when that changes
 
 class ApiError extends Error {
   constructor(status, code, message, field) {
@@ -216,6 +218,8 @@ function signOut(reason = '') {
     value.dataset.value = '';
   }
   $('node-name').textContent = '';
+  lastStats = null;
+  queuesShown = '';
   $('app').hidden = true;
   $('signed-in').hidden = true;
   $('sign-out').hidden = true;
@@ -392,6 +396,26 @@ async function jobAction(job, action) {
   await listJobs();
 }
 
+/** Jobs by status and the queues, from the stream's latest record. */
+function renderQueues() {
+  const box = $('jobs-queues');
+  const shown = JSON.stringify(lastStats && [lastStats.jobs, lastStats.queues]);
+  if (!lastStats || shown === queuesShown) return;
+  queuesShown = shown;
+  const { jobs, queues } = lastStats;
+  fill(box,
+    jobs === null
+      ? el('p', { class: 'warning' }, 'The store did not answer in time.')
+      : el('p', { class: 'job-counts' }, Object.entries(jobs).map(([status, count]) => `${status}: ${count}`).join(' · ')),
+    queues === null ? null : table([
+      ['queue', (q) => button(q.queue, () => { $('jobs-queue').value = q.queue; listJobs(); }, { class: 'link' })],
+      ['queued', (q) => q.queued],
+      ['oldest due job has waited', (q) => (q.oldest_due_age_s === null ? '–' : `${q.oldest_due_age_s} s`)],
+    ], queues, (q) => ({ dataset: { queue: q.queue } })),
+  );
+  box.dataset.state = 'loaded';
+}
+
 async function listJobs(cursor = null) {
   const query = { status: $('jobs-status').value, queue: $('jobs-queue').value, kind: $('jobs-kind').value, cursor, limit: PAGE_SIZE };
   await show($('jobs-list'), async () => {
@@ -502,6 +526,8 @@ function onStats(stats) {
   setCounter('counter-jobs-queued', stats.jobs ? jobs.queued : null);
   setCounter('counter-jobs-running', stats.jobs ? jobs.running : null);
   setCounter('counter-jobs-dead', stats.jobs ? jobs.dead : null);
+  lastStats = stats;
+  renderQueues();
 }
 
 function parseRecord(raw) {
