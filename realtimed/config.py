@@ -827,6 +827,13 @@ class ConsoleConfig:
     stats_interval_s: float = _f(
         1.0, "how often GET /server/v1/stats/stream sends the node's counters", min=0.2, max=60
     )
+    jobs_interval_s: float = _f(
+        5.0,
+        "how often the stats stream re-reads the job counts from the store (one read shared by every stream on "
+        "the node; each read counts the jobs table)",
+        min=1,
+        max=3600,
+    )
     max_streams: int = _f(
         16,
         "GET /server/v1/stats/stream streams open at once on this node; one more is refused 503 UNAVAILABLE",

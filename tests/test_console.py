@@ -159,7 +159,8 @@ async def test_served_only_where_the_server_api_is(start_daemon: DaemonFactory) 
 async def test_nodes_lists_every_node_of_a_cluster(start_daemon: DaemonFactory, redis_url: str) -> None:
     with trio.fail_after(30):
         suffix = uuid.uuid4().hex[:8]
-        redis = {"broker": {"backend": "redis", "redis_url": redis_url, "timeout_s": 2.0}}
+        # A loaded machine may be slow to answer: the survey waits longer than its default here.
+        redis = {"broker": {"backend": "redis", "redis_url": redis_url, "timeout_s": 2.0, "survey_timeout_s": 10.0}}
         a = await start_daemon(merge(redis, {"server": {"node": f"a-{suffix}"}}))
         b = await start_daemon(merge(redis, {"server": {"node": f"b-{suffix}"}}))
         client = await WsClient.connect(b.url().replace("http", "ws", 1) + "/ws", token=token(f"u-{suffix}"))
@@ -173,10 +174,11 @@ async def test_nodes_lists_every_node_of_a_cluster(start_daemon: DaemonFactory, 
         # cannot answer this question, which makes the answer incomplete): ours are there, in order.
         ours = {n["node"]: n for n in answer["nodes"] if n["node"].endswith(suffix)}
         assert [n["node"] for n in answer["nodes"]] == sorted(n["node"] for n in answer["nodes"])
-        assert ours == {
-            f"a-{suffix}": {"node": f"a-{suffix}", "sessions": 0, "users": 0, "rooms": 0, "deliveries": 0, "publications": 0},
-            f"b-{suffix}": {"node": f"b-{suffix}", "sessions": 1, "users": 1, "rooms": 0, "deliveries": 0, "publications": 0},
+        assert {name: (n["sessions"], n["users"], n["rooms"]) for name, n in ours.items()} == {
+            f"a-{suffix}": (0, 0, 0),
+            f"b-{suffix}": (1, 1, 0),
         }
+        assert all(set(n) == {"node", "sessions", "users", "rooms", "deliveries", "publications"} for n in ours.values())
 
 
 # -- the counters stream ---------------------------------------------------------------------------
@@ -262,6 +264,39 @@ async def test_the_stats_stream_moves_with_sockets_publications_and_jobs(
                 if record["sockets"] == 0:
                     break
             assert record["users"] == 0
+
+
+async def test_the_streams_share_one_read_of_the_job_counts(
+    start_daemon: DaemonFactory, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(600):
+        daemon = await start_daemon(QUIET | {"console": {"stats_interval_s": 1.0, "jobs_interval_s": 10.0}})
+        store = daemon.services.store
+        reads: list[float] = []
+        job_stats = store.job_stats
+
+        async def counted() -> list[tuple[str, str, int]]:
+            reads.append(trio.current_time())
+            return await job_stats()
+
+        monkeypatch.setattr(store, "job_stats", counted)
+        async with (
+            httpx.AsyncClient(base_url=daemon.url(), headers=AUTH) as http,
+            http.stream("GET", "/server/v1/stats/stream") as one,
+            http.stream("GET", "/server/v1/stats/stream") as two,
+        ):
+            first, second = _records(one), _records(two)
+            for records in (first, second):
+                for _ in range(4):
+                    assert (await anext(records))[1]["jobs"]["queued"] == 0
+            started = reads[0]
+            await store.enqueue_job(queue="default", kind="x", payload={}, now=daemon.services.clock.now())
+            async for _, record in first:
+                if record["jobs"]["queued"] == 1:
+                    break
+            # Eight records and more, one read per console.jobs_interval_s.
+            assert len(reads) == 2
+            assert reads[1] - started == pytest.approx(10.0, abs=1.5)
 
 
 async def test_the_streams_are_bounded_and_end_with_their_key_or_the_node(
@@ -367,7 +402,7 @@ async def test_the_console_in_chromium(
         {
             "api": {"keys": [{"name": CONSOLE_KEY_NAME, "key": API_KEY}]},
             "gateway": {"allowed_origins": ["*"]},
-            "console": {"stats_interval_s": 0.25},
+            "console": {"stats_interval_s": 0.25, "jobs_interval_s": 1.0},
             "namespaces": QUIET["namespaces"],
         }
     )

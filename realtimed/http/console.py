@@ -132,7 +132,8 @@ async def style() -> Response:
 
 _JOB_COUNTS: Final = {
     "type": ["object", "null"],
-    "description": "jobs in the store by status, every node's (null: the store did not answer in time)",
+    "description": "jobs in the store by status, every node's, read every console.jobs_interval_s "
+    "(null: the store did not answer in time)",
     "properties": {status: {"type": "integer", "minimum": 0} for status in JOB_STATUSES},
 }
 STATS_RECORD: Final = {
@@ -197,7 +198,12 @@ class _Stream:
 
 @attrs.define(eq=False)
 class _Streams:
+    """The node's open streams, and the job counts they share (read at most every ``console.jobs_interval_s``)."""
+
     open: weakref.WeakSet[_Stream] = attrs.field(factory=weakref.WeakSet)
+    jobs_read: trio.Lock = attrs.field(factory=trio.Lock)
+    jobs_at: float = -float("inf")
+    jobs: tuple[dict[str, int] | None, list[dict[str, Any]] | None] = (None, None)
 
 
 @attrs.define
@@ -227,6 +233,16 @@ async def _users_online(svc: Services) -> int | None:
     return None
 
 
+async def _shared_job_counts(svc: Services, streams: _Streams) -> tuple[dict[str, int] | None, list[dict[str, Any]] | None]:
+    """``_job_counts``, read once for every stream of the node per ``console.jobs_interval_s``."""
+    async with streams.jobs_read:
+        if trio.current_time() - streams.jobs_at >= svc.config.console.jobs_interval_s:
+            streams.jobs = await _job_counts(svc)
+            # A store that did not answer is asked again at the next record.
+            streams.jobs_at = trio.current_time() if streams.jobs[0] is not None else -float("inf")
+        return streams.jobs
+
+
 async def _job_counts(svc: Services) -> tuple[dict[str, int] | None, list[dict[str, Any]] | None]:
     """Jobs by status and queued jobs by queue, store-wide; (None, None) when the store does not answer."""
     with trio.move_on_after(_BACKEND_TIMEOUT_S):
@@ -247,13 +263,13 @@ async def _job_counts(svc: Services) -> tuple[dict[str, int] | None, list[dict[s
     return None, None
 
 
-async def _snapshot(svc: Services, previous: _Totals | None) -> tuple[dict[str, Any], _Totals]:
+async def _snapshot(svc: Services, streams: _Streams, previous: _Totals | None) -> tuple[dict[str, Any], _Totals]:
     """This node's counters now, with rates since ``previous``."""
     router, gateway = svc.router, svc.gateway
     totals = _Totals(trio.current_time(), router.deliveries, router.publications, svc.chat.messages_stored)
     elapsed = totals.at - previous.at if previous is not None else 0.0
     before = previous or totals
-    jobs, queues = await _job_counts(svc)
+    jobs, queues = await _shared_job_counts(svc, streams)
     body: dict[str, Any] = {
         "node": svc.node,
         "at": iso(svc.clock.now()),
@@ -283,7 +299,7 @@ async def _stats_records(svc: Services, token: str, streams: _Streams) -> AsyncI
         yield b"retry: 5000\n\n"
         previous: _Totals | None = None
         while True:
-            body, previous = await _snapshot(svc, previous)
+            body, previous = await _snapshot(svc, streams, previous)
             yield _record("stats", body)
             if not svc.draining:
                 with trio.move_on_after(svc.config.console.stats_interval_s):
