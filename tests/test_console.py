@@ -316,6 +316,9 @@ async def test_the_streams_are_bounded_and_end_with_their_key_or_the_node(
                 async with http.stream("GET", "/server/v1/stats/stream", headers=AUTH) as stream:
                     records = _records(stream)
                     assert (await anext(records))[0] == "stats"
+                    # A HEAD gets the head alone, and takes no place.
+                    head = await http.head("/server/v1/stats/stream", headers=AUTH)
+                    assert (head.status_code, head.headers["content-type"]) == (200, "text/event-stream")
                     # One more than console.max_streams is refused, with the error body.
                     refused = await http.get("/server/v1/stats/stream", headers=AUTH)
                     assert refused.status_code == 503

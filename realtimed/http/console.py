@@ -56,7 +56,7 @@ from typing import Any, Final
 import attrs
 import orjson
 import trio
-from quart import Blueprint, Response, current_app
+from quart import Blueprint, Response, current_app, request
 
 from realtimed.api.routes import Route, Schema, bearer_token, out, route, services
 from realtimed.clock import iso
@@ -325,11 +325,14 @@ async def stats_stream() -> Response:
     token = bearer_token()
     if token is None:  # the door has checked it; kept for the type
         raise Unauthorized("a valid API key is required")
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if request.method == "HEAD":
+        # The head alone: the body would be the endless stream, which a HEAD never reads.
+        return Response(b"", content_type="text/event-stream", headers=headers)
     streams: _Streams = current_app.extensions.setdefault(_STREAMS_KEY, _Streams())
     limit = svc.config.console.max_streams
     if len(streams.open) >= limit:
         raise Unavailable(f"{limit} stats streams are open on this node (console.max_streams)")
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     response = Response(_stats_records(svc, token, streams), content_type="text/event-stream", headers=headers)
     response.timeout = None
     return response
