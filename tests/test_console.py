@@ -160,13 +160,13 @@ async def test_nodes_lists_every_node_of_a_cluster(start_daemon: DaemonFactory, 
     with trio.fail_after(30):
         suffix = uuid.uuid4().hex[:8]
         # A loaded machine may be slow to answer: the survey waits longer than its default here.
-        redis = {"broker": {"backend": "redis", "redis_url": redis_url, "timeout_s": 2.0, "survey_timeout_s": 10.0}}
+        redis = {"broker": {"backend": "redis", "redis_url": redis_url, "timeout_s": 2.0, "survey_timeout_s": 5.0}}
         a = await start_daemon(merge(redis, {"server": {"node": f"a-{suffix}"}}))
         b = await start_daemon(merge(redis, {"server": {"node": f"b-{suffix}"}}))
         client = await WsClient.connect(b.url().replace("http", "ws", 1) + "/ws", token=token(f"u-{suffix}"))
         try:
             await client.event("session.ready")
-            async with httpx.AsyncClient(headers=AUTH) as http:
+            async with httpx.AsyncClient(headers=AUTH, timeout=20) as http:
                 answer = (await http.get(f"{a.url()}/server/v1/nodes")).json()
         finally:
             await client.close()
