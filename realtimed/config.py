@@ -1528,7 +1528,7 @@ def _check_api_keys(cfg: Config, problems: _Problems) -> None:
             problems.add(f"{key}.key", f"the same key as api.keys[{values[entry.key]}]: each key needs its own value")
         values.setdefault(entry.key, i)
 # URL prefixes that belong to the daemon's own routes; a static mount may not shadow them.
-_RESERVED_PREFIXES: Final = ("/api/", "/server/", "/dev/", "/healthz/", "/readyz/", "/metrics/")
+_RESERVED_PREFIXES: Final = ("/api/", "/server/", "/dev/", "/console/", "/healthz/", "/readyz/", "/metrics/")
 
 
 def _check_static(cfg: Config, problems: _Problems) -> None:

@@ -34,7 +34,7 @@ import trio
 import trio.testing
 from trio_websocket import open_websocket_url
 
-from realtimed.config import load_config
+from realtimed.config import ConfigError, load_config
 from realtimed.daemon import Daemon
 from realtimed.http.console import CONTENT_SECURITY_POLICY
 from tests.fixtures.clients import WsClient
@@ -179,6 +179,12 @@ async def test_nodes_lists_every_node_of_a_cluster(start_daemon: DaemonFactory, 
             f"b-{suffix}": (1, 1, 0),
         }
         assert all(set(n) == {"node", "sessions", "users", "rooms", "deliveries", "publications"} for n in ours.values())
+
+
+def test_a_static_folder_cannot_take_the_consoles_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "c.toml", env={}, data={"http": {"static": [{"path": "/console/", "dir": str(tmp_path)}]}})
+    assert dict(info.value.problems) == {"http.static[0].path": "'/console/' would shadow the daemon's own routes"}
 
 
 # -- the counters stream ---------------------------------------------------------------------------
@@ -423,8 +429,10 @@ async def test_the_console_in_chromium(
         await client.ok("subscribe", {"room": XSS_ROOM})
         await client.ok("publish", {"room": XSS_ROOM, "event": "note", "data": {"body": XSS_BODY}})
         with trio.fail_after(BROWSER_TIMEOUT_S):
+            # The test's own client uses Node's WebSocket, behind a flag before Node 22.
+            flags = ["--experimental-websocket"] if node_major(node) < 22 else []
             output = await run_in_group(
-                [node, "--experimental-websocket", "--test", "--test-timeout=60000", "console.test.mjs"],
+                [node, *flags, "--test", "--test-timeout=60000", "console.test.mjs"],
                 BROWSER_TESTS,
                 {
                     **env,
