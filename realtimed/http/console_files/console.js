@@ -326,7 +326,14 @@ async function showUser(userId) {
       ban === null ? null : el('div', { class: 'actions' },
         button('Disconnect every socket', () => userAction(userId, {}, (r) => `Disconnected ${r.disconnected} socket(s) on this node; the other nodes close theirs.`), { id: 'disconnect-all' }),
         el('label', {}, 'Ban for ', minutes, ' minutes'),
-        button('Disconnect and ban', () => userAction(userId, { ban_s: Number(minutes.value) * 60 }, (r) => `Banned until ${when(r.banned_until)}.`), { id: 'ban' }),
+        button('Disconnect and ban', () => {
+          const length = Number(minutes.value);
+          if (!Number.isFinite(length) || length < 1) {
+            notice('Give the ban a length of at least 1 minute.', true);
+            return;
+          }
+          userAction(userId, { ban_s: length * 60 }, (r) => `Banned until ${when(r.banned_until)}.`);
+        }, { id: 'ban' }),
         ban.banned ? button('Lift the ban', async () => {
           try {
             const result = await api('DELETE', `/users/${enc(userId)}/ban`);
@@ -503,7 +510,7 @@ async function listDeliveries(cursor = null) {
 function setStreamState(state, title = '') {
   const badge = $('stream-state');
   badge.dataset.state = state;
-  badge.textContent = { idle: '', connecting: 'connecting…', open: 'live', closed: 'reconnecting…', error: 'stream error' }[state] || state;
+  badge.textContent = { idle: '', connecting: 'connecting…', open: 'live', closed: 'reconnecting…', error: 'stream error' }[state] ?? state;
   badge.title = title || 'live counters';
 }
 
