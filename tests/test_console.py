@@ -276,7 +276,7 @@ async def test_the_streams_share_one_read_of_the_job_counts(
     start_daemon: DaemonFactory, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with trio.fail_after(600):
-        daemon = await start_daemon(QUIET | {"console": {"stats_interval_s": 1.0, "jobs_interval_s": 10.0}})
+        daemon = await start_daemon(QUIET | {"console": {"stats_interval_s": 2.0, "jobs_interval_s": 6.0}})
         store = daemon.services.store
         reads: list[float] = []
         job_stats = store.job_stats
@@ -293,16 +293,16 @@ async def test_the_streams_share_one_read_of_the_job_counts(
         ):
             first, second = _records(one), _records(two)
             for records in (first, second):
-                for _ in range(4):
+                for _ in range(3):
                     assert (await anext(records))[1]["jobs"]["queued"] == 0
             started = reads[0]
             await store.enqueue_job(queue="default", kind="x", payload={}, now=daemon.services.clock.now())
             async for _, record in first:
                 if record["jobs"]["queued"] == 1:
                     break
-            # Eight records and more, one read per console.jobs_interval_s.
+            # Six records and more, one read per console.jobs_interval_s.
             assert len(reads) == 2
-            assert reads[1] - started == pytest.approx(10.0, abs=1.5)
+            assert reads[1] - started == pytest.approx(6.0, abs=1.0)
 
 
 async def test_the_streams_are_bounded_and_end_with_their_key_or_the_node(
