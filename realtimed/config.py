@@ -612,6 +612,70 @@ class JobQueueConfig:
     concurrency: int = _f(4, "jobs of this queue run at once on each node", min=1, max=10_000)
 
 
+#: The job kind that calls an application's HTTP endpoint (``realtimed.jobs.http``).
+HTTP_JOB_KIND: Final = "http"
+#: The methods an HTTP job may use.
+HTTP_JOB_METHODS: Final[tuple[str, ...]] = ("GET", "POST", "PUT", "PATCH", "DELETE")
+#: An HTTP target's name: letters, digits, _ . - (at most 64).
+HTTP_TARGET_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: A header name (RFC 9110 token).
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")
+#: Headers realtimed sets itself on an HTTP job's request; a target may not set them.
+HTTP_JOB_RESERVED_HEADERS: Final = frozenset({
+    "host", "content-length", "content-type", "transfer-encoding", "connection", "user-agent", "te", "upgrade",
+    "keep-alive", "trailer", "expect", "webhook-id", "webhook-timestamp", "webhook-signature",
+})
+
+
+@attrs.frozen
+class HttpTargetConfig:
+    name: str = _f("", "target name (letters, digits, _ . -; at most 64), unique; HTTP jobs name it")
+    base_url: str = _f(
+        "", "http:// or https:// URL without credentials, query or fragment; a job's path is appended to it"
+    )
+    headers: dict[str, str] = _f(
+        {}, "headers sent with every request to this target (not host, content-*, user-agent, webhook-*); shown "
+        "by check-config, so keep credentials in secret"
+    )
+    secret: str = _f(
+        "", "signing secret (whsec_<base64 of 24 to 64 bytes>): each request carries the Standard Webhooks "
+        "headers webhook-id (the job id), webhook-timestamp and webhook-signature", secret=True,
+    )
+
+
+@attrs.frozen
+class HttpJobsConfig:
+    queue: str = _f("http", "job queue of HTTP jobs made through the server API without a queue; give it a "
+                    "concurrency in [[jobs.queues]]")
+    max_attempts: int = _f(8, "attempts of an HTTP job that names none, before it is dead", min=1, max=100)
+    backoff_base_s: float = _f(
+        5.0, "first retry delay of an HTTP job that names none (doubles each attempt, with jitter)", min=0, max=86400
+    )
+    backoff_max_s: float = _f(3600.0, "longest retry delay of an HTTP job that names none", min=0, max=86400)
+    max_retry_after_s: float = _f(
+        86400.0, "longest wait honoured from a Retry-After header (a longer one is cut to this)", min=0, max=31_536_000
+    )
+    max_delay_s: float = _f(
+        31 * 86400.0, "latest an HTTP job may be scheduled through the server API (run_at or delay_s from now)",
+        min=0, max=366 * 86400.0,
+    )
+    max_body_bytes: int = _f(
+        65536, "largest JSON body of an HTTP job (server API and [[cron]]), encoded", min=0, max=16 * 1024 * 1024
+    )
+    connect_timeout_s: float = _f(5.0, "longest the name lookup and the connection to a target may take", min=0.1, max=600)
+    timeout_s: float = _f(30.0, "longest one attempt (request and response) may take; then it is retried", min=0.1, max=3600)
+    max_response_bytes: int = _f(
+        65536, "most bytes of a response body read; the rest is not read", min=0, max=16 * 1024 * 1024
+    )
+    excerpt_chars: int = _f(
+        500, "most characters of a response body kept in a failed attempt's last_error", min=0, max=1500
+    )
+    ca_file: str = _f("", "PEM CA certificates trusted for https:// targets besides the system ones")
+    allow_private: bool = _f(
+        False, "allow targets resolving to loopback, link-local, private or other non-public addresses"
+    )
+
+
 @attrs.frozen
 class JobsConfig:
     enabled: bool = _f(True, "run jobs on this node")
@@ -621,6 +685,11 @@ class JobsConfig:
     backoff_base_s: float = _f(2.0, "first retry delay (doubles each attempt, with jitter)", min=0, max=86400)
     backoff_max_s: float = _f(3600.0, "longest retry delay", min=0, max=31_536_000)
     queues: list[JobQueueConfig] = _f([], "queues and their concurrency (others use the default queue's)")
+    http: HttpJobsConfig = _f(HttpJobsConfig())
+    http_targets: list[HttpTargetConfig] = _f(
+        [], "the application's HTTP endpoints that HTTP jobs call ([[jobs.http_targets]]); no URL or secret "
+        "comes from a request"
+    )
     cron_catch_up: CronCatchUp = _f(
         "none",
         "what a cron entry (built-in or [[cron]]) that has never run does when a node starts: none waits for "
@@ -634,8 +703,12 @@ class CronConfig:
     name: str = _f("", "entry name, unique")
     schedule: str = _f("", "five-field cron schedule, or six with seconds first")
     kind: str = _f("", "job kind to enqueue: one a node handles (realtimed/jobs/kinds.py), else a config error")
-    payload: dict[str, Any] = _f({}, "job payload, checked against the kind's payload type")
+    payload: dict[str, Any] = _f({}, "job payload, checked against the kind's payload type (not with kind = \"http\")")
     queue: str = _f("default", "job queue")
+    target: str = _f("", "kind = \"http\" only: the [[jobs.http_targets]] name called")
+    path: str = _f("", "kind = \"http\" only: the path below the target's base_url (relative: no scheme, host or ..)")
+    method: str = _f("", "kind = \"http\" only: GET, POST, PUT, PATCH or DELETE (empty: POST)")
+    body: dict[str, Any] = _f({}, "kind = \"http\" only: the JSON body (a table; sent with every method but GET)")
     timezone: str = _f("UTC", "IANA time zone of the schedule")
 
 
@@ -1351,6 +1424,7 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
         _check_cron(entry, f"cron[{i}]", problems)
     _check_notify(cfg, problems)
     _check_webhooks(cfg, problems)
+    _check_http_targets(cfg, problems)
 
 
 def webhook_endpoint_problems(
@@ -1403,6 +1477,55 @@ def _check_webhooks(cfg: Config, problems: _Problems) -> None:
         if ep.id in seen:
             problems.add(f"webhooks.endpoints[{i}].id", f"duplicate id {ep.id!r}")
         seen.add(ep.id)
+
+
+def http_target_problems(target: HttpTargetConfig) -> list[tuple[str, str]]:
+    """What is wrong with an HTTP target, as ``(field, problem)``."""
+    out: list[tuple[str, str]] = []
+    if not HTTP_TARGET_NAME.fullmatch(target.name):
+        out.append(("name", "must be 1 to 64 of letters, digits and _ . - (starting with a letter or digit)"))
+    try:
+        parts = urlsplit(target.base_url)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or len(target.base_url) > 2000:
+        out.append(("base_url", "must be an http:// or https:// URL with a host (at most 2000 characters)"))
+    elif parts.username or parts.password:
+        out.append(("base_url", "must not carry credentials"))
+    elif parts.query or parts.fragment or "?" in target.base_url or "#" in target.base_url:
+        out.append(("base_url", "must not have a query or a fragment (a job's path may have a query)"))
+    elif port == 0:
+        out.append(("base_url", "port must not be 0"))
+    elif any(ord(c) <= 0x20 or ord(c) >= 0x7F or c == "\\" for c in target.base_url):
+        out.append(("base_url", "must be printable ASCII without spaces or backslashes (percent-encode the rest)"))
+    for name, value in target.headers.items():
+        key = f"headers.{_toml_key(name)}"
+        if not _HEADER_NAME.fullmatch(name):
+            out.append((key, "not a header name"))
+        elif name.lower() in HTTP_JOB_RESERVED_HEADERS:
+            out.append((key, "set by realtimed itself"))
+        elif not isinstance(value, str) or len(value) > 8000 or any(
+            (ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F or ord(c) > 0xFF for c in value
+        ):
+            out.append((key, "must be a string of at most 8000 Latin-1 characters without control characters"))
+    if not _webhook_secret_ok(target.secret):
+        out.append(("secret", "must be whsec_ then the base64 of 24 to 64 random bytes"))
+    return out
+
+
+def _check_http_targets(cfg: Config, problems: _Problems) -> None:
+    seen: set[str] = set()
+    for i, target in enumerate(cfg.jobs.http_targets):
+        for field, problem in http_target_problems(target):
+            problems.add(f"jobs.http_targets[{i}].{field}", problem)
+        if target.name in seen:
+            problems.add(f"jobs.http_targets[{i}].name", f"duplicate name {target.name!r}")
+        seen.add(target.name)
+    if cfg.jobs.http.backoff_base_s > cfg.jobs.http.backoff_max_s:
+        problems.add("jobs.http.backoff_base_s", "must not exceed jobs.http.backoff_max_s")
+    if not cfg.jobs.http.queue:
+        problems.add("jobs.http.queue", "must not be empty")
 
 
 #: The room prefix of per-device addresses: ``device:<session_id>`` holds that one session.
@@ -1648,6 +1771,18 @@ def _check_cron(entry: CronConfig, key: str, problems: _Problems) -> None:
     # The payload is stored with every job of the entry, and listed with it.
     if json_depth_path(entry.payload, MAX_STORED_JSON_DEPTH) is not None:
         problems.add(f"{key}.payload", f"nests more than {MAX_STORED_JSON_DEPTH} levels of arrays and tables")
+    if json_depth_path(entry.body, MAX_STORED_JSON_DEPTH - 1) is not None:
+        problems.add(f"{key}.body", f"nests more than {MAX_STORED_JSON_DEPTH - 1} levels of arrays and tables")
+    # An HTTP entry says what it calls in its own keys; other kinds have a payload.
+    if entry.kind == HTTP_JOB_KIND:
+        if entry.payload:
+            problems.add(f"{key}.payload", "an http entry takes target, path, method and body instead")
+        if not entry.target:
+            problems.add(f"{key}.target", "an http entry names a [[jobs.http_targets]] target")
+    else:
+        for name in ("target", "path", "method", "body"):
+            if getattr(entry, name):
+                problems.add(f"{key}.{name}", f'only an entry with kind = "{HTTP_JOB_KIND}" takes {name}')
 
 
 def parse_host_port(value: str) -> tuple[str, int]:

@@ -46,6 +46,7 @@ from realtimed.gateway.websocket import WebSocketDoor
 from realtimed.http.app import check_backends, create_app
 from realtimed.http.listener import Listener
 from realtimed.jobs import CronScheduler, JobRunner, register_builtin_kinds
+from realtimed.jobs.http import HttpJobService
 from realtimed.jobs.kinds import cron_config_problems
 from realtimed.live import Live
 from realtimed.notify.inbox import InAppChannel
@@ -238,6 +239,8 @@ class Daemon:
         push.register_jobs(runner)
         notify.register_jobs(runner)
         webhooks.register_jobs(runner)
+        http_jobs = HttpJobService(config, clock=clock)
+        http_jobs.register_jobs(runner)
         hooks = SessionHooks(
             on_connect=(presence.on_connect,),
             on_disconnect=(presence.on_disconnect, chat.on_disconnect),
@@ -264,7 +267,7 @@ class Daemon:
         self._services = Services(
             live_config=config, verifier=self._verifier_live, api_keys=self._api_keys, clock=clock, node=node,
             store=store, broker=backends.broker, router=router, ops=ops, gateway=gateway, presence=presence,
-            jobs=runner, chat=chat, notify=notify, push=push, webhooks=webhooks,
+            jobs=runner, chat=chat, notify=notify, push=push, webhooks=webhooks, http_jobs=http_jobs,
         )
         self.on_reload(self._reload_services)
 
@@ -281,6 +284,7 @@ class Daemon:
         await nursery.start(svc.chat.run)
         await nursery.start(svc.push.run)
         await nursery.start(svc.webhooks.run)
+        await nursery.start(svc.http_jobs.run)
         if backends.activity is not None:
             await nursery.start(backends.activity.run)
         await nursery.start(svc.notify.run)
@@ -314,6 +318,7 @@ class Daemon:
         self._api_keys.value = ApiKeys.from_config(new.api)
         self.services.router.set_config(new)
         self.services.webhooks.reload(new)
+        self.services.http_jobs.reload(new)
 
     async def _drain_services(self) -> None:
         """Let sockets close and running jobs finish; returns early when all are done."""

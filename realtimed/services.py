@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from realtimed.config import Config
     from realtimed.delivery.router import Router
     from realtimed.gateway.gateway import Gateway
+    from realtimed.jobs.http import HttpJobService
     from realtimed.jobs.runner import JobRunner
     from realtimed.live import Live
     from realtimed.notify.service import NotifyService
@@ -56,6 +57,7 @@ class Services:
     notify: NotifyService
     push: PushService
     webhooks: WebhookService
+    http_jobs: HttpJobService
 
     @property
     def config(self) -> Config:

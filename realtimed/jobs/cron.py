@@ -1,7 +1,8 @@
 """Cron: ``[[cron]]`` entries enqueue one job per tick, once across every node.
 
 Each entry has a schedule (five cron fields, or six with seconds first), a time
-zone, and the job to enqueue (kind, payload, queue). For every tick the
+zone, and the job to enqueue (kind, payload, queue; an ``http`` entry gives its
+target, path, method and body instead of a payload, ``realtimed.jobs.http``). For every tick the
 scheduler of each node asks the store to advance the entry's last tick
 (``store.cron_claim_tick``, atomic: only a tick later than the stored one
 advances it, and only one caller wins); the winner enqueues the job with the
@@ -265,14 +266,17 @@ class CronScheduler:
             return
 
     async def _enqueue(self, entry: CronEntry, key: str) -> str:
+        from realtimed.jobs.http import cron_payload
+
         cfg = entry.config
+        payload = cron_payload(cfg)  # an http entry's target, path, method and body; else its payload
         if self._runner is not None:
-            job = await self._runner.enqueue(cfg.kind, dict(cfg.payload), queue=cfg.queue, dedupe_key=key)
+            job = await self._runner.enqueue(cfg.kind, payload, queue=cfg.queue, dedupe_key=key)
             return str(job.id)
         job, _created = await self._store.enqueue_job(
             queue=cfg.queue,
             kind=cfg.kind,
-            payload=dict(cfg.payload),
+            payload=payload,
             now=self._clock.now(),
             max_attempts=self._max_attempts,
             dedupe_key=key,
