@@ -107,14 +107,14 @@ async def test_http_jobs_are_signed_and_retried_as_the_answers_say(
     await receiver.start(nursery)
     with trio.fail_after(3600):  # mock time: minutes of backoff pass in seconds
         daemon = await start_daemon(merge(store_section, config(receiver)), clock=wall)
-        at = format_datetime(wall.now() + timedelta(seconds=180), usegmt=True)
+        at = format_datetime(wall.now() + timedelta(seconds=60), usegmt=True)
         receiver.script = {
             "/api/retry": [Answer(503, body=b"busy")],
-            "/api/later": [Answer(429, retry_after="120")],
+            "/api/later": [Answer(429, retry_after="40")],
             "/api/date": [Answer(503, retry_after=at)],
             "/api/gone": [Answer(404, body=b"no such order")],
             "/api/timeout": [Answer(408)],
-            "/api/slow": [Answer(200, delay_s=60)],  # beyond jobs.http.timeout_s
+            "/api/slow": [Answer(200, delay_s=30)],  # beyond jobs.http.timeout_s
             "/api/down": [Answer(500), Answer(502)],
         }
         async with api(daemon) as http:
@@ -143,8 +143,8 @@ async def test_http_jobs_are_signed_and_retried_as_the_answers_say(
             times = {name: sorted(e.at for e in receiver.log if e.target == f"/api/{name}") for name in jobs}
             assert 5 <= times["retry"][1] - times["retry"][0] <= 11
             # Retry-After in seconds and as an HTTP date are honoured (not the 10 s backoff).
-            assert done["later"]["status"] == "succeeded" and times["later"][1] - times["later"][0] >= 120
-            assert done["date"]["status"] == "succeeded" and times["date"][1] - times["date"][0] >= 170
+            assert done["later"]["status"] == "succeeded" and times["later"][1] - times["later"][0] >= 40
+            assert done["date"]["status"] == "succeeded" and times["date"][1] - times["date"][0] >= 55
             # 408 is retried; a 4xx other than 408 and 429 is final: dead after one attempt.
             assert (done["timeout"]["status"], done["timeout"]["attempts"]) == ("succeeded", 2)
             gone = done["gone"]
@@ -209,19 +209,19 @@ async def test_a_target_that_is_not_public_is_refused_unless_allowed(
 async def test_a_cron_http_entry_runs_once_per_tick_across_two_daemons(
     nursery: trio.Nursery, start_daemon: DaemonFactory, clock: trio.testing.MockClock, pg_dsn: str
 ) -> None:
-    # Both nodes read one wall clock, 5 s after a minute: the ticks come at :30, :00, :30.
+    # Both nodes read one wall clock, 5 s after a minute: the ticks come at :10, :20 and :30.
     wall = following(datetime.now(UTC).replace(second=5, microsecond=0))
     receiver = Receiver([SECRET], now=wall.now)
     await receiver.start(nursery)
     entry = {
-        "name": "digest", "schedule": "*/30 * * * * *", "kind": "http", "target": "app", "path": "digest",
+        "name": "digest", "schedule": "*/10 * * * * *", "kind": "http", "target": "app", "path": "digest",
         "body": {"what": "weekly digest"},
     }
     base = merge(config(receiver, cron=[entry]), {"store": {"backend": "postgres", "postgres_dsn": pg_dsn}})
     with trio.fail_after(3600):
         first = await start_daemon(merge(base, {"server": {"node": "n1"}}), clock=wall)
         await start_daemon(merge(base, {"server": {"node": "n2"}}), clock=wall)
-        until = wall.now().replace(second=45, microsecond=0) + timedelta(minutes=1)
+        until = wall.now().replace(second=35, microsecond=0)
         await trio.sleep((until - wall.now()).total_seconds())
         async with api(first) as http:
             jobs = (await http.get("/jobs", params={"kind": "http"})).json()["jobs"]
