@@ -96,9 +96,16 @@ def _f(
     merge: bool = False,
     channel: bool = False,
     path_credential: bool = False,
+    redact: bool = False,
 ) -> Any:
-    """An attrs field with loader metadata; mutable defaults are copied per instance."""
+    """An attrs field with loader metadata; mutable defaults are copied per instance.
+
+    ``secret``: redacted when shown, and may come from ``<key>_file`` or
+    ``<key>_credential``; ``redact``: a table whose values are redacted when shown
+    (its keys are not), with no other source.
+    """
     meta = {
+        "redact": redact,
         "help": help,
         "min": min,
         "max": max,
@@ -634,8 +641,8 @@ class HttpTargetConfig:
         "", "http:// or https:// URL without credentials, query or fragment; a job's path is appended to it"
     )
     headers: dict[str, str] = _f(
-        {}, "headers sent with every request to this target (not host, content-*, user-agent, webhook-*); shown "
-        "by check-config, so keep credentials in secret"
+        {}, "headers sent with every request to this target (not host, content-*, user-agent, webhook-*); their "
+        "values are redacted when the configuration is shown", redact=True,
     )
     secret: str = _f(
         "", "signing secret (whsec_<base64 of 24 to 64 bytes>): each request carries the Standard Webhooks "
@@ -1818,7 +1825,9 @@ def config_to_dict(cfg: Any, *, redact: bool = True) -> Any:
             if field.metadata.get("internal"):
                 continue
             value = getattr(cfg, field.name)
-            if redact and field.metadata.get("secret") and value:
+            if redact and field.metadata.get("redact") and isinstance(value, dict):
+                value = dict.fromkeys(value, REDACTED)
+            elif redact and field.metadata.get("secret") and value:
                 # A list of tables (named API keys) keeps what is not secret in them.
                 if isinstance(value, list) and all(attrs.has(type(v)) for v in value):
                     pass

@@ -18,7 +18,15 @@ import pytest
 import trio
 import trio.testing
 
-from realtimed.config import Config, ConfigError, HttpTargetConfig, JobQueueConfig, JobsConfig, load_config
+from realtimed.config import (
+    Config,
+    ConfigError,
+    HttpTargetConfig,
+    JobQueueConfig,
+    JobsConfig,
+    config_to_dict,
+    load_config,
+)
 from realtimed.daemon import Daemon
 from realtimed.errors import ValidationFailed
 from realtimed.jobs.http import HttpJob, cron_payload, parse_http_job_request, path_problem, target_url
@@ -314,7 +322,9 @@ def test_targets_and_cron_http_entries_are_checked_at_load() -> None:
     assert found["jobs.http_targets[1].name"] == "duplicate name 'app'"
     assert "no [[jobs.http_targets]] target 'billing'" in found["cron[1].target"]
     assert "jobs.http.max_body_bytes" in found["cron[5].body"]
-    ok = load_config(None, env={}, data={"jobs": {"http_targets": [target]}, "cron": [
+    ok = load_config(None, env={}, data={"jobs": {"http_targets": [{**target, "headers": {"Authorization": "Bearer t"}}]}, "cron": [
         {"name": "ok", "schedule": "0 4 * * *", "kind": "http", "target": "app", "path": "nightly", "method": "GET"},
     ]}, checks=(cron_config_problems,))
     assert cron_payload(ok.cron[0]) == {"target": "app", "path": "nightly", "method": "GET"}
+    shown = config_to_dict(ok)["jobs"]["http_targets"][0]
+    assert shown["headers"] == {"Authorization": "***"} and shown["secret"] == "***"
