@@ -195,7 +195,13 @@ async def test_http_jobs_are_signed_and_retried_as_the_answers_say(
             assert await refused(http, **{**good, "backoff_base_s": 9, "backoff_max_s": 1}) == "backoff_base_s"
             assert await refused(http, **{**good, "queue": "elsewhere"}) == "queue"
             assert await refused(http, **{**good, "unique_key": ""}) == "unique_key"
+            assert await refused(http, **{**good, "unique_key": "a\x00b"}) == "unique_key"
+            assert await refused(http, **{**good, "body": {"a": "\x00"}}) == "body"
             assert await refused(http, **{**good, "url": "http://evil.example"}) == "url"
+            assert await refused(http, **{**good, "run_at": "0001-01-01T00:00:00+14:00"}) == "run_at"  # before UTC's year 1
+            # A time past runs now.
+            past = await enqueue(http, path="past", run_at="2001-01-01T00:00:00+14:00")
+            assert past["run_at"] >= ok["run_at"]
             assert (await http.post("/jobs", content=b"[1]")).status_code == 400
 
 

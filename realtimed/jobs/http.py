@@ -203,10 +203,29 @@ def http_job_problems(job: HttpJob, cfg: Config) -> list[tuple[str, str]]:
         if json_depth_path(job.body, MAX_STORED_JSON_DEPTH - 1) is not None:
             out.append(("body", f"nests more than {MAX_STORED_JSON_DEPTH - 1} levels of arrays and objects"))
         else:
-            size = len(encode_json(job.body, "body"))
-            if size > cfg.jobs.http.max_body_bytes:
-                out.append(("body", f"is {size} bytes as JSON, over jobs.http.max_body_bytes ({cfg.jobs.http.max_body_bytes})"))
+            encoded = encode_json(job.body, "body")
+            if len(encoded) > cfg.jobs.http.max_body_bytes:
+                limit = cfg.jobs.http.max_body_bytes
+                out.append(("body", f"is {len(encoded)} bytes as JSON, over jobs.http.max_body_bytes ({limit})"))
+            elif _has_nul(job.body):  # PostgreSQL cannot store it in a payload, so neither store does
+                out.append(("body", "must not contain NUL characters"))
     return out
+
+
+def _has_nul(value: Any) -> bool:
+    """A NUL character in any string or key of a JSON value."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def cron_payload(entry: CronConfig) -> dict[str, Any]:
@@ -303,18 +322,21 @@ def parse_http_job_request(body: Mapping[str, Any], cfg: Config, now: datetime) 
     if raw_run_at is not None:
         try:
             run_at = parse_iso(raw_run_at)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: out of range in UTC (year 1 at +14:00)
             raise ValidationFailed("run_at", "must be an RFC 3339 time with an offset") from None
         if run_at.tzinfo is None:
             raise ValidationFailed("run_at", "must be an RFC 3339 time with an offset")
         if run_at > now + timedelta(seconds=http.max_delay_s):
             raise ValidationFailed("run_at", f"must be within jobs.http.max_delay_s ({http.max_delay_s:g} s) from now")
+        run_at = max(run_at, now)  # a time past is now
     delay_s = _number(body, "delay_s", 0, http.max_delay_s)
     if delay_s is not None:
         run_at = now + timedelta(seconds=delay_s)
     max_attempts = _number(body, "max_attempts", 1, MAX_JOB_ATTEMPTS, integer=True)
     priority = _number(body, "priority", -MAX_PRIORITY, MAX_PRIORITY, integer=True)
     unique_key = _text(body, "unique_key", MAX_UNIQUE_KEY_CHARS)
+    if unique_key is not None and any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in unique_key):
+        raise ValidationFailed("unique_key", "must not contain control characters")
     queue = _text(body, "queue", 200) or http.queue
     served = served_queues(cfg)
     if queue not in served:
