@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import trio
 import trio.testing
@@ -32,8 +34,9 @@ from realtimed.errors import ValidationFailed
 from realtimed.jobs.http import HttpJob, cron_payload, parse_http_job_request, path_problem, target_url
 from realtimed.jobs.kinds import cron_config_problems
 from realtimed.outbound.client import retry_after_s
-from tests.fixtures.daemon import API_KEY, DaemonFactory, merge
+from tests.fixtures.daemon import API_KEY, BASE_CONFIG, DaemonFactory, merge, toml_dumps
 from tests.notify_support import following
+from tests.test_cli_store_checks import realtimed
 from tests.webhook_receiver import Answer, Receiver, new_secret
 
 SERVER = {"Authorization": f"Bearer {API_KEY}"}
@@ -206,17 +209,31 @@ async def test_http_jobs_are_signed_and_retried_as_the_answers_say(
 
 
 async def test_a_target_that_is_not_public_is_refused_unless_allowed(
-    nursery: trio.Nursery, start_daemon: DaemonFactory, clock: trio.testing.MockClock
+    nursery: trio.Nursery, start_daemon: DaemonFactory, clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     receiver = Receiver([SECRET])
     await receiver.start(nursery)
-    with trio.fail_after(600):
-        daemon = await start_daemon(config(receiver, allow_private=False), clock=following())
+    settings = config(receiver, allow_private=False)
+    with trio.fail_after(7200):  # mock time, which jumps while the commands below run
+        # The commands run on the machine's clock: the daemon's wall clock starts from it.
+        daemon = await start_daemon(settings, clock=following(datetime.now(UTC)))
         async with api(daemon) as http:
             job = await enqueue(http, path="x", body={"a": 1})
             job = await job_when(http, job["id"], finished)
             assert (job["status"], job["attempts"]) == ("dead", 1)
             assert "not a public address (jobs.http.allow_private)" in job["last_error"]
+            # The operator's commands see and steer it too.
+            config_file = tmp_path / "realtimed.toml"
+            config_file.write_text(toml_dumps(merge(merge(BASE_CONFIG, {"server": {"state_dir": str(tmp_path / "state")}}), settings)))
+            listed = await realtimed(tmp_path, "jobs", "list", "--kind", "http", "--json", "-c", str(config_file))
+            assert listed.returncode == 0, listed.stderr
+            [shown] = orjson.loads(listed.stdout)["jobs"]
+            assert shown["id"] == job["id"] and shown["status"] == "dead" and "allow_private" in shown["last_error"]
+            retried = await realtimed(tmp_path, "jobs", "retry", job["id"], "-c", str(config_file))
+            assert retried.returncode == 0, retried.stderr
+            again = await job_when(http, job["id"], lambda j: j["status"] == "dead" and j["attempts"] == 1
+                                   and j["finished_at"] > job["finished_at"])
+            assert "not a public address" in again["last_error"]
     assert receiver.requests == 0
 
 
