@@ -654,7 +654,9 @@ class HttpTargetConfig:
 class HttpJobsConfig:
     queue: str = _f("http", "job queue of HTTP jobs made through the server API without a queue; give it a "
                     "concurrency in [[jobs.queues]]")
-    max_attempts: int = _f(8, "attempts of an HTTP job that names none, before it is dead", min=1, max=100)
+    max_attempts: int = _f(
+        8, "attempts of an HTTP job that names none (and of those of [[cron]]), before it is dead", min=1, max=100
+    )
     backoff_base_s: float = _f(
         5.0, "first retry delay of an HTTP job that names none (doubles each attempt, with jitter)", min=0, max=86400
     )

@@ -260,6 +260,7 @@ async def test_a_cron_http_entry_runs_once_per_tick_across_two_daemons(
             for job in jobs:
                 await job_when(http, job["id"], finished)
             assert {j["payload"]["path"] for j in jobs} == {"digest"}
+            assert {j["max_attempts"] for j in jobs} == {8}  # jobs.http.max_attempts, not jobs.max_attempts
     digests = [r for r in receiver.received if r.target == "/api/digest"]
     assert len(digests) == 3 and len({r.webhook_id for r in digests}) == 3
     assert all(r.method == "POST" and r.body == {"what": "weekly digest"} for r in digests)
