@@ -697,7 +697,7 @@ class JobsConfig:
     http: HttpJobsConfig = _f(HttpJobsConfig())
     http_targets: list[HttpTargetConfig] = _f(
         [], "the application's HTTP endpoints that HTTP jobs call ([[jobs.http_targets]]); no URL or secret "
-        "comes from a request"
+        "comes from a request; a reload applies them (the rest of [jobs] needs a restart)"
     )
     cron_catch_up: CronCatchUp = _f(
         "none",

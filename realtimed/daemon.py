@@ -394,6 +394,10 @@ class Daemon:
             self._notifier.ready("reload refused; previous configuration kept")
             return False
         old = self.cfg
+        # Of [jobs], the HTTP targets apply live (each attempt reads them): a secret or URL
+        # changes without a restart; the rest of the section needs one.
+        new_jobs = new.jobs
+        new = attrs.evolve(new, jobs=attrs.evolve(new.jobs, http_targets=old.jobs.http_targets))
         restart_needed = [
             field.name
             for field in attrs.fields(Config)
@@ -405,6 +409,7 @@ class Daemon:
             log.warning("reload: changes to [%s] take effect after a restart", "], [".join(restart_needed))
             # Keep the running values of what cannot change live.
             new = attrs.evolve(new, **{name: getattr(old, name) for name in restart_needed})
+        new = attrs.evolve(new, jobs=attrs.evolve(new.jobs, http_targets=new_jobs.http_targets))
         if old.log != new.log:
             logs.setup_logging(new.log.level, new.log.format, include_user_ids=new.log.include_user_ids)
             log.info("reload: log level %s, format %s", new.log.level, new.log.format)

@@ -7,6 +7,7 @@ cron ticks are minutes of mock time, a few seconds of real time).
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -235,6 +236,42 @@ async def test_a_target_that_is_not_public_is_refused_unless_allowed(
                                    and j["finished_at"] > job["finished_at"])
             assert "not a public address" in again["last_error"]
     assert receiver.requests == 0
+
+
+async def test_a_reload_applies_new_targets_and_secrets(
+    nursery: trio.Nursery, tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    rotated = new_secret()
+    receiver = Receiver([rotated])  # the application moved to a new secret first
+    await receiver.start(nursery)
+    path = tmp_path / "realtimed.toml"
+    base = merge(merge(BASE_CONFIG, {"server": {"state_dir": str(tmp_path / "state")}}), config(receiver))
+    path.write_text(toml_dumps(base))
+    cfg = load_config(path, env={}, checks=(cron_config_problems,))
+    daemon = Daemon(cfg, config_path=path, handle_signals=False, clock=following(datetime.now(UTC)))
+    with trio.fail_after(3600):  # mock time
+        clock.autojump_threshold = math.inf  # still while the daemon starts (as start_daemon does)
+        await nursery.start(daemon.run)
+        clock.autojump_threshold = AUTOJUMP_S
+        async with api(daemon) as http:
+            job = await enqueue(http, path="signed", body={"n": 1})
+            job = await job_when(http, job["id"], finished)
+            assert job["status"] == "dead" and "HTTP 401" in job["last_error"]  # signed with the old secret
+            assert await refused(http, kind="http", target="billing") == "target"
+            targets = [
+                {**base["jobs"]["http_targets"][0], "secret": rotated},
+                {"name": "billing", "base_url": f"http://127.0.0.1:{receiver.port}/billing", "secret": rotated},
+            ]
+            path.write_text(toml_dumps(merge(base, {"jobs": {"http_targets": targets, "poll_s": 30.0}})))
+            assert await daemon.reload() is True
+            assert daemon.cfg.jobs.poll_s == 60.0  # the rest of [jobs] waits for a restart
+            assert (await http.post(f"/jobs/{job['id']}/retry")).status_code == 200
+            assert (await job_when(http, job["id"], finished))["status"] == "succeeded"
+            billed = await enqueue(http, target="billing", path="invoices")
+            assert (await job_when(http, billed["id"], finished))["status"] == "succeeded"
+        daemon.request_drain()
+        await daemon.wait_stopped()
+    assert {r.target for r in receiver.received} == {"/api/signed", "/billing/invoices"}
 
 
 async def test_a_cron_http_entry_runs_once_per_tick_across_two_daemons(
