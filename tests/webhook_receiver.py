@@ -75,6 +75,7 @@ class Logged:
     target: str
     at: float  # trio.current_time() when the request was read
     status: int
+    wall: datetime | None = None  # ``now()`` then, when the receiver was given one
 
 
 class Receiver:
@@ -155,7 +156,7 @@ class Receiver:
                 self.requests += 1
                 headers = {k.decode().lower(): v.decode() for k, v in request.headers}
                 method, target = request.method.decode(), request.target.decode()
-                arrived = trio.current_time()
+                arrived, arrived_wall = trio.current_time(), (self.now() if self.now is not None else None)
                 scripted = self.script.get(target.split("?", 1)[0])
                 answer = scripted.pop(0) if scripted else None
                 delay_s = answer.delay_s if answer is not None else self.delay_s
@@ -176,7 +177,7 @@ class Receiver:
                     else:
                         self.unverified += 1
                         status = 401
-                self.log.append(Logged(method, target, arrived, status))
+                self.log.append(Logged(method, target, arrived, status, arrived_wall))
                 out_headers = [("content-length", str(len(reply))), ("content-type", "application/json")]
                 if retry_after is not None:
                     out_headers.append(("retry-after", retry_after))
