@@ -209,6 +209,12 @@ async def test_http_jobs_are_signed_and_retried_as_the_answers_say(
             assert await refused(http, **{**good, "body": {"a": "\x00"}}) == "body"
             assert await refused(http, **{**good, "url": "http://evil.example"}) == "url"
             assert await refused(http, **{**good, "run_at": "0001-01-01T00:00:00+14:00"}) == "run_at"  # before UTC's year 1
+            # The same time elsewhere in the server API is a 400 too (parse_iso), not a 500.
+            scheduled = await http.post("/notifications", json={
+                "user_ids": ["u1"], "type": "announcement", "vars": {"title": "t", "body": "b"},
+                "scheduled_for": "0001-01-01T00:00:00+14:00",
+            })
+            assert scheduled.status_code == 400 and scheduled.json()["error"]["field"] == "scheduled_for"
             # A time past runs now.
             past = await enqueue(http, path="past", run_at="2001-01-01T00:00:00+14:00")
             assert past["run_at"] >= ok["run_at"]
