@@ -815,6 +815,59 @@ class PushConfig:
     quota_retry_s: float = _f(60.0, "wait after a 429 that gives no Retry-After (every sender waits)", min=0, max=86400)
 
 
+@attrs.frozen
+class EmailTemplateConfig:
+    type: str = _f("", "the notification type this template is for (notify.types or a built-in type)")
+    subject: str = _f("", "subject template; empty: the type's title")
+    text: str = _f("", "plain-text body template; empty: the type's body")
+    html: str = _f(
+        "", "HTML body template; every value is HTML-escaped where it is put in; empty: the text part, escaped, "
+        "in a minimal page"
+    )
+
+
+@attrs.frozen
+class EmailConfig:
+    enabled: bool = _f(False, "deliver notifications by email (types name email in channels)")
+    host: str = _f("127.0.0.1", "SMTP submission server host")
+    port: int = _f(587, "SMTP submission server port (587 with starttls, 465 with tls)", min=1, max=65535)
+    security: Literal["starttls", "tls", "none"] = _f(
+        "starttls", "starttls (upgrade a plain connection, required), tls (TLS from the start) or none"
+    )
+    username: str = _f("", "SMTP AUTH user; empty: no authentication")
+    password: str = _f("", "SMTP AUTH password (or password_file, password_credential)", secret=True)
+    ca_file: str = _f("", "PEM CA certificates trusted for the SMTP server besides the system ones")
+    from_address: str = _f("", "the From address, e.g. \"Example <notify@example.com>\"; required when enabled")
+    reply_to: str = _f("", "Reply-To address; empty: none")
+    max_connections: int = _f(
+        4, "SMTP connections per node (each email waits for a free one; idle ones are reused)", min=1, max=256
+    )
+    idle_timeout_s: float = _f(
+        30.0, "an idle pooled connection older than this is closed instead of reused", min=0, max=3600
+    )
+    connect_timeout_s: float = _f(10.0, "longest a connection, its TLS and its login may take", min=0.1, max=600)
+    send_timeout_s: float = _f(30.0, "longest one SMTP command may take (the socket timeout)", min=0.1, max=600)
+    public_base_url: str = _f(
+        "", "public http(s) URL of this daemon's client listener, for unsubscribe links "
+        "(<public_base_url>/email/unsubscribe/<token>); required when enabled"
+    )
+    unsubscribe_secret: str = _f(
+        "", "signs unsubscribe links (at least 32 characters; or unsubscribe_secret_file); required when enabled",
+        secret=True,
+    )
+    unsubscribe_ttl_s: float = _f(
+        90 * 86400.0, "how long an unsubscribe link works", min=3600, max=10 * 365 * 86400.0
+    )
+    templates: list[EmailTemplateConfig] = _f([], "per-type subject, text and HTML templates ([[email.templates]])")
+    queue: str = _f("email", "job queue of email.send; give it a concurrency in [[jobs.queues]]")
+    max_attempts: int = _f(8, "attempts per email before it is dead (4xx answers and connection failures)", min=1, max=100)
+    backoff_base_s: float = _f(
+        30.0, "first retry delay of an email that failed for now (doubles each attempt, with jitter)", min=0, max=86400
+    )
+    backoff_max_s: float = _f(3600.0, "longest retry delay of an email", min=0, max=86400)
+    max_address_chars: int = _f(254, "longest email address accepted (RFC 5321 path limit)", min=6, max=998)
+
+
 #: The events a webhook endpoint may subscribe to (docs/protocol.md, "Webhooks").
 WEBHOOK_EVENTS: Final[tuple[str, ...]] = (
     "message.new",
@@ -947,6 +1000,7 @@ class Config:
     metrics: MetricsConfig = _f(MetricsConfig())
     notify: NotifyConfig = _f(NotifyConfig())
     push: PushConfig = _f(PushConfig(), channel=True)
+    email: EmailConfig = _f(EmailConfig(), channel=True)
     webhooks: WebhooksConfig = _f(WebhooksConfig())
     console: ConsoleConfig = _f(ConsoleConfig())
     source: str = attrs.field(default="", metadata={"internal": True})
@@ -1432,6 +1486,7 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
         names.add(entry.name)
         _check_cron(entry, f"cron[{i}]", problems)
     _check_notify(cfg, problems)
+    _check_email(cfg, problems)
     _check_webhooks(cfg, problems)
     _check_http_targets(cfg, problems)
 
@@ -1760,6 +1815,59 @@ def _check_notify(cfg: Config, problems: _Problems) -> None:
         problems.add("push.backoff_base_s", "must not exceed push.backoff_max_s")
     if not push.queue:
         problems.add("push.queue", "must not be empty")
+
+
+MIN_UNSUBSCRIBE_SECRET_CHARS: Final = 32
+
+
+def _check_email(cfg: Config, problems: _Problems) -> None:
+    """The email channel: what it needs when enabled, and per-type templates that parse
+    and use only the type's vars (a built-in or configured type)."""
+    email = cfg.email
+    if email.backoff_base_s > email.backoff_max_s:
+        problems.add("email.backoff_base_s", "must not exceed email.backoff_max_s")
+    if not email.queue:
+        problems.add("email.queue", "must not be empty")
+    if email.public_base_url and not email.public_base_url.startswith(("https://", "http://")):
+        problems.add("email.public_base_url", f"must be an http(s) URL, got {email.public_base_url!r}")
+    if email.enabled:
+        if not email.host:
+            problems.add("email.host", "must not be empty when email is enabled")
+        if "@" not in email.from_address or any(c in email.from_address for c in "\r\n"):
+            problems.add("email.from_address", "must be an email address when email is enabled")
+        if not email.public_base_url:
+            problems.add("email.public_base_url", "is required when email is enabled (unsubscribe links)")
+        if len(email.unsubscribe_secret) < MIN_UNSUBSCRIBE_SECRET_CHARS:
+            problems.add(
+                "email.unsubscribe_secret",
+                f"must be at least {MIN_UNSUBSCRIBE_SECRET_CHARS} characters when email is enabled",
+            )
+    if email.reply_to and any(c in email.reply_to for c in "\r\n"):
+        problems.add("email.reply_to", "must be one line")
+    if bool(email.username) != bool(email.password):
+        problems.add("email.username", "username and password go together")
+    from realtimed.notify.types import type_table  # the built-in types; imports nothing from here at load time
+
+    types = type_table(cfg.notify)
+    seen: set[str] = set()
+    for i, template in enumerate(email.templates):
+        key = f"email.templates[{i}]"
+        ntype = types.get(template.type)
+        if ntype is None:
+            problems.add(f"{key}.type", f"unknown notification type {template.type!r}")
+            continue
+        if template.type in seen:
+            problems.add(f"{key}.type", f"a second template for {template.type!r}")
+        seen.add(template.type)
+        for field in ("subject", "text", "html"):
+            try:
+                used = placeholders(getattr(template, field))
+            except TemplateError as exc:
+                problems.add(f"{key}.{field}", str(exc))
+                continue
+            for name in used:
+                if name not in ntype.vars:
+                    problems.add(f"{key}.{field}", f"placeholder {{{name}}} is not one of the type's vars")
 
 
 def _check_cron(entry: CronConfig, key: str, problems: _Problems) -> None:

@@ -25,7 +25,7 @@ from tests.fixtures.services import _run_sql
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 # Every backend has the same numbered migrations, in order.
-MIGRATIONS = ["0001_initial", "0002_bans", "0003_channel_preferences", "0004_mark_read_function", "0005_socketio_recovery", "0006_webhooks"]
+MIGRATIONS = ["0001_initial", "0002_bans", "0003_channel_preferences", "0004_mark_read_function", "0005_socketio_recovery", "0006_webhooks", "0007_email"]
 LIMIT_S = 20
 
 
@@ -277,6 +277,38 @@ async def test_bans_survive_a_restart(harness: Harness) -> None:
             b = await s.active_ban(user_id="b", now=at(1))
             assert a is not None and a.until == at(3600)
             assert b is not None and b.until is None
+
+
+async def test_email_addresses_set_read_bounce_and_delete(store: Store, harness: Harness) -> None:
+    with trio.fail_after(LIMIT_S):
+        assert await store.get_email_addresses([]) == {}
+        a = await store.set_email_address(user_id="a", address="Ann@Example.com", verified=False, now=T0)
+        assert (a.address, a.verified, a.bounced_at, a.updated_at, a.deliverable) == (
+            "Ann@Example.com", False, None, T0, False,
+        )
+        await store.set_email_address(user_id="b", address="ann@example.COM", verified=True, now=T0)
+        await store.set_email_address(user_id="c", address="carl@example.com", verified=True, now=T0)
+        found = await store.get_email_addresses(["a", "b", "c", "nobody", "a"])
+        assert sorted(found) == ["a", "b", "c"] and found["b"].deliverable
+        # A bounce names the address in any case: every row holding it is marked, once.
+        assert await store.mark_email_bounced(address="ANN@example.com", kind="bounce", reason="550 no such user", now=at(5)) == ["a", "b"]
+        assert await store.mark_email_bounced(address="ann@example.com", kind="complaint", reason="spam", now=at(6)) == []
+        b = (await store.get_email_addresses(["b"]))["b"]
+        assert (b.bounced_at, b.bounce_kind, b.bounce_reason, b.deliverable) == (at(5), "bounce", "550 no such user", False)
+        assert b.to_wire()["bounced_at"] is not None
+        assert (await store.get_email_addresses(["c"]))["c"].deliverable
+        # Setting the address again clears the bounce.
+        b = await store.set_email_address(user_id="b", address="ann@example.com", verified=True, now=at(10))
+        assert (b.bounced_at, b.bounce_kind, b.deliverable, b.updated_at) == (None, None, True, at(10))
+        assert await store.delete_email_address(user_id="b")
+        assert not await store.delete_email_address(user_id="b")
+        assert sorted(await store.get_email_addresses(["a", "b", "c"])) == ["a", "c"]
+        # Many users at once (beyond one SQL chunk).
+        for i in range(3):
+            await store.set_email_address(user_id=f"m{i}", address=f"m{i}@example.com", verified=True, now=T0)
+        many = await store.get_email_addresses([f"m{i}" for i in range(1200)])
+        assert sorted(many) == ["m0", "m1", "m2"]
+        assert sorted(await harness.column("SELECT address_key FROM email_addresses WHERE user_id = 'a'")) == ["ann@example.com"]
 
 
 async def test_recovery_records_are_taken_once_and_expire(store: Store, harness: Harness) -> None:

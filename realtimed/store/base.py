@@ -16,6 +16,7 @@ Protocol            what                                             module
 ``RetentionStore``  retention deletes                                ``store.retention``
 ``WebhookStore``    webhook endpoints, delivery attempts             ``store.webhooks``
 ``RecoveryStore``   Socket.IO connection state recovery records      ``store.recovery``
+``EmailStore``      users' email addresses, bounces                  ``store.emails``
 ==================  ===============================================  ==================
 
 A service may ask for the one it needs. Each record has a ``to_wire()`` giving
@@ -45,6 +46,7 @@ from realtimed.store.chat import (
     ReadState,
 )
 from realtimed.store.devices import PLATFORMS, DeviceRecord, DeviceStore
+from realtimed.store.emails import EmailAddressRecord, EmailStore
 from realtimed.store.inbox import (
     InboxStore,
     NewNotification,
@@ -72,6 +74,8 @@ __all__ = [
     "ConversationType",
     "DeviceRecord",
     "DeviceStore",
+    "EmailAddressRecord",
+    "EmailStore",
     "InboxStore",
     "JobRecord",
     "JobSpec",
@@ -97,7 +101,8 @@ __all__ = [
 
 
 class Store(
-    ChatStore, UserStore, BanStore, InboxStore, DeviceStore, JobStore, RetentionStore, WebhookStore, RecoveryStore, Protocol
+    ChatStore, UserStore, BanStore, InboxStore, DeviceStore, JobStore, RetentionStore, WebhookStore, RecoveryStore,
+    EmailStore, Protocol
 ):
     """Durable state: conversations, messages, read cursors, notifications,
     preferences, devices, contacts and blocks, bans, jobs.

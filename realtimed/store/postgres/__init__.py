@@ -13,6 +13,7 @@ from __future__ import annotations
 from realtimed.store.postgres.bans import PostgresBans
 from realtimed.store.postgres.chat import PostgresChat
 from realtimed.store.postgres.devices import PostgresDevices
+from realtimed.store.postgres.emails import PostgresEmails
 from realtimed.store.postgres.engine import JOBS_CHANNEL, migrate_connection
 from realtimed.store.postgres.inbox import PostgresInbox
 from realtimed.store.postgres.jobs import PostgresJobs
@@ -28,6 +29,7 @@ class PostgresStore(
     PostgresChat, PostgresUsers, PostgresBans, PostgresInbox, PostgresDevices, PostgresJobs, PostgresRetention,
     PostgresWebhooks,
     PostgresRecovery,
+    PostgresEmails,
 ):
     """The PostgreSQL store.
 
