@@ -1846,7 +1846,9 @@ def _check_email(cfg: Config, problems: _Problems) -> None:
         problems.add("email.reply_to", "must be one line")
     if bool(email.username) != bool(email.password):
         problems.add("email.username", "username and password go together")
-    from realtimed.notify.types import type_table  # the built-in types; imports nothing from here at load time
+    from realtimed.notify.types import (
+        type_table,  # the built-in types; imports nothing from here at load time
+    )
 
     types = type_table(cfg.notify)
     seen: set[str] = set()

@@ -39,6 +39,8 @@ from realtimed.chat import ChatService
 from realtimed.clock import SystemClock, WallClock
 from realtimed.config import DEV_API_KEY, DEV_HS256_SECRET, Config, ConfigError, load_config, parse_host_port
 from realtimed.delivery.router import Router
+from realtimed.email.channel import EmailChannel
+from realtimed.email.service import EmailService
 from realtimed.errors import OperatorError
 from realtimed.gateway.bans import Bans
 from realtimed.gateway.gateway import Gateway, SessionHooks
@@ -225,18 +227,20 @@ class Daemon:
         runner.on_dead(webhooks.on_job_dead)
         router.event_sink = webhooks.emit
         push = PushService(cfg, store=store, clock=clock, jobs=runner)
+        email = EmailService(config, store=store, clock=clock, jobs=runner)
         # The delivery channels notify calls (realtimed/notify/channel.py), each named like its config section.
         in_app = InAppChannel(store, clock=clock, router=router)
         notify = NotifyService(config, store=store, clock=clock, router=router, jobs=runner,
-                               channels=[in_app, FcmChannel(push)],
+                               channels=[in_app, FcmChannel(push), EmailChannel(email)],
                                caps=backends.caps, activity=backends.activity)
-        notify.event_sink = in_app.event_sink = push.event_sink = webhooks.emit
+        notify.event_sink = in_app.event_sink = push.event_sink = email.event_sink = webhooks.emit
         ops = OpRegistry(config)
         ops.add(room_ops.ops(router, clock=clock, config=config))
         ops.add(presence.ops())
         ops.add(chat.ops())
         ops.add(notify.ops())
         push.register_jobs(runner)
+        email.register_jobs(runner)
         notify.register_jobs(runner)
         webhooks.register_jobs(runner)
         http_jobs = HttpJobService(config, clock=clock)
@@ -267,7 +271,7 @@ class Daemon:
         self._services = Services(
             live_config=config, verifier=self._verifier_live, api_keys=self._api_keys, clock=clock, node=node,
             store=store, broker=backends.broker, router=router, ops=ops, gateway=gateway, presence=presence,
-            jobs=runner, chat=chat, notify=notify, push=push, webhooks=webhooks, http_jobs=http_jobs,
+            jobs=runner, chat=chat, notify=notify, push=push, email=email, webhooks=webhooks, http_jobs=http_jobs,
         )
         self.on_reload(self._reload_services)
 
@@ -283,6 +287,7 @@ class Daemon:
             await nursery.start(backends.cluster.run)
         await nursery.start(svc.chat.run)
         await nursery.start(svc.push.run)
+        await nursery.start(svc.email.run)
         await nursery.start(svc.webhooks.run)
         await nursery.start(svc.http_jobs.run)
         if backends.activity is not None:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from realtimed.clock import WallClock
     from realtimed.config import Config
     from realtimed.delivery.router import Router
+    from realtimed.email.service import EmailService
     from realtimed.gateway.gateway import Gateway
     from realtimed.jobs.http import HttpJobService
     from realtimed.jobs.runner import JobRunner
@@ -56,6 +57,7 @@ class Services:
     chat: ChatService
     notify: NotifyService
     push: PushService
+    email: EmailService
     webhooks: WebhookService
     http_jobs: HttpJobService
 

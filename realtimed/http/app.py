@@ -38,6 +38,7 @@ from realtimed.api.routes import (
     services,
 )
 from realtimed.config import is_loopback, parse_host_port
+from realtimed.email import http as email_http
 from realtimed.errors import ApiError, Internal, NotFound, PayloadTooLarge, Unauthorized
 from realtimed.http import budgets, console, dev, static
 from realtimed.services import Services
@@ -84,6 +85,7 @@ def capability_routes() -> list[Route]:
         *presence.routes(),
         *notify_http.routes(),
         *push_http.routes(),
+        *email_http.routes(),
         *webhooks_http.routes(),
     ]
 
@@ -128,6 +130,7 @@ def create_app(svc: Services, served: Iterable[Route] | None = None) -> QuartTri
     # /dev/token (development only), the operator console's page and the [[http.static]] folders.
     app.register_blueprint(dev.blueprint)
     app.register_blueprint(console.blueprint)
+    app.register_blueprint(email_http.blueprint)
     static.add_static_routes(app, svc.config)
     app.extensions["realtimed.fixed_paths"] = _fixed_paths(app)
     return app

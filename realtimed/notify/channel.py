@@ -68,6 +68,11 @@ class Delivery:
         check: verified before a delivery that waited goes out.
         run_at: deliver no sooner than this (None: now).
         dedupe_key: the notification's dedupe key (immediate channels).
+        vars: the template variables the title and body were rendered from
+            (a channel with templates of its own renders them; a digest adds ``count``).
+        addresses: endpoints the notification itself names for this recipient,
+            by channel name (``email``: an address); a channel uses them instead of
+            the recipient's stored ones.
     """
 
     user_id: str
@@ -80,6 +85,8 @@ class Delivery:
     check: DeliveryCheck | None = None
     run_at: datetime | None = None
     dedupe_key: str | None = None
+    vars: Mapping[str, Any] = attrs.field(factory=dict)
+    addresses: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen

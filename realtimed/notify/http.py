@@ -90,6 +90,38 @@ def _data(body: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _email(body: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """``email: {"to": {user_id: address}}``: addresses named for some recipients, as
+    ``{user_id: {"email": address}}``. Each must be a recipient, the type must mail and
+    email must be enabled."""
+    value = body.get("email")
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or set(value) - {"to"}:
+        raise ValidationFailed("email", 'must be {"to": {"<user_id>": "<address>"}}')
+    to = value.get("to", {})
+    if not isinstance(to, dict):
+        raise ValidationFailed("email.to", 'must be an object {"<user_id>": "<address>"}')
+    svc = services()
+    if to and not svc.email.enabled:
+        raise ValidationFailed("email", "email is not enabled on this node (email.enabled)")
+    recipients = body.get("user_ids")
+    known = set(recipients) if isinstance(recipients, list) else set()
+    ntype = svc.notify.types.get(str(body.get("type")))
+    if to and ntype is not None and "email" not in ntype.channels:
+        raise ValidationFailed("email", f"type {ntype.name!r} does not use the email channel (channels)")
+    out: dict[str, dict[str, str]] = {}
+    for user_id, address in to.items():
+        field = f"email.to.{str(user_id)[:64]}"
+        if user_id not in known:
+            raise ValidationFailed(field, "is not one of user_ids")
+        if not isinstance(address, str):
+            raise ValidationFailed(field, "must be an email address")
+        svc.email.check(address, field)
+        out[user_id] = {"email": address}
+    return out
+
+
 def _scheduled_for(value: str, name: str) -> datetime:
     try:
         return parse_iso(value)
@@ -125,6 +157,23 @@ class NotifyInput:
     data: dict[str, Any] = wire(
         Checked(lambda body, name: _data(body), {"type": "object"}, description="handed to the app with the notification")
     )
+    email: dict[str, dict[str, str]] = wire(
+        Checked(
+            lambda body, name: _email(body),
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "to": {
+                        "type": "object",
+                        "additionalProperties": {"type": "string", "format": "email"},
+                        "description": "an address per recipient (user id), mailed instead of the stored one",
+                    }
+                },
+            },
+            description="the email channel's options (a type with email in its channels)",
+        )
+    )
 
 
 @attrs.frozen
@@ -148,6 +197,7 @@ async def post_notifications(inp: NotifyInput) -> Queued:
         data=inp.data,
         dedupe_key=inp.dedupe_key,
         scheduled_for=inp.scheduled_for,
+        addresses=inp.email,
     )
     return Queued(queued=queued)
 

@@ -66,6 +66,21 @@ CHAT_OFFLINE_QUEUE: Final = "default"
 _RECIPIENT_KEYS: Final = ("recipient_ids", "user_ids", "recipients", "to")
 
 
+def _addresses(value: Any, path: str) -> dict[str, dict[str, str]]:
+    """``{user_id: {channel: endpoint}}``: endpoints a notification names for its recipients."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise PayloadError(path, "must be an object")
+    out: dict[str, dict[str, str]] = {}
+    for user_id, endpoints in value.items():
+        where = field_path(path, str(user_id))
+        if not isinstance(endpoints, Mapping) or not all(isinstance(v, str) for v in endpoints.values()):
+            raise PayloadError(where, "must be an object of strings")
+        out[str(user_id)] = {str(k): v for k, v in endpoints.items()}
+    return out
+
+
 def _channels(value: Any, path: str) -> tuple[str, ...]:
     if value is None:
         return DEFAULT_CHANNELS
@@ -84,15 +99,20 @@ class NotifySend:
     vars: Mapping[str, Any] = attrs.field(factory=dict)
     data: Mapping[str, Any] = attrs.field(factory=dict)
     dedupe_key: str | None = None
+    #: Endpoints the notification names per recipient and channel (``{"u1": {"email": "a@example.com"}}``).
+    addresses: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "user_ids": list(self.user_ids),
             "type": self.type,
             "vars": dict(self.vars),
             "data": dict(self.data),
             "dedupe_key": self.dedupe_key,
         }
+        if self.addresses:
+            out["addresses"] = {u: dict(a) for u, a in self.addresses.items()}
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> NotifySend:
@@ -102,6 +122,7 @@ class NotifySend:
             vars=obj(data, "vars"),
             data=obj(data, "data"),
             dedupe_key=opt_str(data, "dedupe_key"),
+            addresses=_addresses(data.get("addresses"), "addresses"),
         )
 
 
@@ -149,9 +170,11 @@ class NotifyPlan:
     data: Mapping[str, Any] = attrs.field(factory=dict)
     dedupe_key: str | None = None
     request_id: str | None = None
+    #: Endpoints the notification names per recipient and channel (only this batch's recipients).
+    addresses: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "type": self.type,
             "vars": dict(self.vars),
             "data": dict(self.data),
@@ -159,6 +182,9 @@ class NotifyPlan:
             "request_id": self.request_id,
             "items": [item.to_json() for item in self.items],
         }
+        if self.addresses:
+            out["addresses"] = {u: dict(a) for u, a in self.addresses.items()}
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> NotifyPlan:
@@ -172,6 +198,7 @@ class NotifyPlan:
             data=obj(data, "data"),
             dedupe_key=opt_str(data, "dedupe_key"),
             request_id=opt_str(data, "request_id"),
+            addresses=_addresses(data.get("addresses"), "addresses"),
         )
 
 

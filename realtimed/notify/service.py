@@ -125,6 +125,7 @@ class _Plan:
     digest: Literal["inbox", "chat"] | None  # how the digest counts; None: no digest for this delivery
     channels: tuple[str, ...]
     conversation_id: str | None = None
+    addresses: Mapping[str, str] = attrs.field(factory=dict)  # endpoints the notification names, by channel
 
 
 def group_key(ntype: NotificationTypeConfig, values: Mapping[str, Any]) -> str:
@@ -282,17 +283,22 @@ class NotifyService:
         data: Mapping[str, Any],
         dedupe_key: str | None = None,
         scheduled_for: datetime | None = None,
+        addresses: Mapping[str, Mapping[str, str]] | None = None,
     ) -> int:
         """Run the pipeline for ``user_ids``; returns how many users it reached
         (stored in their inbox, or considered for a planned channel). A
         notification ``scheduled_for`` a later time is queued whole and runs
-        then; it answers the number of recipients."""
+        then; it answers the number of recipients. ``addresses`` names
+        endpoints per recipient and channel (``{"u1": {"email": ...}}``), used
+        instead of the stored ones."""
+        addresses = {u: dict(a) for u, a in (addresses or {}).items() if a}
         ntype = self.type(type)
         self.render(ntype, vars)
         users = list(dict.fromkeys(user_ids))
         if scheduled_for is not None and scheduled_for > self.clock.now():
             payload = NotifySend(
-                user_ids=tuple(users), type=ntype.name, vars=dict(vars), data=dict(data), dedupe_key=dedupe_key
+                user_ids=tuple(users), type=ntype.name, vars=dict(vars), data=dict(data), dedupe_key=dedupe_key,
+                addresses=addresses,
             )
             job = await self.runner().enqueue(
                 NOTIFY_SEND,
@@ -302,7 +308,7 @@ class NotifyService:
             )
             log.info("job %s: %s to %d user(s) scheduled for %s", job.id, ntype.name, len(users), iso(scheduled_for))
             return len(users)
-        return await self._deliver(ntype, users, vars, data, dedupe_key)
+        return await self._deliver(ntype, users, vars, data, dedupe_key, addresses=addresses)
 
     async def _deliver(
         self,
@@ -313,6 +319,7 @@ class NotifyService:
         dedupe_key: str | None,
         *,
         request_id: str | None = None,
+        addresses: Mapping[str, Mapping[str, str]] | None = None,
     ) -> int:
         title, body = self.render(ntype, values)
         channels = self.channels_of(ntype)
@@ -357,7 +364,9 @@ class NotifyService:
                 else:
                     candidates.append(PlanItem(user_id, None, None, on[user_id]))
         if candidates:
-            await self._queue_plans(ntype, candidates, values, data, dedupe_key, request_id or secrets.token_hex(8))
+            await self._queue_plans(
+                ntype, candidates, values, data, dedupe_key, request_id or secrets.token_hex(8), addresses or {}
+            )
         log.info(
             "%s to %d user(s): %d in the inbox, %d out-of-app candidate(s)",
             ntype.name, len(users), len(receipts), len(candidates),
@@ -372,6 +381,7 @@ class NotifyService:
         data: Mapping[str, Any],
         dedupe_key: str | None,
         request_id: str,
+        addresses: Mapping[str, Mapping[str, str]],
     ) -> None:
         """One ``notify.push`` job per ``notify.plan_batch`` recipients, queued at
         once: the first plans start while the rest are still being queued, and
@@ -387,6 +397,7 @@ class NotifyService:
                 data=dict(data),
                 dedupe_key=dedupe_key,
                 request_id=request_id,
+                addresses={i.user_id: addresses[i.user_id] for i in items if i.user_id in addresses},
             )
             await runner.enqueue(NOTIFY_PUSH, payload)
 
@@ -402,7 +413,9 @@ class NotifyService:
         if ntype is None:
             log.warning("job %s: notification type %r is no longer configured; dropped", ctx.job_id, p.type)
             return
-        reached = await self._deliver(ntype, p.user_ids, p.vars, p.data, p.dedupe_key, request_id=ctx.job_id)
+        reached = await self._deliver(
+            ntype, p.user_ids, p.vars, p.data, p.dedupe_key, request_id=ctx.job_id, addresses=p.addresses
+        )
         log.info("job %s: scheduled %s reached %d user(s)", ctx.job_id, ntype.name, reached)
 
     async def _job_plan(self, ctx: JobContext, p: NotifyPlan) -> None:
@@ -431,6 +444,7 @@ class NotifyService:
                     check=NotificationCheck(item.user_id, item.notification_id, item.seq),
                     digest="inbox",
                     channels=item.channels,
+                    addresses=p.addresses.get(item.user_id, {}),
                 )
             else:
                 # Not in the inbox (in-app off): nothing to point at, nothing to digest.
@@ -446,6 +460,7 @@ class NotifyService:
                     check=None,
                     digest=None,
                     channels=item.channels,
+                    addresses=p.addresses.get(item.user_id, {}),
                 )
             plans.append(plan)
         await self._consider_all(plans, settings, ctx.job_id)
@@ -556,6 +571,8 @@ class NotifyService:
                 ref=plan.ref,
                 check=plan.check,
                 run_at=run_at,
+                vars=plan.vars,
+                addresses=plan.addresses,
             )
             for plan, title, body, run_at in sends
         ]

@@ -1,0 +1,93 @@
+"""The ``email.send`` job kind and its payload.
+
+One ``email.send`` job sends one email to one address. Its payload is the
+email as rendered when it was planned (subject, text, HTML, the unsubscribe
+link and the Message-ID, which a retry keeps), the address, whether the
+address came from the store (then it is checked again before an email that
+waited goes out), the recipient, the ``ref`` of what is mailed and the
+delivery check (``realtimed.notify.checks``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+from urllib.parse import quote
+
+import attrs
+
+from realtimed.jobs.payload import JobType, req_str
+from realtimed.notify.checks import DeliveryCheck, decode_check, encode_check
+
+__all__ = ["EMAIL_SEND", "EmailSend", "email_key", "email_prefix", "inbox_email_prefix"]
+
+
+def _q(part: str) -> str:
+    return quote(part, safe="")
+
+
+def email_key(user_id: str, ref: str) -> str:
+    """The dedupe key of the email of ``ref`` to a user: ``email:<user>:<ref>:``."""
+    return f"email:{_q(user_id)}:{_q(ref)}:"
+
+
+def email_prefix(user_id: str, ref: str) -> str:
+    return email_key(user_id, ref)
+
+
+def inbox_email_prefix(user_id: str) -> str:
+    """The prefix of every email job about a user's inbox (refs starting with ``n``)."""
+    return f"email:{_q(user_id)}:n"
+
+
+@attrs.frozen
+class EmailSend:
+    """One email to one address."""
+
+    to: str
+    user_id: str
+    type: str
+    subject: str
+    text: str
+    html: str
+    unsubscribe_url: str
+    message_id: str
+    ref: str = ""
+    stored: bool = True
+    check: DeliveryCheck | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "to": self.to,
+            "user_id": self.user_id,
+            "type": self.type,
+            "subject": self.subject,
+            "text": self.text,
+            "html": self.html,
+            "unsubscribe_url": self.unsubscribe_url,
+            "message_id": self.message_id,
+            "ref": self.ref,
+            "stored": self.stored,
+        }
+        if self.check is not None:
+            out["check"] = encode_check(self.check)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EmailSend:
+        return cls(
+            to=req_str(data, "to", allow_empty=False),
+            user_id=req_str(data, "user_id"),
+            type=req_str(data, "type"),
+            subject=req_str(data, "subject"),
+            text=req_str(data, "text"),
+            html=req_str(data, "html"),
+            unsubscribe_url=req_str(data, "unsubscribe_url"),
+            message_id=req_str(data, "message_id"),
+            ref=req_str(data, "ref"),
+            stored=data.get("stored") is not False,
+            check=decode_check(data.get("check")),
+        )
+
+
+EMAIL_SEND: Final = JobType("email.send", EmailSend)

@@ -1,0 +1,107 @@
+"""Email content: per-type templates, HTML escaping, addresses, the MIME message.
+
+A type's ``[[email.templates]]`` entry renders the subject, the text part and
+the HTML part from the notification's vars with the template engine of
+``realtimed.templates``; every value put into the HTML part is HTML-escaped
+(the template's own markup is the operator's). A type without a template (and
+every digest, whose text is the digest's) mails its rendered title as the
+subject and its body as the text, the HTML part being that text, escaped, in
+a minimal page. Every message carries ``List-Unsubscribe`` (the signed link)
+and ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Mapping
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from typing import Any, Final
+
+import attrs
+
+from realtimed.config import EmailConfig, EmailTemplateConfig
+from realtimed.templates import render, var_text
+
+__all__ = ["Rendered", "build_message", "check_address", "render_parts"]
+
+MAX_SUBJECT_CHARS: Final = 250
+# An ASCII address: a local part without spaces, quotes or brackets, and a dotted domain.
+_ADDRESS: Final = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.[A-Za-z]{2,63}")
+_LINE_BREAKS: Final = re.compile(r"[\r\n\t\x00-\x1f\x7f]+")
+
+
+def check_address(address: str, *, max_chars: int) -> str | None:
+    """Why ``address`` cannot be mailed (None: it can): ``local@domain.tld`` in ASCII,
+    at most ``max_chars`` characters, no dots at the ends of the local part."""
+    if len(address) > max_chars:
+        return f"must be at most {max_chars} characters"
+    if not _ADDRESS.fullmatch(address):
+        return "must be an email address (local@domain.tld, ASCII)"
+    local = address.rsplit("@", 1)[0]
+    if local.startswith(".") or local.endswith(".") or ".." in address or len(local) > 64:
+        return "must be an email address (local@domain.tld, ASCII)"
+    return None
+
+
+@attrs.frozen
+class Rendered:
+    subject: str
+    text: str
+    html: str
+
+
+def _one_line(text: str) -> str:
+    line = _LINE_BREAKS.sub(" ", text).strip()
+    return line if len(line) <= MAX_SUBJECT_CHARS else line[: MAX_SUBJECT_CHARS - 1] + "…"
+
+
+def _escaped(values: Mapping[str, Any]) -> dict[str, str]:
+    return {name: html.escape(var_text(value), quote=True) for name, value in values.items()}
+
+
+def _page(text: str) -> str:
+    paragraphs = "".join(f"<p>{html.escape(p).replace(chr(10), '<br>')}</p>" for p in text.split("\n\n") if p.strip())
+    return f'<!doctype html><html><body style="font-family:sans-serif">{paragraphs}</body></html>'
+
+
+def render_parts(
+    *, title: str, body: str, values: Mapping[str, Any], template: EmailTemplateConfig | None
+) -> Rendered:
+    """Subject, text and HTML of one email (see the module docstring).
+
+    Raises:
+        KeyError: a template names a var the notification does not give (the
+            config allows only the type's vars, which the pipeline requires).
+    """
+    subject = render(template.subject, values) if template is not None and template.subject else title
+    text = render(template.text, values) if template is not None and template.text else body
+    page = render(template.html, _escaped(values)) if template is not None and template.html else _page(text)
+    return Rendered(subject=_one_line(subject), text=text, html=page)
+
+
+def build_message(
+    cfg: EmailConfig, *, to: str, rendered: Rendered, unsubscribe_url: str, message_id: str
+) -> EmailMessage:
+    """The MIME message: ``multipart/alternative`` with the text and HTML parts."""
+    msg = EmailMessage()
+    msg["From"] = cfg.from_address
+    msg["To"] = to
+    if cfg.reply_to:
+        msg["Reply-To"] = cfg.reply_to
+    msg["Subject"] = rendered.subject
+    msg["Date"] = formatdate(localtime=False, usegmt=True)
+    msg["Message-ID"] = message_id
+    msg["List-Unsubscribe"] = f"<{unsubscribe_url}>"
+    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    msg["Auto-Submitted"] = "auto-generated"
+    msg.set_content(rendered.text)
+    msg.add_alternative(rendered.html, subtype="html")
+    return msg
+
+
+def new_message_id(cfg: EmailConfig) -> str:
+    """A Message-ID in the From address's domain, made once per email (a retry keeps it)."""
+    domain = cfg.from_address.rsplit("@", 1)[-1].strip(" >") or "realtimed.invalid"
+    return make_msgid(domain=domain)

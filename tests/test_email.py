@@ -1,0 +1,326 @@
+"""The email channel against a real SMTP server (aiosmtpd, started by each test):
+templates and escaping, List-Unsubscribe and the signed one-click route, addresses
+(stored and verified, named per notification, bounced), preferences, an outage,
+4xx and 5xx answers, STARTTLS and the bounded pool.
+
+Timed paths (retries) run on Trio's MockClock with the daemon's wall clock following it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import trio
+import trio.testing
+
+from realtimed.email.service import outcome
+from realtimed.email.smtp import SendResult
+from realtimed.email.unsubscribe import Unsubscribe, sign, verify
+from realtimed.store.base import JobRecord
+from tests import notify_support
+from tests.fixtures.daemon import merge
+from tests.notify_support import START, Harness, following
+from tests.smtp_server import SmtpServer
+
+HarnessFactory = Any
+harness_factory = notify_support.harness_factory
+shm_dir = notify_support.shm_dir
+
+SECRET = "unsubscribe-secret-for-tests-0123456789"
+COMMENT = {
+    "name": "comment",
+    "title": "{name} commented",
+    "body": "{name}: {text}",
+    "vars": ["name", "text"],
+    "channels": ["in_app", "email"],
+}
+TEMPLATE = {
+    "type": "comment",
+    "subject": "New comment from {name}",
+    "text": "{name} wrote: {text}",
+    "html": "<p><b>{name}</b> wrote: {text}</p>",
+}
+MOCK_JOBS = {
+    "jobs": {"poll_s": 300.0, "lease_s": 900.0, "queues": [{"name": "email", "concurrency": 8}]},
+    # Few periodic timers: every jump of the mock clock costs its autojump threshold in real time.
+    "metrics": {"loop_lag_interval_s": 60.0, "readiness_interval_s": 3600.0},
+}
+
+
+# Polls in mock time: each wait of an idle loop is one autojump (0.25 s of real time).
+POLL_S = 1.0
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0.25)
+
+
+@pytest.fixture
+async def smtp(shm_dir: Path) -> AsyncIterator[SmtpServer]:
+    server = SmtpServer(shm_dir / "smtp")
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def start(factory: HarnessFactory, smtp: SmtpServer, **email: Any) -> Harness:
+    override = merge(
+        MOCK_JOBS,
+        {
+            "notify": {"types": [COMMENT]},
+            "email": smtp.config(**{"templates": [TEMPLATE], "backoff_base_s": 2.0, "max_attempts": 4, **email}),
+        },
+    )
+    h: Harness = await factory(override, clock=following())
+    return h
+
+
+async def set_address(h: Harness, user: str, address: str, *, verified: bool = True) -> dict[str, Any]:
+    answer: dict[str, Any] = await h.server("PUT", f"/users/{user}/email", {"address": address, "verified": verified})
+    return answer
+
+
+async def email_jobs(h: Harness) -> list[JobRecord]:
+    return await h.jobs("email.send")
+
+
+async def finished(h: Harness, count: int) -> list[JobRecord]:
+    """The email.send jobs, once ``count`` of them are done for good."""
+    while True:
+        jobs = await email_jobs(h)
+        if sum(1 for j in jobs if j.status in ("succeeded", "failed", "dead", "cancelled")) >= count:
+            return jobs
+        await trio.sleep(POLL_S)
+
+
+def link_path(url: str) -> str:
+    """The path of an unsubscribe link under the daemon (public_base_url ends in /rt)."""
+    path = urlsplit(url).path
+    assert path.startswith("/rt/email/unsubscribe/"), url
+    return path.removeprefix("/rt")
+
+
+async def test_delivered_email_has_rendered_parts_escaped_html_and_unsubscribe_headers(
+    harness_factory: HarnessFactory, smtp: SmtpServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(600):
+        h = await start(harness_factory, smtp)
+        record = await set_address(h, "bob", "Bob@Example.com")
+        assert record["email"]["verified"] is True and record["email"]["bounced_at"] is None
+        assert await h.notify(["bob"], "comment", {"name": "Ann & co", "text": "<script>alert(1)</script>"}) == 1
+        [mail] = await smtp.wait_for(1)
+        assert mail.recipients == ["Bob@Example.com"] and mail.sender == "notify@example.com"
+        msg = mail.message
+        assert msg["Subject"] == "New comment from Ann & co"
+        assert msg["From"] == "Example <notify@example.com>" and msg["To"] == "Bob@Example.com"
+        assert mail.text.strip() == "Ann & co wrote: <script>alert(1)</script>"
+        # The template's markup stays; every value is escaped.
+        assert "<p><b>Ann &amp; co</b> wrote: &lt;script&gt;alert(1)&lt;/script&gt;</p>" in mail.html
+        assert "<script>" not in mail.html
+        assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        unsubscribe = str(msg["List-Unsubscribe"])
+        assert unsubscribe.startswith("<https://links.example.com/rt/email/unsubscribe/") and unsubscribe.endswith(">")
+        assert msg["Message-ID"].endswith("@example.com>")
+        [job] = await finished(h, 1)
+        assert job.status == "succeeded" and job.attempts == 1
+
+        # The one-click route: GET shows a page, a tampered token is refused, POST unsubscribes the type.
+        path = link_path(unsubscribe[1:-1])
+        page = await h.http.get(path)
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert "comment" in page.text and 'name="List-Unsubscribe" value="One-Click"' in page.text
+        token = path.rsplit("/", 1)[1]
+        tampered = path[:-3] + ("AAA" if not path.endswith("AAA") else "BBB")
+        for bad in (tampered, path.replace(token, token.replace(".", "x.", 1))):
+            refused = await h.http.post(bad, data={"List-Unsubscribe": "One-Click"})
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["field"] == "token"
+        missing = await h.http.post(path, data={})
+        assert missing.status_code == 400 and missing.json()["error"]["field"] == "List-Unsubscribe"
+        prefs = await h.client("bob", "GET", "/notifications/preferences")
+        assert {t["type"]: t["email"] for t in prefs["types"]}["comment"] is True
+        done = await h.http.post(path, data={"List-Unsubscribe": "One-Click"})
+        assert done.status_code == 200 and "Unsubscribed" in done.text
+        prefs = await h.client("bob", "GET", "/notifications/preferences")
+        by_type = {t["type"]: t for t in prefs["types"]}
+        assert by_type["comment"]["email"] is False and by_type["comment"]["in_app"] is True
+        assert by_type["new_follower"]["email"] is True  # only the link's type
+
+        # Preference off: in the inbox, not mailed.
+        await h.notify(["bob"], "comment", {"name": "Ann", "text": "again"})
+        await h.idle()
+        assert len(smtp.messages) == 1 and len(await email_jobs(h)) == 1
+        inbox = await h.client("bob", "GET", "/notifications")
+        assert len(inbox["notifications"]) == 2
+
+        # "All email" from the page turns every type off.
+        everything = await h.http.post(path, data={"List-Unsubscribe": "One-Click", "scope": "all"})
+        assert everything.status_code == 200
+        prefs = await h.client("bob", "GET", "/notifications/preferences")
+        assert all(t["email"] is False for t in prefs["types"])
+
+
+async def test_addresses_verified_named_per_notification_and_bounced(
+    harness_factory: HarnessFactory, smtp: SmtpServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(600):
+        h = await start(harness_factory, smtp)
+        await set_address(h, "ann", "ann@example.com", verified=False)
+        await set_address(h, "bob", "bob@example.com")
+        # carl has no stored address; the notification names one for him (and one for ann).
+        body = {"email": {"to": {"carl": "carl@example.org", "ann": "ann.work@example.org"}}}
+        assert await h.notify(["ann", "bob", "carl", "dora"], "comment", {"name": "Z", "text": "hi"}, **body) == 4
+        await finished(h, 3)
+        await h.idle()
+        got = sorted(r for m in smtp.messages for r in m.recipients)
+        # ann's stored address is not verified: only the named one; dora has none: nothing.
+        assert got == ["ann.work@example.org", "bob@example.com", "carl@example.org"]
+
+        # A bounce for bob's address (any case): no more mail until it is set again.
+        bounced = await h.server("POST", "/email/bounces", {"address": "BOB@example.com", "kind": "bounce", "reason": "550 5.1.1"})
+        assert bounced == {"users": ["bob"]}
+        stored = await h.server("GET", "/users/bob/email")
+        assert stored["email"]["bounce_kind"] == "bounce" and stored["email"]["bounced_at"] is not None
+        await h.notify(["bob"], "comment", {"name": "Z", "text": "two"})
+        await h.idle()
+        assert len(smtp.to("bob@example.com")) == 1
+        await set_address(h, "bob", "bob@example.com")
+        await h.notify(["bob"], "comment", {"name": "Z", "text": "three"})
+        await smtp.wait_for(2, "bob@example.com")
+
+        # Delete; then 404.
+        assert await h.server("DELETE", "/users/bob/email") == {}
+        await h.server("DELETE", "/users/bob/email", status=404)
+        await h.server("GET", "/users/bob/email", status=404)
+
+        # Hostile input: a clear error naming the field.
+        for payload, field in (
+            ({"address": "not an address", "verified": True}, "address"),
+            ({"address": "a@b.co\r\nBcc: x@y.z", "verified": True}, "address"),
+            ({"address": "a@example.com", "verified": "yes"}, "verified"),
+            ({"address": "a" * 300 + "@example.com", "verified": True}, "address"),
+        ):
+            answer = await h.server("PUT", "/users/bob/email", payload, status=400)
+            assert answer["error"]["field"] == field, answer
+        answer = await h.server("POST", "/email/bounces", {"address": "x@example.com", "kind": "soft"}, status=400)
+        assert answer["error"]["field"] == "kind"
+        bad_to = {"user_ids": ["bob"], "type": "comment", "vars": {"name": "a", "text": "b"}}
+        for extra, field in (
+            ({"email": {"to": {"zed": "z@example.com"}}}, "email.to.zed"),
+            ({"email": {"to": {"bob": "nope"}}}, "email.to.bob"),
+            ({"email": {"cc": {}}}, "email"),
+        ):
+            answer = await h.server("POST", "/notifications", {**bad_to, **extra}, status=400)
+            assert answer["error"]["field"] == field, answer
+        answer = await h.server(
+            "POST", "/notifications",
+            {"user_ids": ["bob"], "type": "new_follower", "vars": {"follower_name": "x"}, "email": {"to": {"bob": "b@example.com"}}},
+            status=400,
+        )
+        assert answer["error"]["field"] == "email"
+
+
+async def test_outage_is_retried_and_nothing_is_lost(
+    harness_factory: HarnessFactory, smtp: SmtpServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(3600):
+        h = await start(harness_factory, smtp, max_attempts=10)
+        users = ["u1", "u2", "u3"]
+        for user in users:
+            await set_address(h, user, f"{user}@example.com")
+        await smtp.stop()
+        await h.notify(users, "comment", {"name": "Z", "text": "during the outage"})
+        # Every email failed once (connection refused) and waits for its retry.
+        while True:
+            jobs = await email_jobs(h)
+            if len(jobs) == 3 and all(j.attempts >= 1 and j.status == "queued" for j in jobs):
+                break
+            await trio.sleep(POLL_S)
+        assert not smtp.messages
+        assert all("connection failed" in (j.last_error or "") for j in jobs)
+        await smtp.start()
+        await smtp.wait_for(3)
+        jobs = await finished(h, 3)
+        assert all(j.status == "succeeded" and j.attempts >= 2 for j in jobs)
+        await trio.sleep(30)  # past any further retry: each was mailed once
+        assert sorted(r for m in smtp.messages for r in m.recipients) == [f"{u}@example.com" for u in users]
+
+
+async def test_5xx_is_final_and_reported_4xx_is_retried(
+    harness_factory: HarnessFactory, smtp: SmtpServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(3600):
+        h = await start(harness_factory, smtp)
+        events: list[tuple[str, dict[str, Any]]] = []
+
+        async def capture(event: str, data: Any) -> None:
+            events.append((event, dict(data)))
+
+        h.daemon.services.email.event_sink = capture
+        await set_address(h, "gone", "gone@example.com")
+        await set_address(h, "busy", "busy@example.com")
+        smtp.refuse("gone@example.com", "550 5.1.1 no such user")
+        smtp.refuse_data_once("busy@example.com", "451 4.3.0 try again later")
+        await h.notify(["gone", "busy"], "comment", {"name": "Z", "text": "x"})
+        await smtp.wait_for(1, "busy@example.com")
+        jobs = {j.payload["to"]: j for j in await finished(h, 2)}
+        gone, busy = jobs["gone@example.com"], jobs["busy@example.com"]
+        assert gone.status == "failed" and gone.attempts == 1 and "550" in (gone.last_error or "")
+        assert busy.status == "succeeded" and busy.attempts == 2
+        assert [e for e, _ in events] == ["delivery.failed"]
+        data = events[0][1]
+        assert data["channel"] == "email" and data["code"] == "failed:smtp_550" and data["user_id"] == "gone"
+        assert data["address"] == "gone@example.com" and data["job_id"] == gone.id
+        await trio.sleep(30)  # past any retry (the backoff starts at 2 s)
+        assert not smtp.to("gone@example.com") and len(smtp.to("busy@example.com")) == 1
+
+
+def test_outcome_codes() -> None:
+    assert outcome(SendResult(250, "ok")).code == "delivered"
+    assert (outcome(SendResult(550, "x")).code, outcome(SendResult(550, "x")).retry) == ("failed:smtp_550", False)
+    assert (outcome(SendResult(421, "x")).code, outcome(SendResult(421, "x")).retry) == ("failed:smtp_421", True)
+    assert outcome(SendResult(None, "refused")).code == "failed:smtp_unavailable"
+    assert outcome(SendResult(None, "refused")).retry
+
+
+def test_unsubscribe_tokens_are_signed_and_expire() -> None:
+    now = START
+    token = sign(SECRET, Unsubscribe("bob", "comment", int(now.timestamp()) + 60))
+    assert verify(SECRET, token, now=now) == Unsubscribe("bob", "comment", int(now.timestamp()) + 60)
+    assert verify("another-secret-another-secret-0000", token, now=now) == "invalid"
+    _payload, sig = token.split(".")
+    forged = sign(SECRET, Unsubscribe("eve", "comment", int(now.timestamp()) + 60)).split(".")[0]
+    assert verify(SECRET, f"{forged}.{sig}", now=now) == "invalid"
+    assert verify(SECRET, "garbage", now=now) == "invalid"
+    assert verify(SECRET, "a.b.c", now=now) == "invalid"
+    from datetime import timedelta
+
+    assert verify(SECRET, token, now=now + timedelta(seconds=61)) == "expired"
+
+
+async def test_starttls_and_a_bounded_reused_pool(
+    harness_factory: HarnessFactory, shm_dir: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(600):
+        server = SmtpServer(shm_dir / "smtp-tls", tls=True)
+        await server.start()
+        try:
+            h = await start(harness_factory, server, max_connections=2)
+            users = [f"p{i}" for i in range(12)]
+            for user in users:
+                await set_address(h, user, f"{user}@example.com")
+            pool = h.daemon.services.email.pool
+            assert pool is not None
+            await h.notify(users, "comment", {"name": "Z", "text": "tls"})
+            await server.wait_for(12)
+            assert sorted(r for m in server.messages for r in m.recipients) == sorted(f"{u}@example.com" for u in users)
+            # At most two connections at once, and they were reused (12 emails, at most 2 connections opened).
+            assert 1 <= pool.peak_open <= 2
+            assert 1 <= len(server.sessions) <= 2 and pool.opened_total <= 2
+        finally:
+            await server.stop()
