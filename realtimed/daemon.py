@@ -231,7 +231,7 @@ class Daemon:
         # The delivery channels notify calls (realtimed/notify/channel.py), each named like its config section.
         in_app = InAppChannel(store, clock=clock, router=router)
         notify = NotifyService(config, store=store, clock=clock, router=router, jobs=runner,
-                               channels=[in_app, FcmChannel(push), EmailChannel(email)],
+                               channels=[in_app, FcmChannel(push), *_email_channel(cfg, email)],
                                caps=backends.caps, activity=backends.activity)
         notify.event_sink = in_app.event_sink = push.event_sink = email.event_sink = webhooks.emit
         ops = OpRegistry(config)
@@ -474,6 +474,11 @@ def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
         ) from exc
     ctx.set_alpn_protocols(["h2", "http/1.1"])
     return ctx
+
+
+def _email_channel(cfg: Config, email: EmailService) -> list[EmailChannel]:
+    """The email channel, on a node with ``email.enabled`` (preferences name it only there)."""
+    return [EmailChannel(email)] if cfg.email.enabled else []
 
 
 def _warn_dev_secrets(cfg: Config) -> None:

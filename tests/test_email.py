@@ -48,6 +48,7 @@ MOCK_JOBS = {
     "jobs": {"poll_s": 300.0, "lease_s": 900.0, "queues": [{"name": "email", "concurrency": 8}]},
     # Few periodic timers: every jump of the mock clock costs its autojump threshold in real time.
     "metrics": {"loop_lag_interval_s": 60.0, "readiness_interval_s": 3600.0},
+    "gateway": {"heartbeat_s": 3600.0},
 }
 
 

@@ -54,6 +54,8 @@ NOT_DESCRIBED: Final[Mapping[tuple[str, str], str]] = {
     ("GET", "/console/"): "the operator console's page",
     ("GET", "/console/console.js"): "the operator console's script",
     ("GET", "/console/console.css"): "the operator console's style sheet",
+    ("GET", "/email/unsubscribe/<token>"): "an HTML page for people, reached from an email's link (docs/protocol.md)",
+    ("POST", "/email/unsubscribe/<token>"): "RFC 8058 one-click unsubscribe, a form post from mail clients",
 }
 # The modules whose routes() the app serves (realtimed/http/app.py, capability_routes).
 ROUTE_MODULES: Final = (
@@ -66,6 +68,7 @@ ROUTE_MODULES: Final = (
     "realtimed.chat",
     "realtimed.presence",
     "realtimed.notify.http",
+    "realtimed.email.http",
     "realtimed.push.http",
     "realtimed.webhooks.http",
 )
