@@ -17,12 +17,18 @@ different runs.
 
 from __future__ import annotations
 
+import sys
+
+# This file's name is the standard library's ``email``: its folder (the path's first
+# entry when run as a script) goes last, so that ``import email`` (smtplib, urllib)
+# finds the standard library.
+sys.path.append(sys.path.pop(0))
+
 import argparse
 import asyncio
 import os
 import secrets
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
