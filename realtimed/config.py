@@ -859,6 +859,12 @@ class EmailConfig:
         90 * 86400.0, "how long an unsubscribe link works", min=3600, max=10 * 365 * 86400.0
     )
     templates: list[EmailTemplateConfig] = _f([], "per-type subject, text and HTML templates ([[email.templates]])")
+    digest_subject: str = _f(
+        "{count} new notifications", "subject template of a user's hourly or daily digest email ({count})"
+    )
+    digest_max_items: int = _f(
+        50, "most notifications listed in one digest email (the rest are counted)", min=1, max=1000
+    )
     queue: str = _f("email", "job queue of email.send; give it a concurrency in [[jobs.queues]]")
     max_attempts: int = _f(8, "attempts per email before it is dead (4xx answers and connection failures)", min=1, max=100)
     backoff_base_s: float = _f(
@@ -1846,6 +1852,12 @@ def _check_email(cfg: Config, problems: _Problems) -> None:
         problems.add("email.reply_to", "must be one line")
     if bool(email.username) != bool(email.password):
         problems.add("email.username", "username and password go together")
+    try:
+        for name in placeholders(email.digest_subject):
+            if name != "count":
+                problems.add("email.digest_subject", f"placeholder {{{name}}} is not {{count}}")
+    except TemplateError as exc:
+        problems.add("email.digest_subject", str(exc))
     from realtimed.notify.types import (
         type_table,  # the built-in types; imports nothing from here at load time
     )

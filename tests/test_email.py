@@ -325,3 +325,36 @@ async def test_starttls_and_a_bounded_reused_pool(
             assert 1 <= len(server.sessions) <= 2 and pool.opened_total <= 2
         finally:
             await server.stop()
+
+
+async def test_hourly_digest_mails_the_hours_unread_notifications_together(
+    harness_factory: HarnessFactory, smtp: SmtpServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(3600):
+        h = await start(harness_factory, smtp)
+        answer = await h.server(
+            "PUT", "/users/dana/email", {"address": "dana@example.com", "verified": True, "digest": "hourly"}
+        )
+        assert answer["email"]["digest"] == "hourly"
+        bad = await h.server("PUT", "/users/dana/email", {"address": "dana@example.com", "verified": True, "digest": "weekly"}, status=400)
+        assert bad["error"]["field"] == "digest"
+        # The wall clock starts at 09:00 UTC: this hour's window ends at 10:00.
+        for text in ("one", "two <i>", "three"):
+            await h.notify(["dana"], "comment", {"name": "Ann", "text": text})
+        await h.notify(["dana"], "new_follower", {"follower_name": "Zed"})  # a type that does not mail
+        await h.idle()
+        assert not smtp.messages and not await email_jobs(h)
+        assert len(await h.jobs("email.digest")) == 1  # one per user and window
+        inbox = await h.client("dana", "GET", "/notifications")
+        first = next(n for n in inbox["notifications"] if n["body"] == "Ann: one")
+        await h.client("dana", "POST", f"/notifications/{first['id']}/read")
+        h.clock.advance(3600)  # type: ignore[attr-defined]
+        [mail] = await smtp.wait_for(1, poll_s=60)
+        assert mail.message["Subject"] == "2 new notifications"
+        lines = mail.text.strip().splitlines()
+        assert sorted(lines) == ["- Ann commented: Ann: three", "- Ann commented: Ann: two <i>"]
+        assert "Ann: two &lt;i&gt;" in mail.html and "<i>" not in mail.html
+        assert mail.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        # The link of a digest unsubscribes from all email.
+        page = await h.http.get(link_path(str(mail.message["List-Unsubscribe"])[1:-1]))
+        assert "all email" in page.text

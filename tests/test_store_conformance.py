@@ -308,6 +308,14 @@ async def test_email_addresses_set_read_bounce_and_delete(store: Store, harness:
             await store.set_email_address(user_id=f"m{i}", address=f"m{i}@example.com", verified=True, now=T0)
         many = await store.get_email_addresses([f"m{i}" for i in range(1200)])
         assert sorted(many) == ["m0", "m1", "m2"]
+        # The digest: off for a new address, replaced when given, kept when not.
+        assert many["m0"].digest == "off"
+        d = await store.set_email_address(user_id="m0", address="m0@example.com", verified=True, now=at(20), digest="daily")
+        assert d.digest == "daily" and d.to_wire()["digest"] == "daily"
+        d = await store.set_email_address(user_id="m0", address="new@example.com", verified=True, now=at(21))
+        assert (d.digest, d.address) == ("daily", "new@example.com")
+        d = await store.set_email_address(user_id="m9", address="m9@example.com", verified=True, now=at(21), digest="hourly")
+        assert d.digest == "hourly"
         assert sorted(await harness.column("SELECT address_key FROM email_addresses WHERE user_id = 'a'")) == ["ann@example.com"]
 
 

@@ -7,8 +7,12 @@ if it is verified and has not bounced; none: nothing is delivered), renders
 the subject, text and HTML (``realtimed.email.message``: the type's
 ``[[email.templates]]`` entry, or the title and body; a digest mails the
 digest's text), signs the unsubscribe link, and queues one ``email.send`` job
-at ``run_at`` carrying the delivery's check. A batch of deliveries costs one
-read (the addresses) and one write. Withdrawing cancels the queued jobs by
+at ``run_at`` carrying the delivery's check. For a user who chose an hourly or
+daily digest (``digest`` of the stored address), a delivery about the inbox that
+is not critical queues instead the user's ``email.digest`` job of the current
+window (UTC hours or days; once per window), which mails the window's unread
+notifications together at its end. A batch of deliveries costs one read (the
+addresses) and one write. Withdrawing cancels the queued jobs by
 their dedupe keys (``email:<user>:<ref>:``).
 """
 
@@ -19,11 +23,22 @@ from collections.abc import Sequence
 from typing import Final
 
 from realtimed.config import EmailTemplateConfig
-from realtimed.email.jobs import EMAIL_SEND, EmailSend, email_key, email_prefix, inbox_email_prefix
+from realtimed.email.jobs import (
+    EMAIL_DIGEST,
+    EMAIL_SEND,
+    EmailDigest,
+    EmailSend,
+    digest_job_key,
+    email_key,
+    email_prefix,
+    inbox_email_prefix,
+)
 from realtimed.email.message import new_message_id, render_parts
 from realtimed.email.service import CHANNEL, EmailService
 from realtimed.notify.channel import Delivery, Receipt
-from realtimed.store.base import JobSpec
+from realtimed.notify.checks import GroupCheck, NotificationCheck
+from realtimed.notify.policy import digest_window
+from realtimed.store.base import EmailAddressRecord, JobSpec
 from realtimed.templates import TemplateError
 
 __all__ = ["EmailChannel"]
@@ -31,6 +46,7 @@ __all__ = ["EmailChannel"]
 log = logging.getLogger(__name__)
 
 QUEUE_BATCH: Final = 1000  # email.send jobs queued by one store statement
+DIGEST_PERIODS_S: Final = {"hourly": 3600.0, "daily": 86400.0}
 # Refs of digest deliveries (``realtimed.notify.service``): their text is the digest's, not the type's template.
 _DIGEST_REFS: Final = ("ng", "mg")
 
@@ -69,11 +85,16 @@ class EmailChannel:
         for delivery in deliveries:
             to = delivery.addresses.get(CHANNEL)
             from_store = to is None
+            record: EmailAddressRecord | None = None
             if to is None:
                 record = stored.get(delivery.user_id)
                 to = record.address if record is not None and record.deliverable else None
             if to is None:
                 receipts.append(None)
+                continue
+            if record is not None and self._gathered(delivery, record):
+                specs.append(self._digest_spec(delivery, record))
+                receipts.append(Receipt(ref=delivery.ref, check=delivery.check, endpoints=1))
                 continue
             payload = EmailSend(
                 to=to,
@@ -100,6 +121,30 @@ class EmailChannel:
         for start in range(0, len(specs), QUEUE_BATCH):
             await svc.jobs.enqueue_many(specs[start : start + QUEUE_BATCH])
         return receipts
+
+    @staticmethod
+    def _gathered(delivery: Delivery, record: EmailAddressRecord) -> bool:
+        """Whether the delivery waits for the user's digest: the user chose one, it is
+        about the inbox (the digest lists the inbox), and the type is not critical."""
+        return (
+            record.digest in DIGEST_PERIODS_S
+            and isinstance(delivery.check, NotificationCheck | GroupCheck)
+            and delivery.type.priority != "critical"
+        )
+
+    def _digest_spec(self, delivery: Delivery, record: EmailAddressRecord) -> JobSpec:
+        """The user's ``email.digest`` job of the current window (queued once per window)."""
+        cfg = self.email.cfg
+        since, until = digest_window(self.email.clock.now(), DIGEST_PERIODS_S[record.digest])
+        run_at = max(until, delivery.run_at) if delivery.run_at is not None else until
+        return JobSpec(
+            queue=cfg.queue,
+            kind=EMAIL_DIGEST.kind,
+            payload=EMAIL_DIGEST.encode(EmailDigest(user_id=delivery.user_id, since=since, until=until)),
+            run_at=run_at,
+            max_attempts=cfg.max_attempts,
+            dedupe_key=digest_job_key(delivery.user_id, since),
+        )
 
     async def withdraw(self, *, user_id: str, refs: Sequence[str] | None) -> int:
         if not self.email.cfg.enabled:

@@ -2,8 +2,8 @@
 
 Server API (``/server/v1``):
 
-- ``PUT /users/<user_id>/email`` ``{address, verified}`` → ``{"email"}`` (a bounce
-  reported earlier is cleared)
+- ``PUT /users/<user_id>/email`` ``{address, verified, digest?}`` → ``{"email"}`` (a bounce
+  reported earlier is cleared; ``digest``: off, hourly or daily)
 - ``GET /users/<user_id>/email`` → ``{"email"}`` (404 without one)
 - ``DELETE /users/<user_id>/email`` → ``{}`` (404 without one)
 - ``POST /email/bounces`` ``{address, kind: bounce|complaint, reason?}`` →
@@ -46,6 +46,7 @@ from realtimed.api.routes import (
 from realtimed.email.service import BOUNCE_KINDS, UNSUBSCRIBE_PATH, EmailService
 from realtimed.email.unsubscribe import ALL_TYPES, MAX_TOKEN_CHARS, Unsubscribe, verify
 from realtimed.errors import NotFound, ValidationFailed
+from realtimed.store.emails import EMAIL_DIGESTS
 
 __all__ = ["EMAIL_ADDRESS", "blueprint", "routes"]
 
@@ -57,11 +58,12 @@ EMAIL_ADDRESS: Final = Named(
     "EmailAddress",
     {
         "type": "object",
-        "required": ["user_id", "address", "verified", "bounced_at", "bounce_kind", "bounce_reason", "updated_at"],
+        "required": ["user_id", "address", "verified", "digest", "bounced_at", "bounce_kind", "bounce_reason", "updated_at"],
         "properties": {
             "user_id": {"$ref": "#/components/schemas/UserId"},
             "address": {"type": "string"},
             "verified": {"type": "boolean", "description": "set by the application; only verified addresses are mailed"},
+            "digest": {"type": "string", "enum": list(EMAIL_DIGESTS)},
             "bounced_at": {
                 "type": ["string", "null"], "format": "date-time",
                 "description": "when a bounce or complaint was reported (no mail until the address is set again)",
@@ -90,6 +92,15 @@ def _bool(body: Mapping[str, Any], name: str) -> bool:
     return value
 
 
+def _digest(body: Mapping[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if value not in EMAIL_DIGESTS:
+        raise ValidationFailed(name, f"must be one of {', '.join(EMAIL_DIGESTS)}")
+    return str(value)
+
+
 def _address(value: str, name: str) -> str:
     return _email().check(value, name)
 
@@ -108,6 +119,14 @@ class AddressInput:
     verified: bool = wire(
         Checked(_bool, {"type": "boolean"}, required=True, description="the application verified the address")
     )
+    digest: str | None = wire(
+        Checked(
+            _digest,
+            {"type": "string", "enum": list(EMAIL_DIGESTS)},
+            description="off: one email per notification; hourly or daily: gathered per UTC hour or day "
+            "(absent: unchanged, off for a new address)",
+        )
+    )
 
 
 @attrs.frozen
@@ -123,7 +142,9 @@ class AddressReply:
     tag=_TAG, accepts=AddressInput, answers=AddressReply,
 )
 async def set_address(inp: AddressInput) -> AddressReply:
-    record = await _email().set_address(user_id=inp.user_id, address=inp.address, verified=inp.verified)
+    record = await _email().set_address(
+        user_id=inp.user_id, address=inp.address, verified=inp.verified, digest=inp.digest
+    )
     return AddressReply(email=record.to_wire())
 
 

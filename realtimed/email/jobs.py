@@ -1,4 +1,4 @@
-"""The ``email.send`` job kind and its payload.
+"""The ``email.send`` and ``email.digest`` job kinds and their payloads.
 
 One ``email.send`` job sends one email to one address. Its payload is the
 email as rendered when it was planned (subject, text, HTML, the unsubscribe
@@ -6,20 +6,35 @@ link and the Message-ID, which a retry keeps), the address, whether the
 address came from the store (then it is checked again before an email that
 waited goes out), the recipient, the ``ref`` of what is mailed and the
 delivery check (``realtimed.notify.checks``).
+
+One ``email.digest`` job, at the end of a user's digest window (an hour or a
+UTC day), gathers the unread notifications of the window that the user gets by
+email into one ``email.send``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Final
 from urllib.parse import quote
 
 import attrs
 
-from realtimed.jobs.payload import JobType, req_str
+from realtimed.clock import iso
+from realtimed.jobs.payload import JobType, req_str, req_time
 from realtimed.notify.checks import DeliveryCheck, decode_check, encode_check
 
-__all__ = ["EMAIL_SEND", "EmailSend", "email_key", "email_prefix", "inbox_email_prefix"]
+__all__ = [
+    "EMAIL_DIGEST",
+    "EMAIL_SEND",
+    "EmailDigest",
+    "EmailSend",
+    "digest_job_key",
+    "email_key",
+    "email_prefix",
+    "inbox_email_prefix",
+]
 
 
 def _q(part: str) -> str:
@@ -33,6 +48,11 @@ def email_key(user_id: str, ref: str) -> str:
 
 def email_prefix(user_id: str, ref: str) -> str:
     return email_key(user_id, ref)
+
+
+def digest_job_key(user_id: str, since: datetime) -> str:
+    """The dedupe key of a user's digest of the window starting at ``since``."""
+    return f"email-digest:{_q(user_id)}:{int(since.timestamp())}"
 
 
 def inbox_email_prefix(user_id: str) -> str:
@@ -90,4 +110,21 @@ class EmailSend:
         )
 
 
+@attrs.frozen
+class EmailDigest:
+    """A user's digest email of the unread notifications created in ``[since, until)``."""
+
+    user_id: str
+    since: datetime
+    until: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "since": iso(self.since), "until": iso(self.until)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EmailDigest:
+        return cls(user_id=req_str(data, "user_id"), since=req_time(data, "since"), until=req_time(data, "until"))
+
+
 EMAIL_SEND: Final = JobType("email.send", EmailSend)
+EMAIL_DIGEST: Final = JobType("email.digest", EmailDigest)

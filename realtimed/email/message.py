@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any, Final
@@ -24,7 +24,7 @@ import attrs
 from realtimed.config import EmailConfig, EmailTemplateConfig
 from realtimed.templates import render, var_text
 
-__all__ = ["Rendered", "build_message", "check_address", "render_parts"]
+__all__ = ["Rendered", "build_message", "check_address", "digest_parts", "new_message_id", "render_parts"]
 
 MAX_SUBJECT_CHARS: Final = 250
 # An ASCII address: a local part without spaces, quotes or brackets, and a dotted domain.
@@ -79,6 +79,21 @@ def render_parts(
     text = render(template.text, values) if template is not None and template.text else body
     page = render(template.html, _escaped(values)) if template is not None and template.html else _page(text)
     return Rendered(subject=_one_line(subject), text=text, html=page)
+
+
+def digest_parts(*, subject: str, items: Sequence[tuple[str, str]], total: int) -> Rendered:
+    """A digest email: one line (and one list item, escaped) per notification's
+    title and body; ``total`` beyond the items listed is counted at the end."""
+    lines = [f"- {title}: {body}" if body else f"- {title}" for title, body in items]
+    entries = "".join(
+        f"<li><b>{html.escape(title)}</b>{': ' + html.escape(body) if body else ''}</li>" for title, body in items
+    )
+    more = total - len(items)
+    if more > 0:
+        lines.append(f"and {more} more")
+        entries += f"<li>and {more} more</li>"
+    page = f'<!doctype html><html><body style="font-family:sans-serif"><ul>{entries}</ul></body></html>'
+    return Rendered(subject=_one_line(subject), text="\n".join(lines), html=page)
 
 
 def build_message(

@@ -35,8 +35,8 @@ from prometheus_client import Counter
 
 from realtimed.clock import WallClock
 from realtimed.config import Config, EmailConfig
-from realtimed.email.jobs import EMAIL_SEND, EmailSend
-from realtimed.email.message import Rendered, build_message, check_address
+from realtimed.email.jobs import EMAIL_DIGEST, EMAIL_SEND, EmailDigest, EmailSend, email_key
+from realtimed.email.message import Rendered, build_message, check_address, digest_parts, new_message_id
 from realtimed.email.smtp import SendResult, SmtpPool
 from realtimed.email.unsubscribe import ALL_TYPES, Unsubscribe, sign
 from realtimed.errors import NotFound, Unavailable, ValidationFailed
@@ -45,7 +45,9 @@ from realtimed.live import Live
 from realtimed.metrics import REGISTRY
 from realtimed.notify.checks import still_wanted
 from realtimed.notify.types import type_table
-from realtimed.store.base import EmailAddressRecord, Store
+from realtimed.store.base import EmailAddressRecord, JobSpec, NotificationRecord, Store
+from realtimed.store.emails import EMAIL_DIGESTS
+from realtimed.templates import render
 
 __all__ = ["BOUNCE_KINDS", "EmailService", "Outcome", "outcome"]
 
@@ -55,6 +57,7 @@ CHANNEL: Final = "email"
 FRESH_S: Final = 2.0  # an email job younger than this is not checked again before it is sent
 BOUNCE_KINDS: Final = ("bounce", "complaint")
 UNSUBSCRIBE_PATH: Final = "/email/unsubscribe/"
+DIGEST_SCAN_PAGES: Final = 10  # a digest reads at most this many pages of 100 of the unread inbox
 
 EMAILS: Final = Counter(
     "realtimed_email_sends",
@@ -162,6 +165,7 @@ class EmailService:
 
     def register_jobs(self, runner: JobRunner) -> None:
         runner.register(EMAIL_SEND, self.handle_send)
+        runner.register(EMAIL_DIGEST, self.handle_digest)
         runner.serve_queue(self.cfg.queue)
 
     # -- links -------------------------------------------------------------------------------
@@ -220,6 +224,72 @@ class EmailService:
             raise RetryAfter(0, text)  # the last attempt: the runner marks the job dead
         raise DoNotRetry(text)
 
+    async def handle_digest(self, ctx: JobContext, p: EmailDigest) -> None:
+        """The end of a user's digest window: one email listing the window's unread
+        notifications of the types the user gets by email (none: no email)."""
+        record = (await self.store.get_email_addresses([p.user_id])).get(p.user_id)
+        if record is None or not record.deliverable:
+            log.info("job %s: no digest email for user %s: no deliverable address", ctx.job_id, p.user_id)
+            return
+        entries = await self._digest_entries(p)
+        if not entries:
+            log.debug("job %s: digest for user %s: nothing unread", ctx.job_id, p.user_id)
+            return
+        cfg = self.cfg
+        count = len(entries)
+        subject = render(cfg.digest_subject, {"count": count})
+        rendered = digest_parts(
+            subject=subject, items=[(n.title, n.body) for n in entries[: cfg.digest_max_items]], total=count
+        )
+        ref = f"ed{int(p.since.timestamp())}"
+        payload = EmailSend(
+            to=record.address,
+            user_id=p.user_id,
+            type="digest",
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            unsubscribe_url=self.unsubscribe_url(p.user_id, ALL_TYPES),
+            message_id=new_message_id(cfg),
+            ref=ref,
+            stored=True,
+        )
+        await self.jobs.enqueue_many(
+            [
+                JobSpec(
+                    queue=cfg.queue, kind=EMAIL_SEND.kind, payload=EMAIL_SEND.encode(payload),
+                    max_attempts=cfg.max_attempts, dedupe_key=email_key(p.user_id, ref),
+                )
+            ]
+        )
+        log.info("job %s: digest email of %d notification(s) queued for user %s", ctx.job_id, count, p.user_id)
+
+    async def _digest_entries(self, p: EmailDigest) -> list[NotificationRecord]:
+        """Unread notifications of ``[since, until)`` whose type mails and that the
+        user gets by email, newest first (walks at most 1,000 of the unread inbox)."""
+        types = type_table(self._config.value.notify)
+        prefs = {pref.type: pref for pref in await self.store.get_preferences(p.user_id)}
+        out: list[NotificationRecord] = []
+        cursor: str | None = None
+        for _page in range(DIGEST_SCAN_PAGES):
+            records, cursor = await self.store.list_notifications(
+                user_id=p.user_id, cursor=cursor, unread_only=True, limit=100
+            )
+            for n in records:
+                if n.created_at < p.since:
+                    return out
+                ntype = types.get(n.type)
+                if n.created_at >= p.until or ntype is None or CHANNEL not in ntype.channels:
+                    continue
+                if ntype.priority == "critical":
+                    continue  # mailed at once
+                pref = prefs.get(n.type)
+                if pref is None or pref.enabled(CHANNEL):
+                    out.append(n)
+            if cursor is None:
+                break
+        return out
+
     async def _still_wanted(self, p: EmailSend) -> str | None:
         """None if the email should go; else why not."""
         if p.stored:
@@ -248,10 +318,14 @@ class EmailService:
             raise ValidationFailed(field, problem)
         return address
 
-    async def set_address(self, *, user_id: str, address: str, verified: bool) -> EmailAddressRecord:
+    async def set_address(
+        self, *, user_id: str, address: str, verified: bool, digest: str | None = None
+    ) -> EmailAddressRecord:
         self.check(address, "address")
+        if digest is not None and digest not in EMAIL_DIGESTS:
+            raise ValidationFailed("digest", f"must be one of {', '.join(EMAIL_DIGESTS)}")
         record: EmailAddressRecord = await self.store.set_email_address(
-            user_id=user_id, address=address, verified=verified, now=self.clock.now()
+            user_id=user_id, address=address, verified=verified, now=self.clock.now(), digest=digest
         )
         log.info("user %s: email address set (%s)", user_id, "verified" if verified else "not verified")
         return record

@@ -17,9 +17,11 @@ import attrs
 from realtimed.clock import iso
 from realtimed.store.values import Row, RowCodec
 
-__all__ = ["EMAIL_COLS", "EmailAddressRecord", "EmailStore", "email_from"]
+__all__ = ["EMAIL_COLS", "EMAIL_DIGESTS", "EmailAddressRecord", "EmailStore", "email_from"]
 
-EMAIL_COLS: Final = "user_id, address, verified, bounced_at, bounce_kind, bounce_reason, updated_at"
+EMAIL_COLS: Final = "user_id, address, verified, digest, bounced_at, bounce_kind, bounce_reason, updated_at"
+#: How a user's emails go out: one per notification, or gathered per UTC hour or day.
+EMAIL_DIGESTS: Final[tuple[str, ...]] = ("off", "hourly", "daily")
 
 
 @attrs.frozen
@@ -29,6 +31,7 @@ class EmailAddressRecord:
     user_id: str
     address: str
     verified: bool
+    digest: str
     bounced_at: datetime | None
     bounce_kind: str | None
     bounce_reason: str | None
@@ -44,6 +47,7 @@ class EmailAddressRecord:
             "user_id": self.user_id,
             "address": self.address,
             "verified": self.verified,
+            "digest": self.digest,
             "bounced_at": iso(self.bounced_at),
             "bounce_kind": self.bounce_kind,
             "bounce_reason": self.bounce_reason,
@@ -57,6 +61,7 @@ def email_from(row: Row, codec: RowCodec) -> EmailAddressRecord:
         user_id=row["user_id"],
         address=row["address"],
         verified=bool(row["verified"]),
+        digest=row["digest"],
         bounced_at=codec.opt_time(row["bounced_at"]),
         bounce_kind=row["bounce_kind"],
         bounce_reason=row["bounce_reason"],
@@ -68,9 +73,11 @@ class EmailStore(Protocol):
     """Users' email addresses. Nothing expires."""
 
     async def set_email_address(
-        self, *, user_id: str, address: str, verified: bool, now: datetime
+        self, *, user_id: str, address: str, verified: bool, now: datetime, digest: str | None = None
     ) -> EmailAddressRecord:
-        """Set (or replace) the user's address; a bounce reported earlier is cleared."""
+        """Set (or replace) the user's address; a bounce reported earlier is cleared.
+        ``digest`` (one of ``EMAIL_DIGESTS``) replaces the user's; None keeps it
+        (``off`` for a new address)."""
         ...
 
     async def get_email_addresses(self, user_ids: Sequence[str]) -> dict[str, EmailAddressRecord]:

@@ -16,16 +16,17 @@ class PostgresEmails(PostgresEngine):
     """``EmailStore`` on PostgreSQL."""
 
     async def set_email_address(
-        self, *, user_id: str, address: str, verified: bool, now: datetime
+        self, *, user_id: str, address: str, verified: bool, now: datetime, digest: str | None = None
     ) -> EmailAddressRecord:
         sql = (
-            "INSERT INTO email_addresses (user_id, address, address_key, verified, updated_at) "
-            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO UPDATE SET address = excluded.address, "
-            "address_key = excluded.address_key, verified = excluded.verified, bounced_at = NULL, "
-            f"bounce_kind = NULL, bounce_reason = NULL, updated_at = excluded.updated_at RETURNING {EMAIL_COLS}"
+            "INSERT INTO email_addresses (user_id, address, address_key, verified, digest, updated_at) "
+            "VALUES ($1, $2, $3, $4, COALESCE($6::text, 'off'), $5) ON CONFLICT (user_id) DO UPDATE SET "
+            "address = excluded.address, address_key = excluded.address_key, verified = excluded.verified, "
+            "digest = COALESCE($6::text, email_addresses.digest), bounced_at = NULL, bounce_kind = NULL, "
+            f"bounce_reason = NULL, updated_at = excluded.updated_at RETURNING {EMAIL_COLS}"
         )
         row = await self._call(
-            lambda conn: conn.fetchrow(sql, user_id, address, address.lower(), verified, now), tx=False
+            lambda conn: conn.fetchrow(sql, user_id, address, address.lower(), verified, now, digest), tx=False
         )
         return email_from(row, PG_CODEC)
 

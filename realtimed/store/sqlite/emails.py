@@ -12,13 +12,14 @@ from realtimed.store.sqlite.engine import CODEC, Conn, SQLiteEngine, us
 __all__ = ["SQLiteEmails"]
 
 
-def _set(conn: Conn, user_id: str, address: str, verified: bool, now: int) -> EmailAddressRecord:
+def _set(conn: Conn, user_id: str, address: str, verified: bool, now: int, digest: str | None) -> EmailAddressRecord:
     row = conn.execute(
-        "INSERT INTO email_addresses (user_id, address, address_key, verified, updated_at) VALUES (?, ?, ?, ?, ?) "
+        "INSERT INTO email_addresses (user_id, address, address_key, verified, digest, updated_at) "
+        "VALUES (?, ?, ?, ?, COALESCE(?, 'off'), ?) "
         "ON CONFLICT (user_id) DO UPDATE SET address = excluded.address, address_key = excluded.address_key, "
-        "verified = excluded.verified, bounced_at = NULL, bounce_kind = NULL, bounce_reason = NULL, "
-        f"updated_at = excluded.updated_at RETURNING {EMAIL_COLS}",
-        (user_id, address, address.lower(), int(verified), now),
+        "verified = excluded.verified, digest = COALESCE(?, email_addresses.digest), bounced_at = NULL, "
+        f"bounce_kind = NULL, bounce_reason = NULL, updated_at = excluded.updated_at RETURNING {EMAIL_COLS}",
+        (user_id, address, address.lower(), int(verified), digest, now, digest),
     ).fetchone()
     return email_from(row, CODEC)
 
@@ -51,10 +52,10 @@ class SQLiteEmails(SQLiteEngine):
     """``EmailStore`` on SQLite."""
 
     async def set_email_address(
-        self, *, user_id: str, address: str, verified: bool, now: datetime
+        self, *, user_id: str, address: str, verified: bool, now: datetime, digest: str | None = None
     ) -> EmailAddressRecord:
         return await self._write(
-            functools.partial(_set, user_id=user_id, address=address, verified=verified, now=us(now))
+            functools.partial(_set, user_id=user_id, address=address, verified=verified, now=us(now), digest=digest)
         )
 
     async def get_email_addresses(self, user_ids: Sequence[str]) -> dict[str, EmailAddressRecord]:
