@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import trio
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
 @attrs.frozen
@@ -55,7 +55,7 @@ class _Handler:
 
     async def handle_EHLO(self, smtp: SMTP, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
-        if session.ssl is None:  # the EHLO after STARTTLS is on the same connection
+        if session.ssl is None or self.server.implicit_tls:  # the EHLO after STARTTLS is on the same connection
             self.server.saw_connection(id(session))
         return responses
 
@@ -79,7 +79,12 @@ class _Handler:
 
 
 class SmtpServer:
-    def __init__(self, folder: Path, *, tls: bool = False) -> None:
+    def __init__(
+        self, folder: Path, *, tls: bool = False, implicit_tls: bool = False, credentials: tuple[str, str] | None = None
+    ) -> None:
+        tls = tls or implicit_tls
+        self.implicit_tls = implicit_tls
+        self.credentials = credentials
         self.port = free_port()
         self.lock = threading.Lock()
         self.messages: list[Received] = []
@@ -98,6 +103,13 @@ class SmtpServer:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(cert, key)
             self._tls = context
+
+    def _authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+        assert self.credentials is not None
+        ok = isinstance(auth_data, LoginPassword) and (
+            auth_data.login.decode(), auth_data.password.decode()
+        ) == self.credentials
+        return AuthResult(success=ok, handled=False)  # aiosmtpd answers 535 to a failure
 
     def saw_connection(self, session: int) -> None:
         with self.lock:
@@ -120,21 +132,33 @@ class SmtpServer:
             "enabled": True,
             "host": "127.0.0.1",
             "port": self.port,
-            "security": "starttls" if self._tls is not None else "none",
+            "security": "tls" if self.implicit_tls else "starttls" if self._tls is not None else "none",
             "from_address": "Example <notify@example.com>",
             "public_base_url": "https://links.example.com/rt",
             "unsubscribe_secret": "unsubscribe-secret-for-tests-0123456789",
         }
         if self.cert_file is not None:
             section["ca_file"] = str(self.cert_file)
+        if self.credentials is not None:
+            section["username"], section["password"] = self.credentials
         section.update(extra)
         return section
 
     async def start(self) -> None:
-        controller = Controller(
-            _Handler(self), hostname="127.0.0.1", port=self.port, tls_context=self._tls,
-            require_starttls=self._tls is not None, ready_timeout=10,
-        )
+        options: dict[str, Any] = {}
+        if self.credentials is not None:
+            options.update(authenticator=self._authenticate, auth_required=True)
+        if self.implicit_tls:
+            # aiosmtpd knows only STARTTLS as TLS: on a TLS socket it must offer AUTH all the same.
+            options["auth_require_tls"] = False
+            controller = Controller(
+                _Handler(self), hostname="127.0.0.1", port=self.port, ssl_context=self._tls, ready_timeout=10, **options
+            )
+        else:
+            controller = Controller(
+                _Handler(self), hostname="127.0.0.1", port=self.port, tls_context=self._tls,
+                require_starttls=self._tls is not None, ready_timeout=10, **options,
+            )
         await trio.to_thread.run_sync(controller.start)
         self._controller = controller
 

@@ -27,6 +27,8 @@ from tests.notify_support import START, Harness, following
 from tests.smtp_server import SmtpServer
 
 HarnessFactory = Any
+# aiosmtpd warns about AUTH without STARTTLS, which is what implicit TLS looks like to it.
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 harness_factory = notify_support.harness_factory
 shm_dir = notify_support.shm_dir
 
@@ -358,3 +360,60 @@ async def test_hourly_digest_mails_the_hours_unread_notifications_together(
         # The link of a digest unsubscribes from all email.
         page = await h.http.get(link_path(str(mail.message["List-Unsubscribe"])[1:-1]))
         assert "all email" in page.text
+
+
+async def test_implicit_tls_with_login_and_a_refused_login_is_final(
+    harness_factory: HarnessFactory, shm_dir: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(600):
+        server = SmtpServer(shm_dir / "smtp-auth", implicit_tls=True, credentials=("realtimed", "s3cret"))
+        await server.start()
+        try:
+            h = await start(harness_factory, server, idle_timeout_s=0.0)  # each email logs in anew
+            events: list[tuple[str, dict[str, Any]]] = []
+
+            async def capture(event: str, data: Any) -> None:
+                events.append((event, dict(data)))
+
+            h.daemon.services.email.event_sink = capture
+            await set_address(h, "ann", "ann@example.com")
+            await h.notify(["ann"], "comment", {"name": "Z", "text": "over TLS"})
+            [mail] = await server.wait_for(1)
+            assert mail.text.strip() == "Z wrote: over TLS"
+            # The wrong password: the server's 535 is final.
+            server.credentials = ("realtimed", "another")
+            await h.notify(["ann"], "comment", {"name": "Z", "text": "refused"})
+            jobs = await finished(h, 2)
+            refused = next(j for j in jobs if j.status != "succeeded")
+            assert refused.status == "failed" and refused.attempts == 1 and "535" in (refused.last_error or "")
+            assert [(e, d["code"]) for e, d in events] == [("delivery.failed", "failed:smtp_535")]
+            assert len(server.messages) == 1
+        finally:
+            await server.stop()
+
+
+async def test_quiet_hours_hold_emails_and_reading_cancels_one(
+    harness_factory: HarnessFactory, smtp: SmtpServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(3600):
+        h = await start(harness_factory, smtp)
+        await set_address(h, "eve", "eve@example.com")
+        # 09:00 UTC is within eve's quiet hours: her emails wait for 12:00.
+        await h.client(
+            "eve", "PUT", "/notifications/preferences", {"quiet_hours": {"start": "08:00", "end": "12:00"}, "time_zone": "UTC"}
+        )
+        await h.notify(["eve"], "comment", {"name": "Z", "text": "first"})
+        await h.notify(["eve"], "comment", {"name": "Z", "text": "second"})
+        await h.idle()
+        jobs = await email_jobs(h)
+        assert len(jobs) == 2 and all(j.status == "queued" and j.run_at == START.replace(hour=12) for j in jobs)
+        inbox = await h.client("eve", "GET", "/notifications")
+        first = next(n for n in inbox["notifications"] if n["body"] == "Z: first")
+        await h.client("eve", "POST", f"/notifications/{first['id']}/read")
+        statuses = sorted(j.status for j in await email_jobs(h))
+        assert statuses == ["cancelled", "queued"]
+        h.clock.advance(3 * 3600)  # type: ignore[attr-defined]
+        [mail] = await smtp.wait_for(1, poll_s=60)
+        assert mail.text.strip() == "Z wrote: second"
+        await trio.sleep(120)
+        assert len(smtp.messages) == 1
