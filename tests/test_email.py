@@ -417,3 +417,25 @@ async def test_quiet_hours_hold_emails_and_reading_cancels_one(
         assert mail.text.strip() == "Z wrote: second"
         await trio.sleep(120)
         assert len(smtp.messages) == 1
+
+
+def test_config_requires_what_email_needs(tmp_path: Path) -> None:
+    from realtimed.config import ConfigError
+    from tests.fixtures.daemon import make_config
+
+    with pytest.raises(ConfigError) as caught:
+        make_config(tmp_path, {
+            "email": {
+                "enabled": True, "from_address": "nobody", "unsubscribe_secret": "short", "username": "u",
+                "public_base_url": "ftp://x", "digest_subject": "{count} new, {oops}",
+                "templates": [
+                    {"type": "no_such_type", "subject": "x"},
+                    {"type": "post_like", "subject": "{liker_name} {nope}", "html": "<b>{"},
+                ],
+            },
+        })
+    keys = {key for key, _ in caught.value.problems}
+    assert {
+        "email.from_address", "email.unsubscribe_secret", "email.username", "email.public_base_url",
+        "email.digest_subject", "email.templates[0].type", "email.templates[1].subject", "email.templates[1].html",
+    } <= keys, keys

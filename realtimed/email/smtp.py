@@ -109,14 +109,19 @@ class SmtpPool(trio.abc.AsyncResource):
                         conn = await self._open()
                     except _Failed as failed:
                         return failed.result
-                result, keep = await trio.to_thread.run_sync(
-                    _submit, conn.smtp, message, sender, to, limiter=self._threads
-                )
-                if keep and not self._closed:
-                    conn.last_used = time.monotonic()
-                    self._idle.append(conn)
-                else:
-                    await self._discard(conn)
+                keep = False
+                try:
+                    result, keep = await trio.to_thread.run_sync(
+                        _submit, conn.smtp, message, sender, to, limiter=self._threads
+                    )
+                finally:
+                    if keep and not self._closed:
+                        conn.last_used = time.monotonic()
+                        self._idle.append(conn)
+                    else:
+                        # Failed, or cancelled while sending (a drain): closed (QUIT bounded by the socket timeout).
+                        with trio.CancelScope(shield=True):
+                            await self._discard(conn)
                 # A reused connection that the server closed while it was idle: once more on a new one.
                 if reused and result.code is None and result.text.startswith(_DISCONNECTED):
                     continue
