@@ -439,3 +439,27 @@ def test_config_requires_what_email_needs(tmp_path: Path) -> None:
         "email.from_address", "email.unsubscribe_secret", "email.username", "email.public_base_url",
         "email.digest_subject", "email.templates[0].type", "email.templates[1].subject", "email.templates[1].html",
     } <= keys, keys
+
+
+def test_message_headers_stay_one_line_and_encode_non_ascii() -> None:
+    import email as email_package
+    import email.policy
+
+    from realtimed.config import EmailConfig
+    from realtimed.email.message import Rendered, build_message, render_parts
+
+    cfg = EmailConfig(enabled=True, from_address="Zoë Example <notify@example.com>")
+    rendered = render_parts(
+        title="t", body="b", values={"name": "x\r\nBcc: eve@example.com", "text": "ü"},
+        template=None,
+    )
+    rendered = Rendered(subject="Grüße\r\nBcc: eve@example.com", text=rendered.text, html=rendered.html)
+    raw = build_message(
+        cfg, to="bob@example.com", rendered=rendered, unsubscribe_url="https://x.example/u/" + "a" * 300,
+        message_id="<1@example.com>",
+    ).as_bytes()
+    assert b"\nBcc:" not in raw and raw.isascii()
+    parsed = email_package.message_from_bytes(raw, policy=email.policy.default)
+    assert parsed["Subject"] == "Grüße Bcc: eve@example.com"
+    assert parsed["From"].addresses[0].display_name == "Zoë Example"
+    assert str(parsed["List-Unsubscribe"]) == "<https://x.example/u/" + "a" * 300 + ">"

@@ -33,7 +33,7 @@ import smtplib
 import ssl
 import time
 from collections.abc import Callable
-from email.message import EmailMessage
+from email.message import Message
 from typing import Final
 
 import attrs
@@ -98,7 +98,7 @@ class SmtpPool(trio.abc.AsyncResource):
         self.opened_total = 0
         self.peak_open = 0
 
-    async def send(self, message: EmailMessage, *, sender: str, to: str) -> SendResult:
+    async def send(self, message: Message, *, sender: str, to: str) -> SendResult:
         """Submit ``message`` to ``to`` with envelope sender ``sender``."""
         async with self._slots:
             for fresh_only in (False, True):
@@ -206,7 +206,7 @@ def open_connection(cfg: EmailConfig) -> smtplib.SMTP:
     return smtp
 
 
-def _submit(smtp: smtplib.SMTP, message: EmailMessage, sender: str, to: str) -> tuple[SendResult, bool]:
+def _submit(smtp: smtplib.SMTP, message: Message, sender: str, to: str) -> tuple[SendResult, bool]:
     """Send on ``smtp`` (blocking); the result, and whether the connection may be reused."""
     try:
         refused = smtp.send_message(message, from_addr=sender, to_addrs=[to])
