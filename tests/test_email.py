@@ -463,3 +463,17 @@ def test_message_headers_stay_one_line_and_encode_non_ascii() -> None:
     assert parsed["Subject"] == "Grüße Bcc: eve@example.com"
     assert parsed["From"].addresses[0].display_name == "Zoë Example"
     assert str(parsed["List-Unsubscribe"]) == "<https://x.example/u/" + "a" * 300 + ">"
+
+
+def test_plan_payloads_carry_named_addresses_and_refuse_bad_ones() -> None:
+    from realtimed.jobs.payload import PayloadError
+    from realtimed.notify.jobs import NOTIFY_PUSH, NOTIFY_SEND, NotifyPlan, NotifySend, PlanItem
+
+    send = NotifySend(user_ids=("a", "b"), type="comment", addresses={"b": {"email": "b@example.com"}})
+    assert NOTIFY_SEND.decode(NOTIFY_SEND.encode(send)) == send
+    assert "addresses" not in NOTIFY_SEND.encode(NotifySend(user_ids=("a",), type="comment"))  # the earlier shape
+    plan = NotifyPlan(type="comment", items=(PlanItem("b", None, None, ("email",)),), addresses={"b": {"email": "b@x.io"}})
+    assert NOTIFY_PUSH.decode(NOTIFY_PUSH.encode(plan)) == plan
+    for bad in ({"b": "b@x.io"}, ["b"], {"b": {"email": 1}}):
+        with pytest.raises(PayloadError):
+            NOTIFY_SEND.decode({**NOTIFY_SEND.encode(send), "addresses": bad})

@@ -4,7 +4,8 @@ The notification service (``realtimed.notify.service``) runs the pipeline:
 templates, preferences, the out-of-app policy. A ``DeliveryChannel`` delivers.
 The first two are the in-app inbox (``realtimed.notify.inbox.InAppChannel``,
 ``in_app``) and push through FCM (``realtimed.push.channel.FcmChannel``,
-``push``). The service knows them only through this Protocol, so a new channel
+``push``); email (``realtimed.email.channel.EmailChannel``, ``email``, on a
+node with ``email.enabled``) is the third, built as described below. The service knows them only through this Protocol, so a new channel
 (email, SMS, ...) is a sibling package with a class that satisfies it, plus its
 config section::
 
