@@ -196,6 +196,15 @@ async def test_addresses_verified_named_per_notification_and_bounced(
         await h.notify(["bob"], "comment", {"name": "Z", "text": "three"})
         await smtp.wait_for(2, "bob@example.com")
 
+        # A scheduled notification keeps the address it names until it runs.
+        later = (START.replace(minute=30)).isoformat()
+        await h.notify(["carl"], "comment", {"name": "Z", "text": "later"}, scheduled_for=later, email={"to": {"carl": "carl@example.net"}})
+        await h.idle()
+        assert not smtp.to("carl@example.net")
+        h.clock.advance(1800)  # type: ignore[attr-defined]
+        [later_mail] = await smtp.wait_for(1, "carl@example.net", poll_s=60)
+        assert later_mail.text.strip() == "Z wrote: later"
+
         # Delete; then 404.
         assert await h.server("DELETE", "/users/bob/email") == {}
         await h.server("DELETE", "/users/bob/email", status=404)
