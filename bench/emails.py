@@ -1,6 +1,6 @@
 """Emails per second to a local SMTP server, against no-op jobs on the same runner.
 
-    .venv/bin/python bench/email.py [--backend sqlite|postgres] [--emails N] [--concurrency C] [--connections K]
+    .venv/bin/python bench/emails.py [--backend sqlite|postgres] [--emails N] [--concurrency C] [--connections K]
 
 One process holds the store, a ``JobRunner`` serving one queue with C jobs at once,
 and the ``EmailService`` with an SMTP pool of K connections; the SMTP server is
@@ -17,18 +17,12 @@ different runs.
 
 from __future__ import annotations
 
-import sys
-
-# This file's name is the standard library's ``email``: its folder (the path's first
-# entry when run as a script) goes last, so that ``import email`` (smtplib, urllib)
-# finds the standard library.
-sys.path.append(sys.path.pop(0))
-
 import argparse
 import asyncio
 import os
 import secrets
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
