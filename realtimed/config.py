@@ -724,6 +724,13 @@ class CronConfig:
 @attrs.frozen
 class RetentionConfig:
     read_notifications_days: float = _f(30.0, "read notifications are deleted after this long", min=0, max=36500)
+    unread_notifications_days: float = _f(
+        0.0,
+        "unread notifications are deleted this long after they were created; 0: kept until read "
+        "(expired ones, past their expires_at, are deleted whatever this says)",
+        min=0,
+        max=36500,
+    )
     finished_jobs_days: float = _f(7.0, "succeeded, dead and cancelled jobs are deleted after this long", min=0, max=36500)
     deleted_messages_days: float = _f(30.0, "bodies of deleted messages are purged after this long", min=0, max=36500)
     stale_device_days: float = _f(270.0, "device tokens unseen this long are deactivated", min=1, max=36500)
@@ -777,6 +784,12 @@ class NotifyConfig:
         10, "pushes per user per type per hour (critical bypasses); 0: none", min=0, max=1_000_000
     )
     max_recipients: int = _f(10_000, "most user ids in one POST /server/v1/notifications", min=1, max=1_000_000)
+    max_expiry_s: float = _f(
+        30 * 86400.0,
+        "latest expires_at a notification may be given, in seconds from now (or from its scheduled_for)",
+        min=1,
+        max=3650 * 86400.0,
+    )
     plan_batch: int = _f(500, "recipients per push-planning job", min=1, max=100_000)
 
 

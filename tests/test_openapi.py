@@ -420,9 +420,9 @@ async def test_allow_names_only_the_methods_a_path_serves(start_daemon: DaemonFa
         user = {"Authorization": f"Bearer {token('allow-reader', ttl=600)}"}
         async with httpx.AsyncClient(base_url=daemon.url(), headers=user) as http:
             for method, path, allow in (
-                ("PATCH", "/notifications/preferences", "GET, HEAD, PUT"),
-                ("DELETE", "/notifications/preferences", "GET, HEAD, PUT"),
-                ("DELETE", "/notifications/preferences", "GET, HEAD, PUT"),
+                ("POST", "/notifications/preferences", "GET, HEAD, PATCH, PUT"),
+                ("DELETE", "/notifications/preferences", "GET, HEAD, PATCH, PUT"),
+                ("DELETE", "/notifications/preferences", "GET, HEAD, PATCH, PUT"),
                 ("DELETE", "/notifications/read-all", "POST"),
                 ("DELETE", "/notifications/unread-count", "GET, HEAD"),
                 ("PUT", "/notifications/unread-count", "GET, HEAD"),

@@ -25,7 +25,7 @@ from tests.fixtures.services import _run_sql
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 # Every backend has the same numbered migrations, in order.
-MIGRATIONS = ["0001_initial", "0002_bans", "0003_channel_preferences", "0004_mark_read_function", "0005_socketio_recovery", "0006_webhooks", "0007_email"]
+MIGRATIONS = ["0001_initial", "0002_bans", "0003_channel_preferences", "0004_mark_read_function", "0005_socketio_recovery", "0006_webhooks", "0007_email", "0008_notification_rules"]
 LIMIT_S = 20
 
 
@@ -1057,7 +1057,7 @@ async def test_notification_dedupe_list_read_and_delete(store: Store) -> None:
         assert again[0][0].id == results[0][0].id and not again[0][1] and again[0][0].title == "T1"
         assert again[1][0].seq == 3  # the repeat took no seq
         wire = again[1][0].to_wire()
-        assert set(wire) == {"id", "seq", "type", "title", "body", "data", "priority", "group_key", "created_at", "read_at"}
+        assert set(wire) == {"id", "seq", "type", "title", "body", "data", "priority", "group_key", "created_at", "read_at", "expires_at"}
         for i in range(4, 11):
             await store.insert_notifications(items=[note("u", i)], now=at(i))
         page, cursor = await store.list_notifications(user_id="u", limit=4)

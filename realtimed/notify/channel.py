@@ -74,6 +74,8 @@ class Delivery:
         addresses: endpoints the notification itself names for this recipient,
             by channel name (``email``: an address); a channel uses them instead of
             the recipient's stored ones.
+        expires_at: the notification is of no use after this (None: never); a
+            channel stores it with what it keeps and delivers nothing once it passed.
     """
 
     user_id: str
@@ -88,6 +90,7 @@ class Delivery:
     dedupe_key: str | None = None
     vars: Mapping[str, Any] = attrs.field(factory=dict)
     addresses: Mapping[str, str] = attrs.field(factory=dict)
+    expires_at: datetime | None = None
 
 
 @attrs.frozen

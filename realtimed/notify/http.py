@@ -2,7 +2,8 @@
 
 Server API (``/server/v1``):
 
-- ``POST /notifications`` ``{user_ids, type, vars, data, dedupe_key?, scheduled_for?}`` → ``{"queued"}``
+- ``POST /notifications`` ``{user_ids, type, vars, data, dedupe_key?, scheduled_for?, expires_at?}``
+  → ``{"queued", "recipients": [{user_id, channels: {<channel>: <outcome code>}}]}``
 
 Client REST (``/api/v1``), the same shapes as the ``notification.*`` ops:
 
@@ -12,8 +13,9 @@ Client REST (``/api/v1``), the same shapes as the ``notification.*`` ops:
   ``DELETE /notifications/<id>`` → ``{"unread_count"}``
 - ``GET /notifications/preferences`` → ``{"types": [{type, in_app, push, ..., channels}], "quiet_hours", "time_zone"}``
   (one boolean per delivery channel of this node)
-- ``PUT /notifications/preferences`` with any of ``types`` (``[{type, <channel>?: bool}]``),
-  ``quiet_hours``, ``time_zone`` → the same
+- ``PUT`` or ``PATCH /notifications/preferences`` with any of ``types``
+  (``[{type, <channel>?: bool}]``), ``quiet_hours``, ``time_zone`` (a partial
+  update either way: what is not named keeps its setting) → the same
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from realtimed.api.routes import (
     Text,
     TextList,
     WholeBody,
+    list_of,
     out,
     query_bool,
     query_int,
@@ -46,7 +49,8 @@ from realtimed.api.routes import (
 )
 from realtimed.clock import parse_iso
 from realtimed.errors import ValidationFailed
-from realtimed.notify.service import NotifyService
+from realtimed.notify import outcomes
+from realtimed.notify.service import PENDING, NotifyService
 from realtimed.push.messages import check_message, string_data
 
 __all__ = ["PREFERENCES", "routes"]
@@ -147,6 +151,16 @@ class NotifyInput:
     scheduled_for: datetime | None = wire(
         Text(max_len=64, required=False, then=_scheduled_for, format="date-time", description="RFC 3339: notify then, not now")
     )
+    expires_at: datetime | None = wire(
+        Text(
+            max_len=64,
+            required=False,
+            then=_scheduled_for,
+            format="date-time",
+            description="RFC 3339: after this the notification leaves the inbox and is not pushed; "
+            "after now (and scheduled_for), at most notify.max_expiry_s ahead",
+        )
+    )
     vars: dict[str, Any] = wire(
         Checked(
             lambda body, name: _vars(body),
@@ -176,12 +190,39 @@ class NotifyInput:
     )
 
 
+_OUTCOME_CODES: Final = [
+    outcomes.DELIVERED,
+    outcomes.SKIPPED_PREFERENCE,
+    outcomes.SKIPPED_ACTIVE,
+    outcomes.SKIPPED_DUPLICATE,
+    outcomes.SKIPPED_EXPIRED,
+    PENDING,
+]
+RECIPIENT: Final = Named(
+    "NotifyRecipient",
+    {
+        "type": "object",
+        "required": ["user_id", "channels"],
+        "properties": {
+            "user_id": {"type": "string"},
+            "channels": {
+                "type": "object",
+                "description": "per channel of the type that this node delivers on: what was decided at once, "
+                "or pending (a job decides; reported by the delivery.failed webhook if it does not go)",
+                "additionalProperties": {"type": "string", "enum": _OUTCOME_CODES},
+            },
+        },
+    },
+)
+
+
 @attrs.frozen
 class Queued:
     """How many users were reached: stored, or considered for push (a repeated dedupe_key: 0;
-    a scheduled one: the number of recipients)."""
+    a scheduled one: the number of recipients); and, per recipient, what was decided at once."""
 
     queued: int = out({"type": "integer", "minimum": 0})
+    recipients: list[dict[str, Any]] = out(list_of(RECIPIENT))
 
 
 @route(
@@ -190,7 +231,7 @@ class Queued:
     tag="notifications", accepts=NotifyInput, answers=Queued, guards=(_notify,), errors=(503,),
 )
 async def post_notifications(inp: NotifyInput) -> Queued:
-    queued = await _notify().notify(
+    result = await _notify().notify(
         user_ids=inp.user_ids,
         type=inp.type,
         vars=inp.vars,
@@ -198,8 +239,9 @@ async def post_notifications(inp: NotifyInput) -> Queued:
         dedupe_key=inp.dedupe_key,
         scheduled_for=inp.scheduled_for,
         addresses=inp.email,
+        expires_at=inp.expires_at,
     )
-    return Queued(queued=queued)
+    return Queued(queued=result.reached, recipients=result.recipients())
 
 
 # -- client REST ---------------------------------------------------------------------------------
@@ -356,6 +398,15 @@ async def put_preferences(inp: PreferencesChange) -> dict[str, Any]:
     return await _notify().set_preferences(_user(), inp.changes)
 
 
+@route(
+    "PATCH", "/notifications/preferences", door="client", operation_id="patchPreferences",
+    summary="Change preferences (partial, as PUT): what is not named keeps its setting; answers as GET",
+    tag=_TAG, accepts=PreferencesChange, answers=PREFERENCES,
+)
+async def patch_preferences(inp: PreferencesChange) -> dict[str, Any]:
+    return await _notify().set_preferences(_user(), inp.changes)
+
+
 def routes() -> tuple[Route, ...]:
     """The notification routes: notify (server API) and the inbox and preferences (client REST)."""
     return (
@@ -367,4 +418,5 @@ def routes() -> tuple[Route, ...]:
         delete_one,
         get_preferences,
         put_preferences,
+        patch_preferences,
     )

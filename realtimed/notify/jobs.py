@@ -16,7 +16,8 @@ for the promises): jobs queued before an upgrade still run, and a node of a
 cluster that has not been upgraded yet runs jobs queued by one that has. What
 this version adds is only written when it differs from what an earlier version
 would assume: a plan item names its channels only when they are not just push
-(``[user, notification id, seq, [channels]]``), and so does a digest.
+(``[user, notification id, seq, [channels]]``), and so does a digest; a
+notification's ``expires_at`` is written only when it has one.
 
 ``chat.offline`` is defined here, once: chat queues it (``offline_job_spec``),
 notify handles it.
@@ -38,6 +39,7 @@ from realtimed.jobs.payload import (
     obj,
     opt_int,
     opt_str,
+    opt_time,
     req_str,
     req_time,
     str_list,
@@ -102,8 +104,10 @@ class NotifySend:
     #: Endpoints the notification names per recipient and channel (``{"u1": {"email": "a@example.com"}}``).
     addresses: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
 
+    expires_at: datetime | None = None
+
     def to_json(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "user_ids": list(self.user_ids),
             "type": self.type,
             "vars": dict(self.vars),
@@ -112,6 +116,8 @@ class NotifySend:
         }
         if self.addresses:
             out["addresses"] = {u: dict(a) for u, a in self.addresses.items()}
+        if self.expires_at is not None:
+            out["expires_at"] = iso(self.expires_at)
         return out
 
     @classmethod
@@ -123,6 +129,7 @@ class NotifySend:
             data=obj(data, "data"),
             dedupe_key=opt_str(data, "dedupe_key"),
             addresses=_addresses(data.get("addresses"), "addresses"),
+            expires_at=opt_time(data, "expires_at"),
         )
 
 
@@ -173,8 +180,10 @@ class NotifyPlan:
     #: Endpoints the notification names per recipient and channel (only this batch's recipients).
     addresses: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
 
+    expires_at: datetime | None = None
+
     def to_json(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "type": self.type,
             "vars": dict(self.vars),
             "data": dict(self.data),
@@ -184,6 +193,8 @@ class NotifyPlan:
         }
         if self.addresses:
             out["addresses"] = {u: dict(a) for u, a in self.addresses.items()}
+        if self.expires_at is not None:
+            out["expires_at"] = iso(self.expires_at)
         return out
 
     @classmethod
@@ -199,6 +210,7 @@ class NotifyPlan:
             dedupe_key=opt_str(data, "dedupe_key"),
             request_id=opt_str(data, "request_id"),
             addresses=_addresses(data.get("addresses"), "addresses"),
+            expires_at=opt_time(data, "expires_at"),
         )
 
 
