@@ -344,6 +344,18 @@ class AuthConfig:
 
 
 @attrs.frozen
+class OpLimitConfig:
+    """One per-user op budget: a bucket of ``per`` ops that refills over ``window_s``."""
+
+    per: int = _f(100, "ops a user may send at once (the bucket's size); it refills at per / window_s a second", min=1, max=1_000_000)
+    window_s: float = _f(10.0, "seconds over which a spent budget refills completely", min=0.001, max=86400)
+
+
+#: The op budget that applies to every op with no entry of its own (and the API key budget of every key without one).
+ANY_OP: Final = "*"
+
+
+@attrs.frozen
 class ApiKeyConfig:
     name: str = _f(
         "",
@@ -399,22 +411,22 @@ class ApiConfig:
         },
     )
 
+    rate_limits: dict[str, OpLimitConfig] = _f(
+        {},
+        "server API budgets per API key, counted on each node: a key's name (api.keys), or \"*\" for every key "
+        "without an entry, = {per, window_s} (a bucket of per requests refilling over window_s, as "
+        "gateway.op_limits); over it: 429 RATE_LIMITED with Retry-After; a key with no budget is not limited",
+    )
+
     @property
     def key_values(self) -> list[str]:
         """The keys themselves, whatever their names."""
         return [entry.key for entry in self.keys]
 
+    def rate_limit(self, key_name: str) -> OpLimitConfig | None:
+        """The budget of the key named ``key_name`` (its own, else ``"*"``); None: not limited."""
+        return self.rate_limits.get(key_name) or self.rate_limits.get(ANY_OP)
 
-@attrs.frozen
-class OpLimitConfig:
-    """One per-user op budget: a bucket of ``per`` ops that refills over ``window_s``."""
-
-    per: int = _f(100, "ops a user may send at once (the bucket's size); it refills at per / window_s a second", min=1, max=1_000_000)
-    window_s: float = _f(10.0, "seconds over which a spent budget refills completely", min=0.001, max=86400)
-
-
-#: The op budget that applies to every op with no entry of its own.
-ANY_OP: Final = "*"
 
 #: Ops that no per-user budget counts: ``auth`` is not an op a user runs, and
 #: ``ping`` costs nothing (the per-socket bucket still counts both).
@@ -803,6 +815,15 @@ class PushConfig:
     token_url: str = _f("", "OAuth2 token endpoint; empty: the key file's token_uri")
     fcm_url: str = _f("https://fcm.googleapis.com", "FCM base URL (POST /v1/projects/<id>/messages:send)")
     iid_url: str = _f("https://iid.googleapis.com", "Instance ID base URL (topic subscriptions)")
+    max_token_chars: int = _f(
+        4096,
+        "longest push token POST /api/v1/devices registers (a token is opaque: any printable ASCII but space)",
+        min=64,
+        max=4096,
+    )
+    max_device_info_chars: int = _f(
+        128, "longest value of a device_info field (model, os, os_version, app_version) at registration", min=8, max=1024
+    )
     ca_file: str = _f("", "PEM CA certificates trusted for those endpoints besides the system ones")
     http2: bool = _f(True, "speak HTTP/2 to FCM (many concurrent sends on one connection)")
     h2_sender: bool = _f(
@@ -1461,6 +1482,7 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
         _check_credential_strength(cfg, exposed_on[0], problems)
     _check_proxies(cfg, problems)
     _check_api_keys(cfg, problems)
+    _check_api_rate_limits(cfg, problems)
     if bool(cfg.http.tls_cert_file) != bool(cfg.http.tls_key_file):
         problems.add("http.tls_cert_file", "tls_cert_file and tls_key_file go together")
     if cfg.shutdown.reconnect_min_ms > cfg.shutdown.reconnect_max_ms:
@@ -1655,6 +1677,16 @@ def _check_proxies(cfg: Config, problems: _Problems) -> None:
             problems.add(key, "needs http.trusted_proxies: a PROXY header is only accepted from a trusted proxy")
         if key == "http.internal_proxy_protocol" and not cfg.http.internal_listen:
             problems.add(key, "there is no internal listener (http.internal_listen)")
+
+
+def _check_api_rate_limits(cfg: Config, problems: _Problems) -> None:
+    names = {entry.name for entry in cfg.api.keys}
+    for name in cfg.api.rate_limits:
+        if name != ANY_OP and name not in names:
+            problems.add(
+                f"api.rate_limits.{_toml_key(name)}",
+                f"no API key is named {name[:64]!r} (a name of api.keys, keys[0] for an unnamed first key, or \"*\")",
+            )
 
 
 def _check_op_limits(cfg: Config, problems: _Problems) -> None:

@@ -13,6 +13,7 @@ browser origins.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import secrets
 import time
@@ -39,7 +40,7 @@ from realtimed.api.routes import (
 )
 from realtimed.config import is_loopback, parse_host_port
 from realtimed.email import http as email_http
-from realtimed.errors import ApiError, Internal, NotFound, PayloadTooLarge, Unauthorized
+from realtimed.errors import ApiError, Internal, NotFound, PayloadTooLarge, RateLimited, Unauthorized
 from realtimed.http import budgets, console, dev, static
 from realtimed.services import Services
 
@@ -60,6 +61,8 @@ _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # Server API calls with other methods change state, and are logged with the API key's name.
 _READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
+#: The budget name an API key's server API requests are counted under (``api.rate_limits``).
+SERVER_API_BUDGET: Final = "server.api"
 # Fetched without a credential: the documents are the same for everyone.
 _DOCUMENTS: Final = frozenset({f"{SERVER_PREFIX}/openapi.json", f"{CLIENT_PREFIX}/openapi.json"})
 
@@ -261,13 +264,26 @@ def _listener_refusal(s: Services, path: str) -> Response | None:
 
 
 def _check_api_key(s: Services) -> Response | None:
-    """The server API's credential: a known API key, whose name the request then carries."""
+    """The server API's credential: a known API key, whose name the request then carries;
+    then the key's budget (``api.rate_limits``), charged before anything runs."""
     token = bearer_token()
     key_name = s.api_keys.identify(token) if token is not None and s.api_keys is not None else None
     if key_name is None:
         return error_response(Unauthorized("a valid API key is required"))
     g.api_key_name = key_name
     logs.annotate(api_key=key_name)
+    budget = s.config.api.rate_limit(key_name)
+    if budget is not None:
+        # The token buckets of the per-user op budgets, under a name no op or REST budget has.
+        wait_s = s.ops.limiter.take(key_name, SERVER_API_BUDGET, budget, now=trio.current_time())
+        if wait_s > 0.0:
+            metrics.SERVER_API_LIMITED.labels(key_name).inc()
+            return error_response(
+                RateLimited(
+                    f"too many server API requests with API key {key_name}: {budget.per} per {budget.window_s:g} s",
+                    retry_after_ms=math.ceil(wait_s * 1000),
+                )
+            )
     return None
 
 

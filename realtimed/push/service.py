@@ -294,14 +294,28 @@ class PushService:
 
     # -- devices -----------------------------------------------------------------------------
 
-    async def register_device(self, *, user_id: str, token: str, platform: str, app_version: str) -> DeviceRecord:
+    async def register_device(
+        self,
+        *,
+        user_id: str,
+        token: str,
+        platform: str,
+        app_version: str,
+        device_info: Mapping[str, str] | None = None,
+    ) -> DeviceRecord:
         """Register (or refresh) a token; one registered by another user moves here.
+        ``device_info`` (checked at the edge) replaces the one stored with the token.
 
         Raises:
             ValidationFailed: the platform is not ios, android or web (from the store).
         """
         device: DeviceRecord = await self.store.register_device(
-            user_id=user_id, token=token, platform=platform, app_version=app_version, now=self.clock.now()
+            user_id=user_id,
+            token=token,
+            platform=platform,
+            app_version=app_version,
+            device_info=device_info,
+            now=self.clock.now(),
         )
         log.info("user %s registered a %s device %s", user_id, platform, _short(token))
         return device
