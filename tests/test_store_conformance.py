@@ -1088,6 +1088,60 @@ async def test_notification_dedupe_list_read_and_delete(store: Store) -> None:
             await store.list_notifications(user_id="u", cursor=cursor, after_seq=1)
 
 
+async def test_expired_notifications_leave_lists_and_unread_counts_given_now(store: Store) -> None:
+    with trio.fail_after(LIMIT_S):
+        made = await store.insert_notifications(
+            items=[
+                note("u", 1, expires_at=at(100)),
+                note("u", 2),
+                note("u", 3, expires_at=at(300)),
+                note("v", 1, expires_at=at(100)),
+            ],
+            now=T0,
+        )
+        (first, _), (_, _), (third, _), _ = made
+        assert first.expires_at == at(100) and first.to_wire()["expires_at"] == "2026-01-01T12:01:40.000Z"
+        stored, _ = await store.list_notifications(user_id="u")
+        assert [(n.seq, n.expires_at) for n in stored] == [(3, at(300)), (2, None), (1, at(100))]
+        # Before it expires it is there; at its expires_at it is gone from what a reader given now sees.
+        seen, _ = await store.list_notifications(user_id="u", now=at(99))
+        assert [n.seq for n in seen] == [3, 2, 1]
+        seen, _ = await store.list_notifications(user_id="u", now=at(100))
+        assert [n.seq for n in seen] == [3, 2]
+        seen, _ = await store.list_notifications(user_id="u", after_seq=0, unread_only=True, now=at(300))
+        assert [n.seq for n in seen] == [2]
+        assert await store.notification_unread_count("u") == 3
+        assert await store.notification_unread_count("u", now=at(100)) == 2
+        assert await store.notification_unread_counts(["u", "v", "w"], now=at(100)) == {"u": 2, "v": 0, "w": 0}
+        # Reads and deletes answer the count a reader given now sees.
+        assert await store.mark_notifications_read(user_id="u", ids=[first.id], now=at(200)) == 2
+        assert await store.delete_notifications(user_id="u", ids=[third.id], now=at(200)) == 1
+        assert await store.notification_unread_count("u") == 1
+        # Retention deletes the expired ones, read or not, and the counters agree with the inbox again.
+        await store.insert_notifications(items=[note("u", 4, expires_at=at(400))], now=at(200))
+        assert await store.notification_unread_count("u") == 2
+        assert await store.delete_expired_notifications(now=at(399)) == 2  # u's read one and v's
+        assert await store.notification_unread_count("v") == 0
+        assert await store.notification_unread_count("u") == 2
+        assert await store.delete_expired_notifications(now=at(400)) == 1
+        assert await store.notification_unread_count("u") == 1
+        left, _ = await store.list_notifications(user_id="u")
+        assert [n.seq for n in left] == [2]
+        assert await store.delete_expired_notifications(now=at(10_000)) == 0
+
+
+async def test_unread_notifications_retention(store: Store) -> None:
+    with trio.fail_after(LIMIT_S):
+        old = await store.insert_notifications(items=[note("u", 1), note("u", 2), note("v", 1)], now=T0)
+        await store.mark_notifications_read(user_id="u", ids=[old[1][0].id], now=at(5))
+        await store.insert_notifications(items=[note("u", 3)], now=at(100))
+        assert await store.delete_unread_notifications(before=at(50)) == 2  # u's first and v's; not the read one
+        left, _ = await store.list_notifications(user_id="u")
+        assert [(n.seq, n.read_at is not None) for n in left] == [(3, False), (2, True)]
+        assert await store.notification_unread_counts(["u", "v"]) == {"u": 1, "v": 0}
+        assert await store.delete_unread_notifications(before=at(50)) == 0
+
+
 # ---------------------------------------------------------------------------
 # Preferences, devices, last seen
 # ---------------------------------------------------------------------------
@@ -1149,6 +1203,12 @@ async def test_devices_register_move_topics_and_last_seen(store: Store) -> None:
     with trio.fail_after(LIMIT_S):
         d = await store.register_device(user_id="u", token="tok1", platform="ios", now=T0, app_version="1.0")
         assert d.active and d.user_id == "u" and d.last_seen_at == T0 and d.topics == ()
+        assert d.device_info == {} and d.to_wire()["device_info"] == {}
+        info = {"model": "iPhone 15", "os": "iOS", "os_version": "18.1", "app_version": "1.0"}
+        d = await store.register_device(user_id="u", token="tok1", platform="ios", now=T0, app_version="1.0", device_info=info)
+        got = await store.get_device("tok1")
+        assert d.device_info == info and got is not None and got.device_info == info
+        assert [x.device_info for x in (await store.list_devices_many(["u"]))["u"]] == [info]
         with pytest.raises(ValidationFailed):
             await store.register_device(user_id="u", token="t", platform="palm", now=T0)
         await store.register_device(user_id="u", token="tok2", platform="web", now=at(1))
