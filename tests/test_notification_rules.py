@@ -221,14 +221,26 @@ async def test_each_recipient_is_answered_and_later_decisions_come_as_delivery_f
         # Bob's hourly cap of mentions is spent: the plan job holds it and says so.
         later = await h.server("POST", "/notifications", {**body, "user_ids": ["bob"], "dedupe_key": "m2"})
         assert later["recipients"] == [{"user_id": "bob", "channels": {"in_app": "delivered", "push": "pending"}}]
-        while not receiver.received:
+        # Eve is in her quiet hours: the push waits for their end, and the report says until when.
+        now = h.clock.now()
+        quiet = {"start": f"{(now.hour - 1) % 24:02d}:00", "end": f"{(now.hour + 2) % 24:02d}:00"}
+        await h.device("eve", "tok-eve")
+        await h.client("eve", "PATCH", "/notifications/preferences", {"quiet_hours": quiet, "time_zone": "UTC"})
+        await h.server("POST", "/notifications", {**body, "user_ids": ["eve"], "dedupe_key": "m3"})
+        while len(receiver.received) < 2:
             await receiver.got.wait()
             receiver.got = trio.Event()
-        (report,) = receiver.received
-        assert report.verified_with == (0,) and report.body["type"] == "delivery.failed"
-        data = report.body["data"]
-        assert (data["channel"], data["code"], data["user_id"], data["type"]) == ("push", "skipped:cap", "bob", "mention")
-        assert data["notification_id"] and "hourly cap" in data["error"]
+        reports = {r.body["data"]["user_id"]: r for r in receiver.received}
+        assert all(r.verified_with == (0,) and r.body["type"] == "delivery.failed" for r in reports.values())
+        capped, deferred = reports["bob"].body["data"], reports["eve"].body["data"]
+        assert (capped["channel"], capped["code"], capped["type"]) == ("push", "skipped:cap", "mention")
+        assert capped["notification_id"] and "hourly cap" in capped["error"] and "run_at" not in capped
+        assert (deferred["channel"], deferred["code"]) == ("push", "skipped:quiet_hours")
+        assert deferred["run_at"].endswith(quiet["end"] + ":00.000Z")
+        while not (waiting := [j for j in await h.jobs("push.send") if j.payload["token"] == "tok-eve"]):
+            await trio.sleep(0.05)  # the plan job reports, then queues the push
+        (eve_push,) = waiting
+        assert eve_push.status == "queued" and iso(eve_push.run_at) == deferred["run_at"]
         assert len(h.fake.delivered) == 2
         await ann.close()
 

@@ -630,19 +630,42 @@ class NotifyService:
     ) -> None:
         """``delivery.failed`` for each planned channel of ``plan`` that a policy held
         (``run_at``: quiet hours deferred it to then, it may still go)."""
+        await self._report_held(
+            user_id=plan.user_id,
+            type_name=plan.type.name,
+            channels=plan.channels,
+            notification_id=plan.notification_id,
+            code=code,
+            why=why,
+            job_id=job_id,
+            run_at=run_at,
+        )
+
+    async def _report_held(
+        self,
+        *,
+        user_id: str,
+        type_name: str,
+        channels: Sequence[str],
+        notification_id: str | None,
+        code: str,
+        why: str,
+        job_id: str,
+        run_at: datetime | None = None,
+    ) -> None:
         sink = self.event_sink
         if sink is None:
             return
-        for channel in plan.channels:
+        for channel in channels:
             data: dict[str, Any] = {
                 "channel": channel,
                 "code": code,
                 "error": why,
-                "user_id": plan.user_id,
+                "user_id": user_id,
                 "token": None,
                 "job_id": job_id,
-                "type": plan.type.name,
-                "notification_id": plan.notification_id,
+                "type": type_name,
+                "notification_id": notification_id,
             }
             if run_at is not None:
                 data["run_at"] = iso(run_at)
@@ -749,12 +772,26 @@ class NotifyService:
             # The first went at once; nothing more came, or it was read.
             log.debug("job %s: digest of %s for %s: %d unread, no push", ctx.job_id, p.group_key, user_id, count)
             return
+
+        async def held(code: str, why: str) -> None:
+            await self._report_held(
+                user_id=user_id,
+                type_name=ntype.name,
+                channels=p.channels,
+                notification_id=None,
+                code=code,
+                why=f"digest of {p.group_key}: {why}",
+                job_id=ctx.job_id,
+            )
+
         if await self._active(user_id):
             PUSH_DECISIONS.labels(ntype.name, "active").inc()
+            await held(outcomes.SKIPPED_ACTIVE, "active on a connected device")
             return
         settings = await self.store.get_user_settings(user_id)
         now = self.clock.now()
         if not await self._take_cap(ntype, user_id, settings, now, ctx.job_id):
+            await held(outcomes.SKIPPED_CAP, "cap reached")
             return
         values = {**p.vars, "count": count}
         if ntype.push_content:

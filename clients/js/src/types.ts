@@ -118,6 +118,8 @@ export interface Notification {
   group_key: string | null;
   created_at: Time;
   read_at: Time | null;
+  /** When it leaves the inbox and is no longer pushed (null: never). */
+  expires_at: Time | null;
 }
 
 export interface NotificationPage {
