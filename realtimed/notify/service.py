@@ -26,6 +26,16 @@ DESIGN.md over the delivery channels it was built with
    job per active device); reading or deleting the notification before it
    goes withdraws it (and it is checked again when it runs).
 
+A notification may have an ``expires_at``: it is stored with it, lists and
+unread counts skip it from then on, and no step after it delivers it (a plan
+job, a delivery deferred past it, a ``push.send`` job that runs late).
+
+``notify`` answers, per recipient and channel, what steps 2 to 4 decided at
+once (``realtimed.notify.outcomes``: ``delivered``, ``skipped:preference``,
+``skipped:active``, ``skipped:duplicate``), or ``pending``. What a job decides
+later and keeps from going (expiry, the digest, a cap, quiet hours) is
+reported with the ``delivery.failed`` event (``event_sink``).
+
 Chat hands each message for offline participants to the same steps 4 and 5 as
 the ``new_message`` type through the ``chat.offline`` job kind (no inbox
 entry: chat has its own unread counts); the delivery is dropped once the
@@ -106,7 +116,7 @@ _Changes = list[tuple[str, dict[str, bool]]]
 PUSH_DECISIONS: Final = Counter(
     "realtimed_notify_push_decisions",
     "what the pipeline decided about delivering out of the app (push and the other planned channels) to a "
-    "user: queued, deferred_quiet, active, daily_cap, hourly_cap, digest_held, no_devices, read, off",
+    "user: queued, deferred_quiet, active, daily_cap, hourly_cap, digest_held, no_devices, read, off, expired",
     ["type", "decision"],
     registry=REGISTRY,
 )
