@@ -202,7 +202,14 @@ async def test_each_recipient_is_answered_and_later_decisions_come_as_delivery_f
         await ann.event("session.ready")
         await ann.ok("notification.list", {})  # an op: ann is active on this device
 
-        body = {"user_ids": ["ann", "bob", "cy", "dee"], "type": "mention", "vars": MENTION, "dedupe_key": "m1"}
+        expires = h.clock.now().replace(microsecond=0) + timedelta(minutes=30)
+        body = {
+            "user_ids": ["ann", "bob", "cy", "dee"],
+            "type": "mention",
+            "vars": MENTION,
+            "dedupe_key": "m1",
+            "expires_at": iso(expires),
+        }
         answer = await h.server("POST", "/notifications", body)
         assert answer["queued"] == 4
         assert answer["recipients"] == [
@@ -213,6 +220,11 @@ async def test_each_recipient_is_answered_and_later_decisions_come_as_delivery_f
         ]
         await h.fake.wait_for(lambda: len(h.fake.delivered) == 2)
         assert sorted(r.target for r in h.fake.delivered) == ["tok-bob", "tok-dee"]
+        # FCM keeps it no longer than it lives: Android's TTL is what is left, APNs gets the time itself.
+        message = h.fake.delivered[0].message
+        assert 0 < float(message["android"]["ttl"].removesuffix("s")) <= 1800
+        assert message["apns"]["headers"]["apns-expiration"] == str(int(expires.timestamp()))
+        assert 0 < int(message["webpush"]["headers"]["TTL"]) <= 1800
 
         again = await h.server("POST", "/notifications", {**body, "user_ids": ["bob"]})
         assert again == {"queued": 0, "recipients": [
@@ -226,13 +238,18 @@ async def test_each_recipient_is_answered_and_later_decisions_come_as_delivery_f
         quiet = {"start": f"{(now.hour - 1) % 24:02d}:00", "end": f"{(now.hour + 2) % 24:02d}:00"}
         await h.device("eve", "tok-eve")
         await h.client("eve", "PATCH", "/notifications/preferences", {"quiet_hours": quiet, "time_zone": "UTC"})
-        await h.server("POST", "/notifications", {**body, "user_ids": ["eve"], "dedupe_key": "m3"})
-        while len(receiver.received) < 2:
+        await h.server("POST", "/notifications", {**body, "user_ids": ["eve"], "dedupe_key": "m3", "expires_at": None})
+        # One that expires before her quiet hours end is not queued at all.
+        job = {"user_ids": ["eve"], "type": "job_completed", "vars": {"job_name": "x"}, "expires_at": iso(expires)}
+        await h.server("POST", "/notifications", job)
+        while len(receiver.received) < 3:
             await receiver.got.wait()
             receiver.got = trio.Event()
-        reports = {r.body["data"]["user_id"]: r for r in receiver.received}
+        reports = {(r.body["data"]["user_id"], r.body["data"]["type"]): r for r in receiver.received}
         assert all(r.verified_with == (0,) and r.body["type"] == "delivery.failed" for r in reports.values())
-        capped, deferred = reports["bob"].body["data"], reports["eve"].body["data"]
+        capped, deferred = reports["bob", "mention"].body["data"], reports["eve", "mention"].body["data"]
+        dropped = reports["eve", "job_completed"].body["data"]
+        assert dropped["code"] == "skipped:quiet_hours" and "run_at" not in dropped and "expiry" in dropped["error"]
         assert (capped["channel"], capped["code"], capped["type"]) == ("push", "skipped:cap", "mention")
         assert capped["notification_id"] and "hourly cap" in capped["error"] and "run_at" not in capped
         assert (deferred["channel"], deferred["code"]) == ("push", "skipped:quiet_hours")

@@ -118,6 +118,7 @@ class FcmChannel:
             ttl_s=ttl_s,
             badge=badge,
             link=link if isinstance(link, str) else None,
+            expires_at=delivery.expires_at,
         )
 
     async def withdraw(self, *, user_id: str, refs: Sequence[str] | None) -> int:
