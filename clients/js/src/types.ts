@@ -167,10 +167,19 @@ export interface PreferencesUpdate {
   time_zone?: string;
 }
 
+export interface DeviceInfo {
+  model?: string;
+  os?: string;
+  os_version?: string;
+  app_version?: string;
+}
+
 export interface Device {
   token: string;
   platform: 'ios' | 'android' | 'web';
   app_version: string;
+  /** As registered (`{}` when none was given). */
+  device_info: DeviceInfo;
   [field: string]: unknown;
 }
 
