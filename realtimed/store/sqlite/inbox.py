@@ -134,12 +134,21 @@ def _delete_notifications(conn: Conn, user_id: str, ids: list[str], now: int | N
 
 
 def _unread_counts(conn: Conn, user_ids: list[str], now: int | None) -> dict[str, int]:
-    rows = conn.execute(
-        "SELECT user_id, unread_count FROM notification_counters WHERE user_id IN (SELECT value FROM json_each(?))",
-        (json_list(user_ids),),
-    ).fetchall()
+    if now is None:
+        rows = conn.execute(
+            "SELECT user_id, unread_count FROM notification_counters WHERE user_id IN (SELECT value FROM json_each(?))",
+            (json_list(user_ids),),
+        ).fetchall()
+    else:
+        # One statement: each user's expired unread ones are counted through notifications_expiring.
+        rows = conn.execute(
+            "SELECT c.user_id, MAX(c.unread_count - (SELECT COUNT(*) FROM notifications n WHERE n.user_id = c.user_id "
+            "AND n.read_at IS NULL AND n.expires_at IS NOT NULL AND n.expires_at <= ?), 0) "
+            "FROM notification_counters c WHERE c.user_id IN (SELECT value FROM json_each(?))",
+            (now, json_list(user_ids)),
+        ).fetchall()
     counts = dict.fromkeys(user_ids, 0)
-    counts.update({r[0]: _less_expired(conn, r[0], int(r[1]), now) for r in rows})
+    counts.update({r[0]: int(r[1]) for r in rows})
     return counts
 
 
