@@ -9,6 +9,7 @@ Timed paths (retries) run on Trio's MockClock with the daemon's wall clock follo
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,6 +18,7 @@ import pytest
 import trio
 import trio.testing
 
+from realtimed.clock import iso
 from realtimed.email.service import outcome
 from realtimed.email.smtp import SendResult
 from realtimed.email.unsubscribe import Unsubscribe, sign, verify
@@ -261,6 +263,34 @@ async def test_outage_is_retried_and_nothing_is_lost(
         assert all(j.status == "succeeded" and j.attempts >= 2 for j in jobs)
         await trio.sleep(30)  # past any further retry: each was mailed once
         assert sorted(r for m in smtp.messages for r in m.recipients) == [f"{u}@example.com" for u in users]
+
+
+async def test_an_email_retried_past_the_notifications_expiry_is_never_mailed(
+    harness_factory: HarnessFactory, smtp: SmtpServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(3600):
+        h = await start(harness_factory, smtp, max_attempts=10)
+        events: list[tuple[str, dict[str, Any]]] = []
+
+        async def capture(event: str, data: Any) -> None:
+            events.append((event, dict(data)))
+
+        h.daemon.services.email.event_sink = capture
+        await set_address(h, "u1", "u1@example.com")
+        await smtp.stop()
+        expires = h.clock.now() + timedelta(seconds=20)
+        await h.notify(["u1"], "comment", {"name": "Z", "text": "soon stale"}, expires_at=iso(expires))
+        while not (jobs := await email_jobs(h)) or jobs[0].attempts < 1:
+            await trio.sleep(POLL_S)
+        assert jobs[0].payload["expires_at"] == iso(expires)
+        while h.clock.now() < expires:
+            await trio.sleep(POLL_S)
+        await smtp.start()
+        (job,) = await finished(h, 1)
+        assert job.status == "succeeded"  # done with: nothing left to send
+        await trio.sleep(30)
+        assert not smtp.messages
+        assert [(e, d["code"], d["user_id"]) for e, d in events] == [("delivery.failed", "skipped:expired", "u1")]
 
 
 async def test_5xx_is_final_and_reported_4xx_is_retried(

@@ -105,6 +105,7 @@ class EmailChannel:
                 ref=delivery.ref,
                 stored=from_store,
                 check=delivery.check,
+                expires_at=delivery.expires_at,
                 **_parts(delivery, templates.get(delivery.type.name)),
             )
             specs.append(

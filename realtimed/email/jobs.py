@@ -22,7 +22,7 @@ from urllib.parse import quote
 import attrs
 
 from realtimed.clock import iso
-from realtimed.jobs.payload import JobType, req_str, req_time
+from realtimed.jobs.payload import JobType, opt_time, req_str, req_time
 from realtimed.notify.checks import DeliveryCheck, decode_check, encode_check
 
 __all__ = [
@@ -75,6 +75,7 @@ class EmailSend:
     ref: str = ""
     stored: bool = True
     check: DeliveryCheck | None = None
+    expires_at: datetime | None = None  # not sent after this (the notification's expires_at)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -91,6 +92,8 @@ class EmailSend:
         }
         if self.check is not None:
             out["check"] = encode_check(self.check)
+        if self.expires_at is not None:
+            out["expires_at"] = iso(self.expires_at)
         return out
 
     @classmethod
@@ -107,6 +110,7 @@ class EmailSend:
             ref=req_str(data, "ref"),
             stored=data.get("stored") is not False,
             check=decode_check(data.get("check")),
+            expires_at=opt_time(data, "expires_at"),
         )
 
 

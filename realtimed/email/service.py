@@ -33,7 +33,7 @@ import attrs
 import trio
 from prometheus_client import Counter
 
-from realtimed.clock import WallClock
+from realtimed.clock import WallClock, iso
 from realtimed.config import Config, EmailConfig
 from realtimed.email.jobs import EMAIL_DIGEST, EMAIL_SEND, EmailDigest, EmailSend, email_key
 from realtimed.email.message import Rendered, build_message, check_address, digest_parts, new_message_id
@@ -44,6 +44,7 @@ from realtimed.jobs.runner import DoNotRetry, JobContext, JobRunner, RetryAfter,
 from realtimed.live import Live
 from realtimed.metrics import REGISTRY
 from realtimed.notify.checks import still_wanted
+from realtimed.notify.outcomes import SKIPPED_EXPIRED
 from realtimed.notify.types import type_table
 from realtimed.store.base import EmailAddressRecord, JobSpec, NotificationRecord, Store
 from realtimed.store.emails import EMAIL_DIGESTS
@@ -182,7 +183,23 @@ class EmailService:
         pool = self.pool
         if pool is None:
             raise DoNotRetry("email is not enabled on this node (email.enabled)")
-        waited = ctx.attempt > 1 or (ctx.clock.now() - ctx.job.created_at).total_seconds() > FRESH_S
+        now = ctx.clock.now()
+        if p.expires_at is not None and now >= p.expires_at:
+            EMAILS.labels("skipped").inc()
+            log.info("job %s: email to user %s not sent: expired", ctx.job_id, p.user_id)
+            await self._report(
+                "delivery.failed",
+                {
+                    "channel": CHANNEL,
+                    "code": SKIPPED_EXPIRED,
+                    "error": f"the notification expired at {iso(p.expires_at)}",
+                    "user_id": p.user_id,
+                    "address": p.to,
+                    "job_id": ctx.job_id,
+                },
+            )
+            return
+        waited = ctx.attempt > 1 or (now - ctx.job.created_at).total_seconds() > FRESH_S
         skip = await self._still_wanted(p) if waited else None
         if skip is not None:
             EMAILS.labels("skipped").inc()
