@@ -658,8 +658,17 @@ class HttpTargetConfig:
     )
     secret: str = _f(
         "", "signing secret (whsec_<base64 of 24 to 64 bytes>): each request carries the Standard Webhooks "
-        "headers webhook-id (the job id), webhook-timestamp and webhook-signature", secret=True,
+        "headers webhook-id (the job id), webhook-timestamp and webhook-signature; or give secrets", secret=True,
     )
+    secrets: list[str] = _f(
+        [], "instead of secret: one or two signing secrets (whsec_<base64>); with two (the new, then the old, "
+        "while rotating), every request carries both signatures", secret=True,
+    )
+
+    @property
+    def signing_secrets(self) -> tuple[str, ...]:
+        """The secrets each request is signed with: ``secrets``, or the one ``secret``."""
+        return tuple(self.secrets) if self.secrets else (self.secret,)
 
 
 @attrs.frozen
@@ -1614,8 +1623,17 @@ def http_target_problems(target: HttpTargetConfig) -> list[tuple[str, str]]:
             (ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F or ord(c) > 0xFF for c in value
         ):
             out.append((key, "must be a string of at most 8000 Latin-1 characters without control characters"))
-    if not _webhook_secret_ok(target.secret):
-        out.append(("secret", "must be whsec_ then the base64 of 24 to 64 random bytes"))
+    if target.secrets:
+        if target.secret:
+            out.append(("secrets", "give secret or secrets, not both"))
+        elif len(target.secrets) > 2:
+            out.append(("secrets", "give one secret, or two while rotating"))
+        else:
+            for i, secret in enumerate(target.secrets):
+                if not _webhook_secret_ok(secret):
+                    out.append((f"secrets[{i}]", "must be whsec_ then the base64 of 24 to 64 random bytes"))
+    elif not _webhook_secret_ok(target.secret):
+        out.append(("secret", "must be whsec_ then the base64 of 24 to 64 random bytes (or give secrets)"))
     return out
 
 

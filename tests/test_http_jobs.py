@@ -413,3 +413,51 @@ def test_targets_and_cron_http_entries_are_checked_at_load() -> None:
     assert cron_payload(ok.cron[0]) == {"target": "app", "path": "nightly", "method": "GET"}
     shown = config_to_dict(ok)["jobs"]["http_targets"][0]
     assert shown["headers"] == {"Authorization": "***"} and shown["secret"] == "***"
+
+
+async def test_a_target_with_two_secrets_signs_with_both(
+    nursery: trio.Nursery, start_daemon: DaemonFactory, clock: trio.testing.MockClock
+) -> None:
+    new, old = new_secret(), new_secret()
+    wall = following(datetime.now(UTC))
+    receiver = Receiver([new, old], now=wall.now)
+    await receiver.start(nursery)
+    settings = config(receiver)
+    base_url = f"http://127.0.0.1:{receiver.port}"
+    settings["jobs"]["http_targets"] = [
+        {"name": "app", "base_url": f"{base_url}/rotating", "secrets": [new, old]},
+        {"name": "legacy", "base_url": f"{base_url}/legacy", "secret": old},
+    ]
+    with trio.fail_after(3600):
+        daemon = await start_daemon(settings, clock=wall)
+        async with api(daemon) as http:
+            jobs = [await enqueue(http, body={"n": 1}), await enqueue(http, target="legacy", body={"n": 2})]
+            for job in jobs:
+                assert (await job_when(http, job["id"], finished))["status"] == "succeeded"
+    signed = {r.target: r for r in receiver.received}
+    # The standardwebhooks package verifies each signature alone: the new one and the old one.
+    assert signed["/rotating"].verified_with == (0, 1)
+    assert len(signed["/rotating"].headers["webhook-signature"].split()) == 2
+    assert signed["/legacy"].verified_with == (1,)
+    assert len(signed["/legacy"].headers["webhook-signature"].split()) == 1
+
+
+def test_target_secrets_are_checked_at_load_and_redacted() -> None:
+    new, old = new_secret(), new_secret()
+    target = {"name": "app", "base_url": "https://app.example/hooks"}
+    found = problems({"jobs": {"http_targets": [
+        {**target, "name": "both", "secret": new, "secrets": [new]},
+        {**target, "name": "three", "secrets": [new, old, new_secret()]},
+        {**target, "name": "bad", "secrets": [new, "whsec_short"]},
+        {**target, "name": "none"},
+    ]}})
+    assert found == {
+        "jobs.http_targets[0].secrets": "give secret or secrets, not both",
+        "jobs.http_targets[1].secrets": "give one secret, or two while rotating",
+        "jobs.http_targets[2].secrets[1]": "must be whsec_ then the base64 of 24 to 64 random bytes",
+        "jobs.http_targets[3].secret": "must be whsec_ then the base64 of 24 to 64 random bytes (or give secrets)",
+    }
+    ok = load_config(None, env={}, data={"jobs": {"http_targets": [{**target, "secrets": [new, old]}]}})
+    assert ok.jobs.http_targets[0].signing_secrets == (new, old)
+    shown = config_to_dict(ok)["jobs"]["http_targets"][0]
+    assert shown["secrets"] == ["***", "***"] and shown["secret"] == ""

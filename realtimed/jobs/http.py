@@ -1,7 +1,7 @@
 """The ``http`` job kind: a signed call to one of the application's HTTP endpoints.
 
 The application names its endpoints in the configuration (``[[jobs.http_targets]]``:
-a name, a base URL, headers and a signing secret); a job names a target, a path
+a name, a base URL, headers and one signing secret, or two while rotating); a job names a target, a path
 below its base URL, a method and a JSON body, so that no URL, header or secret
 ever comes from a request. Jobs come from the server API (``POST /server/v1/jobs``
 with ``kind: "http"``, ``parse_http_job_request``) and from ``[[cron]]`` entries
@@ -12,7 +12,7 @@ An attempt is one request through ``realtimed.outbound`` with the settings of
 ``[jobs.http]`` (resolved once and connected to the pinned address, non-public
 addresses refused unless ``jobs.http.allow_private``, no redirects followed, the
 response read up to ``jobs.http.max_response_bytes``, the whole bounded by
-``jobs.http.timeout_s``), signed per Standard Webhooks with the target's secret:
+``jobs.http.timeout_s``), signed per Standard Webhooks with the target's secrets (two signatures while rotating):
 ``webhook-id`` is the job's id (the same for every attempt, so the receiver can
 drop repeats), ``webhook-timestamp`` the attempt's time.
 
@@ -406,7 +406,7 @@ class HttpJobService:
         timestamp = int(ctx.clock.now().timestamp())
         headers = {
             **target.headers,
-            **signature_headers([target.secret], webhook_id=ctx.job_id, timestamp=timestamp, body=body or b""),
+            **signature_headers(target.signing_secrets, webhook_id=ctx.job_id, timestamp=timestamp, body=body or b""),
         }
         url = target_url(target.base_url, p.path)
         where = f"{p.method} {p.target}:{p.path or '/'}"
