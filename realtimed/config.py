@@ -704,6 +704,18 @@ class HttpJobsConfig:
     allow_private: bool = _f(
         False, "allow targets resolving to loopback, link-local, private or other non-public addresses"
     )
+    keepalive_s: float = _f(
+        30.0, "an idle connection to a target is kept this long for the next requests to the same host, port and "
+        "address, then closed (0: a new connection per request)", min=0, max=3600,
+    )
+    max_idle_connections: int = _f(
+        64, "most idle kept-alive connections per target host, port and address (more at once are opened "
+        "as needed and closed after their answer)", min=0, max=1024,
+    )
+    dns_cache_s: float = _f(
+        30.0, "a host name's checked address is reused this long before it is resolved again (0: resolved at "
+        "every request; an IP address is never looked up)", min=0, max=3600,
+    )
 
 
 @attrs.frozen
@@ -971,6 +983,18 @@ class WebhooksConfig:
     ca_file: str = _f("", "PEM CA certificates trusted for https:// endpoints besides the system ones")
     allow_private: bool = _f(
         False, "allow endpoints resolving to loopback, link-local, private or other non-public addresses"
+    )
+    keepalive_s: float = _f(
+        30.0, "an idle connection to an endpoint is kept this long for the next requests to the same host, port and "
+        "address, then closed (0: a new connection per request)", min=0, max=3600,
+    )
+    max_idle_connections: int = _f(
+        64, "most idle kept-alive connections per endpoint host, port and address (more at once are opened "
+        "as needed and closed after their answer)", min=0, max=1024,
+    )
+    dns_cache_s: float = _f(
+        30.0, "a host name's checked address is reused this long before it is resolved again (0: resolved at "
+        "every request; an IP address is never looked up)", min=0, max=3600,
     )
     refresh_s: float = _f(
         5.0,

@@ -7,7 +7,10 @@ The test steers it: ``status`` answers every request with that status (with
 and ``start()`` opens the same port again. ``script[path]`` gives the answers to
 the next requests for a path (without the query), one ``Answer`` each, before
 ``status`` applies again. Every request is in ``log`` (method, target, time, the
-status answered), verified or not.
+status answered, the connection it came on), verified or not. ``connections``
+counts the connections accepted and ``open`` those still open; ``close_after``
+ends each connection after one answer: ``"header"`` says so (``Connection:
+close``), ``"silently"`` does not (as a server whose idle timeout is short).
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class Logged:
     at: float  # trio.current_time() when the request was read
     status: int
     wall: datetime | None = None  # ``now()`` then, when the receiver was given one
+    connection: int = 0  # the number of the connection it came on, from 1
 
 
 class Receiver:
@@ -99,6 +103,9 @@ class Receiver:
         self.got = trio.Event()
         self.script: dict[str, list[Answer]] = {}
         self.log: list[Logged] = []
+        self.connections = 0
+        self.open = 0
+        self.close_after = ""
         self._scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
 
@@ -133,6 +140,9 @@ class Receiver:
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
         conn = h11.Connection(h11.SERVER)
+        self.connections += 1
+        self.open += 1
+        number = self.connections
         try:
             while True:
                 request: h11.Request | None = None
@@ -177,8 +187,10 @@ class Receiver:
                     else:
                         self.unverified += 1
                         status = 401
-                self.log.append(Logged(method, target, arrived, status, arrived_wall))
+                self.log.append(Logged(method, target, arrived, status, arrived_wall, number))
                 out_headers = [("content-length", str(len(reply))), ("content-type", "application/json")]
+                if self.close_after == "header":
+                    out_headers.append(("connection", "close"))
                 if retry_after is not None:
                     out_headers.append(("retry-after", retry_after))
                 if self.location is not None:
@@ -186,12 +198,13 @@ class Receiver:
                 await stream.send_all(conn.send(h11.Response(status_code=status, headers=out_headers)) or b"")
                 await stream.send_all(conn.send(h11.Data(data=reply)) or b"")
                 await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
-                if conn.our_state is h11.MUST_CLOSE:
+                if conn.our_state is h11.MUST_CLOSE or self.close_after:
                     return
                 conn.start_next_cycle()
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError, ssl.SSLError):
             return
         finally:
+            self.open -= 1
             await trio.aclose_forcefully(stream)
 
     def _verify(self, body: bytes, headers: dict[str, str]) -> list[int]:

@@ -380,10 +380,10 @@ class HttpJobService:
         return self._config.value
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Hold the outbound connections until cancelled."""
+        """Hold the outbound connections (closing idle ones after ``jobs.http.keepalive_s``) until cancelled."""
         try:
             task_status.started()
-            await trio.sleep_forever()
+            await self.outbound.run()
         finally:
             with trio.CancelScope(shield=True):
                 await self.outbound.aclose()

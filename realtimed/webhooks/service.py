@@ -17,7 +17,8 @@ nothing).
 
 Resource handling: ``run`` owns the task that re-reads the endpoints, the task
 that writes the attempts (those made at the same time go in one store call), and
-the outbound connections (``Outbound``), closed when it ends.
+the outbound connections (``Outbound``: the task that closes idle ones after
+``webhooks.keepalive_s``), all closed when it ends.
 
 Error handling: an attempt's failure is recorded (status, error, latency, a
 bounded excerpt of the body) and the job retried with backoff
@@ -142,6 +143,7 @@ class WebhookService:
             await self._sync_config()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._record_loop)
+                nursery.start_soon(self.outbound.run)
                 task_status.started()
                 await self._refresh_loop()
         finally:
