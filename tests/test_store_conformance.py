@@ -19,7 +19,7 @@ from realtimed.clock import SystemClock
 from realtimed.config import Config, ServerConfig, StoreConfig
 from realtimed.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from realtimed.store import SchemaVersionError, Store, open_store, run_migrations
-from realtimed.store.base import JobSpec, NewNotification
+from realtimed.store.base import JobSpec, NewNotification, WebhookAttempt, WebhookEndpoint
 from realtimed.store.schema import load_migrations
 from tests.fixtures.services import _run_sql
 
@@ -856,6 +856,49 @@ async def test_complete_jobs_in_one_batch_skips_only_a_lost_lease(store: Store) 
         assert held is not None and held.status == "running" and held.lease_owner == "other"
         assert await store.complete_jobs(job_ids=[], owner="w", now=at(8)) == set()
         assert await store.complete_jobs(job_ids=[ids[0]], owner="other", now=at(8)) == {ids[0]}
+
+
+async def test_successful_webhook_attempts_are_stored_with_their_jobs_completion(store: Store) -> None:
+    with trio.fail_after(LIMIT_S):
+        endpoint = WebhookEndpoint(
+            id="ep", source="api", url="https://app.example/hooks", events=(), secrets=("whsec_x",), enabled=True,
+            created_at=T0, updated_at=T0,
+        )
+        await store.put_webhook_endpoint(endpoint=endpoint, create=True)
+
+        def attempt(job_id: str, status: int | None = 200, error: str | None = None) -> WebhookAttempt:
+            return WebhookAttempt(
+                delivery_id=job_id, webhook_id=f"msg_{job_id}", endpoint_id="ep", event="message.new", attempt=1,
+                status=status, error=error, latency_ms=1.5, response="ok", at=at(3),
+            )
+
+        for i in range(3):
+            await store.enqueue_job(queue="q", kind="webhook.deliver", payload={"i": i}, now=T0)
+        ids = [j.id for j in await store.claim_jobs(queue="q", limit=3, owner="w", lease_s=5, now=T0)]
+        failed = await store.record_webhook_attempts(attempts=[attempt("x", 500, "HTTP 500")], disable_after=0)
+        assert failed == [(1, False)]
+        # The third job's lease was lost: it is not completed, but its attempt happened and is stored.
+        await store.renew_leases(job_ids=ids[:2], owner="w", lease_s=30, now=at(4))
+        (taken,) = await store.claim_jobs(queue="q", limit=3, owner="other", lease_s=30, now=at(6))
+        assert taken.id == ids[2]
+        done = await store.complete_jobs_with_attempts(
+            job_ids=ids, owner="w", now=at(7), attempts=[attempt(job_id) for job_id in ids]
+        )
+        assert done == set(ids[:2])
+        for job_id in ids[:2]:
+            job = await store.get_job(job_id)
+            assert job is not None and job.status == "succeeded"
+        for job_id in ids:
+            (stored,) = await store.list_webhook_attempts(delivery_id=job_id)
+            assert stored.status == 200 and stored.error is None and stored.webhook_id == f"msg_{job_id}"
+            assert stored.at == at(3) and stored.latency_ms == 1.5
+        ep = await store.get_webhook_endpoint("ep")
+        assert ep is not None and ep.consecutive_failures == 0  # a success ends the run of failures
+        with pytest.raises(ValueError):
+            await store.complete_jobs_with_attempts(
+                job_ids=[], owner="w", now=at(8), attempts=[attempt("y", 500, "HTTP 500")]
+            )
+        assert await store.complete_jobs_with_attempts(job_ids=[], owner="w", now=at(8), attempts=[]) == set()
 
 
 async def test_a_batch_claimed_by_a_crashed_runner_is_claimed_again_after_its_lease(store: Store) -> None:

@@ -75,7 +75,7 @@ from realtimed.metrics import REGISTRY
 from realtimed.protocol import MAX_STORED_JSON_DEPTH, encode_json, json_depth_path
 
 if TYPE_CHECKING:
-    from realtimed.store.base import JobRecord, JobSpec, Store
+    from realtimed.store.base import JobRecord, JobSpec, Store, WebhookAttempt
 
 __all__ = [
     "DEFAULT_QUEUE",
@@ -192,6 +192,10 @@ class JobContext:
             short critical section in its own scope.
         store: the store, for handlers that read or write it.
         runner: the runner, for handlers that enqueue follow-up jobs.
+        attempts_with_completion: successful webhook attempts a handler leaves
+            to be stored in the transaction that completes its job (together
+            with the other completions of the moment), when the handler returns;
+            the job's slot is then not held by a store write of its own.
     """
 
     job: JobRecord
@@ -201,6 +205,7 @@ class JobContext:
     cancel_scope: trio.CancelScope
     store: Store
     runner: JobRunner
+    attempts_with_completion: list[WebhookAttempt] = attrs.Factory(list)
 
     @property
     def job_id(self) -> str:
@@ -285,6 +290,7 @@ class _Completion:
     """A success waiting to be recorded with others (``JobRunner._record_completions``)."""
 
     job_id: str
+    attempts: list[WebhookAttempt] = attrs.Factory(list)  # stored in the same transaction
     done: trio.Event = attrs.field(factory=trio.Event)
     completed: bool = False
     error: Exception | None = None
@@ -705,6 +711,7 @@ class JobRunner:
         queue = claim.queue
         outcome: str | None = None
         error: BaseException | None = None
+        ctx: JobContext | None = None
         started = trio.current_time()
         try:
             kind = self._kinds.get(job.kind)
@@ -736,7 +743,7 @@ class JobRunner:
             if outcome is None:
                 # Cancelled by a lost lease or the drain: record nothing.
                 return
-            await self._record(claim, error)
+            await self._record(claim, error, [] if ctx is None else ctx.attempts_with_completion)
         finally:
             # The slot stays taken until the outcome is recorded: a slow store then slows
             # claiming down instead of piling up claimed jobs.
@@ -752,12 +759,12 @@ class JobRunner:
         if queue.more:
             queue.wake()
 
-    async def _record(self, claim: _Claim, error: BaseException | None) -> None:
+    async def _record(self, claim: _Claim, error: BaseException | None, attempts: list[WebhookAttempt]) -> None:
         job = claim.job
         now = self.clock.now()
         try:
             if error is None:
-                if await self._complete(job.id):
+                if await self._complete(job.id, attempts):
                     JOB_OUTCOMES.labels(job.kind, "succeeded").inc()
                     log.debug("job %s (%s) succeeded", job.id, job.kind)
                 else:
@@ -802,11 +809,12 @@ class JobRunner:
             except Exception as exc:  # a report must not change the job's outcome
                 log.error("job %s (%s): reporting it dead failed: %s", job.id, job.kind, exc)
 
-    async def _complete(self, job_id: str) -> bool:
+    async def _complete(self, job_id: str, attempts: list[WebhookAttempt]) -> bool:
         """Record a success together with the others that finish meanwhile (one
-        statement, one commit, for all of them); True once committed, False if
-        the lease was lost. Raises what the store raised."""
-        completion = _Completion(job_id)
+        statement, one commit, for all of them; with ``attempts``, theirs in the
+        same transaction); True once committed, False if the lease was lost.
+        Raises what the store raised."""
+        completion = _Completion(job_id, attempts)
         self._completions.append(completion)
         self._completions_wanted.set()
         await completion.done.wait()
@@ -825,10 +833,17 @@ class JobRunner:
             while self._completions:
                 batch = self._completions[:COMPLETE_BATCH]
                 del self._completions[:COMPLETE_BATCH]
+                attempts = [a for c in batch for a in c.attempts]
                 try:
-                    completed = await self._store.complete_jobs(
-                        job_ids=[c.job_id for c in batch], owner=self.owner, now=self.clock.now()
-                    )
+                    if attempts:
+                        completed = await self._store.complete_jobs_with_attempts(
+                            job_ids=[c.job_id for c in batch], owner=self.owner, now=self.clock.now(),
+                            attempts=attempts,
+                        )
+                    else:
+                        completed = await self._store.complete_jobs(
+                            job_ids=[c.job_id for c in batch], owner=self.owner, now=self.clock.now()
+                        )
                 except Exception as exc:
                     for completion in batch:
                         completion.error = exc

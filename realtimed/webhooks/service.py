@@ -16,7 +16,9 @@ endpoint made through another node is used here from then on; an idle node reads
 nothing).
 
 Resource handling: ``run`` owns the task that re-reads the endpoints, the task
-that writes the attempts (those made at the same time go in one store call), and
+that writes the failed attempts (those made at the same time go in one store
+call; a successful attempt is stored by the runner in the transaction that
+completes its job, with the other completions of the moment), and
 the outbound connections (``Outbound``: the task that closes idle ones after
 ``webhooks.keepalive_s``), all closed when it ends.
 
@@ -340,6 +342,11 @@ class WebhookService:
             delivery_id=ctx.job_id, webhook_id=p.webhook_id, endpoint_id=ep.id, event=p.event, attempt=ctx.attempt,
             status=status, error=error, latency_ms=latency * 1000, response=excerpt, at=ctx.clock.now(),
         )
+        if error is None:
+            # Stored with the job's completion, in its transaction (the runner batches them).
+            ctx.attempts_with_completion.append(attempt)
+            log.debug("job %s: %s %s delivered to %s (%s)", ctx.job_id, p.event, p.webhook_id, ep.id, status)
+            return
         failures, disabled = await self._record(attempt)
         if disabled:
             WEBHOOK_ENDPOINTS_DISABLED.labels(ep.id).inc()
@@ -348,9 +355,6 @@ class WebhookService:
                 "through the server API", ep.id, failures, error,
             )
             await self.refresh()
-        if error is None:
-            log.debug("job %s: %s %s delivered to %s (%s)", ctx.job_id, p.event, p.webhook_id, ep.id, status)
-            return
         log.info("job %s: %s %s to %s attempt %d failed: %s", ctx.job_id, p.event, p.webhook_id, ep.id, ctx.attempt, error)
         if final:
             raise DoNotRetry(error)
