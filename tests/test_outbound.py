@@ -84,14 +84,16 @@ async def test_requests_at_once_keep_at_most_max_idle_connections(nursery: trio.
 async def test_idle_connections_are_closed_after_keepalive_s(nursery: trio.Nursery, clock: trio.testing.MockClock) -> None:
     receiver = await started(nursery)
     outbound = Outbound(settings(keepalive_s=10.0))
-    nursery.start_soon(outbound.run)
-    await post(outbound, receiver.url, 1)
-    await trio.sleep(4)
-    await post(outbound, receiver.url, 2)  # idle 4 s: reused
-    assert receiver.connections == 1 and receiver.open == 1
-    await trio.sleep(30)
-    await settled()
-    assert receiver.open == 0  # closed by run(), with no request coming
+    async with trio.open_nursery() as sweeping:
+        sweeping.start_soon(outbound.run)  # looks every 5 s
+        await post(outbound, receiver.url, 1)
+        await trio.sleep(4)
+        await post(outbound, receiver.url, 2)  # idle 4 s: reused
+        assert receiver.connections == 1 and receiver.open == 1
+        await trio.sleep(12)
+        await settled()
+        assert receiver.open == 0  # closed by run(), with no request coming
+        sweeping.cancel_scope.cancel()
     await post(outbound, receiver.url, 3)
     assert receiver.connections == 2
     # A connection past keepalive_s is not taken even before run() gets to it.
