@@ -645,6 +645,9 @@ class RetentionConfig:
     finished_jobs_days: float = _f(7.0, "succeeded, dead and cancelled jobs are deleted after this long", min=0, max=36500)
     deleted_messages_days: float = _f(30.0, "bodies of deleted messages are purged after this long", min=0, max=36500)
     stale_device_days: float = _f(270.0, "device tokens unseen this long are deactivated", min=1, max=36500)
+    delivery_log_days: float = _f(
+        30.0, "delivery log entries are deleted after this long (by the retention.notifications job)", min=0, max=36500
+    )
 
 
 #: The in-app inbox: a channel of every node, with no section of its own.
@@ -696,6 +699,11 @@ class NotifyConfig:
     )
     max_recipients: int = _f(10_000, "most user ids in one POST /server/v1/notifications", min=1, max=1_000_000)
     plan_batch: int = _f(500, "recipients per push-planning job", min=1, max=100_000)
+    delivery_log: bool = _f(
+        True,
+        "record the outcome of each notification per user and channel (GET /server/v1/deliveries); "
+        "kept retention.delivery_log_days",
+    )
 
 
 @attrs.frozen

@@ -48,6 +48,7 @@ from realtimed.http.listener import Listener
 from realtimed.jobs import CronScheduler, JobRunner, register_builtin_kinds
 from realtimed.jobs.kinds import cron_config_problems
 from realtimed.live import Live
+from realtimed.notify.delivery_log import DeliveryLog
 from realtimed.notify.inbox import InAppChannel
 from realtimed.notify.service import NotifyService
 from realtimed.presence import PresenceService
@@ -223,12 +224,14 @@ class Daemon:
         presence.online_hooks.append(webhooks.on_presence)
         runner.on_dead(webhooks.on_job_dead)
         router.event_sink = webhooks.emit
-        push = PushService(cfg, store=store, clock=clock, jobs=runner)
+        # What became of each notification per user and channel (GET /server/v1/deliveries).
+        deliveries = DeliveryLog(config, store=store, clock=clock)
+        push = PushService(cfg, store=store, clock=clock, jobs=runner, deliveries=deliveries)
         # The delivery channels notify calls (realtimed/notify/channel.py), each named like its config section.
-        in_app = InAppChannel(store, clock=clock, router=router)
+        in_app = InAppChannel(store, clock=clock, router=router, deliveries=deliveries)
         notify = NotifyService(config, store=store, clock=clock, router=router, jobs=runner,
                                channels=[in_app, FcmChannel(push)],
-                               caps=backends.caps, activity=backends.activity)
+                               caps=backends.caps, activity=backends.activity, deliveries=deliveries)
         notify.event_sink = in_app.event_sink = push.event_sink = webhooks.emit
         ops = OpRegistry(config)
         ops.add(room_ops.ops(router, clock=clock, config=config))

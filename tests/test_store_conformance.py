@@ -19,13 +19,13 @@ from realtimed.clock import SystemClock
 from realtimed.config import Config, ServerConfig, StoreConfig
 from realtimed.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from realtimed.store import SchemaVersionError, Store, open_store, run_migrations
-from realtimed.store.base import JobSpec, NewNotification
+from realtimed.store.base import DeliveryEntry, DeliveryFilter, JobSpec, NewNotification
 from realtimed.store.schema import load_migrations
 from tests.fixtures.services import _run_sql
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 # Every backend has the same numbered migrations, in order.
-MIGRATIONS = ["0001_initial", "0002_bans", "0003_channel_preferences", "0004_mark_read_function", "0005_socketio_recovery", "0006_webhooks"]
+MIGRATIONS = ["0001_initial", "0002_bans", "0003_channel_preferences", "0004_mark_read_function", "0005_socketio_recovery", "0006_webhooks", "0007_delivery_log"]
 LIMIT_S = 20
 
 
@@ -1222,6 +1222,82 @@ def refused(match: str) -> pytest.RaisesGroup[SchemaVersionError]:
     return pytest.RaisesGroup(
         pytest.RaisesExc(SchemaVersionError, match=match), allow_unwrapped=True, flatten_subgroups=True
     )
+
+
+def entry(user: str, outcome: str, seconds: float, **kw: Any) -> DeliveryEntry:
+    return DeliveryEntry(at=at(seconds), user_id=user, channel=kw.pop("channel", "push"), type="mention", outcome=outcome, **kw)
+
+
+async def test_delivery_log_pages_newest_first_with_filters(store: Store) -> None:
+    with trio.fail_after(LIMIT_S):
+        await store.record_deliveries(entries=[
+            entry("a", "delivered", 1, channel="in_app", notification_id="n1", ref="nn1"),
+            entry("a", "failed:UNREGISTERED", 2, notification_id="n1", ref="nn1", detail="x" * 1000),
+            entry("a", "device_removed", 2, notification_id="n1", ref="nn1"),
+            entry("b", "skipped:cap", 3, cap="hourly"),
+            entry("b", "skipped:quiet_hours", 4, deferred_until=at(3600)),
+            entry("c", "skipped:preference", 5, channel="in_app"),
+        ])
+        newest, cursor = await store.list_deliveries(where=DeliveryFilter(), limit=4)
+        assert [e.outcome for e in newest] == ["skipped:preference", "skipped:quiet_hours", "skipped:cap", "device_removed"]
+        assert cursor is not None
+        rest, end = await store.list_deliveries(where=DeliveryFilter(), cursor=cursor, limit=4)
+        # Two entries at one time keep their order of writing (newest first: the later one).
+        assert [e.outcome for e in rest] == ["failed:UNREGISTERED", "delivered"] and end is None
+        ids = [e.id for e in newest + rest]
+        assert len(set(ids)) == 6 and ids == sorted(ids, reverse=True)
+        quiet = newest[1]
+        assert quiet.deferred_until == at(3600) and quiet.at == at(4) and quiet.user_id == "b"
+        assert newest[2].cap == "hourly" and rest[0].detail == "x" * 300  # cut to DETAIL_CHARS
+
+        async def outcomes(**where: Any) -> list[str]:
+            found, _ = await store.list_deliveries(where=DeliveryFilter(**where), limit=100)
+            return [e.outcome for e in found]
+
+        assert await outcomes(user_id="a") == ["device_removed", "failed:UNREGISTERED", "delivered"]
+        assert await outcomes(notification_id="n1", channel="push") == ["device_removed", "failed:UNREGISTERED"]
+        assert await outcomes(outcome="failed") == ["failed:UNREGISTERED"]
+        assert await outcomes(outcome="skipped") == ["skipped:preference", "skipped:quiet_hours", "skipped:cap"]
+        assert await outcomes(outcome="skipped:cap") == ["skipped:cap"]
+        assert await outcomes(outcome="delivered") == ["delivered"]
+        assert await outcomes(type="other") == []
+        assert await outcomes(since=at(3), until=at(5)) == ["skipped:quiet_hours", "skipped:cap"]
+        with pytest.raises(ValidationFailed) as bad:
+            await store.list_deliveries(where=DeliveryFilter(), cursor="not-a-cursor")
+        assert bad.value.field == "cursor"
+
+
+async def test_delivery_log_of_inbox_inserts_and_hourly_stats_and_prune(store: Store) -> None:
+    with trio.fail_after(LIMIT_S):
+        results = await store.insert_notifications(
+            items=[note("u", 1), note("v", 2, dedupe_key="k")], now=at(10), log_channel="in_app"
+        )
+        again = await store.insert_notifications(items=[note("v", 3, dedupe_key="k")], now=at(11), log_channel="in_app")
+        assert not again[0][1]
+        await store.insert_notifications(items=[note("w", 4)], now=at(12))  # not logged
+        logged, _ = await store.list_deliveries(where=DeliveryFilter(channel="in_app"))
+        # One entry per new notification, none for the repeat or the unlogged insert.
+        assert [(e.user_id, e.notification_id, e.ref, e.outcome, e.type) for e in logged] == [
+            (r.user_id, r.id, f"n{r.id}", "delivered", "t") for r, _ in reversed(results)
+        ]
+        await store.record_deliveries(entries=[
+            entry("a", "delivered", 3600 * 2 + 5),
+            entry("a", "delivered", 3600 * 2 + 6),
+            entry("a", "failed:UNREGISTERED", 3600 * 2 + 7),
+            entry("a", "delivered", 3600 * 3),
+            entry("a", "delivered", 3600 * 9),  # outside the span asked for
+        ])
+        stats = await store.delivery_stats(since=at(3600), until=at(3600 * 4), channel="push")
+        hour = T0 + timedelta(hours=3)
+        assert [(c.hour, c.outcome, c.count) for c in stats] == [
+            (hour - timedelta(hours=1), "delivered", 2), (hour - timedelta(hours=1), "failed:UNREGISTERED", 1),
+            (hour, "delivered", 1),
+        ]
+        every = await store.delivery_stats(since=T0, until=at(3600))
+        assert [(c.outcome, c.count) for c in every] == [("delivered", 2)]  # the in-app ones
+        assert await store.delete_delivery_log(before=at(3600 * 3)) == 5
+        left, _ = await store.list_deliveries(where=DeliveryFilter())
+        assert [e.at for e in left] == [at(3600 * 9), at(3600 * 3)]
 
 
 async def test_migrations_are_recorded_and_a_newer_schema_is_refused(empty_harness: Harness) -> None:

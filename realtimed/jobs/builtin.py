@@ -3,7 +3,8 @@
 Kinds (``register_builtin_kinds``):
 
 ==========================  ==================================================================
-``retention.notifications``  delete notifications read more than ``retention.read_notifications_days`` ago
+``retention.notifications``  delete notifications read more than ``retention.read_notifications_days`` ago,
+                             and delivery log entries older than ``retention.delivery_log_days``
 ``retention.jobs``           delete succeeded, failed, dead and cancelled jobs finished more than
                              ``retention.finished_jobs_days`` ago
 ``retention.messages``       purge the body and media of messages deleted more than
@@ -13,7 +14,8 @@ Kinds (``register_builtin_kinds``):
 ==========================  ==================================================================
 
 A retention job's payload (``RetentionPayload``) may carry ``{"days": N}`` to
-override the configured age for that run; anything else in it is ignored. A
+override the configured age for that run (of ``retention.notifications``: the
+read notifications' age; the delivery log keeps its own); anything else in it is ignored. A
 ``days`` that is not a non-negative number fails the job at once. The ages are
 read from the configuration when the job runs, so a reload (SIGHUP) applies to
 the next run. ``noop`` ignores its payload (``NoopPayload``).
@@ -143,6 +145,9 @@ def register_builtin_kinds(runner: JobRunner, *, retention: RetentionConfig | Re
         before = _cutoff(ctx, payload, current().read_notifications_days)
         count = await ctx.store.delete_read_notifications(before=before)
         log.info("job %s: deleted %d notification(s) read before %s", ctx.job_id, count, iso(before))
+        before = ctx.clock.now() - timedelta(days=current().delivery_log_days)
+        count = await ctx.store.delete_delivery_log(before=before)
+        log.info("job %s: deleted %d delivery log entries older than %s", ctx.job_id, count, iso(before))
 
     async def retention_jobs(ctx: JobContext, payload: RetentionPayload) -> None:
         before = _cutoff(ctx, payload, current().finished_jobs_days)

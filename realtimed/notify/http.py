@@ -307,9 +307,13 @@ async def put_preferences(inp: PreferencesChange) -> dict[str, Any]:
 
 
 def routes() -> tuple[Route, ...]:
-    """The notification routes: notify (server API) and the inbox and preferences (client REST)."""
+    """The notification routes: notify and the delivery log (server API), and the inbox and
+    preferences (client REST)."""
+    from realtimed.notify import log_http
+
     return (
         post_notifications,
+        *log_http.routes(),
         list_notifications,
         unread_count,
         read_all,

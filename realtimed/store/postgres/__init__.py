@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from realtimed.store.postgres.bans import PostgresBans
 from realtimed.store.postgres.chat import PostgresChat
+from realtimed.store.postgres.deliveries import PostgresDeliveryLog
 from realtimed.store.postgres.devices import PostgresDevices
 from realtimed.store.postgres.engine import JOBS_CHANNEL, migrate_connection
 from realtimed.store.postgres.inbox import PostgresInbox
@@ -27,7 +28,7 @@ __all__ = ["JOBS_CHANNEL", "PostgresStore", "migrate_connection"]
 class PostgresStore(
     PostgresChat, PostgresUsers, PostgresBans, PostgresInbox, PostgresDevices, PostgresJobs, PostgresRetention,
     PostgresWebhooks,
-    PostgresRecovery,
+    PostgresRecovery, PostgresDeliveryLog,
 ):
     """The PostgreSQL store.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from realtimed.store.sqlite.bans import SQLiteBans
 from realtimed.store.sqlite.chat import SQLiteChat
+from realtimed.store.sqlite.deliveries import SQLiteDeliveryLog
 from realtimed.store.sqlite.devices import SQLiteDevices
 from realtimed.store.sqlite.inbox import SQLiteInbox
 from realtimed.store.sqlite.jobs import SQLiteJobs
@@ -25,7 +26,7 @@ __all__ = ["SQLiteStore"]
 class SQLiteStore(
     SQLiteChat, SQLiteUsers, SQLiteBans, SQLiteInbox, SQLiteDevices, SQLiteJobs, SQLiteRetention,
     SQLiteWebhooks,
-    SQLiteRecovery,
+    SQLiteRecovery, SQLiteDeliveryLog,
 ):
     """The embedded store.
 
