@@ -61,6 +61,7 @@ ROUTE_MODULES: Final = (
     "realtimed.chat",
     "realtimed.presence",
     "realtimed.notify.http",
+    "realtimed.notify.log_http",
     "realtimed.push.http",
     "realtimed.webhooks.http",
 )

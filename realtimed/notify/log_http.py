@@ -12,6 +12,7 @@ Mounted under ``/server/v1``; the door checks the API key before these routes ru
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -49,6 +50,10 @@ _MAX_CHANNEL_CHARS: Final = 64
 _MAX_CURSOR_CHARS: Final = 200
 _MAX_OUTCOME_CHARS: Final = 80
 _TAG: Final = "deliveries"
+# What ``_outcome`` accepts (outcomes.is_outcome and the families), stated in the schema.
+_OUTCOME_PATTERN: Final = (
+    "^(" + "|".join(re.escape(o) for o in (*OUTCOMES, *FAMILIES)) + r"|failed:[A-Za-z0-9_.\-]{1,64})$"
+)
 _WHEN: Final[JsonSchema] = {"type": ["string", "null"], "format": "date-time"}
 
 DELIVERY: Final = Named(
@@ -134,7 +139,7 @@ class DeliveriesQuery:
     channel: str | None = wire(_text(_MAX_CHANNEL_CHARS, "in_app, push, ..."), "query")
     outcome: str | None = wire(
         Checked(
-            _outcome, {"type": "string", "maxLength": _MAX_OUTCOME_CHARS},
+            _outcome, {"type": "string", "pattern": _OUTCOME_PATTERN},
             description="an outcome code, or a family: failed, skipped, batched (every <family>:...)",
         ),
         "query",
