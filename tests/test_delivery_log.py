@@ -22,6 +22,7 @@ from realtimed.store.base import DeliveryEntry
 from tests import notify_support
 from tests.fixtures.clients import WsClient
 from tests.notify_support import Harness, following, jwt_at
+from tests.webhook_receiver import Receiver, new_secret
 
 HarnessFactory = Any
 harness_factory = notify_support.harness_factory
@@ -65,11 +66,21 @@ def outcomes(entries: list[dict[str, Any]]) -> Counter[str]:
 
 
 async def test_every_outcome_is_logged_per_channel_and_counted(
-    harness_factory: HarnessFactory, backend: dict[str, Any]
+    harness_factory: HarnessFactory, backend: dict[str, Any], nursery: trio.Nursery
 ) -> None:
+    secret = new_secret()
+    receiver = Receiver([secret])
+    await receiver.start(nursery)
+    # The delivery.failed webhook carries the log's code.
+    webhooks = {
+        "webhooks": {"allow_private": True, "endpoints": [
+            {"id": "app", "url": receiver.url, "secrets": [secret], "events": ["delivery.failed"]},
+        ]},
+        "jobs": {**TYPES["jobs"], "queues": [*TYPES["jobs"]["queues"], {"name": "webhooks", "concurrency": 2}]},
+    }
     with trio.fail_after(90):
         clock = following()
-        h: Harness = await harness_factory({**TYPES, **backend}, clock=clock)
+        h: Harness = await harness_factory({**TYPES, **backend, **webhooks}, clock=clock)
         for user, token in (("ann", "tok-ann"), ("bob", "tok-bob"), ("cy", "tok-cy"), ("dee", "tok-dee-gone"),
                             ("dee", "tok-dee"), ("eve", "tok-eve"), ("fay", "tok-fay"), ("gus", "tok-gus")):
             await h.device(user, token)
@@ -112,6 +123,10 @@ async def test_every_outcome_is_logged_per_channel_and_counted(
         assert story[0]["at"] >= story[1]["at"] and story[0]["at"].startswith("2026-03-02T09:00")
         (gone,) = await log_of(h, user_id="dee", outcome="failed")
         assert gone["outcome"] == "failed:UNREGISTERED" and gone["detail"].startswith("tok-de")
+        while not receiver.received:
+            await trio.sleep(0.05)
+        (failed,) = [r.body["data"] for r in receiver.received]
+        assert (failed["code"], failed["reason"], failed["token"]) == (gone["outcome"], "unregistered", "tok-dee-gone")
         (capped,) = await log_of(h, outcome="skipped:cap")
         assert (capped["user_id"], capped["cap"], capped["type"]) == ("fay", "hourly", "capped")
         (quiet,) = await log_of(h, outcome="skipped:quiet_hours")
