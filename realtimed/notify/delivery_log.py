@@ -8,7 +8,10 @@ inbox's own transaction instead (``Store.insert_notifications(log_channel=)``),
 when ``enabled``. The log is read through ``GET /server/v1/deliveries``.
 
 Entries reported while another write is in flight wait and go together in the
-next one, so a busy push queue costs one store write per round, not per push::
+next one. A caller that does not wait (``wait=False``: ``push.send``, whose
+outcome is final once FCM answered) hands its entries over and goes on; the
+writer then lingers ``LINGER_S`` for more, so a busy push queue costs one store
+write per batch of pushes, not one per push and no wait in any job::
 
     log = DeliveryLog(config, store=store, clock=clock)
     await nursery.start(log.run)
@@ -16,7 +19,9 @@ next one, so a busy push queue costs one store write per round, not per push::
 
 Resource handling:
     ``run`` owns the one task that writes; before it runs (or after it ends) each
-    ``record`` writes on its own.
+    ``record`` writes on its own. Entries not waited for are bounded: past
+    ``MAX_PENDING`` the caller waits too. When ``run`` is cancelled it writes what
+    is pending, within ``STOP_S``.
 
 Error handling:
     A write that fails is logged and counted (``realtimed_delivery_log_errors``),
@@ -47,6 +52,12 @@ log = logging.getLogger(__name__)
 
 #: The most entries one store write takes.
 WRITE_BATCH: Final = 2000
+#: How long the writer waits for more entries when nobody waits for the ones it has.
+LINGER_S: Final = 0.05
+#: Entries handed over without waiting, past which callers wait for the write.
+MAX_PENDING: Final = 20_000
+#: The longest the pending entries are given to be written when the writer stops.
+STOP_S: Final = 2.0
 
 LOG_ERRORS: Final = Counter(
     "realtimed_delivery_log_errors", "delivery log entries that could not be written", registry=REGISTRY
@@ -57,6 +68,7 @@ LOG_ERRORS: Final = Counter(
 class _Round:
     entries: list[DeliveryEntry] = attrs.field(factory=list)
     done: trio.Event = attrs.field(factory=trio.Event)
+    waited: bool = False  # a caller waits for this round: no lingering
 
 
 class DeliveryLog:
@@ -101,9 +113,10 @@ class DeliveryLog:
             notification_id=notification_id, ref=ref, cap=cap, deferred_until=deferred_until, detail=detail,
         )
 
-    async def record(self, entries: Sequence[DeliveryEntry]) -> None:
+    async def record(self, entries: Sequence[DeliveryEntry], *, wait: bool = True) -> None:
         """Write ``entries`` (nothing when the log is off); returns once they are
-        written, or their write failed (logged)."""
+        written, or their write failed (logged). ``wait=False``: returns at once,
+        the entries go with the writer's next batch."""
         if not entries or not self.enabled:
             return
         if not self._running:
@@ -111,8 +124,20 @@ class DeliveryLog:
             return
         current = self._next
         current.entries.extend(entries)
-        self._wanted.set()
-        await current.done.wait()
+        if wait or len(current.entries) > MAX_PENDING:
+            current.waited = True
+            self._wanted.set()
+            await current.done.wait()
+        else:
+            self._wanted.set()
+
+    async def flush(self) -> None:
+        """Return once every entry handed over so far is written (or its write failed)."""
+        if self._running and self._next.entries:
+            current = self._next
+            current.waited = True
+            self._wanted.set()
+            await current.done.wait()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._running = True
@@ -121,19 +146,31 @@ class DeliveryLog:
             while True:
                 await self._wanted.wait()
                 self._wanted = trio.Event()
+                if not self._next.waited:
+                    # Nobody waits: let more entries join this write (a caller that waits ends the lingering).
+                    with trio.move_on_after(LINGER_S):
+                        while not self._next.waited and len(self._next.entries) < WRITE_BATCH:
+                            await self._wanted.wait()
+                            self._wanted = trio.Event()
                 while self._next.entries:
-                    current, self._next = self._next, _Round()
-                    try:
-                        for start in range(0, len(current.entries), WRITE_BATCH):
-                            await self._write(current.entries[start : start + WRITE_BATCH])
-                    finally:
-                        current.done.set()
+                    await self._round()
         finally:
             self._running = False
+            if self._next.entries:
+                with trio.CancelScope(shield=True), trio.move_on_after(STOP_S):
+                    await self._round()
             if self._next.entries:
                 LOG_ERRORS.inc(len(self._next.entries))
                 log.warning("delivery log: %d entries not written (stopping)", len(self._next.entries))
             self._next.done.set()
+
+    async def _round(self) -> None:
+        current, self._next = self._next, _Round()
+        try:
+            for start in range(0, len(current.entries), WRITE_BATCH):
+                await self._write(current.entries[start : start + WRITE_BATCH])
+        finally:
+            current.done.set()
 
     async def _write(self, entries: list[DeliveryEntry]) -> None:
         self.writes += 1

@@ -234,7 +234,8 @@ class PushService:
         check = payload.check
         now = self.clock.now()
         detail = f"{_short(payload.token)}: {detail}" if detail else _short(payload.token)
-        await deliveries.record([
+        # Not waited for: the push's outcome is final, and its entry joins the writer's next batch.
+        await deliveries.record(wait=False, entries=[
             deliveries.entry(
                 at=now, user_id=payload.user_id, channel="push", type=ntype if isinstance(ntype, str) else "",
                 outcome=outcome, ref=payload.ref,
