@@ -26,6 +26,11 @@ DESIGN.md over the delivery channels it was built with
    job per active device); reading or deleting the notification before it
    goes withdraws it (and it is checked again when it runs).
 
+Each decision of steps 2 to 5 that keeps a delivery from going (or holds it) is
+logged per user and channel in the delivery log (``realtimed.notify.delivery_log``,
+codes in ``realtimed.notify.outcomes``): with the request for steps 2 to 4's
+preference and activity skips, with the planning job for the rest.
+
 Chat hands each message for offline participants to the same steps 4 and 5 as
 the ``new_message`` type through the ``chat.offline`` job kind (no inbox
 entry: chat has its own unread counts); the delivery is dropped once the
@@ -163,7 +168,8 @@ class NotifyService:
             (None: none); ``run`` runs its writer.
 
     Resource handling:
-        Holds no connection and no task of its own: ``run`` only reports ready.
+        Holds no connection; ``run`` owns the delivery log's writer task
+        (``deliveries``), the only task of its own.
         The per-user counts of the caps live in memory (see ``PushCaps``),
         or in Redis in a cluster (``caps``). In a cluster, activity on
         other nodes is read from their marks (``activity``).
