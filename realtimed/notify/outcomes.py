@@ -19,8 +19,8 @@ code                       meaning
 ``batched:digest``         held for the digest of its group's window (``notify.digest``)
 ``failed:<code>``          refused for good: FCM's error code for push (``failed:UNREGISTERED``,
                            ``failed:INVALID_ARGUMENT``, ``failed:SENDER_ID_MISMATCH``...,
-                           ``failed:HTTP_<status>`` when FCM gave no code); ``failed:smtp_<reply>``
-                           for email
+                           ``failed:HTTP_<status>`` when FCM gave no code, ``failed:network`` when
+                           no answer came); ``failed:smtp_<reply>`` for email
 ``device_removed``         the device token was deactivated after FCM's answer
 =========================  =============================================================
 """

@@ -16,6 +16,12 @@ its ``DeliveryCheck``, ``realtimed.notify.checks``), then sends through
 - ``QUOTA_EXCEEDED``, ``UNAVAILABLE``, ``INTERNAL``, no answer, no access
   token: retried after FCM's ``Retry-After``, else after exponential backoff
   with jitter (``push.backoff_base_s``), up to ``push.max_attempts``.
+
+What became of a push to a user's device goes to the delivery log
+(``realtimed.notify.delivery_log``): ``delivered`` once FCM accepted it,
+``failed:<FCM error code>`` when it failed for good (and ``device_removed`` when
+its token was deactivated), ``skipped:withdrawn`` when it was no longer wanted.
+``delivery.failed`` carries the same code.
 """
 
 from __future__ import annotations
