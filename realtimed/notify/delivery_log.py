@@ -10,7 +10,7 @@ when ``enabled``. The log is read through ``GET /server/v1/deliveries``.
 Entries reported while another write is in flight wait and go together in the
 next one. A caller that does not wait (``wait=False``: ``push.send``, whose
 outcome is final once FCM answered) hands its entries over and goes on; the
-writer then lingers ``LINGER_S`` for more, so a busy push queue costs one store
+writer then lingers ``LINGER_S`` (0.2 s) for more, so a busy push queue costs one store
 write per batch of pushes, not one per push and no wait in any job::
 
     log = DeliveryLog(config, store=store, clock=clock)
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 #: The most entries one store write takes.
 WRITE_BATCH: Final = 2000
 #: How long the writer waits for more entries when nobody waits for the ones it has.
-LINGER_S: Final = 0.05
+LINGER_S: Final = 0.2
 #: Entries handed over without waiting, past which callers wait for the write.
 MAX_PENDING: Final = 20_000
 #: The longest the pending entries are given to be written when the writer stops.

@@ -212,14 +212,20 @@ class DeliveryLogRules(abc.ABC):
 
 
 def _clean(entry: DeliveryEntry) -> DeliveryEntry:
-    detail = entry.detail.replace("\x00", "")[:DETAIL_CHARS]
+    """The entry as every backend stores it: times in UTC, ``detail`` cut, no NUL anywhere."""
     for field in ("user_id", "channel", "type", "outcome", "ref"):
         check_text(field, getattr(entry, field))
+    deferred = entry.deferred_until
+    if (
+        entry.at.tzinfo is UTC and (deferred is None or deferred.tzinfo is UTC)
+        and len(entry.detail) <= DETAIL_CHARS and "\x00" not in entry.detail
+    ):
+        return entry  # the usual case (times from the wall clock): nothing to change
     return attrs.evolve(
         entry,
         at=utc(entry.at),
-        deferred_until=utc(entry.deferred_until) if entry.deferred_until is not None else None,
-        detail=detail,
+        deferred_until=utc(deferred) if deferred is not None else None,
+        detail=entry.detail.replace("\x00", "")[:DETAIL_CHARS],
     )
 
 
