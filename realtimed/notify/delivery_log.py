@@ -156,12 +156,13 @@ class DeliveryLog:
                     await self._round()
         finally:
             self._running = False
-            if self._next.entries:
-                with trio.CancelScope(shield=True), trio.move_on_after(STOP_S):
+            pending = len(self._next.entries)
+            if pending:
+                with trio.CancelScope(shield=True), trio.move_on_after(STOP_S) as stopping:
                     await self._round()
-            if self._next.entries:
-                LOG_ERRORS.inc(len(self._next.entries))
-                log.warning("delivery log: %d entries not written (stopping)", len(self._next.entries))
+                if stopping.cancelled_caught:
+                    LOG_ERRORS.inc(pending)
+                    log.warning("delivery log: %d entries not written in %.0f s (stopping)", pending, STOP_S)
             self._next.done.set()
 
     async def _round(self) -> None:

@@ -79,9 +79,9 @@ class InAppChannel:
             for d in deliveries
         ]
         # Stored means delivered (the live sends below never fail): logged in the same transaction.
-        logging = self._deliveries is not None and self._deliveries.enabled
+        logged = self._deliveries is not None and self._deliveries.enabled
         results = await self._store.insert_notifications(
-            items=items, now=self._clock.now(), log_channel=self.name if logging else None
+            items=items, now=self._clock.now(), log_channel=self.name if logged else None
         )
         receipts: list[Receipt | None] = []
         created = []
