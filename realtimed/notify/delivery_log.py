@@ -123,12 +123,14 @@ class DeliveryLog:
             await self._write(list(entries))
             return
         current = self._next
+        first = not current.entries
         current.entries.extend(entries)
         if wait or len(current.entries) > MAX_PENDING:
             current.waited = True
             self._wanted.set()
             await current.done.wait()
-        else:
+        elif first or len(current.entries) >= WRITE_BATCH:
+            # The writer wakes for a round's first entry and a full batch, not for each entry.
             self._wanted.set()
 
     async def flush(self) -> None:
