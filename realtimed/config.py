@@ -1418,7 +1418,8 @@ def load_config(
         text: TOML text to use instead of reading ``path`` (``path`` still sets the base folder).
         data: an already parsed table to use instead of TOML text.
         checks: the checks that need more than this module knows (the daemon's job
-            kinds, ``realtimed.jobs.kinds.cron_config_problems``), run on the built
+            kinds, the notification types of email templates:
+            ``realtimed.config_checks.DAEMON_CONFIG_CHECKS``), run on the built
             configuration; their problems join the others in the one ``ConfigError``.
             Every command that loads a daemon's configuration passes the same ones.
 
@@ -1872,8 +1873,8 @@ MIN_UNSUBSCRIBE_SECRET_CHARS: Final = 32
 
 
 def _check_email(cfg: Config, problems: _Problems) -> None:
-    """The email channel: what it needs when enabled, and per-type templates that parse
-    and use only the type's vars (a built-in or configured type)."""
+    """The email channel: what it needs when enabled (its templates' types and vars are
+    checked by ``realtimed.email.checks``)."""
     email = cfg.email
     if email.backoff_base_s > email.backoff_max_s:
         problems.add("email.backoff_base_s", "must not exceed email.backoff_max_s")
@@ -1903,30 +1904,7 @@ def _check_email(cfg: Config, problems: _Problems) -> None:
                 problems.add("email.digest_subject", f"placeholder {{{name}}} is not {{count}}")
     except TemplateError as exc:
         problems.add("email.digest_subject", str(exc))
-    from realtimed.notify.types import (
-        type_table,  # the built-in types; imports nothing from here at load time
-    )
-
-    types = type_table(cfg.notify)
-    seen: set[str] = set()
-    for i, template in enumerate(email.templates):
-        key = f"email.templates[{i}]"
-        ntype = types.get(template.type)
-        if ntype is None:
-            problems.add(f"{key}.type", f"unknown notification type {template.type!r}")
-            continue
-        if template.type in seen:
-            problems.add(f"{key}.type", f"a second template for {template.type!r}")
-        seen.add(template.type)
-        for field in ("subject", "text", "html"):
-            try:
-                used = placeholders(getattr(template, field))
-            except TemplateError as exc:
-                problems.add(f"{key}.{field}", str(exc))
-                continue
-            for name in used:
-                if name not in ntype.vars:
-                    problems.add(f"{key}.{field}", f"placeholder {{{name}}} is not one of the type's vars")
+    # email.templates[i] against the notification types: realtimed.email.checks (load_config(checks=...)).
 
 
 def _check_cron(entry: CronConfig, key: str, problems: _Problems) -> None:

@@ -38,6 +38,7 @@ from realtimed.backends import Backends, open_backends
 from realtimed.chat import ChatService
 from realtimed.clock import SystemClock, WallClock
 from realtimed.config import DEV_API_KEY, DEV_HS256_SECRET, Config, ConfigError, load_config, parse_host_port
+from realtimed.config_checks import DAEMON_CONFIG_CHECKS
 from realtimed.delivery.router import Router
 from realtimed.email.channel import EmailChannel
 from realtimed.email.service import EmailService
@@ -49,7 +50,6 @@ from realtimed.http.app import check_backends, create_app
 from realtimed.http.listener import Listener
 from realtimed.jobs import CronScheduler, JobRunner, register_builtin_kinds
 from realtimed.jobs.http import HttpJobService
-from realtimed.jobs.kinds import cron_config_problems
 from realtimed.live import Live
 from realtimed.notify.inbox import InAppChannel
 from realtimed.notify.service import NotifyService
@@ -388,7 +388,7 @@ class Daemon:
                 new = self.cfg
             else:
                 new = await trio.to_thread.run_sync(
-                    functools.partial(load_config, self.config_path, checks=(cron_config_problems,))
+                    functools.partial(load_config, self.config_path, checks=DAEMON_CONFIG_CHECKS)
                 )
             # Keys are read now, so that an unreadable key file refuses the reload.
             self._pending_verifier = self._verifier(new)

@@ -25,13 +25,14 @@ still a reader's dependency.
                  (ops.py), per-user op budgets (limits.py), typed routes (routes.py,
                  validate.py), and services.py (the typed bag of services a route
                  reaches: type-only imports). No transport, no capability.
-5. capabilities  chat, presence, typing_state, room_ops, notify/, push/, jobs/, webhooks/: each
+5. capabilities  chat, presence, typing_state, room_ops, notify/, push/, email/, jobs/, webhooks/: each
                  exposes routes() and ops(); a Redis backend sits beside its Protocol.
 6. transports    gateway/ (the session lifecycle, WebSocket, SSE), http/ (listener,
                  guard, app, the REST doors), socketio/ (the Socket.IO door).
 7. composition   daemon, backends (the one place in-process or Redis is chosen),
                  cli (and jobs/cli), jobs/kinds (every job kind the daemon registers,
-                 from each capability), workers, install, listen, __main__.
+                 from each capability), config_checks (the configuration checks that
+                 need the capabilities), workers, install, listen, __main__.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "realtimed.push",
             "realtimed.jobs",
             "realtimed.webhooks",
+            "realtimed.email",
         ),
     ),
     ("transports", ("realtimed.gateway", "realtimed.http", "realtimed.socketio")),
@@ -93,6 +95,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "realtimed.cli",
             "realtimed.jobs.cli",
             "realtimed.jobs.kinds",
+            "realtimed.config_checks",
             "realtimed.workers",
             "realtimed.install",
             "realtimed.listen",

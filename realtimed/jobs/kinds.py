@@ -10,7 +10,8 @@ so it cannot know them: each command that loads a daemon's configuration hands
 ``cron_config_problems`` to ``load_config(checks=...)``.
 
 ``DAEMON_JOB_TYPES`` is that table: the built-in kinds (``realtimed.jobs.builtin``),
-the ``push.send`` kind of push (``realtimed.push.jobs``), and the kinds of the
+the ``push.send`` kind of push (``realtimed.push.jobs``), ``email.send`` and
+``email.digest`` of email (``realtimed.email.jobs``), and the kinds of the
 notification pipeline and of chat (``realtimed.notify.jobs``), ``webhook.deliver``
 (``realtimed.webhooks.jobs``) and ``http`` (``realtimed.jobs.http``), whose cron
 entries give ``target``, ``path``, ``method`` and ``body`` instead of a payload
@@ -25,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from realtimed.config import Config
+from realtimed.email.jobs import EMAIL_DIGEST, EMAIL_SEND
 from realtimed.jobs.builtin import (
     DEVICES_STALE,
     NOOP,
@@ -51,6 +53,8 @@ DAEMON_JOB_TYPES: Final[Mapping[str, JobType[Any]]] = {
         DEVICES_STALE,
         NOOP,
         PUSH_SEND,
+        EMAIL_SEND,
+        EMAIL_DIGEST,
         NOTIFY_SEND,
         NOTIFY_PUSH,
         NOTIFY_DIGEST,
