@@ -16,6 +16,7 @@ Protocol            what                                             module
 ``RetentionStore``  retention deletes                                ``store.retention``
 ``WebhookStore``    webhook endpoints, delivery attempts             ``store.webhooks``
 ``RecoveryStore``   Socket.IO connection state recovery records      ``store.recovery``
+``FeedStore``       activities, their feeds, search and stats        ``store.feeds``
 ==================  ===============================================  ==================
 
 A service may ask for the one it needs. Each record has a ``to_wire()`` giving
@@ -45,6 +46,7 @@ from realtimed.store.chat import (
     ReadState,
 )
 from realtimed.store.devices import PLATFORMS, DeviceRecord, DeviceStore
+from realtimed.store.feeds import ActivityQuery, ActivityRecord, FeedItem, FeedStore, NewActivity
 from realtimed.store.inbox import (
     InboxStore,
     NewNotification,
@@ -61,6 +63,11 @@ from realtimed.store.webhooks import WebhookAttempt, WebhookEndpoint, WebhookSto
 
 __all__ = [
     "FINISHED_JOB_STATUSES",
+    "ActivityQuery",
+    "ActivityRecord",
+    "FeedItem",
+    "FeedStore",
+    "NewActivity",
     "JOB_STATUSES",
     "PLATFORMS",
     "ROLE_MEMBER",
@@ -97,7 +104,8 @@ __all__ = [
 
 
 class Store(
-    ChatStore, UserStore, BanStore, InboxStore, DeviceStore, JobStore, RetentionStore, WebhookStore, RecoveryStore, Protocol
+    ChatStore, UserStore, BanStore, InboxStore, DeviceStore, JobStore, RetentionStore, WebhookStore, RecoveryStore,
+    FeedStore, Protocol,
 ):
     """Durable state: conversations, messages, read cursors, notifications,
     preferences, devices, contacts and blocks, bans, jobs.

@@ -20,6 +20,7 @@ from realtimed.store.postgres.recovery import PostgresRecovery
 from realtimed.store.postgres.retention import PostgresRetention
 from realtimed.store.postgres.users import PostgresUsers
 from realtimed.store.postgres.webhooks import PostgresWebhooks
+from realtimed.store.postgres.feeds import PostgresFeeds
 
 __all__ = ["JOBS_CHANNEL", "PostgresStore", "migrate_connection"]
 
@@ -27,6 +28,7 @@ __all__ = ["JOBS_CHANNEL", "PostgresStore", "migrate_connection"]
 class PostgresStore(
     PostgresChat, PostgresUsers, PostgresBans, PostgresInbox, PostgresDevices, PostgresJobs, PostgresRetention,
     PostgresWebhooks,
+    PostgresFeeds,
     PostgresRecovery,
 ):
     """The PostgreSQL store.

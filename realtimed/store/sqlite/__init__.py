@@ -18,6 +18,7 @@ from realtimed.store.sqlite.recovery import SQLiteRecovery
 from realtimed.store.sqlite.retention import SQLiteRetention
 from realtimed.store.sqlite.users import SQLiteUsers
 from realtimed.store.sqlite.webhooks import SQLiteWebhooks
+from realtimed.store.sqlite.feeds import SQLiteFeeds
 
 __all__ = ["SQLiteStore"]
 
@@ -25,6 +26,7 @@ __all__ = ["SQLiteStore"]
 class SQLiteStore(
     SQLiteChat, SQLiteUsers, SQLiteBans, SQLiteInbox, SQLiteDevices, SQLiteJobs, SQLiteRetention,
     SQLiteWebhooks,
+    SQLiteFeeds,
     SQLiteRecovery,
 ):
     """The embedded store.

@@ -1,0 +1,42 @@
+-- realtimed store schema, version 7 (PostgreSQL): activity feeds. An activity
+-- is stored once (activities) and listed in each of its feeds (feed_items) at
+-- the feed's next seq; feeds keeps each feed's last seq and epoch. actor, verb,
+-- object and time are copied into feed_items so that a feed's filters and order
+-- use its own indexes. search holds the words of each activity (the 'simple'
+-- configuration: no stemming, no stop words), with a GIN index.
+
+CREATE TABLE activities (
+    n          bigserial   PRIMARY KEY,
+    actor      text        NOT NULL,
+    verb       text        NOT NULL,
+    object     text        NOT NULL,
+    target     text,
+    time       timestamptz NOT NULL,
+    data       jsonb       NOT NULL,
+    feeds      jsonb       NOT NULL,
+    created_at timestamptz NOT NULL,
+    search     tsvector    NOT NULL
+);
+CREATE INDEX activities_search ON activities USING gin (search);
+
+CREATE TABLE feeds (
+    feed     text   PRIMARY KEY,
+    last_seq bigint NOT NULL,
+    epoch    text   NOT NULL
+);
+
+CREATE TABLE feed_items (
+    feed     text        NOT NULL,
+    seq      bigint      NOT NULL,
+    activity bigint      NOT NULL,
+    time     timestamptz NOT NULL,
+    actor    text        NOT NULL,
+    verb     text        NOT NULL,
+    object   text        NOT NULL,
+    PRIMARY KEY (feed, seq)
+);
+CREATE INDEX feed_items_by_time ON feed_items (feed, time, seq);
+CREATE INDEX feed_items_by_actor ON feed_items (feed, actor, time);
+CREATE INDEX feed_items_by_verb ON feed_items (feed, verb, time);
+CREATE INDEX feed_items_by_object ON feed_items (feed, object, time);
+CREATE INDEX feed_items_by_activity ON feed_items (activity);
