@@ -798,10 +798,6 @@ class WebhooksConfig:
     max_endpoints: int = _f(100, "most endpoints (configuration and server API together)", min=1, max=10_000)
 
 
-#: The room of a feed is this prefix and the feed's name: ``feed:user:alice`` (docs/protocol.md, "Activity feeds").
-FEED_ROOM_PREFIX: Final = "feed:"
-
-
 @attrs.frozen
 class FeedRetentionConfig:
     prefix: str = _f("", "feed name prefix this rule governs, e.g. \"user:\" (the longest matching prefix wins)")

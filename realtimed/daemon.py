@@ -40,6 +40,7 @@ from realtimed.clock import SystemClock, WallClock
 from realtimed.config import DEV_API_KEY, DEV_HS256_SECRET, Config, ConfigError, load_config, parse_host_port
 from realtimed.delivery.router import Router
 from realtimed.errors import OperatorError
+from realtimed.feeds.service import FeedService
 from realtimed.gateway.bans import Bans
 from realtimed.gateway.gateway import Gateway, SessionHooks
 from realtimed.gateway.websocket import WebSocketDoor
@@ -213,7 +214,7 @@ class Daemon:
         self._api_keys = Live(ApiKeys.from_config(cfg.api))
         backends = self._backends = open_backends(cfg, node=node, config=config)
         runner = JobRunner(store, config=cfg.jobs, clock=clock, node=node)
-        register_builtin_kinds(runner, retention=lambda: config.value.retention)
+        register_builtin_kinds(runner, retention=lambda: config.value.retention, feeds=lambda: config.value.feeds)
         router = Router(cfg, node=node, broker=backends.broker, clock=clock,
                         history=backends.history, room_presence=backends.room_presence)
         presence = PresenceService(config, store=store, router=router, clock=clock, backend=backends.presence)
@@ -235,6 +236,10 @@ class Daemon:
         ops.add(presence.ops())
         ops.add(chat.ops())
         ops.add(notify.ops())
+        feeds = FeedService(config, store=store, router=router, clock=clock)
+        if cfg.feeds.enabled:
+            router.feeds = feeds
+        ops.add(feeds.ops())
         push.register_jobs(runner)
         notify.register_jobs(runner)
         webhooks.register_jobs(runner)
@@ -264,7 +269,7 @@ class Daemon:
         self._services = Services(
             live_config=config, verifier=self._verifier_live, api_keys=self._api_keys, clock=clock, node=node,
             store=store, broker=backends.broker, router=router, ops=ops, gateway=gateway, presence=presence,
-            jobs=runner, chat=chat, notify=notify, push=push, webhooks=webhooks,
+            jobs=runner, chat=chat, notify=notify, push=push, webhooks=webhooks, feeds=feeds,
         )
         self.on_reload(self._reload_services)
 

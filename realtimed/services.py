@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from realtimed.clock import WallClock
     from realtimed.config import Config
     from realtimed.delivery.router import Router
+    from realtimed.feeds.service import FeedService
     from realtimed.gateway.gateway import Gateway
     from realtimed.jobs.runner import JobRunner
     from realtimed.live import Live
@@ -56,6 +57,7 @@ class Services:
     notify: NotifyService
     push: PushService
     webhooks: WebhookService
+    feeds: FeedService | None = None
 
     @property
     def config(self) -> Config:

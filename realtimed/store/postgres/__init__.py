@@ -14,13 +14,13 @@ from realtimed.store.postgres.bans import PostgresBans
 from realtimed.store.postgres.chat import PostgresChat
 from realtimed.store.postgres.devices import PostgresDevices
 from realtimed.store.postgres.engine import JOBS_CHANNEL, migrate_connection
+from realtimed.store.postgres.feeds import PostgresFeeds
 from realtimed.store.postgres.inbox import PostgresInbox
 from realtimed.store.postgres.jobs import PostgresJobs
 from realtimed.store.postgres.recovery import PostgresRecovery
 from realtimed.store.postgres.retention import PostgresRetention
 from realtimed.store.postgres.users import PostgresUsers
 from realtimed.store.postgres.webhooks import PostgresWebhooks
-from realtimed.store.postgres.feeds import PostgresFeeds
 
 __all__ = ["JOBS_CHANNEL", "PostgresStore", "migrate_connection"]
 

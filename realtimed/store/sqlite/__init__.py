@@ -12,13 +12,13 @@ from __future__ import annotations
 from realtimed.store.sqlite.bans import SQLiteBans
 from realtimed.store.sqlite.chat import SQLiteChat
 from realtimed.store.sqlite.devices import SQLiteDevices
+from realtimed.store.sqlite.feeds import SQLiteFeeds
 from realtimed.store.sqlite.inbox import SQLiteInbox
 from realtimed.store.sqlite.jobs import SQLiteJobs
 from realtimed.store.sqlite.recovery import SQLiteRecovery
 from realtimed.store.sqlite.retention import SQLiteRetention
 from realtimed.store.sqlite.users import SQLiteUsers
 from realtimed.store.sqlite.webhooks import SQLiteWebhooks
-from realtimed.store.sqlite.feeds import SQLiteFeeds
 
 __all__ = ["SQLiteStore"]
 

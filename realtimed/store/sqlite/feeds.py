@@ -105,7 +105,8 @@ def _page(
 ) -> list[FeedItem]:
     if words is not None and not words:
         return []
-    where, args = ["i.feed = ?"], [query.feed]
+    where: list[str] = ["i.feed = ?"]
+    args: list[Any] = [query.feed]
     for column, value in (("actor", query.actor), ("verb", query.verb), ("object", query.object)):
         if value is not None:
             where.append(f"i.{column} = ?")
