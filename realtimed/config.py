@@ -1361,6 +1361,15 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
         _check_cron(entry, f"cron[{i}]", problems)
     _check_notify(cfg, problems)
     _check_webhooks(cfg, problems)
+    if cfg.feeds.enabled:
+        for i, ns in enumerate(cfg.namespaces):
+            # Feed rooms (feed:<name>) take their seq and recovery from the store.
+            if ns.prefix.startswith("feed:") and ns.history_size > 0:
+                problems.add(f"namespaces[{i}].history_size", "feed rooms (feed:) keep their activities in the store: "
+                             "must be 0 while feeds.enabled")
+            if ns.prefix.startswith("feed:") and ns.client_publish:
+                problems.add(f"namespaces[{i}].client_publish", "activities are logged through the server API: "
+                             "must be false for feed rooms (feed:) while feeds.enabled")
     prefixes: set[str] = set()
     for i, rule in enumerate(cfg.feeds.retention):
         if rule.prefix in prefixes:

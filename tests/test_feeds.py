@@ -246,3 +246,18 @@ async def test_retention_prunes_each_feed_namespace_and_recovery_then_says_so(st
             reply = await client.ok("subscribe", {"room": "feed:user:alice", "since": {"seq": 1, "epoch": reply["epoch"]}})
             assert reply["recovered"] and [p["seq"] for p in reply["publications"]] == [2]
             await client.close()
+
+
+def test_a_feed_namespace_with_history_or_client_publishing_is_a_config_error(tmp_path: Any) -> None:
+    from realtimed.config import ConfigError
+    from tests.fixtures.daemon import make_config
+
+    with pytest.raises(ConfigError) as err:
+        make_config(tmp_path, {
+            "namespaces": [{"prefix": "feed:team:", "history_size": 10, "client_publish": True}],
+            "feeds": {"retention": [{"prefix": "user:", "keep_s": 60}, {"prefix": "user:", "keep_s": 5}]},
+        })
+    keys = {key for key, _ in err.value.problems}
+    assert keys == {"namespaces[0].history_size", "namespaces[0].client_publish", "feeds.retention[1].prefix"}
+    # A public feed namespace is how a feed is opened to every user.
+    make_config(tmp_path, {"namespaces": [{"prefix": "feed:global", "public": True}]})

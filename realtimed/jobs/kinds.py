@@ -26,6 +26,7 @@ from realtimed.config import Config
 from realtimed.jobs.builtin import (
     DEVICES_STALE,
     NOOP,
+    RETENTION_ACTIVITIES,
     RETENTION_JOBS,
     RETENTION_MESSAGES,
     RETENTION_NOTIFICATIONS,
@@ -46,6 +47,7 @@ DAEMON_JOB_TYPES: Final[Mapping[str, JobType[Any]]] = {
         RETENTION_JOBS,
         RETENTION_MESSAGES,
         DEVICES_STALE,
+        RETENTION_ACTIVITIES,
         NOOP,
         PUSH_SEND,
         NOTIFY_SEND,
