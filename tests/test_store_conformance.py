@@ -1348,7 +1348,8 @@ async def test_feed_seqs_are_gap_free_per_feed_in_batch_order_and_under_concurre
         by_actor.setdefault(item.activity.actor, []).append(item.seq)
     for seqs in by_actor.values():
         assert seqs == list(range(seqs[0], seqs[0] + 5))
-    assert await store.feed_position("nobody") == (0, "")
+    assert await store.feed_position("nobody") == (0, epoch)
+    assert len(set(first.epochs.values())) == 1
     assert [i.seq for i in await store.feed_after("global", after_seq=50, limit=10)] == [51, 52]
 
 

@@ -4,8 +4,8 @@
 ``FeedItem`` its records; ``FeedRules`` holds the rules, written once. An
 activity is stored once and listed in each of its feeds, where it takes the
 feed's next ``seq``: each feed is a durable stream with a gap-free, strictly
-increasing ``seq`` starting at 1, in commit order, and an ``epoch`` set when
-its first activity is logged (docs/protocol.md, "Activity feeds").
+increasing ``seq`` starting at 1, in commit order; the ``epoch`` of every feed is
+the database's, chosen when its schema was made (docs/protocol.md, "Activity feeds").
 
 Search is over the words of an activity (actor, verb, object, target and the
 strings of its data): SQLite FTS5, PostgreSQL ``tsvector`` with a GIN index.
@@ -195,7 +195,7 @@ class FeedStore(Protocol):
         ...
 
     async def feed_position(self, feed: str) -> tuple[int, str]:
-        """The feed's latest ``seq`` and its epoch; ``(0, "")`` for a feed with no activity yet."""
+        """The feed's latest ``seq`` (0 before its first activity) and its epoch."""
         ...
 
     async def feed_after(self, feed: str, *, after_seq: int, limit: int) -> list[FeedItem]:
@@ -294,8 +294,3 @@ class FeedRules(abc.ABC):
 
     @abc.abstractmethod
     async def _feed_prune(self, prefix: str, before: datetime, excluded: list[str]) -> int: ...
-
-
-def new_epoch(now: datetime) -> str:
-    """A feed's epoch, set when its first activity is logged."""
-    return format(to_micros(now), "x")

@@ -20,7 +20,6 @@ from realtimed.store.feeds import (
     FeedRules,
     NewActivity,
     activity_id,
-    new_epoch,
     search_text,
 )
 from realtimed.store.postgres.engine import Conn, PostgresEngine
@@ -33,9 +32,9 @@ _ITEM_COLS: Final = (
 )
 
 _BUMP: Final = (
-    "INSERT INTO feeds (feed, last_seq, epoch) SELECT f, c, $3 FROM unnest($1::text[], $2::bigint[]) AS t(f, c) "
+    "INSERT INTO feeds (feed, last_seq) SELECT f, c FROM unnest($1::text[], $2::bigint[]) AS t(f, c) "
     "ORDER BY f ON CONFLICT (feed) DO UPDATE SET last_seq = feeds.last_seq + excluded.last_seq "
-    "RETURNING feed, last_seq, epoch"
+    "RETURNING feed, last_seq, (SELECT epoch FROM feed_epoch)"
 )
 _INSERT_ACTIVITIES: Final = (
     "INSERT INTO activities (n, actor, verb, object, target, time, data, feeds, created_at, search) "
@@ -63,7 +62,7 @@ def _item(r: Any) -> FeedItem:
 async def _append(conn: Conn, activities: list[NewActivity], now: datetime) -> AppendedActivities:
     counts = Counter(feed for a in activities for feed in a.feeds)
     feeds = sorted(counts)
-    rows = await conn.fetch(_BUMP, feeds, [counts[f] for f in feeds], new_epoch(now))
+    rows = await conn.fetch(_BUMP, feeds, [counts[f] for f in feeds])
     next_seq = {r[0]: int(r[1]) - counts[r[0]] + 1 for r in rows}
     epochs = {r[0]: str(r[2]) for r in rows}
     ids = [r[0] for r in await conn.fetch(
@@ -162,10 +161,9 @@ class PostgresFeeds(PostgresEngine, FeedRules):
         return await self._call(_append, activities, now)
 
     async def _feed_position(self, feed: str) -> tuple[int, str]:
-        row = await self._call(
-            lambda conn: conn.fetchrow("SELECT last_seq, epoch FROM feeds WHERE feed = $1", feed), tx=False, read=True
-        )
-        return (0, "") if row is None else (int(row[0]), str(row[1]))
+        sql = "SELECT (SELECT last_seq FROM feeds WHERE feed = $1), (SELECT epoch FROM feed_epoch)"
+        row = await self._call(lambda conn: conn.fetchrow(sql, feed), tx=False, read=True)
+        return (0 if row[0] is None else int(row[0])), str(row[1])
 
     async def _feed_after(self, feed: str, after_seq: int, limit: int) -> list[FeedItem]:
         sql = (

@@ -15,7 +15,6 @@ from realtimed.store.feeds import (
     FeedRules,
     NewActivity,
     activity_id,
-    new_epoch,
     search_text,
 )
 from realtimed.store.sqlite.engine import CODEC, Conn, SQLiteEngine, us
@@ -42,16 +41,17 @@ def _item(r: Any) -> FeedItem:
 def _append(conn: Conn, activities: list[NewActivity], now: datetime) -> AppendedActivities:
     created = us(now)
     counts = Counter(feed for a in activities for feed in a.feeds)
+    epoch = _epoch(conn)
     epochs: dict[str, str] = {}
     next_seq: dict[str, int] = {}
     for feed in sorted(counts):
         row = conn.execute(
-            "INSERT INTO feeds (feed, last_seq, epoch) VALUES (?, ?, ?) "
-            "ON CONFLICT (feed) DO UPDATE SET last_seq = last_seq + excluded.last_seq RETURNING last_seq, epoch",
-            (feed, counts[feed], new_epoch(now)),
+            "INSERT INTO feeds (feed, last_seq) VALUES (?, ?) "
+            "ON CONFLICT (feed) DO UPDATE SET last_seq = last_seq + excluded.last_seq RETURNING last_seq",
+            (feed, counts[feed]),
         ).fetchone()
         next_seq[feed] = int(row[0]) - counts[feed] + 1
-        epochs[feed] = str(row[1])
+        epochs[feed] = epoch
     records: list[ActivityRecord] = []
     seqs: list[dict[str, int]] = []
     items: list[tuple[Any, ...]] = []
@@ -81,9 +81,13 @@ def _append(conn: Conn, activities: list[NewActivity], now: datetime) -> Appende
     return AppendedActivities(records, seqs, epochs)
 
 
+def _epoch(conn: Conn) -> str:
+    return str(conn.execute("SELECT epoch FROM feed_epoch").fetchone()[0])
+
+
 def _position(conn: Conn, feed: str) -> tuple[int, str]:
-    row = conn.execute("SELECT last_seq, epoch FROM feeds WHERE feed = ?", (feed,)).fetchone()
-    return (0, "") if row is None else (int(row[0]), str(row[1]))
+    row = conn.execute("SELECT last_seq FROM feeds WHERE feed = ?", (feed,)).fetchone()
+    return (0 if row is None else int(row[0])), _epoch(conn)
 
 
 def _after(conn: Conn, feed: str, after_seq: int, limit: int) -> list[FeedItem]:

@@ -1,6 +1,8 @@
 -- realtimed store schema, version 7 (PostgreSQL): activity feeds. An activity
 -- is stored once (activities) and listed in each of its feeds (feed_items) at
--- the feed's next seq; feeds keeps each feed's last seq and epoch. actor, verb,
+-- the feed's next seq; feeds keeps each feed's last seq. feed_epoch holds the
+-- epoch of every feed of this database, chosen when the schema is made: a
+-- database that is replaced by a new one gives its feeds a new epoch. actor, verb,
 -- object and time are copied into feed_items so that a feed's filters and order
 -- use its own indexes. search holds the words of each activity (the 'simple'
 -- configuration: no stemming, no stop words), with a GIN index.
@@ -21,9 +23,13 @@ CREATE INDEX activities_search ON activities USING gin (search);
 
 CREATE TABLE feeds (
     feed     text   PRIMARY KEY,
-    last_seq bigint NOT NULL,
-    epoch    text   NOT NULL
+    last_seq bigint NOT NULL
 );
+
+CREATE TABLE feed_epoch (
+    epoch text NOT NULL
+);
+INSERT INTO feed_epoch (epoch) VALUES (substr(md5(random()::text || clock_timestamp()::text), 1, 16));
 
 CREATE TABLE feed_items (
     feed     text        NOT NULL,

@@ -1,6 +1,8 @@
 -- realtimed store schema, version 7 (SQLite): activity feeds. An activity is
 -- stored once (activities) and listed in each of its feeds (feed_items) at the
--- feed's next seq; feeds keeps each feed's last seq and epoch. actor, verb,
+-- feed's next seq; feeds keeps each feed's last seq. feed_epoch holds the epoch
+-- of every feed of this database, chosen when the schema is made: a database
+-- that is replaced by a new one gives its feeds a new epoch. actor, verb,
 -- object and time are copied into feed_items so that a feed's filters and order
 -- use its own indexes. activities_fts indexes the words of each activity (its
 -- rowid is the activity's n). Times are microseconds since the epoch, UTC.
@@ -19,9 +21,13 @@ CREATE TABLE activities (
 
 CREATE TABLE feeds (
     feed     TEXT    PRIMARY KEY,
-    last_seq INTEGER NOT NULL,
-    epoch    TEXT    NOT NULL
+    last_seq INTEGER NOT NULL
 );
+
+CREATE TABLE feed_epoch (
+    epoch TEXT NOT NULL
+);
+INSERT INTO feed_epoch (epoch) VALUES (lower(hex(randomblob(8))));
 
 CREATE TABLE feed_items (
     feed     TEXT    NOT NULL,
