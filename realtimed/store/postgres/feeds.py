@@ -1,9 +1,10 @@
 """PostgreSQL: activity feeds (``FeedStore``), searched with ``tsvector`` and a GIN index.
 
-A batch is four statements in one transaction, whatever its size: the feeds'
-counters move first (in feed order, so that concurrent batches lock them in
-the same order and never deadlock), then the activities and their feed items
-are inserted from arrays.
+A batch is four statements in one transaction, whatever its size: the
+activities are inserted from arrays, then the feeds' counters move (in feed
+order, so that concurrent batches lock them in the same order and never
+deadlock), then the feed items are inserted. The counters stay locked until
+the commit, so the activities and their search index go in before them.
 """
 
 from __future__ import annotations
@@ -60,14 +61,11 @@ def _item(r: Any) -> FeedItem:
 
 
 async def _append(conn: Conn, activities: list[NewActivity], now: datetime) -> AppendedActivities:
-    counts = Counter(feed for a in activities for feed in a.feeds)
-    feeds = sorted(counts)
-    rows = await conn.fetch(_BUMP, feeds, [counts[f] for f in feeds])
-    next_seq = {r[0]: int(r[1]) - counts[r[0]] + 1 for r in rows}
-    epochs = {r[0]: str(r[2]) for r in rows}
     ids = [r[0] for r in await conn.fetch(
         "SELECT nextval(pg_get_serial_sequence('activities', 'n')) FROM generate_series(1, $1)", len(activities)
     )]
+    # The activities (and their search index) first: the feeds' counters are locked from
+    # the bump to the commit, so concurrent batches to one feed wait only for the rest.
     await conn.execute(
         _INSERT_ACTIVITIES,
         ids, [a.actor for a in activities], [a.verb for a in activities], [a.object for a in activities],
@@ -75,6 +73,11 @@ async def _append(conn: Conn, activities: list[NewActivity], now: datetime) -> A
         [dumps(list(a.feeds)) for a in activities], now,
         [search_text(a.actor, a.verb, a.object, a.target, a.data) for a in activities],
     )
+    counts = Counter(feed for a in activities for feed in a.feeds)
+    feeds = sorted(counts)
+    rows = await conn.fetch(_BUMP, feeds, [counts[f] for f in feeds])
+    next_seq = {r[0]: int(r[1]) - counts[r[0]] + 1 for r in rows}
+    epochs = {r[0]: str(r[2]) for r in rows}
     items: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
     records: list[ActivityRecord] = []
     seqs: list[dict[str, int]] = []
@@ -112,13 +115,19 @@ async def _page(
         where.append(f"i.time >= {arg(query.since)}")
     if query.until is not None:
         where.append(f"i.time < {arg(query.until)}")
+    matched = ""
     if words:
-        where.append(f"a.search @@ plainto_tsquery('simple', {arg(' '.join(words))})")
+        # The matching activities first, from the GIN index; then their places in the feed.
+        matched = (
+            f"WITH m AS MATERIALIZED (SELECT n FROM activities "
+            f"WHERE search @@ plainto_tsquery('simple', {arg(' '.join(words))})) "
+        )
+        where.append("i.activity IN (SELECT n FROM m)")
     if cursor is not None:
         at, seq = arg(from_micros(cursor[0])), arg(cursor[1])
         where.append(f"(i.time < {at} OR (i.time = {at} AND i.seq < {seq}))")
     sql = (
-        f"SELECT {_ITEM_COLS} FROM feed_items i JOIN activities a ON a.n = i.activity "
+        f"{matched}SELECT {_ITEM_COLS} FROM feed_items i JOIN activities a ON a.n = i.activity "
         f"WHERE {' AND '.join(where)} ORDER BY i.time DESC, i.seq DESC LIMIT {arg(limit)}"
     )
     return [_item(r) for r in await conn.fetch(sql, *args)]
