@@ -5,7 +5,9 @@
 -- database that is replaced by a new one gives its feeds a new epoch. actor, verb,
 -- object and time are copied into feed_items so that a feed's filters and order
 -- use its own indexes. search holds the words of each activity (the 'simple'
--- configuration: no stemming, no stop words), with a GIN index.
+-- configuration: no stemming, no stop words), with a GIN index without a pending
+-- list (fastupdate off): each insert updates it at once, so that no search has to
+-- scan an unsorted list of recent entries (which made searches 50 times slower).
 
 CREATE TABLE activities (
     n          bigserial   PRIMARY KEY,
@@ -19,7 +21,7 @@ CREATE TABLE activities (
     created_at timestamptz NOT NULL,
     search     tsvector    NOT NULL
 );
-CREATE INDEX activities_search ON activities USING gin (search);
+CREATE INDEX activities_search ON activities USING gin (search) WITH (fastupdate = off);
 
 CREATE TABLE feeds (
     feed     text   PRIMARY KEY,
