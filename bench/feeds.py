@@ -68,7 +68,7 @@ max_batch = 1000
 [store]
 backend = "postgres"
 postgres_dsn = "{dsn}"
-pool_max = 20
+pool_max = 10
 """
         )
         super().__init__(config, port=port)

@@ -1389,9 +1389,12 @@ async def test_read_feed_filters_search_and_pages_newest_first(store: Store) -> 
             break
         cursor = page.next_cursor
     assert seen == [4, 3, 2, 1]
-    with pytest.raises(ValidationFailed) as err:
-        await store.read_feed(ActivityQuery(feed="team:t1", cursor="not-a-cursor"))
-    assert err.value.field == "cursor"
+    from realtimed.store.paging import encode_cursor
+
+    for bad in ("not-a-cursor", encode_cursor(2**62, 1), encode_cursor(1, "x"), encode_cursor(-(2**62), 1)):
+        with pytest.raises(ValidationFailed) as err:
+            await store.read_feed(ActivityQuery(feed="team:t1", cursor=bad))
+        assert err.value.field == "cursor"
 
 
 async def test_feed_stats_count_by_verb_and_actor_per_day(store: Store) -> None:

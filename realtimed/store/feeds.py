@@ -17,12 +17,13 @@ from __future__ import annotations
 import abc
 import re
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 import attrs
 
 from realtimed.clock import iso
+from realtimed.errors import ValidationFailed
 from realtimed.store.paging import clamp_limit, decode_cursor, encode_cursor
 from realtimed.store.values import from_micros, to_micros, utc
 
@@ -46,6 +47,9 @@ _WORD: Final = re.compile(r"[^\W_]+")
 # Bounds on what is indexed of one activity's data (its size is bounded at the edge).
 _MAX_SEARCH_CHARS: Final = 8192
 _DAY_US: Final = 86_400_000_000
+# The times a cursor may hold: those a datetime can (years 1 to 9999).
+_MIN_US: Final = to_micros(datetime.min.replace(tzinfo=UTC))
+_MAX_US: Final = to_micros(datetime.max.replace(tzinfo=UTC))
 
 
 def search_words(q: str) -> list[str]:
@@ -241,6 +245,8 @@ class FeedRules(abc.ABC):
         cursor = None
         if query.cursor is not None:
             time_us, seq = decode_cursor(query.cursor, (int, int))
+            if not _MIN_US <= time_us <= _MAX_US:
+                raise ValidationFailed("cursor", "not a valid cursor")
             cursor = (time_us, seq)
         words = search_words(query.q) if query.q is not None else None
         rows = await self._feed_page(query, words, cursor, limit + 1)

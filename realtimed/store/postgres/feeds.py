@@ -115,21 +115,25 @@ async def _page(
         where.append(f"i.time >= {arg(query.since)}")
     if query.until is not None:
         where.append(f"i.time < {arg(query.until)}")
-    matched = ""
-    if words:
-        # The matching activities first, from the GIN index; then their places in the feed.
-        matched = (
-            f"WITH m AS MATERIALIZED (SELECT n FROM activities "
-            f"WHERE search @@ plainto_tsquery('simple', {arg(' '.join(words))})) "
-        )
-        where.append("i.activity IN (SELECT n FROM m)")
     if cursor is not None:
         at, seq = arg(from_micros(cursor[0])), arg(cursor[1])
         where.append(f"(i.time < {at} OR (i.time = {at} AND i.seq < {seq}))")
-    sql = (
-        f"{matched}SELECT {_ITEM_COLS} FROM feed_items i JOIN activities a ON a.n = i.activity "
-        f"WHERE {' AND '.join(where)} ORDER BY i.time DESC, i.seq DESC LIMIT {arg(limit)}"
-    )
+    if words:
+        # Every match first, from the GIN index, then the newest of them: planned as one
+        # query with its LIMIT, a rare word would be looked for by walking the feed from
+        # its newest activity (a LIMIT invites that plan), the whole feed when few match.
+        sql = (
+            "WITH m AS MATERIALIZED (SELECT i.feed, i.seq, i.activity, i.time FROM activities s "
+            f"JOIN feed_items i ON i.activity = s.n WHERE s.search @@ plainto_tsquery('simple', "
+            f"{arg(' '.join(words))}) AND {' AND '.join(where)}) "
+            f"SELECT {_ITEM_COLS} FROM m i JOIN activities a ON a.n = i.activity "
+            f"ORDER BY i.time DESC, i.seq DESC LIMIT {arg(limit)}"
+        )
+    else:
+        sql = (
+            f"SELECT {_ITEM_COLS} FROM feed_items i JOIN activities a ON a.n = i.activity "
+            f"WHERE {' AND '.join(where)} ORDER BY i.time DESC, i.seq DESC LIMIT {arg(limit)}"
+        )
     return [_item(r) for r in await conn.fetch(sql, *args)]
 
 

@@ -121,14 +121,18 @@ def _page(
     if query.until is not None:
         where.append("i.time < ?")
         args.append(us(query.until))
-    if words:
-        where.append("i.activity IN (SELECT rowid FROM activities_fts WHERE activities_fts MATCH ?)")
-        args.append(_match(words))
     if cursor is not None:
         where.append("(i.time < ? OR (i.time = ? AND i.seq < ?))")
         args.extend((cursor[0], cursor[0], cursor[1]))
+    source = "feed_items i"
+    if words:
+        # Every match first, from the full-text index (CROSS JOIN keeps that order of the
+        # loops), then the newest of them; not the feed walked from its newest activity.
+        source = "(SELECT rowid AS n FROM activities_fts WHERE activities_fts MATCH ?) m CROSS JOIN feed_items i"
+        where.append("i.activity = m.n")
+        args.insert(0, _match(words))
     rows = conn.execute(
-        f"SELECT {_ITEM_COLS} FROM feed_items i JOIN activities a ON a.n = i.activity "
+        f"SELECT {_ITEM_COLS} FROM {source} JOIN activities a ON a.n = i.activity "
         f"WHERE {' AND '.join(where)} ORDER BY i.time DESC, i.seq DESC LIMIT ?",
         (*args, limit),
     ).fetchall()
