@@ -819,7 +819,8 @@ class FeedsConfig:
         300.0, "how far ahead of the server's clock an activity's time may be", min=0, max=31_536_000
     )
     recovery_cap: int = _f(
-        1000, "most activities a subscribe with since replays from the store (more: recovered false)",
+        200, "most activities a subscribe with since replays from the store (more: recovered false); the reply "
+        "holds them all, so keep recovery_cap times max_data_bytes well under gateway.outbox_max_bytes",
         min=0, max=100_000,
     )
     max_stats_days: int = _f(90, "most days GET /server/v1/feeds/{feed}/stats covers", min=1, max=3660)

@@ -152,7 +152,9 @@ async def test_logged_activities_reach_subscribers_and_a_reconnect_recovers_them
 
 async def test_hostile_input_gets_a_code_and_a_field(start_daemon: DaemonFactory) -> None:
     with trio.fail_after(30):
-        daemon = await start_daemon({"feeds": {"max_batch": 3, "max_data_bytes": 64, "max_feeds_per_activity": 2}})
+        daemon = await start_daemon(
+            {"feeds": {"max_batch": 3, "max_data_bytes": 64, "max_feeds_per_activity": 2, "recovery_cap": 2}}
+        )
         async with httpx.AsyncClient(base_url=daemon.url(), headers=SERVER) as http:
 
             async def refused(body: Any, status: int, code: str, field: str) -> None:
@@ -202,6 +204,13 @@ async def test_hostile_input_gets_a_code_and_a_field(start_daemon: DaemonFactory
             await bad_read("/server/v1/feeds/global/stats", {"days": "91"}, "days")
             assert (await http.get("/server/v1/feeds/global/activities", headers={"Authorization": "Bearer x"})).status_code == 401
             alice = await connect(daemon, "alice")
+            # More missed than feeds.recovery_cap: not recovered, nothing replayed; within it: replayed.
+            await log(http, *[act("x", "v", "o", "user:alice")] * 3)
+            epoch = (await alice.ok("subscribe", {"room": "feed:user:alice"}))["epoch"]
+            over = await alice.ok("subscribe", {"room": "feed:user:alice", "since": {"seq": 0, "epoch": epoch}})
+            assert (over["seq"], over["recovered"], over["publications"]) == (3, False, [])
+            within = await alice.ok("subscribe", {"room": "feed:user:alice", "since": {"seq": 1, "epoch": epoch}})
+            assert within["recovered"] and [p["seq"] for p in within["publications"]] == [2, 3]
             for data, field in (({"feed": "a b"}, "feed"), ({"feed": "user:alice", "limit": 101}, "limit"), ({}, "feed")):
                 reply = await alice.request("feed.activities", data)
                 assert reply["error"]["code"] == "VALIDATION_ERROR" and reply["error"]["field"] == field
