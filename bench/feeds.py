@@ -9,13 +9,16 @@ API as an application's backend would call it (httpx, keep-alive):
 1. **logging**: C posters each send ``POST /server/v1/activities`` with batches of
    ``--batch`` activities for S seconds; each activity goes to a user's feed (one
    of 1,000) and to ``global``, with a few words of data. The rate is activities
-   stored (and sent to their feeds' rooms) per second, end to end.
+   stored (and sent to their feeds' rooms) per second, end to end. Then the same
+   through the store alone (``FeedStore.append_activities`` in this process, C
+   concurrent callers), which is the database's share of it.
 2. **fill**: more batches (of 1,000) until the database holds N activities, all in
    ``global`` (the largest feed, the hardest to search); then ``ANALYZE``, as
    autovacuum would once it caught up with the fill.
 3. **search**: Q sequential ``GET /server/v1/feeds/global/activities?q=<word>``
    (a word of a 20,000-word vocabulary, so about 3N/20,000 activities match each),
-   then Q with two words, then Q filtered by actor: p50, p99 and max latency.
+   then Q with two words, then Q filtered by actor: p50, p99 and max latency,
+   through the server API and as store calls (``FeedStore.read_feed``).
 
 The machine may be shared: the figures are this run's, on this machine.
 """
@@ -38,6 +41,13 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import API_KEY, SECRET, DaemonProcess, admin, free_port, with_database
+
+from realtimed.clock import SystemClock
+from realtimed.config import Config, StoreConfig
+from realtimed.feeds.service import FeedService
+from realtimed.live import Live
+from realtimed.store import Store, open_store
+from realtimed.store.feeds import ActivityQuery
 
 VOCABULARY = [f"w{i}" for i in range(20_000)]
 VERBS = ["like", "comment", "share", "join", "leave", "edit", "upload", "follow", "mention", "react"]
@@ -111,6 +121,26 @@ async def logging_rate(url: str, *, seconds: float, batch: int, posters: int) ->
     return logged / (time.perf_counter() - started), logged
 
 
+async def store_rate(store: Store, parse: FeedService, *, seconds: float, batch: int, writers: int) -> float:
+    """Activities per second appended by ``writers`` concurrent store calls (batches checked first)."""
+    logged = 0
+    deadline = trio.current_time() + seconds
+
+    async def writer(seed: int) -> None:
+        nonlocal logged
+        rng = random.Random(500 + seed)
+        while trio.current_time() < deadline:
+            body = {"activities": [activity(rng, [f"user:{rng.choice(ACTORS)}", "global"]) for _ in range(batch)]}
+            await store.append_activities(activities=parse.parse_batch(body), now=SystemClock().now())
+            logged += batch
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for i in range(writers):
+            nursery.start_soon(writer, i)
+    return logged / (time.perf_counter() - started)
+
+
 async def fill(url: str, *, have: int, target: int) -> None:
     """Log batches of 1,000 to ``global`` until ``target`` activities are stored."""
     remaining = max(0, target - have)
@@ -136,13 +166,17 @@ def summary(name: str, samples: list[float], hits: list[int]) -> None:
     ordered = sorted(samples)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
     print(
-        f"  {name:<22} p50 {statistics.median(ordered) * 1000:6.1f} ms   p99 {p99 * 1000:6.1f} ms   "
+        f"  {name:<30} p50 {statistics.median(ordered) * 1000:6.1f} ms   p99 {p99 * 1000:6.1f} ms   "
         f"max {ordered[-1] * 1000:6.1f} ms   ({len(samples)} queries, {statistics.mean(hits):.1f} results each)",
         flush=True,
     )
 
 
-async def search_latency(url: str, *, queries: int) -> None:
+def _query(params: dict[str, Any]) -> ActivityQuery:
+    return ActivityQuery(feed="global", q=params.get("q"), actor=params.get("actor"), limit=params["limit"])
+
+
+async def search_latency(url: str, store: Store, *, queries: int) -> None:
     rng = random.Random(7)
     cases: list[tuple[str, Any]] = [
         ("one word", lambda: {"q": rng.choice(VOCABULARY), "limit": 20}),
@@ -162,7 +196,15 @@ async def search_latency(url: str, *, queries: int) -> None:
                 if answer.status_code != 200:
                     raise SystemExit(f"search: {answer.status_code} {answer.text[:300]}")
                 hits.append(len(answer.json()["activities"]))
-            summary(name, samples, hits)
+            summary(name + " (API)", samples, hits)
+            samples, hits = [], []
+            for _ in range(queries):
+                query = params()
+                started = time.perf_counter()
+                page = await store.read_feed(_query(query))
+                samples.append(time.perf_counter() - started)
+                hits.append(len(page.items))
+            summary(name + " (store)", samples, hits)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -171,17 +213,30 @@ async def main(args: argparse.Namespace) -> None:
     daemon: Daemon | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="realtimed-feeds-bench-") as folder:
-            daemon = await trio.to_thread.run_sync(lambda: Daemon(Path(folder), dsn=with_database(args.dsn, name)))
-            print(f"logging: {args.posters} posters, batches of {args.batch}, {args.seconds:g} s, each activity in 2 feeds")
-            rate, logged = await logging_rate(daemon.url, seconds=args.seconds, batch=args.batch, posters=args.posters)
-            print(f"  {rate:,.0f} activities/s ({logged} logged)", flush=True)
-            print(f"search over {args.activities:,} activities in one feed (global)")
-            await fill(daemon.url, have=logged, target=args.activities)
-            # What autovacuum does on its own after a table grew (it may not have caught up
-            # with a bulk fill yet): without row counts, the planner cannot tell that a word
-            # matches fewer activities than the feed holds.
-            await trio.to_thread.run_sync(admin, with_database(args.dsn, name), "ANALYZE")
-            await search_latency(daemon.url, queries=args.queries)
+            dsn = with_database(args.dsn, name)
+            daemon = await trio.to_thread.run_sync(lambda: Daemon(Path(folder), dsn=dsn))
+            cfg = Config(store=StoreConfig(backend="postgres", postgres_dsn=dsn, pool_max=10))
+            store = open_store(cfg, clock=SystemClock())
+            async with trio.open_nursery() as nursery:
+                await nursery.start(store.run)
+                print(f"logging: batches of {args.batch}, {args.posters} at once, {args.seconds:g} s, "
+                      "each activity in 2 feeds")
+                rate, logged = await logging_rate(
+                    daemon.url, seconds=args.seconds, batch=args.batch, posters=args.posters
+                )
+                print(f"  server API    {rate:8,.0f} activities/s", flush=True)
+                checker = FeedService(Live(cfg), store=store, router=None, clock=SystemClock())  # type: ignore[arg-type]
+                rate = await store_rate(store, checker, seconds=args.seconds, batch=args.batch, writers=args.posters)
+                logged += int(rate * args.seconds)
+                print(f"  store alone   {rate:8,.0f} activities/s", flush=True)
+                print(f"search over {args.activities:,} activities in one feed (global)")
+                await fill(daemon.url, have=logged, target=args.activities)
+                # What autovacuum does on its own after a table grew (it may not have caught up
+                # with a bulk fill yet): without row counts, the planner cannot tell that a word
+                # matches fewer activities than the feed holds.
+                await trio.to_thread.run_sync(admin, dsn, "ANALYZE")
+                await search_latency(daemon.url, store, queries=args.queries)
+                nursery.cancel_scope.cancel()
     finally:
         if daemon is not None:
             daemon.stop()

@@ -574,14 +574,20 @@ class Router:
             if turn.users == 0:
                 del self._turns[room]
 
-    async def publish_feed(self, room: str, event: str, data: Any, *, seq: int, epoch: str) -> int:
+    async def publish_feed(
+        self, room: str, event: str, data: Any, *, seq: int, epoch: str, remote: bool = True
+    ) -> int:
         """Send a stored activity to a feed room's subscribers, with its ``seq`` and ``epoch``
-        (taken by the store, not by the room history); returns local sockets reached."""
+        (taken by the store, not by the room history); returns local sockets reached.
+        ``remote=False`` leaves out the other nodes (their subscribers recover it)."""
         frame = Frame(
             protocol.encode_event(event, data, room=room, seq=seq, epoch=epoch), event, trio.current_time(),
             room=room, seq=seq, epoch=epoch,
         )
-        return await self._fan_out(Delivery(frame, room=room, origin=self.node))
+        delivery = Delivery(frame, room=room, origin=self.node)
+        if not remote:
+            return self.deliver_local(delivery)
+        return await self._fan_out(delivery)
 
     async def publish_event_to_room(self, room: str, event: str, data: Any, *, exclude_session: str | None = None) -> int:
         """A room event that does not append to history (room.joined, room.left)."""

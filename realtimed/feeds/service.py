@@ -190,6 +190,7 @@ class FeedService:
     async def log_activities(self, activities: Sequence[NewActivity]) -> AppendedActivities:
         """Store a checked batch, then deliver each activity to each of its feeds' rooms."""
         stored = await self.store.append_activities(activities=activities, now=self.clock.now())
+        remote = True
         for record, seqs in zip(stored.activities, stored.seqs, strict=True):
             wire = record.to_wire()
             for feed, seq in seqs.items():
@@ -197,12 +198,14 @@ class FeedService:
                 try:
                     await self.router.publish_feed(
                         protocol.FEED_ROOM_PREFIX + feed, protocol.FEED_ACTIVITY_EVENT, data,
-                        seq=seq, epoch=stored.epochs[feed],
+                        seq=seq, epoch=stored.epochs[feed], remote=remote,
                     )
                 except Unavailable:
-                    # Stored: subscribers on other nodes recover it with since.
-                    log.warning("activity %s in feed %s not published to other nodes: broker unavailable",
-                                record.id, feed)
+                    # Stored and sent here: subscribers on other nodes recover the rest of
+                    # the batch with since; it is not offered to the broker again.
+                    remote = False
+                    log.warning("activity %s and the rest of its batch not published to other nodes: "
+                                "broker unavailable", record.id)
         return stored
 
     # -- feed rooms (the router's FeedSource) ----------------------------------------------------
