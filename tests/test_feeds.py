@@ -197,6 +197,10 @@ async def test_hostile_input_gets_a_code_and_a_field(start_daemon: DaemonFactory
                 assert answer.json()["error"]["field"] == field
 
             await bad_read("/server/v1/feeds/global/activities", {"cursor": "nope"}, "cursor")
+            await bad_read("/server/v1/feeds/global/activities", {"actor": "a\u0000b"}, "actor")
+            await bad_read("/server/v1/feeds/global/activities", {"until": "2026-01-01T00:00:00\u0000"}, "until")
+            nul = (await http.get("/server/v1/feeds/global/activities", params={"q": "a\u0000b"})).json()
+            assert nul == {"activities": [], "next_cursor": None}
             await bad_read("/server/v1/feeds/global/activities", {"limit": "0"}, "limit")
             await bad_read("/server/v1/feeds/global/activities", {"since": "soon"}, "since")
             await bad_read("/server/v1/feeds/global/activities", {"q": "x" * 201}, "q")

@@ -136,11 +136,20 @@ class _Feed(Kind):
 
 
 @attrs.frozen
+class _Name(QueryText):
+    """An actor, verb or object to filter on: as an activity's own (no control characters)."""
+
+    def parse(self, source: Any, name: str, parts: RequestParts) -> Any:
+        value = super().parse(source, name, parts)
+        return None if value is None else protocol.validate_name(value, name, max_len=self.max_len)
+
+
+@attrs.frozen
 class ReadInput:
     feed: str = wire(_Feed(), "path")
-    actor: str | None = wire(QueryText(protocol.MAX_ACTOR_CHARS, "only this actor's"), "query")
-    verb: str | None = wire(QueryText(protocol.MAX_VERB_CHARS, "only this verb"), "query")
-    object: str | None = wire(QueryText(protocol.MAX_OBJECT_CHARS, "only about this object"), "query")
+    actor: str | None = wire(_Name(protocol.MAX_ACTOR_CHARS, "only this actor's"), "query")
+    verb: str | None = wire(_Name(protocol.MAX_VERB_CHARS, "only this verb"), "query")
+    object: str | None = wire(_Name(protocol.MAX_OBJECT_CHARS, "only about this object"), "query")
     since: str | None = wire(QueryText(64, "RFC 3339: only activities timed at or after this"), "query")
     until: str | None = wire(QueryText(64, "RFC 3339: only activities timed before this"), "query")
     q: str | None = wire(QueryText(protocol.MAX_SEARCH_CHARS, "full-text search: every word must appear"), "query")

@@ -27,6 +27,7 @@ write is logged (the activities are stored: subscribers recover them).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -46,11 +47,12 @@ from realtimed.room_ops import check_subscribe
 from realtimed.store.base import Store
 from realtimed.store.feeds import ActivityQuery, AppendedActivities, FeedItem, NewActivity
 
-__all__ = ["FeedService", "feed_of_room", "parse_activity_time"]
+__all__ = ["FeedService", "feed_of_room", "parse_activity_time", "parse_time"]
 
 log = logging.getLogger(__name__)
 
 _EPOCH_START: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_RFC3339: Final = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?", re.ASCII)
 
 
 def feed_of_room(room: str) -> str | None:
@@ -58,14 +60,19 @@ def feed_of_room(room: str) -> str | None:
     return room[len(protocol.FEED_ROOM_PREFIX):] if room.startswith(protocol.FEED_ROOM_PREFIX) else None
 
 
-def parse_activity_time(value: object, field: str, *, now: datetime, max_future_s: float) -> datetime:
-    """An RFC 3339 time with a zone, from 1970 to ``max_future_s`` after ``now``."""
-    if not isinstance(value, str) or not 1 <= len(value) <= 64:
+def parse_time(value: object, field: str) -> datetime:
+    """An RFC 3339 time (without a zone: UTC)."""
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
         raise ValidationFailed(field, "must be an RFC 3339 time")
     try:
-        dt = parse_iso(value)
+        return parse_iso(value)
     except (ValueError, OverflowError):
         raise ValidationFailed(field, "must be an RFC 3339 time") from None
+
+
+def parse_activity_time(value: object, field: str, *, now: datetime, max_future_s: float) -> datetime:
+    """An RFC 3339 time, from 1970 to ``max_future_s`` after ``now``."""
+    dt = parse_time(value, field)
     if dt < _EPOCH_START:
         raise ValidationFailed(field, "must not be before 1970")
     if dt > now + timedelta(seconds=max_future_s):
@@ -178,12 +185,7 @@ class FeedService:
 
     def parse_time(self, value: str | None, field: str) -> datetime | None:
         """A time filter (``since``, ``until``): any RFC 3339 time."""
-        if value is None:
-            return None
-        try:
-            return parse_iso(value)
-        except (ValueError, OverflowError):
-            raise ValidationFailed(field, "must be an RFC 3339 time") from None
+        return None if value is None else parse_time(value, field)
 
     # -- logging ---------------------------------------------------------------------------------
 
