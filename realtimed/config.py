@@ -809,7 +809,10 @@ class FeedRetentionConfig:
 
 @attrs.frozen
 class FeedsConfig:
-    enabled: bool = _f(True, "serve activity feeds: the activities routes, feed rooms recovered from the store")
+    enabled: bool = _f(
+        True, "serve activity feeds: the activities routes, feed rooms recovered from the store (the [feeds] "
+        "section is read at start: a reload keeps its running value)"
+    )
     max_batch: int = _f(500, "most activities in one POST /server/v1/activities", min=1, max=10_000)
     max_data_bytes: int = _f(
         4096, "largest data of one activity, in bytes of its JSON encoding", min=2, max=1_048_576
