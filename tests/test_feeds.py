@@ -274,3 +274,28 @@ def test_a_feed_namespace_with_history_or_client_publishing_is_a_config_error(tm
     assert keys == {"namespaces[0].history_size", "namespaces[0].client_publish", "feeds.retention[1].prefix"}
     # A public feed namespace is how a feed is opened to every user.
     make_config(tmp_path, {"namespaces": [{"prefix": "feed:global", "public": True}]})
+
+
+async def test_an_sse_stream_follows_a_feed_and_resumes_it_from_the_store(start_daemon: DaemonFactory) -> None:
+    from tests.test_sse import sse
+
+    with trio.fail_after(30):
+        daemon = await start_daemon()
+        async with httpx.AsyncClient(base_url=daemon.url(), headers=SERVER) as http:
+            async with sse(daemon, rooms="feed:user:alice") as stream:
+                await stream.until("session.ready")
+                await log(http, act("bob", "follow", "alice", "user:alice"))
+                first = await stream.until("feed.activity")
+                assert (first["frame"]["room"], first["frame"]["seq"]) == ("feed:user:alice", 1)
+                assert first["frame"]["data"]["activity"]["actor"] == "bob"
+                cursor = stream.last_id
+            assert cursor
+            await log(http, act("cy", "follow", "alice", "user:alice"), act("di", "follow", "alice", "user:alice"))
+            async with sse(daemon, rooms="feed:user:alice", last_id=cursor) as stream:
+                await stream.until("session.ready")
+                missed = [await stream.until("feed.activity") for _ in range(2)]
+                assert [(m["frame"]["seq"], m["frame"]["data"]["activity"]["actor"]) for m in missed] == [
+                    (2, "cy"), (3, "di")
+                ]
+                await log(http, act("ed", "follow", "alice", "user:alice"))
+                assert (await stream.until("feed.activity"))["frame"]["seq"] == 4
