@@ -5,14 +5,26 @@ activities are inserted from arrays, then the feeds' counters move (in feed
 order, so that concurrent batches lock them in the same order and never
 deadlock), then the feed items are inserted. The counters stay locked until
 the commit, so the activities and their search index go in before them.
+
+Appends are grouped: the calls of this node wait in one lane, and those that
+came while a group was in flight go together in the next transaction (up to
+2,000 activities), each keeping its own all-or-nothing: a group that fails is
+sent again call by call. A feed's counter is then locked once per group rather
+than once per call, which is what bounds the rate of a busy feed.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from datetime import datetime
 from typing import Any, Final
 
+import attrs
+import outcome
+import trio
+
+from realtimed.errors import Unavailable
 from realtimed.store.feeds import (
     ActivityQuery,
     ActivityRecord,
@@ -28,6 +40,13 @@ from realtimed.store.values import dumps, from_micros
 
 __all__ = ["PostgresFeeds"]
 
+log = logging.getLogger(__name__)
+
+# Most activities one grouped transaction carries (a batch larger than this goes alone).
+_GROUP_MAX_ACTIVITIES: Final = 2000
+# Calls waiting for the lane; more wait to be let in.
+_LANE_DEPTH: Final = 64
+
 _ITEM_COLS: Final = (
     "i.feed, i.seq, a.n, a.actor, a.verb, a.object, a.target, a.time, a.data, a.feeds, a.created_at"
 )
@@ -39,9 +58,9 @@ _BUMP: Final = (
 )
 _INSERT_ACTIVITIES: Final = (
     "INSERT INTO activities (n, actor, verb, object, target, time, data, feeds, created_at, search) "
-    "SELECT n, actor, verb, object, target, time, data::jsonb, feeds::jsonb, $9, to_tsvector('simple', body) "
+    "SELECT n, actor, verb, object, target, time, data::jsonb, feeds::jsonb, created, to_tsvector('simple', body) "
     "FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[], "
-    "$8::text[], $10::text[]) AS t(n, actor, verb, object, target, time, data, feeds, body)"
+    "$8::text[], $9::timestamptz[], $10::text[]) AS t(n, actor, verb, object, target, time, data, feeds, created, body)"
 )
 _INSERT_ITEMS: Final = (
     "INSERT INTO feed_items (feed, seq, activity, time, actor, verb, object) "
@@ -60,7 +79,8 @@ def _item(r: Any) -> FeedItem:
     )
 
 
-async def _append(conn: Conn, activities: list[NewActivity], now: datetime) -> AppendedActivities:
+async def _append(conn: Conn, activities: list[NewActivity], created: list[datetime]) -> AppendedActivities:
+    """asyncio side: store activities (``created``: each one's ``created_at``) in one transaction."""
     ids = [r[0] for r in await conn.fetch(
         "SELECT nextval(pg_get_serial_sequence('activities', 'n')) FROM generate_series(1, $1)", len(activities)
     )]
@@ -70,7 +90,7 @@ async def _append(conn: Conn, activities: list[NewActivity], now: datetime) -> A
         _INSERT_ACTIVITIES,
         ids, [a.actor for a in activities], [a.verb for a in activities], [a.object for a in activities],
         [a.target for a in activities], [a.time for a in activities], [a.data_json for a in activities],
-        [dumps(list(a.feeds)) for a in activities], now,
+        [dumps(list(a.feeds)) for a in activities], created,
         [search_text(a.actor, a.verb, a.object, a.target, a.data) for a in activities],
     )
     counts = Counter(feed for a in activities for feed in a.feeds)
@@ -81,7 +101,7 @@ async def _append(conn: Conn, activities: list[NewActivity], now: datetime) -> A
     items: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
     records: list[ActivityRecord] = []
     seqs: list[dict[str, int]] = []
-    for n, a in zip(ids, activities, strict=True):
+    for n, a, now in zip(ids, activities, created, strict=True):
         mine: dict[str, int] = {}
         for feed in a.feeds:
             seq = mine[feed] = next_seq[feed]
@@ -167,11 +187,111 @@ async def _prune(conn: Conn, prefix: str, before: datetime, excluded: list[str])
     return len(removed)
 
 
+@attrs.define(eq=False)
+class _PendingBatch:
+    """One ``append_activities`` call waiting for its group."""
+
+    activities: list[NewActivity]
+    now: datetime
+    done: trio.Event = attrs.Factory(trio.Event)
+    result: outcome.Outcome[AppendedActivities] | None = None
+
+
+def _split(stored: AppendedActivities, sizes: list[int]) -> list[AppendedActivities]:
+    """The share of each call of a group, in order."""
+    out, start = [], 0
+    for size in sizes:
+        seqs = stored.seqs[start:start + size]
+        feeds = {feed for mine in seqs for feed in mine}
+        out.append(AppendedActivities(
+            stored.activities[start:start + size], seqs, {f: e for f, e in stored.epochs.items() if f in feeds}
+        ))
+        start += size
+    return out
+
+
 class PostgresFeeds(PostgresEngine, FeedRules):
-    """``FeedStore`` on PostgreSQL."""
+    """``FeedStore`` on PostgreSQL, with appends grouped (see the module docstring)."""
+
+    _feed_lane: trio.MemorySendChannel[_PendingBatch] | None = None
+
+    def _start_batching(self, nursery: trio.Nursery) -> None:
+        super()._start_batching(nursery)
+        send, recv = trio.open_memory_channel[_PendingBatch](_LANE_DEPTH)
+        nursery.start_soon(self._feed_lane_task, recv)
+        self._feed_lane = send
+
+    def _stop_batching(self) -> None:
+        self._feed_lane = None
+        super()._stop_batching()
 
     async def _feed_append(self, activities: list[NewActivity], now: datetime) -> AppendedActivities:
-        return await self._call(_append, activities, now)
+        lane = self._feed_lane
+        if lane is None:
+            raise Unavailable("the store is not running")
+        req = _PendingBatch(activities, now)
+        try:
+            await lane.send(req)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise Unavailable("the store is shutting down") from None
+        await req.done.wait()
+        assert req.result is not None
+        return req.result.unwrap()
+
+    async def _feed_lane_task(self, recv: trio.MemoryReceiveChannel[_PendingBatch]) -> None:
+        """Send the waiting batches to PostgreSQL as groups, one group at a time: while
+        one is in flight the next gathers, so under load one transaction, one lock of
+        each feed's counter and one commit carry many batches; alone, a batch goes at once."""
+        try:
+            while True:
+                group = [await recv.receive()]
+                size = len(group[0].activities)
+                while size < _GROUP_MAX_ACTIVITIES:
+                    try:
+                        req = recv.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    group.append(req)
+                    size += len(req.activities)
+                await self._send_feed_group(group)
+        finally:
+            recv.close()
+            closing = Unavailable("the store is shutting down")
+            while True:
+                try:
+                    left = recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+                left.result = outcome.Error(closing)
+                left.done.set()
+
+    async def _send_feed_group(self, group: list[_PendingBatch]) -> None:
+        activities = [a for req in group for a in req.activities]
+        created = [req.now for req in group for _ in req.activities]
+        try:
+            stored = await self._call(_append, activities, created)
+        except Unavailable as exc:
+            for req in group:
+                err = Unavailable(exc.message)
+                err.__cause__ = exc.__cause__
+                req.result = outcome.Error(err)
+        except Exception as exc:
+            if len(group) > 1:
+                # The transaction failed as a whole and changed nothing: each batch alone,
+                # so that only the one at fault fails.
+                log.warning("store: a group of %d activity batches failed (%s); sending them one by one",
+                            len(group), exc)
+                for req in group:
+                    await self._send_feed_group([req])
+                return
+            log.exception("store: an activity batch failed")
+            group[0].result = outcome.Error(exc)
+        else:
+            for req, share in zip(group, _split(stored, [len(r.activities) for r in group]), strict=True):
+                req.result = outcome.Value(share)
+        finally:
+            for req in group:
+                req.done.set()
 
     async def _feed_position(self, feed: str) -> tuple[int, str]:
         sql = "SELECT (SELECT last_seq FROM feeds WHERE feed = $1), (SELECT epoch FROM feed_epoch)"
