@@ -9,7 +9,8 @@ API as an application's backend would call it (httpx, keep-alive):
 1. **logging**: C posters each send ``POST /server/v1/activities`` with batches of
    ``--batch`` activities for S seconds; each activity goes to a user's feed (one
    of 1,000) and to ``global``, with a few words of data. The rate is activities
-   stored (and sent to their feeds' rooms) per second, end to end. Then the same
+   stored (and sent to their feeds' rooms) per second, end to end, and the
+   daemon's CPU time per activity (what one core would allow). Then the same
    through the store alone (``FeedStore.append_activities`` in this process, C
    concurrent callers), which is the database's share of it.
 2. **fill**: more batches (of 1,000) until the database holds N activities, all in
@@ -221,10 +222,13 @@ async def main(args: argparse.Namespace) -> None:
                 await nursery.start(store.run)
                 print(f"logging: batches of {args.batch}, {args.posters} at once, {args.seconds:g} s, "
                       "each activity in 2 feeds")
+                cpu_before = daemon.cpu_seconds()
                 rate, logged = await logging_rate(
                     daemon.url, seconds=args.seconds, batch=args.batch, posters=args.posters
                 )
-                print(f"  server API    {rate:8,.0f} activities/s", flush=True)
+                cpu_us = (daemon.cpu_seconds() - cpu_before) / max(1, logged) * 1e6
+                print(f"  server API    {rate:8,.0f} activities/s  ({cpu_us:.0f} us of daemon CPU per activity)",
+                      flush=True)
                 checker = FeedService(Live(cfg), store=store, router=None, clock=SystemClock())  # type: ignore[arg-type]
                 rate = await store_rate(store, checker, seconds=args.seconds, batch=args.batch, writers=args.posters)
                 logged += int(rate * args.seconds)
