@@ -299,3 +299,21 @@ async def test_an_sse_stream_follows_a_feed_and_resumes_it_from_the_store(start_
                 ]
                 await log(http, act("ed", "follow", "alice", "user:alice"))
                 assert (await stream.until("feed.activity"))["frame"]["seq"] == 4
+
+
+async def test_with_feeds_off_the_routes_answer_503_and_feed_rooms_are_plain_rooms(start_daemon: DaemonFactory) -> None:
+    with trio.fail_after(20):
+        daemon = await start_daemon({"feeds": {"enabled": False}})
+        async with httpx.AsyncClient(base_url=daemon.url(), headers=SERVER) as http:
+            answer = await http.post("/server/v1/activities", json={"activities": [act("a", "v", "o", "global")]})
+            assert answer.status_code == 503 and answer.json()["error"]["code"] == "UNAVAILABLE"
+            assert (await http.get("/server/v1/feeds/global/activities")).status_code == 503
+            alice = await connect(daemon, "alice")
+            reply = await alice.ok("subscribe", {"room": "feed:user:alice"})
+            assert (reply["seq"], reply["epoch"]) == (0, "")
+            published = await http.post("/server/v1/publish", json={"room": "feed:user:alice", "event": "x.y", "data": {}})
+            assert published.status_code == 200
+            assert (await alice.event("x.y"))["room"] == "feed:user:alice"
+            refused = await alice.request("feed.activities", {"feed": "user:alice"})
+            assert refused["error"]["code"] == "UNAVAILABLE"
+            await alice.close()
