@@ -190,8 +190,8 @@ class FeedStore(Protocol):
     order, also under concurrent appends to the same feed; within one batch,
     activities take their seqs in the order given.
 
-    Expiry: nothing expires by itself; ``delete_feed_activities`` is the
-    retention call. An activity listed in no feed any more is deleted with it.
+    Expiry: nothing expires by itself; ``RetentionStore.delete_feed_activities``
+    is the retention call (its rules are here, in ``FeedRules``).
     """
 
     async def append_activities(self, *, activities: Sequence[NewActivity], now: datetime) -> AppendedActivities:
@@ -216,12 +216,6 @@ class FeedStore(Protocol):
 
     async def feed_stats(self, feed: str, *, days: int, now: datetime, top_actors: int) -> FeedStats:
         """Counts by verb and by actor per UTC day, for the ``days`` days up to ``now``'s, oldest first."""
-        ...
-
-    async def delete_feed_activities(self, *, prefix: str, before: datetime, except_prefixes: Sequence[str] = ()) -> int:
-        """Remove from the feeds whose name starts with ``prefix`` (and with none of
-        ``except_prefixes``) the activities whose time is before ``before``; delete the
-        activities left in no feed. Returns how many were removed from feeds."""
         ...
 
 
