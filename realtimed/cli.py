@@ -239,6 +239,13 @@ def startup_problems(cfg: Config) -> list[tuple[str, str]]:
                 ssl.create_default_context().load_verify_locations(cfg.push.ca_file)
             except (OSError, ValueError) as exc:
                 problems.append(("push.ca_file", f"cannot load CA certificates from {cfg.push.ca_file}: {exc}"))
+    # The outbound clients of webhooks and HTTP jobs load theirs at their first https:// request.
+    for key, ca_file in (("webhooks.ca_file", cfg.webhooks.ca_file), ("jobs.http.ca_file", cfg.jobs.http.ca_file)):
+        if ca_file:
+            try:
+                ssl.create_default_context().load_verify_locations(ca_file)
+            except (OSError, ValueError) as exc:
+                problems.append((key, f"cannot load CA certificates from {ca_file}: {exc}"))
     return problems
 
 

@@ -1133,6 +1133,9 @@ TYPE_SCHEMAS: Final[Mapping[str, JsonSchema]] = MappingProxyType(
                 "group_key": _jstr(nullable=True),
                 "created_at": _ref("Time"),
                 "read_at": _jstr(fmt="date-time", nullable=True),
+                "expires_at": _jstr(
+                    "when it leaves the inbox and is no longer pushed (null: never)", fmt="date-time", nullable=True
+                ),
             }
         ),
         "Publication": _jall(

@@ -15,7 +15,8 @@ still a reader's dependency.
 0. base          errors, config, clock, protocol (sans-IO wire), frames (encoded
                  once), metrics, logs, auth, deadlines, live, sdnotify, and the parsers
                  the configuration checks with (addresses, postgres_dsn, redis_url,
-                 templates): what every layer may use.
+                 templates), outbound/ (the signed, address-checked HTTP client of
+                 webhooks and HTTP jobs): what every layer may use.
 1. store         store/: persistence, one Protocol per domain, sqlite/ and postgres/.
 2. broker        broker/: the Broker Protocol between nodes, the in-process and the
                  Redis broker, the Redis client that every Redis backend shares.
@@ -60,6 +61,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "realtimed.redis_url",
             "realtimed.templates",
             "realtimed.frames",
+            "realtimed.outbound",
         ),
     ),
     ("store", ("realtimed.store",)),

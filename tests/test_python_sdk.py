@@ -283,8 +283,11 @@ async def test_typing_receipts_presence_inbox_and_rest(start_daemon: DaemonFacto
             read = await until(seen_by_bob, "notification.read")
             assert read.data["unread_count"] == 0
 
-            device = await bob.register_device("fcm-token-1", "android", app_version="1.0")
+            device = await bob.register_device(
+                "fcm-token-1", "android", app_version="1.0", device_info={"model": "Pixel 8", "os": "Android"}
+            )
             assert device["token"] == "fcm-token-1"
+            assert device["device_info"] == {"model": "Pixel 8", "os": "Android"}
             assert [d["token"] for d in await bob.list_devices()] == ["fcm-token-1"]
             await bob.unregister_device("fcm-token-1")
             assert await bob.list_devices() == []
@@ -419,6 +422,7 @@ async def test_bad_arguments_are_refused_before_sending(start_daemon: DaemonFact
                 (lambda: client.request("ping", [1]), "VALIDATION_ERROR", "data"),  # type: ignore[arg-type]
                 (lambda: client.request("subscribe", {"room": "job:1"}), "VALIDATION_ERROR", "op"),
                 (lambda: client.register_device("t", "symbian"), "VALIDATION_ERROR", "platform"),
+                (lambda: client.register_device("t", "ios", device_info={"imei": "1"}), "VALIDATION_ERROR", "device_info.imei"),
             ]
             for call, code, field in cases:
                 with pytest.raises(RealtimeError) as refused:

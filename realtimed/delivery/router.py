@@ -140,6 +140,7 @@ class Router:
         self.survey_handlers: dict[str, SurveyHandler] = {
             "connections": self._survey_connections,
             "counts": self._survey_counts,
+            "node": self._survey_node,
         }
         self.sessions: dict[str, Recipient] = {}
         # address room (device:<id>, claim rooms) → its sessions here; apart from app
@@ -159,6 +160,8 @@ class Router:
         # room → its turn of publications that take a seq (only while one is under way)
         self._turns: dict[str, _RoomTurn] = {}
         self.deliveries = 0
+        #: fan-outs published (what ``realtimed_publications`` counts), a plain count for rates
+        self.publications = 0
         self._rate_mark = (0, 0.0)
         # Called with the user id of every ``close_user`` delivery, from any node.
         self.user_closed_hooks: list[Callable[[str], None]] = []
@@ -324,6 +327,18 @@ class Router:
                     entry["names"] = None
         await trio.lowlevel.checkpoint()
         return {"node": self.node, "sessions": len(self.sessions), "namespaces": namespaces}
+
+    async def _survey_node(self, op: str, data: dict[str, Any]) -> dict[str, Any]:
+        """This node's counters: sessions, users, rooms, and deliveries and publications since it started."""
+        await trio.lowlevel.checkpoint()
+        return {
+            "node": self.node,
+            "sessions": len(self.sessions),
+            "users": len(self._users),
+            "rooms": len(self._rooms),
+            "deliveries": self.deliveries,
+            "publications": self.publications,
+        }
 
     # -- rooms -------------------------------------------------------------------------------
 
@@ -621,6 +636,7 @@ class Router:
         delivered = self.deliver_local(delivery) if local else 0
         if remote:
             PUBLICATIONS.labels("users").inc()
+            self.publications += 1
             await self._publish(delivery)
         return delivered
 
@@ -641,6 +657,7 @@ class Router:
         if session_id is not None and session_id in self.sessions:
             return closed  # the one session was here: no other node holds it
         PUBLICATIONS.labels("users").inc()
+        self.publications += 1
         await self._publish(delivery)
         return closed
 
@@ -661,6 +678,7 @@ class Router:
     async def _fan_out(self, delivery: Delivery) -> int:
         delivered = self.deliver_local(delivery)
         PUBLICATIONS.labels("room" if delivery.room is not None else "everyone" if delivery.everyone else "users").inc()
+        self.publications += 1
         await self._publish(delivery)
         return delivered
 

@@ -87,6 +87,7 @@ ROUTE_BUDGETS: Final[Mapping[Route, str | Chooser]] = MappingProxyType(
         ("DELETE", "/notifications/<notification_id>"): "notification.delete",
         ("GET", "/notifications/preferences"): "preferences.get",
         ("PUT", "/notifications/preferences"): "preferences.put",
+        ("PATCH", "/notifications/preferences"): "preferences.put",
         # push tokens (realtimed/push/http.py)
         ("POST", "/devices"): "device.register",
         ("GET", "/devices"): "device.list",

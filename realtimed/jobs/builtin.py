@@ -3,7 +3,9 @@
 Kinds (``register_builtin_kinds``):
 
 ==========================  ==================================================================
-``retention.notifications``  delete notifications read more than ``retention.read_notifications_days`` ago
+``retention.notifications``  delete notifications read more than ``retention.read_notifications_days`` ago,
+                             those past their ``expires_at``, and (when
+                             ``retention.unread_notifications_days`` is not 0) unread ones older than that
 ``retention.jobs``           delete succeeded, failed, dead and cancelled jobs finished more than
                              ``retention.finished_jobs_days`` ago
 ``retention.messages``       purge the body and media of messages deleted more than
@@ -156,6 +158,17 @@ def register_builtin_kinds(
         before = _cutoff(ctx, payload, current().read_notifications_days)
         count = await ctx.store.delete_read_notifications(before=before)
         log.info("job %s: deleted %d notification(s) read before %s", ctx.job_id, count, iso(before))
+        now = ctx.clock.now()
+        expired = await ctx.store.delete_expired_notifications(now=now)
+        log.info("job %s: deleted %d notification(s) expired by %s", ctx.job_id, expired, iso(now))
+        unread_days = current().unread_notifications_days
+        if unread_days > 0:
+            # The payload's days is the read retention's; unread ones keep their own.
+            unread_before = now - timedelta(days=unread_days)
+            unread = await ctx.store.delete_unread_notifications(before=unread_before)
+            log.info(
+                "job %s: deleted %d unread notification(s) created before %s", ctx.job_id, unread, iso(unread_before)
+            )
 
     async def retention_jobs(ctx: JobContext, payload: RetentionPayload) -> None:
         before = _cutoff(ctx, payload, current().finished_jobs_days)

@@ -16,6 +16,7 @@ Protocol            what                                             module
 ``RetentionStore``  retention deletes                                ``store.retention``
 ``WebhookStore``    webhook endpoints, delivery attempts             ``store.webhooks``
 ``RecoveryStore``   Socket.IO connection state recovery records      ``store.recovery``
+``EmailStore``      users' email addresses, bounces                  ``store.emails``
 ``FeedStore``       activities, their feeds, search and stats        ``store.feeds``
 ==================  ===============================================  ==================
 
@@ -46,6 +47,7 @@ from realtimed.store.chat import (
     ReadState,
 )
 from realtimed.store.devices import PLATFORMS, DeviceRecord, DeviceStore
+from realtimed.store.emails import EmailAddressRecord, EmailStore
 from realtimed.store.feeds import ActivityQuery, ActivityRecord, FeedItem, FeedStore, NewActivity
 from realtimed.store.inbox import (
     InboxStore,
@@ -76,6 +78,8 @@ __all__ = [
     "ConversationType",
     "DeviceRecord",
     "DeviceStore",
+    "EmailAddressRecord",
+    "EmailStore",
     "FeedItem",
     "FeedStore",
     "InboxStore",
@@ -105,7 +109,7 @@ __all__ = [
 
 class Store(
     ChatStore, UserStore, BanStore, InboxStore, DeviceStore, JobStore, RetentionStore, WebhookStore, RecoveryStore,
-    FeedStore, Protocol,
+    EmailStore, FeedStore, Protocol,
 ):
     """Durable state: conversations, messages, read cursors, notifications,
     preferences, devices, contacts and blocks, bans, jobs.

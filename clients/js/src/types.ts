@@ -118,6 +118,8 @@ export interface Notification {
   group_key: string | null;
   created_at: Time;
   read_at: Time | null;
+  /** When it leaves the inbox and is no longer pushed (null: never). */
+  expires_at: Time | null;
 }
 
 export interface NotificationPage {
@@ -202,10 +204,19 @@ export interface PreferencesUpdate {
   time_zone?: string;
 }
 
+export interface DeviceInfo {
+  model?: string;
+  os?: string;
+  os_version?: string;
+  app_version?: string;
+}
+
 export interface Device {
   token: string;
   platform: 'ios' | 'android' | 'web';
   app_version: string;
+  /** As registered (`{}` when none was given). */
+  device_info: DeviceInfo;
   [field: string]: unknown;
 }
 

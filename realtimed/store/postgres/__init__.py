@@ -13,6 +13,7 @@ from __future__ import annotations
 from realtimed.store.postgres.bans import PostgresBans
 from realtimed.store.postgres.chat import PostgresChat
 from realtimed.store.postgres.devices import PostgresDevices
+from realtimed.store.postgres.emails import PostgresEmails
 from realtimed.store.postgres.engine import JOBS_CHANNEL, migrate_connection
 from realtimed.store.postgres.feeds import PostgresFeeds
 from realtimed.store.postgres.inbox import PostgresInbox
@@ -30,6 +31,7 @@ class PostgresStore(
     PostgresWebhooks,
     PostgresFeeds,
     PostgresRecovery,
+    PostgresEmails,
 ):
     """The PostgreSQL store.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from realtimed.store.sqlite.bans import SQLiteBans
 from realtimed.store.sqlite.chat import SQLiteChat
 from realtimed.store.sqlite.devices import SQLiteDevices
+from realtimed.store.sqlite.emails import SQLiteEmails
 from realtimed.store.sqlite.feeds import SQLiteFeeds
 from realtimed.store.sqlite.inbox import SQLiteInbox
 from realtimed.store.sqlite.jobs import SQLiteJobs
@@ -28,6 +29,7 @@ class SQLiteStore(
     SQLiteWebhooks,
     SQLiteFeeds,
     SQLiteRecovery,
+    SQLiteEmails,
 ):
     """The embedded store.
 

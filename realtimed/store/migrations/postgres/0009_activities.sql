@@ -1,4 +1,4 @@
--- realtimed store schema, version 7 (PostgreSQL): activity feeds. An activity
+-- realtimed store schema, version 9 (PostgreSQL): activity feeds. An activity
 -- is stored once (activities) and listed in each of its feeds (feed_items) at
 -- the feed's next seq; feeds keeps each feed's last seq. feed_epoch holds the
 -- epoch of every feed of this database, chosen when the schema is made: a
