@@ -974,6 +974,46 @@ class WebhooksConfig:
 
 
 @attrs.frozen
+class FeedRetentionConfig:
+    prefix: str = _f("", "feed name prefix this rule governs, e.g. \"user:\" (the longest matching prefix wins)")
+    keep_s: float = _f(
+        0.0, "activities of these feeds older than this (by their time) are deleted by retention.activities; "
+        "0: kept", min=0, max=3_153_600_000,
+    )
+
+
+@attrs.frozen
+class FeedsConfig:
+    enabled: bool = _f(
+        True, "serve activity feeds: the activities routes, feed rooms recovered from the store (the [feeds] "
+        "section is read at start: a reload keeps its running value)"
+    )
+    max_batch: int = _f(500, "most activities in one POST /server/v1/activities", min=1, max=10_000)
+    max_data_bytes: int = _f(
+        4096, "largest data of one activity, in bytes of its JSON encoding", min=2, max=1_048_576
+    )
+    max_feeds_per_activity: int = _f(20, "most feeds one activity is logged to", min=1, max=1000)
+    max_future_s: float = _f(
+        300.0, "how far ahead of the server's clock an activity's time may be", min=0, max=31_536_000
+    )
+    recovery_cap: int = _f(
+        200, "most activities a subscribe with since replays from the store (more: recovered false); the reply "
+        "holds them all, so keep recovery_cap times max_data_bytes well under gateway.outbox_max_bytes",
+        min=0, max=100_000,
+    )
+    max_stats_days: int = _f(90, "most days GET /server/v1/feeds/{feed}/stats covers", min=1, max=3660)
+    stats_top_actors: int = _f(100, "most actors listed per day by the stats (the most active first)", min=1, max=10_000)
+    keep_s: float = _f(
+        7_776_000.0, "activities of feeds that match no [[feeds.retention]] prefix are deleted after this long "
+        "(by their time); 0: kept", min=0, max=3_153_600_000,
+    )
+    retention: list[FeedRetentionConfig] = _f(
+        [], "retention per feed namespace ([[feeds.retention]] prefix, keep_s), applied by the daily "
+        "retention.activities job"
+    )
+
+
+@attrs.frozen
 class MetricsConfig:
     enabled: bool = _f(True, "serve /metrics")
     loop_lag_interval_s: float = _f(
@@ -1042,6 +1082,7 @@ class Config:
     push: PushConfig = _f(PushConfig(), channel=True)
     email: EmailConfig = _f(EmailConfig(), channel=True)
     webhooks: WebhooksConfig = _f(WebhooksConfig())
+    feeds: FeedsConfig = _f(FeedsConfig())
     console: ConsoleConfig = _f(ConsoleConfig())
     source: str = attrs.field(default="", metadata={"internal": True})
     #: Every file the configuration was read from, as ``(key, path)``: the TOML file
@@ -1531,6 +1572,20 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
     _check_email(cfg, problems)
     _check_webhooks(cfg, problems)
     _check_http_targets(cfg, problems)
+    if cfg.feeds.enabled:
+        for i, ns in enumerate(cfg.namespaces):
+            # Feed rooms (feed:<name>) take their seq and recovery from the store.
+            if ns.prefix.startswith("feed:") and ns.history_size > 0:
+                problems.add(f"namespaces[{i}].history_size", "feed rooms (feed:) keep their activities in the store: "
+                             "must be 0 while feeds.enabled")
+            if ns.prefix.startswith("feed:") and ns.client_publish:
+                problems.add(f"namespaces[{i}].client_publish", "activities are logged through the server API: "
+                             "must be false for feed rooms (feed:) while feeds.enabled")
+    prefixes: set[str] = set()
+    for i, rule in enumerate(cfg.feeds.retention):
+        if rule.prefix in prefixes:
+            problems.add(f"feeds.retention[{i}].prefix", f"duplicate prefix {rule.prefix!r}")
+        prefixes.add(rule.prefix)
 
 
 def webhook_endpoint_problems(

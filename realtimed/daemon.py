@@ -43,6 +43,7 @@ from realtimed.delivery.router import Router
 from realtimed.email.channel import EmailChannel
 from realtimed.email.service import EmailService
 from realtimed.errors import OperatorError
+from realtimed.feeds.service import FeedService
 from realtimed.gateway.bans import Bans
 from realtimed.gateway.gateway import Gateway, SessionHooks
 from realtimed.gateway.websocket import WebSocketDoor
@@ -216,7 +217,7 @@ class Daemon:
         self._api_keys = Live(ApiKeys.from_config(cfg.api))
         backends = self._backends = open_backends(cfg, node=node, config=config)
         runner = JobRunner(store, config=cfg.jobs, clock=clock, node=node)
-        register_builtin_kinds(runner, retention=lambda: config.value.retention)
+        register_builtin_kinds(runner, retention=lambda: config.value.retention, feeds=lambda: config.value.feeds)
         router = Router(cfg, node=node, broker=backends.broker, clock=clock,
                         history=backends.history, room_presence=backends.room_presence)
         presence = PresenceService(config, store=store, router=router, clock=clock, backend=backends.presence)
@@ -239,6 +240,10 @@ class Daemon:
         ops.add(presence.ops())
         ops.add(chat.ops())
         ops.add(notify.ops())
+        feeds = FeedService(config, store=store, router=router, clock=clock)
+        if cfg.feeds.enabled:
+            router.feeds = feeds
+        ops.add(feeds.ops())
         push.register_jobs(runner)
         email.register_jobs(runner)
         notify.register_jobs(runner)
@@ -272,6 +277,7 @@ class Daemon:
             live_config=config, verifier=self._verifier_live, api_keys=self._api_keys, clock=clock, node=node,
             store=store, broker=backends.broker, router=router, ops=ops, gateway=gateway, presence=presence,
             jobs=runner, chat=chat, notify=notify, push=push, email=email, webhooks=webhooks, http_jobs=http_jobs,
+            feeds=feeds,
         )
         self.on_reload(self._reload_services)
 

@@ -25,7 +25,7 @@ still a reader's dependency.
                  (ops.py), per-user op budgets (limits.py), typed routes (routes.py,
                  validate.py), and services.py (the typed bag of services a route
                  reaches: type-only imports). No transport, no capability.
-5. capabilities  chat, presence, typing_state, room_ops, notify/, push/, email/, jobs/, webhooks/: each
+5. capabilities  chat, presence, typing_state, room_ops, notify/, push/, email/, jobs/, webhooks/, feeds/: each
                  exposes routes() and ops(); a Redis backend sits beside its Protocol.
 6. transports    gateway/ (the session lifecycle, WebSocket, SSE), http/ (listener,
                  guard, app, the REST doors), socketio/ (the Socket.IO door).
@@ -84,6 +84,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "realtimed.jobs",
             "realtimed.webhooks",
             "realtimed.email",
+            "realtimed.feeds",
         ),
     ),
     ("transports", ("realtimed.gateway", "realtimed.http", "realtimed.socketio")),

@@ -71,6 +71,7 @@ ROUTE_MODULES: Final = (
     "realtimed.email.http",
     "realtimed.push.http",
     "realtimed.webhooks.http",
+    "realtimed.feeds.http",
 )
 OPS_RULE: Final = f"{CLIENT_PREFIX}/ops/<op>"
 REST_OPS: Final = sorted(protocol.OPS - protocol.SOCKET_ONLY_OPS)

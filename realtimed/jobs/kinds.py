@@ -30,6 +30,7 @@ from realtimed.email.jobs import EMAIL_DIGEST, EMAIL_SEND
 from realtimed.jobs.builtin import (
     DEVICES_STALE,
     NOOP,
+    RETENTION_ACTIVITIES,
     RETENTION_JOBS,
     RETENTION_MESSAGES,
     RETENTION_NOTIFICATIONS,
@@ -51,6 +52,7 @@ DAEMON_JOB_TYPES: Final[Mapping[str, JobType[Any]]] = {
         RETENTION_JOBS,
         RETENTION_MESSAGES,
         DEVICES_STALE,
+        RETENTION_ACTIVITIES,
         NOOP,
         PUSH_SEND,
         EMAIL_SEND,

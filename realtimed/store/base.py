@@ -17,6 +17,7 @@ Protocol            what                                             module
 ``WebhookStore``    webhook endpoints, delivery attempts             ``store.webhooks``
 ``RecoveryStore``   Socket.IO connection state recovery records      ``store.recovery``
 ``EmailStore``      users' email addresses, bounces                  ``store.emails``
+``FeedStore``       activities, their feeds, search and stats        ``store.feeds``
 ==================  ===============================================  ==================
 
 A service may ask for the one it needs. Each record has a ``to_wire()`` giving
@@ -47,6 +48,7 @@ from realtimed.store.chat import (
 )
 from realtimed.store.devices import PLATFORMS, DeviceRecord, DeviceStore
 from realtimed.store.emails import EmailAddressRecord, EmailStore
+from realtimed.store.feeds import ActivityQuery, ActivityRecord, FeedItem, FeedStore, NewActivity
 from realtimed.store.inbox import (
     InboxStore,
     NewNotification,
@@ -67,6 +69,8 @@ __all__ = [
     "PLATFORMS",
     "ROLE_MEMBER",
     "ROLE_OWNER",
+    "ActivityQuery",
+    "ActivityRecord",
     "BanRecord",
     "BanStore",
     "ChatStore",
@@ -76,6 +80,8 @@ __all__ = [
     "DeviceStore",
     "EmailAddressRecord",
     "EmailStore",
+    "FeedItem",
+    "FeedStore",
     "InboxStore",
     "JobRecord",
     "JobSpec",
@@ -84,6 +90,7 @@ __all__ = [
     "MemberRecord",
     "MessagePage",
     "MessageRecord",
+    "NewActivity",
     "NewNotification",
     "NotificationPreference",
     "NotificationRecord",
@@ -102,7 +109,7 @@ __all__ = [
 
 class Store(
     ChatStore, UserStore, BanStore, InboxStore, DeviceStore, JobStore, RetentionStore, WebhookStore, RecoveryStore,
-    EmailStore, Protocol
+    EmailStore, FeedStore, Protocol,
 ):
     """Durable state: conversations, messages, read cursors, notifications,
     preferences, devices, contacts and blocks, bans, jobs.
