@@ -123,7 +123,10 @@ async def test_every_outcome_is_logged_per_channel_and_counted(
         assert story[0]["at"] >= story[1]["at"] and story[0]["at"].startswith("2026-03-02T09:00")
         (gone,) = await log_of(h, user_id="dee", outcome="failed")
         assert gone["outcome"] == "failed:UNREGISTERED" and gone["detail"].startswith("tok-de")
-        (failed,) = [job.payload["data"] for job in await h.jobs("webhook.deliver")]
+        # delivery.failed carries the log's codes: the push FCM refused, and what the policy held back.
+        reports = [job.payload["data"] for job in await h.jobs("webhook.deliver")]
+        assert {r["code"] for r in reports} == {"failed:UNREGISTERED", "skipped:cap", "batched:digest", "skipped:quiet_hours"}
+        (failed,) = [r for r in reports if r["code"].startswith("failed:")]
         assert (failed["code"], failed["reason"], failed["token"]) == (gone["outcome"], "unregistered", "tok-dee-gone")
         (capped,) = await log_of(h, outcome="skipped:cap")
         assert (capped["user_id"], capped["cap"], capped["type"]) == ("fay", "hourly", "capped")

@@ -32,7 +32,7 @@ and the delay is drawn uniformly from ``[d / 2, d]``, so a retry never comes
 sooner than half the nominal delay (FCM and other backends are not hammered)
 while retries of many jobs still spread out. ``RetryAfter(seconds)`` replaces
 the computed delay (an FCM ``Retry-After``); ``DoNotRetry(reason)`` ends the job
-as ``failed`` at once. Every claim counts as an attempt, so a job that keeps
+as ``failed`` at once (``DoNotRetry(reason, dead=True)``: ``dead``). Every claim counts as an attempt, so a job that keeps
 failing (or keeps asking to be retried later) ends ``dead`` after
 ``max_attempts``, keeping its last error. A job of a kind that no handler is
 registered for ends ``failed`` with ``unknown job kind``.
@@ -168,10 +168,13 @@ class RetryAfter(Exception):
 
 
 class DoNotRetry(Exception):
-    """Raised by a handler: this job cannot succeed; mark it ``failed`` now with ``reason``."""
+    """Raised by a handler: this job cannot succeed; mark it ``failed`` now with ``reason``
+    (``dead``: ``dead`` instead, as if its attempts were spent, which the ``job.dead``
+    webhook reports)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, dead: bool = False) -> None:
         self.reason = reason
+        self.dead = dead
         super().__init__(reason)
 
 
@@ -840,7 +843,7 @@ class JobRunner:
         retry_after = _find(error, RetryAfter)
         do_not_retry = _find(error, DoNotRetry)
         if do_not_retry is not None:
-            return None, "failed", _clip(f"DoNotRetry: {do_not_retry.reason}")
+            return None, "dead" if do_not_retry.dead else "failed", _clip(f"DoNotRetry: {do_not_retry.reason}")
         if isinstance(error, trio.TooSlowError):
             text = "timed out"
         elif retry_after is not None:

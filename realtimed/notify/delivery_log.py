@@ -1,6 +1,6 @@
 """The delivery log's writer: what the pipeline and the channels decided, per user and channel.
 
-Every channel and the pipeline report their outcomes (``realtimed.notify.outcomes``)
+Every channel and the pipeline report their outcomes (``realtimed.outcomes``)
 here once the decision is made: the pipeline when a planning job has decided
 (skipped for a preference, activity, a cap, quiet hours, held for a digest), the
 push channel when FCM answered. The in-app channel logs its deliveries in the

@@ -75,6 +75,7 @@ class InAppChannel:
                 priority=d.type.priority,
                 group_key=d.group_key,
                 dedupe_key=d.dedupe_key,
+                expires_at=d.expires_at,
             )
             for d in deliveries
         ]

@@ -35,8 +35,8 @@ from realtimed.api.routes import (
 )
 from realtimed.clock import iso, parse_iso
 from realtimed.errors import ValidationFailed
-from realtimed.notify.outcomes import CAPS, FAMILIES, OUTCOMES, is_outcome
 from realtimed.notify.service import NotifyService
+from realtimed.outcomes import CAPS, FAMILIES, OUTCOMES, is_outcome
 from realtimed.protocol import JsonSchema
 from realtimed.store.base import DeliveryFilter, Store
 

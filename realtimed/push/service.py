@@ -36,7 +36,7 @@ from typing import Any, Final
 import trio
 from prometheus_client import Counter
 
-from realtimed.clock import WallClock
+from realtimed.clock import WallClock, iso
 from realtimed.config import Config, PushConfig
 from realtimed.errors import NotFound, Unavailable, ValidationFailed
 from realtimed.jobs.gather import Gather
@@ -44,8 +44,8 @@ from realtimed.jobs.runner import DoNotRetry, JobContext, JobRunner, RetryAfter,
 from realtimed.metrics import REGISTRY
 from realtimed.notify.checks import DeliveryCheck, NotificationCheck, still_wanted
 from realtimed.notify.delivery_log import DeliveryLog
-from realtimed.notify.outcomes import DELIVERED, DEVICE_REMOVED, SKIPPED_WITHDRAWN, failed
 from realtimed.notify.policy import push_key
+from realtimed.outcomes import DELIVERED, DEVICE_REMOVED, SKIPPED_EXPIRED, SKIPPED_WITHDRAWN, failed
 from realtimed.push.fcm import FcmClient, FcmResult, ServiceAccount
 from realtimed.push.jobs import PUSH_SEND, PushSend
 from realtimed.store.base import DeviceRecord, JobSpec, Store
@@ -220,7 +220,24 @@ class PushService:
         # cancels its queued pushes, and chat pushes are for users who were
         # offline a moment ago. One that waited (quiet hours, a digest, a retry,
         # a backlog) is checked again, which costs two store reads.
-        waited = ctx.attempt > 1 or (ctx.clock.now() - ctx.job.created_at).total_seconds() > FRESH_S
+        now = ctx.clock.now()
+        if payload.expires_at is not None and now >= payload.expires_at:
+            PUSHES_SKIPPED.labels("expired").inc()
+            log.info("job %s: push to %s not sent: expired", ctx.job_id, _short(token or f"/topics/{topic}"))
+            await self._report(
+                "delivery.failed",
+                {
+                    "channel": "push",
+                    "code": SKIPPED_EXPIRED,
+                    "error": f"the notification expired at {iso(payload.expires_at)}",
+                    "user_id": user_id,
+                    "token": token,
+                    "job_id": ctx.job_id,
+                },
+            )
+            await self._log(payload, SKIPPED_EXPIRED, detail=f"expired at {iso(payload.expires_at)}")
+            return
+        waited = ctx.attempt > 1 or (now - ctx.job.created_at).total_seconds() > FRESH_S
         skip = await self._still_wanted(token, user_id, payload.check) if waited else None
         if skip is not None:
             PUSHES_SKIPPED.labels(skip).inc()
@@ -320,14 +337,28 @@ class PushService:
 
     # -- devices -----------------------------------------------------------------------------
 
-    async def register_device(self, *, user_id: str, token: str, platform: str, app_version: str) -> DeviceRecord:
+    async def register_device(
+        self,
+        *,
+        user_id: str,
+        token: str,
+        platform: str,
+        app_version: str,
+        device_info: Mapping[str, str] | None = None,
+    ) -> DeviceRecord:
         """Register (or refresh) a token; one registered by another user moves here.
+        ``device_info`` (checked at the edge) replaces the one stored with the token.
 
         Raises:
             ValidationFailed: the platform is not ios, android or web (from the store).
         """
         device: DeviceRecord = await self.store.register_device(
-            user_id=user_id, token=token, platform=platform, app_version=app_version, now=self.clock.now()
+            user_id=user_id,
+            token=token,
+            platform=platform,
+            app_version=app_version,
+            device_info=device_info,
+            now=self.clock.now(),
         )
         log.info("user %s registered a %s device %s", user_id, platform, _short(token))
         return device

@@ -1,7 +1,7 @@
 """The delivery log in the store: what became of each notification on each channel.
 
 ``DeliveryLogStore`` is the Protocol, ``DeliveryEntry`` its record (the codes
-are ``realtimed.notify.outcomes``'s); ``DeliveryLogRules`` holds the rules,
+are ``realtimed.outcomes``'s); ``DeliveryLogRules`` holds the rules,
 written once: paging newest first with an opaque cursor, the filters, the
 hourly counts. An in-app delivery is logged by ``insert_notifications(log=...)``
 in the transaction that stores the notification; the other entries are written
@@ -21,7 +21,7 @@ import attrs
 
 from realtimed.clock import iso
 from realtimed.errors import ValidationFailed
-from realtimed.notify.outcomes import DELIVERED, OUTCOMES
+from realtimed.outcomes import DELIVERED, OUTCOMES
 from realtimed.store.inbox import NotificationRecord
 from realtimed.store.paging import clamp_limit, decode_cursor, encode_cursor, split_page
 from realtimed.store.values import check_text, from_micros, to_micros, utc
@@ -50,7 +50,7 @@ class DeliveryEntry:
         user_id: the recipient.
         channel: ``in_app``, ``push``, ...
         type: the notification type.
-        outcome: a code of ``realtimed.notify.outcomes``.
+        outcome: a code of ``realtimed.outcomes``.
         notification_id: the inbox notification (None: not in the inbox, a chat message, a digest).
         ref: what was delivered: ``n<notification id>``, ``m<message id>``, ``ng<job>`` (a digest)...
         cap: the cap of ``skipped:cap`` (``daily``, ``hourly``).

@@ -22,7 +22,7 @@ the outbound connections (``Outbound``), closed when it ends.
 Error handling: an attempt's failure is recorded (status, error, latency, a
 bounded excerpt of the body) and the job retried with backoff
 (``webhooks.backoff_base_s`` doubling to ``webhooks.backoff_max_s``, or the
-receiver's ``Retry-After`` on 429 and 503) until ``webhooks.max_attempts``, when
+receiver's ``Retry-After`` on 429 and 503, in seconds or as an HTTP date) until ``webhooks.max_attempts``, when
 the runner marks it ``dead``; a refused target fails the job at once. After
 ``webhooks.disable_after_failures`` consecutive failed attempts the endpoint is
 disabled (``realtimed_webhook_endpoints_disabled_total`` and a warning).
@@ -48,11 +48,11 @@ from realtimed.config import Config, WebhookEndpointConfig
 from realtimed.errors import NotFound, Unavailable
 from realtimed.jobs.runner import DoNotRetry, JobContext, JobRunner, RetryAfter, backoff_delay
 from realtimed.metrics import REGISTRY
+from realtimed.outbound.client import AttemptFailed, Outbound, Refused, retry_after_s
+from realtimed.outbound.signing import signature_headers
 from realtimed.protocol import encode_json
 from realtimed.store.base import JobRecord, JobSpec, Store, WebhookAttempt, WebhookEndpoint
 from realtimed.webhooks.jobs import WEBHOOK_DELIVER, WebhookDeliver
-from realtimed.webhooks.outbound import AttemptFailed, Outbound, Refused
-from realtimed.webhooks.signing import signature_headers
 
 if TYPE_CHECKING:
     from realtimed.live import Live
@@ -86,17 +86,6 @@ _RETRY_AFTER_STATUSES: Final = (429, 503)
 def new_webhook_id() -> str:
     """A Standard Webhooks message id: the same for every attempt and replay of a delivery."""
     return "msg_" + secrets.token_urlsafe(18)
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
 
 
 @attrs.define(eq=False)
@@ -341,7 +330,7 @@ class WebhookService:
             else:
                 error, outcome = f"HTTP {status}", "http_error"
                 if status in _RETRY_AFTER_STATUSES:
-                    retry_after = _retry_after(response.headers)
+                    retry_after = retry_after_s(response.headers, ctx.clock.now())
         latency = time.perf_counter() - started
         WEBHOOK_ATTEMPTS.labels(outcome).inc()
         WEBHOOK_LATENCY.observe(latency)

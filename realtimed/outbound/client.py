@@ -1,4 +1,7 @@
-"""The one HTTP request of a webhook attempt, made safely.
+"""The one HTTP request of an outbound attempt (a webhook delivery, an HTTP job), made safely.
+
+``Outbound`` serves one configuration section (``webhooks``, ``jobs.http``) whose
+keys ``OutboundSettings`` names; the messages of its errors name that section's keys.
 
 Resource handling: ``Outbound`` speaks HTTP/1.1 itself (h11, and ``trio.SSLStream``
 for https) and keeps idle connections per (scheme, host, port, pinned address), at
@@ -11,38 +14,41 @@ closes the idle ones.
 Safety (an endpoint's URL is the application's, but a server API key may be
 abused to reach what sits beside realtimed):
 
-- the host is resolved once per attempt, under ``webhooks.connect_timeout_s``; the
+- the host is resolved once per attempt, under ``<section>.connect_timeout_s``; the
   attempt connects to that address and no other, while the ``Host`` header and
   the TLS server name (checked against the certificate) stay the URL's,
   so a name that resolves elsewhere a moment later (DNS rebinding) is not followed;
 - an address that is not public (loopback, link-local, private, shared, multicast,
   reserved, unspecified; IPv4-mapped IPv6 checked as IPv4) is refused unless
-  ``webhooks.allow_private``;
-- redirects are not followed (a 3xx is a failed attempt);
-- at most ``webhooks.max_response_bytes`` of the body are read, and the whole
-  request is bounded by ``webhooks.timeout_s``.
+  ``<section>.allow_private``;
+- redirects are not followed (a 3xx is an answer like any other, for the caller to judge);
+- at most ``<section>.max_response_bytes`` of the body are read, and the whole
+  request is bounded by ``<section>.timeout_s``.
 
 Error handling: every failure is an ``AttemptFailed`` with a short reason (refused
-targets are ``Refused``, which no retry can fix); nothing else escapes ``post``.
+targets are ``Refused``, which no retry can fix); nothing else escapes ``request``.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import socket
 import ssl
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Final
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 import attrs
 import h11
 import trio
 
-from realtimed.config import WebhooksConfig
-
-__all__ = ["AttemptFailed", "Outbound", "Refused", "Response", "is_public_address"]
+__all__ = [
+    "AttemptFailed", "Outbound", "OutboundSettings", "Refused", "Response", "is_public_address", "retry_after_s",
+]
 
 # Targets (scheme, host, port, address) whose idle connections are kept, and idle connections per target.
 MAX_CLIENTS: Final = 64
@@ -58,11 +64,49 @@ class Refused(AttemptFailed):
     """The target may not be reached (a non-public address, a bad URL); final."""
 
 
+class OutboundSettings(Protocol):
+    """The keys of a section that ``Outbound`` serves (``WebhooksConfig``, ``HttpJobsConfig``)."""
+
+    @property
+    def connect_timeout_s(self) -> float: ...
+    @property
+    def timeout_s(self) -> float: ...
+    @property
+    def max_response_bytes(self) -> int: ...
+    @property
+    def ca_file(self) -> str: ...
+    @property
+    def allow_private(self) -> bool: ...
+
+
 @attrs.frozen
 class Response:
     status: int
-    headers: Mapping[str, str]
+    headers: Mapping[str, str]  # names in lower case
     body: bytes
+
+
+def retry_after_s(headers: Mapping[str, str], now: datetime) -> float | None:
+    """The wait a ``Retry-After`` header asks for, in seconds: delay-seconds, or an
+    HTTP date (RFC 9110 section 10.2.3) less ``now``; a date in the past is 0. None
+    when there is none or it cannot be read."""
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    value = value.strip()[:64]
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        at = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if at.tzinfo is None:  # RFC 9110 dates are GMT
+        return None
+    return max(0.0, (at - now).total_seconds())
 
 
 def is_public_address(text: str) -> bool:
@@ -95,14 +139,22 @@ _Key = tuple[str, str, int, str]  # scheme, host, port, address
 
 
 class Outbound:
-    """Makes the POST of each attempt (see the module docstring)."""
+    """Makes the request of each attempt (see the module docstring).
 
-    def __init__(self, cfg: WebhooksConfig) -> None:
+    Args:
+        cfg: the section's settings (``configure`` replaces them after a reload).
+        section: the section's name, for the keys named in errors (``webhooks``, ``jobs.http``).
+        user_agent: the ``User-Agent`` of every request.
+    """
+
+    def __init__(self, cfg: OutboundSettings, *, section: str = "webhooks", user_agent: str = "realtimed-webhooks") -> None:
         self.cfg = cfg
+        self.section = section
+        self.user_agent = user_agent
         self._ssl: ssl.SSLContext | None = None
         self._idle: OrderedDict[_Key, list[_Connection]] = OrderedDict()
 
-    def configure(self, cfg: WebhooksConfig) -> None:
+    def configure(self, cfg: OutboundSettings) -> None:
         """Settings after a reload; a new ``ca_file`` applies to new connections."""
         if cfg.ca_file != self.cfg.ca_file:
             self._ssl = None
@@ -128,12 +180,20 @@ class Outbound:
             for address in addresses:
                 if not is_public_address(address):
                     raise Refused(
-                        f"{host} resolves to {address}, which is not a public address (webhooks.allow_private)"
+                        f"{host} resolves to {address}, which is not a public address ({self.section}.allow_private)"
                     )
         return addresses[0]
 
     async def post(self, url: str, *, headers: Mapping[str, str], body: bytes) -> Response:
-        """POST ``body`` to ``url``; the status, headers and up to ``max_response_bytes`` of the body."""
+        """POST the JSON ``body`` to ``url`` (see ``request``)."""
+        return await self.request("POST", url, headers=headers, body=body)
+
+    async def request(
+        self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None
+    ) -> Response:
+        """``method`` ``url`` with the JSON ``body`` (None: no body); the status, headers
+        and up to ``max_response_bytes`` of the body. ``headers`` come after the ones
+        set here (host, content type and length, user agent)."""
         try:
             parts = urlsplit(url)
             port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -143,17 +203,18 @@ class Outbound:
         if parts.scheme not in ("http", "https") or not host:
             raise Refused("the URL must be http:// or https:// with a host")
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        request = h11.Request(
-            method="POST",
-            target=target,
-            headers=[
-                ("host", parts.netloc),
-                ("content-type", "application/json"),
-                ("content-length", str(len(body))),
-                ("user-agent", "realtimed-webhooks"),
-                *headers.items(),
-            ],
-        )
+        framing = [("content-length", "0")] if body is None else [
+            ("content-type", "application/json"), ("content-length", str(len(body)))
+        ]
+        try:
+            request = h11.Request(
+                method=method,
+                target=target,
+                headers=[("host", parts.netloc), *framing, ("user-agent", self.user_agent), *headers.items()],
+            )
+        except h11.LocalProtocolError as exc:
+            raise Refused(f"not a valid HTTP request: {exc}"[:300]) from None
+        payload = b"" if body is None else body
         try:
             with trio.fail_after(self.cfg.timeout_s):
                 address = await self.resolve(host, port)
@@ -164,7 +225,7 @@ class Outbound:
                     if connection is None:
                         connection = await self._open(key)
                     try:
-                        response, reusable = await self._exchange(connection, request, body)
+                        response, reusable = await self._exchange(connection, request, payload)
                     except _StaleConnection:
                         _close_now(connection)
                         if reused:
@@ -179,7 +240,7 @@ class Outbound:
                         _close_now(connection)
                     return response
         except trio.TooSlowError:
-            raise AttemptFailed(f"no answer within webhooks.timeout_s ({self.cfg.timeout_s:g} s)") from None
+            raise AttemptFailed(f"no answer within {self.section}.timeout_s ({self.cfg.timeout_s:g} s)") from None
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise AttemptFailed(f"{type(exc).__name__}: {exc}"[:300]) from None
         except h11.ProtocolError as exc:
@@ -223,7 +284,7 @@ class Outbound:
                 return _Connection(tls)
         except trio.TooSlowError:
             raise AttemptFailed(
-                f"no connection within webhooks.connect_timeout_s ({self.cfg.connect_timeout_s:g} s)"
+                f"no connection within {self.section}.connect_timeout_s ({self.cfg.connect_timeout_s:g} s)"
             ) from None
 
     async def _exchange(self, connection: _Connection, request: h11.Request, body: bytes) -> tuple[Response, bool]:

@@ -16,6 +16,9 @@ code                       meaning
 ``skipped:no_endpoint``    no device token (push), no address, to deliver to
 ``skipped:withdrawn``      a queued delivery no longer wanted when it was due: the
                            notification was read or deleted, the token was deactivated
+``skipped:duplicate``      the notification's dedupe key was used before: nothing is
+                           delivered again (answered by ``POST /server/v1/notifications``)
+``skipped:expired``        the notification's ``expires_at`` passed before it went out
 ``batched:digest``         held for the digest of its group's window (``notify.digest``)
 ``failed:<code>``          refused for good: FCM's error code for push (``failed:UNREGISTERED``,
                            ``failed:INVALID_ARGUMENT``, ``failed:SENDER_ID_MISMATCH``...,
@@ -42,6 +45,8 @@ __all__ = [
     "OUTCOMES",
     "SKIPPED_ACTIVE",
     "SKIPPED_CAP",
+    "SKIPPED_DUPLICATE",
+    "SKIPPED_EXPIRED",
     "SKIPPED_NO_ENDPOINT",
     "SKIPPED_PREFERENCE",
     "SKIPPED_QUIET_HOURS",
@@ -58,6 +63,8 @@ SKIPPED_CAP: Final = "skipped:cap"
 SKIPPED_ACTIVE: Final = "skipped:active"
 SKIPPED_NO_ENDPOINT: Final = "skipped:no_endpoint"
 SKIPPED_WITHDRAWN: Final = "skipped:withdrawn"
+SKIPPED_DUPLICATE: Final = "skipped:duplicate"
+SKIPPED_EXPIRED: Final = "skipped:expired"
 BATCHED_DIGEST: Final = "batched:digest"
 DEVICE_REMOVED: Final = "device_removed"
 FAILED_PREFIX: Final = "failed:"
@@ -71,6 +78,8 @@ OUTCOMES: Final[tuple[str, ...]] = (
     SKIPPED_ACTIVE,
     SKIPPED_NO_ENDPOINT,
     SKIPPED_WITHDRAWN,
+    SKIPPED_DUPLICATE,
+    SKIPPED_EXPIRED,
     BATCHED_DIGEST,
     DEVICE_REMOVED,
 )
