@@ -64,11 +64,11 @@ def _default_config_path() -> str | None:
 
 def _load(path: str | None, env: dict[str, str] | None = None) -> Config:
     """Load the configuration or print every problem and exit 2."""
-    # The daemon's job kinds check the [[cron]] entries (imported here, like each command's own imports).
-    from realtimed.jobs.kinds import cron_config_problems
+    # The checks that need the capabilities (imported here, like each command's own imports).
+    from realtimed.config_checks import DAEMON_CONFIG_CHECKS
 
     try:
-        return load_config(path, env=env, checks=(cron_config_problems,))
+        return load_config(path, env=env, checks=DAEMON_CONFIG_CHECKS)
     except ConfigError as exc:
         _print_problems("invalid configuration", exc.problems)
         raise SystemExit(EXIT_CONFIG) from None

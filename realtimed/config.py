@@ -767,6 +767,9 @@ class RetentionConfig:
     finished_jobs_days: float = _f(7.0, "succeeded, dead and cancelled jobs are deleted after this long", min=0, max=36500)
     deleted_messages_days: float = _f(30.0, "bodies of deleted messages are purged after this long", min=0, max=36500)
     stale_device_days: float = _f(270.0, "device tokens unseen this long are deactivated", min=1, max=36500)
+    delivery_log_days: float = _f(
+        30.0, "delivery log entries are deleted after this long (by the retention.notifications job)", min=0, max=36500
+    )
 
 
 #: The in-app inbox: a channel of every node, with no section of its own.
@@ -824,6 +827,11 @@ class NotifyConfig:
         max=3650 * 86400.0,
     )
     plan_batch: int = _f(500, "recipients per push-planning job", min=1, max=100_000)
+    delivery_log: bool = _f(
+        True,
+        "record the outcome of each notification per user and channel (GET /server/v1/deliveries); "
+        "kept retention.delivery_log_days",
+    )
 
 
 @attrs.frozen
@@ -1007,6 +1015,46 @@ class WebhooksConfig:
 
 
 @attrs.frozen
+class FeedRetentionConfig:
+    prefix: str = _f("", "feed name prefix this rule governs, e.g. \"user:\" (the longest matching prefix wins)")
+    keep_s: float = _f(
+        0.0, "activities of these feeds older than this (by their time) are deleted by retention.activities; "
+        "0: kept", min=0, max=3_153_600_000,
+    )
+
+
+@attrs.frozen
+class FeedsConfig:
+    enabled: bool = _f(
+        True, "serve activity feeds: the activities routes, feed rooms recovered from the store (the [feeds] "
+        "section is read at start: a reload keeps its running value)"
+    )
+    max_batch: int = _f(500, "most activities in one POST /server/v1/activities", min=1, max=10_000)
+    max_data_bytes: int = _f(
+        4096, "largest data of one activity, in bytes of its JSON encoding", min=2, max=1_048_576
+    )
+    max_feeds_per_activity: int = _f(20, "most feeds one activity is logged to", min=1, max=1000)
+    max_future_s: float = _f(
+        300.0, "how far ahead of the server's clock an activity's time may be", min=0, max=31_536_000
+    )
+    recovery_cap: int = _f(
+        200, "most activities a subscribe with since replays from the store (more: recovered false); the reply "
+        "holds them all, so keep recovery_cap times max_data_bytes well under gateway.outbox_max_bytes",
+        min=0, max=100_000,
+    )
+    max_stats_days: int = _f(90, "most days GET /server/v1/feeds/{feed}/stats covers", min=1, max=3660)
+    stats_top_actors: int = _f(100, "most actors listed per day by the stats (the most active first)", min=1, max=10_000)
+    keep_s: float = _f(
+        7_776_000.0, "activities of feeds that match no [[feeds.retention]] prefix are deleted after this long "
+        "(by their time); 0: kept", min=0, max=3_153_600_000,
+    )
+    retention: list[FeedRetentionConfig] = _f(
+        [], "retention per feed namespace ([[feeds.retention]] prefix, keep_s), applied by the daily "
+        "retention.activities job"
+    )
+
+
+@attrs.frozen
 class MetricsConfig:
     enabled: bool = _f(True, "serve /metrics")
     loop_lag_interval_s: float = _f(
@@ -1075,6 +1123,7 @@ class Config:
     push: PushConfig = _f(PushConfig(), channel=True)
     email: EmailConfig = _f(EmailConfig(), channel=True)
     webhooks: WebhooksConfig = _f(WebhooksConfig())
+    feeds: FeedsConfig = _f(FeedsConfig())
     console: ConsoleConfig = _f(ConsoleConfig())
     source: str = attrs.field(default="", metadata={"internal": True})
     #: Every file the configuration was read from, as ``(key, path)``: the TOML file
@@ -1451,7 +1500,8 @@ def load_config(
         text: TOML text to use instead of reading ``path`` (``path`` still sets the base folder).
         data: an already parsed table to use instead of TOML text.
         checks: the checks that need more than this module knows (the daemon's job
-            kinds, ``realtimed.jobs.kinds.cron_config_problems``), run on the built
+            kinds, the notification types of email templates:
+            ``realtimed.config_checks.DAEMON_CONFIG_CHECKS``), run on the built
             configuration; their problems join the others in the one ``ConfigError``.
             Every command that loads a daemon's configuration passes the same ones.
 
@@ -1563,6 +1613,20 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
     _check_email(cfg, problems)
     _check_webhooks(cfg, problems)
     _check_http_targets(cfg, problems)
+    if cfg.feeds.enabled:
+        for i, ns in enumerate(cfg.namespaces):
+            # Feed rooms (feed:<name>) take their seq and recovery from the store.
+            if ns.prefix.startswith("feed:") and ns.history_size > 0:
+                problems.add(f"namespaces[{i}].history_size", "feed rooms (feed:) keep their activities in the store: "
+                             "must be 0 while feeds.enabled")
+            if ns.prefix.startswith("feed:") and ns.client_publish:
+                problems.add(f"namespaces[{i}].client_publish", "activities are logged through the server API: "
+                             "must be false for feed rooms (feed:) while feeds.enabled")
+    prefixes: set[str] = set()
+    for i, rule in enumerate(cfg.feeds.retention):
+        if rule.prefix in prefixes:
+            problems.add(f"feeds.retention[{i}].prefix", f"duplicate prefix {rule.prefix!r}")
+        prefixes.add(rule.prefix)
 
 
 def webhook_endpoint_problems(
@@ -1914,8 +1978,8 @@ MIN_UNSUBSCRIBE_SECRET_CHARS: Final = 32
 
 
 def _check_email(cfg: Config, problems: _Problems) -> None:
-    """The email channel: what it needs when enabled, and per-type templates that parse
-    and use only the type's vars (a built-in or configured type)."""
+    """The email channel: what it needs when enabled (its templates' types and vars are
+    checked by ``realtimed.email.checks``)."""
     email = cfg.email
     if email.backoff_base_s > email.backoff_max_s:
         problems.add("email.backoff_base_s", "must not exceed email.backoff_max_s")
@@ -1945,30 +2009,7 @@ def _check_email(cfg: Config, problems: _Problems) -> None:
                 problems.add("email.digest_subject", f"placeholder {{{name}}} is not {{count}}")
     except TemplateError as exc:
         problems.add("email.digest_subject", str(exc))
-    from realtimed.notify.types import (
-        type_table,  # the built-in types; imports nothing from here at load time
-    )
-
-    types = type_table(cfg.notify)
-    seen: set[str] = set()
-    for i, template in enumerate(email.templates):
-        key = f"email.templates[{i}]"
-        ntype = types.get(template.type)
-        if ntype is None:
-            problems.add(f"{key}.type", f"unknown notification type {template.type!r}")
-            continue
-        if template.type in seen:
-            problems.add(f"{key}.type", f"a second template for {template.type!r}")
-        seen.add(template.type)
-        for field in ("subject", "text", "html"):
-            try:
-                used = placeholders(getattr(template, field))
-            except TemplateError as exc:
-                problems.add(f"{key}.{field}", str(exc))
-                continue
-            for name in used:
-                if name not in ntype.vars:
-                    problems.add(f"{key}.{field}", f"placeholder {{{name}}} is not one of the type's vars")
+    # email.templates[i] against the notification types: realtimed.email.checks (load_config(checks=...)).
 
 
 def _check_cron(entry: CronConfig, key: str, problems: _Problems) -> None:

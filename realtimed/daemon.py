@@ -38,10 +38,12 @@ from realtimed.backends import Backends, open_backends
 from realtimed.chat import ChatService
 from realtimed.clock import SystemClock, WallClock
 from realtimed.config import DEV_API_KEY, DEV_HS256_SECRET, Config, ConfigError, load_config, parse_host_port
+from realtimed.config_checks import DAEMON_CONFIG_CHECKS
 from realtimed.delivery.router import Router
 from realtimed.email.channel import EmailChannel
 from realtimed.email.service import EmailService
 from realtimed.errors import OperatorError
+from realtimed.feeds.service import FeedService
 from realtimed.gateway.bans import Bans
 from realtimed.gateway.gateway import Gateway, SessionHooks
 from realtimed.gateway.websocket import WebSocketDoor
@@ -49,8 +51,8 @@ from realtimed.http.app import check_backends, create_app
 from realtimed.http.listener import Listener
 from realtimed.jobs import CronScheduler, JobRunner, register_builtin_kinds
 from realtimed.jobs.http import HttpJobService
-from realtimed.jobs.kinds import cron_config_problems
 from realtimed.live import Live
+from realtimed.notify.delivery_log import DeliveryLog
 from realtimed.notify.inbox import InAppChannel
 from realtimed.notify.service import NotifyService
 from realtimed.presence import PresenceService
@@ -216,7 +218,7 @@ class Daemon:
         self._api_keys = Live(ApiKeys.from_config(cfg.api))
         backends = self._backends = open_backends(cfg, node=node, config=config)
         runner = JobRunner(store, config=cfg.jobs, clock=clock, node=node)
-        register_builtin_kinds(runner, retention=lambda: config.value.retention)
+        register_builtin_kinds(runner, retention=lambda: config.value.retention, feeds=lambda: config.value.feeds)
         router = Router(cfg, node=node, broker=backends.broker, clock=clock,
                         history=backends.history, room_presence=backends.room_presence)
         presence = PresenceService(config, store=store, router=router, clock=clock, backend=backends.presence)
@@ -226,19 +228,25 @@ class Daemon:
         presence.online_hooks.append(webhooks.on_presence)
         runner.on_dead(webhooks.on_job_dead)
         router.event_sink = webhooks.emit
-        push = PushService(cfg, store=store, clock=clock, jobs=runner)
+        # What became of each notification per user and channel (GET /server/v1/deliveries).
+        deliveries = DeliveryLog(config, store=store, clock=clock)
+        push = PushService(cfg, store=store, clock=clock, jobs=runner, deliveries=deliveries)
         email = EmailService(config, store=store, clock=clock, jobs=runner)
         # The delivery channels notify calls (realtimed/notify/channel.py), each named like its config section.
-        in_app = InAppChannel(store, clock=clock, router=router)
+        in_app = InAppChannel(store, clock=clock, router=router, deliveries=deliveries)
         notify = NotifyService(config, store=store, clock=clock, router=router, jobs=runner,
                                channels=[in_app, FcmChannel(push), *_email_channel(cfg, email)],
-                               caps=backends.caps, activity=backends.activity)
+                               caps=backends.caps, activity=backends.activity, deliveries=deliveries)
         notify.event_sink = in_app.event_sink = push.event_sink = email.event_sink = webhooks.emit
         ops = OpRegistry(config)
         ops.add(room_ops.ops(router, clock=clock, config=config))
         ops.add(presence.ops())
         ops.add(chat.ops())
         ops.add(notify.ops())
+        feeds = FeedService(config, store=store, router=router, clock=clock)
+        if cfg.feeds.enabled:
+            router.feeds = feeds
+        ops.add(feeds.ops())
         push.register_jobs(runner)
         email.register_jobs(runner)
         notify.register_jobs(runner)
@@ -272,6 +280,7 @@ class Daemon:
             live_config=config, verifier=self._verifier_live, api_keys=self._api_keys, clock=clock, node=node,
             store=store, broker=backends.broker, router=router, ops=ops, gateway=gateway, presence=presence,
             jobs=runner, chat=chat, notify=notify, push=push, email=email, webhooks=webhooks, http_jobs=http_jobs,
+            feeds=feeds,
         )
         self.on_reload(self._reload_services)
 
@@ -388,7 +397,7 @@ class Daemon:
                 new = self.cfg
             else:
                 new = await trio.to_thread.run_sync(
-                    functools.partial(load_config, self.config_path, checks=(cron_config_problems,))
+                    functools.partial(load_config, self.config_path, checks=DAEMON_CONFIG_CHECKS)
                 )
             # Keys are read now, so that an unreadable key file refuses the reload.
             self._pending_verifier = self._verifier(new)

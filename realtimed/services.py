@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from realtimed.config import Config
     from realtimed.delivery.router import Router
     from realtimed.email.service import EmailService
+    from realtimed.feeds.service import FeedService
     from realtimed.gateway.gateway import Gateway
     from realtimed.jobs.http import HttpJobService
     from realtimed.jobs.runner import JobRunner
@@ -60,6 +61,7 @@ class Services:
     email: EmailService
     webhooks: WebhookService
     http_jobs: HttpJobService
+    feeds: FeedService | None = None
 
     @property
     def config(self) -> Config:

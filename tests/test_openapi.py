@@ -68,9 +68,11 @@ ROUTE_MODULES: Final = (
     "realtimed.chat",
     "realtimed.presence",
     "realtimed.notify.http",
+    "realtimed.notify.log_http",
     "realtimed.email.http",
     "realtimed.push.http",
     "realtimed.webhooks.http",
+    "realtimed.feeds.http",
 )
 OPS_RULE: Final = f"{CLIENT_PREFIX}/ops/<op>"
 REST_OPS: Final = sorted(protocol.OPS - protocol.SOCKET_ONLY_OPS)

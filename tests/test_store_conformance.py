@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import orjson
 import pytest
 import trio
 
@@ -19,13 +20,21 @@ from realtimed.clock import SystemClock
 from realtimed.config import Config, ServerConfig, StoreConfig
 from realtimed.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from realtimed.store import SchemaVersionError, Store, open_store, run_migrations
-from realtimed.store.base import JobSpec, NewNotification, WebhookAttempt, WebhookEndpoint
+from realtimed.store.base import (
+    DeliveryEntry,
+    DeliveryFilter,
+    JobSpec,
+    NewNotification,
+    WebhookAttempt,
+    WebhookEndpoint,
+)
+from realtimed.store.feeds import ActivityQuery, NewActivity
 from realtimed.store.schema import load_migrations
 from tests.fixtures.services import _run_sql
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 # Every backend has the same numbered migrations, in order.
-MIGRATIONS = ["0001_initial", "0002_bans", "0003_channel_preferences", "0004_mark_read_function", "0005_socketio_recovery", "0006_webhooks", "0007_email", "0008_notification_rules"]
+MIGRATIONS = ["0001_initial", "0002_bans", "0003_channel_preferences", "0004_mark_read_function", "0005_socketio_recovery", "0006_webhooks", "0007_email", "0008_notification_rules", "0009_activities", "0010_delivery_log"]
 LIMIT_S = 20
 
 
@@ -1367,6 +1376,82 @@ def refused(match: str) -> pytest.RaisesGroup[SchemaVersionError]:
     )
 
 
+def entry(user: str, outcome: str, seconds: float, **kw: Any) -> DeliveryEntry:
+    return DeliveryEntry(at=at(seconds), user_id=user, channel=kw.pop("channel", "push"), type="mention", outcome=outcome, **kw)
+
+
+async def test_delivery_log_pages_newest_first_with_filters(store: Store) -> None:
+    with trio.fail_after(LIMIT_S):
+        await store.record_deliveries(entries=[
+            entry("a", "delivered", 1, channel="in_app", notification_id="n1", ref="nn1"),
+            entry("a", "failed:UNREGISTERED", 2, notification_id="n1", ref="nn1", detail="x" * 1000),
+            entry("a", "device_removed", 2, notification_id="n1", ref="nn1"),
+            entry("b", "skipped:cap", 3, cap="hourly"),
+            entry("b", "skipped:quiet_hours", 4, deferred_until=at(3600)),
+            entry("c", "skipped:preference", 5, channel="in_app"),
+        ])
+        newest, cursor = await store.list_deliveries(where=DeliveryFilter(), limit=4)
+        assert [e.outcome for e in newest] == ["skipped:preference", "skipped:quiet_hours", "skipped:cap", "device_removed"]
+        assert cursor is not None
+        rest, end = await store.list_deliveries(where=DeliveryFilter(), cursor=cursor, limit=4)
+        # Two entries at one time keep their order of writing (newest first: the later one).
+        assert [e.outcome for e in rest] == ["failed:UNREGISTERED", "delivered"] and end is None
+        ids = [e.id for e in newest + rest]
+        assert len(set(ids)) == 6 and ids == sorted(ids, reverse=True)
+        quiet = newest[1]
+        assert quiet.deferred_until == at(3600) and quiet.at == at(4) and quiet.user_id == "b"
+        assert newest[2].cap == "hourly" and rest[0].detail == "x" * 300  # cut to DETAIL_CHARS
+
+        async def outcomes(**where: Any) -> list[str]:
+            found, _ = await store.list_deliveries(where=DeliveryFilter(**where), limit=100)
+            return [e.outcome for e in found]
+
+        assert await outcomes(user_id="a") == ["device_removed", "failed:UNREGISTERED", "delivered"]
+        assert await outcomes(notification_id="n1", channel="push") == ["device_removed", "failed:UNREGISTERED"]
+        assert await outcomes(outcome="failed") == ["failed:UNREGISTERED"]
+        assert await outcomes(outcome="skipped") == ["skipped:preference", "skipped:quiet_hours", "skipped:cap"]
+        assert await outcomes(outcome="skipped:cap") == ["skipped:cap"]
+        assert await outcomes(outcome="delivered") == ["delivered"]
+        assert await outcomes(type="other") == []
+        assert await outcomes(since=at(3), until=at(5)) == ["skipped:quiet_hours", "skipped:cap"]
+        with pytest.raises(ValidationFailed) as bad:
+            await store.list_deliveries(where=DeliveryFilter(), cursor="not-a-cursor")
+        assert bad.value.field == "cursor"
+
+
+async def test_delivery_log_of_inbox_inserts_and_hourly_stats_and_prune(store: Store) -> None:
+    with trio.fail_after(LIMIT_S):
+        results = await store.insert_notifications(
+            items=[note("u", 1), note("v", 2, dedupe_key="k")], now=at(10), log_channel="in_app"
+        )
+        again = await store.insert_notifications(items=[note("v", 3, dedupe_key="k")], now=at(11), log_channel="in_app")
+        assert not again[0][1]
+        await store.insert_notifications(items=[note("w", 4)], now=at(12))  # not logged
+        logged, _ = await store.list_deliveries(where=DeliveryFilter(channel="in_app"))
+        # One entry per new notification, none for the repeat or the unlogged insert.
+        assert [(e.user_id, e.notification_id, e.ref, e.outcome, e.type) for e in logged] == [
+            (r.user_id, r.id, f"n{r.id}", "delivered", "t") for r, _ in reversed(results)
+        ]
+        await store.record_deliveries(entries=[
+            entry("a", "delivered", 3600 * 2 + 5),
+            entry("a", "delivered", 3600 * 2 + 6),
+            entry("a", "failed:UNREGISTERED", 3600 * 2 + 7),
+            entry("a", "delivered", 3600 * 3),
+            entry("a", "delivered", 3600 * 9),  # outside the span asked for
+        ])
+        stats = await store.delivery_stats(since=at(3600), until=at(3600 * 4), channel="push")
+        hour = T0 + timedelta(hours=3)
+        assert [(c.hour, c.outcome, c.count) for c in stats] == [
+            (hour - timedelta(hours=1), "delivered", 2), (hour - timedelta(hours=1), "failed:UNREGISTERED", 1),
+            (hour, "delivered", 1),
+        ]
+        every = await store.delivery_stats(since=T0, until=at(3600))
+        assert [(c.outcome, c.count) for c in every] == [("delivered", 2)]  # the in-app ones
+        assert await store.delete_delivery_log(before=at(3600 * 3)) == 5
+        left, _ = await store.list_deliveries(where=DeliveryFilter())
+        assert [e.at for e in left] == [at(3600 * 9), at(3600 * 3)]
+
+
 async def test_migrations_are_recorded_and_a_newer_schema_is_refused(empty_harness: Harness) -> None:
     h = empty_harness
     with trio.fail_after(LIMIT_S):
@@ -1428,7 +1513,8 @@ def test_each_name_belongs_to_one_domain(backend: str) -> None:
     """A store is one class per domain over one engine: a method name defined in two
     domains (a primitive ``_mark_read`` of chat and of the inbox, say) would route one
     domain's calls to the other's code, so each name belongs to one domain (the
-    engine's batching hooks are overridden on purpose)."""
+    engine's batching hooks are overridden on purpose, by each domain that groups
+    calls, each override calling the next through ``super()``)."""
     from realtimed.store.postgres import PostgresStore
     from realtimed.store.sqlite import SQLiteStore
 
@@ -1443,7 +1529,136 @@ def test_each_name_belongs_to_one_domain(backend: str) -> None:
             if not name.startswith("__") and name != "_abc_impl":
                 domains.setdefault(name, set()).add(domain)
     hooks = {"_start_batching", "_stop_batching"}
-    shared = {name: found for name, found in domains.items() if len(found - {"engine"}) > 1}
+    shared = {name: found for name, found in domains.items() if len(found - {"engine"}) > 1 and name not in hooks}
     assert shared == {}
     overridden = {name for name, found in domains.items() if "engine" in found and len(found) > 1}
     assert overridden <= hooks
+
+
+# ---------------------------------------------------------------------------
+# Activity feeds
+# ---------------------------------------------------------------------------
+
+
+def activity(actor: str, verb: str, obj: str, *feeds: str, t: float = 0, data: dict[str, Any] | None = None,
+             target: str | None = None) -> NewActivity:
+    value = data or {}
+    return NewActivity(actor=actor, verb=verb, object=obj, target=target, time=at(t), data=value,
+                       data_json=orjson.dumps(value).decode(), feeds=tuple(feeds))
+
+
+async def test_feed_seqs_are_gap_free_per_feed_in_batch_order_and_under_concurrent_batches(store: Store) -> None:
+    first = await store.append_activities(activities=[
+        activity("alice", "like", "doc1", "user:alice", "global", t=1),
+        activity("bob", "comment", "doc1", "global", "resource:doc1", t=2, data={"text": "nice"}, target="c1"),
+    ], now=at(10))
+    assert first.seqs == [{"user:alice": 1, "global": 1}, {"global": 2, "resource:doc1": 1}]
+    assert set(first.epochs) == {"user:alice", "global", "resource:doc1"}
+    assert first.activities[1].to_wire()["data"] == {"text": "nice"}
+    assert first.activities[1].target == "c1"
+
+    async def batch(i: int) -> None:
+        await store.append_activities(
+            activities=[activity(f"u{i}", "post", f"o{i}-{k}", "global", t=3 + k) for k in range(5)], now=at(10)
+        )
+
+    async with trio.open_nursery() as nursery:
+        for i in range(10):
+            nursery.start_soon(batch, i)
+    seq, epoch = await store.feed_position("global")
+    assert (seq, epoch) == (52, first.epochs["global"])
+    items = await store.feed_after("global", after_seq=0, limit=1000)
+    assert [i.seq for i in items] == list(range(1, 53))
+    # Each batch's five activities took consecutive seqs, in the order given.
+    by_actor: dict[str, list[int]] = {}
+    for item in items[2:]:
+        by_actor.setdefault(item.activity.actor, []).append(item.seq)
+    for seqs in by_actor.values():
+        assert seqs == list(range(seqs[0], seqs[0] + 5))
+    assert await store.feed_position("nobody") == (0, epoch)
+    assert len(set(first.epochs.values())) == 1
+    assert [i.seq for i in await store.feed_after("global", after_seq=50, limit=10)] == [51, 52]
+
+
+async def test_read_feed_filters_search_and_pages_newest_first(store: Store) -> None:
+    batch = [
+        activity("alice", "like", "doc1", "team:t1", t=1, data={"title": "Quarterly report"}),
+        activity("bob", "comment", "doc1", "team:t1", t=2, data={"text": "Looks good", "n": 3}),
+        activity("alice", "comment", "doc2", "team:t1", t=3, data={"text": "report typo"}),
+        activity("carol", "like", "doc2", "team:t1", "team:t2", t=3),
+        activity("bob", "share", "doc3", "team:t2", t=4),
+    ]
+    await store.append_activities(activities=batch, now=at(10))
+
+    async def ids(**kw: Any) -> list[tuple[str, str]]:
+        page = await store.read_feed(ActivityQuery(feed="team:t1", **kw))
+        return [(i.activity.actor, i.activity.verb) for i in page.items]
+
+    # Newest first by time, then by seq (carol's and alice's share t=3; carol's came later).
+    assert await ids() == [("carol", "like"), ("alice", "comment"), ("bob", "comment"), ("alice", "like")]
+    assert await ids(actor="alice") == [("alice", "comment"), ("alice", "like")]
+    assert await ids(verb="comment") == [("alice", "comment"), ("bob", "comment")]
+    assert await ids(object="doc2") == [("carol", "like"), ("alice", "comment")]
+    assert await ids(since=at(2), until=at(3)) == [("bob", "comment")]
+    assert await ids(q="report") == [("alice", "comment"), ("alice", "like")]
+    assert await ids(q="REPORT quarterly") == [("alice", "like")]
+    assert await ids(q="looks bob") == [("bob", "comment")]
+    assert await ids(q="nothing-here") == []
+    assert await ids(q="...") == []
+    assert await ids(q='" OR *') == []
+    # Pages of two follow each other with no repeat and no gap.
+    seen: list[int] = []
+    cursor = None
+    while True:
+        page = await store.read_feed(ActivityQuery(feed="team:t1", limit=2, cursor=cursor))
+        seen.extend(i.seq for i in page.items)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == [4, 3, 2, 1]
+    from realtimed.store.paging import encode_cursor
+
+    for bad in ("not-a-cursor", encode_cursor(2**62, 1), encode_cursor(1, "x"), encode_cursor(-(2**62), 1)):
+        with pytest.raises(ValidationFailed) as err:
+            await store.read_feed(ActivityQuery(feed="team:t1", cursor=bad))
+        assert err.value.field == "cursor"
+
+
+async def test_feed_stats_count_by_verb_and_actor_per_day(store: Store) -> None:
+    day = 86400
+    await store.append_activities(activities=[
+        activity("alice", "like", "d", "global", t=-2 * day),
+        activity("alice", "like", "d", "global", t=0),
+        activity("bob", "like", "d", "global", t=1),
+        activity("bob", "comment", "d", "global", t=2),
+        activity("bob", "comment", "d", "other", t=2),
+    ], now=at(10))
+    stats = await store.feed_stats("global", days=3, now=at(10), top_actors=1)
+    assert [d["day"] for d in stats.days] == ["2025-12-30", "2025-12-31", "2026-01-01"]
+    assert stats.days[0] == {"day": "2025-12-30", "total": 1, "verbs": {"like": 1}, "actors": {"alice": 1},
+                             "actor_count": 1}
+    assert stats.days[1]["total"] == 0
+    assert stats.days[2] == {"day": "2026-01-01", "total": 3, "verbs": {"comment": 1, "like": 2},
+                             "actors": {"bob": 2}, "actor_count": 2}
+
+
+async def test_feed_retention_prunes_by_prefix_and_deletes_orphans(store: Store, harness: Harness) -> None:
+    await store.append_activities(activities=[
+        activity("a", "old", "x", "user:alice", "global", t=0),
+        activity("a", "old", "y", "user:alice", t=0),
+        activity("a", "old", "z", "user:vip:1", t=0),
+        activity("a", "new", "w", "user:alice", t=100),
+    ], now=at(200))
+    removed = await store.delete_feed_activities(prefix="user:", before=at(50), except_prefixes=["user:vip:"])
+    assert removed == 2
+    assert [i.activity.verb for i in await store.feed_after("user:alice", after_seq=0, limit=10)] == ["new"]
+    assert len(await store.feed_after("user:vip:1", after_seq=0, limit=10)) == 1
+    # The activity still in "global" stays; the one in no feed any more is gone, from search too.
+    assert [i.activity.object for i in await store.feed_after("global", after_seq=0, limit=10)] == ["x"]
+    assert sorted(await harness.column("SELECT object FROM activities")) == ["w", "x", "z"]
+    assert (await store.read_feed(ActivityQuery(feed="global", q="old"))).items[0].activity.object == "x"
+    # Seqs go on from where they were after a prune.
+    more = await store.append_activities(activities=[activity("a", "later", "v", "user:alice", t=300)], now=at(300))
+    assert more.seqs == [{"user:alice": 4}]
+    assert await store.delete_feed_activities(prefix="", before=at(1000)) == 4
+    assert await harness.column("SELECT count(*) FROM activities") == [0]

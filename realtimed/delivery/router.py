@@ -41,7 +41,7 @@ from realtimed.delivery.rooms import (
     Recovery,
     RoomPresenceBackend,
 )
-from realtimed.errors import Unavailable
+from realtimed.errors import Unavailable, ValidationFailed
 from realtimed.frames import Frame
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,17 @@ class Recipient(Protocol):
     def close(self, code: int, reason: str = "") -> None: ...
 
     def info(self) -> dict[str, Any]: ...
+
+
+class FeedSource(Protocol):
+    """Where the rooms of activity feeds (``feed:<name>``) take their positions and
+    recovery from: the store, not the room history (``realtimed.feeds``)."""
+
+    def is_feed_room(self, room: str) -> bool: ...
+
+    async def position(self, room: str) -> tuple[int, str]: ...
+
+    async def recover(self, room: str, *, since_seq: int, since_epoch: str) -> Recovery: ...
 
 
 class Router:
@@ -143,6 +154,9 @@ class Router:
         self._room_users: dict[str, dict[str, int]] = {}
         # room → session id → live frames held while that socket's subscribe is answered
         self._held: dict[str, dict[str, list[Frame]]] = {}
+        # feed room → session id → the seq its subscribe reply covered: a live activity at
+        # or below it (committed before the reply was read, delivered after) is not sent again
+        self._floors: dict[str, dict[str, int]] = {}
         # room → its turn of publications that take a seq (only while one is under way)
         self._turns: dict[str, _RoomTurn] = {}
         self.deliveries = 0
@@ -359,7 +373,8 @@ class Router:
         session.rooms.add(room)
         ROOMS.set(len(self._rooms))
         recovery = None
-        if ns.history_size > 0:
+        feed = self.is_feed_room(room)
+        if ns.history_size > 0 or feed:
             self._held.setdefault(room, {})[session.id] = []
             try:
                 recovery = await self._recovery(room, ns, since)
@@ -368,6 +383,8 @@ class Router:
                 if not already:
                     await self.unsubscribe(session, room)
                 raise
+        if feed and recovery is not None:
+            self._floors.setdefault(room, {})[session.id] = recovery.seq
         reply = _subscribe_reply(room, recovery)
         if ns.presence and not already:
             counts = self._room_users.setdefault(room, {})
@@ -394,22 +411,34 @@ class Router:
                 session.send_frame(frame)
 
     async def _recovery(self, room: str, ns: NamespaceConfig, since: tuple[int, str] | None) -> Recovery:
+        feeds = self.feeds if self.is_feed_room(room) else None
         if since is not None:
             try:
-                recovery = await self.history.recover(room, ns, since_seq=since[0], since_epoch=since[1])
+                if feeds is not None:
+                    recovery = await feeds.recover(room, since_seq=since[0], since_epoch=since[1])
+                else:
+                    recovery = await self.history.recover(room, ns, since_seq=since[0], since_epoch=since[1])
             except Exception:
                 metrics.RECOVERIES.labels("refused").inc()
                 raise
             metrics.RECOVERIES.labels("recovered" if recovery.recovered else "reset").inc()
             return recovery
-        seq, epoch = await self.history.position(room, ns)
+        seq, epoch = await (feeds.position(room) if feeds is not None else self.history.position(room, ns))
         return Recovery(seq, epoch, False)
 
     async def recovery_reply(self, room: str, *, since: tuple[int, str] | None) -> dict[str, Any]:
         """The ``subscribe`` reply without subscribing (the client REST door)."""
         ns = self.namespaces.of(room)
-        recovery = await self._recovery(room, ns, since) if ns.history_size > 0 else None
+        keeps = ns.history_size > 0 or self.is_feed_room(room)
+        recovery = await self._recovery(room, ns, since) if keeps else None
         return _subscribe_reply(room, recovery)
+
+    #: The rooms of activity feeds, set by the daemon when feeds are enabled (None: a
+    #: ``feed:`` room is an app room like any other).
+    feeds: FeedSource | None = None
+
+    def is_feed_room(self, room: str) -> bool:
+        return self.feeds is not None and self.feeds.is_feed_room(room)
 
     #: Reports ``room.joined`` and ``room.left`` to the application (webhooks:
     #: ``WebhookService.emit``), set by the daemon; None reports nothing.
@@ -453,6 +482,11 @@ class Router:
             held.pop(session.id, None)
             if not held:
                 del self._held[room]
+        floors = self._floors.get(room)
+        if floors is not None:
+            floors.pop(session.id, None)
+            if not floors:
+                del self._floors[room]
         subscribers = self._rooms.get(room)
         if subscribers is None or subscribers.pop(session.id, None) is None:
             session.rooms.discard(room)
@@ -506,6 +540,10 @@ class Router:
         room with history take turns (see the module docstring), so this node
         hands the room's events on in ``seq`` order.
         """
+        if self.is_feed_room(room):
+            raise ValidationFailed(
+                "room", f"{room} is an activity feed: activities are logged with POST /server/v1/activities"
+            )
         started = trio.current_time()
         ns = self.namespaces.of(room)
         data = protocol.json_fragment(data)
@@ -550,6 +588,21 @@ class Router:
             turn.users -= 1
             if turn.users == 0:
                 del self._turns[room]
+
+    async def publish_feed(
+        self, room: str, event: str, data: Any, *, seq: int, epoch: str, remote: bool = True
+    ) -> int:
+        """Send a stored activity to a feed room's subscribers, with its ``seq`` and ``epoch``
+        (taken by the store, not by the room history); returns local sockets reached.
+        ``remote=False`` leaves out the other nodes (their subscribers recover it)."""
+        frame = Frame(
+            protocol.encode_event(event, data, room=room, seq=seq, epoch=epoch), event, trio.current_time(),
+            room=room, seq=seq, epoch=epoch,
+        )
+        delivery = Delivery(frame, room=room, origin=self.node)
+        if not remote:
+            return self.deliver_local(delivery)
+        return await self._fan_out(delivery)
 
     async def publish_event_to_room(self, room: str, event: str, data: Any, *, exclude_session: str | None = None) -> int:
         """A room event that does not append to history (room.joined, room.left)."""
@@ -652,8 +705,11 @@ class Router:
                 self._rooms.get(delivery.room) or self._address_rooms.get(delivery.room) or {}
             ).values()
             held = self._held.get(delivery.room)
+            floors = self._floors.get(delivery.room) if frame.seq is not None else None
             for session in list(targets):
                 if session.id == skip:
+                    continue
+                if floors is not None and frame.seq is not None and frame.seq <= floors.get(session.id, 0):
                     continue
                 if held is not None and session.id in held:
                     held[session.id].append(frame)

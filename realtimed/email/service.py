@@ -44,8 +44,8 @@ from realtimed.jobs.runner import DoNotRetry, JobContext, JobRunner, RetryAfter,
 from realtimed.live import Live
 from realtimed.metrics import REGISTRY
 from realtimed.notify.checks import still_wanted
-from realtimed.notify.outcomes import SKIPPED_EXPIRED
 from realtimed.notify.types import type_table
+from realtimed.outcomes import SKIPPED_EXPIRED
 from realtimed.store.base import EmailAddressRecord, JobSpec, NotificationRecord, Store
 from realtimed.store.emails import EMAIL_DIGESTS
 from realtimed.templates import render

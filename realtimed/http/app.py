@@ -72,6 +72,7 @@ def capability_routes() -> list[Route]:
     # Imported here: the capabilities import this package's helpers, and nothing
     # is registered by importing them.
     from realtimed import chat, presence
+    from realtimed.feeds import http as feeds_http
     from realtimed.http import client_api, jobs_api, openapi, server_api
     from realtimed.notify import http as notify_http
     from realtimed.push import http as push_http
@@ -90,6 +91,7 @@ def capability_routes() -> list[Route]:
         *push_http.routes(),
         *email_http.routes(),
         *webhooks_http.routes(),
+        *feeds_http.routes(),
     ]
 
 

@@ -92,6 +92,8 @@ ROUTE_BUDGETS: Final[Mapping[Route, str | Chooser]] = MappingProxyType(
         ("POST", "/devices"): "device.register",
         ("GET", "/devices"): "device.list",
         ("DELETE", "/devices/<path:token>"): "device.unregister",
+        # activity feeds (realtimed/feeds/http.py)
+        ("GET", "/feeds/<path:feed>/activities"): "feed.activities",
     }
 )
 """Route → the budget it charges (a name, or a ``Chooser`` for a route serving two ops)."""

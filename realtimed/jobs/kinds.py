@@ -10,7 +10,8 @@ so it cannot know them: each command that loads a daemon's configuration hands
 ``cron_config_problems`` to ``load_config(checks=...)``.
 
 ``DAEMON_JOB_TYPES`` is that table: the built-in kinds (``realtimed.jobs.builtin``),
-the ``push.send`` kind of push (``realtimed.push.jobs``), and the kinds of the
+the ``push.send`` kind of push (``realtimed.push.jobs``), ``email.send`` and
+``email.digest`` of email (``realtimed.email.jobs``), and the kinds of the
 notification pipeline and of chat (``realtimed.notify.jobs``), ``webhook.deliver``
 (``realtimed.webhooks.jobs``) and ``http`` (``realtimed.jobs.http``), whose cron
 entries give ``target``, ``path``, ``method`` and ``body`` instead of a payload
@@ -25,9 +26,11 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from realtimed.config import Config
+from realtimed.email.jobs import EMAIL_DIGEST, EMAIL_SEND
 from realtimed.jobs.builtin import (
     DEVICES_STALE,
     NOOP,
+    RETENTION_ACTIVITIES,
     RETENTION_JOBS,
     RETENTION_MESSAGES,
     RETENTION_NOTIFICATIONS,
@@ -49,8 +52,11 @@ DAEMON_JOB_TYPES: Final[Mapping[str, JobType[Any]]] = {
         RETENTION_JOBS,
         RETENTION_MESSAGES,
         DEVICES_STALE,
+        RETENTION_ACTIVITIES,
         NOOP,
         PUSH_SEND,
+        EMAIL_SEND,
+        EMAIL_DIGEST,
         NOTIFY_SEND,
         NOTIFY_PUSH,
         NOTIFY_DIGEST,

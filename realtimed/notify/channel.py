@@ -34,6 +34,15 @@ Two kinds of channel:
   user's quiet hours). A channel that queues its deliveries verifies
   ``check`` with ``realtimed.notify.checks.still_wanted`` before one that
   waited goes out, and cancels them on ``withdraw``.
+
+The delivery log (``realtimed.notify.delivery_log``, docs/protocol.md section
+8.8): the pipeline logs what it decides for every channel (``skipped:preference``,
+``skipped:active``, ``skipped:cap``, ``skipped:quiet_hours``, ``batched:digest``,
+``skipped:no_endpoint`` for a ``None`` receipt). A channel logs what only it
+knows, once it knows it, with the codes of ``realtimed.outcomes`` and no
+others: ``delivered``, ``failed:<code>`` (``outcomes.failed``, e.g.
+``outcomes.smtp_failed(550)`` for email), ``skipped:withdrawn``; it takes the
+``DeliveryLog`` as a constructor argument, as the in-app and push channels do.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from typing import Any, Final
 import attrs
 from quart import g
 
-from realtimed import protocol
+from realtimed import outcomes, protocol
 from realtimed.api.routes import (
     Checked,
     Named,
@@ -49,7 +49,6 @@ from realtimed.api.routes import (
 )
 from realtimed.clock import parse_iso
 from realtimed.errors import ValidationFailed
-from realtimed.notify import outcomes
 from realtimed.notify.service import PENDING, NotifyService
 from realtimed.push.messages import check_message, string_data
 
@@ -408,9 +407,13 @@ async def patch_preferences(inp: PreferencesChange) -> dict[str, Any]:
 
 
 def routes() -> tuple[Route, ...]:
-    """The notification routes: notify (server API) and the inbox and preferences (client REST)."""
+    """The notification routes: notify and the delivery log (server API), and the inbox and
+    preferences (client REST)."""
+    from realtimed.notify import log_http
+
     return (
         post_notifications,
+        *log_http.routes(),
         list_notifications,
         unread_count,
         read_all,

@@ -26,12 +26,17 @@ DESIGN.md over the delivery channels it was built with
    job per active device); reading or deleting the notification before it
    goes withdraws it (and it is checked again when it runs).
 
+Each decision of steps 2 to 5 that keeps a delivery from going (or holds it) is
+logged per user and channel in the delivery log (``realtimed.notify.delivery_log``,
+codes in ``realtimed.outcomes``): with the request for steps 2 to 4's
+preference and activity skips, with the planning job for the rest.
+
 A notification may have an ``expires_at``: it is stored with it, lists and
 unread counts skip it from then on, and no step after it delivers it (a plan
 job, a delivery deferred past it, a ``push.send`` job that runs late).
 
 ``notify`` answers, per recipient and channel, what steps 2 to 4 decided at
-once (``realtimed.notify.outcomes``: ``delivered``, ``skipped:preference``,
+once (``realtimed.outcomes``: ``delivered``, ``skipped:preference``,
 ``skipped:active``, ``skipped:duplicate``), or ``pending``. What a job decides
 later and keeps from going (expiry, the digest, a cap, quiet hours) is
 reported with the ``delivery.failed`` event (``event_sink``).
@@ -65,7 +70,6 @@ from realtimed.jobs.payload import PayloadError
 from realtimed.jobs.runner import JobContext, JobRunner
 from realtimed.live import Live
 from realtimed.metrics import REGISTRY
-from realtimed.notify import outcomes
 from realtimed.notify.channel import Delivery, DeliveryChannel, Receipt
 from realtimed.notify.checks import (
     ConversationCheck,
@@ -75,6 +79,7 @@ from realtimed.notify.checks import (
     NotificationCheck,
     count_unread_group,
 )
+from realtimed.notify.delivery_log import DeliveryLog
 from realtimed.notify.jobs import (
     CHAT_OFFLINE,
     NOTIFY_DIGEST,
@@ -90,13 +95,27 @@ from realtimed.notify.policy import (
     Activity,
     PushCaps,
     SharedCaps,
+    cap_resets,
     digest_key,
     digest_window,
     is_active,
     quiet_until,
 )
 from realtimed.notify.types import type_table
-from realtimed.store.base import NotificationPreference, Store, UserSettings
+from realtimed.outcomes import (
+    BATCHED_DIGEST,
+    CAP_DAILY,
+    CAP_HOURLY,
+    DELIVERED,
+    SKIPPED_ACTIVE,
+    SKIPPED_CAP,
+    SKIPPED_DUPLICATE,
+    SKIPPED_EXPIRED,
+    SKIPPED_NO_ENDPOINT,
+    SKIPPED_PREFERENCE,
+    SKIPPED_QUIET_HOURS,
+)
+from realtimed.store.base import DeliveryEntry, NotificationPreference, Store, UserSettings
 from realtimed.templates import TemplateError, render
 
 __all__ = ["CHAT_TYPE", "PENDING", "NotifyResult", "NotifyService"]
@@ -151,7 +170,7 @@ class NotifyResult:
         reached: the users stored in their inbox or considered for a planned channel.
         outcomes: per recipient (in request order), per channel of the type that
             this node delivers on, the code of what was decided at once
-            (``realtimed.notify.outcomes``), or ``PENDING`` when a job decides.
+            (``realtimed.outcomes``), or ``PENDING`` when a job decides.
     """
 
     reached: int
@@ -182,9 +201,12 @@ class NotifyService:
             ``DeliveryChannel``.
         caps: the push caps counted by every node of a cluster (None: this node's memory).
         activity: activity on the other nodes of a cluster (None: one node).
+        deliveries: the delivery log the pipeline reports its decisions to
+            (None: none); ``run`` runs its writer.
 
     Resource handling:
-        Holds no connection and no task of its own: ``run`` only reports ready.
+        Holds no connection; ``run`` owns the delivery log's writer task
+        (``deliveries``), the only task of its own.
         The per-user counts of the caps live in memory (see ``PushCaps``),
         or in Redis in a cluster (``caps``). In a cluster, activity on
         other nodes is read from their marks (``activity``).
@@ -207,6 +229,7 @@ class NotifyService:
         channels: Sequence[DeliveryChannel],
         caps: SharedCaps | None = None,
         activity: Activity | None = None,
+        deliveries: DeliveryLog | None = None,
     ) -> None:
         self._config = config
         self.store = store
@@ -220,6 +243,7 @@ class NotifyService:
             self.channels[channel.name] = channel
         self.caps: SharedCaps = caps or PushCaps()
         self.activity = activity
+        self.deliveries = deliveries
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -257,8 +281,11 @@ class NotifyService:
             ", ".join(sorted(self.types)),
             ", ".join(f"{name}{'' if c.available() else ' (off)'}" for name, c in self.channels.items()),
         )
-        task_status.started(self)
-        await trio.sleep_forever()
+        async with trio.open_nursery() as nursery:
+            if self.deliveries is not None:
+                await nursery.start(self.deliveries.run)
+            task_status.started(self)
+            await trio.sleep_forever()
 
     def ops(self) -> dict[str, OpHandler]:
         """The ``notification.*`` ops (socket and ``POST /api/v1/ops/{op}``), for the
@@ -295,6 +322,91 @@ class NotifyService:
                 # Pushing to an active user is the lesser harm than losing a push.
                 log.warning("activity on other nodes unknown (%s); pushing as if inactive", exc.message)
         return found
+
+    # -- caps ---------------------------------------------------------------------------------
+
+    async def cap_state(self, user_id: str) -> dict[str, Any]:
+        """The push caps in force for the user per type (used, limit, when the window
+        ends) and whether they are in quiet hours now. The counts are those the
+        pipeline keeps (this node's, or Redis's in a cluster)."""
+        settings = await self.store.get_user_settings(user_id)
+        now = self.clock.now()
+        types = [self.types[name] for name in sorted(self.types)]
+        daily_used, hourly_used = await self.caps.usage(
+            user_id=user_id, types=[t.name for t in types], now=now, time_zone=settings.time_zone
+        )
+        day_ends, hour_ends = cap_resets(now, settings.time_zone)
+        quiet = quiet_until(
+            now, start=settings.quiet_hours_start, end=settings.quiet_hours_end, time_zone=settings.time_zone
+        )
+        entries = []
+        for ntype in types:
+            caps: list[dict[str, Any]] = []
+            critical = ntype.priority == "critical"
+            if not critical and self.cfg.daily_cap:
+                caps.append({"cap": CAP_DAILY, "used": daily_used, "limit": self.cfg.daily_cap, "resets_at": iso(day_ends)})
+            hourly = ntype.hourly_cap or self.cfg.hourly_cap_per_type
+            if not critical and hourly:
+                caps.append(
+                    {"cap": CAP_HOURLY, "used": hourly_used.get(ntype.name, 0), "limit": hourly, "resets_at": iso(hour_ends)}
+                )
+            entries.append({"type": ntype.name, "critical": critical, "caps": caps})
+        has_quiet = bool(settings.quiet_hours_start and settings.quiet_hours_end)
+        return {
+            "user_id": user_id,
+            "time_zone": settings.time_zone,
+            "quiet_hours": (
+                {"start": settings.quiet_hours_start, "end": settings.quiet_hours_end} if has_quiet else None
+            ),
+            "in_quiet_hours": quiet is not None,
+            "quiet_until": iso(quiet),
+            "types": entries,
+        }
+
+    # -- the delivery log --------------------------------------------------------------------
+
+    @property
+    def _logging(self) -> bool:
+        return self.deliveries is not None and self.deliveries.enabled
+
+    def _log(
+        self,
+        entries: list[DeliveryEntry],
+        user_id: str,
+        ntype: NotificationTypeConfig,
+        channels: Sequence[str],
+        outcome: str,
+        *,
+        plan: _Plan | None = None,
+        receipt: Receipt | None = None,
+        ref: str = "",
+        cap: str | None = None,
+        deferred_until: datetime | None = None,
+        detail: str = "",
+    ) -> None:
+        """Add an entry per channel to ``entries`` (when the log is on); the notification
+        is named by the plan, or by the inbox's receipt."""
+        deliveries = self.deliveries
+        if deliveries is None or not channels or not deliveries.enabled:
+            return
+        notification_id: Any = None
+        if plan is not None:
+            ref, notification_id = plan.ref, plan.data.get("notification_id")
+        elif receipt is not None:
+            ref, notification_id = receipt.ref, receipt.data.get("notification_id")
+        now = self.clock.now()
+        for channel in channels:
+            entries.append(
+                deliveries.entry(
+                    at=now, user_id=user_id, channel=channel, type=ntype.name, outcome=outcome, ref=ref,
+                    notification_id=notification_id if isinstance(notification_id, str) else None,
+                    cap=cap, deferred_until=deferred_until, detail=detail,
+                )
+            )
+
+    async def _record(self, entries: list[DeliveryEntry]) -> None:
+        if entries and self.deliveries is not None:
+            await self.deliveries.record(entries)
 
     # -- the pipeline ------------------------------------------------------------------------
 
@@ -386,7 +498,7 @@ class NotifyService:
         if expires_at is not None and expires_at <= self.clock.now():
             # A scheduled notification whose time came after its expiry.
             for user_id in users:
-                decided[user_id] = dict.fromkeys((c.name for c in channels), outcomes.SKIPPED_EXPIRED)
+                decided[user_id] = dict.fromkeys((c.name for c in channels), SKIPPED_EXPIRED)
             log.info("%s to %d user(s) expired at %s before it went out", ntype.name, len(users), iso(expires_at))
             return NotifyResult(0, decided)
         prefs: dict[str, NotificationPreference] = (
@@ -401,7 +513,7 @@ class NotifyService:
             targets = [u for u in users if prefs[u].enabled(channel.name)]
             for user_id in users:
                 if user_id not in targets:
-                    decided[user_id][channel.name] = outcomes.SKIPPED_PREFERENCE
+                    decided[user_id][channel.name] = SKIPPED_PREFERENCE
             if not targets:
                 continue
             deliveries = [
@@ -420,10 +532,17 @@ class NotifyService:
             for user_id, receipt in zip(targets, await channel.deliver(deliveries), strict=True):
                 if receipt is None:
                     repeats.add(user_id)
-                    decided[user_id][channel.name] = outcomes.SKIPPED_DUPLICATE
+                    decided[user_id][channel.name] = SKIPPED_DUPLICATE
                 else:
                     receipts.setdefault(user_id, receipt)
-                    decided[user_id][channel.name] = outcomes.DELIVERED
+                    decided[user_id][channel.name] = DELIVERED
+        entries: list[DeliveryEntry] = []
+        if self._logging:
+            for user_id in users:
+                if user_id in repeats:
+                    continue
+                off = [c.name for c in channels if not prefs[user_id].enabled(c.name)]
+                self._log(entries, user_id, ntype, off, SKIPPED_PREFERENCE, receipt=receipts.get(user_id))
         planned = [c for c in channels if not c.immediate]
         candidates: list[PlanItem] = []
         planned_only = 0
@@ -432,17 +551,18 @@ class NotifyService:
             for user_id in users:
                 for channel in planned:
                     if user_id in repeats:
-                        decided[user_id][channel.name] = outcomes.SKIPPED_DUPLICATE
+                        decided[user_id][channel.name] = SKIPPED_DUPLICATE
                     elif channel.name not in on[user_id]:
-                        decided[user_id][channel.name] = outcomes.SKIPPED_PREFERENCE
+                        decided[user_id][channel.name] = SKIPPED_PREFERENCE
             wanted = [u for u in users if on.get(u)]
             planned_only = sum(1 for u in wanted if u not in receipts)
             active = await self._active_among(wanted)
             for user_id in wanted:
-                verdict = outcomes.SKIPPED_ACTIVE if user_id in active else PENDING
+                verdict = SKIPPED_ACTIVE if user_id in active else PENDING
                 decided[user_id].update(dict.fromkeys(on[user_id], verdict))
                 if user_id in active:
                     PUSH_DECISIONS.labels(ntype.name, "active").inc()
+                    self._log(entries, user_id, ntype, on[user_id], SKIPPED_ACTIVE, receipt=receipts.get(user_id))
                     continue
                 check = receipts[user_id].check if user_id in receipts else None
                 if isinstance(check, NotificationCheck):
@@ -453,6 +573,7 @@ class NotifyService:
             await self._queue_plans(
                 ntype, candidates, values, data, dedupe_key, request_id or secrets.token_hex(8), addresses or {}, expires_at
             )
+        await self._record(entries)
         log.info(
             "%s to %d user(s): %d in the inbox, %d out-of-app candidate(s)",
             ntype.name, len(users), len(receipts), len(candidates),
@@ -562,20 +683,23 @@ class NotifyService:
         ``deliver`` per planned channel for all the plans that go out."""
         limiter = trio.Semaphore(PLAN_CONCURRENCY)
         decided: dict[int, tuple[_Plan, str, str, datetime | None]] = {}
+        entries: list[DeliveryEntry] = []
 
         async def one(index: int, plan: _Plan) -> None:
             async with limiter:
-                decision = await self._consider(plan, settings.get(plan.user_id) or UserSettings(plan.user_id), job_id)
+                user_settings = settings.get(plan.user_id) or UserSettings(plan.user_id)
+                decision = await self._consider(plan, user_settings, job_id, entries)
                 if decision is not None:
                     decided[index] = (plan, *decision)
 
         async with trio.open_nursery() as nursery:
             for index, plan in enumerate(plans):
                 nursery.start_soon(one, index, plan)
-        await self._send_all([decided[i] for i in sorted(decided)], job_id)
+        await self._send_all([decided[i] for i in sorted(decided)], job_id, entries)
+        await self._record(entries)
 
     async def _consider(
-        self, plan: _Plan, settings: UserSettings, job_id: str
+        self, plan: _Plan, settings: UserSettings, job_id: str, entries: list[DeliveryEntry]
     ) -> tuple[str, str, datetime | None] | None:
         """Digest window, caps and quiet hours for one user: the title, body and
         ``run_at`` the planned channels deliver with, or None when nothing goes."""
@@ -583,42 +707,45 @@ class NotifyService:
         now = self.clock.now()
         if plan.expires_at is not None and plan.expires_at <= now:
             PUSH_DECISIONS.labels(ntype.name, "expired").inc()
-            await self._report_skip(plan, outcomes.SKIPPED_EXPIRED, f"expired at {iso(plan.expires_at)}", job_id)
+            self._log(entries, plan.user_id, ntype, plan.channels, SKIPPED_EXPIRED, plan=plan, detail=f"expired at {iso(plan.expires_at)}")
+            await self._report_skip(plan, SKIPPED_EXPIRED, f"expired at {iso(plan.expires_at)}", job_id)
             return None
         critical = ntype.priority == "critical"
         digest = not critical and ntype.digest_window_s > 0 and plan.digest is not None
         if digest and not await self._open_digest(plan, settings, now):
             PUSH_DECISIONS.labels(ntype.name, "digest_held").inc()
             log.debug("job %s: push to %s held for the digest of %s", job_id, plan.user_id, plan.group_key)
-            await self._report_skip(plan, outcomes.BATCHED_DIGEST, f"held for the digest of {plan.group_key}", job_id)
+            self._log(entries, plan.user_id, ntype, plan.channels, BATCHED_DIGEST, plan=plan, detail=plan.group_key)
+            await self._report_skip(plan, BATCHED_DIGEST, f"held for the digest of {plan.group_key}", job_id)
             return None
-        if not critical and not await self._take_cap(ntype, plan.user_id, settings, now, job_id, plan):
-            return None
+        if not critical:
+            held = await self._take_cap(ntype, plan.user_id, settings, now, job_id)
+            if held is not None:
+                self._log(entries, plan.user_id, ntype, plan.channels, SKIPPED_CAP, plan=plan, cap=held)
+                await self._report_skip(plan, SKIPPED_CAP, f"{held} cap reached", job_id)
+                return None
         run_at = None if critical else quiet_until(
             now, start=settings.quiet_hours_start, end=settings.quiet_hours_end, time_zone=settings.time_zone
         )
         if run_at is not None and plan.expires_at is not None and run_at >= plan.expires_at:
             PUSH_DECISIONS.labels(ntype.name, "expired").inc()
+            self._log(entries, plan.user_id, ntype, plan.channels, SKIPPED_EXPIRED, plan=plan, detail=f"expired at {iso(plan.expires_at)}")
             await self._report_skip(
-                plan, outcomes.SKIPPED_QUIET_HOURS, f"quiet hours last past its expiry ({iso(plan.expires_at)})", job_id
+                plan, SKIPPED_QUIET_HOURS, f"quiet hours last past its expiry ({iso(plan.expires_at)})", job_id
             )
             return None
         if run_at is not None:
-            await self._report_skip(plan, outcomes.SKIPPED_QUIET_HOURS, f"deferred to {iso(run_at)}", job_id, run_at=run_at)
+            await self._report_skip(plan, SKIPPED_QUIET_HOURS, f"deferred to {iso(run_at)}", job_id, run_at=run_at)
         title, body = plan.title, plan.body
         if not ntype.push_content:
             title, body = render(ntype.private_title, plan.vars), render(ntype.private_body, plan.vars)
         return title, body, run_at
 
     async def _take_cap(
-        self,
-        ntype: NotificationTypeConfig,
-        user_id: str,
-        settings: UserSettings,
-        now: datetime,
-        job_id: str,
-        plan: _Plan | None = None,
-    ) -> bool:
+        self, ntype: NotificationTypeConfig, user_id: str, settings: UserSettings, now: datetime, job_id: str
+    ) -> str | None:
+        """Count one delivery against the caps; None if it may go, else which cap
+        holds it back (``daily``, ``hourly``)."""
         held = await self.caps.count(
             user_id=user_id,
             type=ntype.name,
@@ -630,10 +757,8 @@ class NotifyService:
         if held is not None:
             PUSH_DECISIONS.labels(ntype.name, held).inc()
             log.info("job %s: no %s push to %s: %s reached", job_id, ntype.name, user_id, held.replace("_", " "))
-            if plan is not None:
-                await self._report_skip(plan, outcomes.SKIPPED_CAP, f"{held.replace('_', ' ')} reached", job_id)
-            return False
-        return True
+            return CAP_DAILY if held == "daily_cap" else CAP_HOURLY
+        return None
 
     async def _report_skip(
         self, plan: _Plan, code: str, why: str, job_id: str, *, run_at: datetime | None = None
@@ -714,12 +839,12 @@ class NotifyService:
         except PayloadError:
             return False  # a digest this version cannot read holds the window; it fails when it runs
 
-    async def _send(self, plan: _Plan, title: str, body: str, run_at: datetime | None, job_id: str) -> None:
-        """Every planned channel of the plan that this node can deliver on delivers."""
-        await self._send_all([(plan, title, body, run_at)], job_id)
-
-    async def _send_all(self, sends: Sequence[tuple[_Plan, str, str, datetime | None]], job_id: str) -> None:
-        """``_send`` of many plans: each planned channel delivers all of its plans in one call."""
+    async def _send_all(
+        self, sends: Sequence[tuple[_Plan, str, str, datetime | None]], job_id: str, entries: list[DeliveryEntry]
+    ) -> None:
+        """Each planned channel of each plan that this node can deliver on delivers:
+        all of its plans in one call. A channel with nowhere to deliver is logged
+        ``skipped:no_endpoint``, one that waits for quiet hours ``skipped:quiet_hours``."""
         if not sends:
             return
         deliveries = [
@@ -748,8 +873,13 @@ class NotifyService:
             mine = [i for i, (plan, *_) in enumerate(sends) if name in plan.channels]
             receipts = await channel.deliver([deliveries[i] for i in mine])
             for i, receipt in zip(mine, receipts, strict=True):
+                plan, run_at = sends[i][0], sends[i][3]
                 if receipt is not None:
                     reached[i].append(f"{name} ({receipt.endpoints})")
+                    if run_at is not None:
+                        self._log(entries, plan.user_id, plan.type, (name,), SKIPPED_QUIET_HOURS, plan=plan, deferred_until=run_at)
+                else:
+                    self._log(entries, plan.user_id, plan.type, (name,), SKIPPED_NO_ENDPOINT, plan=plan)
         for (plan, _title, _body, run_at), went in zip(sends, reached, strict=True):
             ntype = plan.type
             if not went:
@@ -782,8 +912,10 @@ class NotifyService:
             # The first went at once; nothing more came, or it was read.
             log.debug("job %s: digest of %s for %s: %d unread, no push", ctx.job_id, p.group_key, user_id, count)
             return
+        entries: list[DeliveryEntry] = []
+        ref = ("mg" if p.source == "chat" else "ng") + ctx.job_id
 
-        async def held(code: str, why: str) -> None:
+        async def report(code: str, why: str) -> None:
             await self._report_held(
                 user_id=user_id,
                 type_name=ntype.name,
@@ -796,12 +928,17 @@ class NotifyService:
 
         if await self._active(user_id):
             PUSH_DECISIONS.labels(ntype.name, "active").inc()
-            await held(outcomes.SKIPPED_ACTIVE, "active on a connected device")
+            self._log(entries, user_id, ntype, p.channels, SKIPPED_ACTIVE, ref=ref)
+            await self._record(entries)
+            await report(SKIPPED_ACTIVE, "active on a connected device")
             return
         settings = await self.store.get_user_settings(user_id)
         now = self.clock.now()
-        if not await self._take_cap(ntype, user_id, settings, now, ctx.job_id):
-            await held(outcomes.SKIPPED_CAP, "cap reached")
+        held = await self._take_cap(ntype, user_id, settings, now, ctx.job_id)
+        if held is not None:
+            self._log(entries, user_id, ntype, p.channels, SKIPPED_CAP, ref=ref, cap=held)
+            await self._record(entries)
+            await report(SKIPPED_CAP, f"{held} cap reached")
             return
         values = {**p.vars, "count": count}
         if ntype.push_content:
@@ -821,13 +958,14 @@ class NotifyService:
             title=title,
             body=body,
             group_key=p.group_key,
-            ref=("mg" if p.source == "chat" else "ng") + ctx.job_id,
+            ref=ref,
             check=check,
             digest=None,
             channels=p.channels,
         )
         log.info("job %s: digest push to %s: %s", ctx.job_id, user_id, body)
-        await self._send(plan, title, body, run_at, ctx.job_id)
+        await self._send_all([(plan, title, body, run_at)], ctx.job_id, entries)
+        await self._record(entries)
 
     async def _job_chat_offline(self, ctx: JobContext, p: ChatOffline) -> None:
         """A chat message for participants with no connected device: a ``new_message`` delivery each."""
@@ -858,8 +996,12 @@ class NotifyService:
             log.error("job %s: the new_message type cannot render a chat message: %s", ctx.job_id, exc.message)
             return
         plans = []
+        entries: list[DeliveryEntry] = []
+        ref = f"m{message.id}"
         for user_id in recipients:
             channels = tuple(c.name for c in planned if prefs[user_id].enabled(c.name))
+            off = [c.name for c in planned if c.name not in channels]
+            self._log(entries, user_id, ntype, off, SKIPPED_PREFERENCE, ref=ref)
             if not channels:
                 PUSH_DECISIONS.labels(CHAT_TYPE, "off").inc()
                 continue
@@ -871,6 +1013,7 @@ class NotifyService:
                 continue
             if await self._active(user_id):
                 PUSH_DECISIONS.labels(CHAT_TYPE, "active").inc()
+                self._log(entries, user_id, ntype, channels, SKIPPED_ACTIVE, ref=ref)
                 continue
             plans.append(
                 _Plan(
@@ -881,13 +1024,14 @@ class NotifyService:
                     title=title,
                     body=body,
                     group_key=f"chat:{conversation_id}",
-                    ref=f"m{message.id}",
+                    ref=ref,
                     check=MessageCheck(user_id, conversation_id, message.seq),
                     digest="chat",
                     channels=channels,
                     conversation_id=conversation_id,
                 )
             )
+        await self._record(entries)
         await self._consider_all(plans, settings, ctx.job_id)
 
     async def count_unread_group(self, *, user_id: str, group_key: str, since: datetime, until: datetime) -> int:

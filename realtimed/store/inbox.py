@@ -298,12 +298,15 @@ class InboxStore(Protocol):
     """
 
     async def insert_notifications(
-        self, *, items: Sequence[NewNotification], now: datetime
+        self, *, items: Sequence[NewNotification], now: datetime, log_channel: str | None = None
     ) -> list[tuple[NotificationRecord, bool]]:
         """Insert notifications for many users in one transaction, each taking
         its user's next ``seq``. An item whose (user, ``dedupe_key``) is already
         stored is a no-op: the stored one comes back with ``created=False`` and
-        takes no ``seq``. Results are in the order of ``items``."""
+        takes no ``seq``. Results are in the order of ``items``. With
+        ``log_channel``, each new notification is also logged ``delivered`` on
+        that channel in the delivery log, in the same transaction
+        (``realtimed.store.deliveries``)."""
         ...
 
     async def list_notifications(
@@ -410,11 +413,11 @@ class InboxRules(abc.ABC):
     """``InboxStore`` in terms of a backend's primitives (the abstract methods)."""
 
     async def insert_notifications(
-        self, *, items: Sequence[NewNotification], now: datetime
+        self, *, items: Sequence[NewNotification], now: datetime, log_channel: str | None = None
     ) -> list[tuple[NotificationRecord, bool]]:
         if not items:
             return []
-        return await self._insert_notifications(list(items), utc(now))
+        return await self._insert_notifications(list(items), utc(now), log_channel)
 
     async def list_notifications(
         self,
@@ -486,7 +489,7 @@ class InboxRules(abc.ABC):
 
     @abc.abstractmethod
     async def _insert_notifications(
-        self, items: list[NewNotification], now: datetime
+        self, items: list[NewNotification], now: datetime, log_channel: str | None
     ) -> list[tuple[NotificationRecord, bool]]: ...
 
     @abc.abstractmethod

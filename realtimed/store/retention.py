@@ -9,6 +9,7 @@ finished, and the cutoff in UTC.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Final, Literal, Protocol
 
@@ -54,6 +55,13 @@ class RetentionStore(Protocol):
 
     async def deactivate_stale_devices(self, *, before: datetime) -> int:
         """Deactivate active tokens last seen before ``before``; returns how many."""
+        ...
+
+    async def delete_feed_activities(self, *, prefix: str, before: datetime, except_prefixes: Sequence[str] = ()) -> int:
+        """Remove from the feeds whose name starts with ``prefix`` (and with none of
+        ``except_prefixes`` longer than it) the activities whose time is before ``before``,
+        and delete the activities left in no feed; returns how many were removed from
+        feeds. (Written with the feeds' other rules: ``store.feeds.FeedRules``.)"""
         ...
 
 

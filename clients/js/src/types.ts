@@ -127,6 +127,43 @@ export interface NotificationPage {
   next_cursor: string | null;
 }
 
+/** An activity of a feed (docs/protocol.md section 5.6), as read from one feed. */
+export interface Activity {
+  id: string;
+  actor: string;
+  verb: string;
+  object: string;
+  target: string | null;
+  /** When it happened. */
+  time: Time;
+  data: Record<string, unknown>;
+  /** Every feed it was logged to. */
+  feeds: string[];
+  /** When it was logged. */
+  created_at: Time;
+  /** The feed it is read from, and its place there. */
+  feed: string;
+  seq: number;
+}
+
+export interface ActivityPage {
+  /** Newest first (by `time`, then `seq`). */
+  activities: Activity[];
+  next_cursor: string | null;
+}
+
+/** Filters and paging of `feedActivities`: `since` inclusive, `until` exclusive; `q`: every word must appear. */
+export interface FeedQuery {
+  actor?: string;
+  verb?: string;
+  object?: string;
+  since?: string | Date;
+  until?: string | Date;
+  q?: string;
+  cursor?: string;
+  limit?: number;
+}
+
 /**
  * A notification type's switch for each delivery channel of the server, named after the
  * channel: `in_app` and `push`, and any other the server has (`email`, `sms`, ...). A channel

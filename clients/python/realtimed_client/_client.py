@@ -48,8 +48,9 @@ import time
 import urllib.parse
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
 import httpx
@@ -1199,6 +1200,39 @@ class Client(trio.abc.AsyncResource):
                 del self._rooms[room]
                 with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_WAIT_S):
                     await self._send_oneway("unsubscribe", {"room": room})
+
+    # -- activity feeds ------------------------------------------------------------------------
+
+    def subscribe_feed(self, feed: str, *, since: tuple[int, str] | None = None) -> AbstractAsyncContextManager[Subscription]:
+        """Subscribe to an activity feed (``user:alice``, ``team:t1``): its room ``feed:<name>``.
+
+        Each activity logged to the feed comes as a ``feed.activity`` event whose
+        ``data["activity"]`` is the activity and ``seq`` its place in the feed. After
+        a reconnect (or with ``since``, a ``Subscription.position`` kept from before)
+        the missed ones come first, from the server's store, or a ``room.reset`` when
+        they cannot (then read the feed with ``feed_activities``).
+        """
+        return self.subscribe(proto.feed_room(feed), since=since)
+
+    async def feed_activities(
+        self,
+        feed: str,
+        *,
+        actor: str | None = None,
+        verb: str | None = None,
+        object: str | None = None,
+        since: str | datetime | None = None,
+        until: str | datetime | None = None,
+        q: str | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """``{activities, next_cursor}``: a page of a feed the user may subscribe to, newest
+        first, filtered (``since`` inclusive, ``until`` exclusive, ``q``: every word must appear)."""
+        data = proto.feed_activities_data(
+            feed, actor=actor, verb=verb, object=object, since=since, until=until, q=q, cursor=cursor, limit=limit
+        )
+        return await self._call("feed.activities", data)
 
     # -- rooms ---------------------------------------------------------------------------------
 

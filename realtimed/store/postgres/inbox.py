@@ -12,6 +12,8 @@ from datetime import datetime
 from typing import Any, Final
 
 from realtimed.store import inbox
+from realtimed.store.deliveries import delivered_entries
+from realtimed.store.postgres.deliveries import insert_entries
 from realtimed.store.postgres.engine import CODEC, Conn, PostgresEngine, count
 from realtimed.store.values import dumps
 
@@ -19,7 +21,7 @@ __all__ = ["PostgresInbox"]
 
 
 async def _insert_notifications(
-    conn: Conn, items: list[inbox.NewNotification], now: datetime
+    conn: Conn, items: list[inbox.NewNotification], now: datetime, log_channel: str | None = None
 ) -> list[tuple[inbox.NotificationRecord, bool]]:
     users = sorted({i.user_id for i in items})
     # Lock every counter in one order (creating missing ones), so concurrent inserts wait, not deadlock.
@@ -82,6 +84,8 @@ async def _insert_notifications(
             [last_seq[u] for u in added],
             list(added.values()),
         )
+        if log_channel is not None:
+            await insert_entries(conn, delivered_entries(new, channel=log_channel, now=now))
     return out
 
 
@@ -187,9 +191,9 @@ class PostgresInbox(PostgresEngine, inbox.InboxRules):
     """``InboxStore`` on PostgreSQL."""
 
     async def _insert_notifications(
-        self, items: list[inbox.NewNotification], now: datetime
+        self, items: list[inbox.NewNotification], now: datetime, log_channel: str | None
     ) -> list[tuple[inbox.NotificationRecord, bool]]:
-        return await self._call(_insert_notifications, items, now)
+        return await self._call(_insert_notifications, items, now, log_channel)
 
     async def _notification_rows(self, page: inbox.NotificationPage) -> list[inbox.NotificationRecord]:
         return await self._call(_notification_rows, page, tx=False, read=True)

@@ -12,6 +12,8 @@ from datetime import datetime
 from typing import Final
 
 from realtimed.store import inbox
+from realtimed.store.deliveries import delivered_entries
+from realtimed.store.sqlite.deliveries import insert_entries
 from realtimed.store.sqlite.engine import CODEC, Conn, SQLiteEngine, json_list, us
 from realtimed.store.values import dumps
 
@@ -19,7 +21,7 @@ __all__ = ["SQLiteInbox"]
 
 
 def _insert_notifications(
-    conn: Conn, items: list[inbox.NewNotification], now: datetime
+    conn: Conn, items: list[inbox.NewNotification], now: datetime, log_channel: str | None = None
 ) -> list[tuple[inbox.NotificationRecord, bool]]:
     out: list[tuple[inbox.NotificationRecord, bool]] = []
     for item in items:
@@ -56,6 +58,8 @@ def _insert_notifications(
             ),
         )
         out.append((n, True))
+    if log_channel is not None:
+        insert_entries(conn, delivered_entries([n for n, new in out if new], channel=log_channel, now=now))
     return out
 
 
@@ -212,9 +216,11 @@ class SQLiteInbox(SQLiteEngine, inbox.InboxRules):
     """``InboxStore`` on SQLite."""
 
     async def _insert_notifications(
-        self, items: list[inbox.NewNotification], now: datetime
+        self, items: list[inbox.NewNotification], now: datetime, log_channel: str | None
     ) -> list[tuple[inbox.NotificationRecord, bool]]:
-        return await self._write(functools.partial(_insert_notifications, items=items, now=now))
+        return await self._write(
+            functools.partial(_insert_notifications, items=items, now=now, log_channel=log_channel)
+        )
 
     async def _notification_rows(self, page: inbox.NotificationPage) -> list[inbox.NotificationRecord]:
         return await self._read(_notification_rows, page)
