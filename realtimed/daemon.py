@@ -231,7 +231,7 @@ class Daemon:
         # What became of each notification per user and channel (GET /server/v1/deliveries).
         deliveries = DeliveryLog(config, store=store, clock=clock)
         push = PushService(cfg, store=store, clock=clock, jobs=runner, deliveries=deliveries)
-        email = EmailService(config, store=store, clock=clock, jobs=runner)
+        email = EmailService(config, store=store, clock=clock, jobs=runner, deliveries=deliveries)
         # The delivery channels notify calls (realtimed/notify/channel.py), each named like its config section.
         in_app = InAppChannel(store, clock=clock, router=router, deliveries=deliveries)
         notify = NotifyService(config, store=store, clock=clock, router=router, jobs=runner,

@@ -7,7 +7,8 @@ routes and the ``delivery.failed`` webhook use these strings, and only these:
 code                       meaning
 =========================  =============================================================
 ``delivered``              in-app: stored in the inbox and handed to the user's live
-                           sessions (or stored for a user with none); push: accepted by FCM
+                           sessions (or stored for a user with none); push: accepted by FCM;
+                           email: accepted by the SMTP server
 ``skipped:preference``     the user turned the channel off for the type
 ``skipped:quiet_hours``    held until the end of the user's quiet hours (``deferred_until``);
                            the delivery itself is logged when it goes

@@ -103,6 +103,15 @@ async def finished(h: Harness, count: int) -> list[JobRecord]:
         await trio.sleep(POLL_S)
 
 
+async def email_log(h: Harness) -> set[tuple[str, str]]:
+    """(user, outcome) of the delivery log's email entries."""
+    deliveries = h.daemon.services.notify.deliveries
+    assert deliveries is not None
+    await deliveries.flush()
+    page = await h.server("GET", "/deliveries?channel=email&limit=500")
+    return {(e["user_id"], e["outcome"]) for e in page["deliveries"]}
+
+
 def link_path(url: str) -> str:
     """The path of an unsubscribe link under the daemon (public_base_url ends in /rt)."""
     path = urlsplit(url).path
@@ -291,6 +300,7 @@ async def test_an_email_retried_past_the_notifications_expiry_is_never_mailed(
         await trio.sleep(30)
         assert not smtp.messages
         assert [(e, d["code"], d["user_id"]) for e, d in events] == [("delivery.failed", "skipped:expired", "u1")]
+        assert await email_log(h) == {("u1", "skipped:expired")}
 
 
 async def test_5xx_is_final_and_reported_4xx_is_retried(
@@ -320,6 +330,8 @@ async def test_5xx_is_final_and_reported_4xx_is_retried(
         assert data["address"] == "gone@example.com" and data["job_id"] == gone.id
         await trio.sleep(30)  # past any retry (the backoff starts at 2 s)
         assert not smtp.to("gone@example.com") and len(smtp.to("busy@example.com")) == 1
+        # The delivery log has each email's outcome, with the same code as the webhook.
+        assert await email_log(h) == {("gone", "failed:smtp_550"), ("busy", "delivered")}
 
 
 def test_outcome_codes() -> None:

@@ -43,9 +43,10 @@ from realtimed.errors import NotFound, Unavailable, ValidationFailed
 from realtimed.jobs.runner import DoNotRetry, JobContext, JobRunner, RetryAfter, backoff_delay
 from realtimed.live import Live
 from realtimed.metrics import REGISTRY
-from realtimed.notify.checks import still_wanted
+from realtimed.notify.checks import NotificationCheck, still_wanted
+from realtimed.notify.delivery_log import DeliveryLog
 from realtimed.notify.types import type_table
-from realtimed.outcomes import SKIPPED_EXPIRED
+from realtimed.outcomes import DELIVERED, SKIPPED_EXPIRED, SKIPPED_WITHDRAWN
 from realtimed.store.base import EmailAddressRecord, JobSpec, NotificationRecord, Store
 from realtimed.store.emails import EMAIL_DIGESTS
 from realtimed.templates import render
@@ -125,11 +126,13 @@ class EmailService:
         clock: WallClock,
         jobs: JobRunner,
         rng: random.Random | None = None,
+        deliveries: DeliveryLog | None = None,
     ) -> None:
         self._config = config
         self.store = store
         self.clock = clock
         self.jobs = jobs
+        self.deliveries = deliveries
         self._rng = rng or random.Random()
         self.pool: SmtpPool | None = None
 
@@ -198,12 +201,14 @@ class EmailService:
                     "job_id": ctx.job_id,
                 },
             )
+            await self._log(p, SKIPPED_EXPIRED, f"expired at {iso(p.expires_at)}")
             return
         waited = ctx.attempt > 1 or (now - ctx.job.created_at).total_seconds() > FRESH_S
         skip = await self._still_wanted(p) if waited else None
         if skip is not None:
             EMAILS.labels("skipped").inc()
             log.info("job %s: email to user %s not sent: %s", ctx.job_id, p.user_id, skip)
+            await self._log(p, SKIPPED_WITHDRAWN, skip)
             return
         cfg = self.cfg
         message = build_message(
@@ -214,6 +219,7 @@ class EmailService:
         if decided.delivered:
             EMAILS.labels("delivered").inc()
             log.debug("job %s: email to user %s delivered (%s)", ctx.job_id, p.user_id, result.text)
+            await self._log(p, DELIVERED, result.text)
             return
         text = f"{result.code or '-'} {result.text}"
         if decided.retry and ctx.attempt < ctx.job.max_attempts:
@@ -226,6 +232,7 @@ class EmailService:
             raise RetryAfter(delay, text)
         EMAILS.labels("failed").inc()
         log.warning("job %s: email to user %s failed (%s): %s", ctx.job_id, p.user_id, decided.code, text)
+        await self._log(p, decided.code, text)
         await self._report(
             "delivery.failed",
             {
@@ -318,6 +325,20 @@ class EmailService:
         if p.check is None:
             return None
         return await still_wanted(self.store, p.check)
+
+    async def _log(self, p: EmailSend, outcome: str, detail: str) -> None:
+        """Log what became of an email in the delivery log (not waited for: the outcome is final)."""
+        deliveries = self.deliveries
+        if deliveries is None or not deliveries.enabled:
+            return
+        check = p.check
+        await deliveries.record(wait=False, entries=[
+            deliveries.entry(
+                at=self.clock.now(), user_id=p.user_id, channel=CHANNEL, type=p.type, outcome=outcome, ref=p.ref,
+                notification_id=check.id if isinstance(check, NotificationCheck) else None,
+                detail=f"{p.to}: {detail}" if detail else p.to,
+            )
+        ])
 
     async def _report(self, event: str, data: Mapping[str, Any]) -> None:
         if self.event_sink is None:
