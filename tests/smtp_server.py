@@ -8,6 +8,7 @@ outage). With ``tls`` it offers STARTTLS with a test certificate and requires it
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import socket
@@ -148,24 +149,33 @@ class SmtpServer:
         options: dict[str, Any] = {}
         if self.credentials is not None:
             options.update(authenticator=self._authenticate, auth_required=True)
+        # A loop of its own, made directly: once trio-asyncio is loaded (other tests of the run use
+        # it), asyncio's policy refuses to make a loop inside a Trio run.
+        loop = asyncio.SelectorEventLoop()
         if self.implicit_tls:
             # aiosmtpd knows only STARTTLS as TLS: on a TLS socket it must offer AUTH all the same.
             options["auth_require_tls"] = False
             controller = Controller(
-                _Handler(self), hostname="127.0.0.1", port=self.port, ssl_context=self._tls, ready_timeout=10, **options
+                _Handler(self), loop=loop, hostname="127.0.0.1", port=self.port, ssl_context=self._tls,
+                ready_timeout=10, **options,
             )
         else:
             controller = Controller(
-                _Handler(self), hostname="127.0.0.1", port=self.port, tls_context=self._tls,
+                _Handler(self), loop=loop, hostname="127.0.0.1", port=self.port, tls_context=self._tls,
                 require_starttls=self._tls is not None, ready_timeout=10, **options,
             )
-        await trio.to_thread.run_sync(controller.start)
+        try:
+            await trio.to_thread.run_sync(controller.start)
+        except BaseException:
+            loop.close()
+            raise
         self._controller = controller
 
     async def stop(self) -> None:
         controller, self._controller = self._controller, None
         if controller is not None:
             await trio.to_thread.run_sync(controller.stop)
+            controller.loop.close()
 
     async def wait_for(self, count: int, address: str | None = None, *, poll_s: float = 1.0) -> list[Received]:
         while True:
