@@ -1,6 +1,6 @@
 """Compare realtimed's benchmarks between two git revisions on this machine.
 
-    .venv/bin/python bench/compare.py BEFORE [AFTER] [--runs 3] [--benches fanout,chat,store]
+    .venv/bin/python bench/compare.py BEFORE [AFTER] [--runs 3] [--benches fanout,chat,store,webhooks,http_jobs]
 
 Checks both revisions out into temporary worktrees, then runs each bench of each
 revision in turn, interleaved (before, after, before, after, ...) so that a busy
@@ -12,7 +12,8 @@ after/before, with the direction that is better (``+`` higher, ``-`` lower).
 
 The default flags keep each run near a minute on two cores, on the embedded
 defaults (SQLite, the in-process broker); pass ``--fanout``, ``--chat`` and
-``--store`` to change them. The raw output of every run is kept in ``--keep``
+``--store`` to change them. ``webhooks`` and ``http_jobs`` (not run unless named in
+``--benches``) use PostgreSQL on its default local server. The raw output of every run is kept in ``--keep``
 when given. Needs Node.js for fanout and chat; bench/node_modules is installed
 once here and shared with both checkouts.
 """
@@ -37,6 +38,8 @@ DEFAULT_FLAGS: dict[str, str] = {
     "fanout": "--sockets 1000 --rates 10,30 --seconds 5 --idle ''",
     "chat": "--pairs 200 --rates 200,500 --seconds 5",
     "store": "--backend sqlite --seconds 2",
+    "webhooks": "--backend postgres --deliveries 3000",
+    "http_jobs": "--backend postgres --jobs 3000",
 }
 
 # A figure: (name, value, higher_is_better).
@@ -125,7 +128,21 @@ def parse_store(out: str, flags: str) -> list[Figure]:
     return figures
 
 
-PARSERS: dict[str, Callable[[str, str], list[Figure]]] = {"fanout": parse_fanout, "chat": parse_chat, "store": parse_store}
+def parse_outbound(out: str, flags: str) -> list[Figure]:
+    """bench/webhooks.py and bench/http_jobs.py: the yardstick's and the calls' rates and CPU."""
+    figures: list[Figure] = []
+    pattern = r"(\w+) (noop jobs|webhook deliveries|http jobs)[^:]*:\s*([\d,]+)/s\s+([\d.]+) ms CPU each"
+    for m in re.finditer(pattern, out):
+        label = f"{m.group(1)} {m.group(2)}"
+        figures.append((f"{label}/s", float(m.group(3).replace(",", "")), True))
+        figures.append((f"{label} CPU ms each", float(m.group(4)), False))
+    return figures
+
+
+PARSERS: dict[str, Callable[[str, str], list[Figure]]] = {
+    "fanout": parse_fanout, "chat": parse_chat, "store": parse_store, "webhooks": parse_outbound,
+    "http_jobs": parse_outbound,
+}
 
 
 def git(*args: str) -> str:

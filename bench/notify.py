@@ -20,6 +20,13 @@ the repository root:
     .venv/bin/python bench/notify.py
     .venv/bin/python bench/notify.py --dsn postgresql://postgres@127.0.0.1:5432/postgres
     .venv/bin/python bench/notify.py --dsn ... --h2-sender off   # messages:send through httpx, to compare
+    .venv/bin/python bench/notify.py --delivery-log both        # the run without the delivery log, then with it
+
+``--delivery-log both`` runs the whole bench twice, on a fresh database each time,
+``notify.delivery_log`` off then on (``--rounds N``: N such pairs, alternating, so
+that a machine whose load changes weighs on both alike), and prints what the log
+costs: notifications stored and delivered live per second, pushes per second
+through the pipeline, and the daemon's CPU per push, each the best of its runs.
 
 Without ``--dsn`` a throwaway PostgreSQL server is started (initdb) and removed
 afterwards; with it, a throwaway database is created on that server and dropped.
@@ -74,7 +81,9 @@ class FakeFcmProcess:
 
 
 class Daemon(DaemonProcess):
-    def __init__(self, workdir: Path, *, dsn: str, fake: FakeFcmProcess, concurrency: int, h2_sender: bool) -> None:
+    def __init__(
+        self, workdir: Path, *, dsn: str, fake: FakeFcmProcess, concurrency: int, h2_sender: bool, delivery_log: bool
+    ) -> None:
         port = free_port()
         config = workdir / "realtimed.toml"
         config.write_text(
@@ -98,6 +107,7 @@ postgres_dsn = "{dsn}"
 pool_max = 40
 [notify]
 max_recipients = 100000
+delivery_log = {str(delivery_log).lower()}
 [push]
 service_account_file = "{fake.key_file}"
 fcm_url = "{fake.url}"
@@ -177,14 +187,17 @@ def client_alone(fake: FakeFcmProcess, *, concurrency: int, count: int, h2_sende
     return trio.run(main)
 
 
-def bench(args: argparse.Namespace, dsn: str) -> None:
+def bench(args: argparse.Namespace, dsn: str, *, delivery_log: bool, alone: bool = True) -> dict[str, float]:
+    """One run; returns notifications stored and delivered live per second and pushes per second."""
     with tempfile.TemporaryDirectory(prefix="realtimed-notify-bench-") as tmp:
         folder = Path(tmp)
         fake = FakeFcmProcess(folder)
-        daemon = Daemon(folder, dsn=dsn, fake=fake, concurrency=args.concurrency, h2_sender=args.h2_sender == "on")
+        daemon = Daemon(folder, dsn=dsn, fake=fake, concurrency=args.concurrency, h2_sender=args.h2_sender == "on",
+                        delivery_log=delivery_log)
         gen = NotifyLoad()
         try:
-            print(f"realtimed notify bench (postgres), daemon pid {daemon.proc.pid}, {os.cpu_count()} CPUs")
+            print(f"realtimed notify bench (postgres), daemon pid {daemon.proc.pid}, {os.cpu_count()} CPUs, "
+                  f"notify.delivery_log {'on' if delivery_log else 'off'}")
             seconds = asyncio.run(register_devices(daemon.url, args.recipients))
             print(f"{args.recipients} device tokens registered in {seconds:.1f} s")
             conn = gen.call(cmd="connect", url=daemon.ws_url, count=args.online, secret=SECRET, concurrency=32, prefix="u")
@@ -241,6 +254,13 @@ def bench(args: argparse.Namespace, dsn: str) -> None:
                 f"  daemon CPU over the run        {cpu:.1f} s ({cpu / max(pushed, 1) * 1e3:.2f} ms per push); "
                 f"the fake FCM's {fake_cpu:.1f} s"
             )
+            figures = {
+                "notifications_per_s": args.recipients / max(stored_and_live, 1e-9),
+                "pushes_per_s": pushed / max(t_pushed - t0, 1e-9),
+                "cpu_ms_per_push": cpu / max(pushed, 1) * 1e3,
+            }
+            if not alone:
+                return figures
             fake_cpu0, started = cpu_seconds(fake.proc.pid), time.time()
             rate = client_alone(fake, concurrency=args.concurrency, count=args.alone, h2_sender=args.h2_sender == "on")
             fake_share = (cpu_seconds(fake.proc.pid) - fake_cpu0) / (time.time() - started)
@@ -248,6 +268,7 @@ def bench(args: argparse.Namespace, dsn: str) -> None:
                 f"  the FCM client alone           {rate:6.0f} pushes/s  ({args.alone} sends, {args.concurrency} in flight, "
                 f"no jobs; the fake FCM at {fake_share * 100:.0f}% of a CPU)"
             )
+            return figures
         finally:
             gen.close()
             daemon.stop()
@@ -263,6 +284,9 @@ def main() -> None:
     parser.add_argument("--push-timeout", type=float, default=300.0)
     parser.add_argument("--h2-sender", choices=["on", "off"], default="on",
                         help="push.h2_sender: messages:send through the lean h2 sender (on) or httpx (off)")
+    parser.add_argument("--delivery-log", choices=["on", "off", "both"], default="on",
+                        help="notify.delivery_log; both: a run without, then one with, and the cost")
+    parser.add_argument("--rounds", type=int, default=1, help="with --delivery-log both: pairs of runs, alternating")
     parser.add_argument("--dsn", default="",
                         help="a PostgreSQL server to create a throwaway database on (default: start a throwaway server)")
     args = parser.parse_args()
@@ -274,16 +298,34 @@ def main() -> None:
         server = PostgresServer.create()
         dsn = server.dsn()
         print(f"throwaway PostgreSQL on port {server.port}")
-    name = f"realtimed_notify_bench_{secrets.token_hex(4)}"
+    modes = [False, True] * max(1, args.rounds) if args.delivery_log == "both" else [args.delivery_log == "on"]
+    results: dict[bool, list[dict[str, float]]] = {}
     try:
-        admin(dsn, f'CREATE DATABASE "{name}"')
-        try:
-            bench(args, dsn.rpartition("/")[0] + "/" + name)
-        finally:
-            admin(dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for i, delivery_log in enumerate(modes):
+            name = f"realtimed_notify_bench_{secrets.token_hex(4)}"
+            admin(dsn, f'CREATE DATABASE "{name}"')
+            try:
+                if i:
+                    print()
+                results.setdefault(delivery_log, []).append(bench(
+                    args, dsn.rpartition("/")[0] + "/" + name, delivery_log=delivery_log, alone=i == len(modes) - 1
+                ))
+            finally:
+                admin(dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         if server is not None:
             server.destroy()
+    if len(results) == 2:
+        runs = len(results[True])
+        print(f"\nthe delivery log's cost (notify.delivery_log off → on, best of {runs} run(s) each; aim: at most 10% fewer):")
+        for key, label, unit, best in (
+            ("notifications_per_s", "notifications stored and live", "/s", max),
+            ("pushes_per_s", "pushes through the pipeline", "/s", max),
+            ("cpu_ms_per_push", "daemon CPU per push", " ms", min),
+        ):
+            off, on = best(r[key] for r in results[False]), best(r[key] for r in results[True])
+            change = (on - off) / off * 100
+            print(f"  {label:32s} {off:8.2f}{unit} → {on:8.2f}{unit}  ({change:+.1f}%)")
 
 
 if __name__ == "__main__":

@@ -48,9 +48,9 @@ from realtimed.config import (
 )
 from realtimed.jobs import JobRunner, register_builtin_kinds
 from realtimed.live import Live
+from realtimed.outbound.signing import new_secret
 from realtimed.store import Store, open_store
 from realtimed.webhooks import WEBHOOK_DELIVER, WebhookDeliver, WebhookService
-from realtimed.webhooks.signing import new_secret
 
 QUEUE = "bench"
 

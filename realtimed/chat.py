@@ -201,6 +201,8 @@ class ChatService:
         self._pairs: dict[str, tuple[str, str]] = {}
         # (user, blocker) -> (trio time it expires, blocked?)
         self._blocks: dict[tuple[str, str], tuple[float, bool]] = {}
+        #: messages stored through this node (what ``realtimed_chat_messages`` counts), a plain count for rates
+        self.messages_stored = 0
 
     # -- service -------------------------------------------------------------------------------
 
@@ -657,6 +659,7 @@ class ChatService:
         )
         if created:
             MESSAGES.labels("client").inc()
+            self.messages_stored += 1
             caller.after_reply.append(lambda: self.announce(message, participants))
         return {"message": message.to_wire()}
 
@@ -830,6 +833,7 @@ class ChatService:
         )
         if created:
             MESSAGES.labels("server").inc()
+            self.messages_stored += 1
             await self.announce(message, participants)
         return message
 

@@ -64,11 +64,11 @@ def _default_config_path() -> str | None:
 
 def _load(path: str | None, env: dict[str, str] | None = None) -> Config:
     """Load the configuration or print every problem and exit 2."""
-    # The daemon's job kinds check the [[cron]] entries (imported here, like each command's own imports).
-    from realtimed.jobs.kinds import cron_config_problems
+    # The checks that need the capabilities (imported here, like each command's own imports).
+    from realtimed.config_checks import DAEMON_CONFIG_CHECKS
 
     try:
-        return load_config(path, env=env, checks=(cron_config_problems,))
+        return load_config(path, env=env, checks=DAEMON_CONFIG_CHECKS)
     except ConfigError as exc:
         _print_problems("invalid configuration", exc.problems)
         raise SystemExit(EXIT_CONFIG) from None
@@ -239,6 +239,13 @@ def startup_problems(cfg: Config) -> list[tuple[str, str]]:
                 ssl.create_default_context().load_verify_locations(cfg.push.ca_file)
             except (OSError, ValueError) as exc:
                 problems.append(("push.ca_file", f"cannot load CA certificates from {cfg.push.ca_file}: {exc}"))
+    # The outbound clients of webhooks and HTTP jobs load theirs at their first https:// request.
+    for key, ca_file in (("webhooks.ca_file", cfg.webhooks.ca_file), ("jobs.http.ca_file", cfg.jobs.http.ca_file)):
+        if ca_file:
+            try:
+                ssl.create_default_context().load_verify_locations(ca_file)
+            except (OSError, ValueError) as exc:
+                problems.append((key, f"cannot load CA certificates from {ca_file}: {exc}"))
     return problems
 
 

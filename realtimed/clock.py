@@ -58,8 +58,12 @@ def iso(dt: datetime | None) -> str | None:
 
 
 def parse_iso(text: str) -> datetime:
-    """Parse an RFC 3339 time; naive times are taken as UTC. Raises ValueError."""
+    """Parse an RFC 3339 time; naive times are taken as UTC. Raises ValueError (also for
+    a time that is out of range in UTC, such as year 1 at +14:00)."""
     dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{text[:64]!r} is out of range in UTC") from None

@@ -96,9 +96,16 @@ def _f(
     merge: bool = False,
     channel: bool = False,
     path_credential: bool = False,
+    redact: bool = False,
 ) -> Any:
-    """An attrs field with loader metadata; mutable defaults are copied per instance."""
+    """An attrs field with loader metadata; mutable defaults are copied per instance.
+
+    ``secret``: redacted when shown, and may come from ``<key>_file`` or
+    ``<key>_credential``; ``redact``: a table whose values are redacted when shown
+    (its keys are not), with no other source.
+    """
     meta = {
+        "redact": redact,
         "help": help,
         "min": min,
         "max": max,
@@ -337,6 +344,18 @@ class AuthConfig:
 
 
 @attrs.frozen
+class OpLimitConfig:
+    """One per-user op budget: a bucket of ``per`` ops that refills over ``window_s``."""
+
+    per: int = _f(100, "ops a user may send at once (the bucket's size); it refills at per / window_s a second", min=1, max=1_000_000)
+    window_s: float = _f(10.0, "seconds over which a spent budget refills completely", min=0.001, max=86400)
+
+
+#: The op budget that applies to every op with no entry of its own (and the API key budget of every key without one).
+ANY_OP: Final = "*"
+
+
+@attrs.frozen
 class ApiKeyConfig:
     name: str = _f(
         "",
@@ -392,22 +411,22 @@ class ApiConfig:
         },
     )
 
+    rate_limits: dict[str, OpLimitConfig] = _f(
+        {},
+        "server API budgets per API key, counted on each node: a key's name (api.keys), or \"*\" for every key "
+        "without an entry, = {per, window_s} (a bucket of per requests refilling over window_s, as "
+        "gateway.op_limits); over it: 429 RATE_LIMITED with Retry-After; a key with no budget is not limited",
+    )
+
     @property
     def key_values(self) -> list[str]:
         """The keys themselves, whatever their names."""
         return [entry.key for entry in self.keys]
 
+    def rate_limit(self, key_name: str) -> OpLimitConfig | None:
+        """The budget of the key named ``key_name`` (its own, else ``"*"``); None: not limited."""
+        return self.rate_limits.get(key_name) or self.rate_limits.get(ANY_OP)
 
-@attrs.frozen
-class OpLimitConfig:
-    """One per-user op budget: a bucket of ``per`` ops that refills over ``window_s``."""
-
-    per: int = _f(100, "ops a user may send at once (the bucket's size); it refills at per / window_s a second", min=1, max=1_000_000)
-    window_s: float = _f(10.0, "seconds over which a spent budget refills completely", min=0.001, max=86400)
-
-
-#: The op budget that applies to every op with no entry of its own.
-ANY_OP: Final = "*"
 
 #: Ops that no per-user budget counts: ``auth`` is not an op a user runs, and
 #: ``ping`` costs nothing (the per-socket bucket still counts both).
@@ -612,6 +631,93 @@ class JobQueueConfig:
     concurrency: int = _f(4, "jobs of this queue run at once on each node", min=1, max=10_000)
 
 
+#: The job kind that calls an application's HTTP endpoint (``realtimed.jobs.http``).
+HTTP_JOB_KIND: Final = "http"
+#: The methods an HTTP job may use.
+HTTP_JOB_METHODS: Final[tuple[str, ...]] = ("GET", "POST", "PUT", "PATCH", "DELETE")
+#: An HTTP target's name: letters, digits, _ . - (at most 64).
+HTTP_TARGET_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: A header name (RFC 9110 token).
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")
+#: Headers realtimed sets itself on an HTTP job's request; a target may not set them.
+HTTP_JOB_RESERVED_HEADERS: Final = frozenset({
+    "host", "content-length", "content-type", "transfer-encoding", "connection", "user-agent", "te", "upgrade",
+    "keep-alive", "trailer", "expect", "webhook-id", "webhook-timestamp", "webhook-signature",
+})
+
+
+@attrs.frozen
+class HttpTargetConfig:
+    name: str = _f("", "target name (letters, digits, _ . -; at most 64), unique; HTTP jobs name it")
+    base_url: str = _f(
+        "", "http:// or https:// URL without credentials, query or fragment; a job's path is appended to it"
+    )
+    headers: dict[str, str] = _f(
+        {}, "headers sent with every request to this target (not host, content-*, user-agent, webhook-*); their "
+        "values are redacted when the configuration is shown", redact=True,
+    )
+    secret: str = _f(
+        "", "signing secret (whsec_<base64 of 24 to 64 bytes>): each request carries the Standard Webhooks "
+        "headers webhook-id (the job id), webhook-timestamp and webhook-signature; or give secrets", secret=True,
+    )
+    secrets: list[str] = _f(
+        [], "instead of secret: one or two signing secrets (whsec_<base64>); with two (the new, then the old, "
+        "while rotating), every request carries both signatures", secret=True,
+    )
+
+    @property
+    def signing_secrets(self) -> tuple[str, ...]:
+        """The secrets each request is signed with: ``secrets``, or the one ``secret``."""
+        return tuple(self.secrets) if self.secrets else (self.secret,)
+
+
+@attrs.frozen
+class HttpJobsConfig:
+    queue: str = _f("http", "job queue of HTTP jobs made through the server API without a queue; give it a "
+                    "concurrency in [[jobs.queues]]")
+    max_attempts: int = _f(
+        8, "attempts of an HTTP job that names none (and of those of [[cron]]), before it is dead", min=1, max=100
+    )
+    backoff_base_s: float = _f(
+        5.0, "first retry delay of an HTTP job that names none (doubles each attempt, with jitter)", min=0, max=86400
+    )
+    backoff_max_s: float = _f(3600.0, "longest retry delay of an HTTP job that names none", min=0, max=86400)
+    max_retry_after_s: float = _f(
+        86400.0, "longest wait honoured from a Retry-After header (a longer one is cut to this)", min=0, max=31_536_000
+    )
+    max_delay_s: float = _f(
+        31 * 86400.0, "latest an HTTP job may be scheduled through the server API (run_at or delay_s from now)",
+        min=0, max=366 * 86400.0,
+    )
+    max_body_bytes: int = _f(
+        65536, "largest JSON body of an HTTP job (server API and [[cron]]), encoded", min=0, max=16 * 1024 * 1024
+    )
+    connect_timeout_s: float = _f(5.0, "longest the name lookup and the connection to a target may take", min=0.1, max=600)
+    timeout_s: float = _f(30.0, "longest one attempt (request and response) may take; then it is retried", min=0.1, max=3600)
+    max_response_bytes: int = _f(
+        65536, "most bytes of a response body read; the rest is not read", min=0, max=16 * 1024 * 1024
+    )
+    excerpt_chars: int = _f(
+        500, "most characters of a response body kept in a failed attempt's last_error", min=0, max=1500
+    )
+    ca_file: str = _f("", "PEM CA certificates trusted for https:// targets besides the system ones")
+    allow_private: bool = _f(
+        False, "allow targets resolving to loopback, link-local, private or other non-public addresses"
+    )
+    keepalive_s: float = _f(
+        30.0, "an idle connection to a target is kept this long for the next requests to the same host, port and "
+        "address, then closed (0: a new connection per request)", min=0, max=3600,
+    )
+    max_idle_connections: int = _f(
+        64, "most idle kept-alive connections per target host, port and address (more at once are opened "
+        "as needed and closed after their answer)", min=0, max=1024,
+    )
+    dns_cache_s: float = _f(
+        30.0, "a host name's checked address is reused this long before it is resolved again (0: resolved at "
+        "every request; an IP address is never looked up)", min=0, max=3600,
+    )
+
+
 @attrs.frozen
 class JobsConfig:
     enabled: bool = _f(True, "run jobs on this node")
@@ -621,6 +727,11 @@ class JobsConfig:
     backoff_base_s: float = _f(2.0, "first retry delay (doubles each attempt, with jitter)", min=0, max=86400)
     backoff_max_s: float = _f(3600.0, "longest retry delay", min=0, max=31_536_000)
     queues: list[JobQueueConfig] = _f([], "queues and their concurrency (others use the default queue's)")
+    http: HttpJobsConfig = _f(HttpJobsConfig())
+    http_targets: list[HttpTargetConfig] = _f(
+        [], "the application's HTTP endpoints that HTTP jobs call ([[jobs.http_targets]]); no URL or secret "
+        "comes from a request; a reload applies them (the rest of [jobs] needs a restart)"
+    )
     cron_catch_up: CronCatchUp = _f(
         "none",
         "what a cron entry (built-in or [[cron]]) that has never run does when a node starts: none waits for "
@@ -634,17 +745,31 @@ class CronConfig:
     name: str = _f("", "entry name, unique")
     schedule: str = _f("", "five-field cron schedule, or six with seconds first")
     kind: str = _f("", "job kind to enqueue: one a node handles (realtimed/jobs/kinds.py), else a config error")
-    payload: dict[str, Any] = _f({}, "job payload, checked against the kind's payload type")
+    payload: dict[str, Any] = _f({}, "job payload, checked against the kind's payload type (not with kind = \"http\")")
     queue: str = _f("default", "job queue")
+    target: str = _f("", "kind = \"http\" only: the [[jobs.http_targets]] name called")
+    path: str = _f("", "kind = \"http\" only: the path below the target's base_url (relative: no scheme, host or ..)")
+    method: str = _f("", "kind = \"http\" only: GET, POST, PUT, PATCH or DELETE (empty: POST)")
+    body: dict[str, Any] = _f({}, "kind = \"http\" only: the JSON body (a table; sent with every method but GET)")
     timezone: str = _f("UTC", "IANA time zone of the schedule")
 
 
 @attrs.frozen
 class RetentionConfig:
     read_notifications_days: float = _f(30.0, "read notifications are deleted after this long", min=0, max=36500)
+    unread_notifications_days: float = _f(
+        0.0,
+        "unread notifications are deleted this long after they were created; 0: kept until read "
+        "(expired ones, past their expires_at, are deleted whatever this says)",
+        min=0,
+        max=36500,
+    )
     finished_jobs_days: float = _f(7.0, "succeeded, dead and cancelled jobs are deleted after this long", min=0, max=36500)
     deleted_messages_days: float = _f(30.0, "bodies of deleted messages are purged after this long", min=0, max=36500)
     stale_device_days: float = _f(270.0, "device tokens unseen this long are deactivated", min=1, max=36500)
+    delivery_log_days: float = _f(
+        30.0, "delivery log entries are deleted after this long (by the retention.notifications job)", min=0, max=36500
+    )
 
 
 #: The in-app inbox: a channel of every node, with no section of its own.
@@ -695,7 +820,18 @@ class NotifyConfig:
         10, "pushes per user per type per hour (critical bypasses); 0: none", min=0, max=1_000_000
     )
     max_recipients: int = _f(10_000, "most user ids in one POST /server/v1/notifications", min=1, max=1_000_000)
+    max_expiry_s: float = _f(
+        30 * 86400.0,
+        "latest expires_at a notification may be given, in seconds from now (or from its scheduled_for)",
+        min=1,
+        max=3650 * 86400.0,
+    )
     plan_batch: int = _f(500, "recipients per push-planning job", min=1, max=100_000)
+    delivery_log: bool = _f(
+        True,
+        "record the outcome of each notification per user and channel (GET /server/v1/deliveries); "
+        "kept retention.delivery_log_days",
+    )
 
 
 @attrs.frozen
@@ -708,6 +844,15 @@ class PushConfig:
     token_url: str = _f("", "OAuth2 token endpoint; empty: the key file's token_uri")
     fcm_url: str = _f("https://fcm.googleapis.com", "FCM base URL (POST /v1/projects/<id>/messages:send)")
     iid_url: str = _f("https://iid.googleapis.com", "Instance ID base URL (topic subscriptions)")
+    max_token_chars: int = _f(
+        4096,
+        "longest push token POST /api/v1/devices registers (a token is opaque: any printable ASCII but space)",
+        min=64,
+        max=4096,
+    )
+    max_device_info_chars: int = _f(
+        128, "longest value of a device_info field (model, os, os_version, app_version) at registration", min=8, max=1024
+    )
     ca_file: str = _f("", "PEM CA certificates trusted for those endpoints besides the system ones")
     http2: bool = _f(True, "speak HTTP/2 to FCM (many concurrent sends on one connection)")
     h2_sender: bool = _f(
@@ -731,6 +876,65 @@ class PushConfig:
     backoff_base_s: float = _f(2.0, "first retry delay of a failed push (doubles each attempt, with jitter)", min=0, max=3600)
     backoff_max_s: float = _f(600.0, "longest retry delay of a failed push", min=0, max=86400)
     quota_retry_s: float = _f(60.0, "wait after a 429 that gives no Retry-After (every sender waits)", min=0, max=86400)
+
+
+@attrs.frozen
+class EmailTemplateConfig:
+    type: str = _f("", "the notification type this template is for (notify.types or a built-in type)")
+    subject: str = _f("", "subject template; empty: the type's title")
+    text: str = _f("", "plain-text body template; empty: the type's body")
+    html: str = _f(
+        "", "HTML body template; every value is HTML-escaped where it is put in; empty: the text part, escaped, "
+        "in a minimal page"
+    )
+
+
+@attrs.frozen
+class EmailConfig:
+    enabled: bool = _f(False, "deliver notifications by email (types name email in channels)")
+    host: str = _f("127.0.0.1", "SMTP submission server host")
+    port: int = _f(587, "SMTP submission server port (587 with starttls, 465 with tls)", min=1, max=65535)
+    security: Literal["starttls", "tls", "none"] = _f(
+        "starttls", "starttls (upgrade a plain connection, required), tls (TLS from the start) or none"
+    )
+    username: str = _f("", "SMTP AUTH user; empty: no authentication")
+    password: str = _f("", "SMTP AUTH password (or password_file, password_credential)", secret=True)
+    ca_file: str = _f("", "PEM CA certificates trusted for the SMTP server besides the system ones")
+    from_address: str = _f("", "the From address, e.g. \"Example <notify@example.com>\"; required when enabled")
+    reply_to: str = _f("", "Reply-To address; empty: none")
+    max_connections: int = _f(
+        4, "SMTP connections per node (each email waits for a free one; idle ones are reused)", min=1, max=256
+    )
+    idle_timeout_s: float = _f(
+        30.0, "an idle pooled connection older than this is closed instead of reused", min=0, max=3600
+    )
+    connect_timeout_s: float = _f(10.0, "longest a connection, its TLS and its login may take", min=0.1, max=600)
+    send_timeout_s: float = _f(30.0, "longest one SMTP command may take (the socket timeout)", min=0.1, max=600)
+    public_base_url: str = _f(
+        "", "public http(s) URL of this daemon's client listener, for unsubscribe links "
+        "(<public_base_url>/email/unsubscribe/<token>); required when enabled"
+    )
+    unsubscribe_secret: str = _f(
+        "", "signs unsubscribe links (at least 32 characters; or unsubscribe_secret_file); required when enabled",
+        secret=True,
+    )
+    unsubscribe_ttl_s: float = _f(
+        90 * 86400.0, "how long an unsubscribe link works", min=3600, max=10 * 365 * 86400.0
+    )
+    templates: list[EmailTemplateConfig] = _f([], "per-type subject, text and HTML templates ([[email.templates]])")
+    digest_subject: str = _f(
+        "{count} new notifications", "subject template of a user's hourly or daily digest email ({count})"
+    )
+    digest_max_items: int = _f(
+        50, "most notifications listed in one digest email (the rest are counted)", min=1, max=1000
+    )
+    queue: str = _f("email", "job queue of email.send; give it a concurrency in [[jobs.queues]]")
+    max_attempts: int = _f(8, "attempts per email before it is dead (4xx answers and connection failures)", min=1, max=100)
+    backoff_base_s: float = _f(
+        30.0, "first retry delay of an email that failed for now (doubles each attempt, with jitter)", min=0, max=86400
+    )
+    backoff_max_s: float = _f(3600.0, "longest retry delay of an email", min=0, max=86400)
+    max_address_chars: int = _f(254, "longest email address accepted (RFC 5321 path limit)", min=6, max=998)
 
 
 #: The events a webhook endpoint may subscribe to (docs/protocol.md, "Webhooks").
@@ -788,6 +992,18 @@ class WebhooksConfig:
     allow_private: bool = _f(
         False, "allow endpoints resolving to loopback, link-local, private or other non-public addresses"
     )
+    keepalive_s: float = _f(
+        30.0, "an idle connection to an endpoint is kept this long for the next requests to the same host, port and "
+        "address, then closed (0: a new connection per request)", min=0, max=3600,
+    )
+    max_idle_connections: int = _f(
+        64, "most idle kept-alive connections per endpoint host, port and address (more at once are opened "
+        "as needed and closed after their answer)", min=0, max=1024,
+    )
+    dns_cache_s: float = _f(
+        30.0, "a host name's checked address is reused this long before it is resolved again (0: resolved at "
+        "every request; an IP address is never looked up)", min=0, max=3600,
+    )
     refresh_s: float = _f(
         5.0,
         "an event coming while a node's list of endpoints is older than this re-reads it (endpoints made "
@@ -796,6 +1012,46 @@ class WebhooksConfig:
         max=3600,
     )
     max_endpoints: int = _f(100, "most endpoints (configuration and server API together)", min=1, max=10_000)
+
+
+@attrs.frozen
+class FeedRetentionConfig:
+    prefix: str = _f("", "feed name prefix this rule governs, e.g. \"user:\" (the longest matching prefix wins)")
+    keep_s: float = _f(
+        0.0, "activities of these feeds older than this (by their time) are deleted by retention.activities; "
+        "0: kept", min=0, max=3_153_600_000,
+    )
+
+
+@attrs.frozen
+class FeedsConfig:
+    enabled: bool = _f(
+        True, "serve activity feeds: the activities routes, feed rooms recovered from the store (the [feeds] "
+        "section is read at start: a reload keeps its running value)"
+    )
+    max_batch: int = _f(500, "most activities in one POST /server/v1/activities", min=1, max=10_000)
+    max_data_bytes: int = _f(
+        4096, "largest data of one activity, in bytes of its JSON encoding", min=2, max=1_048_576
+    )
+    max_feeds_per_activity: int = _f(20, "most feeds one activity is logged to", min=1, max=1000)
+    max_future_s: float = _f(
+        300.0, "how far ahead of the server's clock an activity's time may be", min=0, max=31_536_000
+    )
+    recovery_cap: int = _f(
+        200, "most activities a subscribe with since replays from the store (more: recovered false); the reply "
+        "holds them all, so keep recovery_cap times max_data_bytes well under gateway.outbox_max_bytes",
+        min=0, max=100_000,
+    )
+    max_stats_days: int = _f(90, "most days GET /server/v1/feeds/{feed}/stats covers", min=1, max=3660)
+    stats_top_actors: int = _f(100, "most actors listed per day by the stats (the most active first)", min=1, max=10_000)
+    keep_s: float = _f(
+        7_776_000.0, "activities of feeds that match no [[feeds.retention]] prefix are deleted after this long "
+        "(by their time); 0: kept", min=0, max=3_153_600_000,
+    )
+    retention: list[FeedRetentionConfig] = _f(
+        [], "retention per feed namespace ([[feeds.retention]] prefix, keep_s), applied by the daily "
+        "retention.activities job"
+    )
 
 
 @attrs.frozen
@@ -813,6 +1069,32 @@ class MetricsConfig:
         "how often the backends are checked for realtimed_backend_ready (also on each /readyz)",
         min=1,
         max=3600,
+    )
+
+
+@attrs.frozen
+class ConsoleConfig:
+    enabled: bool = _f(
+        True,
+        "serve the operator console at /console wherever the server API is served (the internal listener, a "
+        "loopback client listener, or one with http.expose_server_api); false: /console answers 404 everywhere "
+        "(read per request: a reload applies at once)",
+    )
+    stats_interval_s: float = _f(
+        1.0, "how often GET /server/v1/stats/stream sends the node's counters", min=0.2, max=60
+    )
+    jobs_interval_s: float = _f(
+        5.0,
+        "how often the stats stream re-reads the job counts from the store (one read shared by every stream on "
+        "the node; each read counts the jobs table)",
+        min=1,
+        max=3600,
+    )
+    max_streams: int = _f(
+        16,
+        "GET /server/v1/stats/stream streams open at once on this node; one more is refused 503 UNAVAILABLE",
+        min=1,
+        max=1000,
     )
 
 
@@ -839,7 +1121,10 @@ class Config:
     metrics: MetricsConfig = _f(MetricsConfig())
     notify: NotifyConfig = _f(NotifyConfig())
     push: PushConfig = _f(PushConfig(), channel=True)
+    email: EmailConfig = _f(EmailConfig(), channel=True)
     webhooks: WebhooksConfig = _f(WebhooksConfig())
+    feeds: FeedsConfig = _f(FeedsConfig())
+    console: ConsoleConfig = _f(ConsoleConfig())
     source: str = attrs.field(default="", metadata={"internal": True})
     #: Every file the configuration was read from, as ``(key, path)``: the TOML file
     #: (key ``""``) and each ``<key>_file``; ``check-config --as-user`` checks them.
@@ -1215,7 +1500,8 @@ def load_config(
         text: TOML text to use instead of reading ``path`` (``path`` still sets the base folder).
         data: an already parsed table to use instead of TOML text.
         checks: the checks that need more than this module knows (the daemon's job
-            kinds, ``realtimed.jobs.kinds.cron_config_problems``), run on the built
+            kinds, the notification types of email templates:
+            ``realtimed.config_checks.DAEMON_CONFIG_CHECKS``), run on the built
             configuration; their problems join the others in the one ``ConfigError``.
             Every command that loads a daemon's configuration passes the same ones.
 
@@ -1279,6 +1565,7 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
         _check_credential_strength(cfg, exposed_on[0], problems)
     _check_proxies(cfg, problems)
     _check_api_keys(cfg, problems)
+    _check_api_rate_limits(cfg, problems)
     if bool(cfg.http.tls_cert_file) != bool(cfg.http.tls_key_file):
         problems.add("http.tls_cert_file", "tls_cert_file and tls_key_file go together")
     if cfg.shutdown.reconnect_min_ms > cfg.shutdown.reconnect_max_ms:
@@ -1323,7 +1610,23 @@ def _check_semantics(cfg: Config | _Invalid, problems: _Problems) -> None:
         names.add(entry.name)
         _check_cron(entry, f"cron[{i}]", problems)
     _check_notify(cfg, problems)
+    _check_email(cfg, problems)
     _check_webhooks(cfg, problems)
+    _check_http_targets(cfg, problems)
+    if cfg.feeds.enabled:
+        for i, ns in enumerate(cfg.namespaces):
+            # Feed rooms (feed:<name>) take their seq and recovery from the store.
+            if ns.prefix.startswith("feed:") and ns.history_size > 0:
+                problems.add(f"namespaces[{i}].history_size", "feed rooms (feed:) keep their activities in the store: "
+                             "must be 0 while feeds.enabled")
+            if ns.prefix.startswith("feed:") and ns.client_publish:
+                problems.add(f"namespaces[{i}].client_publish", "activities are logged through the server API: "
+                             "must be false for feed rooms (feed:) while feeds.enabled")
+    prefixes: set[str] = set()
+    for i, rule in enumerate(cfg.feeds.retention):
+        if rule.prefix in prefixes:
+            problems.add(f"feeds.retention[{i}].prefix", f"duplicate prefix {rule.prefix!r}")
+        prefixes.add(rule.prefix)
 
 
 def webhook_endpoint_problems(
@@ -1378,6 +1681,64 @@ def _check_webhooks(cfg: Config, problems: _Problems) -> None:
         seen.add(ep.id)
 
 
+def http_target_problems(target: HttpTargetConfig) -> list[tuple[str, str]]:
+    """What is wrong with an HTTP target, as ``(field, problem)``."""
+    out: list[tuple[str, str]] = []
+    if not HTTP_TARGET_NAME.fullmatch(target.name):
+        out.append(("name", "must be 1 to 64 of letters, digits and _ . - (starting with a letter or digit)"))
+    try:
+        parts = urlsplit(target.base_url)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or len(target.base_url) > 2000:
+        out.append(("base_url", "must be an http:// or https:// URL with a host (at most 2000 characters)"))
+    elif parts.username or parts.password:
+        out.append(("base_url", "must not carry credentials"))
+    elif parts.query or parts.fragment or "?" in target.base_url or "#" in target.base_url:
+        out.append(("base_url", "must not have a query or a fragment (a job's path may have a query)"))
+    elif port == 0:
+        out.append(("base_url", "port must not be 0"))
+    elif any(ord(c) <= 0x20 or ord(c) >= 0x7F or c == "\\" for c in target.base_url):
+        out.append(("base_url", "must be printable ASCII without spaces or backslashes (percent-encode the rest)"))
+    for name, value in target.headers.items():
+        key = f"headers.{_toml_key(name)}"
+        if not _HEADER_NAME.fullmatch(name):
+            out.append((key, "not a header name"))
+        elif name.lower() in HTTP_JOB_RESERVED_HEADERS:
+            out.append((key, "set by realtimed itself"))
+        elif not isinstance(value, str) or len(value) > 8000 or any(
+            (ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F or ord(c) > 0xFF for c in value
+        ):
+            out.append((key, "must be a string of at most 8000 Latin-1 characters without control characters"))
+    if target.secrets:
+        if target.secret:
+            out.append(("secrets", "give secret or secrets, not both"))
+        elif len(target.secrets) > 2:
+            out.append(("secrets", "give one secret, or two while rotating"))
+        else:
+            for i, secret in enumerate(target.secrets):
+                if not _webhook_secret_ok(secret):
+                    out.append((f"secrets[{i}]", "must be whsec_ then the base64 of 24 to 64 random bytes"))
+    elif not _webhook_secret_ok(target.secret):
+        out.append(("secret", "must be whsec_ then the base64 of 24 to 64 random bytes (or give secrets)"))
+    return out
+
+
+def _check_http_targets(cfg: Config, problems: _Problems) -> None:
+    seen: set[str] = set()
+    for i, target in enumerate(cfg.jobs.http_targets):
+        for field, problem in http_target_problems(target):
+            problems.add(f"jobs.http_targets[{i}].{field}", problem)
+        if target.name in seen:
+            problems.add(f"jobs.http_targets[{i}].name", f"duplicate name {target.name!r}")
+        seen.add(target.name)
+    if cfg.jobs.http.backoff_base_s > cfg.jobs.http.backoff_max_s:
+        problems.add("jobs.http.backoff_base_s", "must not exceed jobs.http.backoff_max_s")
+    if not cfg.jobs.http.queue:
+        problems.add("jobs.http.queue", "must not be empty")
+
+
 #: The room prefix of per-device addresses: ``device:<session_id>`` holds that one session.
 DEVICE_PREFIX: Final = "device:"
 
@@ -1422,6 +1783,16 @@ def _check_proxies(cfg: Config, problems: _Problems) -> None:
             problems.add(key, "needs http.trusted_proxies: a PROXY header is only accepted from a trusted proxy")
         if key == "http.internal_proxy_protocol" and not cfg.http.internal_listen:
             problems.add(key, "there is no internal listener (http.internal_listen)")
+
+
+def _check_api_rate_limits(cfg: Config, problems: _Problems) -> None:
+    names = {entry.name for entry in cfg.api.keys}
+    for name in cfg.api.rate_limits:
+        if name != ANY_OP and name not in names:
+            problems.add(
+                f"api.rate_limits.{_toml_key(name)}",
+                f"no API key is named {name[:64]!r} (a name of api.keys, keys[0] for an unnamed first key, or \"*\")",
+            )
 
 
 def _check_op_limits(cfg: Config, problems: _Problems) -> None:
@@ -1501,7 +1872,7 @@ def _check_api_keys(cfg: Config, problems: _Problems) -> None:
             problems.add(f"{key}.key", f"the same key as api.keys[{values[entry.key]}]: each key needs its own value")
         values.setdefault(entry.key, i)
 # URL prefixes that belong to the daemon's own routes; a static mount may not shadow them.
-_RESERVED_PREFIXES: Final = ("/api/", "/server/", "/dev/", "/healthz/", "/readyz/", "/metrics/")
+_RESERVED_PREFIXES: Final = ("/api/", "/server/", "/dev/", "/console/", "/healthz/", "/readyz/", "/metrics/")
 
 
 def _check_static(cfg: Config, problems: _Problems) -> None:
@@ -1603,6 +1974,44 @@ def _check_notify(cfg: Config, problems: _Problems) -> None:
         problems.add("push.queue", "must not be empty")
 
 
+MIN_UNSUBSCRIBE_SECRET_CHARS: Final = 32
+
+
+def _check_email(cfg: Config, problems: _Problems) -> None:
+    """The email channel: what it needs when enabled (its templates' types and vars are
+    checked by ``realtimed.email.checks``)."""
+    email = cfg.email
+    if email.backoff_base_s > email.backoff_max_s:
+        problems.add("email.backoff_base_s", "must not exceed email.backoff_max_s")
+    if not email.queue:
+        problems.add("email.queue", "must not be empty")
+    if email.public_base_url and not email.public_base_url.startswith(("https://", "http://")):
+        problems.add("email.public_base_url", f"must be an http(s) URL, got {email.public_base_url!r}")
+    if email.enabled:
+        if not email.host:
+            problems.add("email.host", "must not be empty when email is enabled")
+        if "@" not in email.from_address or any(c in email.from_address for c in "\r\n"):
+            problems.add("email.from_address", "must be an email address when email is enabled")
+        if not email.public_base_url:
+            problems.add("email.public_base_url", "is required when email is enabled (unsubscribe links)")
+        if len(email.unsubscribe_secret) < MIN_UNSUBSCRIBE_SECRET_CHARS:
+            problems.add(
+                "email.unsubscribe_secret",
+                f"must be at least {MIN_UNSUBSCRIBE_SECRET_CHARS} characters when email is enabled",
+            )
+    if email.reply_to and any(c in email.reply_to for c in "\r\n"):
+        problems.add("email.reply_to", "must be one line")
+    if bool(email.username) != bool(email.password):
+        problems.add("email.username", "username and password go together")
+    try:
+        for name in placeholders(email.digest_subject):
+            if name != "count":
+                problems.add("email.digest_subject", f"placeholder {{{name}}} is not {{count}}")
+    except TemplateError as exc:
+        problems.add("email.digest_subject", str(exc))
+    # email.templates[i] against the notification types: realtimed.email.checks (load_config(checks=...)).
+
+
 def _check_cron(entry: CronConfig, key: str, problems: _Problems) -> None:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -1621,6 +2030,18 @@ def _check_cron(entry: CronConfig, key: str, problems: _Problems) -> None:
     # The payload is stored with every job of the entry, and listed with it.
     if json_depth_path(entry.payload, MAX_STORED_JSON_DEPTH) is not None:
         problems.add(f"{key}.payload", f"nests more than {MAX_STORED_JSON_DEPTH} levels of arrays and tables")
+    if json_depth_path(entry.body, MAX_STORED_JSON_DEPTH - 1) is not None:
+        problems.add(f"{key}.body", f"nests more than {MAX_STORED_JSON_DEPTH - 1} levels of arrays and tables")
+    # An HTTP entry says what it calls in its own keys; other kinds have a payload.
+    if entry.kind == HTTP_JOB_KIND:
+        if entry.payload:
+            problems.add(f"{key}.payload", "an http entry takes target, path, method and body instead")
+        if not entry.target:
+            problems.add(f"{key}.target", "an http entry names a [[jobs.http_targets]] target")
+    else:
+        for name in ("target", "path", "method", "body"):
+            if getattr(entry, name):
+                problems.add(f"{key}.{name}", f'only an entry with kind = "{HTTP_JOB_KIND}" takes {name}')
 
 
 def parse_host_port(value: str) -> tuple[str, int]:
@@ -1656,7 +2077,9 @@ def config_to_dict(cfg: Any, *, redact: bool = True) -> Any:
             if field.metadata.get("internal"):
                 continue
             value = getattr(cfg, field.name)
-            if redact and field.metadata.get("secret") and value:
+            if redact and field.metadata.get("redact") and isinstance(value, dict):
+                value = dict.fromkeys(value, REDACTED)
+            elif redact and field.metadata.get("secret") and value:
                 # A list of tables (named API keys) keeps what is not secret in them.
                 if isinstance(value, list) and all(attrs.has(type(v)) for v in value):
                     pass

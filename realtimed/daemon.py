@@ -38,16 +38,21 @@ from realtimed.backends import Backends, open_backends
 from realtimed.chat import ChatService
 from realtimed.clock import SystemClock, WallClock
 from realtimed.config import DEV_API_KEY, DEV_HS256_SECRET, Config, ConfigError, load_config, parse_host_port
+from realtimed.config_checks import DAEMON_CONFIG_CHECKS
 from realtimed.delivery.router import Router
+from realtimed.email.channel import EmailChannel
+from realtimed.email.service import EmailService
 from realtimed.errors import OperatorError
+from realtimed.feeds.service import FeedService
 from realtimed.gateway.bans import Bans
 from realtimed.gateway.gateway import Gateway, SessionHooks
 from realtimed.gateway.websocket import WebSocketDoor
 from realtimed.http.app import check_backends, create_app
 from realtimed.http.listener import Listener
 from realtimed.jobs import CronScheduler, JobRunner, register_builtin_kinds
-from realtimed.jobs.kinds import cron_config_problems
+from realtimed.jobs.http import HttpJobService
 from realtimed.live import Live
+from realtimed.notify.delivery_log import DeliveryLog
 from realtimed.notify.inbox import InAppChannel
 from realtimed.notify.service import NotifyService
 from realtimed.presence import PresenceService
@@ -69,7 +74,7 @@ WORKER_ENV = "REALTIMED_WORKER"
 # Sections whose change takes effect without a restart; everything else needs one.
 _LIVE_KEYS = {
     "log", "auth", "api", "gateway", "namespaces", "chat", "presence", "notify", "shutdown", "retention", "metrics",
-    "webhooks",
+    "webhooks", "console",
 }
 
 
@@ -213,7 +218,7 @@ class Daemon:
         self._api_keys = Live(ApiKeys.from_config(cfg.api))
         backends = self._backends = open_backends(cfg, node=node, config=config)
         runner = JobRunner(store, config=cfg.jobs, clock=clock, node=node)
-        register_builtin_kinds(runner, retention=lambda: config.value.retention)
+        register_builtin_kinds(runner, retention=lambda: config.value.retention, feeds=lambda: config.value.feeds)
         router = Router(cfg, node=node, broker=backends.broker, clock=clock,
                         history=backends.history, room_presence=backends.room_presence)
         presence = PresenceService(config, store=store, router=router, clock=clock, backend=backends.presence)
@@ -223,21 +228,31 @@ class Daemon:
         presence.online_hooks.append(webhooks.on_presence)
         runner.on_dead(webhooks.on_job_dead)
         router.event_sink = webhooks.emit
-        push = PushService(cfg, store=store, clock=clock, jobs=runner)
+        # What became of each notification per user and channel (GET /server/v1/deliveries).
+        deliveries = DeliveryLog(config, store=store, clock=clock)
+        push = PushService(cfg, store=store, clock=clock, jobs=runner, deliveries=deliveries)
+        email = EmailService(config, store=store, clock=clock, jobs=runner, deliveries=deliveries)
         # The delivery channels notify calls (realtimed/notify/channel.py), each named like its config section.
-        in_app = InAppChannel(store, clock=clock, router=router)
+        in_app = InAppChannel(store, clock=clock, router=router, deliveries=deliveries)
         notify = NotifyService(config, store=store, clock=clock, router=router, jobs=runner,
-                               channels=[in_app, FcmChannel(push)],
-                               caps=backends.caps, activity=backends.activity)
-        notify.event_sink = in_app.event_sink = push.event_sink = webhooks.emit
+                               channels=[in_app, FcmChannel(push), *_email_channel(cfg, email)],
+                               caps=backends.caps, activity=backends.activity, deliveries=deliveries)
+        notify.event_sink = in_app.event_sink = push.event_sink = email.event_sink = webhooks.emit
         ops = OpRegistry(config)
         ops.add(room_ops.ops(router, clock=clock, config=config))
         ops.add(presence.ops())
         ops.add(chat.ops())
         ops.add(notify.ops())
+        feeds = FeedService(config, store=store, router=router, clock=clock)
+        if cfg.feeds.enabled:
+            router.feeds = feeds
+        ops.add(feeds.ops())
         push.register_jobs(runner)
+        email.register_jobs(runner)
         notify.register_jobs(runner)
         webhooks.register_jobs(runner)
+        http_jobs = HttpJobService(config, clock=clock)
+        http_jobs.register_jobs(runner)
         hooks = SessionHooks(
             on_connect=(presence.on_connect,),
             on_disconnect=(presence.on_disconnect, chat.on_disconnect),
@@ -264,7 +279,8 @@ class Daemon:
         self._services = Services(
             live_config=config, verifier=self._verifier_live, api_keys=self._api_keys, clock=clock, node=node,
             store=store, broker=backends.broker, router=router, ops=ops, gateway=gateway, presence=presence,
-            jobs=runner, chat=chat, notify=notify, push=push, webhooks=webhooks,
+            jobs=runner, chat=chat, notify=notify, push=push, email=email, webhooks=webhooks, http_jobs=http_jobs,
+            feeds=feeds,
         )
         self.on_reload(self._reload_services)
 
@@ -280,7 +296,9 @@ class Daemon:
             await nursery.start(backends.cluster.run)
         await nursery.start(svc.chat.run)
         await nursery.start(svc.push.run)
+        await nursery.start(svc.email.run)
         await nursery.start(svc.webhooks.run)
+        await nursery.start(svc.http_jobs.run)
         if backends.activity is not None:
             await nursery.start(backends.activity.run)
         await nursery.start(svc.notify.run)
@@ -314,6 +332,7 @@ class Daemon:
         self._api_keys.value = ApiKeys.from_config(new.api)
         self.services.router.set_config(new)
         self.services.webhooks.reload(new)
+        self.services.http_jobs.reload(new)
 
     async def _drain_services(self) -> None:
         """Let sockets close and running jobs finish; returns early when all are done."""
@@ -384,7 +403,7 @@ class Daemon:
                 new = self.cfg
             else:
                 new = await trio.to_thread.run_sync(
-                    functools.partial(load_config, self.config_path, checks=(cron_config_problems,))
+                    functools.partial(load_config, self.config_path, checks=DAEMON_CONFIG_CHECKS)
                 )
             # Keys are read now, so that an unreadable key file refuses the reload.
             self._pending_verifier = self._verifier(new)
@@ -395,6 +414,10 @@ class Daemon:
             self._notifier.ready("reload refused; previous configuration kept")
             return False
         old = self.cfg
+        # Of [jobs], the HTTP targets apply live (each attempt reads them): a secret or URL
+        # changes without a restart; the rest of the section needs one.
+        new_jobs = new.jobs
+        new = attrs.evolve(new, jobs=attrs.evolve(new.jobs, http_targets=old.jobs.http_targets))
         restart_needed = [
             field.name
             for field in attrs.fields(Config)
@@ -406,6 +429,7 @@ class Daemon:
             log.warning("reload: changes to [%s] take effect after a restart", "], [".join(restart_needed))
             # Keep the running values of what cannot change live.
             new = attrs.evolve(new, **{name: getattr(old, name) for name in restart_needed})
+        new = attrs.evolve(new, jobs=attrs.evolve(new.jobs, http_targets=new_jobs.http_targets))
         if old.log != new.log:
             logs.setup_logging(new.log.level, new.log.format, include_user_ids=new.log.include_user_ids)
             log.info("reload: log level %s, format %s", new.log.level, new.log.format)
@@ -465,6 +489,11 @@ def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
         ) from exc
     ctx.set_alpn_protocols(["h2", "http/1.1"])
     return ctx
+
+
+def _email_channel(cfg: Config, email: EmailService) -> list[EmailChannel]:
+    """The email channel, on a node with ``email.enabled`` (preferences name it only there)."""
+    return [EmailChannel(email)] if cfg.email.enabled else []
 
 
 def _warn_dev_secrets(cfg: Config) -> None:

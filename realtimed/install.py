@@ -517,6 +517,8 @@ def files_to_read(cfg: Config, credentials_dir: str | None) -> list[tuple[str, s
         ("http.tls_key_file", cfg.http.tls_key_file),
         ("push.service_account_file", cfg.push.service_account_file),
         ("push.ca_file", cfg.push.ca_file),
+        ("webhooks.ca_file", cfg.webhooks.ca_file),
+        ("jobs.http.ca_file", cfg.jobs.http.ca_file),
     ]
     named += [(f"auth.public_key_files[{i}]", p) for i, p in enumerate(cfg.auth.public_key_files)]
     base = Path(cfg.source).parent if cfg.source else Path.cwd()

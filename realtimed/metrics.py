@@ -54,6 +54,12 @@ SERVER_API_REQUESTS: Final = Counter(
     ["key", "method", "status"],
     registry=REGISTRY,
 )
+SERVER_API_LIMITED: Final = Counter(
+    "realtimed_server_api_rate_limited",
+    "server API requests refused with 429 because their API key's budget (api.rate_limits) was spent, by key name",
+    ["key"],
+    registry=REGISTRY,
+)
 HTTP_CONNECTIONS: Final = Gauge(
     "realtimed_http_connections", "open connections on each listener, WebSocket ones included", ["listener"], registry=REGISTRY
 )

@@ -127,9 +127,15 @@ class PresenceBackend(Protocol):
         """Count a device of the user; returns the user's devices, on every node."""
         ...
 
-    async def arrive(self, user_id: str, session_id: str) -> tuple[int, PresenceRecord | None]:
+    async def arrive(self, user_id: str, session_id: str, *, online: bool = False) -> tuple[int, PresenceRecord | None]:
         """``add_session`` and then ``get`` of the user's record, as one atomic call
-        (one round trip on a connect): the devices on every node, and the record or None."""
+        (one round trip on a connect): the devices on every node, and the record or None.
+
+        ``online``: the user just came online on this node (connected and not idle): the
+        record's ``status`` is set in the same call to what such a user shows
+        (``visible_status(chosen, connected=True, idle=False)``), and the record answered
+        is the one written.
+        """
         ...
 
     async def remove_session(self, user_id: str, session_id: str) -> int:
@@ -167,8 +173,16 @@ class MemoryPresence:
         devices.add(session_id)
         return len(devices)
 
-    async def arrive(self, user_id: str, session_id: str) -> tuple[int, PresenceRecord | None]:
-        return await self.add_session(user_id, session_id), self._records.get(user_id)
+    async def arrive(self, user_id: str, session_id: str, *, online: bool = False) -> tuple[int, PresenceRecord | None]:
+        count = await self.add_session(user_id, session_id)
+        record = self._records.get(user_id)
+        if online:
+            before = record or PresenceRecord()
+            status = visible_status(before.chosen, connected=True, idle=False)
+            if status != before.status:
+                record = attrs.evolve(before, status=status)
+                await self.put(user_id, record)
+        return count, record
 
     async def remove_session(self, user_id: str, session_id: str) -> int:
         devices = self._sessions.get(user_id)
@@ -357,7 +371,8 @@ class PresenceService:
             local.idle = False
             self._schedule_idle(uid, local, now + self._cfg.away_after_s)
         try:
-            _, record = await self.backend.arrive(uid, session.id)
+            # A change is written with the arrival: one round trip (``_changed`` finds the status current).
+            _, record = await self.backend.arrive(uid, session.id, online=changed)
             if changed:
                 await self._changed(uid, local, record=record or PresenceRecord())
         except ApiError as exc:
@@ -421,15 +436,17 @@ class PresenceService:
     async def resynced(self) -> None:
         """This node's devices were written back to the shared backend after it was
         taken for dead: users that another node announced offline meanwhile are
-        announced again as they are."""
+        announced again as they are, and so are users whose arrival had no answer
+        (the backend may have applied it late, status included, with nothing sent)."""
         for uid, local in list(self._local.items()):
             if not local.devices:
                 continue
             try:
                 record = await self._record(uid)
-                if record.status != "offline":
+                if record.status == "offline":
+                    local.sent = local.delivered_here = ("offline", None)  # what the contacts saw
+                elif local.sent == (record.status, record.message):
                     continue
-                local.sent = local.delivered_here = ("offline", None)  # what the contacts saw
                 await self._changed(uid, local)
             except ApiError as exc:
                 log.warning("user %s: presence after a resync: %s", uid, exc.message)

@@ -59,8 +59,16 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "ERROR_CODES",
     "EVENT_SPECS",
+    "FEED_ACTIVITIES_LIMIT",
+    "FEED_ACTIVITY_EVENT",
+    "FEED_ROOM_PREFIX",
+    "MAX_ACTOR_CHARS",
+    "MAX_FEED_CHARS",
     "MAX_JSON_DEPTH",
+    "MAX_OBJECT_CHARS",
+    "MAX_SEARCH_CHARS",
     "MAX_STORED_JSON_DEPTH",
+    "MAX_VERB_CHARS",
     "OPS",
     "OP_SPECS",
     "RESERVED_EVENT_PREFIXES",
@@ -69,6 +77,7 @@ __all__ = [
     "WIRE_VERSION",
     "CloseCode",
     "EventSpec",
+    "FeedActivities",
     "FrameError",
     "JsonSchema",
     "Limits",
@@ -89,6 +98,8 @@ __all__ = [
     "room_matches",
     "validate",
     "validate_event_name",
+    "validate_feed",
+    "validate_name",
     "validate_room",
     "validate_room_pattern",
     "validate_user_id",
@@ -130,6 +141,19 @@ MAX_STORED_JSON_DEPTH: Final = 200
 CONVERSATION_LIST_LIMIT: Final = (20, 100)  # (default, max)
 MESSAGE_HISTORY_LIMIT: Final = (50, 100)
 NOTIFICATION_LIST_LIMIT: Final = (20, 100)
+FEED_ACTIVITIES_LIMIT: Final = (20, 100)
+
+#: The room of an activity feed is this prefix and the feed's name: ``feed:user:alice``.
+FEED_ROOM_PREFIX: Final = "feed:"
+#: A feed name is a room name short enough to take ``FEED_ROOM_PREFIX``.
+MAX_FEED_CHARS: Final = MAX_ROOM_CHARS - len(FEED_ROOM_PREFIX)
+#: The event of an activity logged to a feed.
+FEED_ACTIVITY_EVENT: Final = "feed.activity"
+# Fixed sizes of an activity's fields (docs/protocol.md section 9).
+MAX_ACTOR_CHARS: Final = 128
+MAX_VERB_CHARS: Final = 64
+MAX_OBJECT_CHARS: Final = 200
+MAX_SEARCH_CHARS: Final = 200
 
 RESERVED_EVENT_PREFIXES: Final[tuple[str, ...]] = (
     "session.",
@@ -141,6 +165,7 @@ RESERVED_EVENT_PREFIXES: Final[tuple[str, ...]] = (
     "presence.",
     "notification.",
     "room.",
+    "feed.",
 )
 
 MessageType: TypeAlias = Literal["text", "image", "file"]
@@ -443,6 +468,24 @@ def validate_room(room: object, field: str = "room") -> str:
         raise ValidationFailed(field, problem)
     assert isinstance(room, str)
     return room
+
+
+def validate_name(value: object, field: str, *, max_len: int) -> str:
+    """A string of 1 to ``max_len`` characters without control characters (an
+    activity's actor, verb, object). Raises ValidationFailed."""
+    return _check_string(value, field, min_len=1, max_len=max_len, control_ok=False)
+
+
+def validate_feed(feed: object, field: str = "feed") -> str:
+    """A feed name: a room name of at most ``MAX_FEED_CHARS`` characters (its room is
+    ``feed:<name>``), such as ``user:alice``, ``team:t1`` or ``global``."""
+    problem = _room_problem(feed)
+    if problem is None and len(feed) > MAX_FEED_CHARS:  # type: ignore[arg-type]
+        problem = f"must be at most {MAX_FEED_CHARS} characters"
+    if problem is not None:
+        raise ValidationFailed(field, problem)
+    assert isinstance(feed, str)
+    return feed
 
 
 def validate_room_pattern(pattern: object, field: str = "rooms") -> str:
@@ -809,6 +852,21 @@ class NotificationList:
 
 
 @attrs.frozen(slots=True)
+class FeedActivities:
+    """A read of one feed: filters (each optional), a page. ``since`` and ``until`` are RFC 3339 times."""
+
+    feed: str
+    actor: str | None = None
+    verb: str | None = None
+    object: str | None = None
+    since: str | None = None
+    until: str | None = None
+    q: str | None = None
+    cursor: str | None = None
+    limit: int = FEED_ACTIVITIES_LIMIT[0]
+
+
+@attrs.frozen(slots=True)
 class NotificationRead:
     ids: tuple[str, ...]
 
@@ -1075,6 +1133,9 @@ TYPE_SCHEMAS: Final[Mapping[str, JsonSchema]] = MappingProxyType(
                 "group_key": _jstr(nullable=True),
                 "created_at": _ref("Time"),
                 "read_at": _jstr(fmt="date-time", nullable=True),
+                "expires_at": _jstr(
+                    "when it leaves the inbox and is no longer pushed (null: never)", fmt="date-time", nullable=True
+                ),
             }
         ),
         "Publication": _jall(
@@ -1089,6 +1150,28 @@ TYPE_SCHEMAS: Final[Mapping[str, JsonSchema]] = MappingProxyType(
             }
         ),
         "RoomUser": _jall({"user_id": _ref("UserId"), "sessions": _jint("the user's subscriptions to the room", lo=1)}),
+        "Feed": _jstr(
+            "a feed name: a room name of at most 195 characters (its room is feed:<name>), e.g. user:alice, team:t1, global",
+            min_len=1,
+            max_len=MAX_FEED_CHARS,
+            pattern=f"^{_SEGMENT}(:{_SEGMENT})*$",
+        ),
+        "Activity": _jall(
+            {
+                "id": _ref("Id"),
+                "actor": _jstr(min_len=1, max_len=MAX_ACTOR_CHARS),
+                "verb": _jstr(min_len=1, max_len=MAX_VERB_CHARS),
+                "object": _jstr(min_len=1, max_len=MAX_OBJECT_CHARS),
+                "target": _jstr(max_len=MAX_OBJECT_CHARS, nullable=True),
+                "time": _ref("Time"),
+                "data": {"type": "object", "description": "the data given by the application"},
+                "feeds": _jarray(_ref("Feed"), "every feed the activity was logged to"),
+                "created_at": _with(_ref("Time"), "when it was logged"),
+                "feed": _with(_ref("Feed"), "the feed it is read from"),
+                "seq": _jint("its place in that feed, gap-free from 1", lo=1),
+            },
+            "an activity as read from one feed",
+        ),
     }
 )
 """The shared types and records of the wire, by name (``#/components/schemas/<name>``)."""
@@ -1492,6 +1575,46 @@ def _notification_list(data: Mapping[str, Any], limits: Limits) -> NotificationL
     )
 
 
+_TIME_FILTER: Final = _jstr(fmt="date-time", max_len=64)
+
+
+@_op(
+    "feed.activities",
+    FeedActivities,
+    summary="A page of an activity feed the caller may subscribe to: newest first, filtered",
+    data=_jobject(
+        {
+            "feed": _ref("Feed"),
+            "actor": _jstr("only this actor's", min_len=1, max_len=MAX_ACTOR_CHARS),
+            "verb": _jstr("only this verb", min_len=1, max_len=MAX_VERB_CHARS),
+            "object": _jstr("only about this object", min_len=1, max_len=MAX_OBJECT_CHARS),
+            "since": _with(_TIME_FILTER, "only activities timed at or after this"),
+            "until": _with(_TIME_FILTER, "only activities timed before this"),
+            "q": _jstr("full-text search: every word must appear", min_len=1, max_len=MAX_SEARCH_CHARS),
+            "cursor": _ref("Cursor"),
+            "limit": _limit_schema(FEED_ACTIVITIES_LIMIT),
+        },
+        required=("feed",),
+    ),
+    reply=_jall({"activities": _jarray(_ref("Activity")), "next_cursor": _jstr("null at the end", nullable=True)}),
+)
+def _feed_activities(data: Mapping[str, Any], limits: Limits) -> FeedActivities:
+    raw = data.get("feed")
+    if raw is None:
+        raise ValidationFailed("feed", "is required")
+    return FeedActivities(
+        feed=validate_feed(raw),
+        actor=_opt_string(data, "actor", max_len=MAX_ACTOR_CHARS),
+        verb=_opt_string(data, "verb", max_len=MAX_VERB_CHARS),
+        object=_opt_string(data, "object", max_len=MAX_OBJECT_CHARS),
+        since=_opt_string(data, "since", max_len=64),
+        until=_opt_string(data, "until", max_len=64),
+        q=_opt_string(data, "q", max_len=MAX_SEARCH_CHARS),
+        cursor=_opt_string(data, "cursor", max_len=MAX_CURSOR_CHARS),
+        limit=_limit(data, FEED_ACTIVITIES_LIMIT),
+    )
+
+
 @_op(
     "notification.read",
     NotificationRead,
@@ -1741,6 +1864,15 @@ EVENT_SPECS: Final[Mapping[str, EventSpec]] = _events(
         "the room's subscribers",
         _jall({"room": _ref("Room"), "user_id": _ref("UserId")}),
         room="always",
+    ),
+    EventSpec(
+        "feed.activity",
+        "An activity was logged to a feed; top-level seq is its place in the feed",
+        "the subscribers of the feed's room (feed:<name>)",
+        _jall({"activity": _ref("Activity")}),
+        room="always",
+        seq="always",
+        epoch="always",
     ),
     EventSpec(
         "room.reset",

@@ -82,13 +82,27 @@ return redis.call('HLEN', KEYS[1])
 """
 
 # _ADD, then the user's record: KEYS as _ADD's (without the online set) and rt:{p}:pr:<user>, then
-# the online set. Returns {devices, record or false}.
+# the online set. Returns {devices, record or false}. With ARGV[4] = "1" (the user came online on
+# this node) the record's status first becomes what a connected, active user shows (presence.py
+# visible_status: offline while invisible, else what they chose), and the record written is returned.
 _ARRIVE: Final = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[5], 0, ARGV[3])
-return {redis.call('HLEN', KEYS[1]), redis.call('GET', KEYS[4])}
+local raw = redis.call('GET', KEYS[4])
+if ARGV[4] == '1' then
+  local record = {status = 'offline', chosen = 'online'}
+  if raw then record = cjson.decode(raw) end
+  local status = record.chosen
+  if status == 'invisible' then status = 'offline' end
+  if status ~= record.status then
+    record.status = status
+    raw = cjson.encode(record)
+    redis.call('SET', KEYS[4], raw)
+  end
+end
+return {redis.call('HLEN', KEYS[1]), raw}
 """
 
 _REMOVE: Final = """
@@ -331,9 +345,9 @@ class RedisPresence:
         keys = [_devices_key(user_id), _node_users_key(self.node), NODES_KEY, ONLINE_KEY]
         return int(await self._change(_ADD, keys, [session_id, self.node, user_id]))
 
-    async def arrive(self, user_id: str, session_id: str) -> tuple[int, Any]:
+    async def arrive(self, user_id: str, session_id: str, *, online: bool = False) -> tuple[int, Any]:
         keys = [_devices_key(user_id), _node_users_key(self.node), NODES_KEY, _record_key(user_id), ONLINE_KEY]
-        count, raw = await self._change(_ARRIVE, keys, [session_id, self.node, user_id])
+        count, raw = await self._change(_ARRIVE, keys, [session_id, self.node, user_id, "1" if online else "0"])
         return int(count), self._record_type(**orjson.loads(raw)) if raw else None
 
     async def remove_session(self, user_id: str, session_id: str) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from realtimed import protocol
 from realtimed.api.ops import Caller, OpHandler
@@ -15,8 +15,16 @@ from realtimed.live import Live
 
 
 def may_subscribe(claims: Claims, ns: NamespaceConfig, room: str) -> bool:
-    """A public namespace, or a pattern of the token's ``rooms`` claim that matches."""
-    return ns.public or any(protocol.room_matches(pattern, room) for pattern in claims.rooms)
+    """A public namespace, or a pattern of the token's ``rooms`` claim that matches;
+    and every user may subscribe to the room of their own feed, ``feed:user:<sub>``."""
+    return (
+        ns.public
+        or any(protocol.room_matches(pattern, room) for pattern in claims.rooms)
+        or room == _OWN_FEED + claims.sub
+    )
+
+
+_OWN_FEED: Final = protocol.FEED_ROOM_PREFIX + "user:"
 
 
 def check_subscribe(claims: Claims, router: Router, room: str) -> NamespaceConfig:

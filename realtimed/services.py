@@ -21,7 +21,10 @@ if TYPE_CHECKING:
     from realtimed.clock import WallClock
     from realtimed.config import Config
     from realtimed.delivery.router import Router
+    from realtimed.email.service import EmailService
+    from realtimed.feeds.service import FeedService
     from realtimed.gateway.gateway import Gateway
+    from realtimed.jobs.http import HttpJobService
     from realtimed.jobs.runner import JobRunner
     from realtimed.live import Live
     from realtimed.notify.service import NotifyService
@@ -55,7 +58,10 @@ class Services:
     chat: ChatService
     notify: NotifyService
     push: PushService
+    email: EmailService
     webhooks: WebhookService
+    http_jobs: HttpJobService
+    feeds: FeedService | None = None
 
     @property
     def config(self) -> Config:

@@ -15,7 +15,8 @@ still a reader's dependency.
 0. base          errors, config, clock, protocol (sans-IO wire), frames (encoded
                  once), metrics, logs, auth, deadlines, live, sdnotify, and the parsers
                  the configuration checks with (addresses, postgres_dsn, redis_url,
-                 templates): what every layer may use.
+                 templates), outbound/ (the signed, address-checked HTTP client of
+                 webhooks and HTTP jobs), outcomes (the delivery log's codes): what every layer may use.
 1. store         store/: persistence, one Protocol per domain, sqlite/ and postgres/.
 2. broker        broker/: the Broker Protocol between nodes, the in-process and the
                  Redis broker, the Redis client that every Redis backend shares.
@@ -24,13 +25,14 @@ still a reader's dependency.
                  (ops.py), per-user op budgets (limits.py), typed routes (routes.py,
                  validate.py), and services.py (the typed bag of services a route
                  reaches: type-only imports). No transport, no capability.
-5. capabilities  chat, presence, typing_state, room_ops, notify/, push/, jobs/, webhooks/: each
+5. capabilities  chat, presence, typing_state, room_ops, notify/, push/, email/, jobs/, webhooks/, feeds/: each
                  exposes routes() and ops(); a Redis backend sits beside its Protocol.
 6. transports    gateway/ (the session lifecycle, WebSocket, SSE), http/ (listener,
                  guard, app, the REST doors), socketio/ (the Socket.IO door).
 7. composition   daemon, backends (the one place in-process or Redis is chosen),
                  cli (and jobs/cli), jobs/kinds (every job kind the daemon registers,
-                 from each capability), workers, install, listen, __main__.
+                 from each capability), config_checks (the configuration checks that
+                 need the capabilities), workers, install, listen, __main__.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "realtimed.redis_url",
             "realtimed.templates",
             "realtimed.frames",
+            "realtimed.outbound",
+            "realtimed.outcomes",
         ),
     ),
     ("store", ("realtimed.store",)),
@@ -80,6 +84,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "realtimed.push",
             "realtimed.jobs",
             "realtimed.webhooks",
+            "realtimed.email",
+            "realtimed.feeds",
         ),
     ),
     ("transports", ("realtimed.gateway", "realtimed.http", "realtimed.socketio")),
@@ -91,6 +97,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "realtimed.cli",
             "realtimed.jobs.cli",
             "realtimed.jobs.kinds",
+            "realtimed.config_checks",
             "realtimed.workers",
             "realtimed.install",
             "realtimed.listen",

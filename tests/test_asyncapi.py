@@ -33,6 +33,7 @@ from realtimed import protocol
 from realtimed.config import WEBHOOK_EVENTS, reference_rows
 from realtimed.errors import ApiError
 from realtimed.gateway.sse import encode_cursor
+from realtimed.jobs.builtin import BUILTIN_CRON_SCHEDULES
 from realtimed.protocol import CLOSE_CODES, ERROR_CODES, EVENT_SPECS, OP_SPECS, TYPE_SCHEMAS
 from realtimed.protocol_docs import asyncapi_document, asyncapi_yaml, event_message, message_for_frame
 from tests.fixtures.clients import WsClient
@@ -301,7 +302,7 @@ def test_protocol_md_names_only_existing_config_keys() -> None:
         for m in re.finditer(r"`\[?([a-z_]+(?:\[\])?\.[a-z0-9_.]+)\]?", text)
         if m.group(1).split(".")[0].removesuffix("[]") in sections
     }
-    cited -= {*OP_SPECS, *EVENT_SPECS, *WEBHOOK_EVENTS}  # event names, not keys
+    cited -= {*OP_SPECS, *EVENT_SPECS, *WEBHOOK_EVENTS, *BUILTIN_CRON_SCHEDULES}  # op, event and job kind names
     missing = cited - keys
     assert not missing, f"docs/protocol.md cites configuration keys that do not exist: {sorted(missing)}"
 
@@ -446,6 +447,16 @@ async def test_frames_of_a_live_session_match_their_schemas(start_daemon: Daemon
         await alice.ok("notification.read_all")
         await alice.ok("notification.delete", {"ids": [note["id"]]})
         await alice.event("notification.deleted")
+
+        # Activity feeds: a logged activity reaches the feed's room; the feed is read.
+        await alice.ok("subscribe", {"room": "feed:user:alice"})
+        async with httpx.AsyncClient(base_url=daemon.url(), headers=SERVER) as http:
+            answer = await http.post("/server/v1/activities", json={"activities": [
+                {"actor": "bob", "verb": "like", "object": "p1", "target": "t", "data": {"n": 1}, "feeds": ["user:alice"]}
+            ]})
+            assert answer.status_code == 200, answer.text
+        await alice.event("feed.activity")
+        await alice.ok("feed.activities", {"feed": "user:alice", "q": "like"})
 
         await alice.ok("typing.start", {"conversation_id": cid})
         # Error replies: a refused op, an unreadable frame.

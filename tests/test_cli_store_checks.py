@@ -133,7 +133,8 @@ async def test_check_config_loads_the_files_run_loads_at_start(tmp_path: Path) -
         bad = f"""[http]\ntls_cert_file = "{tmp_path / 'garbage.pem'}"\ntls_key_file = "{key}"\n
 [auth]\nalgorithms = ["RS256"]\npublic_key_files = ["garbage.pem"]\n
 [push]\nservice_account_file = "{tmp_path / 'missing.json'}"\n"""
-        bad_ca = f"""[push]\nservice_account_file = "{tmp_path / 'fcm.json'}"\nca_file = "{tmp_path / 'garbage.pem'}"\n"""
+        bad_ca = f"""[push]\nservice_account_file = "{tmp_path / 'fcm.json'}"\nca_file = "{tmp_path / 'garbage.pem'}"\n
+[webhooks]\nca_file = "{tmp_path / 'garbage.pem'}"\n[jobs.http]\nca_file = "{tmp_path / 'garbage.pem'}"\n"""
         for name, text in (("good.toml", good), ("bad.toml", bad), ("bad_ca.toml", bad_ca)):
             (tmp_path / name).write_text(text)
         accepted, refused, refused_ca = await all_of(
@@ -149,6 +150,8 @@ async def test_check_config_loads_the_files_run_loads_at_start(tmp_path: Path) -
             "push.service_account_file",
         ]
         assert refused_ca.returncode == 2 and "  push.ca_file: cannot load CA certificates" in refused_ca.stderr
+        for key in ("webhooks.ca_file", "jobs.http.ca_file"):
+            assert f"  {key}: cannot load CA certificates" in refused_ca.stderr
 
 
 # ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from tests.test_session_lifecycle import sse_records
 SERVER = {"Authorization": f"Bearer {API_KEY}"}
 NAMESPACES: list[dict[str, Any]] = [
     {"prefix": "job:", "history_size": 100, "history_ttl_s": 600, "recovery_cap": 5},
-    {"prefix": "feed:", "history_size": 3, "recovery_cap": 100},
+    {"prefix": "board:", "history_size": 3, "recovery_cap": 100},
 ]
 
 
@@ -32,7 +32,7 @@ async def node(start_daemon: DaemonFactory, name: str, redis_url: str) -> Daemon
 
 async def connect(daemon: Daemon, user: str) -> WsClient:
     url = daemon.url().replace("http", "ws", 1) + "/ws"
-    client = await WsClient.connect(url, token=token(user, rooms=["job:*", "feed:*"]))
+    client = await WsClient.connect(url, token=token(user, rooms=["job:*", "board:*"]))
     await client.event("session.ready")
     return client
 
@@ -112,7 +112,7 @@ async def test_recovery_decision_table_on_redis(start_daemon: DaemonFactory, red
         got = await client.ok("subscribe", {"room": room, "since": {"seq": 60, "epoch": epoch}})
         assert got["recovered"] is False and got["publications"] == []
         # A position already trimmed (history of 3).
-        feed = f"feed:{uuid.uuid4().hex[:8]}"
+        feed = f"board:{uuid.uuid4().hex[:8]}"
         feed_epoch = (await client.ok("subscribe", {"room": feed}))["epoch"]
         for i in range(1, 6):
             await publish(a, feed, {"i": i})

@@ -260,6 +260,8 @@ async def test_every_op_is_served_by_the_one_capability_that_lists_it(start_daem
             svc.chat.ops(),
             svc.notify.ops(),
         ]
+        assert svc.feeds is not None
+        listed.append(svc.feeds.ops())
         names = [op for ops in listed for op in ops]
         # Each op once, and together every op of the protocol but "auth" (the socket's own
         # answer to a token refresh), all of them in the daemon's registry.

@@ -144,6 +144,12 @@ _VALID_FIELD: Final[dict[str, st.SearchStrategy[Any]]] = {
     "before_seq": st.one_of(st.none(), _SEQ),
     "after_seq": st.one_of(st.none(), _SEQ),
     "changed_since": st.one_of(st.none(), _SEQ),
+    "feed": _VALID_ROOM,
+    "actor": _VALID_ID,
+    "verb": _VALID_ID,
+    "object": _VALID_ID,
+    "until": st.one_of(st.none(), st.sampled_from(["2026-01-01T00:00:00Z", "2026-12-31T23:59:59.999Z"])),
+    "q": st.one_of(st.none(), _PLAIN.filter(bool)),
 }
 _ABSENT: Final = object()
 

@@ -300,16 +300,16 @@ async def test_recovery_decision_table(start_daemon: DaemonFactory) -> None:
 async def test_recovery_fails_once_history_is_trimmed(start_daemon: DaemonFactory) -> None:
     with trio.fail_after(30):
         daemon = await start(
-            start_daemon, namespaces=[{"prefix": "feed:", "history_size": 3, "recovery_cap": 100}]
+            start_daemon, namespaces=[{"prefix": "board:", "history_size": 3, "recovery_cap": 100}]
         )
-        client = await connect(daemon, rooms=["feed:*"])
-        epoch = (await client.ok("subscribe", {"room": "feed:1"}))["epoch"]
-        await client.ok("unsubscribe", {"room": "feed:1"})
+        client = await connect(daemon, rooms=["board:*"])
+        epoch = (await client.ok("subscribe", {"room": "board:1"}))["epoch"]
+        await client.ok("unsubscribe", {"room": "board:1"})
         for i in range(5):
-            await publish(daemon, "feed:1", data={"i": i})
-        got = await client.ok("subscribe", {"room": "feed:1", "since": {"seq": 1, "epoch": epoch}})
+            await publish(daemon, "board:1", data={"i": i})
+        got = await client.ok("subscribe", {"room": "board:1", "since": {"seq": 1, "epoch": epoch}})
         assert got["recovered"] is False and got["publications"] == []
-        got = await client.ok("subscribe", {"room": "feed:1", "since": {"seq": 2, "epoch": epoch}})
+        got = await client.ok("subscribe", {"room": "board:1", "since": {"seq": 2, "epoch": epoch}})
         assert got["recovered"] is True and [p["seq"] for p in got["publications"]] == [3, 4, 5]
 
 

@@ -767,7 +767,9 @@ async def test_builtin_retention_kinds_delete_only_what_is_old(
 def test_builtin_cron_entries_yield_to_the_operator() -> None:
     mine = CronConfig(name="retention.jobs", schedule="0 5 * * 0", kind="retention.jobs")
     merged = {e.name: e for e in merge_entries([mine], builtin_cron_entries())}
-    assert set(merged) == {"retention.notifications", "retention.jobs", "retention.messages", "devices.stale"}
+    assert set(merged) == {
+        "retention.notifications", "retention.jobs", "retention.messages", "devices.stale", "retention.activities"
+    }
     assert merged["retention.jobs"].schedule == "0 5 * * 0"
     assert merged["devices.stale"].schedule == "40 3 * * *"
 

@@ -19,7 +19,7 @@ from trio_websocket import WebSocketConnection, connect_websocket_url
 
 from realtimed.config import ConfigError, load_config
 from realtimed.metrics import REGISTRY
-from realtimed.notify.policy import PushCaps, digest_window, quiet_until
+from realtimed.notify.policy import PushCaps, cap_resets, digest_window, quiet_until
 from realtimed.notify.types import BUILTIN_TYPES
 from realtimed.templates import TemplateError, placeholders, render
 from tests import notify_support
@@ -159,6 +159,10 @@ def test_caps_count_per_local_day_and_per_type_hour() -> None:
     assert [take("u", "a", now) for _ in range(3)] == [None, None, "hourly_cap"]
     assert take("u", "b", now) is None  # another type has its own hourly count
     assert take("u", "c", now) == "daily_cap"  # 3 today in Berlin
+    usage = trio.run(lambda: caps.usage(user_id="u", types=["a", "b", "c"], now=now, time_zone="Europe/Berlin"))
+    assert usage == (3, {"a": 2, "b": 1, "c": 0})
+    assert cap_resets(now, "Europe/Berlin") == (datetime(2026, 3, 2, 23, 0, tzinfo=UTC), datetime(2026, 3, 2, 23, 0, tzinfo=UTC))
+    assert cap_resets(now, NY)[0] == datetime(2026, 3, 3, 5, 0, tzinfo=UTC)  # midnight in New York
     # 00:10 in Berlin: a new local day, a new hour.
     assert take("u", "a", now + timedelta(minutes=40)) is None
     # The same instant is still the same day in New York.

@@ -50,6 +50,12 @@ from tests.fixtures.tokens import token
 # configured (none here).
 NOT_DESCRIBED: Final[Mapping[tuple[str, str], str]] = {
     ("GET", "/dev/token"): "development only: exists on a loopback listener with the development secret",
+    ("GET", "/console"): "the operator console's page (a web page, not an operation)",
+    ("GET", "/console/"): "the operator console's page",
+    ("GET", "/console/console.js"): "the operator console's script",
+    ("GET", "/console/console.css"): "the operator console's style sheet",
+    ("GET", "/email/unsubscribe/<token>"): "an HTML page for people, reached from an email's link (docs/protocol.md)",
+    ("POST", "/email/unsubscribe/<token>"): "RFC 8058 one-click unsubscribe, a form post from mail clients",
 }
 # The modules whose routes() the app serves (realtimed/http/app.py, capability_routes).
 ROUTE_MODULES: Final = (
@@ -57,12 +63,16 @@ ROUTE_MODULES: Final = (
     "realtimed.http.openapi",
     "realtimed.http.server_api",
     "realtimed.http.jobs_api",
+    "realtimed.http.console",
     "realtimed.http.client_api",
     "realtimed.chat",
     "realtimed.presence",
     "realtimed.notify.http",
+    "realtimed.notify.log_http",
+    "realtimed.email.http",
     "realtimed.push.http",
     "realtimed.webhooks.http",
+    "realtimed.feeds.http",
 )
 OPS_RULE: Final = f"{CLIENT_PREFIX}/ops/<op>"
 REST_OPS: Final = sorted(protocol.OPS - protocol.SOCKET_ONLY_OPS)
@@ -412,9 +422,9 @@ async def test_allow_names_only_the_methods_a_path_serves(start_daemon: DaemonFa
         user = {"Authorization": f"Bearer {token('allow-reader', ttl=600)}"}
         async with httpx.AsyncClient(base_url=daemon.url(), headers=user) as http:
             for method, path, allow in (
-                ("PATCH", "/notifications/preferences", "GET, HEAD, PUT"),
-                ("DELETE", "/notifications/preferences", "GET, HEAD, PUT"),
-                ("DELETE", "/notifications/preferences", "GET, HEAD, PUT"),
+                ("POST", "/notifications/preferences", "GET, HEAD, PATCH, PUT"),
+                ("DELETE", "/notifications/preferences", "GET, HEAD, PATCH, PUT"),
+                ("DELETE", "/notifications/preferences", "GET, HEAD, PATCH, PUT"),
                 ("DELETE", "/notifications/read-all", "POST"),
                 ("DELETE", "/notifications/unread-count", "GET, HEAD"),
                 ("PUT", "/notifications/unread-count", "GET, HEAD"),

@@ -124,6 +124,31 @@ async def test_arrive_counts_the_device_and_reads_the_record_in_one_call(
         assert await b.remove_session(ann, "s2") == 0
 
 
+async def test_arrive_online_writes_the_status_a_connected_user_shows(
+    nodes: NodesFactory, clock: trio.testing.MockClock | None, limit_s: float
+) -> None:
+    # A connect that brings the user online writes the status with the arrival (one round trip).
+    with trio.fail_after(limit_s):
+        a, b = (await nodes()).presence
+        ann, bob, cid = unique("ann"), unique("bob"), unique("cid")
+        online = PresenceRecord(status="online", chosen="online")
+        assert await a.arrive(ann, "s1", online=True) == (1, online)
+        assert await b.get([ann]) == {ann: online}
+        await b.put(bob, PresenceRecord(status="offline", chosen="busy", message="in a meeting"))
+        busy = PresenceRecord(status="busy", chosen="busy", message="in a meeting")
+        assert await a.arrive(bob, "s2", online=True) == (1, busy)
+        assert await b.get([bob]) == {bob: busy}
+        hidden = PresenceRecord(status="offline", chosen="invisible")
+        await b.put(cid, hidden)
+        assert await a.arrive(cid, "s3", online=True) == (1, hidden)  # invisible stays offline
+        assert await b.get([cid]) == {cid: hidden}
+        # Without ``online`` nothing is written.
+        away = PresenceRecord(status="offline", chosen="away")
+        await b.put(ann, away)
+        assert await a.arrive(ann, "s4") == (2, away)
+        assert await b.get([ann]) == {ann: away}
+
+
 async def test_arrive_lists_the_user_online(nodes: NodesFactory, clock: trio.testing.MockClock | None, limit_s: float) -> None:
     # The connect path counts devices with arrive only: the online list must see them too.
     with trio.fail_after(limit_s):

@@ -89,7 +89,7 @@ async def test_online_and_connections_refuse_bad_queries(start_daemon: DaemonFac
 
 async def test_counts_per_namespace_and_connections_on_one_node(start_daemon: DaemonFactory) -> None:
     with trio.fail_after(30):
-        daemon = await start_daemon({"namespaces": [{"prefix": "job:", "public": True}, {"prefix": "feed:", "public": True}]})
+        daemon = await start_daemon({"namespaces": [{"prefix": "job:", "public": True}, {"prefix": "board:", "public": True}]})
         alice, alice_id = await connect(daemon, "alice", rooms=["x:*"])
         bob, bob_id = await connect(daemon, "bob")
         await alice.ok("subscribe", {"room": "job:1"})
@@ -105,7 +105,7 @@ async def test_counts_per_namespace_and_connections_on_one_node(start_daemon: Da
             "complete": True,
             "namespaces": [
                 {"prefix": "", "rooms": 1, "subscriptions": 1, "exact": True},
-                {"prefix": "feed:", "rooms": 0, "subscriptions": 0, "exact": True},
+                {"prefix": "board:", "rooms": 0, "subscriptions": 0, "exact": True},
                 {"prefix": "job:", "rooms": 2, "subscriptions": 3, "exact": True},
             ],
         }

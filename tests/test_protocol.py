@@ -311,6 +311,7 @@ def test_the_registry_covers_every_op_of_section_5() -> None:
         "notification.read_all",
         "user.block",
         "user.unblock",
+        "feed.activities",
     } == protocol.OPS
     for name, spec in protocol.OP_SPECS.items():
         assert spec.name == name

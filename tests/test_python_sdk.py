@@ -283,8 +283,11 @@ async def test_typing_receipts_presence_inbox_and_rest(start_daemon: DaemonFacto
             read = await until(seen_by_bob, "notification.read")
             assert read.data["unread_count"] == 0
 
-            device = await bob.register_device("fcm-token-1", "android", app_version="1.0")
+            device = await bob.register_device(
+                "fcm-token-1", "android", app_version="1.0", device_info={"model": "Pixel 8", "os": "Android"}
+            )
             assert device["token"] == "fcm-token-1"
+            assert device["device_info"] == {"model": "Pixel 8", "os": "Android"}
             assert [d["token"] for d in await bob.list_devices()] == ["fcm-token-1"]
             await bob.unregister_device("fcm-token-1")
             assert await bob.list_devices() == []
@@ -419,6 +422,7 @@ async def test_bad_arguments_are_refused_before_sending(start_daemon: DaemonFact
                 (lambda: client.request("ping", [1]), "VALIDATION_ERROR", "data"),  # type: ignore[arg-type]
                 (lambda: client.request("subscribe", {"room": "job:1"}), "VALIDATION_ERROR", "op"),
                 (lambda: client.register_device("t", "symbian"), "VALIDATION_ERROR", "platform"),
+                (lambda: client.register_device("t", "ios", device_info={"imei": "1"}), "VALIDATION_ERROR", "device_info.imei"),
             ]
             for call, code, field in cases:
                 with pytest.raises(RealtimeError) as refused:
@@ -921,3 +925,47 @@ def test_realtimed_listen_refuses_what_it_cannot_do(tmp_path: Path, capsys: pyte
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ.copy())
     assert result.returncode == 1
     assert "pip install ./clients/python" in result.stderr
+
+
+async def test_a_feed_subscription_recovers_from_the_store_across_a_restart(start_daemon: DaemonFactory) -> None:
+    """Activities logged while the client was away come after the reconnect, from the
+    store (the daemon restarted: no room history survived), in order and once."""
+    with trio.fail_after(30):
+        daemon = await start_daemon(DAEMON)
+        provider, gate = gated_provider("alice", rooms=["feed:team:*"])
+
+        async def log(*actors: str) -> None:
+            activities = [{"actor": a, "verb": "join", "object": "t1", "feeds": ["team:t1"]} for a in actors]
+            async with server_http(daemon) as http:
+                answer = await http.post("/server/v1/activities", json={"activities": activities})
+            assert answer.status_code == 200, answer.text
+
+        async with open_client(ws_url(daemon), token=provider, options=GATED) as client:
+            await client.wait_connected()
+            async with client.subscribe_feed("team:t1") as feed:
+                assert feed.room == "feed:team:t1" and feed.position[0] == 0 and feed.position[1]
+                await log("ann", "bo")
+                live = await collect(feed, 2)
+                assert [(e.name, e.seq, e.data["activity"]["actor"]) for e in live] == [
+                    ("feed.activity", 1, "ann"), ("feed.activity", 2, "bo")
+                ]
+                gate["open"] = trio.Event()
+                daemon = await restart(daemon, start_daemon, DAEMON)
+                await log("cy", "di")
+                gate["open"].set()
+                await client.wait_connected()
+                replayed = await collect(feed, 2)
+                assert [(e.seq, e.data["activity"]["actor"], e.replayed) for e in replayed] == [
+                    (3, "cy", True), (4, "di", True)
+                ]
+                await log("ed")
+                assert (await next_event(feed)).seq == 5
+                await nothing_more(feed)
+                page = await client.feed_activities("team:t1", verb="join", limit=2)
+                assert [a["actor"] for a in page["activities"]] == ["ed", "di"] and page["next_cursor"]
+                with pytest.raises(RealtimeError) as refused:
+                    await client.feed_activities("user:bob")
+                assert refused.value.code == "FORBIDDEN"
+                with pytest.raises(RealtimeError) as bad:
+                    await client.feed_activities("a b")
+                assert bad.value.field == "feed"

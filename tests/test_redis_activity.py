@@ -28,6 +28,11 @@ async def test_push_caps_are_one_count_for_every_node(redis_url: str) -> None:
         assert [await take(a, "x", now), await take(b, "x", now), await take(a, "x", now)] == [None, None, "hourly_cap"]
         assert await take(b, "y", now) is None
         assert await take(a, "z", now) == "daily_cap"
+        # What an app shows ("3 of 3 today"), the same from either node; the usage counts nothing.
+        for node in (a, b):
+            assert await node.usage(user_id=user, types=["x", "y", "z"], now=now, time_zone="Europe/Berlin") == (
+                3, {"x": 2, "y": 1, "z": 0}
+            )
         # 00:10 in Berlin: a new local day and a new hour.
         assert await take(b, "x", now + timedelta(minutes=40)) is None
         # A cap of 0 is no cap.

@@ -1,4 +1,4 @@
-"""How many Redis calls presence makes per disconnect on a cluster node.
+"""How many Redis calls presence makes per connect and per disconnect on a cluster node.
 
 The presence backend's Redis client is wrapped by one that records every call naming the
 user (the heartbeats and reaping of the node go on beside them and are not counted).
@@ -74,3 +74,32 @@ async def test_a_disconnect_leaves_every_presence_room_in_one_call(start_daemon:
         assert seen() == ["eval", "eval"]
         room_call = next(args for _, args in calls if user in args)
         assert all(room in room_call for room in rooms)
+
+
+async def test_a_connect_that_brings_the_user_online_writes_the_status_with_the_arrival(
+    start_daemon: DaemonFactory, redis_url: str
+) -> None:
+    with trio.fail_after(30):
+        daemon = await start_daemon(
+            {
+                "server": {"node": "rt-" + uuid.uuid4().hex[:8]},
+                "broker": {"backend": "redis", "redis_url": redis_url, "timeout_s": 2.0},
+                "presence": {"offline_grace_s": 3600},
+            }
+        )
+        backend = daemon.services.presence.backend
+        assert isinstance(backend, RedisPresence)
+        calls: list[tuple[str, str]] = []
+        backend._client = _Counting(backend._client, calls)
+        user = "u" + uuid.uuid4().hex
+        seen = _naming(calls, user)
+        url = daemon.url().replace("http", "ws", 1) + "/ws"
+        client = await WsClient.connect(url, token=token(user))
+        await client.event("session.ready")
+        while "mget" not in seen():
+            await trio.sleep(0.01)
+        # The admission's device count, the arrival (device, online list, status written, record
+        # read), and the record read of the first presence.updated: no separate status write.
+        assert seen() == ["hlen", "eval", "mget"]
+        assert (await backend.get([user]))[user].status == "online"
+        await client.close()

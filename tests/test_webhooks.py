@@ -17,8 +17,8 @@ import trio
 from realtimed.config import load_config
 from realtimed.daemon import Daemon
 from realtimed.metrics import REGISTRY
-from realtimed.webhooks.outbound import is_public_address
-from realtimed.webhooks.signing import sign
+from realtimed.outbound.client import is_public_address
+from realtimed.outbound.signing import sign
 from tests.fixtures.daemon import API_KEY, BASE_CONFIG, DaemonFactory, merge, toml_dumps
 from tests.webhook_receiver import Receiver, new_secret
 

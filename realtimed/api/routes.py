@@ -20,7 +20,7 @@ door (``realtimed.http.openapi``):
   are the answer's keys), or a ``Schema`` for an answer a service builds (the
   handler returns the dict), or ``OpReply(op)`` for an op's reply.
 - ``errors``: the error statuses the route itself may answer; the door's own
-  (401, and for the client door 403, 429 and 503) and those of its input (400,
+  (401 and 429, and for the client door 403 and 503) and those of its input (400,
   413) are added by the document.
 
 ``guards`` run before the input is read (a capability that is not running

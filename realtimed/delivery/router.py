@@ -41,7 +41,7 @@ from realtimed.delivery.rooms import (
     Recovery,
     RoomPresenceBackend,
 )
-from realtimed.errors import Unavailable
+from realtimed.errors import Unavailable, ValidationFailed
 from realtimed.frames import Frame
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,17 @@ class Recipient(Protocol):
     def info(self) -> dict[str, Any]: ...
 
 
+class FeedSource(Protocol):
+    """Where the rooms of activity feeds (``feed:<name>``) take their positions and
+    recovery from: the store, not the room history (``realtimed.feeds``)."""
+
+    def is_feed_room(self, room: str) -> bool: ...
+
+    async def position(self, room: str) -> tuple[int, str]: ...
+
+    async def recover(self, room: str, *, since_seq: int, since_epoch: str) -> Recovery: ...
+
+
 class Router:
     """Local sessions by user and by room, and delivery to them and to other nodes.
 
@@ -129,6 +140,7 @@ class Router:
         self.survey_handlers: dict[str, SurveyHandler] = {
             "connections": self._survey_connections,
             "counts": self._survey_counts,
+            "node": self._survey_node,
         }
         self.sessions: dict[str, Recipient] = {}
         # address room (device:<id>, claim rooms) → its sessions here; apart from app
@@ -142,9 +154,14 @@ class Router:
         self._room_users: dict[str, dict[str, int]] = {}
         # room → session id → live frames held while that socket's subscribe is answered
         self._held: dict[str, dict[str, list[Frame]]] = {}
+        # feed room → session id → the seq its subscribe reply covered: a live activity at
+        # or below it (committed before the reply was read, delivered after) is not sent again
+        self._floors: dict[str, dict[str, int]] = {}
         # room → its turn of publications that take a seq (only while one is under way)
         self._turns: dict[str, _RoomTurn] = {}
         self.deliveries = 0
+        #: fan-outs published (what ``realtimed_publications`` counts), a plain count for rates
+        self.publications = 0
         self._rate_mark = (0, 0.0)
         # Called with the user id of every ``close_user`` delivery, from any node.
         self.user_closed_hooks: list[Callable[[str], None]] = []
@@ -311,6 +328,18 @@ class Router:
         await trio.lowlevel.checkpoint()
         return {"node": self.node, "sessions": len(self.sessions), "namespaces": namespaces}
 
+    async def _survey_node(self, op: str, data: dict[str, Any]) -> dict[str, Any]:
+        """This node's counters: sessions, users, rooms, and deliveries and publications since it started."""
+        await trio.lowlevel.checkpoint()
+        return {
+            "node": self.node,
+            "sessions": len(self.sessions),
+            "users": len(self._users),
+            "rooms": len(self._rooms),
+            "deliveries": self.deliveries,
+            "publications": self.publications,
+        }
+
     # -- rooms -------------------------------------------------------------------------------
 
     def namespace(self, room: str) -> NamespaceConfig:
@@ -344,7 +373,8 @@ class Router:
         session.rooms.add(room)
         ROOMS.set(len(self._rooms))
         recovery = None
-        if ns.history_size > 0:
+        feed = self.is_feed_room(room)
+        if ns.history_size > 0 or feed:
             self._held.setdefault(room, {})[session.id] = []
             try:
                 recovery = await self._recovery(room, ns, since)
@@ -353,6 +383,8 @@ class Router:
                 if not already:
                     await self.unsubscribe(session, room)
                 raise
+        if feed and recovery is not None:
+            self._floors.setdefault(room, {})[session.id] = recovery.seq
         reply = _subscribe_reply(room, recovery)
         if ns.presence and not already:
             counts = self._room_users.setdefault(room, {})
@@ -379,22 +411,34 @@ class Router:
                 session.send_frame(frame)
 
     async def _recovery(self, room: str, ns: NamespaceConfig, since: tuple[int, str] | None) -> Recovery:
+        feeds = self.feeds if self.is_feed_room(room) else None
         if since is not None:
             try:
-                recovery = await self.history.recover(room, ns, since_seq=since[0], since_epoch=since[1])
+                if feeds is not None:
+                    recovery = await feeds.recover(room, since_seq=since[0], since_epoch=since[1])
+                else:
+                    recovery = await self.history.recover(room, ns, since_seq=since[0], since_epoch=since[1])
             except Exception:
                 metrics.RECOVERIES.labels("refused").inc()
                 raise
             metrics.RECOVERIES.labels("recovered" if recovery.recovered else "reset").inc()
             return recovery
-        seq, epoch = await self.history.position(room, ns)
+        seq, epoch = await (feeds.position(room) if feeds is not None else self.history.position(room, ns))
         return Recovery(seq, epoch, False)
 
     async def recovery_reply(self, room: str, *, since: tuple[int, str] | None) -> dict[str, Any]:
         """The ``subscribe`` reply without subscribing (the client REST door)."""
         ns = self.namespaces.of(room)
-        recovery = await self._recovery(room, ns, since) if ns.history_size > 0 else None
+        keeps = ns.history_size > 0 or self.is_feed_room(room)
+        recovery = await self._recovery(room, ns, since) if keeps else None
         return _subscribe_reply(room, recovery)
+
+    #: The rooms of activity feeds, set by the daemon when feeds are enabled (None: a
+    #: ``feed:`` room is an app room like any other).
+    feeds: FeedSource | None = None
+
+    def is_feed_room(self, room: str) -> bool:
+        return self.feeds is not None and self.feeds.is_feed_room(room)
 
     #: Reports ``room.joined`` and ``room.left`` to the application (webhooks:
     #: ``WebhookService.emit``), set by the daemon; None reports nothing.
@@ -438,6 +482,11 @@ class Router:
             held.pop(session.id, None)
             if not held:
                 del self._held[room]
+        floors = self._floors.get(room)
+        if floors is not None:
+            floors.pop(session.id, None)
+            if not floors:
+                del self._floors[room]
         subscribers = self._rooms.get(room)
         if subscribers is None or subscribers.pop(session.id, None) is None:
             session.rooms.discard(room)
@@ -491,6 +540,10 @@ class Router:
         room with history take turns (see the module docstring), so this node
         hands the room's events on in ``seq`` order.
         """
+        if self.is_feed_room(room):
+            raise ValidationFailed(
+                "room", f"{room} is an activity feed: activities are logged with POST /server/v1/activities"
+            )
         started = trio.current_time()
         ns = self.namespaces.of(room)
         data = protocol.json_fragment(data)
@@ -536,6 +589,21 @@ class Router:
             if turn.users == 0:
                 del self._turns[room]
 
+    async def publish_feed(
+        self, room: str, event: str, data: Any, *, seq: int, epoch: str, remote: bool = True
+    ) -> int:
+        """Send a stored activity to a feed room's subscribers, with its ``seq`` and ``epoch``
+        (taken by the store, not by the room history); returns local sockets reached.
+        ``remote=False`` leaves out the other nodes (their subscribers recover it)."""
+        frame = Frame(
+            protocol.encode_event(event, data, room=room, seq=seq, epoch=epoch), event, trio.current_time(),
+            room=room, seq=seq, epoch=epoch,
+        )
+        delivery = Delivery(frame, room=room, origin=self.node)
+        if not remote:
+            return self.deliver_local(delivery)
+        return await self._fan_out(delivery)
+
     async def publish_event_to_room(self, room: str, event: str, data: Any, *, exclude_session: str | None = None) -> int:
         """A room event that does not append to history (room.joined, room.left)."""
         frame = Frame(protocol.encode_event(event, data, room=room), event, trio.current_time())
@@ -568,6 +636,7 @@ class Router:
         delivered = self.deliver_local(delivery) if local else 0
         if remote:
             PUBLICATIONS.labels("users").inc()
+            self.publications += 1
             await self._publish(delivery)
         return delivered
 
@@ -588,6 +657,7 @@ class Router:
         if session_id is not None and session_id in self.sessions:
             return closed  # the one session was here: no other node holds it
         PUBLICATIONS.labels("users").inc()
+        self.publications += 1
         await self._publish(delivery)
         return closed
 
@@ -608,6 +678,7 @@ class Router:
     async def _fan_out(self, delivery: Delivery) -> int:
         delivered = self.deliver_local(delivery)
         PUBLICATIONS.labels("room" if delivery.room is not None else "everyone" if delivery.everyone else "users").inc()
+        self.publications += 1
         await self._publish(delivery)
         return delivered
 
@@ -634,8 +705,11 @@ class Router:
                 self._rooms.get(delivery.room) or self._address_rooms.get(delivery.room) or {}
             ).values()
             held = self._held.get(delivery.room)
+            floors = self._floors.get(delivery.room) if frame.seq is not None else None
             for session in list(targets):
                 if session.id == skip:
+                    continue
+                if floors is not None and frame.seq is not None and frame.seq <= floors.get(session.id, 0):
                     continue
                 if held is not None and session.id in held:
                     held[session.id].append(frame)

@@ -184,6 +184,8 @@ class Gateway:
         self._by_transport: dict[str, int] = {}
         self._pending = 0
         self._draining = False
+        #: set when the node starts draining (long-lived answers, such as the console's stats stream, end then)
+        self.drain_started = trio.Event()
         self.overflows = 0
         self._all_closed = trio.Event()
         self._all_closed.set()
@@ -471,6 +473,7 @@ class Gateway:
     def stop_admitting(self) -> None:
         """Refuse every new session from now on (the node is draining)."""
         self._draining = True
+        self.drain_started.set()
 
     async def drain(self) -> None:
         """Tell every session to reconnect elsewhere or later, close them, wait until all have ended."""

@@ -13,6 +13,7 @@ browser origins.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import secrets
 import time
@@ -38,8 +39,9 @@ from realtimed.api.routes import (
     services,
 )
 from realtimed.config import is_loopback, parse_host_port
-from realtimed.errors import ApiError, Internal, NotFound, PayloadTooLarge, Unauthorized
-from realtimed.http import budgets, dev, static
+from realtimed.email import http as email_http
+from realtimed.errors import ApiError, Internal, NotFound, PayloadTooLarge, RateLimited, Unauthorized
+from realtimed.http import budgets, console, dev, static
 from realtimed.services import Services
 
 __all__ = [
@@ -59,6 +61,8 @@ _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # Server API calls with other methods change state, and are logged with the API key's name.
 _READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
+#: The budget name an API key's server API requests are counted under (``api.rate_limits``).
+SERVER_API_BUDGET: Final = "server.api"
 # Fetched without a credential: the documents are the same for everyone.
 _DOCUMENTS: Final = frozenset({f"{SERVER_PREFIX}/openapi.json", f"{CLIENT_PREFIX}/openapi.json"})
 
@@ -68,6 +72,7 @@ def capability_routes() -> list[Route]:
     # Imported here: the capabilities import this package's helpers, and nothing
     # is registered by importing them.
     from realtimed import chat, presence
+    from realtimed.feeds import http as feeds_http
     from realtimed.http import client_api, jobs_api, openapi, server_api
     from realtimed.notify import http as notify_http
     from realtimed.push import http as push_http
@@ -78,12 +83,15 @@ def capability_routes() -> list[Route]:
         *openapi.routes(),
         *server_api.routes(),
         *jobs_api.routes(),
+        *console.routes(),
         *client_api.routes(),
         *chat.routes(),
         *presence.routes(),
         *notify_http.routes(),
         *push_http.routes(),
+        *email_http.routes(),
         *webhooks_http.routes(),
+        *feeds_http.routes(),
     ]
 
 
@@ -124,8 +132,10 @@ def create_app(svc: Services, served: Iterable[Route] | None = None) -> QuartTri
     _add_request_hooks(app)
     _add_error_handlers(app)
     _add_routes(app, served)
-    # /dev/token (development only) and the [[http.static]] folders.
+    # /dev/token (development only), the operator console's page and the [[http.static]] folders.
     app.register_blueprint(dev.blueprint)
+    app.register_blueprint(console.blueprint)
+    app.register_blueprint(email_http.blueprint)
     static.add_static_routes(app, svc.config)
     app.extensions["realtimed.fixed_paths"] = _fixed_paths(app)
     return app
@@ -237,25 +247,45 @@ async def _door_checks() -> Response | None:
 
 
 def _listener_refusal(s: Services, path: str) -> Response | None:
-    """The 404 of a path not served on the listener the request came to."""
+    """The 404 of a path not served on the listener the request came to.
+
+    The console's page (``/console``) goes where the server API goes, and only
+    while ``console.enabled`` is on (``http/console.py``).
+    """
     internal = request.scope.get("realtimed.listener") == "internal"
+    is_console = console.is_console_path(path)
     if internal and not (
-        path.startswith(SERVER_PREFIX) or path in ("/metrics", "/healthz", "/readyz")
+        path.startswith(SERVER_PREFIX) or path in ("/metrics", "/healthz", "/readyz") or is_console
     ):
         return error_response(NotFound("not served on the internal listener"))
-    if (path.startswith(SERVER_PREFIX) or path == "/metrics") and not _server_api_allowed_here(s):
+    if (path.startswith(SERVER_PREFIX) or path == "/metrics" or is_console) and not _server_api_allowed_here(s):
         return error_response(NotFound("served on the internal listener only"))
+    if is_console and not s.config.console.enabled:
+        return error_response(NotFound(f"no route {path}"))
     return None
 
 
 def _check_api_key(s: Services) -> Response | None:
-    """The server API's credential: a known API key, whose name the request then carries."""
+    """The server API's credential: a known API key, whose name the request then carries;
+    then the key's budget (``api.rate_limits``), charged before anything runs."""
     token = bearer_token()
     key_name = s.api_keys.identify(token) if token is not None and s.api_keys is not None else None
     if key_name is None:
         return error_response(Unauthorized("a valid API key is required"))
     g.api_key_name = key_name
     logs.annotate(api_key=key_name)
+    budget = s.config.api.rate_limit(key_name)
+    if budget is not None:
+        # The token buckets of the per-user op budgets, under a name no op or REST budget has.
+        wait_s = s.ops.limiter.take(key_name, SERVER_API_BUDGET, budget, now=trio.current_time())
+        if wait_s > 0.0:
+            metrics.SERVER_API_LIMITED.labels(key_name).inc()
+            return error_response(
+                RateLimited(
+                    f"too many server API requests with API key {key_name}: {budget.per} per {budget.window_s:g} s",
+                    retry_after_ms=math.ceil(wait_s * 1000),
+                )
+            )
     return None
 
 
@@ -317,8 +347,9 @@ async def _account_api_key(response: Response) -> Response:
         metrics.SERVER_API_REQUESTS.labels(key_name, method, f"{response.status_code // 100}xx").inc()
         if request.method not in _READ_METHODS:
             log.info(
-                "server API %s %s -> %d with API key %s",
+                "server API %s %s -> %d with API key %s%s",
                 request.method, request.path, response.status_code, key_name,
+                " from the console" if request.headers.get(console.CONSOLE_HEADER) == "1" else "",
             )
     return response
 

@@ -87,10 +87,13 @@ ROUTE_BUDGETS: Final[Mapping[Route, str | Chooser]] = MappingProxyType(
         ("DELETE", "/notifications/<notification_id>"): "notification.delete",
         ("GET", "/notifications/preferences"): "preferences.get",
         ("PUT", "/notifications/preferences"): "preferences.put",
+        ("PATCH", "/notifications/preferences"): "preferences.put",
         # push tokens (realtimed/push/http.py)
         ("POST", "/devices"): "device.register",
         ("GET", "/devices"): "device.list",
         ("DELETE", "/devices/<path:token>"): "device.unregister",
+        # activity feeds (realtimed/feeds/http.py)
+        ("GET", "/feeds/<path:feed>/activities"): "feed.activities",
     }
 )
 """Route → the budget it charges (a name, or a ``Chooser`` for a route serving two ops)."""

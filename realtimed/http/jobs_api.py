@@ -2,6 +2,10 @@
 
 Mounted under ``/server/v1``; the door checks the API key before these routes run.
 
+- ``POST /jobs`` → ``{"job"}``: enqueue an HTTP job (``kind: "http"``: a configured target, a
+  path, a method, a JSON body, ``run_at`` or ``delay_s``, ``max_attempts``, backoff, a
+  ``unique_key``, a queue; ``realtimed.jobs.http``); a ``unique_key`` held by a job already
+  answers that job
 - ``GET /jobs?status=&queue=&kind=&cursor=&limit=`` → ``{"jobs": [...], "next_cursor"}``
 - ``GET /jobs/<id>`` → ``{"job"}``
 - ``POST /jobs/<id>/retry`` → ``{"job"}``: a failed, dead or cancelled job is queued again now
@@ -25,13 +29,24 @@ from realtimed.api.routes import (
     QueryText,
     RequestParts,
     Route,
+    WholeBody,
     list_of,
     out,
     route,
     services,
     wire,
 )
+from realtimed.config import HTTP_JOB_KIND, HTTP_JOB_METHODS
 from realtimed.errors import NotFound
+from realtimed.jobs.http import (
+    HTTP,
+    MAX_BACKOFF_S,
+    MAX_JOB_ATTEMPTS,
+    MAX_PATH_CHARS,
+    MAX_PRIORITY,
+    MAX_UNIQUE_KEY_CHARS,
+    parse_http_job_request,
+)
 from realtimed.protocol import MAX_ID_CHARS, JsonSchema
 from realtimed.store.base import JOB_STATUSES, Store
 
@@ -165,6 +180,61 @@ async def cancel_job(inp: JobPath) -> JobReply:
     return JobReply(job=job.to_wire())
 
 
+_ENQUEUE: Final[JsonSchema] = {
+    "type": "object",
+    "required": ["kind", "target"],
+    "properties": {
+        "kind": {"type": "string", "enum": [HTTP_JOB_KIND]},
+        "target": {"type": "string", "description": "the name of a [[jobs.http_targets]] target"},
+        "path": {
+            "type": ["string", "null"],
+            "maxLength": MAX_PATH_CHARS,
+            "description": "below the target's base_url: relative (no scheme, host, fragment, . or .. segment), "
+            "printable ASCII; may have a query",
+        },
+        "method": {"type": ["string", "null"], "enum": [*HTTP_JOB_METHODS, None], "default": "POST"},
+        "body": {"description": "the JSON body (absent or null: none; a GET takes none), at most "
+                 "jobs.http.max_body_bytes as JSON"},
+        "run_at": {"type": ["string", "null"], "format": "date-time",
+                   "description": "when to run it (at most jobs.http.max_delay_s from now); not with delay_s"},
+        "delay_s": {"type": ["number", "null"], "minimum": 0, "description": "run it this long from now"},
+        "max_attempts": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_JOB_ATTEMPTS,
+                         "description": "absent: jobs.http.max_attempts"},
+        "backoff_base_s": {"type": ["number", "null"], "minimum": 0, "maximum": MAX_BACKOFF_S,
+                           "description": "first retry delay (absent: jobs.http.backoff_base_s)"},
+        "backoff_max_s": {"type": ["number", "null"], "minimum": 0, "maximum": MAX_BACKOFF_S,
+                          "description": "longest retry delay (absent: jobs.http.backoff_max_s)"},
+        "unique_key": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_UNIQUE_KEY_CHARS,
+                       "description": "while a job holds this key, enqueueing it again answers that job"},
+        "queue": {"type": ["string", "null"], "description": "default, jobs.http.queue (absent) or a [[jobs.queues]] name"},
+        "priority": {"type": ["integer", "null"], "minimum": -MAX_PRIORITY, "maximum": MAX_PRIORITY},
+    },
+    "additionalProperties": False,
+}
+
+
+@attrs.frozen
+class EnqueueInput:
+    body: dict[str, Any] = wire(WholeBody(_ENQUEUE))
+
+
+@route(
+    "POST", "/jobs", door="server", operation_id="enqueueJob",
+    summary="Enqueue an HTTP job: a signed call to a configured target (a unique_key already held answers its job)",
+    tag=_TAG, accepts=EnqueueInput, answers=JobReply,
+)
+async def enqueue_job(inp: EnqueueInput) -> JobReply:
+    svc = services()
+    req = parse_http_job_request(inp.body, svc.config, svc.clock.now())
+    job = await svc.jobs.enqueue(
+        HTTP, req.job, queue=req.queue, run_at=req.run_at, max_attempts=req.max_attempts,
+        dedupe_key=req.dedupe_key, priority=req.priority,
+    )
+    log.info("job %s (http %s %s %s) enqueued through the server API", job.id, req.job.method, req.job.target,
+             req.job.path)
+    return JobReply(job=job.to_wire())
+
+
 def routes() -> tuple[Route, ...]:
     """The jobs routes of the server API."""
-    return (list_jobs, get_job, retry_job, cancel_job)
+    return (enqueue_job, list_jobs, get_job, retry_job, cancel_job)

@@ -52,7 +52,7 @@ _ERROR_TEXT: Final[Mapping[int, str]] = {
 }
 # What the door's credential check can answer before the route runs (realtimed/http/app.py):
 # a bad API key; a bad user token, a ban, a spent budget, a ban that cannot be checked.
-_DOOR_ERRORS: Final[Mapping[str, tuple[int, ...]]] = {"server": (401,), "client": (401, 403, 429, 503), "ops": ()}
+_DOOR_ERRORS: Final[Mapping[str, tuple[int, ...]]] = {"server": (401, 429), "client": (401, 403, 429, 503), "ops": ()}
 # What the HTTP edge answers to any request (realtimed/http/framing.py, app.py): a body
 # over http.max_body_bytes, a request head over gateway.max_head_bytes.
 _EDGE_ERRORS: Final = (413, 431)

@@ -79,10 +79,10 @@ def _config_path(path: str | None) -> str | None:
 
 
 def _load(path: str | None) -> Config:
-    from realtimed.jobs.kinds import cron_config_problems
+    from realtimed.config_checks import DAEMON_CONFIG_CHECKS
 
     try:
-        return load_config(path, checks=(cron_config_problems,))
+        return load_config(path, checks=DAEMON_CONFIG_CHECKS)
     except ConfigError as exc:
         print(f"realtimed: invalid configuration ({len(exc.problems)} problem(s)):", file=sys.stderr)
         for key, problem in exc.problems:

@@ -1,7 +1,8 @@
 """Cron: ``[[cron]]`` entries enqueue one job per tick, once across every node.
 
 Each entry has a schedule (five cron fields, or six with seconds first), a time
-zone, and the job to enqueue (kind, payload, queue). For every tick the
+zone, and the job to enqueue (kind, payload, queue; an ``http`` entry gives its
+target, path, method and body instead of a payload, ``realtimed.jobs.http``). For every tick the
 scheduler of each node asks the store to advance the entry's last tick
 (``store.cron_claim_tick``, atomic: only a tick later than the stored one
 advances it, and only one caller wins); the winner enqueues the job with the
@@ -25,7 +26,7 @@ clock that steps is noticed), which lets ``trio.testing.MockClock`` drive it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -36,7 +37,7 @@ from croniter import croniter
 from prometheus_client import Counter
 
 from realtimed.clock import WallClock, iso
-from realtimed.config import Config, CronCatchUp, CronConfig, JobsConfig
+from realtimed.config import HTTP_JOB_KIND, Config, CronCatchUp, CronConfig, JobsConfig
 from realtimed.metrics import REGISTRY
 
 if TYPE_CHECKING:
@@ -128,6 +129,8 @@ class CronScheduler:
         runner: when given, jobs are enqueued through it (its queues then serve
             the entries' queues and wake at once); else straight into the store.
         max_attempts: attempts of the enqueued jobs when there is no runner.
+        attempts_by_kind: attempts of the jobs of these kinds, whether or not there is
+            a runner (``http``: ``jobs.http.max_attempts``).
         max_sleep_s: the longest single sleep, so that a stepped wall clock is noticed.
         catch_up: what an entry that has never run does at start (``jobs.cron_catch_up``):
             ``none`` waits for its next tick, ``last`` runs its latest past tick once.
@@ -153,6 +156,7 @@ class CronScheduler:
         clock: WallClock,
         runner: JobRunner | None = None,
         max_attempts: int = 5,
+        attempts_by_kind: Mapping[str, int] | None = None,
         max_sleep_s: float = 60.0,
         catch_up: CronCatchUp = JobsConfig().cron_catch_up,
     ) -> None:
@@ -163,6 +167,7 @@ class CronScheduler:
         self._clock = clock
         self._runner = runner
         self._max_attempts = max_attempts
+        self._attempts_by_kind = dict(attempts_by_kind or {})
         self._max_sleep_s = max_sleep_s
         parsed = [CronEntry.parse(entry) for entry in entries]
         names = [entry.name for entry in parsed]
@@ -192,6 +197,7 @@ class CronScheduler:
             clock=clock,
             runner=runner,
             max_attempts=cfg.jobs.max_attempts,
+            attempts_by_kind={HTTP_JOB_KIND: cfg.jobs.http.max_attempts},
             catch_up=cfg.jobs.cron_catch_up,
         )
 
@@ -265,16 +271,22 @@ class CronScheduler:
             return
 
     async def _enqueue(self, entry: CronEntry, key: str) -> str:
+        from realtimed.jobs.http import cron_payload
+
         cfg = entry.config
+        payload = cron_payload(cfg)  # an http entry's target, path, method and body; else its payload
+        attempts = self._attempts_by_kind.get(cfg.kind)
         if self._runner is not None:
-            job = await self._runner.enqueue(cfg.kind, dict(cfg.payload), queue=cfg.queue, dedupe_key=key)
+            job = await self._runner.enqueue(
+                cfg.kind, payload, queue=cfg.queue, dedupe_key=key, max_attempts=attempts
+            )
             return str(job.id)
         job, _created = await self._store.enqueue_job(
             queue=cfg.queue,
             kind=cfg.kind,
-            payload=dict(cfg.payload),
+            payload=payload,
             now=self._clock.now(),
-            max_attempts=self._max_attempts,
+            max_attempts=attempts or self._max_attempts,
             dedupe_key=key,
         )
         return str(job.id)

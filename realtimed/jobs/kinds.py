@@ -10,9 +10,12 @@ so it cannot know them: each command that loads a daemon's configuration hands
 ``cron_config_problems`` to ``load_config(checks=...)``.
 
 ``DAEMON_JOB_TYPES`` is that table: the built-in kinds (``realtimed.jobs.builtin``),
-the ``push.send`` kind of push (``realtimed.push.jobs``), and the kinds of the
-notification pipeline and of chat (``realtimed.notify.jobs``), and ``webhook.deliver``
-(``realtimed.webhooks.jobs``). The daemon
+the ``push.send`` kind of push (``realtimed.push.jobs``), ``email.send`` and
+``email.digest`` of email (``realtimed.email.jobs``), and the kinds of the
+notification pipeline and of chat (``realtimed.notify.jobs``), ``webhook.deliver``
+(``realtimed.webhooks.jobs``) and ``http`` (``realtimed.jobs.http``), whose cron
+entries give ``target``, ``path``, ``method`` and ``body`` instead of a payload
+(the target must be configured, the body within ``jobs.http.max_body_bytes``). The daemon
 registers exactly these (a test starts one and compares); a capability that
 adds a kind adds its ``JobType`` here too.
 """
@@ -23,13 +26,16 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from realtimed.config import Config
+from realtimed.email.jobs import EMAIL_DIGEST, EMAIL_SEND
 from realtimed.jobs.builtin import (
     DEVICES_STALE,
     NOOP,
+    RETENTION_ACTIVITIES,
     RETENTION_JOBS,
     RETENTION_MESSAGES,
     RETENTION_NOTIFICATIONS,
 )
+from realtimed.jobs.http import HTTP, HttpJob, cron_payload, http_job_problems
 from realtimed.jobs.payload import JobType, PayloadError
 from realtimed.notify.jobs import CHAT_OFFLINE, NOTIFY_DIGEST, NOTIFY_PUSH, NOTIFY_SEND
 from realtimed.protocol import MAX_STORED_JSON_DEPTH, json_depth_path
@@ -46,13 +52,17 @@ DAEMON_JOB_TYPES: Final[Mapping[str, JobType[Any]]] = {
         RETENTION_JOBS,
         RETENTION_MESSAGES,
         DEVICES_STALE,
+        RETENTION_ACTIVITIES,
         NOOP,
         PUSH_SEND,
+        EMAIL_SEND,
+        EMAIL_DIGEST,
         NOTIFY_SEND,
         NOTIFY_PUSH,
         NOTIFY_DIGEST,
         CHAT_OFFLINE,
         WEBHOOK_DELIVER,
+        HTTP,
     )
 }
 
@@ -97,6 +107,18 @@ def cron_config_problems(cfg: Config) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     for i, entry in enumerate(cfg.cron):
         if json_depth_path(entry.payload, MAX_STORED_JSON_DEPTH) is not None:
+            continue
+        if entry.kind == HTTP.kind:
+            # An http entry's keys are its payload's fields: name them as the entry's own.
+            if entry.payload or json_depth_path(entry.body, MAX_STORED_JSON_DEPTH - 1) is not None:
+                continue  # the loader names these already
+            try:
+                job = HttpJob.from_json(cron_payload(entry))
+            except PayloadError as exc:
+                field = exc.field or "target"
+                problems.append((f"cron[{i}].{field}", exc.message.removeprefix(f"{field}: ")))
+                continue
+            problems.extend((f"cron[{i}].{field}", problem) for field, problem in http_job_problems(job, cfg))
             continue
         for sub_key, problem in cron_job_problems(entry.kind, entry.payload):
             problems.append((f"cron[{i}].{sub_key}", problem))

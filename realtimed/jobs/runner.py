@@ -32,7 +32,7 @@ and the delay is drawn uniformly from ``[d / 2, d]``, so a retry never comes
 sooner than half the nominal delay (FCM and other backends are not hammered)
 while retries of many jobs still spread out. ``RetryAfter(seconds)`` replaces
 the computed delay (an FCM ``Retry-After``); ``DoNotRetry(reason)`` ends the job
-as ``failed`` at once. Every claim counts as an attempt, so a job that keeps
+as ``failed`` at once (``DoNotRetry(reason, dead=True)``: ``dead``). Every claim counts as an attempt, so a job that keeps
 failing (or keeps asking to be retried later) ends ``dead`` after
 ``max_attempts``, keeping its last error. A job of a kind that no handler is
 registered for ends ``failed`` with ``unknown job kind``.
@@ -75,7 +75,7 @@ from realtimed.metrics import REGISTRY
 from realtimed.protocol import MAX_STORED_JSON_DEPTH, encode_json, json_depth_path
 
 if TYPE_CHECKING:
-    from realtimed.store.base import JobRecord, JobSpec, Store
+    from realtimed.store.base import JobRecord, JobSpec, Store, WebhookAttempt
 
 __all__ = [
     "DEFAULT_QUEUE",
@@ -168,10 +168,13 @@ class RetryAfter(Exception):
 
 
 class DoNotRetry(Exception):
-    """Raised by a handler: this job cannot succeed; mark it ``failed`` now with ``reason``."""
+    """Raised by a handler: this job cannot succeed; mark it ``failed`` now with ``reason``
+    (``dead``: ``dead`` instead, as if its attempts were spent, which the ``job.dead``
+    webhook reports)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, dead: bool = False) -> None:
         self.reason = reason
+        self.dead = dead
         super().__init__(reason)
 
 
@@ -189,6 +192,10 @@ class JobContext:
             short critical section in its own scope.
         store: the store, for handlers that read or write it.
         runner: the runner, for handlers that enqueue follow-up jobs.
+        attempts_with_completion: successful webhook attempts a handler leaves
+            to be stored in the transaction that completes its job (together
+            with the other completions of the moment), when the handler returns;
+            the job's slot is then not held by a store write of its own.
     """
 
     job: JobRecord
@@ -198,6 +205,7 @@ class JobContext:
     cancel_scope: trio.CancelScope
     store: Store
     runner: JobRunner
+    attempts_with_completion: list[WebhookAttempt] = attrs.Factory(list)
 
     @property
     def job_id(self) -> str:
@@ -282,6 +290,7 @@ class _Completion:
     """A success waiting to be recorded with others (``JobRunner._record_completions``)."""
 
     job_id: str
+    attempts: list[WebhookAttempt] = attrs.Factory(list)  # stored in the same transaction
     done: trio.Event = attrs.field(factory=trio.Event)
     completed: bool = False
     error: Exception | None = None
@@ -702,6 +711,7 @@ class JobRunner:
         queue = claim.queue
         outcome: str | None = None
         error: BaseException | None = None
+        ctx: JobContext | None = None
         started = trio.current_time()
         try:
             kind = self._kinds.get(job.kind)
@@ -733,7 +743,7 @@ class JobRunner:
             if outcome is None:
                 # Cancelled by a lost lease or the drain: record nothing.
                 return
-            await self._record(claim, error)
+            await self._record(claim, error, [] if ctx is None else ctx.attempts_with_completion)
         finally:
             # The slot stays taken until the outcome is recorded: a slow store then slows
             # claiming down instead of piling up claimed jobs.
@@ -749,12 +759,12 @@ class JobRunner:
         if queue.more:
             queue.wake()
 
-    async def _record(self, claim: _Claim, error: BaseException | None) -> None:
+    async def _record(self, claim: _Claim, error: BaseException | None, attempts: list[WebhookAttempt]) -> None:
         job = claim.job
         now = self.clock.now()
         try:
             if error is None:
-                if await self._complete(job.id):
+                if await self._complete(job.id, attempts):
                     JOB_OUTCOMES.labels(job.kind, "succeeded").inc()
                     log.debug("job %s (%s) succeeded", job.id, job.kind)
                 else:
@@ -799,11 +809,12 @@ class JobRunner:
             except Exception as exc:  # a report must not change the job's outcome
                 log.error("job %s (%s): reporting it dead failed: %s", job.id, job.kind, exc)
 
-    async def _complete(self, job_id: str) -> bool:
+    async def _complete(self, job_id: str, attempts: list[WebhookAttempt]) -> bool:
         """Record a success together with the others that finish meanwhile (one
-        statement, one commit, for all of them); True once committed, False if
-        the lease was lost. Raises what the store raised."""
-        completion = _Completion(job_id)
+        statement, one commit, for all of them; with ``attempts``, theirs in the
+        same transaction); True once committed, False if the lease was lost.
+        Raises what the store raised."""
+        completion = _Completion(job_id, attempts)
         self._completions.append(completion)
         self._completions_wanted.set()
         await completion.done.wait()
@@ -822,10 +833,17 @@ class JobRunner:
             while self._completions:
                 batch = self._completions[:COMPLETE_BATCH]
                 del self._completions[:COMPLETE_BATCH]
+                attempts = [a for c in batch for a in c.attempts]
                 try:
-                    completed = await self._store.complete_jobs(
-                        job_ids=[c.job_id for c in batch], owner=self.owner, now=self.clock.now()
-                    )
+                    if attempts:
+                        completed = await self._store.complete_jobs_with_attempts(
+                            job_ids=[c.job_id for c in batch], owner=self.owner, now=self.clock.now(),
+                            attempts=attempts,
+                        )
+                    else:
+                        completed = await self._store.complete_jobs(
+                            job_ids=[c.job_id for c in batch], owner=self.owner, now=self.clock.now()
+                        )
                 except Exception as exc:
                     for completion in batch:
                         completion.error = exc
@@ -840,7 +858,7 @@ class JobRunner:
         retry_after = _find(error, RetryAfter)
         do_not_retry = _find(error, DoNotRetry)
         if do_not_retry is not None:
-            return None, "failed", _clip(f"DoNotRetry: {do_not_retry.reason}")
+            return None, "dead" if do_not_retry.dead else "failed", _clip(f"DoNotRetry: {do_not_retry.reason}")
         if isinstance(error, trio.TooSlowError):
             text = "timed out"
         elif retry_after is not None:

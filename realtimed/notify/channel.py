@@ -4,7 +4,8 @@ The notification service (``realtimed.notify.service``) runs the pipeline:
 templates, preferences, the out-of-app policy. A ``DeliveryChannel`` delivers.
 The first two are the in-app inbox (``realtimed.notify.inbox.InAppChannel``,
 ``in_app``) and push through FCM (``realtimed.push.channel.FcmChannel``,
-``push``). The service knows them only through this Protocol, so a new channel
+``push``); email (``realtimed.email.channel.EmailChannel``, ``email``, on a
+node with ``email.enabled``) is the third, built as described below. The service knows them only through this Protocol, so a new channel
 (email, SMS, ...) is a sibling package with a class that satisfies it, plus its
 config section::
 
@@ -33,6 +34,15 @@ Two kinds of channel:
   user's quiet hours). A channel that queues its deliveries verifies
   ``check`` with ``realtimed.notify.checks.still_wanted`` before one that
   waited goes out, and cancels them on ``withdraw``.
+
+The delivery log (``realtimed.notify.delivery_log``, docs/protocol.md section
+8.8): the pipeline logs what it decides for every channel (``skipped:preference``,
+``skipped:active``, ``skipped:cap``, ``skipped:quiet_hours``, ``batched:digest``,
+``skipped:no_endpoint`` for a ``None`` receipt). A channel logs what only it
+knows, once it knows it, with the codes of ``realtimed.outcomes`` and no
+others: ``delivered``, ``failed:<code>`` (``outcomes.failed``, e.g.
+``outcomes.smtp_failed(550)`` for email), ``skipped:withdrawn``; it takes the
+``DeliveryLog`` as a constructor argument, as the in-app and push channels do.
 """
 
 from __future__ import annotations
@@ -68,6 +78,13 @@ class Delivery:
         check: verified before a delivery that waited goes out.
         run_at: deliver no sooner than this (None: now).
         dedupe_key: the notification's dedupe key (immediate channels).
+        vars: the template variables the title and body were rendered from
+            (a channel with templates of its own renders them; a digest adds ``count``).
+        addresses: endpoints the notification itself names for this recipient,
+            by channel name (``email``: an address); a channel uses them instead of
+            the recipient's stored ones.
+        expires_at: the notification is of no use after this (None: never); a
+            channel stores it with what it keeps and delivers nothing once it passed.
     """
 
     user_id: str
@@ -80,6 +97,9 @@ class Delivery:
     check: DeliveryCheck | None = None
     run_at: datetime | None = None
     dedupe_key: str | None = None
+    vars: Mapping[str, Any] = attrs.field(factory=dict)
+    addresses: Mapping[str, str] = attrs.field(factory=dict)
+    expires_at: datetime | None = None
 
 
 @attrs.frozen

@@ -175,13 +175,18 @@ async def still_wanted(store: Store, check: DeliveryCheck) -> str | None:
             assert_never(check)
 
 
-async def count_unread_group(store: Store, *, user_id: str, group_key: str, since: datetime, until: datetime) -> int:
-    """Unread inbox notifications of one group created in ``[since, until)``
-    (walks the unread inbox newest first, at most 1,000 entries)."""
+async def count_unread_group(
+    store: Store, *, user_id: str, group_key: str, since: datetime, until: datetime, now: datetime | None = None
+) -> int:
+    """Unread inbox notifications of one group created in ``[since, until)``, and
+    not expired at ``now`` when given (walks the unread inbox newest first, at
+    most 1,000 entries)."""
     count = 0
     cursor: str | None = None
     for _page in range(DIGEST_SCAN_PAGES):
-        records, cursor = await store.list_notifications(user_id=user_id, cursor=cursor, unread_only=True, limit=100)
+        records, cursor = await store.list_notifications(
+            user_id=user_id, cursor=cursor, unread_only=True, limit=100, now=now
+        )
         for record in records:
             if record.created_at < since:
                 return count

@@ -2,7 +2,8 @@
 
 Server API (``/server/v1``):
 
-- ``POST /notifications`` ``{user_ids, type, vars, data, dedupe_key?, scheduled_for?}`` → ``{"queued"}``
+- ``POST /notifications`` ``{user_ids, type, vars, data, dedupe_key?, scheduled_for?, expires_at?}``
+  → ``{"queued", "recipients": [{user_id, channels: {<channel>: <outcome code>}}]}``
 
 Client REST (``/api/v1``), the same shapes as the ``notification.*`` ops:
 
@@ -12,8 +13,9 @@ Client REST (``/api/v1``), the same shapes as the ``notification.*`` ops:
   ``DELETE /notifications/<id>`` → ``{"unread_count"}``
 - ``GET /notifications/preferences`` → ``{"types": [{type, in_app, push, ..., channels}], "quiet_hours", "time_zone"}``
   (one boolean per delivery channel of this node)
-- ``PUT /notifications/preferences`` with any of ``types`` (``[{type, <channel>?: bool}]``),
-  ``quiet_hours``, ``time_zone`` → the same
+- ``PUT`` or ``PATCH /notifications/preferences`` with any of ``types``
+  (``[{type, <channel>?: bool}]``), ``quiet_hours``, ``time_zone`` (a partial
+  update either way: what is not named keeps its setting) → the same
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any, Final
 import attrs
 from quart import g
 
-from realtimed import protocol
+from realtimed import outcomes, protocol
 from realtimed.api.routes import (
     Checked,
     Named,
@@ -36,6 +38,7 @@ from realtimed.api.routes import (
     Text,
     TextList,
     WholeBody,
+    list_of,
     out,
     query_bool,
     query_int,
@@ -46,7 +49,7 @@ from realtimed.api.routes import (
 )
 from realtimed.clock import parse_iso
 from realtimed.errors import ValidationFailed
-from realtimed.notify.service import NotifyService
+from realtimed.notify.service import PENDING, NotifyService
 from realtimed.push.messages import check_message, string_data
 
 __all__ = ["PREFERENCES", "routes"]
@@ -90,6 +93,38 @@ def _data(body: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _email(body: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """``email: {"to": {user_id: address}}``: addresses named for some recipients, as
+    ``{user_id: {"email": address}}``. Each must be a recipient, the type must mail and
+    email must be enabled."""
+    value = body.get("email")
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or set(value) - {"to"}:
+        raise ValidationFailed("email", 'must be {"to": {"<user_id>": "<address>"}}')
+    to = value.get("to", {})
+    if not isinstance(to, dict):
+        raise ValidationFailed("email.to", 'must be an object {"<user_id>": "<address>"}')
+    svc = services()
+    if to and not svc.email.enabled:
+        raise ValidationFailed("email", "email is not enabled on this node (email.enabled)")
+    recipients = body.get("user_ids")
+    known = set(recipients) if isinstance(recipients, list) else set()
+    ntype = svc.notify.types.get(str(body.get("type")))
+    if to and ntype is not None and "email" not in ntype.channels:
+        raise ValidationFailed("email", f"type {ntype.name!r} does not use the email channel (channels)")
+    out: dict[str, dict[str, str]] = {}
+    for user_id, address in to.items():
+        field = f"email.to.{str(user_id)[:64]}"
+        if user_id not in known:
+            raise ValidationFailed(field, "is not one of user_ids")
+        if not isinstance(address, str):
+            raise ValidationFailed(field, "must be an email address")
+        svc.email.check(address, field)
+        out[user_id] = {"email": address}
+    return out
+
+
 def _scheduled_for(value: str, name: str) -> datetime:
     try:
         return parse_iso(value)
@@ -115,6 +150,16 @@ class NotifyInput:
     scheduled_for: datetime | None = wire(
         Text(max_len=64, required=False, then=_scheduled_for, format="date-time", description="RFC 3339: notify then, not now")
     )
+    expires_at: datetime | None = wire(
+        Text(
+            max_len=64,
+            required=False,
+            then=_scheduled_for,
+            format="date-time",
+            description="RFC 3339: after this the notification leaves the inbox and is not pushed; "
+            "after now (and scheduled_for), at most notify.max_expiry_s ahead",
+        )
+    )
     vars: dict[str, Any] = wire(
         Checked(
             lambda body, name: _vars(body),
@@ -125,14 +170,58 @@ class NotifyInput:
     data: dict[str, Any] = wire(
         Checked(lambda body, name: _data(body), {"type": "object"}, description="handed to the app with the notification")
     )
+    email: dict[str, dict[str, str]] = wire(
+        Checked(
+            lambda body, name: _email(body),
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "to": {
+                        "type": "object",
+                        "additionalProperties": {"type": "string", "format": "email"},
+                        "description": "an address per recipient (user id), mailed instead of the stored one",
+                    }
+                },
+            },
+            description="the email channel's options (a type with email in its channels)",
+        )
+    )
+
+
+_OUTCOME_CODES: Final = [
+    outcomes.DELIVERED,
+    outcomes.SKIPPED_PREFERENCE,
+    outcomes.SKIPPED_ACTIVE,
+    outcomes.SKIPPED_DUPLICATE,
+    outcomes.SKIPPED_EXPIRED,
+    PENDING,
+]
+RECIPIENT: Final = Named(
+    "NotifyRecipient",
+    {
+        "type": "object",
+        "required": ["user_id", "channels"],
+        "properties": {
+            "user_id": {"type": "string"},
+            "channels": {
+                "type": "object",
+                "description": "per channel of the type that this node delivers on: what was decided at once, "
+                "or pending (a job decides; reported by the delivery.failed webhook if it does not go)",
+                "additionalProperties": {"type": "string", "enum": _OUTCOME_CODES},
+            },
+        },
+    },
+)
 
 
 @attrs.frozen
 class Queued:
     """How many users were reached: stored, or considered for push (a repeated dedupe_key: 0;
-    a scheduled one: the number of recipients)."""
+    a scheduled one: the number of recipients); and, per recipient, what was decided at once."""
 
     queued: int = out({"type": "integer", "minimum": 0})
+    recipients: list[dict[str, Any]] = out(list_of(RECIPIENT))
 
 
 @route(
@@ -141,15 +230,17 @@ class Queued:
     tag="notifications", accepts=NotifyInput, answers=Queued, guards=(_notify,), errors=(503,),
 )
 async def post_notifications(inp: NotifyInput) -> Queued:
-    queued = await _notify().notify(
+    result = await _notify().notify(
         user_ids=inp.user_ids,
         type=inp.type,
         vars=inp.vars,
         data=inp.data,
         dedupe_key=inp.dedupe_key,
         scheduled_for=inp.scheduled_for,
+        addresses=inp.email,
+        expires_at=inp.expires_at,
     )
-    return Queued(queued=queued)
+    return Queued(queued=result.reached, recipients=result.recipients())
 
 
 # -- client REST ---------------------------------------------------------------------------------
@@ -306,10 +397,23 @@ async def put_preferences(inp: PreferencesChange) -> dict[str, Any]:
     return await _notify().set_preferences(_user(), inp.changes)
 
 
+@route(
+    "PATCH", "/notifications/preferences", door="client", operation_id="patchPreferences",
+    summary="Change preferences (partial, as PUT): what is not named keeps its setting; answers as GET",
+    tag=_TAG, accepts=PreferencesChange, answers=PREFERENCES,
+)
+async def patch_preferences(inp: PreferencesChange) -> dict[str, Any]:
+    return await _notify().set_preferences(_user(), inp.changes)
+
+
 def routes() -> tuple[Route, ...]:
-    """The notification routes: notify (server API) and the inbox and preferences (client REST)."""
+    """The notification routes: notify and the delivery log (server API), and the inbox and
+    preferences (client REST)."""
+    from realtimed.notify import log_http
+
     return (
         post_notifications,
+        *log_http.routes(),
         list_notifications,
         unread_count,
         read_all,
@@ -317,4 +421,5 @@ def routes() -> tuple[Route, ...]:
         delete_one,
         get_preferences,
         put_preferences,
+        patch_preferences,
     )

@@ -21,6 +21,7 @@ from realtimed.delivery.router import Router
 from realtimed.metrics import REGISTRY
 from realtimed.notify.channel import Delivery, Receipt
 from realtimed.notify.checks import NotificationCheck
+from realtimed.notify.delivery_log import DeliveryLog
 from realtimed.store.base import NewNotification, Store
 
 __all__ = ["InAppChannel"]
@@ -37,6 +38,8 @@ class InAppChannel:
         store: the inboxes.
         clock: wall time.
         router: delivers ``notification.new`` live.
+        deliveries: the delivery log (None: none); each new notification is
+            logged ``delivered`` in the transaction that stores it.
 
     Error handling:
         A store that cannot be reached raises ``Unavailable`` before anything
@@ -50,10 +53,11 @@ class InAppChannel:
     event_sink: Callable[[str, Mapping[str, Any]], Awaitable[object]] | None = None
 
 
-    def __init__(self, store: Store, *, clock: WallClock, router: Router) -> None:
+    def __init__(self, store: Store, *, clock: WallClock, router: Router, deliveries: DeliveryLog | None = None) -> None:
         self._store = store
         self._clock = clock
         self._router = router
+        self._deliveries = deliveries
 
     def available(self) -> bool:
         return True
@@ -71,10 +75,15 @@ class InAppChannel:
                 priority=d.type.priority,
                 group_key=d.group_key,
                 dedupe_key=d.dedupe_key,
+                expires_at=d.expires_at,
             )
             for d in deliveries
         ]
-        results = await self._store.insert_notifications(items=items, now=self._clock.now())
+        # Stored means delivered (the live sends below never fail): logged in the same transaction.
+        logged = self._deliveries is not None and self._deliveries.enabled
+        results = await self._store.insert_notifications(
+            items=items, now=self._clock.now(), log_channel=self.name if logged else None
+        )
         receipts: list[Receipt | None] = []
         created = []
         for record, new in results:

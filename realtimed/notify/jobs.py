@@ -16,7 +16,8 @@ for the promises): jobs queued before an upgrade still run, and a node of a
 cluster that has not been upgraded yet runs jobs queued by one that has. What
 this version adds is only written when it differs from what an earlier version
 would assume: a plan item names its channels only when they are not just push
-(``[user, notification id, seq, [channels]]``), and so does a digest.
+(``[user, notification id, seq, [channels]]``), and so does a digest; a
+notification's ``expires_at`` is written only when it has one.
 
 ``chat.offline`` is defined here, once: chat queues it (``offline_job_spec``),
 notify handles it.
@@ -38,6 +39,7 @@ from realtimed.jobs.payload import (
     obj,
     opt_int,
     opt_str,
+    opt_time,
     req_str,
     req_time,
     str_list,
@@ -66,6 +68,21 @@ CHAT_OFFLINE_QUEUE: Final = "default"
 _RECIPIENT_KEYS: Final = ("recipient_ids", "user_ids", "recipients", "to")
 
 
+def _addresses(value: Any, path: str) -> dict[str, dict[str, str]]:
+    """``{user_id: {channel: endpoint}}``: endpoints a notification names for its recipients."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise PayloadError(path, "must be an object")
+    out: dict[str, dict[str, str]] = {}
+    for user_id, endpoints in value.items():
+        where = field_path(path, str(user_id))
+        if not isinstance(endpoints, Mapping) or not all(isinstance(v, str) for v in endpoints.values()):
+            raise PayloadError(where, "must be an object of strings")
+        out[str(user_id)] = {str(k): v for k, v in endpoints.items()}
+    return out
+
+
 def _channels(value: Any, path: str) -> tuple[str, ...]:
     if value is None:
         return DEFAULT_CHANNELS
@@ -84,15 +101,24 @@ class NotifySend:
     vars: Mapping[str, Any] = attrs.field(factory=dict)
     data: Mapping[str, Any] = attrs.field(factory=dict)
     dedupe_key: str | None = None
+    #: Endpoints the notification names per recipient and channel (``{"u1": {"email": "a@example.com"}}``).
+    addresses: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
+
+    expires_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "user_ids": list(self.user_ids),
             "type": self.type,
             "vars": dict(self.vars),
             "data": dict(self.data),
             "dedupe_key": self.dedupe_key,
         }
+        if self.addresses:
+            out["addresses"] = {u: dict(a) for u, a in self.addresses.items()}
+        if self.expires_at is not None:
+            out["expires_at"] = iso(self.expires_at)
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> NotifySend:
@@ -102,6 +128,8 @@ class NotifySend:
             vars=obj(data, "vars"),
             data=obj(data, "data"),
             dedupe_key=opt_str(data, "dedupe_key"),
+            addresses=_addresses(data.get("addresses"), "addresses"),
+            expires_at=opt_time(data, "expires_at"),
         )
 
 
@@ -149,9 +177,13 @@ class NotifyPlan:
     data: Mapping[str, Any] = attrs.field(factory=dict)
     dedupe_key: str | None = None
     request_id: str | None = None
+    #: Endpoints the notification names per recipient and channel (only this batch's recipients).
+    addresses: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
+
+    expires_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "type": self.type,
             "vars": dict(self.vars),
             "data": dict(self.data),
@@ -159,6 +191,11 @@ class NotifyPlan:
             "request_id": self.request_id,
             "items": [item.to_json() for item in self.items],
         }
+        if self.addresses:
+            out["addresses"] = {u: dict(a) for u, a in self.addresses.items()}
+        if self.expires_at is not None:
+            out["expires_at"] = iso(self.expires_at)
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> NotifyPlan:
@@ -172,6 +209,8 @@ class NotifyPlan:
             data=obj(data, "data"),
             dedupe_key=opt_str(data, "dedupe_key"),
             request_id=opt_str(data, "request_id"),
+            addresses=_addresses(data.get("addresses"), "addresses"),
+            expires_at=opt_time(data, "expires_at"),
         )
 
 

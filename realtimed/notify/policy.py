@@ -31,6 +31,7 @@ import attrs
 
 __all__ = [
     "PushCaps",
+    "cap_resets",
     "device_ref",
     "digest_key",
     "digest_window",
@@ -199,6 +200,15 @@ class PushCaps:
         """``take`` behind the ``SharedCaps`` interface."""
         return self.take(user_id=user_id, type=type, now=now, time_zone=time_zone, daily_cap=daily_cap, hourly_cap=hourly_cap)
 
+    async def usage(
+        self, *, user_id: str, types: Sequence[str], now: datetime, time_zone: str
+    ) -> tuple[int, dict[str, int]]:
+        """The pushes counted for the user today (local day) and, per type, this UTC hour."""
+        day = now.astimezone(zone(time_zone)).date().isoformat()
+        this_hour = int(now.timestamp()) // HOUR_S == self._hour
+        hourly = {t: self._hourly.get((user_id, t), 0) if this_hour else 0 for t in types}
+        return self._daily.get((user_id, day), 0), hourly
+
     def _prune_days(self, now: datetime) -> None:
         # Local days run from UTC-12 to UTC+14: anything older than two UTC days is over everywhere.
         oldest = (now - timedelta(days=2)).date().isoformat()
@@ -216,6 +226,22 @@ class SharedCaps(Protocol):
     async def count(
         self, *, user_id: str, type: str, now: datetime, time_zone: str, daily_cap: int, hourly_cap: int
     ) -> str | None: ...
+
+    async def usage(
+        self, *, user_id: str, types: Sequence[str], now: datetime, time_zone: str
+    ) -> tuple[int, dict[str, int]]:
+        """What ``count`` has counted for the user: today (their local day), and per
+        type this UTC hour; counts nothing."""
+        ...
+
+
+def cap_resets(now: datetime, time_zone: str) -> tuple[datetime, datetime]:
+    """When the daily cap's window (the user's local day) and the hourly one (the UTC hour) end, in UTC."""
+    tz = zone(time_zone)
+    local = now.astimezone(tz)
+    midnight = datetime.combine(local.date() + timedelta(days=1), time(0, 0), tzinfo=tz).astimezone(UTC)
+    hour = datetime.fromtimestamp((int(now.timestamp()) // HOUR_S + 1) * HOUR_S, UTC)
+    return midnight, hour
 
 
 class Activity(Protocol):

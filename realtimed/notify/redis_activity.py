@@ -71,6 +71,18 @@ class RedisPushCaps:
         held = await redis_call("push caps", call, timeout_s=self._timeout_s)
         return text(held or "") or None
 
+    async def usage(
+        self, *, user_id: str, types: Sequence[str], now: datetime, time_zone: str
+    ) -> tuple[int, dict[str, int]]:
+        """The counts of today (local day) and of this UTC hour per type, in one MGET."""
+        day = now.astimezone(zone(time_zone)).date().isoformat()
+        hour = int(now.timestamp()) // HOUR_S
+        tag = f"rt:{{cap:{user_id}}}:"
+        keys = [f"{tag}d:{day}", *(f"{tag}h:{t}:{hour}" for t in types)]
+        values = await redis_call("push caps", self._client.mget(keys), timeout_s=self._timeout_s)
+        counts = [int(text(v)) if v else 0 for v in values]
+        return counts[0], dict(zip(types, counts[1:], strict=True))
+
 
 class RedisActivity:
     """Activity marks shared by every node (see the module docstring).

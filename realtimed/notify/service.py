@@ -26,6 +26,21 @@ DESIGN.md over the delivery channels it was built with
    job per active device); reading or deleting the notification before it
    goes withdraws it (and it is checked again when it runs).
 
+Each decision of steps 2 to 5 that keeps a delivery from going (or holds it) is
+logged per user and channel in the delivery log (``realtimed.notify.delivery_log``,
+codes in ``realtimed.outcomes``): with the request for steps 2 to 4's
+preference and activity skips, with the planning job for the rest.
+
+A notification may have an ``expires_at``: it is stored with it, lists and
+unread counts skip it from then on, and no step after it delivers it (a plan
+job, a delivery deferred past it, a ``push.send`` job that runs late).
+
+``notify`` answers, per recipient and channel, what steps 2 to 4 decided at
+once (``realtimed.outcomes``: ``delivered``, ``skipped:preference``,
+``skipped:active``, ``skipped:duplicate``), or ``pending``. What a job decides
+later and keeps from going (expiry, the digest, a cap, quiet hours) is
+reported with the ``delivery.failed`` event (``event_sink``).
+
 Chat hands each message for offline participants to the same steps 4 and 5 as
 the ``new_message`` type through the ``chat.offline`` job kind (no inbox
 entry: chat has its own unread counts); the delivery is dropped once the
@@ -64,6 +79,7 @@ from realtimed.notify.checks import (
     NotificationCheck,
     count_unread_group,
 )
+from realtimed.notify.delivery_log import DeliveryLog
 from realtimed.notify.jobs import (
     CHAT_OFFLINE,
     NOTIFY_DIGEST,
@@ -79,20 +95,36 @@ from realtimed.notify.policy import (
     Activity,
     PushCaps,
     SharedCaps,
+    cap_resets,
     digest_key,
     digest_window,
     is_active,
     quiet_until,
 )
 from realtimed.notify.types import type_table
-from realtimed.store.base import NotificationPreference, Store, UserSettings
+from realtimed.outcomes import (
+    BATCHED_DIGEST,
+    CAP_DAILY,
+    CAP_HOURLY,
+    DELIVERED,
+    SKIPPED_ACTIVE,
+    SKIPPED_CAP,
+    SKIPPED_DUPLICATE,
+    SKIPPED_EXPIRED,
+    SKIPPED_NO_ENDPOINT,
+    SKIPPED_PREFERENCE,
+    SKIPPED_QUIET_HOURS,
+)
+from realtimed.store.base import DeliveryEntry, NotificationPreference, Store, UserSettings
 from realtimed.templates import TemplateError, render
 
-__all__ = ["CHAT_TYPE", "NotifyService"]
+__all__ = ["CHAT_TYPE", "PENDING", "NotifyResult", "NotifyService"]
 
 log = logging.getLogger(__name__)
 
 CHAT_TYPE: Final = "new_message"
+#: A recipient's channel whose delivery a job decides later (reported then, by ``delivery.failed`` if it does not go).
+PENDING: Final = "pending"
 PLAN_CONCURRENCY: Final = 16
 # Keys of a preferences entry that name no channel (``channels`` is what GET answers; PUT ignores it).
 _PREFERENCE_KEYS: Final = ("type", "channels")
@@ -103,7 +135,7 @@ _Changes = list[tuple[str, dict[str, bool]]]
 PUSH_DECISIONS: Final = Counter(
     "realtimed_notify_push_decisions",
     "what the pipeline decided about delivering out of the app (push and the other planned channels) to a "
-    "user: queued, deferred_quiet, active, daily_cap, hourly_cap, digest_held, no_devices, read, off",
+    "user: queued, deferred_quiet, active, daily_cap, hourly_cap, digest_held, no_devices, read, off, expired",
     ["type", "decision"],
     registry=REGISTRY,
 )
@@ -125,6 +157,28 @@ class _Plan:
     digest: Literal["inbox", "chat"] | None  # how the digest counts; None: no digest for this delivery
     channels: tuple[str, ...]
     conversation_id: str | None = None
+    addresses: Mapping[str, str] = attrs.field(factory=dict)  # endpoints the notification names, by channel
+    expires_at: datetime | None = None
+    notification_id: str | None = None
+
+
+@attrs.frozen
+class NotifyResult:
+    """What ``notify`` did.
+
+    Attributes:
+        reached: the users stored in their inbox or considered for a planned channel.
+        outcomes: per recipient (in request order), per channel of the type that
+            this node delivers on, the code of what was decided at once
+            (``realtimed.outcomes``), or ``PENDING`` when a job decides.
+    """
+
+    reached: int
+    outcomes: dict[str, dict[str, str]]
+
+    def recipients(self) -> list[dict[str, Any]]:
+        """The ``recipients`` of the server API's answer."""
+        return [{"user_id": user_id, "channels": channels} for user_id, channels in self.outcomes.items()]
 
 
 def group_key(ntype: NotificationTypeConfig, values: Mapping[str, Any]) -> str:
@@ -147,9 +201,12 @@ class NotifyService:
             ``DeliveryChannel``.
         caps: the push caps counted by every node of a cluster (None: this node's memory).
         activity: activity on the other nodes of a cluster (None: one node).
+        deliveries: the delivery log the pipeline reports its decisions to
+            (None: none); ``run`` runs its writer.
 
     Resource handling:
-        Holds no connection and no task of its own: ``run`` only reports ready.
+        Holds no connection; ``run`` owns the delivery log's writer task
+        (``deliveries``), the only task of its own.
         The per-user counts of the caps live in memory (see ``PushCaps``),
         or in Redis in a cluster (``caps``). In a cluster, activity on
         other nodes is read from their marks (``activity``).
@@ -172,6 +229,7 @@ class NotifyService:
         channels: Sequence[DeliveryChannel],
         caps: SharedCaps | None = None,
         activity: Activity | None = None,
+        deliveries: DeliveryLog | None = None,
     ) -> None:
         self._config = config
         self.store = store
@@ -185,6 +243,7 @@ class NotifyService:
             self.channels[channel.name] = channel
         self.caps: SharedCaps = caps or PushCaps()
         self.activity = activity
+        self.deliveries = deliveries
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -222,8 +281,11 @@ class NotifyService:
             ", ".join(sorted(self.types)),
             ", ".join(f"{name}{'' if c.available() else ' (off)'}" for name, c in self.channels.items()),
         )
-        task_status.started(self)
-        await trio.sleep_forever()
+        async with trio.open_nursery() as nursery:
+            if self.deliveries is not None:
+                await nursery.start(self.deliveries.run)
+            task_status.started(self)
+            await trio.sleep_forever()
 
     def ops(self) -> dict[str, OpHandler]:
         """The ``notification.*`` ops (socket and ``POST /api/v1/ops/{op}``), for the
@@ -261,6 +323,91 @@ class NotifyService:
                 log.warning("activity on other nodes unknown (%s); pushing as if inactive", exc.message)
         return found
 
+    # -- caps ---------------------------------------------------------------------------------
+
+    async def cap_state(self, user_id: str) -> dict[str, Any]:
+        """The push caps in force for the user per type (used, limit, when the window
+        ends) and whether they are in quiet hours now. The counts are those the
+        pipeline keeps (this node's, or Redis's in a cluster)."""
+        settings = await self.store.get_user_settings(user_id)
+        now = self.clock.now()
+        types = [self.types[name] for name in sorted(self.types)]
+        daily_used, hourly_used = await self.caps.usage(
+            user_id=user_id, types=[t.name for t in types], now=now, time_zone=settings.time_zone
+        )
+        day_ends, hour_ends = cap_resets(now, settings.time_zone)
+        quiet = quiet_until(
+            now, start=settings.quiet_hours_start, end=settings.quiet_hours_end, time_zone=settings.time_zone
+        )
+        entries = []
+        for ntype in types:
+            caps: list[dict[str, Any]] = []
+            critical = ntype.priority == "critical"
+            if not critical and self.cfg.daily_cap:
+                caps.append({"cap": CAP_DAILY, "used": daily_used, "limit": self.cfg.daily_cap, "resets_at": iso(day_ends)})
+            hourly = ntype.hourly_cap or self.cfg.hourly_cap_per_type
+            if not critical and hourly:
+                caps.append(
+                    {"cap": CAP_HOURLY, "used": hourly_used.get(ntype.name, 0), "limit": hourly, "resets_at": iso(hour_ends)}
+                )
+            entries.append({"type": ntype.name, "critical": critical, "caps": caps})
+        has_quiet = bool(settings.quiet_hours_start and settings.quiet_hours_end)
+        return {
+            "user_id": user_id,
+            "time_zone": settings.time_zone,
+            "quiet_hours": (
+                {"start": settings.quiet_hours_start, "end": settings.quiet_hours_end} if has_quiet else None
+            ),
+            "in_quiet_hours": quiet is not None,
+            "quiet_until": iso(quiet),
+            "types": entries,
+        }
+
+    # -- the delivery log --------------------------------------------------------------------
+
+    @property
+    def _logging(self) -> bool:
+        return self.deliveries is not None and self.deliveries.enabled
+
+    def _log(
+        self,
+        entries: list[DeliveryEntry],
+        user_id: str,
+        ntype: NotificationTypeConfig,
+        channels: Sequence[str],
+        outcome: str,
+        *,
+        plan: _Plan | None = None,
+        receipt: Receipt | None = None,
+        ref: str = "",
+        cap: str | None = None,
+        deferred_until: datetime | None = None,
+        detail: str = "",
+    ) -> None:
+        """Add an entry per channel to ``entries`` (when the log is on); the notification
+        is named by the plan, or by the inbox's receipt."""
+        deliveries = self.deliveries
+        if deliveries is None or not channels or not deliveries.enabled:
+            return
+        notification_id: Any = None
+        if plan is not None:
+            ref, notification_id = plan.ref, plan.data.get("notification_id")
+        elif receipt is not None:
+            ref, notification_id = receipt.ref, receipt.data.get("notification_id")
+        now = self.clock.now()
+        for channel in channels:
+            entries.append(
+                deliveries.entry(
+                    at=now, user_id=user_id, channel=channel, type=ntype.name, outcome=outcome, ref=ref,
+                    notification_id=notification_id if isinstance(notification_id, str) else None,
+                    cap=cap, deferred_until=deferred_until, detail=detail,
+                )
+            )
+
+    async def _record(self, entries: list[DeliveryEntry]) -> None:
+        if entries and self.deliveries is not None:
+            await self.deliveries.record(entries)
+
     # -- the pipeline ------------------------------------------------------------------------
 
     def render(self, ntype: NotificationTypeConfig, values: Mapping[str, Any]) -> tuple[str, str]:
@@ -282,17 +429,45 @@ class NotifyService:
         data: Mapping[str, Any],
         dedupe_key: str | None = None,
         scheduled_for: datetime | None = None,
-    ) -> int:
-        """Run the pipeline for ``user_ids``; returns how many users it reached
-        (stored in their inbox, or considered for a planned channel). A
-        notification ``scheduled_for`` a later time is queued whole and runs
-        then; it answers the number of recipients."""
+        addresses: Mapping[str, Mapping[str, str]] | None = None,
+        expires_at: datetime | None = None,
+    ) -> NotifyResult:
+        """Run the pipeline for ``user_ids``; answers how many users it reached
+        (stored in their inbox, or considered for a planned channel) and what
+        it decided for each. A notification ``scheduled_for`` a later time is
+        queued whole and runs then; it answers the number of recipients, each
+        channel ``PENDING``. After ``expires_at`` the notification has left the
+        inbox and no channel delivers it. ``addresses`` names endpoints per
+        recipient and channel (``{"u1": {"email": ...}}``), used instead of the
+        stored ones.
+
+        Raises:
+            ValidationFailed: an unknown type, a missing var, or an ``expires_at``
+                not after now (and ``scheduled_for``) or beyond ``notify.max_expiry_s``.
+        """
+        addresses = {u: dict(a) for u, a in (addresses or {}).items() if a}
         ntype = self.type(type)
         self.render(ntype, vars)
         users = list(dict.fromkeys(user_ids))
-        if scheduled_for is not None and scheduled_for > self.clock.now():
+        now = self.clock.now()
+        if expires_at is not None:
+            start = max(now, scheduled_for) if scheduled_for is not None else now
+            if expires_at <= start:
+                what = "scheduled_for" if scheduled_for is not None and scheduled_for > now else "now"
+                raise ValidationFailed("expires_at", f"must be after {what}")
+            if (expires_at - start).total_seconds() > self.cfg.max_expiry_s:
+                raise ValidationFailed(
+                    "expires_at", f"must be at most notify.max_expiry_s ({self.cfg.max_expiry_s:g} s) after {iso(start)}"
+                )
+        if scheduled_for is not None and scheduled_for > now:
             payload = NotifySend(
-                user_ids=tuple(users), type=ntype.name, vars=dict(vars), data=dict(data), dedupe_key=dedupe_key
+                user_ids=tuple(users),
+                type=ntype.name,
+                vars=dict(vars),
+                data=dict(data),
+                dedupe_key=dedupe_key,
+                expires_at=expires_at,
+                addresses=addresses,
             )
             job = await self.runner().enqueue(
                 NOTIFY_SEND,
@@ -301,8 +476,9 @@ class NotifyService:
                 dedupe_key=f"notify:{dedupe_key}" if dedupe_key else None,
             )
             log.info("job %s: %s to %d user(s) scheduled for %s", job.id, ntype.name, len(users), iso(scheduled_for))
-            return len(users)
-        return await self._deliver(ntype, users, vars, data, dedupe_key)
+            names = [c.name for c in self.channels_of(ntype)]
+            return NotifyResult(len(users), {u: dict.fromkeys(names, PENDING) for u in users})
+        return await self._deliver(ntype, users, vars, data, dedupe_key, expires_at=expires_at, addresses=addresses)
 
     async def _deliver(
         self,
@@ -313,9 +489,18 @@ class NotifyService:
         dedupe_key: str | None,
         *,
         request_id: str | None = None,
-    ) -> int:
+        addresses: Mapping[str, Mapping[str, str]] | None = None,
+        expires_at: datetime | None = None,
+    ) -> NotifyResult:
         title, body = self.render(ntype, values)
         channels = self.channels_of(ntype)
+        decided: dict[str, dict[str, str]] = {u: {} for u in users}
+        if expires_at is not None and expires_at <= self.clock.now():
+            # A scheduled notification whose time came after its expiry.
+            for user_id in users:
+                decided[user_id] = dict.fromkeys((c.name for c in channels), SKIPPED_EXPIRED)
+            log.info("%s to %d user(s) expired at %s before it went out", ntype.name, len(users), iso(expires_at))
+            return NotifyResult(0, decided)
         prefs: dict[str, NotificationPreference] = (
             await self.store.get_preferences_for(user_ids=users, type=ntype.name) if channels else {}
         )
@@ -326,30 +511,58 @@ class NotifyService:
             if not channel.immediate:
                 continue
             targets = [u for u in users if prefs[u].enabled(channel.name)]
+            for user_id in users:
+                if user_id not in targets:
+                    decided[user_id][channel.name] = SKIPPED_PREFERENCE
             if not targets:
                 continue
             deliveries = [
                 Delivery(
-                    user_id=u, type=ntype, title=title, body=body, data=dict(data), group_key=group, dedupe_key=dedupe_key
+                    user_id=u,
+                    type=ntype,
+                    title=title,
+                    body=body,
+                    data=dict(data),
+                    group_key=group,
+                    dedupe_key=dedupe_key,
+                    expires_at=expires_at,
                 )
                 for u in targets
             ]
             for user_id, receipt in zip(targets, await channel.deliver(deliveries), strict=True):
                 if receipt is None:
                     repeats.add(user_id)
+                    decided[user_id][channel.name] = SKIPPED_DUPLICATE
                 else:
                     receipts.setdefault(user_id, receipt)
+                    decided[user_id][channel.name] = DELIVERED
+        entries: list[DeliveryEntry] = []
+        if self._logging:
+            for user_id in users:
+                if user_id in repeats:
+                    continue
+                off = [c.name for c in channels if not prefs[user_id].enabled(c.name)]
+                self._log(entries, user_id, ntype, off, SKIPPED_PREFERENCE, receipt=receipts.get(user_id))
         planned = [c for c in channels if not c.immediate]
         candidates: list[PlanItem] = []
         planned_only = 0
         if planned:
             on = {u: tuple(c.name for c in planned if prefs[u].enabled(c.name)) for u in users if u not in repeats}
+            for user_id in users:
+                for channel in planned:
+                    if user_id in repeats:
+                        decided[user_id][channel.name] = SKIPPED_DUPLICATE
+                    elif channel.name not in on[user_id]:
+                        decided[user_id][channel.name] = SKIPPED_PREFERENCE
             wanted = [u for u in users if on.get(u)]
             planned_only = sum(1 for u in wanted if u not in receipts)
             active = await self._active_among(wanted)
             for user_id in wanted:
+                verdict = SKIPPED_ACTIVE if user_id in active else PENDING
+                decided[user_id].update(dict.fromkeys(on[user_id], verdict))
                 if user_id in active:
                     PUSH_DECISIONS.labels(ntype.name, "active").inc()
+                    self._log(entries, user_id, ntype, on[user_id], SKIPPED_ACTIVE, receipt=receipts.get(user_id))
                     continue
                 check = receipts[user_id].check if user_id in receipts else None
                 if isinstance(check, NotificationCheck):
@@ -357,12 +570,15 @@ class NotifyService:
                 else:
                     candidates.append(PlanItem(user_id, None, None, on[user_id]))
         if candidates:
-            await self._queue_plans(ntype, candidates, values, data, dedupe_key, request_id or secrets.token_hex(8))
+            await self._queue_plans(
+                ntype, candidates, values, data, dedupe_key, request_id or secrets.token_hex(8), addresses or {}, expires_at
+            )
+        await self._record(entries)
         log.info(
             "%s to %d user(s): %d in the inbox, %d out-of-app candidate(s)",
             ntype.name, len(users), len(receipts), len(candidates),
         )
-        return len(receipts) + planned_only
+        return NotifyResult(len(receipts) + planned_only, decided)
 
     async def _queue_plans(
         self,
@@ -372,6 +588,8 @@ class NotifyService:
         data: Mapping[str, Any],
         dedupe_key: str | None,
         request_id: str,
+        addresses: Mapping[str, Mapping[str, str]],
+        expires_at: datetime | None,
     ) -> None:
         """One ``notify.push`` job per ``notify.plan_batch`` recipients, queued at
         once: the first plans start while the rest are still being queued, and
@@ -387,6 +605,8 @@ class NotifyService:
                 data=dict(data),
                 dedupe_key=dedupe_key,
                 request_id=request_id,
+                addresses={i.user_id: addresses[i.user_id] for i in items if i.user_id in addresses},
+                expires_at=expires_at,
             )
             await runner.enqueue(NOTIFY_PUSH, payload)
 
@@ -402,8 +622,11 @@ class NotifyService:
         if ntype is None:
             log.warning("job %s: notification type %r is no longer configured; dropped", ctx.job_id, p.type)
             return
-        reached = await self._deliver(ntype, p.user_ids, p.vars, p.data, p.dedupe_key, request_id=ctx.job_id)
-        log.info("job %s: scheduled %s reached %d user(s)", ctx.job_id, ntype.name, reached)
+        result = await self._deliver(
+            ntype, p.user_ids, p.vars, p.data, p.dedupe_key, request_id=ctx.job_id, expires_at=p.expires_at,
+            addresses=p.addresses,
+        )
+        log.info("job %s: scheduled %s reached %d user(s)", ctx.job_id, ntype.name, result.reached)
 
     async def _job_plan(self, ctx: JobContext, p: NotifyPlan) -> None:
         """Out-of-app planning for a batch of recipients of one notification."""
@@ -431,6 +654,9 @@ class NotifyService:
                     check=NotificationCheck(item.user_id, item.notification_id, item.seq),
                     digest="inbox",
                     channels=item.channels,
+                    addresses=p.addresses.get(item.user_id, {}),
+                    expires_at=p.expires_at,
+                    notification_id=item.notification_id,
                 )
             else:
                 # Not in the inbox (in-app off): nothing to point at, nothing to digest.
@@ -446,6 +672,8 @@ class NotifyService:
                     check=None,
                     digest=None,
                     channels=item.channels,
+                    addresses=p.addresses.get(item.user_id, {}),
+                    expires_at=p.expires_at,
                 )
             plans.append(plan)
         await self._consider_all(plans, settings, ctx.job_id)
@@ -455,36 +683,59 @@ class NotifyService:
         ``deliver`` per planned channel for all the plans that go out."""
         limiter = trio.Semaphore(PLAN_CONCURRENCY)
         decided: dict[int, tuple[_Plan, str, str, datetime | None]] = {}
+        entries: list[DeliveryEntry] = []
 
         async def one(index: int, plan: _Plan) -> None:
             async with limiter:
-                decision = await self._consider(plan, settings.get(plan.user_id) or UserSettings(plan.user_id), job_id)
+                user_settings = settings.get(plan.user_id) or UserSettings(plan.user_id)
+                decision = await self._consider(plan, user_settings, job_id, entries)
                 if decision is not None:
                     decided[index] = (plan, *decision)
 
         async with trio.open_nursery() as nursery:
             for index, plan in enumerate(plans):
                 nursery.start_soon(one, index, plan)
-        await self._send_all([decided[i] for i in sorted(decided)], job_id)
+        await self._send_all([decided[i] for i in sorted(decided)], job_id, entries)
+        await self._record(entries)
 
     async def _consider(
-        self, plan: _Plan, settings: UserSettings, job_id: str
+        self, plan: _Plan, settings: UserSettings, job_id: str, entries: list[DeliveryEntry]
     ) -> tuple[str, str, datetime | None] | None:
         """Digest window, caps and quiet hours for one user: the title, body and
         ``run_at`` the planned channels deliver with, or None when nothing goes."""
         ntype = plan.type
         now = self.clock.now()
+        if plan.expires_at is not None and plan.expires_at <= now:
+            PUSH_DECISIONS.labels(ntype.name, "expired").inc()
+            self._log(entries, plan.user_id, ntype, plan.channels, SKIPPED_EXPIRED, plan=plan, detail=f"expired at {iso(plan.expires_at)}")
+            await self._report_skip(plan, SKIPPED_EXPIRED, f"expired at {iso(plan.expires_at)}", job_id)
+            return None
         critical = ntype.priority == "critical"
         digest = not critical and ntype.digest_window_s > 0 and plan.digest is not None
         if digest and not await self._open_digest(plan, settings, now):
             PUSH_DECISIONS.labels(ntype.name, "digest_held").inc()
             log.debug("job %s: push to %s held for the digest of %s", job_id, plan.user_id, plan.group_key)
+            self._log(entries, plan.user_id, ntype, plan.channels, BATCHED_DIGEST, plan=plan, detail=plan.group_key)
+            await self._report_skip(plan, BATCHED_DIGEST, f"held for the digest of {plan.group_key}", job_id)
             return None
-        if not critical and not await self._take_cap(ntype, plan.user_id, settings, now, job_id):
-            return None
+        if not critical:
+            held = await self._take_cap(ntype, plan.user_id, settings, now, job_id)
+            if held is not None:
+                self._log(entries, plan.user_id, ntype, plan.channels, SKIPPED_CAP, plan=plan, cap=held)
+                await self._report_skip(plan, SKIPPED_CAP, f"{held} cap reached", job_id)
+                return None
         run_at = None if critical else quiet_until(
             now, start=settings.quiet_hours_start, end=settings.quiet_hours_end, time_zone=settings.time_zone
         )
+        if run_at is not None and plan.expires_at is not None and run_at >= plan.expires_at:
+            PUSH_DECISIONS.labels(ntype.name, "expired").inc()
+            self._log(entries, plan.user_id, ntype, plan.channels, SKIPPED_EXPIRED, plan=plan, detail=f"expired at {iso(plan.expires_at)}")
+            await self._report_skip(
+                plan, SKIPPED_QUIET_HOURS, f"quiet hours last past its expiry ({iso(plan.expires_at)})", job_id
+            )
+            return None
+        if run_at is not None:
+            await self._report_skip(plan, SKIPPED_QUIET_HOURS, f"deferred to {iso(run_at)}", job_id, run_at=run_at)
         title, body = plan.title, plan.body
         if not ntype.push_content:
             title, body = render(ntype.private_title, plan.vars), render(ntype.private_body, plan.vars)
@@ -492,7 +743,9 @@ class NotifyService:
 
     async def _take_cap(
         self, ntype: NotificationTypeConfig, user_id: str, settings: UserSettings, now: datetime, job_id: str
-    ) -> bool:
+    ) -> str | None:
+        """Count one delivery against the caps; None if it may go, else which cap
+        holds it back (``daily``, ``hourly``)."""
         held = await self.caps.count(
             user_id=user_id,
             type=ntype.name,
@@ -504,8 +757,57 @@ class NotifyService:
         if held is not None:
             PUSH_DECISIONS.labels(ntype.name, held).inc()
             log.info("job %s: no %s push to %s: %s reached", job_id, ntype.name, user_id, held.replace("_", " "))
-            return False
-        return True
+            return CAP_DAILY if held == "daily_cap" else CAP_HOURLY
+        return None
+
+    async def _report_skip(
+        self, plan: _Plan, code: str, why: str, job_id: str, *, run_at: datetime | None = None
+    ) -> None:
+        """``delivery.failed`` for each planned channel of ``plan`` that a policy held
+        (``run_at``: quiet hours deferred it to then, it may still go)."""
+        await self._report_held(
+            user_id=plan.user_id,
+            type_name=plan.type.name,
+            channels=plan.channels,
+            notification_id=plan.notification_id,
+            code=code,
+            why=why,
+            job_id=job_id,
+            run_at=run_at,
+        )
+
+    async def _report_held(
+        self,
+        *,
+        user_id: str,
+        type_name: str,
+        channels: Sequence[str],
+        notification_id: str | None,
+        code: str,
+        why: str,
+        job_id: str,
+        run_at: datetime | None = None,
+    ) -> None:
+        sink = self.event_sink
+        if sink is None:
+            return
+        for channel in channels:
+            data: dict[str, Any] = {
+                "channel": channel,
+                "code": code,
+                "error": why,
+                "user_id": user_id,
+                "token": None,
+                "job_id": job_id,
+                "type": type_name,
+                "notification_id": notification_id,
+            }
+            if run_at is not None:
+                data["run_at"] = iso(run_at)
+            try:
+                await sink("delivery.failed", data)
+            except Exception as exc:  # the decision stands
+                log.error("job %s: delivery.failed not reported: %s", job_id, exc)
 
     async def _open_digest(self, plan: _Plan, settings: UserSettings, now: datetime) -> bool:
         """Queue the digest of this window (once per user, group and window);
@@ -537,12 +839,12 @@ class NotifyService:
         except PayloadError:
             return False  # a digest this version cannot read holds the window; it fails when it runs
 
-    async def _send(self, plan: _Plan, title: str, body: str, run_at: datetime | None, job_id: str) -> None:
-        """Every planned channel of the plan that this node can deliver on delivers."""
-        await self._send_all([(plan, title, body, run_at)], job_id)
-
-    async def _send_all(self, sends: Sequence[tuple[_Plan, str, str, datetime | None]], job_id: str) -> None:
-        """``_send`` of many plans: each planned channel delivers all of its plans in one call."""
+    async def _send_all(
+        self, sends: Sequence[tuple[_Plan, str, str, datetime | None]], job_id: str, entries: list[DeliveryEntry]
+    ) -> None:
+        """Each planned channel of each plan that this node can deliver on delivers:
+        all of its plans in one call. A channel with nowhere to deliver is logged
+        ``skipped:no_endpoint``, one that waits for quiet hours ``skipped:quiet_hours``."""
         if not sends:
             return
         deliveries = [
@@ -556,6 +858,9 @@ class NotifyService:
                 ref=plan.ref,
                 check=plan.check,
                 run_at=run_at,
+                vars=plan.vars,
+                addresses=plan.addresses,
+                expires_at=plan.expires_at,
             )
             for plan, title, body, run_at in sends
         ]
@@ -568,8 +873,13 @@ class NotifyService:
             mine = [i for i, (plan, *_) in enumerate(sends) if name in plan.channels]
             receipts = await channel.deliver([deliveries[i] for i in mine])
             for i, receipt in zip(mine, receipts, strict=True):
+                plan, run_at = sends[i][0], sends[i][3]
                 if receipt is not None:
                     reached[i].append(f"{name} ({receipt.endpoints})")
+                    if run_at is not None:
+                        self._log(entries, plan.user_id, plan.type, (name,), SKIPPED_QUIET_HOURS, plan=plan, deferred_until=run_at)
+                else:
+                    self._log(entries, plan.user_id, plan.type, (name,), SKIPPED_NO_ENDPOINT, plan=plan)
         for (plan, _title, _body, run_at), went in zip(sends, reached, strict=True):
             ntype = plan.type
             if not went:
@@ -594,18 +904,41 @@ class NotifyService:
             count = 0 if member is None or not member.active else member.unread_count
             check = ConversationCheck(user_id, p.conversation_id)
         else:
-            count = await count_unread_group(self.store, user_id=user_id, group_key=p.group_key, since=p.since, until=p.until)
+            count = await count_unread_group(
+                self.store, user_id=user_id, group_key=p.group_key, since=p.since, until=p.until, now=self.clock.now()
+            )
             check = GroupCheck(user_id, p.group_key, p.since, p.until)
         if count < 2:
             # The first went at once; nothing more came, or it was read.
             log.debug("job %s: digest of %s for %s: %d unread, no push", ctx.job_id, p.group_key, user_id, count)
             return
+        entries: list[DeliveryEntry] = []
+        ref = ("mg" if p.source == "chat" else "ng") + ctx.job_id
+
+        async def report(code: str, why: str) -> None:
+            await self._report_held(
+                user_id=user_id,
+                type_name=ntype.name,
+                channels=p.channels,
+                notification_id=None,
+                code=code,
+                why=f"digest of {p.group_key}: {why}",
+                job_id=ctx.job_id,
+            )
+
         if await self._active(user_id):
             PUSH_DECISIONS.labels(ntype.name, "active").inc()
+            self._log(entries, user_id, ntype, p.channels, SKIPPED_ACTIVE, ref=ref)
+            await self._record(entries)
+            await report(SKIPPED_ACTIVE, "active on a connected device")
             return
         settings = await self.store.get_user_settings(user_id)
         now = self.clock.now()
-        if not await self._take_cap(ntype, user_id, settings, now, ctx.job_id):
+        held = await self._take_cap(ntype, user_id, settings, now, ctx.job_id)
+        if held is not None:
+            self._log(entries, user_id, ntype, p.channels, SKIPPED_CAP, ref=ref, cap=held)
+            await self._record(entries)
+            await report(SKIPPED_CAP, f"{held} cap reached")
             return
         values = {**p.vars, "count": count}
         if ntype.push_content:
@@ -625,13 +958,14 @@ class NotifyService:
             title=title,
             body=body,
             group_key=p.group_key,
-            ref=("mg" if p.source == "chat" else "ng") + ctx.job_id,
+            ref=ref,
             check=check,
             digest=None,
             channels=p.channels,
         )
         log.info("job %s: digest push to %s: %s", ctx.job_id, user_id, body)
-        await self._send(plan, title, body, run_at, ctx.job_id)
+        await self._send_all([(plan, title, body, run_at)], ctx.job_id, entries)
+        await self._record(entries)
 
     async def _job_chat_offline(self, ctx: JobContext, p: ChatOffline) -> None:
         """A chat message for participants with no connected device: a ``new_message`` delivery each."""
@@ -662,8 +996,12 @@ class NotifyService:
             log.error("job %s: the new_message type cannot render a chat message: %s", ctx.job_id, exc.message)
             return
         plans = []
+        entries: list[DeliveryEntry] = []
+        ref = f"m{message.id}"
         for user_id in recipients:
             channels = tuple(c.name for c in planned if prefs[user_id].enabled(c.name))
+            off = [c.name for c in planned if c.name not in channels]
+            self._log(entries, user_id, ntype, off, SKIPPED_PREFERENCE, ref=ref)
             if not channels:
                 PUSH_DECISIONS.labels(CHAT_TYPE, "off").inc()
                 continue
@@ -675,6 +1013,7 @@ class NotifyService:
                 continue
             if await self._active(user_id):
                 PUSH_DECISIONS.labels(CHAT_TYPE, "active").inc()
+                self._log(entries, user_id, ntype, channels, SKIPPED_ACTIVE, ref=ref)
                 continue
             plans.append(
                 _Plan(
@@ -685,13 +1024,14 @@ class NotifyService:
                     title=title,
                     body=body,
                     group_key=f"chat:{conversation_id}",
-                    ref=f"m{message.id}",
+                    ref=ref,
                     check=MessageCheck(user_id, conversation_id, message.seq),
                     digest="chat",
                     channels=channels,
                     conversation_id=conversation_id,
                 )
             )
+        await self._record(entries)
         await self._consider_all(plans, settings, ctx.job_id)
 
     async def count_unread_group(self, *, user_id: str, group_key: str, since: datetime, until: datetime) -> int:
@@ -708,7 +1048,12 @@ class NotifyService:
         self, user_id: str, *, cursor: str | None, after_seq: int | None, unread_only: bool, limit: int
     ) -> dict[str, Any]:
         records, next_cursor = await self.store.list_notifications(
-            user_id=user_id, cursor=cursor, after_seq=after_seq, unread_only=unread_only, limit=limit
+            user_id=user_id,
+            cursor=cursor,
+            after_seq=after_seq,
+            unread_only=unread_only,
+            limit=limit,
+            now=self.clock.now(),
         )
         return {"notifications": [r.to_wire() for r in records], "next_cursor": next_cursor}
 
@@ -731,13 +1076,13 @@ class NotifyService:
         return {"unread_count": unread}
 
     async def delete(self, user_id: str, ids: Sequence[str]) -> dict[str, Any]:
-        unread = await self.store.delete_notifications(user_id=user_id, ids=ids)
+        unread = await self.store.delete_notifications(user_id=user_id, ids=ids, now=self.clock.now())
         await self._to_user(user_id, "notification.deleted", {"ids": list(ids), "unread_count": unread})
         await self._withdraw(user_id, [f"n{notification_id}" for notification_id in ids])
         return {"unread_count": unread}
 
     async def unread_count(self, user_id: str) -> int:
-        count: int = await self.store.notification_unread_count(user_id)
+        count: int = await self.store.notification_unread_count(user_id, now=self.clock.now())
         return count
 
     async def _to_user(self, user_id: str, event: str, data: dict[str, Any]) -> None:

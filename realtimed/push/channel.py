@@ -6,7 +6,8 @@ every platform (``realtimed.push.messages``: the type's priority, TTL, sound
 and Android channel; the inbox's unread count as the badge; ``data.link`` as
 the web link; the group as the collapse key when the type groups or digests)
 and queues one ``push.send`` job per active device, at ``run_at``, carrying
-the delivery's check. A batch of deliveries costs two reads (devices, badges)
+the delivery's check and ``expires_at`` (the FCM TTL is cut to what is left
+of the notification's life). A batch of deliveries costs two reads (devices, badges)
 and one write, however many users and devices it holds. Withdrawing cancels the queued jobs by their dedupe
 keys (``push:<user>:<ref>:<device>``).
 """
@@ -66,7 +67,7 @@ class FcmChannel:
                 devices.update(await store.list_devices_many(users))
 
             async def read_badges() -> None:
-                badges.update(await store.notification_unread_counts(users))
+                badges.update(await store.notification_unread_counts(users, now=self.push.clock.now()))
 
             nursery.start_soon(read_devices)
             nursery.start_soon(read_badges)
@@ -77,7 +78,7 @@ class FcmChannel:
             if not mine:
                 receipts.append(None)
                 continue
-            message = self._message(delivery, badges.get(delivery.user_id, 0))
+            message = self._message(delivery, badges.get(delivery.user_id, 0), self.push.clock.now())
             for device in mine:
                 pushes.append(
                     (
@@ -87,6 +88,7 @@ class FcmChannel:
                             token=device.token,
                             user_id=delivery.user_id,
                             check=delivery.check,
+                            expires_at=delivery.expires_at,
                         ),
                         delivery.run_at,
                     )
@@ -96,8 +98,13 @@ class FcmChannel:
         return receipts
 
     @staticmethod
-    def _message(delivery: Delivery, badge: int) -> dict[str, Any]:
+    def _message(delivery: Delivery, badge: int, now: datetime) -> dict[str, Any]:
         ntype = delivery.type
+        ttl_s = ntype.ttl_s
+        if delivery.expires_at is not None:
+            # FCM keeps an undelivered push no longer than the notification lives.
+            start = max(now, delivery.run_at) if delivery.run_at is not None else now
+            ttl_s = max(0.0, min(ttl_s, (delivery.expires_at - start).total_seconds()))
         link = delivery.data.get("link")
         return build_message(
             title=delivery.title,
@@ -108,9 +115,10 @@ class FcmChannel:
             collapse_key=delivery.group_key if ntype.group_by or ntype.digest_window_s > 0 else None,
             channel_id=ntype.android_channel_id,
             sound=ntype.sound,
-            ttl_s=ntype.ttl_s,
+            ttl_s=ttl_s,
             badge=badge,
             link=link if isinstance(link, str) else None,
+            expires_at=delivery.expires_at,
         )
 
     async def withdraw(self, *, user_id: str, refs: Sequence[str] | None) -> int:

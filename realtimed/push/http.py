@@ -2,8 +2,11 @@
 
 Client REST (``/api/v1``):
 
-- ``POST /devices`` ``{token, platform, app_version?}`` → ``{"device"}`` (a token
-  registered by another user moves to this one)
+- ``POST /devices`` ``{token, platform, app_version?, device_info?}`` → ``{"device"}``
+  (a token registered by another user moves to this one; ``device_info`` is
+  ``{model?, os?, os_version?, app_version?}``, each a string of at most
+  ``push.max_device_info_chars``; the token is opaque: 1 to
+  ``push.max_token_chars`` printable ASCII characters but space)
 - ``DELETE /devices/<token>`` → ``{}``
 - ``GET /devices`` → ``{"devices"}``
 
@@ -17,6 +20,7 @@ Server API (``/server/v1``):
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Mapping
 from typing import Any, Final
@@ -64,7 +68,7 @@ DEVICE: Final = Named(
     "Device",
     {
         "type": "object",
-        "required": ["token", "platform", "app_version", "active", "last_seen_at", "topics", "created_at"],
+        "required": ["token", "platform", "app_version", "active", "last_seen_at", "topics", "created_at", "device_info"],
         "properties": {
             "token": {"type": "string"},
             "platform": {"type": "string"},
@@ -73,6 +77,12 @@ DEVICE: Final = Named(
             "last_seen_at": {"type": ["string", "null"], "format": "date-time"},
             "topics": {"type": "array", "items": {"type": "string"}},
             "created_at": {"$ref": "#/components/schemas/Time"},
+            "device_info": {
+                "type": "object",
+                "description": "the device as the app registered it ({} when it gave none)",
+                "properties": {name: {"type": "string"} for name in ("model", "os", "os_version", "app_version")},
+                "additionalProperties": False,
+            },
         },
     },
 )
@@ -93,11 +103,87 @@ def _push() -> PushService:
 # -- devices -------------------------------------------------------------------------------------
 
 
+#: The fields of a device's ``device_info``.
+DEVICE_INFO_FIELDS: Final = ("model", "os", "os_version", "app_version")
+# A push token: printable ASCII but space. FCM tokens are opaque (their alphabet and
+# length are FCM's to change), so nothing more is asked of them.
+_TOKEN_CHARS: Final = re.compile(r"[\x21-\x7e]+")
+
+
+def check_token(token: str, name: str, max_chars: int) -> str:
+    """A push token as registered: 1 to ``max_chars`` printable ASCII characters but space.
+
+    Raises:
+        ValidationFailed: naming ``name``.
+    """
+    if not 1 <= len(token) <= max_chars:
+        raise ValidationFailed(name, f"must be 1 to {max_chars} characters")
+    if not _TOKEN_CHARS.fullmatch(token):
+        raise ValidationFailed(name, "must be printable ASCII characters, without spaces")
+    return token
+
+
+@attrs.frozen
+class PushToken(Kind):
+    """A push token in a body (``check_token`` with ``push.max_token_chars``)."""
+
+    def parse(self, source: Mapping[str, Any], name: str, parts: RequestParts) -> Any:
+        value = validate.string(source, name, min_len=0, max_len=1 << 30)
+        assert value is not None
+        return check_token(value, name, parts.cfg.push.max_token_chars)
+
+    def schema(self, cfg: Config) -> JsonSchema:
+        return {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": cfg.push.max_token_chars,
+            "pattern": "^[\\x21-\\x7e]+$",
+            "description": "the FCM registration token (opaque: printable ASCII but space, up to push.max_token_chars)",
+        }
+
+
+@attrs.frozen
+class DeviceInfo(Kind):
+    """``device_info``: ``{model?, os?, os_version?, app_version?}``, each a string of
+    at most ``push.max_device_info_chars``; any other key is refused, naming it."""
+
+    required: bool = False
+
+    def parse(self, source: Mapping[str, Any], name: str, parts: RequestParts) -> Any:
+        value = source.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise ValidationFailed(name, f"must be an object with any of {', '.join(DEVICE_INFO_FIELDS)}")
+        limit = parts.cfg.push.max_device_info_chars
+        info: dict[str, str] = {}
+        for key, item in value.items():
+            field = f"{name}.{str(key)[:64]}"
+            if key not in DEVICE_INFO_FIELDS:
+                raise ValidationFailed(field, f"not a device_info field ({', '.join(DEVICE_INFO_FIELDS)})")
+            if item is None:
+                continue
+            if not isinstance(item, str) or not item.isprintable() or len(item) > limit:
+                raise ValidationFailed(field, f"must be a string of at most {limit} printable characters")
+            info[key] = item
+        return info
+
+    def schema(self, cfg: Config) -> JsonSchema:
+        text = {"type": ["string", "null"], "maxLength": cfg.push.max_device_info_chars}
+        return {
+            "type": ["object", "null"],
+            "properties": {field: text for field in DEVICE_INFO_FIELDS},
+            "additionalProperties": False,
+            "description": "the device's model, OS and app version, returned in device lists",
+        }
+
+
 @attrs.frozen
 class DeviceInput:
-    token: str = wire(Text(max_len=MAX_TOKEN_CHARS, description="the FCM registration token"))
+    token: str = wire(PushToken())
     platform: str = wire(Text(max_len=16, description="ios, android or web"))
     app_version: str | None = wire(Text(min_len=0, max_len=64, required=False))
+    device_info: dict[str, str] | None = wire(DeviceInfo())
 
 
 @attrs.frozen
@@ -113,8 +199,14 @@ class DeviceReply:
     tag=_TAG, accepts=DeviceInput, answers=DeviceReply,
 )
 async def register_device(inp: DeviceInput) -> DeviceReply:
+    info = inp.device_info or {}
     device = await _push().register_device(
-        user_id=g.claims.sub, token=inp.token, platform=inp.platform, app_version=inp.app_version or ""
+        user_id=g.claims.sub,
+        token=inp.token,
+        platform=inp.platform,
+        # The app's version once, wherever the app gave it.
+        app_version=inp.app_version or info.get("app_version", ""),
+        device_info=info,
     )
     return DeviceReply(device=device.to_wire())
 
@@ -123,6 +215,7 @@ def _path_token(path: Mapping[str, Any], name: str) -> str:
     token: str = path[name]
     if not 1 <= len(token) <= MAX_TOKEN_CHARS:
         raise ValidationFailed(name, f"must be 1 to {MAX_TOKEN_CHARS} characters")
+    # Not check_token: a token registered before that check must still be forgettable.
     return token
 
 

@@ -5,18 +5,21 @@ Its payload is the message without its target (``realtimed.push.messages``),
 the target, the user the token belonged to when the push was planned, the
 ``ref`` of what is pushed (``n<notification id>``, ``m<message id>``, ...) and
 the delivery check verified before a push that waited is sent
-(``realtimed.notify.checks``). The stored shape is the one earlier versions
+(``realtimed.notify.checks``), and the notification's ``expires_at`` (written
+only when it has one), after which the push is not sent. The stored shape is the one earlier versions
 wrote and read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Final
 
 import attrs
 
-from realtimed.jobs.payload import JobType, PayloadError, obj, opt_str
+from realtimed.clock import iso
+from realtimed.jobs.payload import JobType, PayloadError, obj, opt_str, opt_time
 from realtimed.notify.checks import DeliveryCheck, decode_check, encode_check
 
 __all__ = ["PUSH_SEND", "PushSend"]
@@ -32,6 +35,7 @@ class PushSend:
     topic: str | None = None
     user_id: str | None = None
     check: DeliveryCheck | None = None
+    expires_at: datetime | None = None  # not sent after this (the notification's expires_at)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"message": dict(self.message), "ref": self.ref}
@@ -43,6 +47,8 @@ class PushSend:
             out["user_id"] = self.user_id
         if self.check is not None:
             out["check"] = encode_check(self.check)
+        if self.expires_at is not None:
+            out["expires_at"] = iso(self.expires_at)
         return out
 
     @classmethod
@@ -57,6 +63,7 @@ class PushSend:
             topic=topic,
             user_id=opt_str(data, "user_id"),
             check=decode_check(data.get("check")),
+            expires_at=opt_time(data, "expires_at"),
         )
 
 

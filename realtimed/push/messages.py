@@ -16,6 +16,7 @@ here is not refused for its size there.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Final
 
 import orjson
@@ -67,8 +68,10 @@ def build_message(
     ttl_s: float | None = None,
     badge: int | None = None,
     link: str | None = None,
+    expires_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """One message for every platform (without a target)."""
+    """One message for every platform (without a target); ``expires_at`` becomes
+    APNs' ``apns-expiration`` (Android and the web take ``ttl_s``)."""
     android_priority, apns_priority, urgency = _PRIORITY.get(priority, _PRIORITY["normal"])
     message: dict[str, Any] = {"notification": _drop_empty({"title": title, "body": body})}
     if data:
@@ -93,6 +96,8 @@ def build_message(
     headers = {"apns-priority": apns_priority}
     if collapse_key and len(collapse_key.encode()) <= _MAX_COLLAPSE_ID_BYTES:
         headers["apns-collapse-id"] = collapse_key
+    if expires_at is not None:
+        headers["apns-expiration"] = str(int(expires_at.timestamp()))
     aps: dict[str, Any] = {}
     if badge is not None:
         aps["badge"] = badge

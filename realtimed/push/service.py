@@ -16,6 +16,12 @@ its ``DeliveryCheck``, ``realtimed.notify.checks``), then sends through
 - ``QUOTA_EXCEEDED``, ``UNAVAILABLE``, ``INTERNAL``, no answer, no access
   token: retried after FCM's ``Retry-After``, else after exponential backoff
   with jitter (``push.backoff_base_s``), up to ``push.max_attempts``.
+
+What became of a push to a user's device goes to the delivery log
+(``realtimed.notify.delivery_log``): ``delivered`` once FCM accepted it,
+``failed:<FCM error code>`` when it failed for good (and ``device_removed`` when
+its token was deactivated), ``skipped:withdrawn`` when it was no longer wanted.
+``delivery.failed`` carries the same code.
 """
 
 from __future__ import annotations
@@ -30,14 +36,16 @@ from typing import Any, Final
 import trio
 from prometheus_client import Counter
 
-from realtimed.clock import WallClock
+from realtimed.clock import WallClock, iso
 from realtimed.config import Config, PushConfig
 from realtimed.errors import NotFound, Unavailable, ValidationFailed
 from realtimed.jobs.gather import Gather
 from realtimed.jobs.runner import DoNotRetry, JobContext, JobRunner, RetryAfter, backoff_delay
 from realtimed.metrics import REGISTRY
 from realtimed.notify.checks import DeliveryCheck, NotificationCheck, still_wanted
+from realtimed.notify.delivery_log import DeliveryLog
 from realtimed.notify.policy import push_key
+from realtimed.outcomes import DELIVERED, DEVICE_REMOVED, SKIPPED_EXPIRED, SKIPPED_WITHDRAWN, failed
 from realtimed.push.fcm import FcmClient, FcmResult, ServiceAccount
 from realtimed.push.jobs import PUSH_SEND, PushSend
 from realtimed.store.base import DeviceRecord, JobSpec, Store
@@ -72,6 +80,8 @@ class PushService:
         clock: wall time.
         jobs: the job runner (None: pushes cannot be queued on this node).
         rng: the source of backoff jitter (tests pass a seeded one).
+        deliveries: the delivery log, told what became of each push to a user's
+            device once it is known (None: none).
         transport: an httpx transport for the FCM client (tests).
 
     Resource handling:
@@ -96,12 +106,14 @@ class PushService:
         clock: WallClock,
         jobs: JobRunner | None = None,
         rng: random.Random | None = None,
+        deliveries: DeliveryLog | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.clock = clock
         self._jobs = jobs
         self._rng = rng or random.Random()
+        self.deliveries = deliveries
         self.client: FcmClient | None = None
         # The checks of push.send jobs that run side by side, read together.
         self.devices: Gather[str, DeviceRecord] = Gather(store.get_devices, max_batch=CHECK_BATCH)
@@ -208,14 +220,52 @@ class PushService:
         # cancels its queued pushes, and chat pushes are for users who were
         # offline a moment ago. One that waited (quiet hours, a digest, a retry,
         # a backlog) is checked again, which costs two store reads.
-        waited = ctx.attempt > 1 or (ctx.clock.now() - ctx.job.created_at).total_seconds() > FRESH_S
+        now = ctx.clock.now()
+        if payload.expires_at is not None and now >= payload.expires_at:
+            PUSHES_SKIPPED.labels("expired").inc()
+            log.info("job %s: push to %s not sent: expired", ctx.job_id, _short(token or f"/topics/{topic}"))
+            await self._report(
+                "delivery.failed",
+                {
+                    "channel": "push",
+                    "code": SKIPPED_EXPIRED,
+                    "error": f"the notification expired at {iso(payload.expires_at)}",
+                    "user_id": user_id,
+                    "token": token,
+                    "job_id": ctx.job_id,
+                },
+            )
+            await self._log(payload, SKIPPED_EXPIRED, detail=f"expired at {iso(payload.expires_at)}")
+            return
+        waited = ctx.attempt > 1 or (now - ctx.job.created_at).total_seconds() > FRESH_S
         skip = await self._still_wanted(token, user_id, payload.check) if waited else None
         if skip is not None:
             PUSHES_SKIPPED.labels(skip).inc()
             log.info("job %s: push to %s not sent: %s", ctx.job_id, _short(token or f"/topics/{topic}"), skip)
+            await self._log(payload, SKIPPED_WITHDRAWN, detail=skip)
             return
         result = await client.send(dict(payload.message), token=token, topic=topic)
-        await self._act(ctx, result, token)
+        await self._act(ctx, result, payload)
+
+    async def _log(self, payload: PushSend, *outcomes: str, detail: str = "") -> None:
+        """Log what became of a push to a user's device (a topic push names no user)."""
+        deliveries = self.deliveries
+        if deliveries is None or payload.user_id is None or not deliveries.enabled:
+            return
+        data = payload.message.get("data")
+        ntype = data.get("type") if isinstance(data, Mapping) else None
+        check = payload.check
+        now = self.clock.now()
+        detail = f"{_short(payload.token)}: {detail}" if detail else _short(payload.token)
+        # Not waited for: the push's outcome is final, and its entry joins the writer's next batch.
+        await deliveries.record(wait=False, entries=[
+            deliveries.entry(
+                at=now, user_id=payload.user_id, channel="push", type=ntype if isinstance(ntype, str) else "",
+                outcome=outcome, ref=payload.ref,
+                notification_id=check.id if isinstance(check, NotificationCheck) else None, detail=detail,
+            )
+            for outcome in outcomes
+        ])
 
     async def _still_wanted(self, token: str | None, user_id: str | None, check: DeliveryCheck | None) -> str | None:
         """None if the push should go; else why not."""
@@ -239,23 +289,29 @@ class PushService:
             return "read" if state[1] else None
         return await still_wanted(self.store, check)
 
-    async def _act(self, ctx: JobContext, result: FcmResult, token: str | None) -> None:
+    async def _act(self, ctx: JobContext, result: FcmResult, payload: PushSend) -> None:
+        token = payload.token
         where = _short(token) if token is not None else "topic"
         if result.ok:
             log.debug("job %s: pushed to %s (%s)", ctx.job_id, where, result.name)
+            await self._log(payload, DELIVERED)
             return
         text = result.describe()
+        code = fcm_outcome(result)
         if result.deactivate:
             assert token is not None
-            if await self.store.deactivate_device(token=token):
+            removed = await self.store.deactivate_device(token=token)
+            if removed:
                 TOKENS_DEACTIVATED.labels(result.kind).inc()
                 await self._report("device.removed", {"user_id": None, "token": token, "reason": result.kind})
             log.info("job %s: token %s deactivated: %s", ctx.job_id, where, text)
-            await self._report("delivery.failed", _failed(ctx, result.kind, text, token))
+            await self._log(payload, code, *((DEVICE_REMOVED,) if removed else ()), detail=result.message)
+            await self._report("delivery.failed", _failed(ctx, result, text, token))
             raise DoNotRetry(f"token deactivated: {text}")
         if result.alarm:
             log.error("job %s: FCM refused our credentials for %s, token kept: %s", ctx.job_id, where, text)
-            await self._report("delivery.failed", _failed(ctx, result.kind, text, token))
+            await self._log(payload, code, detail=result.message)
+            await self._report("delivery.failed", _failed(ctx, result, text, token))
             raise DoNotRetry(text)
         if result.retry:
             if result.retry_after is not None:
@@ -266,25 +322,43 @@ class PushService:
                 )
                 if result.kind == "quota":
                     delay = max(delay, self.cfg.quota_retry_s)
+            if ctx.attempt >= ctx.job.max_attempts:
+                # The last attempt: the job is dead now, and so is this push.
+                await self._log(payload, code, detail=result.message or text)
             log.warning(
                 "job %s: push to %s attempt %d/%d: %s; retry in %.1f s",
                 ctx.job_id, where, ctx.attempt, ctx.job.max_attempts, text, delay,
             )
             raise RetryAfter(delay, text)
         log.warning("job %s: push to %s failed, token kept: %s", ctx.job_id, where, text)
-        await self._report("delivery.failed", _failed(ctx, result.kind, text, token))
+        await self._log(payload, code, detail=result.message)
+        await self._report("delivery.failed", _failed(ctx, result, text, token))
         raise DoNotRetry(text)
 
     # -- devices -----------------------------------------------------------------------------
 
-    async def register_device(self, *, user_id: str, token: str, platform: str, app_version: str) -> DeviceRecord:
+    async def register_device(
+        self,
+        *,
+        user_id: str,
+        token: str,
+        platform: str,
+        app_version: str,
+        device_info: Mapping[str, str] | None = None,
+    ) -> DeviceRecord:
         """Register (or refresh) a token; one registered by another user moves here.
+        ``device_info`` (checked at the edge) replaces the one stored with the token.
 
         Raises:
             ValidationFailed: the platform is not ios, android or web (from the store).
         """
         device: DeviceRecord = await self.store.register_device(
-            user_id=user_id, token=token, platform=platform, app_version=app_version, now=self.clock.now()
+            user_id=user_id,
+            token=token,
+            platform=platform,
+            app_version=app_version,
+            device_info=device_info,
+            now=self.clock.now(),
         )
         log.info("user %s registered a %s device %s", user_id, platform, _short(token))
         return device
@@ -345,12 +419,21 @@ class PushService:
         return results
 
 
-def _failed(ctx: JobContext, code: str, text: str, token: str | None) -> dict[str, Any]:
+def fcm_outcome(result: FcmResult) -> str:
+    """The delivery log's code of a push FCM refused: ``failed:<FCM error code>``
+    (``failed:HTTP_<status>`` when FCM gave none, ``failed:<kind>`` without an answer)."""
+    if result.code:
+        return failed(result.code)
+    return failed(f"HTTP_{result.status}" if result.status else result.kind)
+
+
+def _failed(ctx: JobContext, result: FcmResult, text: str, token: str | None) -> dict[str, Any]:
     """The data of ``delivery.failed`` for a push that failed for good."""
     user_id = ctx.payload.get("user_id")
     return {
         "channel": "push",
-        "code": code,
+        "code": fcm_outcome(result),
+        "reason": result.kind,
         "error": text,
         "user_id": user_id if isinstance(user_id, str) else None,
         "token": token,

@@ -4,19 +4,22 @@
 default, and ``postgres``), composed of one small Protocol per domain, each in
 its own module with its records and its rules:
 
-==================  ===============================================  ==================
-Protocol            what                                             module
-==================  ===============================================  ==================
-``ChatStore``       conversations, members, messages, read cursors   ``store.chat``
-``UserStore``       contacts, blocks, last-seen times                ``store.users``
-``BanStore``        bans                                             ``store.bans``
-``InboxStore``      notifications, preferences, quiet hours          ``store.inbox``
-``DeviceStore``     push tokens and topics                           ``store.devices``
-``JobStore``        jobs and cron ticks                              ``store.jobs``
-``RetentionStore``  retention deletes                                ``store.retention``
-``WebhookStore``    webhook endpoints, delivery attempts             ``store.webhooks``
-``RecoveryStore``   Socket.IO connection state recovery records      ``store.recovery``
-==================  ===============================================  ==================
+====================  ==============================================  ====================
+Protocol              what                                            module
+====================  ==============================================  ====================
+``ChatStore``         conversations, members, messages, read cursors  ``store.chat``
+``UserStore``         contacts, blocks, last-seen times               ``store.users``
+``BanStore``          bans                                            ``store.bans``
+``InboxStore``        notifications, preferences, quiet hours         ``store.inbox``
+``DeviceStore``       push tokens and topics                          ``store.devices``
+``JobStore``          jobs and cron ticks                             ``store.jobs``
+``RetentionStore``    retention deletes                               ``store.retention``
+``WebhookStore``      webhook endpoints, delivery attempts            ``store.webhooks``
+``RecoveryStore``     Socket.IO connection state recovery records     ``store.recovery``
+``DeliveryLogStore``  the outcome of each notification per channel    ``store.deliveries``
+``EmailStore``        users' email addresses, bounces                 ``store.emails``
+``FeedStore``         activities, their feeds, search and stats       ``store.feeds``
+====================  ==============================================  ====================
 
 A service may ask for the one it needs. Each record has a ``to_wire()`` giving
 the JSON object of docs/protocol.md section 7; they are re-exported here.
@@ -44,7 +47,10 @@ from realtimed.store.chat import (
     MessageRecord,
     ReadState,
 )
+from realtimed.store.deliveries import DeliveryCount, DeliveryEntry, DeliveryFilter, DeliveryLogStore
 from realtimed.store.devices import PLATFORMS, DeviceRecord, DeviceStore
+from realtimed.store.emails import EmailAddressRecord, EmailStore
+from realtimed.store.feeds import ActivityQuery, ActivityRecord, FeedItem, FeedStore, NewActivity
 from realtimed.store.inbox import (
     InboxStore,
     NewNotification,
@@ -65,13 +71,23 @@ __all__ = [
     "PLATFORMS",
     "ROLE_MEMBER",
     "ROLE_OWNER",
+    "ActivityQuery",
+    "ActivityRecord",
     "BanRecord",
     "BanStore",
     "ChatStore",
     "ConversationRecord",
     "ConversationType",
+    "DeliveryCount",
+    "DeliveryEntry",
+    "DeliveryFilter",
+    "DeliveryLogStore",
     "DeviceRecord",
     "DeviceStore",
+    "EmailAddressRecord",
+    "EmailStore",
+    "FeedItem",
+    "FeedStore",
     "InboxStore",
     "JobRecord",
     "JobSpec",
@@ -80,6 +96,7 @@ __all__ = [
     "MemberRecord",
     "MessagePage",
     "MessageRecord",
+    "NewActivity",
     "NewNotification",
     "NotificationPreference",
     "NotificationRecord",
@@ -97,7 +114,8 @@ __all__ = [
 
 
 class Store(
-    ChatStore, UserStore, BanStore, InboxStore, DeviceStore, JobStore, RetentionStore, WebhookStore, RecoveryStore, Protocol
+    ChatStore, UserStore, BanStore, InboxStore, DeviceStore, JobStore, RetentionStore, WebhookStore, RecoveryStore,
+    DeliveryLogStore, EmailStore, FeedStore, Protocol,
 ):
     """Durable state: conversations, messages, read cursors, notifications,
     preferences, devices, contacts and blocks, bans, jobs.

@@ -21,7 +21,7 @@ from realtimed.store.values import Row, RowCodec, utc
 __all__ = ["DEVICE_COLS", "PLATFORMS", "DeviceRecord", "DeviceRules", "DeviceStore"]
 
 PLATFORMS: Final[tuple[str, ...]] = ("ios", "android", "web")
-DEVICE_COLS: Final = "token, user_id, platform, app_version, active, last_seen_at, created_at"
+DEVICE_COLS: Final = "token, user_id, platform, app_version, active, last_seen_at, created_at, device_info"
 
 
 @attrs.frozen
@@ -36,6 +36,7 @@ class DeviceRecord:
     last_seen_at: datetime
     topics: tuple[str, ...]
     created_at: datetime
+    device_info: Mapping[str, str] = attrs.field(factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -46,6 +47,7 @@ class DeviceRecord:
             "last_seen_at": iso(self.last_seen_at),
             "topics": list(self.topics),
             "created_at": iso(self.created_at),
+            "device_info": dict(self.device_info),
         }
 
 
@@ -63,6 +65,7 @@ def devices_from(
             last_seen_at=codec.time(r["last_seen_at"]),
             topics=tuple(topics.get(r["token"], ())),
             created_at=codec.time(r["created_at"]),
+            device_info=codec.json(r["device_info"]) or {},
         )
         for r in rows
     ]
@@ -90,10 +93,19 @@ class DeviceStore(Protocol):
     itself (``deactivate_stale_devices`` is an explicit retention call)."""
 
     async def register_device(
-        self, *, user_id: str, token: str, platform: str, now: datetime, app_version: str = ""
+        self,
+        *,
+        user_id: str,
+        token: str,
+        platform: str,
+        now: datetime,
+        app_version: str = "",
+        device_info: Mapping[str, str] | None = None,
     ) -> DeviceRecord:
         """Register (or refresh) a push token; it is active and seen ``now``.
         A token that belonged to another user moves to this one and loses its topics.
+        ``device_info`` (model, OS, app version: strings checked at the edge)
+        replaces what was stored with the token.
 
         Raises:
             ValidationFailed: ``platform`` is not ios, android or web.
@@ -143,10 +155,17 @@ class DeviceRules(abc.ABC):
     """``DeviceStore``'s rules over a backend's primitives."""
 
     async def register_device(
-        self, *, user_id: str, token: str, platform: str, now: datetime, app_version: str = ""
+        self,
+        *,
+        user_id: str,
+        token: str,
+        platform: str,
+        now: datetime,
+        app_version: str = "",
+        device_info: Mapping[str, str] | None = None,
     ) -> DeviceRecord:
         check_platform(platform)
-        return await self._register(user_id, token, platform, app_version, utc(now))
+        return await self._register(user_id, token, platform, app_version, dict(device_info or {}), utc(now))
 
     async def touch_device(self, *, token: str, now: datetime) -> bool:
         return await self._touch(token, utc(now))
@@ -159,9 +178,9 @@ class DeviceRules(abc.ABC):
 
     @abc.abstractmethod
     async def _register(
-        self, user_id: str, token: str, platform: str, app_version: str, now: datetime
+        self, user_id: str, token: str, platform: str, app_version: str, device_info: dict[str, str], now: datetime
     ) -> DeviceRecord:
-        """Register the token (moving it, without its topics, from another user)."""
+        """Register the token (moving it, without its topics, from another user); ``device_info`` replaces the stored one."""
 
     @abc.abstractmethod
     async def _touch(self, token: str, now: datetime) -> bool: ...

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 NOTE_COLS: Final = (
-    "id, user_id, seq, type, title, body, data, priority, group_key, dedupe_key, created_at, read_at"
+    "id, user_id, seq, type, title, body, data, priority, group_key, dedupe_key, created_at, read_at, expires_at"
 )
 _HHMM: Final = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
@@ -60,6 +60,11 @@ class NotificationRecord:
     dedupe_key: str | None
     created_at: datetime
     read_at: datetime | None = None
+    expires_at: datetime | None = None
+
+    def expired(self, now: datetime) -> bool:
+        """Whether the notification has left the inbox at ``now`` (its ``expires_at`` passed)."""
+        return self.expires_at is not None and self.expires_at <= now
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -73,6 +78,7 @@ class NotificationRecord:
             "group_key": self.group_key,
             "created_at": iso(self.created_at),
             "read_at": iso(self.read_at),
+            "expires_at": iso(self.expires_at),
         }
 
 
@@ -88,6 +94,7 @@ class NewNotification:
     priority: str = "normal"
     group_key: str | None = None
     dedupe_key: str | None = None
+    expires_at: datetime | None = None
 
     def record(self, seq: int, now: datetime) -> NotificationRecord:
         """The notification as stored with ``seq`` at ``now`` (a new id)."""
@@ -103,6 +110,7 @@ class NewNotification:
             group_key=self.group_key,
             dedupe_key=self.dedupe_key,
             created_at=now,
+            expires_at=None if self.expires_at is None else utc(self.expires_at),
         )
 
 
@@ -164,6 +172,7 @@ def notification_from(r: Row, codec: RowCodec) -> NotificationRecord:
         dedupe_key=r["dedupe_key"],
         created_at=codec.time(r["created_at"]),
         read_at=codec.opt_time(r["read_at"]),
+        expires_at=codec.opt_time(r["expires_at"]),
     )
 
 
@@ -232,17 +241,24 @@ def preference_channels(
 class NotificationPage:
     """One ``list_notifications`` page: ``seq`` after ``bound`` in ascending order,
     or before it (None: from the newest) in descending order; unread ones only
-    if ``unread_only``."""
+    if ``unread_only``; none that expired at ``now`` (None: expired ones too)."""
 
     user_id: str
     ascending: bool
     bound: int | None
     unread_only: bool
     limit: int
+    now: datetime | None = None
 
     @classmethod
     def of(
-        cls, user_id: str, cursor: str | None, after_seq: int | None, unread_only: bool, limit: int
+        cls,
+        user_id: str,
+        cursor: str | None,
+        after_seq: int | None,
+        unread_only: bool,
+        limit: int,
+        now: datetime | None = None,
     ) -> NotificationPage:
         """Raises ValidationFailed: both ``cursor`` and ``after_seq``, or a bad cursor."""
         ascending = after_seq is not None
@@ -254,7 +270,7 @@ class NotificationPage:
             if direction not in ("a", "d"):
                 raise ValidationFailed("cursor", "not a valid cursor")
             ascending = direction == "a"
-        return cls(user_id, ascending, bound, unread_only, limit)
+        return cls(user_id, ascending, bound, unread_only, limit, None if now is None else utc(now))
 
     def result(self, rows: Sequence[NotificationRecord]) -> tuple[list[NotificationRecord], str | None]:
         """The page of ``rows`` fetched with ``LIMIT limit + 1``, and the next cursor."""
@@ -273,15 +289,24 @@ class InboxStore(Protocol):
     Ordering: each user's notifications get a gap-free, strictly increasing
     ``seq`` in commit order; a repeated dedupe key takes none. The unread count
     is a counter kept with the inbox, in the same transaction as every change.
+
+    Expiry: a notification with an ``expires_at`` at or before ``now`` has left
+    the inbox. The calls that take ``now`` skip it (lists) or leave it out of
+    the unread count they answer; the counter itself keeps it until retention
+    deletes it (``RetentionStore.delete_expired_notifications``), so an unread
+    count read without ``now`` may include expired notifications.
     """
 
     async def insert_notifications(
-        self, *, items: Sequence[NewNotification], now: datetime
+        self, *, items: Sequence[NewNotification], now: datetime, log_channel: str | None = None
     ) -> list[tuple[NotificationRecord, bool]]:
         """Insert notifications for many users in one transaction, each taking
         its user's next ``seq``. An item whose (user, ``dedupe_key``) is already
         stored is a no-op: the stored one comes back with ``created=False`` and
-        takes no ``seq``. Results are in the order of ``items``."""
+        takes no ``seq``. Results are in the order of ``items``. With
+        ``log_channel``, each new notification is also logged ``delivered`` on
+        that channel in the delivery log, in the same transaction
+        (``realtimed.store.deliveries``)."""
         ...
 
     async def list_notifications(
@@ -292,9 +317,11 @@ class InboxStore(Protocol):
         after_seq: int | None = None,
         unread_only: bool = False,
         limit: int = 20,
+        now: datetime | None = None,
     ) -> tuple[list[NotificationRecord], str | None]:
         """Newest first by ``cursor``; or, with ``after_seq``, those after it in
-        ascending ``seq``. Returns the page and the next cursor (None at the end).
+        ascending ``seq``; with ``now``, none that expired by then. Returns the
+        page and the next cursor (None at the end).
 
         Raises:
             ValidationFailed: a bad cursor, or both ``cursor`` and ``after_seq``.
@@ -303,22 +330,26 @@ class InboxStore(Protocol):
 
     async def mark_notifications_read(self, *, user_id: str, ids: Sequence[str], now: datetime) -> int:
         """Mark the user's notifications read (others' ids and unknown ids are
-        ignored); returns the new unread count."""
+        ignored); returns the new unread count (of those not expired at ``now``)."""
         ...
 
     async def mark_all_notifications_read(self, *, user_id: str, now: datetime) -> tuple[int, int]:
         """Mark everything read; returns ``(up_to_seq, unread_count)``."""
         ...
 
-    async def delete_notifications(self, *, user_id: str, ids: Sequence[str]) -> int:
-        """Delete the user's notifications; returns the new unread count."""
+    async def delete_notifications(self, *, user_id: str, ids: Sequence[str], now: datetime | None = None) -> int:
+        """Delete the user's notifications; returns the new unread count (with
+        ``now``: of those not expired then)."""
         ...
 
-    async def notification_unread_count(self, user_id: str) -> int:
-        """O(1): a counter kept with the inbox."""
+    async def notification_unread_count(self, user_id: str, *, now: datetime | None = None) -> int:
+        """A counter kept with the inbox; with ``now``, less the unread ones
+        expired by then (an index read of the user's expiring notifications)."""
         ...
 
-    async def notification_unread_counts(self, user_ids: Sequence[str]) -> dict[str, int]:
+    async def notification_unread_counts(
+        self, user_ids: Sequence[str], *, now: datetime | None = None
+    ) -> dict[str, int]:
         """``notification_unread_count`` of each of ``user_ids`` in one read."""
         ...
 
@@ -382,11 +413,11 @@ class InboxRules(abc.ABC):
     """``InboxStore`` in terms of a backend's primitives (the abstract methods)."""
 
     async def insert_notifications(
-        self, *, items: Sequence[NewNotification], now: datetime
+        self, *, items: Sequence[NewNotification], now: datetime, log_channel: str | None = None
     ) -> list[tuple[NotificationRecord, bool]]:
         if not items:
             return []
-        return await self._insert_notifications(list(items), utc(now))
+        return await self._insert_notifications(list(items), utc(now), log_channel)
 
     async def list_notifications(
         self,
@@ -396,9 +427,10 @@ class InboxRules(abc.ABC):
         after_seq: int | None = None,
         unread_only: bool = False,
         limit: int = 20,
+        now: datetime | None = None,
     ) -> tuple[list[NotificationRecord], str | None]:
         limit = clamp_limit(limit)
-        page = NotificationPage.of(user_id, cursor, after_seq, unread_only, limit)
+        page = NotificationPage.of(user_id, cursor, after_seq, unread_only, limit, now)
         return page.result(await self._notification_rows(page))
 
     async def mark_notifications_read(self, *, user_id: str, ids: Sequence[str], now: datetime) -> int:
@@ -407,8 +439,18 @@ class InboxRules(abc.ABC):
     async def mark_all_notifications_read(self, *, user_id: str, now: datetime) -> tuple[int, int]:
         return await self._read_all_notifications(user_id, utc(now))
 
-    async def delete_notifications(self, *, user_id: str, ids: Sequence[str]) -> int:
-        return await self._delete_notifications(user_id, list(ids))
+    async def delete_notifications(self, *, user_id: str, ids: Sequence[str], now: datetime | None = None) -> int:
+        return await self._delete_notifications(user_id, list(ids), None if now is None else utc(now))
+
+    async def notification_unread_count(self, user_id: str, *, now: datetime | None = None) -> int:
+        return (await self.notification_unread_counts([user_id], now=now))[user_id]
+
+    async def notification_unread_counts(
+        self, user_ids: Sequence[str], *, now: datetime | None = None
+    ) -> dict[str, int]:
+        if not user_ids:
+            return {}
+        return await self._unread_counts(list(dict.fromkeys(user_ids)), None if now is None else utc(now))
 
     async def get_preferences_for(
         self, *, user_ids: Sequence[str], type: str
@@ -447,7 +489,7 @@ class InboxRules(abc.ABC):
 
     @abc.abstractmethod
     async def _insert_notifications(
-        self, items: list[NewNotification], now: datetime
+        self, items: list[NewNotification], now: datetime, log_channel: str | None
     ) -> list[tuple[NotificationRecord, bool]]: ...
 
     @abc.abstractmethod
@@ -461,7 +503,12 @@ class InboxRules(abc.ABC):
     async def _read_all_notifications(self, user_id: str, now: datetime) -> tuple[int, int]: ...
 
     @abc.abstractmethod
-    async def _delete_notifications(self, user_id: str, ids: list[str]) -> int: ...
+    async def _delete_notifications(self, user_id: str, ids: list[str], now: datetime | None) -> int:
+        """Delete; the unread count after it (with ``now``: less the unread ones expired then)."""
+
+    @abc.abstractmethod
+    async def _unread_counts(self, user_ids: list[str], now: datetime | None) -> dict[str, int]:
+        """Each user's unread counter (0 without one); with ``now``, less their unread ones expired then."""
 
     @abc.abstractmethod
     async def _stored_channels(self, user_ids: list[str], type: str) -> dict[str, dict[str, bool]]:

@@ -154,6 +154,15 @@ class WebhookStore(Protocol):
         (``disable_after`` > 0 and the run reached it)."""
         ...
 
+    async def complete_jobs_with_attempts(
+        self, *, job_ids: Sequence[str], owner: str, now: datetime, attempts: Sequence[WebhookAttempt]
+    ) -> set[str]:
+        """``complete_jobs`` and the storing of ``attempts`` (successful ones, which
+        end their endpoint's run of failures) in one transaction: a delivery's job
+        never succeeds without its attempt, nor the reverse. The attempts are
+        stored whether or not their job is among the ids completed (a lost lease)."""
+        ...
+
     async def list_webhook_attempts(
         self, *, endpoint_id: str | None = None, delivery_id: str | None = None, limit: int = 50
     ) -> list[WebhookAttempt]:
@@ -199,6 +208,15 @@ class WebhookRules(abc.ABC):
             return []
         return await self._record_attempts([attrs.evolve(a, at=utc(a.at)) for a in attempts], disable_after)
 
+    async def complete_jobs_with_attempts(
+        self, *, job_ids: Sequence[str], owner: str, now: datetime, attempts: Sequence[WebhookAttempt]
+    ) -> set[str]:
+        if any(not a.ok for a in attempts):
+            raise ValueError("only successful attempts are stored with their job's completion")
+        return await self._complete_with_attempts(
+            list(dict.fromkeys(job_ids)), owner, utc(now), [attrs.evolve(a, at=utc(a.at)) for a in attempts]
+        )
+
     async def list_webhook_attempts(
         self, *, endpoint_id: str | None = None, delivery_id: str | None = None, limit: int = 50
     ) -> list[WebhookAttempt]:
@@ -226,3 +244,9 @@ class WebhookRules(abc.ABC):
 
     @abc.abstractmethod
     async def _attempts(self, endpoint_id: str | None, delivery_id: str | None, limit: int) -> list[WebhookAttempt]: ...
+
+    @abc.abstractmethod
+    async def _complete_with_attempts(
+        self, job_ids: list[str], owner: str, now: datetime, attempts: list[WebhookAttempt]
+    ) -> set[str]:
+        """Complete the jobs of ``job_ids`` that ``owner`` holds and store ``attempts``, in one transaction."""

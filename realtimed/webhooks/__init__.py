@@ -1,8 +1,6 @@
 """Webhooks: signed deliveries of events to the application's endpoints.
 
-- ``signing``: the Standard Webhooks signature, sans IO;
-- ``outbound``: the one HTTP request of an attempt, with the address checks
-  (resolved once, connected to the pinned address, no redirects, a bounded body);
+- signing and the outbound HTTP request live in ``realtimed.outbound``, shared with HTTP jobs;
 - ``jobs``: the ``webhook.deliver`` job kind and its payload type;
 - ``service``: the endpoints this node knows, the deliveries queued for an
   event, and the ``webhook.deliver`` handler;

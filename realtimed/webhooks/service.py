@@ -16,13 +16,16 @@ endpoint made through another node is used here from then on; an idle node reads
 nothing).
 
 Resource handling: ``run`` owns the task that re-reads the endpoints, the task
-that writes the attempts (those made at the same time go in one store call), and
-the outbound connections (``Outbound``), closed when it ends.
+that writes the failed attempts (those made at the same time go in one store
+call; a successful attempt is stored by the runner in the transaction that
+completes its job, with the other completions of the moment), and
+the outbound connections (``Outbound``: the task that closes idle ones after
+``webhooks.keepalive_s``), all closed when it ends.
 
 Error handling: an attempt's failure is recorded (status, error, latency, a
 bounded excerpt of the body) and the job retried with backoff
 (``webhooks.backoff_base_s`` doubling to ``webhooks.backoff_max_s``, or the
-receiver's ``Retry-After`` on 429 and 503) until ``webhooks.max_attempts``, when
+receiver's ``Retry-After`` on 429 and 503, in seconds or as an HTTP date) until ``webhooks.max_attempts``, when
 the runner marks it ``dead``; a refused target fails the job at once. After
 ``webhooks.disable_after_failures`` consecutive failed attempts the endpoint is
 disabled (``realtimed_webhook_endpoints_disabled_total`` and a warning).
@@ -48,11 +51,11 @@ from realtimed.config import Config, WebhookEndpointConfig
 from realtimed.errors import NotFound, Unavailable
 from realtimed.jobs.runner import DoNotRetry, JobContext, JobRunner, RetryAfter, backoff_delay
 from realtimed.metrics import REGISTRY
+from realtimed.outbound.client import AttemptFailed, Outbound, Refused, retry_after_s
+from realtimed.outbound.signing import signature_headers
 from realtimed.protocol import encode_json
 from realtimed.store.base import JobRecord, JobSpec, Store, WebhookAttempt, WebhookEndpoint
 from realtimed.webhooks.jobs import WEBHOOK_DELIVER, WebhookDeliver
-from realtimed.webhooks.outbound import AttemptFailed, Outbound, Refused
-from realtimed.webhooks.signing import signature_headers
 
 if TYPE_CHECKING:
     from realtimed.live import Live
@@ -86,17 +89,6 @@ _RETRY_AFTER_STATUSES: Final = (429, 503)
 def new_webhook_id() -> str:
     """A Standard Webhooks message id: the same for every attempt and replay of a delivery."""
     return "msg_" + secrets.token_urlsafe(18)
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
 
 
 @attrs.define(eq=False)
@@ -153,6 +145,7 @@ class WebhookService:
             await self._sync_config()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._record_loop)
+                nursery.start_soon(self.outbound.run)
                 task_status.started()
                 await self._refresh_loop()
         finally:
@@ -341,7 +334,7 @@ class WebhookService:
             else:
                 error, outcome = f"HTTP {status}", "http_error"
                 if status in _RETRY_AFTER_STATUSES:
-                    retry_after = _retry_after(response.headers)
+                    retry_after = retry_after_s(response.headers, ctx.clock.now())
         latency = time.perf_counter() - started
         WEBHOOK_ATTEMPTS.labels(outcome).inc()
         WEBHOOK_LATENCY.observe(latency)
@@ -349,6 +342,11 @@ class WebhookService:
             delivery_id=ctx.job_id, webhook_id=p.webhook_id, endpoint_id=ep.id, event=p.event, attempt=ctx.attempt,
             status=status, error=error, latency_ms=latency * 1000, response=excerpt, at=ctx.clock.now(),
         )
+        if error is None:
+            # Stored with the job's completion, in its transaction (the runner batches them).
+            ctx.attempts_with_completion.append(attempt)
+            log.debug("job %s: %s %s delivered to %s (%s)", ctx.job_id, p.event, p.webhook_id, ep.id, status)
+            return
         failures, disabled = await self._record(attempt)
         if disabled:
             WEBHOOK_ENDPOINTS_DISABLED.labels(ep.id).inc()
@@ -357,9 +355,6 @@ class WebhookService:
                 "through the server API", ep.id, failures, error,
             )
             await self.refresh()
-        if error is None:
-            log.debug("job %s: %s %s delivered to %s (%s)", ctx.job_id, p.event, p.webhook_id, ep.id, status)
-            return
         log.info("job %s: %s %s to %s attempt %d failed: %s", ctx.job_id, p.event, p.webhook_id, ep.id, ctx.attempt, error)
         if final:
             raise DoNotRetry(error)

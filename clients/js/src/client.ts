@@ -12,7 +12,7 @@ import { RealtimeError, malformed, wireError } from './errors';
 import { Inbox } from './inbox';
 import { PresenceApi } from './presence';
 import { Subscription, type RoomEvent } from './room';
-import type { ServerEvent, SessionInfo, SubscribeReply } from './types';
+import type { ActivityPage, FeedQuery, ServerEvent, SessionInfo, SubscribeReply } from './types';
 import * as v from './validate';
 
 export type TokenProvider = () => string | Promise<string>;
@@ -110,6 +110,7 @@ const REPLAY = new Set([
   'presence.set',
   'presence.query',
   'notification.list',
+  'feed.activities',
   'notification.read',
   'notification.read_all',
   'user.block',
@@ -118,6 +119,8 @@ const REPLAY = new Set([
 const SSE_OVERLAP_MS = 1000;
 /** The server's cap on rooms per SSE stream. */
 export const MAX_SSE_ROOMS = 64;
+/** An activity feed's room is this prefix and the feed's name. */
+export const FEED_ROOM_PREFIX = 'feed:';
 
 interface Conn {
   kind: TransportKind;
@@ -347,6 +350,33 @@ export class RealtimeClient extends Emitter<ClientEvents> {
     }
     if (handler) s.on('event', handler);
     return s._ready;
+  }
+
+  /**
+   * Follow an activity feed (`user:alice`, `team:t1`, `global`): a subscription to its room,
+   * `feed:<name>`, whose events are `feed.activity` with `data.activity` and the activity's
+   * `seq` in the feed. After a reconnect the missed activities come first, from the server's
+   * store (`replayed: true`), or a `reset` when they cannot: then read the feed again.
+   */
+  async subscribeFeed(feed: string, handler?: (e: RoomEvent) => void): Promise<Subscription> {
+    return this.subscribe(FEED_ROOM_PREFIX + v.feed(feed), handler);
+  }
+
+  /** A page of a feed the user may subscribe to, newest first, filtered (`feed.activities`). */
+  async feedActivities(feed: string, query?: FeedQuery): Promise<ActivityPage> {
+    const o = v.opts(query);
+    const text = (name: string, max: number) => v.opt(o[name], (x) => v.str(x, name, max));
+    return this.request('feed.activities', {
+      feed: v.feed(feed),
+      actor: text('actor', 128),
+      verb: text('verb', 64),
+      object: text('object', 200),
+      since: v.opt(o.since, (x) => v.time(x, 'since')),
+      until: v.opt(o.until, (x) => v.time(x, 'until')),
+      q: text('q', 200),
+      cursor: text('cursor', 512),
+      limit: v.limit(o.limit, 100),
+    });
   }
 
   /** The current subscriptions by room. */

@@ -9,7 +9,7 @@
  * await client.chat.send(conversationId, 'hello');
  * ```
  */
-export { RealtimeClient, closeAction, MAX_SSE_ROOMS } from './client';
+export { RealtimeClient, closeAction, FEED_ROOM_PREFIX, MAX_SSE_ROOMS } from './client';
 export type {
   ClientEvents,
   ClientOptions,

@@ -118,11 +118,50 @@ export interface Notification {
   group_key: string | null;
   created_at: Time;
   read_at: Time | null;
+  /** When it leaves the inbox and is no longer pushed (null: never). */
+  expires_at: Time | null;
 }
 
 export interface NotificationPage {
   notifications: Notification[];
   next_cursor: string | null;
+}
+
+/** An activity of a feed (docs/protocol.md section 5.6), as read from one feed. */
+export interface Activity {
+  id: string;
+  actor: string;
+  verb: string;
+  object: string;
+  target: string | null;
+  /** When it happened. */
+  time: Time;
+  data: Record<string, unknown>;
+  /** Every feed it was logged to. */
+  feeds: string[];
+  /** When it was logged. */
+  created_at: Time;
+  /** The feed it is read from, and its place there. */
+  feed: string;
+  seq: number;
+}
+
+export interface ActivityPage {
+  /** Newest first (by `time`, then `seq`). */
+  activities: Activity[];
+  next_cursor: string | null;
+}
+
+/** Filters and paging of `feedActivities`: `since` inclusive, `until` exclusive; `q`: every word must appear. */
+export interface FeedQuery {
+  actor?: string;
+  verb?: string;
+  object?: string;
+  since?: string | Date;
+  until?: string | Date;
+  q?: string;
+  cursor?: string;
+  limit?: number;
 }
 
 /**
@@ -165,10 +204,19 @@ export interface PreferencesUpdate {
   time_zone?: string;
 }
 
+export interface DeviceInfo {
+  model?: string;
+  os?: string;
+  os_version?: string;
+  app_version?: string;
+}
+
 export interface Device {
   token: string;
   platform: 'ios' | 'android' | 'web';
   app_version: string;
+  /** As registered (`{}` when none was given). */
+  device_info: DeviceInfo;
   [field: string]: unknown;
 }
 

@@ -6,7 +6,7 @@ import { RealtimeError } from './errors';
 
 const CONTROL = /[\x00-\x1f\x7f-\x9f]/;
 const ROOM_BAD = /[\s\x00-\x1f\x7f-\x9f*,]/;
-const RESERVED = /^(session|server|message|receipt|typing|conversation|presence|notification|room)\./;
+const RESERVED = /^(session|server|message|receipt|typing|conversation|presence|notification|room|feed)\./;
 const MAX_INT = Number.MAX_SAFE_INTEGER;
 
 export function invalid(field: string, problem: string): RealtimeError {
@@ -52,6 +52,22 @@ export function room(v: unknown, field = 'room'): string {
   if (ROOM_BAD.test(r)) throw invalid(field, "must not contain whitespace, '*' or ','");
   if (r[0] === ':' || r.endsWith(':') || r.includes('::')) throw invalid(field, "segments separated by ':' must not be empty");
   return r;
+}
+
+/** A feed name: a room name of at most 195 characters (its room is `feed:<name>`). */
+export function feed(v: unknown, field = 'feed'): string {
+  room(v, field);
+  if ((v as string).length > 195) throw invalid(field, 'must be 1 to 195 characters');
+  return v as string;
+}
+
+/** An RFC 3339 time: a string as given, or a `Date`. */
+export function time(v: unknown, field: string): string {
+  if (v instanceof Date) {
+    if (Number.isNaN(v.getTime())) throw invalid(field, 'must be a valid date');
+    return v.toISOString();
+  }
+  return str(v, field, 64);
 }
 
 export function eventName(v: unknown, field = 'event'): string {

@@ -168,6 +168,7 @@ describe('requests', () => {
       [() => c.subscribe('job::1'), 'room'],
       [() => c.publish('plain:x', 'message.new'), 'event'],
       [() => c.devices.register({ token: 't', platform: 'symbian' }), 'platform'],
+      [() => c.devices.register({ token: 't', platform: 'ios', deviceInfo: { imei: '1' } }), 'deviceInfo.imei'],
     ];
     for (const [call, field, code = 'VALIDATION_ERROR'] of cases)
       await assert.rejects(call(), (e) => e instanceof RealtimeError && e.code === code && e.field === field && e.message.startsWith(field), field);

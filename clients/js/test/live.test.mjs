@@ -239,8 +239,9 @@ describe('devices', () => {
   test('register, list, unregister', async () => {
     const c = await connected('dev');
     const token = 'fcm:' + user('t');
-    const dev = await c.devices.register({ token, platform: 'web', appVersion: '1.2.3' });
+    const dev = await c.devices.register({ token, platform: 'web', appVersion: '1.2.3', deviceInfo: { os: 'Linux', model: 'Firefox' } });
     assert.equal(dev.token, token);
+    assert.deepEqual(dev.device_info, { os: 'Linux', model: 'Firefox' });
     assert.deepEqual((await c.devices.list()).map((x) => x.token), [token]);
     await c.devices.unregister(token);
     assert.deepEqual((await c.devices.list()).filter((x) => x.active !== false).map((x) => x.token), []);

@@ -47,9 +47,10 @@ import ssl
 import time
 import urllib.parse
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
 import httpx
@@ -97,6 +98,8 @@ _CLOSE_WAIT_S: Final = 2.0
 _RESYNC_CONCURRENCY: Final = 8
 _RECEIVE_BYTES: Final = 65_536
 _MESSAGE_QUEUE: Final = 64
+#: The fields of a device's ``device_info`` (``register_device``).
+DEVICE_INFO_FIELDS: Final = ("model", "os", "os_version", "app_version")
 
 
 class State(enum.Enum):
@@ -1198,6 +1201,39 @@ class Client(trio.abc.AsyncResource):
                 with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_WAIT_S):
                     await self._send_oneway("unsubscribe", {"room": room})
 
+    # -- activity feeds ------------------------------------------------------------------------
+
+    def subscribe_feed(self, feed: str, *, since: tuple[int, str] | None = None) -> AbstractAsyncContextManager[Subscription]:
+        """Subscribe to an activity feed (``user:alice``, ``team:t1``): its room ``feed:<name>``.
+
+        Each activity logged to the feed comes as a ``feed.activity`` event whose
+        ``data["activity"]`` is the activity and ``seq`` its place in the feed. After
+        a reconnect (or with ``since``, a ``Subscription.position`` kept from before)
+        the missed ones come first, from the server's store, or a ``room.reset`` when
+        they cannot (then read the feed with ``feed_activities``).
+        """
+        return self.subscribe(proto.feed_room(feed), since=since)
+
+    async def feed_activities(
+        self,
+        feed: str,
+        *,
+        actor: str | None = None,
+        verb: str | None = None,
+        object: str | None = None,
+        since: str | datetime | None = None,
+        until: str | datetime | None = None,
+        q: str | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """``{activities, next_cursor}``: a page of a feed the user may subscribe to, newest
+        first, filtered (``since`` inclusive, ``until`` exclusive, ``q``: every word must appear)."""
+        data = proto.feed_activities_data(
+            feed, actor=actor, verb=verb, object=object, since=since, until=until, q=q, cursor=cursor, limit=limit
+        )
+        return await self._call("feed.activities", data)
+
     # -- rooms ---------------------------------------------------------------------------------
 
     async def ping(self) -> dict[str, Any]:
@@ -1489,14 +1525,34 @@ class Client(trio.abc.AsyncResource):
         """
         return await self.rest("PUT", "/notifications/preferences", json_body=proto.preferences_data(preferences))
 
-    async def register_device(self, token: str, platform: str, *, app_version: str | None = None) -> dict[str, Any]:
-        """Register an FCM token (``platform``: ios, android or web); returns the device."""
+    async def register_device(
+        self,
+        token: str,
+        platform: str,
+        *,
+        app_version: str | None = None,
+        device_info: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Register an FCM token (``platform``: ios, android or web); returns the device.
+
+        ``device_info`` describes the device (``model``, ``os``, ``os_version``,
+        ``app_version``, each a string); the device lists return it.
+        """
         body: dict[str, Any] = {"token": proto._string(token, "token", max_len=4096, control_ok=True)}
         if platform not in ("ios", "android", "web"):
             raise validation_error("platform", "must be one of ios, android, web")
         body["platform"] = platform
         if app_version is not None:
             body["app_version"] = proto._string(app_version, "app_version", min_len=0, max_len=64)
+        if device_info is not None:
+            if not isinstance(device_info, Mapping):
+                raise validation_error("device_info", "must be a mapping of model, os, os_version, app_version")
+            info: dict[str, str] = {}
+            for key, value in device_info.items():
+                if key not in DEVICE_INFO_FIELDS:
+                    raise validation_error(f"device_info.{str(key)[:64]}", f"not one of {', '.join(DEVICE_INFO_FIELDS)}")
+                info[key] = proto._string(value, f"device_info.{key}", min_len=0, max_len=1024)
+            body["device_info"] = info
         return _record(await self.rest("POST", "/devices", json_body=body), "device")
 
     async def list_devices(self) -> list[dict[str, Any]]:

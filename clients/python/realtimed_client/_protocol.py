@@ -18,6 +18,7 @@ import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from realtimed_client._errors import PAYLOAD_TOO_LARGE, RealtimeError, validation_error
@@ -50,6 +51,7 @@ DEFAULT_MAX_FRAME_BYTES: Final = 524_288
 CONVERSATION_LIST_MAX: Final = 100
 MESSAGE_HISTORY_MAX: Final = 100
 NOTIFICATION_LIST_MAX: Final = 100
+FEED_ACTIVITIES_MAX: Final = 100
 
 RESERVED_EVENT_PREFIXES: Final[tuple[str, ...]] = (
     "session.",
@@ -61,8 +63,16 @@ RESERVED_EVENT_PREFIXES: Final[tuple[str, ...]] = (
     "presence.",
     "notification.",
     "room.",
+    "feed.",
 )
 CONVERSATION_ROOM_PREFIX: Final = "conversation:"
+# An activity feed's room is this prefix and the feed's name (docs/protocol.md section 5.6).
+FEED_ROOM_PREFIX: Final = "feed:"
+MAX_FEED_CHARS: Final = 195
+MAX_ACTOR_CHARS: Final = 128
+MAX_VERB_CHARS: Final = 64
+MAX_OBJECT_CHARS: Final = 200
+MAX_SEARCH_CHARS: Final = 200
 MESSAGE_TYPES: Final = ("text", "image", "file")
 PRESENCE_STATUSES: Final = ("online", "away", "busy", "invisible")
 # The keys of a notification preference entry that are not delivery channels.
@@ -87,6 +97,7 @@ IDEMPOTENT_OPS: Final = frozenset(
         "presence.set",
         "presence.query",
         "notification.list",
+        "feed.activities",
         "notification.read",
         "notification.read_all",
         "user.block",
@@ -323,6 +334,19 @@ def check_room(value: object, field: str = "room") -> str:
     return value
 
 
+def check_feed(value: object, field: str = "feed") -> str:
+    """A feed name: a room name of at most 195 characters (``user:alice``, ``team:t1``, ``global``)."""
+    feed = check_room(value, field)
+    if len(feed) > MAX_FEED_CHARS:
+        raise validation_error(field, f"must be at most {MAX_FEED_CHARS} characters")
+    return feed
+
+
+def feed_room(feed: str) -> str:
+    """The room of a feed: ``feed:<name>``."""
+    return FEED_ROOM_PREFIX + check_feed(feed)
+
+
 def check_event_name(value: object, field: str = "event") -> str:
     name = _string(value, field, max_len=MAX_EVENT_CHARS)
     if name.startswith(RESERVED_EVENT_PREFIXES):
@@ -509,6 +533,39 @@ def notification_list_data(
         data["after_seq"] = check_seq(after_seq, "after_seq")
     if unread_only is not None:
         data["unread_only"] = check_bool(unread_only, "unread_only")
+    return data
+
+
+def _time_text(value: object, field: str) -> str:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise validation_error(field, "must be an aware datetime")
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return _string(value, field, max_len=64)
+
+
+def feed_activities_data(
+    feed: object,
+    *,
+    actor: object = None,
+    verb: object = None,
+    object: object = None,
+    since: object = None,
+    until: object = None,
+    q: object = None,
+    cursor: object = None,
+    limit: object = None,
+) -> dict[str, Any]:
+    """The data of ``feed.activities`` (docs/protocol.md section 5.6)."""
+    data: dict[str, Any] = {"feed": check_feed(feed), **_limit(limit, FEED_ACTIVITIES_MAX)}
+    for name, value, most in (("actor", actor, MAX_ACTOR_CHARS), ("verb", verb, MAX_VERB_CHARS),
+                              ("object", object, MAX_OBJECT_CHARS), ("q", q, MAX_SEARCH_CHARS),
+                              ("cursor", cursor, MAX_CURSOR_CHARS)):
+        if value is not None:
+            data[name] = _string(value, name, max_len=most)
+    for name, value in (("since", since), ("until", until)):
+        if value is not None:
+            data[name] = _time_text(value, name)
     return data
 
 

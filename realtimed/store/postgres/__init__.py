@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from realtimed.store.postgres.bans import PostgresBans
 from realtimed.store.postgres.chat import PostgresChat
+from realtimed.store.postgres.deliveries import PostgresDeliveryLog
 from realtimed.store.postgres.devices import PostgresDevices
+from realtimed.store.postgres.emails import PostgresEmails
 from realtimed.store.postgres.engine import JOBS_CHANNEL, migrate_connection
+from realtimed.store.postgres.feeds import PostgresFeeds
 from realtimed.store.postgres.inbox import PostgresInbox
 from realtimed.store.postgres.jobs import PostgresJobs
 from realtimed.store.postgres.recovery import PostgresRecovery
@@ -27,7 +30,10 @@ __all__ = ["JOBS_CHANNEL", "PostgresStore", "migrate_connection"]
 class PostgresStore(
     PostgresChat, PostgresUsers, PostgresBans, PostgresInbox, PostgresDevices, PostgresJobs, PostgresRetention,
     PostgresWebhooks,
+    PostgresFeeds,
     PostgresRecovery,
+    PostgresEmails,
+    PostgresDeliveryLog,
 ):
     """The PostgreSQL store.
 

@@ -33,7 +33,7 @@ async def _get_device(conn: Conn, token: str) -> devices.DeviceRecord | None:
 
 
 async def _register(
-    conn: Conn, user_id: str, token: str, platform: str, app_version: str, now: datetime
+    conn: Conn, user_id: str, token: str, platform: str, app_version: str, device_info: dict[str, str], now: datetime
 ) -> devices.DeviceRecord:
     owner = await conn.fetchval("SELECT user_id FROM devices WHERE token = $1 FOR UPDATE", token)
     if owner is not None and owner != user_id:
@@ -41,14 +41,15 @@ async def _register(
         await conn.execute("DELETE FROM device_topics WHERE token = $1", token)
         log.info("push token moved from user %s to user %s", owner, user_id)
     await conn.execute(
-        f"INSERT INTO devices ({devices.DEVICE_COLS}) VALUES ($1, $2, $3, $4, true, $5, $5) "
+        f"INSERT INTO devices ({devices.DEVICE_COLS}) VALUES ($1, $2, $3, $4, true, $5, $5, $6) "
         "ON CONFLICT (token) DO UPDATE SET platform = excluded.platform, app_version = excluded.app_version, "
-        "active = true, last_seen_at = excluded.last_seen_at",
+        "active = true, last_seen_at = excluded.last_seen_at, device_info = excluded.device_info",
         token,
         user_id,
         platform,
         app_version,
         now,
+        device_info,
     )
     device = await _get_device(conn, token)
     assert device is not None
@@ -109,7 +110,7 @@ async def _list_devices_many(conn: Conn, user_ids: list[str]) -> dict[str, list[
 
 async def _topic_devices(conn: Conn, topic: str) -> list[devices.DeviceRecord]:
     rows = await conn.fetch(
-        "SELECT d.token, d.user_id, d.platform, d.app_version, d.active, d.last_seen_at, d.created_at "
+        "SELECT d.token, d.user_id, d.platform, d.app_version, d.active, d.last_seen_at, d.created_at, d.device_info "
         "FROM device_topics t JOIN devices d ON d.token = t.token WHERE t.topic = $1 AND d.active "
         "ORDER BY d.token",
         topic,
@@ -121,9 +122,9 @@ class PostgresDevices(PostgresEngine, devices.DeviceRules):
     """``DeviceStore`` on PostgreSQL."""
 
     async def _register(
-        self, user_id: str, token: str, platform: str, app_version: str, now: datetime
+        self, user_id: str, token: str, platform: str, app_version: str, device_info: dict[str, str], now: datetime
     ) -> devices.DeviceRecord:
-        return await self._call(_register, user_id, token, platform, app_version, now)
+        return await self._call(_register, user_id, token, platform, app_version, device_info, now)
 
     async def unregister_device(self, *, token: str, user_id: str | None = None) -> bool:
         return await self._call(_unregister, token, user_id)

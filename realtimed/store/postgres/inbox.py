@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from realtimed.store import inbox
+from realtimed.store.deliveries import delivered_entries
+from realtimed.store.postgres.deliveries import insert_entries
 from realtimed.store.postgres.engine import CODEC, Conn, PostgresEngine, count
 from realtimed.store.values import dumps
 
@@ -19,7 +21,7 @@ __all__ = ["PostgresInbox"]
 
 
 async def _insert_notifications(
-    conn: Conn, items: list[inbox.NewNotification], now: datetime
+    conn: Conn, items: list[inbox.NewNotification], now: datetime, log_channel: str | None = None
 ) -> list[tuple[inbox.NotificationRecord, bool]]:
     users = sorted({i.user_id for i in items})
     # Lock every counter in one order (creating missing ones), so concurrent inserts wait, not deadlock.
@@ -56,10 +58,11 @@ async def _insert_notifications(
     if new:
         await conn.execute(
             f"INSERT INTO notifications ({inbox.NOTE_COLS}) "
-            "SELECT id, user_id, seq, type, title, body, data::jsonb, priority, group_key, dedupe_key, $11, NULL "
+            "SELECT id, user_id, seq, type, title, body, data::jsonb, priority, group_key, dedupe_key, $11, NULL, "
+            "expires_at "
             "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], "
-            "$8::text[], $9::text[], $10::text[]) "
-            "AS n(id, user_id, seq, type, title, body, data, priority, group_key, dedupe_key)",
+            "$8::text[], $9::text[], $10::text[], $12::timestamptz[]) "
+            "AS n(id, user_id, seq, type, title, body, data, priority, group_key, dedupe_key, expires_at)",
             [n.id for n in new],
             [n.user_id for n in new],
             [n.seq for n in new],
@@ -71,6 +74,7 @@ async def _insert_notifications(
             [n.group_key for n in new],
             [n.dedupe_key for n in new],
             now,
+            [n.expires_at for n in new],
         )
         await conn.execute(
             "UPDATE notification_counters c SET last_seq = u.last_seq, unread_count = c.unread_count + u.added "
@@ -80,6 +84,8 @@ async def _insert_notifications(
             [last_seq[u] for u in added],
             list(added.values()),
         )
+        if log_channel is not None:
+            await insert_entries(conn, delivered_entries(new, channel=log_channel, now=now))
     return out
 
 
@@ -91,6 +97,9 @@ async def _notification_rows(conn: Conn, page: inbox.NotificationPage) -> list[i
         sql += f" AND seq {'>' if page.ascending else '<'} ${len(args)}"
     if page.unread_only:
         sql += " AND read_at IS NULL"
+    if page.now is not None:
+        args.append(page.now)
+        sql += f" AND (expires_at IS NULL OR expires_at > ${len(args)})"
     args.append(page.limit + 1)
     sql += f" ORDER BY seq{'' if page.ascending else ' DESC'} LIMIT ${len(args)}"
     return [inbox.notification_from(r, CODEC) for r in await conn.fetch(sql, *args)]
@@ -102,11 +111,20 @@ async def _lock_counter(conn: Conn, user_id: str) -> Any:
     )
 
 
-async def _counter_add(conn: Conn, user_id: str, delta: int) -> int:
+# The counter less the user's unread notifications expired at $2 (NULL: none subtracted).
+_LESS_EXPIRED: Final = (
+    "GREATEST(c.unread_count - CASE WHEN $2::timestamptz IS NULL THEN 0 ELSE ("
+    "SELECT count(*) FROM notifications n WHERE n.user_id = c.user_id AND n.read_at IS NULL "
+    "AND n.expires_at IS NOT NULL AND n.expires_at <= $2) END, 0)"
+)
+
+
+async def _counter_add(conn: Conn, user_id: str, delta: int, now: datetime | None = None) -> int:
     value = await conn.fetchval(
-        "UPDATE notification_counters SET unread_count = GREATEST(unread_count + $2, 0) WHERE user_id = $1 "
-        "RETURNING unread_count",
+        "WITH c AS (UPDATE notification_counters SET unread_count = GREATEST(unread_count + $3, 0) "
+        f"WHERE user_id = $1 RETURNING user_id, unread_count) SELECT {_LESS_EXPIRED} FROM c",
         user_id,
+        now,
         delta,
     )
     return 0 if value is None else int(value)
@@ -121,7 +139,7 @@ async def _mark_read(conn: Conn, user_id: str, ids: list[str], now: datetime) ->
         ids,
         now,
     )
-    return await _counter_add(conn, user_id, -count(status))
+    return await _counter_add(conn, user_id, -count(status), now)
 
 
 async def _mark_all_read(conn: Conn, user_id: str, now: datetime) -> tuple[int, int]:
@@ -138,7 +156,7 @@ async def _mark_all_read(conn: Conn, user_id: str, now: datetime) -> tuple[int, 
     return int(counter["last_seq"]), 0
 
 
-async def _delete_notifications(conn: Conn, user_id: str, ids: list[str]) -> int:
+async def _delete_notifications(conn: Conn, user_id: str, ids: list[str], now: datetime | None) -> int:
     if await _lock_counter(conn, user_id) is None:
         return 0
     unread = await conn.fetchval(
@@ -147,7 +165,7 @@ async def _delete_notifications(conn: Conn, user_id: str, ids: list[str]) -> int
         user_id,
         ids,
     )
-    return await _counter_add(conn, user_id, -int(unread))
+    return await _counter_add(conn, user_id, -int(unread), now)
 
 
 async def _put_channels(conn: Conn, user_id: str, ntype: str, settings: dict[str, bool]) -> dict[str, bool]:
@@ -173,9 +191,9 @@ class PostgresInbox(PostgresEngine, inbox.InboxRules):
     """``InboxStore`` on PostgreSQL."""
 
     async def _insert_notifications(
-        self, items: list[inbox.NewNotification], now: datetime
+        self, items: list[inbox.NewNotification], now: datetime, log_channel: str | None
     ) -> list[tuple[inbox.NotificationRecord, bool]]:
-        return await self._call(_insert_notifications, items, now)
+        return await self._call(_insert_notifications, items, now, log_channel)
 
     async def _notification_rows(self, page: inbox.NotificationPage) -> list[inbox.NotificationRecord]:
         return await self._call(_notification_rows, page, tx=False, read=True)
@@ -186,19 +204,12 @@ class PostgresInbox(PostgresEngine, inbox.InboxRules):
     async def _read_all_notifications(self, user_id: str, now: datetime) -> tuple[int, int]:
         return await self._call(_mark_all_read, user_id, now)
 
-    async def _delete_notifications(self, user_id: str, ids: list[str]) -> int:
-        return await self._call(_delete_notifications, user_id, ids)
+    async def _delete_notifications(self, user_id: str, ids: list[str], now: datetime | None) -> int:
+        return await self._call(_delete_notifications, user_id, ids, now)
 
-    async def notification_unread_count(self, user_id: str) -> int:
-        sql = "SELECT unread_count FROM notification_counters WHERE user_id = $1"
-        value = await self._call(lambda conn: conn.fetchval(sql, user_id), tx=False, read=True)
-        return 0 if value is None else int(value)
-
-    async def notification_unread_counts(self, user_ids: Sequence[str]) -> dict[str, int]:
-        if not user_ids:
-            return {}
-        sql = "SELECT user_id, unread_count FROM notification_counters WHERE user_id = ANY($1::text[])"
-        rows = await self._call(lambda conn: conn.fetch(sql, list(user_ids)), tx=False, read=True)
+    async def _unread_counts(self, user_ids: list[str], now: datetime | None) -> dict[str, int]:
+        sql = f"SELECT c.user_id, {_LESS_EXPIRED} FROM notification_counters c WHERE c.user_id = ANY($1::text[])"
+        rows = await self._call(lambda conn: conn.fetch(sql, user_ids, now), tx=False, read=True)
         counts = dict.fromkeys(user_ids, 0)
         counts.update({r[0]: int(r[1]) for r in rows})
         return counts

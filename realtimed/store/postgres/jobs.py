@@ -26,6 +26,13 @@ _ENQUEUE: Final = (
 )
 
 
+#: Complete the jobs of $1 (an array of ids) that $2 holds, at $3; the ids completed.
+COMPLETE_MANY_SQL = (
+    "UPDATE jobs SET status = 'succeeded', finished_at = $3, lease_expires_at = NULL "
+    "WHERE id = ANY($1::text[]) AND status = 'running' AND lease_owner = $2 RETURNING id"
+)
+
+
 async def _enqueue(conn: Conn, job: jobs.NewJob) -> tuple[jobs.JobRecord, bool]:
     for _ in range(_TRIES):
         row = await conn.fetchrow(
@@ -246,11 +253,7 @@ class PostgresJobs(PostgresEngine, jobs.JobRules):
         return count(await self._call(lambda conn: conn.execute(sql, job_id, owner, now), tx=False)) == 1
 
     async def _complete_many(self, job_ids: list[str], owner: str, now: datetime) -> set[str]:
-        sql = (
-            "UPDATE jobs SET status = 'succeeded', finished_at = $3, lease_expires_at = NULL "
-            "WHERE id = ANY($1::text[]) AND status = 'running' AND lease_owner = $2 RETURNING id"
-        )
-        rows = await self._call(lambda conn: conn.fetch(sql, job_ids, owner, now), tx=False)
+        rows = await self._call(lambda conn: conn.fetch(COMPLETE_MANY_SQL, job_ids, owner, now), tx=False)
         return {r["id"] for r in rows}
 
     async def _fail(

@@ -33,7 +33,10 @@ _RELATED_IDS = (
 _SESSION_START = (
     "SELECT b.user_id IS NOT NULL, b.banned_until, b.created_at, "
     "(SELECT COALESCE(SUM(unread_count), 0) FROM members WHERE user_id = $1 AND left_at IS NULL AND NOT muted), "
-    "(SELECT unread_count FROM notification_counters WHERE user_id = $1) "
+    # The inbox's unread count, less its unread notifications expired by now.
+    "(SELECT GREATEST(c.unread_count - (SELECT count(*) FROM notifications n WHERE n.user_id = $1 "
+    "AND n.read_at IS NULL AND n.expires_at IS NOT NULL AND n.expires_at <= $2), 0) "
+    "FROM notification_counters c WHERE c.user_id = $1) "
     "FROM (SELECT 1) AS one LEFT JOIN bans b ON b.user_id = $1 AND (b.banned_until IS NULL OR b.banned_until > $2)"
 )
 

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from realtimed.store.postgres.engine import Conn, PostgresEngine
+from realtimed.store.postgres.jobs import COMPLETE_MANY_SQL
 from realtimed.store.webhooks import WebhookAttempt, WebhookEndpoint, WebhookRules
 
 __all__ = ["PostgresWebhooks"]
@@ -118,6 +119,15 @@ async def _record_many(conn: Conn, attempts: list[WebhookAttempt], disable_after
     return [await _record_one(conn, a, disable_after) for a in attempts]
 
 
+async def _complete_with_attempts(
+    conn: Conn, job_ids: list[str], owner: str, now: datetime, attempts: list[WebhookAttempt]
+) -> set[str]:
+    rows = await conn.fetch(COMPLETE_MANY_SQL, job_ids, owner, now) if job_ids else []
+    if attempts:
+        await conn.executemany(_RECORD_OK, [_args(a) for a in attempts])
+    return {r["id"] for r in rows}
+
+
 class PostgresWebhooks(PostgresEngine, WebhookRules):
     """``WebhookStore`` on PostgreSQL."""
 
@@ -138,6 +148,11 @@ class PostgresWebhooks(PostgresEngine, WebhookRules):
 
     async def _delete_endpoint(self, endpoint_id: str) -> str | None:
         return await self._call(_delete_endpoint, endpoint_id)
+
+    async def _complete_with_attempts(
+        self, job_ids: list[str], owner: str, now: datetime, attempts: list[WebhookAttempt]
+    ) -> set[str]:
+        return await self._call(_complete_with_attempts, job_ids, owner, now, attempts)
 
     async def _record_attempts(self, attempts: list[WebhookAttempt], disable_after: int) -> list[tuple[int, bool]]:
         if len(attempts) == 1:  # one statement, no transaction block

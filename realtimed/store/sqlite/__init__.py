@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from realtimed.store.sqlite.bans import SQLiteBans
 from realtimed.store.sqlite.chat import SQLiteChat
+from realtimed.store.sqlite.deliveries import SQLiteDeliveryLog
 from realtimed.store.sqlite.devices import SQLiteDevices
+from realtimed.store.sqlite.emails import SQLiteEmails
+from realtimed.store.sqlite.feeds import SQLiteFeeds
 from realtimed.store.sqlite.inbox import SQLiteInbox
 from realtimed.store.sqlite.jobs import SQLiteJobs
 from realtimed.store.sqlite.recovery import SQLiteRecovery
@@ -25,7 +28,10 @@ __all__ = ["SQLiteStore"]
 class SQLiteStore(
     SQLiteChat, SQLiteUsers, SQLiteBans, SQLiteInbox, SQLiteDevices, SQLiteJobs, SQLiteRetention,
     SQLiteWebhooks,
+    SQLiteFeeds,
     SQLiteRecovery,
+    SQLiteEmails,
+    SQLiteDeliveryLog,
 ):
     """The embedded store.
 

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from realtimed.store import devices
 from realtimed.store.sqlite.engine import CODEC, Conn, SQLiteEngine, json_list, us
-from realtimed.store.values import Row
+from realtimed.store.values import Row, dumps
 
 __all__ = ["SQLiteDevices"]
 
@@ -62,7 +62,7 @@ def _list_devices_many(conn: Conn, user_ids: list[str]) -> dict[str, list[device
 
 def _topic_devices(conn: Conn, topic: str) -> list[devices.DeviceRecord]:
     rows = conn.execute(
-        "SELECT d.token, d.user_id, d.platform, d.app_version, d.active, d.last_seen_at, d.created_at "
+        "SELECT d.token, d.user_id, d.platform, d.app_version, d.active, d.last_seen_at, d.created_at, d.device_info "
         "FROM device_topics t JOIN devices d ON d.token = t.token WHERE t.topic = ? AND d.active = 1 "
         "ORDER BY d.token",
         (topic,),
@@ -71,7 +71,7 @@ def _topic_devices(conn: Conn, topic: str) -> list[devices.DeviceRecord]:
 
 
 def _register(
-    conn: Conn, user_id: str, token: str, platform: str, app_version: str, now: int
+    conn: Conn, user_id: str, token: str, platform: str, app_version: str, device_info: dict[str, str], now: int
 ) -> devices.DeviceRecord:
     row = conn.execute("SELECT user_id FROM devices WHERE token = ?", (token,)).fetchone()
     if row is not None and row[0] != user_id:
@@ -79,10 +79,10 @@ def _register(
         conn.execute("DELETE FROM device_topics WHERE token = ?", (token,))
         log.info("push token moved from user %s to user %s", row[0], user_id)
     conn.execute(
-        f"INSERT INTO devices ({devices.DEVICE_COLS}) VALUES (?, ?, ?, ?, 1, ?, ?) "
+        f"INSERT INTO devices ({devices.DEVICE_COLS}) VALUES (?, ?, ?, ?, 1, ?, ?, ?) "
         "ON CONFLICT (token) DO UPDATE SET platform = excluded.platform, app_version = excluded.app_version, "
-        "active = 1, last_seen_at = excluded.last_seen_at",
-        (token, user_id, platform, app_version, now, now),
+        "active = 1, last_seen_at = excluded.last_seen_at, device_info = excluded.device_info",
+        (token, user_id, platform, app_version, now, now, dumps(device_info)),
     )
     device = _get_device(conn, token)
     assert device is not None
@@ -130,10 +130,16 @@ class SQLiteDevices(SQLiteEngine, devices.DeviceRules):
     """``DeviceStore`` on SQLite."""
 
     async def _register(
-        self, user_id: str, token: str, platform: str, app_version: str, now: datetime
+        self, user_id: str, token: str, platform: str, app_version: str, device_info: dict[str, str], now: datetime
     ) -> devices.DeviceRecord:
         fn = functools.partial(
-            _register, user_id=user_id, token=token, platform=platform, app_version=app_version, now=us(now)
+            _register,
+            user_id=user_id,
+            token=token,
+            platform=platform,
+            app_version=app_version,
+            device_info=device_info,
+            now=us(now),
         )
         return await self._write(fn)
 

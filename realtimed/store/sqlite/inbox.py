@@ -9,8 +9,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Final
 
 from realtimed.store import inbox
+from realtimed.store.deliveries import delivered_entries
+from realtimed.store.sqlite.deliveries import insert_entries
 from realtimed.store.sqlite.engine import CODEC, Conn, SQLiteEngine, json_list, us
 from realtimed.store.values import dumps
 
@@ -18,7 +21,7 @@ __all__ = ["SQLiteInbox"]
 
 
 def _insert_notifications(
-    conn: Conn, items: list[inbox.NewNotification], now: datetime
+    conn: Conn, items: list[inbox.NewNotification], now: datetime, log_channel: str | None = None
 ) -> list[tuple[inbox.NotificationRecord, bool]]:
     out: list[tuple[inbox.NotificationRecord, bool]] = []
     for item in items:
@@ -38,7 +41,7 @@ def _insert_notifications(
         ).fetchone()[0]
         n = item.record(seq, now)
         conn.execute(
-            f"INSERT INTO notifications ({inbox.NOTE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+            f"INSERT INTO notifications ({inbox.NOTE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
             (
                 n.id,
                 n.user_id,
@@ -51,9 +54,12 @@ def _insert_notifications(
                 n.group_key,
                 n.dedupe_key,
                 us(now),
+                None if n.expires_at is None else us(n.expires_at),
             ),
         )
         out.append((n, True))
+    if log_channel is not None:
+        insert_entries(conn, delivered_entries([n for n, new in out if new], channel=log_channel, now=now))
     return out
 
 
@@ -65,18 +71,35 @@ def _notification_rows(conn: Conn, page: inbox.NotificationPage) -> list[inbox.N
         args.append(page.bound)
     if page.unread_only:
         sql += " AND read_at IS NULL"
+    if page.now is not None:
+        sql += " AND (expires_at IS NULL OR expires_at > ?)"
+        args.append(us(page.now))
     sql += " ORDER BY seq" + ("" if page.ascending else " DESC") + " LIMIT ?"
     args.append(page.limit + 1)
     return [inbox.notification_from(r, CODEC) for r in conn.execute(sql, args)]
 
 
-def _counter_add(conn: Conn, user_id: str, delta: int) -> int:
+# The unread notifications of one user that expired by a time: subtracted from the counter by readers.
+_EXPIRED_UNREAD: Final = (
+    "SELECT COUNT(*) FROM notifications WHERE user_id = ? AND read_at IS NULL "
+    "AND expires_at IS NOT NULL AND expires_at <= ?"
+)
+
+
+def _less_expired(conn: Conn, user_id: str, unread: int, now: int | None) -> int:
+    if now is None or unread == 0:
+        return unread
+    expired = int(conn.execute(_EXPIRED_UNREAD, (user_id, now)).fetchone()[0])
+    return max(unread - expired, 0)
+
+
+def _counter_add(conn: Conn, user_id: str, delta: int, now: int | None = None) -> int:
     row = conn.execute(
         "UPDATE notification_counters SET unread_count = MAX(unread_count + ?, 0) WHERE user_id = ? "
         "RETURNING unread_count",
         (delta, user_id),
     ).fetchone()
-    return 0 if row is None else int(row[0])
+    return 0 if row is None else _less_expired(conn, user_id, int(row[0]), now)
 
 
 def _mark_read(conn: Conn, user_id: str, ids: list[str], now: int) -> int:
@@ -85,7 +108,7 @@ def _mark_read(conn: Conn, user_id: str, ids: list[str], now: int) -> int:
         "AND id IN (SELECT value FROM json_each(?))",
         (now, user_id, json_list(ids)),
     )
-    return _counter_add(conn, user_id, -cur.rowcount)
+    return _counter_add(conn, user_id, -cur.rowcount, now)
 
 
 def _mark_all_read(conn: Conn, user_id: str, now: int) -> tuple[int, int]:
@@ -100,7 +123,7 @@ def _mark_all_read(conn: Conn, user_id: str, now: int) -> tuple[int, int]:
     return int(row[0]), 0
 
 
-def _delete_notifications(conn: Conn, user_id: str, ids: list[str]) -> int:
+def _delete_notifications(conn: Conn, user_id: str, ids: list[str], now: int | None) -> int:
     ids_json = json_list(ids)
     unread = conn.execute(
         "SELECT COUNT(*) FROM notifications WHERE user_id = ? AND read_at IS NULL "
@@ -111,21 +134,23 @@ def _delete_notifications(conn: Conn, user_id: str, ids: list[str]) -> int:
         "DELETE FROM notifications WHERE user_id = ? AND id IN (SELECT value FROM json_each(?))",
         (user_id, ids_json),
     )
-    return _counter_add(conn, user_id, -unread)
+    return _counter_add(conn, user_id, -unread, now)
 
 
-def _unread_count(conn: Conn, user_id: str) -> int:
-    row = conn.execute(
-        "SELECT unread_count FROM notification_counters WHERE user_id = ?", (user_id,)
-    ).fetchone()
-    return 0 if row is None else int(row[0])
-
-
-def _unread_counts(conn: Conn, user_ids: list[str]) -> dict[str, int]:
-    rows = conn.execute(
-        "SELECT user_id, unread_count FROM notification_counters WHERE user_id IN (SELECT value FROM json_each(?))",
-        (json_list(user_ids),),
-    ).fetchall()
+def _unread_counts(conn: Conn, user_ids: list[str], now: int | None) -> dict[str, int]:
+    if now is None:
+        rows = conn.execute(
+            "SELECT user_id, unread_count FROM notification_counters WHERE user_id IN (SELECT value FROM json_each(?))",
+            (json_list(user_ids),),
+        ).fetchall()
+    else:
+        # One statement: each user's expired unread ones are counted through notifications_expiring.
+        rows = conn.execute(
+            "SELECT c.user_id, MAX(c.unread_count - (SELECT COUNT(*) FROM notifications n WHERE n.user_id = c.user_id "
+            "AND n.read_at IS NULL AND n.expires_at IS NOT NULL AND n.expires_at <= ?), 0) "
+            "FROM notification_counters c WHERE c.user_id IN (SELECT value FROM json_each(?))",
+            (now, json_list(user_ids)),
+        ).fetchall()
     counts = dict.fromkeys(user_ids, 0)
     counts.update({r[0]: int(r[1]) for r in rows})
     return counts
@@ -191,9 +216,11 @@ class SQLiteInbox(SQLiteEngine, inbox.InboxRules):
     """``InboxStore`` on SQLite."""
 
     async def _insert_notifications(
-        self, items: list[inbox.NewNotification], now: datetime
+        self, items: list[inbox.NewNotification], now: datetime, log_channel: str | None
     ) -> list[tuple[inbox.NotificationRecord, bool]]:
-        return await self._write(functools.partial(_insert_notifications, items=items, now=now))
+        return await self._write(
+            functools.partial(_insert_notifications, items=items, now=now, log_channel=log_channel)
+        )
 
     async def _notification_rows(self, page: inbox.NotificationPage) -> list[inbox.NotificationRecord]:
         return await self._read(_notification_rows, page)
@@ -204,16 +231,12 @@ class SQLiteInbox(SQLiteEngine, inbox.InboxRules):
     async def _read_all_notifications(self, user_id: str, now: datetime) -> tuple[int, int]:
         return await self._write(functools.partial(_mark_all_read, user_id=user_id, now=us(now)))
 
-    async def _delete_notifications(self, user_id: str, ids: list[str]) -> int:
-        return await self._write(functools.partial(_delete_notifications, user_id=user_id, ids=ids))
+    async def _delete_notifications(self, user_id: str, ids: list[str], now: datetime | None) -> int:
+        when = None if now is None else us(now)
+        return await self._write(functools.partial(_delete_notifications, user_id=user_id, ids=ids, now=when))
 
-    async def notification_unread_count(self, user_id: str) -> int:
-        return await self._read(_unread_count, user_id)
-
-    async def notification_unread_counts(self, user_ids: Sequence[str]) -> dict[str, int]:
-        if not user_ids:
-            return {}
-        return await self._read(_unread_counts, list(user_ids))
+    async def _unread_counts(self, user_ids: list[str], now: datetime | None) -> dict[str, int]:
+        return await self._read(_unread_counts, user_ids, None if now is None else us(now))
 
     async def notification_states(self, ids: Sequence[str]) -> dict[str, tuple[str, bool]]:
         if not ids:

@@ -88,7 +88,7 @@ def _complete(conn: Conn, job_id: str, owner: str, now: int) -> bool:
     return cur.rowcount == 1
 
 
-def _complete_many(conn: Conn, job_ids: list[str], owner: str, now: int) -> set[str]:
+def complete_many(conn: Conn, job_ids: list[str], owner: str, now: int) -> set[str]:
     rows = conn.execute(
         "UPDATE jobs SET status = 'succeeded', finished_at = ?, lease_expires_at = NULL "
         "WHERE id IN (SELECT value FROM json_each(?)) AND status = 'running' AND lease_owner = ? RETURNING id",
@@ -245,7 +245,7 @@ class SQLiteJobs(SQLiteEngine, jobs.JobRules):
         return await self._write(functools.partial(_complete, job_id=job_id, owner=owner, now=us(now)))
 
     async def _complete_many(self, job_ids: list[str], owner: str, now: datetime) -> set[str]:
-        return await self._write(functools.partial(_complete_many, job_ids=job_ids, owner=owner, now=us(now)))
+        return await self._write(functools.partial(complete_many, job_ids=job_ids, owner=owner, now=us(now)))
 
     async def _fail(
         self, job_id: str, owner: str, error: str, now: datetime, retry_at: datetime | None, final_status: str

@@ -6,7 +6,7 @@ import functools
 from datetime import datetime
 from typing import Final
 
-from realtimed.store.retention import FINISHED_STATUSES_SQL, RetentionRules, Sweep
+from realtimed.store.retention import FINISHED_STATUSES_SQL, InboxSweep, RetentionRules, Sweep
 from realtimed.store.sqlite.engine import Conn, SQLiteEngine, us
 
 __all__ = ["SQLiteRetention"]
@@ -23,8 +23,27 @@ _SWEEPS: Final[dict[Sweep, str]] = {
 }
 
 
+# What each inbox sweep deletes, with one ? for its cutoff.
+_INBOX_SWEEPS: Final[dict[InboxSweep, str]] = {
+    "expired_notifications": "expires_at IS NOT NULL AND expires_at <= ?",
+    "unread_notifications": "read_at IS NULL AND created_at < ?",
+}
+
+
 def _sweep(conn: Conn, sql: str, before: int) -> int:
     return conn.execute(sql, (before,)).rowcount
+
+
+def _sweep_inbox(conn: Conn, where: str, cutoff: int) -> int:
+    # One write transaction (the single writer): the counters drop by the unread ones deleted.
+    conn.execute(
+        "UPDATE notification_counters SET unread_count = MAX(unread_count - ("
+        f"SELECT COUNT(*) FROM notifications n WHERE n.user_id = notification_counters.user_id "
+        f"AND n.read_at IS NULL AND {where}), 0) "
+        f"WHERE user_id IN (SELECT user_id FROM notifications WHERE read_at IS NULL AND {where})",
+        (cutoff, cutoff),
+    )
+    return conn.execute(f"DELETE FROM notifications WHERE {where}", (cutoff,)).rowcount
 
 
 class SQLiteRetention(SQLiteEngine, RetentionRules):
@@ -32,3 +51,6 @@ class SQLiteRetention(SQLiteEngine, RetentionRules):
 
     async def _sweep(self, sweep: Sweep, before: datetime) -> int:
         return await self._write(functools.partial(_sweep, sql=_SWEEPS[sweep], before=us(before)))
+
+    async def _sweep_inbox(self, sweep: InboxSweep, cutoff: datetime) -> int:
+        return await self._write(functools.partial(_sweep_inbox, where=_INBOX_SWEEPS[sweep], cutoff=us(cutoff)))

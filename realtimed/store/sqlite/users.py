@@ -9,7 +9,7 @@ from datetime import datetime
 from realtimed.store.sqlite.bans import _ban_in_force
 from realtimed.store.sqlite.chat import _unread_total
 from realtimed.store.sqlite.engine import CODEC, Conn, SQLiteEngine, json_list, us
-from realtimed.store.sqlite.inbox import _unread_count
+from realtimed.store.sqlite.inbox import _unread_counts
 from realtimed.store.users import SessionStart, UserRules
 
 __all__ = ["SQLiteUsers"]
@@ -97,7 +97,7 @@ def _session_start(conn: Conn, user_id: str, now: int) -> SessionStart:
     return SessionStart(
         ban=_ban_in_force(conn, user_id, now),
         unread_total=_unread_total(conn, user_id, False),
-        notifications_unread=_unread_count(conn, user_id),
+        notifications_unread=_unread_counts(conn, [user_id], now)[user_id],
     )
 
 

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from realtimed.store.sqlite.engine import CODEC, Conn, SQLiteEngine, us
+from realtimed.store.sqlite.jobs import complete_many
 from realtimed.store.values import dumps
 from realtimed.store.webhooks import WebhookAttempt, WebhookEndpoint, WebhookRules
 
@@ -143,6 +144,15 @@ def _attempts(conn: Conn, endpoint_id: str | None, delivery_id: str | None, limi
     return [_attempt(r) for r in rows]
 
 
+def _complete_with_attempts(
+    conn: Conn, job_ids: list[str], owner: str, now: int, attempts: list[WebhookAttempt]
+) -> set[str]:
+    completed = complete_many(conn, job_ids, owner, now) if job_ids else set()
+    for attempt in attempts:
+        _record_attempt(conn, attempt, 0)
+    return completed
+
+
 class SQLiteWebhooks(SQLiteEngine, WebhookRules):
     """``WebhookStore`` on SQLite."""
 
@@ -157,6 +167,13 @@ class SQLiteWebhooks(SQLiteEngine, WebhookRules):
 
     async def _delete_endpoint(self, endpoint_id: str) -> str | None:
         return await self._write(functools.partial(_delete_endpoint, endpoint_id=endpoint_id))
+
+    async def _complete_with_attempts(
+        self, job_ids: list[str], owner: str, now: datetime, attempts: list[WebhookAttempt]
+    ) -> set[str]:
+        return await self._write(
+            functools.partial(_complete_with_attempts, job_ids=job_ids, owner=owner, now=us(now), attempts=attempts)
+        )
 
     async def _record_attempts(self, attempts: list[WebhookAttempt], disable_after: int) -> list[tuple[int, bool]]:
         return await self._write(functools.partial(_record_attempts, attempts=attempts, disable_after=disable_after))
