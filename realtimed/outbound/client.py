@@ -171,6 +171,8 @@ class Outbound:
         self.user_agent = user_agent
         self._ssl: ssl.SSLContext | None = None
         self._idle: OrderedDict[_Key, list[_Connection]] = OrderedDict()
+        # Set when a connection is kept: the sweeper sleeps on it while none is (no wake-ups for nothing).
+        self._kept = trio.Event()
         # host name -> (the checked address, trio.current_time() until which it is used)
         self._resolved: OrderedDict[tuple[str, int], tuple[str, float]] = OrderedDict()
 
@@ -189,6 +191,9 @@ class Outbound:
     async def run(self) -> None:
         """Close idle connections once their ``keepalive_s`` has passed, until cancelled."""
         while True:
+            if not self._idle:
+                self._kept = trio.Event()
+                await self._kept.wait()
             await trio.sleep(max(self.cfg.keepalive_s / 2, SWEEP_MIN_S))
             self.sweep()
 
@@ -339,6 +344,7 @@ class Outbound:
             return
         connection.idle_since = trio.current_time()
         connections.append(connection)
+        self._kept.set()
         while len(self._idle) > MAX_CLIENTS:
             _, dropped = self._idle.popitem(last=False)
             for old in dropped:
