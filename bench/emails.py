@@ -23,7 +23,6 @@ import os
 import secrets
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,11 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import admin, free_port, with_database
-from webhooks import QUEUE, measure
+from _common import free_port
+from webhooks import QUEUE, measure, with_store
 
 from realtimed.clock import SystemClock
-from realtimed.config import Config, EmailConfig, JobQueueConfig, JobsConfig, ServerConfig, StoreConfig
+from realtimed.config import Config, EmailConfig, JobQueueConfig, JobsConfig
 from realtimed.email.jobs import EMAIL_SEND, EmailSend
 from realtimed.email.service import EmailService
 from realtimed.jobs import JobRunner, register_builtin_kinds
@@ -130,17 +129,7 @@ async def bench(args: argparse.Namespace, cfg: Config) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     print(f"{args.emails:,} items per measurement, {args.concurrency} jobs at once, {args.connections} SMTP connections")
-    if args.backend == "postgres":
-        name = f"realtimed_bench_{secrets.token_hex(4)}"
-        await trio.to_thread.run_sync(admin, args.dsn, f'CREATE DATABASE "{name}"')
-        try:
-            cfg = Config(store=StoreConfig(backend="postgres", postgres_dsn=with_database(args.dsn, name), pool_max=10))
-            await bench(args, cfg)
-        finally:
-            await trio.to_thread.run_sync(admin, args.dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    else:
-        with tempfile.TemporaryDirectory(prefix="realtimed-bench-") as folder:
-            await bench(args, Config(server=ServerConfig(state_dir=Path(folder)), store=StoreConfig(backend="sqlite")))
+    await with_store(args.backend, args.dsn, 10, lambda cfg: bench(args, cfg))
 
 
 def parse_args(argv: list[str] | None = None) -> Any:

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -201,19 +201,22 @@ async def main(args: argparse.Namespace) -> None:
         await receiver(args.receiver)
         return
     print(f"{args.deliveries:,} items per measurement, {args.concurrency} at once")
-    if args.backend == "postgres":
+    await with_store(args.backend, args.dsn, args.pool_max, lambda cfg: bench(args, cfg))
+
+
+async def with_store(backend: str, dsn: str, pool_max: int, run: Callable[[Config], Awaitable[None]]) -> None:
+    """``run`` on a throwaway store: a PostgreSQL database created on ``dsn``'s server and
+    dropped after, or SQLite in a temporary folder."""
+    if backend == "postgres":
         name = f"realtimed_bench_{secrets.token_hex(4)}"
-        await trio.to_thread.run_sync(admin, args.dsn, f'CREATE DATABASE "{name}"')
+        await trio.to_thread.run_sync(admin, dsn, f'CREATE DATABASE "{name}"')
         try:
-            cfg = Config(store=StoreConfig(
-                backend="postgres", postgres_dsn=with_database(args.dsn, name), pool_max=args.pool_max
-            ))
-            await bench(args, cfg)
+            await run(Config(store=StoreConfig(backend="postgres", postgres_dsn=with_database(dsn, name), pool_max=pool_max)))
         finally:
-            await trio.to_thread.run_sync(admin, args.dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await trio.to_thread.run_sync(admin, dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     else:
         with tempfile.TemporaryDirectory(prefix="realtimed-bench-") as folder:
-            await bench(args, Config(server=ServerConfig(state_dir=Path(folder)), store=StoreConfig(backend="sqlite")))
+            await run(Config(server=ServerConfig(state_dir=Path(folder)), store=StoreConfig(backend="sqlite")))
 
 
 def parse_args(argv: list[str] | None = None) -> Any:
